@@ -1,0 +1,93 @@
+"""Every exception fleetrpc raises.
+
+Pure Python on purpose: the compiled core imports these classes, so the
+compiled and the pure-Python variants raise the same types with the same
+messages.
+"""
+
+from __future__ import annotations
+
+
+class FleetRpcError(Exception):
+    """Base class of every fleetrpc error."""
+
+
+# -- wire / input -----------------------------------------------------------
+
+
+class CodecError(FleetRpcError, ValueError):
+    """An MQTT topic or payload that does not follow the protocol.
+
+    The message says what was wrong; the offending message is dropped and
+    counted, never allowed to crash the receiver.
+    """
+
+
+class ValidationError(FleetRpcError, ValueError):
+    """A request that is malformed before it ever reaches the wire
+    (missing method, bad device id, negative timeout, ...)."""
+
+
+# -- calls ------------------------------------------------------------------
+
+
+class RpcTimeoutError(FleetRpcError, TimeoutError):
+    """The device did not answer before the call's deadline."""
+
+
+class DeviceOfflineError(FleetRpcError):
+    """A lightweight call was made to a device that is not connected."""
+
+
+class QueueFullError(FleetRpcError):
+    """The device's queue already holds its maximum number of calls."""
+
+
+class DispatcherClosedError(FleetRpcError):
+    """The dispatcher is shutting down or closed; the call was not completed."""
+
+
+class RemoteError(FleetRpcError):
+    """The remote side answered with an error object instead of a result."""
+
+
+class ReplyNotJsonError(FleetRpcError):
+    """The device's reply was not valid JSON (HTTP 406 in ThingsBoard)."""
+
+
+class UnknownRequestError(FleetRpcError, LookupError):
+    """A reply or ack arrived for a request id that is not pending."""
+
+
+class WrongDeviceError(FleetRpcError):
+    """A device replied to a request that was sent to another device."""
+
+
+# -- persistent RPC ---------------------------------------------------------
+
+
+class InvalidTransitionError(FleetRpcError):
+    """A persistent RPC status change that the lifecycle does not allow."""
+
+
+class RpcNotFoundError(FleetRpcError, LookupError):
+    """No persistent RPC with that id (for that tenant)."""
+
+
+class StoreError(FleetRpcError):
+    """The persistent store failed; the operation was not applied."""
+
+
+class StoreUnavailableError(StoreError):
+    """The persistent store cannot be reached right now."""
+
+
+# -- access -----------------------------------------------------------------
+
+
+class AuthError(FleetRpcError):
+    """Missing, expired or forged credentials."""
+
+
+class PermissionDeniedError(FleetRpcError):
+    """Valid credentials, but not allowed to act on that device."""
