@@ -1,0 +1,124 @@
+"""One typed settings object for everything fleetrpc runs.
+
+Values come, in rising priority, from the defaults below, a TOML file
+(``fleetrpc.toml`` or the path given), and ``FLEETRPC_<FIELD>`` environment
+variables.  The object is passed in explicitly; there is no global.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import tomllib
+from typing import Any
+
+import msgspec
+
+from ._core.constants import DEFAULT_MAX_PAYLOAD, DEFAULT_PREFIX, DeliveryStrategy
+from .errors import ValidationError
+
+
+def _default_node_id() -> str:
+    # Short, stable for the process, unique enough across nodes sharing a broker.
+    host = socket.gethostname().split(".")[0][:24] or "node"
+    return f"{host}-{os.getpid()}"
+
+
+class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Configuration of a dispatcher node (and of the CLI commands)."""
+
+    # -- MQTT ---------------------------------------------------------------
+    mqtt_url: str = "mqtt://127.0.0.1:1883"
+    mqtt_username: str | None = None
+    mqtt_password: str | None = None
+    mqtt_tls: bool = False
+    mqtt_tls_ca: str | None = None
+    mqtt_tls_cert: str | None = None
+    mqtt_tls_key: str | None = None
+    mqtt_tls_insecure: bool = False
+    mqtt_keepalive: int = 60
+    #: MQTT protocol version of the dispatcher's own connection (4 = 3.1.1, 5).
+    mqtt_version: int = 5
+    #: QoS of requests and replies (0 or 1).
+    qos: int = 1
+    #: Seconds between reconnect attempts; doubled up to ``reconnect_max``.
+    reconnect_delay: float = 0.5
+    reconnect_max: float = 10.0
+
+    # -- protocol -----------------------------------------------------------
+    prefix: str = DEFAULT_PREFIX
+    #: This node's id: replies to its requests come back on its own topics.
+    node_id: str = msgspec.field(default_factory=_default_node_id)
+    #: Shared-subscription group for client-side calls (several nodes split them).
+    share_group: str | None = None
+    max_payload: int = DEFAULT_MAX_PAYLOAD
+
+    # -- calls --------------------------------------------------------------
+    default_timeout_ms: int = 10_000
+    #: Timeouts below this are raised to it (ThingsBoard: 5000 ms).
+    min_timeout_ms: int = 5_000
+    strategy: DeliveryStrategy = DeliveryStrategy.BURST
+    #: Most calls held for one device.
+    queue_cap: int = 100
+    #: Most calls in flight to one device under BURST (0 = unlimited).
+    device_window: int = 0
+    #: Most requests in flight from this node (flow control towards the broker).
+    inflight_window: int = 20_000
+    #: Track presence; a lightweight call to a device known offline fails at once.
+    presence: bool = True
+    #: Resolution of the timing wheel, in milliseconds.
+    tick_ms: float = 5.0
+
+    # -- persistent RPC -----------------------------------------------------
+    store_url: str = "sqlite:///fleetrpc.db"
+    max_retries: int = 5
+    ttl_enabled: bool = True
+    ttl_days: float = 30.0
+    ttl_check_interval_s: float = 7200.0
+
+    # -- HTTP ---------------------------------------------------------------
+    http_host: str = "127.0.0.1"
+    http_port: int = 8080
+
+    def __post_init__(self) -> None:
+        if self.qos not in (0, 1):
+            raise ValidationError(f"qos must be 0 or 1, not {self.qos!r}")
+        if self.mqtt_version not in (4, 5):
+            raise ValidationError(f"mqtt_version must be 4 or 5, not {self.mqtt_version!r}")
+        if self.min_timeout_ms < 0 or self.default_timeout_ms <= 0:
+            raise ValidationError("timeouts must be positive")
+        if self.queue_cap < 1 or self.inflight_window < 1 or self.device_window < 0:
+            raise ValidationError("queue_cap and inflight_window must be >= 1, device_window >= 0")
+        if not 0 < self.tick_ms <= 1000:
+            raise ValidationError(f"tick_ms must be in (0, 1000], not {self.tick_ms!r}")
+
+    @classmethod
+    def load(cls, path: str | None = None, env: dict[str, str] | None = None, **overrides: Any) -> "Settings":
+        """Defaults, then the TOML file, then ``FLEETRPC_*`` variables, then ``overrides``."""
+        env = os.environ if env is None else env
+        data: dict[str, Any] = {}
+        path = path or env.get("FLEETRPC_CONFIG")
+        if path is None and os.path.exists("fleetrpc.toml"):
+            path = "fleetrpc.toml"
+        if path:
+            with open(path, "rb") as f:
+                data.update(tomllib.load(f))
+        fields = {f.name: f for f in msgspec.structs.fields(cls)}
+        for name in fields:
+            value = env.get(f"FLEETRPC_{name.upper()}")
+            if value is not None:
+                data[name] = value
+        data.update({k: v for k, v in overrides.items() if v is not None})
+        try:
+            # strict=False lets environment strings become ints, floats, bools.
+            return msgspec.convert(data, cls, strict=False)
+        except msgspec.ValidationError as exc:
+            raise ValidationError(f"invalid settings: {exc}") from None
+
+    @property
+    def default_timeout(self) -> float:
+        return self.default_timeout_ms / 1000.0
+
+    @property
+    def min_timeout(self) -> float:
+        return self.min_timeout_ms / 1000.0

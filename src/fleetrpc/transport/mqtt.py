@@ -1,0 +1,280 @@
+"""MQTT transport on gmqtt.
+
+gmqtt does connection management well (CONNECT/CONNACK, MQTT 5 properties,
+TLS, keepalive, reconnect, QoS 1 replay).  This module adds what a dispatcher
+needs on top of it and what gmqtt lacks (see shared/MQTT-NOTES.md):
+
+- resubscribe after a reconnect whose session is gone (gmqtt issue #124);
+- a publish window: gmqtt raises ``OverflowError`` once the broker's receive
+  maximum is reached, so excess publishes wait here, FIFO, and leave as
+  PUBACKs arrive;
+- a PUBACK notification per publish (``token``) with no closure per message;
+- reconnect with exponential back-off.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl as _ssl
+import uuid
+from collections import deque
+from typing import Any, Callable
+from urllib.parse import unquote, urlsplit
+
+import gmqtt
+from gmqtt.mqtt.constants import MQTTv50, MQTTv311
+
+from ..errors import ValidationError
+
+log = logging.getLogger("fleetrpc.transport")
+
+#: on_message(topic, payload, properties-or-None)
+MessageCallback = Callable[[str, bytes, "dict | None"], None]
+
+
+def parse_url(url: str) -> dict[str, Any]:
+    """``mqtt://user:pass@host:1883`` / ``mqtts://...`` into connection parts."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("mqtt", "mqtts", "tcp", "ssl"):
+        raise ValidationError(f"unsupported MQTT URL scheme {parts.scheme!r} in {url!r}")
+    tls = parts.scheme in ("mqtts", "ssl")
+    return {
+        "host": parts.hostname or "127.0.0.1",
+        "port": parts.port or (8883 if tls else 1883),
+        "tls": tls,
+        "username": unquote(parts.username) if parts.username else None,
+        "password": unquote(parts.password) if parts.password else None,
+    }
+
+
+class _Client(gmqtt.Client):
+    """gmqtt client that reports PUBACKs to its transport."""
+
+    def __init__(self, client_id: str, owner: "MqttTransport", **kwargs: Any) -> None:
+        super().__init__(client_id, **kwargs)
+        self._owner = owner
+
+    def _remove_message_from_queue(self, mid: int) -> None:
+        super()._remove_message_from_queue(mid)
+        self._owner._on_puback(mid)
+
+
+class MqttTransport:
+    """One MQTT connection of a dispatcher or a device.
+
+    ``publish`` never raises for flow control and never blocks: beyond the
+    broker's receive maximum, QoS 1 publishes wait in a FIFO.  ``on_published``
+    is called with a publish's ``token`` once the broker has it (PUBACK for
+    QoS 1, right after writing for QoS 0).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        client_id: str | None = None,
+        version: int = 5,
+        keepalive: int = 60,
+        username: str | None = None,
+        password: str | None = None,
+        tls: bool | None = None,
+        tls_ca: str | None = None,
+        tls_cert: str | None = None,
+        tls_key: str | None = None,
+        tls_insecure: bool = False,
+        will: tuple[str, bytes, int, bool] | None = None,
+        reconnect_delay: float = 0.5,
+        reconnect_max: float = 10.0,
+        max_inflight: int = 65535,
+    ) -> None:
+        cfg = parse_url(url)
+        self.host: str = cfg["host"]
+        self.port: int = cfg["port"]
+        self._tls = cfg["tls"] if tls is None else tls
+        self._tls_opts = (tls_ca, tls_cert, tls_key, tls_insecure)
+        self._username = username or cfg["username"]
+        self._password = password or cfg["password"]
+        self.client_id = client_id or f"fleetrpc-{uuid.uuid4().hex[:12]}"
+        self._version = MQTTv50 if version == 5 else MQTTv311
+        self._keepalive = keepalive
+        self._will = will
+        self._reconnect_delay = reconnect_delay
+        self._reconnect_max = reconnect_max
+        self._max_inflight = max_inflight
+
+        #: Set by the owner: on_message(topic, payload, properties).
+        self.on_message: MessageCallback = lambda t, p, props: None
+        #: Set by the owner: on_published(token) once the broker has it.
+        self.on_published: Callable[[int], None] = lambda token: None
+        #: Set by the owner: on_connection(connected: bool).
+        self.on_connection: Callable[[bool], None] = lambda up: None
+
+        self._client: _Client | None = None
+        self._filters: list[tuple[str, int]] = []
+        self._mid_token: dict[int, int] = {}   # QoS 1 mid -> token (only when token >= 0)
+        self._waiting: deque = deque()        # publishes beyond the window
+        self._inflight = 0                     # our unacknowledged QoS 1 publishes
+        self._window = 0                       # set from the broker's receive maximum
+        self._connected = asyncio.Event()
+        self._closing = False
+        self.reconnects = 0
+
+    # -- lifecycle ----------------------------------------------------------
+
+    async def start(self, filters: list[tuple[str, int]] = ()) -> None:
+        """Connect, subscribe to ``filters`` and wait for the broker's SUBACK."""
+        self._filters = list(filters)
+        will = None
+        if self._will is not None:
+            topic, payload, qos, retain = self._will
+            will = gmqtt.Message(topic, payload, qos=qos, retain=retain)
+        client = _Client(
+            self.client_id,
+            self,
+            clean_session=True,
+            optimistic_acknowledgement=True,
+            will_message=will,
+        )
+        if self._username:
+            client.set_auth_credentials(self._username, self._password)
+        client.set_config({"reconnect_retries": -1, "reconnect_delay": self._reconnect_delay})
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        client.on_subscribe = self._on_subscribe
+        self._client = client
+        self._subscribed = asyncio.Event()
+        await client.connect(
+            self.host, self.port, ssl=self._ssl_context(), keepalive=self._keepalive,
+            version=self._version,
+        )
+        if self._filters:
+            await asyncio.wait_for(self._subscribed.wait(), 10)
+
+    async def close(self) -> None:
+        """Disconnect cleanly (no Will); waiting publishes are dropped."""
+        self._closing = True
+        client, self._client = self._client, None
+        self._waiting.clear()
+        if client is not None:
+            try:
+                await asyncio.wait_for(client.disconnect(), 5)
+            except Exception:  # the broker may already be gone
+                log.debug("disconnect failed", exc_info=True)
+
+    @property
+    def connected(self) -> bool:
+        return self._client is not None and self._client.is_connected
+
+    async def wait_connected(self, timeout: float | None = None) -> None:
+        await asyncio.wait_for(self._connected.wait(), timeout)
+
+    def _ssl_context(self):
+        if not self._tls:
+            return False
+        ca, cert, key, insecure = self._tls_opts
+        ctx = _ssl.create_default_context(cafile=ca)
+        if cert:
+            ctx.load_cert_chain(cert, key)
+        if insecure:
+            ctx.check_hostname = False
+            ctx.verify_mode = _ssl.CERT_NONE
+        return ctx
+
+    # -- gmqtt callbacks ----------------------------------------------------
+
+    def _on_connect(self, client, flags, rc, properties) -> None:
+        values = client._package_handler._connack_properties.get("receive_maximum")
+        receive_max = values[0] if values else 65535
+        # gmqtt raises OverflowError at (receive maximum - 1) unacked ids.
+        self._window = max(1, min(receive_max - 2, self._max_inflight))
+        session_present = bool(flags)
+        if self._filters and not session_present:
+            if client.subscriptions:
+                # gmqtt keeps them but does not resubscribe (issue #124).
+                for sub in client.subscriptions:
+                    client.resubscribe(sub)
+            else:
+                client.subscribe([gmqtt.Subscription(t, qos=q) for t, q in self._filters])
+        if self._connected.is_set():
+            return
+        self._connected.set()
+        client.reconnect_delay = self._reconnect_delay
+        self.on_connection(True)
+        self._drain()
+
+    def _on_disconnect(self, client, packet, exc=None) -> None:
+        if self._closing:
+            return
+        self.reconnects += 1
+        # gmqtt replays unacknowledged QoS 1 messages after reconnecting;
+        # their mids are renumbered then, so forget our mid -> token map and
+        # let the owner's deadlines settle those calls.
+        self._inflight = 0
+        self._mid_token.clear()
+        client.reconnect_delay = min(self._reconnect_max, max(self._reconnect_delay, client.reconnect_delay * 2))
+        if self._connected.is_set():
+            self._connected.clear()
+            self.on_connection(False)
+
+    def _on_subscribe(self, client, mid, qos, properties) -> None:
+        self._subscribed.set()
+
+    def _on_message(self, client, topic, payload, qos, properties):
+        try:
+            self.on_message(topic, payload, properties)
+        except Exception:  # the owner's bug must not kill gmqtt's read loop
+            log.exception("message handler failed for topic %r", topic)
+        return 0
+
+    # -- publishing ---------------------------------------------------------
+
+    def publish(
+        self,
+        topic: str,
+        payload: bytes,
+        qos: int = 1,
+        retain: bool = False,
+        token: int = -1,
+        properties: dict | None = None,
+    ) -> None:
+        """Publish now, or as soon as the broker's window allows (QoS 1)."""
+        if qos and (self._inflight >= self._window or self._waiting or not self.connected):
+            self._waiting.append((topic, payload, qos, retain, token, properties))
+            return
+        self._send(topic, payload, qos, retain, token, properties)
+
+    def _send(self, topic, payload, qos, retain, token, properties) -> None:
+        client = self._client
+        if client is None:
+            return
+        message = gmqtt.Message(topic, payload, qos=qos, retain=retain, **(properties or {}))
+        mid, package = client._connection.publish(message)
+        if qos:
+            client._persistent_storage.push_message(mid, package)
+            self._inflight += 1
+            if token >= 0:
+                self._mid_token[mid] = token
+        elif token >= 0:
+            self.on_published(token)
+
+    def _on_puback(self, mid: int) -> None:
+        if self._inflight:
+            self._inflight -= 1
+        token = self._mid_token.pop(mid, -1)
+        if token >= 0:
+            self.on_published(token)
+        if self._waiting:
+            self._drain()
+
+    def _drain(self) -> None:
+        waiting = self._waiting
+        while waiting and self._inflight < self._window and self.connected:
+            self._send(*waiting.popleft())
+
+    async def subscribe(self, filters: list[tuple[str, int]]) -> None:
+        """Add subscriptions (kept across reconnects)."""
+        self._filters.extend(filters)
+        if self._client is not None:
+            self._client.subscribe([gmqtt.Subscription(t, qos=q) for t, q in filters])

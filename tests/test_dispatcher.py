@@ -1,0 +1,386 @@
+"""Lightweight RPC end to end, through a real Mosquitto, on uvloop and asyncio."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+import uvloop
+
+from fleetrpc import DeliveryStrategy
+from fleetrpc.config import Settings
+from fleetrpc.device import DeviceClient
+from fleetrpc.dispatcher import Dispatcher
+from fleetrpc.errors import (
+    DeviceOfflineError,
+    DispatcherClosedError,
+    QueueFullError,
+    RemoteError,
+    ReplyNotJsonError,
+    RpcTimeoutError,
+    ValidationError,
+)
+
+pytestmark = pytest.mark.mqtt
+
+
+@pytest.fixture(params=["uvloop", "asyncio"])
+def event_loop_policy(request):
+    if request.param == "uvloop":
+        return uvloop.EventLoopPolicy()
+    return asyncio.DefaultEventLoopPolicy()
+
+
+_seq = iter(range(10**9))
+
+
+def _settings(url: str, **kw) -> Settings:
+    kw.setdefault("min_timeout_ms", 0)
+    kw.setdefault("default_timeout_ms", 3000)
+    return Settings(mqtt_url=url, node_id=f"t{next(_seq)}", **kw)
+
+
+async def _wait(predicate, timeout: float = 5.0) -> None:
+    end = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > end:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.01)
+
+
+def _name(prefix: str = "dev") -> str:
+    return f"{prefix}-{next(_seq)}"
+
+
+async def _device(url: str, name: str | None = None, **kw) -> DeviceClient:
+    dev = DeviceClient(name or _name(), url, **kw)
+
+    @dev.method("echo")
+    def echo(params):
+        return params
+
+    @dev.method("slow")
+    async def slow(params):
+        await asyncio.sleep(params.get("s", 0.2))
+        return params.get("v")
+
+    @dev.method("boom")
+    def boom(params):
+        raise RuntimeError("exploded")
+
+    await dev.connect()
+    return dev
+
+
+@pytest.fixture
+async def rig(mqtt_url):
+    """A dispatcher and a device, both connected, presence seen."""
+    d = Dispatcher(_settings(mqtt_url))
+    await d.start()
+    dev = await _device(mqtt_url)
+    await _wait(lambda: d.is_online(dev.device_id))
+    yield d, dev
+    await dev.close()
+    await d.close()
+
+
+async def test_two_way_returns_the_reply(rig):
+    d, dev = rig
+    assert await d.call(dev.device_id, "echo", {"pin": 4, "value": 1}) == {"pin": 4, "value": 1}
+    assert await d.call(dev.device_id, "echo", [1, "x", None]) == [1, "x", None]
+    assert d.stats.replies == 2
+
+
+async def test_params_default_to_empty_object(rig):
+    d, dev = rig
+    assert await d.call(dev.device_id, "echo") == {}
+
+
+async def test_one_way_returns_once_published(rig):
+    d, dev = rig
+    got = []
+    dev.add_method("set", lambda p: got.append(p))
+    assert await d.call(dev.device_id, "set", {"v": 1}, oneway=True) is None
+    await _wait(lambda: got == [{"v": 1}])
+
+
+async def test_device_error_reply_is_returned_as_json(rig):
+    d, dev = rig
+    r = await d.call(dev.device_id, "boom", {})
+    assert r["error"]["code"] == "HANDLER_ERROR" and "exploded" in r["error"]["message"]
+    r = await d.call(dev.device_id, "nope", {})
+    assert r["error"]["code"] == "METHOD_NOT_FOUND"
+
+
+async def test_timeout(rig):
+    d, dev = rig
+    with pytest.raises(RpcTimeoutError):
+        await d.call(dev.device_id, "slow", {"s": 5}, timeout=0.2)
+    assert d.stats.timeouts == 1
+    # The late reply is rejected and counted, not crashing anything.
+    await _wait(lambda: d.stats.unknown_request >= 0)
+
+
+async def test_timeout_is_raised_to_the_minimum(mqtt_url):
+    async with Dispatcher(_settings(mqtt_url, min_timeout_ms=400)) as d:
+        dev = await _device(mqtt_url)
+        try:
+            await _wait(lambda: d.is_online(dev.device_id))
+            t0 = time.monotonic()
+            with pytest.raises(RpcTimeoutError):
+                await d.call(dev.device_id, "slow", {"s": 3}, timeout=0.05)
+            assert time.monotonic() - t0 >= 0.4
+            # and a call that needs 0.2 s succeeds despite asking for 0.05 s
+            assert await d.call(dev.device_id, "slow", {"s": 0.2, "v": 7}, timeout=0.05) == 7
+        finally:
+            await dev.close()
+
+
+async def test_default_timeout_follows_thingsboard():
+    s = Settings()
+    assert s.default_timeout_ms == 10_000 and s.min_timeout_ms == 5_000
+
+
+async def test_expiration_time_overrides_timeout(rig):
+    d, dev = rig
+    t0 = time.monotonic()
+    with pytest.raises(RpcTimeoutError):
+        await d.call(dev.device_id, "slow", {"s": 5}, timeout=60,
+                     expiration_time=int(time.time() * 1000) + 200)
+    assert time.monotonic() - t0 < 5
+
+
+async def test_offline_device_fails_at_once(rig):
+    d, _ = rig
+    with pytest.raises(DeviceOfflineError):
+        await d.call("never-seen", "echo", {})
+    with pytest.raises(ValidationError):
+        await d.call("bad/id", "echo", {})
+
+
+async def test_bad_arguments(rig):
+    d, dev = rig
+    with pytest.raises(ValidationError):
+        await d.call(dev.device_id, "", {})
+    with pytest.raises(ValidationError):
+        await d.call(dev.device_id, "echo", {"x": object()})
+    with pytest.raises(ValidationError):
+        await d.call(dev.device_id, "echo", {}, timeout=-1)
+
+
+@pytest.mark.parametrize("strategy", list(DeliveryStrategy))
+async def test_order_under_each_strategy(mqtt_url, strategy):
+    async with Dispatcher(_settings(mqtt_url)) as d:
+        dev = await _device(mqtt_url, ack=True)
+        seen = []
+        running = []
+        peak = [0]
+
+        @dev.method("rec")
+        async def rec(params):
+            running.append(params)
+            peak[0] = max(peak[0], len(running))
+            seen.append(params)
+            await asyncio.sleep(0.01)
+            running.remove(params)
+            return params
+
+        try:
+            await _wait(lambda: d.is_online(dev.device_id))
+            d.configure_device(dev.device_id, strategy=strategy)
+            results = await asyncio.gather(*(d.call(dev.device_id, "rec", i) for i in range(20)))
+            assert results == list(range(20))
+            assert seen == list(range(20))  # FIFO
+            if strategy == DeliveryStrategy.SEQUENTIAL_ON_RESPONSE:
+                assert peak[0] == 1
+            if strategy == DeliveryStrategy.BURST:
+                assert peak[0] > 1
+        finally:
+            await dev.close()
+
+
+async def test_queue_cap(mqtt_url):
+    async with Dispatcher(_settings(mqtt_url, queue_cap=3)) as d:
+        dev = await _device(mqtt_url)
+        try:
+            await _wait(lambda: d.is_online(dev.device_id))
+            d.configure_device(dev.device_id, strategy=DeliveryStrategy.SEQUENTIAL_ON_RESPONSE)
+            calls = [asyncio.ensure_future(d.call(dev.device_id, "slow", {"s": 0.1, "v": i})) for i in range(4)]
+            await asyncio.sleep(0)
+            with pytest.raises(QueueFullError):
+                await d.call(dev.device_id, "echo", {})
+            assert await asyncio.gather(*calls) == [0, 1, 2, 3]
+            assert d.stats.queue_full == 1
+        finally:
+            await dev.close()
+
+
+async def test_stuck_head_times_out_and_unblocks_device(mqtt_url):
+    async with Dispatcher(_settings(mqtt_url)) as d:
+        dev = await _device(mqtt_url)
+        try:
+            await _wait(lambda: d.is_online(dev.device_id))
+            d.configure_device(dev.device_id, strategy=DeliveryStrategy.SEQUENTIAL_ON_RESPONSE)
+            stuck = asyncio.ensure_future(d.call(dev.device_id, "slow", {"s": 30}, timeout=0.3))
+            after = asyncio.ensure_future(d.call(dev.device_id, "echo", "next", timeout=5))
+            with pytest.raises(RpcTimeoutError):
+                await stuck
+            assert await after == "next"
+        finally:
+            await dev.close()
+
+
+async def test_client_side_rpc(rig):
+    d, dev = rig
+
+    @d.handler("getCurrentTime")
+    def now(device, params):
+        return {"device": device, "t": 1631881236974}
+
+    @d.handler("weather")
+    async def weather(device, params):
+        await asyncio.sleep(0.01)
+        return {"city": params["city"], "rain": False}
+
+    @d.handler("broken")
+    def broken(device, params):
+        raise ValueError("no forecast")
+
+    assert await dev.call("getCurrentTime") == {"device": dev.device_id, "t": 1631881236974}
+    assert await dev.call("weather", {"city": "Hangzhou"}) == {"city": "Hangzhou", "rain": False}
+    with pytest.raises(RemoteError, match="METHOD_NOT_FOUND"):
+        await dev.call("unknown")
+    with pytest.raises(RemoteError, match="no forecast"):
+        await dev.call("broken")
+    assert d.stats.client_calls == 4 and d.stats.client_errors == 2
+
+
+async def test_presence_from_last_will(rig):
+    d, dev = rig
+    assert d.is_online(dev.device_id)
+    await dev.close(offline=False)  # clean disconnect does not fire the Will ...
+    # ... so kill the socket instead, like a device losing power.
+    dev2 = await _device(d.settings.mqtt_url)
+    await _wait(lambda: d.is_online(dev2.device_id))
+    dev2._transport._client._connection._transport.abort()
+    dev2._transport._closing = True
+    await _wait(lambda: not d.is_online(dev2.device_id), timeout=10)
+    with pytest.raises(DeviceOfflineError):
+        await d.call(dev2.device_id, "echo", {})
+    await dev2._transport.close()
+
+
+async def test_broadcast(mqtt_url):
+    async with Dispatcher(_settings(mqtt_url)) as d:
+        fleet = [await _device(mqtt_url) for _ in range(20)]
+        try:
+            await _wait(lambda: all(d.is_online(x.device_id) for x in fleet))
+            names = [x.device_id for x in fleet] + ["ghost"]
+            bc = d.broadcast(names, "echo", {"v": 1})
+            outcomes = [o async for o in bc]
+            assert len(outcomes) == 21
+            summary = await bc.wait()
+            assert summary.succeeded == 20 and summary.offline == 1 and summary.failed == 1
+            assert summary.results[fleet[0].device_id] == {"v": 1}
+        finally:
+            await asyncio.gather(*(x.close() for x in fleet))
+
+
+async def test_malformed_unknown_and_foreign_replies_are_rejected(rig, mqtt_url):
+    d, dev = rig
+    other = await _device(mqtt_url)
+    try:
+        await _wait(lambda: d.is_online(other.device_id))
+        node = d.node_id
+        p = d.settings.prefix
+        # a reply for a request id that is not pending
+        other.publish_raw(f"{p}/d/{other.device_id}/res/{node}/999999", b"{}")
+        # garbage on our topics
+        other.publish_raw(f"{p}/d/{other.device_id}/res/{node}/notanumber", b"{}")
+        other.publish_raw(f"{p}/d/{other.device_id}/call/1", b"\xff\xfe not json")
+        # a device answering another device's request
+        slow = asyncio.ensure_future(d.call(dev.device_id, "slow", {"s": 0.5, "v": "mine"}))
+        await asyncio.sleep(0.1)
+        (rid,) = [r for r in range(1, 10**6) if d._pending.peek(r) is not None][:1]
+        other.publish_raw(f"{p}/d/{other.device_id}/res/{node}/{rid}", b'"forged"')
+        await _wait(lambda: d.stats.wrong_device == 1 and d.stats.unknown_request >= 1 and d.stats.malformed >= 2)
+        assert await slow == "mine"  # the real reply still wins
+        # a reply that is not JSON fails the call with ReplyNotJsonError
+        dev.add_method("raw", lambda p: None)
+        dev._send_reply = lambda key, topic, props, result: dev._transport.publish(topic, b"not json", 1)
+        with pytest.raises(ReplyNotJsonError):
+            await d.call(dev.device_id, "raw", {})
+        assert await d.call(other.device_id, "echo", 1) == 1  # still serving
+    finally:
+        await other.close()
+
+
+@pytest.mark.parametrize("version", [4, 5])
+async def test_mqtt311_and_mqtt5_devices(mqtt_url, version):
+    async with Dispatcher(_settings(mqtt_url)) as d:
+        dev = await _device(mqtt_url, version=version, ack=True)
+        try:
+            await _wait(lambda: d.is_online(dev.device_id))
+            assert await d.call(dev.device_id, "echo", {"v": version}) == {"v": version}
+            assert d.stats.acks == 1
+
+            @d.handler("ping")
+            def ping(device, params):
+                return "pong"
+
+            assert await dev.call("ping") == "pong"
+        finally:
+            await dev.close()
+
+
+async def test_close_fails_pending_calls(mqtt_url):
+    d = Dispatcher(_settings(mqtt_url))
+    await d.start()
+    dev = await _device(mqtt_url)
+    try:
+        await _wait(lambda: d.is_online(dev.device_id))
+        pending = asyncio.ensure_future(d.call(dev.device_id, "slow", {"s": 10}))
+        await asyncio.sleep(0.05)
+        await d.close()
+        with pytest.raises(DispatcherClosedError):
+            await pending
+        with pytest.raises(DispatcherClosedError):
+            await d.call(dev.device_id, "echo", {})
+    finally:
+        await dev.close()
+
+
+async def test_broker_restart_mid_run(mqtt_broker):
+    url = mqtt_broker.url
+    d = Dispatcher(_settings(url, reconnect_delay=0.2, reconnect_max=0.5))
+    await d.start()
+    dev = await _device(url, reconnect_delay=0.2, reconnect_max=0.5)
+    try:
+        await _wait(lambda: d.is_online(dev.device_id))
+        assert await d.call(dev.device_id, "echo", 1) == 1
+        inflight = asyncio.ensure_future(d.call(dev.device_id, "slow", {"s": 0.5, "v": 2}, timeout=1))
+        await asyncio.sleep(0.05)
+        await mqtt_broker.stop()
+        await asyncio.sleep(0.3)
+        await mqtt_broker.start()
+        # the in-flight call completes or fails cleanly, never hangs
+        try:
+            assert await inflight == 2
+        except RpcTimeoutError:
+            pass
+        # both sides reconnect and resubscribe: calls work again
+        await _wait(lambda: d._transport.connected and dev.connected, timeout=15)
+        await _wait(lambda: d.is_online(dev.device_id), timeout=5)
+        for _ in range(50):
+            try:
+                assert await d.call(dev.device_id, "echo", 3, timeout=1) == 3
+                break
+            except RpcTimeoutError:
+                await asyncio.sleep(0.2)
+        else:
+            raise AssertionError("no call succeeded after the broker restart")
+        assert d._transport.reconnects >= 1
+    finally:
+        await dev.close()
+        await d.close()
