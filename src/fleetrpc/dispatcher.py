@@ -541,7 +541,7 @@ class Dispatcher:
             raise ValidationError(f"method must be a non-empty string, not {method!r}")
         try:
             return self._encode_request(method, {} if params is None else params)
-        except (TypeError, msgspec.EncodeError) as exc:
+        except (TypeError, msgspec.EncodeError, CodecError) as exc:
             raise ValidationError(f"params are not JSON-serialisable: {exc}") from None
 
     def _submit(self, device: str, completion: Any, deadline: float, payload: bytes, flags: int) -> int:

@@ -1,0 +1,518 @@
+# cython: language_level=3
+"""Pending-call table (compiled; pure twin: ``pending_py.py``).
+
+Contract: ``docs/core.md``, section PendingTable; the points it leaves open
+are decided in ``pending_py.py``'s docstring, identically here.
+
+An entry is a 40-byte ``PendingSlot`` in a slab (a C array with a free list
+that grows by doubling); the device and the completion are owned
+``PyObject*`` references.  Request ids find their slot through an
+open-addressing index of ``int32`` slot numbers (linear probing, Fibonacci
+hashing, backward-shift deletion, load <= 1/2), so a pending call costs
+40 bytes of slab, about 8 of index and the wheel's 32-byte entry: no Python
+object of its own.  The wheel is called through its cdef methods.
+
+Popping several entries (``expire``, ``drain``) runs in two phases: first,
+without running any Python code, the entries leave the index and are chained
+through their slots' ``link``; only then are the result tuples built.  A
+finalizer that runs during that allocation (the cyclic GC) may use the table
+freely: the popped slots are neither findable nor free.
+
+The cyclic GC sees the references in the slab through a ``tp_traverse`` and
+``tp_clear`` installed at import (Cython has no hook for raw ``PyObject*``
+fields), so a completion that refers back to its table is collected.
+"""
+
+cimport cython
+from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
+from cpython.object cimport PyObject
+from libc.stdint cimport int32_t, int64_t, uint32_t, uint64_t
+from libc.stdlib cimport qsort
+from libc.string cimport memset
+
+from fleetrpc._core.wheel cimport FLEETRPC_DEBUG, TimingWheel
+
+from fleetrpc.errors import UnknownRequestError, WrongDeviceError
+
+cdef extern from "Python.h":
+    long long PyLong_AsLongLongAndOverflow(object obj, int* overflow) except? -1
+    void _incref "Py_INCREF"(PyObject* o)
+    void _decref "Py_DECREF"(PyObject* o)
+    ctypedef int (*visitproc)(PyObject*, void*) noexcept
+    ctypedef int (*traverseproc)(PyObject*, visitproc, void*) noexcept
+    ctypedef int (*inquiry)(PyObject*) noexcept
+    ctypedef struct _GCSlots "PyTypeObject":
+        traverseproc tp_traverse
+        inquiry tp_clear
+
+cdef extern from *:
+    """
+    #define FR_RID_LIMIT ((int64_t)1 << 53)
+    #define FR_FLAGS_LIMIT ((int64_t)1 << 32)
+    #define FR_FIB 0x9E3779B97F4A7C15ULL
+    #define FR_SLAB_MAX ((Py_ssize_t)1 << 30)
+    """
+    const int64_t FR_RID_LIMIT      # request ids stay below 2**53 (exact in JSON)
+    const int64_t FR_FLAGS_LIMIT    # flags are a uint32
+    const uint64_t FR_FIB           # 2**64 / golden ratio: Fibonacci hashing
+    const Py_ssize_t FR_SLAB_MAX    # most slots (slot numbers are int32)
+
+ctypedef struct _RidSlot:           # drain() sorts these by rid
+    int64_t rid
+    int32_t slot
+
+# Debug builds only: pending entries alive over all tables (0 after every test).
+cdef Py_ssize_t _debug_live = 0
+
+
+def debug_counters():
+    """Leak counters of a ``FLEETRPC_DEBUG`` build, ``None`` in a normal one."""
+    if FLEETRPC_DEBUG:
+        return {"pending_entries": _debug_live}
+    return None
+
+
+# -- helpers (same checks and messages as pending_py) ---------------------------
+
+cdef inline int64_t _as_rid(object rid) except? -1:
+    # Any int is accepted; ids outside int64 are simply never pending (0).
+    cdef int overflow = 0
+    cdef long long v
+    if not isinstance(rid, int):
+        raise TypeError(f"rid must be an int, got {type(rid).__name__}")
+    v = PyLong_AsLongLongAndOverflow(rid, &overflow)
+    if overflow != 0:
+        return 0
+    return v
+
+
+cdef inline int64_t _as_flags(object flags) except -1:
+    cdef int overflow = 0
+    cdef long long v
+    if not isinstance(flags, int):
+        raise TypeError(f"flags must be an int, got {type(flags).__name__}")
+    v = PyLong_AsLongLongAndOverflow(flags, &overflow)
+    if overflow != 0 or v < 0 or v >= FR_FLAGS_LIMIT:
+        raise ValueError(f"flags must be in [0, 2**32), got {flags!r}")
+    return v
+
+
+cdef inline Py_ssize_t _home(int64_t rid, int shift) noexcept nogil:
+    return <Py_ssize_t>((<uint64_t>rid * FR_FIB) >> shift)
+
+
+cdef int _cmp_rid(const void* a, const void* b) noexcept nogil:
+    cdef int64_t x = (<const _RidSlot*>a).rid, y = (<const _RidSlot*>b).rid
+    return (x > y) - (x < y)
+
+
+cdef object _unknown(object rid):
+    return UnknownRequestError(f"request {rid!r} is not pending")
+
+
+# -- the table -------------------------------------------------------------------------
+
+@cython.final
+@cython.no_gc_clear
+@cython.auto_pickle(False)
+cdef class PendingTable:
+    """Request id -> (device, completion, deadline handle, flags).
+
+    ``PendingTable(wheel)``; see ``docs/core.md`` and the docstring of
+    ``fleetrpc._core.pending_py`` for the exact semantics.
+    """
+    # Fields are declared and documented in pending.pxd.
+
+    def __cinit__(self, object wheel):
+        self._free = -1
+        self._next_rid = 1
+        if not isinstance(wheel, TimingWheel):
+            t = type(wheel)
+            raise TypeError(
+                "wheel must be a TimingWheel of the same variant, "
+                f"got {t.__module__}.{t.__qualname__}"
+            )
+        self._wheel = <TimingWheel>wheel
+
+    def __dealloc__(self):
+        self._release_all()
+        PyMem_Free(self._slab)
+        PyMem_Free(self._index)
+
+    # -- public API ------------------------------------------------------------
+
+    def __len__(self):
+        return self._count
+
+    def __contains__(self, object rid):
+        if not isinstance(rid, int):
+            return False
+        return self._find(_as_rid(rid)) >= 0
+
+    def __repr__(self):
+        return f"<PendingTable pending={self._count} next_rid={self._next_rid}>"
+
+    def add(self, object device, object completion, double deadline, object flags=0):
+        """Store a pending call and schedule its deadline; return its request id."""
+        global _debug_live
+        cdef int64_t f, h, rid = self._next_rid
+        cdef int32_t s
+        cdef PendingSlot* p
+        if not isinstance(device, str):
+            raise TypeError(f"device must be a str, got {type(device).__name__}")
+        f = _as_flags(flags)
+        if rid >= FR_RID_LIMIT:
+            raise OverflowError("request ids are exhausted (2**53)")
+        # Make room first: once the wheel holds the deadline nothing may fail.
+        if self._free < 0:
+            self._grow_slab()
+        if (self._count + 1) * 2 > self._icap:
+            self._rehash(self._icap * 2 if self._icap else P_INITIAL_INDEX)
+        h = self._wheel._schedule(deadline, rid)
+        s = self._free
+        p = &self._slab[s]
+        self._free = p.link
+        p.rid = rid
+        p.handle = h
+        p.flags = <uint32_t>f
+        p.link = -1
+        _incref(<PyObject*>device)
+        p.device = <PyObject*>device
+        _incref(<PyObject*>completion)
+        p.completion = <PyObject*>completion
+        self._index_insert(rid, s)
+        self._count += 1
+        self._used += 1
+        self._next_rid = rid + 1
+        if FLEETRPC_DEBUG:
+            _debug_live += 1
+        return rid
+
+    def resolve(self, object rid, object device=None):
+        """Pop a pending call, cancel its deadline, return its completion."""
+        cdef int64_t r = _as_rid(rid)
+        cdef Py_ssize_t pos
+        cdef int32_t s
+        if device is not None and not isinstance(device, str):
+            raise TypeError(f"device must be a str or None, got {type(device).__name__}")
+        pos = self._find(r)
+        if pos < 0:
+            raise _unknown(rid)
+        if device is not None:
+            owner = <object>self._slab[self._index[pos]].device
+            if device != owner:
+                raise WrongDeviceError(
+                    f"request {rid!r} belongs to device {owner!r}, not {device!r}"
+                )
+            if type(device) is not str:  # a subclass's __ne__ may have used the table
+                pos = self._find(r)
+                if pos < 0:
+                    raise _unknown(rid)
+        s = self._detach(pos)
+        self._wheel._cancel(self._slab[s].handle)
+        completion = <object>self._slab[s].completion
+        self._release(s)
+        self._maybe_shrink()
+        return completion
+
+    def peek(self, object rid):
+        """``(device, completion, flags)`` of a pending call, or ``None``."""
+        cdef Py_ssize_t pos = self._find(_as_rid(rid))
+        cdef PendingSlot* p
+        if pos < 0:
+            return None
+        p = &self._slab[self._index[pos]]
+        return (<object>p.device, <object>p.completion, p.flags)
+
+    def set_flags(self, object rid, object flags):
+        """Replace the flags of a pending call."""
+        cdef int64_t r = _as_rid(rid)
+        cdef int64_t f = _as_flags(flags)
+        cdef Py_ssize_t pos = self._find(r)
+        if pos < 0:
+            raise _unknown(rid)
+        self._slab[self._index[pos]].flags = <uint32_t>f
+
+    def rearm(self, object rid, double deadline):
+        """Give a pending call a new deadline (for a retry)."""
+        cdef int64_t r = _as_rid(rid), h
+        cdef Py_ssize_t pos = self._find(r)
+        cdef PendingSlot* p
+        if pos < 0:
+            raise _unknown(rid)
+        h = self._wheel._schedule(deadline, r)  # may raise: keep the old deadline
+        p = &self._slab[self._index[pos]]
+        self._wheel._cancel(p.handle)
+        p.handle = h
+
+    def expire(self, double now):
+        """Advance the wheel to ``now``; pop and return every call now due."""
+        cdef Py_ssize_t n = self._wheel._collect(now), j, pos
+        cdef int64_t* due = self._wheel._due
+        cdef int32_t s, head = -1, tail = -1
+        for j in range(n):
+            pos = self._find(due[j])
+            if pos < 0:  # not one of ours
+                continue
+            s = self._detach(pos)
+            if tail < 0:
+                head = s
+            else:
+                self._slab[tail].link = s
+            tail = s
+        return self._pop_chain(head)
+
+    def drain(self):
+        """Pop every pending call (deadlines cancelled), ascending request id."""
+        cdef Py_ssize_t n = self._count, i, k = 0
+        cdef _RidSlot* order
+        cdef int32_t s, head = -1, tail = -1
+        if n == 0:
+            return []
+        order = <_RidSlot*>PyMem_Malloc(n * sizeof(_RidSlot))
+        if order == NULL:
+            raise MemoryError()
+        for i in range(self._icap):
+            s = self._index[i]
+            if s >= 0:
+                order[k].rid = self._slab[s].rid
+                order[k].slot = s
+                k += 1
+        qsort(order, <size_t>n, sizeof(_RidSlot), _cmp_rid)
+        for i in range(n):
+            s = order[i].slot
+            self._wheel._cancel(self._slab[s].handle)
+            self._slab[s].link = -1
+            if tail < 0:
+                head = s
+            else:
+                self._slab[tail].link = s
+            tail = s
+        PyMem_Free(order)
+        memset(self._index, 0xFF, self._icap * sizeof(int32_t))  # every entry -1
+        self._count = 0
+        return self._pop_chain(head)
+
+    # -- index: rid -> slot ------------------------------------------------------
+
+    cdef Py_ssize_t _find(self, int64_t rid) noexcept:
+        # Position of rid in _index, or -1.
+        cdef Py_ssize_t i, mask
+        cdef int32_t s
+        if rid <= 0 or self._icap == 0:
+            return -1
+        mask = self._icap - 1
+        i = _home(rid, self._ishift)
+        while True:
+            s = self._index[i]
+            if s < 0:
+                return -1
+            if self._slab[s].rid == rid:
+                return i
+            i = (i + 1) & mask
+
+    cdef void _index_insert(self, int64_t rid, int32_t slot) noexcept:
+        # Precondition: rid is not in the index, which has a free position.
+        cdef Py_ssize_t mask = self._icap - 1
+        cdef Py_ssize_t i = _home(rid, self._ishift)
+        while self._index[i] >= 0:
+            i = (i + 1) & mask
+        self._index[i] = slot
+
+    cdef void _index_delete(self, Py_ssize_t pos) noexcept:
+        # Backward-shift deletion: no tombstones, probe chains stay short.
+        cdef Py_ssize_t mask = self._icap - 1, i = pos, j = pos, k
+        cdef int32_t s
+        while True:
+            j = (j + 1) & mask
+            s = self._index[j]
+            if s < 0:
+                self._index[i] = -1
+                return
+            k = _home(self._slab[s].rid, self._ishift)
+            # The entry at j may fill the hole at i unless its home lies
+            # cyclically in (i, j].
+            if (i <= j and i < k <= j) or (i > j and (k > i or k <= j)):
+                continue
+            self._index[i] = s
+            i = j
+
+    cdef int _rehash(self, Py_ssize_t icap) except -1:
+        cdef int32_t* index = <int32_t*>PyMem_Malloc(icap * sizeof(int32_t))
+        cdef int32_t* old = self._index
+        cdef Py_ssize_t i, oldcap = self._icap
+        cdef int shift = 64
+        if index == NULL:
+            raise MemoryError()
+        memset(index, 0xFF, icap * sizeof(int32_t))
+        i = icap
+        while i > 1:
+            i >>= 1
+            shift -= 1
+        self._index = index
+        self._icap = icap
+        self._ishift = shift
+        for i in range(oldcap):  # from the old index: popped slots stay out
+            if old[i] >= 0:
+                self._index_insert(self._slab[old[i]].rid, old[i])
+        PyMem_Free(old)
+        return 0
+
+    # -- slab ----------------------------------------------------------------------
+
+    cdef int _grow_slab(self) except -1:
+        cdef Py_ssize_t cap = self._cap, new, j
+        cdef PendingSlot* slab
+        new = cap * 2 if cap else P_INITIAL_CAP
+        if new > FR_SLAB_MAX:
+            raise MemoryError(f"pending table is full ({FR_SLAB_MAX} entries)")
+        slab = <PendingSlot*>PyMem_Realloc(self._slab, new * sizeof(PendingSlot))
+        if slab == NULL:
+            raise MemoryError()
+        for j in range(cap, new):
+            slab[j].rid = 0
+            slab[j].handle = 0
+            slab[j].device = NULL
+            slab[j].completion = NULL
+            slab[j].flags = 0
+            slab[j].link = <int32_t>(j + 1)
+        slab[new - 1].link = self._free
+        self._slab = slab
+        self._free = <int32_t>cap
+        self._cap = new
+        return 0
+
+    cdef int32_t _detach(self, Py_ssize_t pos) noexcept:
+        # Take the entry at index position pos out of the index; it keeps its
+        # slot (and its references) until _release.
+        cdef int32_t s = self._index[pos]
+        self._index_delete(pos)
+        self._count -= 1
+        self._slab[s].link = -1
+        return s
+
+    cdef void _release(self, int32_t s) noexcept:
+        # Free a detached slot and drop its references.  The DECREFs come last:
+        # they may run any Python code, including code that uses this table.
+        global _debug_live
+        cdef PendingSlot* p = &self._slab[s]
+        cdef PyObject* device = p.device
+        cdef PyObject* completion = p.completion
+        p.rid = 0
+        p.handle = 0
+        p.device = NULL
+        p.completion = NULL
+        p.flags = 0
+        p.link = self._free
+        self._free = s
+        self._used -= 1
+        if FLEETRPC_DEBUG:
+            _debug_live -= 1
+        _decref(device)
+        _decref(completion)
+
+    cdef list _pop_chain(self, int32_t head):
+        # Phase two of expire/drain: build (rid, device, completion, flags) for
+        # every detached slot of the chain and free the slots.
+        cdef list out = []
+        cdef int32_t nxt
+        cdef int64_t rid
+        cdef uint32_t flags
+        cdef PyObject* device
+        cdef PyObject* completion
+        try:
+            while head >= 0:
+                # Read the slot before allocating: a GC run may move the slab.
+                rid = self._slab[head].rid
+                device = self._slab[head].device
+                completion = self._slab[head].completion
+                flags = self._slab[head].flags
+                nxt = self._slab[head].link
+                item = (rid, <object>device, <object>completion, flags)
+                self._release(head)
+                head = nxt
+                out.append(item)
+        finally:
+            while head >= 0:  # only after an error: drop what cannot be returned
+                nxt = self._slab[head].link
+                self._release(head)
+                head = nxt
+            self._maybe_shrink()
+        return out
+
+    cdef int32_t _detach_all(self) noexcept:
+        # Cancel every deadline and detach every entry; return the chain.
+        cdef Py_ssize_t i
+        cdef int32_t s, head = -1, tail = -1
+        if self._count == 0:
+            return -1
+        for i in range(self._icap):
+            s = self._index[i]
+            if s >= 0:
+                self._index[i] = -1
+                self._wheel._cancel(self._slab[s].handle)
+                self._slab[s].link = -1
+                if tail < 0:
+                    head = s
+                else:
+                    self._slab[tail].link = s
+                tail = s
+        self._count = 0
+        return head
+
+    cdef void _release_all(self) noexcept:
+        # __dealloc__ and the GC's tp_clear: drop every entry, return nothing.
+        cdef int32_t head = self._detach_all(), nxt
+        while head >= 0:
+            nxt = self._slab[head].link
+            self._release(head)
+            head = nxt
+        self._maybe_shrink()
+
+    cdef void _maybe_shrink(self) noexcept:
+        # An emptied big table gives its memory back (a burst is over).
+        if self._used == 0 and self._cap > P_KEEP:
+            PyMem_Free(self._slab)
+            PyMem_Free(self._index)
+            self._slab = NULL
+            self._index = NULL
+            self._cap = 0
+            self._icap = 0
+            self._ishift = 0
+            self._free = -1
+
+
+# -- cyclic GC: make the slab's references visible ------------------------------------
+
+cdef traverseproc _base_traverse = NULL
+
+
+cdef int _traverse(PyObject* o, visitproc visit, void* arg) noexcept:
+    cdef PendingSlot* slab = (<PendingTable>o)._slab
+    cdef Py_ssize_t i, cap = (<PendingTable>o)._cap
+    cdef int r
+    if _base_traverse != NULL:
+        r = _base_traverse(o, visit, arg)
+        if r:
+            return r
+    for i in range(cap):
+        if slab[i].completion != NULL:
+            r = visit(slab[i].completion, arg)
+            if r:
+                return r
+            r = visit(slab[i].device, arg)
+            if r:
+                return r
+    return 0
+
+
+cdef int _clear(PyObject* o) noexcept:
+    # Break cycles through the completions; the wheel stays (no_gc_clear), so
+    # the table remains usable, just empty.
+    (<PendingTable>o)._release_all()
+    return 0
+
+
+_base_traverse = (<_GCSlots*><void*>PendingTable).tp_traverse
+(<_GCSlots*><void*>PendingTable).tp_traverse = _traverse
+(<_GCSlots*><void*>PendingTable).tp_clear = _clear

@@ -1,0 +1,11 @@
+"""``fleetrpc bench``: the end-to-end benchmark.
+
+:mod:`fleetrpc.bench.runner` runs the workloads (:func:`run_bench`) against a
+simulated fleet (:mod:`fleetrpc.sim`) and a real broker, for fleetrpc's
+dispatcher and for the plain reference dispatcher in ``benchmarks/``;
+:mod:`fleetrpc.bench.command` is the click command around it.
+"""
+
+from .runner import TARGETS, WORKLOADS, BenchConfig, ratios, run_bench
+
+__all__ = ["BenchConfig", "TARGETS", "WORKLOADS", "ratios", "run_bench"]

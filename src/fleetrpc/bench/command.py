@@ -1,0 +1,168 @@
+"""``fleetrpc bench``: simulated fleet, real broker, fleetrpc vs. the reference."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .runner import TARGETS, WORKLOADS, BenchConfig, run_bench
+
+
+def _split(value: str, known: tuple[str, ...], what: str) -> tuple[str, ...]:
+    items = tuple(dict.fromkeys(v.strip() for v in value.split(",") if v.strip()))
+    if items == ("all",):
+        return known
+    unknown = [v for v in items if v not in known]
+    if unknown or not items:
+        raise click.BadParameter(f"unknown {what} {', '.join(unknown) or '(none)'}; choose from {', '.join(known)}")
+    return items
+
+
+@click.command()
+@click.option("--devices", "-n", default=1000, show_default=True, type=click.IntRange(1), help="Simulated devices, each its own MQTT connection.")
+@click.option("--qos", default=1, show_default=True, type=click.IntRange(0, 1), help="QoS of requests and replies.")
+@click.option("--duration", "-d", default=3.0, show_default=True, type=click.FloatRange(0.1, 600), help="Seconds per timed phase (also bounds the others).")
+@click.option("--workloads", "-w", default="all", show_default=True, help=f"Comma-separated: {','.join(WORKLOADS)}.")
+@click.option("--targets", "-t", default="all", show_default=True, help=f"Comma-separated: {','.join(TARGETS)}.")
+@click.option("--url", default=None, help="Broker URL; default: start a throwaway tuned Mosquitto.")
+@click.option("--processes", "-p", default=None, type=click.IntRange(1), help="Simulator worker processes (default: one per CPU, at most 4).")
+@click.option("--window", default=1000, show_default=True, type=click.IntRange(1), help="Concurrent callers in the closed loops.")
+@click.option("--calls-per-device", default=5, show_default=True, type=click.IntRange(1), help="Sequential workload: calls per device.")
+@click.option("--mem-pending", default=20000, show_default=True, type=click.IntRange(1), help="Memory workload: calls left pending.")
+@click.option("--timeout", default=10.0, show_default=True, type=click.FloatRange(0.1), help="Call timeout in seconds.")
+@click.option("--json", "json_path", default=None, type=click.Path(dir_okay=False, path_type=Path), help="Write the full report as JSON here.")
+@click.option("--quick", is_flag=True, help="Tiny run (short phases, small windows), for tests.")
+def bench(devices, qos, duration, workloads, targets, url, processes, window, calls_per_device,
+          mem_pending, timeout, json_path, quick):
+    """Benchmark fleetrpc's dispatcher against the plain reference dispatcher.
+
+    Starts a broker (unless --url), simulates DEVICES devices in worker
+    processes, and runs each workload against both targets in turn on the
+    same fleet: peak round trips/s (closed loop), latency at half the peak
+    (open loop), one-way, fan-out to every device, sequential delivery and
+    bytes per pending call.  Prints a table and the fleetrpc/reference ratios.
+    """
+    cfg = BenchConfig(
+        devices=devices, qos=qos, duration=duration,
+        workloads=_split(workloads, WORKLOADS, "workload"),
+        targets=_split(targets, TARGETS, "target"),
+        url=url, processes=processes, window=window, calls_per_device=calls_per_device,
+        mem_pending=mem_pending, timeout=timeout,
+    )
+    if quick:
+        cfg.quick()
+    report = _run(cfg)
+    _print(report)
+    if json_path is not None:
+        json_path.write_text(json.dumps(report, indent=2, default=str) + "\n")
+        click.echo(f"report written to {json_path}", err=True)
+    failed = [name for name, r in report["results"].items() if "error" in r]
+    if failed and len(failed) == len(report["results"]):
+        raise click.ClickException("every target failed: " + "; ".join(
+            f"{n}: {report['results'][n]['error']}" for n in failed))
+
+
+def _run(cfg: BenchConfig) -> dict[str, Any]:
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    console = Console(stderr=True)
+    columns = (TextColumn("{task.description:<26}"), BarColumn(), TextColumn("{task.fields[text]}"),
+               TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=False) as bar:
+        tasks: dict[tuple[str, str], Any] = {}
+
+        def progress(target: str, workload: str, done: float, total: float, text: str) -> None:
+            key = (target, workload)
+            task = tasks.get(key)
+            if task is None:
+                task = tasks[key] = bar.add_task(f"{target} · {workload}", total=total or 1, text=text)
+            bar.update(task, completed=done, total=total or 1, text=text)
+
+        def log(msg: str) -> None:
+            bar.console.print(msg)
+
+        coro = run_bench(cfg, progress, log)
+        try:
+            import uvloop
+        except ImportError:  # pragma: no cover
+            return asyncio.run(coro)
+        return uvloop.run(coro)
+
+
+def _fmt(value: Any, unit: str = "") -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        text = f"{value:,.0f}" if abs(value) >= 1000 else (f"{value:,.1f}" if abs(value) >= 10 else f"{value:.3g}")
+    elif isinstance(value, int):
+        text = f"{value:,}"
+    elif isinstance(value, dict):
+        text = ", ".join(f"{k} {v}" for k, v in value.items()) or "0"
+    else:
+        text = str(value)
+    return text + unit
+
+
+#: (label, metric path, unit)
+ROWS = (
+    ("peak round trips/s", "peak.rps", ""),
+    ("peak latency p50", "peak.p50_ms", " ms"),
+    ("peak latency p99", "peak.p99_ms", " ms"),
+    ("peak CPU per round trip", "peak.cpu_us_per_rt", " µs"),
+    ("peak errors", "peak.errors", ""),
+    ("fixed-rate target", "latency.target_rps", "/s"),
+    ("fixed-rate achieved", "latency.achieved_rps", "/s"),
+    ("fixed-rate p50", "latency.p50_ms", " ms"),
+    ("fixed-rate p99", "latency.p99_ms", " ms"),
+    ("fixed-rate p99.9", "latency.p999_ms", " ms"),
+    ("fixed-rate CPU per round trip", "latency.cpu_us_per_rt", " µs"),
+    ("fixed-rate errors", "latency.errors", ""),
+    ("one-way issued/s", "oneway.sent_per_s", ""),
+    ("one-way delivered/s", "oneway.delivered_per_s", ""),
+    ("one-way lost", "oneway.lost", ""),
+    ("one-way CPU per call", "oneway.cpu_us_per_call", " µs"),
+    ("fan-out to all devices", "fanout.time_s", " s"),
+    ("fan-out failed", "fanout.failed", ""),
+    ("sequential calls/s", "sequential.rps", ""),
+    ("sequential failed", "sequential.failed", ""),
+    ("bytes per pending call", "memory.bytes_per_pending", " B"),
+    ("  of which in own code", "memory.bytes_per_pending_own", " B"),
+)
+
+
+def _print(report: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from .runner import _get
+
+    results = report["results"]
+    ratios = report.get("ratios", {})
+    meta = report["meta"]
+    names = [n for n in TARGETS if n in results]
+    table = Table(title=f"fleetrpc bench: {meta['devices']} devices, QoS {meta['qos']}, "
+                        f"{meta['duration_s']:g} s phases, window {meta['window']}")
+    table.add_column("metric")
+    for name in names:
+        table.add_column(name, justify="right")
+    if len(names) == 2:
+        table.add_column("fleetrpc gain", justify="right")
+    for label, path, unit in ROWS:
+        values = [_get(results.get(n, {}), path) for n in names]
+        if all(v is None for v in values):
+            continue
+        row = [label] + [_fmt(v, unit if v is not None and not isinstance(v, dict) else "") for v in values]
+        if len(names) == 2:
+            r = ratios.get(path)
+            row.append(f"{r['gain']:.2f}x" if r else "")
+        table.add_row(*row)
+    console = Console()
+    console.print(table)
+    for name in names:
+        if "error" in results[name]:
+            console.print(f"[red]{name} failed:[/red] {results[name]['error']}")

@@ -1,0 +1,819 @@
+"""The end-to-end benchmark behind ``fleetrpc bench``.
+
+One run: a broker (a throwaway tuned Mosquitto unless a URL is given), one
+simulated fleet in worker processes (:class:`fleetrpc.sim.Fleet`), and, in
+this process, each *target* in turn against that same fleet:
+
+``reference``
+    ``benchmarks/reference_dispatcher.py``: gmqtt + ``json`` + a Future and a
+    ``loop.call_later`` per call + a dict of futures.  The baseline.
+``fleetrpc``
+    :class:`fleetrpc.dispatcher.Dispatcher`.
+
+Workloads (each bounded in time *and* count; each stops by itself):
+
+``peak``
+    Closed loop: ``window`` callers, each calling the next device as soon as
+    its previous call returned.  Round trips/s, latency percentiles.
+``latency``
+    Open loop at a fixed rate, ``rate_fraction`` (1/2) of the target's own
+    measured peak; latency is measured from each call's *scheduled* start
+    (no coordinated omission).  p50/p99/p99.9.
+``oneway``
+    One-way calls (method ``notify``, which simulated devices never answer)
+    from ``window`` callers; issued/s and delivered/s as counted by the fleet.
+``fanout``
+    One call to every device at once (``broadcast``); time until every
+    device has answered, repeated ``fanout_rounds`` times.
+``sequential``
+    ``calls_per_device`` calls to every device under SEQUENTIAL_ON_RESPONSE
+    (the reference: one awaiting loop per device).
+``memory``
+    Devices stop answering; ``mem_pending`` calls are left pending, and the
+    Python heap growth is measured with :mod:`tracemalloc` (everything, and
+    only what was allocated in the target's own source files); the cost of
+    the harness's own task per call is measured the same way and subtracted.
+
+CPU is ``time.process_time()`` of this process (the target plus the thin
+harness; the fleet and the broker run elsewhere) over a phase, divided by
+the round trips of that phase.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import importlib.util
+import itertools
+import os
+import platform
+import sys
+import time
+import tracemalloc
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, AsyncIterator, Callable
+
+from ..sim.fleet import Fleet, raise_nofile_limit
+
+__all__ = ["BenchConfig", "WORKLOADS", "TARGETS", "run_bench", "ratios"]
+
+WORKLOADS = ("peak", "latency", "oneway", "fanout", "sequential", "memory")
+TARGETS = ("reference", "fleetrpc")
+SCHEMA = 1
+
+#: progress(target, workload, done, total, text)
+Progress = Callable[[str, str, float, float, str], None]
+
+
+@dataclass
+class BenchConfig:
+    """Everything one benchmark run needs; ``quick()`` shrinks it for tests."""
+
+    devices: int = 1000
+    qos: int = 1
+    #: Seconds of each timed phase (peak, latency, oneway; the bound of the others).
+    duration: float = 3.0
+    workloads: tuple[str, ...] = WORKLOADS
+    targets: tuple[str, ...] = TARGETS
+    #: Broker URL; None starts a throwaway tuned Mosquitto.
+    url: str | None = None
+    #: Simulator worker processes (None: one per CPU, at most 4).
+    processes: int | None = None
+    #: Concurrent callers in the closed loops (peak, oneway).
+    window: int = 1000
+    #: Fixed-rate phase: this fraction of the measured peak.
+    rate_fraction: float = 0.5
+    calls_per_device: int = 5
+    fanout_rounds: int = 3
+    mem_pending: int = 20_000
+    #: Call timeout (s).
+    timeout: float = 10.0
+    warmup: float = 1.0
+    #: Params of every call: echoed back by the devices.
+    params: dict = field(default_factory=lambda: {"v": 1, "s": "fleetrpc"})
+
+    def __post_init__(self) -> None:
+        unknown = set(self.workloads) - set(WORKLOADS)
+        if unknown:
+            raise ValueError(f"unknown workloads: {', '.join(sorted(unknown))} (known: {', '.join(WORKLOADS)})")
+        unknown = set(self.targets) - set(TARGETS)
+        if unknown:
+            raise ValueError(f"unknown targets: {', '.join(sorted(unknown))} (known: {', '.join(TARGETS)})")
+        if self.qos not in (0, 1):
+            raise ValueError("qos must be 0 or 1")
+        if self.devices < 1 or self.window < 1 or self.duration <= 0:
+            raise ValueError("devices, window and duration must be positive")
+
+    def quick(self) -> "BenchConfig":
+        """A tiny run for tests: short phases, small windows."""
+        self.duration = min(self.duration, 0.5)
+        self.warmup = 0.2
+        self.window = min(self.window, 32)
+        self.calls_per_device = 2
+        self.fanout_rounds = 1
+        self.mem_pending = min(self.mem_pending, 200)
+        self.timeout = min(self.timeout, 5.0)
+        if self.processes is None:
+            self.processes = 1
+        return self
+
+
+# -- targets -------------------------------------------------------------------
+
+
+class _Target:
+    """What the harness needs from a dispatcher; one subclass per kind."""
+
+    name = ""
+    #: Source files whose allocations count as the target's own (memory phase).
+    alloc_files: tuple[str, ...] = ()
+
+    async def start(self) -> None: ...
+    async def close(self) -> None: ...
+
+    async def ready(self, devices: list[str], timeout: float) -> None:
+        """Return once every device can be called."""
+
+    call: Callable[..., Any]
+
+    async def fanout(self, devices: list[str], params: Any, timeout: float, tick: Callable[[int], None]) -> tuple[int, int]:
+        raise NotImplementedError
+
+    async def sequential(self, devices: list[str], k: int, params: Any, timeout: float, tick: Callable[[int], None]) -> tuple[int, int]:
+        raise NotImplementedError
+
+    def stats(self) -> dict[str, int]:
+        return {}
+
+
+def _reference_path() -> Path | None:
+    env = os.environ.get("FLEETRPC_REFERENCE_DISPATCHER")
+    if env:
+        return Path(env)
+    # A source checkout: <repo>/src/fleetrpc/bench/runner.py -> <repo>/benchmarks/
+    here = Path(__file__).resolve()
+    for parent in here.parents:
+        candidate = parent / "benchmarks" / "reference_dispatcher.py"
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+class _ReferenceTarget(_Target):
+    name = "reference"
+
+    def __init__(self, url: str, cfg: BenchConfig) -> None:
+        path = _reference_path()
+        if path is None:
+            raise RuntimeError("benchmarks/reference_dispatcher.py not found (run from a source "
+                               "checkout or set FLEETRPC_REFERENCE_DISPATCHER)")
+        spec = importlib.util.spec_from_file_location("fleetrpc_bench_reference", path)
+        module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+        spec.loader.exec_module(module)  # type: ignore[union-attr]
+        self.alloc_files = (str(path),)
+        self.d = module.ReferenceDispatcher(
+            url, node_id=f"bench-ref-{os.getpid()}", qos=cfg.qos,
+            window=max(cfg.window, cfg.mem_pending) + 16, default_timeout=cfg.timeout,
+        )
+        self.call = self.d.call
+
+    async def start(self) -> None:
+        await self.d.start()
+
+    async def close(self) -> None:
+        await self.d.close()
+
+    async def fanout(self, devices, params, timeout, tick):
+        call = self.call
+        ok = failed = 0
+
+        async def one(dev):
+            nonlocal ok, failed
+            try:
+                await call(dev, "echo", params, timeout=timeout)
+                ok += 1
+            except Exception:
+                failed += 1
+            tick(1)
+
+        await asyncio.gather(*(one(dev) for dev in devices))
+        return ok, failed
+
+    async def sequential(self, devices, k, params, timeout, tick):
+        call = self.call
+        ok = failed = 0
+
+        async def per_device(dev):
+            nonlocal ok, failed
+            for i in range(k):
+                try:
+                    await call(dev, "echo", params, timeout=timeout)
+                    ok += 1
+                except Exception:
+                    failed += 1
+                tick(1)
+
+        await asyncio.gather(*(per_device(dev) for dev in devices))
+        return ok, failed
+
+    def stats(self):
+        return dict(self.d.stats)
+
+
+class _FleetrpcTarget(_Target):
+    name = "fleetrpc"
+
+    def __init__(self, url: str, cfg: BenchConfig) -> None:
+        from .. import dispatcher as dispatcher_module
+        from ..config import Settings
+        from ..dispatcher import Dispatcher
+
+        pkg = Path(dispatcher_module.__file__).resolve().parent
+        # The package's own files, not the harness and the simulator.
+        self.alloc_files = (str(pkg),)
+        self._exclude = (str(pkg / "bench"), str(pkg / "sim"))
+        self.d = Dispatcher(Settings(
+            mqtt_url=url, node_id=f"bench-{os.getpid()}", qos=cfg.qos, min_timeout_ms=0,
+            inflight_window=max(cfg.window, cfg.mem_pending) + 16,
+            queue_cap=max(100, cfg.calls_per_device + 1),
+        ))
+        self.call = self.d.call
+
+    async def start(self) -> None:
+        await self.d.start()
+
+    async def close(self) -> None:
+        await self.d.close()
+
+    async def ready(self, devices, timeout):
+        # Calls to devices not (yet) known online fail at once: wait for the
+        # retained presence of every device.
+        deadline = time.monotonic() + timeout
+        want = set(devices)
+        while True:
+            missing = len(want - self.d.online_devices)
+            if not missing:
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{missing} devices not seen online by the dispatcher after {timeout:.0f} s")
+            await asyncio.sleep(0.05)
+
+    async def fanout(self, devices, params, timeout, tick):
+        bc = self.d.broadcast(devices, "echo", params, timeout=timeout)
+        async for _outcome in bc:
+            tick(1)
+        summary = await bc.wait()
+        return summary.succeeded, summary.failed
+
+    async def sequential(self, devices, k, params, timeout, tick):
+        from .._core.constants import DeliveryStrategy
+
+        d = self.d
+        for dev in devices:
+            d.configure_device(dev, strategy=DeliveryStrategy.SEQUENTIAL_ON_RESPONSE)
+        try:
+            # All k rounds are submitted at once; each device's queue releases
+            # its next call only when the previous one has its reply.
+            rounds = [d.broadcast(devices, "echo", params, timeout=timeout * k) for _ in range(k)]
+
+            async def drain(bc):
+                async for _outcome in bc:
+                    tick(1)
+                return await bc.wait()
+
+            summaries = await asyncio.gather(*(drain(bc) for bc in rounds))
+        finally:
+            for dev in devices:
+                d.configure_device(dev, strategy=DeliveryStrategy.BURST)
+        return sum(s.succeeded for s in summaries), sum(s.failed for s in summaries)
+
+    def stats(self):
+        s = self.d.stats
+        return s.as_dict() if hasattr(s, "as_dict") else dict(s)
+
+
+def _make_target(name: str, url: str, cfg: BenchConfig) -> _Target:
+    return (_ReferenceTarget if name == "reference" else _FleetrpcTarget)(url, cfg)
+
+
+# -- measuring -------------------------------------------------------------------
+
+
+def _percentiles(samples: list[float]) -> dict[str, float | None]:
+    if not samples:
+        return {"p50_ms": None, "p99_ms": None, "p999_ms": None, "max_ms": None}
+    samples.sort()
+    n = len(samples)
+
+    def at(q: float) -> float:
+        return round(samples[min(n - 1, int(q * n))] * 1000.0, 3)
+
+    return {"p50_ms": at(0.50), "p99_ms": at(0.99), "p999_ms": at(0.999), "max_ms": round(samples[-1] * 1000.0, 3)}
+
+
+class _Phase:
+    """CPU and wall clock of one phase, and a progress ticker."""
+
+    def __init__(self, progress: Progress, target: str, workload: str, total: float, text: str = "") -> None:
+        self.progress = progress
+        self.target = target
+        self.workload = workload
+        self.total = total
+        self.done = 0.0
+        self._next = 0.0
+        self.text = text
+
+    def __enter__(self) -> "_Phase":
+        gc.collect()
+        self.cpu0 = time.process_time()
+        self.t0 = time.perf_counter()
+        self.progress(self.target, self.workload, 0, self.total, self.text)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.elapsed = time.perf_counter() - self.t0
+        self.cpu = time.process_time() - self.cpu0
+        self.progress(self.target, self.workload, self.total, self.total, self.text)
+
+    def tick(self, n: float = 1) -> None:
+        # Called per outcome in some phases: redraw at most every 1 %.
+        self.done += n
+        if self.done >= self._next or n == 0:
+            self._next = self.done + self.total / 100
+            self.progress(self.target, self.workload, self.done, self.total, self.text)
+
+    def cpu_us_per(self, n: int) -> float | None:
+        return round(self.cpu / n * 1e6, 2) if n else None
+
+
+async def _ticker(phase: _Phase, period: float = 0.2) -> None:
+    """Advance a time-based progress bar while a phase runs."""
+    while True:
+        await asyncio.sleep(period)
+        phase.progress(phase.target, phase.workload, min(phase.total, time.perf_counter() - phase.t0),
+                       phase.total, phase.text)
+
+
+@contextlib.asynccontextmanager
+async def _ticking(phase: _Phase) -> AsyncIterator[None]:
+    task = asyncio.get_running_loop().create_task(_ticker(phase))
+    try:
+        yield
+    finally:
+        task.cancel()
+
+
+async def _closed_loop(target: _Target, devices: list[str], cfg: BenchConfig, seconds: float,
+                       *, method: str = "echo", oneway: bool = False, record: bool = True) -> dict[str, Any]:
+    """``window`` callers, each calling again as soon as its call returned."""
+    call = target.call
+    params = cfg.params
+    timeout = cfg.timeout
+    n = len(devices)
+    window = cfg.window
+    end = time.perf_counter() + seconds
+    # A count bound as well as the time bound: a target failing every call
+    # instantly must not spin for ever either.
+    limit = int(seconds * 2_000_000 / window) + 1
+    latencies: list[float] = []
+    errors: Counter[str] = Counter()
+    ok = 0
+    clock = time.perf_counter
+
+    async def caller(k: int) -> None:
+        nonlocal ok
+        i = k
+        lat = latencies.append
+        for step in range(limit):
+            t = clock()
+            if t >= end:
+                return
+            try:
+                await call(devices[i % n], method, params, timeout=timeout, oneway=oneway)
+            except Exception as exc:  # counted, never fatal
+                errors[type(exc).__name__] += 1
+                await asyncio.sleep(0)
+            else:
+                ok += 1
+                if record:
+                    lat(clock() - t)
+            if oneway and not step & 63:
+                # A one-way call may complete without ever yielding to the loop.
+                await asyncio.sleep(0)
+            i += window
+
+    await asyncio.gather(*(caller(k) for k in range(window)))
+    return {"ok": ok, "errors": dict(errors), "latencies": latencies}
+
+
+async def _peak(target, devices, cfg, progress) -> dict[str, Any]:
+    with _Phase(progress, target.name, "peak", cfg.warmup, "warm-up") as w:
+        async with _ticking(w):
+            await _closed_loop(target, devices, cfg, cfg.warmup, record=False)
+    with _Phase(progress, target.name, "peak", cfg.duration) as ph:
+        async with _ticking(ph):
+            r = await _closed_loop(target, devices, cfg, cfg.duration)
+    ok = r["ok"]
+    return {
+        "window": cfg.window,
+        "round_trips": ok,
+        "errors": r["errors"],
+        "elapsed_s": round(ph.elapsed, 3),
+        "rps": round(ok / ph.elapsed, 1),
+        **_percentiles(r["latencies"]),
+        "cpu_s": round(ph.cpu, 3),
+        "cpu_us_per_rt": ph.cpu_us_per(ok),
+    }
+
+
+async def _fixed_rate(target, devices, cfg, progress, peak_rps: float) -> dict[str, Any]:
+    rate = max(1.0, peak_rps * cfg.rate_fraction)
+    total = max(1, int(rate * cfg.duration))
+    call = target.call
+    params = cfg.params
+    timeout = cfg.timeout
+    n = len(devices)
+    loop = asyncio.get_running_loop()
+    latencies: list[float] = []
+    errors: Counter[str] = Counter()
+    outstanding = 0
+    cap = max(10 * cfg.window, 10_000)  # beyond this the target is overloaded: shed
+    shed = 0
+    all_done = loop.create_future()
+    launched = 0
+    clock = time.perf_counter
+
+    async def one(dev: str, scheduled: float) -> None:
+        nonlocal outstanding
+        try:
+            await call(dev, "echo", params, timeout=timeout)
+        except Exception as exc:
+            errors[type(exc).__name__] += 1
+        else:
+            latencies.append(clock() - scheduled)
+        outstanding -= 1
+        if outstanding == 0 and launched >= total and not all_done.done():
+            all_done.set_result(None)
+
+    with _Phase(progress, target.name, "latency", cfg.duration, f"{rate:,.0f}/s") as ph:
+        async with _ticking(ph):
+            t0 = clock()
+            while launched < total:
+                due = min(total, int((clock() - t0) * rate) + 1)
+                while launched < due:
+                    scheduled = t0 + launched / rate
+                    if outstanding >= cap:
+                        shed += 1
+                    else:
+                        outstanding += 1
+                        loop.create_task(one(devices[launched % n], scheduled))
+                    launched += 1
+                if clock() - t0 > cfg.duration * 2 + 1:  # the loop itself fell behind: stop
+                    shed += total - launched
+                    launched = total
+                    break
+                await asyncio.sleep(0.0005)
+            if outstanding:
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(all_done), timeout + 2.0)
+    done = len(latencies)
+    return {
+        "target_rps": round(rate, 1),
+        "achieved_rps": round(done / ph.elapsed, 1),
+        "calls": done,
+        "errors": dict(errors),
+        "shed": shed,
+        **_percentiles(latencies),
+        "cpu_s": round(ph.cpu, 3),
+        "cpu_us_per_rt": ph.cpu_us_per(done),
+    }
+
+
+async def _oneway(target, devices, cfg, progress, fleet: Fleet) -> dict[str, Any]:
+    before = (await fleet.stats())["notified"]
+    with _Phase(progress, target.name, "oneway", cfg.duration) as ph:
+        async with _ticking(ph):
+            r = await _closed_loop(target, devices, cfg, cfg.duration, method="notify", oneway=True, record=False)
+        issued_s = time.perf_counter() - ph.t0
+        sent = r["ok"]
+        # Then wait for the devices to have them all (bounded).
+        delivered, last_t, last_change = 0, time.perf_counter(), time.perf_counter()
+        while delivered < sent:
+            await asyncio.sleep(0.05)
+            now = time.perf_counter()
+            got = (await fleet.stats())["notified"] - before
+            if got != delivered:
+                delivered, last_t, last_change = got, now, now
+            elif now - last_change > 2.0 or now - ph.t0 > cfg.duration + cfg.timeout:
+                break
+    span = max(last_t - ph.t0, issued_s)
+    return {
+        "window": cfg.window,
+        "sent": sent,
+        "errors": r["errors"],
+        "sent_per_s": round(sent / issued_s, 1),
+        "delivered": delivered,
+        "delivered_per_s": round(delivered / span, 1),
+        "lost": max(0, sent - delivered),
+        "cpu_s": round(ph.cpu, 3),
+        "cpu_us_per_call": ph.cpu_us_per(sent),
+    }
+
+
+async def _fanout(target, devices, cfg, progress) -> dict[str, Any]:
+    times: list[float] = []
+    ok = failed = 0
+    n = len(devices)
+    with _Phase(progress, target.name, "fanout", float(n * cfg.fanout_rounds), f"{n} devices") as ph:
+        for _ in range(cfg.fanout_rounds):
+            t = time.perf_counter()
+            good, bad = await target.fanout(devices, cfg.params, cfg.timeout, ph.tick)
+            times.append(time.perf_counter() - t)
+            ok += good
+            failed += bad
+            if time.perf_counter() - ph.t0 > cfg.duration:
+                break
+    times_sorted = sorted(times)
+    return {
+        "devices": n,
+        "rounds": len(times),
+        "succeeded": ok,
+        "failed": failed,
+        "time_s": round(times_sorted[len(times) // 2], 4),
+        "best_s": round(times_sorted[0], 4),
+        "times_s": [round(t, 4) for t in times],
+        "cpu_s": round(ph.cpu, 3),
+        "cpu_us_per_rt": ph.cpu_us_per(ok + failed),
+    }
+
+
+async def _sequential(target, devices, cfg, progress) -> dict[str, Any]:
+    k = cfg.calls_per_device
+    with _Phase(progress, target.name, "sequential", float(len(devices) * k), f"{k} per device") as ph:
+        ok, failed = await asyncio.wait_for(
+            target.sequential(devices, k, cfg.params, cfg.timeout, ph.tick),
+            cfg.timeout * k + 10.0,
+        )
+    return {
+        "devices": len(devices),
+        "calls_per_device": k,
+        "succeeded": ok,
+        "failed": failed,
+        "elapsed_s": round(ph.elapsed, 3),
+        "rps": round(ok / ph.elapsed, 1),
+        "cpu_s": round(ph.cpu, 3),
+        "cpu_us_per_rt": ph.cpu_us_per(ok + failed),
+    }
+
+
+def _heap_growth(before: tracemalloc.Snapshot, after: tracemalloc.Snapshot,
+                 include: tuple[str, ...] = (), exclude: tuple[str, ...] = ()) -> int:
+    total = 0
+    for stat in after.compare_to(before, "filename"):
+        name = stat.traceback[0].filename
+        if include and not name.startswith(include):
+            continue
+        if exclude and name.startswith(exclude):
+            continue
+        total += stat.size_diff
+    return total
+
+
+async def _harness_bytes(n: int) -> float:
+    """Bytes per pending call that belong to the harness (a task awaiting a future)."""
+    loop = asyncio.get_running_loop()
+    futs = [loop.create_future() for _ in range(n)]  # stands in for the target's own
+    gc.collect()
+    tracemalloc.start(1)
+    try:
+        before = tracemalloc.take_snapshot()
+
+        async def waiter(fut):
+            # Nothing but the await: whatever this frame allocates would be
+            # charged to the harness and taken off the target's figure.
+            try:
+                await fut
+            except asyncio.CancelledError:
+                pass
+
+        tasks = [loop.create_task(waiter(f)) for f in futs]
+        await asyncio.sleep(0)
+        gc.collect()
+        after = tracemalloc.take_snapshot()
+    finally:
+        tracemalloc.stop()
+    for t in tasks:
+        t.cancel()
+    await asyncio.gather(*tasks)
+    return _heap_growth(before, after) / n
+
+
+async def _memory(target, devices, cfg, progress, fleet: Fleet) -> dict[str, Any]:
+    n = cfg.mem_pending
+    loop = asyncio.get_running_loop()
+    call = target.call
+    params = cfg.params
+    harness = await _harness_bytes(n)
+    await fleet.configure(drop_rate=1.0)  # nobody answers: every call stays pending
+    tasks: list[asyncio.Task] = []
+    try:
+        with _Phase(progress, target.name, "memory", float(n), f"{n} pending") as ph:
+            base = (await fleet.stats())["requests"]
+            gc.collect()
+            tracemalloc.start(1)
+            try:
+                before = tracemalloc.take_snapshot()
+                for i in range(n):
+                    tasks.append(loop.create_task(call(devices[i % len(devices)], "echo", params,
+                                                       timeout=max(60.0, cfg.timeout))))
+                    if not i & 255:
+                        await asyncio.sleep(0)
+                # Until the devices have them all: sent, not merely queued.
+                deadline = time.perf_counter() + cfg.timeout
+                while time.perf_counter() < deadline:
+                    got = (await fleet.stats())["requests"] - base
+                    ph.done = got
+                    ph.tick(0)
+                    if got >= n:
+                        break
+                    await asyncio.sleep(0.05)
+                gc.collect()
+                after = tracemalloc.take_snapshot()
+            finally:
+                tracemalloc.stop()
+            pending_seen = (await fleet.stats())["requests"] - base
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await fleet.configure(drop_rate=0.0)
+    total = _heap_growth(before, after)
+    own = _heap_growth(before, after, include=target.alloc_files,
+                       exclude=getattr(target, "_exclude", ()))
+    return {
+        "pending": n,
+        "delivered_to_devices": pending_seen,
+        "method": "tracemalloc: Python heap growth with N calls pending (devices silent); "
+                  "'own' counts only allocations made in the target's source files; "
+                  "'total' minus the harness's task per call = per call",
+        "bytes_per_pending": round(total / n - harness, 1),
+        "bytes_per_pending_total": round(total / n, 1),
+        "bytes_per_pending_own": round(own / n, 1),
+        "harness_bytes_per_call": round(harness, 1),
+    }
+
+
+# -- the run ----------------------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def _broker(url: str | None) -> AsyncIterator[tuple[str, str]]:
+    if url:
+        yield url, "given"
+        return
+    from ..broker import start_broker
+
+    async with start_broker(prefer="mosquitto", tuned=True) as broker:
+        yield broker.url, f"throwaway tuned mosquitto ({broker.url})"
+
+
+async def _run_target(name: str, url: str, cfg: BenchConfig, fleet: Fleet,
+                      progress: Progress) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    try:
+        target = _make_target(name, url, cfg)
+    except Exception as exc:  # e.g. the dispatcher cannot be imported yet
+        return {"error": f"{type(exc).__name__}: {exc}"}
+    devices = fleet.device_ids
+    try:
+        await asyncio.wait_for(target.start(), 30.0)
+        await target.ready(devices, 30.0 + len(devices) / 500)
+        peak_rps = None
+        for wl in cfg.workloads:
+            if wl == "peak":
+                out["peak"] = await _peak(target, devices, cfg, progress)
+                peak_rps = out["peak"]["rps"]
+            elif wl == "latency":
+                if peak_rps is None:  # needs the target's own peak
+                    short = BenchConfig(**{**asdict(cfg), "duration": min(cfg.duration, 1.0),
+                                           "warmup": min(cfg.warmup, 0.3)})
+                    peak_rps = (await _peak(target, devices, short, progress))["rps"]
+                out["latency"] = await _fixed_rate(target, devices, cfg, progress, peak_rps)
+            elif wl == "oneway":
+                out["oneway"] = await _oneway(target, devices, cfg, progress, fleet)
+            elif wl == "fanout":
+                out["fanout"] = await _fanout(target, devices, cfg, progress)
+            elif wl == "sequential":
+                out["sequential"] = await _sequential(target, devices, cfg, progress)
+            elif wl == "memory":
+                out["memory"] = await _memory(target, devices, cfg, progress, fleet)
+            # let stragglers (late replies, timers) settle between phases
+            await asyncio.sleep(0.2)
+    except Exception as exc:
+        out["error"] = f"{type(exc).__name__}: {exc}"
+    finally:
+        out["stats"] = target.stats()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(target.close(), 15.0)
+    return out
+
+
+#: (metric path, better: "higher" | "lower")
+RATIO_METRICS = (
+    ("peak.rps", "higher"),
+    ("peak.cpu_us_per_rt", "lower"),
+    ("peak.p50_ms", "lower"),
+    ("peak.p99_ms", "lower"),
+    ("latency.p50_ms", "lower"),
+    ("latency.p99_ms", "lower"),
+    ("latency.p999_ms", "lower"),
+    ("latency.cpu_us_per_rt", "lower"),
+    ("oneway.delivered_per_s", "higher"),
+    ("oneway.cpu_us_per_call", "lower"),
+    ("fanout.time_s", "lower"),
+    ("sequential.rps", "higher"),
+    ("memory.bytes_per_pending", "lower"),
+)
+
+
+def _get(results: dict, path: str) -> Any:
+    node: Any = results
+    for part in path.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def ratios(results: dict[str, dict]) -> dict[str, dict[str, Any]]:
+    """fleetrpc / reference for every metric both have; ``better`` says which
+    way is good, ``gain`` is how many times better fleetrpc is (>1 = better)."""
+    ours, ref = results.get("fleetrpc", {}), results.get("reference", {})
+    out: dict[str, dict[str, Any]] = {}
+    for path, better in RATIO_METRICS:
+        a, b = _get(ours, path), _get(ref, path)
+        if not isinstance(a, (int, float)) or not isinstance(b, (int, float)) or not a or not b:
+            continue
+        ratio = a / b
+        out[path] = {"fleetrpc": a, "reference": b, "ratio": round(ratio, 3), "better": better,
+                     "gain": round(ratio if better == "higher" else 1 / ratio, 3)}
+    return out
+
+
+def _meta(cfg: BenchConfig, broker: str) -> dict[str, Any]:
+    from .. import _core
+
+    return {
+        "schema": SCHEMA,
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "devices": cfg.devices,
+        "qos": cfg.qos,
+        "duration_s": cfg.duration,
+        "window": cfg.window,
+        "workloads": list(cfg.workloads),
+        "targets": list(cfg.targets),
+        "sim_processes": cfg.processes,
+        "broker": broker,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "core_compiled": bool(getattr(_core, "COMPILED", False)),
+        "argv": sys.argv,
+        "config": {k: v for k, v in asdict(cfg).items() if k != "params"},
+    }
+
+
+async def run_bench(cfg: BenchConfig, progress: Progress | None = None,
+                    log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Run the benchmark; returns the JSON-ready report (meta, fleet, results, ratios)."""
+    progress = progress or (lambda *a: None)
+    log = log or (lambda msg: None)
+    raise_nofile_limit()
+    report: dict[str, Any] = {}
+    async with _broker(cfg.url) as (url, broker_desc):
+        log(f"broker: {broker_desc}")
+        report["meta"] = _meta(cfg, broker_desc)
+        # Every worker stops by itself at the latest after this.
+        lifetime = 600.0 + cfg.devices / 20 + 20 * cfg.duration * len(cfg.workloads)
+        fleet = Fleet(url, cfg.devices, processes=cfg.processes, qos=cfg.qos, lifetime=lifetime)
+        report["meta"]["sim_processes"] = fleet.processes
+        t = time.perf_counter()
+        progress("fleet", "connect", 0, 1, f"{cfg.devices} devices")
+        await fleet.start()
+        progress("fleet", "connect", 1, 1, f"{cfg.devices} devices")
+        log(f"{cfg.devices} simulated devices online in {time.perf_counter() - t:.1f} s "
+            f"({fleet.processes} worker processes)")
+        results: dict[str, Any] = {}
+        try:
+            for name in cfg.targets:
+                results[name] = await _run_target(name, url, cfg, fleet, progress)
+                if "error" in results[name]:
+                    log(f"{name}: {results[name]['error']}")
+        finally:
+            report["fleet"] = await fleet.stop()
+    report["results"] = results
+    report["ratios"] = ratios(results)
+    return report

@@ -1,0 +1,548 @@
+"""The store interface: what the persistent-RPC lifecycle stands on.
+
+:class:`Store` is the abstract interface both backends (SQLite, PostgreSQL)
+implement; :class:`RpcRecord` is the stored call, shaped after ThingsBoard's
+``Rpc`` entity; :class:`StatusChange` is one optimistic status update;
+:class:`Page` is one page of a device's calls.
+
+Every method raises :class:`~fleetrpc.errors.StoreError` (or its subclass
+:class:`~fleetrpc.errors.StoreUnavailableError` when the database cannot be
+reached) and never a driver's own exception; the driver's exception is kept
+as ``__cause__``.
+"""
+
+from __future__ import annotations
+
+import abc
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import msgspec
+
+from ..errors import StoreError, ValidationError
+from ..status import _ONE_WAY_PAIRS, RpcStatus, check_transition, is_allowed
+
+__all__ = [
+    "RpcRecord",
+    "StatusChange",
+    "Page",
+    "WriteResult",
+    "StoreStats",
+    "Store",
+    "DuplicateRpcError",
+    "SORT_PROPERTIES",
+]
+
+
+class DuplicateRpcError(StoreError):
+    """An RPC with that id is already stored (a reused ``requestUUID``).
+
+    Kept beside the store until ``fleetrpc.errors`` adopts it; it is a
+    :class:`StoreError`, so ``except StoreError`` catches it.
+    """
+
+
+# -- records --------------------------------------------------------------------
+
+_json_encode = msgspec.json.Encoder().encode
+
+
+class RpcRecord(msgspec.Struct, kw_only=True):
+    """One persistent RPC as stored (ThingsBoard's ``Rpc`` entity).
+
+    Times are epoch milliseconds.  ``params``, ``response`` and
+    ``additional_info`` are any JSON value.  ``retries`` is the most resends
+    this call may get; ``attempts`` counts the sends so far; ``timeout_ms`` is
+    the transport timeout of one attempt.
+    """
+
+    id: str
+    device_id: str
+    created_time: int
+    expiration_time: int
+    method: str
+    params: Any = None
+    tenant_id: str = "default"
+    oneway: bool = False
+    persisted: bool = True
+    retries: int = 0
+    timeout_ms: int = 10_000
+    attempts: int = 0
+    response: Any = None
+    status: RpcStatus = RpcStatus.QUEUED
+    additional_info: Any = None
+    updated_time: int = 0
+    error: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.status.__class__ is not RpcStatus:
+            self.status = RpcStatus(self.status)
+        if not self.updated_time:
+            self.updated_time = self.created_time
+
+    def to_thingsboard(self) -> dict[str, Any]:
+        """ThingsBoard's JSON shape of this call: the body of its events
+        (``RPC_QUEUED`` ... ``RPC_DELETED``) and of ``GET
+        /api/rpc/persistent/{rpcId}``.
+
+        As in ThingsBoard, ``request.body.params`` is the parameters' JSON
+        *text* (``ToDeviceRpcRequestBody.params`` is a string there).
+        """
+        tenant = {"entityType": "TENANT", "id": self.tenant_id}
+        device = {"entityType": "DEVICE", "id": self.device_id}
+        return {
+            "id": {"entityType": "RPC", "id": self.id},
+            "createdTime": self.created_time,
+            "tenantId": tenant,
+            "deviceId": device,
+            "expirationTime": self.expiration_time,
+            "request": {
+                "id": self.id,
+                "tenantId": tenant,
+                "deviceId": device,
+                "oneway": self.oneway,
+                "expirationTime": self.expiration_time,
+                "body": {"method": self.method, "params": _json_encode(self.params).decode()},
+                "persisted": self.persisted,
+                "retries": self.retries,
+            },
+            "response": self.response,
+            "status": self.status.value,
+            "additionalInfo": self.additional_info,
+        }
+
+
+class StatusChange(msgspec.Struct, kw_only=True):
+    """One optimistic status update of a stored call.
+
+    Applied only if the stored status still equals ``expected_status``, so a
+    writer acting on a stale view cannot overwrite a newer status.  Fields
+    left at ``UNSET`` (``response``, ``error``) or ``None`` (``attempts``)
+    keep their stored value.
+    """
+
+    id: str
+    expected_status: RpcStatus
+    status: RpcStatus
+    updated_time: int
+    attempts: int | None = None
+    response: Any | msgspec.UnsetType = msgspec.UNSET
+    error: str | None | msgspec.UnsetType = msgspec.UNSET
+
+    def __post_init__(self) -> None:
+        if self.status.__class__ is not RpcStatus:
+            self.status = RpcStatus(self.status)
+        if self.expected_status.__class__ is not RpcStatus:
+            self.expected_status = RpcStatus(self.expected_status)
+
+    def check(self) -> None:
+        """Raise :class:`~fleetrpc.errors.InvalidTransitionError` if no call,
+        one-way or two-way, may make this move.  (Moves allowed for two-way
+        calls only are refused by the store for one-way rows.)"""
+        check_transition(self.expected_status, self.status, oneway=False, rpc_id=self.id)
+
+    @property
+    def allowed_for_oneway(self) -> bool:
+        """Whether a one-way call may make this move (the stores check the
+        row's ``oneway`` flag against this)."""
+        return is_allowed(self.expected_status, self.status, oneway=True)
+
+
+class Page(msgspec.Struct, kw_only=True):
+    """One page of a listing (ThingsBoard's ``PageData``)."""
+
+    data: list[RpcRecord]
+    total_pages: int
+    total_elements: int
+    has_next: bool
+
+    @classmethod
+    def build(cls, data: list[RpcRecord], total: int, page_size: int, page: int) -> Page:
+        return cls(
+            data=data,
+            total_pages=math.ceil(total / page_size) if page_size else 0,
+            total_elements=total,
+            has_next=total > (page + 1) * page_size,
+        )
+
+    def to_thingsboard(self) -> dict[str, Any]:
+        """``{"data": [...], "totalPages", "totalElements", "hasNext"}``."""
+        return {
+            "data": [r.to_thingsboard() for r in self.data],
+            "totalPages": self.total_pages,
+            "totalElements": self.total_elements,
+            "hasNext": self.has_next,
+        }
+
+
+class WriteResult(msgspec.Struct, kw_only=True, gc=False):
+    """Outcome of :meth:`Store.write`, positional: ``inserted[i]`` is False
+    when ``inserts[i]``'s id was already taken (in the store, or earlier in
+    the same batch); ``applied[j]`` is False when ``changes[j]`` found no
+    row in its expected status."""
+
+    inserted: list[bool]
+    applied: list[bool]
+
+
+class StoreStats(msgspec.Struct, kw_only=True, gc=False):
+    """Counters kept by every store (read them, never write)."""
+
+    transactions: int = 0  # committed write transactions
+    rows_inserted: int = 0
+    rows_changed: int = 0
+
+
+# -- listing arguments ----------------------------------------------------------
+
+#: ThingsBoard's sortProperty values -> column.  Only these reach SQL.
+SORT_PROPERTIES: dict[str, str] = {
+    "createdTime": "created_time",
+    "expirationTime": "expiration_time",
+    "request": "method",
+    "method": "method",
+    "status": "status",
+}
+MAX_PAGE_SIZE = 10_000
+
+
+def check_list_args(
+    page_size: int,
+    page: int,
+    status: RpcStatus | str | None,
+    sort_property: str,
+    sort_order: str,
+    text_search: str | None,
+) -> tuple[str, str, RpcStatus | None, str | None]:
+    """Validate listing arguments; return (column, ASC|DESC, status, LIKE
+    pattern or None).  Raises :class:`ValidationError`."""
+    if not isinstance(page_size, int) or isinstance(page_size, bool) or not 1 <= page_size <= MAX_PAGE_SIZE:
+        raise ValidationError(f"pageSize must be an integer from 1 to {MAX_PAGE_SIZE}, got {page_size!r}")
+    if not isinstance(page, int) or isinstance(page, bool) or page < 0:
+        raise ValidationError(f"page must be an integer >= 0, got {page!r}")
+    column = SORT_PROPERTIES.get(sort_property) if isinstance(sort_property, str) else None
+    if column is None:
+        raise ValidationError(
+            f"sortProperty must be one of {', '.join(SORT_PROPERTIES)}; got {sort_property!r}"
+        )
+    order = sort_order.upper() if isinstance(sort_order, str) else None
+    if order not in ("ASC", "DESC"):
+        raise ValidationError(f"sortOrder must be ASC or DESC, got {sort_order!r}")
+    if status is not None:
+        try:
+            status = RpcStatus(status)
+        except ValueError:
+            raise ValidationError(
+                f"rpcStatus must be one of {', '.join(s.value for s in RpcStatus)}; got {status!r}"
+            ) from None
+    pattern = None
+    if text_search:
+        # Substring of the method name, case-insensitive; LIKE wildcards in the
+        # search text are literal ('\' is the escape character in both SQLs).
+        escaped = text_search.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        pattern = f"%{escaped}%"
+    return column, order, status, pattern
+
+
+DAY_MS = 86_400_000
+
+
+# -- the interface ----------------------------------------------------------------
+
+
+class Store(abc.ABC):
+    """Persistent-RPC storage: the abstract interface.
+
+    A store is opened once (``await store.open()``, or ``async with store``),
+    which applies pending migrations, and closed once.  Write methods run in
+    one transaction each and return only after it committed; on any failure
+    nothing of that call is stored.
+    """
+
+    #: "sqlite" or "postgresql"
+    backend: str = ""
+
+    def __init__(self) -> None:
+        self.stats = StoreStats()
+
+    # -- lifecycle --
+
+    @abc.abstractmethod
+    async def open(self) -> None:
+        """Connect and apply pending migrations.  Raises
+        :class:`StoreUnavailableError` when the database cannot be reached."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Close every connection.  Idempotent."""
+
+    @abc.abstractmethod
+    async def migrate(self) -> list[int]:
+        """Apply the migrations not yet applied, each in its own transaction,
+        and return their versions (empty when the schema is current).
+        Idempotent and safe to run from several processes at once."""
+
+    @abc.abstractmethod
+    async def schema_version(self) -> int:
+        """The highest applied migration version (0 on an empty database)."""
+
+    async def __aenter__(self) -> Store:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # -- writes --
+
+    @abc.abstractmethod
+    async def write(
+        self,
+        inserts: Sequence[RpcRecord] = (),
+        changes: Sequence[StatusChange] = (),
+        *,
+        atomic: bool = False,
+    ) -> WriteResult:
+        """Insert ``inserts``, then apply ``changes`` in order, in ONE
+        transaction.  The building block of group commit.
+
+        An insert whose id is already taken is skipped and reported in
+        :attr:`WriteResult.inserted` -- unless ``atomic``, when the whole
+        transaction rolls back and :class:`DuplicateRpcError` is raised.  A
+        change is applied only if the row's status equals its
+        ``expected_status`` (and, for a one-way row, the move is legal for
+        one-way calls).  Any other failure rolls everything back and raises.
+        Raises :class:`InvalidTransitionError` before touching the database
+        if a change is illegal for every call.
+        """
+
+    async def insert_many(self, records: Sequence[RpcRecord]) -> None:
+        """Insert ``records`` in one transaction, all or nothing.  Raises
+        :class:`DuplicateRpcError` naming the ids already taken."""
+        await self.write(records, (), atomic=True)
+
+    async def insert(self, record: RpcRecord) -> None:
+        """Insert one record (one transaction)."""
+        await self.write((record,), (), atomic=True)
+
+    async def apply_changes(self, changes: Sequence[StatusChange]) -> list[str]:
+        """Apply ``changes`` in order, in one transaction; return the ids of
+        the changes that applied (in order; an id appears once per applied
+        change)."""
+        result = await self.write((), changes)
+        return [c.id for c, ok in zip(changes, result.applied) if ok]
+
+    async def change(self, change: StatusChange) -> bool:
+        """Apply one change; True if it applied."""
+        return (await self.write((), (change,))).applied[0]
+
+    @abc.abstractmethod
+    async def delete(self, rpc_id: str, tenant_id: str | None = None) -> RpcRecord | None:
+        """Remove a call and return it as it was, or None if there was none
+        (for that tenant, when ``tenant_id`` is given)."""
+
+    # -- reads --
+
+    @abc.abstractmethod
+    async def get(self, rpc_id: str, tenant_id: str | None = None) -> RpcRecord | None:
+        """One call by id (only that tenant's, when ``tenant_id`` is given)."""
+
+    @abc.abstractmethod
+    async def list_by_device(
+        self,
+        device_id: str,
+        *,
+        tenant_id: str | None = None,
+        page_size: int = 10,
+        page: int = 0,
+        status: RpcStatus | str | None = None,
+        sort_property: str = "createdTime",
+        sort_order: str = "DESC",
+        text_search: str | None = None,
+    ) -> Page:
+        """One page of a device's calls (ThingsBoard's
+        ``GET /api/rpc/persistent/device/{deviceId}``).
+
+        ``sort_property`` is one of createdTime, expirationTime,
+        request (= method), method, status; ties are broken by id.
+        ``text_search`` matches a substring of the method, ignoring case.
+        Raises :class:`ValidationError` on a bad argument.
+        """
+
+    @abc.abstractmethod
+    async def load_unfinished(self) -> list[RpcRecord]:
+        """Every call that can still change status (QUEUED, SENT, TIMEOUT,
+        and DELIVERED two-way calls), oldest first: crash recovery."""
+
+    # -- TTL --
+
+    @abc.abstractmethod
+    async def purge_terminal(self, older_than_ms: int, tenant_id: str | None = None) -> int:
+        """Delete finished calls created before ``older_than_ms``; return how
+        many.  Calls that can still change are never purged."""
+
+    @abc.abstractmethod
+    async def set_tenant_ttl(self, tenant_id: str, days: int | None) -> None:
+        """Set a tenant's RPC TTL in days (ThingsBoard's "RPC TTL days"):
+        ``0`` keeps its calls forever, ``None`` falls back to the default."""
+
+    @abc.abstractmethod
+    async def get_tenant_ttl(self, tenant_id: str) -> int | None:
+        """A tenant's own TTL in days, or None when it uses the default."""
+
+    @abc.abstractmethod
+    async def purge_expired(self, now_ms: int, default_days: int | None) -> int:
+        """TTL clean-up: delete finished calls older than their tenant's TTL
+        (``default_days`` for tenants without one; 0 or None keeps them);
+        return how many."""
+
+
+def check_ttl_days(days: int | None) -> None:
+    if days is not None and (not isinstance(days, int) or isinstance(days, bool) or days < 0):
+        raise ValidationError(f"TTL must be a number of days >= 0 or None, got {days!r}")
+
+
+def dedupe_inserts(records: Sequence[RpcRecord]) -> tuple[list[int], list[bool]]:
+    """Indexes of the first record of each id, and a per-record flag that is
+    False for a later record repeating an earlier id (it loses)."""
+    seen: set[str] = set()
+    first: list[int] = []
+    keep = [True] * len(records)
+    for i, r in enumerate(records):
+        if r.id in seen:
+            keep[i] = False
+        else:
+            seen.add(r.id)
+            first.append(i)
+    return first, keep
+
+
+def change_payload(changes: Sequence[StatusChange], idx: Sequence[int]) -> bytes:
+    """One round of changes as a JSON array of arrays, the single parameter
+    of both backends' set-based UPDATE:
+    ``[id, expected, status, updated_time, attempts, has_response, response,
+    has_error, error, oneway_ok, position]``; ``response`` is the JSON value
+    itself (no text-in-JSON)."""
+    unset = msgspec.UNSET
+    items = []
+    for j in idx:
+        c = changes[j]
+        resp = c.response
+        err = c.error
+        items.append(
+            (
+                c.id,
+                c.expected_status,
+                c.status,
+                c.updated_time,
+                c.attempts,
+                resp is not unset,
+                None if resp is unset else resp,
+                err is not unset,
+                None if err is unset else err,
+                (c.expected_status, c.status) in _ONE_WAY_PAIRS,
+                j,
+            )
+        )
+    try:
+        return _json_encode(items)
+    except (TypeError, ValueError) as e:
+        raise ValidationError(f"a status change has a response that is not JSON: {e}") from e
+
+
+def change_rounds(changes: Sequence[StatusChange]) -> list[list[int]]:
+    """Split changes into rounds with distinct ids each, keeping order per id:
+    one set-based UPDATE touches a row at most once, so a second change of
+    the same id (SENT->DELIVERED then DELIVERED->SUCCESSFUL in one batch)
+    goes in the next round."""
+    rounds: list[list[int]] = []
+    depth: dict[str, int] = {}
+    for j, c in enumerate(changes):
+        d = depth.get(c.id, 0)
+        depth[c.id] = d + 1
+        if d == len(rounds):
+            rounds.append([])
+        rounds[d].append(j)
+    return rounds
+
+
+# -- rows -------------------------------------------------------------------------
+
+#: Column order shared by both backends' SQL and the row helpers below.
+COLUMNS: tuple[str, ...] = (
+    "id",
+    "tenant_id",
+    "device_id",
+    "created_time",
+    "expiration_time",
+    "method",
+    "params",
+    "oneway",
+    "persisted",
+    "retries",
+    "timeout_ms",
+    "attempts",
+    "response",
+    "status",
+    "additional_info",
+    "updated_time",
+    "error",
+)
+JSON_COLUMNS = frozenset({"params", "response", "additional_info"})
+_json_decode = msgspec.json.Decoder().decode
+
+
+def json_text(value: Any) -> str | None:
+    """A JSON column's value: JSON text, or SQL NULL for None."""
+    return None if value is None else _json_encode(value).decode()
+
+
+def json_value(text: str | bytes | None) -> Any:
+    return None if text is None else _json_decode(text)
+
+
+def record_row(r: RpcRecord) -> tuple[Any, ...]:
+    """A record as a row in :data:`COLUMNS` order, JSON columns as text."""
+    return (
+        r.id,
+        r.tenant_id,
+        r.device_id,
+        r.created_time,
+        r.expiration_time,
+        r.method,
+        json_text(r.params),
+        r.oneway,
+        r.persisted,
+        r.retries,
+        r.timeout_ms,
+        r.attempts,
+        json_text(r.response),
+        r.status.value,
+        json_text(r.additional_info),
+        r.updated_time,
+        r.error,
+    )
+
+
+def row_record(row: Sequence[Any]) -> RpcRecord:
+    """The inverse of :func:`record_row` (a row selected in COLUMNS order)."""
+    return RpcRecord(
+        id=row[0],
+        tenant_id=row[1],
+        device_id=row[2],
+        created_time=row[3],
+        expiration_time=row[4],
+        method=row[5],
+        params=json_value(row[6]),
+        oneway=bool(row[7]),
+        persisted=bool(row[8]),
+        retries=row[9],
+        timeout_ms=row[10],
+        attempts=row[11],
+        response=json_value(row[12]),
+        status=RpcStatus(row[13]),
+        additional_info=json_value(row[14]),
+        updated_time=row[15],
+        error=row[16],
+    )

@@ -1,0 +1,305 @@
+"""Group commit: many concurrent writers, one transaction per batch.
+
+:class:`GroupCommitStore` wraps any :class:`~fleetrpc.store.base.Store`.
+Concurrent ``await store.insert(record)`` and ``await store.change(change)``
+calls are queued; a single writer task takes everything queued so far (up to
+``max_batch``) and writes it with one :meth:`Store.write` -- one transaction,
+one commit, one fsync.  While that transaction is in flight the next batch
+gathers, so batches grow with the load and no timer is needed.
+
+Guarantees:
+
+- a caller's ``await`` returns only after the transaction holding its write
+  COMMITTED; it then sees its write in every later read;
+- writes are applied in the order they were submitted (inserts of a batch
+  before its changes, which is the same order for any one call: a change is
+  only ever submitted after its insert returned);
+- nothing is reported stored that is not: when a commit fails, no caller of
+  that batch gets success.
+
+When a batch fails:
+
+- the database is unavailable (:class:`StoreUnavailableError`): every caller
+  of the batch gets that error -- nothing of the batch is stored;
+- anything else (a row the database refuses, a value that is not JSON, ...):
+  the batch is retried row by row, one transaction per row, so only the bad
+  row's caller gets an error and everybody else's write is stored.
+- an id already taken is not a failure of the batch: the store reports it
+  per row and only that caller gets :class:`DuplicateRpcError`.
+
+Cancelling a waiting caller does not withdraw its write (it may already be
+committing); the result is simply not delivered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Sequence
+from typing import Any
+
+import msgspec
+
+from ..errors import FleetRpcError, StoreError, StoreUnavailableError
+from ..status import RpcStatus
+from .base import DuplicateRpcError, Page, RpcRecord, StatusChange, Store, WriteResult
+
+__all__ = ["GroupCommitStore", "Batcher", "BatchStats"]
+
+_INSERT = 0
+_CHANGE = 1
+
+
+class BatchStats(msgspec.Struct, kw_only=True, gc=False):
+    """Counters of a :class:`GroupCommitStore` (read them, never write)."""
+
+    batches: int = 0  # committed batch transactions
+    items: int = 0  # writes completed through batches (success or per-row error)
+    largest_batch: int = 0
+    failed_batches: int = 0  # batches that failed as a whole
+    row_by_row: int = 0  # failed batches retried row by row
+
+
+class _Item:
+    __slots__ = ("kind", "payload", "future")
+
+    def __init__(self, kind: int, payload: Any, future: asyncio.Future[Any]) -> None:
+        self.kind = kind
+        self.payload = payload
+        self.future = future
+
+
+def _copy_error(e: BaseException) -> StoreError:
+    """A fresh exception per waiting caller (one instance raised in many
+    tasks would collect all their tracebacks)."""
+    if isinstance(e, FleetRpcError):
+        try:
+            new = type(e)(*e.args)
+        except Exception:
+            new = StoreError(str(e))
+    else:
+        new = StoreError(f"store write failed: {type(e).__name__}: {e}")
+    new.__cause__ = e.__cause__ if isinstance(e, FleetRpcError) and e.__cause__ else e
+    return new  # type: ignore[return-value]
+
+
+class GroupCommitStore(Store):
+    """A :class:`Store` whose single-row writes are group-committed.
+
+    ``insert`` and ``change`` are batched; every other method goes straight
+    to the wrapped store.  ``max_batch`` caps a batch; ``max_delay`` (seconds,
+    default 0) makes the writer wait that long before taking a batch, trading
+    latency for bigger batches at low load.
+    """
+
+    def __init__(self, store: Store, *, max_batch: int = 1000, max_delay: float = 0.0) -> None:
+        super().__init__()
+        if max_batch < 1:
+            raise ValueError("max_batch must be >= 1")
+        self.store = store
+        self.backend = store.backend
+        self.max_batch = max_batch
+        self.max_delay = max_delay
+        self.batch_stats = BatchStats()
+        self._queue: deque[_Item] = deque()
+        self._wakeup = asyncio.Event()
+        self._writer: asyncio.Task[None] | None = None
+        self._closing = False
+
+    def __repr__(self) -> str:
+        return f"<GroupCommitStore over {self.store!r}>"
+
+    # -- lifecycle ------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Open the wrapped store (if it is not yet) and start the writer."""
+        await self.store.open()
+        if self._writer is None or self._writer.done():
+            self._closing = False
+            self._writer = asyncio.get_running_loop().create_task(self._run(), name="fleetrpc-group-commit")
+
+    async def close(self) -> None:
+        """Write everything already queued, stop the writer, close the store."""
+        await self.drain()
+        await self.store.close()
+
+    async def drain(self) -> None:
+        """Write everything queued and stop the writer (the store stays open)."""
+        self._closing = True
+        self._wakeup.set()
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            await writer
+
+    # -- batched writes -------------------------------------------------------------
+
+    def _submit(self, kind: int, payload: Any) -> asyncio.Future[Any]:
+        if self._writer is None or self._closing or self._writer.done():
+            raise StoreError("the group-commit store is not open")
+        fut = asyncio.get_running_loop().create_future()
+        self._queue.append(_Item(kind, payload, fut))
+        if not self._wakeup.is_set():
+            self._wakeup.set()
+        return fut
+
+    async def insert(self, record: RpcRecord) -> None:
+        """Store a new call; returns once its batch committed.  Raises
+        :class:`DuplicateRpcError` if the id is taken, :class:`StoreError` /
+        :class:`StoreUnavailableError` if it could not be stored."""
+        await self._submit(_INSERT, record)
+
+    async def change(self, change: StatusChange) -> bool:
+        """Apply one optimistic status change; returns once its batch
+        committed, True if it applied (the stored status was still
+        ``change.expected_status``).  An illegal move raises
+        :class:`InvalidTransitionError` at once, before queueing."""
+        change.check()
+        return await self._submit(_CHANGE, change)
+
+    @property
+    def pending(self) -> int:
+        """Writes queued and not yet taken by the writer."""
+        return len(self._queue)
+
+    async def _run(self) -> None:
+        queue = self._queue
+        while True:
+            if not queue:
+                if self._closing:
+                    return
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            if self.max_delay > 0 and not self._closing:
+                await asyncio.sleep(self.max_delay)
+            batch = [queue.popleft() for _ in range(min(len(queue), self.max_batch))]
+            try:
+                await self._flush(batch)
+            except BaseException as e:  # cancelled, or a bug: never leave a caller hanging
+                for it in batch:
+                    if not it.future.done():
+                        it.future.set_exception(
+                            StoreError(f"group commit stopped while writing; the write may or may not be stored ({e!r})")
+                        )
+                if not isinstance(e, Exception):
+                    raise
+
+    async def _flush(self, batch: list[_Item]) -> None:
+        inserts = [it for it in batch if it.kind == _INSERT]
+        changes = [it for it in batch if it.kind == _CHANGE]
+        try:
+            result = await self.store.write([it.payload for it in inserts], [it.payload for it in changes])
+        except StoreUnavailableError as e:
+            self.batch_stats.failed_batches += 1
+            for it in batch:
+                _fail(it, e)
+            return
+        except Exception as e:
+            self.batch_stats.failed_batches += 1
+            if len(batch) == 1:
+                _fail(batch[0], e)
+            else:
+                self.batch_stats.row_by_row += 1
+                await self._one_by_one(batch)
+            return
+        self._deliver(inserts, changes, result)
+        self.batch_stats.batches += 1
+        self.stats.transactions += 1
+        self.batch_stats.items += len(batch)
+        if len(batch) > self.batch_stats.largest_batch:
+            self.batch_stats.largest_batch = len(batch)
+
+    async def _one_by_one(self, batch: list[_Item]) -> None:
+        for it in batch:
+            ins, chg = ((it,), ()) if it.kind == _INSERT else ((), (it,))
+            try:
+                result = await self.store.write([i.payload for i in ins], [c.payload for c in chg])
+            except Exception as e:
+                _fail(it, e)
+                continue
+            self._deliver(ins, chg, result)
+            self.stats.transactions += 1
+            self.batch_stats.items += 1
+
+    @staticmethod
+    def _deliver(inserts: Sequence[_Item], changes: Sequence[_Item], result: WriteResult) -> None:
+        for it, ok in zip(inserts, result.inserted):
+            if it.future.done():  # the caller gave up waiting
+                continue
+            if ok:
+                it.future.set_result(None)
+            else:
+                it.future.set_exception(DuplicateRpcError(f"RPC {it.payload.id} already exists"))
+        for it, ok in zip(changes, result.applied):
+            if not it.future.done():
+                it.future.set_result(ok)
+
+    # -- everything else goes straight through ----------------------------------------
+
+    async def migrate(self) -> list[int]:
+        return await self.store.migrate()
+
+    async def schema_version(self) -> int:
+        return await self.store.schema_version()
+
+    async def write(
+        self,
+        inserts: Sequence[RpcRecord] = (),
+        changes: Sequence[StatusChange] = (),
+        *,
+        atomic: bool = False,
+    ) -> WriteResult:
+        return await self.store.write(inserts, changes, atomic=atomic)
+
+    async def delete(self, rpc_id: str, tenant_id: str | None = None) -> RpcRecord | None:
+        return await self.store.delete(rpc_id, tenant_id)
+
+    async def get(self, rpc_id: str, tenant_id: str | None = None) -> RpcRecord | None:
+        return await self.store.get(rpc_id, tenant_id)
+
+    async def list_by_device(
+        self,
+        device_id: str,
+        *,
+        tenant_id: str | None = None,
+        page_size: int = 10,
+        page: int = 0,
+        status: RpcStatus | str | None = None,
+        sort_property: str = "createdTime",
+        sort_order: str = "DESC",
+        text_search: str | None = None,
+    ) -> Page:
+        return await self.store.list_by_device(
+            device_id,
+            tenant_id=tenant_id,
+            page_size=page_size,
+            page=page,
+            status=status,
+            sort_property=sort_property,
+            sort_order=sort_order,
+            text_search=text_search,
+        )
+
+    async def load_unfinished(self) -> list[RpcRecord]:
+        return await self.store.load_unfinished()
+
+    async def purge_terminal(self, older_than_ms: int, tenant_id: str | None = None) -> int:
+        return await self.store.purge_terminal(older_than_ms, tenant_id)
+
+    async def set_tenant_ttl(self, tenant_id: str, days: int | None) -> None:
+        await self.store.set_tenant_ttl(tenant_id, days)
+
+    async def get_tenant_ttl(self, tenant_id: str) -> int | None:
+        return await self.store.get_tenant_ttl(tenant_id)
+
+    async def purge_expired(self, now_ms: int, default_days: int | None) -> int:
+        return await self.store.purge_expired(now_ms, default_days)
+
+
+def _fail(it: _Item, e: BaseException) -> None:
+    if not it.future.done():
+        it.future.set_exception(_copy_error(e))
+
+
+#: The name the design notes use for the same thing.
+Batcher = GroupCommitStore

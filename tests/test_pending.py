@@ -1,0 +1,369 @@
+"""PendingTable: the contract of docs/core.md, for both variants (``core``)."""
+
+from __future__ import annotations
+
+import gc
+import random
+import sys
+import tracemalloc
+import weakref
+
+import pytest
+
+from fleetrpc import _core
+from fleetrpc.errors import UnknownRequestError, WrongDeviceError
+
+
+@pytest.fixture(autouse=True)
+def _no_leaks(core):
+    """In a FLEETRPC_DEBUG build the live counters return to where they were."""
+    mods = [sys.modules[c.__module__] for c in (core.TimingWheel, core.PendingTable)]
+    before = [m.debug_counters() for m in mods]
+    yield
+    gc.collect()
+    assert [m.debug_counters() for m in mods] == before
+
+
+@pytest.fixture
+def table(core):
+    return core.PendingTable(core.TimingWheel(0.005))
+
+
+class Completion:
+    """A completion object that can be weakly referenced and carry a back-reference."""
+
+
+# -- add / resolve ---------------------------------------------------------------------------
+
+
+def test_rids_count_up_and_are_never_reused(table):
+    rids = [table.add("dev", object(), 1.0) for _ in range(5)]
+    assert rids == [1, 2, 3, 4, 5]
+    for r in rids:
+        table.resolve(r)
+    assert table.add("dev", object(), 1.0) == 6
+    assert len(table) == 1
+
+
+def test_add_resolve(core):
+    wheel = core.TimingWheel()
+    t = core.PendingTable(wheel)
+    c = Completion()
+    rid = t.add("dev-1", c, 1.0, 5)
+    assert type(rid) is int
+    assert rid in t and len(t) == 1 and len(wheel) == 1
+    assert t.peek(rid) == ("dev-1", c, 5)
+    assert t.resolve(rid) is c
+    assert rid not in t and len(t) == 0
+    assert len(wheel) == 0  # deadline cancelled
+    assert t.expire(10.0) == []
+
+
+def test_resolve_unknown(table):
+    for rid in (1, 0, -5, 2**53, 2**64, 2**200):
+        with pytest.raises(UnknownRequestError) as e:
+            table.resolve(rid)
+        assert str(e.value) == f"request {rid} is not pending"
+    rid = table.add("d", None, 1.0)
+    table.resolve(rid)
+    with pytest.raises(UnknownRequestError, match=f"^request {rid} is not pending$"):
+        table.resolve(rid)
+    with pytest.raises(LookupError):  # UnknownRequestError is a LookupError
+        table.resolve(rid)
+
+
+def test_resolve_wrong_device_keeps_entry(table):
+    c = object()
+    rid = table.add("a", c, 1.0)
+    with pytest.raises(WrongDeviceError) as e:
+        table.resolve(rid, "b")
+    assert str(e.value) == f"request {rid} belongs to device 'a', not 'b'"
+    assert rid in table
+    assert table.resolve(rid, "a") is c
+
+
+def test_resolve_device_str_subclass(table):
+    class Dev(str):
+        pass
+
+    rid = table.add("a", 1, 1.0)
+    with pytest.raises(WrongDeviceError):
+        table.resolve(rid, Dev("b"))
+    assert table.resolve(rid, Dev("a")) == 1
+
+
+def test_argument_types(table):
+    rid = table.add("d", None, 1.0)
+    for bad, name in (("1", "str"), (1.0, "float"), (None, "NoneType")):
+        for call in (table.resolve, table.peek, lambda r: table.set_flags(r, 1),
+                     lambda r: table.rearm(r, 2.0)):
+            with pytest.raises(TypeError) as e:
+                call(bad)
+            assert str(e.value) == f"rid must be an int, got {name}"
+        assert bad not in table
+    with pytest.raises(TypeError) as e:
+        table.resolve(rid, 5)
+    assert str(e.value) == "device must be a str or None, got int"
+    with pytest.raises(TypeError) as e:
+        table.add(b"dev", None, 1.0)
+    assert str(e.value) == "device must be a str, got bytes"
+    with pytest.raises(TypeError, match="must be real number, not str"):
+        table.add("d", None, "1.0")
+    with pytest.raises(TypeError, match="must be real number, not str"):
+        table.rearm(rid, "1.0")
+    with pytest.raises(TypeError, match="must be real number, not str"):
+        table.expire("1.0")
+    assert len(table) == 1 and rid in table
+
+
+def test_flags(table):
+    rid = table.add("d", None, 1.0)
+    assert table.peek(rid)[2] == 0
+    table.set_flags(rid, 2**32 - 1)
+    assert table.peek(rid)[2] == 2**32 - 1
+    table.set_flags(rid, True)
+    assert table.peek(rid) == ("d", None, 1) and type(table.peek(rid)[2]) is int
+    for bad in (-1, 2**32, 2**70):
+        with pytest.raises(ValueError) as e:
+            table.set_flags(rid, bad)
+        assert str(e.value) == f"flags must be in [0, 2**32), got {bad!r}"
+        with pytest.raises(ValueError):
+            table.add("d", None, 1.0, bad)
+    with pytest.raises(TypeError) as e:
+        table.add("d", None, 1.0, 1.5)
+    assert str(e.value) == "flags must be an int, got float"
+    with pytest.raises(UnknownRequestError, match="^request 99 is not pending$"):
+        table.set_flags(99, 1)
+    assert len(table) == 1
+
+
+def test_bad_deadline_adds_nothing(table):
+    with pytest.raises(ValueError) as e:
+        table.add("d", None, float("nan"))
+    assert str(e.value) == "deadline must be finite and within 2**62 ticks of 0, got nan"
+    assert len(table) == 0
+    assert table.add("d", None, 1.0) == 1  # the failed add used no id
+
+
+def test_peek(table):
+    assert table.peek(1) is None
+    assert table.peek(-1) is None
+    assert table.peek(2**80) is None
+    rid = table.add("d", "c", 1.0, 3)
+    assert table.peek(rid) == ("d", "c", 3)
+    assert table.peek(True) == ("d", "c", 3)  # True == 1
+
+
+def test_contains(table):
+    rid = table.add("d", None, 1.0)
+    assert rid in table
+    assert rid + 1 not in table
+    assert "1" not in table and 1.0 not in table and None not in table
+    assert 2**100 not in table and -1 not in table
+
+
+# -- deadlines: expire / rearm / drain --------------------------------------------------------
+
+
+def test_expire(core):
+    wheel = core.TimingWheel(0.01)
+    t = core.PendingTable(wheel)
+    c1, c2, c3 = object(), object(), object()
+    r1 = t.add("a", c1, 0.5, 1)
+    r2 = t.add("b", c2, 0.2, 2)
+    r3 = t.add("c", c3, 5.0, 3)
+    assert t.expire(0.1) == []
+    assert t.expire(0.6) == [(r2, "b", c2, 2), (r1, "a", c1, 1)]
+    assert len(t) == 1 and len(wheel) == 1
+    with pytest.raises(UnknownRequestError):
+        t.resolve(r1)
+    assert t.expire(10.0) == [(r3, "c", c3, 3)]
+    assert len(wheel) == 0
+
+
+def test_expire_never_early_at_most_one_tick_late(core):
+    tick = 0.005
+    t = core.PendingTable(core.TimingWheel(tick))
+    deadlines = {t.add("d", None, 0.0013 * i): 0.0013 * i for i in range(1, 500)}
+    now = 0.0
+    while len(t):
+        now += 0.001
+        for rid, *_ in t.expire(now):
+            d = deadlines.pop(rid)
+            assert d <= now < d + tick + 0.001
+    assert not deadlines
+
+
+def test_rearm(core):
+    wheel = core.TimingWheel(0.01)
+    t = core.PendingTable(wheel)
+    rid = t.add("d", "c", 0.1)
+    t.rearm(rid, 1.0)
+    assert len(wheel) == 1  # the old deadline was cancelled
+    assert t.expire(0.5) == []
+    with pytest.raises(ValueError):
+        t.rearm(rid, float("inf"))  # the old deadline stays
+    assert t.expire(1.02) == [(rid, "d", "c", 0)]
+    with pytest.raises(UnknownRequestError, match=f"^request {rid} is not pending$"):
+        t.rearm(rid, 2.0)
+    # Rearm to the past: due at the next expire.
+    rid = t.add("d", "c", 100.0)
+    t.rearm(rid, 0.0)
+    assert t.expire(1.02) == [(rid, "d", "c", 0)]
+
+
+def test_drain(core):
+    wheel = core.TimingWheel()
+    t = core.PendingTable(wheel)
+    rids = [t.add(f"d{i}", i, 10.0 - i * 0.1, i) for i in range(300)]
+    for r in rids[::3]:
+        t.resolve(r)
+    got = t.drain()
+    assert [g[0] for g in got] == sorted(rids[1::3] + rids[2::3])
+    assert all(g == (g[0], f"d{g[2]}", g[2], g[2]) for g in got)
+    assert len(t) == 0 and len(wheel) == 0
+    assert t.drain() == []
+    assert t.add("x", None, 1.0) == 301
+
+
+def test_foreign_payloads_are_ignored(core):
+    wheel = core.TimingWheel(0.01)
+    t = core.PendingTable(wheel)
+    rid = t.add("d", None, 0.5)
+    wheel.schedule(0.5, 12345)  # not a pending rid
+    wheel.schedule(0.5, rid + 1)  # not yet added
+    assert t.expire(1.0) == [(rid, "d", None, 0)]
+
+
+def test_wheel_must_match_variant(core):
+    for bad in (None, object(), "wheel"):
+        with pytest.raises(TypeError) as e:
+            core.PendingTable(bad)
+        t = type(bad)
+        assert str(e.value) == (
+            f"wheel must be a TimingWheel of the same variant, got {t.__module__}.{t.__qualname__}"
+        )
+    for name, other in _core.VARIANTS.items():
+        if name != core.name and "TimingWheel" in other:
+            with pytest.raises(TypeError, match="of the same variant"):
+                core.PendingTable(other["TimingWheel"]())
+
+
+# -- references and memory -----------------------------------------------------------------------
+
+
+def test_refcounts(core):
+    wheel = core.TimingWheel(0.01)
+    t = core.PendingTable(wheel)
+    dev = "device-" + str(random.random())  # a fresh str: its count is ours alone
+    comp = Completion()
+    base = (sys.getrefcount(dev), sys.getrefcount(comp))
+    rids = [t.add(dev, comp, 1.003 + i * 0.01) for i in range(10)]
+    assert sys.getrefcount(comp) >= base[1] + 10
+    t.resolve(rids[0])
+    t.resolve(rids[1], dev)
+    with pytest.raises(WrongDeviceError):
+        t.resolve(rids[2], "other")
+    got = t.expire(1.065)
+    assert [g[0] for g in got] == rids[2:6]
+    del got
+    drained = t.drain()
+    assert len(drained) == 4
+    del drained
+    assert (sys.getrefcount(dev), sys.getrefcount(comp)) == base
+    t.add(dev, comp, 1.0)
+    t.add(dev, comp, 2.0)
+    del t
+    gc.collect()
+    assert (sys.getrefcount(dev), sys.getrefcount(comp)) == base
+    assert len(wheel) == 0  # a dropped table cancels its deadlines
+
+
+def test_cycle_through_completion_is_collected(core):
+    wheel = core.TimingWheel()
+    t = core.PendingTable(wheel)
+    c = Completion()
+    c.table = t  # completion -> table -> completion
+    t.add("d", c, 1.0)
+    ref = weakref.ref(c)
+    del c, t
+    gc.collect()
+    assert ref() is None
+    assert len(wheel) == 0
+
+
+def test_reentrant_finalizers(core):
+    # A completion's finalizer that uses the table while the table pops it.
+    wheel = core.TimingWheel(0.01)
+    t = core.PendingTable(wheel)
+    log = []
+
+    class Nasty:
+        def __init__(self, n):
+            self.n = n
+
+        def __del__(self):
+            rid = t.add("late", None, 100.0)
+            log.append(rid)
+            for other in list(log[:-1]):
+                if other in t:
+                    t.resolve(other)
+
+    for i in range(50):
+        t.add("d", Nasty(i), 0.05 + (i % 5) * 0.01)
+    got = t.expire(0.2)
+    assert len(got) == 50
+    del got
+    gc.collect()
+    assert len(log) == 50
+    assert len(t) == 1  # each finalizer resolved the previous late add
+    rid = t.add("x", Nasty(99), 0.3)
+    t.resolve(rid)
+    assert len(log) == 51
+    t.add("y", Nasty(100), 0.3)
+    t.drain()
+    assert len(log) == 52
+    t.drain()
+
+
+def test_many_entries_and_shrink(core):
+    wheel = core.TimingWheel(0.001)
+    t = core.PendingTable(wheel)
+    rng = random.Random(7)
+    deadlines = {}
+    for _ in range(3):
+        for _ in range(20_000):
+            d = rng.uniform(0.0, 2.0)
+            deadlines[t.add(f"d{rng.randrange(100)}", None, d)] = d
+        for rid in rng.sample(sorted(deadlines), 10_000):
+            t.resolve(rid)
+            del deadlines[rid]
+        assert len(t) == len(deadlines) == len(wheel)
+        for rid, d in rng.sample(sorted(deadlines.items()), 100):
+            assert t.peek(rid) is not None
+        now = wheel.now + 2.1
+        got = t.expire(now)
+        assert sorted(g[0] for g in got) == sorted(deadlines)
+        deadlines.clear()
+        assert len(t) == 0 and len(wheel) == 0
+    assert t.add("d", None, 1.0) == 60_001
+
+
+def test_call_memory(core):
+    if core.name != "c":
+        pytest.skip("the byte budget is the compiled table's")
+    n = 1 << 16  # slab and pool double to exactly this size
+    wheel = core.TimingWheel()
+    t = core.PendingTable(wheel)
+    done = object()
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        add = t.add
+        for i in range(n - 1):
+            add("dev", done, 1.0 + i * 1e-4)
+        used = tracemalloc.get_traced_memory()[0] - base
+    finally:
+        tracemalloc.stop()
+    # 40 B slab + 32 B wheel entry + 8 B index (load 1/4 right after a rehash)
+    assert used / n <= 100

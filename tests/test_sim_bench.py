@@ -1,0 +1,202 @@
+"""The device simulator, the reference dispatcher and ``fleetrpc bench``,
+against a real broker.  Nothing here asserts a throughput or a duration."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import json
+import uuid
+from pathlib import Path
+
+import pytest
+
+from fleetrpc.errors import RemoteError, RpcTimeoutError
+from fleetrpc.sim import Behaviour, Fleet, LeanClient
+from fleetrpc.sim.leanmqtt import parse_url
+
+pytestmark = pytest.mark.mqtt
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _reference():
+    path = ROOT / "benchmarks" / "reference_dispatcher.py"
+    spec = importlib.util.spec_from_file_location("reference_dispatcher_under_test", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.ReferenceDispatcher
+
+
+def _unique(tag: str) -> str:
+    return f"t{tag}{uuid.uuid4().hex[:10]}"
+
+
+async def _lean(mqtt_url: str, client_id: str, **kw) -> LeanClient:
+    host, port, user, password = parse_url(mqtt_url)
+    client = LeanClient(client_id, username=user, password=password, **kw)
+    await client.connect(host, port)
+    return client
+
+
+# -- the lean client -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("qos", [0, 1])
+async def test_lean_client_round_trip(mqtt_url, qos):
+    topic = f"{_unique('lean')}/x"
+    got: asyncio.Queue = asyncio.Queue()
+    sub = await _lean(mqtt_url, _unique("sub"), on_message=lambda *m: got.put_nowait(m))
+    pub = await _lean(mqtt_url, _unique("pub"))
+    try:
+        assert await sub.subscribe((topic, qos)) == [qos]
+        payloads = [b"", b"a", b"x" * 300, bytes(range(256)) * 600]  # 0 B .. 150 KiB
+        for p in payloads:
+            if qos:
+                await asyncio.wait_for(pub.publish_wait(topic, p, qos), 5)
+            else:
+                pub.publish(topic, p, qos)
+        for p in payloads:
+            t, payload, q, retain = await asyncio.wait_for(got.get(), 5)
+            assert (t, payload, q, retain) == (topic, p, qos, False)
+        assert pub.inflight == 0
+    finally:
+        await sub.disconnect()
+        await pub.disconnect()
+    assert not sub.connected
+
+
+async def test_lean_client_will_fires_on_abrupt_disconnect(mqtt_url):
+    topic = f"{_unique('will')}/presence"
+    got: asyncio.Queue = asyncio.Queue()
+    watcher = await _lean(mqtt_url, _unique("watch"), on_message=lambda *m: got.put_nowait(m))
+    await watcher.subscribe((topic, 1))
+    device = await _lean(mqtt_url, _unique("dev"), will=(topic, b'{"status":"offline"}', 1, False))
+    try:
+        device.abort()  # no DISCONNECT packet: the broker must publish the Will
+        t, payload, qos, _ = await asyncio.wait_for(got.get(), 10)
+        assert (t, payload) == (topic, b'{"status":"offline"}')
+    finally:
+        await watcher.disconnect()
+
+
+async def test_lean_client_graceful_disconnect_discards_will(mqtt_url):
+    topic = f"{_unique('nowill')}/presence"
+    got: asyncio.Queue = asyncio.Queue()
+    watcher = await _lean(mqtt_url, _unique("watch"), on_message=lambda *m: got.put_nowait(m))
+    await watcher.subscribe((topic, 1))
+    device = await _lean(mqtt_url, _unique("dev"), will=(topic, b"gone", 1, False))
+    await device.disconnect()
+    with pytest.raises(asyncio.TimeoutError):
+        await asyncio.wait_for(got.get(), 0.5)
+    await watcher.disconnect()
+
+
+# -- the fleet and the reference dispatcher --------------------------------------
+
+
+@pytest.mark.parametrize("processes", [0, 1], ids=["in-process", "worker"])
+async def test_fleet_answers_reference_dispatcher(mqtt_url, processes):
+    prefix = _unique("p")
+    fleet = Fleet(mqtt_url, 5, processes=processes, prefix=prefix, qos=1,
+                  id_format=_unique("d") + "-{:03d}", lifetime=120)
+    await fleet.start()
+    ref = _reference()(mqtt_url, node_id=_unique("n"), prefix=prefix, qos=1, window=16)
+    await ref.start()
+    try:
+        dev = fleet.device_ids[3]
+        assert await ref.call(dev, "echo", {"a": [1, 2, "x"]}, timeout=5) == {"a": [1, 2, "x"]}
+        results = await asyncio.gather(*(ref.call(d, "echo", i, timeout=5) for i, d in enumerate(fleet.device_ids)))
+        assert results == list(range(5))
+        with pytest.raises(RemoteError):
+            await ref.call(dev, "fail", {}, timeout=5)
+        assert await ref.call(dev, "notify", {}, oneway=True) is None
+        for _ in range(100):  # one-way: nothing tells us when it arrived
+            if (await fleet.stats())["notified"]:
+                break
+            await asyncio.sleep(0.05)
+
+        await fleet.configure(drop_rate=1.0)
+        with pytest.raises(RpcTimeoutError):
+            await ref.call(dev, "echo", {}, timeout=0.3)
+        await fleet.configure(drop_rate=0.0, error_rate=1.0)
+        with pytest.raises(RemoteError):
+            await ref.call(dev, "echo", {}, timeout=5)
+        await fleet.configure(error_rate=0.0, latency_ms=20, ack=True)
+        assert await ref.call(dev, "sleep", {"ms": 10}, timeout=5) == {"ms": 10}
+
+        stats = await fleet.stats()
+        assert stats["online"] == 5
+        assert stats["notified"] == 1 and stats["dropped"] == 1 and stats["errors"] == 1
+        assert stats["acks"] >= 1
+        assert ref.stats["acks"] >= 1
+    finally:
+        await ref.close()
+        final = await fleet.stop()
+    assert final["online"] == 0
+
+
+async def test_fleet_presence_and_churn(mqtt_url):
+    prefix = _unique("p")
+    events: asyncio.Queue = asyncio.Queue()
+    watcher = await _lean(mqtt_url, _unique("watch"),
+                          on_message=lambda t, p, q, r: events.put_nowait((t.split("/")[-2], json.loads(p)["status"])))
+    await watcher.subscribe((f"{prefix}/d/+/presence", 1))
+    fleet = Fleet(mqtt_url, 2, processes=0, prefix=prefix, id_format=_unique("d") + "-{:02d}",
+                  behaviour=Behaviour(churn_interval_s=0.3, churn_fraction=1.0, offline_s=0.3))
+    await fleet.start()
+    try:
+        seen: list[tuple[str, str]] = []
+        # online on connect, then the Will (offline) on each abrupt drop, then online again
+        while not ({(d, "offline") for d in fleet.device_ids} <= set(seen)
+                   and sum(1 for e in seen if e[1] == "online") >= 4):
+            seen.append(await asyncio.wait_for(events.get(), 10))
+        stats = await fleet.stats()
+        assert stats["churned"] >= 2 and stats["connects"] >= 4
+    finally:
+        await fleet.stop()
+        await watcher.disconnect()
+
+
+# -- the commands ----------------------------------------------------------------
+
+
+def test_bench_quick_writes_json(tmp_path, mqtt_url):
+    from click.testing import CliRunner
+
+    from fleetrpc.cli import main
+
+    out = tmp_path / "bench.json"
+    result = CliRunner().invoke(
+        main, ["bench", "--quick", "--devices", "20", "--url", mqtt_url, "--json", str(out)],
+        catch_exceptions=False,
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    assert set(report) >= {"meta", "fleet", "results", "ratios"}
+    assert report["meta"]["devices"] == 20
+    ref = report["results"]["reference"]
+    assert "error" not in ref, ref.get("error")
+    assert set(ref) >= {"peak", "latency", "oneway", "fanout", "sequential", "memory"}
+    assert set(ref["peak"]) >= {"rps", "p50_ms", "p99_ms", "p999_ms", "cpu_us_per_rt", "errors"}
+    assert set(ref["latency"]) >= {"target_rps", "p50_ms", "p99_ms", "p999_ms"}
+    assert ref["peak"]["round_trips"] > 0 and ref["fanout"]["failed"] == 0
+    assert ref["memory"]["bytes_per_pending"] is not None
+    ours = report["results"]["fleetrpc"]
+    assert "error" not in ours, ours.get("error")
+    assert ours["peak"]["round_trips"] > 0 and ours["fanout"]["failed"] == 0
+    assert set(report["ratios"]) >= {"peak.rps", "latency.p99_ms"}
+
+
+def test_simulate_command_runs_and_stops(mqtt_url):
+    from click.testing import CliRunner
+
+    from fleetrpc.cli import main
+
+    result = CliRunner().invoke(
+        main, ["simulate", "--devices", "3", "--url", mqtt_url, "--processes", "0",
+               "--prefix", _unique("p"), "--duration", "1"],
+        catch_exceptions=False,
+    )
+    assert result.exit_code == 0, result.output
+    assert "3 devices online" in result.output
