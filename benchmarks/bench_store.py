@@ -14,9 +14,9 @@ phases run on a fresh table, each ``--calls`` calls long:
 
 and three ways of writing:
 
-- autocommit: one statement per row, autocommit (raw asyncpg on a pool of
-              ``--pool`` connections; for SQLite one transaction per row on
-              the store's connection).  The baseline.
+- autocommit: one plain statement per row, autocommit (raw asyncpg on a
+              pool of ``--pool`` connections; for SQLite, on the store's one
+              connection).  The baseline.
 - store/row:  the Store API without batching (``store.insert`` /
               ``store.change``): one transaction per row.
 - group:      :class:`GroupCommitStore`: the same calls, group-committed.
@@ -97,6 +97,33 @@ class AutocommitPg:
         return tag.endswith(" 1")
 
 
+class AutocommitSqlite:
+    """One plain statement per row on the store's own connection: SQLite's
+    autocommit, each statement its own transaction."""
+
+    INSERT = f"INSERT INTO rpc ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
+    UPDATE = (
+        "UPDATE rpc SET status = ?, updated_time = ?, attempts = COALESCE(?, attempts), "
+        "response = COALESCE(?, response) WHERE id = ? AND status = ?"
+    )
+
+    def __init__(self, store: SqliteStore) -> None:
+        self.db = store._db  # the benchmark borrows the store's connection
+        self.lock = store._lock
+
+    async def insert(self, r: RpcRecord) -> None:
+        async with self.lock:
+            await self.db.execute(self.INSERT, record_row(r))
+
+    async def change(self, c: StatusChange) -> bool:
+        resp = None if c.status is not OK else '{"pin": 4, "ok": true}'
+        async with self.lock:
+            cur = await self.db.execute(
+                self.UPDATE, (c.status.value, c.updated_time, c.attempts, resp, c.id, c.expected_status.value)
+            )
+        return cur.rowcount == 1
+
+
 class PerRow:
     """The unbatched Store API: one transaction per call."""
 
@@ -153,7 +180,7 @@ async def bench_backend(backend: str, args, writers_list: list[int]) -> list[dic
                         writer = AutocommitPg(pool)
                     else:
                         pool = None
-                        writer = PerRow(store)  # a single SQLite statement is its own transaction
+                        writer = AutocommitSqlite(store)
                 elif mode == "store/row":
                     pool = None
                     writer = PerRow(store)
@@ -162,6 +189,7 @@ async def bench_backend(backend: str, args, writers_list: list[int]) -> list[dic
                     writer = GroupCommitStore(store, max_batch=args.max_batch)
                     await writer.open()
                 n = args.calls if mode == "group" else min(args.calls, args.row_calls)
+                n = max(n, writers)  # every writer gets work
                 row = {"backend": backend, "mode": mode, "writers": writers}
                 tx0 = store.stats.transactions
                 for phase in ("insert", "update"):
@@ -246,7 +274,7 @@ def main() -> None:
     ap.add_argument("--no-sqlite", action="store_true", help="skip SQLite")
     ap.add_argument("--writers", default="16,256,1024", help="comma-separated numbers of concurrent writers")
     ap.add_argument("--calls", type=int, default=20_000, help="calls per phase (group commit)")
-    ap.add_argument("--row-calls", type=int, default=5_000, help="calls per phase for the per-row modes")
+    ap.add_argument("--row-calls", type=int, default=1_000, help="calls per phase for the per-row modes")
     ap.add_argument("--modes", default="autocommit,store/row,group")
     ap.add_argument("--pool", type=int, default=16, help="connections of the autocommit pool")
     ap.add_argument("--max-batch", type=int, default=1000)

@@ -263,12 +263,10 @@ async def test_presence_from_last_will(rig):
     # ... so kill the socket instead, like a device losing power.
     dev2 = await _device(d.settings.mqtt_url)
     await _wait(lambda: d.is_online(dev2.device_id))
-    dev2._transport._client._connection._transport.abort()
-    dev2._transport._closing = True
+    dev2.kill()
     await _wait(lambda: not d.is_online(dev2.device_id), timeout=10)
     with pytest.raises(DeviceOfflineError):
         await d.call(dev2.device_id, "echo", {})
-    await dev2._transport.close()
 
 
 async def test_broadcast(mqtt_url):

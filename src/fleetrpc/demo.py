@@ -121,7 +121,7 @@ async def run_demo(devices: int = 50, url: str | None = None, console=None) -> d
             except FleetRpcError as exc:
                 rows.append(("client-side unknown method", type(exc).__name__, str(exc)))
 
-            await fleet[5].close(offline=False)  # vanish: the broker sends the Will
+            fleet[5].kill()  # vanish: the broker sends the Will
             for _ in range(100):
                 if not d.is_online(fleet[5].device_id):
                     break

@@ -127,6 +127,15 @@ class DeviceClient:
                 fut.set_exception(err)
         await self._transport.close()
 
+    def kill(self) -> None:
+        """Vanish without a goodbye (power loss): the broker publishes this
+        device's Last Will, so the platform sees it go offline."""
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+        for task in list(self._tasks):
+            task.cancel()
+        self._transport.abort()
+
     async def __aenter__(self) -> "DeviceClient":
         await self.connect()
         return self

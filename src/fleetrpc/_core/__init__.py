@@ -17,6 +17,7 @@ from .codec_py import Codec as CodecPy, Message as MessagePy
 from .pending_py import PendingTable as PendingTablePy
 from .queues_py import DeviceQueues as DeviceQueuesPy
 from .wheel_py import TimingWheel as TimingWheelPy
+from .mqttfast_py import MqttReader as MqttReaderPy, encode_publish as encode_publish_py
 
 NO_EXTENSIONS: bool = bool(os.environ.get("FLEETRPC_NO_EXTENSIONS")) or (
     sys.implementation.name != "cpython"
@@ -28,6 +29,8 @@ _PAIRS = {  # public name -> (compiled module, pure class)
     "DeviceQueues": ("queues", DeviceQueuesPy),
     "Codec": ("codec", CodecPy),
     "Message": ("codec", MessagePy),
+    "MqttReader": ("mqttfast", MqttReaderPy),
+    "encode_publish": ("mqttfast", encode_publish_py),
 }
 
 
@@ -62,6 +65,10 @@ PendingTable = _chosen["PendingTable"]
 DeviceQueues = _chosen["DeviceQueues"]
 Codec = _chosen["Codec"]
 Message = _chosen["Message"]
+MqttReader = _chosen["MqttReader"]
+encode_publish = _chosen["encode_publish"]
+MqttReaderC = _compiled.get("MqttReader")
+encode_publish_c = _compiled.get("encode_publish")
 
 #: Both variants of every core class, for tests and benchmarks.  "c" lists
 #: only what is compiled; it is absent when nothing is.
@@ -75,4 +82,6 @@ __all__ = [
     "PendingTable", "PendingTableC", "PendingTablePy",
     "DeviceQueues", "DeviceQueuesC", "DeviceQueuesPy",
     "Codec", "CodecC", "CodecPy", "Message", "MessageC", "MessagePy",
+    "MqttReader", "MqttReaderC", "MqttReaderPy",
+    "encode_publish", "encode_publish_c", "encode_publish_py",
 ]

@@ -9,7 +9,11 @@ needs on top of it and what gmqtt lacks (see shared/MQTT-NOTES.md):
   maximum is reached, so excess publishes wait here, FIFO, and leave as
   PUBACKs arrive;
 - a PUBACK notification per publish (``token``) with no closure per message;
-- reconnect with exponential back-off.
+- reconnect with exponential back-off;
+- a fast path for the two hot packets (see :class:`_FastProtocol`): inbound
+  PUBLISH parsed by the compiled core, outbound PUBLISH built by it, and
+  every write of one loop iteration sent in one ``write`` call.  gmqtt's
+  private names used for that are pinned by the gmqtt version bound.
 """
 
 from __future__ import annotations
@@ -17,17 +21,26 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl as _ssl
+import time
 import uuid
 from collections import deque
+from functools import partial
 from typing import Any, Callable
 from urllib.parse import unquote, urlsplit
 
 import gmqtt
+from gmqtt.mqtt.connection import MQTTConnection
 from gmqtt.mqtt.constants import MQTTv50, MQTTv311
+from gmqtt.mqtt.package import Package
+from gmqtt.mqtt.protocol import BaseMQTTProtocol, MQTTProtocol
+from gmqtt.mqtt.utils import pack_variable_byte_integer
 
-from ..errors import ValidationError
+from .. import _core
+from ..errors import CodecError, ValidationError
 
 log = logging.getLogger("fleetrpc.transport")
+
+_encode_publish = _core.encode_publish
 
 #: on_message(topic, payload, properties-or-None)
 MessageCallback = Callable[[str, bytes, "dict | None"], None]
@@ -48,12 +61,105 @@ def parse_url(url: str) -> dict[str, Any]:
     }
 
 
+_PUBACK = 0x40
+
+
+class _FastProtocol(MQTTProtocol):
+    """gmqtt's protocol with the hot path replaced.
+
+    Reading: ``data_received`` feeds the compiled :class:`MqttReader`
+    directly (no StreamReader, no read-loop task); PUBLISH goes straight to
+    the transport, every other packet to gmqtt's handler as before.
+    Writing: packets written during one loop iteration leave in one
+    ``transport.write`` (one syscall instead of one per packet).
+    """
+
+    def __init__(self, *args: Any, on_publish: Callable, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._out: list[bytes] = []
+        self._flush_handle: asyncio.Handle | None = None
+        self._deliver = on_publish
+        self._reader = _core.MqttReader(self._on_publish, self._on_packet, True)
+
+    def connection_made(self, transport: asyncio.Transport) -> None:
+        # Skip MQTTProtocol's read-loop task: data_received does its work.
+        BaseMQTTProtocol.connection_made(self, transport)
+        self._reader.v5 = self.proto_ver == MQTTv50
+
+    def data_received(self, data: bytes) -> None:
+        conn = self._connection
+        if conn is None:
+            return
+        conn._last_data_in = time.monotonic()
+        try:
+            self._reader.feed(data)
+        except CodecError as exc:
+            log.warning("malformed MQTT stream from the broker (%s): closing the connection", exc)
+            self._transport.close()
+
+    def eof_received(self) -> bool:
+        # gmqtt's read loop closed the transport on EOF; without it, False
+        # makes asyncio close it, so connection_lost (and reconnect) follow.
+        super().eof_received()
+        return False
+
+    def _on_packet(self, cmd: int, body: bytes) -> None:
+        self._connection.put_package(Package(cmd, body))
+
+    def _on_publish(self, topic: str, payload: bytes, qos: int, mid: int, props: bytes) -> None:
+        if qos == 1:
+            self.write_data(b"\x40\x02" + mid.to_bytes(2, "big"))
+        elif qos == 2:
+            log.warning("QoS 2 PUBLISH on %r ignored: fleetrpc subscribes at QoS 0/1", topic)
+            return
+        properties = None
+        if props:
+            properties, _ = self._connection._handler._parse_properties(
+                bytes(pack_variable_byte_integer(len(props))) + props
+            )
+        self._deliver(topic, payload, properties)
+
+    def write_data(self, data: bytes) -> None:
+        self._out.append(data)
+        if self._flush_handle is None:
+            self._flush_handle = self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_handle = None
+        out, self._out = self._out, []
+        transport = self._transport
+        if transport is not None and not transport.is_closing():
+            if self._connection is not None:
+                self._connection._last_data_out = time.monotonic()
+            transport.write(out[0] if len(out) == 1 else b"".join(out))
+
+
 class _Client(gmqtt.Client):
-    """gmqtt client that reports PUBACKs to its transport."""
+    """gmqtt client on :class:`_FastProtocol` that reports PUBACKs."""
 
     def __init__(self, client_id: str, owner: "MqttTransport", **kwargs: Any) -> None:
         super().__init__(client_id, **kwargs)
         self._owner = owner
+
+    async def _create_connection(self, host, port, ssl, clean_session, keepalive):
+        # gmqtt's own steps (see Client._create_connection), on our protocol.
+        self._exit_reconnecting_state()
+        self._package_handler.clear_topics_aliases()
+        self._connack_received.clear()
+        self._connection_lost.clear()
+        factory = partial(
+            _FastProtocol,
+            connection_state=self._connection_state,
+            id_generator=self._package_handler.id_generator,
+            on_publish=self._owner._on_fast_publish,
+        )
+        transport, protocol = await asyncio.get_running_loop().create_connection(
+            factory, host, port, ssl=ssl
+        )
+        return MQTTConnection(
+            transport, protocol, clean_session, keepalive,
+            package_handler=self._package_handler, logger=self._logger,
+        )
 
     def _remove_message_from_queue(self, mid: int) -> None:
         super()._remove_message_from_queue(mid)
@@ -163,6 +269,17 @@ class MqttTransport:
             except Exception:  # the broker may already be gone
                 log.debug("disconnect failed", exc_info=True)
 
+    def abort(self) -> None:
+        """Drop the connection without DISCONNECT and do not reconnect, as a
+        device losing power does: the broker publishes the Last Will."""
+        self._closing = True
+        client, self._client = self._client, None
+        self._waiting.clear()
+        if client is not None:
+            client._is_active = False  # no reconnect
+            if client._connection is not None:
+                client._connection._transport.abort()
+
     @property
     def connected(self) -> bool:
         return self._client is not None and self._client.is_connected
@@ -222,11 +339,15 @@ class MqttTransport:
         self._subscribed.set()
 
     def _on_message(self, client, topic, payload, qos, properties):
+        # Only PUBLISHes that bypass the fast path (none, normally) come here.
+        self._on_fast_publish(topic, payload, properties)
+        return 0
+
+    def _on_fast_publish(self, topic: str, payload: bytes, properties: dict | None) -> None:
         try:
             self.on_message(topic, payload, properties)
-        except Exception:  # the owner's bug must not kill gmqtt's read loop
+        except Exception:  # the owner's bug must not kill the connection
             log.exception("message handler failed for topic %r", topic)
-        return 0
 
     # -- publishing ---------------------------------------------------------
 
@@ -247,10 +368,19 @@ class MqttTransport:
 
     def _send(self, topic, payload, qos, retain, token, properties) -> None:
         client = self._client
-        if client is None:
+        if client is None or client._connection is None:
             return
-        message = gmqtt.Message(topic, payload, qos=qos, retain=retain, **(properties or {}))
-        mid, package = client._connection.publish(message)
+        proto = client._connection._protocol
+        v5 = proto.proto_ver == MQTTv50
+        mid = proto.id_generator.next_id() if qos else 0
+        if properties and v5:
+            package = _encode_publish(
+                topic, payload, qos, mid, retain, True,
+                properties.get("response_topic"), properties.get("correlation_data"),
+            )
+        else:
+            package = _encode_publish(topic, payload, qos, mid, retain, v5)
+        proto.write_data(package)
         if qos:
             client._persistent_storage.push_message(mid, package)
             self._inflight += 1
