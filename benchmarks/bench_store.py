@@ -44,7 +44,7 @@ import asyncpg  # noqa: E402
 
 from fleetrpc.status import RpcStatus  # noqa: E402
 from fleetrpc.store import GroupCommitStore, PostgresStore, RpcRecord, SqliteStore, StatusChange  # noqa: E402
-from fleetrpc.store.base import COLUMNS, record_row  # noqa: E402
+from fleetrpc.store.base import COLUMNS, JSON_COLUMNS, record_row  # noqa: E402
 
 Q, S, D, OK = RpcStatus.QUEUED, RpcStatus.SENT, RpcStatus.DELIVERED, RpcStatus.SUCCESSFUL
 STEPS = ((Q, S), (S, D), (D, OK))
@@ -69,8 +69,12 @@ def make_records(n: int) -> list[RpcRecord]:
 
 def change(r: RpcRecord, old: RpcStatus, new: RpcStatus, t: int) -> StatusChange:
     if new is OK:
-        return StatusChange(id=r.id, expected_status=old, status=new, updated_time=t, response={"pin": 4, "ok": True})
-    return StatusChange(id=r.id, expected_status=old, status=new, updated_time=t, attempts=1 if new is S else None)
+        return StatusChange(
+            id=r.id, expected_status=old, status=new, updated_time=t, response={"pin": 4, "ok": True}
+        )
+    return StatusChange(
+        id=r.id, expected_status=old, status=new, updated_time=t, attempts=1 if new is S else None
+    )
 
 
 # -- writers ------------------------------------------------------------------------
@@ -79,7 +83,10 @@ def change(r: RpcRecord, old: RpcStatus, new: RpcStatus, t: int) -> StatusChange
 class AutocommitPg:
     """One plain statement per row on an asyncpg pool (autocommit)."""
 
-    INSERT = f"INSERT INTO rpc ({', '.join(COLUMNS)}) VALUES ({', '.join(f'${i}' + ('::jsonb' if c in ('params', 'response', 'additional_info') else '') for i, c in enumerate(COLUMNS, 1))})"
+    INSERT = "INSERT INTO rpc ({}) VALUES ({})".format(
+        ", ".join(COLUMNS),
+        ", ".join(f"${i}" + ("::jsonb" if c in JSON_COLUMNS else "") for i, c in enumerate(COLUMNS, 1)),
+    )
     UPDATE = (
         "UPDATE rpc SET status = $3, updated_time = $4, attempts = COALESCE($5, attempts), "
         "response = COALESCE($6::jsonb, response) WHERE id = $1 AND status = $2"
@@ -93,7 +100,9 @@ class AutocommitPg:
 
     async def change(self, c: StatusChange) -> bool:
         resp = None if c.status is not OK else '{"pin": 4, "ok": true}'
-        tag = await self.pool.execute(self.UPDATE, c.id, c.expected_status.value, c.status.value, c.updated_time, c.attempts, resp)
+        tag = await self.pool.execute(
+            self.UPDATE, c.id, c.expected_status.value, c.status.value, c.updated_time, c.attempts, resp
+        )
         return tag.endswith(" 1")
 
 
@@ -252,7 +261,8 @@ async def open_backend(backend: str, args):
 
 def table(results: list[dict]) -> str:
     lines = [
-        "| backend | mode | writers | inserts/s | updates/s | lifecycles/s | avg batch | lifecycle ratio vs autocommit |",
+        "| backend | mode | writers | inserts/s | updates/s | lifecycles/s | avg batch "
+        "| lifecycles vs autocommit |",
         "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     base = {(r["backend"], r["writers"]): r for r in results if r["mode"] == "autocommit"}
@@ -269,7 +279,9 @@ def table(results: list[dict]) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--dsn", default=os.environ.get("FLEETRPC_PG_DSN"), help="PostgreSQL DSN (default $FLEETRPC_PG_DSN)")
+    ap.add_argument(
+        "--dsn", default=os.environ.get("FLEETRPC_PG_DSN"), help="PostgreSQL DSN (default $FLEETRPC_PG_DSN)"
+    )
     ap.add_argument("--no-pg", action="store_true", help="skip PostgreSQL")
     ap.add_argument("--no-sqlite", action="store_true", help="skip SQLite")
     ap.add_argument("--writers", default="16,256,1024", help="comma-separated numbers of concurrent writers")

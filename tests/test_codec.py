@@ -303,12 +303,38 @@ def test_topic_not_str(codec, topic):
     assert err(codec, topic, b"{}") == f"topic must be str, not {type(topic).__name__}"
 
 
-def test_topic_str_subclass(codec):
-    class Topic(str):
-        pass
+class Sub(str):
+    def __str__(self):  # must not be used
+        return "wrong"
 
-    m = codec.decode(Topic(f"{P}/d/x/res/n/1"), b"1")
-    assert (m.device, m.node, m.rid) == ("x", "n", 1) and type(m.device) is str
+    def __repr__(self):
+        return "wrong"
+
+
+def test_topic_str_subclass(codec):
+    m = codec.decode(Sub(f"{P}/d/x/res/n/1"), b"1")
+    assert (m.device, m.node, m.rid) == ("x", "n", 1) and type(m.device) is str and type(m.node) is str
+    # error paths too
+    assert err(codec, Sub("zz")) == "topic 'zz' does not start with 'fleetrpc/'"
+    assert err(codec, Sub(f"{P}/d/x/res/n/abc")) == (
+        f"request id 'abc' in topic '{P}/d/x/res/n/abc' is not a decimal integer"
+    )
+    assert err(codec, Sub(f"{P}/d/x/zz")) == f"unknown message kind 'zz' in topic '{P}/d/x/zz'"
+    assert err(codec, Sub(f"{P}/d/\ud800/hb")) == f"topic '{P}/d/\\ud800/hb' is not valid UTF-8"
+
+
+def test_str_subclass_arguments(core):
+    if not hasattr(core, "Codec"):
+        pytest.skip(f"no {core.name} codec")
+    codec = core.Codec(Sub("pre"))
+    assert codec.prefix == "pre" and type(codec.prefix) is str
+    assert codec.decode("pre/d/x/hb", b"{}").device == "x"
+    assert err(codec, "x") == "topic 'x' does not start with 'pre/'"
+    assert core.Message(Kind.ACK, Sub("d")).device == "d"
+    assert codec.encode_request(Sub("m"), "p") == b'{"method":"m","params":"p"}'
+    with pytest.raises(CodecError) as info:
+        codec.encode_request(Sub("m"), Sub("p"))  # msgspec refuses str subclasses as values
+    assert str(info.value) == "cannot encode the params of 'm': Encoding objects of type Sub is unsupported"
 
 
 def test_topic_not_utf8(codec):

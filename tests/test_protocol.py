@@ -208,6 +208,16 @@ def test_validate_id_bad(value, message):
     assert str(info.value) == message
 
 
+def test_validate_id_str_subclass():
+    class Sub(str):
+        def __repr__(self):
+            return "wrong"
+
+    assert protocol.validate_id("device", Sub("d")) == "d"
+    with pytest.raises(ValidationError, match="^device id 'a/b' contains '/'"):
+        protocol.validate_id("device", Sub("a/b"))
+
+
 def test_validate_id_kind_names_the_id():
     with pytest.raises(ValidationError, match="^node id is empty$"):
         protocol.validate_id("node", "")

@@ -17,7 +17,12 @@ import asyncpg
 import msgspec
 import pytest
 
-from fleetrpc.errors import InvalidTransitionError, StoreError, StoreUnavailableError, ValidationError
+from fleetrpc.errors import (
+    InvalidTransitionError,
+    StoreError,
+    StoreUnavailableError,
+    ValidationError,
+)
 from fleetrpc.status import RpcStatus as St
 from fleetrpc.status import is_allowed
 from fleetrpc.store import (
@@ -28,10 +33,10 @@ from fleetrpc.store import (
     RpcRecord,
     SqliteStore,
     StatusChange,
+    migrations,
     open_store,
     store_from_url,
 )
-from fleetrpc.store import migrations
 
 T0 = 1_700_000_000_000  # a fixed "now", epoch ms
 DAY = 86_400_000
@@ -339,21 +344,26 @@ async def test_paging(store, listed):
     assert none == Page(data=[], total_pages=0, total_elements=0, has_next=False)
 
 
-@pytest.mark.parametrize(
-    "prop,key",
-    [
-        ("createdTime", lambda r: r.created_time),
-        ("expirationTime", lambda r: r.expiration_time),
-        ("request", lambda r: r.method),
-        ("method", lambda r: r.method),
-        ("status", lambda r: r.status.value),
-    ],
-)
-@pytest.mark.parametrize("order", ["ASC", "DESC", "asc"])
-async def test_sorting(store, listed, prop, key, order):
-    p = await store.list_by_device("dev-1", page_size=100, sort_property=prop, sort_order=order)
-    desc = order.upper() == "DESC"
-    want = sorted(listed, key=lambda r: (key(r), r.id), reverse=desc)
+SORT_KEYS = {
+    "createdTime": lambda r: r.created_time,
+    "expirationTime": lambda r: r.expiration_time,
+    "request": lambda r: r.method,
+    "method": lambda r: r.method,
+    "status": lambda r: r.status.value,
+}
+
+
+async def test_sorting(store, listed):
+    # One test walks every property and order: a schema per case would cost
+    # more than the queries.
+    for prop, key in SORT_KEYS.items():
+        for order in ("ASC", "DESC", "asc"):
+            p = await store.list_by_device("dev-1", page_size=100, sort_property=prop, sort_order=order)
+            want = sorted(listed, key=lambda r: (key(r), r.id), reverse=order.upper() == "DESC")
+            assert [r.id for r in p.data] == [r.id for r in want], (prop, order)
+    # paging follows the sort
+    p = await store.list_by_device("dev-1", page_size=4, page=1, sort_property="expirationTime", sort_order="ASC")
+    want = sorted(listed, key=lambda r: (r.expiration_time, r.id))[4:8]
     assert [r.id for r in p.data] == [r.id for r in want]
 
 
@@ -371,28 +381,29 @@ async def test_filters(store, listed):
     assert {r.id for r in p.data} == {r.id for r in listed if r.tenant_id == "t-other"}
 
 
-@pytest.mark.parametrize(
-    "kwargs,match",
-    [
-        ({"sort_property": "createdTime; DROP TABLE rpc"}, "sortProperty"),
-        ({"sort_property": "id"}, "sortProperty"),
-        ({"sort_order": "DESC; DELETE FROM rpc"}, "sortOrder"),
-        ({"page_size": 0}, "pageSize"),
-        ({"page_size": 10**6}, "pageSize"),
-        ({"page": -1}, "page"),
-        ({"page": "1"}, "page"),
-        ({"status": "DONE"}, "rpcStatus"),
-    ],
-)
-async def test_bad_listing_arguments(store, listed, kwargs, match):
-    with pytest.raises(ValidationError, match=match):
-        await store.list_by_device("dev-1", **kwargs)
+BAD_LISTING_ARGS = [
+    ({"sort_property": "createdTime; DROP TABLE rpc"}, "sortProperty"),
+    ({"sort_property": "id"}, "sortProperty"),
+    ({"sort_order": "DESC; DELETE FROM rpc"}, "sortOrder"),
+    ({"page_size": 0}, "pageSize"),
+    ({"page_size": 10**6}, "pageSize"),
+    ({"page": -1}, "page"),
+    ({"page": "1"}, "page"),
+    ({"status": "DONE"}, "rpcStatus"),
+]
+
+
+async def test_bad_listing_arguments(store, listed):
+    for kwargs, match in BAD_LISTING_ARGS:
+        with pytest.raises(ValidationError, match=match):
+            await store.list_by_device("dev-1", **kwargs)
     assert (await store.list_by_device("dev-1")).total_elements == 28  # the table is still there
 
 
 async def test_load_unfinished(store):
     statuses = list(St)
-    rows = [rec(50 - i, status=s, oneway=ow) for i, (s, ow) in enumerate((s, ow) for s in statuses for ow in (False, True))]
+    kinds = [(s, ow) for s in statuses for ow in (False, True)]
+    rows = [rec(50 - i, status=s, oneway=ow) for i, (s, ow) in enumerate(kinds)]
     await store.insert_many(rows)
     got = await store.load_unfinished()
     want = [
@@ -431,7 +442,12 @@ async def test_tenant_ttl_and_purge_expired(store):
     assert await store.get_tenant_ttl("short") == 2
 
     def done(tenant, age_days, status=St.SUCCESSFUL):
-        return rec(id=f"{tenant}-{age_days}-{status.value}", tenant_id=tenant, created_time=now - int(age_days * DAY), status=status)
+        return rec(
+            id=f"{tenant}-{age_days}-{status.value}",
+            tenant_id=tenant,
+            created_time=now - int(age_days * DAY),
+            status=status,
+        )
 
     rows = [
         done("short", 3),  # gone: older than 2 days
@@ -447,7 +463,13 @@ async def test_tenant_ttl_and_purge_expired(store):
     assert await store.purge_expired(now, default_days=None) == 2  # no default: tenants with a TTL only
     assert await store.purge_expired(now, default_days=30) == 1
     left = {r.id for r in rows if await store.get(r.id)}
-    assert left == {"short-1-SUCCESSFUL", "short-3-SENT", "keep-1000-SUCCESSFUL", "long-59-SUCCESSFUL", "dflt-29-SUCCESSFUL"}
+    assert left == {
+        "short-1-SUCCESSFUL",
+        "short-3-SENT",
+        "keep-1000-SUCCESSFUL",
+        "long-59-SUCCESSFUL",
+        "dflt-29-SUCCESSFUL",
+    }
     await store.set_tenant_ttl("keep", None)  # back to the default
     assert await store.get_tenant_ttl("keep") is None
     assert await store.purge_expired(now, default_days=30) == 1
@@ -663,6 +685,28 @@ async def test_group_commit_close_drains_then_refuses(store):
     with pytest.raises(StoreError, match="not open"):
         await g.insert(rec(100))
     assert len(await store.load_unfinished()) == 50
+
+
+async def test_group_commit_respects_max_batch(store):
+    g = GroupCommitStore(store, max_batch=10)
+    await g.open()
+    try:
+        await asyncio.gather(*(g.insert(rec(i)) for i in range(35)))
+        assert g.batch_stats.largest_batch == 10
+        assert g.batch_stats.batches == 4
+    finally:
+        await g.drain()
+
+
+async def test_group_commit_cancelled_caller_still_written(gstore, store):
+    """Cancelling a waiting caller does not withdraw its write."""
+    r = rec()
+    task = asyncio.ensure_future(gstore.insert(r))
+    await asyncio.sleep(0)  # queued
+    task.cancel()
+    await gstore.drain()
+    assert task.cancelled()
+    assert await store.get(r.id) == r
 
 
 async def test_group_commit_passes_reads_through(gstore):

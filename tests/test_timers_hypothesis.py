@@ -194,6 +194,11 @@ def wheel_machine(core):
             else:
                 assert got == expected
 
+        @rule(data=st.data(), n=st.integers(2, 10))
+        def schedule_many(self, data, n):
+            for _ in range(n):
+                self.schedule(data)
+
         @rule(bad_time=BAD_TIMES, payload=st.sampled_from([-1, 2**63, 2**64, "7", 1.5, True, 0]))
         def schedule_bad(self, bad_time, payload):
             for d, p in ((bad_time, 1), (1.0, payload), (bad_time, payload)):
@@ -227,7 +232,7 @@ def wheel_machine(core):
             assert expected[0] == "ok"
             results, model_fired = got[1], expected[1]
             check_order(results, model_fired)
-            if self.model.now >= before:  # not a step backwards (which returns [])
+            if now >= before:  # not a step backwards (which returns [])
                 check_contract(self.tick, self.model.now, [e for _, e in model_fired],
                                self.model.entries.values())
             fired = set(results)
@@ -381,14 +386,17 @@ def table_machine(core):
             return same([outcome(getattr(t, name), *args) for t in self.tables])
 
         def rids(self):
+            live = sorted(self.model.entries)
             return st.one_of(
+                st.sampled_from(live or [1]),
+                st.sampled_from(live or [1]),
                 st.sampled_from(sorted(self.seen) or [1]),
                 st.integers(-3, max(self.seen, default=0) + 3),
                 st.sampled_from([2**53, 2**63, 2**80, True]),
             )
 
         @rule(data=st.data(), device=st.sampled_from(["a", "b", "c", "dev/1"]),
-              flags=st.one_of(st.integers(0, 2**32 - 1), st.sampled_from([-1, 2**32, 1.5])),
+              flags=st.integers(0, 2**32 - 1),
               completion=st.sampled_from([None, "done", ("future", 1), 42]))
         def add(self, data, device, flags, completion):
             d = self.model.wheel.now + data.draw(offsets(self.tick))
@@ -399,15 +407,22 @@ def table_machine(core):
                 assert 0 < rid < 2**53 and rid not in self.seen  # ids never collide
                 self.seen.add(rid)
 
-        @rule(bad=st.sampled_from([b"a", 5, None]), deadline=BAD_TIMES)
-        def add_bad(self, bad, deadline):
-            for args in ((bad, 1, 1.0, 0), ("a", 1, deadline, 0), (bad, 1, deadline, -1)):
+        @rule(data=st.data(), n=st.integers(2, 8))
+        def add_many(self, data, n):
+            for i in range(n):
+                self.add(data, device="abc"[i % 3], flags=i, completion=i)
+
+        @rule(bad=st.sampled_from([b"a", 5, None]), deadline=BAD_TIMES,
+              flags=st.sampled_from([-1, 2**32, 2**70, 1.5, "1", True]))
+        def add_bad(self, bad, deadline, flags):
+            for args in ((bad, 1, 1.0, 0), ("a", 1, deadline, 0), ("a", 1, 1.0, flags),
+                         (bad, 1, deadline, flags)):
                 got = self.all("add", *args)
                 assert got == outcome(self.model.add, *args)
                 if got[0] == "ok":
                     self.seen.add(got[1])
 
-        @rule(data=st.data(), device=st.sampled_from([None, "a", "b", "zzz", 5]))
+        @rule(data=st.data(), device=st.sampled_from([None, None, None, "a", "b", "zzz", 5]))
         def resolve(self, data, device):
             rid = data.draw(self.rids())
             assert self.all("resolve", rid, device) == outcome(self.model.resolve, rid, device)

@@ -50,7 +50,7 @@ class DeviceClient:
         prefix: str = DEFAULT_PREFIX,
         version: int = 5,
         qos: int = 1,
-        ack: bool = False,
+        ack: bool = True,
         username: str | None = None,
         password: str | None = None,
         keepalive: int = 30,

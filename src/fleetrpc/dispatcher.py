@@ -50,6 +50,7 @@ SENT = 1          # published (holds a slot of the global window)
 ACKED = 2         # the device acknowledged delivery
 ONEWAY = 4        # no reply expected: done when the broker has it
 DEFERRED = 8      # released by its device queue, waiting for the global window
+OBSERVED = 16     # the completion is a CallObserver: told when sent and acked
 
 _INVALID_ID_CHARS = frozenset("/+#\x00")
 
@@ -78,6 +79,22 @@ class StatusEvent(msgspec.Struct, frozen=True, gc=False):
     device: str
     ts: float
     detail: Any = None
+
+
+class CallObserver:
+    """A completion that also wants to know when its call is published and
+    when the device acknowledged it (the persistent-RPC lifecycle)."""
+
+    def sent(self, rid: int, device: str) -> None:
+        """The request was handed to the broker connection."""
+
+    def acked(self, rid: int, device: str) -> bool:
+        """The device acknowledged delivery; return True if that ends the
+        call (a persistent one-way call ends at DELIVERED)."""
+        return False
+
+    def __call__(self, rid: int, device: str, result: Any, error: BaseException | None) -> None:
+        """The call ended: ``result`` or ``error`` (RpcTimeoutError, ...)."""
 
 
 # ---------------------------------------------------------------------------
@@ -503,18 +520,34 @@ class Dispatcher:
         deadline: float,
         oneway: bool = False,
         hold_offline: bool = True,
-        rid_hint: Any = None,
+        request_id: str | None = None,
     ) -> int:
         """Low-level submit for other engines (persistent RPC): no presence
         check, ``deadline`` on the loop clock; calls to offline devices are
-        held until the device comes online.  Returns the request id."""
+        held until the device comes online.  ``request_id`` goes into the
+        payload as ``"id"``: it stays the same across retries and restarts,
+        so the device can recognise a duplicate.  Returns the request id."""
         if not self._running:
             raise DispatcherClosedError("dispatcher is not running")
         check_device_id(device)
         if hold_offline and self._presence and device not in self._online:
             self._queues.set_online(device, False)
-        return self._submit(device, completion, deadline, self._request_payload(method, params),
-                            ONEWAY if oneway else 0)
+        flags = ONEWAY if oneway else 0
+        if isinstance(completion, CallObserver):
+            flags |= OBSERVED
+            if oneway:
+                # A observed one-way call ends at the device's ack, not PUBACK.
+                flags = OBSERVED
+        payload = self._request_payload(method, params)
+        if request_id is not None:
+            payload = payload[:-1] + b',"id":' + self._encode(request_id) + b"}"
+        return self._submit(device, completion, deadline, payload, flags)
+
+    def rearm(self, rid: int, deadline: float) -> None:
+        """Move a pending call's deadline (loop clock)."""
+        self._pending.rearm(rid, deadline)
+        if self._timer is None and self._running:
+            self._arm_timer()
 
     def cancel(self, rid: int) -> bool:
         """Drop a pending call without completing it (e.g. a deleted RPC)."""
@@ -583,6 +616,8 @@ class Dispatcher:
                 "correlation_data": srid.encode(),
             }
         self._transport.publish(topic, payload, self._qos, False, rid if flags & ONEWAY else -1, props)
+        if flags & OBSERVED:
+            self._pending.peek(rid)[1].sent(rid, device)
         if self._hooks:
             self._emit("SENT", rid, device)
 
@@ -775,12 +810,17 @@ class Dispatcher:
         if flags & ACKED or not flags & SENT:
             return  # duplicate ack
         self.stats.acks += 1
-        self._pending.set_flags(msg.rid, flags | ACKED)
+        rid = msg.rid
+        self._pending.set_flags(rid, flags | ACKED)
         nxt = self._queues.on_ack(device)
         if nxt is not None:
             self._release(nxt, device)
         if self._hooks:
-            self._emit("DELIVERED", msg.rid, device)
+            self._emit("DELIVERED", rid, device)
+        if flags & OBSERVED and completion.acked(rid, device):
+            self._pending.resolve(rid)
+            self._end(rid, device, flags | ACKED)
+            self._complete(completion, rid, device, None, None)
 
     # -- client-side RPC ----------------------------------------------------
 

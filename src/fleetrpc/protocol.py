@@ -319,7 +319,8 @@ _FORBIDDEN = ("/", "+", "#", "\x00")
 
 
 def _show(value: str) -> str:
-    return repr(value if len(value) <= 80 else value[:77] + "...")
+    # str.__repr__: a str subclass's own __repr__ must not change the text
+    return str.__repr__(value if len(value) <= 80 else value[:77] + "...")
 
 
 def validate_id(kind: str, value: object) -> str:

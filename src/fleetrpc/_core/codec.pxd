@@ -23,7 +23,7 @@ cdef class Message:
     # Not tracked by the garbage collector (no_gc, in codec.pyx): it holds
     # only what was decoded from the wire, which cannot refer back to it.
     cdef readonly object kind       # the Kind member
-    cdef readonly str device        # device id; the {app} level for ELVES
+    cdef readonly object device     # str: device id; the {app} level for ELVES
     cdef readonly object node       # node id of REQUEST/REPLY/ACK, levels after {app} of ELVES, else None
     cdef readonly object rid        # int: request id / call id from the topic; 0 when it has none
     cdef readonly object body       # decoded payload: Struct, dict or any JSON value; None for ACK
@@ -33,7 +33,7 @@ cdef class Message:
 @cython.final
 cdef class Codec:
     # Classifies and decodes inbound (topic, payload); encodes outbound payloads.
-    cdef readonly str prefix            # first level(s) of every topic
+    cdef readonly object prefix         # str: first level(s) of every topic
     cdef readonly Py_ssize_t max_payload  # largest payload accepted, bytes
     cdef bytes _pfx                     # UTF-8 of prefix + "/"
     cdef dict _shapes                   # kind (or None) -> expected topic shape, for level errors

@@ -8,14 +8,15 @@ error are those of ``codec_py.py`` (its docstring lists the order).
 The topic is read in place: a pointer-plus-length cursor over the str's UTF-8
 (``PyUnicode_AsUTF8AndSize``: no copy for an ASCII str), one table lookup per
 byte, explicit length checks and a decimal parse with an overflow check.  The
-only Python objects made for a reply are the device id, the Message and the
-decoded body (the node id is reused: replies carry this node's own id).
+only Python objects made for a reply are the device id, the request id, the
+Message and the decoded body (the node id is reused: replies carry this
+node's own id).
 """
 
 cimport cython
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_Check, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.tuple cimport PyTuple_GET_ITEM
-from cpython.unicode cimport PyUnicode_Check, PyUnicode_DecodeUTF8
+from cpython.unicode cimport PyUnicode_Check, PyUnicode_CheckExact, PyUnicode_DecodeUTF8
 from libc.string cimport memchr, memcmp, memcpy
 
 import sys
@@ -66,12 +67,14 @@ _CLASS[0] = 2    # NUL
 
 # -- error text (identical in codec_py) ----------------------------------------
 
-cdef str _show(str s):
-    return repr(s if len(s) <= 80 else s[:77] + "...")
+# Untyped arguments and str.__repr__: a topic may be a str subclass (a `str`
+# argument would reject it, and its own __repr__ must not change the text).
+cdef str _show(s):
+    return str.__repr__(s if len(s) <= 80 else s[:77] + "...")
 
 
-cdef str _clip(str s):
-    return repr(s if len(s) <= 40 else s[:37] + "...")
+cdef str _clip(s):
+    return str.__repr__(s if len(s) <= 40 else s[:37] + "...")
 
 
 cdef inline str _text(const char* p, Py_ssize_t size):
@@ -186,7 +189,7 @@ cdef class Message:
     (why a REPLY's ``body`` is ``None``: it was not JSON; else ``None``).
     """
 
-    def __init__(self, kind, str device, node=None, rid=0, body=None, error=None):
+    def __init__(self, kind, device, node=None, rid=0, body=None, error=None):
         self.kind = kind
         self.device = device
         self.node = node
@@ -213,6 +216,7 @@ cdef class Codec:
 
     def __init__(self, prefix=DEFAULT_PREFIX, max_payload=DEFAULT_MAX_PAYLOAD):
         _check_config(prefix, max_payload)
+        prefix = str.__str__(prefix)  # a str subclass becomes a plain str
         self.prefix = prefix
         self.max_payload = max_payload
         self._pfx = (prefix + "/").encode("utf-8")
@@ -289,7 +293,7 @@ cdef class Codec:
         :class:`CodecError` on anything malformed."""
         cdef const char* s
         cdef Py_ssize_t n = 0, pos, end, plen, dev0 = 0, dev1 = 0, rest
-        cdef bint forbidden = False
+        cdef bint forbidden = False  # set by _scan_id; a True raises at once, never carries over
         cdef int kind
         cdef long long rid = 0
         cdef object node = None
@@ -441,6 +445,8 @@ cdef class Codec:
         """The JSON payload of a REQUEST or CALL: ``{"method": ..., "params": ...}``."""
         if not PyUnicode_Check(method) or not 0 < len(method) <= _MAX_ID:
             raise CodecError(f"method must be a non-empty str of at most {_MAX_ID} characters")
+        if not PyUnicode_CheckExact(method):
+            method = str.__str__(method)  # msgspec encodes plain str only
         try:
             return self._enc(self._RpcRequest(method, params))
         except Exception as exc:  # msgspec: TypeError, RecursionError, ...

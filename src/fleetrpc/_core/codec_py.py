@@ -64,14 +64,15 @@ _ID_MAX = (1 << 63) - 1
 _ELVES_FIELDS = ("mqt", "mqs", "mqf")
 
 
+# str.__repr__, not repr(): a str subclass's own __repr__ must not change the text.
 def _show(s: str) -> str:
     """A str for an error message: repr, long ones cut."""
-    return repr(s if len(s) <= 80 else s[:77] + "...")
+    return str.__repr__(s if len(s) <= 80 else s[:77] + "...")
 
 
 def _clip(s: str) -> str:
     """A topic level for an error message: repr, long ones cut."""
-    return repr(s if len(s) <= 40 else s[:37] + "...")
+    return str.__repr__(s if len(s) <= 40 else s[:37] + "...")
 
 
 class Message:
@@ -130,6 +131,7 @@ class Codec:
 
     def __init__(self, prefix: str = DEFAULT_PREFIX, max_payload: int = DEFAULT_MAX_PAYLOAD) -> None:
         _check_config(prefix, max_payload)
+        prefix = str.__str__(prefix)  # a str subclass becomes a plain str
         self.prefix = prefix
         self.max_payload = max_payload
         self._pfx = prefix + "/"
@@ -290,6 +292,8 @@ class Codec:
         """The JSON payload of a REQUEST or CALL: ``{"method": ..., "params": ...}``."""
         if not isinstance(method, str) or not 0 < len(method) <= MAX_ID_LENGTH:
             raise CodecError(f"method must be a non-empty str of at most {MAX_ID_LENGTH} characters")
+        if type(method) is not str:
+            method = str.__str__(method)  # msgspec encodes plain str only
         try:
             return self._enc(self._RpcRequest(method, params))
         except Exception as exc:  # msgspec: TypeError, RecursionError, ...

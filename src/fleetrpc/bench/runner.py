@@ -84,8 +84,10 @@ class BenchConfig:
     processes: int | None = None
     #: Concurrent callers in the closed loops (peak, oneway).
     window: int = 1000
-    #: Fixed-rate phase: this fraction of the measured peak.
+    #: Fixed-rate phase: this fraction of the measured peak ...
     rate_fraction: float = 0.5
+    #: ... or exactly this many calls/s (same for every target).
+    rate: float | None = None
     calls_per_device: int = 5
     fanout_rounds: int = 3
     mem_pending: int = 20_000
@@ -475,7 +477,9 @@ async def _fixed_rate(target, devices, cfg, progress, peak_rps: float) -> dict[s
                     shed += total - launched
                     launched = total
                     break
-                await asyncio.sleep(0.0005)
+                # Sleep until the next call is due (at least one loop turn,
+                # at most ~1 ms at high rates: uvloop's timer granularity).
+                await asyncio.sleep(max(0.0, t0 + launched / rate - clock()))
             if outstanding:
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(asyncio.shield(all_done), timeout + 2.0)
@@ -616,6 +620,9 @@ async def _memory(target, devices, cfg, progress, fleet: Fleet) -> dict[str, Any
     loop = asyncio.get_running_loop()
     call = target.call
     params = cfg.params
+    # Twice: the first run also grows what never shrinks back (asyncio's
+    # weak set of all tasks); the target's phase then starts warm as well.
+    await _harness_bytes(n)
     harness = await _harness_bytes(n)
     await fleet.configure(drop_rate=1.0)  # nobody answers: every call stays pending
     tasks: list[asyncio.Task] = []
@@ -640,6 +647,17 @@ async def _memory(target, devices, cfg, progress, fleet: Fleet) -> dict[str, Any
                     if got >= n:
                         break
                     await asyncio.sleep(0.05)
+                # Then until the heap stops shrinking: QoS 1 requests stay
+                # buffered until their PUBACK, which is transient, not the
+                # cost of a pending call.
+                low, still = tracemalloc.get_traced_memory()[0], 0
+                while time.perf_counter() < deadline and still < 4:
+                    await asyncio.sleep(0.1)
+                    now_mem = tracemalloc.get_traced_memory()[0]
+                    if now_mem < low - 1024:
+                        low, still = now_mem, 0
+                    else:
+                        still += 1
                 gc.collect()
                 after = tracemalloc.take_snapshot()
             finally:
@@ -656,9 +674,10 @@ async def _memory(target, devices, cfg, progress, fleet: Fleet) -> dict[str, Any
     return {
         "pending": n,
         "delivered_to_devices": pending_seen,
-        "method": "tracemalloc: Python heap growth with N calls pending (devices silent); "
-                  "'own' counts only allocations made in the target's source files; "
-                  "'total' minus the harness's task per call = per call",
+        "method": "tracemalloc: Python heap growth with N calls pending (devices silent, "
+                  "every request delivered, heap settled); per call = total minus the "
+                  "harness's own task per call; 'own' counts only allocations made in "
+                  "the target's source files",
         "bytes_per_pending": round(total / n - harness, 1),
         "bytes_per_pending_total": round(total / n, 1),
         "bytes_per_pending_own": round(own / n, 1),
@@ -697,7 +716,9 @@ async def _run_target(name: str, url: str, cfg: BenchConfig, fleet: Fleet,
                 out["peak"] = await _peak(target, devices, cfg, progress)
                 peak_rps = out["peak"]["rps"]
             elif wl == "latency":
-                if peak_rps is None:  # needs the target's own peak
+                if cfg.rate:
+                    peak_rps = cfg.rate / cfg.rate_fraction
+                elif peak_rps is None:  # needs the target's own peak
                     short = BenchConfig(**{**asdict(cfg), "duration": min(cfg.duration, 1.0),
                                            "warmup": min(cfg.warmup, 0.3)})
                     peak_rps = (await _peak(target, devices, short, progress))["rps"]

@@ -29,7 +29,7 @@ from .base import (
     StoreStats,
     WriteResult,
 )
-from .batching import BatchStats, Batcher, GroupCommitStore
+from .batching import Batcher, BatchStats, GroupCommitStore
 
 __all__ = [
     "Store",
@@ -79,7 +79,9 @@ def store_from_url(url: str, *, group_commit: bool = False, **options: Any) -> S
         if parts.netloc == ":memory:" or (not parts.netloc and parts.path in ("", "/", "/:memory:")):
             path = ":memory:"
         elif parts.netloc:
-            raise ValidationError(f"a SQLite URL has no host: use sqlite:///relative.db or sqlite:////abs.db, got {url!r}")
+            raise ValidationError(
+                f"a SQLite URL has no host: use sqlite:///relative.db or sqlite:////abs.db, got {url!r}"
+            )
         else:
             path = parts.path[1:]
         opts: dict[str, Any] = {}

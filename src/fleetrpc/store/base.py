@@ -331,7 +331,7 @@ class Store(abc.ABC):
         the changes that applied (in order; an id appears once per applied
         change)."""
         result = await self.write((), changes)
-        return [c.id for c, ok in zip(changes, result.applied) if ok]
+        return [c.id for c, ok in zip(changes, result.applied, strict=True) if ok]
 
     async def change(self, change: StatusChange) -> bool:
         """Apply one change; True if it applied."""

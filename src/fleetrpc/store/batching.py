@@ -179,7 +179,10 @@ class GroupCommitStore(Store):
                 for it in batch:
                     if not it.future.done():
                         it.future.set_exception(
-                            StoreError(f"group commit stopped while writing; the write may or may not be stored ({e!r})")
+                            StoreError(
+                                "group commit stopped while writing; "
+                                f"the write may or may not be stored ({e!r})"
+                            )
                         )
                 if not isinstance(e, Exception):
                     raise
@@ -223,14 +226,14 @@ class GroupCommitStore(Store):
 
     @staticmethod
     def _deliver(inserts: Sequence[_Item], changes: Sequence[_Item], result: WriteResult) -> None:
-        for it, ok in zip(inserts, result.inserted):
+        for it, ok in zip(inserts, result.inserted, strict=True):
             if it.future.done():  # the caller gave up waiting
                 continue
             if ok:
                 it.future.set_result(None)
             else:
                 it.future.set_exception(DuplicateRpcError(f"RPC {it.payload.id} already exists"))
-        for it, ok in zip(changes, result.applied):
+        for it, ok in zip(changes, result.applied, strict=True):
             if not it.future.done():
                 it.future.set_result(ok)
 

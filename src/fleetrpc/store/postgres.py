@@ -313,7 +313,7 @@ class PostgresStore(Store):
                             await conn.copy_records_to_table("rpc", records=rows, columns=COLUMNS)
                             new_ids = None  # all of them
                         else:
-                            new_ids = {r[0] for r in await conn.fetch(_INSERT_UNNEST, *zip(*rows))}
+                            new_ids = {r[0] for r in await conn.fetch(_INSERT_UNNEST, *zip(*rows, strict=True))}
                             if atomic and len(new_ids) < len(rows):
                                 taken = sorted(r[0] for r in rows if r[0] not in new_ids)
                                 raise DuplicateRpcError(f"RPC already exists: {', '.join(taken)}")
@@ -384,14 +384,17 @@ class PostgresStore(Store):
             where.append(f"lower(method) LIKE ${len(args)} ESCAPE '\\'")
         cond = " AND ".join(where)
         # column and order come from fixed tables (check_list_args), never from input.
+        n = len(args)
         sql = (
             f"SELECT {_COLS} FROM rpc WHERE {cond} ORDER BY {column} {order}, id {order} "
-            f"LIMIT {page_size} OFFSET {page * page_size}"
+            f"LIMIT ${n + 1} OFFSET ${n + 2}"
         )
 
         async def q(conn: asyncpg.Connection) -> tuple[int, list[Any]]:
             total = await conn.fetchval(f"SELECT count(*) FROM rpc WHERE {cond}", *args)
-            rows = await conn.fetch(sql, *args) if total > page * page_size else []
+            rows = []
+            if total > page * page_size:
+                rows = await conn.fetch(sql, *args, page_size, page * page_size)
             return total, rows
 
         total, rows = await self._read("listing", q)

@@ -267,7 +267,7 @@ class SqliteStore(Store):
                     elif rows:
                         await db.executemany(_INSERT, rows)
                     applied = [False] * len(changes)
-                    for idx, payload in zip(rounds, payloads):
+                    for idx, payload in zip(rounds, payloads, strict=True):
                         hit = {r[0] for r in await db.execute_fetchall(_UPDATE_JSON, (payload,))}
                         for j in idx:
                             if changes[j].id in hit:

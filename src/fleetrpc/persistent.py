@@ -1,0 +1,506 @@
+"""The persistent-RPC lifecycle: the one place a persistent call's status changes.
+
+A persistent call outlives a disconnected device and a restart of the server:
+
+1. ``call()`` builds the record and waits until its QUEUED row is committed
+   (group commit batches concurrent callers into one transaction), then
+   returns its id.
+2. The call joins its device's queue in the dispatcher; offline devices hold
+   it until they come online.  While queued, the only deadline is the
+   call's ``expirationTime``.
+3. Published: SENT, and the transport timeout of this attempt is armed.
+   The device's ack makes it DELIVERED (a one-way call ends there); its
+   reply makes it SUCCESSFUL with the reply stored.
+4. The transport timeout passes: TIMEOUT, then another attempt while
+   retries remain (same request id in the payload, so the device SDK answers
+   a duplicate from memory), else FAILED.  ``expirationTime`` passing first
+   makes it EXPIRED.  ``delete()`` makes it DELETED: removed from the store
+   and never sent after that.
+
+Every change goes through :meth:`PersistentRpc._set_status`, which checks the
+transition (``status.check_transition``), queues the optimistic write, and
+emits the event (``RPC_QUEUED`` ... ``RPC_DELETED``) carrying the whole
+record.  On start every unfinished call is recovered from the store.
+
+Writes after the insert do not hold up dispatch: they are queued to the
+group-commit store in order; a write that fails (database outage) is kept
+and retried in order until it commits, so the store converges on the state
+the engine acted on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections import deque
+from typing import Any, Callable
+
+import msgspec
+
+from .config import Settings
+from .dispatcher import CallObserver, Dispatcher
+from .errors import (
+    DispatcherClosedError,
+    ReplyNotJsonError,
+    RpcNotFoundError,
+    RpcTimeoutError,
+    StoreError,
+    ValidationError,
+)
+from .status import TERMINAL, RpcStatus, check_transition, event_type
+from .store.base import Page, RpcRecord, StatusChange, Store
+
+log = logging.getLogger("fleetrpc.persistent")
+
+Q, S, D, OK, T, E, F, X = (
+    RpcStatus.QUEUED, RpcStatus.SENT, RpcStatus.DELIVERED, RpcStatus.SUCCESSFUL,
+    RpcStatus.TIMEOUT, RpcStatus.EXPIRED, RpcStatus.FAILED, RpcStatus.DELETED,
+)
+
+
+def _is_error_reply(result: Any) -> bool:
+    """The SDK's error reply: exactly ``{"error": {"code": ..., "message": ...}}``."""
+    return (
+        type(result) is dict and len(result) == 1
+        and type(result.get("error")) is dict and "code" in result["error"]
+    )
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class _Live(CallObserver):
+    """A persistent call the engine is driving: its record and its current
+    attempt in the dispatcher.  It is the dispatcher completion, too."""
+
+    __slots__ = ("engine", "record", "rid", "waiters")
+
+    def __init__(self, engine: "PersistentRpc", record: RpcRecord) -> None:
+        self.engine = engine
+        self.record = record
+        self.rid: int | None = None
+        self.waiters: list[asyncio.Future] = []
+
+    def sent(self, rid: int, device: str) -> None:
+        self.rid = rid  # may run inside dispatcher.submit(), before it returns
+        self.engine._on_sent(self)
+
+    def acked(self, rid: int, device: str) -> bool:
+        return self.engine._on_acked(self)
+
+    def __call__(self, rid: int, device: str, result: Any, error: BaseException | None) -> None:
+        self.engine._on_done(self, result, error)
+
+
+class PersistentStats:
+    __slots__ = ("queued", "sent", "delivered", "successful", "timeouts", "retries",
+                 "expired", "failed", "deleted", "recovered", "write_errors", "purged")
+
+    def __init__(self) -> None:
+        for name in self.__slots__:
+            setattr(self, name, 0)
+
+    def as_dict(self) -> dict[str, int]:
+        return {n: getattr(self, n) for n in self.__slots__}
+
+
+class PersistentRpc:
+    """Persistent RPCs on top of a :class:`Dispatcher` and a :class:`Store`.
+
+    ``store`` should be a :class:`~fleetrpc.store.batching.GroupCommitStore`
+    (``open_store(url, group_commit=True)``) for throughput; any store works.
+    ``emit(event_type, body)`` receives every event (see ``events.py``).
+    """
+
+    def __init__(
+        self,
+        dispatcher: Dispatcher,
+        store: Store,
+        settings: Settings | None = None,
+        *,
+        emit: Callable[[str, dict], None] | None = None,
+    ) -> None:
+        self.dispatcher = dispatcher
+        self.store = store
+        self.settings = settings or dispatcher.settings
+        self.stats = PersistentStats()
+        self._emit = emit
+        self._live: dict[str, _Live] = {}
+        self._unwritten: deque[StatusChange] = deque()
+        self._writes: set[asyncio.Future] = set()
+        self._retry_task: asyncio.Task | None = None
+        self._ttl_task: asyncio.Task | None = None
+        self._closed = False
+
+    # -- lifecycle ----------------------------------------------------------
+
+    async def start(self) -> int:
+        """Recover every unfinished call from the store; start the TTL job.
+        Returns how many calls were recovered."""
+        records = await self.store.load_unfinished()
+        for record in records:
+            self._recover(record)
+        self.stats.recovered += len(records)
+        if self.settings.ttl_enabled and self.settings.ttl_check_interval_s > 0:
+            self._ttl_task = asyncio.ensure_future(self._ttl_loop())
+        return len(records)
+
+    async def close(self) -> None:
+        """Stop; unfinished calls stay stored and are recovered next start."""
+        self._closed = True
+        for task in (self._ttl_task, self._retry_task):
+            if task is not None:
+                task.cancel()
+        for live in list(self._live.values()):
+            if live.rid is not None:
+                self.dispatcher.cancel(live.rid)
+                live.rid = None
+        if self._writes:
+            await asyncio.gather(*self._writes, return_exceptions=True)
+
+    # -- API ----------------------------------------------------------------
+
+    async def call(
+        self,
+        device: str,
+        method: str,
+        params: Any = None,
+        *,
+        timeout_ms: int | None = None,
+        expiration_time: int | None = None,
+        oneway: bool = False,
+        retries: int | None = None,
+        additional_info: Any = None,
+        request_uuid: str | None = None,
+        tenant_id: str = "default",
+    ) -> str:
+        """Store a persistent call (QUEUED, committed) and start delivering
+        it; returns its id.  ``timeout_ms`` is one attempt's transport
+        timeout (default 10 s, raised to the minimum); ``expiration_time``
+        (epoch ms) ends the call when it passes; ``retries`` is capped by the
+        configured maximum."""
+        if self._closed:
+            raise DispatcherClosedError("persistent RPC engine is closed")
+        if not isinstance(method, str) or not method:
+            raise ValidationError(f"method must be a non-empty string, not {method!r}")
+        s = self.settings
+        timeout = s.default_timeout_ms if timeout_ms is None else int(timeout_ms)
+        if timeout < 0:
+            raise ValidationError(f"timeout must be >= 0 ms, not {timeout_ms!r}")
+        timeout = max(timeout, s.min_timeout_ms)
+        now = _now_ms()
+        if expiration_time is None:
+            expiration_time = now + timeout
+        retries = 0 if retries is None else int(retries)
+        if retries < 0:
+            raise ValidationError(f"retries must be >= 0, not {retries!r}")
+        if request_uuid is not None:
+            try:
+                request_uuid = str(uuid.UUID(str(request_uuid)))
+            except ValueError:
+                raise ValidationError(f"requestUUID {request_uuid!r} is not a UUID") from None
+        record = RpcRecord(
+            id=request_uuid or str(uuid.uuid4()),
+            tenant_id=tenant_id,
+            device_id=device,
+            created_time=now,
+            expiration_time=int(expiration_time),
+            method=method,
+            params={} if params is None else params,
+            oneway=oneway,
+            retries=min(retries, s.max_retries),
+            timeout_ms=timeout,
+            additional_info=additional_info,
+        )
+        from .dispatcher import check_device_id
+
+        check_device_id(device)
+        try:
+            msgspec.json.encode(record.params)
+        except (TypeError, msgspec.EncodeError) as exc:
+            raise ValidationError(f"params are not JSON-serialisable: {exc}") from None
+        await self.store.insert(record)  # returns once committed
+        live = _Live(self, record)
+        self._live[record.id] = live
+        self.stats.queued += 1
+        self._event(RpcStatus.QUEUED, record)
+        self._dispatch(live)
+        return record.id
+
+    async def get(self, rpc_id: str, tenant_id: str | None = None) -> RpcRecord:
+        """The call as it is now.  Raises RpcNotFoundError."""
+        live = self._live.get(rpc_id)
+        if live is not None and (tenant_id is None or live.record.tenant_id == tenant_id):
+            return msgspec.structs.replace(live.record)
+        record = await self.store.get(rpc_id, tenant_id)
+        if record is None:
+            raise RpcNotFoundError(f"no persistent RPC {rpc_id!r}")
+        return record
+
+    async def list_by_device(self, device_id: str, **query: Any) -> Page:
+        """ThingsBoard's ``GET /api/rpc/persistent/device/{deviceId}``:
+        ``page_size``, ``page``, ``status``, ``sort_property``,
+        ``sort_order``, ``text_search``, ``tenant_id``."""
+        await self.flush()
+        return await self.store.list_by_device(device_id, **query)
+
+    async def delete(self, rpc_id: str, tenant_id: str | None = None) -> RpcRecord:
+        """Delete a call (RPC_DELETED); a QUEUED call is never sent after
+        this.  Raises RpcNotFoundError."""
+        live = self._live.get(rpc_id)
+        if live is not None and (tenant_id is None or live.record.tenant_id == tenant_id):
+            if live.rid is not None:
+                self.dispatcher.cancel(live.rid)
+                live.rid = None
+            self._set_status(live, X, write=False)
+        await self.flush()
+        record = await self.store.delete(rpc_id, tenant_id)
+        if record is None and live is None:
+            raise RpcNotFoundError(f"no persistent RPC {rpc_id!r}")
+        if record is None:
+            record = live.record
+        if live is None:
+            # a finished call: the event still carries the whole record
+            record.status = X
+            self.stats.deleted += 1
+            self._event(X, record)
+        return record
+
+    async def wait(self, rpc_id: str, timeout: float | None = None) -> RpcRecord:
+        """Wait until the call is finished; returns its final record."""
+        live = self._live.get(rpc_id)
+        if live is None:
+            return await self.get(rpc_id)
+        fut = asyncio.get_running_loop().create_future()
+        live.waiters.append(fut)
+        return await asyncio.wait_for(fut, timeout)
+
+    async def flush(self) -> None:
+        """Wait until every status write queued so far is committed."""
+        if self._writes:
+            await asyncio.gather(*list(self._writes), return_exceptions=True)
+
+    @property
+    def unfinished(self) -> int:
+        return len(self._live)
+
+    # -- dispatching --------------------------------------------------------
+
+    def _dispatch(self, live: _Live) -> None:
+        """Hand the call to the dispatcher for one attempt."""
+        rec = live.record
+        d = self.dispatcher
+        loop_now = asyncio.get_running_loop().time()
+        until_expiry = (rec.expiration_time - _now_ms()) / 1000.0
+        if until_expiry <= 0:
+            self._finish(live, E, error="expired before it could be sent")
+            return
+        try:
+            live.rid = d.submit(
+                rec.device_id, rec.method, rec.params, live,
+                deadline=loop_now + until_expiry, oneway=rec.oneway, request_id=rec.id,
+            )
+        except DispatcherClosedError:
+            live.rid = None  # stays stored; recovered on the next start
+        except Exception as exc:  # queue full, bad device id ...
+            self._finish(live, F, error=f"{type(exc).__name__}: {exc}")
+
+    def _on_sent(self, live: _Live) -> None:
+        rec = live.record
+        if rec.status is T:
+            self.stats.retries += 1
+        self._set_status(live, S, attempts=rec.attempts + 1)
+        self.stats.sent += 1
+        # This attempt's transport timeout, never past the expiration time.
+        loop_now = asyncio.get_running_loop().time()
+        until_expiry = (rec.expiration_time - _now_ms()) / 1000.0
+        self.dispatcher.rearm(live.rid, loop_now + min(rec.timeout_ms / 1000.0, until_expiry))
+
+    def _on_acked(self, live: _Live) -> bool:
+        if live.record.status is S:
+            self._set_status(live, D)
+            self.stats.delivered += 1
+        if live.record.oneway:
+            live.rid = None
+            self._finalize(live)
+            return True
+        return False
+
+    def _on_done(self, live: _Live, result: Any, error: BaseException | None) -> None:
+        live.rid = None
+        rec = live.record
+        if rec.status in TERMINAL or (rec.oneway and rec.status is D):
+            return
+        if error is None:
+            if _is_error_reply(result):
+                # The device could not run it (e.g. METHOD_NOT_FOUND: the
+                # firmware does not support the command): FAILED, as the
+                # guide says, with the device's answer kept.
+                err = result["error"]
+                self._finish(live, F, response=result,
+                             error=f"device error {err.get('code', '')}: {err.get('message', '')}")
+                return
+            self.stats.successful += 1
+            self._finish(live, OK, response=result)
+        elif isinstance(error, RpcTimeoutError):
+            self._on_timeout(live)
+        elif isinstance(error, ReplyNotJsonError):
+            self._finish(live, F, error=str(error))
+        elif isinstance(error, DispatcherClosedError):
+            pass  # shutting down: the row stays as it is, recovered later
+        else:
+            self._finish(live, F, error=f"{type(error).__name__}: {error}")
+
+    def _on_timeout(self, live: _Live) -> None:
+        rec = live.record
+        if _now_ms() >= rec.expiration_time:
+            self._finish(live, E, error="no reply before the expiration time")
+            return
+        if rec.status is Q:  # held past its deadline without being sent
+            self._finish(live, E, error="not delivered before the expiration time")
+            return
+        self.stats.timeouts += 1
+        self._set_status(live, T)
+        if rec.attempts <= rec.retries:
+            self._dispatch(live)
+        else:
+            self._finish(live, F, error=f"no reply after {rec.attempts} attempt(s)")
+
+    def _finish(self, live: _Live, status: RpcStatus, **changes: Any) -> None:
+        if status is E:
+            self.stats.expired += 1
+        elif status is F:
+            self.stats.failed += 1
+        self._set_status(live, status, **changes)
+
+    def _finalize(self, live: _Live) -> None:
+        self._live.pop(live.record.id, None)
+        for fut in live.waiters:
+            if not fut.done():
+                fut.set_result(msgspec.structs.replace(live.record))
+        live.waiters.clear()
+
+    # -- the one place a status changes -------------------------------------
+
+    _UNSET = msgspec.UNSET
+
+    def _set_status(
+        self,
+        live: _Live,
+        new: RpcStatus,
+        *,
+        attempts: int | None = None,
+        response: Any = msgspec.UNSET,
+        error: Any = msgspec.UNSET,
+        write: bool = True,
+    ) -> None:
+        rec = live.record
+        old = rec.status
+        check_transition(old, new, oneway=rec.oneway, rpc_id=rec.id)
+        rec.status = new
+        rec.updated_time = _now_ms()
+        if attempts is not None:
+            rec.attempts = attempts
+        if response is not msgspec.UNSET:
+            rec.response = response
+        if error is not msgspec.UNSET:
+            rec.error = error
+        if write:
+            self._write(StatusChange(
+                id=rec.id, expected_status=old, status=new, updated_time=rec.updated_time,
+                attempts=attempts, response=response, error=error,
+            ))
+        if new is X:
+            self.stats.deleted += 1
+        self._event(new, rec)
+        if new in TERMINAL or (rec.oneway and new is D):
+            self._finalize(live)
+
+    def _event(self, status: RpcStatus, record: RpcRecord) -> None:
+        if self._emit is not None:
+            try:
+                self._emit(event_type(status), record.to_thingsboard())
+            except Exception:
+                log.exception("event sink failed")
+
+    # -- durable writes -----------------------------------------------------
+
+    def _write(self, change: StatusChange) -> None:
+        if self._unwritten:
+            # Keep order: nothing overtakes a write that still has to land.
+            self._unwritten.append(change)
+            return
+        fut = asyncio.ensure_future(self.store.change(change))
+        self._writes.add(fut)
+        fut.add_done_callback(lambda f, c=change: self._written(f, c))
+
+    def _written(self, fut: asyncio.Future, change: StatusChange) -> None:
+        self._writes.discard(fut)
+        if fut.cancelled():
+            return
+        exc = fut.exception()
+        if exc is None:
+            if not fut.result():
+                log.debug("status change %s -> %s of %s did not apply (row gone or moved on)",
+                          change.expected_status, change.status, change.id)
+            return
+        self.stats.write_errors += 1
+        log.warning("status write for %s failed (%s); will retry", change.id, exc)
+        self._unwritten.appendleft(change)
+        if self._retry_task is None or self._retry_task.done():
+            self._retry_task = asyncio.ensure_future(self._retry_writes())
+
+    async def _retry_writes(self) -> None:
+        delay = 0.2
+        while self._unwritten:
+            change = self._unwritten[0]
+            try:
+                await self.store.change(change)
+            except StoreError as exc:
+                log.info("store still unavailable (%s); retrying in %.1f s", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            self._unwritten.popleft()
+            delay = 0.2
+
+    # -- recovery -----------------------------------------------------------
+
+    def _recover(self, record: RpcRecord) -> None:
+        live = _Live(self, record)
+        self._live[record.id] = live
+        status = record.status
+        if _now_ms() >= record.expiration_time:
+            self._finish(live, E, error="expired while the server was down")
+        elif status is Q:
+            self._dispatch(live)
+        elif status is T:
+            if record.attempts <= record.retries:
+                self._dispatch(live)
+            else:
+                self._finish(live, F, error=f"no reply after {record.attempts} attempt(s)")
+        else:
+            # SENT or DELIVERED when the server died: the attempt is lost; it
+            # counts as timed out, then the retry rules apply.
+            self._on_timeout(live)
+
+    # -- TTL ----------------------------------------------------------------
+
+    async def purge(self) -> int:
+        """Delete finished calls older than their tenant's TTL now."""
+        n = await self.store.purge_expired(_now_ms(), int(self.settings.ttl_days))
+        self.stats.purged += n
+        return n
+
+    async def _ttl_loop(self) -> None:
+        while True:
+            try:
+                n = await self.purge()
+                if n:
+                    log.info("TTL clean-up removed %d finished persistent RPCs", n)
+            except StoreError as exc:
+                log.warning("TTL clean-up failed: %s", exc)
+            await asyncio.sleep(self.settings.ttl_check_interval_s)
