@@ -67,8 +67,8 @@ class DeviceClient:
         self._encode = msgspec.json.Encoder().encode
         self._codec = _core.Codec(prefix)
         self._methods: dict[str, MethodHandler] = {}
-        self._replies: OrderedDict[tuple[str, int], tuple[str, bytes, dict | None]] = OrderedDict()
-        self._running: set[tuple[str, int]] = set()
+        self._replies: OrderedDict[object, bytes] = OrderedDict()  # key -> reply sent
+        self._running: dict[object, tuple[str, dict | None]] = {}  # key -> where to reply
         self._reply_memory = reply_memory
         self._calls: dict[int, asyncio.Future] = {}
         self._cids = itertools.count(1)
@@ -210,14 +210,10 @@ class DeviceClient:
                     fut.set_exception(RemoteError("platform reply is not JSON"))
 
     def _on_request(self, msg, properties: dict | None) -> None:
-        key = (msg.node, msg.rid)
-        cached = self._replies.get(key)
-        if cached is not None or key in self._running:
-            # An at-least-once retry of a request we already ran (or run).
-            self.duplicates += 1
-            if cached is not None:
-                self._transport.publish(cached[0], cached[1], self.qos, False, -1, cached[2])
-            return
+        # A persistent call carries its id, the same on every retry and
+        # after a server restart; a lightweight one is known by node + rid.
+        rpc_id = msg.body.id
+        key = rpc_id if rpc_id is not msgspec.UNSET else (msg.node, msg.rid)
         if self.ack:
             self._transport.publish(f"{self._base}/ack/{msg.node}/{msg.rid}", b"", self.qos)
         topic = f"{self._base}/res/{msg.node}/{msg.rid}"
@@ -229,6 +225,16 @@ class DeviceClient:
                 cd = properties.get("correlation_data")
                 if cd:
                     props = {"correlation_data": cd[0]}
+        cached = self._replies.get(key)
+        if cached is not None or key in self._running:
+            # An at-least-once retry of a request already run (or running):
+            # answer the new attempt from memory, never run it twice.
+            self.duplicates += 1
+            if cached is not None:
+                self._transport.publish(topic, cached, self.qos, False, -1, props)
+            else:
+                self._running[key] = (topic, props)  # the reply goes to the latest attempt
+            return
         request = msg.body
         handler = self._methods.get(request.method)
         if handler is None:
@@ -240,20 +246,19 @@ class DeviceClient:
             self._send_reply(key, topic, props, _error("HANDLER_ERROR", f"{type(exc).__name__}: {exc}"))
             return
         if inspect.isawaitable(result):
-            self._running.add(key)
-            task = asyncio.ensure_future(self._finish(key, topic, props, result))
+            self._running[key] = (topic, props)
+            task = asyncio.ensure_future(self._finish(key, result))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
         else:
             self._send_reply(key, topic, props, result)
 
-    async def _finish(self, key, topic: str, props, awaitable: Awaitable) -> None:
+    async def _finish(self, key, awaitable: Awaitable) -> None:
         try:
             result = await awaitable
         except Exception as exc:
             result = _error("HANDLER_ERROR", f"{type(exc).__name__}: {exc}")
-        finally:
-            self._running.discard(key)
+        topic, props = self._running.pop(key)
         self._send_reply(key, topic, props, result)
 
     def _send_reply(self, key, topic: str, props, result: Any) -> None:
@@ -262,7 +267,7 @@ class DeviceClient:
             payload = self._encode(result)
         except (TypeError, msgspec.EncodeError) as exc:
             payload = self._encode(_error("HANDLER_ERROR", f"reply is not JSON-serialisable: {exc}"))
-        self._replies[key] = (topic, payload, props)
+        self._replies[key] = payload
         if len(self._replies) > self._reply_memory:
             self._replies.popitem(last=False)
         self._transport.publish(topic, payload, self.qos, False, -1, props)

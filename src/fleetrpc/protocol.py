@@ -151,6 +151,9 @@ class RpcRequest(msgspec.Struct, gc=False):
     method: Method
     #: Its arguments: any JSON value (usually an object).
     params: Any = {}
+    #: Persistent calls only: the RPC's id, the same on every retry, so a
+    #: device can answer a duplicate from memory.  Absent (not null) otherwise.
+    id: str | msgspec.UnsetType = msgspec.UNSET
 
 
 class Presence(msgspec.Struct, gc=False, omit_defaults=True):

@@ -301,7 +301,7 @@ class TimingWheel:
         low = _NONE
         for i in list(d):
             t = ticks[i]
-            if 0 <= t ^ c < 0x1000000:
+            if 0 <= t ^ c <= _BLOCK:
                 del d[i]
                 self._link(i, _bucket_for(t, c))
             elif t < low:

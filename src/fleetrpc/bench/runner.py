@@ -2,7 +2,8 @@
 
 One run: a broker (a throwaway tuned Mosquitto unless a URL is given), one
 simulated fleet in worker processes (:class:`fleetrpc.sim.Fleet`), and, in
-this process, each *target* in turn against that same fleet:
+this process, the *targets*, both connected, taking turns within each
+workload against that same fleet:
 
 ``reference``
     ``benchmarks/reference_dispatcher.py``: gmqtt + ``json`` + a Future and a
@@ -17,8 +18,11 @@ Workloads (each bounded in time *and* count; each stops by itself):
     its previous call returned.  Round trips/s, latency percentiles.
 ``latency``
     Open loop at a fixed rate, ``rate_fraction`` (1/2) of the target's own
-    measured peak; latency is measured from each call's *scheduled* start
-    (no coordinated omission).  p50/p99/p99.9.
+    measured peak (or ``rate``); latency is measured from each call's
+    *scheduled* start (no coordinated omission).  p50/p99/p99.9.  With two
+    targets, once more at one common rate (``latency_same``: the fraction of
+    the slower peak), since latencies at different rates do not compare;
+    the ratios use that one.
 ``oneway``
     One-way calls (method ``notify``, which simulated devices never answer)
     from ``window`` callers; issued/s and delivered/s as counted by the fleet.
@@ -431,7 +435,8 @@ async def _peak(target, devices, cfg, progress) -> dict[str, Any]:
     }
 
 
-async def _fixed_rate(target, devices, cfg, progress, peak_rps: float) -> dict[str, Any]:
+async def _fixed_rate(target, devices, cfg, progress, peak_rps: float,
+                      label: str = "latency") -> dict[str, Any]:
     rate = max(1.0, peak_rps * cfg.rate_fraction)
     total = max(1, int(rate * cfg.duration))
     call = target.call
@@ -460,7 +465,7 @@ async def _fixed_rate(target, devices, cfg, progress, peak_rps: float) -> dict[s
         if outstanding == 0 and launched >= total and not all_done.done():
             all_done.set_result(None)
 
-    with _Phase(progress, target.name, "latency", cfg.duration, f"{rate:,.0f}/s") as ph:
+    with _Phase(progress, target.name, label, cfg.duration, f"{rate:,.0f}/s") as ph:
         async with _ticking(ph):
             t0 = clock()
             while launched < total:
@@ -699,47 +704,86 @@ async def _broker(url: str | None) -> AsyncIterator[tuple[str, str]]:
         yield broker.url, f"throwaway tuned mosquitto ({broker.url})"
 
 
-async def _run_target(name: str, url: str, cfg: BenchConfig, fleet: Fleet,
-                      progress: Progress) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    try:
-        target = _make_target(name, url, cfg)
-    except Exception as exc:  # e.g. the dispatcher cannot be imported yet
-        return {"error": f"{type(exc).__name__}: {exc}"}
-    devices = fleet.device_ids
+async def _open_target(name: str, url: str, cfg: BenchConfig, devices: list[str]) -> _Target:
+    target = _make_target(name, url, cfg)
     try:
         await asyncio.wait_for(target.start(), 30.0)
         await target.ready(devices, 30.0 + len(devices) / 500)
-        peak_rps = None
-        for wl in cfg.workloads:
-            if wl == "peak":
-                out["peak"] = await _peak(target, devices, cfg, progress)
-                peak_rps = out["peak"]["rps"]
-            elif wl == "latency":
-                if cfg.rate:
-                    peak_rps = cfg.rate / cfg.rate_fraction
-                elif peak_rps is None:  # needs the target's own peak
-                    short = BenchConfig(**{**asdict(cfg), "duration": min(cfg.duration, 1.0),
-                                           "warmup": min(cfg.warmup, 0.3)})
-                    peak_rps = (await _peak(target, devices, short, progress))["rps"]
-                out["latency"] = await _fixed_rate(target, devices, cfg, progress, peak_rps)
-            elif wl == "oneway":
-                out["oneway"] = await _oneway(target, devices, cfg, progress, fleet)
-            elif wl == "fanout":
-                out["fanout"] = await _fanout(target, devices, cfg, progress)
-            elif wl == "sequential":
-                out["sequential"] = await _sequential(target, devices, cfg, progress)
-            elif wl == "memory":
-                out["memory"] = await _memory(target, devices, cfg, progress, fleet)
-            # let stragglers (late replies, timers) settle between phases
-            await asyncio.sleep(0.2)
-    except Exception as exc:
-        out["error"] = f"{type(exc).__name__}: {exc}"
-    finally:
-        out["stats"] = target.stats()
+    except BaseException:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(target.close(), 15.0)
-    return out
+        raise
+    return target
+
+
+async def _run_workloads(cfg: BenchConfig, url: str, fleet: Fleet, progress: Progress,
+                         log: Callable[[str], None]) -> dict[str, dict[str, Any]]:
+    """Every workload against every target, phase by phase: the targets take
+    turns within each workload, so a change in the machine's load mid-run
+    (it is shared) hurts both alike instead of one."""
+    devices = fleet.device_ids
+    results: dict[str, dict[str, Any]] = {name: {} for name in cfg.targets}
+    live: dict[str, _Target] = {}
+    for name in cfg.targets:
+        try:
+            live[name] = await _open_target(name, url, cfg, devices)
+        except Exception as exc:  # e.g. the dispatcher cannot be imported yet
+            results[name]["error"] = f"{type(exc).__name__}: {exc}"
+            log(f"{name}: {results[name]['error']}")
+
+    async def guarded(name: str, key: str, coro) -> None:
+        try:
+            results[name][key] = await coro
+        except Exception as exc:
+            results[name]["error"] = f"{key}: {type(exc).__name__}: {exc}"
+            log(f"{name} failed in {key}: {type(exc).__name__}: {exc}")
+            target = live.pop(name)
+            results[name]["stats"] = target.stats()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(target.close(), 15.0)
+        # let stragglers (late replies, timers) settle between phases
+        await asyncio.sleep(0.2)
+
+    try:
+        for wl in cfg.workloads:
+            for name, target in list(live.items()):
+                if wl == "peak":
+                    await guarded(name, "peak", _peak(target, devices, cfg, progress))
+                elif wl == "latency":
+                    if cfg.rate:
+                        peak_rps = cfg.rate / cfg.rate_fraction
+                    elif "peak" in results[name]:
+                        peak_rps = results[name]["peak"]["rps"]
+                    else:  # needs the target's own peak: a short one
+                        short = BenchConfig(**{**asdict(cfg), "duration": min(cfg.duration, 1.0),
+                                               "warmup": min(cfg.warmup, 0.3)})
+                        peak_rps = (await _peak(target, devices, short, progress))["rps"]
+                        results[name]["peak_estimate_rps"] = peak_rps
+                    await guarded(name, "latency", _fixed_rate(target, devices, cfg, progress, peak_rps))
+                elif wl == "oneway":
+                    await guarded(name, "oneway", _oneway(target, devices, cfg, progress, fleet))
+                elif wl == "fanout":
+                    await guarded(name, "fanout", _fanout(target, devices, cfg, progress))
+                elif wl == "sequential":
+                    await guarded(name, "sequential", _sequential(target, devices, cfg, progress))
+                elif wl == "memory":
+                    await guarded(name, "memory", _memory(target, devices, cfg, progress, fleet))
+            if wl == "latency" and len(live) > 1 and not cfg.rate:
+                # Latencies at different rates do not compare: once more, every
+                # target at the same rate (a fraction of the slowest peak).
+                peaks = [results[n].get("peak", {}).get("rps") or results[n].get("peak_estimate_rps")
+                         for n in live]
+                if all(peaks):
+                    common = min(peaks)
+                    for name, target in list(live.items()):
+                        await guarded(name, "latency_same", _fixed_rate(
+                            target, devices, cfg, progress, common, label="latency (same rate)"))
+    finally:
+        for name, target in live.items():
+            results[name]["stats"] = target.stats()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(target.close(), 15.0)
+    return results
 
 
 #: (metric path, better: "higher" | "lower")
@@ -748,10 +792,10 @@ RATIO_METRICS = (
     ("peak.cpu_us_per_rt", "lower"),
     ("peak.p50_ms", "lower"),
     ("peak.p99_ms", "lower"),
-    ("latency.p50_ms", "lower"),
-    ("latency.p99_ms", "lower"),
-    ("latency.p999_ms", "lower"),
-    ("latency.cpu_us_per_rt", "lower"),
+    ("latency_same.p50_ms", "lower"),
+    ("latency_same.p99_ms", "lower"),
+    ("latency_same.p999_ms", "lower"),
+    ("latency_same.cpu_us_per_rt", "lower"),
     ("oneway.delivered_per_s", "higher"),
     ("oneway.cpu_us_per_call", "lower"),
     ("fanout.time_s", "lower"),
@@ -829,10 +873,7 @@ async def run_bench(cfg: BenchConfig, progress: Progress | None = None,
             f"({fleet.processes} worker processes)")
         results: dict[str, Any] = {}
         try:
-            for name in cfg.targets:
-                results[name] = await _run_target(name, url, cfg, fleet, progress)
-                if "error" in results[name]:
-                    log(f"{name}: {results[name]['error']}")
+            results = await _run_workloads(cfg, url, fleet, progress, log)
         finally:
             report["fleet"] = await fleet.stop()
     report["results"] = results

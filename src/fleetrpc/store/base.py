@@ -5,10 +5,13 @@ implement; :class:`RpcRecord` is the stored call, shaped after ThingsBoard's
 ``Rpc`` entity; :class:`StatusChange` is one optimistic status update;
 :class:`Page` is one page of a device's calls.
 
-Every method raises :class:`~fleetrpc.errors.StoreError` (or its subclass
+A database failure raises :class:`~fleetrpc.errors.StoreError` (its subclass
 :class:`~fleetrpc.errors.StoreUnavailableError` when the database cannot be
-reached) and never a driver's own exception; the driver's exception is kept
-as ``__cause__``.
+reached, :class:`DuplicateRpcError` for an id already taken), never a
+driver's own exception; the driver's exception is kept as ``__cause__``.
+Bad arguments raise :class:`~fleetrpc.errors.ValidationError` or
+:class:`~fleetrpc.errors.InvalidTransitionError` before the database is
+touched.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from typing import Any
 import msgspec
 
 from ..errors import StoreError, ValidationError
-from ..status import _ONE_WAY_PAIRS, RpcStatus, check_transition, is_allowed
+from ..status import RpcStatus, check_transition, is_allowed
 
 __all__ = [
     "RpcRecord",
@@ -441,7 +444,7 @@ def change_payload(changes: Sequence[StatusChange], idx: Sequence[int]) -> bytes
                 None if resp is unset else resp,
                 err is not unset,
                 None if err is unset else err,
-                (c.expected_status, c.status) in _ONE_WAY_PAIRS,
+                is_allowed(c.expected_status, c.status, oneway=True),
                 j,
             )
         )
