@@ -347,3 +347,60 @@ async def test_database_outage(mqtt_url, pg_server):
         assert (await r.engine.wait(rpc_id, 5)).response == 4
     finally:
         await r.stop()
+
+
+async def test_sigkill_under_load_loses_nothing(mqtt_url, store_url, tmp_path):
+    """Kill the server with SIGKILL mid-load, restart it: every call whose id
+    was returned is stored and reaches a terminal state."""
+    import os
+    import signal
+    import sys
+
+    devices = [await _sig_device(mqtt_url) for _ in range(4)]
+    names = [d.device_id for d in devices]
+    node = _name("node")
+    cmd = [sys.executable, "-m", "tests.helpers.persistent_worker", mqtt_url, store_url, node]
+    env = {**os.environ, "PYTHONPATH": os.getcwd()}
+    proc = await asyncio.create_subprocess_exec(*cmd, "400", *names, stdout=asyncio.subprocess.PIPE, env=env)
+    ids: list[str] = []
+    while len(ids) < 150:
+        line = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode()
+        assert line, "worker exited early"
+        if line.startswith("ID "):
+            ids.append(line.split()[1])
+    proc.send_signal(signal.SIGKILL)
+    await proc.wait()
+    # restart: the new process recovers and finishes everything
+    proc = await asyncio.create_subprocess_exec(*cmd, "0", *names, stdout=asyncio.subprocess.PIPE, env=env)
+    out = (await asyncio.wait_for(proc.communicate(), 60))[0].decode()
+    assert "DONE" in out and proc.returncode == 0
+    assert int(out.split("RECOVERED ")[1].split()[0]) > 0
+    store = await open_store(store_url)
+    try:
+        for rpc_id in ids:
+            rec = await store.get(rpc_id)
+            assert rec is not None, f"call {rpc_id} was lost"
+            assert rec.status in (RpcStatus.SUCCESSFUL, RpcStatus.EXPIRED, RpcStatus.FAILED), rec
+        succeeded = sum([(await store.get(i)).status is RpcStatus.SUCCESSFUL for i in ids])
+        assert succeeded >= len(ids) * 0.9
+    finally:
+        await store.close()
+        for dev in devices:
+            await dev.close()
+    # at-least-once: a device ran each call once, answering retries from memory
+    ran = [p["i"] for dev in devices for p in dev.ran]
+    assert len(ran) == len(set(ran))
+
+
+async def _sig_device(url: str) -> DeviceClient:
+    dev = DeviceClient(_name("sig"), url)
+    dev.ran = []
+
+    @dev.method("work")
+    async def work(params):
+        dev.ran.append(params)
+        await asyncio.sleep(0.01)
+        return params["i"]
+
+    await dev.connect()
+    return dev

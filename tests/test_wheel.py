@@ -368,6 +368,18 @@ def test_big_jumps_cross_levels(core):
     assert w.advance(2.0**33 + 8) == [5]
 
 
+def test_level_edges(core):
+    # Due ticks on both sides of every level's border, seen from tick 0: the
+    # level is the highest 8-bit group in which the due tick and now differ.
+    w = core.TimingWheel(1.0)
+    dues = [2**k + e for k in (8, 16, 24, 32, 33) for e in (-1, 0, 1)]
+    for p, due in enumerate(dues):
+        w.schedule(due - 0.5, p)  # due in tick `due`
+    for p, due in enumerate(dues):
+        assert w.advance(due - 1.0) == []
+        assert w.advance(float(due)) == [p]
+
+
 @pytest.mark.parametrize("tick", [0.001, 0.005, 0.01])
 def test_horizons_of_days(core, tick):
     w = core.TimingWheel(tick, 1000.0)

@@ -15,7 +15,6 @@ class _LazyGroup(click.Group):
         "demo": "fleetrpc.demo:demo",
         "simulate": "fleetrpc.sim.command:simulate",
         "bench": "fleetrpc.bench.command:bench",
-        "serve": "fleetrpc.server:serve",
         "db": "fleetrpc.store.command:db",
     }
 

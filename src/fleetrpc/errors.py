@@ -82,6 +82,10 @@ class StoreUnavailableError(StoreError):
     """The persistent store cannot be reached right now."""
 
 
+class DuplicateRpcError(StoreError):
+    """An RPC with that id is already stored (a reused ``requestUUID``)."""
+
+
 # -- access -----------------------------------------------------------------
 
 

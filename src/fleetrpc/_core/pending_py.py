@@ -142,6 +142,7 @@ class PendingTable:
         if e is None:
             raise _unknown(rid)
         handle = self._wheel.schedule(deadline, rid)  # may raise: keep the old one
+        self._wheel.cancel(e[2])
         e[2] = handle
 
     def expire(self, now: float) -> list[tuple[int, str, object, int]]:

@@ -23,7 +23,7 @@ from typing import Any
 
 import msgspec
 
-from ..errors import StoreError, ValidationError
+from ..errors import DuplicateRpcError, StoreError, ValidationError
 from ..status import RpcStatus, check_transition, is_allowed
 
 __all__ = [
@@ -36,14 +36,6 @@ __all__ = [
     "DuplicateRpcError",
     "SORT_PROPERTIES",
 ]
-
-
-class DuplicateRpcError(StoreError):
-    """An RPC with that id is already stored (a reused ``requestUUID``).
-
-    Kept beside the store until ``fleetrpc.errors`` adopts it; it is a
-    :class:`StoreError`, so ``except StoreError`` catches it.
-    """
 
 
 # -- records --------------------------------------------------------------------
