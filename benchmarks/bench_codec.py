@@ -151,8 +151,10 @@ def summarize(path: str) -> str:
         return f"{b_min / n_min:.1f}x / {b_med / n_med:.1f}x"
 
     lines = [
-        "| benchmark | min ns/msg | median ns/msg | msgs/s (min / median) "
-        "| vs split+json.loads (min / median) | vs pure twin (min / median) |",
+        (
+            "| benchmark | min ns/msg | median ns/msg | msgs/s (min / median) "
+            "| vs split+json.loads (min / median) | vs pure twin (min / median) |"
+        ),
         "|---|---:|---:|---:|---:|---:|",
     ]
     for group, name, best, med in rows:

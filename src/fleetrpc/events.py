@@ -199,3 +199,20 @@ class EventBus:
     @property
     def dropped(self) -> int:
         return sum(s.dropped for s in self.sinks)
+
+
+def forward_client_calls(bus: EventBus, dispatcher: Any) -> None:
+    """Emit ``TO_SERVER_RPC_REQUEST`` on ``bus`` for every client-side call
+    the dispatcher receives (ThingsBoard's rule-engine message type)."""
+
+    def hook(event: Any) -> None:
+        if event.type == "TO_SERVER_RPC_REQUEST":
+            detail = event.detail or {}
+            bus.emit("TO_SERVER_RPC_REQUEST", {
+                "deviceId": {"entityType": "DEVICE", "id": event.device},
+                "requestId": event.rid,
+                "method": detail.get("method"),
+                "params": detail.get("params"),
+            })
+
+    dispatcher.on_status(hook)

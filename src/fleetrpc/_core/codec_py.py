@@ -263,7 +263,7 @@ class Codec:
             if size:
                 try:
                     body = self._dec_any(payload)
-                except Exception as exc:  # msgspec: DecodeError, UnicodeDecodeError, RecursionError
+                except Exception as exc:  # noqa: BLE001  msgspec: DecodeError, UnicodeDecodeError, RecursionError
                     error = f"reply is not valid JSON: {exc}"
             else:
                 error = "reply is not valid JSON: empty payload"
@@ -280,7 +280,7 @@ class Codec:
                 decode = self._dec_object
             try:
                 body = decode(payload)
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001  nothing but CodecError may escape decode
                 raise CodecError(f"invalid {kind.name} payload: {exc}") from None
             if kind is _ELVES:
                 _check_elves(body)
@@ -296,14 +296,14 @@ class Codec:
             method = str.__str__(method)  # msgspec encodes plain str only
         try:
             return self._enc(self._RpcRequest(method, params))
-        except Exception as exc:  # msgspec: TypeError, RecursionError, ...
+        except Exception as exc:  # noqa: BLE001  msgspec: TypeError, RecursionError, ...
             raise CodecError(f"cannot encode the params of {_clip(method)}: {exc}") from None
 
     def encode(self, obj: Any) -> bytes:
         """``obj`` as JSON bytes (msgspec: Structs, dicts, lists, ...)."""
         try:
             return self._enc(obj)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001  as encode_request
             raise CodecError(f"cannot encode {type(obj).__name__}: {exc}") from None
 
 

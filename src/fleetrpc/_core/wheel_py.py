@@ -83,7 +83,7 @@ def _next_set(bits: int, start: int) -> int:
 def _bucket_for(t: int, c: int) -> int:
     """Bucket of an entry due in tick ``t`` when the current tick is ``c < t``."""
     x = t ^ c
-    if x < 0 or x >= 0xFFFFFFFF:
+    if x < 0:  # different signs: different 2**32 blocks
         return _B_OVERFLOW
     if x < 0x100:
         return t & 0xFF

@@ -1,0 +1,142 @@
+"""Event sinks: hooks, an MQTT topic, a webhook with retries; bounded buffers."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import msgspec
+import pytest
+from aiohttp import web
+
+from fleetrpc.config import Settings
+from fleetrpc.device import DeviceClient
+from fleetrpc.dispatcher import Dispatcher
+from fleetrpc.events import EventBus, HookSink, MqttSink, WebhookSink, forward_client_calls
+
+
+async def _wait(predicate, timeout: float = 5.0) -> None:
+    end = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > end:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.01)
+
+
+async def test_hook_sink_sync_and_async():
+    bus = EventBus()
+    got = []
+
+    async def ahook(e):
+        got.append(("a", e.type))
+
+    bus.add(lambda e: got.append(("s", e.type)))
+    bus.add(ahook)
+    bus.start()
+    bus.emit("RPC_QUEUED", {"id": 1})
+    await _wait(lambda: len(got) == 2)
+    assert sorted(got) == [("a", "RPC_QUEUED"), ("s", "RPC_QUEUED")]
+    await bus.close()
+
+
+async def test_failing_and_slow_sinks_never_block_emit():
+    bus = EventBus()
+    good = []
+
+    def bad(e):
+        raise RuntimeError("sink broken")
+
+    async def slow(e):
+        await asyncio.sleep(10)
+
+    bus.add(bad)
+    slow_sink = bus.add(HookSink(slow, buffer=5))
+    bus.add(lambda e: good.append(e.body["n"]))
+    bus.start()
+    t0 = time.perf_counter()
+    for n in range(100):
+        bus.emit("RPC_SENT", {"n": n})
+    assert time.perf_counter() - t0 < 1.0  # emit never waits for a sink
+    await _wait(lambda: len(good) == 100)
+    assert good == list(range(100))
+    # the slow sink holds at most its buffer; the rest is dropped and counted
+    assert slow_sink.dropped >= 90 and bus.dropped == slow_sink.dropped
+    await bus.close()
+
+
+async def test_webhook_retries_until_delivered():
+    received = []
+    failures = [2]
+
+    async def handle(request):
+        if failures[0]:
+            failures[0] -= 1
+            return web.Response(status=503)
+        received.extend(await request.json())
+        return web.Response(status=204)
+
+    app = web.Application()
+    app.router.add_post("/hook", handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]
+    bus = EventBus()
+    sink = bus.add(WebhookSink(f"http://127.0.0.1:{port}/hook", retries=5))
+    bus.start()
+    bus.emit("RPC_SUCCESSFUL", {"id": "x", "response": {"ok": True}})
+    await _wait(lambda: len(received) == 1)
+    assert received[0]["type"] == "RPC_SUCCESSFUL" and received[0]["body"]["response"] == {"ok": True}
+    assert sink.delivered == 1 and sink.failed == 0
+    await bus.close()
+    await runner.cleanup()
+
+
+async def test_webhook_gives_up_and_counts():
+    bus = EventBus()
+    sink = bus.add(WebhookSink("http://127.0.0.1:9/nothing-listens", retries=1, timeout=0.5))
+    bus.start()
+    bus.emit("RPC_FAILED", {})
+    await _wait(lambda: sink.failed == 1, timeout=10)
+    await bus.close()
+
+
+@pytest.mark.mqtt
+async def test_mqtt_sink_and_client_side_requests(mqtt_url):
+    d = Dispatcher(Settings(mqtt_url=mqtt_url, node_id="evt", min_timeout_ms=0))
+    await d.start()
+    bus = EventBus()
+    bus.add(MqttSink(d._transport.publish, topic="fleetrpc/events"))
+    bus.start()
+    forward_client_calls(bus, d)
+
+    @d.handler("getCurrentTime")
+    def now(device, params):
+        return 1
+
+    listener = DeviceClient("evt-listener", mqtt_url)
+    got = []
+    await listener.connect()
+    original = listener._transport.on_message
+
+    def on_message(topic, payload, props):
+        if topic.startswith("fleetrpc/events/"):
+            got.append((topic, msgspec.json.decode(payload)))
+        else:
+            original(topic, payload, props)
+
+    listener._transport.on_message = on_message
+    await listener._transport.subscribe([("fleetrpc/events/#", 1)])
+    await asyncio.sleep(0.2)
+    try:
+        assert await listener.call("getCurrentTime") == 1
+        await _wait(lambda: got)
+        topic, event = got[0]
+        assert topic == "fleetrpc/events/TO_SERVER_RPC_REQUEST"
+        assert event["body"]["method"] == "getCurrentTime"
+        assert event["body"]["deviceId"]["id"] == "evt-listener"
+    finally:
+        await bus.close()
+        await listener.close()
+        await d.close()
