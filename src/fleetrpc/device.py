@@ -278,6 +278,7 @@ class DeviceClient:
 
 
 def _error(code: str, message: str) -> dict:
+    # The reply shape of protocol.error_reply, as a value the reply path encodes.
     return {"error": {"code": code, "message": message}}
 
 

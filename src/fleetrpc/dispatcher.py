@@ -31,6 +31,7 @@ import msgspec
 from . import _core
 from ._core.constants import DeliveryStrategy, Kind
 from .config import Settings
+from .protocol import error_reply, server_filters, validate_id
 from .errors import (
     CodecError,
     DeviceOfflineError,
@@ -52,18 +53,9 @@ ONEWAY = 4        # no reply expected: done when the broker has it
 DEFERRED = 8      # released by its device queue, waiting for the global window
 OBSERVED = 16     # the completion is a CallObserver: told when sent and acked
 
-_INVALID_ID_CHARS = frozenset("/+#\x00")
-
-
 def check_device_id(device: str) -> None:
-    """A device id must be one MQTT topic level."""
-    if not isinstance(device, str) or not device:
-        raise ValidationError(f"device id must be a non-empty string, not {device!r}")
-    if len(device.encode()) > 128 or not _INVALID_ID_CHARS.isdisjoint(device):
-        raise ValidationError(
-            f"device id {device!r} is not a valid topic level "
-            "(1-128 bytes, no '/', '+', '#' or NUL)"
-        )
+    """A device id must be one MQTT topic level (ValidationError otherwise)."""
+    validate_id("device", device)
 
 
 # ---------------------------------------------------------------------------
@@ -319,18 +311,11 @@ class Dispatcher:
 
     def _filters(self) -> list[tuple[str, int]]:
         s = self.settings
-        p, n, q = s.prefix, s.node_id, s.qos
-        share = f"$share/{s.share_group}/" if s.share_group else ""
-        filters = [
-            (f"{p}/d/+/res/{n}/+", q),
-            (f"{p}/d/+/ack/{n}/+", q),
-            (f"{share}{p}/d/+/call/+", q),
-            (f"{share}{p}/elves/#", q),
-        ]
-        if self._presence:
-            # Not shared: every node needs every device's presence.
-            filters += [(f"{p}/d/+/presence", 1), (f"{p}/d/+/hb", 0)]
-        return filters
+        filters = server_filters(s.prefix, s.node_id, s.share_group)
+        if not self._presence:
+            filters = [f for f in filters if not f.endswith(("/presence", "/hb"))]
+        # Presence is retained and rare: QoS 1 whatever the calls use.
+        return [(f, 1 if f.endswith("/presence") else s.qos) for f in filters]
 
     async def close(self) -> None:
         """Fail every pending call with DispatcherClosedError and disconnect."""
@@ -878,5 +863,4 @@ class Dispatcher:
 
     def _reply_error(self, topic: str, props, code: str, message: str) -> None:
         self.stats.client_errors += 1
-        payload = self._encode({"error": {"code": code, "message": message}})
-        self._transport.publish(topic, payload, self._qos, False, -1, props)
+        self._transport.publish(topic, error_reply(code, message), self._qos, False, -1, props)
