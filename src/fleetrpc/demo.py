@@ -17,10 +17,10 @@ from .dispatcher import Dispatcher
 from .errors import DeviceOfflineError, FleetRpcError, RpcTimeoutError
 
 
-async def _start_fleet(url: str, n: int) -> list[DeviceClient]:
+async def _start_fleet(url: str, n: int, mqtt5: bool) -> list[DeviceClient]:
     devices = []
     for i in range(n):
-        dev = DeviceClient(f"demo-{i:03d}", url, ack=(i % 2 == 0), version=5 if i % 3 else 4)
+        dev = DeviceClient(f"demo-{i:03d}", url, ack=(i % 2 == 0), version=5 if (mqtt5 and i % 3) else 4)
 
         @dev.method("echo")
         def echo(params, _i=i):
@@ -44,8 +44,10 @@ async def _start_fleet(url: str, n: int) -> list[DeviceClient]:
     return devices
 
 
-async def run_demo(devices: int = 50, url: str | None = None, console=None) -> dict[str, Any]:
+async def run_demo(devices: int = 50, url: str | None = None, console=None, broker: str = "auto") -> dict[str, Any]:
     """Run the demonstration; returns the summary rows (also printed)."""
+    if devices < 8:
+        raise ValueError("the demo needs at least 8 devices (each scenario uses its own)")
     from rich.console import Console
     from rich.progress import Progress
     from rich.table import Table
@@ -55,10 +57,11 @@ async def run_demo(devices: int = 50, url: str | None = None, console=None) -> d
     console = console or Console()
     rows: list[tuple[str, str, str]] = []
 
-    async def scenario(broker_url: str) -> None:
+    async def scenario(broker_url: str, mqtt5: bool) -> None:
         console.print(f"[bold]broker[/] {broker_url}   [bold]devices[/] {devices}")
-        fleet = await _start_fleet(broker_url, devices)
-        settings = Settings(mqtt_url=broker_url, node_id="demo", min_timeout_ms=0, default_timeout_ms=2000)
+        fleet = await _start_fleet(broker_url, devices, mqtt5)
+        settings = Settings(mqtt_url=broker_url, node_id="demo", min_timeout_ms=0, default_timeout_ms=2000,
+                            mqtt_version=5 if mqtt5 else 4, store_url=store_url, ttl_enabled=False)
         async with Dispatcher(settings) as d:
 
             @d.handler("getCurrentTime")
@@ -128,15 +131,21 @@ async def run_demo(devices: int = 50, url: str | None = None, console=None) -> d
                 await asyncio.sleep(0.05)
             rows.append(("device killed", "offline" if not d.is_online(fleet[5].device_id) else "online",
                          "Last Will seen by the dispatcher"))
+            await _persistent_part(d, broker_url, mqtt5, rows)
             stats = d.stats.as_dict()
         await asyncio.gather(*(dev.close() for dev in fleet[:5] + fleet[6:]), return_exceptions=True)
         rows.append(("dispatcher counters", ", ".join(f"{k}={v}" for k, v in stats.items() if v), ""))
 
-    if url:
-        await scenario(url)
-    else:
-        async with start_broker(prefer="auto") as broker:
-            await scenario(broker.url)
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="fleetrpc-demo-") as tmp:
+        store_url = f"sqlite:///{tmp}/demo.db"
+        if url:
+            await scenario(url, True)
+        else:
+            async with start_broker(prefer=broker) as b:
+                # the embedded broker speaks MQTT 3.1.1 only
+                await scenario(b.url, b.kind == "mosquitto")
 
     table = Table(title="fleetrpc demo")
     for col in ("what", "result", "note"):
@@ -147,11 +156,47 @@ async def run_demo(devices: int = 50, url: str | None = None, console=None) -> d
     return {r[0]: r[1] for r in rows}
 
 
+async def _persistent_part(d: Dispatcher, url: str, mqtt5: bool, rows: list) -> None:
+    """A persistent call to a device that is offline, delivered once it
+    connects; every status change shown as an event."""
+    from .events import EventBus
+    from .persistent import PersistentRpc
+    from .store import open_store
+
+    store = await open_store(d.settings.store_url, group_commit=True)
+    bus = EventBus()
+    events: list[str] = []
+    bus.add(lambda e: events.append(e.type.removeprefix("RPC_")))
+    bus.start()
+    engine = PersistentRpc(d, store, emit=bus.emit)
+    await engine.start()
+    try:
+        rpc_id = await engine.call("sleepy-meter", "readRegister", {"reg": 3}, retries=2,
+                                   expiration_time=int(time.time() * 1000) + 60_000)
+        await asyncio.sleep(0.2)
+        before = (await engine.get(rpc_id)).status.value
+        meter = DeviceClient("sleepy-meter", url, version=5 if mqtt5 else 4)
+        meter.add_method("readRegister", lambda p: {"reg": p["reg"], "value": 1234})
+        await meter.connect()
+        record = await engine.wait(rpc_id, 10)
+        await asyncio.sleep(0.05)
+        rows.append(("persistent call, device offline", before, "stored (SQLite), held until it connects"))
+        rows.append(("persistent call, device online", record.status.value,
+                     f"{record.response}; events: {' > '.join(events)}"))
+        await meter.close()
+    finally:
+        await engine.close()
+        await bus.close()
+        await store.close()
+
+
 @click.command()
-@click.option("--devices", default=50, show_default=True, help="simulated devices")
+@click.option("--devices", default=50, show_default=True, type=click.IntRange(min=8), help="simulated devices")
 @click.option("--url", default=None, help="use this broker instead of starting one")
-def demo(devices: int, url: str | None) -> None:
+@click.option("--broker", type=click.Choice(["auto", "mosquitto", "embedded"]), default="auto",
+              show_default=True, help="which broker to start: Mosquitto if present, else amqtt")
+def demo(devices: int, url: str | None, broker: str) -> None:
     """Start a broker and a simulated fleet, make a mix of calls, print a summary."""
     from .runner import run
 
-    run(run_demo(devices=devices, url=url))
+    run(run_demo(devices=devices, url=url, broker=broker))
