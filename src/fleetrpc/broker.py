@@ -58,6 +58,7 @@ __all__ = [
     "Broker",
     "BrokerError",
     "BrokerKind",
+    "child_setup",
     "embedded_available",
     "find_mosquitto",
     "free_port",

@@ -41,6 +41,10 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     mqtt_version: int = 5
     #: QoS of requests and replies (0 or 1).
     qos: int = 1
+    #: Also put the MQTT 5 Response Topic and Correlation Data on requests.
+    #: The reply topic follows from the request topic (docs/protocol.md), so
+    #: this is for generic MQTT 5 responders; it costs CPU per call.
+    response_topic: bool = False
     #: Seconds between reconnect attempts; doubled up to ``reconnect_max``.
     reconnect_delay: float = 0.5
     reconnect_max: float = 10.0

@@ -243,7 +243,8 @@ class Dispatcher:
         self._running = False
         self._closed = False
         self._qos = s.qos
-        self._default_timeout = s.default_timeout
+        # ThingsBoard raises short timeouts to the minimum; the default too.
+        self._default_timeout = max(s.default_timeout, s.min_timeout)
         self._min_timeout = s.min_timeout
         self._presence = s.presence
         self._window = s.inflight_window
@@ -251,7 +252,8 @@ class Dispatcher:
         self._req_prefix = f"{s.prefix}/d/"
         self._req_suffix = f"/req/{s.node_id}/"
         self._res_suffix = f"/res/{s.node_id}/"
-        self._mqtt5_props = s.mqtt_version == 5
+        self._mqtt5_props = s.mqtt_version == 5 and s.response_topic
+        self._Future = None  # the loop's Future class, for a fast type check
         self._codec = _core.Codec(s.prefix, s.max_payload)
         self._encode_request = self._codec.encode_request
         self._encode = msgspec.json.Encoder().encode
@@ -278,6 +280,7 @@ class Dispatcher:
         if self._closed:
             raise DispatcherClosedError("dispatcher is closed")
         self._loop = asyncio.get_running_loop()
+        self._Future = type(self._loop.create_future())
         self._wheel = _core.TimingWheel(self.settings.tick_ms / 1000.0, self._loop.time())
         self._pending = _core.PendingTable(self._wheel)
         if self._transport is None:
@@ -451,9 +454,18 @@ class Dispatcher:
             check_device_id(device)
             self.stats.offline_rejected += 1
             raise DeviceOfflineError(f"device {device!r} is not connected")
-        deadline = self._deadline(timeout, expiration_time)
-        payload = self._request_payload(method, params)
-        fut = self._loop.create_future()
+        loop = self._loop
+        if timeout is None and expiration_time is None:
+            deadline = loop.time() + self._default_timeout
+        else:
+            deadline = self._deadline(timeout, expiration_time)
+        if type(method) is not str or not method:
+            raise ValidationError(f"method must be a non-empty string, not {method!r}")
+        try:
+            payload = self._encode_request(method, {} if params is None else params)
+        except (TypeError, msgspec.EncodeError, CodecError) as exc:
+            raise ValidationError(f"params are not JSON-serialisable: {exc}") from None
+        fut = loop.create_future()
         rid = self._submit(device, fut, deadline, payload, ONEWAY if oneway else 0)
         try:
             return await fut
@@ -785,7 +797,11 @@ class Dispatcher:
             return
         if self._hooks:
             self._emit("SUCCESSFUL", rid, device)
-        self._complete(completion, rid, device, msg.body, None)
+        if type(completion) is self._Future:
+            if not completion.done():
+                completion.set_result(msg.body)
+        else:
+            self._complete(completion, rid, device, msg.body, None)
 
     def _on_ack(self, msg) -> None:
         entry = self._lookup(msg)

@@ -19,15 +19,21 @@ DEF MAX_REMAINING = 268435455
 @cython.final
 cdef class MqttReader:
     cdef bytes _buf          # unconsumed tail of the stream (partial packet)
-    cdef object _on_publish  # on_publish(topic, payload, qos, mid, props)
+    cdef object _on_publish  # on_publish(topic, payload, None)
     cdef object _on_packet   # on_packet(cmd, body) for every other packet
+    cdef object _on_puback   # on_puback(mid), or None: PUBACK goes to on_packet
+    cdef object _on_props    # on_props(topic, payload, props) for MQTT 5 properties
     cdef bint _v5            # MQTT 5: PUBLISH carries a property block
+    cdef bytearray _acks     # PUBACKs owed for delivered QoS 1 messages
 
-    def __init__(self, on_publish, on_packet, v5=True):
+    def __init__(self, on_publish, on_packet, v5=True, on_puback=None, on_props=None):
         self._buf = b""
         self._on_publish = on_publish
         self._on_packet = on_packet
+        self._on_puback = on_puback
+        self._on_props = on_props
         self._v5 = bool(v5)
+        self._acks = bytearray()
 
     @property
     def v5(self):
@@ -40,6 +46,11 @@ cdef class MqttReader:
     @property
     def buffered(self):
         return len(self._buf)
+
+    def take_acks(self):
+        cdef bytes acks = bytes(self._acks)
+        del self._acks[:]
+        return acks
 
     def feed(self, data):
         cdef bytes buf
@@ -76,12 +87,18 @@ cdef class MqttReader:
             if end > n:
                 break
             cmd = p[pos]
-            if cmd >> 4 == 3:
-                self._publish(cmd, buf, p, i, end)
-            else:
-                self._on_packet(cmd, buf[i:end])
-            count += 1
             pos = end
+            count += 1
+            try:
+                if cmd >> 4 == 3 and ((cmd >> 1) & 3) != 2:
+                    self._publish(cmd, buf, p, i, end)
+                elif cmd == 0x40 and length >= 2 and self._on_puback is not None:
+                    self._on_puback((p[i] << 8) | p[i + 1])
+                else:
+                    self._on_packet(cmd, buf[i:end])
+            except BaseException:
+                self._buf = buf[pos:]
+                raise
         self._buf = buf[pos:] if pos < n else b""
         return count
 
@@ -89,9 +106,9 @@ cdef class MqttReader:
                       Py_ssize_t i, Py_ssize_t end) except -1:
         cdef int qos = (cmd >> 1) & 3
         cdef Py_ssize_t tlen, plen, mult
-        cdef int mid = 0
         cdef unsigned char b
-        cdef object props = b""
+        cdef unsigned char ack[4]
+        cdef object props = None
         if qos == 3:
             raise CodecError("malformed MQTT PUBLISH: QoS 3")
         if end - i < 2:
@@ -108,7 +125,11 @@ cdef class MqttReader:
         if qos:
             if end - i < 2:
                 raise CodecError("malformed MQTT PUBLISH: truncated packet id")
-            mid = (p[i] << 8) | p[i + 1]
+            ack[0] = 0x40
+            ack[1] = 0x02
+            ack[2] = p[i]
+            ack[3] = p[i + 1]
+            self._acks.extend(PyBytes_FromStringAndSize(<const char*>ack, 4))
             i += 2
         if self._v5:
             plen = 0
@@ -130,7 +151,10 @@ cdef class MqttReader:
                 props = PyBytes_FromStringAndSize(<const char*>p + i, plen)
             i += plen
         payload = PyBytes_FromStringAndSize(<const char*>p + i, end - i)
-        self._on_publish(topic, payload, qos, mid, props)
+        if props is not None and self._on_props is not None:
+            self._on_props(topic, payload, props)
+        else:
+            self._on_publish(topic, payload, None)
         return 0
 
 

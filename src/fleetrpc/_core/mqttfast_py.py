@@ -5,10 +5,14 @@ and a dispatch table per packet, and builds each PUBLISH in a bytearray with
 a property factory.  For a dispatcher that is most of its CPU per round trip.
 This module does the two hot packets directly:
 
-- :class:`MqttReader` splits the byte stream into packets; a PUBLISH goes to
-  ``on_publish(topic, payload, qos, mid, props)`` (``props`` is the raw
-  MQTT 5 property block, ``b""`` when empty), every other packet to
-  ``on_packet(cmd, body)`` (gmqtt's own handler takes those).
+- :class:`MqttReader` splits the byte stream into packets.  A QoS 0/1
+  PUBLISH goes to ``on_publish(topic, payload, None)``, or to
+  ``on_props(topic, payload, props)`` when it has an MQTT 5 property block
+  (raw bytes); for QoS 1 the reader queues the PUBACK itself
+  (:meth:`MqttReader.take_acks`).  A PUBACK goes to ``on_puback(mid)``;
+  every other packet, QoS 2 PUBLISH included, to ``on_packet(cmd, body)``
+  (gmqtt's own handler takes those).  A callback that raises does not make
+  the reader deliver anything twice: the packet counts as consumed.
 - :func:`encode_publish` builds one PUBLISH packet.
 
 A malformed stream makes ``feed`` raise :class:`~fleetrpc.errors.CodecError`;
@@ -27,18 +31,23 @@ _MAX_REMAINING = 268_435_455
 class MqttReader:
     """Incremental MQTT packet reader for one connection."""
 
-    __slots__ = ("_buf", "_on_publish", "_on_packet", "_v5")
+    __slots__ = ("_buf", "_on_publish", "_on_packet", "_on_puback", "_on_props", "_v5", "_acks")
 
     def __init__(
         self,
-        on_publish: Callable[[str, bytes, int, int, bytes], None],
+        on_publish: Callable[[str, bytes, None], None],
         on_packet: Callable[[int, bytes], None],
         v5: bool = True,
+        on_puback: Callable[[int], None] | None = None,
+        on_props: Callable[[str, bytes, bytes], None] | None = None,
     ) -> None:
         self._buf = b""
         self._on_publish = on_publish
         self._on_packet = on_packet
+        self._on_puback = on_puback
+        self._on_props = on_props
         self._v5 = bool(v5)
+        self._acks = bytearray()
 
     @property
     def v5(self) -> bool:
@@ -52,6 +61,12 @@ class MqttReader:
     def buffered(self) -> int:
         return len(self._buf)
 
+    def take_acks(self) -> bytes:
+        """The PUBACKs owed for the QoS 1 messages delivered so far."""
+        acks = bytes(self._acks)
+        self._acks.clear()
+        return acks
+
     def feed(self, data: bytes) -> int:
         """Consume ``data``; dispatch every complete packet; return how many
         packets were dispatched."""
@@ -59,7 +74,6 @@ class MqttReader:
         n = len(buf)
         pos = 0
         count = 0
-        on_publish = self._on_publish
         while n - pos >= 2:
             # remaining length: variable byte integer, at most 4 bytes
             mult = 1
@@ -82,12 +96,18 @@ class MqttReader:
             if end > n:
                 break
             cmd = buf[pos]
-            if cmd >> 4 == 3:
-                self._publish(cmd, buf, i, end)
-            else:
-                self._on_packet(cmd, buf[i:end])
-            count += 1
             pos = end
+            count += 1
+            try:
+                if cmd >> 4 == 3 and (cmd >> 1) & 3 != 2:
+                    self._publish(cmd, buf, i, end)
+                elif cmd == 0x40 and length >= 2 and self._on_puback is not None:
+                    self._on_puback((buf[i] << 8) | buf[i + 1])
+                else:
+                    self._on_packet(cmd, buf[i:end])
+            except BaseException:
+                self._buf = buf[pos:]
+                raise
         self._buf = buf[pos:] if pos < n else b""
         return count
 
@@ -106,13 +126,12 @@ class MqttReader:
         except UnicodeDecodeError:
             raise CodecError("malformed MQTT PUBLISH: topic is not UTF-8") from None
         i += tlen
-        mid = 0
         if qos:
             if end - i < 2:
                 raise CodecError("malformed MQTT PUBLISH: truncated packet id")
-            mid = (buf[i] << 8) | buf[i + 1]
+            self._acks += b"\x40\x02" + buf[i:i + 2]
             i += 2
-        props = b""
+        props = None
         if self._v5:
             plen = 0
             mult = 1
@@ -132,7 +151,10 @@ class MqttReader:
             if plen:
                 props = buf[i:i + plen]
             i += plen
-        self._on_publish(topic, buf[i:end], qos, mid, props)
+        if props is not None and self._on_props is not None:
+            self._on_props(topic, buf[i:end], props)
+        else:
+            self._on_publish(topic, buf[i:end], None)
 
 
 def _varint(value: int) -> bytes:

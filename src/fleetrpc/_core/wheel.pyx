@@ -1,4 +1,4 @@
-# cython: language_level=3
+# cython: language_level=3, cdivision=True
 """Timing wheel for call deadlines (compiled; pure twin: ``wheel_py.py``).
 
 Contract: ``docs/core.md``, section TimingWheel.  Every point the contract
@@ -11,7 +11,8 @@ Entries are 32-byte C structs in one pool (``WheelEntry``, see
 ``wheel.pxd``); a bucket is a doubly linked list of pool indices, so schedule
 and cancel are O(1) and allocate nothing once the pool is big enough.  Ticks
 are stored biased by ``2**63`` so that every bit operation is on unsigned
-integers and unsigned order is time order.
+integers and unsigned order is time order.  ``cdivision``: the only
+divisions are by the tick, which is positive.
 """
 
 cimport cython
@@ -241,7 +242,7 @@ cdef class TimingWheel:
         cdef WheelEntry* e
         if handle <= 0:
             return False
-        i = handle & 0xFFFFFFFF
+        i = <int64_t>(<uint64_t>handle & FR_BLOCK)
         if i >= self._cap:
             return False
         e = &self._pool[i]

@@ -8,4 +8,4 @@ dispatcher and for the plain reference dispatcher in ``benchmarks/``;
 
 from .runner import TARGETS, WORKLOADS, BenchConfig, ratios, run_bench
 
-__all__ = ["BenchConfig", "TARGETS", "WORKLOADS", "ratios", "run_bench"]
+__all__ = ["TARGETS", "WORKLOADS", "BenchConfig", "ratios", "run_bench"]

@@ -49,20 +49,20 @@ import asyncio
 import contextlib
 import gc
 import importlib.util
-import itertools
 import os
 import platform
 import sys
 import time
 import tracemalloc
 from collections import Counter
+from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable
+from typing import Any
 
 from ..sim.fleet import Fleet, raise_nofile_limit
 
-__all__ = ["BenchConfig", "WORKLOADS", "TARGETS", "run_bench", "ratios"]
+__all__ = ["TARGETS", "WORKLOADS", "BenchConfig", "ratios", "run_bench"]
 
 WORKLOADS = ("peak", "latency", "oneway", "fanout", "sequential", "memory")
 TARGETS = ("reference", "fleetrpc")
@@ -113,7 +113,7 @@ class BenchConfig:
         if self.devices < 1 or self.window < 1 or self.duration <= 0:
             raise ValueError("devices, window and duration must be positive")
 
-    def quick(self) -> "BenchConfig":
+    def quick(self) -> BenchConfig:
         """A tiny run for tests: short phases, small windows."""
         self.duration = min(self.duration, 0.5)
         self.warmup = 0.2
@@ -332,14 +332,14 @@ class _Phase:
         self._next = 0.0
         self.text = text
 
-    def __enter__(self) -> "_Phase":
+    def __enter__(self) -> _Phase:
         gc.collect()
         self.cpu0 = time.process_time()
         self.t0 = time.perf_counter()
         self.progress(self.target, self.workload, 0, self.total, self.text)
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.elapsed = time.perf_counter() - self.t0
         self.cpu = time.process_time() - self.cpu0
         self.progress(self.target, self.workload, self.total, self.total, self.text)

@@ -142,9 +142,9 @@ _COUNTERS = (
 
 
 class _Device:
-    __slots__ = ("sim", "id", "index", "client", "up", "req", "res", "ack", "presence", "slow", "churning")
+    __slots__ = ("ack", "churning", "client", "id", "index", "presence", "req", "res", "sim", "slow", "up")
 
-    def __init__(self, sim: "_Sim", index: int, dev_id: str) -> None:
+    def __init__(self, sim: _Sim, index: int, dev_id: str) -> None:
         base = f"{sim.prefix}/d/{dev_id}/"
         self.sim = sim
         self.id = dev_id
@@ -655,11 +655,11 @@ class Fleet:
         parts = await asyncio.gather(*(w.stop(timeout) for w in workers))
         return _sum([p for p in parts if p])
 
-    async def __aenter__(self) -> "Fleet":
+    async def __aenter__(self) -> Fleet:
         await self.start()
         return self
 
-    async def __aexit__(self, *exc: Any) -> None:
+    async def __aexit__(self, *exc: object) -> None:
         await self.stop()
 
 

@@ -25,10 +25,10 @@ replay of unacknowledged QoS 1 messages after a reconnect.
 from __future__ import annotations
 
 import asyncio
-from typing import Callable
+from collections.abc import Callable
 from urllib.parse import unquote, urlsplit
 
-__all__ = ["LeanClient", "Flusher", "MqttError", "parse_url"]
+__all__ = ["Flusher", "LeanClient", "MqttError", "parse_url"]
 
 # -- packet types (high nibble of the fixed header) ---------------------------
 CONNECT = 0x10
@@ -101,14 +101,14 @@ class Flusher:
     thousand devices then costs one scheduled callback, not a thousand.
     """
 
-    __slots__ = ("_loop", "_dirty", "_scheduled")
+    __slots__ = ("_dirty", "_loop", "_scheduled")
 
     def __init__(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
         self._loop = loop or asyncio.get_running_loop()
         self._dirty: list[LeanClient] = []
         self._scheduled = False
 
-    def mark(self, client: "LeanClient") -> None:
+    def mark(self, client: LeanClient) -> None:
         self._dirty.append(client)
         if not self._scheduled:
             self._scheduled = True

@@ -33,7 +33,7 @@ from gmqtt.mqtt.connection import MQTTConnection
 from gmqtt.mqtt.constants import MQTTv50, MQTTv311
 from gmqtt.mqtt.package import Package
 from gmqtt.mqtt.protocol import BaseMQTTProtocol, MQTTProtocol
-from gmqtt.mqtt.utils import pack_variable_byte_integer
+from gmqtt.mqtt.utils import IdGenerator, pack_variable_byte_integer
 
 from .. import _core
 from ..errors import CodecError, ValidationError
@@ -64,6 +64,28 @@ def parse_url(url: str) -> dict[str, Any]:
 _PUBACK = 0x40
 
 
+class _FastIds(IdGenerator):
+    """gmqtt's packet-id allocator, same rules, without a log call per id."""
+
+    def next_id(self) -> int:
+        used = self._used_ids
+        if len(used) >= self._max - 1:
+            raise OverflowError("All ids has already used. May be your QoS queue is full.")
+        i = self._last_used_id
+        while True:
+            i += 1
+            if i >= self._max:
+                i = 1
+            if i not in used:
+                break
+        self._last_used_id = i
+        used.add(i)
+        return i
+
+    def free_id(self, id: int) -> None:
+        self._used_ids.discard(id)
+
+
 class _FastProtocol(MQTTProtocol):
     """gmqtt's protocol with the hot path replaced.
 
@@ -74,12 +96,12 @@ class _FastProtocol(MQTTProtocol):
     ``transport.write`` (one syscall instead of one per packet).
     """
 
-    def __init__(self, *args: Any, on_publish: Callable, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, on_publish: Callable, on_puback: Callable, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._out: list[bytes] = []
         self._flush_handle: asyncio.Handle | None = None
         self._deliver = on_publish
-        self._reader = _core.MqttReader(self._on_publish, self._on_packet, True)
+        self._reader = _core.MqttReader(on_publish, self._on_packet, True, on_puback, self._on_props)
 
     def connection_made(self, transport: asyncio.Transport) -> None:
         # Skip MQTTProtocol's read-loop task: data_received does its work.
@@ -88,14 +110,20 @@ class _FastProtocol(MQTTProtocol):
 
     def data_received(self, data: bytes) -> None:
         conn = self._connection
-        if conn is None:
-            return
+        if conn is None or conn._handler.current_connection is not conn:
+            return  # a superseded connection (gmqtt's put_package rule)
         conn._last_data_in = time.monotonic()
+        reader = self._reader
         try:
-            self._reader.feed(data)
+            reader.feed(data)
         except CodecError as exc:
             log.warning("malformed MQTT stream from the broker (%s): closing the connection", exc)
             self._transport.close()
+        except Exception:  # a handler's bug: never lose the connection for it
+            log.exception("inbound message handler failed")
+        acks = reader.take_acks()
+        if acks:
+            self.write_data(acks)
 
     def eof_received(self) -> bool:
         # gmqtt's read loop closed the transport on EOF; without it, False
@@ -106,17 +134,10 @@ class _FastProtocol(MQTTProtocol):
     def _on_packet(self, cmd: int, body: bytes) -> None:
         self._connection.put_package(Package(cmd, body))
 
-    def _on_publish(self, topic: str, payload: bytes, qos: int, mid: int, props: bytes) -> None:
-        if qos == 1:
-            self.write_data(b"\x40\x02" + mid.to_bytes(2, "big"))
-        elif qos == 2:
-            log.warning("QoS 2 PUBLISH on %r ignored: fleetrpc subscribes at QoS 0/1", topic)
-            return
-        properties = None
-        if props:
-            properties, _ = self._connection._handler._parse_properties(
-                bytes(pack_variable_byte_integer(len(props))) + props
-            )
+    def _on_props(self, topic: str, payload: bytes, props: bytes) -> None:
+        properties, _ = self._connection._handler._parse_properties(
+            bytes(pack_variable_byte_integer(len(props))) + props
+        )
         self._deliver(topic, payload, properties)
 
     def write_data(self, data: bytes) -> None:
@@ -140,6 +161,7 @@ class _Client(gmqtt.Client):
     def __init__(self, client_id: str, owner: "MqttTransport", **kwargs: Any) -> None:
         super().__init__(client_id, **kwargs)
         self._owner = owner
+        self._package_handler.id_generator = _FastIds()
 
     async def _create_connection(self, host, port, ssl, clean_session, keepalive):
         # gmqtt's own steps (see Client._create_connection), on our protocol.
@@ -151,7 +173,8 @@ class _Client(gmqtt.Client):
             _FastProtocol,
             connection_state=self._connection_state,
             id_generator=self._package_handler.id_generator,
-            on_publish=self._owner._on_fast_publish,
+            on_publish=self._owner._deliver,
+            on_puback=self._on_puback,
         )
         transport, protocol = await asyncio.get_running_loop().create_connection(
             factory, host, port, ssl=ssl
@@ -160,6 +183,12 @@ class _Client(gmqtt.Client):
             transport, protocol, clean_session, keepalive,
             package_handler=self._package_handler, logger=self._logger,
         )
+
+    def _on_puback(self, mid: int) -> None:
+        # What gmqtt's PUBACK handler does, minus its logging and dispatch.
+        self._package_handler.id_generator.free_id(mid)
+        self._persistent_storage.remove_message_by_mid(mid)
+        self._owner._on_puback(mid)
 
     def _remove_message_from_queue(self, mid: int) -> None:
         super()._remove_message_from_queue(mid)
@@ -223,6 +252,8 @@ class MqttTransport:
         self._inflight = 0                     # our unacknowledged QoS 1 publishes
         self._window = 0                       # set from the broker's receive maximum
         self._connected = asyncio.Event()
+        self._up = False                       # CONNACK received, not lost since
+        self._proto = None                     # the current connection's protocol
         self._closing = False
         self.reconnects = 0
 
@@ -314,6 +345,8 @@ class MqttTransport:
                     client.resubscribe(sub)
             else:
                 client.subscribe([gmqtt.Subscription(t, qos=q) for t, q in self._filters])
+        self._proto = client._connection._protocol
+        self._up = True
         if self._connected.is_set():
             return
         self._connected.set()
@@ -325,6 +358,7 @@ class MqttTransport:
         if self._closing:
             return
         self.reconnects += 1
+        self._up = False
         # gmqtt replays unacknowledged QoS 1 messages after reconnecting;
         # their mids are renumbered then, so forget our mid -> token map and
         # let the owner's deadlines settle those calls.
@@ -339,15 +373,13 @@ class MqttTransport:
         self._subscribed.set()
 
     def _on_message(self, client, topic, payload, qos, properties):
-        # Only PUBLISHes that bypass the fast path (none, normally) come here.
-        self._on_fast_publish(topic, payload, properties)
+        # Only what bypasses the fast path (QoS 2) comes through gmqtt.
+        self._deliver(topic, payload, properties)
         return 0
 
-    def _on_fast_publish(self, topic: str, payload: bytes, properties: dict | None) -> None:
-        try:
-            self.on_message(topic, payload, properties)
-        except Exception:  # the owner's bug must not kill the connection
-            log.exception("message handler failed for topic %r", topic)
+    def _deliver(self, topic: str, payload: bytes, properties: dict | None) -> None:
+        # Looked up per message so that the owner may replace on_message.
+        self.on_message(topic, payload, properties)
 
     # -- publishing ---------------------------------------------------------
 
@@ -361,16 +393,16 @@ class MqttTransport:
         properties: dict | None = None,
     ) -> None:
         """Publish now, or as soon as the broker's window allows (QoS 1)."""
-        if qos and (self._inflight >= self._window or self._waiting or not self.connected):
+        if qos and (self._inflight >= self._window or self._waiting or not self._up):
             self._waiting.append((topic, payload, qos, retain, token, properties))
             return
         self._send(topic, payload, qos, retain, token, properties)
 
     def _send(self, topic, payload, qos, retain, token, properties) -> None:
-        client = self._client
-        if client is None or client._connection is None:
+        proto = self._proto
+        if proto is None or self._client is None:
             return
-        proto = client._connection._protocol
+        client = self._client
         v5 = proto.proto_ver == MQTTv50
         mid = proto.id_generator.next_id() if qos else 0
         if properties and v5:
@@ -400,7 +432,7 @@ class MqttTransport:
 
     def _drain(self) -> None:
         waiting = self._waiting
-        while waiting and self._inflight < self._window and self.connected:
+        while waiting and self._inflight < self._window and self._up:
             self._send(*waiting.popleft())
 
     async def subscribe(self, filters: list[tuple[str, int]]) -> None:
