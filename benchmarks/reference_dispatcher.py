@@ -178,7 +178,7 @@ class ReferenceDispatcher:
         if len(levels) != 5:
             self.stats["malformed"] += 1
             return 0
-        _, device, kind, node, srid = levels
+        _, device, kind, _node, srid = levels  # our own node: we subscribed to it only
         try:
             rid = int(srid)
         except ValueError:

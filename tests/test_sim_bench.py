@@ -74,7 +74,7 @@ async def test_lean_client_will_fires_on_abrupt_disconnect(mqtt_url):
     device = await _lean(mqtt_url, _unique("dev"), will=(topic, b'{"status":"offline"}', 1, False))
     try:
         device.abort()  # no DISCONNECT packet: the broker must publish the Will
-        t, payload, qos, _ = await asyncio.wait_for(got.get(), 10)
+        t, payload, _qos, _ = await asyncio.wait_for(got.get(), 10)
         assert (t, payload) == (topic, b'{"status":"offline"}')
     finally:
         await watcher.disconnect()

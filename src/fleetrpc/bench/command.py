@@ -23,19 +23,31 @@ def _split(value: str, known: tuple[str, ...], what: str) -> tuple[str, ...]:
 
 
 @click.command()
-@click.option("--devices", "-n", default=1000, show_default=True, type=click.IntRange(1), help="Simulated devices, each its own MQTT connection.")
-@click.option("--qos", default=1, show_default=True, type=click.IntRange(0, 1), help="QoS of requests and replies.")
-@click.option("--duration", "-d", default=3.0, show_default=True, type=click.FloatRange(0.1, 600), help="Seconds per timed phase (also bounds the others).")
-@click.option("--workloads", "-w", default="all", show_default=True, help=f"Comma-separated: {','.join(WORKLOADS)}.")
-@click.option("--targets", "-t", default="all", show_default=True, help=f"Comma-separated: {','.join(TARGETS)}.")
+@click.option("--devices", "-n", default=1000, show_default=True, type=click.IntRange(1),
+              help="Simulated devices, each its own MQTT connection.")
+@click.option("--qos", default=1, show_default=True, type=click.IntRange(0, 1),
+              help="QoS of requests and replies.")
+@click.option("--duration", "-d", default=3.0, show_default=True, type=click.FloatRange(0.1, 600),
+              help="Seconds per timed phase (also bounds the others).")
+@click.option("--workloads", "-w", default="all", show_default=True,
+              help=f"Comma-separated: {','.join(WORKLOADS)}.")
+@click.option("--targets", "-t", default="all", show_default=True,
+              help=f"Comma-separated: {','.join(TARGETS)}.")
 @click.option("--url", default=None, help="Broker URL; default: start a throwaway tuned Mosquitto.")
-@click.option("--processes", "-p", default=None, type=click.IntRange(1), help="Simulator worker processes (default: one per CPU, at most 4).")
-@click.option("--window", default=1000, show_default=True, type=click.IntRange(1), help="Concurrent callers in the closed loops.")
-@click.option("--rate", default=None, type=click.FloatRange(1), help="Latency workload: this fixed rate (calls/s) instead of half of each target's peak.")
-@click.option("--calls-per-device", default=5, show_default=True, type=click.IntRange(1), help="Sequential workload: calls per device.")
-@click.option("--mem-pending", default=20000, show_default=True, type=click.IntRange(1), help="Memory workload: calls left pending.")
-@click.option("--timeout", default=10.0, show_default=True, type=click.FloatRange(0.1), help="Call timeout in seconds.")
-@click.option("--json", "json_path", default=None, type=click.Path(dir_okay=False, path_type=Path), help="Write the full report as JSON here.")
+@click.option("--processes", "-p", default=None, type=click.IntRange(1),
+              help="Simulator worker processes (default: one per CPU, at most 4).")
+@click.option("--window", default=1000, show_default=True, type=click.IntRange(1),
+              help="Concurrent callers in the closed loops.")
+@click.option("--rate", default=None, type=click.FloatRange(1),
+              help="Latency workload: this fixed rate (calls/s) instead of half of each target's peak.")
+@click.option("--calls-per-device", default=5, show_default=True, type=click.IntRange(1),
+              help="Sequential workload: calls per device.")
+@click.option("--mem-pending", default=20000, show_default=True, type=click.IntRange(1),
+              help="Memory workload: calls left pending.")
+@click.option("--timeout", default=10.0, show_default=True, type=click.FloatRange(0.1),
+              help="Call timeout in seconds.")
+@click.option("--json", "json_path", default=None, type=click.Path(dir_okay=False, path_type=Path),
+              help="Write the full report as JSON here.")
 @click.option("--quick", is_flag=True, help="Tiny run (short phases, small windows), for tests.")
 def bench(devices, qos, duration, workloads, targets, url, processes, window, rate, calls_per_device,
           mem_pending, timeout, json_path, quick):

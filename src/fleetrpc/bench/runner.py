@@ -145,10 +145,14 @@ class _Target:
 
     call: Callable[..., Any]
 
-    async def fanout(self, devices: list[str], params: Any, timeout: float, tick: Callable[[int], None]) -> tuple[int, int]:
+    async def fanout(self, devices: list[str], params: Any, timeout: float,
+                     tick: Callable[[int], None]) -> tuple[int, int]:
+        """One call to every device at once; returns (succeeded, failed)."""
         raise NotImplementedError
 
-    async def sequential(self, devices: list[str], k: int, params: Any, timeout: float, tick: Callable[[int], None]) -> tuple[int, int]:
+    async def sequential(self, devices: list[str], k: int, params: Any, timeout: float,
+                         tick: Callable[[int], None]) -> tuple[int, int]:
+        """``k`` calls per device, one at a time per device; (succeeded, failed)."""
         raise NotImplementedError
 
     def stats(self) -> dict[str, int]:
@@ -201,7 +205,7 @@ class _ReferenceTarget(_Target):
             try:
                 await call(dev, "echo", params, timeout=timeout)
                 ok += 1
-            except Exception:
+            except Exception:  # noqa: BLE001 - counted, never fatal
                 failed += 1
             tick(1)
 
@@ -218,7 +222,7 @@ class _ReferenceTarget(_Target):
                 try:
                     await call(dev, "echo", params, timeout=timeout)
                     ok += 1
-                except Exception:
+                except Exception:  # noqa: BLE001 - counted, never fatal
                     failed += 1
                 tick(1)
 
@@ -399,7 +403,7 @@ async def _closed_loop(target: _Target, devices: list[str], cfg: BenchConfig, se
                 return
             try:
                 await call(devices[i % n], method, params, timeout=timeout, oneway=oneway)
-            except Exception as exc:  # counted, never fatal
+            except Exception as exc:  # noqa: BLE001 - counted, never fatal
                 errors[type(exc).__name__] += 1
                 await asyncio.sleep(0)
             else:
@@ -457,7 +461,7 @@ async def _fixed_rate(target, devices, cfg, progress, peak_rps: float,
         nonlocal outstanding
         try:
             await call(dev, "echo", params, timeout=timeout)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - counted, never fatal
             errors[type(exc).__name__] += 1
         else:
             latencies.append(clock() - scheduled)
@@ -727,14 +731,14 @@ async def _run_workloads(cfg: BenchConfig, url: str, fleet: Fleet, progress: Pro
     for name in cfg.targets:
         try:
             live[name] = await _open_target(name, url, cfg, devices)
-        except Exception as exc:  # e.g. the dispatcher cannot be imported yet
+        except Exception as exc:  # noqa: BLE001 - e.g. the dispatcher cannot be imported
             results[name]["error"] = f"{type(exc).__name__}: {exc}"
             log(f"{name}: {results[name]['error']}")
 
     async def guarded(name: str, key: str, coro) -> None:
         try:
             results[name][key] = await coro
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - the report says what failed
             results[name]["error"] = f"{key}: {type(exc).__name__}: {exc}"
             log(f"{name} failed in {key}: {type(exc).__name__}: {exc}")
             target = live.pop(name)

@@ -12,24 +12,41 @@ from .fleet import Behaviour, Fleet, FleetError
 
 
 @click.command()
-@click.option("--devices", "-n", default=1000, show_default=True, type=click.IntRange(1), help="Number of simulated devices (each its own MQTT connection).")
-@click.option("--url", default="mqtt://127.0.0.1:1883", show_default=True, help="Broker URL (mqtt://host:port).")
-@click.option("--processes", "-p", default=None, type=click.IntRange(0), help="Worker processes (default: one per CPU, at most 4; 0 = in this process).")
+@click.option("--devices", "-n", default=1000, show_default=True, type=click.IntRange(1),
+              help="Number of simulated devices (each its own MQTT connection).")
+@click.option("--url", default="mqtt://127.0.0.1:1883", show_default=True,
+              help="Broker URL (mqtt://host:port).")
+@click.option("--processes", "-p", default=None, type=click.IntRange(0),
+              help="Worker processes (default: one per CPU, at most 4; 0 = in this process).")
 @click.option("--prefix", default="fleetrpc", show_default=True, help="Topic prefix.")
-@click.option("--first", default=0, show_default=True, type=click.IntRange(0), help="Index of the first device (ids dev-00000, ...).")
-@click.option("--qos", default=1, show_default=True, type=click.IntRange(0, 1), help="QoS of subscriptions and replies.")
-@click.option("--latency-ms", default=0.0, show_default=True, type=click.FloatRange(0), help="Fixed reply delay.")
-@click.option("--jitter-ms", default=0.0, show_default=True, type=click.FloatRange(0), help="Extra random delay, uniform in [0, jitter].")
-@click.option("--error-rate", default=0.0, show_default=True, type=click.FloatRange(0, 1), help='Share of requests answered {"error": ...}.')
-@click.option("--drop-rate", default=0.0, show_default=True, type=click.FloatRange(0, 1), help="Share of requests never answered.")
-@click.option("--slow-fraction", default=0.0, show_default=True, type=click.FloatRange(0, 1), help="Share of devices that are slow.")
-@click.option("--slow-latency-ms", default=1000.0, show_default=True, type=click.FloatRange(0), help="Reply delay of a slow device.")
-@click.option("--ack/--no-ack", default=False, show_default=True, help="Acknowledge delivery before replying.")
-@click.option("--presence/--no-presence", default=True, show_default=True, help="Retained presence on connect, offline Last Will.")
-@click.option("--churn", "churn_s", default=0.0, show_default=True, type=click.FloatRange(0), help="Seconds between churn rounds (0 = none): devices drop abruptly, the Will fires.")
-@click.option("--churn-fraction", default=0.05, show_default=True, type=click.FloatRange(0, 1), help="Share of online devices dropped per churn round.")
-@click.option("--offline-s", default=1.0, show_default=True, type=click.FloatRange(0), help="How long a churned device stays away.")
-@click.option("--duration", default=0.0, show_default=True, type=click.FloatRange(0), help="Seconds to run (0 = until Ctrl-C, at most one day).")
+@click.option("--first", default=0, show_default=True, type=click.IntRange(0),
+              help="Index of the first device (ids dev-00000, ...).")
+@click.option("--qos", default=1, show_default=True, type=click.IntRange(0, 1),
+              help="QoS of subscriptions and replies.")
+@click.option("--latency-ms", default=0.0, show_default=True, type=click.FloatRange(0),
+              help="Fixed reply delay.")
+@click.option("--jitter-ms", default=0.0, show_default=True, type=click.FloatRange(0),
+              help="Extra random delay, uniform in [0, jitter].")
+@click.option("--error-rate", default=0.0, show_default=True, type=click.FloatRange(0, 1),
+              help='Share of requests answered {"error": ...}.')
+@click.option("--drop-rate", default=0.0, show_default=True, type=click.FloatRange(0, 1),
+              help="Share of requests never answered.")
+@click.option("--slow-fraction", default=0.0, show_default=True, type=click.FloatRange(0, 1),
+              help="Share of devices that are slow.")
+@click.option("--slow-latency-ms", default=1000.0, show_default=True, type=click.FloatRange(0),
+              help="Reply delay of a slow device.")
+@click.option("--ack/--no-ack", default=False, show_default=True,
+              help="Acknowledge delivery before replying.")
+@click.option("--presence/--no-presence", default=True, show_default=True,
+              help="Retained presence on connect, offline Last Will.")
+@click.option("--churn", "churn_s", default=0.0, show_default=True, type=click.FloatRange(0),
+              help="Seconds between churn rounds (0 = none): devices drop abruptly, the Will fires.")
+@click.option("--churn-fraction", default=0.05, show_default=True, type=click.FloatRange(0, 1),
+              help="Share of online devices dropped per churn round.")
+@click.option("--offline-s", default=1.0, show_default=True, type=click.FloatRange(0),
+              help="How long a churned device stays away.")
+@click.option("--duration", default=0.0, show_default=True, type=click.FloatRange(0),
+              help="Seconds to run (0 = until Ctrl-C, at most one day).")
 @click.option("--seed", default=None, type=int, help="Random seed (errors, drops, churn).")
 def simulate(devices, url, processes, prefix, first, qos, latency_ms, jitter_ms, error_rate,
              drop_rate, slow_fraction, slow_latency_ms, ack, presence, churn_s, churn_fraction,

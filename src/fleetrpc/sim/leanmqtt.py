@@ -293,7 +293,8 @@ class LeanClient(asyncio.Protocol):
         if qos:
             mid = self._mid()
             self._waiting[mid] = None
-            head = bytes((0x32 | retain,)) + _varint(len(t) + len(payload) + 4) + len(t).to_bytes(2, "big") + t + mid.to_bytes(2, "big")
+            head = (bytes((0x32 | retain,)) + _varint(len(t) + len(payload) + 4)
+                    + len(t).to_bytes(2, "big") + t + mid.to_bytes(2, "big"))
         else:
             mid = 0
             head = bytes((0x30 | retain,)) + _varint(len(t) + len(payload) + 2) + len(t).to_bytes(2, "big") + t
