@@ -56,6 +56,7 @@ BAD_DEVICE_CALLS = [
 OPERATIONS = (
     ["submit"] * 4 + ["on_end"] * 3 + ["on_ack"] * 2
     + ["set_online", "discard", "configure", "submit_any_item", "widen_busy", "drain"]
+    + ["bad_input"]
 )
 BAD_CONFIG = [
     ("strategy", 3), ("strategy", -1), ("strategy", "BURST"), ("strategy", 1.0),
@@ -296,12 +297,12 @@ class QueuesMachine(RuleBasedStateMachine):
 
     # operations
     #
-    # The core operations share one rule, ``operate``, which draws which one
-    # to run (weighted towards submit and on_end).  Separate rules would be
-    # clearer in a falsifying example, but Hypothesis's swarm testing turns a
-    # random subset of the rules off for each example, so that most examples
-    # would never combine submit, on_end and presence deeply enough to wrap
-    # and grow the ring buffer.
+    # All operations share one rule, ``operate``, which draws which one to run
+    # (weighted towards submit and on_end).  Separate rules would read better
+    # in a falsifying example, but Hypothesis's swarm testing turns a random
+    # subset of the rules off for each example, so that most examples would
+    # never combine submit, on_end and presence deeply enough to wrap and
+    # grow the ring buffer (measured: mutants of the ring code survived).
 
     @rule(data=st.data())
     def operate(self, data):
@@ -395,9 +396,9 @@ class QueuesMachine(RuleBasedStateMachine):
             assert all(type(item) is int for _, item in result[1])
         self.gone.extend(item for _, item in expected)
 
-    @rule(device=devices, data=st.data())
-    def bad_input(self, device, data):
-        kind = data.draw(st.sampled_from(["item", "device", "configure"]))
+    def _bad_input(self, data):
+        device = data.draw(devices, label="device")
+        kind = data.draw(st.sampled_from(["item", "device", "configure"]), label="bad")
         if kind == "item":
             item = data.draw(bad_items)
             assert self.run("submit", device, item)[0] == "error"

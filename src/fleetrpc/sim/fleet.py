@@ -284,7 +284,7 @@ class _Sim:
     async def _connect(self, dev: _Device, attempts: int = 5) -> bool:
         b = self.behaviour
         delay = 0.2
-        for attempt in range(attempts):
+        for _ in range(attempts):
             if not self.running:
                 return False
             client = LeanClient(
