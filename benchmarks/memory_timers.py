@@ -3,7 +3,7 @@
 Usage::
 
     PYTHONPATH=src python benchmarks/memory_timers.py            # 1,000,000 calls
-    PYTHONPATH=src python benchmarks/memory_timers.py -n 524289  # just past a doubling
+    PYTHONPATH=src python benchmarks/memory_timers.py -n 524289 -k " c "  # just past a doubling
 
 Every case runs in a fresh subprocess, twice: once under ``tracemalloc``
 (every byte the Python allocators hand out: objects, and the PyMem arrays of
@@ -110,6 +110,7 @@ def child(name: str, n: int, mode: str) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("-n", type=int, default=1_000_000, help="pending calls (default 1,000,000)")
+    ap.add_argument("-k", default="", help="only the cases whose name contains this")
     ap.add_argument("--json", help="also write the results here")
     ap.add_argument("--child", nargs=2, metavar=("CASE", "MODE"), help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -121,6 +122,8 @@ def main() -> None:
     print("| case | tracemalloc B/call | RSS B/call |")
     print("|---|---:|---:|")
     for name in CASES:
+        if args.k not in name:
+            continue
         row = {}
         for mode in ("tracemalloc", "rss"):
             out = subprocess.run(

@@ -6,6 +6,8 @@ import asyncio
 import time
 
 import pytest
+
+from tests.helpers.waiting import wait_until as _wait
 import uvloop
 
 from fleetrpc import DeliveryStrategy
@@ -41,12 +43,6 @@ def _settings(url: str, **kw) -> Settings:
     return Settings(mqtt_url=url, node_id=f"t{next(_seq)}", **kw)
 
 
-async def _wait(predicate, timeout: float = 5.0) -> None:
-    end = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > end:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.01)
 
 
 def _name(prefix: str = "dev") -> str:

@@ -7,6 +7,8 @@ import time
 
 import msgspec
 import pytest
+
+from tests.helpers.waiting import wait_until as _wait
 from aiohttp import web
 
 from fleetrpc.config import Settings
@@ -15,12 +17,6 @@ from fleetrpc.dispatcher import Dispatcher
 from fleetrpc.events import EventBus, HookSink, MqttSink, WebhookSink, forward_client_calls
 
 
-async def _wait(predicate, timeout: float = 5.0) -> None:
-    end = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > end:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.01)
 
 
 async def test_hook_sink_sync_and_async():

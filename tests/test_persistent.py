@@ -7,6 +7,8 @@ import time
 
 import pytest
 
+from tests.helpers.waiting import wait_until as _wait
+
 from fleetrpc import DeliveryStrategy
 from fleetrpc.config import Settings
 from fleetrpc.device import DeviceClient
@@ -31,12 +33,6 @@ def _name(prefix: str = "pdev") -> str:
     return f"{prefix}-{time.monotonic_ns() % 10**9}-{next(_seq)}"
 
 
-async def _wait(predicate, timeout: float = 5.0) -> None:
-    end = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > end:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.01)
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.pg)])

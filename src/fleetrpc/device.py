@@ -32,6 +32,7 @@ from . import _core
 from ._core.constants import DEFAULT_PREFIX, Kind
 from .dispatcher import check_device_id
 from .errors import CodecError, RemoteError, RpcTimeoutError
+from .protocol import answer_target
 from .transport.mqtt import MqttTransport
 
 log = logging.getLogger("fleetrpc.device")
@@ -216,15 +217,7 @@ class DeviceClient:
         key = rpc_id if rpc_id is not msgspec.UNSET else (msg.node, msg.rid)
         if self.ack:
             self._transport.publish(f"{self._base}/ack/{msg.node}/{msg.rid}", b"", self.qos)
-        topic = f"{self._base}/res/{msg.node}/{msg.rid}"
-        props = None
-        if properties:
-            rt = properties.get("response_topic")
-            if rt:
-                topic = rt[0]
-                cd = properties.get("correlation_data")
-                if cd:
-                    props = {"correlation_data": cd[0]}
+        topic, props = answer_target(f"{self._base}/res/{msg.node}/{msg.rid}", properties)
         cached = self._replies.get(key)
         if cached is not None or key in self._running:
             # An at-least-once retry of a request already run (or running):

@@ -31,7 +31,7 @@ import msgspec
 from . import _core
 from ._core.constants import DeliveryStrategy, Kind
 from .config import Settings
-from .protocol import error_reply, server_filters, validate_id
+from .protocol import answer_target, error_reply, server_filters, validate_id
 from .errors import (
     CodecError,
     DeviceOfflineError,
@@ -834,15 +834,7 @@ class Dispatcher:
         self.stats.client_calls += 1
         device, cid = msg.device, msg.rid
         request = msg.body
-        topic = f"{self.settings.prefix}/d/{device}/ret/{cid}"
-        props = None
-        if properties:
-            rt = properties.get("response_topic")
-            if rt:
-                topic = rt[0]
-                cd = properties.get("correlation_data")
-                if cd:
-                    props = {"correlation_data": cd[0]}
+        topic, props = answer_target(f"{self.settings.prefix}/d/{device}/ret/{cid}", properties)
         if self._hooks:
             self._emit("TO_SERVER_RPC_REQUEST", cid, device, {"method": request.method, "params": request.params})
         handler = self._handlers.get(request.method)

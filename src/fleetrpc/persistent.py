@@ -235,6 +235,8 @@ class PersistentRpc:
         live = self._live.get(rpc_id)
         if live is not None and (tenant_id is None or live.record.tenant_id == tenant_id):
             return msgspec.structs.replace(live.record)
+        # Its last status change may still be on its way to the store.
+        await self.flush()
         record = await self.store.get(rpc_id, tenant_id)
         if record is None:
             raise RpcNotFoundError(f"no persistent RPC {rpc_id!r}")

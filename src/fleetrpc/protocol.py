@@ -127,6 +127,7 @@ __all__ = [
     "presence_topic",
     "heartbeat_topic",
     "elves_topic",
+    "answer_target",
     "server_filters",
     "device_filters",
     "validate_id",
@@ -281,6 +282,18 @@ def elves_topic(prefix: str, app: str, mqt: str = ELVES_CALL, cid: int | None = 
     if cid is None:
         return f"{prefix}/elves/{app}/{mqt}"
     return f"{prefix}/elves/{app}/{mqt}/{cid}"
+
+
+def answer_target(topic: str, properties: dict | None) -> tuple[str, dict | None]:
+    """Where to answer a request: its MQTT 5 Response Topic (with its
+    Correlation Data) when it has one, else ``topic`` from the layout.
+    ``properties`` is gmqtt's shape: a dict of lists."""
+    if properties:
+        rt = properties.get("response_topic")
+        if rt and isinstance(rt[0], str) and rt[0]:
+            cd = properties.get("correlation_data")
+            return rt[0], ({"correlation_data": cd[0]} if cd else None)
+    return topic, None
 
 
 def server_filters(prefix: str, node: str, share_group: str | None = None) -> list[str]:

@@ -32,7 +32,8 @@ cdef class PendingTable:
     cdef TimingWheel _wheel     # deadlines: payload = rid; only expire() advances it
     cdef PendingSlot* _slab     # entries (PyMem), grows by doubling; NULL when empty and small
     cdef Py_ssize_t _cap        # slots in _slab
-    cdef int32_t _free          # head of the free-slot list; -1 when empty
+    cdef Py_ssize_t _top        # slots ever used; those above were never touched (no RSS)
+    cdef int32_t _free          # head of the free-slot list (released slots); -1 when empty
     cdef Py_ssize_t _used       # slots off the free list: pending + being popped
     cdef int32_t* _index        # open addressing (linear probing): rid -> slot; -1 = empty
     cdef Py_ssize_t _icap       # size of _index: 0 or a power of two, >= 2 x _count

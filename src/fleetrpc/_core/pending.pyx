@@ -164,14 +164,18 @@ cdef class PendingTable:
         if rid >= FR_RID_LIMIT:
             raise OverflowError("request ids are exhausted (2**53)")
         # Make room first: once the wheel holds the deadline nothing may fail.
-        if self._free < 0:
+        if self._free < 0 and self._top == self._cap:
             self._grow_slab()
         if (self._count + 1) * 2 > self._icap:
             self._rehash(self._icap * 2 if self._icap else P_INITIAL_INDEX)
         h = self._wheel._schedule(deadline, rid)
-        s = self._free
+        if self._free >= 0:
+            s = self._free
+            self._free = self._slab[s].link
+        else:  # a fresh slot from the untouched top of the slab
+            s = <int32_t>self._top
+            self._top += 1
         p = &self._slab[s]
-        self._free = p.link
         p.rid = rid
         p.handle = h
         p.flags = <uint32_t>f
@@ -361,24 +365,16 @@ cdef class PendingTable:
     # -- slab ----------------------------------------------------------------------
 
     cdef int _grow_slab(self) except -1:
-        cdef Py_ssize_t cap = self._cap, new, j
+        # Only the address space grows: slots are initialised when first used
+        # (_top), so pages past the top stay untouched and cost no RSS.
+        cdef Py_ssize_t new = self._cap * 2 if self._cap else P_INITIAL_CAP
         cdef PendingSlot* slab
-        new = cap * 2 if cap else P_INITIAL_CAP
         if new > FR_SLAB_MAX:
             raise MemoryError(f"pending table is full ({FR_SLAB_MAX} entries)")
         slab = <PendingSlot*>PyMem_Realloc(self._slab, new * sizeof(PendingSlot))
         if slab == NULL:
             raise MemoryError()
-        for j in range(cap, new):
-            slab[j].rid = 0
-            slab[j].handle = 0
-            slab[j].device = NULL
-            slab[j].completion = NULL
-            slab[j].flags = 0
-            slab[j].link = <int32_t>(j + 1)
-        slab[new - 1].link = self._free
         self._slab = slab
-        self._free = <int32_t>cap
         self._cap = new
         return 0
 
@@ -477,6 +473,7 @@ cdef class PendingTable:
             self._slab = NULL
             self._index = NULL
             self._cap = 0
+            self._top = 0
             self._icap = 0
             self._ishift = 0
             self._free = -1
@@ -489,13 +486,13 @@ cdef traverseproc _base_traverse = NULL
 
 cdef int _traverse(PyObject* o, visitproc visit, void* arg) noexcept:
     cdef PendingSlot* slab = (<PendingTable>o)._slab
-    cdef Py_ssize_t i, cap = (<PendingTable>o)._cap
+    cdef Py_ssize_t i, top = (<PendingTable>o)._top
     cdef int r
     if _base_traverse != NULL:
         r = _base_traverse(o, visit, arg)
         if r:
             return r
-    for i in range(cap):
+    for i in range(top):  # slots above the top were never initialised
         if slab[i].completion != NULL:
             r = visit(slab[i].completion, arg)
             if r:

@@ -93,10 +93,12 @@ class PendingTable:
         return f"<PendingTable pending={len(self._entries)} next_rid={self._next_rid}>"
 
     def add(self, device: str, completion: object, deadline: float, flags: int = 0) -> int:
-        deadline = _as_float(deadline)
-        if not isinstance(device, str):
+        if type(deadline) is not float:
+            deadline = _as_float(deadline)
+        if type(device) is not str and not isinstance(device, str):
             raise TypeError(f"device must be a str, got {type(device).__name__}")
-        flags = _as_flags(flags)
+        if type(flags) is not int or not 0 <= flags < _FLAGS_LIMIT:
+            flags = _as_flags(flags)
         rid = self._next_rid
         if rid >= _RID_LIMIT:
             raise OverflowError("request ids are exhausted (2**53)")
@@ -106,7 +108,8 @@ class PendingTable:
         return rid
 
     def resolve(self, rid: int, device: str | None = None) -> object:
-        _check_rid(rid)
+        if type(rid) is not int:
+            _check_rid(rid)
         if device is not None and not isinstance(device, str):
             raise TypeError(f"device must be a str or None, got {type(device).__name__}")
         e = self._entries.get(rid)

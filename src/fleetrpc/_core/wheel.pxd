@@ -50,7 +50,8 @@ ctypedef struct WheelEntry:     # 32 bytes
 cdef class TimingWheel:
     cdef WheelEntry* _pool      # all entries (PyMem), grows by doubling; NULL until needed
     cdef Py_ssize_t _cap        # entries in _pool
-    cdef int32_t _free          # head of the LIFO free list; -1 when empty
+    cdef Py_ssize_t _top        # entries ever used; those above were never touched (no RSS)
+    cdef int32_t _free          # head of the LIFO free list (released entries); -1 when empty
     cdef Py_ssize_t _live       # scheduled entries (len)
     cdef double _tick           # seconds per tick
     cdef double _now            # wheel time: the latest advance() (or the constructor's) now

@@ -216,11 +216,17 @@ cdef class TimingWheel:
         cdef WheelEntry* e
         if not (q > -FR_TICK_LIMIT and q < FR_TICK_LIMIT):
             raise _time_error("deadline", deadline)
-        if self._free < 0:
-            self._grow()
-        i = self._free
-        e = &self._pool[i]
-        self._free = e.next
+        if self._free >= 0:
+            i = self._free
+            e = &self._pool[i]
+            self._free = e.next
+        else:  # a fresh entry from the untouched top of the pool
+            if self._top == self._cap:
+                self._grow()
+            i = <int32_t>self._top
+            self._top += 1
+            e = &self._pool[i]
+            e.gen = 1
         e.payload = payload
         if deadline <= self._now:
             e.tick = self._cur
@@ -243,7 +249,7 @@ cdef class TimingWheel:
         if handle <= 0:
             return False
         i = <int64_t>(<uint64_t>handle & FR_BLOCK)
-        if i >= self._cap:
+        if i >= self._top:
             return False
         e = &self._pool[i]
         if e.bucket < 0 or <int64_t>e.gen != (handle >> 32):
@@ -290,24 +296,16 @@ cdef class TimingWheel:
     # -- internals (mirrored one to one in wheel_py.py) --------------------------
 
     cdef int _grow(self) except -1:
-        cdef Py_ssize_t cap = self._cap, new, j
+        # Only the address space grows: entries are initialised when first
+        # used (_top), so pages past the top stay untouched and cost no RSS.
+        cdef Py_ssize_t new = self._cap * 2 if self._cap else W_INITIAL_CAP
         cdef WheelEntry* pool
-        new = cap * 2 if cap else W_INITIAL_CAP
         if new > FR_MAX_CAP:
             raise MemoryError(f"timing wheel is full ({FR_MAX_CAP} entries)")
         pool = <WheelEntry*>PyMem_Realloc(self._pool, new * sizeof(WheelEntry))
         if pool == NULL:
             raise MemoryError()
-        for j in range(cap, new):  # free list: cap, cap + 1, ..., new - 1
-            pool[j].tick = 0
-            pool[j].payload = 0
-            pool[j].next = <int32_t>(j + 1)
-            pool[j].prev = -1
-            pool[j].gen = 1
-            pool[j].bucket = W_FREE
-        pool[new - 1].next = self._free
         self._pool = pool
-        self._free = <int32_t>cap
         self._cap = new
         return 0
 

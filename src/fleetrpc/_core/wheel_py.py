@@ -153,33 +153,52 @@ class TimingWheel:
         return f"<TimingWheel tick={self._tick!r} now={self._now!r} live={self._live}>"
 
     def schedule(self, deadline: float, payload: int) -> int:
-        deadline = _as_float(deadline)
-        if not isinstance(payload, int):
+        # The hot path: _link, _bucket_for and _release are inlined here.
+        if type(deadline) is not float:
+            deadline = ldexp(deadline, 0)
+        if type(payload) is not int and not isinstance(payload, int):
             raise TypeError(f"payload must be an int, got {type(payload).__name__}")
         if not 0 <= payload < _PAYLOAD_LIMIT:
             raise ValueError(f"payload must be in [0, 2**63), got {payload!r}")
         q = deadline / self._tick
         if not -_TICK_LIMIT < q < _TICK_LIMIT:
             raise _time_error("deadline", deadline)
-        if not self._free:
+        free = self._free
+        if not free:
             self._grow()
-        i = self._free.pop()
+        i = free.pop()
         self._payloads[i] = int(payload)
         if deadline <= self._now:
-            self._ticks[i] = self._cur
-            self._link(i, _B_DUE)
+            t = self._cur
+            b = _B_DUE
         else:
             t = floor(q) + 1
-            self._ticks[i] = t
-            b = _bucket_for(t, self._cur)
+            x = t ^ self._cur
+            if x < 0:
+                b = _B_OVERFLOW
+            elif x < 0x100:
+                b = t & 0xFF
+            elif x < 0x10000:
+                b = 0x100 | ((t >> 8) & 0xFF)
+            elif x < 0x1000000:
+                b = 0x200 | ((t >> 16) & 0xFF)
+            elif x < 0x100000000:
+                b = 0x300 | ((t >> 24) & 0xFF)
+            else:
+                b = _B_OVERFLOW
             if b == _B_OVERFLOW and t < self._ovf_min:
                 self._ovf_min = t
-            self._link(i, b)
+        self._ticks[i] = t
+        d = self._buckets[b]
+        if not d and b < _B_OVERFLOW:
+            self._occ[b >> 8] |= 1 << (b & 0xFF)
+        d[i] = None
+        self._buckets_of[i] = b
         self._live += 1
         return self._gens[i] << 32 | i
 
     def cancel(self, handle: int) -> bool:
-        if not isinstance(handle, int):
+        if type(handle) is not int and not isinstance(handle, int):
             raise TypeError(f"handle must be an int, got {type(handle).__name__}")
         if handle <= 0 or handle >= _HANDLE_LIMIT:
             return False
@@ -189,7 +208,10 @@ class TimingWheel:
         b = self._buckets_of[i]
         if b < 0 or self._gens[i] != handle >> 32:
             return False
-        self._unlink(i, b)
+        d = self._buckets[b]
+        del d[i]
+        if not d and b < _B_OVERFLOW:
+            self._occ[b >> 8] &= ~(1 << (b & 0xFF))
         self._release(i)
         return True
 

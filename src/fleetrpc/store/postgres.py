@@ -401,7 +401,7 @@ class PostgresStore(Store):
         return Page.build([row_record(r) for r in rows], total, page_size, page)
 
     async def load_unfinished(self) -> list[RpcRecord]:
-        sql = f"SELECT {_COLS} FROM rpc WHERE {_UNFINISHED_SQL} ORDER BY created_time, id"
+        sql = f"SELECT {_COLS} FROM rpc WHERE {_UNFINISHED_SQL} ORDER BY created_time, seq"
         rows = await self._read("loading unfinished calls", lambda conn: conn.fetch(sql))
         return [row_record(r) for r in rows]
 

@@ -344,7 +344,7 @@ class SqliteStore(Store):
         return Page.build([row_record(r) for r in rows], total, page_size, page)
 
     async def load_unfinished(self) -> list[RpcRecord]:
-        sql = f"SELECT {_COLS} FROM rpc WHERE {_UNFINISHED_SQL} ORDER BY created_time, id"
+        sql = f"SELECT {_COLS} FROM rpc WHERE {_UNFINISHED_SQL} ORDER BY created_time, rowid"
         async with self._tx("loading unfinished calls", write=False) as db:
             rows = await db.execute_fetchall(sql)
         return [row_record(r) for r in rows]
