@@ -15,10 +15,9 @@ with its deadline, then resolve it (pop + cancel the deadline).
 from __future__ import annotations
 
 import pytest
+from bench_wheel import LOOPS, N, new_loop, noop, run, settle
 
 from fleetrpc import _core
-
-from bench_wheel import LOOPS, N, new_loop, noop, run, settle  # noqa: E402
 
 TABLES = {
     name: (v["TimingWheel"], v["PendingTable"])
@@ -71,14 +70,14 @@ def test_add_resolve_future(benchmark, impl):
 def test_add_resolve_asyncio(benchmark, loop):
     pending = {}
     create_future, call_later = loop.create_future, loop.call_later
-    rid = [0]
+    last = [0]
 
     def body():
-        r = rid[0]
-        for r in range(r + 1, r + 1 + N):
-            pending[r] = ("dev-00001", create_future(), call_later(10.0, noop, r))
-            pending.pop(r)[2].cancel()
-        rid[0] = r
+        first = last[0] + 1
+        for rid in range(first, first + N):
+            pending[rid] = ("dev-00001", create_future(), call_later(10.0, noop, rid))
+            pending.pop(rid)[2].cancel()
+        last[0] = first + N - 1
 
     run(benchmark, body, lambda: settle(loop), "pending: add+resolve",
         f"{loop.name} Future+call_later+dict")

@@ -229,15 +229,22 @@ def test_advance_many_due_loop(benchmark, loop):
 
 def summarize(path: str) -> str:
     """Markdown table: ns per operation (median of rounds) and ratio to the compiled core."""
-    data = json.load(open(path))
+    with open(path) as f:
+        data = json.load(f)
     groups: dict[str, list[tuple[str, float, float]]] = {}
     for b in data["benchmarks"]:
         ops = b["extra_info"]["ops"]
+        stats = b["stats"]
         groups.setdefault(b["group"], []).append(
-            (b["extra_info"]["label"], b["stats"]["median"] / ops * 1e9, b["stats"]["min"] / ops * 1e9)
+            (b["extra_info"]["label"], stats["median"] / ops * 1e9, stats["min"] / ops * 1e9)
         )
-    lines = ["| operation | contender | median ns/op | min ns/op | x compiled (median) "
-             "| x compiled (min) |", "|---|---|---:|---:|---:|---:|"]
+    lines = [
+        (
+            "| operation | contender | median ns/op | min ns/op | x compiled (median) "
+            "| x compiled (min) |"
+        ),
+        "|---|---|---:|---:|---:|---:|",
+    ]
     for group, rows in groups.items():
         ref = [r for r in rows if r[0].endswith(" c")]
         base, base_min = (ref[0][1], ref[0][2]) if ref else (rows[0][1], rows[0][2])

@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+import gc
+import sys
 import tracemalloc
 
 import pytest
 
 from fleetrpc._core.constants import DeliveryStrategy
 from fleetrpc.errors import FleetRpcError, QueueFullError
+
+@pytest.fixture(autouse=True)
+def _no_leaks(core):
+    """In a FLEETRPC_DEBUG build, device states and rings are all freed."""
+    counters = sys.modules[core.DeviceQueues.__module__].debug_counters
+    before = counters()
+    yield
+    gc.collect()
+    assert counters() == before
+
 
 BURST = DeliveryStrategy.BURST
 ON_ACK = DeliveryStrategy.SEQUENTIAL_ON_ACK
@@ -372,6 +384,33 @@ def test_ring_wraps_around(core):
     assert out == expected
     assert q.on_end("a", False) is None
     assert len(q) == 0
+
+
+def _wrapped(core):
+    """A device whose held items wrap around the end of a 4-item ring."""
+    q = core.DeviceQueues(window=1, cap=20)
+    assert send_all(q, "a", [0, 1, 2, 3]) == [True, False, False, False]
+    assert q.on_end("a", False) == 1  # the ring's head moves on
+    send_all(q, "a", [4, 5])  # 2, 3, 4, 5: wraps
+    return q
+
+
+def test_ring_grows_while_wrapped(core):
+    q = _wrapped(core)
+    send_all(q, "a", [6, 7, 8, 9, 10])  # grows twice
+    assert [q.on_end("a", False) for _ in range(9)] == [2, 3, 4, 5, 6, 7, 8, 9, 10]
+
+
+def test_drain_and_discard_in_a_wrapped_ring(core):
+    q = _wrapped(core)
+    assert q.discard("a", 3) is True
+    assert q.drain() == [("a", 2), ("a", 4), ("a", 5)]
+    q = _wrapped(core)
+    assert q.discard("a", 5) is True
+    assert q.discard("a", 2) is True
+    assert q.set_online("a", True) == []  # window 1, one call in flight
+    assert q.on_end("a", False) == 3
+    assert q.on_end("a", False) == 4
 
 
 def test_extreme_items(core):

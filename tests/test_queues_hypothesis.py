@@ -1,7 +1,7 @@
 """DeviceQueues: both variants and a trivially correct model agree.
 
 A Hypothesis state machine feeds the same random operation sequences (submit,
-on_ack, on_end, set_online, discard, configure, drain, bad input) for a few
+on_ack, on_end, set_online, discard, configure, drain, bad input) for two
 devices to the variants under test and to ``Model`` -- a dict of deques that
 keeps every device forever and tracks each call in flight by name rather
 than by counters -- and compares every outcome, exceptions (type and message)
@@ -19,8 +19,8 @@ from __future__ import annotations
 
 from collections import deque
 
-import pytest
-from hypothesis import HealthCheck, settings, strategies as st
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
 from hypothesis.stateful import (
     RuleBasedStateMachine,
     initialize,
@@ -84,10 +84,6 @@ class _ModelDevice:
         if self.strategy == ON_ACK:
             return self.calls.count("unacked")
         return len(self.calls)
-
-
-class ModelError(Exception):
-    pass
 
 
 def _model_device_check(device):
@@ -249,7 +245,7 @@ class Model:
 def _outcome(fn, *args, **kwargs):
     try:
         return ("ok", fn(*args, **kwargs))
-    except Exception as exc:  # compared across variants, type and message
+    except Exception as exc:  # noqa: BLE001  (compared: type and message)
         return ("error", type(exc), str(exc))
 
 
@@ -265,9 +261,7 @@ class QueuesMachine(RuleBasedStateMachine):
 
     CLASSES: tuple[type, ...] = ()
 
-    @initialize(
-        strategy=strategies_, cap=caps, window=windows, assume_online=presence
-    )
+    @initialize(strategy=strategies_, cap=caps, window=windows, assume_online=presence)
     def start(self, strategy, cap, window, assume_online):
         self.impls = [cls(strategy, cap, window, assume_online) for cls in self.CLASSES]
         self.model = Model(strategy, cap, window, assume_online)

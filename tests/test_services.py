@@ -176,7 +176,7 @@ async def test_fresh_pg_db_is_new_and_empty(fresh_pg_db, pg_dsn):
         await conn.close()
 
 
-def test_services_get_markers(request):
+def test_no_marker_without_service_fixtures(request):
     # The plugin marks tests by the fixtures they use (-m "not pg" works).
     item = request.node
     assert item.get_closest_marker("mqtt") is None

@@ -52,7 +52,7 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 from typing import Literal
 
-from .errors import FleetRpcError
+from .errors import BrokerError, FleetRpcError  # noqa: F401  (BrokerError is re-exported here)
 
 __all__ = [
     "Broker",
@@ -78,10 +78,6 @@ _INSTALL_HINT = (
     "install Mosquitto (Debian/Ubuntu: `apt-get install mosquitto`) or the "
     "embedded broker (`pip install 'fleetrpc[embedded-broker]'`, i.e. amqtt)"
 )
-
-
-class BrokerError(FleetRpcError, RuntimeError):
-    """A throwaway broker could not be found, started or stopped."""
 
 
 # -- discovery ---------------------------------------------------------------

@@ -86,6 +86,13 @@ class DuplicateRpcError(StoreError):
     """An RPC with that id is already stored (a reused ``requestUUID``)."""
 
 
+# -- infrastructure ---------------------------------------------------------
+
+
+class BrokerError(FleetRpcError, RuntimeError):
+    """A throwaway broker could not be found, started or stopped."""
+
+
 # -- access -----------------------------------------------------------------
 
 

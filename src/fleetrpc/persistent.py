@@ -22,10 +22,17 @@ transition (``status.check_transition``), queues the optimistic write, and
 emits the event (``RPC_QUEUED`` ... ``RPC_DELETED``) carrying the whole
 record.  On start every unfinished call is recovered from the store.
 
-Writes after the insert do not hold up dispatch: they are queued to the
-group-commit store in order; a write that fails (database outage) is kept
-and retried in order until it commits, so the store converges on the state
-the engine acted on.
+Writes after the insert do not hold up dispatch.  On a group-commit store
+they are handed over with ``submit_change`` (no task, no coroutine per
+write), which keeps them in order and may merge a call's consecutive
+changes that are still queued into one row update (see
+``store/batching.py``); on any other store each call's writes run one after
+the other, in order, while different calls' writes run concurrently.  A
+write that fails (database outage) holds back every later write; they are
+retried in the order they were made until they commit, so the store
+converges on the state the engine acted on.  ``wait(rpc_id, durable=True)``
+returns once the call's final status is committed; ``flush()`` once every
+write made so far is.
 """
 
 from __future__ import annotations
@@ -34,7 +41,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections import deque
+from operator import itemgetter
 from typing import Any, Callable
 
 import msgspec
@@ -72,17 +79,23 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
+class _Held(Exception):
+    """A write not attempted because an earlier one still has to land."""
+
+
 class _Live(CallObserver):
     """A persistent call the engine is driving: its record and its current
     attempt in the dispatcher.  It is the dispatcher completion, too."""
 
-    __slots__ = ("engine", "record", "rid", "waiters")
+    __slots__ = ("engine", "record", "rid", "waiters", "write")
 
     def __init__(self, engine: "PersistentRpc", record: RpcRecord) -> None:
         self.engine = engine
         self.record = record
         self.rid: int | None = None
         self.waiters: list[asyncio.Future] = []
+        #: the future of this call's latest status write
+        self.write: asyncio.Future | None = None
 
     def sent(self, rid: int, device: str) -> None:
         self.rid = rid  # may run inside dispatcher.submit(), before it returns
@@ -129,8 +142,19 @@ class PersistentRpc:
         self.stats = PersistentStats()
         self._emit = emit
         self._live: dict[str, _Live] = {}
-        self._unwritten: deque[StatusChange] = deque()
-        self._writes: set[asyncio.Future] = set()
+        # A group-commit store takes writes without a task and keeps them in
+        # order (its futures resolve in submission order).
+        self._submit_change: Callable[[StatusChange], asyncio.Future] | None = getattr(
+            store, "submit_change", None
+        )
+        self._seq = 0  # numbers every write, for retrying in order
+        # write future -> (seq, change), or a list of them when the store
+        # merged several changes into one write
+        self._writes: dict[asyncio.Future, Any] = {}
+        self._tail: asyncio.Future | None = None  # the latest write (group commit)
+        self._last_write: dict[str, asyncio.Future] = {}  # per call (other stores)
+        self._holding = False  # a write failed: later writes wait for its retry
+        self._held: list[tuple[int, StatusChange]] = []
         self._retry_task: asyncio.Task | None = None
         self._ttl_task: asyncio.Task | None = None
         self._closed = False
@@ -159,7 +183,7 @@ class PersistentRpc:
                 self.dispatcher.cancel(live.rid)
                 live.rid = None
         if self._writes:
-            await asyncio.gather(*self._writes, return_exceptions=True)
+            await asyncio.wait(list(self._writes))
 
     # -- API ----------------------------------------------------------------
 
@@ -271,19 +295,48 @@ class PersistentRpc:
             self._event(X, record)
         return record
 
-    async def wait(self, rpc_id: str, timeout: float | None = None) -> RpcRecord:
-        """Wait until the call is finished; returns its final record."""
+    async def wait(self, rpc_id: str, timeout: float | None = None, *, durable: bool = False) -> RpcRecord:
+        """Wait until the call is finished; returns its final record.  With
+        ``durable``, wait until that final status is committed to the
+        store, too (through retries, if the database is down meanwhile).
+        Raises TimeoutError after ``timeout`` seconds."""
         live = self._live.get(rpc_id)
         if live is None:
             return await self.get(rpc_id)
-        fut = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
         live.waiters.append(fut)
-        return await asyncio.wait_for(fut, timeout)
+        if not durable:
+            return await asyncio.wait_for(fut, timeout)
+        end = None if timeout is None else loop.time() + timeout
+        record = await asyncio.wait_for(fut, timeout)
+        write = live.write
+        if write is not None and write in self._writes:
+            await self._until(write, end)
+        if write is not None and (write.cancelled() or write.exception() is not None):
+            # It failed and is held for a retry: wait for the retries.
+            while self._holding and self._retry_task is not None:
+                await self._until(self._retry_task, end)
+        return record
+
+    async def _until(self, fut: asyncio.Future, end: float | None) -> None:
+        """Wait for ``fut`` without cancelling it or taking its error."""
+        left = None if end is None else end - asyncio.get_running_loop().time()
+        if left is not None and left <= 0:
+            raise TimeoutError
+        done, _ = await asyncio.wait((fut,), timeout=left)
+        if not done:
+            raise TimeoutError
 
     async def flush(self) -> None:
-        """Wait until every status write queued so far is committed."""
-        if self._writes:
-            await asyncio.gather(*list(self._writes), return_exceptions=True)
+        """Wait until every status write made so far has been attempted:
+        committed, or failed and held for a retry."""
+        if self._submit_change is not None:
+            tail = self._tail
+            if tail is not None and not tail.done():
+                await asyncio.wait((tail,))  # futures resolve in order: the rest are done
+        elif self._writes:
+            await asyncio.wait(list(self._writes))
 
     @property
     def unfinished(self) -> int:
@@ -411,7 +464,7 @@ class PersistentRpc:
         if error is not msgspec.UNSET:
             rec.error = error
         if write:
-            self._write(StatusChange(
+            self._write(live, StatusChange(
                 id=rec.id, expected_status=old, status=new, updated_time=rec.updated_time,
                 attempts=attempts, response=response, error=error,
             ))
@@ -430,44 +483,109 @@ class PersistentRpc:
 
     # -- durable writes -----------------------------------------------------
 
-    def _write(self, change: StatusChange) -> None:
-        if self._unwritten:
+    def _write(self, live: _Live, change: StatusChange) -> None:
+        self._seq += 1
+        item = (self._seq, change)
+        if self._holding:
             # Keep order: nothing overtakes a write that still has to land.
-            self._unwritten.append(change)
+            self._held.append(item)
             return
-        fut = asyncio.ensure_future(self.store.change(change))
-        self._writes.add(fut)
-        fut.add_done_callback(lambda f, c=change: self._written(f, c))
+        live.write = self._send(item)
 
-    def _written(self, fut: asyncio.Future, change: StatusChange) -> None:
-        self._writes.discard(fut)
-        if fut.cancelled():
+    def _send(self, item: tuple[int, StatusChange]) -> asyncio.Future | None:
+        change = item[1]
+        submit = self._submit_change
+        if submit is not None:
+            try:
+                fut = submit(change)
+            except StoreError as exc:  # e.g. the store is closed
+                self._failed([item], exc)
+                return None
+            entry = self._writes.get(fut)
+            if entry is None:
+                self._writes[fut] = item
+                fut.add_done_callback(self._written)
+                self._tail = fut
+            elif entry.__class__ is tuple:  # merged into a queued write
+                self._writes[fut] = [entry, item]
+            else:
+                entry.append(item)
+            return fut
+        # Any other store: a task per write; a call's writes one at a time.
+        prev = self._last_write.get(change.id)
+        if prev is None:
+            fut = asyncio.ensure_future(self.store.change(change))
+        else:
+            fut = asyncio.ensure_future(self._change_after(prev, change))
+        self._last_write[change.id] = fut
+        self._writes[fut] = item
+        fut.add_done_callback(self._written)
+        return fut
+
+    async def _change_after(self, prev: asyncio.Future, change: StatusChange) -> bool:
+        await asyncio.wait((prev,))  # prev's _written() has run: it was added first
+        if self._holding and self._is_held(change.id):
+            raise _Held  # an earlier write of this call must land first
+        return await self.store.change(change)
+
+    def _is_held(self, rpc_id: str) -> bool:
+        return any(c.id == rpc_id for _, c in self._held)
+
+    def _written(self, fut: asyncio.Future) -> None:
+        entry = self._writes.pop(fut, None)
+        if entry is None:
             return
+        items = [entry] if entry.__class__ is tuple else entry
+        if self._submit_change is None and self._last_write.get(items[0][1].id) is fut:
+            del self._last_write[items[0][1].id]
+        if fut.cancelled():
+            return  # a cancelled waiter does not withdraw a write
         exc = fut.exception()
         if exc is None:
             if not fut.result():
+                change = items[-1][1]
+                if self._holding and self._is_held(change.id):
+                    # It overtook an earlier write of its call that failed
+                    # (a later batch got through): retry it after that one.
+                    self._held.extend(items)
+                    return
                 log.debug("status change %s -> %s of %s did not apply (row gone or moved on)",
                           change.expected_status, change.status, change.id)
             return
-        self.stats.write_errors += 1
-        log.warning("status write for %s failed (%s); will retry", change.id, exc)
-        self._unwritten.appendleft(change)
+        self._failed(items, exc)
+
+    def _failed(self, items: list[tuple[int, StatusChange]], exc: BaseException) -> None:
+        if not isinstance(exc, _Held):
+            self.stats.write_errors += len(items)
+            log.warning("status write for %s failed (%s); will retry", items[0][1].id, exc)
+        self._held.extend(items)
+        self._holding = True
         if self._retry_task is None or self._retry_task.done():
             self._retry_task = asyncio.ensure_future(self._retry_writes())
 
     async def _retry_writes(self) -> None:
+        """Write the held changes again, in the order they were made, until
+        every one has been written; later writes wait in the same line."""
         delay = 0.2
-        while self._unwritten:
-            change = self._unwritten[0]
-            try:
-                await self.store.change(change)
-            except StoreError as exc:
-                log.info("store still unavailable (%s); retrying in %.1f s", exc, delay)
+        errors = self.stats.write_errors
+        while True:
+            # Let what is still in flight land first: its failures join the line.
+            while self._writes:
+                await asyncio.wait(list(self._writes))
+            if not self._held:
+                self._holding = False
+                return
+            if self.stats.write_errors != errors:
+                log.info("store write failed; retrying %d status writes in %.1f s", len(self._held), delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
-                continue
-            self._unwritten.popleft()
+                errors = self.stats.write_errors
+                continue  # new failures may have arrived meanwhile
             delay = 0.2
+            held, self._held = self._held, []
+            held.sort(key=itemgetter(0))
+            for item in held:
+                self._send(item)
 
     # -- recovery -----------------------------------------------------------
 

@@ -61,7 +61,7 @@ def _unknown(rid: int) -> UnknownRequestError:
 class PendingTable:
     """Request id -> (device, completion, deadline handle, flags)."""
 
-    __slots__ = ("_wheel", "_entries", "_next_rid")
+    __slots__ = ("_entries", "_next_rid", "_wheel")
 
     def __init__(self, wheel: TimingWheel) -> None:
         if not isinstance(wheel, TimingWheel):

@@ -3,6 +3,15 @@
 cimport cython
 from libc.stdint cimport int64_t
 
+cdef extern from *:
+    """
+    #ifndef FLEETRPC_DEBUG
+    #define FLEETRPC_DEBUG 0
+    #endif
+    """
+    # 1 in a debug build (setup.py, FLEETRPC_DEBUG=1): leak counters are kept.
+    const int FLEETRPC_DEBUG
+
 
 cdef enum:
     STRATEGY_BURST = 0          # DeliveryStrategy.BURST

@@ -24,6 +24,18 @@ cdef extern from "Python.h":
 # Largest cap and window (both fit a C int everywhere).
 cdef Py_ssize_t LIMIT_MAX = 2147483647
 
+# Debug builds only, over all DeviceQueues: device states and ring buffers
+# alive (both return to 0 when the queues are idle or gone).
+cdef Py_ssize_t _debug_states = 0
+cdef Py_ssize_t _debug_rings = 0
+
+
+def debug_counters():
+    """Leak counters of a ``FLEETRPC_DEBUG`` build, ``None`` in a normal one."""
+    if FLEETRPC_DEBUG:
+        return {"queue_states": _debug_states, "queue_rings": _debug_rings}
+    return None
+
 
 # -- argument checks (same types and messages as queues_py) ---------------------
 
@@ -66,10 +78,20 @@ cdef Py_ssize_t _as_limit(str name, object value) except -1:
 cdef class _Device:
     # Fields are declared and documented in queues.pxd.
 
+    def __cinit__(self):
+        global _debug_states
+        if FLEETRPC_DEBUG:
+            _debug_states += 1
+
     def __dealloc__(self):
+        global _debug_states, _debug_rings
+        if FLEETRPC_DEBUG:
+            _debug_states -= 1
+            _debug_rings -= self.buf != NULL
         PyMem_Free(self.buf)
 
     cdef int push(self, int64_t item) except -1:
+        global _debug_rings
         cdef Py_ssize_t i, size
         cdef int64_t* nb
         if self.count == self.size:
@@ -77,6 +99,8 @@ cdef class _Device:
             nb = <int64_t*>PyMem_Malloc(size * sizeof(int64_t))
             if nb == NULL:
                 raise MemoryError()
+            if FLEETRPC_DEBUG and self.buf == NULL:
+                _debug_rings += 1
             for i in range(self.count):  # unroll the ring into the new buffer
                 nb[i] = self.buf[(self.head + i) & (self.size - 1)]
             PyMem_Free(self.buf)
@@ -110,9 +134,12 @@ cdef class _Device:
         return False
 
     cdef void clear_held(self) noexcept:
+        global _debug_rings
         self.count = 0
         self.head = 0
         if self.size > RING_KEEP:  # give big rings back, keep small ones for reuse
+            if FLEETRPC_DEBUG:
+                _debug_rings -= 1
             PyMem_Free(self.buf)
             self.buf = NULL
             self.size = 0
@@ -185,34 +212,24 @@ cdef class DeviceQueues:
     # -- API --------------------------------------------------------------------
 
     def configure(self, device, strategy=None, cap=None, window=None):
-        cdef int new_strategy
-        cdef Py_ssize_t new_cap, new_window
+        # -1: leave as it is.  Check everything before changing anything.
         _check_device(device)
+        cdef int new_strategy = -1 if strategy is None else _as_strategy(strategy)
+        cdef Py_ssize_t new_cap = -1 if cap is None else _as_limit("cap", cap)
+        cdef Py_ssize_t new_window = -1 if window is None else _as_limit("window", window)
         cdef _Device d = self._devices.get(device)
-        if strategy is None:
-            new_strategy = d.strategy if d is not None else self._strategy
-        else:
-            new_strategy = _as_strategy(strategy)
-        if cap is None:
-            new_cap = d.cap if d is not None else self._cap
-        else:
-            new_cap = _as_limit("cap", cap)
-        if window is None:
-            new_window = d.window if d is not None else self._window
-        else:
-            new_window = _as_limit("window", window)
         if d is None:
-            if (new_strategy == self._strategy and new_cap == self._cap
-                    and new_window == self._window):
-                return None
             d = self._new()
-            self._devices[device] = d
-        d.strategy = new_strategy
-        d.cap = new_cap
-        d.window = new_window
+        if new_strategy >= 0:
+            d.strategy = new_strategy
+        if new_cap >= 0:
+            d.cap = new_cap
+        if new_window >= 0:
+            d.window = new_window
         if self._is_idle(d):
-            del self._devices[device]
-        return None
+            self._devices.pop(device, None)
+        else:
+            self._devices[device] = d
 
     def submit(self, device, item):
         _check_device(device)

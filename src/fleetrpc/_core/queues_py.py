@@ -36,7 +36,7 @@ from collections import deque
 from ..errors import QueueFullError
 from .constants import DeliveryStrategy
 
-__all__ = ["DeviceQueues"]
+__all__ = ["DeviceQueues", "debug_counters"]
 
 _BURST = 0
 _ON_ACK = 1
@@ -72,6 +72,11 @@ def _check_limit(name: str, value: object) -> int:
     if value < 0 or value > _LIMIT_MAX:
         raise ValueError(f"{name} must be in [0, 2**31), got {value!r}")
     return int(value)
+
+
+def debug_counters() -> dict[str, int] | None:
+    """Leak counters of a ``FLEETRPC_DEBUG`` build; the pure twin has none."""
+    return None
 
 
 class _Device:
@@ -170,19 +175,23 @@ class DeviceQueues:
         window: int | None = None,
     ) -> None:
         _check_device(device)
+        # Check everything before changing anything: all or nothing.
+        new_strategy = None if strategy is None else _check_strategy(strategy)
+        new_cap = None if cap is None else _check_limit("cap", cap)
+        new_window = None if window is None else _check_limit("window", window)
         d = self._devices.get(device)
-        new_strategy = (d.strategy if d else self._strategy) if strategy is None else _check_strategy(strategy)
-        new_cap = (d.cap if d else self._cap) if cap is None else _check_limit("cap", cap)
-        new_window = (d.window if d else self._window) if window is None else _check_limit("window", window)
         if d is None:
-            if (new_strategy, new_cap, new_window) == (self._strategy, self._cap, self._window):
-                return
-            d = self._devices[device] = self._new()
-        d.strategy = new_strategy
-        d.cap = new_cap
-        d.window = new_window
+            d = self._new()
+        if new_strategy is not None:
+            d.strategy = new_strategy
+        if new_cap is not None:
+            d.cap = new_cap
+        if new_window is not None:
+            d.window = new_window
         if self._is_idle(d):
-            del self._devices[device]
+            self._devices.pop(device, None)
+        else:
+            self._devices[device] = d
 
     def submit(self, device: str, item: int) -> bool:
         _check_device(device)

@@ -108,9 +108,19 @@ class TimingWheel:
     """
 
     __slots__ = (
-        "_tick", "_now", "_cur", "_live", "_cap", "_free",
-        "_ticks", "_payloads", "_gens", "_buckets_of",
-        "_buckets", "_occ", "_ovf_min",
+        "_buckets",
+        "_buckets_of",
+        "_cap",
+        "_cur",
+        "_free",
+        "_gens",
+        "_live",
+        "_now",
+        "_occ",
+        "_ovf_min",
+        "_payloads",
+        "_tick",
+        "_ticks",
     )
 
     def __init__(self, tick: float = 0.005, now: float = 0.0) -> None:

@@ -29,6 +29,19 @@ When a batch fails:
 
 Cancelling a waiting caller does not withdraw its write (it may already be
 committing); the result is simply not delivered.
+
+Coalescing (``coalesce=True``, the default): a status change submitted while
+an earlier change of the same call is still queued -- not yet taken by the
+writer -- and which continues it (``QUEUED->SENT`` queued, ``SENT->DELIVERED``
+submitted) is merged into it when the combined move is itself legal
+(``SENT->DELIVERED`` + ``DELIVERED->SUCCESSFUL`` = ``SENT->SUCCESSFUL``).
+One row update then carries both; what gets committed is the later state,
+which the call did pass through, with every field the two changes set; the
+intermediate state is simply never stored.  Both callers get the merged
+change's result.  Moves that are not legal on their own (``QUEUED->DELIVERED``)
+are never made: such changes stay separate, in order.  Only the submitter
+of changes to a call (the persistent-RPC engine owns its calls) should rely
+on it, as with any optimistic change.
 """
 
 from __future__ import annotations
@@ -41,10 +54,10 @@ from typing import Any
 import msgspec
 
 from ..errors import FleetRpcError, StoreError, StoreUnavailableError
-from ..status import RpcStatus
+from ..status import RpcStatus, is_allowed
 from .base import DuplicateRpcError, Page, RpcRecord, StatusChange, Store, WriteResult
 
-__all__ = ["GroupCommitStore", "Batcher", "BatchStats"]
+__all__ = ["GroupCommitStore", "Batcher", "BatchStats", "coalesce_changes"]
 
 _INSERT = 0
 _CHANGE = 1
@@ -58,6 +71,7 @@ class BatchStats(msgspec.Struct, kw_only=True, gc=False):
     largest_batch: int = 0
     failed_batches: int = 0  # batches that failed as a whole
     row_by_row: int = 0  # failed batches retried row by row
+    coalesced: int = 0  # changes merged into a queued change of the same call
 
 
 class _Item:
@@ -67,6 +81,38 @@ class _Item:
         self.kind = kind
         self.payload = payload
         self.future = future
+
+
+_UNSET = msgspec.UNSET
+
+
+def coalesce_changes(first: StatusChange, then: StatusChange) -> StatusChange | None:
+    """``first`` then ``then`` as one change, or None when they cannot be one.
+
+    They merge when ``then`` continues ``first`` (same call, ``then`` expects
+    the status ``first`` sets) and the combined move is legal in its own
+    right -- for two-way calls, and for one-way calls exactly when both
+    steps are.  The result sets the later status and updated time, and
+    every field either change sets (the later one winning): the row ends
+    exactly as it would after applying both, except that the intermediate
+    status is never stored.
+    """
+    if then.id != first.id or then.expected_status is not first.status:
+        return None
+    old, new = first.expected_status, then.status
+    if not is_allowed(old, new, oneway=False):
+        return None
+    if is_allowed(old, new, oneway=True) != (first.allowed_for_oneway and then.allowed_for_oneway):
+        return None
+    return StatusChange(
+        id=first.id,
+        expected_status=old,
+        status=new,
+        updated_time=then.updated_time,
+        attempts=first.attempts if then.attempts is None else then.attempts,
+        response=first.response if then.response is _UNSET else then.response,
+        error=first.error if then.error is _UNSET else then.error,
+    )
 
 
 def _copy_error(e: BaseException) -> StoreError:
@@ -86,13 +132,17 @@ def _copy_error(e: BaseException) -> StoreError:
 class GroupCommitStore(Store):
     """A :class:`Store` whose single-row writes are group-committed.
 
-    ``insert`` and ``change`` are batched; every other method goes straight
-    to the wrapped store.  ``max_batch`` caps a batch; ``max_delay`` (seconds,
-    default 0) makes the writer wait that long before taking a batch, trading
-    latency for bigger batches at low load.
+    ``insert`` and ``change`` (and :meth:`submit_change`) are batched; every
+    other method goes straight to the wrapped store.  ``max_batch`` caps a
+    batch; ``max_delay`` (seconds, default 0) makes the writer wait that long
+    before taking a batch, trading latency for bigger batches at low load;
+    ``coalesce`` merges consecutive queued changes of one call (see the
+    module's docstring).
     """
 
-    def __init__(self, store: Store, *, max_batch: int = 1000, max_delay: float = 0.0) -> None:
+    def __init__(
+        self, store: Store, *, max_batch: int = 1000, max_delay: float = 0.0, coalesce: bool = True
+    ) -> None:
         super().__init__()
         if max_batch < 1:
             raise ValueError("max_batch must be >= 1")
@@ -100,8 +150,11 @@ class GroupCommitStore(Store):
         self.backend = store.backend
         self.max_batch = max_batch
         self.max_delay = max_delay
+        self.coalesce = coalesce
         self.batch_stats = BatchStats()
         self._queue: deque[_Item] = deque()
+        # id -> the last change of that call still in the queue (coalescing)
+        self._queued: dict[str, _Item] = {}
         self._wakeup = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
         self._closing = False
@@ -153,8 +206,34 @@ class GroupCommitStore(Store):
         committed, True if it applied (the stored status was still
         ``change.expected_status``).  An illegal move raises
         :class:`InvalidTransitionError` at once, before queueing."""
+        return await self.submit_change(change)
+
+    def submit_change(self, change: StatusChange) -> asyncio.Future[bool]:
+        """Queue one optimistic status change without waiting: the returned
+        future resolves, once its batch committed, to True if it applied
+        (or fails with the batch's error).  No task, no coroutine: the way
+        for an engine that must not wait for its writes.
+
+        Futures resolve in the order the changes were submitted.  When the
+        change is merged into a still-queued change of the same call
+        (coalescing), the future of that earlier change is returned: the
+        two share one result.  An illegal move raises
+        :class:`InvalidTransitionError` at once; a store that is not open
+        raises :class:`StoreError`."""
         change.check()
-        return await self._submit(_CHANGE, change)
+        if self.coalesce:
+            queued = self._queued
+            prev = queued.get(change.id)
+            if prev is not None:
+                merged = coalesce_changes(prev.payload, change)
+                if merged is not None:
+                    prev.payload = merged
+                    self.batch_stats.coalesced += 1
+                    return prev.future
+            fut = self._submit(_CHANGE, change)
+            queued[change.id] = self._queue[-1]
+            return fut
+        return self._submit(_CHANGE, change)
 
     @property
     def pending(self) -> int:
@@ -172,7 +251,16 @@ class GroupCommitStore(Store):
                 continue
             if self.max_delay > 0 and not self._closing:
                 await asyncio.sleep(self.max_delay)
-            batch = [queue.popleft() for _ in range(min(len(queue), self.max_batch))]
+            if len(queue) <= self.max_batch:
+                batch = list(queue)
+                queue.clear()
+                self._queued.clear()
+            else:
+                batch = [queue.popleft() for _ in range(self.max_batch)]
+                queued = self._queued
+                for it in batch:
+                    if it.kind == _CHANGE and queued.get(it.payload.id) is it:
+                        del queued[it.payload.id]
             try:
                 await self._flush(batch)
             except BaseException as e:  # cancelled, or a bug: never leave a caller hanging
