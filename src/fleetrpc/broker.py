@@ -52,7 +52,7 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 from typing import Literal
 
-from .errors import BrokerError, FleetRpcError  # noqa: F401  (BrokerError is re-exported here)
+from .errors import BrokerError
 
 __all__ = [
     "Broker",
