@@ -11,6 +11,7 @@ import pytest
 from fleetrpc._core.constants import DeliveryStrategy
 from fleetrpc.errors import FleetRpcError, QueueFullError
 
+
 @pytest.fixture(autouse=True)
 def _no_leaks(core):
     """In a FLEETRPC_DEBUG build, device states and rings are all freed."""

@@ -38,6 +38,7 @@ write made so far is.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 import uuid
@@ -87,14 +88,16 @@ class _Live(CallObserver):
     """A persistent call the engine is driving: its record and its current
     attempt in the dispatcher.  It is the dispatcher completion, too."""
 
-    __slots__ = ("engine", "record", "rid", "waiters", "write")
+    __slots__ = ("durable", "engine", "record", "rid", "waiters", "write")
 
     def __init__(self, engine: "PersistentRpc", record: RpcRecord) -> None:
         self.engine = engine
         self.record = record
         self.rid: int | None = None
         self.waiters: list[asyncio.Future] = []
-        #: the future of this call's latest status write
+        #: waiters for the final status to be committed (wait(durable=True))
+        self.durable: list[asyncio.Future] | None = None
+        #: the future of this call's latest status write (or the retry task)
         self.write: asyncio.Future | None = None
 
     def sent(self, rid: int, device: str) -> None:
@@ -303,30 +306,14 @@ class PersistentRpc:
         live = self._live.get(rpc_id)
         if live is None:
             return await self.get(rpc_id)
-        loop = asyncio.get_running_loop()
-        fut = loop.create_future()
-        live.waiters.append(fut)
-        if not durable:
-            return await asyncio.wait_for(fut, timeout)
-        end = None if timeout is None else loop.time() + timeout
-        record = await asyncio.wait_for(fut, timeout)
-        write = live.write
-        if write is not None and write in self._writes:
-            await self._until(write, end)
-        if write is not None and (write.cancelled() or write.exception() is not None):
-            # It failed and is held for a retry: wait for the retries.
-            while self._holding and self._retry_task is not None:
-                await self._until(self._retry_task, end)
-        return record
-
-    async def _until(self, fut: asyncio.Future, end: float | None) -> None:
-        """Wait for ``fut`` without cancelling it or taking its error."""
-        left = None if end is None else end - asyncio.get_running_loop().time()
-        if left is not None and left <= 0:
-            raise TimeoutError
-        done, _ = await asyncio.wait((fut,), timeout=left)
-        if not done:
-            raise TimeoutError
+        fut = asyncio.get_running_loop().create_future()
+        if durable:
+            if live.durable is None:
+                live.durable = []
+            live.durable.append(fut)
+        else:
+            live.waiters.append(fut)
+        return await asyncio.wait_for(fut, timeout)
 
     async def flush(self) -> None:
         """Wait until every status write made so far has been attempted:
@@ -437,6 +424,37 @@ class PersistentRpc:
             if not fut.done():
                 fut.set_result(msgspec.structs.replace(live.record))
         live.waiters.clear()
+        if live.durable:
+            self._when_written(live.durable, msgspec.structs.replace(live.record), live.write)
+            live.durable = None
+
+    def _when_written(self, waiters: list[asyncio.Future], record: RpcRecord,
+                      write: asyncio.Future | None) -> None:
+        """Resolve ``waiters`` with ``record`` once ``write`` -- the call's
+        last status write, or the retry task -- has landed."""
+        if write is not None and not write.done():
+            write.add_done_callback(functools.partial(self._written_for, waiters, record))
+        else:
+            self._written_for(waiters, record, write)
+
+    def _written_for(self, waiters: list[asyncio.Future], record: RpcRecord,
+                     write: asyncio.Future | None) -> None:
+        if write is not None and write is self._retry_task and (
+            write.cancelled() or write.exception() is not None
+        ):
+            err = DispatcherClosedError("the engine stopped before the final status was stored")
+            for fut in waiters:
+                if not fut.done():
+                    fut.set_exception(err)
+            return
+        if self._holding and self._is_held(record.id):
+            # It failed (or overtook one that did): wait for the retries.
+            # (_written() ran first: it was the write's first callback.)
+            self._when_written(waiters, record, self._retry_task)
+            return
+        for fut in waiters:
+            if not fut.done():
+                fut.set_result(record)
 
     # -- the one place a status changes -------------------------------------
 
@@ -489,6 +507,7 @@ class PersistentRpc:
         if self._holding:
             # Keep order: nothing overtakes a write that still has to land.
             self._held.append(item)
+            live.write = self._retry_task
             return
         live.write = self._send(item)
 

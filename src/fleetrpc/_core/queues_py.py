@@ -27,6 +27,12 @@ compiled module alike:
   ``QueueFullError`` until the queue is below the new cap.
 - ``drain`` returns the held items grouped by device (devices in the order
   their state was created, items FIFO); calls in flight stay counted.
+- Bad arguments: a non-str device, a non-int item, cap or window is a
+  ``TypeError``; an item outside ``[0, 2**63)``, a cap or window outside
+  ``[0, 2**31)``, or a strategy that is not 0, 1 or 2 is a ``ValueError``.
+  Items come back as plain ints (``True`` comes back as ``1``).
+- ``assume_online=False`` makes unknown devices offline; then an *online*
+  device keeps state (it is not the default) and an offline idle one none.
 """
 
 from __future__ import annotations
@@ -49,6 +55,10 @@ _LIMIT_MAX = (1 << 31) - 1
 def _check_device(device: object) -> None:
     if not isinstance(device, str):
         raise TypeError(f"device must be a str, got {type(device).__name__}")
+
+
+# The hot methods below inline the common case of these checks (a str
+# device, a plain int item in range) and call the helpers only otherwise.
 
 
 def _check_item(item: object) -> int:
@@ -194,11 +204,13 @@ class DeviceQueues:
             self._devices[device] = d
 
     def submit(self, device: str, item: int) -> bool:
-        _check_device(device)
-        item = _check_item(item)
+        if not isinstance(device, str):
+            _check_device(device)
+        if type(item) is not int or item < 0 or item >= _ITEM_END:
+            item = _check_item(item)
         d = self._devices.get(device)
         if d is None:
-            d = self._new()
+            d = _Device(self._strategy, self._cap, self._window, self._assume_online)
             if d.online:  # an idle online device always has a free slot
                 d.inflight = d.unacked = 1
                 self._devices[device] = d
@@ -218,15 +230,17 @@ class DeviceQueues:
         return False
 
     def on_ack(self, device: str) -> int | None:
-        _check_device(device)
+        if not isinstance(device, str):
+            _check_device(device)
         d = self._devices.get(device)
         if d is None or d.unacked == 0:
             raise ValueError(f"device {device!r} has no unacknowledged call in flight")
         d.unacked -= 1
-        return self._release(d)  # still in flight: never idle here
+        return self._release(d) if d.held else None  # still in flight: never idle
 
     def on_end(self, device: str, acked: bool) -> int | None:
-        _check_device(device)
+        if not isinstance(device, str):
+            _check_device(device)
         d = self._devices.get(device)
         if d is None or d.inflight == 0:
             raise ValueError(f"device {device!r} has no call in flight")
@@ -238,10 +252,11 @@ class DeviceQueues:
         else:
             d.unacked -= 1
         d.inflight -= 1
-        item = self._release(d)
-        if item is None and self._is_idle(d):
+        if d.held:
+            return self._release(d)  # None when offline (still busy then)
+        if d.inflight == 0 and self._is_idle(d):
             del self._devices[device]
-        return item
+        return None
 
     def set_online(self, device: str, online: bool) -> list[int]:
         _check_device(device)

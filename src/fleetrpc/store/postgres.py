@@ -185,6 +185,7 @@ class PostgresStore(Store):
                 timeout=self._connect_timeout,
                 command_timeout=self._command_timeout,
                 server_settings=settings,
+                reset=_keep_session,
             )
         except Exception as e:
             raise self._translate(e, "connecting") from e
@@ -304,9 +305,14 @@ class PostgresStore(Store):
 
         use_copy = len(rows) >= self._copy_threshold
         while True:
+            # A single statement commits on its own: an explicit transaction
+            # would only add BEGIN and COMMIT, two more round trips.  (Not
+            # for an all-or-nothing INSERT of several rows, which checks for
+            # taken ids after the statement.)
+            single = len(change_args) + (1 if rows else 0) == 1 and (use_copy or not atomic or len(rows) == 1)
             try:
                 async with self._connection("writing") as conn:
-                    async with conn.transaction():
+                    async with contextlib.nullcontext() if single else conn.transaction():
                         if not rows:
                             new_ids = None
                         elif use_copy:
@@ -451,6 +457,15 @@ class PostgresStore(Store):
             tag = await conn.execute(sql, now_ms, default_days or 0)
         self.stats.transactions += 1
         return int(tag.split()[-1])
+
+
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """The pool's reset on release.  asyncpg's default sends ``SELECT
+    pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL`` every time
+    a connection goes back to the pool: one more round trip per write.  This
+    store never leaves session state behind (no session advisory locks,
+    cursors, LISTEN or SET; the schema is a startup setting), and asyncpg
+    still rolls back an open transaction before calling this."""
 
 
 def _describe(dsn: str) -> str:
