@@ -378,3 +378,18 @@ async def test_broker_restart_mid_run(mqtt_broker):
     finally:
         await dev.close()
         await d.close()
+
+
+async def test_qos0_calls_and_one_way_confirmed_once_written(mqtt_url):
+    async with Dispatcher(_settings(mqtt_url, qos=0)) as d:
+        dev = await _device(mqtt_url, qos=0)
+        got = []
+        dev.add_method("set", lambda p: got.append(p))
+        try:
+            await _wait(lambda: d.is_online(dev.device_id))
+            assert await d.call(dev.device_id, "echo", {"q": 0}) == {"q": 0}
+            await asyncio.gather(*(d.call(dev.device_id, "set", i, oneway=True) for i in range(50)))
+            await _wait(lambda: len(got) == 50)
+            assert len(d._pending) == 0
+        finally:
+            await dev.close()

@@ -100,6 +100,10 @@ class _FastProtocol(MQTTProtocol):
         super().__init__(*args, **kwargs)
         self._out: list[bytes] = []
         self._flush_handle: asyncio.Handle | None = None
+        #: QoS 0 publishes whose sender waits to hear they left: confirmed
+        #: once written and the socket's buffer is below its high-water mark.
+        self.written_tokens: list[int] = []
+        self.on_written: Callable[[list[int]], None] | None = None
         self._deliver = on_publish
         self._reader = _core.MqttReader(on_publish, self._on_packet, True, on_puback, self._on_props)
 
@@ -153,6 +157,18 @@ class _FastProtocol(MQTTProtocol):
             if self._connection is not None:
                 self._connection._last_data_out = time.monotonic()
             transport.write(out[0] if len(out) == 1 else b"".join(out))
+        if self.written_tokens and not self._paused:
+            self._confirm_written()
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        if self.written_tokens:
+            self._confirm_written()
+
+    def _confirm_written(self) -> None:
+        tokens, self.written_tokens = self.written_tokens, []
+        if self.on_written is not None:
+            self.on_written(tokens)
 
 
 class _Client(gmqtt.Client):
@@ -419,6 +435,13 @@ class MqttTransport:
             if token >= 0:
                 self._mid_token[mid] = token
         elif token >= 0:
+            # QoS 0 has no PUBACK: confirm once written, with backpressure
+            # (a paused socket holds the confirmation until it drains).
+            proto.written_tokens.append(token)
+            proto.on_written = self._on_written
+
+    def _on_written(self, tokens: list[int]) -> None:
+        for token in tokens:
             self.on_published(token)
 
     def _on_puback(self, mid: int) -> None:
