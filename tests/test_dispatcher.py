@@ -161,8 +161,9 @@ async def test_bad_arguments(rig):
         await d.call(dev.device_id, "", {})
     with pytest.raises(ValidationError):
         await d.call(dev.device_id, "echo", {"x": object()})
-    with pytest.raises(ValidationError):
-        await d.call(dev.device_id, "echo", {}, timeout=-1)
+    for bad in (-1, float("nan"), float("inf"), "10"):
+        with pytest.raises(ValidationError):
+            await d.call(dev.device_id, "echo", {}, timeout=bad)
 
 
 @pytest.mark.parametrize("strategy", list(DeliveryStrategy))

@@ -457,8 +457,14 @@ class Dispatcher:
             self.stats.offline_rejected += 1
             raise DeviceOfflineError(f"device {device!r} is not connected")
         loop = self._loop
-        if timeout is None and expiration_time is None:
+        if expiration_time is None and timeout is None:
             deadline = loop.time() + self._default_timeout
+        elif (
+            expiration_time is None
+            and (type(timeout) is float or type(timeout) is int)
+            and self._min_timeout <= timeout < 1e9  # NaN, inf, short ones: _deadline
+        ):
+            deadline = loop.time() + timeout
         else:
             deadline = self._deadline(timeout, expiration_time)
         if type(method) is not str or not method:
@@ -564,7 +570,7 @@ class Dispatcher:
         if timeout is None:
             t = self._default_timeout
         else:
-            if not isinstance(timeout, (int, float)) or timeout != timeout or timeout < 0:
+            if not isinstance(timeout, (int, float)) or not 0 <= timeout < 1e9:
                 raise ValidationError(f"timeout must be a non-negative number of seconds, not {timeout!r}")
             t = timeout
         if t < self._min_timeout:
