@@ -35,14 +35,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from fleetrpc.bench.persistent import (  # noqa: E402
+from fleetrpc.bench.persistent import (
     PERSISTENT_TARGETS,
     PersistentBenchConfig,
     default_dsn,
     format_report,
     run_persistent_bench,
 )
-from fleetrpc.runner import run  # noqa: E402
+from fleetrpc.runner import run
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -69,6 +69,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sqlite-sync", default="FULL", choices=("OFF", "NORMAL", "FULL", "EXTRA"))
     ap.add_argument("--events", action="store_true", help="build every event body (a counting sink)")
     ap.add_argument("--profile", default=None, help="cProfile each pg-group phase to PREFIX.*.prof")
+    ap.add_argument("--gc-threshold", type=int, default=None,
+                    help="gc.freeze() after start-up and set the first GC threshold to this "
+                         "(default: Python's defaults)")
     ap.add_argument("--json", default=None, help="write the full report here")
     ap.add_argument("--quick", action="store_true", help="a tiny run")
     a = ap.parse_args(argv)
@@ -77,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         dsn=a.dsn, devices=a.devices, callers=a.callers, duration=a.duration, warmup=a.warmup,
         rounds=a.rounds, targets=targets, url=a.url, processes=a.processes, qos=a.qos,
         timeout=a.timeout, pool=a.pool, max_batch=a.max_batch, coalesce=not a.no_coalesce,
-        sqlite_sync=a.sqlite_sync, events=a.events, profile=a.profile,
+        sqlite_sync=a.sqlite_sync, events=a.events, profile=a.profile, gc_threshold=a.gc_threshold,
     )
     if a.quick:
         cfg.quick()

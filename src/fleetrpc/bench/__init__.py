@@ -3,7 +3,10 @@
 :mod:`fleetrpc.bench.runner` runs the workloads (:func:`run_bench`) against a
 simulated fleet (:mod:`fleetrpc.sim`) and a real broker, for fleetrpc's
 dispatcher and for the plain reference dispatcher in ``benchmarks/``;
-:mod:`fleetrpc.bench.command` is the click command around it.
+:mod:`fleetrpc.bench.persistent` measures whole persistent-RPC lifecycles
+per second (:func:`~fleetrpc.bench.persistent.run_persistent_bench`, behind
+``fleetrpc bench --persistent`` and ``benchmarks/bench_persistent.py``);
+:mod:`fleetrpc.bench.command` is the click command around both.
 """
 
 from .runner import TARGETS, WORKLOADS, BenchConfig, ratios, run_bench

@@ -1,4 +1,5 @@
-"""``fleetrpc bench``: simulated fleet, real broker, fleetrpc vs. the reference."""
+"""``fleetrpc bench``: simulated fleet, real broker, fleetrpc vs. the reference;
+``fleetrpc bench --persistent``: persistent lifecycles, group commit vs per row."""
 
 from __future__ import annotations
 
@@ -49,8 +50,18 @@ def _split(value: str, known: tuple[str, ...], what: str) -> tuple[str, ...]:
 @click.option("--json", "json_path", default=None, type=click.Path(dir_okay=False, path_type=Path),
               help="Write the full report as JSON here.")
 @click.option("--quick", is_flag=True, help="Tiny run (short phases, small windows), for tests.")
+@click.option("--persistent", is_flag=True,
+              help="Persistent two-way lifecycles/s instead (devices ack): PersistentRpc on "
+                   "PostgreSQL/SQLite with group commit vs one transaction per write.  "
+                   "--window is the number of callers; --targets among "
+                   "pg-group,pg-row,sqlite-group,sqlite-row.")
+@click.option("--dsn", default=None,
+              help="--persistent: PostgreSQL server to create the run's database on "
+                   "(default $FLEETRPC_PG_DSN or postgresql://postgres@127.0.0.1:5432/test).")
+@click.option("--rounds", default=1, show_default=True, type=click.IntRange(1),
+              help="--persistent: timed phases per target, the targets taking turns.")
 def bench(devices, qos, duration, workloads, targets, url, processes, window, rate, calls_per_device,
-          mem_pending, timeout, json_path, quick):
+          mem_pending, timeout, json_path, quick, persistent, dsn, rounds):
     """Benchmark fleetrpc's dispatcher against the plain reference dispatcher.
 
     Starts a broker (unless --url), simulates DEVICES devices in worker
@@ -58,7 +69,17 @@ def bench(devices, qos, duration, workloads, targets, url, processes, window, ra
     same fleet: peak round trips/s (closed loop), latency at half the peak
     (open loop), one-way, fan-out to every device, sequential delivery and
     bytes per pending call.  Prints a table and the fleetrpc/reference ratios.
+
+    With --persistent: whole persistent lifecycles (QUEUED, SENT, DELIVERED,
+    SUCCESSFUL, each committed) per second, the engine on a group-commit
+    store against the same engine on a store that commits every write on
+    its own, in a database created for the run (see
+    benchmarks/bench_persistent.py for every option).
     """
+    if persistent:
+        _persistent(devices, qos, duration, targets, url, processes, window, timeout, json_path, quick,
+                    dsn, rounds)
+        return
     cfg = BenchConfig(
         devices=devices, qos=qos, duration=duration,
         workloads=_split(workloads, WORKLOADS, "workload"),
@@ -77,6 +98,38 @@ def bench(devices, qos, duration, workloads, targets, url, processes, window, ra
     if failed and len(failed) == len(report["results"]):
         raise click.ClickException("every target failed: " + "; ".join(
             f"{n}: {report['results'][n]['error']}" for n in failed))
+
+
+def _persistent(devices, qos, duration, targets, url, processes, window, timeout, json_path, quick,
+                dsn, rounds) -> None:
+    from ..runner import run
+    from .persistent import (
+        PERSISTENT_TARGETS,
+        PersistentBenchConfig,
+        default_dsn,
+        format_report,
+        run_persistent_bench,
+    )
+
+    try:
+        cfg = PersistentBenchConfig(
+            dsn=dsn or default_dsn(), devices=devices, callers=window, duration=duration, rounds=rounds,
+            targets=_split(targets, PERSISTENT_TARGETS, "target"), url=url, processes=processes,
+            qos=qos, timeout=timeout,
+        )
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    if quick:
+        cfg.quick()
+    report = run(run_persistent_bench(cfg, lambda msg: click.echo(msg, err=True)))
+    click.echo(format_report(report))
+    if json_path is not None:
+        json_path.write_text(json.dumps(report, indent=2, default=str) + "\n")
+        click.echo(f"report written to {json_path}", err=True)
+    results = report["results"]
+    if all("error" in r for r in results.values()):
+        raise click.ClickException("every target failed: " + "; ".join(
+            f"{n}: {r['error']}" for n, r in results.items()))
 
 
 def _run(cfg: BenchConfig) -> dict[str, Any]:

@@ -19,6 +19,13 @@ fleet:
 ``sqlite-group`` / ``sqlite-row``
     The same two on SQLite (``synchronous=FULL`` unless told otherwise).
 
+With PostgreSQL, every round also measures a *reference* that is not a
+target: the ceiling of any per-row-autocommit implementation on this
+machine at that moment -- ``pool`` connections each looping the four plain
+autocommit statements of a lifecycle (INSERT, three UPDATEs by primary key)
+on the same table, no engine, no broker, no devices.  Group commit is
+compared with it too.
+
 What a caller does (``callers`` of them, each bounded by time and count)::
 
     rpc_id = await engine.call(device, "echo", params)     # QUEUED committed
@@ -52,14 +59,14 @@ import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Self
 from urllib.parse import urlsplit, urlunsplit
 
 from ..sim.fleet import Behaviour, Fleet, raise_nofile_limit
 
 __all__ = [
-    "PERSISTENT_TARGETS",
     "DEFAULT_DSN",
+    "PERSISTENT_TARGETS",
     "PersistentBenchConfig",
     "default_dsn",
     "format_report",
@@ -92,7 +99,8 @@ class PersistentBenchConfig:
     duration: float = 5.0
     #: Untimed phase per target before the first timed one.
     warmup: float = 1.0
-    #: Timed phases per target; the targets take turns, round after round.
+    #: Timed phases per target; the targets take turns, round after round
+    #: (every other round in reverse order).
     rounds: int = 1
     targets: tuple[str, ...] = PERSISTENT_TARGETS
     #: Broker URL; None starts a throwaway tuned Mosquitto.
@@ -115,6 +123,9 @@ class PersistentBenchConfig:
     max_calls: int | None = None
     #: Write a cProfile of every pg-group timed phase to this path prefix.
     profile: str | None = None
+    #: gc.freeze() once everything is started and raise the collector's
+    #: first threshold to this (None: Python's defaults, 700).
+    gc_threshold: int | None = None
     params: dict = field(default_factory=lambda: {"v": 1, "s": "fleetrpc"})
 
     def __post_init__(self) -> None:
@@ -184,6 +195,36 @@ def _postgres_pids() -> list[int]:
             except OSError:
                 continue
     return pids
+
+
+class _GcMeter:
+    """Time this process spends in the cyclic garbage collector."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self.collections = [0, 0, 0]
+        self.by_generation = [0.0, 0.0, 0.0]
+        self._t = 0.0
+
+    def __call__(self, phase: str, info: dict) -> None:
+        if phase == "start":
+            self._t = time.perf_counter()
+        else:
+            dt = time.perf_counter() - self._t
+            self.seconds += dt
+            self.collections[info["generation"]] += 1
+            self.by_generation[info["generation"]] += dt
+
+    def __enter__(self) -> Self:
+        import gc
+
+        gc.callbacks.append(self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        import gc
+
+        gc.callbacks.remove(self)
 
 
 class _CpuMeter:
@@ -364,6 +405,7 @@ async def _pg_database(dsn: str, log: Log) -> AsyncIterator[tuple[str, dict[str,
     log(f"database {name} created (PostgreSQL {settings.get('server_version')}, "
         f"synchronous_commit={settings.get('synchronous_commit')}, fsync={settings.get('fsync')})")
     parts = urlsplit(dsn)
+    settings["database"] = name
     try:
         yield urlunsplit(parts._replace(path="/" + name)), settings
     finally:
@@ -393,7 +435,7 @@ def _percentiles(values: list[float]) -> dict[str, float | None]:
     if not values:
         return {"p50_ms": None, "p99_ms": None}
     s = sorted(values)
-    pick = lambda q: round(s[min(len(s) - 1, int(q * len(s)))] * 1000, 2)  # noqa: E731
+    pick = lambda q: round(s[min(len(s) - 1, int(q * len(s)))] * 1000, 2)
     return {"p50_ms": pick(0.50), "p99_ms": pick(0.99)}
 
 
@@ -458,7 +500,8 @@ async def _phase(target: _Target, devices: list[str], cfg: PersistentBenchConfig
     end = t0 + seconds
     if prof is not None:
         prof.enable()
-    await asyncio.gather(*(caller(k) for k in range(callers)))
+    with _GcMeter() as gcm:
+        await asyncio.gather(*(caller(k) for k in range(callers)))
     if not durable:
         await engine.flush()  # an engine without durable waits: commit the rest before the clock stops
     elapsed = clock() - t0
@@ -484,6 +527,8 @@ async def _phase(target: _Target, devices: list[str], cfg: PersistentBenchConfig
                                         / delta["transactions"], 1) if delta["transactions"] else None,
         "bench_cpu_us_per_lifecycle": round(own_cpu / ok * 1e6, 1) if ok and own_cpu is not None else None,
         "cpu": cpu,
+        "gc": {"seconds": round(gcm.seconds, 3), "collections": gcm.collections,
+               "seconds_by_generation": [round(x, 3) for x in gcm.by_generation]},
         "commit_wait": "per call (wait(durable=True))" if durable else "flush at phase end",
     }
 
@@ -514,6 +559,12 @@ async def _run_targets(cfg: PersistentBenchConfig, mqtt_url: str, fleet: Fleet, 
             continue
         live[name] = target
         results[name] = {"phases": [], "store": target.store_url.split("?")[0].rsplit("/", 1)[-1]}
+    if cfg.gc_threshold:
+        import gc
+
+        gc.collect()
+        gc.freeze()  # what a long-running server does after start-up
+        gc.set_threshold(cfg.gc_threshold, *gc.get_threshold()[1:])
     try:
         if cfg.warmup > 0:
             for name, target in live.items():
@@ -521,13 +572,23 @@ async def _run_targets(cfg: PersistentBenchConfig, mqtt_url: str, fleet: Fleet, 
                 results[name]["warmup_lifecycles"] = w["lifecycles"]
                 log(f"{name}: warm-up {w['lifecycles']} lifecycles")
         for rnd in range(cfg.rounds):
-            for name, target in live.items():
+            # Every other round in reverse order: whoever runs right after
+            # another target inherits its leftovers (autovacuum, checkpoints).
+            order = list(live.items()) if rnd % 2 == 0 else list(reversed(live.items()))
+            for name, target in order:
                 ph = await _phase(target, devices, cfg, cfg.duration, meter)
                 ph["round"] = rnd + 1
                 results[name]["phases"].append(ph)
                 log(f"{name}: round {rnd + 1}: {ph['lifecycles_per_s']:,.0f} lifecycles/s "
                     f"({ph['lifecycles']} in {ph['elapsed_s']} s, {ph['errors'] or 'no errors'}, "
                     f"machine busy {ph['cpu'].get('machine_busy_pct')} %)")
+                await asyncio.sleep(0.2)
+            if pg_url is not None and any(n.startswith("pg") for n in live):
+                raw = await _raw_per_row(pg_url, cfg, cfg.duration, meter)
+                raw["round"] = rnd + 1
+                results.setdefault("pg-row-raw (reference, DB only)", {"phases": []})["phases"].append(raw)
+                log(f"per-row autocommit ceiling (DB only): round {rnd + 1}: "
+                    f"{raw['lifecycles_per_s']:,.0f} lifecycles/s ({raw['statements_per_s']:,.0f} statements/s)")
                 await asyncio.sleep(0.2)
         for name, target in live.items():
             await target.engine.flush()
@@ -549,6 +610,71 @@ async def _run_targets(cfg: PersistentBenchConfig, mqtt_url: str, fleet: Fleet, 
     return results
 
 
+_RAW_INSERT = (
+    "INSERT INTO rpc (id, tenant_id, device_id, created_time, expiration_time, method, params, oneway, "
+    "persisted, retries, timeout_ms, attempts, status, updated_time) "
+    "VALUES ($1, 'default', $2, $3, $4, 'echo', $5::jsonb, false, true, 0, $6, 0, 'QUEUED', $3)"
+)
+_RAW_SENT = "UPDATE rpc SET status = 'SENT', attempts = 1, updated_time = $2 WHERE id = $1 AND status = 'QUEUED'"
+_RAW_DELIVERED = "UPDATE rpc SET status = 'DELIVERED', updated_time = $2 WHERE id = $1 AND status = 'SENT'"
+_RAW_SUCCESSFUL = ("UPDATE rpc SET status = 'SUCCESSFUL', response = $3::jsonb, updated_time = $2 "
+                   "WHERE id = $1 AND status = 'DELIVERED'")
+
+
+async def _raw_per_row(pg_url: str, cfg: PersistentBenchConfig, seconds: float,
+                       meter: _CpuMeter) -> dict[str, Any]:
+    """The per-row-autocommit ceiling: ``pool`` connections, each looping the
+    four plain statements of one lifecycle, each its own transaction."""
+    import asyncpg
+    import msgspec
+
+    from ..store import PostgresStore
+
+    schema = "bench_pg_row_raw"
+    table = PostgresStore(pg_url, schema=schema, min_size=1, max_size=1)
+    await table.open()  # creates the schema and the rpc table
+    await table.close()
+    pool = await asyncpg.create_pool(pg_url, min_size=cfg.pool, max_size=cfg.pool,
+                                     server_settings={"search_path": schema})
+    params = msgspec.json.encode(cfg.params).decode()
+    timeout_ms = int(cfg.timeout * 1000)
+    limit = int(seconds * 100_000 / cfg.pool) + 1
+    done = 0
+
+    async def worker(k: int) -> None:
+        nonlocal done
+        async with pool.acquire() as conn:
+            for _ in range(limit):
+                if time.perf_counter() >= end:
+                    return
+                rpc_id = str(uuid.uuid4())
+                now = int(time.time() * 1000)
+                await conn.execute(_RAW_INSERT, rpc_id, f"dev-{k:05d}", now, now + timeout_ms, params, timeout_ms)
+                await conn.execute(_RAW_SENT, rpc_id, now)
+                await conn.execute(_RAW_DELIVERED, rpc_id, now)
+                await conn.execute(_RAW_SUCCESSFUL, rpc_id, now, params)
+                done += 1
+
+    try:
+        meter.start()
+        t0 = time.perf_counter()
+        end = t0 + seconds
+        await asyncio.gather(*(worker(k) for k in range(cfg.pool)))
+        elapsed = time.perf_counter() - t0
+        cpu = meter.stop()
+    finally:
+        await pool.close()
+    return {
+        "what": f"{cfg.pool} connections x (INSERT + 3 UPDATE by id), each statement its own "
+                "transaction; database only: no engine, broker or devices",
+        "lifecycles": done,
+        "elapsed_s": round(elapsed, 3),
+        "lifecycles_per_s": round(done / elapsed, 1),
+        "statements_per_s": round(4 * done / elapsed, 1),
+        "cpu": cpu,
+    }
+
+
 def _summary(cfg: PersistentBenchConfig, results: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {"target_rate": 25_000, "target_ratio": 5.0}
     for backend in ("pg", "sqlite"):
@@ -558,6 +684,13 @@ def _summary(cfg: PersistentBenchConfig, results: dict[str, Any]) -> dict[str, A
                          for a, b in zip(g["phases"], r["phases"]) if b["lifecycles_per_s"]]
             out[f"{backend}_group_over_row"] = round(g["lifecycles_per_s"] / r["lifecycles_per_s"], 2)
             out[f"{backend}_group_over_row_per_round"] = per_round
+    raw = results.get("pg-row-raw (reference, DB only)", {})
+    g = results.get("pg-group", {})
+    if g.get("lifecycles_per_s") and raw.get("lifecycles_per_s"):
+        out["pg_group_over_raw_row"] = round(g["lifecycles_per_s"] / raw["lifecycles_per_s"], 2)
+        out["pg_group_over_raw_row_per_round"] = [
+            round(a["lifecycles_per_s"] / b["lifecycles_per_s"], 2)
+            for a, b in zip(g["phases"], raw["phases"]) if b["lifecycles_per_s"]]
     pg = results.get("pg-group", {}).get("lifecycles_per_s")
     if pg:
         out["pg_group_lifecycles_per_s"] = pg
@@ -638,17 +771,19 @@ def format_report(report: dict[str, Any]) -> str:
     """The report as a plain-text table (Markdown-compatible)."""
     cfg = report["meta"]["config"]
     lines = [
-        f"persistent two-way lifecycles, end to end: {cfg['devices']} devices (ack=True), "
-        f"{cfg['callers']} callers, QoS {cfg['qos']}, {cfg['rounds']} x {cfg['duration']:g} s per target",
+        (f"persistent two-way lifecycles, end to end: {cfg['devices']} devices (ack=True), "
+         f"{cfg['callers']} callers, QoS {cfg['qos']}, {cfg['rounds']} x {cfg['duration']:g} s per target"),
         "",
-        "| target | round | lifecycles/s | lifecycles | p50 / p99 ms | QUEUED p50 ms | rows/lifecycle "
-        "| writes/tx | transactions | coalesced | bench CPU µs/lc | machine busy | errors |",
+        ("| target | round | lifecycles/s | lifecycles | p50 / p99 ms | QUEUED p50 ms | rows/lifecycle "
+         "| writes/tx | transactions | coalesced | bench CPU µs/lc | machine busy | errors |"),
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for name, r in report["results"].items():
         if "error" in r:
             err = " ".join(str(r["error"]).split())
             lines.append(f"| {name} | - | failed: {err} |||||||||||")
+            continue
+        if name.startswith("pg-row-raw"):
             continue
         for p in r["phases"]:
             c = p["counters"]
@@ -665,8 +800,17 @@ def format_report(report: dict[str, Any]) -> str:
         if "db_status_counts" in r:
             lines.append(f"{name}: database rows by status {r['db_status_counts']}; "
                          f"agrees with the count: {r['db_agrees']}")
+    raw = report["results"].get("pg-row-raw (reference, DB only)")
+    if raw:
+        lines.append("")
+        lines.append("per-row autocommit ceiling, database only (" + raw["phases"][0]["what"] + "): " + ", ".join(
+            f"round {p['round']}: {_f(p['lifecycles_per_s'])} lifecycles/s ({_f(p['statements_per_s'])} statements/s, "
+            f"machine busy {_f(p['cpu'].get('machine_busy_pct'))} %)" for p in raw["phases"]))
     s = report["summary"]
     lines.append("")
+    if "pg_group_over_raw_row" in s:
+        lines.append(f"PostgreSQL group commit (end to end) / per-row autocommit ceiling (database only): "
+                     f"{s['pg_group_over_raw_row']}x (per round {s['pg_group_over_raw_row_per_round']})")
     if "pg_group_over_row" in s:
         lines.append(f"PostgreSQL group commit / per-row: {s['pg_group_over_row']}x "
                      f"(per round {s['pg_group_over_row_per_round']}); target 5x: "
@@ -681,6 +825,6 @@ def format_report(report: dict[str, Any]) -> str:
     lines.append("CPU seconds per timed phase (round 1):")
     for name, r in report["results"].items():
         if r.get("phases"):
-            cpu = r["phases"][0]["cpu"].get("cpu_s", {})
+            cpu = r["phases"][0].get("cpu", {}).get("cpu_s", {})
             lines.append(f"  {name}: " + ", ".join(f"{k} {v:.2f}" for k, v in cpu.items()))
     return "\n".join(lines)

@@ -11,9 +11,15 @@ Guarantees:
 
 - a caller's ``await`` returns only after the transaction holding its write
   COMMITTED; it then sees its write in every later read;
-- writes are applied in the order they were submitted (inserts of a batch
-  before its changes, which is the same order for any one call: a change is
-  only ever submitted after its insert returned);
+- the writes to one call are applied in the order they were submitted (a
+  change is only ever submitted after its insert returned; the inserts of a
+  batch are written before its changes); a batch touches
+  each call at most once: a change to a call that already has a write in
+  the batch being taken waits, at the head of the queue, for the next one.
+  So a batch is new calls plus one change each to other calls -- one
+  set-based statement per kind, or one statement for both (PostgreSQL) --
+  and writes to different calls may complete in a different order than they
+  were submitted;
 - nothing is reported stored that is not: when a commit fails, no caller of
   that batch gets success.
 
@@ -86,6 +92,25 @@ class _Item:
 _UNSET = msgspec.UNSET
 
 
+def _mergeable() -> frozenset[tuple[RpcStatus, RpcStatus, RpcStatus]]:
+    """(old, mid, new) such that old->mid then mid->new may be one change."""
+    out = set()
+    for old in RpcStatus:
+        for mid in RpcStatus:
+            for new in RpcStatus:
+                if not (is_allowed(old, mid, oneway=False) and is_allowed(mid, new, oneway=False)):
+                    continue
+                if not is_allowed(old, new, oneway=False):
+                    continue
+                both = is_allowed(old, mid, oneway=True) and is_allowed(mid, new, oneway=True)
+                if is_allowed(old, new, oneway=True) == both:
+                    out.add((old, mid, new))
+    return frozenset(out)
+
+
+_MERGEABLE = _mergeable()
+
+
 def coalesce_changes(first: StatusChange, then: StatusChange) -> StatusChange | None:
     """``first`` then ``then`` as one change, or None when they cannot be one.
 
@@ -100,9 +125,7 @@ def coalesce_changes(first: StatusChange, then: StatusChange) -> StatusChange | 
     if then.id != first.id or then.expected_status is not first.status:
         return None
     old, new = first.expected_status, then.status
-    if not is_allowed(old, new, oneway=False):
-        return None
-    if is_allowed(old, new, oneway=True) != (first.allowed_for_oneway and then.allowed_for_oneway):
+    if (old, first.status, new) not in _MERGEABLE:
         return None
     return StatusChange(
         id=first.id,
@@ -201,6 +224,13 @@ class GroupCommitStore(Store):
         :class:`StoreUnavailableError` if it could not be stored."""
         await self._submit(_INSERT, record)
 
+    def submit_insert(self, record: RpcRecord) -> asyncio.Future[None]:
+        """:meth:`insert` without the coroutine: the returned future
+        resolves once the batch holding the row committed, or fails with
+        the error :meth:`insert` would raise.  Raises :class:`StoreError`
+        at once if the store is not open."""
+        return self._submit(_INSERT, record)
+
     async def change(self, change: StatusChange) -> bool:
         """Apply one optimistic status change; returns once its batch
         committed, True if it applied (the stored status was still
@@ -214,13 +244,15 @@ class GroupCommitStore(Store):
         (or fails with the batch's error).  No task, no coroutine: the way
         for an engine that must not wait for its writes.
 
-        Futures resolve in the order the changes were submitted.  When the
+        The futures of one call's changes resolve in the order they were
+        submitted (another call's may resolve earlier or later).  When the
         change is merged into a still-queued change of the same call
         (coalescing), the future of that earlier change is returned: the
         two share one result.  An illegal move raises
         :class:`InvalidTransitionError` at once; a store that is not open
         raises :class:`StoreError`."""
-        change.check()
+        if not is_allowed(change.expected_status, change.status, oneway=False):
+            change.check()  # raises
         if self.coalesce:
             queued = self._queued
             prev = queued.get(change.id)
@@ -251,16 +283,7 @@ class GroupCommitStore(Store):
                 continue
             if self.max_delay > 0 and not self._closing:
                 await asyncio.sleep(self.max_delay)
-            if len(queue) <= self.max_batch:
-                batch = list(queue)
-                queue.clear()
-                self._queued.clear()
-            else:
-                batch = [queue.popleft() for _ in range(self.max_batch)]
-                queued = self._queued
-                for it in batch:
-                    if it.kind == _CHANGE and queued.get(it.payload.id) is it:
-                        del queued[it.payload.id]
+            batch = self._take()
             try:
                 await self._flush(batch)
             except BaseException as e:  # cancelled, or a bug: never leave a caller hanging
@@ -274,6 +297,32 @@ class GroupCommitStore(Store):
                         )
                 if not isinstance(e, Exception):
                     raise
+
+    def _take(self) -> list[_Item]:
+        """The next batch: up to ``max_batch`` writes in queue order, but a
+        change to a call that already has a write in this batch stays at the
+        head of the queue for the next batch."""
+        queue, queued = self._queue, self._queued
+        limit = self.max_batch
+        batch: list[_Item] = []
+        ids: set[str] = set()
+        later: list[_Item] = []
+        scan = 4 * limit  # bounds the work when much has to wait
+        while queue and len(batch) < limit and scan:
+            scan -= 1
+            it = queue.popleft()
+            rpc_id = it.payload.id
+            if it.kind == _CHANGE:
+                if rpc_id in ids:
+                    later.append(it)
+                    continue
+                if queued.get(rpc_id) is it:
+                    del queued[rpc_id]
+            ids.add(rpc_id)
+            batch.append(it)
+        if later:
+            queue.extendleft(reversed(later))
+        return batch
 
     async def _flush(self, batch: list[_Item]) -> None:
         inserts = [it for it in batch if it.kind == _INSERT]
