@@ -1,0 +1,479 @@
+"""The persistent-RPC write path: coalescing in the group-commit store,
+``submit_change`` / ``submit_insert``, per-call order on stores without
+group commit, durable waits and retries in order after a failure.
+
+Real SQLite and PostgreSQL; the engine tests also a real broker."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import random
+import time
+import uuid
+
+import asyncpg
+import msgspec
+import pytest
+
+from fleetrpc.config import Settings
+from fleetrpc.device import DeviceClient
+from fleetrpc.dispatcher import Dispatcher
+from fleetrpc.errors import InvalidTransitionError, StoreUnavailableError
+from fleetrpc.persistent import PersistentRpc, _uuid4
+from fleetrpc.status import RpcStatus as St
+from fleetrpc.status import is_allowed
+from fleetrpc.store import (
+    GroupCommitStore,
+    PostgresStore,
+    RpcRecord,
+    SqliteStore,
+    StatusChange,
+    open_store,
+)
+from fleetrpc.store.batching import coalesce_changes
+from tests.services import run_async
+
+T0 = 1_700_000_000_000
+UNSET = msgspec.UNSET
+
+
+def rec(i: int = 0, **kw) -> RpcRecord:
+    base = {"id": str(uuid.uuid4()), "device_id": "dev-1", "created_time": T0 + i,
+            "expiration_time": T0 + i + 60_000, "method": "m", "params": {"i": i}}
+    base.update(kw)
+    return RpcRecord(**base)
+
+
+def chg(rpc_id: str, old: St, new: St, t: int = 0, **kw) -> StatusChange:
+    return StatusChange(id=rpc_id, expected_status=old, status=new, updated_time=T0 + t, **kw)
+
+
+# -- coalesce_changes: the rule ------------------------------------------------------------
+
+
+def _steps() -> list[tuple[St, St]]:
+    return [(a, b) for a in St for b in St if is_allowed(a, b, oneway=False)]
+
+
+def test_coalesce_only_legal_continuations():
+    for (a, b), (c, d) in itertools.product(_steps(), repeat=2):
+        first, then = chg("x", a, b, 1), chg("x", c, d, 2)
+        merged = coalesce_changes(first, then)
+        if b is not c or not is_allowed(a, d, oneway=False):
+            assert merged is None, (a, b, c, d)
+            continue
+        # one-way rows: the merged move applies exactly when both steps would
+        both_oneway = is_allowed(a, b, oneway=True) and is_allowed(c, d, oneway=True)
+        if is_allowed(a, d, oneway=True) != both_oneway:
+            assert merged is None
+            continue
+        assert merged is not None, (a, b, c, d)
+        assert (merged.expected_status, merged.status, merged.updated_time) == (a, d, T0 + 2)
+        # the committed state is one the call passed through: the later one
+        assert merged.status is then.status
+    assert coalesce_changes(chg("x", St.QUEUED, St.SENT), chg("y", St.SENT, St.DELIVERED)) is None
+
+
+def test_coalesce_keeps_every_field_either_change_sets():
+    first = chg("x", St.SENT, St.DELIVERED, 1, attempts=2, error="e1")
+    merged = coalesce_changes(first, chg("x", St.DELIVERED, St.SUCCESSFUL, 2, response={"r": 1}))
+    assert (merged.attempts, merged.response, merged.error) == (2, {"r": 1}, "e1")
+    first = chg("x", St.QUEUED, St.SENT, 1, attempts=2, error="e1")
+    merged = coalesce_changes(first, chg("x", St.SENT, St.FAILED, 3, attempts=3, error=None))
+    assert (merged.expected_status, merged.status) == (St.QUEUED, St.FAILED)
+    assert (merged.attempts, merged.response, merged.error) == (3, UNSET, None)
+    # DELIVERED -> FAILED would not apply to a one-way row, SENT -> FAILED would
+    assert coalesce_changes(chg("x", St.SENT, St.DELIVERED), chg("x", St.DELIVERED, St.FAILED)) is None
+    # QUEUED -> SENT -> DELIVERED is not one legal move: never merged
+    assert coalesce_changes(chg("x", St.QUEUED, St.SENT), chg("x", St.SENT, St.DELIVERED)) is None
+
+
+def test_uuid4_strings_are_version_4():
+    for _ in range(200):
+        u = _uuid4()
+        parsed = uuid.UUID(u)
+        assert str(parsed) == u and parsed.version == 4 and parsed.variant == uuid.RFC_4122
+
+
+# -- the group-commit store ----------------------------------------------------------------
+
+
+class Recording(SqliteStore):
+    """A SQLite store that records every batch it is asked to write."""
+
+    def __init__(self, *a, **kw) -> None:
+        super().__init__(*a, **kw)
+        self.batches: list[list[StatusChange]] = []
+
+    async def write(self, inserts=(), changes=(), *, atomic=False):
+        self.batches.append(list(changes))
+        return await super().write(inserts, changes, atomic=atomic)
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.pg)])
+async def base_store(request, tmp_path):
+    """A plain store, SQLite (recording its batches) or PostgreSQL (a schema
+    of its own in pg_dsn's database, dropped after)."""
+    if request.param == "sqlite":
+        s = Recording(str(tmp_path / "rpc.db"))
+        await s.open()
+        yield s
+        await s.close()
+        return
+    dsn = request.getfixturevalue("pg_dsn")
+    schema = f"w_{uuid.uuid4().hex[:16]}"
+    s = PostgresStore(dsn, schema=schema, min_size=1, max_size=8)
+    await s.open()
+    yield s
+    await s.close()
+
+    async def drop(dsn=dsn, schema=schema):
+        conn = await asyncpg.connect(dsn)
+        try:
+            await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        finally:
+            await conn.close()
+
+    run_async(drop)
+
+
+async def test_submit_change_merges_queued_continuations(base_store):
+    g = GroupCommitStore(base_store)
+    await g.open()
+    try:
+        r = rec()
+        await g.submit_insert(r)
+        f1 = g.submit_change(chg(r.id, St.QUEUED, St.SENT, 1, attempts=1))
+        f2 = g.submit_change(chg(r.id, St.SENT, St.DELIVERED, 2))  # Q->D is no move: separate
+        f3 = g.submit_change(chg(r.id, St.DELIVERED, St.SUCCESSFUL, 3, response={"ok": 1}))
+        assert f1 is not f2 and f3 is f2  # S->D + D->OK = S->OK, one row update
+        assert g.batch_stats.coalesced == 1
+        assert await asyncio.gather(f1, f2, f3) == [True, True, True]
+        got = await base_store.get(r.id)
+        assert (got.status, got.attempts, got.response, got.updated_time) == (St.SUCCESSFUL, 1, {"ok": 1}, T0 + 3)
+        with pytest.raises(InvalidTransitionError):  # refused at once, never queued
+            g.submit_change(chg(r.id, St.SUCCESSFUL, St.SENT))
+    finally:
+        await g.drain()
+
+
+async def test_no_merge_with_a_change_already_taken_or_when_disabled(base_store):
+    g = GroupCommitStore(base_store, coalesce=False)
+    await g.open()
+    try:
+        r = rec()
+        await g.insert(r)
+        await g.change(chg(r.id, St.QUEUED, St.SENT))
+        f1 = g.submit_change(chg(r.id, St.SENT, St.DELIVERED))
+        f2 = g.submit_change(chg(r.id, St.DELIVERED, St.SUCCESSFUL, response=1))
+        assert f1 is not f2 and g.batch_stats.coalesced == 0
+        assert await asyncio.gather(f1, f2) == [True, True]
+    finally:
+        await g.drain()
+    g = GroupCommitStore(base_store)
+    await g.open()
+    try:
+        r = rec(1)
+        await g.insert(r)
+        f1 = g.submit_change(chg(r.id, St.QUEUED, St.SENT))
+        await asyncio.sleep(0)  # the writer takes f1's batch ...
+        f2 = g.submit_change(chg(r.id, St.SENT, St.SUCCESSFUL, response=1))  # ... so this one waits
+        assert f1 is not f2 and await asyncio.gather(f1, f2) == [True, True]
+        assert (await base_store.get(r.id)).status is St.SUCCESSFUL
+    finally:
+        await g.drain()
+
+
+async def test_write_inserts_and_changes_together(base_store):
+    """New calls plus changes to other calls in one write -- the group
+    writer's usual batch, one statement on PostgreSQL -- and the shapes
+    that need more (a row changed twice, inserted and changed)."""
+    s = base_store
+    old = [rec(i) for i in range(4)]
+    await s.insert_many(old)
+    new = [rec(10 + i) for i in range(5)]
+    batch = new[:2] + [old[0]] + new[2:] + [new[1]]  # a taken id, and one id twice
+    changes = [
+        chg(old[1].id, St.QUEUED, St.SENT, 1, attempts=1),
+        chg(old[2].id, St.SENT, St.DELIVERED, 2),  # stale: not applied
+        chg(old[3].id, St.QUEUED, St.EXPIRED, 3, error="gone"),
+    ]
+    result = await s.write(batch, changes)
+    assert result.inserted == [True, True, False, True, True, True, False]
+    assert result.applied == [True, False, True]
+    for r in new:
+        assert await s.get(r.id) == r
+    got = await s.get(old[1].id)
+    assert (got.status, got.attempts, got.updated_time) == (St.SENT, 1, T0 + 1)
+    assert (await s.get(old[3].id)).error == "gone"
+    assert (await s.get(old[2].id)).status is St.QUEUED
+    # inserted and changed in the same write: the change sees the new row
+    fresh = rec(20)
+    result = await s.write([fresh], [chg(fresh.id, St.QUEUED, St.SENT, attempts=1),
+                                     chg(old[1].id, St.SENT, St.SUCCESSFUL, response=[1, {"a": None}])])
+    assert result.applied == [True, True]
+    assert (await s.get(fresh.id)).status is St.SENT
+    assert (await s.get(old[1].id)).response == [1, {"a": None}]
+    # a row changed twice in one write: in order
+    more = rec(21)
+    result = await s.write([more], [chg(fresh.id, St.SENT, St.DELIVERED), chg(fresh.id, St.DELIVERED, St.FAILED)])
+    assert result.applied == [True, True] and (await s.get(fresh.id)).status is St.FAILED
+    # None in JSON columns stays NULL, values round-trip
+    odd = rec(22, params=None, additional_info={"k": [1.5, "x"]}, oneway=True, retries=3)
+    await s.write([odd], [chg(more.id, St.QUEUED, St.SENT)])
+    assert await s.get(odd.id) == odd
+
+
+async def test_write_refuses_bad_values_before_or_at_the_database(base_store):
+    from fleetrpc.errors import StoreError, ValidationError
+
+    ok = rec(0)
+    await base_store.insert(ok)
+    with pytest.raises(ValidationError, match="not JSON"):
+        await base_store.write([rec(1, params={"x": object()})], [chg(ok.id, St.QUEUED, St.SENT)])
+    with pytest.raises(StoreError):
+        await base_store.write([rec(2, created_time=2**70)], [chg(ok.id, St.QUEUED, St.SENT)])
+    assert (await base_store.get(ok.id)).status is St.QUEUED  # nothing of it was stored
+
+
+# The paths a two-way call takes through its states, as the engine makes them.
+PATHS = [
+    [St.SENT, St.DELIVERED, St.SUCCESSFUL],
+    [St.SENT, St.SUCCESSFUL],
+    [St.SENT, St.DELIVERED, St.TIMEOUT, St.SENT, St.DELIVERED, St.SUCCESSFUL],
+    [St.SENT, St.TIMEOUT, St.SENT, St.TIMEOUT, St.FAILED],
+    [St.SENT, St.DELIVERED, St.TIMEOUT, St.EXPIRED],
+    [St.EXPIRED],
+    [St.SENT, St.DELIVERED, St.FAILED],
+]
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+async def test_coalescing_keeps_order_and_only_real_states(base_store, seed):
+    """Many calls' changes, interleaved at random with the writer taking
+    batches at random moments: every call ends in its last state, every
+    future says applied, and every status written for a call is one it
+    passed through, in the order it passed through them."""
+    rnd = random.Random(seed)
+    g = GroupCommitStore(base_store, max_batch=rnd.choice([7, 50, 1000]))
+    await g.open()
+    try:
+        calls = [rec(i) for i in range(60)]
+        await asyncio.gather(*(g.insert(r) for r in calls))
+        paths = {r.id: rnd.choice(PATHS) for r in calls}
+        todo = {r.id: 0 for r in calls}
+        status = {r.id: St.QUEUED for r in calls}
+        futures = []
+        t = 0
+        while todo:
+            rpc_id = rnd.choice(list(todo))
+            new = paths[rpc_id][todo[rpc_id]]
+            t += 1
+            extra = {"response": {"t": t}} if new is St.SUCCESSFUL else {}
+            if new is St.SENT:
+                extra = {"attempts": t}
+            futures.append(g.submit_change(chg(rpc_id, status[rpc_id], new, t, **extra)))
+            status[rpc_id] = new
+            todo[rpc_id] += 1
+            if todo[rpc_id] == len(paths[rpc_id]):
+                del todo[rpc_id]
+            if rnd.random() < 0.2:
+                await asyncio.sleep(0)  # let the writer take what is queued
+        assert all(await asyncio.gather(*futures))
+        for r in calls:
+            got = await base_store.get(r.id)
+            assert got.status is paths[r.id][-1]
+        if isinstance(base_store, Recording):
+            written: dict[str, list[St]] = {}
+            for batch in base_store.batches:
+                for c in batch:
+                    written.setdefault(c.id, []).append(c.status)
+            for rpc_id, seen in written.items():
+                it = iter(paths[rpc_id])  # a subsequence of the path, in order
+                assert all(s in it for s in seen), (paths[rpc_id], seen)
+                assert seen[-1] is paths[rpc_id][-1]
+        assert g.batch_stats.coalesced > 0
+    finally:
+        await g.drain()
+
+
+# -- the engine ------------------------------------------------------------------------------
+
+
+_seq = itertools.count()
+
+
+def _name(prefix: str = "wdev") -> str:
+    return f"{prefix}-{time.monotonic_ns() % 10**9}-{next(_seq)}"
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.pg)])
+def store_url(request, tmp_path):
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/rpc.db"
+    return request.getfixturevalue("fresh_pg_db")
+
+
+class Engine:
+    """A dispatcher and a persistent engine on ``store``, a few devices."""
+
+    def __init__(self, mqtt_url: str, store) -> None:
+        # presence=False: the devices are subscribed once connect() returns,
+        # and the shared broker's retained presence of every device any test
+        # ever ran (thousands; more than a default Mosquitto queues for a new
+        # subscriber) cannot crowd out ours.
+        self.settings = Settings(mqtt_url=mqtt_url, node_id=_name("node"), min_timeout_ms=0,
+                                 ttl_enabled=False, presence=False)
+        self.store = store
+        self.events: list[tuple[str, str]] = []
+        self.devices: list[DeviceClient] = []
+
+    async def start(self, n_devices: int = 3) -> Engine:
+        try:
+            await self._start(n_devices)
+        except BaseException:
+            await self.stop()  # an open SQLite store's thread would keep pytest from exiting
+            raise
+        return self
+
+    async def _start(self, n_devices: int) -> None:
+        self.dispatcher = Dispatcher(self.settings)
+        await self.dispatcher.start()
+        self.engine = PersistentRpc(self.dispatcher, self.store,
+                                    emit=lambda t, body: self.events.append((t, body["id"]["id"])))
+        await self.engine.start()
+        for _ in range(n_devices):
+            dev = DeviceClient(_name(), self.settings.mqtt_url)
+
+            @dev.method("echo")
+            def echo(params):
+                return params
+
+            @dev.method("slow")
+            async def slow(params):
+                await asyncio.sleep(params["s"])
+                return params
+
+            await dev.connect()  # subscribed when it returns
+            self.devices.append(dev)
+
+    async def stop(self) -> None:
+        for dev in self.devices:
+            await dev.close()
+        for part in ("engine", "dispatcher"):
+            if hasattr(self, part):
+                await getattr(self, part).close()
+        await self.store.close()
+
+    def types(self, rpc_id: str) -> list[str]:
+        return [t for t, i in self.events if i == rpc_id]
+
+
+async def _statuses(url: str, ids: list[str]) -> dict[str, St]:
+    """What a second, fresh connection to the database sees."""
+    other = await open_store(url)
+    try:
+        return {i: (await other.get(i)).status for i in ids}
+    finally:
+        await other.close()
+
+
+@pytest.mark.parametrize("group", [True, False], ids=["group", "per-row"])
+async def test_durable_wait_means_committed(mqtt_url, store_url, group):
+    e = await Engine(mqtt_url, await open_store(store_url, group_commit=group)).start()
+    try:
+        devs = [d.device_id for d in e.devices]
+
+        async def one(i: int) -> tuple[str, St]:
+            rpc_id = await e.engine.call(devs[i % len(devs)], "echo", {"i": i})
+            record = await e.engine.wait(rpc_id, 10, durable=True)
+            return rpc_id, record.status
+
+        done = await asyncio.gather(*(one(i) for i in range(40)))
+        assert {s for _, s in done} == {St.SUCCESSFUL}
+        # committed: a fresh connection sees every final status at once
+        seen = await _statuses(store_url, [i for i, _ in done])
+        assert set(seen.values()) == {St.SUCCESSFUL}
+        for rpc_id, _ in done:
+            assert e.types(rpc_id) == ["RPC_QUEUED", "RPC_SENT", "RPC_DELIVERED", "RPC_SUCCESSFUL"]
+    finally:
+        await e.stop()
+
+
+async def test_per_row_store_keeps_each_calls_writes_in_order(mqtt_url, store_url):
+    """Without group commit every write is its own transaction on a pool of
+    connections: a call's SENT, DELIVERED and SUCCESSFUL writes must still
+    land in that order (they used to race, leaving rows at SENT)."""
+    store = await open_store(store_url)  # plain store, no group commit
+    e = await Engine(mqtt_url, store).start()
+    try:
+        devs = [d.device_id for d in e.devices]
+        ids = await asyncio.gather(*(e.engine.call(devs[i % 3], "echo", i) for i in range(150)))
+        for rpc_id in ids:
+            assert (await e.engine.wait(rpc_id, 15)).status is St.SUCCESSFUL
+        await e.engine.flush()
+        assert set((await _statuses(store_url, list(ids))).values()) == {St.SUCCESSFUL}
+        stats = store.stats
+        assert stats.rows_changed == 3 * len(ids)  # every change applied, none lost to a race
+    finally:
+        await e.stop()
+
+
+async def test_events_are_emitted_per_change_when_writes_merge(mqtt_url, store_url):
+    # a writer that waits 50 ms before each batch: a call's DELIVERED and
+    # SUCCESSFUL changes arrive while it waits and become one row update
+    store = GroupCommitStore(await open_store(store_url), max_delay=0.05)
+    await store.open()
+    e = await Engine(mqtt_url, store).start()
+    try:
+        devs = [d.device_id for d in e.devices]
+        ids = await asyncio.gather(*(e.engine.call(devs[i % 3], "echo", {"i": i}) for i in range(30)))
+        records = [await e.engine.wait(i, 10, durable=True) for i in ids]
+        assert store.batch_stats.coalesced > 0
+        seen = await _statuses(store_url, list(ids))
+        for rpc_id, record in zip(ids, records):
+            assert e.types(rpc_id) == ["RPC_QUEUED", "RPC_SENT", "RPC_DELIVERED", "RPC_SUCCESSFUL"]
+            assert seen[rpc_id] is St.SUCCESSFUL and record.attempts == 1
+            stored = await store.get(rpc_id)
+            assert stored.response == record.response and stored.attempts == 1
+    finally:
+        await e.stop()
+
+
+@pytest.mark.parametrize("group", [True, False], ids=["group", "per-row"])
+async def test_failed_writes_are_retried_in_order(mqtt_url, store_url, group):
+    """The database goes away while calls are in flight: their status writes
+    fail, are held in line with everything after them, and land in order
+    once it is back; the store ends where the engine is."""
+    store = await open_store(store_url, group_commit=group)
+    base = store.store if group else store
+    e = await Engine(mqtt_url, store).start()
+    real_write = base.write
+    down = False
+
+    async def flaky(*a, **kw):
+        if down:
+            await asyncio.sleep(0.01)
+            raise StoreUnavailableError("database went away (test)")
+        return await real_write(*a, **kw)
+
+    base.write = flaky
+    try:
+        devs = [d.device_id for d in e.devices]
+        ids = await asyncio.gather(*(e.engine.call(devs[i % 3], "slow", {"s": 0.3, "i": i}) for i in range(30)))
+        down = True  # SENT is being written now; DELIVERED and SUCCESSFUL follow
+        waiters = [asyncio.ensure_future(e.engine.wait(i, 30, durable=True)) for i in ids]
+        await asyncio.sleep(0.8)
+        assert e.engine.stats.write_errors > 0
+        assert not any(w.done() for w in waiters)  # not committed: durable waiters wait
+        down = False
+        records = await asyncio.gather(*waiters)
+        assert {r.status for r in records} == {St.SUCCESSFUL}
+        assert set((await _statuses(store_url, list(ids))).values()) == {St.SUCCESSFUL}
+        for rpc_id in ids:
+            stored = await store.get(rpc_id)
+            assert stored.response["i"] == ids.index(rpc_id) and stored.attempts == 1
+    finally:
+        base.write = real_write
+        await e.stop()
