@@ -356,14 +356,16 @@ SORT_KEYS = {
 async def test_sorting(store, listed):
     # One test walks every property and order: a schema per case would cost
     # more than the queries.
+    # ties keep insertion order (the order of `listed`)
+    seq = {r.id: i for i, r in enumerate(listed)}
     for prop, key in SORT_KEYS.items():
         for order in ("ASC", "DESC", "asc"):
             p = await store.list_by_device("dev-1", page_size=100, sort_property=prop, sort_order=order)
-            want = sorted(listed, key=lambda r: (key(r), r.id), reverse=order.upper() == "DESC")
+            want = sorted(listed, key=lambda r: (key(r), seq[r.id]), reverse=order.upper() == "DESC")
             assert [r.id for r in p.data] == [r.id for r in want], (prop, order)
     # paging follows the sort
     p = await store.list_by_device("dev-1", page_size=4, page=1, sort_property="expirationTime", sort_order="ASC")
-    want = sorted(listed, key=lambda r: (r.expiration_time, r.id))[4:8]
+    want = sorted(listed, key=lambda r: (r.expiration_time, seq[r.id]))[4:8]
     assert [r.id for r in p.data] == [r.id for r in want]
 
 

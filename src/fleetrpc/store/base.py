@@ -360,7 +360,7 @@ class Store(abc.ABC):
         ``GET /api/rpc/persistent/device/{deviceId}``).
 
         ``sort_property`` is one of createdTime, expirationTime,
-        request (= method), method, status; ties are broken by id.
+        request (= method), method, status; ties keep insertion order.
         ``text_search`` matches a substring of the method, ignoring case.
         Raises :class:`ValidationError` on a bad argument.
         """

@@ -462,7 +462,7 @@ class PostgresStore(Store):
         # column and order come from fixed tables (check_list_args), never from input.
         n = len(args)
         sql = (
-            f"SELECT {_COLS} FROM rpc WHERE {cond} ORDER BY {column} {order}, id {order} "
+            f"SELECT {_COLS} FROM rpc WHERE {cond} ORDER BY {column} {order}, seq {order} "
             f"LIMIT ${n + 1} OFFSET ${n + 2}"
         )
 

@@ -335,7 +335,7 @@ class SqliteStore(Store):
             args.append(pattern)
         cond = " AND ".join(where)
         # column and order come from fixed tables (check_list_args), never from input.
-        sql = f"SELECT {_COLS} FROM rpc WHERE {cond} ORDER BY {column} {order}, id {order} LIMIT ? OFFSET ?"
+        sql = f"SELECT {_COLS} FROM rpc WHERE {cond} ORDER BY {column} {order}, rowid {order} LIMIT ? OFFSET ?"
         async with self._tx("listing", write=False) as db:
             total = (await db.execute_fetchall(f"SELECT count(*) FROM rpc WHERE {cond}", args))[0][0]
             rows = []
