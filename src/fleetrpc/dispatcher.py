@@ -317,8 +317,11 @@ class Dispatcher:
         filters = server_filters(s.prefix, s.node_id, s.share_group)
         if not self._presence:
             filters = [f for f in filters if not f.endswith(("/presence", "/hb"))]
-        # Presence is retained and rare: QoS 1 whatever the calls use.
-        return [(f, 1 if f.endswith("/presence") else s.qos) for f in filters]
+        # Presence at QoS 0: on subscribing, a broker with default settings
+        # (Mosquitto: 20 in flight, 1000 queued) hands a QoS 1 subscriber only
+        # ~1000 of the retained presence messages and drops the rest; at QoS 0
+        # all of them arrive (measured: 1085 vs 1782 of 1782).
+        return [(f, 0 if f.endswith("/presence") else s.qos) for f in filters]
 
     async def close(self) -> None:
         """Fail every pending call with DispatcherClosedError and disconnect."""
