@@ -391,6 +391,10 @@ async def test_qos0_calls_and_one_way_confirmed_once_written(mqtt_url):
             assert await d.call(dev.device_id, "echo", {"q": 0}) == {"q": 0}
             await asyncio.gather(*(d.call(dev.device_id, "set", i, oneway=True) for i in range(50)))
             await _wait(lambda: len(got) == 50)
+            # a burst larger than the early-flush threshold (64 KiB)
+            big = "x" * 1024
+            await asyncio.gather(*(d.call(dev.device_id, "set", big, oneway=True) for i in range(200)))
+            await _wait(lambda: len(got) == 250)
             assert len(d._pending) == 0
         finally:
             await dev.close()

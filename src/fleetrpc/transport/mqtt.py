@@ -62,6 +62,9 @@ def parse_url(url: str) -> dict[str, Any]:
 
 
 _PUBACK = 0x40
+#: Bytes of queued packets that make a write happen at once, not at the end
+#: of the loop turn.
+_FLUSH_EARLY = 65536
 
 
 class _FastIds(IdGenerator):
@@ -99,6 +102,7 @@ class _FastProtocol(MQTTProtocol):
     def __init__(self, *args: Any, on_publish: Callable, on_puback: Callable, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._out: list[bytes] = []
+        self._out_size = 0
         self._flush_handle: asyncio.Handle | None = None
         #: QoS 0 publishes whose sender waits to hear they left: confirmed
         #: once written and the socket's buffer is below its high-water mark.
@@ -146,14 +150,22 @@ class _FastProtocol(MQTTProtocol):
 
     def write_data(self, data: bytes) -> None:
         self._out.append(data)
-        if self._flush_handle is None:
+        self._out_size += len(data)
+        if self._out_size >= _FLUSH_EARLY:
+            # A burst (a fan-out to thousands of devices) leaves in 64 KiB
+            # slices while it is still being built, so the broker starts early.
+            self._flush()
+        elif self._flush_handle is None:
             self._flush_handle = self._loop.call_soon(self._flush)
 
     def _flush(self) -> None:
-        self._flush_handle = None
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        self._out_size = 0
         out, self._out = self._out, []
         transport = self._transport
-        if transport is not None and not transport.is_closing():
+        if out and transport is not None and not transport.is_closing():
             if self._connection is not None:
                 self._connection._last_data_out = time.monotonic()
             transport.write(out[0] if len(out) == 1 else b"".join(out))
@@ -428,17 +440,18 @@ class MqttTransport:
             )
         else:
             package = _encode_publish(topic, payload, qos, mid, retain, v5)
+        if not qos and token >= 0:
+            # QoS 0 has no PUBACK: confirm once written, with backpressure
+            # (a paused socket holds the confirmation until it drains).
+            # Registered before the write, which may flush at once.
+            proto.written_tokens.append(token)
+            proto.on_written = self._on_written
         proto.write_data(package)
         if qos:
             client._persistent_storage.push_message(mid, package)
             self._inflight += 1
             if token >= 0:
                 self._mid_token[mid] = token
-        elif token >= 0:
-            # QoS 0 has no PUBACK: confirm once written, with backpressure
-            # (a paused socket holds the confirmation until it drains).
-            proto.written_tokens.append(token)
-            proto.on_written = self._on_written
 
     def _on_written(self, tokens: list[int]) -> None:
         for token in tokens:
