@@ -23,11 +23,11 @@ async def _start_fleet(url: str, n: int, mqtt5: bool) -> list[DeviceClient]:
         dev = DeviceClient(f"demo-{i:03d}", url, ack=(i % 2 == 0), version=5 if (mqtt5 and i % 3) else 4)
 
         @dev.method("echo")
-        def echo(params, _i=i):
+        def echo(params):
             return params
 
         @dev.method("getTemperature")
-        async def temp(params, _i=i):
+        async def temp(params):
             await asyncio.sleep(random.uniform(0, 0.02))
             return {"celsius": round(20 + random.random() * 5, 2)}
 

@@ -30,9 +30,8 @@ import msgspec
 
 from . import _core
 from ._core.constants import DEFAULT_PREFIX, Kind
-from .dispatcher import check_device_id
 from .errors import CodecError, RemoteError, RpcTimeoutError
-from .protocol import answer_target
+from .protocol import answer_target, validate_id
 from .transport.mqtt import MqttTransport
 
 log = logging.getLogger("fleetrpc.device")
@@ -58,7 +57,7 @@ class DeviceClient:
         reply_memory: int = 1024,
         **transport_options: Any,
     ) -> None:
-        check_device_id(device_id)
+        validate_id("device", device_id)
         self.device_id = device_id
         self.prefix = prefix
         self.qos = qos

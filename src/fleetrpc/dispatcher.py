@@ -40,7 +40,6 @@ from .errors import (
     RemoteError,
     ReplyNotJsonError,
     RpcTimeoutError,
-    UnknownRequestError,
     ValidationError,
 )
 
@@ -52,11 +51,6 @@ ACKED = 2         # the device acknowledged delivery
 ONEWAY = 4        # no reply expected: done when the broker has it
 DEFERRED = 8      # released by its device queue, waiting for the global window
 OBSERVED = 16     # the completion is a CallObserver: told when sent and acked
-
-def check_device_id(device: str) -> None:
-    """A device id must be one MQTT topic level (ValidationError otherwise)."""
-    validate_id("device", device)
-
 
 # ---------------------------------------------------------------------------
 # status events (lightweight calls; persistent RPC adds its own records)
@@ -195,15 +189,11 @@ class Broadcast:
 # the dispatcher
 
 
-class Stats:
-    """Counters of one dispatcher (cheap attribute increments)."""
+class Counters:
+    """Named integer counters (cheap attribute increments); subclasses list
+    their names in ``__slots__``."""
 
-    __slots__ = (
-        "calls", "sent", "replies", "acks", "timeouts", "offline_rejected",
-        "queue_full", "malformed", "unknown_request", "wrong_device",
-        "not_json", "client_calls", "client_errors", "presence", "heartbeats",
-        "elves",
-    )
+    __slots__ = ()
 
     def __init__(self) -> None:
         for name in self.__slots__:
@@ -213,7 +203,18 @@ class Stats:
         return {name: getattr(self, name) for name in self.__slots__}
 
     def __repr__(self) -> str:
-        return f"Stats({self.as_dict()})"
+        return f"{type(self).__name__}({self.as_dict()})"
+
+
+class Stats(Counters):
+    """Counters of one dispatcher."""
+
+    __slots__ = (
+        "calls", "sent", "replies", "acks", "timeouts", "offline_rejected",
+        "queue_full", "malformed", "unknown_request", "wrong_device",
+        "not_json", "client_calls", "client_errors", "presence", "heartbeats",
+        "elves",
+    )
 
 
 class DeviceInfo(msgspec.Struct):
@@ -364,7 +365,7 @@ class Dispatcher:
         window: int | None = None,
     ) -> None:
         """Per-device delivery strategy, queue cap and in-flight window."""
-        check_device_id(device)
+        validate_id("device", device)
         self._queues.configure(device, strategy, cap, window)
 
     def handler(self, method: str) -> Callable[[Handler], Handler]:
@@ -456,7 +457,7 @@ class Dispatcher:
         if not self._running:
             raise DispatcherClosedError("dispatcher is not running")
         if self._presence and device not in self._online:
-            check_device_id(device)
+            validate_id("device", device)
             self.stats.offline_rejected += 1
             raise DeviceOfflineError(f"device {device!r} is not connected")
         loop = self._loop
@@ -470,12 +471,7 @@ class Dispatcher:
             deadline = loop.time() + timeout
         else:
             deadline = self._deadline(timeout, expiration_time)
-        if type(method) is not str or not method:
-            raise ValidationError(f"method must be a non-empty string, not {method!r}")
-        try:
-            payload = self._encode_request(method, {} if params is None else params)
-        except (TypeError, msgspec.EncodeError, CodecError) as exc:
-            raise ValidationError(f"params are not JSON-serialisable: {exc}") from None
+        payload = self._request_payload(method, params)
         fut = loop.create_future()
         rid = self._submit(device, fut, deadline, payload, ONEWAY if oneway else 0)
         # The suspended frame keeps its locals alive while the call is
@@ -504,7 +500,7 @@ class Dispatcher:
             raise DispatcherClosedError("dispatcher is not running")
         devices = list(dict.fromkeys(devices))
         for device in devices:
-            check_device_id(device)
+            validate_id("device", device)
         deadline = self._deadline(timeout, expiration_time)
         payload = self._request_payload(method, params)
         bc = Broadcast(len(devices), self._loop)
@@ -540,7 +536,7 @@ class Dispatcher:
         so the device can recognise a duplicate.  Returns the request id."""
         if not self._running:
             raise DispatcherClosedError("dispatcher is not running")
-        check_device_id(device)
+        validate_id("device", device)
         if hold_offline and self._presence and device not in self._online:
             self._queues.set_online(device, False)
         flags = ONEWAY if oneway else 0

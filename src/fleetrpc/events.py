@@ -15,17 +15,16 @@ import inspect
 import logging
 import time
 from collections import deque
-from typing import Any, Awaitable, Callable
+from typing import Any, Callable
 
 import msgspec
+
+from .status import TO_SERVER_RPC_REQUEST, RpcStatus, event_type
 
 log = logging.getLogger("fleetrpc.events")
 
 #: Event types, as ThingsBoard names its rule-engine messages.
-EVENT_TYPES = (
-    "RPC_QUEUED", "RPC_SENT", "RPC_DELIVERED", "RPC_SUCCESSFUL", "RPC_TIMEOUT",
-    "RPC_EXPIRED", "RPC_FAILED", "RPC_DELETED", "TO_SERVER_RPC_REQUEST",
-)
+EVENT_TYPES = tuple(event_type(s) for s in RpcStatus) + (TO_SERVER_RPC_REQUEST,)
 
 
 class Event(msgspec.Struct, frozen=True):
@@ -206,9 +205,9 @@ def forward_client_calls(bus: EventBus, dispatcher: Any) -> None:
     the dispatcher receives (ThingsBoard's rule-engine message type)."""
 
     def hook(event: Any) -> None:
-        if event.type == "TO_SERVER_RPC_REQUEST":
+        if event.type == TO_SERVER_RPC_REQUEST:
             detail = event.detail or {}
-            bus.emit("TO_SERVER_RPC_REQUEST", {
+            bus.emit(TO_SERVER_RPC_REQUEST, {
                 "deviceId": {"entityType": "DEVICE", "id": event.device},
                 "requestId": event.rid,
                 "method": detail.get("method"),

@@ -48,7 +48,8 @@ from typing import Any, Callable
 import msgspec
 
 from .config import Settings
-from .dispatcher import CallObserver, Dispatcher, check_device_id
+from .dispatcher import CallObserver, Counters, Dispatcher
+from .protocol import validate_id
 from .errors import (
     DispatcherClosedError,
     ReplyNotJsonError,
@@ -120,16 +121,11 @@ class _Live(CallObserver):
         self.engine._on_done(self, result, error)
 
 
-class PersistentStats:
+class PersistentStats(Counters):
+    """Counters of one persistent-RPC engine."""
+
     __slots__ = ("queued", "sent", "delivered", "successful", "timeouts", "retries",
                  "expired", "failed", "deleted", "recovered", "write_errors", "purged")
-
-    def __init__(self) -> None:
-        for name in self.__slots__:
-            setattr(self, name, 0)
-
-    def as_dict(self) -> dict[str, int]:
-        return {n: getattr(self, n) for n in self.__slots__}
 
 
 class PersistentRpc:
@@ -258,7 +254,7 @@ class PersistentRpc:
             timeout_ms=timeout,
             additional_info=additional_info,
         )
-        check_device_id(device)
+        validate_id("device", device)
         try:
             msgspec.json.encode(record.params)
         except (TypeError, msgspec.EncodeError) as exc:
@@ -470,8 +466,6 @@ class PersistentRpc:
                 fut.set_result(record)
 
     # -- the one place a status changes -------------------------------------
-
-    _UNSET = msgspec.UNSET
 
     def _set_status(
         self,

@@ -23,7 +23,7 @@ from typing import Any
 
 import msgspec
 
-from ..errors import DuplicateRpcError, StoreError, ValidationError
+from ..errors import DuplicateRpcError, ValidationError
 from ..status import RpcStatus, check_transition, is_allowed
 
 __all__ = [
