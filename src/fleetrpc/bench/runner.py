@@ -471,24 +471,33 @@ async def _fixed_rate(target, devices, cfg, progress, peak_rps: float,
 
     with _Phase(progress, target.name, label, cfg.duration, f"{rate:,.0f}/s") as ph:
         async with _ticking(ph):
+            # Calls are released in 1 ms ticks: every call whose intended
+            # time falls in a tick leaves at the tick's end and is timed from
+            # that end (so a loop that wakes late is charged for it).  A finer
+            # sleep would spin: uvloop's timers have 1 ms granularity, and a
+            # generator spinning on a 2-core machine steals the CPU the broker
+            # and the fleet need, which shows up as the very tail it measures.
+            tick = 0.001
             t0 = clock()
+            last_tick = -1
             while launched < total:
-                due = min(total, int((clock() - t0) * rate) + 1)
-                while launched < due:
-                    scheduled = t0 + launched / rate
-                    if outstanding >= cap:
-                        shed += 1
-                    else:
-                        outstanding += 1
-                        loop.create_task(one(devices[launched % n], scheduled))
-                    launched += 1
-                if clock() - t0 > cfg.duration * 2 + 1:  # the loop itself fell behind: stop
-                    shed += total - launched
-                    launched = total
-                    break
-                # Sleep until the next call is due (at least one loop turn,
-                # at most ~1 ms at high rates: uvloop's timer granularity).
-                await asyncio.sleep(max(0.0, t0 + launched / rate - clock()))
+                j = int((clock() - t0) / tick)
+                if j > last_tick:
+                    last_tick = j
+                    release = t0 + j * tick
+                    due = min(total, int(j * tick * rate) + 1)
+                    while launched < due:
+                        if outstanding >= cap:
+                            shed += 1
+                        else:
+                            outstanding += 1
+                            loop.create_task(one(devices[launched % n], release))
+                        launched += 1
+                    if clock() - t0 > cfg.duration * 2 + 1:  # the loop itself fell behind: stop
+                        shed += total - launched
+                        launched = total
+                        break
+                await asyncio.sleep(tick)
             if outstanding:
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(asyncio.shield(all_done), timeout + 2.0)
