@@ -61,6 +61,7 @@ from pathlib import Path
 from typing import Any
 
 from ..sim.fleet import Fleet, raise_nofile_limit
+from ..runner import freeze_startup_heap
 
 __all__ = ["TARGETS", "WORKLOADS", "BenchConfig", "ratios", "run_bench"]
 
@@ -743,6 +744,8 @@ async def _run_workloads(cfg: BenchConfig, url: str, fleet: Fleet, progress: Pro
         except Exception as exc:  # noqa: BLE001 - e.g. the dispatcher cannot be imported
             results[name]["error"] = f"{type(exc).__name__}: {exc}"
             log(f"{name}: {results[name]['error']}")
+    # As a server does once it is up; both targets' start-up heaps alike.
+    freeze_startup_heap()
 
     async def guarded(name: str, key: str, coro) -> None:
         try:

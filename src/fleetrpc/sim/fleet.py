@@ -45,6 +45,7 @@ from typing import Any
 import msgspec
 
 from .leanmqtt import Flusher, LeanClient, MqttError, parse_url
+from ..runner import freeze_startup_heap
 
 __all__ = ["Behaviour", "Fleet", "FleetError", "device_id", "raise_nofile_limit"]
 
@@ -448,6 +449,9 @@ async def _worker(conn, spec: dict[str, Any]) -> None:
         loop.call_later(spec["lifetime"], finish, "lifetime")
     try:
         await sim.start()
+        # Thousands of connections are long-lived objects: a full collection
+        # over them stalls every device of this worker for tens of ms.
+        freeze_startup_heap()
         conn.send(("ready", sim.stats()))
         await done
     finally:
