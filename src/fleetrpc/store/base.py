@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import abc
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import msgspec
@@ -238,6 +238,28 @@ def check_list_args(
         escaped = text_search.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
         pattern = f"%{escaped}%"
     return column, order, status, pattern
+
+
+
+def list_where(
+    device_id: str,
+    tenant_id: str | None,
+    status: RpcStatus | None,
+    pattern: str | None,
+    mark: Callable[[int], str],
+) -> tuple[str, list[Any]]:
+    """The WHERE condition of ``list_by_device`` and its arguments, from the
+    checked arguments (:func:`check_list_args`); ``mark(n)`` is the SQL
+    dialect's n-th placeholder (``$n`` or ``?``)."""
+    terms: list[tuple[str, Any]] = [("device_id = {}", device_id)]
+    if tenant_id is not None:
+        terms.append(("tenant_id = {}", tenant_id))
+    if status is not None:
+        terms.append(("status = {}", status.value))
+    if pattern is not None:
+        terms.append(("lower(method) LIKE {} ESCAPE '\\'", pattern))
+    cond = " AND ".join(term.format(mark(n)) for n, (term, _) in enumerate(terms, 1))
+    return cond, [value for _, value in terms]
 
 
 DAY_MS = 86_400_000

@@ -52,6 +52,7 @@ from .base import (
     change_payload,
     change_rounds,
     check_list_args,
+    list_where,
     check_ttl_days,
     dedupe_inserts,
     record_row,
@@ -447,18 +448,7 @@ class PostgresStore(Store):
         column, order, status, pattern = check_list_args(
             page_size, page, status, sort_property, sort_order, text_search
         )
-        where = ["device_id = $1"]
-        args: list[Any] = [device_id]
-        if tenant_id is not None:
-            args.append(tenant_id)
-            where.append(f"tenant_id = ${len(args)}")
-        if status is not None:
-            args.append(status.value)
-            where.append(f"status = ${len(args)}")
-        if pattern is not None:
-            args.append(pattern)
-            where.append(f"lower(method) LIKE ${len(args)} ESCAPE '\\'")
-        cond = " AND ".join(where)
+        cond, args = list_where(device_id, tenant_id, status, pattern, lambda n: f"${n}")
         # column and order come from fixed tables (check_list_args), never from input.
         n = len(args)
         sql = (

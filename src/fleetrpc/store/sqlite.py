@@ -38,6 +38,7 @@ from .base import (
     change_payload,
     change_rounds,
     check_list_args,
+    list_where,
     check_ttl_days,
     dedupe_inserts,
     record_row,
@@ -322,18 +323,7 @@ class SqliteStore(Store):
         column, order, status, pattern = check_list_args(
             page_size, page, status, sort_property, sort_order, text_search
         )
-        where = ["device_id = ?"]
-        args: list[Any] = [device_id]
-        if tenant_id is not None:
-            where.append("tenant_id = ?")
-            args.append(tenant_id)
-        if status is not None:
-            where.append("status = ?")
-            args.append(status.value)
-        if pattern is not None:
-            where.append("lower(method) LIKE ? ESCAPE '\\'")
-            args.append(pattern)
-        cond = " AND ".join(where)
+        cond, args = list_where(device_id, tenant_id, status, pattern, lambda n: "?")
         # column and order come from fixed tables (check_list_args), never from input.
         sql = f"SELECT {_COLS} FROM rpc WHERE {cond} ORDER BY {column} {order}, rowid {order} LIMIT ? OFFSET ?"
         async with self._tx("listing", write=False) as db:
