@@ -34,7 +34,7 @@ def freeze_startup_heap() -> None:
     imported).  A full collection walks every tracked object: about 27,000
     after importing fleetrpc, uvloop, gmqtt and msgspec, which takes 4-8 ms
     on the project's machine -- a pause that every call in flight waits out,
-    several times a second under load.  Frozen objects are never scanned (and
+    every few seconds under load.  Frozen objects are never scanned (and
     never freed: only what lives for the whole process belongs there), so
     the pauses drop to what was allocated since.  Process-wide, so the
     library never does it on its own; an embedding server calls it after
