@@ -240,17 +240,24 @@ def check_list_args(
     return column, order, status, pattern
 
 
-
-def list_where(
+def list_query(
     device_id: str,
     tenant_id: str | None,
-    status: RpcStatus | None,
-    pattern: str | None,
+    page_size: int,
+    page: int,
+    status: RpcStatus | str | None,
+    sort_property: str,
+    sort_order: str,
+    text_search: str | None,
     mark: Callable[[int], str],
-) -> tuple[str, list[Any]]:
-    """The WHERE condition of ``list_by_device`` and its arguments, from the
-    checked arguments (:func:`check_list_args`); ``mark(n)`` is the SQL
-    dialect's n-th placeholder (``$n`` or ``?``)."""
+) -> tuple[str, list[Any], str, str]:
+    """``list_by_device``'s arguments checked (:func:`check_list_args`) and
+    turned into (WHERE condition, its arguments, sort column, ASC|DESC);
+    ``mark(n)`` is the SQL dialect's n-th placeholder (``$n`` or ``?``).
+    Column and order come from fixed tables, never from the input."""
+    column, order, status, pattern = check_list_args(
+        page_size, page, status, sort_property, sort_order, text_search
+    )
     terms: list[tuple[str, Any]] = [("device_id = {}", device_id)]
     if tenant_id is not None:
         terms.append(("tenant_id = {}", tenant_id))
@@ -259,8 +266,7 @@ def list_where(
     if pattern is not None:
         terms.append(("lower(method) LIKE {} ESCAPE '\\'", pattern))
     cond = " AND ".join(term.format(mark(n)) for n, (term, _) in enumerate(terms, 1))
-    return cond, [value for _, value in terms]
-
+    return cond, [value for _, value in terms], column, order
 
 DAY_MS = 86_400_000
 

@@ -51,10 +51,9 @@ from .base import (
     WriteResult,
     change_payload,
     change_rounds,
-    check_list_args,
-    list_where,
     check_ttl_days,
     dedupe_inserts,
+    list_query,
     record_row,
     row_record,
 )
@@ -445,11 +444,10 @@ class PostgresStore(Store):
         sort_order: str = "DESC",
         text_search: str | None = None,
     ) -> Page:
-        column, order, status, pattern = check_list_args(
-            page_size, page, status, sort_property, sort_order, text_search
+        cond, args, column, order = list_query(
+            device_id, tenant_id, page_size, page, status, sort_property, sort_order, text_search,
+            lambda n: f"${n}",
         )
-        cond, args = list_where(device_id, tenant_id, status, pattern, lambda n: f"${n}")
-        # column and order come from fixed tables (check_list_args), never from input.
         n = len(args)
         sql = (
             f"SELECT {_COLS} FROM rpc WHERE {cond} ORDER BY {column} {order}, seq {order} "

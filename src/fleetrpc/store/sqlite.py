@@ -37,10 +37,9 @@ from .base import (
     WriteResult,
     change_payload,
     change_rounds,
-    check_list_args,
-    list_where,
     check_ttl_days,
     dedupe_inserts,
+    list_query,
     record_row,
     row_record,
 )
@@ -320,11 +319,10 @@ class SqliteStore(Store):
         sort_order: str = "DESC",
         text_search: str | None = None,
     ) -> Page:
-        column, order, status, pattern = check_list_args(
-            page_size, page, status, sort_property, sort_order, text_search
+        cond, args, column, order = list_query(
+            device_id, tenant_id, page_size, page, status, sort_property, sort_order, text_search,
+            lambda n: "?",
         )
-        cond, args = list_where(device_id, tenant_id, status, pattern, lambda n: "?")
-        # column and order come from fixed tables (check_list_args), never from input.
         sql = f"SELECT {_COLS} FROM rpc WHERE {cond} ORDER BY {column} {order}, rowid {order} LIMIT ? OFFSET ?"
         async with self._tx("listing", write=False) as db:
             total = (await db.execute_fetchall(f"SELECT count(*) FROM rpc WHERE {cond}", args))[0][0]
