@@ -290,6 +290,7 @@ class Dispatcher:
         t.on_message = self._on_message
         t.on_published = self._on_published
         t.on_connection = self._on_connection
+        t.awaiting = self._pending.__len__
         self._running = True
         await t.start(self._filters())
 
@@ -311,6 +312,8 @@ class Dispatcher:
             tls_insecure=s.mqtt_tls_insecure,
             reconnect_delay=s.reconnect_delay,
             reconnect_max=s.reconnect_max,
+            read_batch_above=s.read_batch_above,
+            read_batch_delay=s.read_batch_ms / 1000.0,
         )
 
     def _filters(self) -> list[tuple[str, int]]:

@@ -10,6 +10,8 @@ needs on top of it and what gmqtt lacks (see shared/MQTT-NOTES.md):
   PUBACKs arrive;
 - a PUBACK notification per publish (``token``) with no closure per message;
 - reconnect with exponential back-off;
+- read batching under load (``read_batch_above``): while the owner awaits
+  many replies, the socket is read at most once per ``read_batch_delay``;
 - a fast path for the two hot packets (see :class:`_FastProtocol`): inbound
   PUBLISH parsed by the compiled core, outbound PUBLISH built by it, and
   every write of one loop iteration sent in one ``write`` call.  gmqtt's
@@ -97,10 +99,20 @@ class _FastProtocol(MQTTProtocol):
     the transport, every other packet to gmqtt's handler as before.
     Writing: packets written during one loop iteration leave in one
     ``transport.write`` (one syscall instead of one per packet).
+    Read batching: when ``batch_reads()`` says so after a read, reading
+    pauses for ``batch_delay`` seconds, so that the kernel gathers what the
+    broker sends meanwhile into one read (see :class:`MqttTransport`).
     """
 
-    def __init__(self, *args: Any, on_publish: Callable, on_puback: Callable, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, on_publish: Callable, on_puback: Callable,
+                 batch_reads: Callable[[], bool] | None = None, batch_delay: float = 0.001,
+                 **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self._batch_reads = batch_reads
+        self._batch_delay = batch_delay
+        self._resume_handle: asyncio.TimerHandle | None = None
+        #: Reads after which reading paused to batch the next one.
+        self.batched_reads = 0
         self._out: list[bytes] = []
         self._out_size = 0
         self._flush_handle: asyncio.Handle | None = None
@@ -132,6 +144,24 @@ class _FastProtocol(MQTTProtocol):
         acks = reader.take_acks()
         if acks:
             self.write_data(acks)
+        if self._batch_reads is not None and self._resume_handle is None and self._batch_reads():
+            transport = self._transport
+            if transport is not None and not transport.is_closing():
+                transport.pause_reading()
+                self.batched_reads += 1
+                self._resume_handle = self._loop.call_later(self._batch_delay, self._resume_batched)
+
+    def _resume_batched(self) -> None:
+        self._resume_handle = None
+        transport = self._transport
+        if transport is not None and not transport.is_closing():
+            transport.resume_reading()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._resume_handle is not None:
+            self._resume_handle.cancel()
+            self._resume_handle = None
+        super().connection_lost(exc)
 
     def eof_received(self) -> bool:
         # gmqtt's read loop closed the transport on EOF; without it, False
@@ -203,6 +233,8 @@ class _Client(gmqtt.Client):
             id_generator=self._package_handler.id_generator,
             on_publish=self._owner._deliver,
             on_puback=self._on_puback,
+            batch_reads=self._owner._batch_reads if self._owner.read_batch_above else None,
+            batch_delay=self._owner.read_batch_delay,
         )
         transport, protocol = await asyncio.get_running_loop().create_connection(
             factory, host, port, ssl=ssl
@@ -230,6 +262,17 @@ class MqttTransport:
     broker's receive maximum, QoS 1 publishes wait in a FIFO.  ``on_published``
     is called with a publish's ``token`` once the broker has it (PUBACK for
     QoS 1, right after writing for QoS 0).
+
+    Read batching: with ``read_batch_above`` > 0, whenever the owner awaits
+    at least that many messages (``awaiting()``, e.g. replies to its calls),
+    the socket is read at most once per ``read_batch_delay`` seconds (1-2 ms
+    with uvloop's millisecond timers).  A broker that is slower than the
+    owner otherwise trickles a few messages per wake-up, and each wake-up
+    (epoll, read, a Python callback, a write) costs as much as several
+    messages: measured with 1000 devices at QoS 1, 1.6 replies per read and
+    20 us of dispatcher CPU per round trip, against 8-11 us with batched
+    reads at the same throughput.  The price is up to ``read_batch_delay``
+    of added latency, paid only while that many replies are outstanding.
     """
 
     def __init__(
@@ -250,7 +293,11 @@ class MqttTransport:
         reconnect_delay: float = 0.5,
         reconnect_max: float = 10.0,
         max_inflight: int = 65535,
+        read_batch_above: int = 0,
+        read_batch_delay: float = 0.001,
     ) -> None:
+        if read_batch_above < 0 or read_batch_delay <= 0:
+            raise ValidationError("read_batch_above must be >= 0 and read_batch_delay > 0")
         cfg = parse_url(url)
         self.host: str = cfg["host"]
         self.port: int = cfg["port"]
@@ -265,6 +312,8 @@ class MqttTransport:
         self._reconnect_delay = reconnect_delay
         self._reconnect_max = reconnect_max
         self._max_inflight = max_inflight
+        self.read_batch_above = read_batch_above
+        self.read_batch_delay = read_batch_delay
 
         #: Set by the owner: on_message(topic, payload, properties).
         self.on_message: MessageCallback = lambda t, p, props: None
@@ -272,6 +321,8 @@ class MqttTransport:
         self.on_published: Callable[[int], None] = lambda token: None
         #: Set by the owner: on_connection(connected: bool).
         self.on_connection: Callable[[bool], None] = lambda up: None
+        #: Set by the owner: how many inbound messages it awaits (read batching).
+        self.awaiting: Callable[[], int] = lambda: 0
 
         self._client: _Client | None = None
         self._filters: list[tuple[str, int]] = []
@@ -404,6 +455,14 @@ class MqttTransport:
         # Only what bypasses the fast path (QoS 2) comes through gmqtt.
         self._deliver(topic, payload, properties)
         return 0
+
+    def _batch_reads(self) -> bool:
+        return self.awaiting() >= self.read_batch_above
+
+    @property
+    def batched_reads(self) -> int:
+        """Reads of the current connection after which reading paused."""
+        return self._proto.batched_reads if self._proto is not None else 0
 
     def _deliver(self, topic: str, payload: bytes, properties: dict | None) -> None:
         # Looked up per message so that the owner may replace on_message.
