@@ -203,33 +203,90 @@ def test_simulate_command_runs_and_stops(mqtt_url):
     assert "3 devices online" in result.output
 
 
-async def test_fixed_rate_generator_waits_in_ticks_instead_of_spinning(monkeypatch):
-    """At 20k calls/s the open-loop generator must sleep in ~1 ms ticks: a
-    finer sleep is a zero-delay timer on uvloop and spins a core, which on
-    the 2-core rig steals the broker's CPU and inflates the tail it measures.
-    Counted, not timed: the generator's own sleeps over a 0.3 s phase."""
-    from fleetrpc.bench import runner
+class _Echo:
+    name = "echo"
 
-    class Echo:
-        name = "echo"
+    async def call(self, device, method, params, timeout=None, oneway=False):
+        await asyncio.sleep(0)
+        return params
 
-        async def call(self, device, method, params, timeout=None, oneway=False):
-            await asyncio.sleep(0)
-            return params
 
-    sleeps: list[float] = []
-    real_sleep = asyncio.sleep
+async def test_fixed_rate_generator_wakes_on_the_pacer_instead_of_spinning(monkeypatch):
+    """At 20k calls/s the open-loop generator must wake once per pacer period
+    (0.5 ms), not spin: a sub-millisecond sleep is a zero-delay timer on
+    uvloop, and a spinning generator steals the broker's CPU on the 2-core
+    rig and inflates the tail it measures.  Counted, not timed."""
+    from fleetrpc.bench import pacer, runner
 
-    async def counting_sleep(delay, *args, **kwargs):
-        sleeps.append(delay)
-        return await real_sleep(delay, *args, **kwargs)
+    ticks = 0
+    real_pacer = pacer.Pacer
 
-    monkeypatch.setattr(runner.asyncio, "sleep", counting_sleep)
+    def counting_pacer(period, on_tick):
+        def tick():
+            nonlocal ticks
+            ticks += 1
+            on_tick()
+        p = real_pacer(period, tick)
+        assert p.precise  # a timerfd on Linux
+        return p
+
+    monkeypatch.setattr(runner, "Pacer", counting_pacer)
     cfg = runner.BenchConfig(devices=10, duration=0.3, window=10, timeout=5.0, targets=("fleetrpc",))
-    result = await runner._fixed_rate(Echo(), [f"d{i}" for i in range(10)], cfg,
+    result = await runner._fixed_rate(_Echo(), [f"d{i}" for i in range(10)], cfg,
                                       lambda *a: None, peak_rps=40_000)
     assert result["calls"] == 6000 and not result["errors"] and result["shed"] == 0
-    generator_sleeps = [d for d in sleeps if d > 0]
-    # 0.3 s in 1 ms ticks is ~300 sleeps (plus the ticker's); spinning made ~100k.
-    assert 0 < len(generator_sleeps) <= 600, len(generator_sleeps)
-    assert min(generator_sleeps) >= 0.001
+    # 0.3 s in 0.5 ms periods is at most ~600 wake-ups (fewer when the loop
+    # is late: a timerfd counts missed periods instead of firing for each).
+    assert 0 < ticks <= 0.3 / runner.PACER_PERIOD + 20, ticks
+
+
+async def test_fixed_rate_latency_counts_from_each_calls_intended_time(monkeypatch):
+    """A generator that wakes late must charge the calls it delayed: with the
+    pacer stopped for 50 ms, the calls due meanwhile show >= their wait."""
+    from fleetrpc.bench import runner
+
+    class LatePacer:
+        def __init__(self, period, on_tick):
+            self._handle = asyncio.get_running_loop().call_later(0.05, self._late, on_tick)
+
+        def _late(self, on_tick):
+            on_tick()  # everything due by now leaves at once
+            self._handle = asyncio.get_running_loop().call_later(0.01, self._late, on_tick)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self._handle.cancel()
+
+    monkeypatch.setattr(runner, "Pacer", LatePacer)
+    cfg = runner.BenchConfig(devices=5, duration=0.04, window=5, timeout=5.0, targets=("fleetrpc",))
+    result = await runner._fixed_rate(_Echo(), [f"d{i}" for i in range(5)], cfg,
+                                      lambda *a: None, peak_rps=2_000)  # 1k/s: 40 calls over 40 ms
+    assert result["calls"] == 40
+    # The first call left at once; the others waited for the late wake-up
+    # at 50 ms, i.e. 10-50 ms past their intended times.
+    assert result["p50_ms"] >= 10
+
+
+async def test_pacer_ticks_and_falls_back_to_loop_timers(monkeypatch):
+    from fleetrpc.bench import pacer
+
+    for precise in (True, False):
+        if not precise:
+            monkeypatch.setattr(pacer, "_timerfd", lambda period: None)
+        ticks = 0
+
+        def tick():
+            nonlocal ticks
+            ticks += 1
+
+        with pacer.Pacer(0.002, tick) as p:
+            assert p.precise is precise
+            await asyncio.sleep(0.1)
+        seen = ticks
+        await asyncio.sleep(0.02)
+        assert ticks == seen  # closed: no more ticks
+        assert 0 < seen <= 0.1 / 0.002 + 5, seen
+    with pytest.raises(ValueError):
+        pacer.Pacer(0, tick)

@@ -62,12 +62,16 @@ from typing import Any
 
 from ..sim.fleet import Fleet, raise_nofile_limit
 from ..runner import freeze_startup_heap
+from .pacer import Pacer
 
 __all__ = ["TARGETS", "WORKLOADS", "BenchConfig", "ratios", "run_bench"]
 
 WORKLOADS = ("peak", "latency", "oneway", "fanout", "sequential", "memory")
 TARGETS = ("reference", "fleetrpc")
 SCHEMA = 1
+#: Period of the open-loop generator's wake-ups (s): the most a call can
+#: leave after its intended time on an idle loop.
+PACER_PERIOD = 0.0005
 
 #: progress(target, workload, done, total, text)
 Progress = Callable[[str, str, float, float, str], None]
@@ -470,35 +474,35 @@ async def _fixed_rate(target, devices, cfg, progress, peak_rps: float,
         if outstanding == 0 and launched >= total and not all_done.done():
             all_done.set_result(None)
 
+    def release_due() -> None:
+        # Every call whose intended time has come leaves now and is timed
+        # from its intended time, so a late wake-up is charged to the calls
+        # it delayed (no coordinated omission).
+        nonlocal launched, shed, outstanding
+        elapsed = clock() - t0
+        due = min(total, int(elapsed * rate) + 1)
+        while launched < due:
+            if outstanding >= cap:
+                shed += 1
+            else:
+                outstanding += 1
+                loop.create_task(one(devices[launched % n], t0 + launched / rate))
+            launched += 1
+        if elapsed > cfg.duration * 2 + 1:  # the loop itself fell behind: stop
+            shed += total - launched
+            launched = total
+        if launched >= total and not generated.done():
+            generated.set_result(None)
+
+    generated = loop.create_future()
     with _Phase(progress, target.name, label, cfg.duration, f"{rate:,.0f}/s") as ph:
         async with _ticking(ph):
-            # Calls are released in 1 ms ticks: every call whose intended
-            # time falls in a tick leaves at the tick's end and is timed from
-            # that end (so a loop that wakes late is charged for it).  A finer
-            # sleep would spin: uvloop's timers have 1 ms granularity, and a
-            # generator spinning on a 2-core machine steals the CPU the broker
-            # and the fleet need, which shows up as the very tail it measures.
-            tick = 0.001
             t0 = clock()
-            last_tick = -1
-            while launched < total:
-                j = int((clock() - t0) / tick)
-                if j > last_tick:
-                    last_tick = j
-                    release = t0 + j * tick
-                    due = min(total, int(j * tick * rate) + 1)
-                    while launched < due:
-                        if outstanding >= cap:
-                            shed += 1
-                        else:
-                            outstanding += 1
-                            loop.create_task(one(devices[launched % n], release))
-                        launched += 1
-                    if clock() - t0 > cfg.duration * 2 + 1:  # the loop itself fell behind: stop
-                        shed += total - launched
-                        launched = total
-                        break
-                await asyncio.sleep(tick)
+            # A timerfd pacer: uvloop's own timers are whole milliseconds
+            # late, a finer sleep spins (see fleetrpc.bench.pacer).
+            with Pacer(PACER_PERIOD, release_due):
+                release_due()
+                await generated
             if outstanding:
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(asyncio.shield(all_done), timeout + 2.0)
