@@ -187,6 +187,41 @@ def test_bench_quick_writes_json(tmp_path, mqtt_url):
     assert ours["peak"]["round_trips"] > 0 and ours["fanout"]["failed"] == 0
     assert set(ours) >= {"latency_same"}  # both targets at one rate
     assert set(report["ratios"]) >= {"peak.rps", "latency_same.p99_ms"}
+    # A given broker is not ours to watch; the simulator's workers are.
+    assert "broker_cpu" not in ours["peak"]
+    assert ours["peak"]["fleet_cpu"] > 0
+
+
+async def test_bench_reports_what_its_own_broker_and_fleet_used():
+    """With the broker the run started, each peak and fixed-rate phase says
+    how much of a core the broker and the simulator used (from /proc)."""
+    from fleetrpc.bench import runner
+
+    cfg = runner.BenchConfig(devices=20, workloads=("peak", "latency"), targets=("fleetrpc",)).quick()
+    report = await runner.run_bench(cfg)
+    assert report["meta"]["broker"].startswith("throwaway")
+    for phase in ("peak", "latency"):
+        r = report["results"]["fleetrpc"][phase]
+        assert 0 < r["broker_cpu"] < 2.5 and 0 < r["fleet_cpu"] < 2.5, r
+        assert r["broker_cpu_us_per_rt"] > 0, r
+
+
+def test_cpu_seconds_of_processes():
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from fleetrpc.bench.runner import _cpu_seconds
+
+    before = _cpu_seconds((os.getpid(),))
+    t = time.process_time()
+    while time.process_time() - t < 0.1:
+        pass
+    assert _cpu_seconds((os.getpid(),)) > before
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    assert _cpu_seconds((child.pid,)) is None  # reaped: gone from /proc
 
 
 def test_simulate_command_runs_and_stops(mqtt_url):

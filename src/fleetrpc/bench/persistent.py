@@ -314,11 +314,10 @@ class _Target:
         )
         self.dispatcher = Dispatcher(settings)
         await self.dispatcher.start()
-        emit = None
-        if cfg.events:
-            def emit(event_type: str, body: dict) -> None:
-                self.events += 1
-        self.engine = PersistentRpc(self.dispatcher, self.store, emit=emit)
+        def count_event(event_type: str, body: dict) -> None:
+            self.events += 1
+
+        self.engine = PersistentRpc(self.dispatcher, self.store, emit=count_event if cfg.events else None)
         await self.engine.start()
         self.durable_wait = "durable" in inspect.signature(self.engine.wait).parameters
         # Presence is retained: every device shows up within a moment.

@@ -40,7 +40,12 @@ Workloads (each bounded in time *and* count; each stops by itself):
 
 CPU is ``time.process_time()`` of this process (the target plus the thin
 harness; the fleet and the broker run elsewhere) over a phase, divided by
-the round trips of that phase.
+the round trips of that phase.  The peak and fixed-rate phases also report
+what the other processes of the rig used over the phase, read from
+``/proc`` (Linux): the broker started for the run and the simulator's
+workers, as a share of one core (``broker_cpu``, ``fleet_cpu``; 1.0 is a
+whole core) and, for the broker, per round trip.  A broker near 1.0 caps
+the run whatever the dispatcher does: Mosquitto has one thread.
 """
 
 from __future__ import annotations
@@ -56,6 +61,7 @@ import time
 import tracemalloc
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
+from contextvars import ContextVar
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -329,6 +335,25 @@ def _percentiles(samples: list[float]) -> dict[str, float | None]:
     return {"p50_ms": at(0.50), "p99_ms": at(0.99), "p999_ms": at(0.999), "max_ms": round(samples[-1] * 1000.0, 3)}
 
 
+#: The rig's other processes whose CPU each phase reports: name -> pids.
+_RIG: ContextVar[dict[str, tuple[int, ...]]] = ContextVar("fleetrpc_bench_rig", default={})
+_CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def _cpu_seconds(pids: tuple[int, ...]) -> float | None:
+    """User + system CPU seconds these processes have used, from ``/proc``;
+    None where that cannot be read (not Linux, a process gone)."""
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+        except (OSError, IndexError):
+            return None
+        total += int(fields[11]) + int(fields[12])  # utime, stime (clock ticks)
+    return total / _CLK_TCK
+
+
 class _Phase:
     """CPU and wall clock of one phase, and a progress ticker."""
 
@@ -343,6 +368,7 @@ class _Phase:
 
     def __enter__(self) -> _Phase:
         gc.collect()
+        self._rig0 = {name: _cpu_seconds(pids) for name, pids in _RIG.get().items() if pids}
         self.cpu0 = time.process_time()
         self.t0 = time.perf_counter()
         self.progress(self.target, self.workload, 0, self.total, self.text)
@@ -351,6 +377,10 @@ class _Phase:
     def __exit__(self, *exc: object) -> None:
         self.elapsed = time.perf_counter() - self.t0
         self.cpu = time.process_time() - self.cpu0
+        rig = _RIG.get()
+        #: CPU seconds of the rig's other processes over the phase.
+        self.rig_cpu = {name: (None if c0 is None or (c1 := _cpu_seconds(rig[name])) is None else c1 - c0)
+                        for name, c0 in self._rig0.items()}
         self.progress(self.target, self.workload, self.total, self.total, self.text)
 
     def tick(self, n: float = 1) -> None:
@@ -362,6 +392,17 @@ class _Phase:
 
     def cpu_us_per(self, n: int) -> float | None:
         return round(self.cpu / n * 1e6, 2) if n else None
+
+    def rig_report(self, n: int) -> dict[str, float | None]:
+        """The rig's CPU over the phase: share of one core per process group,
+        and the broker's CPU per round trip (of ``n``)."""
+        out: dict[str, float | None] = {}
+        for name, cpu in self.rig_cpu.items():
+            out[f"{name}_cpu"] = None if cpu is None else round(cpu / self.elapsed, 3)
+        broker = self.rig_cpu.get("broker")
+        if broker is not None and n:
+            out["broker_cpu_us_per_rt"] = round(broker / n * 1e6, 2)
+        return out
 
 
 async def _ticker(phase: _Phase, period: float = 0.2) -> None:
@@ -441,6 +482,7 @@ async def _peak(target, devices, cfg, progress) -> dict[str, Any]:
         **_percentiles(r["latencies"]),
         "cpu_s": round(ph.cpu, 3),
         "cpu_us_per_rt": ph.cpu_us_per(ok),
+        **ph.rig_report(ok),
     }
 
 
@@ -516,6 +558,7 @@ async def _fixed_rate(target, devices, cfg, progress, peak_rps: float,
         **_percentiles(latencies),
         "cpu_s": round(ph.cpu, 3),
         "cpu_us_per_rt": ph.cpu_us_per(done),
+        **ph.rig_report(done),
     }
 
 
@@ -712,14 +755,15 @@ async def _memory(target, devices, cfg, progress, fleet: Fleet) -> dict[str, Any
 
 
 @contextlib.asynccontextmanager
-async def _broker(url: str | None) -> AsyncIterator[tuple[str, str]]:
+async def _broker(url: str | None) -> AsyncIterator[tuple[str, str, int | None]]:
+    """(url, description, pid of the broker when this run started it)."""
     if url:
-        yield url, "given"
+        yield url, "given", None
         return
     from ..broker import start_broker
 
     async with start_broker(prefer="mosquitto", tuned=True) as broker:
-        yield broker.url, f"throwaway tuned mosquitto ({broker.url})"
+        yield broker.url, f"throwaway tuned mosquitto ({broker.url})", broker.pid
 
 
 async def _open_target(name: str, url: str, cfg: BenchConfig, devices: list[str]) -> _Target:
@@ -878,7 +922,7 @@ async def run_bench(cfg: BenchConfig, progress: Progress | None = None,
     log = log or (lambda msg: None)
     raise_nofile_limit()
     report: dict[str, Any] = {}
-    async with _broker(cfg.url) as (url, broker_desc):
+    async with _broker(cfg.url) as (url, broker_desc, broker_pid):
         log(f"broker: {broker_desc}")
         report["meta"] = _meta(cfg, broker_desc)
         # Every worker stops by itself at the latest after this.
@@ -892,9 +936,11 @@ async def run_bench(cfg: BenchConfig, progress: Progress | None = None,
         log(f"{cfg.devices} simulated devices online in {time.perf_counter() - t:.1f} s "
             f"({fleet.processes} worker processes)")
         results: dict[str, Any] = {}
+        rig = _RIG.set({"broker": (broker_pid,) if broker_pid else (), "fleet": fleet.pids})
         try:
             results = await _run_workloads(cfg, url, fleet, progress, log)
         finally:
+            _RIG.reset(rig)
             report["fleet"] = await fleet.stop()
     report["results"] = results
     report["ratios"] = ratios(results)

@@ -602,6 +602,11 @@ class Fleet:
     def __len__(self) -> int:
         return len(self.device_ids)
 
+    @property
+    def pids(self) -> tuple[int, ...]:
+        """Process ids of the worker processes (none when in-process)."""
+        return tuple(w.proc.pid for w in self._workers)
+
     async def start(self, timeout: float | None = None) -> dict[str, int]:
         """Connect every device; returns the summed counters."""
         if self._started:
