@@ -206,22 +206,27 @@ async def test_bench_reports_what_its_own_broker_and_fleet_used():
         assert r["broker_cpu_us_per_rt"] > 0, r
 
 
-def test_cpu_seconds_of_processes():
+def test_cpu_of_processes_and_of_the_machine():
     import os
     import subprocess
     import sys
     import time
 
+    from fleetrpc.bench.cpu import machine_cpu, process_cpu, processes_named
     from fleetrpc.bench.runner import _cpu_seconds
 
-    before = _cpu_seconds((os.getpid(),))
+    before, machine = process_cpu(os.getpid()), machine_cpu()
     t = time.process_time()
     while time.process_time() - t < 0.1:
         pass
-    assert _cpu_seconds((os.getpid(),)) > before
+    assert process_cpu(os.getpid()) > before
+    busy, total = machine_cpu()
+    assert busy > machine[0] and total > machine[1] and busy <= total
     child = subprocess.Popen([sys.executable, "-c", "pass"])
     child.wait()
-    assert _cpu_seconds((child.pid,)) is None  # reaped: gone from /proc
+    assert process_cpu(child.pid) is None  # reaped: gone from /proc
+    assert _cpu_seconds((os.getpid(), child.pid)) is None  # one gone: no sum
+    assert os.getpid() in processes_named(open("/proc/self/comm").read().strip())
 
 
 def test_simulate_command_runs_and_stops(mqtt_url):

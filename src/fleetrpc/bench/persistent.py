@@ -63,6 +63,7 @@ from typing import Any, Self
 from urllib.parse import urlsplit, urlunsplit
 
 from ..sim.fleet import Behaviour, Fleet, raise_nofile_limit
+from .cpu import machine_cpu, process_cpu, processes_named
 
 __all__ = [
     "DEFAULT_DSN",
@@ -154,47 +155,13 @@ class PersistentBenchConfig:
 # -- CPU accounting ------------------------------------------------------------------
 
 
-_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-
-
-def _machine_cpu() -> tuple[float, float] | None:
-    """(busy, total) CPU seconds of the whole machine, from /proc/stat."""
-    try:
-        with open("/proc/stat") as f:
-            parts = f.readline().split()[1:]
-    except OSError:
-        return None
-    ticks = [int(x) for x in parts[:8]]
-    idle = ticks[3] + ticks[4]  # idle + iowait
-    return (sum(ticks) - idle) / _TICK, sum(ticks) / _TICK
-
-
 def _proc_cpu(pid: int) -> float:
-    """utime + stime of a process, in seconds (0 if it is gone)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / _TICK
+    return process_cpu(pid) or 0.0  # a process gone counts as nothing
 
 
 def _postgres_pids() -> list[int]:
-    """Every process named ``postgres`` (the whole server: it is shared)."""
-    pids = []
-    try:
-        entries = os.listdir("/proc")
-    except OSError:
-        return pids
-    for entry in entries:
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/comm") as f:
-                    if f.read().strip() == "postgres":
-                        pids.append(int(entry))
-            except OSError:
-                continue
-    return pids
+    """Every ``postgres`` process (the whole server: it is shared)."""
+    return processes_named("postgres")
 
 
 class _GcMeter:
@@ -241,13 +208,13 @@ class _CpuMeter:
 
     def start(self) -> None:
         self._t = time.perf_counter()
-        self._m = _machine_cpu()
+        self._m = machine_cpu()
         self._s = self._sample()
         self._pg = {p: _proc_cpu(p) for p in _postgres_pids()}
 
     def stop(self) -> dict[str, Any]:
         wall = time.perf_counter() - self._t
-        m = _machine_cpu()
+        m = machine_cpu()
         s = self._sample()
         used = {k: s[k] - self._s[k] for k in s}
         # postgres backends come and go: count the CPU of those alive at the end

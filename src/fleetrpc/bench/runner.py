@@ -68,6 +68,7 @@ from typing import Any
 
 from ..sim.fleet import Fleet, raise_nofile_limit
 from ..runner import freeze_startup_heap
+from .cpu import process_cpu
 from .pacer import Pacer
 
 __all__ = ["TARGETS", "WORKLOADS", "BenchConfig", "ratios", "run_bench"]
@@ -337,21 +338,17 @@ def _percentiles(samples: list[float]) -> dict[str, float | None]:
 
 #: The rig's other processes whose CPU each phase reports: name -> pids.
 _RIG: ContextVar[dict[str, tuple[int, ...]]] = ContextVar("fleetrpc_bench_rig", default={})
-_CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
 def _cpu_seconds(pids: tuple[int, ...]) -> float | None:
-    """User + system CPU seconds these processes have used, from ``/proc``;
-    None where that cannot be read (not Linux, a process gone)."""
-    total = 0
+    """CPU seconds these processes have used; None if any cannot be read."""
+    total = 0.0
     for pid in pids:
-        try:
-            with open(f"/proc/{pid}/stat", "rb") as f:
-                fields = f.read().rsplit(b")", 1)[1].split()
-        except (OSError, IndexError):
+        cpu = process_cpu(pid)
+        if cpu is None:
             return None
-        total += int(fields[11]) + int(fields[12])  # utime, stime (clock ticks)
-    return total / _CLK_TCK
+        total += cpu
+    return total
 
 
 class _Phase:

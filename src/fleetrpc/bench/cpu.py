@@ -1,0 +1,51 @@
+"""CPU time of this machine's processes, from ``/proc`` (Linux), for the
+benchmarks' per-process accounting: where a rig's CPU goes tells which
+process caps a run.  Everything returns None (or nothing) elsewhere."""
+
+from __future__ import annotations
+
+import os
+
+__all__ = ["machine_cpu", "process_cpu", "processes_named"]
+
+_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def machine_cpu() -> tuple[float, float] | None:
+    """(busy, total) CPU seconds of the whole machine so far, from /proc/stat."""
+    try:
+        with open("/proc/stat") as f:
+            parts = f.readline().split()[1:]
+    except OSError:
+        return None
+    ticks = [int(x) for x in parts[:8]]
+    idle = ticks[3] + ticks[4]  # idle + iowait
+    return (sum(ticks) - idle) / _TICK, sum(ticks) / _TICK
+
+
+def process_cpu(pid: int) -> float | None:
+    """User + system CPU seconds a process has used; None if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / _TICK
+
+
+def processes_named(name: str) -> list[int]:
+    """Pids of every process whose command name is ``name``."""
+    pids = []
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return pids
+    for entry in entries:
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/comm") as f:
+                    if f.read().strip() == name:
+                        pids.append(int(entry))
+            except OSError:
+                continue
+    return pids
