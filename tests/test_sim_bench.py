@@ -330,3 +330,17 @@ async def test_pacer_ticks_and_falls_back_to_loop_timers(monkeypatch):
         assert 0 < seen <= 0.1 / 0.002 + 5, seen
     with pytest.raises(ValueError):
         pacer.Pacer(0, tick)
+
+
+def test_bench_says_when_the_broker_capped_a_peak():
+    from fleetrpc.bench.command import bottlenecks
+
+    results = {
+        "reference": {"peak": {"broker_cpu": 0.79, "broker_cpu_us_per_rt": 47.4, "cpu_us_per_rt": 41.5}},
+        "fleetrpc": {"peak": {"broker_cpu": 0.97, "broker_cpu_us_per_rt": 46.7, "cpu_us_per_rt": 12.6}},
+    }
+    (line,) = bottlenecks(results)
+    assert line.startswith("fleetrpc peak: the broker used 0.97 of its one core (46.7 us")
+    results["fleetrpc"]["peak"]["broker_cpu"] = 0.5
+    assert bottlenecks(results) == []
+    assert bottlenecks({"fleetrpc": {"peak": {}}, "reference": {"error": "x"}}) == []  # --url: not measured

@@ -242,3 +242,25 @@ def _print(report: dict[str, Any]) -> None:
     for name in names:
         if "error" in results[name]:
             console.print(f"[red]{name} failed:[/red] {results[name]['error']}")
+    for line in bottlenecks(results):
+        console.print(line)
+
+
+#: A single-threaded broker above this share of its core caps the phase.
+BROKER_BOUND = 0.9
+
+
+def bottlenecks(results: dict[str, Any]) -> list[str]:
+    """Say which peaks the broker capped: a ratio between targets is then the
+    broker's, not the dispatchers' (see docs/benchmarks.md)."""
+    lines = []
+    for name in TARGETS:
+        peak = results.get(name, {}).get("peak") or {}
+        share = peak.get("broker_cpu")
+        if share is not None and share >= BROKER_BOUND:
+            lines.append(
+                f"{name} peak: the broker used {share:.2f} of its one core "
+                f"({peak.get('broker_cpu_us_per_rt')} us per round trip): the broker, "
+                f"not {name}, capped it; {name} itself used {peak.get('cpu_us_per_rt')} us."
+            )
+    return lines
