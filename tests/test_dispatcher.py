@@ -346,9 +346,10 @@ async def test_close_fails_pending_calls(mqtt_url):
         await dev.close()
 
 
-async def test_broker_restart_mid_run(mqtt_broker):
+@pytest.mark.parametrize("read_batch_above", [256, 1])  # 1: reading pauses after every read
+async def test_broker_restart_mid_run(mqtt_broker, read_batch_above):
     url = mqtt_broker.url
-    d = Dispatcher(_settings(url, reconnect_delay=0.2, reconnect_max=0.5))
+    d = Dispatcher(_settings(url, reconnect_delay=0.2, reconnect_max=0.5, read_batch_above=read_batch_above))
     await d.start()
     dev = await _device(url, reconnect_delay=0.2, reconnect_max=0.5)
     try:
@@ -376,6 +377,8 @@ async def test_broker_restart_mid_run(mqtt_broker):
         else:
             raise AssertionError("no call succeeded after the broker restart")
         assert d._transport.reconnects >= 1
+        if read_batch_above == 1:
+            assert d._transport.batched_reads > 0  # on the new connection too
     finally:
         await dev.close()
         await d.close()
