@@ -426,6 +426,24 @@ async def test_reads_are_batched_only_while_many_replies_are_outstanding(mqtt_ur
             await asyncio.gather(*(x.close() for x in devs))
 
 
+async def test_calls_held_for_offline_devices_do_not_batch_reads(mqtt_url):
+    """Only calls sent and awaiting replies count: 300 calls held for an
+    offline device (persistent RPC does this) await nothing from the broker."""
+    async with Dispatcher(_settings(mqtt_url, read_batch_above=50)) as d:
+        dev = await _device(mqtt_url)
+        try:
+            await _wait(lambda: d.is_online(dev.device_id))
+            deadline = asyncio.get_running_loop().time() + 30
+            for i in range(300):
+                d.submit(f"sleeping-{i % 3}", "echo", {"i": i}, lambda *a: None, deadline=deadline)
+            assert len(d._pending) == 300
+            for i in range(20):
+                assert await d.call(dev.device_id, "echo", {"i": i}) == {"i": i}
+            assert d._transport.batched_reads == 0
+        finally:
+            await dev.close()
+
+
 async def test_read_batching_can_be_turned_off(mqtt_url):
     async with Dispatcher(_settings(mqtt_url, read_batch_above=0)) as d:
         dev = await _device(mqtt_url)

@@ -290,7 +290,8 @@ class Dispatcher:
         t.on_message = self._on_message
         t.on_published = self._on_published
         t.on_connection = self._on_connection
-        t.awaiting = self._pending.__len__
+        # Sent calls, not pending ones: calls held for offline devices await nothing.
+        t.awaiting = lambda: self._inflight
         self._running = True
         await t.start(self._filters())
 

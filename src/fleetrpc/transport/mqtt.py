@@ -271,8 +271,9 @@ class MqttTransport:
     (epoll, read, a Python callback, a write) costs as much as several
     messages: measured with 1000 devices at QoS 1, 1.6 replies per read and
     20 us of dispatcher CPU per round trip, against 8-11 us with batched
-    reads at the same throughput.  The price is up to ``read_batch_delay``
-    of added latency, paid only while that many replies are outstanding.
+    reads at the same throughput.  The price is up to about twice
+    ``read_batch_delay`` of added latency (the loop's timers round up), paid
+    only while that many replies are outstanding.
     """
 
     def __init__(
