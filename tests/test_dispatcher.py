@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 
 import pytest
@@ -403,57 +404,54 @@ async def test_qos0_calls_and_one_way_confirmed_once_written(mqtt_url):
             await dev.close()
 
 
+@contextlib.asynccontextmanager
+async def _fleet(url: str, n: int, qos: int = 1, **settings):
+    """A dispatcher and ``n`` devices, every one seen online."""
+    async with Dispatcher(_settings(url, qos=qos, **settings)) as d:
+        devs = [await _device(url, qos=qos) for _ in range(n)]
+        try:
+            await _wait(lambda: all(d.is_online(x.device_id) for x in devs))
+            yield d, [x.device_id for x in devs]
+        finally:
+            await asyncio.gather(*(x.close() for x in devs))
+
+
 @pytest.mark.parametrize("qos", [0, 1])
 async def test_reads_are_batched_only_while_many_replies_are_outstanding(mqtt_url, qos):
     """Read batching engages at ``read_batch_above`` outstanding calls, loses
     and reorders nothing, and never strands a lone reply."""
-    async with Dispatcher(_settings(mqtt_url, qos=qos, read_batch_above=50)) as d:
-        devs = [await _device(mqtt_url, qos=qos) for _ in range(4)]
-        try:
-            await _wait(lambda: all(d.is_online(x.device_id) for x in devs))
-            t = d._transport
-            for i in range(20):  # one outstanding at a time: never batched
-                assert await d.call(devs[i % 4].device_id, "echo", {"i": i}) == {"i": i}
-            assert t.batched_reads == 0
-            burst = [d.call(devs[i % 4].device_id, "echo", {"i": i}) for i in range(400)]
-            assert await asyncio.gather(*burst) == [{"i": i} for i in range(400)]
-            assert t.batched_reads > 0
-            before = t.batched_reads
-            assert await d.call(devs[0].device_id, "echo", {"last": 1}) == {"last": 1}
-            assert t.batched_reads == before
-            assert len(d._pending) == 0
-        finally:
-            await asyncio.gather(*(x.close() for x in devs))
+    async with _fleet(mqtt_url, 4, qos, read_batch_above=50) as (d, names):
+        t = d._transport
+        for i in range(20):  # one outstanding at a time: never batched
+            assert await d.call(names[i % 4], "echo", {"i": i}) == {"i": i}
+        assert t.batched_reads == 0
+        burst = [d.call(names[i % 4], "echo", {"i": i}) for i in range(400)]
+        assert await asyncio.gather(*burst) == [{"i": i} for i in range(400)]
+        assert t.batched_reads > 0
+        before = t.batched_reads
+        assert await d.call(names[0], "echo", {"last": 1}) == {"last": 1}
+        assert t.batched_reads == before
+        assert len(d._pending) == 0
 
 
 async def test_calls_held_for_offline_devices_do_not_batch_reads(mqtt_url):
     """Only calls sent and awaiting replies count: 300 calls held for an
     offline device (persistent RPC does this) await nothing from the broker."""
-    async with Dispatcher(_settings(mqtt_url, read_batch_above=50)) as d:
-        dev = await _device(mqtt_url)
-        try:
-            await _wait(lambda: d.is_online(dev.device_id))
-            deadline = asyncio.get_running_loop().time() + 30
-            for i in range(300):
-                d.submit(f"sleeping-{i % 3}", "echo", {"i": i}, lambda *a: None, deadline=deadline)
-            assert len(d._pending) == 300
-            for i in range(20):
-                assert await d.call(dev.device_id, "echo", {"i": i}) == {"i": i}
-            assert d._transport.batched_reads == 0
-        finally:
-            await dev.close()
+    async with _fleet(mqtt_url, 1, read_batch_above=50) as (d, (name,)):
+        deadline = asyncio.get_running_loop().time() + 30
+        for i in range(300):
+            d.submit(f"sleeping-{i % 3}", "echo", {"i": i}, lambda *a: None, deadline=deadline)
+        assert len(d._pending) == 300
+        for i in range(20):
+            assert await d.call(name, "echo", {"i": i}) == {"i": i}
+        assert d._transport.batched_reads == 0
 
 
 async def test_read_batching_can_be_turned_off(mqtt_url):
-    async with Dispatcher(_settings(mqtt_url, read_batch_above=0)) as d:
-        dev = await _device(mqtt_url)
-        try:
-            await _wait(lambda: d.is_online(dev.device_id))
-            calls = [d.call(dev.device_id, "echo", {"i": i}) for i in range(300)]
-            assert await asyncio.gather(*calls) == [{"i": i} for i in range(300)]
-            assert d._transport.batched_reads == 0
-        finally:
-            await dev.close()
+    async with _fleet(mqtt_url, 1, read_batch_above=0) as (d, (name,)):
+        calls = [d.call(name, "echo", {"i": i}) for i in range(300)]
+        assert await asyncio.gather(*calls) == [{"i": i} for i in range(300)]
+        assert d._transport.batched_reads == 0
 
 
 @pytest.mark.parametrize("kw", [{"read_batch_above": -1}, {"read_batch_ms": 0}, {"read_batch_ms": 5000}])
