@@ -458,3 +458,11 @@ async def test_read_batching_can_be_turned_off(mqtt_url):
 def test_read_batching_settings_are_checked(kw):
     with pytest.raises(ValidationError, match="read_batch"):
         Settings(**kw)
+
+
+@pytest.mark.parametrize("kw", [{"read_batch_above": -1}, {"read_batch_delay": 0}])
+def test_read_batching_transport_arguments_are_checked(kw):
+    from fleetrpc.transport.mqtt import MqttTransport
+
+    with pytest.raises(ValidationError, match="read_batch"):
+        MqttTransport("mqtt://127.0.0.1:1883", **kw)

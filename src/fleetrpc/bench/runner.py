@@ -209,20 +209,8 @@ class _ReferenceTarget(_Target):
         await self.d.close()
 
     async def fanout(self, devices, params, timeout, tick):
-        call = self.call
-        ok = failed = 0
-
-        async def one(dev):
-            nonlocal ok, failed
-            try:
-                await call(dev, "echo", params, timeout=timeout)
-                ok += 1
-            except Exception:  # noqa: BLE001 - counted, never fatal
-                failed += 1
-            tick(1)
-
-        await asyncio.gather(*(one(dev) for dev in devices))
-        return ok, failed
+        # The plain way: one awaiting call per device, all at once.
+        return await self.sequential(devices, 1, params, timeout, tick)
 
     async def sequential(self, devices, k, params, timeout, tick):
         call = self.call
