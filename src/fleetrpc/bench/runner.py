@@ -362,10 +362,11 @@ class _Phase:
     def __exit__(self, *exc: object) -> None:
         self.elapsed = time.perf_counter() - self.t0
         self.cpu = time.process_time() - self.cpu0
-        rig = _RIG.get()
         #: CPU seconds of the rig's other processes over the phase.
-        self.rig_cpu = {name: (None if c0 is None or (c1 := _cpu_seconds(rig[name])) is None else c1 - c0)
-                        for name, c0 in self._rig0.items()}
+        self.rig_cpu: dict[str, float | None] = {}
+        for name, before in self._rig0.items():
+            after = _cpu_seconds(_RIG.get()[name])
+            self.rig_cpu[name] = None if before is None or after is None else after - before
         self.progress(self.target, self.workload, self.total, self.total, self.text)
 
     def tick(self, n: float = 1) -> None:
