@@ -14,7 +14,7 @@ from fleetrpc.server import Server, ServerContext
 
 from .fakes import World
 
-SECRET = "test-secret-" + "x" * 40
+SECRET = "test-secret-" + "x" * 60
 
 
 def server_settings(mqtt_url: str, store_url: str, tmp_path, **sections: dict[str, Any]):

@@ -255,7 +255,7 @@ def load_or_create_secret(data_dir: str | os.PathLike) -> str:
     try:
         with open(path) as f:
             secret = f.read().strip()
-        if len(secret) >= 32:
+        if len(secret) >= 64:
             return secret
     except FileNotFoundError:
         pass

@@ -172,7 +172,7 @@ class JwtSection(_Section):
     """Tokens, as ThingsBoard issues them."""
 
     secret: Annotated[str | None, _doc(
-        "HS512 signing key, at least 32 characters. Unset: a random key generated once into "
+        "HS512 signing key, at least 64 characters. Unset: a random key generated once into "
         "server.data_dir/jwt-secret.", extra=SECRET)] = None
     previous_secrets: Annotated[list[str], _doc(
         "Keys still accepted for verification (rotation without logging everyone out): put "
@@ -303,8 +303,8 @@ class ServerSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         for key, value in (("jwt.secret", self.jwt.secret), *(
             (f"jwt.previous_secrets[{i}]", s) for i, s in enumerate(self.jwt.previous_secrets)
         )):
-            if value is not None and len(value) < 32:
-                raise ValidationError(f"{key} must be at least 32 characters (HS512 wants a long key)")
+            if value is not None and len(value) < 64:
+                raise ValidationError(f"{key} must be at least 64 characters (512 bits, as ThingsBoard and RFC 7518 ask of an HS512 key)")
         if (self.auth.sysadmin_email is None) != (self.auth.sysadmin_password is None):
             raise ValidationError("auth.sysadmin_email and auth.sysadmin_password go together")
         if self.mqtt.reconnect_max < self.mqtt.reconnect_delay:
