@@ -88,19 +88,25 @@ def _timed_writes(store: Any, histogram: Any) -> None:
 
 async def database(ctx: ServerContext) -> AsyncIterator[None]:
     from ..store import open_store
+    from ..store.db import open_database
     from .identity import open_repositories
 
-    close_repositories = await open_repositories(ctx)
+    ctx.db = await open_database(ctx.library.store_url)  # applies every migration
     try:
-        ctx.store = await open_store(ctx.library.store_url, group_commit=True)
-        _timed_writes(ctx.store, ctx.metrics.store_write)
+        close_repositories = await open_repositories(ctx)
         try:
-            yield
+            ctx.store = await open_store(ctx.library.store_url, group_commit=True)
+            _timed_writes(ctx.store, ctx.metrics.store_write)
+            try:
+                yield
+            finally:
+                await ctx.store.close()
+                ctx.store = None
         finally:
-            await ctx.store.close()
-            ctx.store = None
+            await close_repositories()
     finally:
-        await close_repositories()
+        await ctx.db.close()
+        ctx.db = None
 
 
 async def events(ctx: ServerContext) -> AsyncIterator[None]:
@@ -146,7 +152,7 @@ async def dispatcher(ctx: ServerContext) -> AsyncIterator[None]:
 
 
 async def engine(ctx: ServerContext) -> AsyncIterator[None]:
-    from ..persistent import PersistentRpc
+    from ..rpc.persistent import PersistentRpc
 
     e = PersistentRpc(ctx.dispatcher, ctx.store, emit=ctx.bus.emit)
     recovered = await e.start()

@@ -20,7 +20,7 @@ import msgspec
 from aiohttp import web
 
 from ...errors import RpcNotFoundError, ValidationError
-from ...status import RpcStatus
+from ...rpc.status import RpcStatus
 from ..auth import CUSTOMER_USER, TENANT_ADMIN
 from ..errors import ApiError
 from ..keys import CTX
