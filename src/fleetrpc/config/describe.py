@@ -80,3 +80,24 @@ def render(settings: ServerSettings) -> str:
         else:
             lines.append(f"{s.key} = {_toml(s.value)}")
     return "\n".join(lines).lstrip("\n") + "\n"
+
+
+def markdown(settings: ServerSettings | None = None) -> str:
+    """The settings reference of docs/configuration.md (defaults when
+    ``settings`` is None); ``python -m fleetrpc.config.describe`` prints it."""
+    settings = settings or ServerSettings()
+    out = []
+    current = None
+    for s in describe(settings):
+        if s.section != current:
+            current = s.section
+            out += ["", f"### `[{s.section}]`", "", SECTIONS[s.section].__doc__.strip(), "",
+                    "| key | default | environment | what it does |", "|---|---|---|---|"]
+        default = "(unset)" if s.default is None else f"`{_toml(s.default)}`"
+        doc = s.doc.replace("|", "\\|")
+        out.append(f"| `{s.key}` | {default} | `{s.env}` | {doc}{' (secret)' if s.secret else ''} |")
+    return "\n".join(out).lstrip("\n") + "\n"
+
+
+if __name__ == "__main__":
+    print(markdown(), end="")
