@@ -31,7 +31,15 @@ def serve(config_path: str | None, demo: bool, print_config: bool) -> None:
     from .logs import configure_logging
     from .process import serve as serve_forever
 
+    from ..errors import FleetRpcError
+
     configure_logging(settings.server.log_level, settings.server.log_format)
     ctx = ServerContext(settings)
     ctx.demo = demo
-    run(serve_forever(settings, ctx=ctx))
+    try:
+        run(serve_forever(settings, ctx=ctx))
+    except (FleetRpcError, OSError, RuntimeError) as exc:
+        # A part that cannot start (port taken, no broker, database down):
+        # one clear line; the log above has the details.
+        click.echo(f"fleetrpc serve: could not start: {exc}", err=True)
+        sys.exit(1)

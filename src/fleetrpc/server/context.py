@@ -21,6 +21,7 @@ Attributes other parts rely on (the brief's contract):
 ``url``           the HTTP API's base URL once listening
 ``features``      extra ``setup(app, ctx)`` functions for ``create_app``, as
                   ``"package.module[:function]"`` names
+``demo``          ``--demo`` was given: the identity part loads the demo accounts
 """
 
 from __future__ import annotations
@@ -74,6 +75,11 @@ class ServerContext:
         self.activity = Activity()
         self.app: Any = None
         self.url: str | None = None
+        #: ``fleetrpc serve --demo``: load ThingsBoard's demo accounts and devices
+        self.demo = False
+        #: replaces the identity repositories (tests, the REST bench):
+        #: ``async (ctx) -> close()``, filling ctx.devices, ctx.users, ...
+        self.open_repositories: Any = None
         #: set once the server stops taking requests (SIGTERM): new ones get 503
         self.draining = False
         self._http_inflight = 0

@@ -19,9 +19,8 @@ async def _nothing() -> None:
 async def open_repositories(ctx: ServerContext) -> Callable[[], Awaitable[None]]:
     """Fill ``ctx.db`` and the repositories; returns the function that
     closes them.  ``ctx.open_repositories`` (tests) replaces the default."""
-    override = getattr(ctx, "open_repositories", None)
-    if override is not None:
-        return await override(ctx)
+    if ctx.open_repositories is not None:
+        return await ctx.open_repositories(ctx)
     raise RuntimeError(
         "the identity repositories (tenants, users, devices) are not part of this build yet"
     )
