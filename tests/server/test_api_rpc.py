@@ -172,3 +172,26 @@ async def test_queue_full_is_429(start_server, world, mqtt_url):
             assert (status, json.loads(body)) == (200, 2)
         finally:
             await dev.close()
+
+
+async def test_device_online_state_and_last_activity(start_server, world, mqtt_url):
+    async with start_server() as (server, api):
+        path = f"/api/plugins/telemetry/DEVICE/{world.dev_c1.id}/values/attributes/SERVER_SCOPE"
+        token = await api.login(world.customer.email)
+        status, body, _ = await api.request("GET", path, token)
+        assert status == 200
+        assert {kv["key"]: kv["value"] for kv in json.loads(body)} == {"active": False, "lastActivityTime": 0}
+        dev = await device(mqtt_url, server.ctx, world.dev_c1.id)
+        try:
+            await api.request("POST", f"{V2}/twoway/{dev.device_id}", token, json={"method": "echo"})
+            status, body, _ = await api.request("GET", path + "?keys=active,lastActivityTime", token)
+            values = {kv["key"]: kv["value"] for kv in json.loads(body)}
+            assert values["active"] is True and values["lastActivityTime"] > 0
+        finally:
+            await dev.close()
+        # the rules of reading a device
+        other = await api.login(world.customer2.email)
+        status, body, _ = await api.request("GET", path, other)
+        assert status == 403 and json.loads(body)["errorCode"] == 20
+        status, body, _ = await api.request("GET", path, await api.login(world.tenant2.email))
+        assert status == 404 and json.loads(body)["errorCode"] == 32
