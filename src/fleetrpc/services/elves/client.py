@@ -69,10 +69,14 @@ class ElvesClient:
         await self.close()
 
     async def call(self, mqs: str, mqf: str, *, timeout: float = 30.0, **args: Any) -> dict[str, Any]:
-        """Send ``{"mqt": "call", "mqs", "mqf", "key"?, **args}``; return the reply."""
+        """Send ``{"mqt": "call", "mqs", "mqf", "key"?, **args}``; return the
+        reply.  The app's key goes as ``key`` (``auth_key`` when ``args``
+        has a ``key`` of its own)."""
         body = {"mqt": "call", "mqs": mqs, "mqf": mqf}
-        if self.key is not None and "key" not in args:
-            body["key"] = self.key
+        if self.key is not None:
+            # "key" is an argument of some functions (getAuthByKey): then
+            # the credential goes as auth_key, which the server reads first.
+            body["auth_key" if "key" in args else "key"] = self.key
         body.update(args)
         return await self.send_raw(self._encode(body), timeout=timeout)
 

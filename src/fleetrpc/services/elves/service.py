@@ -173,7 +173,9 @@ class ElvesService:
 
 
 def _key_of(env: Envelope) -> str | None:
-    for name in ("key", "auth_key"):
+    # auth_key first: checkIpAuthByKey and getAuthByKey take a "key" argument
+    # of their own, which may be another app's key than the caller's.
+    for name in ("auth_key", "key"):
         value = env.get(name)
         if isinstance(value, str) and value:
             return value
