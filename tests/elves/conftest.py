@@ -16,7 +16,7 @@ from fleetrpc.dispatcher import Dispatcher
 from fleetrpc.services.elves import NULL_TENANT, ElvesSettings
 from fleetrpc.services.elves.client import ElvesClient
 from fleetrpc.services.elves.service import ElvesService
-from tests.elves.db import open_test_database
+from fleetrpc.store.db import open_database
 from tests.helpers.waiting import wait_until
 
 _seq = itertools.count()
@@ -83,7 +83,7 @@ async def rig(mqtt_url, apps_root):
     prefix = f"elves{n}"
     d = Dispatcher(Settings(mqtt_url=mqtt_url, node_id=f"n{n}", prefix=prefix, min_timeout_ms=0))
     await d.start()
-    db = await open_test_database()
+    db = await open_database("sqlite://:memory:")
     service = ElvesService(d, db, settings=ElvesSettings(accept_timeout_s=5.0, agent_grace_s=2.0))
     await service.start()
     key = await service.supervisor.create_app(NULL_TENANT, "ops")
