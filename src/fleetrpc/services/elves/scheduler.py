@@ -206,14 +206,15 @@ class Scheduler:
         if by_device:
             await self._call_agents(by_device, results, ips, task_ids, ins, wire, sync, task_type)
         done: list[Dispatched] = results  # type: ignore[assignment]
-        await self.tasklog.sent(tenant_id, [(d.task_id, d.ok, d.error, d.costtime) for d in done])
+        # One write per task: how the send went and, for sync, the worker's result.
+        changes = []
+        for d in done:
+            fields = self.tasklog.sent_fields(d.ok, d.error, d.costtime)
+            if sync and d.ok:
+                fields.update(self.tasklog.worker_fields(ins.mode, d.worker_flag, d.worker_result, d.worker_costtime, None))
+            changes.append((d.task_id, fields))
+        await self.tasklog.worker_results(tenant_id, changes)
         if sync:
-            changes = [
-                (d.task_id, self.tasklog.worker_fields(ins.mode, d.worker_flag, d.worker_result, d.worker_costtime, None))
-                for d in done if d.ok
-            ]
-            if changes:
-                await self.tasklog.worker_results(tenant_id, changes)
             if ins.mode == "P":
                 for d in done:
                     if d.ok:

@@ -177,17 +177,17 @@ class TaskLog:
         await self.repo.insert_many(rows)
         return [r.id for r in rows]
 
+    def sent_fields(self, ok: bool, error: str, cost: int) -> dict[str, Any]:
+        """The columns of how the send to the agent went; a task that did
+        not reach its agent ends as failed."""
+        fields: dict[str, Any] = {"agent_sync_flag": 1 if ok else 0, "agent_sync_error": error, "agent_sync_costtime": cost}
+        if not ok:
+            fields.update(result_flag=FAILURE, endtime=now_ms())
+        return fields
+
     async def sent(self, tenant_id: str, outcomes: list[tuple[str, bool, str, int]]) -> None:
-        """``[(task id, reached the agent, error, cost ms)]``: a task that
-        did not reach its agent ends as failed."""
-        now = now_ms()
-        changes = []
-        for task_id, ok, error, cost in outcomes:
-            fields: dict[str, Any] = {"agent_sync_flag": 1 if ok else 0, "agent_sync_error": error, "agent_sync_costtime": cost}
-            if not ok:
-                fields.update(result_flag=FAILURE, endtime=now)
-            changes.append((task_id, fields))
-        await self.repo.update_each(tenant_id, changes)
+        """``[(task id, reached the agent, error, cost ms)]`` (:meth:`sent_fields`)."""
+        await self.repo.update_each(tenant_id, [(t, self.sent_fields(ok, e, c)) for t, ok, e, c in outcomes])
 
     def worker_fields(self, mode: str, flag: int, message: str, costtime: int | None, callback_time: int | None) -> dict[str, Any]:
         """The columns a worker's result sets (and, in mode NP, the end)."""
@@ -199,7 +199,8 @@ class TaskLog:
         return fields
 
     async def worker_results(self, tenant_id: str, changes: list[tuple[str, dict[str, Any]]]) -> None:
-        """Apply :meth:`worker_fields` results of many tasks at once."""
+        """Apply the fields of :meth:`worker_fields` / :meth:`sent_fields`
+        of many tasks at once."""
         await self.repo.update_each(tenant_id, changes)
 
     async def processor_pushed(self, tenant_id: str, task_id: str, ok: bool, error: str, costtime: int) -> None:
