@@ -12,6 +12,7 @@ class _LazyGroup(click.Group):
     so ``fleetrpc --help`` stays fast and one broken extra cannot break all."""
 
     _commands = {
+        "agent": "fleetrpc.agent.command:agent",
         "demo": "fleetrpc.demo:demo",
         "simulate": "fleetrpc.sim.command:simulate",
         "bench": "fleetrpc.bench.command:bench",
