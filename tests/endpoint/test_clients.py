@@ -67,15 +67,23 @@ async def test_paho_device_answers_calls_at_the_qos_it_subscribed_with(rig, vers
     assert await dev.subscribe("v1/devices/me/rpc/request/+", qos) == [qos]
     await rig.online("dev-a")
     statuses = []
-    rig.dispatcher.on_status(lambda e: statuses.append(e.type))
+    delivered = asyncio.Event()
+
+    def on_status(event):
+        statuses.append(event.type)
+        if event.type == "DELIVERED":
+            delivered.set()
+
+    rig.dispatcher.on_status(on_status)
     call = asyncio.ensure_future(rig.dispatcher.call("dev-a", "setGPIO", {"pin": 4}))
     topic, payload, got_qos = await dev.next_message()
     assert topic == "v1/devices/me/rpc/request/1"
     assert json.loads(payload) == {"method": "setGPIO", "params": {"pin": 4}}
     assert got_qos == qos
+    # The device's PUBACK (QoS 1), or the write (QoS 0), is ThingsBoard's DELIVERED.
+    await asyncio.wait_for(delivered.wait(), 10)
     dev.client.publish("v1/devices/me/rpc/response/1", b'{"pin": 4, "value": 1}', qos=1)
     assert await call == {"pin": 4, "value": 1}
-    # The device's PUBACK (QoS 1), or the write (QoS 0), is ThingsBoard's DELIVERED.
     assert statuses == ["SENT", "DELIVERED", "SUCCESSFUL"]
     await dev.stop()
     await rig.offline("dev-a")
