@@ -182,10 +182,11 @@ class DeviceEndpoint:
         self._by_client: dict[tuple[str, str], Session] = {}
         #: device -> where its requests go (sessions and gateway sub-devices), newest last
         self._routes: dict[str, list[Session | SubDevice]] = {}
-        #: client-side call id -> (session, answer topic, QoS)
-        self._calls: dict[str, tuple[Session, str, int]] = {}
-        # Call ids far above what devices pick, so a fleetrpc-SDK device's own
-        # ids on ret/{cid} never collide with the ones chosen here.
+        #: client-side call id -> (session, answer topic, QoS, answer properties)
+        self._calls: dict[str, tuple[Session, str, int, dict | None]] = {}
+        # Call ids far above what devices pick for themselves: with the
+        # composite transport, a device id reached through the broker too
+        # gets answers on ret/{its own id}, which must not look like ours.
         self._cids = itertools.count(1 << 40)
         self._client_ids = itertools.count(1)
         self._stored: dict[tuple[str, str], _StoredSession] = {}
@@ -357,11 +358,12 @@ class DeviceEndpoint:
         if kind == "ret/":
             entry = self._calls.pop(topic[j + 5:], None)
             if entry is not None:
-                session, answer, q = entry
+                session, answer, q, answer_props = entry
                 if session.calls is not None:
                     session.calls.discard(topic[j + 5:])
-                session.send_answer(answer, payload, q)
+                session.send_answer(answer, payload, q, answer_props)
                 return True
+            return False  # an answer to a call that came another way
         # anything else for a fleetrpc-SDK device connected here
         delivered = False
         for session in self._sessions.get(device, ()):
@@ -485,9 +487,9 @@ class DeviceEndpoint:
         body = _json({"status": "online" if online else "offline", "ts": int(time.time() * 1000)})
         self._deliver(f"{self._dev_prefix}{device}/presence", body)
 
-    def _new_call(self, session: Session, answer: str, qos: int) -> str:
+    def _new_call(self, session: Session, answer: str, qos: int, props: dict | None) -> str:
         cid = str(next(self._cids))
-        self._calls[cid] = (session, answer, qos)
+        self._calls[cid] = (session, answer, qos, props)
         return cid
 
     def _session_limits(self, gateway: bool) -> bytes:

@@ -764,7 +764,7 @@ class Session(asyncio.Protocol):
         if len(self.calls) >= ep.settings.max_client_calls:
             self.send_answer(answer, error_reply("TOO_MANY_REQUESTS", "too many calls awaiting an answer"), qos)
             return
-        cid = ep._new_call(self, answer, qos)
+        cid = ep._new_call(self, answer, qos, None)
         self.calls.add(cid)
         ep.stats.client_calls += 1
         ep._deliver(self.base + "/call/" + cid, payload)
@@ -777,22 +777,44 @@ class Session(asyncio.Protocol):
             ep.stats.refused_topic += 1
             log.warning("device %s published on %r, which is not its own: dropped", self.device, topic)
             return
-        kind = topic[n + 1:].split("/", 1)[0]
-        if kind not in ("res", "ack", "call", "presence", "hb"):
+        kind, _, rest = topic[n + 1:].partition("/")
+        if kind == "call":
+            self._on_fleetrpc_call(rest, payload, props)
+        elif kind in ("res", "ack", "presence", "hb"):
+            ep._deliver(topic, payload)
+        else:
+            ep.stats.refused_topic += 1
+
+    def _on_fleetrpc_call(self, cid: str, payload: bytes, props: dict | None) -> None:
+        """A fleetrpc-SDK device's CALL: renumbered like ThingsBoard's, so
+        that the answer comes back to this session whatever other path the
+        same device id uses (a broker connection picks its own ids)."""
+        ep = self.endpoint
+        if not (0 < len(cid) <= 19 and cid.isascii() and cid.isdigit()):
             ep.stats.refused_topic += 1
             return
+        answer = f"{self.base}/ret/{cid}"
+        answer_props = None
         if props:
             # A Response Topic is honoured only inside the device's own
-            # namespace: the answer must not be steered into another device.
+            # namespace: an answer must never be steered into another device.
             rt = props.get("response_topic")
-            if rt is not None and not (rt.startswith(base) and rt[n:n + 1] == "/"):
-                rt = None
-            gm = {"response_topic": [rt]} if rt is not None else {}
-            if rt is not None and "correlation_data" in props:
-                gm["correlation_data"] = [props["correlation_data"]]
-            ep._deliver(topic, payload, gm or None)
-        else:
-            ep._deliver(topic, payload)
+            base = self.base
+            if rt is not None and rt.startswith(base) and rt[len(base):len(base) + 1] == "/":
+                answer = rt
+                if "correlation_data" in props:
+                    answer_props = {"correlation_data": props["correlation_data"]}
+        qos = self._fr_qos(answer)
+        if self.calls is None:
+            self.calls = set()
+        if len(self.calls) >= ep.settings.max_client_calls:
+            self.send_answer(answer, error_reply("TOO_MANY_REQUESTS", "too many calls awaiting an answer"),
+                             max(qos, 0), answer_props)
+            return
+        ecid = ep._new_call(self, answer, max(qos, 0), answer_props)
+        self.calls.add(ecid)
+        ep.stats.client_calls += 1
+        ep._deliver(self.base + "/call/" + ecid, payload)
 
     # -- gateway ---------------------------------------------------------------------
 
