@@ -582,6 +582,9 @@ class Session(asyncio.Protocol):
         self.base = ep._dev_prefix + self.device
         self.state = CONNECTED
         self.rate = ep._rate_limit(self.device)
+        assigned = not c.client_id
+        if assigned:  # MQTT 5 lets the server choose (3.1.1 was refused above unless clean)
+            self.client_id = ep._assign_client_id()
         session_present = ep._register(self)
         props: dict[int, Any] = {}
         if self.v5:
@@ -594,8 +597,7 @@ class Session(asyncio.Protocol):
             props[0x29] = 0                     # Subscription Identifiers Available: no
             if c.keepalive != self.keepalive:
                 props[0x13] = self.keepalive    # Server Keep Alive
-            if not c.client_id:
-                self.client_id = ep._assign_client_id()
+            if assigned:
                 props[0x12] = self.client_id    # Assigned Client Identifier
             asked = c.properties.get("session_expiry_interval", 0)
             if asked != self.session_expiry:
