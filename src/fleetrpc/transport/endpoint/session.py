@@ -140,7 +140,7 @@ class Session(asyncio.Protocol):
         "client_id", "keepalive", "opened", "last_in", "out", "dirty", "paused_since",
         "written", "subs", "form", "rpc_qos", "gw_qos", "fr_filters", "next_n", "requests",
         "next_mid", "inflight", "waiting", "window", "client_max_packet", "subdevices",
-        "calls", "session_expiry", "clean_start", "rate", "check_key",
+        "calls", "session_expiry", "clean_start", "rate", "check_key", "fr_req_qos",
     )
 
     def __init__(self, endpoint: "DeviceEndpoint") -> None:
@@ -168,8 +168,11 @@ class Session(asyncio.Protocol):
         self.form = -1
         self.rpc_qos = 0
         self.gw_qos = -1
-        #: FLEETRPC-form subscriptions: [(filter levels, QoS)]
+        #: FLEETRPC-form subscriptions: [(filter levels, filter, QoS)]
         self.fr_filters: list[tuple[list[str], str, int]] | None = None
+        #: the QoS every REQUEST topic gets from fr_filters, or -2 when it
+        #: depends on the topic (a filter for one node only): then match each
+        self.fr_req_qos = -1
         self.next_n = 0
         #: request number -> (base, tail, sub-device name or None) awaiting a response
         self.requests: dict[int, tuple] = {}
@@ -407,7 +410,9 @@ class Session(asyncio.Protocol):
         device; ``tail_at`` is where ``{node}/{rid}`` starts in ``topic``."""
         form = self.form
         if form == FLEETRPC:
-            qos = self._fr_qos(topic)
+            qos = self.fr_req_qos
+            if qos == -2:
+                qos = self._fr_qos(topic)
             if qos >= 0:
                 self._publish(topic, payload, qos, None, None, token, props)
             return
@@ -438,6 +443,20 @@ class Session(asyncio.Protocol):
     def send_answer(self, topic: str, payload: bytes, qos: int, props: dict | None = None) -> None:
         """The dispatcher's answer to one of this session's client-side calls."""
         self._publish(topic, payload, qos, None, None, -1, props)
+
+    def _fr_filters_changed(self) -> None:
+        # A level with NUL matches no literal filter level: what matches this
+        # topic matches every REQUEST topic of the device.
+        any_req = (self.base + "/req/\x00/\x00").split("/")
+        qos = -1
+        specific = False
+        nbase = self.base.count("/") + 1
+        for flevels, _, q in self.fr_filters or ():
+            if _matches(flevels, any_req):
+                qos = max(qos, q)
+            elif flevels[nbase:nbase + 1] in (["req"], ["+"]):
+                specific = True
+        self.fr_req_qos = -2 if specific else qos
 
     def _fr_qos(self, topic: str) -> int:
         """The QoS of this FLEETRPC-form session's subscription matching
@@ -648,6 +667,7 @@ class Session(asyncio.Protocol):
                 self.fr_filters = []
             self.fr_filters = [f for f in self.fr_filters if f[1] != topic]
             self.fr_filters.append((flevels, topic, q))
+            self._fr_filters_changed()
             self.subs[topic] = q
             nbase = base.count("/") + 1
             rest = flevels[nbase:]
@@ -676,6 +696,7 @@ class Session(asyncio.Protocol):
                 ep._remove_route(self.device, self)
         elif self.fr_filters:
             self.fr_filters = [f for f in self.fr_filters if f[1] != topic]
+            self._fr_filters_changed()
             if self.form == FLEETRPC and not self.fr_filters:
                 self.form = -1
                 ep._remove_route(self.device, self)
