@@ -250,3 +250,30 @@ async def _until(predicate, timeout: float = 10.0) -> None:
         while not predicate():
             await asyncio.sleep(0.01)
     await asyncio.wait_for(poll(), timeout)
+
+
+async def test_tls_listener(tmp_path):
+    import ssl
+    import subprocess
+
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+         "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )
+    async with make_rig(port=None, tls_port=0, tls_cert=str(cert), tls_key=str(key)) as rig:
+        ctx = ssl.create_default_context(cafile=str(cert))
+        reader, writer = await asyncio.open_connection("127.0.0.1", rig.endpoint.ports["tls"], ssl=ctx)
+        c = raw.RawClient(reader, writer)
+        assert (await c.connect("token-a", client_id="tls", version=5))[1][:2] == b"\x00\x00"
+        c.send(raw.subscribe(1, ("v1/devices/me/rpc/request/+", 1), version=5))
+        await c.read_packet()
+        await rig.online("dev-a")
+        call = asyncio.ensure_future(rig.dispatcher.call("dev-a", "m", {}))
+        first, body = await c.read_packet()
+        topic, payload, mid = raw.publish_topic(body, 1, True)
+        c.send(raw.puback(mid) + raw.publish("v1/devices/me/rpc/response/" + topic.rsplit("/", 1)[1], b"true",
+                                             version=5))
+        assert await call is True
+        c.close()
