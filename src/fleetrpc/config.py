@@ -82,6 +82,11 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
     # -- persistent RPC -----------------------------------------------------
     store_url: str = "sqlite:///fleetrpc.db"
+    #: Retries of a persistent call that names none (REST ``retries``
+    #: absent, null or ""): 0, as in ThingsBoard, which retries only when asked.
+    default_retries: int = 0
+    #: The most retries a persistent call may ask for (ThingsBoard's
+    #: ACTORS_RPC_MAX_RETRIES); more are capped to it.
     max_retries: int = 5
     ttl_enabled: bool = True
     ttl_days: float = 30.0
@@ -102,6 +107,8 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             raise ValidationError("queue_cap and inflight_window must be >= 1, device_window >= 0")
         if self.read_batch_above < 0 or not 0 < self.read_batch_ms <= 1000:
             raise ValidationError("read_batch_above must be >= 0 and read_batch_ms in (0, 1000]")
+        if self.default_retries < 0 or self.max_retries < 0:
+            raise ValidationError("default_retries and max_retries must be >= 0")
         if not 0 < self.tick_ms <= 1000:
             raise ValidationError(f"tick_ms must be in (0, 1000], not {self.tick_ms!r}")
 
