@@ -48,8 +48,8 @@ from typing import Any, Callable
 import msgspec
 
 from .config import Settings
-from .dispatcher import CallObserver, Counters, Dispatcher
-from .protocol import validate_id
+from .dispatch import CallObserver, Counters, Dispatcher
+from .wire import validate_id
 from .errors import (
     DispatcherClosedError,
     ReplyNotJsonError,
@@ -111,7 +111,6 @@ class _Live(CallObserver):
         self.write: asyncio.Future | None = None
 
     def sent(self, rid: int, device: str) -> None:
-        self.rid = rid  # may run inside dispatcher.submit(), before it returns
         self.engine._on_sent(self)
 
     def acked(self, rid: int, device: str) -> bool:
@@ -255,10 +254,9 @@ class PersistentRpc:
             additional_info=additional_info,
         )
         validate_id("device", device)
-        try:
-            msgspec.json.encode(record.params)
-        except (TypeError, msgspec.EncodeError) as exc:
-            raise ValidationError(f"params are not JSON-serialisable: {exc}") from None
+        # Refused before it is stored: params that are not JSON, or a
+        # request over max_payload, could never be sent.
+        self.dispatcher.check_request(method, record.params, record.id)
         if self._submit_insert is not None:
             await self._submit_insert(record)  # resolves once committed
         else:
@@ -352,7 +350,8 @@ class PersistentRpc:
         try:
             live.rid = d.submit(
                 rec.device_id, rec.method, rec.params, live,
-                deadline=loop_now + until_expiry, oneway=rec.oneway, request_id=rec.id,
+                deadline=loop_now + until_expiry, attempt_timeout=rec.timeout_ms / 1000.0,
+                oneway=rec.oneway, request_id=rec.id,
             )
         except DispatcherClosedError:
             live.rid = None  # stays stored; recovered on the next start
@@ -365,10 +364,7 @@ class PersistentRpc:
             self.stats.retries += 1
         self._set_status(live, S, attempts=rec.attempts + 1)
         self.stats.sent += 1
-        # This attempt's transport timeout, never past the expiration time.
-        loop_now = asyncio.get_running_loop().time()
-        until_expiry = (rec.expiration_time - _now_ms()) / 1000.0
-        self.dispatcher.rearm(live.rid, loop_now + min(rec.timeout_ms / 1000.0, until_expiry))
+        # The dispatcher armed this attempt's transport timeout when it sent it.
 
     def _on_acked(self, live: _Live) -> bool:
         if live.record.status is S:

@@ -36,6 +36,7 @@ from __future__ import annotations
 import math
 import re
 import uuid
+from enum import Enum
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -58,6 +59,8 @@ __all__ = [
     "check_method",
     "effective_timeout_ms",
     "effective_retries",
+    "OfflinePolicy",
+    "check_offline",
 ]
 
 #: The longest timeout accepted, in ms (about 31 years): anything longer is
@@ -231,3 +234,36 @@ def effective_retries(retries: int | None, settings: "Settings") -> int:
     """The retries used: the default when ``None``, at most ``max_retries``."""
     r = settings.default_retries if retries is None else retries
     return min(r, settings.max_retries)
+
+
+# -- calls to devices that are not online -------------------------------------
+
+
+class OfflinePolicy(str, Enum):
+    """What a lightweight call to a device that is not online does.
+
+    ``FAIL`` (the default): :class:`~fleetrpc.errors.DeviceOfflineError` at
+    once.  A caller learns in microseconds instead of after the timeout, a
+    fan-out's offline devices cost nothing, and reaching devices that come
+    later is what persistent calls are for.
+
+    ``WAIT`` (ThingsBoard's behaviour): the call waits in the device's queue
+    until the device comes online, then is sent; if the deadline passes
+    first it fails with DeviceOfflineError (ThingsBoard: 409 in v1, 504 in
+    v2), not with a timeout.  Set it per call (``offline="wait"``) or for a
+    node (``Settings.offline``) to run ThingsBoard's clients unchanged."""
+
+    FAIL = "fail"
+    WAIT = "wait"
+
+
+def check_offline(value: Any) -> OfflinePolicy:
+    """An :class:`OfflinePolicy`, or its name or value in any case."""
+    if type(value) is OfflinePolicy:
+        return value
+    if type(value) is str:
+        try:
+            return OfflinePolicy(value.strip().lower())
+        except ValueError:
+            pass
+    raise ValidationError(f"offline must be 'fail' or 'wait', not {_show(value)}")

@@ -6,10 +6,10 @@ from __future__ import annotations
 import msgspec
 import pytest
 
-from fleetrpc import protocol
-from fleetrpc._core.constants import Kind
+from fleetrpc import wire as protocol
+from fleetrpc.wire import Kind
 from fleetrpc.errors import ValidationError
-from fleetrpc.protocol import ErrorBody, ErrorReply, Presence, RpcRequest
+from fleetrpc.wire import ErrorBody, ErrorReply, Presence, RpcRequest
 
 P = "fleetrpc"
 
