@@ -35,7 +35,7 @@ Identifiers
   (:func:`validate_id`).  ``{node}`` names the run of the server node that
   sent a request, so that its reply comes back to that node and no other:
   it is the node's id, a dot and a boot id new at every start
-  (``node-a.18f3c2d1e4b7a9c``, :func:`node_level`).
+  (``node-a.18f3c2d1e4b7a9c0e``, :func:`node_level`).
 - ``{rid}`` (request id, chosen by the server) and ``{cid}`` (call id, chosen
   by the device) are decimal integers in ``[0, 2**63)``; the server's request
   ids are positive and below ``2**53`` so they survive any JSON parser.

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from . import __doc__ as WIRE_DOC
-from .messages import JSON_ENCODER, ErrorCode, Presence, RpcRequest, error_reply
+from .messages import ERROR_MEANINGS, JSON_ENCODER, ErrorCode, Presence, RpcRequest, error_reply
 from .topics import (
     ack_topic,
     call_topic,
@@ -71,14 +71,14 @@ def _prose(doc: str) -> list[str]:
 def _error_codes() -> list[str]:
     out = ["### Error codes", "", "| code | meaning |", "|---|---|"]
     for code in ErrorCode:
-        meaning = " ".join((code.__doc__ or "").split())
+        meaning = ERROR_MEANINGS[code]
         out.append(f"| `{code.value}` | {_inline(meaning)} |")
     return out
 
 
 def _examples() -> list[str]:
     p, device, cid = "fleetrpc", "pump-7", 17
-    node = node_level("node-a", "18f3c2d1e4b7a9c")
+    node = node_level("node-a", "18f3c2d1e4b7a9c0e")
     rid = 4102
     enc = JSON_ENCODER.encode
     rows = [

@@ -11,7 +11,7 @@ import msgspec
 from .constants import MAX_ID_LENGTH
 
 __all__ = [
-    "RpcRequest", "Presence", "ErrorBody", "ErrorReply", "ErrorCode",
+    "RpcRequest", "Presence", "ErrorBody", "ErrorReply", "ErrorCode", "ERROR_MEANINGS",
     "METHOD_NOT_FOUND", "INVALID_PARAMS", "INTERNAL_ERROR",
     "error_reply", "error_value", "as_error",
     "JSON_ENCODER", "ANY_DECODER", "REQUEST_DECODER", "PRESENCE_DECODER", "OBJECT_DECODER",
@@ -63,24 +63,31 @@ class ErrorReply(msgspec.Struct, gc=False):
 
 class ErrorCode(str, Enum):
     """The codes fleetrpc itself puts in an error reply (applications may
-    use their own); the docstring of each is its meaning in the docs."""
+    use their own); :data:`ERROR_MEANINGS` says what each means."""
 
     METHOD_NOT_FOUND = "METHOD_NOT_FOUND"
-    """No handler is registered for the call's method."""
     INVALID_PARAMS = "INVALID_PARAMS"
-    """The handler refused the call's params."""
     BAD_REQUEST = "BAD_REQUEST"
-    """The CALL itself was malformed: empty, not JSON, not an object, no
-    ``method``, or larger than the payload limit; ``message`` says which."""
     HANDLER_ERROR = "HANDLER_ERROR"
-    """The handler raised an exception; ``message`` names it."""
     APPLICATION_ERROR = "APPLICATION_ERROR"
-    """The handler reported a failure of its own (``RemoteError``)."""
     INTERNAL_ERROR = "INTERNAL_ERROR"
-    """The answer could not be built (e.g. a result that is not JSON)."""
 
     def __str__(self) -> str:
         return self.value
+
+
+#: What each :class:`ErrorCode` means (docs/protocol.md's table).
+ERROR_MEANINGS: dict[ErrorCode, str] = {
+    ErrorCode.METHOD_NOT_FOUND: "No handler is registered for the call's method.",
+    ErrorCode.INVALID_PARAMS: "The handler refused the call's params.",
+    ErrorCode.BAD_REQUEST: (
+        "The CALL itself could not be read: empty, not JSON, not an object, no "
+        "``method``, or over the payload limit; ``message`` says which."
+    ),
+    ErrorCode.HANDLER_ERROR: "The handler raised an exception; ``message`` names it.",
+    ErrorCode.APPLICATION_ERROR: "The handler reported a failure of its own (``RemoteError``).",
+    ErrorCode.INTERNAL_ERROR: "The answer could not be built (a result that is not JSON, or too large).",
+}
 
 
 # Short names, kept for the code that used them.

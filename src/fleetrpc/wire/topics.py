@@ -71,10 +71,10 @@ def elves_topic(prefix: str, app: str, mqt: str = ELVES_CALL, cid: int | None = 
 
 
 def new_boot_id() -> str:
-    """A new id for one run of a node: the start time in ms (hex) and 16
+    """A new id for one run of a node: the start time in ms (hex) and 32
     random bits, so that two runs of a node never share one, even when they
     start in the same millisecond or the clock was set back."""
-    return f"{int(time.time() * 1000):x}{os.urandom(2).hex()}"
+    return f"{int(time.time() * 1000):x}{os.urandom(4).hex()}"
 
 
 def node_level(node_id: str, boot: str) -> str:
