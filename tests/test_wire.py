@@ -402,3 +402,27 @@ def test_parse_call_topic(topic, expected):
     from fleetrpc.wire import parse_call_topic
 
     assert parse_call_topic("fleetrpc", topic) == expected
+
+
+from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
+
+_levels = st.one_of(st.sampled_from(["dev", "other", "ret", "res", "call", "+", "#", "", "7", "\x00"]), st.text(max_size=6))
+_topics = st.lists(_levels, min_size=0, max_size=7).map("/".join)
+
+
+@hsettings(deadline=None, suppress_health_check=[HealthCheck.too_slow], max_examples=500)
+@given(st.one_of(_topics, st.builds(lambda t: "fleetrpc/d/" + t, _topics)), st.one_of(st.none(), st.binary(max_size=4)))
+def test_answer_target_never_leaves_the_callers_subtree(rt, cd):
+    from fleetrpc.wire import own_answer_target, parse_call_topic
+
+    props = {"response_topic": [rt]}
+    if cd is not None:
+        props["correlation_data"] = [cd]
+    topic, out, _ = own_answer_target("fleetrpc/d/dev/ret/1", "fleetrpc/d/dev/ret/", props)
+    assert topic.startswith("fleetrpc/d/dev/ret/")
+    rest = topic[len("fleetrpc/d/dev/ret/"):]
+    assert rest and "/" not in rest and "+" not in rest and "#" not in rest
+    parsed = parse_call_topic("fleetrpc", rt)
+    if parsed is not None:
+        device, cid = parsed
+        assert rt == f"fleetrpc/d/{device}/call/{cid}" and int(cid) < 2**63
