@@ -4,7 +4,7 @@ gmqtt for MQTT, ``json.dumps``/``json.loads`` for payloads, one
 ``asyncio.Future`` plus one ``loop.call_later`` timer per call, and a dict of
 futures keyed by request id.  Same topics as fleetrpc (docs/core.md), so the
 same simulated devices answer both; ``fleetrpc bench`` runs it beside
-:class:`fleetrpc.dispatcher.Dispatcher` and prints the ratios.
+:class:`fleetrpc.dispatch.Dispatcher` and prints the ratios.
 
 Minimal, but correct:
 

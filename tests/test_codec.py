@@ -10,10 +10,10 @@ import array
 import msgspec
 import pytest
 
-from fleetrpc import protocol
+from fleetrpc import wire as protocol
 from fleetrpc._core.constants import DEFAULT_MAX_PAYLOAD, Kind
 from fleetrpc.errors import CodecError, ValidationError
-from fleetrpc.protocol import Presence, RpcRequest
+from fleetrpc.wire import Presence, RpcRequest
 
 P = "fleetrpc"
 

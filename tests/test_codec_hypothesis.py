@@ -5,7 +5,7 @@ random payloads (valid envelopes, random JSON, mutated JSON, random bytes,
 bytes-likes and non-bytes) go to both variants; each outcome -- the
 Message's fields, or the CodecError's message -- must be the same, and no
 other exception may escape.  Also: encoding agrees, and topics built by
-:mod:`fleetrpc.protocol` decode back to their ids in both variants.
+:mod:`fleetrpc.wire` decode back to their ids in both variants.
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fleetrpc import _core, protocol
+from fleetrpc import _core
+from fleetrpc import wire as protocol
 from fleetrpc._core.constants import Kind
 from fleetrpc.errors import CodecError
 

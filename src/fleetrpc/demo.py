@@ -13,7 +13,7 @@ import click
 from ._core.constants import DeliveryStrategy
 from .config import Settings
 from .device import DeviceClient
-from .dispatcher import Dispatcher
+from .dispatch import Dispatcher
 from .errors import DeviceOfflineError, FleetRpcError, RpcTimeoutError
 
 

@@ -1,7 +1,7 @@
 """Envelope codec, pure-Python twin of ``codec.pyx``.
 
 ``Codec.decode(topic, payload)`` classifies an MQTT message by its topic
-(see :mod:`fleetrpc.protocol` for the layout), takes the device id, node id
+(see :mod:`fleetrpc.wire` for the layout), takes the device id, node id
 and request id out of the topic and decodes the JSON payload with a msgspec
 decoder made once per type.  Anything malformed is a :class:`CodecError`
 whose message says what was wrong; no other exception escapes ``decode``.
@@ -23,7 +23,7 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from .. import protocol as _protocol  # attributes used lazily: import cycle
+from .. import wire as _protocol
 from ..errors import CodecError, ValidationError
 from .constants import DEFAULT_MAX_PAYLOAD, DEFAULT_PREFIX, MAX_ID_LENGTH, Kind
 

@@ -5,7 +5,7 @@ second, end to end.
 One run: a broker (a throwaway tuned Mosquitto unless a URL is given), one
 simulated fleet in worker processes that acknowledges every delivery
 (:class:`~fleetrpc.sim.Behaviour` ``ack=True``), and, in this process, one
-:class:`~fleetrpc.dispatcher.Dispatcher` + :class:`~fleetrpc.rpc.persistent.PersistentRpc`
+:class:`~fleetrpc.dispatch.Dispatcher` + :class:`~fleetrpc.rpc.persistent.PersistentRpc`
 engine per *target*, all connected at once and taking turns against the same
 fleet:
 
@@ -252,7 +252,7 @@ class _Target:
 
     async def start(self, devices: list[str]) -> None:
         from ..config import Settings
-        from ..dispatcher import Dispatcher
+        from ..dispatch import Dispatcher
         from ..rpc.persistent import PersistentRpc
         from ..store import GroupCommitStore, store_from_url
 

@@ -9,7 +9,7 @@ workload against that same fleet:
     ``benchmarks/reference_dispatcher.py``: gmqtt + ``json`` + a Future and a
     ``loop.call_later`` per call + a dict of futures.  The baseline.
 ``fleetrpc``
-    :class:`fleetrpc.dispatcher.Dispatcher`.
+    :class:`fleetrpc.dispatch.Dispatcher`.
 
 Workloads (each bounded in time *and* count; each stops by itself):
 
@@ -237,11 +237,11 @@ class _FleetrpcTarget(_Target):
     name = "fleetrpc"
 
     def __init__(self, url: str, cfg: BenchConfig) -> None:
-        from .. import dispatcher as dispatcher_module
+        from .. import config as config_module
         from ..config import Settings
-        from ..dispatcher import Dispatcher
+        from ..dispatch import Dispatcher
 
-        pkg = Path(dispatcher_module.__file__).resolve().parent
+        pkg = Path(config_module.__file__).resolve().parent
         # The package's own files, not the harness and the simulator.
         self.alloc_files = (str(pkg),)
         self._exclude = (str(pkg / "bench"), str(pkg / "sim"))

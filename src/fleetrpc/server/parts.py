@@ -132,7 +132,7 @@ async def events(ctx: ServerContext) -> AsyncIterator[None]:
 
 
 async def dispatcher(ctx: ServerContext) -> AsyncIterator[None]:
-    from ..dispatcher import Dispatcher
+    from ..dispatch import Dispatcher
     from ..events import forward_client_calls
 
     d = Dispatcher(ctx.library)

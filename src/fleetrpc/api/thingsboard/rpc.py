@@ -36,7 +36,7 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
-from ...dispatcher import CallObserver
+from ...dispatch import CallObserver
 from ...errors import (
     DeviceOfflineError,
     DispatcherClosedError,

@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 import msgspec
 
-from ...protocol import PRESENCE_DECODER
+from ...wire import PRESENCE_DECODER
 from .server import DeviceEndpoint
 
 log = logging.getLogger("fleetrpc.endpoint")

@@ -40,7 +40,7 @@ from typing import Any, Awaitable, Callable, Union
 import msgspec
 
 from ...errors import ValidationError
-from ...protocol import validate_id, validate_prefix
+from ...wire import validate_id, validate_prefix
 from . import packets as P
 from .limits import RateLimit, parse_rate_limits
 from .session import CLOSED, CONNECTED, Session, SubDevice

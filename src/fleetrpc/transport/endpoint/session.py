@@ -38,7 +38,7 @@ import msgspec
 
 from ... import _core
 from ...errors import CodecError
-from ...protocol import REQUEST_DECODER, error_reply, validate_id
+from ...wire import REQUEST_DECODER, error_reply, validate_id
 from . import packets as P
 
 if TYPE_CHECKING:

@@ -6,10 +6,10 @@ from __future__ import annotations
 import msgspec
 import pytest
 
-from fleetrpc import protocol
-from fleetrpc._core.constants import Kind
+from fleetrpc import wire as protocol
+from fleetrpc.wire import Kind
 from fleetrpc.errors import ValidationError
-from fleetrpc.protocol import ErrorBody, ErrorReply, Presence, RpcRequest
+from fleetrpc.wire import ErrorBody, ErrorReply, Presence, RpcRequest
 
 P = "fleetrpc"
 
@@ -309,3 +309,120 @@ def test_round_trip_custom_prefix(core):
     assert (m.kind, m.device, m.node, m.rid) == (Kind.REPLY, "dev", "n1", 3)
     for f in protocol.server_filters(prefix, "n1"):
         assert f.startswith(prefix + "/")
+
+
+# -- one home for the contract ----------------------------------------------------
+
+
+def test_protocol_md_is_generated_from_the_wire_package():
+    from fleetrpc.wire import docs
+
+    assert docs.main(["--check"]) == 0, "run: python -m fleetrpc.wire.docs"
+
+
+def test_no_topic_is_assembled_outside_the_wire_package():
+    import pathlib
+    import re
+
+    import fleetrpc
+
+    root = pathlib.Path(fleetrpc.__file__).parent
+    pattern = re.compile(r"""f["'][^"'\n]*(/d/|/req/|/res/|/ret/|/ack/|/call/|/presence|/hb\b|elves/)""")
+    offenders = []
+    for path in root.rglob("*.py"):
+        rel = path.relative_to(root).as_posix()
+        if rel.startswith("wire/"):
+            continue
+        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if pattern.search(line) and not line.lstrip().startswith("#"):
+                offenders.append(f"{rel}:{n}: {line.strip()}")
+    assert offenders == []
+
+
+def test_the_wire_package_does_not_import_the_core():
+    import subprocess
+    import sys
+
+    code = "import sys, fleetrpc.wire; print(any(m.startswith('fleetrpc._core') for m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    # fleetrpc/__init__ imports the core; the wire modules themselves must not.
+    import ast
+    import pathlib
+
+    import fleetrpc.wire as wire
+
+    for path in pathlib.Path(wire.__file__).parent.glob("*.py"):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module and "_core" in node.module:
+                raise AssertionError(f"{path.name} imports {node.module}")
+    assert out.returncode == 0
+
+
+def test_node_level_has_a_boot_id_that_differs_every_run():
+    from fleetrpc.wire import new_boot_id, node_level
+
+    boots = {new_boot_id() for _ in range(1000)}
+    assert len(boots) == 1000
+    assert node_level("node-a", "abc") == "node-a.abc"
+    with pytest.raises(ValidationError):
+        node_level("n" * 128, "abc")
+
+
+@pytest.mark.parametrize("rt, honoured", [
+    ("fleetrpc/d/dev/ret/7", True),
+    ("fleetrpc/d/dev/ret/anything", True),
+    ("fleetrpc/d/other/res/node/1", False),
+    ("fleetrpc/d/dev/res/node/1", False),
+    ("fleetrpc/d/dev/ret/7/more", False),
+    ("fleetrpc/d/dev/ret/", False),
+    ("fleetrpc/d/dev/ret/+", False),
+    ("elsewhere", False),
+])
+def test_own_answer_target(rt, honoured):
+    from fleetrpc.wire import own_answer_target
+
+    topic, props, ok = own_answer_target(
+        "fleetrpc/d/dev/ret/1", "fleetrpc/d/dev/ret/", {"response_topic": [rt], "correlation_data": [b"c"]}
+    )
+    assert ok is honoured
+    assert topic == (rt if honoured else "fleetrpc/d/dev/ret/1")
+    assert props == {"correlation_data": b"c"}
+
+
+@pytest.mark.parametrize("topic, expected", [
+    ("fleetrpc/d/dev/call/5", ("dev", "5")),
+    ("fleetrpc/d/dev/call/x", None),
+    ("fleetrpc/d/dev/call/99999999999999999999", None),
+    ("fleetrpc/d/dev/res/n/5", None),
+    ("fleetrpc/d//call/5", None),
+    ("other/d/dev/call/5", None),
+])
+def test_parse_call_topic(topic, expected):
+    from fleetrpc.wire import parse_call_topic
+
+    assert parse_call_topic("fleetrpc", topic) == expected
+
+
+from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
+
+_levels = st.one_of(st.sampled_from(["dev", "other", "ret", "res", "call", "+", "#", "", "7", "\x00"]), st.text(max_size=6))
+_topics = st.lists(_levels, min_size=0, max_size=7).map("/".join)
+
+
+@hsettings(deadline=None, suppress_health_check=[HealthCheck.too_slow], max_examples=500)
+@given(st.one_of(_topics, st.builds(lambda t: "fleetrpc/d/" + t, _topics)), st.one_of(st.none(), st.binary(max_size=4)))
+def test_answer_target_never_leaves_the_callers_subtree(rt, cd):
+    from fleetrpc.wire import own_answer_target, parse_call_topic
+
+    props = {"response_topic": [rt]}
+    if cd is not None:
+        props["correlation_data"] = [cd]
+    topic, out, _ = own_answer_target("fleetrpc/d/dev/ret/1", "fleetrpc/d/dev/ret/", props)
+    assert topic.startswith("fleetrpc/d/dev/ret/")
+    rest = topic[len("fleetrpc/d/dev/ret/"):]
+    assert rest and "/" not in rest and "+" not in rest and "#" not in rest
+    parsed = parse_call_topic("fleetrpc", rt)
+    if parsed is not None:
+        device, cid = parsed
+        assert rt == f"fleetrpc/d/{device}/call/{cid}" and int(cid) < 2**63

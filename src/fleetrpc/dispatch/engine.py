@@ -1,4 +1,4 @@
-"""The dispatch engine: calls out, replies in, deadlines, client-side handlers.
+"""The dispatch engine: calls out, replies in, deadlines.
 
 Outbound: a call is validated, gets a pending entry (request id, deadline in
 the timing wheel, its completion), joins its device's queue under the
@@ -9,12 +9,9 @@ its pending entry, which cancels its deadline, completes the caller and
 releases the device's next call.
 
 Time: one timer per dispatcher advances the wheel while anything is pending;
-there is no per-call ``loop.call_later``.
-
-A completion is what finishes a call: an ``asyncio.Future`` when a caller
-awaits it, a :class:`Broadcast` shared by every call of a fan-out, or any
-callable ``completion(rid, device, result, error)`` (the persistent-RPC
-lifecycle uses that).
+there is no per-call ``loop.call_later``.  Durations in this API are seconds
+(``timeout=2.5``); points in time are epoch milliseconds
+(``expiration_time``), as in ThingsBoard (see ``dispatch/options.py``).
 """
 
 from __future__ import annotations
@@ -24,26 +21,36 @@ import inspect
 import logging
 import time
 from collections import deque
-from typing import Any, AsyncIterator, Awaitable, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterable
 
 import msgspec
 
-from . import _core
-from ._core.constants import DeliveryStrategy, Kind
-from .config import Settings
-from .protocol import answer_target, error_reply, server_filters, validate_id
-from .errors import (
+from .. import _core
+from .._core.constants import DeliveryStrategy
+from ..errors import (
     CodecError,
     DeviceOfflineError,
     DispatcherClosedError,
     QueueFullError,
-    RemoteError,
     ReplyNotJsonError,
     RpcTimeoutError,
     ValidationError,
 )
+from ..presence import DeviceState, PresenceRegistry
+from ..wire import Kind, ServerTopics, is_presence_filter, new_boot_id, node_level, server_filters, validate_id
+from .broadcast import Broadcast
+from .client_calls import ClientCalls, Handler
+from .completion import CallObserver, StatusEvent
+from .counters import Stats
+from .options import OfflinePolicy, check_flag, check_method, check_offline, check_timeout_s
+
+if TYPE_CHECKING:
+    from ..config import Settings
+    from ..transport.base import Transport
 
 log = logging.getLogger("fleetrpc.dispatcher")
+
+__all__ = ["Dispatcher", "DeviceInfo"]
 
 # Bits of a pending entry's flags.
 SENT = 1          # published (holds a slot of the global window)
@@ -51,193 +58,39 @@ ACKED = 2         # the device acknowledged delivery
 ONEWAY = 4        # no reply expected: done when the broker has it
 DEFERRED = 8      # released by its device queue, waiting for the global window
 OBSERVED = 16     # the completion is a CallObserver: told when sent and acked
+ATTEMPT = 32      # has an attempt timeout (submit): rearmed when sent
 
-# ---------------------------------------------------------------------------
-# status events (lightweight calls; persistent RPC adds its own records)
-
-
-class StatusEvent(msgspec.Struct, frozen=True, gc=False):
-    """A lightweight call changed status: SENT, DELIVERED, SUCCESSFUL,
-    TIMEOUT, FAILED; or TO_SERVER_RPC_REQUEST for a client-side call."""
-
-    type: str
-    rid: int
-    device: str
-    ts: float
-    detail: Any = None
-
-
-class CallObserver:
-    """A completion that also wants to know when its call is published and
-    when the device acknowledged it (the persistent-RPC lifecycle)."""
-
-    def sent(self, rid: int, device: str) -> None:
-        """The request was handed to the broker connection."""
-
-    def acked(self, rid: int, device: str) -> bool:
-        """The device acknowledged delivery; return True if that ends the
-        call (a persistent one-way call ends at DELIVERED)."""
-        return False
-
-    def __call__(self, rid: int, device: str, result: Any, error: BaseException | None) -> None:
-        """The call ended: ``result`` or ``error`` (RpcTimeoutError, ...)."""
-
-
-# ---------------------------------------------------------------------------
-# fan-out
-
-
-class Outcome(msgspec.Struct, frozen=True, gc=False):
-    """What one device of a broadcast answered."""
-
-    device: str
-    ok: bool
-    result: Any = None
-    error: BaseException | None = None
-
-
-class BroadcastSummary(msgspec.Struct, frozen=True):
-    """The aggregate of a broadcast once every device has an outcome."""
-
-    total: int
-    succeeded: int
-    failed: int
-    timed_out: int
-    offline: int
-    elapsed: float
-    outcomes: list[Outcome]
-
-    @property
-    def results(self) -> dict[str, Any]:
-        return {o.device: o.result for o in self.outcomes if o.ok}
-
-
-class Broadcast:
-    """One call to many devices.
-
-    Iterate it (``async for outcome in bc``) to get outcomes as they arrive,
-    or ``await bc.wait()`` for the :class:`BroadcastSummary`.  It is the one
-    completion shared by all its calls: no Future per device.
-    """
-
-    def __init__(self, total: int, loop: asyncio.AbstractEventLoop) -> None:
-        self.total = total
-        self.done = 0
-        self.succeeded = 0
-        self.timed_out = 0
-        self.offline = 0
-        self._outcomes: list[Outcome] = []
-        self._read = 0
-        self._loop = loop
-        self._waiter: asyncio.Future | None = None
-        self._started = time.perf_counter()
-        self._elapsed: float | None = None
-
-    def _record(self, device: str, ok: bool, result: Any, error: BaseException | None) -> None:
-        self._outcomes.append(Outcome(device, ok, result, error))
-        self.done += 1
-        if ok:
-            self.succeeded += 1
-        elif isinstance(error, RpcTimeoutError):
-            self.timed_out += 1
-        elif isinstance(error, DeviceOfflineError):
-            self.offline += 1
-        if self.done >= self.total and self._elapsed is None:
-            self._elapsed = time.perf_counter() - self._started
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-    def __call__(self, rid: int, device: str, result: Any, error: BaseException | None) -> None:
-        self._record(device, error is None, result, error)
-
-    @property
-    def progress(self) -> float:
-        return self.done / self.total if self.total else 1.0
-
-    def __aiter__(self) -> AsyncIterator[Outcome]:
-        return self._iterate()
-
-    async def _iterate(self) -> AsyncIterator[Outcome]:
-        while True:
-            while self._read < len(self._outcomes):
-                self._read += 1
-                yield self._outcomes[self._read - 1]
-            if self.done >= self.total:
-                return
-            self._waiter = self._loop.create_future()
-            await self._waiter
-            self._waiter = None
-
-    async def wait(self) -> BroadcastSummary:
-        while self.done < self.total:
-            self._waiter = self._loop.create_future()
-            await self._waiter
-            self._waiter = None
-        return BroadcastSummary(
-            total=self.total,
-            succeeded=self.succeeded,
-            failed=self.total - self.succeeded,
-            timed_out=self.timed_out,
-            offline=self.offline,
-            elapsed=self._elapsed or 0.0,
-            outcomes=list(self._outcomes),
-        )
-
-
-# ---------------------------------------------------------------------------
-# the dispatcher
-
-
-class Counters:
-    """Named integer counters (cheap attribute increments); subclasses list
-    their names in ``__slots__``."""
-
-    __slots__ = ()
-
-    def __init__(self) -> None:
-        for name in self.__slots__:
-            setattr(self, name, 0)
-
-    def as_dict(self) -> dict[str, int]:
-        return {name: getattr(self, name) for name in self.__slots__}
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.as_dict()})"
-
-
-class Stats(Counters):
-    """Counters of one dispatcher."""
-
-    __slots__ = (
-        "calls", "sent", "replies", "acks", "timeouts", "offline_rejected",
-        "queue_full", "malformed", "unknown_request", "wrong_device",
-        "not_json", "client_calls", "client_errors", "presence", "heartbeats",
-        "elves",
-    )
-
-
-class DeviceInfo(msgspec.Struct):
-    """What presence and heartbeats told about a device."""
-
-    online: bool
-    since: float
-    heartbeat: dict | None = None
-
-
-Handler = Callable[[str, Any], Any]
+#: What presence knows of a device (the name the dispatcher used before).
+DeviceInfo = DeviceState
 
 
 class Dispatcher:
     """Sends RPCs to devices and agents over MQTT and brings their answers back.
 
     ``transport`` defaults to an MQTT connection built from ``settings``;
-    anything with the same small interface (see ``transport/mqtt.py``) works.
+    anything implementing :class:`fleetrpc.transport.base.Transport` works
+    (e.g. :class:`fleetrpc.transport.memory.MemoryHub`'s transports).
+    ``presence`` defaults to a registry bounded by ``settings``; a server
+    passes its own (with ``is_known`` set from its device registry).
     """
 
-    def __init__(self, settings: Settings | None = None, *, transport: Any = None) -> None:
-        self.settings = s = settings or Settings()
+    def __init__(
+        self,
+        settings: "Settings | None" = None,
+        *,
+        transport: "Transport | None" = None,
+        presence: PresenceRegistry | None = None,
+    ) -> None:
+        if settings is None:
+            from ..config import Settings
+
+            settings = Settings()
+        self.settings = s = settings
+        #: This node's configured id.
         self.node_id = s.node_id
+        #: This run's id on the wire (``{node_id}.{boot}``): request ids start
+        #: at 1 in every run, this never repeats (see ``wire.node_level``).
+        self.node = node_level(s.node_id, new_boot_id())
         self.stats = Stats()
         self._transport = transport
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -248,11 +101,14 @@ class Dispatcher:
         self._default_timeout = max(s.default_timeout, s.min_timeout)
         self._min_timeout = s.min_timeout
         self._presence = s.presence
+        self._wait_offline = s.offline is OfflinePolicy.WAIT
         self._window = s.inflight_window
         self._inflight = 0
-        self._req_prefix = f"{s.prefix}/d/"
-        self._req_suffix = f"/req/{s.node_id}/"
-        self._res_suffix = f"/res/{s.node_id}/"
+        self._max_payload = s.max_payload
+        self._topics = t = ServerTopics(s.prefix, self.node)
+        self._req_prefix = t.request_head
+        self._req_suffix = t.request_tail
+        self._res_suffix = t.reply_tail
         self._mqtt5_props = s.mqtt_version == 5 and s.response_topic
         self._Future = None  # the loop's Future class, for a fast type check
         self._codec = _core.Codec(s.prefix, s.max_payload)
@@ -264,9 +120,17 @@ class Dispatcher:
         self._timer: asyncio.TimerHandle | None = None
         self._held: dict[int, bytes] = {}        # rid -> encoded request not yet sent
         self._deferred: deque[int] = deque()     # released rids waiting for the window
-        self._devices: dict[str, DeviceInfo] = {}
-        self._online: set[str] = set()
-        self._handlers: dict[str, Handler] = {}
+        self._attempts: dict[int, tuple[float, float]] = {}  # rid -> (attempt timeout, deadline) until sent
+        self._sent_notes: list[tuple[int, str]] = []  # observed calls sent, not yet told
+        #: Online state and heartbeats (shared with the services).
+        self.presence = presence or PresenceRegistry(
+            max_devices=s.presence_max_devices,
+            ttl=s.presence_ttl_s,
+            max_heartbeat_bytes=s.max_heartbeat_bytes,
+        )
+        self._online = self.presence.online
+        self.presence.listen(self._presence_changed)
+        self.client_calls = ClientCalls(self)
         self._hooks: list[Callable[[StatusEvent], Any]] = []
         self._presence_hooks: list[Callable[[str, bool], Any]] = []
         self._message_hooks: dict[int, Callable] = {}
@@ -296,7 +160,7 @@ class Dispatcher:
         await t.start(self._filters())
 
     def _make_transport(self):
-        from .transport.mqtt import MqttTransport
+        from ..transport.mqtt import MqttTransport
 
         s = self.settings
         return MqttTransport(
@@ -319,9 +183,9 @@ class Dispatcher:
 
     def _filters(self) -> list[tuple[str, int]]:
         s = self.settings
-        filters = server_filters(s.prefix, s.node_id, s.share_group)
+        filters = server_filters(s.prefix, self.node, s.share_group)
         if not self._presence:
-            filters = [f for f in filters if not f.endswith(("/presence", "/hb"))]
+            filters = [f for f in filters if not is_presence_filter(f)]
         # Presence at QoS 0: on subscribing, a broker with default settings
         # (Mosquitto: 20 in flight, 1000 queued) hands a QoS 1 subscriber only
         # ~1000 of the retained presence messages and drops the rest; at QoS 0
@@ -337,12 +201,15 @@ class Dispatcher:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self._sent_notes:
+            self._flush_sent()
         err = DispatcherClosedError("dispatcher closed before the call completed")
         if self._pending is not None:
             for rid, device, completion, flags in self._pending.drain():
                 self._complete(completion, rid, device, None, err)
         self._held.clear()
         self._deferred.clear()
+        self._attempts.clear()
         self._queues.drain()
         for task in list(self._tasks):
             task.cancel()
@@ -364,12 +231,17 @@ class Dispatcher:
         self,
         device: str,
         *,
-        strategy: DeliveryStrategy | None = None,
+        strategy: DeliveryStrategy | str | None = None,
         cap: int | None = None,
         window: int | None = None,
     ) -> None:
-        """Per-device delivery strategy, queue cap and in-flight window."""
+        """Per-device delivery strategy (a member or its name), queue cap and
+        in-flight window."""
+        from ..config import parse_strategy
+
         validate_id("device", device)
+        if strategy is not None:
+            strategy = parse_strategy(strategy)
         self._queues.configure(device, strategy, cap, window)
 
     def handler(self, method: str) -> Callable[[Handler], Handler]:
@@ -377,13 +249,13 @@ class Dispatcher:
         plain or async; its return value is the reply."""
 
         def register(fn: Handler) -> Handler:
-            self._handlers[method] = fn
+            self.client_calls.add(method, fn)
             return fn
 
         return register
 
     def add_handler(self, method: str, fn: Handler) -> None:
-        self._handlers[method] = fn
+        self.client_calls.add(method, fn)
 
     def on_status(self, hook: Callable[[StatusEvent], Any]) -> Callable[[StatusEvent], Any]:
         """Call ``hook(event)`` on every status change of a lightweight call."""
@@ -409,33 +281,31 @@ class Dispatcher:
     def online_devices(self) -> frozenset[str]:
         return frozenset(self._online)
 
-    def device_info(self, device: str) -> DeviceInfo | None:
-        return self._devices.get(device)
+    def device_info(self, device: str) -> DeviceState | None:
+        return self.presence.get(device)
 
     def set_online(self, device: str, online: bool) -> None:
         """Record a device's presence (from the presence topic, or from an
         embedding program that knows better)."""
-        info = self._devices.get(device)
-        now = time.time()
-        if info is None:
-            self._devices[device] = info = DeviceInfo(online, now)
-        elif info.online == online:
-            return
-        else:
-            info.online = online
-            info.since = now
+        self.presence.set_online(device, online)
+
+    def _presence_changed(self, device: str, online: bool) -> None:
         if online:
-            self._online.add(device)
             for rid in self._queues.set_online(device, True):
                 self._release(rid, device)
-        else:
-            self._online.discard(device)
-            if self._queues.held(device) or self._queues.inflight(device):
-                self._queues.set_online(device, False)
+        elif self._queues.held(device) or self._queues.inflight(device):
+            self._queues.set_online(device, False)
         for hook in self._presence_hooks:
             self._run_hook(hook, device, online)
 
     # -- calls --------------------------------------------------------------
+
+    def check_request(self, method: str, params: Any = None, request_id: str | None = None) -> int:
+        """Encode the request as it would be sent and return its size; raise
+        ValidationError when it cannot be sent (bad method, params that are
+        not JSON, over ``max_payload``).  The persistent engine calls it
+        before storing a call."""
+        return len(self._request_payload(method, params, request_id))
 
     async def call(
         self,
@@ -446,12 +316,15 @@ class Dispatcher:
         timeout: float | None = None,
         expiration_time: int | None = None,
         oneway: bool = False,
+        offline: OfflinePolicy | str | None = None,
     ) -> Any:
         """Call ``method`` on ``device`` and return its reply.
 
         ``timeout`` is in seconds (default 10, raised to the configured
         minimum, 5 by default); ``expiration_time`` (epoch ms) overrides it.
-        A one-way call returns once the broker has the request.
+        A one-way call returns once the broker has the request.  ``offline``
+        (``"fail"`` or ``"wait"``, default ``Settings.offline``) says what a
+        call to a device that is not online does: see :class:`OfflinePolicy`.
 
         Raises RpcTimeoutError, DeviceOfflineError, QueueFullError,
         ReplyNotJsonError, ValidationError or DispatcherClosedError.
@@ -460,10 +333,12 @@ class Dispatcher:
         """
         if not self._running:
             raise DispatcherClosedError("dispatcher is not running")
+        if oneway is not False and oneway is not True:
+            check_flag(oneway, "oneway")
         if self._presence and device not in self._online:
-            validate_id("device", device)
-            self.stats.offline_rejected += 1
-            raise DeviceOfflineError(f"device {device!r} is not connected")
+            self._offline_call(device, offline)
+        elif offline is not None:
+            check_offline(offline)
         loop = self._loop
         if expiration_time is None and timeout is None:
             deadline = loop.time() + self._default_timeout
@@ -487,6 +362,16 @@ class Dispatcher:
             self._abandon(rid)
             raise
 
+    def _offline_call(self, device: str, offline: Any) -> None:
+        """A call to a device that is not online: refuse it, or let it wait
+        in the device's queue (held until the device comes online)."""
+        validate_id("device", device)
+        wait = self._wait_offline if offline is None else check_offline(offline) is OfflinePolicy.WAIT
+        if not wait:
+            self.stats.offline_rejected += 1
+            raise DeviceOfflineError(f"device {device!r} is not connected")
+        self._queues.set_online(device, False)
+
     def broadcast(
         self,
         devices: Iterable[str],
@@ -496,12 +381,16 @@ class Dispatcher:
         timeout: float | None = None,
         expiration_time: int | None = None,
         oneway: bool = False,
+        offline: OfflinePolicy | str | None = None,
     ) -> Broadcast:
         """Call ``method`` on every device; returns a :class:`Broadcast` to
         iterate outcomes as they arrive or ``await .wait()`` for the summary.
-        Offline devices and full queues become failed outcomes at once."""
+        Under the FAIL offline policy, offline devices and full queues become
+        failed outcomes at once."""
         if not self._running:
             raise DispatcherClosedError("dispatcher is not running")
+        check_flag(oneway, "oneway")
+        wait = self._wait_offline if offline is None else check_offline(offline) is OfflinePolicy.WAIT
         devices = list(dict.fromkeys(devices))
         for device in devices:
             validate_id("device", device)
@@ -512,9 +401,11 @@ class Dispatcher:
         online = self._online
         for device in devices:
             if self._presence and device not in online:
-                self.stats.offline_rejected += 1
-                bc._record(device, False, None, DeviceOfflineError(f"device {device!r} is not connected"))
-                continue
+                if not wait:
+                    self.stats.offline_rejected += 1
+                    bc._record(device, False, None, DeviceOfflineError(f"device {device!r} is not connected"))
+                    continue
+                self._queues.set_online(device, False)
             try:
                 self._submit(device, bc, deadline, payload, flags)
             except QueueFullError as exc:
@@ -529,30 +420,38 @@ class Dispatcher:
         completion: Callable[[int, str, Any, BaseException | None], Any],
         *,
         deadline: float,
+        attempt_timeout: float | None = None,
         oneway: bool = False,
         hold_offline: bool = True,
         request_id: str | None = None,
     ) -> int:
         """Low-level submit for other engines (persistent RPC): no presence
         check, ``deadline`` on the loop clock; calls to offline devices are
-        held until the device comes online.  ``request_id`` goes into the
-        payload as ``"id"``: it stays the same across retries and restarts,
-        so the device can recognise a duplicate.  Returns the request id."""
+        held until the device comes online.  ``attempt_timeout`` (seconds):
+        when the call is published, its deadline becomes ``min(deadline,
+        now + attempt_timeout)`` -- the dispatcher arms each attempt itself.
+        ``request_id`` goes into the payload as ``"id"``: it stays the same
+        across retries and restarts, so the device can recognise a duplicate.
+        A :class:`CallObserver` completion hears ``sent`` after this returns.
+        Returns the request id."""
         if not self._running:
             raise DispatcherClosedError("dispatcher is not running")
         validate_id("device", device)
+        check_flag(oneway, "oneway")
         if hold_offline and self._presence and device not in self._online:
             self._queues.set_online(device, False)
         flags = ONEWAY if oneway else 0
         if isinstance(completion, CallObserver):
             flags |= OBSERVED
             if oneway:
-                # A observed one-way call ends at the device's ack, not PUBACK.
+                # An observed one-way call ends at the device's ack, not PUBACK.
                 flags = OBSERVED
-        payload = self._request_payload(method, params)
-        if request_id is not None:
-            payload = payload[:-1] + b',"id":' + self._encode(request_id) + b"}"
-        return self._submit(device, completion, deadline, payload, flags)
+        if attempt_timeout is not None:
+            attempt_timeout = check_timeout_s(attempt_timeout, "attempt_timeout")
+            flags |= ATTEMPT
+        payload = self._request_payload(method, params, request_id)
+        rid = self._submit(device, completion, deadline, payload, flags, attempt_timeout)
+        return rid
 
     def rearm(self, rid: int, deadline: float) -> None:
         """Move a pending call's deadline (loop clock)."""
@@ -569,37 +468,51 @@ class Dispatcher:
     def _deadline(self, timeout: float | None, expiration_time: int | None) -> float:
         now = self._loop.time()
         if expiration_time is not None:
+            if type(expiration_time) is not int or not 0 <= expiration_time < 10**15:
+                raise ValidationError(f"expiration_time must be epoch milliseconds, not {expiration_time!r}")
             return now + (expiration_time / 1000.0 - time.time())
-        if timeout is None:
+        t = check_timeout_s(timeout)
+        if t is None:
             t = self._default_timeout
-        else:
-            if not isinstance(timeout, (int, float)) or not 0 <= timeout < 1e9:
-                raise ValidationError(f"timeout must be a non-negative number of seconds, not {timeout!r}")
-            t = timeout
         if t < self._min_timeout:
             t = self._min_timeout
         return now + t
 
-    def _request_payload(self, method: str, params: Any) -> bytes:
-        if not isinstance(method, str) or not method:
-            raise ValidationError(f"method must be a non-empty string, not {method!r}")
+    def _request_payload(self, method: str, params: Any, request_id: str | None = None) -> bytes:
         try:
-            return self._encode_request(method, {} if params is None else params)
-        except (TypeError, msgspec.EncodeError, CodecError) as exc:
+            payload = self._encode_request(method, {} if params is None else params)
+        except CodecError as exc:
+            check_method(method)
             raise ValidationError(f"params are not JSON-serialisable: {exc}") from None
+        except (TypeError, msgspec.EncodeError) as exc:
+            raise ValidationError(f"params are not JSON-serialisable: {exc}") from None
+        if request_id is not None:
+            payload = payload[:-1] + b',"id":' + self._encode(request_id) + b"}"
+        if len(payload) > self._max_payload:
+            self.stats.oversize += 1
+            raise ValidationError(
+                f"request of {method!r} is {len(payload)} bytes, over the limit of "
+                f"{self._max_payload} (max_payload): not sent"
+            )
+        return payload
 
-    def _submit(self, device: str, completion: Any, deadline: float, payload: bytes, flags: int) -> int:
+    def _submit(self, device: str, completion: Any, deadline: float, payload: bytes, flags: int,
+                attempt_timeout: float | None = None) -> int:
         self.stats.calls += 1
         pending = self._pending
         rid = pending.add(device, completion, deadline, flags)
+        if flags & ATTEMPT:
+            self._attempts[rid] = (attempt_timeout, deadline)
         try:
             now = self._queues.submit(device, rid)
         except QueueFullError:
             pending.resolve(rid)
+            self._attempts.pop(rid, None)
             self.stats.queue_full += 1
             raise
         except Exception:
             pending.resolve(rid)
+            self._attempts.pop(rid, None)
             raise
         if now:
             self._send(rid, device, payload, flags)
@@ -627,10 +540,31 @@ class Dispatcher:
                 "correlation_data": srid.encode(),
             }
         self._transport.publish(topic, payload, self._qos, False, rid if flags & ONEWAY else -1, props)
-        if flags & OBSERVED:
-            self._pending.peek(rid)[1].sent(rid, device)
+        if flags & (OBSERVED | ATTEMPT):
+            self._sent_observed(rid, device, flags)
         if self._hooks:
             self._emit("SENT", rid, device)
+
+    def _sent_observed(self, rid: int, device: str, flags: int) -> None:
+        if flags & ATTEMPT:
+            # This attempt's deadline, never past the call's own.
+            attempt, call_deadline = self._attempts.pop(rid)
+            attempt_deadline = self._loop.time() + attempt
+            if attempt_deadline < call_deadline:
+                self._pending.rearm(rid, attempt_deadline)
+        if flags & OBSERVED:
+            # Told on a later turn: an observer never runs inside submit().
+            if not self._sent_notes:
+                self._loop.call_soon(self._flush_sent)
+            self._sent_notes.append((rid, device))
+
+    def _flush_sent(self) -> None:
+        notes, self._sent_notes = self._sent_notes, []
+        pending = self._pending
+        for rid, device in notes:
+            entry = pending.peek(rid)
+            if entry is not None:
+                entry[1].sent(rid, device)
 
     def _release(self, rid: int, device: str) -> None:
         """A held call was released by its device queue: send it."""
@@ -647,7 +581,10 @@ class Dispatcher:
                 self._release(nxt, device)
             if self._deferred:
                 self._drain_deferred()
-        elif flags & DEFERRED:
+            return
+        if flags & ATTEMPT:
+            self._attempts.pop(rid, None)
+        if flags & DEFERRED:
             self._held.pop(rid, None)
             # Its device slot is taken; the deferred deque skips it lazily.
             nxt = self._queues.on_end(device, False)
@@ -671,6 +608,8 @@ class Dispatcher:
         entry = self._pending.peek(rid) if self._pending is not None else None
         if entry is None:
             return False
+        if self._sent_notes:
+            self._flush_sent()
         device, _, flags = entry
         self._pending.resolve(rid)
         self._end(rid, device, flags)
@@ -719,16 +658,23 @@ class Dispatcher:
 
     def _on_tick(self) -> None:
         self._timer = None
+        if self._sent_notes:
+            self._flush_sent()
         expired = self._pending.expire(self._loop.time())
         for rid, device, completion, flags in expired:
-            self.stats.timeouts += 1
             self._end(rid, device, flags)
+            if not flags & (SENT | OBSERVED) and self._presence and device not in self._online:
+                # Waited for a device that did not come (OfflinePolicy.WAIT).
+                self.stats.offline_expired += 1
+                error: BaseException = DeviceOfflineError(
+                    f"device {device!r} did not connect before request {rid}'s deadline"
+                )
+            else:
+                self.stats.timeouts += 1
+                error = RpcTimeoutError(f"device {device!r} did not answer request {rid} in time")
             if self._hooks:
                 self._emit("TIMEOUT", rid, device)
-            self._complete(
-                completion, rid, device, None,
-                RpcTimeoutError(f"device {device!r} did not answer request {rid} in time"),
-            )
+            self._complete(completion, rid, device, None, error)
         if len(self._pending) and self._running:
             self._arm_timer()
 
@@ -750,11 +696,14 @@ class Dispatcher:
         self._complete(completion, rid, device, None, None)
 
     def _on_message(self, topic: str, payload: bytes, properties: dict | None) -> None:
+        if self._sent_notes:
+            self._flush_sent()
         try:
             msg = self._codec.decode(topic, payload)
         except CodecError as exc:
             self.stats.malformed += 1
-            log.debug("dropped malformed message on %r: %s", topic, exc)
+            if not self.client_calls.on_unreadable(topic, properties, str(exc)):
+                log.debug("dropped malformed message on %r: %s", topic, exc)
             return
         kind = msg.kind
         if kind == Kind.REPLY:
@@ -762,24 +711,26 @@ class Dispatcher:
         elif kind == Kind.ACK:
             self._on_ack(msg)
         elif kind == Kind.CALL:
-            self._on_call(msg, properties)
+            self.client_calls.on_call(msg, properties)
         elif kind == Kind.PRESENCE:
             self.stats.presence += 1
-            self.set_online(msg.device, msg.body.status == "online")
+            self.presence.set_online(msg.device, msg.body.status == "online")
         elif kind == Kind.HEARTBEAT:
             self.stats.heartbeats += 1
-            info = self._devices.get(msg.device)
-            if info is None:
-                self._devices[msg.device] = info = DeviceInfo(False, time.time())
-            info.heartbeat = msg.body
+            self.presence.heartbeat(msg.device, msg.body, len(payload))
+        elif kind == Kind.ELVES:
+            hook = self._message_hooks.get(int(kind))
+            if hook is None:
+                self.stats.elves_unrouted += 1
+            else:
+                self.stats.elves += 1
+                self._run_hook(hook, msg, properties)
         else:
             hook = self._message_hooks.get(int(kind))
-            if hook is not None:
-                if kind == Kind.ELVES:
-                    self.stats.elves += 1
-                self._run_hook(hook, msg, properties)
+            if hook is None:
+                self.stats.unexpected += 1
             else:
-                self.stats.malformed += 1
+                self._run_hook(hook, msg, properties)
 
     def _lookup(self, msg) -> tuple | None:
         rid = msg.rid
@@ -791,6 +742,11 @@ class Dispatcher:
         if entry[0] != msg.device:
             self.stats.wrong_device += 1
             log.warning("device %r answered request %d of device %r: rejected", msg.device, rid, entry[0])
+            return None
+        if not entry[2] & SENT:
+            # Still in its device's queue: nobody has received it yet.
+            self.stats.not_sent += 1
+            log.debug("device %r answered request %d before it was sent: rejected", msg.device, rid)
             return None
         return entry
 
@@ -822,7 +778,7 @@ class Dispatcher:
         if entry is None:
             return
         device, completion, flags = entry
-        if flags & ACKED or not flags & SENT:
+        if flags & ACKED:
             return  # duplicate ack
         self.stats.acks += 1
         rid = msg.rid
@@ -836,53 +792,3 @@ class Dispatcher:
             self._pending.resolve(rid)
             self._end(rid, device, flags | ACKED)
             self._complete(completion, rid, device, None, None)
-
-    # -- client-side RPC ----------------------------------------------------
-
-    def _on_call(self, msg, properties: dict | None) -> None:
-        self.stats.client_calls += 1
-        device, cid = msg.device, msg.rid
-        request = msg.body
-        topic, props = answer_target(f"{self.settings.prefix}/d/{device}/ret/{cid}", properties)
-        if self._hooks:
-            self._emit("TO_SERVER_RPC_REQUEST", cid, device, {"method": request.method, "params": request.params})
-        handler = self._handlers.get(request.method)
-        if handler is None:
-            self._reply_error(topic, props, "METHOD_NOT_FOUND", f"unknown method {request.method!r}")
-            return
-        try:
-            result = handler(device, request.params)
-        except Exception as exc:
-            self._handler_failed(topic, props, request.method, exc)
-            return
-        if inspect.isawaitable(result):
-            self._spawn(self._finish_call(topic, props, request.method, result))
-        else:
-            self._reply(topic, props, result)
-
-    async def _finish_call(self, topic: str, props, method: str, awaitable: Awaitable) -> None:
-        try:
-            result = await awaitable
-        except Exception as exc:
-            self._handler_failed(topic, props, method, exc)
-            return
-        self._reply(topic, props, result)
-
-    def _reply(self, topic: str, props, result: Any) -> None:
-        try:
-            payload = self._encode(result)
-        except (TypeError, msgspec.EncodeError) as exc:
-            self._reply_error(topic, props, "INTERNAL_ERROR", f"reply is not JSON-serialisable: {exc}")
-            return
-        self._transport.publish(topic, payload, self._qos, False, -1, props)
-
-    def _handler_failed(self, topic: str, props, method: str, exc: Exception) -> None:
-        log.warning("client-side handler %r failed: %r", method, exc)
-        if isinstance(exc, RemoteError):
-            self._reply_error(topic, props, "APPLICATION_ERROR", str(exc))
-        else:
-            self._reply_error(topic, props, "HANDLER_ERROR", f"{type(exc).__name__}: {exc}")
-
-    def _reply_error(self, topic: str, props, code: str, message: str) -> None:
-        self.stats.client_errors += 1
-        self._transport.publish(topic, error_reply(code, message), self._qos, False, -1, props)
