@@ -546,6 +546,12 @@ class CronService:
         self.fired += len(done)
         at = int(handed_at * 1000)
         await self.repo.fired_any_tenant([(bucket[d.ip].id, fire, d.task_id, at) for d in done])
+        # A fast agent may have reported before the firing knew its task
+        # id (the result hook then found no cron): catch up from the log.
+        reported = await self.service.tasklog.get(tenant_id, [d.task_id for d in done if d.ok])
+        for task in reported:
+            if task.worker_flag is not None:
+                await self._on_result(task)
         failed = [(bucket[d.ip], d) for d in done if not d.ok]
         for row, d in failed:
             # Offline or unknown agent: the task log has the failed task;
