@@ -20,7 +20,7 @@ from fleetrpc.config import Settings
 from fleetrpc.dispatcher import Dispatcher
 from fleetrpc.services.elves import NULL_TENANT, ElvesSettings
 from fleetrpc.services.elves.client import ElvesClient
-from fleetrpc.services.elves.cron import SELF_CRON_DEL, SELF_CRON_SET, ManualClock
+from fleetrpc.services.elves.cron import SELF_CRON_DEL, SELF_CRON_SET, CronSettings, ManualClock
 from fleetrpc.services.elves.http import setup as elves_http_setup
 from fleetrpc.services.elves.service import ElvesService
 from fleetrpc.store.db import open_database
@@ -62,6 +62,7 @@ class Cluster:
         self.runs: dict[str, int] = {}
         self.clients: list[ElvesClient] = []
         self.key = None
+        self.lookahead = 0.0
 
     @contextlib.asynccontextmanager
     async def node(self, db_url: str):
@@ -72,6 +73,9 @@ class Cluster:
         db = await open_database(db_url)
         elves = ElvesService(d, db, settings=ElvesSettings(accept_timeout_s=5.0))
         elves.cron.clock = self.clock
+        # Claim when due, not ahead (test_firings_are_claimed_ahead covers that):
+        # a pass run by the test itself then never waits on the manual clock.
+        elves.cron.settings = CronSettings(lookahead_s=self.lookahead)
         await elves.start()
         node = Node(d, elves, db)
         elves.scheduler.on_result("cron", node._on_result)
@@ -285,6 +289,28 @@ async def test_a_missed_firing_runs_once_when_the_node_comes_back(cluster, one):
     assert len(one.fired) == 1
     row = (await one.elves.cron.repo.by_ip(NULL_TENANT, "10.0.0.1", None))[0]
     assert row.next_fire == int((T0 + 3600 + 55) * 1000)  # the next minute from now
+
+
+async def test_firings_are_claimed_ahead_and_sent_at_their_time(cluster, tmp_path):
+    cluster.lookahead = 2.0
+    async with cluster.node(f"sqlite:///{tmp_path / 'ahead.db'}") as node:
+        await cluster.app_key(node)
+        app = await cluster.client()
+        await cluster.agent("10.0.0.1")
+        r = await app.call("cron", "setCronByIp", agentip="10.0.0.1", cron_type="center", rule="0/10 * * * * ?", ins=INS)
+        cluster.clock.set(T0 + 3)  # 00:00:08, two seconds before the firing
+        fire_ms = int((T0 + 5) * 1000)
+
+        async def claimed():
+            return await node.elves.cron.repo.firings(NULL_TENANT, r["cron_id"]) != []
+
+        await wait_until_async(claimed)
+        assert node.fired == [] and cluster.runs == {}
+        row = await node.elves.cron.repo.get(NULL_TENANT, r["cron_id"])
+        assert row.next_fire == fire_ms + 10_000  # already moved on
+        cluster.clock.set(T0 + 5)
+        await until(node, lambda: len(node.results) == 1)
+        assert node.fired == [([r["cron_id"]], fire_ms)] and cluster.runs == {"10.0.0.1": 1}
 
 
 @pytest.mark.pg

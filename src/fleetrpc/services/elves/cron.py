@@ -86,6 +86,10 @@ class CronSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     #: earlier for its own crons; this bounds how late it sees crons
     #: created or started on another node).
     poll_interval_s: float = 1.0
+    #: How far ahead of their fire time the loop claims firings and moves
+    #: the crons on, so that at the fire time only the sending is left
+    #: (seconds; 0 claims them when due).
+    lookahead_s: float = 2.0
     #: Most firings taken per pass of the loop.
     batch: int = 50_000
     #: How long pushing a self cron to an agent may take.
@@ -361,6 +365,7 @@ class CronService:
         self.clock: Clock = clock or SystemClock()
         self.node = getattr(getattr(service.dispatcher, "settings", None), "node_id", None) or secrets.token_hex(4)
         self._wake = asyncio.Event()
+        self._never = asyncio.Event()
         self._loop_task: asyncio.Task | None = None
         self._pending: set[asyncio.Task] = set()
         self._fired_hooks: list[FiredHook] = []
@@ -450,7 +455,7 @@ class CronService:
                 now = self.clock.time()
                 until = now + self.settings.poll_interval_s
                 if earliest is not None:
-                    until = min(until, earliest / 1000)
+                    until = min(until, earliest / 1000 - self.settings.lookahead_s)
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -464,23 +469,35 @@ class CronService:
         whether a full batch was taken (more may be due).  Safe to run on
         several nodes at once: each firing is claimed by exactly one."""
         now_ms = self._now_ms()
-        due = await self.repo.due_any_tenant(now_ms, self.settings.batch)
+        horizon = now_ms + int(self.settings.lookahead_s * 1000)
+        due = await self.repo.due_any_tenant(horizon, self.settings.batch)
         if not due:
             return False
         moves, claims = [], []
+        nexts: dict[tuple[str, int], int | None] = {}  # crons due together often share their rule
         for row in due:
-            try:
-                nxt = self.next_fire(self.rule(row.rule), now_ms)
-            except ElvesError:
-                nxt = None  # a rule stored before it was refused: stop it
-            moves.append((row.id, row.next_fire, nxt))
+            # After its own fire time (claimed ahead) or after now (missed
+            # firings are fired once, not caught up one by one).
+            base = max(now_ms, row.next_fire)
+            key = (row.rule, base)
+            if key not in nexts:
+                try:
+                    nexts[key] = self.next_fire(self.rule(row.rule), base)
+                except ElvesError:
+                    nexts[key] = None  # a rule stored before it was refused: stop it
+            moves.append((row.id, row.next_fire, nexts[key]))
             claims.append((row.id, row.next_fire, row.tenant_id))
         won = await self.repo.claim_any_tenant(claims, self.node, now_ms)
         # Every node moves the crons on, claimed or not (compare-and-set).
         await self.repo.advance_any_tenant(moves)
-        mine = [r for r in due if (r.id, r.next_fire) in won]
-        if mine:
-            await self._fire(mine)
+        by_time: dict[int, list[CronRow]] = {}
+        for r in due:
+            if (r.id, r.next_fire) in won:
+                by_time.setdefault(r.next_fire, []).append(r)
+        for fire in sorted(by_time):
+            if fire / 1000 > self.clock.time():
+                await self.clock.sleep_until(fire / 1000, self._never)
+            await self._fire(by_time[fire])
         return len(due) >= self.settings.batch
 
     async def _fire(self, rows: list[CronRow]) -> None:
