@@ -70,7 +70,7 @@ async def test_deleting_a_customer_unassigns_its_devices_and_removes_its_users(r
     d = await repos.devices.create(t.id, "d1", customer_id=c.id)
     u = await repos.users.create(t.id, c.id, "cu@example.com", "CUSTOMER_USER")
     await repos.customers.delete(t.id, c.id)
-    assert (await repos.devices.get(t.id, d.id)).customer_id is None
+    assert (await repos.devices.get(t.id, d.id)).customer_id == NULL_UUID
     assert await repos.users.get(u.id) is None
 
 
@@ -149,8 +149,11 @@ async def test_update_assign_unassign_and_versions(repos):
     assert d.to_thingsboard()["customerId"] == {"entityType": "CUSTOMER", "id": c.id}
     assert [x.id for x in (await repos.devices.list(t.id, 10, 0, customer_id=c.id)).data] == [d.id]
     assert await repos.devices.count(t.id, c.id) == 1
+    # The null UUID lists the unassigned ones (ThingsBoard stores them so).
+    assert [x.name for x in (await repos.devices.list(t.id, 10, 0, customer_id=NULL_UUID)).data] == ["d2"]
+    assert await repos.devices.count(t.id, NULL_UUID) == 1
     d = await repos.devices.assign(t.id, d.id, NULL_UUID)
-    assert d.customer_id is None
+    assert d.customer_id == NULL_UUID
 
 
 async def test_credentials_change_and_listeners(repos):
@@ -277,7 +280,7 @@ async def test_bad_ids_are_validation_errors(repos):
 async def test_users_roles_email_unique_and_passwords(repos):
     t, c = await _tenant_with_customer(repos)
     admin = await repos.users.create(None, None, "SysAdmin@Example.com", "SYS_ADMIN", password="s3cret")
-    assert admin.email == "sysadmin@example.com" and admin.tenant_id is None
+    assert admin.email == "sysadmin@example.com" and admin.tenant_id == NULL_UUID
     tb = admin.to_thingsboard()
     assert tb["tenantId"] == {"entityType": "TENANT", "id": NULL_UUID}
     assert tb["customerId"] == {"entityType": "CUSTOMER", "id": NULL_UUID}

@@ -31,7 +31,7 @@ from .model import (
     check_token,
     check_uuid,
     new_access_token,
-    optional_uuid,
+    owner_id,
 )
 from .paging import MAX_PAGE_SIZE, PageData
 from .tenants import CustomerRepository, TenantRepository
@@ -63,6 +63,6 @@ __all__ = [
     "default_password_hasher",
     "check_token",
     "check_uuid",
-    "optional_uuid",
+    "owner_id",
     "new_access_token",
 ]

@@ -36,7 +36,8 @@ from .model import (
     new_access_token,
     new_id,
     now_ms,
-    optional_uuid,
+    owner_id,
+    NULL_UUID,
 )
 from .paging import ListQuery, PageData, check_paging
 
@@ -188,7 +189,7 @@ class DeviceRepository:
         token taken by any device, AlreadyExistsError(TOKEN_TAKEN); a
         ``customer_id`` not of this tenant, EntityNotFoundError."""
         tenant_id = check_uuid("tenant id", tenant_id)
-        customer_id = optional_uuid("customer id", customer_id)
+        customer_id = owner_id("customer id", customer_id)
         name = _check_name(name)
         type_ = _check_type(type)
         label = _check_text("Device label", label, required=False)
@@ -201,7 +202,7 @@ class DeviceRepository:
             async with self.db.transaction() as conn:
                 if not await conn.fetchval("SELECT 1 FROM tenant WHERE id = $1", tenant_id):
                     raise EntityNotFoundError(f"Tenant with id [{tenant_id}] is not found")
-                if customer_id is not None and not await conn.fetchval(
+                if customer_id != NULL_UUID and not await conn.fetchval(
                     "SELECT 1 FROM customer WHERE id = $1 AND tenant_id = $2", customer_id, tenant_id
                 ):
                     raise EntityNotFoundError(f"Customer with id [{customer_id}] is not found")
@@ -273,16 +274,17 @@ class DeviceRepository:
         sort_property: str | None = None,
         sort_order: str | None = None,
     ) -> PageData:
-        """One page of a tenant's devices (of one customer, of one type).
+        """One page of a tenant's devices (of one customer, of one type;
+        ``customer_id`` None: every device of the tenant, :data:`NULL_UUID`:
+        the unassigned ones, as ThingsBoard stores them).
         ``text_search``: a case-insensitive substring of the name or label.
         ``sort_property``: createdTime (default), name, type,
         deviceProfileName (= type), label, customerTitle."""
         page_size, page = check_paging(page_size, page)
         q = ListQuery(self.db.dialect)
         q.equals("d.tenant_id", check_uuid("tenant id", tenant_id))
-        customer_id = optional_uuid("customer id", customer_id)
         if customer_id is not None:
-            q.equals("d.customer_id", customer_id)
+            q.equals("d.customer_id", check_uuid("customer id", customer_id))
         if type is not None and type != "":
             q.equals("d.type", _check_type(type))
         q.search(("d.name", "d.label"), text_search)
@@ -297,8 +299,8 @@ class DeviceRepository:
         return PageData.build([_device(r) for r in rows], total, page_size, page)
 
     async def count(self, tenant_id: str, customer_id: str | None = None) -> int:
-        """How many devices the tenant (or one customer of it) has: one
-        index-only count."""
+        """How many devices the tenant (or one customer of it; the null UUID:
+        unassigned) has: one index-only count."""
         if customer_id is None:
             return await self.db.fetchval("SELECT count(*) FROM device WHERE tenant_id = $1",
                                           check_uuid("tenant id", tenant_id))
@@ -357,9 +359,9 @@ class DeviceRepository:
         it (``customer_id`` None or the null UUID)."""
         tenant_id = check_uuid("tenant id", tenant_id)
         device_id = check_uuid("device id", device_id)
-        customer_id = optional_uuid("customer id", customer_id)
+        customer_id = owner_id("customer id", customer_id)
         async with self.db.transaction() as conn:
-            if customer_id is not None and not await conn.fetchval(
+            if customer_id != NULL_UUID and not await conn.fetchval(
                 "SELECT 1 FROM customer WHERE id = $1 AND tenant_id = $2", customer_id, tenant_id
             ):
                 raise EntityNotFoundError(f"Customer with id [{customer_id}] is not found")

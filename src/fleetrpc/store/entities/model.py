@@ -8,9 +8,9 @@ it as a request body, ``from_thingsboard(body)``, which validates a body
 struct whose fields are what the repositories take.  Bad input raises
 :class:`~fleetrpc.errors.ValidationError` naming the field.
 
-In Python a missing tenant or customer is ``None``; ThingsBoard's null UUID
-(:data:`NULL_UUID`) appears only on the wire, and the parsers read it back as
-``None``.
+A missing tenant or customer is ThingsBoard's null UUID (:data:`NULL_UUID`)
+everywhere, as in ThingsBoard: in the structs, the database and on the wire
+(the parsers read an absent reference as the null UUID too).
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ __all__ = [
     "DeviceInput",
     "CredentialsInput",
     "check_uuid",
-    "optional_uuid",
+    "owner_id",
     "check_token",
     "new_access_token",
     "device_profile_id",
@@ -102,12 +102,10 @@ def check_uuid(what: str, value: object) -> str:
     return value.lower()
 
 
-def optional_uuid(what: str, value: object) -> str | None:
-    """Like :func:`check_uuid`, but ``None`` and the null UUID give ``None``."""
-    if value is None:
-        return None
-    value = check_uuid(what, value)
-    return None if value == NULL_UUID else value
+def owner_id(what: str, value: object) -> str:
+    """A tenant or customer id: like :func:`check_uuid`, but ``None`` (no
+    owner) gives :data:`NULL_UUID`."""
+    return NULL_UUID if value is None else check_uuid(what, value)
 
 
 def _check_text(what: str, value: object, *, required: bool, max_len: int = MAX_TEXT) -> str | None:
@@ -166,8 +164,8 @@ def decode_json(text: Any) -> Any:
     return _json_decode(text)
 
 
-def _entity(entity_type: str, id_: str | None) -> dict[str, str]:
-    return {"entityType": entity_type, "id": id_ if id_ is not None else NULL_UUID}
+def _entity(entity_type: str, id_: str) -> dict[str, str]:
+    return {"entityType": entity_type, "id": id_}
 
 
 # -- entities -------------------------------------------------------------------------
@@ -254,15 +252,15 @@ class Customer(msgspec.Struct, kw_only=True):
 class User(msgspec.Struct, kw_only=True):
     """A user (ThingsBoard's ``User``); never carries the password hash.
 
-    ``tenant_id`` is None for a system administrator, ``customer_id`` None
-    for everyone but customer users.  ``locked_until`` (epoch ms, 0 when
+    ``tenant_id`` is :data:`NULL_UUID` for a system administrator,
+    ``customer_id`` :data:`NULL_UUID` for everyone but customer users.  ``locked_until`` (epoch ms, 0 when
     never locked) and ``failed_login_attempts`` are the lockout bookkeeping
     (:meth:`UserRepository.record_failed_login`).
     """
 
     id: str
-    tenant_id: str | None
-    customer_id: str | None
+    tenant_id: str
+    customer_id: str
     created_time: int
     email: str
     authority: str
@@ -316,7 +314,7 @@ class Device(msgspec.Struct, kw_only=True):
 
     id: str
     tenant_id: str
-    customer_id: str | None
+    customer_id: str
     created_time: int
     name: str
     type: str = "default"
@@ -403,13 +401,28 @@ def _load(what: str, body: Any, schema: type) -> Any:
 
 
 def _ref(what: str, ref: _IdBody | None, entity_type: str) -> str | None:
-    """An ``{"entityType", "id"}`` reference as an id (None for absent or
-    the null UUID); the entityType, when given, must be ``entity_type``."""
+    """An ``{"entityType", "id"}`` reference as its id (None when absent);
+    the entityType, when given, must be ``entity_type``."""
     if ref is None:
         return None
     if ref.entityType is not None and ref.entityType != entity_type:
         raise ValidationError(f"{what}: expected entityType {entity_type!r}, got {ref.entityType!r}")
-    return optional_uuid(f"{what}.id", ref.id)
+    return check_uuid(f"{what}.id", ref.id)
+
+
+def _owner(what: str, ref: _IdBody | None, entity_type: str) -> str:
+    """A tenant or customer reference: :data:`NULL_UUID` when absent."""
+    out = _ref(what, ref, entity_type)
+    return NULL_UUID if out is None else out
+
+
+def _own_id(what: str, ref: _IdBody | None, entity_type: str) -> str | None:
+    """The body's own id (None when absent: a create).  The null UUID is no
+    entity's id: refused."""
+    out = _ref(what, ref, entity_type)
+    if out == NULL_UUID:
+        raise ValidationError(f"{what}: the null UUID is not an entity id")
+    return out
 
 
 class _ContactBody(msgspec.Struct):
@@ -450,7 +463,7 @@ class TenantInput(msgspec.Struct, kw_only=True):
         title = _check_text("Tenant title", b.title, required=True)
         assert title is not None
         return cls(
-            id=_ref("id", b.id, "TENANT"),
+            id=_own_id("id", b.id, "TENANT"),
             title=title,
             region=_check_text("region", b.region, required=False),
             contact=_contact(b),
@@ -481,7 +494,7 @@ class CustomerInput(msgspec.Struct, kw_only=True):
         title = _check_text("Customer title", b.title, required=True)
         assert title is not None
         return cls(
-            id=_ref("id", b.id, "CUSTOMER"),
+            id=_own_id("id", b.id, "CUSTOMER"),
             title=title,
             contact=_contact(b),
             additional_info=_check_json("additionalInfo", b.additionalInfo),
@@ -508,8 +521,8 @@ class UserInput(msgspec.Struct, kw_only=True):
     id: str | None
     email: str
     authority: str
-    tenant_id: str | None
-    customer_id: str | None
+    tenant_id: str
+    customer_id: str
     first_name: str | None = None
     last_name: str | None = None
     phone: str | None = None
@@ -519,11 +532,11 @@ class UserInput(msgspec.Struct, kw_only=True):
     def parse(cls, body: Any) -> UserInput:
         b = _load("user", body, _UserBody)
         return cls(
-            id=_ref("id", b.id, "USER"),
+            id=_own_id("id", b.id, "USER"),
             email=check_email(b.email),
             authority=check_authority(b.authority),
-            tenant_id=_ref("tenantId", b.tenantId, "TENANT"),
-            customer_id=_ref("customerId", b.customerId, "CUSTOMER"),
+            tenant_id=_owner("tenantId", b.tenantId, "TENANT"),
+            customer_id=_owner("customerId", b.customerId, "CUSTOMER"),
             first_name=_check_text("firstName", b.firstName, required=False),
             last_name=_check_text("lastName", b.lastName, required=False),
             phone=_check_text("phone", b.phone, required=False),
@@ -566,7 +579,7 @@ class DeviceInput(msgspec.Struct, kw_only=True):
     name: str
     type: str = "default"
     label: str | None = None
-    customer_id: str | None = None
+    customer_id: str = NULL_UUID
     additional_info: Any = None
 
     @classmethod
@@ -576,11 +589,11 @@ class DeviceInput(msgspec.Struct, kw_only=True):
         assert name is not None
         type_ = _check_text("Device type", b.type, required=False)
         return cls(
-            id=_ref("id", b.id, "DEVICE"),
+            id=_own_id("id", b.id, "DEVICE"),
             name=name,
             type=type_ if type_ else "default",
             label=_check_text("Device label", b.label, required=False),
-            customer_id=_ref("customerId", b.customerId, "CUSTOMER"),
+            customer_id=_owner("customerId", b.customerId, "CUSTOMER"),
             additional_info=_check_json("additionalInfo", b.additionalInfo),
         )
 

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 from ...errors import AlreadyExistsError, EntityNotFoundError, ValidationError
 from ..db import Database
 from .model import (
+    NULL_UUID,
     Customer,
     Tenant,
     _check_json,
@@ -244,7 +245,7 @@ class CustomerRepository:
             if not await conn.execute("DELETE FROM customer WHERE id = $1 AND tenant_id = $2", customer_id, tenant_id):
                 raise EntityNotFoundError(f"Customer with id [{customer_id}] is not found")
             await conn.execute(
-                "UPDATE device SET customer_id = NULL, version = version + 1 "
-                "WHERE tenant_id = $1 AND customer_id = $2", tenant_id, customer_id,
+                "UPDATE device SET customer_id = $3, version = version + 1 "
+                "WHERE tenant_id = $1 AND customer_id = $2", tenant_id, customer_id, NULL_UUID,
             )
             await conn.execute("DELETE FROM tb_user WHERE tenant_id = $1 AND customer_id = $2", tenant_id, customer_id)

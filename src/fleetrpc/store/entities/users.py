@@ -36,7 +36,8 @@ from .model import (
     encode_json,
     new_id,
     now_ms,
-    optional_uuid,
+    owner_id,
+    NULL_UUID,
 )
 from .paging import ListQuery, PageData, check_paging
 
@@ -109,15 +110,15 @@ class UserRepository:
         tenant.  ``password`` None: the user cannot log in until
         :meth:`set_password`.  A taken email raises AlreadyExistsError with
         ThingsBoard's message."""
-        tenant_id = optional_uuid("tenant id", tenant_id)
-        customer_id = optional_uuid("customer id", customer_id)
+        tenant_id = owner_id("tenant id", tenant_id)
+        customer_id = owner_id("customer id", customer_id)
         email = check_email(email)
         authority = check_authority(authority)
-        if authority == "SYS_ADMIN" and (tenant_id or customer_id):
+        if authority == "SYS_ADMIN" and (tenant_id != NULL_UUID or customer_id != NULL_UUID):
             raise ValidationError("A system administrator belongs to no tenant and no customer")
-        if authority == "TENANT_ADMIN" and (tenant_id is None or customer_id):
+        if authority == "TENANT_ADMIN" and (tenant_id == NULL_UUID or customer_id != NULL_UUID):
             raise ValidationError("A tenant administrator needs a tenant and no customer")
-        if authority == "CUSTOMER_USER" and (tenant_id is None or customer_id is None):
+        if authority == "CUSTOMER_USER" and (tenant_id == NULL_UUID or customer_id == NULL_UUID):
             raise ValidationError("A customer user needs a tenant and a customer")
         first_name = _check_text("firstName", first_name, required=False)
         last_name = _check_text("lastName", last_name, required=False)
@@ -128,9 +129,9 @@ class UserRepository:
         created = now_ms()
         try:
             async with self.db.transaction() as conn:
-                if tenant_id is not None and not await conn.fetchval("SELECT 1 FROM tenant WHERE id = $1", tenant_id):
+                if tenant_id != NULL_UUID and not await conn.fetchval("SELECT 1 FROM tenant WHERE id = $1", tenant_id):
                     raise EntityNotFoundError(f"Tenant with id [{tenant_id}] is not found")
-                if customer_id is not None and not await conn.fetchval(
+                if customer_id != NULL_UUID and not await conn.fetchval(
                     "SELECT 1 FROM customer WHERE id = $1 AND tenant_id = $2", customer_id, tenant_id
                 ):
                     raise EntityNotFoundError(f"Customer with id [{customer_id}] is not found")
@@ -282,16 +283,14 @@ class UserRepository:
     ) -> PageData:
         """Users of one tenant (``tenant_id`` None or the null UUID: the
         system administrators), of one customer when ``customer_id`` is
-        given, of one ``authority`` when given (TENANT_ADMIN with no
-        customer: the tenant's administrators).  ``text_search`` matches
+        given (the null UUID: the tenant's own users, not customers'), of
+        one ``authority`` when given.  ``text_search`` matches
         email, first and last name."""
         page_size, page = check_paging(page_size, page)
-        tenant_id = optional_uuid("tenant id", tenant_id)
-        customer_id = optional_uuid("customer id", customer_id)
         q = ListQuery(self.db.dialect)
-        q.equals("tenant_id", tenant_id)
+        q.equals("tenant_id", owner_id("tenant id", tenant_id))
         if customer_id is not None:
-            q.equals("customer_id", customer_id)
+            q.equals("customer_id", check_uuid("customer id", customer_id))
         if authority is not None:
             q.equals("authority", check_authority(authority))
         q.search(("email", "first_name", "last_name"), text_search)

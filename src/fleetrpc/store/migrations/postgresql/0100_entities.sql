@@ -4,8 +4,9 @@
 -- Ids are UUID text with the "C" collation, like the rpc table (byte order:
 -- SQLite's order, and the cheapest comparisons).  Names and titles use "C"
 -- too, so that sorting by name pages the same way on both backends.
--- JSON values are jsonb.  A missing customer is NULL here (ThingsBoard's
--- null UUID only on the wire).
+-- JSON values are jsonb.  A missing tenant or customer is ThingsBoard's
+-- null UUID, as there: equality finds "unassigned" like any owner, through
+-- the same indexes.
 CREATE TABLE tenant (
     id              text COLLATE "C" PRIMARY KEY,
     created_time    bigint  NOT NULL,
@@ -47,12 +48,12 @@ CREATE TABLE customer (
 CREATE INDEX customer_tenant_created_idx ON customer (tenant_id, created_time, id);
 
 -- Emails are stored lower-case and unique across the system (they are the
--- login name).  tenant_id is NULL for system administrators.  locked_until
+-- login name).  tenant_id is the null UUID for system administrators.  locked_until
 -- is epoch ms; failed_login_attempts counts failures since the last success.
 CREATE TABLE tb_user (
     id                    text COLLATE "C" PRIMARY KEY,
-    tenant_id             text COLLATE "C",
-    customer_id           text COLLATE "C",
+    tenant_id             text COLLATE "C" NOT NULL DEFAULT '13814000-1dd2-11b2-8080-808080808080',
+    customer_id           text COLLATE "C" NOT NULL DEFAULT '13814000-1dd2-11b2-8080-808080808080',
     created_time          bigint  NOT NULL,
     email                 text COLLATE "C" NOT NULL UNIQUE,
     authority             text    NOT NULL CHECK (authority IN ('SYS_ADMIN', 'TENANT_ADMIN', 'CUSTOMER_USER')),
@@ -76,7 +77,7 @@ CREATE INDEX tb_user_tenant_idx ON tb_user (tenant_id, customer_id, created_time
 CREATE TABLE device (
     id                 text COLLATE "C" PRIMARY KEY,
     tenant_id          text COLLATE "C" NOT NULL,
-    customer_id        text COLLATE "C",
+    customer_id        text COLLATE "C" NOT NULL DEFAULT '13814000-1dd2-11b2-8080-808080808080',
     created_time       bigint  NOT NULL,
     name               text COLLATE "C" NOT NULL,
     type               text COLLATE "C" NOT NULL,

@@ -2,7 +2,8 @@
 -- access-token credentials (ThingsBoard's shapes; migrations 100-199).
 
 -- Ids are UUID text.  JSON values (additional_info) are TEXT holding JSON.
--- A missing customer is NULL here (ThingsBoard's null UUID only on the wire).
+-- A missing tenant or customer is ThingsBoard's null UUID, as there: equality
+-- finds "unassigned" like any owner, through the same indexes.
 CREATE TABLE tenant (
     id              TEXT    PRIMARY KEY NOT NULL,
     created_time    INTEGER NOT NULL,
@@ -44,12 +45,12 @@ CREATE TABLE customer (
 CREATE INDEX customer_tenant_created_idx ON customer (tenant_id, created_time, id);
 
 -- Emails are stored lower-case and unique across the system (they are the
--- login name).  tenant_id is NULL for system administrators.  locked_until
+-- login name).  tenant_id is the null UUID for system administrators.  locked_until
 -- is epoch ms; failed_login_attempts counts failures since the last success.
 CREATE TABLE tb_user (
     id                    TEXT    PRIMARY KEY NOT NULL,
-    tenant_id             TEXT,
-    customer_id           TEXT,
+    tenant_id             TEXT    NOT NULL DEFAULT '13814000-1dd2-11b2-8080-808080808080',
+    customer_id           TEXT    NOT NULL DEFAULT '13814000-1dd2-11b2-8080-808080808080',
     created_time          INTEGER NOT NULL,
     email                 TEXT    NOT NULL UNIQUE,
     authority             TEXT    NOT NULL CHECK (authority IN ('SYS_ADMIN', 'TENANT_ADMIN', 'CUSTOMER_USER')),
@@ -73,7 +74,7 @@ CREATE INDEX tb_user_tenant_idx ON tb_user (tenant_id, customer_id, created_time
 CREATE TABLE device (
     id                 TEXT    PRIMARY KEY NOT NULL,
     tenant_id          TEXT    NOT NULL,
-    customer_id        TEXT,
+    customer_id        TEXT    NOT NULL DEFAULT '13814000-1dd2-11b2-8080-808080808080',
     created_time       INTEGER NOT NULL,
     name               TEXT    NOT NULL,
     type               TEXT    NOT NULL,
