@@ -43,7 +43,7 @@ async def test_thingsboard_rest_client(start_server, world, mqtt_url):
             await wait_until(lambda: ctx.dispatcher.is_online(dev.device_id))
             out = await asyncio.to_thread(_session, ctx.url, world.customer.email, dev.device_id)
             assert out["v1"] == {"v": 1} and out["v2"] == {"v": 2} and out["unknown"] == 404
-            record = await ctx.engine.wait(out["rpc_id"], 10)
+            record = await ctx.engine.wait(out["rpc_id"], 10, tenant_id=world.t1)
             assert (record.status.value, record.response) == ("SUCCESSFUL", {"v": 3})
         finally:
             await dev.close()

@@ -30,7 +30,7 @@ import asyncio
 import time
 from typing import Any
 
-from ..api.auth import LoginGuard, RateLimiter, TokenService
+from ..api.auth import RateLimiter, TokenService
 from ..api.metrics import Metrics
 from ..config import ServerSettings, Settings
 
@@ -69,7 +69,6 @@ class ServerContext:
         self.tenants: Any = None
         self.customers: Any = None
         self.tokens: TokenService | None = None
-        self.login_guard = LoginGuard(settings.auth)
         self.rate_limiter = RateLimiter(settings.rate_limits)
         self.metrics = Metrics()
         self.activity = Activity()
@@ -77,7 +76,10 @@ class ServerContext:
         self.url: str | None = None
         #: ``fleetrpc serve --demo``: load ThingsBoard's demo accounts and devices
         self.demo = False
-        #: replaces the identity repositories (tests, the REST bench):
+        #: the argon2 PasswordHasher of the users' repository (None: argon2's
+        #: defaults; tests pass a cheap one)
+        self.password_hasher: Any = None
+        #: replaces the identity repositories (the REST bench's directory):
         #: ``async (ctx) -> close()``, filling ctx.devices, ctx.users, ...
         self.open_repositories: Any = None
         #: set once the server stops taking requests (SIGTERM): new ones get 503

@@ -87,7 +87,7 @@ def _timed_writes(store: Any, histogram: Any) -> None:
 
 
 async def database(ctx: ServerContext) -> AsyncIterator[None]:
-    from ..store import open_store
+    from ..store import rpc_store
     from ..store.db import open_database
     from .identity import open_repositories
 
@@ -95,7 +95,8 @@ async def database(ctx: ServerContext) -> AsyncIterator[None]:
     try:
         close_repositories = await open_repositories(ctx)
         try:
-            ctx.store = await open_store(ctx.library.store_url, group_commit=True)
+            ctx.store = rpc_store(ctx.db, group_commit=True)  # on the shared Database
+            await ctx.store.open()
             _timed_writes(ctx.store, ctx.metrics.store_write)
             try:
                 yield
