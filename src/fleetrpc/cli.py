@@ -16,6 +16,7 @@ class _LazyGroup(click.Group):
         "simulate": "fleetrpc.sim.command:simulate",
         "bench": "fleetrpc.bench.command:bench",
         "db": "fleetrpc.store.command:db",
+        "admin": "fleetrpc.admin:admin",
     }
 
     def list_commands(self, ctx):
