@@ -111,6 +111,13 @@ class TenantRepository:
                                      check_uuid("tenant id", tenant_id))
         return _tenant(row) if row is not None else None
 
+    async def by_title(self, title: str) -> Tenant | None:
+        """The oldest tenant with this title (titles need not be unique)."""
+        row = await self.db.fetchrow(
+            f"SELECT {_TENANT_COLUMNS} FROM tenant WHERE title = $1 ORDER BY created_time, id LIMIT 1", title
+        )
+        return _tenant(row) if row is not None else None
+
     async def exists(self, tenant_id: str) -> bool:
         return bool(await self.db.fetchval("SELECT 1 FROM tenant WHERE id = $1", check_uuid("tenant id", tenant_id)))
 
