@@ -433,3 +433,32 @@ async def test_first_start_needs_a_system_administrator(start_server, world, tmp
     # the next start finds one and creates nothing (the setting may stay)
     async with start_server(seed=False, auth=auth) as (server, api):
         assert await server.ctx.users.count("SYS_ADMIN") == 1
+
+
+async def test_demo_accounts_and_devices(start_server):
+    """``fleetrpc serve --demo``: ThingsBoard's demo logins and devices."""
+    async with start_server(seed=False, demo=True) as (server, api):
+        tenant = Client(api, await api.login("tenant@thingsboard.org", "tenant"))
+        status, page = await tenant.get("/api/tenant/devices?pageSize=100&page=0")
+        names = {d["name"] for d in page["data"]}
+        assert {"Test Device A1", "DHT11 Demo Device", "Thermostat T1"} <= names
+        customer = Client(api, await api.login("customerA@thingsboard.org", "customer"))
+        me = (await customer.get("/api/auth/user"))[1]
+        status, page = await customer.get(f"/api/customer/{me['customerId']['id']}/devices?pageSize=10&page=0")
+        assert sorted(d["name"] for d in page["data"]) == ["Test Device A1", "Test Device A2", "Test Device A3"]
+        a1 = next(d for d in page["data"] if d["name"] == "Test Device A1")
+        assert (await customer.get(f"/api/device/{a1['id']['id']}/credentials"))[1]["credentialsId"] == "A1_TEST_TOKEN"
+        assert await api.login("sysadmin@thingsboard.org", "sysadmin")
+
+
+def test_serve_without_users_says_how(tmp_path, mqtt_url):
+    from click.testing import CliRunner
+
+    from fleetrpc.cli import main
+
+    env = {"FLEETRPC_MQTT_URL": mqtt_url, "FLEETRPC_SERVER_DATA_DIR": str(tmp_path / "data"),
+           "FLEETRPC_HTTP_PORT": "0", "FLEETRPC_JWT_SECRET": "k" * 64}
+    result = CliRunner().invoke(main, ["serve"], env=env)
+    assert result.exit_code == 1
+    assert "could not start: the database has no users" in result.output
+    assert "auth.sysadmin_email" in result.output and "fleetrpc admin create-sysadmin" in result.output

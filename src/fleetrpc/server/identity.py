@@ -22,7 +22,7 @@ from typing import Any
 
 from ..api.auth import BAD_CREDENTIALS, LOCKED, NOT_ACTIVE, LoginRefused
 from ..config.server import AuthSection
-from ..errors import AlreadyExistsError, FleetRpcError, ValidationError
+from ..errors import FleetRpcError, ValidationError
 from ..store.db import Database
 from ..store.entities import (
     CustomerRepository,
@@ -141,28 +141,15 @@ HOW_TO_CREATE_SYSADMIN = (
 
 async def first_sysadmin(users: ServerUsers, auth: AuthSection) -> User | None:
     """The server's first start: create the system administrator of the
-    settings when no system administrator exists.  Raises
-    :class:`NoUsersError` when the database has no user at all and the
-    settings name none.  Never invents a password."""
-    if await users.count("SYS_ADMIN"):
-        return None
-    email = auth.sysadmin_email
-    if email is None:
-        if not await users.count():
-            raise NoUsersError(HOW_TO_CREATE_SYSADMIN)
-        log.warning("no system administrator exists: set auth.sysadmin_email and auth.sysadmin_password_file, "
-                    "or run `fleetrpc admin create-sysadmin`")
-        return None
-    password = sysadmin_password(auth)
-    try:
-        user = await users.create(None, None, email, "SYS_ADMIN", password=password)
-    except AlreadyExistsError:
-        if await users.count("SYS_ADMIN"):  # another node made it a moment ago
-            return None
-        raise ValidationError(
-            f"auth.sysadmin_email {email!r} belongs to a user who is not a system administrator") from None
-    log.info("created the system administrator %s from the settings", user.email)
-    return user
+    settings when no system administrator exists (``fleetrpc.admin``'s
+    ``ensure_sysadmin``: at least 8 characters, never an invented
+    password).  Raises :class:`NoUsersError` when the database has no user
+    at all and the settings name none."""
+    from ..admin import ensure_sysadmin
+
+    if auth.sysadmin_email is None and not await users.count():
+        raise NoUsersError(HOW_TO_CREATE_SYSADMIN)
+    return await ensure_sysadmin(users, auth.sysadmin_email, sysadmin_password(auth))
 
 
 async def _nothing() -> None:
