@@ -340,6 +340,15 @@ async def test_device_infos_online_state_and_last_activity(start_server, world, 
         error(await s["customer2"].get(f"/api/customer/{world.c1}/deviceInfos?pageSize=10&page=0"), 403, 20)
         error(await s["tenant2"].get(f"/api/customer/{world.c1}/deviceInfos?pageSize=10&page=0"), 404, 32)
         error(await customer.get("/api/tenant/deviceInfos?pageSize=10&page=0"), 403, 20)
+        seen = info["lastActivityTime"]
+    # the last activity is written to the database (at the latest when the
+    # server stops): a restarted server still knows it
+    async with start_server() as (server, api):
+        tenant = Client(api, await api.login(world.tenant.email))
+        status, info = await tenant.get(f"/api/device/info/{world.dev_c1.id}")
+        assert (status, info["active"]) == (200, False) and info["lastActivityTime"] >= seen
+        status, page = await tenant.get("/api/tenant/deviceInfos?pageSize=10&page=0&sortProperty=name")
+        assert [d["lastActivityTime"] for d in page["data"]] == [info["lastActivityTime"], None, None]
 
 
 # -- isolation, endpoint by endpoint ------------------------------------------------------------

@@ -76,6 +76,9 @@ class ServerSection(_Section):
     drain_timeout_s: Annotated[float, _doc(
         "On SIGTERM/SIGINT: how long calls in flight may still finish before they are "
         "answered 503; persistent writes are flushed after that.", ge=0, le=3600)] = 10.0
+    activity_flush_s: Annotated[float, _doc(
+        "How often the devices' last activity is written to the database (it is kept in "
+        "memory in between; also written when the server stops).", gt=0, le=3600)] = 10.0
     log_level: Annotated[Literal["DEBUG", "INFO", "WARNING", "ERROR"], _doc(
         "Level of the server's logs.")] = "INFO"
     log_format: Annotated[Literal["text", "json"], _doc(

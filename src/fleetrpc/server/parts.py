@@ -149,10 +149,31 @@ async def dispatcher(ctx: ServerContext) -> AsyncIterator[None]:
     await d.start()
     ctx.dispatcher = d
     ctx.metrics.watch(ctx)
+    flusher = asyncio.ensure_future(_flush_activity_every(ctx, ctx.settings.server.activity_flush_s))
     try:
         yield
     finally:
+        flusher.cancel()
         await d.close()
+        await _flush_activity(ctx)
+
+
+async def _flush_activity(ctx: ServerContext) -> None:
+    """Write the devices' last activity seen since the last flush."""
+    touch = getattr(ctx.devices, "touch_activity_many", None)
+    changes = ctx.activity.take_changes()
+    if touch is None or not changes:
+        return
+    try:
+        await touch(changes)
+    except Exception:
+        log.exception("could not write the last activity of %d devices", len(changes))
+
+
+async def _flush_activity_every(ctx: ServerContext, interval: float) -> None:
+    while True:
+        await asyncio.sleep(interval)  # a period, not a synchronisation
+        await _flush_activity(ctx)
 
 
 async def engine(ctx: ServerContext) -> AsyncIterator[None]:
