@@ -516,7 +516,8 @@ async def test_tenant_ttl_and_purge_expired(store):
 async def test_migrations_are_idempotent(backend, store):
     n = len(migrations.load(backend.kind))
     assert n >= 1
-    assert await store.schema_version() == n
+    # numbers may leave gaps (each part of the server owns a range)
+    assert await store.schema_version() == migrations.load(backend.kind)[-1].version
     assert await store.migrate() == []
     r = rec()
     await store.insert(r)
@@ -556,7 +557,8 @@ async def test_newer_schema_is_refused(backend, store):
 def test_migration_files_split_into_statements():
     for kind in ("sqlite", "postgresql"):
         ms = migrations.load(kind)
-        assert [m.version for m in ms] == list(range(1, len(ms) + 1))
+        versions = [m.version for m in ms]
+        assert versions[0] == 1 and versions == sorted(set(versions))  # increasing; gaps allowed
         assert any(s.startswith("CREATE TABLE rpc") for s in ms[0].statements)
         assert not any(s.rstrip().endswith(";") for m in ms for s in m.statements)
 
@@ -815,7 +817,7 @@ async def test_postgres_fresh_database(fresh_pg_db):
     s = PostgresStore(fresh_pg_db)
     await s.open()
     try:
-        assert await s.schema_version() == len(migrations.load("postgresql"))
+        assert await s.schema_version() == migrations.load("postgresql")[-1].version
         r = rec()
         await s.insert(r)
         assert await s.get(r.id, r.tenant_id) == r
