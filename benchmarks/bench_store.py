@@ -42,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 import asyncpg  # noqa: E402
 
-from fleetrpc.status import RpcStatus  # noqa: E402
+from fleetrpc.rpc.status import RpcStatus  # noqa: E402
 from fleetrpc.store import GroupCommitStore, PostgresStore, RpcRecord, SqliteStore, StatusChange  # noqa: E402
 from fleetrpc.store.base import COLUMNS, JSON_COLUMNS, record_row  # noqa: E402
 
@@ -117,8 +117,9 @@ class AutocommitSqlite:
     )
 
     def __init__(self, store: SqliteStore) -> None:
-        self.db = store._db  # the benchmark borrows the store's connection
-        self.lock = store._lock
+        # The benchmark borrows the database's one aiosqlite connection and lock.
+        self.db = store.db._conn.raw
+        self.lock = store.db._lock
 
     async def insert(self, r: RpcRecord) -> None:
         async with self.lock:
