@@ -43,7 +43,7 @@ import msgspec
 from msgspec import Meta
 
 from ..errors import RemoteError, ValidationError
-from ..status import TO_SERVER_RPC_REQUEST
+from ..rpc.status import TO_SERVER_RPC_REQUEST
 
 __all__ = ["ClientRpcSection", "ClientRpc", "ENTRY_POINT_GROUP", "BUILTIN_METHODS", "load_handler"]
 
