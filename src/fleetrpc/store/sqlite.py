@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from ..errors import AlreadyExistsError, StoreError
+from ..errors import AlreadyExistsError
 from ..rpc.status import RpcStatus
 from .base import (
     COLUMNS,
