@@ -18,6 +18,7 @@ class _LazyGroup(click.Group):
         "bench": "fleetrpc.bench.command:bench",
         "db": "fleetrpc.store.command:db",
         "serve": "fleetrpc.server.command:serve",
+        "admin": "fleetrpc.admin:admin",
     }
 
     def list_commands(self, ctx):

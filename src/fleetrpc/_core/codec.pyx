@@ -22,7 +22,7 @@ from libc.string cimport memchr, memcmp, memcpy
 import sys
 
 from fleetrpc import protocol as _protocol  # attributes used lazily: import cycle
-from fleetrpc.errors import CodecError, ValidationError
+from fleetrpc.errors import EMPTY_REPLY, CodecError, ValidationError
 from fleetrpc._core.constants import DEFAULT_MAX_PAYLOAD, DEFAULT_PREFIX, MAX_ID_LENGTH, Kind
 
 cdef extern from "Python.h":
@@ -403,7 +403,7 @@ cdef class Codec:
                 except Exception as exc:  # msgspec: DecodeError, UnicodeDecodeError, RecursionError
                     error = f"reply is not valid JSON: {exc}"
             else:
-                error = "reply is not valid JSON: empty payload"
+                error = EMPTY_REPLY
         elif kind != K_ACK:
             body = self._decode_body(kind, payload)
 

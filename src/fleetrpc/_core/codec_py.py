@@ -23,8 +23,13 @@ from __future__ import annotations
 import sys
 from typing import Any
 
+<<<<<<< HEAD
 from .. import wire as _protocol
 from ..errors import CodecError, ValidationError
+=======
+from .. import protocol as _protocol  # attributes used lazily: import cycle
+from ..errors import EMPTY_REPLY, CodecError, ValidationError
+>>>>>>> server2
 from .constants import DEFAULT_MAX_PAYLOAD, DEFAULT_PREFIX, MAX_ID_LENGTH, Kind
 
 __all__ = ["Codec", "Message"]
@@ -266,7 +271,7 @@ class Codec:
                 except Exception as exc:  # noqa: BLE001  msgspec: DecodeError, UnicodeDecodeError, RecursionError
                     error = f"reply is not valid JSON: {exc}"
             else:
-                error = "reply is not valid JSON: empty payload"
+                error = EMPTY_REPLY
         elif kind is not _ACK:
             if not size:
                 raise CodecError(f"empty {kind.name} payload")

@@ -30,7 +30,7 @@ import asyncio
 import time
 from typing import Any
 
-from ..api.auth import LoginGuard, RateLimiter, TokenService
+from ..api.auth import RateLimiter, TokenService
 from ..api.metrics import Metrics
 from ..config import ServerSettings, Settings
 
@@ -39,16 +39,27 @@ __all__ = ["Activity", "ServerContext"]
 
 class Activity:
     """Each device's last activity (epoch ms): presence changes, heartbeats,
-    replies seen through the API.  Online state is the dispatcher's."""
+    replies seen through the API.  Online state is the dispatcher's.  What
+    changed since the last :meth:`take_changes` is written to the devices'
+    table now and then (``server.activity_flush_s``), so it outlives a
+    restart."""
 
     def __init__(self) -> None:
         self._last: dict[str, int] = {}
+        self._changed: dict[str, int] = {}
 
     def touch(self, device_id: str, when_ms: int | None = None) -> None:
-        self._last[device_id] = when_ms if when_ms is not None else int(time.time() * 1000)
+        ms = when_ms if when_ms is not None else int(time.time() * 1000)
+        self._last[device_id] = ms
+        self._changed[device_id] = ms
 
     def last(self, device_id: str) -> int | None:
         return self._last.get(device_id)
+
+    def take_changes(self) -> list[tuple[str, int]]:
+        """The (device, last activity) pairs changed since the last call."""
+        changed, self._changed = self._changed, {}
+        return list(changed.items())
 
 
 class ServerContext:
@@ -69,7 +80,6 @@ class ServerContext:
         self.tenants: Any = None
         self.customers: Any = None
         self.tokens: TokenService | None = None
-        self.login_guard = LoginGuard(settings.auth)
         self.rate_limiter = RateLimiter(settings.rate_limits)
         self.metrics = Metrics()
         self.activity = Activity()
@@ -77,7 +87,10 @@ class ServerContext:
         self.url: str | None = None
         #: ``fleetrpc serve --demo``: load ThingsBoard's demo accounts and devices
         self.demo = False
-        #: replaces the identity repositories (tests, the REST bench):
+        #: the argon2 PasswordHasher of the users' repository (None: argon2's
+        #: defaults; tests pass a cheap one)
+        self.password_hasher: Any = None
+        #: replaces the identity repositories (the REST bench's directory):
         #: ``async (ctx) -> close()``, filling ctx.devices, ctx.users, ...
         self.open_repositories: Any = None
         #: set once the server stops taking requests (SIGTERM): new ones get 503

@@ -87,7 +87,7 @@ def _timed_writes(store: Any, histogram: Any) -> None:
 
 
 async def database(ctx: ServerContext) -> AsyncIterator[None]:
-    from ..store import open_store
+    from ..store import rpc_store
     from ..store.db import open_database
     from .identity import open_repositories
 
@@ -95,7 +95,8 @@ async def database(ctx: ServerContext) -> AsyncIterator[None]:
     try:
         close_repositories = await open_repositories(ctx)
         try:
-            ctx.store = await open_store(ctx.library.store_url, group_commit=True)
+            ctx.store = rpc_store(ctx.db, group_commit=True)  # on the shared Database
+            await ctx.store.open()
             _timed_writes(ctx.store, ctx.metrics.store_write)
             try:
                 yield
@@ -148,10 +149,31 @@ async def dispatcher(ctx: ServerContext) -> AsyncIterator[None]:
     await d.start()
     ctx.dispatcher = d
     ctx.metrics.watch(ctx)
+    flusher = asyncio.ensure_future(_flush_activity_every(ctx, ctx.settings.server.activity_flush_s))
     try:
         yield
     finally:
+        flusher.cancel()
         await d.close()
+        await _flush_activity(ctx)
+
+
+async def _flush_activity(ctx: ServerContext) -> None:
+    """Write the devices' last activity seen since the last flush."""
+    touch = getattr(ctx.devices, "touch_activity_many", None)
+    changes = ctx.activity.take_changes()
+    if touch is None or not changes:
+        return
+    try:
+        await touch(changes)
+    except Exception:
+        log.exception("could not write the last activity of %d devices", len(changes))
+
+
+async def _flush_activity_every(ctx: ServerContext, interval: float) -> None:
+    while True:
+        await asyncio.sleep(interval)  # a period, not a synchronisation
+        await _flush_activity(ctx)
 
 
 async def engine(ctx: ServerContext) -> AsyncIterator[None]:
