@@ -21,7 +21,7 @@ from libc.string cimport memchr, memcmp, memcpy
 
 import sys
 
-from fleetrpc import protocol as _protocol  # attributes used lazily: import cycle
+from fleetrpc import wire as _protocol
 from fleetrpc.errors import EMPTY_REPLY, CodecError, ValidationError
 from fleetrpc._core.constants import DEFAULT_MAX_PAYLOAD, DEFAULT_PREFIX, MAX_ID_LENGTH, Kind
 

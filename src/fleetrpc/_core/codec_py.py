@@ -23,13 +23,8 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-<<<<<<< HEAD
 from .. import wire as _protocol
-from ..errors import CodecError, ValidationError
-=======
-from .. import protocol as _protocol  # attributes used lazily: import cycle
 from ..errors import EMPTY_REPLY, CodecError, ValidationError
->>>>>>> server2
 from .constants import DEFAULT_MAX_PAYLOAD, DEFAULT_PREFIX, MAX_ID_LENGTH, Kind
 
 __all__ = ["Codec", "Message"]

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import msgspec
 
-from ..protocol import validate_id, validate_prefix
+from ..wire import validate_id, validate_prefix
 
 __all__ = ["DeviceAcl", "topic_matches", "filter_within"]
 

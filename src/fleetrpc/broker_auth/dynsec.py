@@ -47,7 +47,7 @@ from msgspec import Meta
 
 from .._core.constants import DEFAULT_PREFIX
 from ..errors import BrokerError
-from ..protocol import validate_prefix
+from ..wire import validate_prefix
 from .acl import DeviceAcl
 
 __all__ = [
