@@ -2,7 +2,7 @@
 """Envelope codec (compiled; pure twin: ``codec_py.py``).
 
 Contract: ``docs/core.md``, "Codec and the wire layout"; topic layout:
-:mod:`fleetrpc.protocol`.  The order of the checks and the text of every
+:mod:`fleetrpc.wire`.  The order of the checks and the text of every
 error are those of ``codec_py.py`` (its docstring lists the order).
 
 The topic is read in place: a pointer-plus-length cursor over the str's UTF-8

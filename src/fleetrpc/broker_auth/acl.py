@@ -1,6 +1,6 @@
 """What a device may do at the broker: the one rule both brokers enforce.
 
-With the topic layout of :mod:`fleetrpc.protocol` (``{p}`` the prefix,
+With the topic layout of :mod:`fleetrpc.wire` (``{p}`` the prefix,
 ``{d}`` the device's id):
 
 - publish: its replies ``{p}/d/{d}/res/#``, acks ``{p}/d/{d}/ack/#``, its own
