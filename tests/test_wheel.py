@@ -2,25 +2,13 @@
 
 from __future__ import annotations
 
-import gc
 import math
-import sys
 import tracemalloc
 from fractions import Fraction
 
 import pytest
 
 DAY = 86400.0
-
-
-@pytest.fixture(autouse=True)
-def _no_leaks(core):
-    """In a FLEETRPC_DEBUG build the live-entry counter returns to where it was."""
-    counters = sys.modules[core.TimingWheel.__module__].debug_counters
-    before = counters()
-    yield
-    gc.collect()
-    assert counters() == before
 
 
 def fire_tick(t: float, tick: float) -> int:
