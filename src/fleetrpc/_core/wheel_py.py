@@ -246,14 +246,6 @@ class TimingWheel:
             self._cur = target
         return out
 
-    def next_deadline(self) -> float | None:
-        if self._buckets[_B_DUE]:
-            return self._now
-        k = self._next_event()
-        if k == _NONE:
-            return None
-        return self._time_of(k)
-
     def clear(self) -> None:
         for b in range(_NBUCKETS):
             d = self._buckets[b]
@@ -374,15 +366,3 @@ class TimingWheel:
             self._cascade(0x100 | ((k >> 8) & 0xFF))
         if self._buckets[k & 0xFF]:
             self._fire(k & 0xFF, out)
-
-    def _time_of(self, k: int) -> float:
-        # The earliest float time whose tick is >= k.
-        tick = self._tick
-        x = k * tick
-        while floor(x / tick) < k:
-            x = nextafter(x, inf)
-        while True:
-            y = nextafter(x, -inf)
-            if floor(y / tick) < k:
-                return x
-            x = y
