@@ -40,7 +40,7 @@ tick, in the order the entries reached their last bucket.
 
 from __future__ import annotations
 
-from math import floor, inf, isfinite, ldexp, nextafter
+from math import floor, isfinite, ldexp
 
 __all__ = ["TimingWheel", "debug_counters"]
 
