@@ -29,6 +29,8 @@ from hypothesis.stateful import (
 from fleetrpc import _core
 from fleetrpc.errors import UnknownRequestError, WrongDeviceError
 
+from .helpers.wheel_time import tick_start
+
 SETTINGS = settings(
     max_examples=60,
     stateful_step_count=40,
@@ -93,16 +95,6 @@ BAD_TIMES = st.sampled_from([math.nan, math.inf, -math.inf, 1e300, "1.0", None])
 
 
 # -- the model ------------------------------------------------------------------------------
-
-
-def tick_start(k: int, tick: float) -> float:
-    """The earliest float time whose tick (floor(t / tick)) is k."""
-    t = k * tick
-    while math.floor(t / tick) < k:
-        t = math.nextafter(t, math.inf)
-    while math.floor(math.nextafter(t, -math.inf) / tick) >= k:
-        t = math.nextafter(t, -math.inf)
-    return t
 
 
 class ModelWheel:

@@ -8,6 +8,8 @@ from fractions import Fraction
 
 import pytest
 
+from .helpers.wheel_time import tick_start
+
 DAY = 86400.0
 
 
@@ -90,16 +92,6 @@ def test_never_early_at_most_one_tick_late(core, tick):
         assert fired[p] >= d  # never early
         assert fired[p] < d + tick + step  # at the first advance at or after d + tick
         assert fired[p] == w_first_due(d, tick, step)
-
-
-def tick_start(k: int, tick: float) -> float:
-    """The earliest float time whose tick (floor(t / tick)) is k."""
-    t = k * tick
-    while math.floor(t / tick) < k:
-        t = math.nextafter(t, math.inf)
-    while math.floor(math.nextafter(t, -math.inf) / tick) >= k:
-        t = math.nextafter(t, -math.inf)
-    return t
 
 
 def w_first_due(d: float, tick: float, step: float) -> float:

@@ -51,7 +51,6 @@ _GEN_LIMIT = 1 << 31  # a slot whose generation reaches this is retired
 _INITIAL_CAP = 64
 _MAX_CAP = 1 << 30  # entries; the compiled pool links entries with int32
 
-_LEVEL_SLOTS = 256
 _B_OVERFLOW = 1024  # ticks past the current 2**32-tick block
 _B_DUE = 1025  # deadlines at or before the wheel's time
 _NBUCKETS = 1026

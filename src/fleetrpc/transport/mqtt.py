@@ -58,7 +58,6 @@ def parse_url(url: str) -> dict[str, Any]:
     }
 
 
-_PUBACK = 0x40
 #: Bytes of queued packets that make a write happen at once, not at the end
 #: of the loop turn.
 _FLUSH_EARLY = 65536
