@@ -12,7 +12,7 @@ import pytest
 from fleetrpc.transport import gmqtt_compat
 
 SRC = Path(gmqtt_compat.__file__).parent
-ROOT = SRC.parents[2]
+ROOT = Path(__file__).resolve().parents[1]  # the checkout (fleetrpc may be an installed wheel)
 
 
 @pytest.mark.parametrize("found", ["0.8.0", "0.8.1", "0.8.17"])
