@@ -77,7 +77,7 @@ async def bench(args) -> dict:
 
     from fleetrpc.broker import start_broker
     from fleetrpc.config import Settings
-    from fleetrpc.dispatcher import Dispatcher
+    from fleetrpc.dispatch import Dispatcher
     from fleetrpc.services.elves import NULL_TENANT, ElvesSettings
     from fleetrpc.services.elves.cron import CronRow
     from fleetrpc.services.elves.envelope import Instruction

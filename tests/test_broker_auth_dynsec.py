@@ -16,7 +16,7 @@ from fleetrpc.broker import Broker, mosquitto_config, start_broker
 from fleetrpc.broker_auth.dynsec import DynsecError, DynsecProvisioner, device_role
 from fleetrpc.config import Settings
 from fleetrpc.device import DeviceClient
-from fleetrpc.dispatcher import Dispatcher
+from fleetrpc.dispatch import Dispatcher
 from fleetrpc.store.db import SqliteDatabase
 from fleetrpc.store.entities import DeviceRepository, TenantRepository
 

@@ -14,7 +14,7 @@ from aiohttp.test_utils import TestServer
 
 from fleetrpc.config import Settings
 from fleetrpc.device import DeviceClient
-from fleetrpc.dispatcher import Dispatcher
+from fleetrpc.dispatch import Dispatcher
 from fleetrpc.errors import RemoteError, ValidationError
 from fleetrpc.events import EventBus
 from fleetrpc.server.client_rpc import ClientRpc, ClientRpcSection, load_handler

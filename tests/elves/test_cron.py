@@ -17,7 +17,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from fleetrpc.agent import ElvesAgent
 from fleetrpc.config import Settings
-from fleetrpc.dispatcher import Dispatcher
+from fleetrpc.dispatch import Dispatcher
 from fleetrpc.services.elves import NULL_TENANT, ElvesSettings
 from fleetrpc.services.elves.client import ElvesClient
 from fleetrpc.services.elves.cron import SELF_CRON_DEL, SELF_CRON_SET, CronSettings, ManualClock
