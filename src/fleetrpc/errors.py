@@ -79,10 +79,18 @@ class StoreError(FleetRpcError):
 
 
 class StoreUnavailableError(StoreError):
-    """The persistent store cannot be reached right now."""
+    """The database cannot be reached or cannot take the write right now
+    (down, busy, locked, full, a conflicting transaction): trying the same
+    operation again later may succeed.  Any other :class:`StoreError` would
+    fail again."""
 
 
-class DuplicateRpcError(StoreError):
+class AlreadyExistsError(StoreError):
+    """A row with that key is already stored (a unique or primary-key
+    violation); nothing of the statement was applied."""
+
+
+class DuplicateRpcError(AlreadyExistsError):
     """An RPC with that id is already stored (a reused ``requestUUID``)."""
 
 

@@ -30,8 +30,13 @@ from .base import (
     WriteResult,
 )
 from .batching import Batcher, BatchStats, GroupCommitStore
+from .db import Conn, Database, database_from_url, open_database
 
 __all__ = [
+    "Database",
+    "Conn",
+    "open_database",
+    "database_from_url",
     "Store",
     "RpcRecord",
     "StatusChange",
