@@ -42,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 import asyncpg  # noqa: E402
 
-from fleetrpc.status import RpcStatus  # noqa: E402
+from fleetrpc.rpc.status import RpcStatus  # noqa: E402
 from fleetrpc.store import GroupCommitStore, PostgresStore, RpcRecord, SqliteStore, StatusChange  # noqa: E402
 from fleetrpc.store.base import COLUMNS, JSON_COLUMNS, record_row  # noqa: E402
 

@@ -20,8 +20,8 @@ from fleetrpc.errors import (
     ValidationError,
 )
 from fleetrpc.events import EventBus
-from fleetrpc.persistent import PersistentRpc
-from fleetrpc.status import RpcStatus
+from fleetrpc.rpc.persistent import PersistentRpc
+from fleetrpc.rpc.status import RpcStatus
 from fleetrpc.store import open_store
 
 pytestmark = pytest.mark.mqtt
@@ -313,7 +313,7 @@ async def test_illegal_transition_is_an_error(rig):
     dev = await rig.device()
     rpc_id = await rig.engine.call(dev.device_id, "echo", {})
     await rig.engine.wait(rpc_id, 5)
-    from fleetrpc.persistent import _Live
+    from fleetrpc.rpc.persistent import _Live
 
     live = _Live(rig.engine, await rig.engine.get(rpc_id))
     with pytest.raises(InvalidTransitionError):

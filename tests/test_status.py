@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fleetrpc.errors import InvalidTransitionError
-from fleetrpc.status import (
+from fleetrpc.rpc.status import (
     RPC_DELETED,
     TERMINAL,
     TO_SERVER_RPC_REQUEST,

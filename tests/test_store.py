@@ -23,8 +23,8 @@ from fleetrpc.errors import (
     StoreUnavailableError,
     ValidationError,
 )
-from fleetrpc.status import RpcStatus as St
-from fleetrpc.status import is_allowed
+from fleetrpc.rpc.status import RpcStatus as St
+from fleetrpc.rpc.status import is_allowed
 from fleetrpc.store import (
     DuplicateRpcError,
     GroupCommitStore,

@@ -20,9 +20,9 @@ from fleetrpc.config import Settings
 from fleetrpc.device import DeviceClient
 from fleetrpc.dispatcher import Dispatcher
 from fleetrpc.errors import InvalidTransitionError, StoreUnavailableError
-from fleetrpc.persistent import PersistentRpc, _uuid4
-from fleetrpc.status import RpcStatus as St
-from fleetrpc.status import is_allowed
+from fleetrpc.rpc.persistent import PersistentRpc, _uuid4
+from fleetrpc.rpc.status import RpcStatus as St
+from fleetrpc.rpc.status import is_allowed
 from fleetrpc.store import (
     GroupCommitStore,
     PostgresStore,

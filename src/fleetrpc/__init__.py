@@ -15,8 +15,8 @@ from .device import DeviceClient
 from .dispatcher import Broadcast, BroadcastSummary, Dispatcher, Outcome, StatusEvent
 from .errors import *  # noqa: F401,F403  (every error is public API)
 from .events import Event, EventBus, HookSink, MqttSink, WebhookSink
-from .persistent import PersistentRpc
-from .status import RpcStatus
+from .rpc.persistent import PersistentRpc
+from .rpc.status import RpcStatus
 from .store import open_store
 
 __version__ = "0.1.0"

@@ -12,10 +12,12 @@ class _LazyGroup(click.Group):
     so ``fleetrpc --help`` stays fast and one broken extra cannot break all."""
 
     _commands = {
+        "agent": "fleetrpc.agent.command:agent",
         "demo": "fleetrpc.demo:demo",
         "simulate": "fleetrpc.sim.command:simulate",
         "bench": "fleetrpc.bench.command:bench",
         "db": "fleetrpc.store.command:db",
+        "serve": "fleetrpc.server.command:serve",
     }
 
     def list_commands(self, ctx):

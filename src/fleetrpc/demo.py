@@ -160,7 +160,7 @@ async def _persistent_part(d: Dispatcher, url: str, mqtt5: bool, rows: list) -> 
     """A persistent call to a device that is offline, delivered once it
     connects; every status change shown as an event."""
     from .events import EventBus
-    from .persistent import PersistentRpc
+    from .rpc.persistent import PersistentRpc
     from .store import open_store
 
     store = await open_store(d.settings.store_url, group_commit=True)

@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 import msgspec
 
-from .status import TO_SERVER_RPC_REQUEST, RpcStatus, event_type
+from .rpc.status import TO_SERVER_RPC_REQUEST, RpcStatus, event_type
 
 log = logging.getLogger("fleetrpc.events")
 

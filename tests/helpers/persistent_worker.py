@@ -12,7 +12,7 @@ import sys
 
 from fleetrpc.config import Settings
 from fleetrpc.dispatcher import Dispatcher
-from fleetrpc.persistent import PersistentRpc
+from fleetrpc.rpc.persistent import PersistentRpc
 from fleetrpc.runner import run
 from fleetrpc.store import open_store
 

@@ -60,8 +60,11 @@ def _split(value: str, known: tuple[str, ...], what: str) -> tuple[str, ...]:
                    "(default $FLEETRPC_PG_DSN or postgresql://postgres@127.0.0.1:5432/test).")
 @click.option("--rounds", default=1, show_default=True, type=click.IntRange(1),
               help="--persistent: timed phases per target, the targets taking turns.")
+@click.option("--rest", is_flag=True,
+              help="Two-way RPCs through the server's REST API (JWT on every request) against "
+                   "the library path in the same run; --window callers (see bench/rest.py).")
 def bench(devices, qos, duration, workloads, targets, url, processes, window, rate, calls_per_device,
-          mem_pending, timeout, json_path, quick, persistent, dsn, rounds):
+          mem_pending, timeout, json_path, quick, persistent, dsn, rounds, rest):
     """Benchmark fleetrpc's dispatcher against the plain reference dispatcher.
 
     Starts a broker (unless --url), simulates DEVICES devices in worker
@@ -76,6 +79,11 @@ def bench(devices, qos, duration, workloads, targets, url, processes, window, ra
     its own, in a database created for the run (see
     benchmarks/bench_persistent.py for every option).
     """
+    if rest:
+        from .rest import command_main
+
+        command_main(devices, qos, duration, url, processes, window, json_path, quick)
+        return
     if persistent:
         _persistent(devices, qos, duration, targets, url, processes, window, timeout, json_path, quick,
                     dsn, rounds)

@@ -5,7 +5,7 @@ second, end to end.
 One run: a broker (a throwaway tuned Mosquitto unless a URL is given), one
 simulated fleet in worker processes that acknowledges every delivery
 (:class:`~fleetrpc.sim.Behaviour` ``ack=True``), and, in this process, one
-:class:`~fleetrpc.dispatcher.Dispatcher` + :class:`~fleetrpc.persistent.PersistentRpc`
+:class:`~fleetrpc.dispatcher.Dispatcher` + :class:`~fleetrpc.rpc.persistent.PersistentRpc`
 engine per *target*, all connected at once and taking turns against the same
 fleet:
 
@@ -253,7 +253,7 @@ class _Target:
     async def start(self, devices: list[str]) -> None:
         from ..config import Settings
         from ..dispatcher import Dispatcher
-        from ..persistent import PersistentRpc
+        from ..rpc.persistent import PersistentRpc
         from ..store import GroupCommitStore, store_from_url
 
         cfg = self.cfg
@@ -408,7 +408,7 @@ def _percentiles(values: list[float]) -> dict[str, float | None]:
 async def _phase(target: _Target, devices: list[str], cfg: PersistentBenchConfig,
                  seconds: float, meter: _CpuMeter | None) -> dict[str, Any]:
     """``callers`` closed loops of whole lifecycles for ``seconds``."""
-    from ..status import RpcStatus
+    from ..rpc.status import RpcStatus
 
     engine = target.engine
     call = engine.call

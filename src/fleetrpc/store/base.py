@@ -24,7 +24,7 @@ from typing import Any
 import msgspec
 
 from ..errors import DuplicateRpcError, ValidationError
-from ..status import RpcStatus, check_transition, is_allowed
+from ..rpc.status import RpcStatus, check_transition, is_allowed
 
 __all__ = [
     "RpcRecord",

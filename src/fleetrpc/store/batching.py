@@ -60,7 +60,7 @@ from typing import Any
 import msgspec
 
 from ..errors import FleetRpcError, StoreError, StoreUnavailableError
-from ..status import RpcStatus, is_allowed
+from ..rpc.status import RpcStatus, is_allowed
 from .base import DuplicateRpcError, Page, RpcRecord, StatusChange, Store, WriteResult
 
 __all__ = ["GroupCommitStore", "Batcher", "BatchStats", "coalesce_changes"]

@@ -38,7 +38,7 @@ from asyncpg.exceptions import (
 )
 
 from ..errors import FleetRpcError, StoreError, StoreUnavailableError, ValidationError
-from ..status import RpcStatus
+from ..rpc.status import RpcStatus
 from . import migrations
 from .base import (
     COLUMNS,

@@ -24,7 +24,7 @@ from typing import Any
 import aiosqlite
 
 from ..errors import FleetRpcError, StoreError, StoreUnavailableError, ValidationError
-from ..status import RpcStatus
+from ..rpc.status import RpcStatus
 from . import migrations
 from .base import (
     COLUMNS,

@@ -47,10 +47,10 @@ from typing import Any, Callable
 
 import msgspec
 
-from .config import Settings
-from .dispatcher import CallObserver, Counters, Dispatcher
-from .protocol import validate_id
-from .errors import (
+from ..config import Settings
+from ..dispatcher import CallObserver, Counters, Dispatcher
+from ..protocol import validate_id
+from ..errors import (
     DispatcherClosedError,
     ReplyNotJsonError,
     RpcNotFoundError,
@@ -59,9 +59,9 @@ from .errors import (
     ValidationError,
 )
 from .status import TERMINAL, RpcStatus, check_transition, event_type
-from .store.base import Page, RpcRecord, StatusChange, Store
+from ..store.base import Page, RpcRecord, StatusChange, Store
 
-log = logging.getLogger("fleetrpc.persistent")
+log = logging.getLogger("fleetrpc.rpc.persistent")
 
 Q, S, D, OK, T, E, F, X = (
     RpcStatus.QUEUED, RpcStatus.SENT, RpcStatus.DELIVERED, RpcStatus.SUCCESSFUL,

@@ -14,8 +14,8 @@ from typing import Any
 
 import msgspec
 
-from ._core.constants import DEFAULT_MAX_PAYLOAD, DEFAULT_PREFIX, DeliveryStrategy
-from .errors import ValidationError
+from .._core.constants import DEFAULT_MAX_PAYLOAD, DEFAULT_PREFIX, DeliveryStrategy
+from ..errors import ValidationError
 
 
 def _default_node_id() -> str:

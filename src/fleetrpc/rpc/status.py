@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import enum
 
-from .errors import InvalidTransitionError
+from ..errors import InvalidTransitionError
 
 __all__ = [
     "RpcStatus",

@@ -1,0 +1,487 @@
+"""Authentication as ThingsBoard does it: JWT pairs, the header forms, its
+error codes; plus what ThingsBoard leaves to a proxy: slowed and locked
+logins, per-tenant and per-user rate limits.
+
+Tokens (THINGSBOARD-NOTES.md §2.3): HS512, claims ``sub`` (email),
+``userId``, ``scopes`` (one authority), ``sessionId`` (new per login),
+``firstName``, ``lastName``, ``enabled``, ``isPublic``, ``tenantId``,
+``customerId`` (the null UUID where there is none), ``iss``, ``iat``,
+``exp``.  A refresh token carries ``scopes: ["REFRESH_TOKEN"]`` and a
+``jti``; refreshing reloads the user, so a disabled or deleted user cannot
+refresh.  Key rotation: tokens are signed with ``jwt.secret`` and verified
+against it and every ``jwt.previous_secrets``.
+
+Errors, exactly as ThingsBoard answers them (§1.1) -- its UI refreshes its
+token only on errorCode 11, so 10 and 11 must not be mixed up:
+
+==========================================  ======  ==========================================
+situation                                   code    message
+==========================================  ======  ==========================================
+no token / not ``Bearer``                   10      Authentication failed
+expired token                               11      Token has expired
+signature that matches no key               11      Token has expired (ThingsBoard's quirk:
+                                                    ``SignatureException`` -> expired)
+malformed token, wrong issuer, no claims    10      Invalid username or password
+wrong password / unknown user               10      Invalid username or password
+disabled account                            10      User account is not active
+locked account                              10      User account is locked due to security policy
+==========================================  ======  ==========================================
+
+Validated access tokens are cached (decoding one costs ~60 us): a hit is
+one dict lookup and an expiry check.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+import uuid
+from typing import Any, Protocol
+
+import jwt
+import msgspec
+from aiohttp import web
+
+from ..config.server import AuthSection, JwtSection, RateLimitsSection
+from .errors import ApiError, ErrorCode, error_response
+from .keys import CTX
+
+__all__ = [
+    "NULL_UUID",
+    "AUTHORITIES",
+    "LoginRefused",
+    "Principal",
+    "TokenService",
+    "LoginGuard",
+    "RateLimiter",
+    "UserDirectory",
+    "auth_middleware",
+    "public",
+    "setup",
+]
+
+log = logging.getLogger("fleetrpc.auth")
+
+NULL_UUID = "13814000-1dd2-11b2-8080-808080808080"
+SYS_ADMIN, TENANT_ADMIN, CUSTOMER_USER = "SYS_ADMIN", "TENANT_ADMIN", "CUSTOMER_USER"
+AUTHORITIES = frozenset({SYS_ADMIN, TENANT_ADMIN, CUSTOMER_USER})
+REFRESH_TOKEN = "REFRESH_TOKEN"
+
+BAD_CREDENTIALS = "Invalid username or password"
+EXPIRED = "Token has expired"
+AUTH_FAILED = "Authentication failed"
+NOT_ACTIVE = "User account is not active"
+LOCKED = "User account is locked due to security policy"
+
+
+def public(handler):
+    """Mark a handler as reachable without a token (login, refresh, ...)."""
+    handler.fleetrpc_public = True
+    return handler
+
+
+class Principal(msgspec.Struct, frozen=True, gc=False):
+    """Who makes a request: ``request["principal"]`` on every /api request."""
+
+    user_id: str
+    tenant_id: str
+    customer_id: str
+    authority: str
+    email: str = ""
+    first_name: str | None = None
+    last_name: str | None = None
+    session_id: str = ""
+    #: epoch seconds when the token stops being valid
+    expires: float = 0.0
+
+    @property
+    def is_sysadmin(self) -> bool:
+        return self.authority == SYS_ADMIN
+
+    @property
+    def is_tenant_admin(self) -> bool:
+        return self.authority == TENANT_ADMIN
+
+    @property
+    def is_customer_user(self) -> bool:
+        return self.authority == CUSTOMER_USER
+
+
+class LoginRefused(Exception):
+    """A login or refresh that must fail; ``str(exc)`` is ThingsBoard's message."""
+
+
+class UserDirectory(Protocol):
+    """What authentication needs from the users' repository (the server
+    adapts ``UserRepository`` to this; tests may pass a fake)."""
+
+    async def authenticate(self, email: str, password: str) -> Any:
+        """The user with that email and password; raises :class:`LoginRefused`
+        with ThingsBoard's message (bad credentials, not active, locked)."""
+
+    async def by_id(self, user_id: str) -> Any | None:
+        """The user, or None.  A user has ``id``, ``email``, ``authority``,
+        ``tenant_id``, ``customer_id``, ``first_name``, ``last_name``,
+        ``enabled`` and ``to_thingsboard()``."""
+
+
+# -- tokens ----------------------------------------------------------------------------
+
+
+class TokenService:
+    """Issues and checks ThingsBoard's JWT pairs."""
+
+    def __init__(self, settings: JwtSection, secret: str, *, clock=time.time) -> None:
+        self.settings = settings
+        self._key = secret.encode()
+        self._keys = [self._key] + [s.encode() for s in settings.previous_secrets]
+        self._clock = clock
+        self._cache: dict[str, Principal] = {}
+        self._cache_size = settings.cache_size
+        self.cache_hits = 0
+        self.decodes = 0
+
+    # -- issuing --
+
+    def issue(self, user: Any) -> dict[str, str]:
+        """``{"token": ..., "refreshToken": ...}`` for ``user`` (a new session)."""
+        s = self.settings
+        now = int(self._clock())
+        session = str(uuid.uuid4())
+        authority = str(getattr(user.authority, "value", user.authority))
+        access = {
+            "sub": user.email,
+            "userId": str(user.id),
+            "scopes": [authority],
+            "sessionId": session,
+            "firstName": getattr(user, "first_name", None),
+            "lastName": getattr(user, "last_name", None),
+            "enabled": bool(getattr(user, "enabled", True)),
+            "isPublic": False,
+            "tenantId": str(user.tenant_id or NULL_UUID),
+            "customerId": str(user.customer_id or NULL_UUID),
+            "iss": s.issuer,
+            "iat": now,
+            "exp": now + s.access_ttl_s,
+        }
+        refresh = {
+            "sub": user.email,
+            "userId": str(user.id),
+            "scopes": [REFRESH_TOKEN],
+            "sessionId": session,
+            "isPublic": False,
+            "jti": str(uuid.uuid4()),
+            "iss": s.issuer,
+            "iat": now,
+            "exp": now + s.refresh_ttl_s,
+        }
+        return {
+            "token": jwt.encode(access, self._key, algorithm="HS512"),
+            "refreshToken": jwt.encode(refresh, self._key, algorithm="HS512"),
+        }
+
+    # -- checking --
+
+    def _claims(self, token: str) -> dict[str, Any]:
+        """Verified claims; raises ApiError 401 with errorCode 10 or 11."""
+        self.decodes += 1
+        expired = False
+        for key in self._keys:
+            try:
+                return jwt.decode(
+                    token, key, algorithms=["HS512"], issuer=self.settings.issuer,
+                    options={"require": ["exp", "iat", "sub", "scopes", "userId"]},
+                    leeway=0,
+                )
+            except jwt.InvalidSignatureError:
+                continue  # maybe signed with a previous key
+            except jwt.ExpiredSignatureError:
+                expired = True
+                break
+            except jwt.PyJWTError:
+                raise ApiError.unauthorized(BAD_CREDENTIALS) from None
+        # Expired, or a signature no key matches: ThingsBoard answers both as
+        # an expired token (JwtTokenFactory maps SignatureException so).
+        if not expired:
+            log.debug("token with a signature that matches no key")
+        raise ApiError.unauthorized(EXPIRED, ErrorCode.JWT_TOKEN_EXPIRED)
+
+    def authenticate(self, token: str) -> Principal:
+        """The principal of an access token (cached); raises ApiError 401."""
+        p = self._cache.get(token)
+        if p is not None:
+            if self._clock() < p.expires:
+                self.cache_hits += 1
+                return p
+            del self._cache[token]
+            raise ApiError.unauthorized(EXPIRED, ErrorCode.JWT_TOKEN_EXPIRED)
+        claims = self._claims(token)
+        scopes = claims["scopes"]
+        authority = scopes[0] if isinstance(scopes, list) and len(scopes) == 1 else None
+        if authority not in AUTHORITIES:
+            # A refresh token (or garbage scopes) is no access token.
+            raise ApiError.unauthorized(AUTH_FAILED)
+        tenant = claims.get("tenantId") or NULL_UUID
+        customer = claims.get("customerId") or NULL_UUID
+        if not isinstance(tenant, str) or not isinstance(customer, str) or not isinstance(claims["userId"], str):
+            raise ApiError.unauthorized(BAD_CREDENTIALS)
+        if not claims.get("enabled", True):
+            raise ApiError.unauthorized(NOT_ACTIVE)
+        p = Principal(
+            user_id=claims["userId"], tenant_id=tenant, customer_id=customer, authority=authority,
+            email=str(claims["sub"]), first_name=claims.get("firstName"), last_name=claims.get("lastName"),
+            session_id=str(claims.get("sessionId", "")), expires=float(claims["exp"]),
+        )
+        if self._cache_size:
+            if len(self._cache) >= self._cache_size:
+                del self._cache[next(iter(self._cache))]  # the oldest entry
+            self._cache[token] = p
+        return p
+
+    def refresh_subject(self, token: str) -> str:
+        """The user id of a valid refresh token; raises ApiError 401."""
+        claims = self._claims(token)
+        if claims["scopes"] != [REFRESH_TOKEN] or not isinstance(claims["userId"], str):
+            raise ApiError.unauthorized(AUTH_FAILED)
+        return claims["userId"]
+
+
+def load_or_create_secret(data_dir: str | os.PathLike) -> str:
+    """The generated signing key of an embedded server: created once (0600)
+    in the data directory, so tokens outlive a restart."""
+    path = os.path.join(data_dir, "jwt-secret")
+    try:
+        with open(path) as f:
+            secret = f.read().strip()
+        if len(secret) >= 64:
+            return secret
+    except FileNotFoundError:
+        pass
+    os.makedirs(data_dir, exist_ok=True)
+    secret = os.urandom(48).hex()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(secret + "\n")
+    return secret
+
+
+# -- failed logins ---------------------------------------------------------------------
+
+
+class LoginGuard:
+    """Slows and locks repeated failed logins, per email (in memory, per
+    node).  A failure is answered after ``failed_login_delay_ms``, doubled
+    per failure in a row (at most 4 s); after ``max_failed_logins`` in a row
+    the account is locked for ``lockout_s`` -- refused without even checking
+    the password -- then gets a fresh count."""
+
+    MAX_DELAY = 4.0
+    MAX_ENTRIES = 100_000
+
+    def __init__(self, settings: AuthSection, *, clock=time.monotonic) -> None:
+        self.settings = settings
+        self._clock = clock
+        self._failures: dict[str, tuple[int, float]] = {}  # email -> (in a row, locked until)
+
+    def locked(self, email: str) -> bool:
+        entry = self._failures.get(email)
+        if entry is None or entry[1] == 0.0:
+            return False
+        if self._clock() < entry[1]:
+            return True
+        del self._failures[email]  # the lock ran out
+        return False
+
+    def failed(self, email: str) -> float:
+        """Record a failure; returns how long to delay the answer (s)."""
+        s = self.settings
+        count, _ = self._failures.pop(email, (0, 0.0))
+        count += 1
+        until = 0.0
+        if s.max_failed_logins and count >= s.max_failed_logins:
+            until = self._clock() + s.lockout_s
+            log.warning("login of %s locked for %.0f s after %d failures", email, s.lockout_s, count)
+        if len(self._failures) >= self.MAX_ENTRIES:
+            del self._failures[next(iter(self._failures))]
+        self._failures[email] = (count, until)
+        return min(s.failed_login_delay_ms / 1000.0 * 2 ** (count - 1), self.MAX_DELAY)
+
+    def succeeded(self, email: str) -> None:
+        self._failures.pop(email, None)
+
+
+# -- rate limits -----------------------------------------------------------------------
+
+
+class _Bucket:
+    __slots__ = ("tokens", "stamp")
+
+    def __init__(self, tokens: float, stamp: float) -> None:
+        self.tokens = tokens
+        self.stamp = stamp
+
+
+class RateLimiter:
+    """Token buckets per tenant and per user; 0 per second means unlimited."""
+
+    def __init__(self, settings: RateLimitsSection, *, clock=time.monotonic) -> None:
+        self.settings = settings
+        self._clock = clock
+        self._tenants: dict[str, _Bucket] = {}
+        self._users: dict[str, _Bucket] = {}
+        self.enabled = settings.tenant_per_s > 0 or settings.user_per_s > 0
+
+    @staticmethod
+    def _take(buckets: dict[str, _Bucket], key: str, rate: float, burst: int, now: float) -> bool:
+        b = buckets.get(key)
+        if b is None:
+            buckets[key] = _Bucket(burst - 1.0, now)
+            return True
+        b.tokens = min(burst, b.tokens + (now - b.stamp) * rate)
+        b.stamp = now
+        if b.tokens >= 1.0:
+            b.tokens -= 1.0
+            return True
+        return False
+
+    def check(self, p: Principal) -> str | None:
+        """None when allowed, else ThingsBoard's 429 message."""
+        s = self.settings
+        now = self._clock()
+        if s.tenant_per_s > 0 and p.tenant_id != NULL_UUID and not self._take(
+            self._tenants, p.tenant_id, s.tenant_per_s, s.tenant_burst, now
+        ):
+            return "Too many requests for current tenant!"
+        if s.user_per_s > 0 and not self._take(self._users, p.user_id, s.user_per_s, s.user_burst, now):
+            return "Too many requests for current user!"
+        return None
+
+
+# -- the middleware ----------------------------------------------------------------------
+
+
+def bearer_token(request: web.Request) -> str | None:
+    header = request.headers.get("X-Authorization") or request.headers.get("Authorization")
+    if header is None or not header.startswith("Bearer "):
+        return None
+    return header[7:].strip() or None
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler):
+    """Sets ``request["principal"]`` on every /api request but public ones."""
+    if not request.path.startswith("/api/") or getattr(request.match_info.handler, "fleetrpc_public", False):
+        return await handler(request)
+    ctx = request.app[CTX]
+    token = bearer_token(request)
+    if token is None:
+        raise ApiError.unauthorized(AUTH_FAILED)
+    principal = ctx.tokens.authenticate(token)
+    limiter = ctx.rate_limiter
+    if limiter.enabled:
+        message = limiter.check(principal)
+        if message is not None:
+            return error_response(429, message, ErrorCode.TOO_MANY_REQUESTS)
+    request["principal"] = principal
+    return await handler(request)
+
+
+# -- endpoints ---------------------------------------------------------------------------
+
+_decode_obj = msgspec.json.Decoder(dict).decode
+
+
+async def _json_object(request: web.Request) -> dict | None:
+    try:
+        return _decode_obj(await request.read())
+    except msgspec.DecodeError:
+        return None
+
+
+class LoginRequest(msgspec.Struct):
+    username: str
+    password: str
+
+
+class RefreshTokenRequest(msgspec.Struct):
+    refreshToken: str
+
+
+class JwtPair(msgspec.Struct):
+    token: str
+    refreshToken: str
+
+
+@public
+async def login(request: web.Request) -> web.Response:
+    """``POST /api/auth/login`` ``{"username", "password"}`` -> ``{"token", "refreshToken"}``."""
+    ctx = request.app[CTX]
+    body = await _json_object(request)
+    if body is None:
+        raise ApiError.unauthorized(AUTH_FAILED)  # "Invalid login request payload"
+    email, password = body.get("username"), body.get("password")
+    if not isinstance(email, str) or not isinstance(password, str) or not email or not password:
+        raise ApiError.unauthorized(AUTH_FAILED)  # "Username or Password not provided"
+    guard = ctx.login_guard
+    if guard.locked(email):
+        raise ApiError.unauthorized(LOCKED)
+    try:
+        user = await ctx.users.authenticate(email, password)
+    except LoginRefused as exc:
+        delay = guard.failed(email)
+        if delay:
+            await asyncio.sleep(delay)  # slows guessing; a response delay, not synchronisation
+        raise ApiError.unauthorized(str(exc)) from None
+    guard.succeeded(email)
+    return web.json_response(ctx.tokens.issue(user))
+
+
+@public
+async def refresh(request: web.Request) -> web.Response:
+    """``POST /api/auth/token`` ``{"refreshToken"}`` -> a new pair; the user
+    is reloaded, so a disabled or deleted one cannot refresh."""
+    ctx = request.app[CTX]
+    body = await _json_object(request)
+    token = body.get("refreshToken") if body is not None else None
+    if not isinstance(token, str) or not token:
+        raise ApiError.unauthorized(AUTH_FAILED)  # "Refresh token is not provided"
+    user_id = ctx.tokens.refresh_subject(token)
+    user = await ctx.users.by_id(user_id)
+    if user is None:
+        raise ApiError.unauthorized(BAD_CREDENTIALS)
+    if not getattr(user, "enabled", True):
+        raise ApiError.unauthorized(NOT_ACTIVE)
+    return web.json_response(ctx.tokens.issue(user))
+
+
+async def current_user(request: web.Request) -> web.Response:
+    """``GET /api/auth/user``: the user the token belongs to."""
+    ctx = request.app[CTX]
+    p: Principal = request["principal"]
+    user = await ctx.users.by_id(p.user_id)
+    if user is None:
+        raise ApiError.unauthorized(AUTH_FAILED)
+    return web.json_response(user.to_thingsboard())
+
+
+async def logout(request: web.Request) -> web.Response:
+    """``POST /api/auth/logout``: as in ThingsBoard, the client forgets its
+    token; the server only logs it."""
+    p: Principal = request["principal"]
+    log.info("logout of %s (session %s)", p.email, p.session_id)
+    return web.Response(status=200)
+
+
+def setup(app: web.Application, ctx: Any) -> None:
+    from .openapi import operation
+
+    r = app.router
+    operation(app, r.add_post("/api/auth/login", login), tag="auth", body=LoginRequest, response=JwtPair,
+              summary="Log in; returns an access and a refresh token")
+    operation(app, r.add_post("/api/auth/token", refresh), tag="auth", body=RefreshTokenRequest,
+              response=JwtPair, summary="Exchange a refresh token for a new pair")
+    operation(app, r.add_get("/api/auth/user", current_user), tag="auth", response=dict,
+              summary="The current user")
+    operation(app, r.add_post("/api/auth/logout", logout), tag="auth", summary="Log out (the client drops its token)")

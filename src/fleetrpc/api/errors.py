@@ -1,0 +1,166 @@
+"""ThingsBoard's error answers, in its two shapes.
+
+Most of the API answers an error with ThingsBoard's JSON object
+(``ThingsboardErrorResponse``), fields in its declaration order::
+
+    {"status": 401, "message": "Token has expired", "errorCode": 11, "timestamp": 1786108933699}
+
+The RPC endpoints do not always use it (THINGSBOARD-NOTES.md §1.2): an unknown
+device or a denied access is a **bare text** body (404 / 403), a timeout or an
+offline device an **empty** body (408 / 409 in v1, 504 in v2), a reply that
+is not JSON an empty 406, and an oversized request a bare JSON *string*
+(413).  Handlers raise :class:`ApiError` (JSON) or return :func:`bare_text` /
+:func:`empty`; the error middleware turns anything else into a JSON 500 and
+never lets an exception escape with a stack trace in the body.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import time
+
+import msgspec
+from aiohttp import web
+
+from .keys import CTX
+
+__all__ = [
+    "ApiError",
+    "ErrorCode",
+    "bare_text",
+    "empty",
+    "error_middleware",
+    "error_response",
+    "TOO_LARGE",
+    "DEVICE_NOT_FOUND",
+    "NO_PERMISSION",
+    "SYSADMIN_NOT_ALLOWED",
+]
+
+log = logging.getLogger("fleetrpc.api")
+
+#: The bare texts of ThingsBoard's access-validation path (AccessValidator).
+DEVICE_NOT_FOUND = "Device with requested id wasn't found!"
+NO_PERMISSION = "You don't have permission to perform this operation!"
+SYSADMIN_NOT_ALLOWED = "System administrator is not allowed to perform this operation!"
+
+
+class ErrorCode(enum.IntEnum):
+    """ThingsBoard's ``ThingsboardErrorCode`` values (serialised as ints)."""
+
+    GENERAL = 2
+    AUTHENTICATION = 10
+    JWT_TOKEN_EXPIRED = 11
+    CREDENTIALS_EXPIRED = 15
+    PERMISSION_DENIED = 20
+    INVALID_ARGUMENTS = 30
+    BAD_REQUEST_PARAMS = 31
+    ITEM_NOT_FOUND = 32
+    TOO_MANY_REQUESTS = 33
+    VERSION_CONFLICT = 35
+    DATABASE = 46
+
+
+class ErrorBody(msgspec.Struct):
+    """ThingsBoard's JSON error body (also the OpenAPI schema of every error)."""
+
+    status: int
+    message: str
+    errorCode: int
+    timestamp: int
+
+
+_encode = msgspec.json.Encoder().encode
+
+
+class ApiError(Exception):
+    """Raised by a handler: answered as ThingsBoard's JSON error."""
+
+    def __init__(self, status: int, message: str, code: ErrorCode, *, shape: str = "json") -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.code = code
+        #: "json" (ThingsBoard's error object), "text" (bare text) or "empty"
+        self.shape = shape
+
+    @classmethod
+    def text(cls, status: int, text: str) -> ApiError:
+        """Answered as a bare text body (the RPC path's 403 / 404)."""
+        return cls(status, text, ErrorCode.GENERAL, shape="text")
+
+    # The common cases, named as ThingsBoard's exceptions are.
+    @classmethod
+    def bad_request(cls, message: str) -> ApiError:
+        return cls(400, message, ErrorCode.BAD_REQUEST_PARAMS)
+
+    @classmethod
+    def not_found(cls, message: str) -> ApiError:
+        return cls(404, message, ErrorCode.ITEM_NOT_FOUND)
+
+    @classmethod
+    def forbidden(cls, message: str = NO_PERMISSION) -> ApiError:
+        return cls(403, message, ErrorCode.PERMISSION_DENIED)
+
+    @classmethod
+    def unauthorized(cls, message: str = "Authentication failed",
+                     code: ErrorCode = ErrorCode.AUTHENTICATION) -> ApiError:
+        return cls(401, message, code)
+
+    def response(self) -> web.Response:
+        if self.shape == "text":
+            return bare_text(self.status, self.message)
+        if self.shape == "empty":
+            return empty(self.status)
+        return error_response(self.status, self.message, self.code)
+
+
+def error_response(status: int, message: str, code: ErrorCode | int) -> web.Response:
+    body = ErrorBody(status, message, int(code), int(time.time() * 1000))
+    return web.Response(status=status, body=_encode(body), content_type="application/json")
+
+
+def bare_text(status: int, text: str) -> web.Response:
+    """A text body without JSON quoting (ThingsBoard's AccessDeniedException
+    and EntityNotFoundException on the RPC path)."""
+    return web.Response(status=status, text=text, content_type="text/plain")
+
+
+def empty(status: int) -> web.Response:
+    return web.Response(status=status)
+
+
+def too_large(limit: int) -> web.Response:
+    """ThingsBoard's PayloadSizeFilter answer: a bare JSON string, without
+    a JSON content type."""
+    return web.Response(status=413, body=_encode(f"Payload size exceeds the limit of {limit} bytes"),
+                        content_type="text/plain")
+
+
+TOO_LARGE = too_large
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler):
+    """ApiError -> ThingsBoard's JSON error; aiohttp's own HTTP errors under
+    /api (404 no route, 405 wrong method, 413 body over the limit) -> the
+    same shape; anything unexpected -> JSON 500 (errorCode 2), logged."""
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        return exc.response()
+    except web.HTTPRequestEntityTooLarge:
+        # A body without Content-Length (chunked) that grew past the limit.
+        return too_large(request.app[CTX].settings.http.max_body_bytes)
+    except web.HTTPException as exc:
+        if exc.status < 400 or not request.path.startswith("/api/"):
+            raise
+        code = {404: ErrorCode.ITEM_NOT_FOUND, 401: ErrorCode.AUTHENTICATION,
+                403: ErrorCode.PERMISSION_DENIED}.get(exc.status, ErrorCode.BAD_REQUEST_PARAMS)
+        if exc.status >= 500:
+            code = ErrorCode.GENERAL
+        return error_response(exc.status, exc.reason or "error", code)
+    except Exception:
+        log.exception("unhandled error in %s %s", request.method, request.path)
+        return error_response(500, "Internal server error", ErrorCode.GENERAL)

@@ -1,0 +1,15 @@
+"""The typed keys under which the application keeps what its handlers share."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+if TYPE_CHECKING:
+    from ..server.context import ServerContext
+
+#: The server's parts (settings, dispatcher, engine, repositories, ...).
+CTX: web.AppKey[ServerContext] = web.AppKey("fleetrpc_ctx", object)  # type: ignore[arg-type]
+#: The route table as the OpenAPI document describes it (api/openapi.py).
+OPERATIONS: web.AppKey[list[Any]] = web.AppKey("fleetrpc_operations", list)

@@ -1,0 +1,458 @@
+"""``fleetrpc serve``'s settings: one typed section per part of the server.
+
+Sources, in rising priority: the defaults below, a TOML file (``--config``,
+else ``$FLEETRPC_CONFIG``, else ``./fleetrpc.toml`` when it exists), and
+environment variables ``FLEETRPC_<SECTION>_<KEY>`` (``FLEETRPC_HTTP_PORT=9090``,
+``FLEETRPC_MQTT_URL=mqtts://broker:8883``; list values as JSON or comma
+separated).  Everything is checked when loaded: a wrong type, a value out of
+range or an unknown key raises :class:`~fleetrpc.errors.ValidationError`
+naming the key (``http.port``) and where it came from.
+
+Every field's documentation is its ``Meta(description=...)``: one text that
+``fleetrpc serve --print-config`` prints and docs/configuration.md repeats.
+
+With no configuration at all the server runs embedded: SQLite in
+``server.data_dir``, its own broker (Mosquitto when installed, else amqtt),
+a JWT signing key generated once into the data directory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+import typing
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import msgspec
+from msgspec import Meta
+
+from .._core.constants import DEFAULT_MAX_PAYLOAD, DEFAULT_PREFIX, DeliveryStrategy
+from ..errors import ValidationError
+from .library import Settings, _default_node_id
+
+__all__ = [
+    "AuthSection",
+    "DispatchSection",
+    "EventsSection",
+    "HttpSection",
+    "JwtSection",
+    "MqttSection",
+    "RateLimitsSection",
+    "RpcSection",
+    "ServerSection",
+    "ServerSettings",
+    "StoreSection",
+    "env_name",
+    "load_server_settings",
+]
+
+#: Marks a field whose value --print-config never shows.
+SECRET = {"secret": True}
+MiB = 1024 * 1024
+
+
+def _doc(text: str, **kw: Any) -> Meta:
+    return Meta(description=text, **kw)
+
+
+class _Section(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    pass
+
+
+# -- sections -----------------------------------------------------------------------
+
+
+class ServerSection(_Section):
+    """The process as a whole."""
+
+    data_dir: Annotated[str, _doc(
+        "Directory of the embedded defaults: the SQLite database when store.url is unset, "
+        "the generated JWT signing key when jwt.secret is unset. Created if missing.")] = "fleetrpc-data"
+    broker: Annotated[Literal["auto", "mosquitto", "embedded"], _doc(
+        "Which broker to start when mqtt.url is unset: mosquitto, embedded (amqtt, MQTT 3.1.1 "
+        "only), or auto (Mosquitto when installed, else amqtt).")] = "auto"
+    drain_timeout_s: Annotated[float, _doc(
+        "On SIGTERM/SIGINT: how long calls in flight may still finish before they are "
+        "answered 503; persistent writes are flushed after that.", ge=0, le=3600)] = 10.0
+    log_level: Annotated[Literal["DEBUG", "INFO", "WARNING", "ERROR"], _doc(
+        "Level of the server's logs.")] = "INFO"
+    log_format: Annotated[Literal["text", "json"], _doc(
+        "text: one human-readable line per record; json: one JSON object per line "
+        "(time, level, logger, message and the record's fields).")] = "text"
+
+
+class MqttSection(_Section):
+    """The server's own connection to the broker."""
+
+    url: Annotated[str | None, _doc(
+        "Broker URL: mqtt://host:1883 or mqtts://host:8883 (TLS). Unset: the server starts "
+        "its own broker (server.broker).")] = None
+    username: Annotated[str | None, _doc("Username of the server's broker account.")] = None
+    password: Annotated[str | None, _doc("Password of the server's broker account.", extra=SECRET)] = None
+    tls: Annotated[bool, _doc("Use TLS even with an mqtt:// URL.")] = False
+    tls_ca: Annotated[str | None, _doc("CA bundle (PEM) that signed the broker's certificate.")] = None
+    tls_cert: Annotated[str | None, _doc("Client certificate (PEM) for mutual TLS.")] = None
+    tls_key: Annotated[str | None, _doc("Key of tls_cert (PEM).")] = None
+    tls_insecure: Annotated[bool, _doc("Skip the broker's certificate check (tests only).")] = False
+    keepalive: Annotated[int, _doc("MQTT keep-alive in seconds.", ge=5, le=65535)] = 60
+    version: Annotated[Literal[4, 5], _doc("MQTT version of the connection: 4 (3.1.1) or 5.")] = 5
+    qos: Annotated[Literal[0, 1], _doc("QoS of requests and replies.")] = 1
+    response_topic: Annotated[bool, _doc(
+        "Also send MQTT 5 Response Topic and Correlation Data (for generic MQTT 5 responders; "
+        "costs CPU per call).")] = False
+    reconnect_delay: Annotated[float, _doc("First delay between reconnect attempts, seconds.", gt=0)] = 0.5
+    reconnect_max: Annotated[float, _doc("Longest delay between reconnect attempts, seconds.", gt=0)] = 10.0
+    read_batch_above: Annotated[int, _doc(
+        "While at least this many calls await replies, read the broker connection at most "
+        "once per read_batch_ms (0: off).", ge=0)] = 256
+    read_batch_ms: Annotated[float, _doc("Read batching interval, ms.", gt=0, le=1000)] = 1.0
+
+
+class DispatchSection(_Section):
+    """The dispatcher: topics, queues, timeouts."""
+
+    prefix: Annotated[str, _doc("First level of every fleetrpc topic.")] = DEFAULT_PREFIX
+    node_id: Annotated[str | None, _doc(
+        "This node's id (replies come back on its topics). Unset: host name and process id.")] = None
+    share_group: Annotated[str | None, _doc(
+        "Shared-subscription group for client-side calls, when several nodes split them.")] = None
+    max_payload: Annotated[int, _doc("Largest MQTT payload accepted, bytes.", ge=1024)] = DEFAULT_MAX_PAYLOAD
+    default_timeout_ms: Annotated[int, _doc(
+        "Timeout of a call that names none (ThingsBoard: 10000).", gt=0)] = 10_000
+    min_timeout_ms: Annotated[int, _doc(
+        "Shorter timeouts are raised to this (ThingsBoard: 5000).", ge=0)] = 5_000
+    strategy: Annotated[Literal["BURST", "SEQUENTIAL_ON_ACK", "SEQUENTIAL_ON_RESPONSE"], _doc(
+        "Default delivery strategy of a device's queued calls.")] = "BURST"
+    queue_cap: Annotated[int, _doc("Most calls held for one device.", ge=1)] = 100
+    device_window: Annotated[int, _doc("Most calls in flight to one device under BURST (0: unlimited).", ge=0)] = 0
+    inflight_window: Annotated[int, _doc("Most requests in flight from this node.", ge=1)] = 20_000
+    presence: Annotated[bool, _doc("Track device presence (online state, last activity).")] = True
+    tick_ms: Annotated[float, _doc("Resolution of the timing wheel, ms.", gt=0, le=1000)] = 5.0
+
+
+class StoreSection(_Section):
+    """Persistent RPCs and the entities: the database."""
+
+    url: Annotated[str | None, _doc(
+        "sqlite:///relative.db, sqlite:////absolute.db or postgresql://user:pw@host/db. "
+        "Unset: SQLite in server.data_dir.", extra=SECRET)] = None
+    max_retries: Annotated[int, _doc(
+        "Most retries a persistent call may ask for; more are capped.", ge=0)] = 5
+    ttl_enabled: Annotated[bool, _doc("Delete finished persistent calls after ttl_days.")] = True
+    ttl_days: Annotated[float, _doc("Age after which finished persistent calls are deleted.", gt=0)] = 30.0
+    ttl_check_interval_s: Annotated[float, _doc("How often the TTL clean-up runs, seconds.", gt=0)] = 7200.0
+
+
+class RpcSection(_Section):
+    """ThingsBoard's REST RPC behaviour."""
+
+    offline_fail_fast: Annotated[bool, _doc(
+        "A lightweight call to a device that is not connected answers 409 (v1) / 504 (v2) at "
+        "once. Off (ThingsBoard's behaviour): the call waits for the device until its timeout "
+        "and is delivered if the device connects meanwhile.")] = False
+
+
+class HttpSection(_Section):
+    """The HTTP API."""
+
+    host: Annotated[str, _doc("Address to listen on.")] = "127.0.0.1"
+    port: Annotated[int, _doc("Port to listen on (0: any free port).", ge=0, le=65535)] = 8080
+    tls_cert: Annotated[str | None, _doc("Certificate chain (PEM): serve HTTPS. Needs tls_key.")] = None
+    tls_key: Annotated[str | None, _doc("Private key of tls_cert (PEM).")] = None
+    max_body_bytes: Annotated[int, _doc(
+        "Largest request body (Content-Length) under /api; larger ones get 413 "
+        "(ThingsBoard: 16 MiB).", ge=1)] = 16 * MiB
+    access_log: Annotated[bool, _doc("Log one line per request.")] = True
+    docs: Annotated[bool, _doc("Serve /api/openapi.json and the docs page /api/docs.")] = True
+
+
+class JwtSection(_Section):
+    """Tokens, as ThingsBoard issues them."""
+
+    secret: Annotated[str | None, _doc(
+        "HS512 signing key, at least 64 characters. Unset: a random key generated once into "
+        "server.data_dir/jwt-secret.", extra=SECRET)] = None
+    previous_secrets: Annotated[list[str], _doc(
+        "Keys still accepted for verification (rotation without logging everyone out): put "
+        "the old secret here and a new one in secret.", extra=SECRET)] = msgspec.field(default_factory=list)
+    issuer: Annotated[str, _doc("The iss claim.")] = "thingsboard.io"
+    access_ttl_s: Annotated[int, _doc("Lifetime of an access token, seconds.", ge=60)] = 9000
+    refresh_ttl_s: Annotated[int, _doc("Lifetime of a refresh token, seconds.", ge=900)] = 604800
+    cache_size: Annotated[int, _doc(
+        "Validated access tokens kept decoded (a decode costs ~60 us); 0: no cache.", ge=0)] = 10_000
+
+
+class AuthSection(_Section):
+    """Logins."""
+
+    max_failed_logins: Annotated[int, _doc(
+        "Failed logins in a row after which an account is locked for lockout_s (0: never).", ge=0)] = 5
+    lockout_s: Annotated[float, _doc("How long a locked account stays locked, seconds.", ge=0)] = 300.0
+    failed_login_delay_ms: Annotated[int, _doc(
+        "A failed login is answered after this delay, doubled per failure in a row (at most "
+        "4 s): slows guessing.", ge=0, le=10_000)] = 250
+    sysadmin_email: Annotated[str | None, _doc(
+        "First start: create this system administrator when none exists.")] = None
+    sysadmin_password: Annotated[str | None, _doc(
+        "Password of sysadmin_email (never a built-in default).", extra=SECRET)] = None
+
+
+class RateLimitsSection(_Section):
+    """Requests per tenant and per user (token buckets); over the limit: 429, errorCode 33."""
+
+    tenant_per_s: Annotated[float, _doc("Sustained requests per second of one tenant (0: unlimited).", ge=0)] = 0.0
+    tenant_burst: Annotated[int, _doc("Requests a tenant may make at once above the rate.", ge=1)] = 1000
+    user_per_s: Annotated[float, _doc("Sustained requests per second of one user (0: unlimited).", ge=0)] = 0.0
+    user_burst: Annotated[int, _doc("Requests a user may make at once above the rate.", ge=1)] = 200
+
+
+class EventsSection(_Section):
+    """Where RPC events (RPC_QUEUED ... RPC_DELETED, TO_SERVER_RPC_REQUEST) go."""
+
+    webhook_urls: Annotated[list[str], _doc(
+        "POST each batch of events as a JSON array to these URLs.")] = msgspec.field(default_factory=list)
+    mqtt_topic: Annotated[str | None, _doc(
+        "Publish each event on {mqtt_topic}/{type} through the server's broker connection.")] = None
+    buffer: Annotated[int, _doc("Events buffered per sink; the oldest are dropped (and counted) beyond.", ge=1)] = 10_000
+
+
+SECTIONS: dict[str, type[_Section]] = {
+    "server": ServerSection,
+    "mqtt": MqttSection,
+    "dispatch": DispatchSection,
+    "store": StoreSection,
+    "rpc": RpcSection,
+    "http": HttpSection,
+    "jwt": JwtSection,
+    "auth": AuthSection,
+    "rate_limits": RateLimitsSection,
+    "events": EventsSection,
+}
+
+#: Every field of the library's flat :class:`Settings` and where the server's
+#: sections set it (section, key).  A field missing here is a test failure
+#: (tests/server/test_config.py): a new library setting must be mapped or
+#: listed in :data:`LIBRARY_ONLY`.
+LIBRARY_MAP: dict[str, tuple[str, str]] = {
+    "mqtt_url": ("mqtt", "url"),
+    "mqtt_username": ("mqtt", "username"),
+    "mqtt_password": ("mqtt", "password"),
+    "mqtt_tls": ("mqtt", "tls"),
+    "mqtt_tls_ca": ("mqtt", "tls_ca"),
+    "mqtt_tls_cert": ("mqtt", "tls_cert"),
+    "mqtt_tls_key": ("mqtt", "tls_key"),
+    "mqtt_tls_insecure": ("mqtt", "tls_insecure"),
+    "mqtt_keepalive": ("mqtt", "keepalive"),
+    "mqtt_version": ("mqtt", "version"),
+    "qos": ("mqtt", "qos"),
+    "response_topic": ("mqtt", "response_topic"),
+    "reconnect_delay": ("mqtt", "reconnect_delay"),
+    "reconnect_max": ("mqtt", "reconnect_max"),
+    "read_batch_above": ("mqtt", "read_batch_above"),
+    "read_batch_ms": ("mqtt", "read_batch_ms"),
+    "prefix": ("dispatch", "prefix"),
+    "node_id": ("dispatch", "node_id"),
+    "share_group": ("dispatch", "share_group"),
+    "max_payload": ("dispatch", "max_payload"),
+    "default_timeout_ms": ("dispatch", "default_timeout_ms"),
+    "min_timeout_ms": ("dispatch", "min_timeout_ms"),
+    "strategy": ("dispatch", "strategy"),
+    "queue_cap": ("dispatch", "queue_cap"),
+    "device_window": ("dispatch", "device_window"),
+    "inflight_window": ("dispatch", "inflight_window"),
+    "presence": ("dispatch", "presence"),
+    "tick_ms": ("dispatch", "tick_ms"),
+    "store_url": ("store", "url"),
+    "max_retries": ("store", "max_retries"),
+    "ttl_enabled": ("store", "ttl_enabled"),
+    "ttl_days": ("store", "ttl_days"),
+    "ttl_check_interval_s": ("store", "ttl_check_interval_s"),
+    "http_host": ("http", "host"),
+    "http_port": ("http", "port"),
+}
+#: Library settings the server leaves at their defaults, with the reason.
+LIBRARY_ONLY: dict[str, str] = {}
+
+
+class ServerSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Everything ``fleetrpc serve`` reads; see the section classes."""
+
+    server: ServerSection = msgspec.field(default_factory=ServerSection)
+    mqtt: MqttSection = msgspec.field(default_factory=MqttSection)
+    dispatch: DispatchSection = msgspec.field(default_factory=DispatchSection)
+    store: StoreSection = msgspec.field(default_factory=StoreSection)
+    rpc: RpcSection = msgspec.field(default_factory=RpcSection)
+    http: HttpSection = msgspec.field(default_factory=HttpSection)
+    jwt: JwtSection = msgspec.field(default_factory=JwtSection)
+    auth: AuthSection = msgspec.field(default_factory=AuthSection)
+    rate_limits: RateLimitsSection = msgspec.field(default_factory=RateLimitsSection)
+    events: EventsSection = msgspec.field(default_factory=EventsSection)
+
+    def __post_init__(self) -> None:
+        # Checks across fields; each message names the keys involved.
+        if (self.http.tls_cert is None) != (self.http.tls_key is None):
+            raise ValidationError("http.tls_cert and http.tls_key go together: set both or neither")
+        for key in ("tls_cert", "tls_key"):
+            path = getattr(self.http, key)
+            if path is not None and not os.path.isfile(path):
+                raise ValidationError(f"http.{key}: no such file {path!r}")
+        if self.jwt.access_ttl_s >= self.jwt.refresh_ttl_s:
+            raise ValidationError("jwt.access_ttl_s must be shorter than jwt.refresh_ttl_s")
+        for key, value in (("jwt.secret", self.jwt.secret), *(
+            (f"jwt.previous_secrets[{i}]", s) for i, s in enumerate(self.jwt.previous_secrets)
+        )):
+            if value is not None and len(value) < 64:
+                raise ValidationError(f"{key} must be at least 64 characters (512 bits, as ThingsBoard and RFC 7518 ask of an HS512 key)")
+        if (self.auth.sysadmin_email is None) != (self.auth.sysadmin_password is None):
+            raise ValidationError("auth.sysadmin_email and auth.sysadmin_password go together")
+        if self.mqtt.reconnect_max < self.mqtt.reconnect_delay:
+            raise ValidationError("mqtt.reconnect_max must be >= mqtt.reconnect_delay")
+
+    # -- derived values --
+
+    @property
+    def data_dir(self) -> Path:
+        return Path(self.server.data_dir)
+
+    @property
+    def store_url(self) -> str:
+        """store.url, or the embedded SQLite database in the data directory."""
+        if self.store.url:
+            return self.store.url
+        return f"sqlite:///{(self.data_dir / 'fleetrpc.db').resolve()}"  # absolute: sqlite:////...
+
+    @property
+    def embedded_broker(self) -> bool:
+        return self.mqtt.url is None
+
+    def library(self, **overrides: Any) -> Settings:
+        """The dispatcher's flat :class:`Settings` from these sections
+        (``overrides`` win: e.g. the URL of a broker started for the run)."""
+        values: dict[str, Any] = {}
+        for field, (section, key) in LIBRARY_MAP.items():
+            value = getattr(getattr(self, section), key)
+            if field == "strategy":
+                value = DeliveryStrategy[value]
+            elif field == "store_url":
+                value = self.store_url
+            if value is None and field in ("node_id", "mqtt_url"):
+                continue  # the library's own default
+            values[field] = value
+        if values.get("node_id") is None:
+            values["node_id"] = _default_node_id()
+        values.update(overrides)
+        return Settings(**values)
+
+
+# -- loading ---------------------------------------------------------------------------
+
+
+def env_name(section: str, key: str) -> str:
+    """The environment variable of a setting: ``FLEETRPC_HTTP_PORT``."""
+    return f"FLEETRPC_{section.upper()}_{key.upper()}"
+
+
+def _env_value(raw: str, annotation: Any) -> Any:
+    """An environment string for a field: lists as JSON or comma-separated;
+    everything else is converted by msgspec (strict=False)."""
+    info = msgspec.inspect.type_info(annotation)
+    if isinstance(info, msgspec.inspect.Metadata):
+        info = info.type
+    if isinstance(info, msgspec.inspect.ListType):
+        raw = raw.strip()
+        if raw.startswith("["):
+            try:
+                return json.loads(raw)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"not a JSON list: {exc}") from None
+        return [part.strip() for part in raw.split(",") if part.strip()]
+    if raw == "" and isinstance(info, msgspec.inspect.UnionType) and any(
+        isinstance(t, msgspec.inspect.NoneType) for t in info.types
+    ):
+        return None
+    return raw
+
+
+def load_server_settings(
+    path: str | os.PathLike | None = None,
+    env: dict[str, str] | None = None,
+    overrides: dict[str, dict[str, Any]] | None = None,
+) -> ServerSettings:
+    """Defaults, then the TOML file, then ``FLEETRPC_<SECTION>_<KEY>``
+    variables, then ``overrides`` (``{"http": {"port": 0}}``).
+
+    The file is ``path``, else ``$FLEETRPC_CONFIG``, else ``./fleetrpc.toml``
+    when it exists, else none.  Raises :class:`ValidationError` naming the
+    offending key and its source."""
+    env = dict(os.environ) if env is None else env
+    data: dict[str, dict[str, Any]] = {}
+    source: dict[tuple[str, str], str] = {}
+    path = path or env.get("FLEETRPC_CONFIG")
+    if path is None and os.path.exists("fleetrpc.toml"):
+        path = "fleetrpc.toml"
+    if path:
+        try:
+            with open(path, "rb") as f:
+                loaded = tomllib.load(f)
+        except OSError as exc:
+            raise ValidationError(f"cannot read the configuration file {str(path)!r}: {exc.strerror}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ValidationError(f"{path}: not valid TOML: {exc}") from None
+        for section, values in loaded.items():
+            if section not in SECTIONS:
+                raise ValidationError(
+                    f"{path}: unknown section [{section}]; the sections are {', '.join(SECTIONS)}"
+                )
+            if not isinstance(values, dict):
+                raise ValidationError(f"{path}: {section} must be a table ([{section}])")
+            data[section] = dict(values)
+            for key in values:
+                source[(section, key)] = str(path)
+    for section, cls in SECTIONS.items():
+        hints = typing.get_type_hints(cls, include_extras=True)
+        for field in msgspec.structs.fields(cls):
+            name = env_name(section, field.name)
+            raw = env.get(name)
+            if raw is None:
+                continue
+            try:
+                value = _env_value(raw, hints[field.name])
+            except ValueError as exc:
+                raise ValidationError(f"{section}.{field.name} (from ${name}): {exc}") from None
+            data.setdefault(section, {})[field.name] = value
+            source[(section, field.name)] = f"${name}"
+    for section, values in (overrides or {}).items():
+        for key, value in values.items():
+            data.setdefault(section, {})[key] = value
+            source[(section, key)] = "the command line"
+    return _convert(data, source)
+
+
+def _convert(data: dict[str, dict[str, Any]], source: dict[tuple[str, str], str]) -> ServerSettings:
+    try:
+        # strict=False: environment strings become ints, floats and bools.
+        return msgspec.convert(data, ServerSettings, strict=False)
+    except msgspec.ValidationError as exc:
+        raise ValidationError(_explain(str(exc), source)) from None
+
+
+def _explain(message: str, source: dict[tuple[str, str], str]) -> str:
+    """msgspec's "Expected `int` >= 1 - at `$.http.port`" as
+    "http.port (from fleetrpc.toml): expected `int` >= 1"."""
+    text, sep, where = message.rpartition(" - at `$.")
+    if not sep:
+        # An unknown key: "Object contains unknown field `x` - at `$.http`" is
+        # handled above; this is e.g. a whole section of the wrong type.
+        return message
+    where = where.rstrip("`")
+    parts = where.split(".", 1)
+    origin = source.get((parts[0], parts[1].split("[")[0])) if len(parts) == 2 else None
+    if text.startswith("Object contains unknown field"):
+        field = text.split("`")[1]
+        origin = source.get((where, field))
+        hint = f" (from {origin})" if origin else ""
+        return f"unknown setting {where}.{field}{hint}; see `fleetrpc serve --print-config`"
+    hint = f" (from {origin})" if origin else ""
+    return f"{where}{hint}: {text[0].lower()}{text[1:]}"

@@ -1,0 +1,134 @@
+"""What every part of a running server shares: :class:`ServerContext`.
+
+One context per server process (tests may run several side by side).  The
+parts (``server/parts.py``) fill it in as they start, in order, and empty it
+as they stop; handlers reach it as ``request.app[CTX]``.
+
+Attributes other parts rely on (the brief's contract):
+
+``settings``      :class:`~fleetrpc.config.ServerSettings` (``ctx.settings.http.port`` ...)
+``library``       the dispatcher's flat :class:`~fleetrpc.config.Settings`
+``db``            the shared :class:`~fleetrpc.store.db.Database` (entities, jobs, ...)
+``store``         the persistent-RPC store (group commit)
+``dispatcher``    the :class:`~fleetrpc.Dispatcher`
+``engine``        the :class:`~fleetrpc.PersistentRpc`
+``bus``           the :class:`~fleetrpc.EventBus`
+``devices``, ``users``, ``tenants``, ``customers``  the identity repositories
+``tokens``        :class:`~fleetrpc.api.auth.TokenService`
+``metrics``       :class:`~fleetrpc.api.metrics.Metrics` (its ``registry`` takes more collectors)
+``activity``      devices' online state and last activity
+``broker``        the broker this server started, or None
+``url``           the HTTP API's base URL once listening
+``features``      extra ``setup(app, ctx)`` functions for ``create_app``, as
+                  ``"package.module[:function]"`` names
+``demo``          ``--demo`` was given: the identity part loads the demo accounts
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from ..api.auth import LoginGuard, RateLimiter, TokenService
+from ..api.metrics import Metrics
+from ..config import ServerSettings, Settings
+
+__all__ = ["Activity", "ServerContext"]
+
+
+class Activity:
+    """Each device's last activity (epoch ms): presence changes, heartbeats,
+    replies seen through the API.  Online state is the dispatcher's."""
+
+    def __init__(self) -> None:
+        self._last: dict[str, int] = {}
+
+    def touch(self, device_id: str, when_ms: int | None = None) -> None:
+        self._last[device_id] = when_ms if when_ms is not None else int(time.time() * 1000)
+
+    def last(self, device_id: str) -> int | None:
+        return self._last.get(device_id)
+
+
+class ServerContext:
+    """The parts of one server; see the module docstring."""
+
+    def __init__(self, settings: ServerSettings, *, features: tuple[str, ...] | list[str] = ()) -> None:
+        self.settings = settings
+        self.features = tuple(features)
+        self.library: Settings | None = None
+        self.broker: Any = None
+        self.db: Any = None
+        self.store: Any = None
+        self.dispatcher: Any = None
+        self.engine: Any = None
+        self.bus: Any = None
+        self.devices: Any = None
+        self.users: Any = None
+        self.tenants: Any = None
+        self.customers: Any = None
+        self.tokens: TokenService | None = None
+        self.login_guard = LoginGuard(settings.auth)
+        self.rate_limiter = RateLimiter(settings.rate_limits)
+        self.metrics = Metrics()
+        self.activity = Activity()
+        self.app: Any = None
+        self.url: str | None = None
+        #: ``fleetrpc serve --demo``: load ThingsBoard's demo accounts and devices
+        self.demo = False
+        #: replaces the identity repositories (tests, the REST bench):
+        #: ``async (ctx) -> close()``, filling ctx.devices, ctx.users, ...
+        self.open_repositories: Any = None
+        #: set once the server stops taking requests (SIGTERM): new ones get 503
+        self.draining = False
+        self._http_inflight = 0
+        self._http_idle: asyncio.Event | None = None
+
+    # -- requests in flight (the drain waits for them) --
+
+    def http_started(self) -> None:
+        self._http_inflight += 1
+
+    def http_finished(self) -> None:
+        self._http_inflight -= 1
+        if self._http_inflight == 0 and self._http_idle is not None:
+            self._http_idle.set()
+
+    @property
+    def http_inflight(self) -> int:
+        return self._http_inflight
+
+    async def wait_http_idle(self, timeout: float) -> bool:
+        """Wait until no request is in flight; False if ``timeout`` passed first."""
+        if self._http_inflight == 0:
+            return True
+        self._http_idle = asyncio.Event()
+        try:
+            await asyncio.wait_for(self._http_idle.wait(), timeout)
+            return True
+        except asyncio.TimeoutError:
+            return False
+        finally:
+            self._http_idle = None
+
+    # -- health --
+
+    async def readiness(self) -> dict[str, bool]:
+        """``/readyz``: whether the broker and the database can be reached."""
+        d = self.dispatcher
+        # The dispatcher keeps its transport private; connected is read-only.
+        transport = getattr(d, "_transport", None) if d is not None else None
+        broker = bool(transport is not None and getattr(transport, "connected", False))
+        database = False
+        try:
+            if self.db is not None:
+                await asyncio.wait_for(self.db.fetchval("SELECT 1"), 2.0)
+                database = True
+            elif self.store is not None:
+                inner = getattr(self.store, "store", self.store)
+                await asyncio.wait_for(inner.schema_version(), 2.0)
+                database = True
+        except Exception:
+            database = False
+        return {"broker": broker, "database": database}

@@ -1,0 +1,227 @@
+"""The parts of a server, each started and stopped in order.
+
+A part is an async generator ``part(ctx)``: what comes before its ``yield``
+starts it, what comes after stops it (aiohttp's ``cleanup_ctx``).  The
+server starts the parts in :data:`PARTS` order and stops the started ones in
+reverse, also when a later one fails to start:
+
+1. ``embedded``   data directory, JWT signing key
+2. ``broker``     the server's own broker when ``mqtt.url`` is unset
+3. ``database``   the shared Database, the identity repositories, the RPC store
+4. ``events``     the event bus and its sinks (last to stop: it delivers
+                  what the others emit while stopping)
+5. ``dispatcher`` the broker connection and the dispatch engine
+6. ``engine``     persistent RPC: recovers unfinished calls; TTL clean-up;
+                  on stop, flushes every status write
+7. ``http``       the API; on stop it drains (see :func:`http`)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import ssl
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from aiohttp import web
+
+from ..api.auth import TokenService, load_or_create_secret
+from .context import ServerContext
+
+__all__ = ["PARTS", "Part"]
+
+log = logging.getLogger("fleetrpc.server")
+
+Part = Callable[[ServerContext], AsyncIterator[None]]
+
+
+async def embedded(ctx: ServerContext) -> AsyncIterator[None]:
+    s = ctx.settings
+    if s.store.url is None or s.jwt.secret is None:
+        s.data_dir.mkdir(parents=True, exist_ok=True)
+    secret = s.jwt.secret or load_or_create_secret(s.data_dir)
+    ctx.tokens = TokenService(s.jwt, secret)
+    yield
+
+
+async def broker(ctx: ServerContext) -> AsyncIterator[None]:
+    s = ctx.settings
+    overrides: dict[str, Any] = {}
+    if s.mqtt.url is None:
+        from ..broker import start_broker
+
+        async with start_broker(prefer=s.server.broker) as b:
+            ctx.broker = b
+            overrides["mqtt_url"] = b.url
+            if b.kind == "embedded":
+                overrides["mqtt_version"] = 4  # amqtt speaks MQTT 3.1.1 only
+            log.info("started a %s broker at %s", b.kind, b.url)
+            ctx.library = s.library(**overrides)
+            try:
+                yield
+            finally:
+                ctx.broker = None
+        return
+    ctx.library = s.library()
+    yield
+
+
+def _timed_writes(store: Any, histogram: Any) -> None:
+    """Time every write transaction of the store under ``store`` (group
+    commit batches go through its ``write``)."""
+    inner = getattr(store, "store", store)
+    write = inner.write
+
+    @functools.wraps(write)
+    async def timed(*args: Any, **kw: Any) -> Any:
+        started = time.perf_counter()
+        try:
+            return await write(*args, **kw)
+        finally:
+            histogram.observe(time.perf_counter() - started)
+
+    inner.write = timed
+
+
+async def database(ctx: ServerContext) -> AsyncIterator[None]:
+    from ..store import open_store
+    from ..store.db import open_database
+    from .identity import open_repositories
+
+    ctx.db = await open_database(ctx.library.store_url)  # applies every migration
+    try:
+        close_repositories = await open_repositories(ctx)
+        try:
+            ctx.store = await open_store(ctx.library.store_url, group_commit=True)
+            _timed_writes(ctx.store, ctx.metrics.store_write)
+            try:
+                yield
+            finally:
+                await ctx.store.close()
+                ctx.store = None
+        finally:
+            await close_repositories()
+    finally:
+        await ctx.db.close()
+        ctx.db = None
+
+
+async def events(ctx: ServerContext) -> AsyncIterator[None]:
+    from ..events import EventBus, MqttSink, WebhookSink
+
+    s = ctx.settings.events
+    bus = EventBus()
+    for url in s.webhook_urls:
+        bus.add(WebhookSink(url, buffer=s.buffer))
+    if s.mqtt_topic:
+        # Published through the dispatcher's connection, once it is up.
+        def publish(topic: str, payload: bytes, qos: int, retain: bool) -> None:
+            ctx.dispatcher._transport.publish(topic, payload, qos, retain, -1, None)
+
+        bus.add(MqttSink(publish, s.mqtt_topic, buffer=s.buffer))
+    bus.start()
+    ctx.bus = bus
+    try:
+        yield
+    finally:
+        await bus.close()
+        ctx.bus = None
+
+
+async def dispatcher(ctx: ServerContext) -> AsyncIterator[None]:
+    from ..dispatcher import Dispatcher
+    from ..events import forward_client_calls
+
+    d = Dispatcher(ctx.library)
+
+    def presence(device: str, online: bool) -> None:
+        ctx.activity.touch(device)
+
+    d.on_presence(presence)
+    if ctx.bus.sinks:
+        # A status hook runs on every status change of every call (~8 us per
+        # call): only worth it when some sink wants the events.
+        forward_client_calls(ctx.bus, d)
+    await d.start()
+    ctx.dispatcher = d
+    ctx.metrics.watch(ctx)
+    try:
+        yield
+    finally:
+        await d.close()
+
+
+async def engine(ctx: ServerContext) -> AsyncIterator[None]:
+    from ..rpc.persistent import PersistentRpc
+
+    e = PersistentRpc(ctx.dispatcher, ctx.store, emit=ctx.bus.emit)
+    recovered = await e.start()
+    if recovered:
+        log.info("recovered %d unfinished persistent calls", recovered)
+    ctx.engine = e
+    try:
+        yield
+    finally:
+        await e.close()  # every status write flushed; unfinished calls stay stored
+
+
+def _ssl_context(ctx: ServerContext) -> ssl.SSLContext | None:
+    h = ctx.settings.http
+    if h.tls_cert is None:
+        return None
+    sc = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    sc.load_cert_chain(h.tls_cert, h.tls_key)
+    return sc
+
+
+async def http(ctx: ServerContext) -> AsyncIterator[None]:
+    """Serve the API.  Stopping drains: the listening socket closes and idle
+    connections with it; requests still running get ``server.drain_timeout_s``
+    to finish; then the dispatcher is closed, which answers every
+    lightweight call still waiting with 503 ("Server is shutting down");
+    requests arriving meanwhile on open connections get 503 too."""
+    from ..api.app import create_app
+
+    app = create_app(ctx)
+
+    async def drain(app: web.Application) -> None:
+        ctx.draining = True
+        timeout = ctx.settings.server.drain_timeout_s
+        if not await ctx.wait_http_idle(timeout):
+            log.warning("%d requests still running after %.1f s: failing their calls",
+                        ctx.http_inflight, timeout)
+            if ctx.engine is not None:
+                await ctx.engine.close()
+            await ctx.dispatcher.close()
+            await ctx.wait_http_idle(5.0)
+
+    app.on_shutdown.append(drain)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=5.0)
+    await runner.setup()
+    h = ctx.settings.http
+    sc = _ssl_context(ctx)
+    site = web.TCPSite(runner, h.host, h.port, ssl_context=sc)
+    await site.start()
+    port = runner.addresses[0][1]
+    ctx.app = app
+    ctx.url = f"{'https' if sc else 'http'}://{h.host}:{port}"
+    log.info("HTTP API at %s", ctx.url)
+    try:
+        yield
+    finally:
+        await runner.cleanup()
+        ctx.app = None
+
+
+PARTS: tuple[tuple[str, Part], ...] = (
+    ("embedded", embedded),
+    ("broker", broker),
+    ("database", database),
+    ("events", events),
+    ("dispatcher", dispatcher),
+    ("engine", engine),
+    ("http", http),
+)

@@ -1,0 +1,1 @@
+"""Services served on the dispatch core (Elves' ops-automation protocol, ...)."""

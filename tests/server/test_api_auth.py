@@ -1,0 +1,137 @@
+"""Login, refresh, tokens (errorCode 10 vs 11), locked logins, rate limits,
+through real HTTP."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import jwt
+import pytest
+
+from fleetrpc.api.auth import NULL_UUID
+
+from .conftest import SECRET
+
+pytestmark = pytest.mark.mqtt
+
+
+def _claims(token: str) -> dict:
+    return jwt.decode(token, options={"verify_signature": False})
+
+
+async def _error(api, method, path, token=None, **kw):
+    status, body, r = await api.request(method, path, token, **kw)
+    return status, json.loads(body) if body else None
+
+
+async def test_login_token_claims_user_refresh_logout(start_server, world):
+    async with start_server() as (server, api):
+        status, body, _ = await api.request("POST", "/api/auth/login",
+                                            json={"username": world.customer.email, "password": "secret"})
+        assert status == 200
+        pair = json.loads(body)
+        assert set(pair) == {"token", "refreshToken"}
+        header = jwt.get_unverified_header(pair["token"])
+        assert header["alg"] == "HS512"
+        c = _claims(pair["token"])
+        assert c["sub"] == world.customer.email and c["userId"] == world.customer.id
+        assert c["scopes"] == ["CUSTOMER_USER"] and c["tenantId"] == world.t1 and c["customerId"] == world.c1
+        assert c["iss"] == "thingsboard.io" and c["exp"] - c["iat"] == 9000 and c["enabled"] is True
+        assert {"sessionId", "firstName", "lastName", "isPublic"} <= set(c)
+        r = _claims(pair["refreshToken"])
+        assert r["scopes"] == ["REFRESH_TOKEN"] and r["exp"] - r["iat"] == 604800 and "jti" in r
+        # the null UUID stands for "no tenant / no customer"
+        sa = _claims(await api.login(world.sysadmin.email))
+        assert sa["tenantId"] == NULL_UUID and sa["customerId"] == NULL_UUID
+
+        status, body, _ = await api.request("GET", "/api/auth/user", pair["token"])
+        assert status == 200 and json.loads(body)["email"] == world.customer.email
+        # both header forms
+        status, _, _ = await api.request("GET", "/api/auth/user", headers={"Authorization": f"Bearer {pair['token']}"})
+        assert status == 200
+
+        status, body, _ = await api.request("POST", "/api/auth/token", json={"refreshToken": pair["refreshToken"]})
+        assert status == 200
+        fresh = json.loads(body)
+        assert _claims(fresh["token"])["sessionId"] != c["sessionId"]
+        # a refresh token is no access token
+        status, e = await _error(api, "GET", "/api/auth/user", pair["refreshToken"])
+        assert (status, e["errorCode"]) == (401, 10)
+        # a disabled user cannot refresh
+        world.customer.enabled = False
+        status, e = await _error(api, "POST", "/api/auth/token", json={"refreshToken": pair["refreshToken"]})
+        assert (status, e["errorCode"], e["message"]) == (401, 10, "User account is not active")
+        assert (await api.request("POST", "/api/auth/logout", fresh["token"]))[0] == 200
+
+
+async def test_token_errors_keep_10_and_11_apart(start_server, world):
+    async with start_server() as (server, api):
+        good = await api.login(world.tenant.email)
+        claims = _claims(good)
+        now = int(time.time())
+        expired = jwt.encode({**claims, "iat": now - 100, "exp": now - 10}, SECRET, algorithm="HS512")
+        forged = jwt.encode(claims, "another-secret-" + "y" * 60, algorithm="HS512")
+        wrong_issuer = jwt.encode({**claims, "iss": "evil"}, SECRET, algorithm="HS512")
+        cases = {
+            None: (10, "Authentication failed"),
+            "not.a.jwt": (10, "Invalid username or password"),
+            "garbage": (10, "Invalid username or password"),
+            wrong_issuer: (10, "Invalid username or password"),
+            expired: (11, "Token has expired"),
+            forged: (11, "Token has expired"),  # ThingsBoard maps a bad signature to "expired"
+        }
+        for token, (code, message) in cases.items():
+            status, e = await _error(api, "GET", "/api/auth/user", token)
+            assert (status, e["errorCode"], e["message"]) == (401, code, message), token
+        # a header that is not "Bearer ..." is no token
+        status, e = await _error(api, "GET", "/api/auth/user", headers={"X-Authorization": good})
+        assert (status, e["errorCode"]) == (401, 10)
+        # every /api route asks for a token before anything else
+        status, e = await _error(api, "POST", f"/api/rpc/twoway/{world.dev_t1.id}", json={"method": "x"})
+        assert (status, e["errorCode"]) == (401, 10)
+
+
+async def test_secret_rotation_keeps_old_tokens_valid(start_server, world, mqtt_url, sqlite_url, tmp_path):
+    async with start_server() as (server, api):
+        old = await api.login(world.tenant.email)
+    new_secret = "rotated-secret-" + "z" * 60
+    async with start_server(jwt={"secret": new_secret, "previous_secrets": [SECRET]}) as (server, api):
+        assert (await api.request("GET", "/api/auth/user", old))[0] == 200
+        token = await api.login(world.tenant.email)
+        jwt.decode(token, new_secret, algorithms=["HS512"], options={"verify_aud": False})
+
+
+async def test_login_failures(start_server, world):
+    async with start_server(auth={"max_failed_logins": 3, "lockout_s": 600}) as (server, api):
+        for body in (b"{", b"[]", json.dumps({"username": "", "password": "x"}).encode()):
+            status, e = await _error(api, "POST", "/api/auth/login", data=body, headers={"Content-Type": "application/json"})
+            assert (status, e["errorCode"], e["message"]) == (401, 10, "Authentication failed")
+        for _ in range(3):
+            status, e = await _error(api, "POST", "/api/auth/login", json={"username": world.tenant.email, "password": "bad"})
+            assert (status, e["errorCode"], e["message"]) == (401, 10, "Invalid username or password")
+        # locked now: even the right password is refused
+        status, e = await _error(api, "POST", "/api/auth/login", json={"username": world.tenant.email, "password": "secret"})
+        assert (status, e["errorCode"], e["message"]) == (401, 10, "User account is locked due to security policy")
+        # other accounts are not affected
+        await api.login(world.customer.email)
+
+
+async def test_rate_limits(start_server, world):
+    async with start_server(rate_limits={"user_per_s": 0.001, "user_burst": 3}) as (server, api):
+        token = await api.login(world.tenant.email)
+        statuses = [(await api.request("GET", "/api/auth/user", token))[0] for _ in range(3)]
+        assert statuses == [200, 200, 200]
+        status, e = await _error(api, "GET", "/api/auth/user", token)
+        assert (status, e["errorCode"], e["message"]) == (429, 33, "Too many requests for current user!")
+        other = await api.login(world.customer.email)
+        assert (await api.request("GET", "/api/auth/user", other))[0] == 200
+    async with start_server(rate_limits={"tenant_per_s": 0.001, "tenant_burst": 2}) as (server, api):
+        a = await api.login(world.tenant.email)
+        b = await api.login(world.customer.email)  # same tenant
+        assert (await api.request("GET", "/api/auth/user", a))[0] == 200
+        assert (await api.request("GET", "/api/auth/user", b))[0] == 200
+        status, e = await _error(api, "GET", "/api/auth/user", a)
+        assert (status, e["errorCode"], e["message"]) == (429, 33, "Too many requests for current tenant!")
+        # another tenant has its own bucket
+        assert (await api.request("GET", "/api/auth/user", await api.login(world.tenant2.email)))[0] == 200
