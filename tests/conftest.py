@@ -14,7 +14,7 @@ import pytest
 
 from fleetrpc import _core
 
-pytest_plugins = ["tests.services"]
+pytest_plugins = ["tests.services", "tests.entities_fixtures"]
 
 if os.environ.get("FLEETRPC_REQUIRE_EXTENSIONS") and not _core.COMPILED:
     raise RuntimeError(

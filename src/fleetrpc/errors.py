@@ -110,3 +110,12 @@ class AuthError(FleetRpcError):
 
 class PermissionDeniedError(FleetRpcError):
     """Valid credentials, but not allowed to act on that device."""
+
+
+# -- entities ---------------------------------------------------------------
+
+
+class EntityNotFoundError(FleetRpcError, LookupError):
+    """No tenant, customer, user or device with that id (for that tenant:
+    another tenant's entity is "not found" too, never "forbidden").  The
+    message is ThingsBoard's (``Device with id [<uuid>] is not found``)."""
