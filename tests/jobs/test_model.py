@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import msgspec
+
 import pytest
 from hypothesis import given, settings, strategies as st
 
@@ -116,9 +118,11 @@ def test_job_json_has_thingsboard_counters():
     job = Job(id="j", tenant_id="t", customer_id=None, created_by=None, spec=parse_spec(spec()),
               status=JobStatus.RUNNING, counts=JobCounts(total=10, succeeded=4, failed=1, timed_out=1,
                                                           offline=1, skipped=2, cancelled=1))
-    r = job.to_json()["result"]
+    view = msgspec.to_builtins(job.to_json())
+    r = view["result"]
     assert (r["successfulCount"], r["failedCount"], r["discardedCount"], r["totalCount"]) == (4, 3, 3, 10)
-    assert job.to_json()["id"] == {"entityType": "JOB", "id": "j"}
+    assert view["id"] == {"entityType": "JOB", "id": "j"} and view["status"] == "RUNNING"
+    assert view["configuration"]["targets"] == {"deviceIds": ["a", "b"]}
 
 
 class FakeClock:

@@ -18,13 +18,15 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import msgspec
 from aiohttp import web
 
 from ..api.errors import ApiError
 from ..api.keys import CTX
+from ..api.openapi import Param, operation
 from ..errors import ValidationError
 from .engine import JobNotFoundError
-from .model import DeviceOutcome, JobStatus, parse_spec
+from .model import DeviceOutcome, JobDeviceView, JobSpec, JobStatus, JobView, parse_spec
 
 __all__ = ["setup"]
 
@@ -57,9 +59,34 @@ def _int_arg(request: web.Request, name: str, default: int | None, lo: int, hi: 
     return value
 
 
-def _page(items: list[dict], total: int, page_size: int, page: int) -> dict:
+class JobPage(msgspec.Struct, rename="camel"):
+    """ThingsBoard's PageData of jobs."""
+
+    data: list[JobView]
+    total_pages: int
+    total_elements: int
+    has_next: bool
+
+
+class JobDevicePage(msgspec.Struct, rename="camel"):
+    """ThingsBoard's PageData of a job's per-device rows."""
+
+    data: list[JobDeviceView]
+    total_pages: int
+    total_elements: int
+    has_next: bool
+
+
+_encode = msgspec.json.Encoder().encode
+
+
+def _json(value: Any) -> web.Response:
+    return web.Response(body=_encode(value), content_type="application/json")
+
+
+def _page(cls: type, items: list, total: int, page_size: int, page: int) -> web.Response:
     pages = math.ceil(total / page_size) if page_size else 0
-    return {"data": items, "totalPages": pages, "totalElements": total, "hasNext": page + 1 < pages}
+    return _json(cls(items, pages, total, page + 1 < pages))
 
 
 async def _job_of(request: web.Request) -> tuple[Any, Any]:
@@ -89,12 +116,12 @@ async def create(request: web.Request) -> web.Response:
         raise (ApiError.forbidden(str(exc)) if str(exc) else ApiError.forbidden()) from None
     except ValidationError as exc:
         raise ApiError.bad_request(str(exc)) from None
-    return web.json_response(job.to_json())
+    return _json(job.to_json())
 
 
 async def get(request: web.Request) -> web.Response:
     _, job = await _job_of(request)
-    return web.json_response(job.to_json())
+    return _json(job.to_json())
 
 
 async def list_jobs(request: web.Request) -> web.Response:
@@ -110,13 +137,13 @@ async def list_jobs(request: web.Request) -> web.Response:
     jobs, total = await request.app[CTX].jobs.list(
         p.tenant_id, page_size, page, customer_id=_customer_scope(p), statuses=statuses,
     )
-    return web.json_response(_page([j.to_json() for j in jobs], total, page_size, page))
+    return _page(JobPage, [j.to_json() for j in jobs], total, page_size, page)
 
 
 async def cancel(request: web.Request) -> web.Response:
     p, job = await _job_of(request)
     job = await request.app[CTX].jobs.cancel(p.tenant_id, job.id)
-    return web.json_response(job.to_json())
+    return _json(job.to_json())
 
 
 async def delete(request: web.Request) -> web.Response:
@@ -141,16 +168,28 @@ async def devices(request: web.Request) -> web.Response:
         except ValueError:
             raise ApiError.bad_request(f"unknown device status {request.query['status']!r}") from None
     rows, total = await request.app[CTX].jobs.devices(p.tenant_id, job.id, page_size, page, outcome=outcome)
-    return web.json_response(_page([r.to_json() for r in rows], total, page_size, page))
+    return _page(JobDevicePage, [r.to_json() for r in rows], total, page_size, page)
 
 
 def setup(app: web.Application, ctx: Any) -> None:
     """Add the jobs routes (``ctx.jobs`` is the JobEngine, ``ctx.job_targets``
     the registry-backed target resolver)."""
     r = app.router
-    r.add_post("/api/jobs", create)
-    r.add_get("/api/jobs", list_jobs)
-    r.add_get("/api/job/{job_id}", get)
-    r.add_post("/api/job/{job_id}/cancel", cancel)
-    r.add_delete("/api/job/{job_id}", delete)
-    r.add_get("/api/job/{job_id}/devices", devices)
+    paging = (Param("pageSize", int, True, "Jobs per page (1-10000)"), Param("page", int, True, "Page, from 0"))
+    operation(app, r.add_post("/api/jobs", create), tag="jobs", body=JobSpec, response=JobView,
+              summary="Create and start a job: one RPC to many devices",
+              statuses={400: "Bad job (the message names the field)", 403: "A target the user may not reach"})
+    operation(app, r.add_get("/api/jobs", list_jobs), tag="jobs", response=JobPage,
+              summary="The tenant's jobs, newest first (a customer user's: its customer's)",
+              query=paging + (Param("statuses", str, False, "Comma-separated job statuses"),))
+    operation(app, r.add_get("/api/job/{job_id}", get), tag="jobs", response=JobView,
+              summary="A job: status, counts per outcome, aggregate of the replies",
+              statuses={404: "No such job in this tenant"})
+    operation(app, r.add_post("/api/job/{job_id}/cancel", cancel), tag="jobs", response=JobView,
+              summary="Cancel a job: devices not started are skipped", statuses={404: "No such job"})
+    operation(app, r.add_delete("/api/job/{job_id}", delete), tag="jobs", response_kind="empty",
+              summary="Delete a finished job (tenant administrator)", statuses={400: "The job is still running"})
+    operation(app, r.add_get("/api/job/{job_id}/devices", devices), tag="jobs", response=JobDevicePage,
+              summary="A job's per-device results, in device order",
+              query=paging + (Param("status", str, False, "One device outcome",
+                                    tuple(o.value for o in DeviceOutcome)),))

@@ -274,7 +274,7 @@ class JobEngine:
     def _emit(self, type_: str, job: Job) -> None:
         if self._emit_hook is not None:
             try:
-                self._emit_hook(type_, job.to_json())
+                self._emit_hook(type_, msgspec.to_builtins(job.to_json()))
             except Exception:
                 log.exception("job event sink failed")
 

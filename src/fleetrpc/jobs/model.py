@@ -37,6 +37,10 @@ __all__ = [
     "parse_spec",
     "parse_rate",
     "TERMINAL_JOB",
+    "EntityRef",
+    "JobResult",
+    "JobView",
+    "JobDeviceView",
 ]
 
 
@@ -295,30 +299,67 @@ class Job(msgspec.Struct, kw_only=True):
     cancellation_ts: int | None = None
     general_error: str | None = None
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> JobView:
         """The job as the REST API shows it (ThingsBoard's Job shape)."""
         c = self.counts
-        return {
-            "id": {"entityType": "JOB", "id": self.id},
-            "createdTime": self.created_time,
-            "tenantId": {"entityType": "TENANT", "id": self.tenant_id},
-            "type": "RPC",
-            "key": self.spec.name or self.spec.method,
-            "status": self.status.value,
-            "configuration": msgspec.to_builtins(self.spec),
-            "result": {
-                "successfulCount": c.succeeded,
-                "failedCount": c.failed + c.timed_out + c.offline,
-                "discardedCount": c.skipped + c.cancelled,
-                "totalCount": c.total,
-                "counts": msgspec.to_builtins(c),
-                "aggregate": self.aggregate,
-                "generalError": self.general_error,
-                "startTs": self.start_ts,
-                "finishTs": self.finish_ts,
-                "cancellationTs": self.cancellation_ts,
-            },
-        }
+        return JobView(
+            id=EntityRef("JOB", self.id),
+            created_time=self.created_time,
+            tenant_id=EntityRef("TENANT", self.tenant_id),
+            customer_id=None if self.customer_id is None else EntityRef("CUSTOMER", self.customer_id),
+            key=self.spec.name or self.spec.method,
+            status=self.status,
+            configuration=self.spec,
+            result=JobResult(
+                successful_count=c.succeeded,
+                failed_count=c.failed + c.timed_out + c.offline,
+                discarded_count=c.skipped + c.cancelled,
+                total_count=c.total,
+                counts=c,
+                aggregate=self.aggregate,
+                general_error=self.general_error,
+                start_ts=self.start_ts,
+                finish_ts=self.finish_ts,
+                cancellation_ts=self.cancellation_ts,
+            ),
+        )
+
+
+class EntityRef(msgspec.Struct, gc=False):
+    """ThingsBoard's id object: ``{"entityType": "JOB", "id": "<uuid>"}``."""
+
+    entityType: str
+    id: str
+
+
+class JobResult(msgspec.Struct, kw_only=True, rename="camel"):
+    """A job's outcome so far: ThingsBoard's Job result counters, the
+    counts per outcome and the aggregate of the replies."""
+
+    successful_count: int
+    failed_count: int
+    discarded_count: int
+    total_count: int
+    counts: JobCounts
+    aggregate: dict
+    general_error: str | None
+    start_ts: int | None
+    finish_ts: int | None
+    cancellation_ts: int | None
+
+
+class JobView(msgspec.Struct, kw_only=True, rename="camel"):
+    """A job in the REST API and in its events."""
+
+    id: EntityRef
+    created_time: int
+    tenant_id: EntityRef
+    customer_id: EntityRef | None
+    type: str = "RPC"
+    key: str
+    status: JobStatus
+    configuration: JobSpec
+    result: JobResult
 
 
 class JobDevice(msgspec.Struct, kw_only=True):
@@ -333,13 +374,20 @@ class JobDevice(msgspec.Struct, kw_only=True):
     start_ts: int | None = None
     finish_ts: int | None = None
 
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "deviceId": {"entityType": "DEVICE", "id": self.device_id},
-            "status": self.outcome.value,
-            "result": self.result,
-            "error": self.error,
-            "rpcId": self.rpc_id,
-            "startTs": self.start_ts,
-            "finishTs": self.finish_ts,
-        }
+    def to_json(self) -> JobDeviceView:
+        return JobDeviceView(
+            device_id=EntityRef("DEVICE", self.device_id), status=self.outcome, result=self.result,
+            error=self.error, rpc_id=self.rpc_id, start_ts=self.start_ts, finish_ts=self.finish_ts,
+        )
+
+
+class JobDeviceView(msgspec.Struct, kw_only=True, rename="camel"):
+    """One target's row in ``GET /api/job/{id}/devices``."""
+
+    device_id: EntityRef
+    status: DeviceOutcome
+    result: Any
+    error: str | None
+    rpc_id: str | None
+    start_ts: int | None
+    finish_ts: int | None

@@ -284,7 +284,7 @@ class PostgresStore(Store):
                     await conn.execute(_SCHEMA_VERSION_DDL)
                     applied = {r[0] for r in await conn.fetch("SELECT version FROM schema_version")}
                     newest = max(applied, default=0)
-                    if newest > len(known):
+                    if newest > max((m.version for m in known), default=0):
                         raise StoreError(
                             f"the database schema is at version {newest}, newer than this "
                             f"fleetrpc knows ({len(known)}): upgrade fleetrpc"

@@ -199,7 +199,7 @@ class SqliteStore(Store):
                 await db.execute(_SCHEMA_VERSION_DDL)
                 applied = {r[0] for r in await db.execute_fetchall("SELECT version FROM schema_version")}
                 newest = max(applied, default=0)
-                if newest > len(known):
+                if newest > max((m.version for m in known), default=0):
                     raise StoreError(
                         f"the database schema is at version {newest}, newer than this "
                         f"fleetrpc knows ({len(known)}): upgrade fleetrpc"
