@@ -13,7 +13,8 @@ reverse, also when a later one fails to start:
 5. ``dispatcher`` the broker connection and the dispatch engine
 6. ``engine``     persistent RPC: recovers unfinished calls; TTL clean-up;
                   on stop, flushes every status write
-7. ``http``       the API; on stop it drains (see :func:`http`)
+7. ``jobs``       fleet jobs: resumes interrupted ones
+8. ``http``       the API; on stop it drains (see :func:`http`)
 """
 
 from __future__ import annotations
@@ -190,6 +191,27 @@ async def engine(ctx: ServerContext) -> AsyncIterator[None]:
         await e.close()  # every status write flushed; unfinished calls stay stored
 
 
+async def jobs(ctx: ServerContext) -> AsyncIterator[None]:
+    """Fleet jobs: resumes the jobs a restart interrupted; on stop, the
+    running ones stay stored and resume on the next start."""
+    from ..jobs import JobEngine
+    from ..jobs.registry import JobTargets
+    from ..store.jobs import JobRepository
+
+    ctx.job_targets = JobTargets(ctx.db)
+    engine = JobEngine(ctx.dispatcher, JobRepository(ctx.db), persistent=ctx.engine,
+                       targets=ctx.job_targets, emit=ctx.bus.emit)
+    resumed = await engine.start()
+    if resumed:
+        log.info("resumed %d fleet jobs", resumed)
+    ctx.jobs = engine
+    try:
+        yield
+    finally:
+        await engine.close()
+        ctx.jobs = None
+
+
 def _ssl_context(ctx: ServerContext) -> ssl.SSLContext | None:
     h = ctx.settings.http
     if h.tls_cert is None:
@@ -245,5 +267,6 @@ PARTS: tuple[tuple[str, Part], ...] = (
     ("events", events),
     ("dispatcher", dispatcher),
     ("engine", engine),
+    ("jobs", jobs),
     ("http", http),
 )
