@@ -180,7 +180,8 @@ async def _flush_activity_every(ctx: ServerContext, interval: float) -> None:
 async def engine(ctx: ServerContext) -> AsyncIterator[None]:
     from ..rpc.persistent import PersistentRpc
 
-    e = PersistentRpc(ctx.dispatcher, ctx.store, emit=ctx.bus.emit)
+    # No default tenant: every call, read and delete must name its tenant.
+    e = PersistentRpc(ctx.dispatcher, ctx.store, emit=ctx.bus.emit, default_tenant=None)
     recovered = await e.start()
     if recovered:
         log.info("recovered %d unfinished persistent calls", recovered)
