@@ -12,7 +12,7 @@ import { TenantsPage, CustomersPage } from "./admin.js";
 
 // What each role may open, in menu order; the first is its home page.
 const MENUS = {
-  SYS_ADMIN: [["#/tenants", "Tenants"]],
+  SYS_ADMIN: [["#/overview", "Overview"], ["#/tenants", "Tenants"]],
   TENANT_ADMIN: [["#/overview", "Overview"], ["#/devices", "Devices"], ["#/jobs", "Jobs"],
                  ["#/events", "Events"], ["#/customers", "Customers"]],
   CUSTOMER_USER: [["#/devices", "Devices"], ["#/jobs", "Jobs"], ["#/events", "Events"]],

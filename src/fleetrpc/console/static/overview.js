@@ -32,6 +32,28 @@ function Tile({ label, value, hint, bad }) {
   </article>`;
 }
 
+// A quantile (ms) of the calls between two cumulative bucket snapshots
+// [[le_seconds | null, count], ...]; null when no call landed in between.
+export function quantile(prev, cur, q) {
+  if (!cur || !cur.length) return null;
+  const base = new Map((prev || []).map(([le, n]) => [le, n]));
+  const deltas = cur.map(([le, n]) => [le, n - (base.get(le) || 0)]);
+  const total = deltas[deltas.length - 1][1];
+  if (!(total > 0)) return null;
+  const want = q * total;
+  let lo = 0, below = 0;
+  for (const [le, n] of deltas) {
+    if (n >= want) {
+      if (le === null) return lo * 1000;
+      const inside = n - below;
+      return (lo + (inside > 0 ? (want - below) / inside : 1) * (le - lo)) * 1000;
+    }
+    below = n;
+    lo = le === null ? lo : le;
+  }
+  return null;
+}
+
 const fmt = (x, digits = 0) => (x == null || Number.isNaN(x) ? "—" : Number(x).toFixed(digits));
 
 export function OverviewPage() {
@@ -56,29 +78,34 @@ export function OverviewPage() {
       t: b.ts / 1000,
       calls: Math.max(0, (b.calls.total - a.calls.total) / dt),
       failed: Math.max(0, (b.calls.failed - a.calls.failed) / dt),
-      p50: b.latency.p50_ms, p99: b.latency.p99_ms, pending: b.pending,
+      p50: quantile(a.latency, b.latency, 0.5), p99: quantile(a.latency, b.latency, 0.99),
+      pending: b.pending,
     });
   }
   const col = (k) => rates.map((r) => r[k]);
   const now = rates[rates.length - 1];
+  const server = last && last.scope === "server";
   return html`<section>
-    <header class="page-head"><h2>Overview</h2><small class="muted">updated every 2 s</small></header>
+    <header class="page-head"><h2>Overview</h2>
+      <small class="muted">${server ? "the whole server" : "your tenant's REST calls and devices"} · updated every 2 s</small></header>
     <${ErrorNote} error=${error} />
-    ${last && html`<div class="tiles">
+    ${last && html`<div class="tiles" id="tiles">
       <${Tile} label="calls / s" value=${fmt(now && now.calls, 1)} hint=${`${last.calls.total} since start`} />
-      <${Tile} label="latency p50 / p99" value=${`${fmt(last.latency.p50_ms, 1)} / ${fmt(last.latency.p99_ms, 1)} ms`} />
-      <${Tile} label="pending calls" value=${last.pending} />
-      <${Tile} label="failed calls" value=${last.calls.failed} hint="timeouts, errors, offline" bad=${now && now.failed > 0} />
-      <${Tile} label="devices online" value=${last.devices.online} hint=${last.devices.total != null ? `of ${last.devices.total}` : ""} />
-      <${Tile} label="persistent queued" value=${last.persistent.QUEUED || 0} hint=${`${last.persistent.FAILED || 0} failed`} />
+      <${Tile} label="latency p50 / p99" value=${`${fmt(now && now.p50, 1)} / ${fmt(now && now.p99, 1)} ms`}
+        hint=${`since start: ${fmt(quantile(null, last.latency, 0.5), 1)} / ${fmt(quantile(null, last.latency, 0.99), 1)} ms`} />
+      ${server && html`<${Tile} label="pending calls" value=${last.pending} />`}
+      <${Tile} label="failed calls" value=${last.calls.failed} hint="timeouts, offline, errors" bad=${now && now.failed > 0} />
+      <${Tile} label="devices online" value=${last.devices.online ?? "—"} hint=${last.devices.total != null ? `of ${last.devices.total}` : ""} />
+      ${server && html`<${Tile} label="persistent unfinished" value=${last.persistent.unfinished}
+        hint=${`${last.persistent.failed} failed since start`} />`}
     </div>`}
     <div class="charts">
       <${Chart} title="Calls per second" data=${[col("t"), col("calls"), col("failed")]}
         series=${[{ label: "calls/s", color: "#136f63" }, { label: "failed/s", color: "#c0392b" }]} />
       <${Chart} title="Latency" unit=" ms" data=${[col("t"), col("p50"), col("p99")]}
         series=${[{ label: "p50", color: "#136f63" }, { label: "p99", color: "#e67e22" }]} />
-      <${Chart} title="Pending calls" data=${[col("t"), col("pending")]}
-        series=${[{ label: "pending", color: "#34495e" }]} />
+      ${server && html`<${Chart} title="Pending calls" data=${[col("t"), col("pending")]}
+        series=${[{ label: "pending", color: "#34495e" }]} />`}
     </div>
   </section>`;
 }
