@@ -37,7 +37,7 @@ from ..config import ServerSettings, Settings
 __all__ = ["Activity", "ServerContext", "FEATURES"]
 
 #: The parts of the API beyond ThingsBoard's, each a ``setup(app, ctx)``.
-FEATURES = ("fleetrpc.jobs.api",)
+FEATURES = ("fleetrpc.jobs.api", "fleetrpc.console")
 
 
 class Activity:
