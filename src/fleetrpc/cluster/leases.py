@@ -337,6 +337,7 @@ class LeaseManager:
     def _renewed(self, sent: float) -> None:
         s = self.settings
         self._last_renewal = sent
+        self.lapsed_at = None
         self._deadline = sent + s.lease_ttl_s - s.margin
         self._arm_fence_timer()
 
