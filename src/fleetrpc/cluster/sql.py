@@ -70,6 +70,7 @@ _NAMED_GET = (
     "SELECT l.owner, l.epoch, l.owner IS NULL OR n.session IS NULL AS free "
     "FROM cluster_lease l LEFT JOIN cluster_node n ON n.session = l.owner WHERE l.name = $1"
 )
+_LIVE_ONE = f"SELECT EXISTS (SELECT 1 FROM cluster_node WHERE session = $1 AND expires_ms >= {_now(2)})"
 _NAMED_INSERT = (
     f"INSERT INTO cluster_lease (name, owner, epoch, since_ms) SELECT $1, $2, 1, t.now "
     f"FROM (SELECT {_now(3)} AS now) t "
@@ -166,8 +167,10 @@ class SqlLeaseTable(LeaseTable):
     async def acquire_named(self, session: str, name: str) -> int | None:
         check_name(name)
         now = self._t()
-        # At most three steps: a lease row created on first use, then a
-        # compare-and-set on its epoch; a lost race is re-read once.
+        # A live session only; then the lease row is created on first use,
+        # or taken by a compare-and-set on its epoch; a lost race is re-read.
+        if not await self._live(session, now):
+            return None
         for _ in range(3):
             row: Any = await self.db.fetchrow(_NAMED_GET, name)
             if row is None:
@@ -189,10 +192,7 @@ class SqlLeaseTable(LeaseTable):
         return None
 
     async def _live(self, session: str, now: int | None) -> bool:
-        return bool(await self.db.fetchval(
-            f"SELECT EXISTS (SELECT 1 FROM cluster_node WHERE session = $1 AND expires_ms >= {_now(2)})",
-            session, now,
-        ))
+        return bool(await self.db.fetchval(_LIVE_ONE, session, now))
 
     async def release_named(self, session: str, name: str) -> bool:
         return await self.db.execute(_NAMED_RELEASE, name, session, self._t()) == 1
