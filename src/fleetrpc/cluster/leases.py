@@ -110,6 +110,7 @@ class LeaseManager:
         self._started = False
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
         self._fence_timer: asyncio.TimerHandle | None = None
         self._callback_tasks: set[asyncio.Task[Any]] = set()
         self._acquired_cbs: list[Callback] = []
@@ -276,7 +277,17 @@ class LeaseManager:
                 self._last_error = f"{type(e).__name__}: {e}"
                 log.warning("leases: round failed (%s); retrying", self._last_error)
                 delay = s.claim_interval
-            await asyncio.sleep(delay)
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), delay)
+            except asyncio.TimeoutError:
+                pass
+
+    def wake(self) -> None:
+        """Run the next round now (a hint that the cluster changed, e.g. a
+        node announced that it leaves: its partitions are claimed at once
+        instead of at the next renewal)."""
+        self._wake.set()
 
     # -- one round ----------------------------------------------------------------
 
@@ -295,6 +306,12 @@ class LeaseManager:
             session = f"{self.identity.instance}.{self._generation}"
             await table.register(session, self.identity.node_id, self.identity.boot, ttl_ms)
             self._session = session
+            self._renewed(sent)
+            # Claim from the next round on: nodes started together then see
+            # each other and split the partitions at once, instead of the
+            # first taking them all and handing most of them back.
+            self._hungry = True
+            return s.claim_interval
         elif not await table.heartbeat(self._session, ttl_ms):
             log.warning("leases: session %s expired before it was renewed; registering anew", self._session)
             self._fence("session expired")
