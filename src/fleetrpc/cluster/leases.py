@@ -16,7 +16,9 @@ its share) a node renews its session, reaps expired sessions, claims
 partitions nobody holds up to its share (``partitions / live nodes``, the
 remainder to the first sessions in order), and hands back those above its
 share while another live node is below its own: on_lost first, then the
-release, which the hungry node claims at its next round.
+release, which the hungry node claims at its next round.  A new session
+claims from its second round on, one ``claim_interval`` later, so nodes
+started together see each other and split the partitions at once.
 
 **Fencing.**  A node measures its lease on its own monotonic clock from the
 moment it *sent* the renewal, and stops acting ``margin`` before
