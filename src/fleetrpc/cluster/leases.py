@@ -230,6 +230,7 @@ class LeaseManager:
         if self._started:
             return
         self._started = True
+        self._stopping = False
         if self._table is None:
             self._deadline = math.inf
             self._live_nodes = 1
@@ -272,6 +273,7 @@ class LeaseManager:
     async def _run(self) -> None:
         s = self.settings
         while True:
+            self._wake.clear()  # a wake() during the round below runs the next one at once
             try:
                 delay = await asyncio.wait_for(self.run_round(), timeout=s.lease_ttl_s)
                 self._last_error = None
@@ -279,7 +281,6 @@ class LeaseManager:
                 self._last_error = f"{type(e).__name__}: {e}"
                 log.warning("leases: round failed (%s); retrying", self._last_error)
                 delay = s.claim_interval
-            self._wake.clear()
             try:
                 await asyncio.wait_for(self._wake.wait(), delay)
             except asyncio.TimeoutError:
