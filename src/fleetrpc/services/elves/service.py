@@ -28,7 +28,7 @@ from .errors import Code, ElvesError
 from .envelope import Envelope
 from .mqtt import ElvesMqtt
 from .router import NULL_TENANT, ElvesCall, ElvesRouter
-from .store import SupervisorRepository, TaskRepository, ensure_schema
+from .store import SupervisorRepository, TaskRepository
 from .supervisor import Supervisor
 
 __all__ = ["ElvesService", "OPTIONAL_PARTS"]
@@ -82,12 +82,12 @@ class ElvesService:
     # -- lifecycle ----------------------------------------------------------
 
     async def start(self) -> None:
-        """Create the tables if needed, answer ELVES messages, take agents'
-        async results, and run the task-log retention."""
+        """Answer ELVES messages, take agents' async results, run the
+        task-log retention and the parts (cron firing ...).  The tables are
+        the store's migrations (``open_database`` applied them)."""
         if self._started:
             return
         self._started = True
-        await ensure_schema(self.db)
         self.mqtt.attach()
         self.scheduler.attach()
         if self.settings.task_retention_days > 0:
