@@ -13,7 +13,8 @@ reverse, also when a later one fails to start:
 5. ``dispatcher`` the broker connection and the dispatch engine
 6. ``engine``     persistent RPC: recovers unfinished calls; TTL clean-up;
                   on stop, flushes every status write
-7. ``http``       the API; on stop it drains (see :func:`http`)
+7. ``elves``      the Elves services (``[elves]``; services/elves/part.py)
+8. ``http``       the API; on stop it drains (see :func:`http`)
 """
 
 from __future__ import annotations
@@ -190,6 +191,13 @@ async def engine(ctx: ServerContext) -> AsyncIterator[None]:
         await e.close()  # every status write flushed; unfinished calls stay stored
 
 
+async def elves(ctx: ServerContext) -> AsyncIterator[None]:
+    from ..services.elves.part import elves_part
+
+    async for _ in elves_part(ctx):
+        yield
+
+
 def _ssl_context(ctx: ServerContext) -> ssl.SSLContext | None:
     h = ctx.settings.http
     if h.tls_cert is None:
@@ -245,5 +253,6 @@ PARTS: tuple[tuple[str, Part], ...] = (
     ("events", events),
     ("dispatcher", dispatcher),
     ("engine", engine),
+    ("elves", elves),
     ("http", http),
 )

@@ -103,6 +103,12 @@ class SupervisorRepository:
         )
         return [_app(r) for r in rows]
 
+    async def set_key(self, tenant_id: str, app: str, auth_key: str) -> bool:
+        n = await self.db.execute(
+            "UPDATE elves_app SET auth_key = $3 WHERE tenant_id = $1 AND app = $2", tenant_id, app, auth_key,
+        )
+        return n > 0
+
     async def set_callback(self, tenant_id: str, app: str, ip: str | None, port: int | None) -> bool:
         n = await self.db.execute(
             "UPDATE elves_app SET callback_ip = $3, callback_port = $4 WHERE tenant_id = $1 AND app = $2",
