@@ -28,7 +28,7 @@ def _doc(text: str, **kw: Any) -> Meta:
 
 
 class ElvesSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    """The Elves services: apps run instructions on agents (devices named by their IP), by MQTT and HTTP."""
+    """The Elves services: apps run instructions on agents (devices named by their IP), by MQTT and HTTP. Several nodes: give them the same dispatch.share_group, so that each Elves call and agent result is handled by one node (center crons fire once per run regardless)."""
 
     enabled: Annotated[bool, _doc(
         "Serve Elves: the envelope on {prefix}/elves/{app}/call and POST /api/elves, the OpenAPI v2 "

@@ -119,7 +119,10 @@ def _check_callback(ip: str | None, port: int | None) -> tuple[str, int] | None:
         raise ValidationError("callback_ip and callback_port go together")
     if not 0 < port < 65536:
         raise ValidationError(f"callback_port must be 1-65535, not {port}")
-    return check_ip(ip), port
+    try:
+        return check_ip(ip), port
+    except ElvesError as err:
+        raise ValidationError(f"callback_ip: {err.message}") from None
 
 
 def _check_grants(body: GrantsBody) -> GrantsBody:
