@@ -561,7 +561,9 @@ class CronService:
             raise ValueError(f"self cron {res.cron_id!r} is not this agent's")
         ins = row.instruction()
         now = now_ms()
-        started = res.started if isinstance(res.started, int) and 0 < res.started <= now else now
+        # The agent's own clock says when the run started (as Elves' agent
+        # reports it); only a value outside 1970-2099 is replaced by now.
+        started = res.started if isinstance(res.started, int) and 0 < res.started < 4_102_444_800_000 else now
         task = TaskRow(
             id=new_task_id(), tenant_id=row.tenant_id, caller=row.caller, type="cron", mode=ins.mode,
             agent_ip=row.agent_ip, device=device, wire_id=res.id, app=ins.app, func=ins.func,
