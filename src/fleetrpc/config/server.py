@@ -30,11 +30,13 @@ from msgspec import Meta
 
 from .._core.constants import DEFAULT_MAX_PAYLOAD, DEFAULT_PREFIX, DeliveryStrategy
 from ..errors import ValidationError
+from .elves import ElvesSection
 from .library import Settings, _default_node_id
 
 __all__ = [
     "AuthSection",
     "DispatchSection",
+    "ElvesSection",
     "EventsSection",
     "HttpSection",
     "JwtSection",
@@ -242,6 +244,7 @@ SECTIONS: dict[str, type[_Section]] = {
     "auth": AuthSection,
     "rate_limits": RateLimitsSection,
     "events": EventsSection,
+    "elves": ElvesSection,
 }
 
 #: Every field of the library's flat :class:`Settings` and where the server's
@@ -302,6 +305,7 @@ class ServerSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     auth: AuthSection = msgspec.field(default_factory=AuthSection)
     rate_limits: RateLimitsSection = msgspec.field(default_factory=RateLimitsSection)
     events: EventsSection = msgspec.field(default_factory=EventsSection)
+    elves: ElvesSection = msgspec.field(default_factory=ElvesSection)
 
     def __post_init__(self) -> None:
         # Checks across fields; each message names the keys involved.

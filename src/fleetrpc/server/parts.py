@@ -14,7 +14,8 @@ reverse, also when a later one fails to start:
 6. ``engine``     persistent RPC: recovers unfinished calls; TTL clean-up;
                   on stop, flushes every status write
 7. ``jobs``       fleet jobs: resumes interrupted ones
-8. ``http``       the API; on stop it drains (see :func:`http`)
+8. ``elves``      the Elves services (``[elves]``; services/elves/part.py)
+9. ``http``       the API; on stop it drains (see :func:`http`)
 """
 
 from __future__ import annotations
@@ -213,6 +214,13 @@ async def jobs(ctx: ServerContext) -> AsyncIterator[None]:
         ctx.jobs = None
 
 
+async def elves(ctx: ServerContext) -> AsyncIterator[None]:
+    from ..services.elves.part import elves_part
+
+    async for _ in elves_part(ctx):
+        yield
+
+
 def _ssl_context(ctx: ServerContext) -> ssl.SSLContext | None:
     h = ctx.settings.http
     if h.tls_cert is None:
@@ -269,5 +277,6 @@ PARTS: tuple[tuple[str, Part], ...] = (
     ("dispatcher", dispatcher),
     ("engine", engine),
     ("jobs", jobs),
+    ("elves", elves),
     ("http", http),
 )
