@@ -80,6 +80,11 @@ OTHER_SUBSCRIPTIONS = frozenset({
 
 _SESSION_LIMITS = "getSessionLimits"
 
+_MISSING = object()
+
+#: seconds of silence after which a connection's reader is dropped (see Session._check)
+IDLE_TRIM = 5
+
 
 class _Suspend(Exception):
     """Raised out of the reader to stop it after CONNECT while an
@@ -135,10 +140,13 @@ class SubDevice:
 class Session(asyncio.Protocol):
     """One device connection (see the module docstring)."""
 
+    # Memory per idle connection matters (100,000 of them on one node):
+    # everything that only some sessions use is None until used, and the
+    # reader of a connection silent for IDLE_TRIM seconds is dropped (see _check).
     __slots__ = (
-        "endpoint", "transport", "reader", "state", "v5", "identity", "device", "base",
+        "endpoint", "transport", "reader", "state", "v5", "gateway", "device", "base",
         "client_id", "keepalive", "opened", "last_in", "out", "dirty", "paused_since",
-        "written", "subs", "form", "rpc_qos", "gw_qos", "fr_filters", "next_n", "requests",
+        "written", "subs", "form", "rpc_qos", "gw_qos", "next_n", "requests",
         "next_mid", "inflight", "waiting", "window", "client_max_packet", "subdevices",
         "calls", "session_expiry", "clean_start", "rate", "check_key", "fr_req_qos",
     )
@@ -149,7 +157,8 @@ class Session(asyncio.Protocol):
         self.reader = None
         self.state = NEW
         self.v5 = False
-        self.identity: Identity | None = None
+        #: may use the gateway API (from the device's Identity)
+        self.gateway = False
         #: the device id, once authenticated
         self.device = ""
         #: "{p}/d/{device}": where the device's fleetrpc topics start
@@ -158,27 +167,28 @@ class Session(asyncio.Protocol):
         self.keepalive = 0
         self.opened = 0.0
         self.last_in = 0.0
-        self.out: list[bytes] = []
+        #: output not yet written: None, one packet, or a list of packets
+        self.out: bytes | list[bytes] | None = None
         self.dirty = False
         self.paused_since = 0.0
-        #: QoS 0 sends whose delivery is confirmed once written: (base, tail, token)
-        self.written: list[tuple] | None = None
-        #: granted ThingsBoard-topic subscriptions: filter -> QoS
+        #: QoS 0 sends whose delivery is confirmed once written (see _publish's ``confirm``)
+        self.written: list | None = None
+        #: granted subscriptions: filter -> QoS (ThingsBoard topics and the
+        #: FLEETRPC form's filters, which start with ``base``)
         self.subs: dict[str, int] = {}
         self.form = -1
         self.rpc_qos = 0
         self.gw_qos = -1
-        #: FLEETRPC-form subscriptions: [(filter levels, filter, QoS)]
-        self.fr_filters: list[tuple[list[str], str, int]] | None = None
-        #: the QoS every REQUEST topic gets from fr_filters, or -2 when it
-        #: depends on the topic (a filter for one node only): then match each
+        #: the QoS every REQUEST topic gets from the FLEETRPC filters, or -2
+        #: when it depends on the topic (a filter for one node only): then match each
         self.fr_req_qos = -1
         self.next_n = 0
-        #: request number -> (base, tail, sub-device name or None) awaiting a response
-        self.requests: dict[int, tuple] = {}
+        #: request number awaiting a response -> the REQUEST's ``{node}/{rid}``
+        #: (this device's), or (sub-device base, ``{node}/{rid}``, sub-device name)
+        self.requests: dict[int, str | tuple] | None = None
         self.next_mid = 0
-        #: our unacknowledged QoS 1 PUBLISHes: packet id -> (base, tail, token)
-        self.inflight: dict[int, tuple] = {}
+        #: our unacknowledged QoS 1 PUBLISHes: packet id -> ``confirm`` (see _publish)
+        self.inflight: dict[int, Any] | None = None
         self.waiting: deque | None = None
         self.window = endpoint.settings.max_inflight
         self.client_max_packet = 0
@@ -205,14 +215,21 @@ class Session(asyncio.Protocol):
         # costs ~100 bytes per idle connection.
         transport.set_write_buffer_limits(high=ep.settings.write_high_water)  # type: ignore[attr-defined]
         self.opened = self.last_in = ep._loop.time()
-        self.reader = _core.MqttReader(self._on_publish, self._on_packet, False, self._on_puback, self._on_props)
+        self.reader = self._new_reader()
         ep._check_at(self, self.opened + ep.settings.connect_timeout)
+
+    def _new_reader(self):
+        return _core.MqttReader(self._on_publish, self._on_packet, self.v5, self._on_puback, self._on_props)
 
     def data_received(self, data: bytes) -> None:
         ep = self.endpoint
         self.last_in = ep._loop.time()
         reader = self.reader
-        if reader is None or self.state == CLOSED:
+        if reader is None:
+            if self.state != CONNECTED:
+                return  # closed, or refused when accepted
+            reader = self.reader = self._new_reader()  # dropped while idle
+        elif self.state == CLOSED:
             return
         try:
             reader.feed(data)
@@ -254,9 +271,9 @@ class Session(asyncio.Protocol):
         self.state = CLOSED
         self.endpoint._lost(self)
         self.reader = None
-        self.out = []
-        self.requests = {}
-        self.inflight = {}
+        self.out = None
+        self.requests = None
+        self.inflight = None
         self.waiting = None
         self.written = None
         self.transport = None
@@ -281,7 +298,7 @@ class Session(asyncio.Protocol):
         if transport is None or self.state == CLOSED:
             return
         if self.v5 and self.state == CONNECTED:
-            self.out.append(P.disconnect(reason))
+            self._write(P.disconnect(reason))
         self._flush()
         self.state = CLOSED
         self.endpoint._detach(self)
@@ -308,16 +325,31 @@ class Session(asyncio.Protocol):
             else:
                 ep._check_at(self, deadline)
             return
-        deadline = self.last_in + 1.5 * self.keepalive
+        last_in = self.last_in
+        deadline = last_in + 1.5 * self.keepalive
         if now >= deadline:
             self._fail(P.KEEP_ALIVE_TIMEOUT, f"silent for 1.5 x {self.keepalive} s")
-        else:
-            ep._check_at(self, deadline)
+            return
+        reader = self.reader
+        if reader is not None:
+            if now - last_in >= IDLE_TRIM and not reader.buffered:
+                # A silent connection does without its reader (~0.4 KiB with
+                # its bound callbacks); the next bytes make a new one.
+                self.reader = None
+            else:
+                deadline = min(deadline, last_in + IDLE_TRIM)
+        ep._check_at(self, deadline)
 
     # -- output -----------------------------------------------------------------------
 
     def _write(self, data: bytes) -> None:
-        self.out.append(data)
+        out = self.out
+        if out is None:
+            self.out = data  # the usual case: one packet, no list
+        elif out.__class__ is list:
+            out.append(data)
+        else:
+            self.out = [out, data]
         if not self.dirty:
             self.dirty = True
             self.endpoint._mark_dirty(self)
@@ -326,10 +358,10 @@ class Session(asyncio.Protocol):
         self.dirty = False
         out = self.out
         transport = self.transport
-        if not out or transport is None or self.state == CLOSED:
+        if out is None or transport is None or self.state == CLOSED:
             return
-        self.out = []
-        transport.write(out[0] if len(out) == 1 else b"".join(out))
+        self.out = None
+        transport.write(b"".join(out) if out.__class__ is list else out)
         if self.paused_since:
             if transport.get_write_buffer_size() > self.endpoint.settings.max_write_buffer:
                 self.endpoint.stats.closed_slow_reader += 1
@@ -340,18 +372,25 @@ class Session(asyncio.Protocol):
 
     def _confirm_written(self) -> None:
         written, self.written = self.written, None
-        ep = self.endpoint
-        for base, tail, token in written:
-            if token >= 0:
-                ep.on_published(token)
-            elif base is not None:
-                ep._deliver(base + "/ack/" + tail, b"")
+        for confirm in written:
+            self._confirm(confirm)
 
-    def _publish(self, topic: str, payload: bytes, qos: int, base: str | None, tail: str | None,
-                 token: int, props: dict | None = None) -> None:
+    def _confirm(self, confirm: Any) -> None:
+        """The device has a PUBLISH (see _publish's ``confirm``)."""
+        if confirm.__class__ is str:
+            self.endpoint._deliver(self.base + "/ack/" + confirm, b"")
+        elif confirm.__class__ is int:
+            self.endpoint.on_published(confirm)
+        else:
+            self.endpoint._deliver(confirm[0] + "/ack/" + confirm[1], b"")
+
+    def _publish(self, topic: str, payload: bytes, qos: int, confirm: Any, props: dict | None = None) -> None:
         """Send one PUBLISH to the device.  With QoS 1 its PUBACK, with QoS 0
-        its writing, confirms delivery: ``token`` >= 0 goes to the owner's
-        ``on_published``; otherwise, with a ``base``, an ACK is synthesised."""
+        its writing, confirms delivery to the owner, as ``confirm`` says:
+        None, nothing; an int, ``on_published(token)``; a str, an ACK
+        ``{base}/ack/{confirm}`` for this device; a tuple ``(base, tail)``,
+        an ACK for a gateway's sub-device.  (Plain values rather than one
+        tuple per message: fewer objects for the garbage collector.)"""
         if self.state != CONNECTED:
             return
         limit = self.client_max_packet
@@ -360,10 +399,12 @@ class Session(asyncio.Protocol):
             return
         if qos:
             inflight = self.inflight
-            if len(inflight) >= self.window:
+            if inflight is None:
+                inflight = self.inflight = {}
+            elif len(inflight) >= self.window:
                 if self.waiting is None:
                     self.waiting = deque()
-                self.waiting.append((topic, payload, base, tail, token, props))
+                self.waiting.append((topic, payload, confirm, props))
                 return
             mid = self.next_mid
             while True:
@@ -371,37 +412,41 @@ class Session(asyncio.Protocol):
                 if mid not in inflight:
                     break
             self.next_mid = mid
-            inflight[mid] = (base, tail, token)
+            inflight[mid] = confirm
         else:
             mid = 0
-            if token >= 0 or base is not None:
+            if confirm is not None:
                 if self.written is None:
                     self.written = []
-                self.written.append((base, tail, token))
+                self.written.append(confirm)
         if props and self.v5:
             pkt = _encode_publish(topic, payload, qos, mid, False, True,
                                   props.get("response_topic"), props.get("correlation_data"))
         else:
             pkt = _encode_publish(topic, payload, qos, mid, False, self.v5)
-        self.out.append(pkt)
+        out = self.out  # _write, inlined: this is the hot path
+        if out is None:
+            self.out = pkt
+        elif out.__class__ is list:
+            out.append(pkt)
+        else:
+            self.out = [out, pkt]
         if not self.dirty:
             self.dirty = True
             self.endpoint._mark_dirty(self)
 
     def _on_puback(self, mid: int) -> None:
-        entry = self.inflight.pop(mid, None)
-        if entry is None:
+        inflight = self.inflight
+        confirm = inflight.pop(mid, _MISSING) if inflight else _MISSING
+        if confirm is _MISSING:
             return  # a duplicate or unknown PUBACK: nothing to confirm
-        base, tail, token = entry
-        if token >= 0:
-            self.endpoint.on_published(token)
-        elif base is not None:
-            self.endpoint._deliver(base + "/ack/" + tail, b"")
+        if confirm is not None:
+            self._confirm(confirm)
         waiting = self.waiting
         if waiting:
-            while waiting and len(self.inflight) < self.window:
-                topic, payload, base, tail, token, props = waiting.popleft()
-                self._publish(topic, payload, 1, base, tail, token, props)
+            while waiting and len(inflight) < self.window:
+                topic, payload, confirm, props = waiting.popleft()
+                self._publish(topic, payload, 1, confirm, props)
 
     # -- requests from the dispatcher ----------------------------------------------------
 
@@ -414,16 +459,20 @@ class Session(asyncio.Protocol):
             if qos == -2:
                 qos = self._fr_qos(topic)
             if qos >= 0:
-                self._publish(topic, payload, qos, None, None, token, props)
+                self._publish(topic, payload, qos, token if token >= 0 else None, props)
             return
         n = self.next_n = self.next_n + 1 if self.next_n < 2147483647 else 1
         tail = topic[tail_at:]
         if token < 0:
             requests = self.requests
-            requests[n] = (self.base, tail, None)
+            if requests is None:
+                requests = self.requests = {}
+            requests[n] = tail
             if len(requests) > self.endpoint.settings.max_pending_responses:
                 del requests[next(iter(requests))]
-        self._publish(REQUEST_TOPIC[form] + str(n), payload, self.rpc_qos, self.base, tail, token)
+            self._publish(REQUEST_TOPIC[form] + str(n), payload, self.rpc_qos, tail)
+        else:
+            self._publish(REQUEST_TOPIC[form] + str(n), payload, self.rpc_qos, token)
 
     def _send_gateway_request(self, sub: SubDevice, tail: str, payload: bytes, token: int) -> None:
         try:
@@ -434,15 +483,23 @@ class Session(asyncio.Protocol):
         n = self.next_n = self.next_n + 1 if self.next_n < 2147483647 else 1
         if token < 0:
             requests = self.requests
+            if requests is None:
+                requests = self.requests = {}
             requests[n] = (sub.base, tail, sub.name)
             if len(requests) > self.endpoint.settings.max_pending_responses:
                 del requests[next(iter(requests))]
         body = _json(_GatewayRequest(sub.name, _GatewayData(n, req.method, req.params)))
-        self._publish(GATEWAY_RPC, body, self.gw_qos, sub.base, tail, token)
+        self._publish(GATEWAY_RPC, body, self.gw_qos, token if token >= 0 else (sub.base, tail))
 
     def send_answer(self, topic: str, payload: bytes, qos: int, props: dict | None = None) -> None:
         """The dispatcher's answer to one of this session's client-side calls."""
-        self._publish(topic, payload, qos, None, None, -1, props)
+        self._publish(topic, payload, qos, None, props)
+
+    def _fr_filters(self):
+        """This session's FLEETRPC-form subscriptions: (filter, QoS)."""
+        base = self.base
+        n = len(base)
+        return [(f, q) for f, q in self.subs.items() if f.startswith(base) and f[n:n + 1] in ("/", "")]
 
     def _fr_filters_changed(self) -> None:
         # A level with NUL matches no literal filter level: what matches this
@@ -451,7 +508,8 @@ class Session(asyncio.Protocol):
         qos = -1
         specific = False
         nbase = self.base.count("/") + 1
-        for flevels, _, q in self.fr_filters or ():
+        for f, q in self._fr_filters():
+            flevels = f.split("/")
             if _matches(flevels, any_req):
                 qos = max(qos, q)
             elif flevels[nbase:nbase + 1] in (["req"], ["+"]):
@@ -459,17 +517,18 @@ class Session(asyncio.Protocol):
         self.fr_req_qos = -2 if specific else qos
 
     def _fr_qos(self, topic: str) -> int:
-        """The QoS of this FLEETRPC-form session's subscription matching
-        ``topic``, or -1."""
+        """The QoS of this session's FLEETRPC-form subscription matching
+        ``topic``, or -1.  (Filters are split here, when used, rather than
+        kept split: they are matched rarely, and kept per connection.)"""
         best = -1
         levels = None
-        for flevels, ftext, qos in self.fr_filters or ():
-            if ftext == topic:
+        for f, qos in self._fr_filters():
+            if f == topic:
                 ok = True
             else:
                 if levels is None:
                     levels = topic.split("/")
-                ok = _matches(flevels, levels)
+                ok = _matches(f.split("/"), levels)
             if ok and qos > best:
                 best = qos
         return best
@@ -591,7 +650,7 @@ class Session(asyncio.Protocol):
             ep.stats.refused_auth += 1
             self._refuse(P.NOT_AUTHORIZED)
             return
-        self.identity = identity
+        self.gateway = identity.gateway
         self.device = identity.device_id
         self.base = ep._dev_prefix + self.device
         self.state = CONNECTED
@@ -617,7 +676,7 @@ class Session(asyncio.Protocol):
             if asked != self.session_expiry:
                 props[0x11] = self.session_expiry
         self._write(P.connack(self.v5, P.SUCCESS, session_present, props))
-        ep._check_at(self, self.last_in + 1.5 * self.keepalive)
+        ep._check_at(self, min(self.last_in + 1.5 * self.keepalive, self.last_in + IDLE_TRIM))
         if session_present:
             ep._restore(self)
 
@@ -653,7 +712,7 @@ class Session(asyncio.Protocol):
             self.subs[topic] = q
             return q
         if topic == GATEWAY_RPC:
-            if not self.identity.gateway:
+            if not self.gateway:
                 return P.NOT_AUTHORIZED
             self.subs[topic] = q
             self.gw_qos = q
@@ -662,15 +721,9 @@ class Session(asyncio.Protocol):
             return q
         base = self.base
         if topic.startswith(base) and topic[len(base):len(base) + 1] in ("/", ""):
-            flevels = topic.split("/")
-            if self.fr_filters is None:
-                self.fr_filters = []
-            self.fr_filters = [f for f in self.fr_filters if f[1] != topic]
-            self.fr_filters.append((flevels, topic, q))
-            self._fr_filters_changed()
             self.subs[topic] = q
-            nbase = base.count("/") + 1
-            rest = flevels[nbase:]
+            self._fr_filters_changed()
+            rest = topic[len(base) + 1:].split("/") if len(topic) > len(base) else []
             if not rest or rest[0] in ("req", "+", "#"):
                 self.form = FLEETRPC
                 ep._add_route(self.device, self)
@@ -694,10 +747,9 @@ class Session(asyncio.Protocol):
             if not any(t in self.subs for t in RPC_SUBSCRIPTIONS):
                 self.form = -1
                 ep._remove_route(self.device, self)
-        elif self.fr_filters:
-            self.fr_filters = [f for f in self.fr_filters if f[1] != topic]
+        elif topic.startswith(self.base):
             self._fr_filters_changed()
-            if self.form == FLEETRPC and not self.fr_filters:
+            if self.form == FLEETRPC and not self._fr_filters():
                 self.form = -1
                 ep._remove_route(self.device, self)
         return P.SUCCESS
@@ -751,14 +803,15 @@ class Session(asyncio.Protocol):
     def _on_response(self, n_text: str, payload: bytes) -> None:
         ep = self.endpoint
         n = _number(n_text)
-        entry = self.requests.pop(n, None) if n is not None else None
-        if entry is None or entry[2] is not None:
-            if entry is not None:  # a gateway's request answered on the device topic
-                self.requests[n] = entry
+        requests = self.requests
+        tail = requests.pop(n, None) if n is not None and requests else None
+        if tail.__class__ is not str:
+            if tail is not None:  # a gateway's request answered on the device topic
+                requests[n] = tail
             ep.stats.unknown_response += 1
             return
         ep.stats.responses += 1
-        ep._deliver(entry[0] + "/res/" + entry[1], payload)
+        ep._deliver(self.base + "/res/" + tail, payload)
 
     def _on_client_call(self, n_text: str, payload: bytes, form: int) -> None:
         ep = self.endpoint
@@ -775,7 +828,7 @@ class Session(asyncio.Protocol):
             return
         if request.method == _SESSION_LIMITS:
             ep.stats.session_limits += 1
-            self.send_answer(answer, ep._session_limits(self.identity.gateway), qos)
+            self.send_answer(answer, ep._session_limits(self.gateway), qos)
             return
         if self.calls is None:
             self.calls = set()
@@ -795,9 +848,10 @@ class Session(asyncio.Protocol):
             ep.stats.refused_topic += 1
             log.warning("device %s published on %r, which is not its own: dropped", self.device, topic)
             return
-        kind, _, rest = topic[n + 1:].partition("/")
+        j = topic.find("/", n + 1)
+        kind = topic[n + 1:j] if j > 0 else topic[n + 1:]
         if kind == "call":
-            self._on_fleetrpc_call(rest, payload, props)
+            self._on_fleetrpc_call(topic[j + 1:] if j > 0 else "", payload, props)
         elif kind in ("res", "ack", "presence", "hb"):
             ep._deliver(topic, payload)
         else:
@@ -838,7 +892,7 @@ class Session(asyncio.Protocol):
 
     def _on_gateway_publish(self, what: str, payload: bytes) -> None:
         ep = self.endpoint
-        if not self.identity.gateway:
+        if not self.gateway:
             ep.stats.ignored += 1  # ThingsBoard ignores the gateway API of a plain device
             return
         if what == "rpc":
@@ -847,8 +901,9 @@ class Session(asyncio.Protocol):
             except msgspec.DecodeError:
                 ep.stats.unknown_response += 1
                 return
-            entry = self.requests.get(reply.id)
-            if entry is None or entry[2] != reply.device:
+            requests = self.requests
+            entry = requests.get(reply.id) if requests else None
+            if entry.__class__ is not tuple or entry[2] != reply.device:
                 ep.stats.unknown_response += 1
                 return
             del self.requests[reply.id]

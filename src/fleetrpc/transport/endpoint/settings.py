@@ -71,6 +71,13 @@ class EndpointSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True)
     #: Client-side calls of one session awaiting the dispatcher's answer;
     #: more are answered with an error at once.
     max_client_calls: Annotated[int, _gt0] = 100
+    #: Write coalescing under load: while the dispatcher awaits at least
+    #: this many replies, output to devices is written every
+    #: ``write_batch_delay`` seconds instead of once per event-loop
+    #: iteration, so that several messages for one device leave in one
+    #: ``send`` (0: never; always once per iteration).
+    write_batch_above: Annotated[int, _ge0] = 0
+    write_batch_delay: Annotated[float, msgspec.Meta(gt=0, le=0.1)] = 0.001
 
     def __post_init__(self) -> None:
         parse_rate_limits(self.rate_limit)  # raises ValidationError naming the bad pair
