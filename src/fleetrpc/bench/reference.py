@@ -44,7 +44,7 @@ import gmqtt
 from gmqtt.mqtt.constants import MQTTv50, MQTTv311
 from gmqtt.storage import PersistentStorage
 
-from fleetrpc.errors import (
+from ..errors import (
     DispatcherClosedError,
     RemoteError,
     ReplyNotJsonError,
