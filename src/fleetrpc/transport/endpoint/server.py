@@ -309,6 +309,8 @@ class DeviceEndpoint:
         for s in self._conns:
             if s.reader is not None:
                 total += s.reader.buffered
+            if s.early is not None:
+                total += len(s.early)
             out = s.out
             if out is not None:
                 total += sum(map(len, out)) if out.__class__ is list else len(out)

@@ -86,11 +86,6 @@ _MISSING = object()
 IDLE_TRIM = 5
 
 
-class _Suspend(Exception):
-    """Raised out of the reader to stop it after CONNECT while an
-    asynchronous authentication runs; the reader keeps the bytes after it."""
-
-
 class _GatewayReply(msgspec.Struct, gc=False):
     device: str
     id: int
@@ -149,6 +144,7 @@ class Session(asyncio.Protocol):
         "written", "subs", "form", "rpc_qos", "gw_qos", "next_n", "requests",
         "next_mid", "inflight", "waiting", "window", "client_max_packet", "subdevices",
         "calls", "session_expiry", "clean_start", "rate", "check_key", "fr_req_qos",
+        "early", "failure",
     )
 
     def __init__(self, endpoint: "DeviceEndpoint") -> None:
@@ -201,6 +197,11 @@ class Session(asyncio.Protocol):
         self.rate = None
         #: the endpoint's sweep bucket this session is due in
         self.check_key = 0
+        #: bytes received before CONNACK that are not yet handled (see _before_connack)
+        self.early: bytes | None = None
+        #: (reason code, why) once a packet handler found the stream unacceptable:
+        #: what follows in the same read is ignored, then the connection closes
+        self.failure: tuple[int, str] | None = None
 
     # -- asyncio.Protocol -------------------------------------------------------
 
@@ -215,10 +216,12 @@ class Session(asyncio.Protocol):
         # costs ~100 bytes per idle connection.
         transport.set_write_buffer_limits(high=ep.settings.write_high_water)  # type: ignore[attr-defined]
         self.opened = self.last_in = ep._loop.time()
-        self.reader = self._new_reader()
         ep._check_at(self, self.opened + ep.settings.connect_timeout)
 
     def _new_reader(self):
+        # The compiled reader frames everything after CONNECT.  It catches
+        # what its callbacks raise (and reads on), so the callbacks record a
+        # protocol failure in self.failure instead of raising (see _failed).
         return _core.MqttReader(self._on_publish, self._on_packet, self.v5, self._on_puback, self._on_props)
 
     def data_received(self, data: bytes) -> None:
@@ -226,24 +229,28 @@ class Session(asyncio.Protocol):
         self.last_in = ep._loop.time()
         reader = self.reader
         if reader is None:
-            if self.state != CONNECTED:
-                return  # closed, or refused when accepted
-            reader = self.reader = self._new_reader()  # dropped while idle
+            state = self.state
+            if state == CONNECTED:
+                reader = self.reader = self._new_reader()  # dropped while idle
+            elif state == CLOSED:
+                return
+            else:
+                self._before_connack(data)
+                return
         elif self.state == CLOSED:
             return
         try:
             reader.feed(data)
-        except _Suspend:
-            self.transport.pause_reading()
-        except P.ProtocolError as exc:
-            self._fail(exc.reason, str(exc))
-            return
-        except CodecError as exc:
+        except CodecError as exc:  # the reader's own: a broken stream
             self._fail(P.MALFORMED_PACKET, str(exc))
             return
         except Exception:  # our bug: lose this connection, never the endpoint
-            log.exception("device session %s: packet handler failed", self._who())
+            log.exception("device session %s: reading failed", self._who())
             self._fail(P.IMPLEMENTATION_SPECIFIC_ERROR, "internal error")
+            return
+        failure = self.failure
+        if failure is not None:
+            self._fail(*failure)
             return
         if self.state == CLOSED:
             return
@@ -253,6 +260,69 @@ class Session(asyncio.Protocol):
         acks = reader.take_acks()
         if acks:
             self._write(acks)
+
+    def _before_connack(self, data: bytes) -> None:
+        """Bytes before the session is connected: the first packet must be
+        CONNECT; what follows it waits in ``early`` until authentication
+        has answered (reading is paused meanwhile)."""
+        buf = self.early + data if self.early else bytes(data)
+        self.early = None
+        ep = self.endpoint
+        if self.state == AUTHENTICATING:
+            self.early = buf
+            if len(buf) > ep._max_packet:
+                self._fail(P.PACKET_TOO_LARGE, f"{len(buf)} bytes sent before CONNACK")
+            return
+        n = len(buf)
+        if n and buf[0] & 0xF0 != P.CONNECT:
+            self._fail(P.PROTOCOL_ERROR, "first packet is not CONNECT")
+            return
+        length, mult, i = 0, 1, 1
+        while True:
+            if i >= n:
+                self.early = buf or None
+                return
+            b = buf[i]
+            length += (b & 0x7F) * mult
+            i += 1
+            if not b & 0x80:
+                break
+            mult *= 128
+            if mult > 128 * 128 * 128:
+                self._fail(P.MALFORMED_PACKET, "malformed MQTT remaining length")
+                return
+        if length > ep._max_packet:
+            self._fail(P.PACKET_TOO_LARGE, "CONNECT too large")
+            return
+        end = i + length
+        if end > n:
+            self.early = buf
+            return
+        self.early = buf[end:] or None
+        try:
+            self._on_connect(buf[0] & 0x0F, buf[i:end])
+        except CodecError as exc:
+            self._fail(exc.reason if isinstance(exc, P.ProtocolError) else P.MALFORMED_PACKET, str(exc))
+            return
+        if self.state == CONNECTED:
+            self._after_connack()
+
+    def _after_connack(self) -> None:
+        """Handle what the device sent after CONNECT, now that it is connected."""
+        early, self.early = self.early, None
+        if early:
+            self.data_received(early)
+
+    def _failed(self, exc: BaseException) -> None:
+        """A packet handler's error: the connection closes once the reader
+        returns, and nothing after this packet is handled."""
+        if isinstance(exc, P.ProtocolError):
+            self.failure = (exc.reason, str(exc))
+        elif isinstance(exc, CodecError):
+            self.failure = (P.MALFORMED_PACKET, str(exc))
+        else:  # our bug: lose this connection, never the endpoint
+            log.error("device session %s: packet handler failed", self._who(), exc_info=exc)
+            self.failure = (P.IMPLEMENTATION_SPECIFIC_ERROR, "internal error")
 
     def eof_received(self) -> bool:
         return False  # close the transport: a half-closed device is gone
@@ -536,16 +606,15 @@ class Session(asyncio.Protocol):
     # -- inbound packets -------------------------------------------------------------
 
     def _on_packet(self, cmd: int, body: bytes) -> None:
+        if self.state != CONNECTED or self.failure is not None:
+            return  # closed or failing: the rest of this read is ignored
+        try:
+            self._packet(cmd, body)
+        except Exception as exc:
+            self._failed(exc)
+
+    def _packet(self, cmd: int, body: bytes) -> None:
         kind = cmd & 0xF0
-        if self.state == NEW:
-            if kind != P.CONNECT:
-                raise P.ProtocolError("first packet is not CONNECT", P.PROTOCOL_ERROR)
-            if len(body) > self.endpoint._max_packet:
-                raise P.ProtocolError("CONNECT too large", P.PACKET_TOO_LARGE)
-            self._on_connect(cmd & 0x0F, body)
-            return
-        if self.state != CONNECTED:
-            raise P.ProtocolError("packet before CONNACK", P.PROTOCOL_ERROR)
         if kind == 0xC0:  # PINGREQ
             if cmd != P.PINGREQ or body:
                 raise P.ProtocolError("malformed PINGREQ")
@@ -578,7 +647,6 @@ class Session(asyncio.Protocol):
             self._refuse(P.UNSUPPORTED_PROTOCOL_VERSION, v5=exc.level == 5)
             return
         self.v5 = v5 = c.version == 5
-        self.reader.v5 = v5
         props = c.properties
         if "authentication_method" in props:
             self._refuse(P.BAD_AUTHENTICATION_METHOD)
@@ -621,8 +689,9 @@ class Session(asyncio.Protocol):
             self._refuse(P.SERVER_UNAVAILABLE)
             return
         if inspect.isawaitable(result):
+            self.transport.pause_reading()  # what comes meanwhile waits in the socket
             ep._spawn(self._await_identity(result, c))
-            raise _Suspend
+            return
         self._connected(result, c)
 
     async def _await_identity(self, awaitable, c: P.Connect) -> None:
@@ -638,8 +707,7 @@ class Session(asyncio.Protocol):
         self._connected(result, c)
         if self.state != CONNECTED or self.transport is None:
             return
-        # what the device sent after CONNECT waits in the reader
-        self.data_received(b"")
+        self._after_connack()
         if self.state == CONNECTED and self.transport is not None:
             self.transport.resume_reading()
 
@@ -757,48 +825,57 @@ class Session(asyncio.Protocol):
     # -- inbound PUBLISH -------------------------------------------------------------
 
     def _on_props(self, topic: str, payload: bytes, raw: bytes) -> None:
-        props = P.parse_publish_properties(raw)
-        if "topic_alias" in props:
-            raise P.ProtocolError("topic alias used (Topic Alias Maximum is 0)", P.PROTOCOL_ERROR)
+        if self.state != CONNECTED or self.failure is not None:
+            return
+        try:
+            props = P.parse_publish_properties(raw)
+            if "topic_alias" in props:
+                raise P.ProtocolError("topic alias used (Topic Alias Maximum is 0)", P.PROTOCOL_ERROR)
+        except Exception as exc:
+            self._failed(exc)
+            return
         self._on_publish(topic, payload, props)
 
     def _on_publish(self, topic: str, payload: bytes, props: dict | None) -> None:
-        if self.state != CONNECTED:
-            raise P.ProtocolError("PUBLISH before CONNECT", P.PROTOCOL_ERROR)
-        ep = self.endpoint
-        if len(payload) > ep.settings.max_payload:
-            raise P.ProtocolError(f"payload of {len(payload)} bytes (at most {ep.settings.max_payload})",
-                                  P.PACKET_TOO_LARGE)
-        rate = self.rate
-        if rate is not None and not rate.take(self.last_in):
-            raise P.ProtocolError("message rate limit exceeded", P.MESSAGE_RATE_TOO_HIGH)
-        if topic.startswith("v1/devices/me/rpc/"):
-            if topic.startswith("response/", 18):
-                self._on_response(topic[27:], payload)
-            elif topic.startswith("request/", 18):
-                self._on_client_call(topic[26:], payload, V1)
+        if self.state != CONNECTED or self.failure is not None:
+            return  # closed or failing: the rest of this read is ignored
+        try:
+            ep = self.endpoint
+            if len(payload) > ep.settings.max_payload:
+                raise P.ProtocolError(f"payload of {len(payload)} bytes (at most {ep.settings.max_payload})",
+                                      P.PACKET_TOO_LARGE)
+            rate = self.rate
+            if rate is not None and not rate.take(self.last_in):
+                raise P.ProtocolError("message rate limit exceeded", P.MESSAGE_RATE_TOO_HIGH)
+            if topic.startswith("v1/devices/me/rpc/"):
+                if topic.startswith("response/", 18):
+                    self._on_response(topic[27:], payload)
+                elif topic.startswith("request/", 18):
+                    self._on_client_call(topic[26:], payload, V1)
+                else:
+                    ep.stats.ignored += 1
+            elif topic.startswith(ep._dev_prefix):
+                self._on_fleetrpc_publish(topic, payload, props)
+            elif topic.startswith("v2/r/"):
+                if topic.startswith("v2/r/res/j/"):
+                    self._on_response(topic[11:], payload)
+                elif topic.startswith("v2/r/res/"):
+                    self._on_response(topic[9:], payload)
+                elif topic.startswith("v2/r/req/j/"):
+                    self._on_client_call(topic[11:], payload, V2J)
+                elif topic.startswith("v2/r/req/"):
+                    self._on_client_call(topic[9:], payload, V2)
+                else:
+                    ep.stats.ignored += 1
+            elif topic.startswith("v1/gateway/"):
+                self._on_gateway_publish(topic[11:], payload)
+            elif not topic:
+                raise P.ProtocolError("PUBLISH with an empty topic", P.TOPIC_NAME_INVALID)
             else:
+                # attributes, telemetry, claims, firmware: not fleetrpc's business
                 ep.stats.ignored += 1
-        elif topic.startswith(ep._dev_prefix):
-            self._on_fleetrpc_publish(topic, payload, props)
-        elif topic.startswith("v2/r/"):
-            if topic.startswith("v2/r/res/j/"):
-                self._on_response(topic[11:], payload)
-            elif topic.startswith("v2/r/res/"):
-                self._on_response(topic[9:], payload)
-            elif topic.startswith("v2/r/req/j/"):
-                self._on_client_call(topic[11:], payload, V2J)
-            elif topic.startswith("v2/r/req/"):
-                self._on_client_call(topic[9:], payload, V2)
-            else:
-                ep.stats.ignored += 1
-        elif topic.startswith("v1/gateway/"):
-            self._on_gateway_publish(topic[11:], payload)
-        elif not topic:
-            raise P.ProtocolError("PUBLISH with an empty topic", P.TOPIC_NAME_INVALID)
-        else:
-            # attributes, telemetry, claims, firmware: not fleetrpc's business
-            ep.stats.ignored += 1
+        except Exception as exc:  # the reader would swallow it: see _new_reader
+            self._failed(exc)
 
     def _on_response(self, n_text: str, payload: bytes) -> None:
         ep = self.endpoint
