@@ -90,3 +90,32 @@ async def test_nothing_after_a_failing_packet_is_handled():
         assert rig.endpoint.stats.session_limits == 0
         assert rig.endpoint.stats.closed_too_large == 1
         await assert_nothing_left(rig)
+
+
+async def test_many_at_once_then_churn_leaves_nothing_behind():
+    """A small storm (200 connections at once, asynchronous authentication)
+    and churn (half dropped without DISCONNECT, then back): every device is
+    online again and, once all are gone, no table holds anything."""
+    async def authenticate(username, password, client_id):
+        await asyncio.sleep(0)  # as a database lookup: the session waits for it
+        return username if username.startswith("dev-") else None
+
+    async def device(i: int) -> raw.RawClient:
+        c = await raw.RawClient.open(rig.port)
+        c.send(raw.connect(f"dev-{i}", client_id=f"c{i}") + raw.subscribe(1, ("v1/devices/me/rpc/request/+", 1)))
+        assert await c.read_packet() == (0x20, b"\x00\x00")
+        assert (await c.read_packet())[0] == 0x90
+        return c
+
+    async with make_rig(auth=authenticate) as rig:
+        clients = await asyncio.gather(*(device(i) for i in range(200)))
+        await _until(lambda: len(rig.dispatcher.presence.online) == 200)
+        for c in clients[:100]:
+            c.writer.transport.abort()
+        await _until(lambda: rig.endpoint.connection_count == 100)
+        clients[:100] = await asyncio.gather(*(device(i) for i in range(100)))
+        await _until(lambda: len(rig.dispatcher.presence.online) == 200)
+        assert rig.endpoint.connection_count == 200
+        for c in clients:
+            c.close()
+        await assert_nothing_left(rig)

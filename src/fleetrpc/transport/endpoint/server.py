@@ -198,7 +198,7 @@ class DeviceEndpoint:
         self._paused: set[Session] = set()
         self._dirty: list[Session] = []
         self._flush_scheduled = False
-        self._checks: dict[int, list] = {}
+        self._checks: dict[int, set] = {}
         self._swept = 0
         self._sweeper: asyncio.TimerHandle | None = None
         self._last_purge = 0.0
@@ -330,8 +330,9 @@ class DeviceEndpoint:
             "paused": len(self._paused),
             "dirty": len(self._dirty),
             "tasks": len(self._tasks),
-            "checks": sum(1 for items in self._checks.values() for s in items
-                          if isinstance(s, Session) and s.state != CLOSED),
+            # sessions in the sweep's buckets, closed ones too: a closed
+            # connection must not be kept alive by its bucket
+            "checks": sum(1 for items in self._checks.values() for s in items if isinstance(s, Session)),
         }
 
     # -- transport interface: the dispatcher publishes ----------------------------------
@@ -471,6 +472,7 @@ class DeviceEndpoint:
 
     def _lost(self, session: Session) -> None:
         self._detach(session)
+        self._uncheck(session)
         self._conns.discard(session)
         self._paused.discard(session)
 
@@ -560,13 +562,26 @@ class DeviceEndpoint:
     def _check_at(self, obj: Any, when: float) -> None:
         """Have the sweep call ``obj._check(now)`` once ``when`` has passed;
         an object is in one bucket at a time (a new time replaces the old)."""
+        old = obj.check_key
+        if old:
+            bucket = self._checks.get(old)
+            if bucket is not None:
+                bucket.discard(obj)
         key = max(int(when) + 1, self._swept + 1)
         obj.check_key = key
         bucket = self._checks.get(key)
         if bucket is None:
-            self._checks[key] = [obj]
+            self._checks[key] = {obj}
         else:
-            bucket.append(obj)
+            bucket.add(obj)
+
+    def _uncheck(self, obj: Any) -> None:
+        """``obj`` needs no more checks: a closed connection is not kept
+        alive by its bucket until it falls due (up to 1.5 keepalives)."""
+        bucket = self._checks.get(obj.check_key)
+        if bucket is not None:
+            bucket.discard(obj)
+        obj.check_key = 0
 
     def _sweep(self) -> None:
         loop = self._loop
@@ -574,7 +589,7 @@ class DeviceEndpoint:
         sec = int(now)
         checks = self._checks
         for key in range(self._swept + 1, sec + 1):
-            bucket = checks.pop(key, None)
+            bucket = checks.pop(key, None)  # (out of reach of _check_at while it runs)
             if bucket:
                 for obj in bucket:
                     if obj.check_key == key:

@@ -42,7 +42,7 @@ from ...wire import REQUEST_DECODER, error_reply, validate_id
 from . import packets as P
 
 if TYPE_CHECKING:
-    from .server import DeviceEndpoint, Identity
+    from .server import DeviceEndpoint
 
 log = logging.getLogger("fleetrpc.endpoint")
 
