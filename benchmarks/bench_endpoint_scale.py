@@ -380,6 +380,9 @@ async def _until_offline(d: Dispatcher) -> None:
 async def soak(args) -> None:
     tokens = [f"tok-{i}" for i in range(args.devices)]
     ep, d = await _start(args, lambda u, p, c: "dev-" + u[4:] if u.startswith("tok-") else None)
+    # Traced from before the devices connect: otherwise every connection
+    # replaced by churn would look like growth (its first self untraced).
+    tracemalloc.start()
     devices = Devices(ep.ports["tcp"], tokens, args.processes, 60, 256)
     ids = [f"dev-{i}" for i in range(args.devices)]
     ok = failed = 0
@@ -399,7 +402,6 @@ async def soak(args) -> None:
     try:
         await _until_online(d, args.devices, devices, 300)
         callers = [asyncio.ensure_future(caller(k)) for k in range(args.concurrency)]
-        tracemalloc.start()
         first = None
         samples = []
         t0 = time.monotonic()
