@@ -41,6 +41,7 @@ import msgspec
 
 from ...errors import ValidationError
 from ...wire import validate_id, validate_prefix
+from ...wire.topics import presence_topic
 from . import packets as P
 from .limits import RateLimit, parse_rate_limits
 from .session import CLOSED, CONNECTED, Session, SubDevice
@@ -496,7 +497,7 @@ class DeviceEndpoint:
 
     def _presence(self, device: str, online: bool) -> None:
         body = _json({"status": "online" if online else "offline", "ts": int(time.time() * 1000)})
-        self._deliver(f"{self._dev_prefix}{device}/presence", body)
+        self._deliver(presence_topic(self.settings.prefix, device), body)
 
     def _new_call(self, session: Session, answer: str, qos: int, props: dict | None) -> str:
         cid = str(next(self._cids))

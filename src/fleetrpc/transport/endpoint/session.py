@@ -39,6 +39,7 @@ import msgspec
 from ... import _core
 from ...errors import CodecError
 from ...wire import REQUEST_DECODER, error_reply, validate_id
+from ...wire.topics import return_topic
 from . import packets as P
 
 if TYPE_CHECKING:
@@ -942,7 +943,7 @@ class Session(asyncio.Protocol):
         if not (0 < len(cid) <= 19 and cid.isascii() and cid.isdigit()):
             ep.stats.refused_topic += 1
             return
-        answer = f"{self.base}/ret/{cid}"
+        answer = return_topic(ep.settings.prefix, self.device, cid)
         answer_props = None
         if props:
             # A Response Topic is honoured only inside the device's own
