@@ -8,7 +8,7 @@ Two objects, one per way of running fleetrpc:
 :class:`ServerSettings` (``config/server.py``)
     ``fleetrpc serve``: one typed section per part of the server (``mqtt``,
     ``dispatch``, ``store``, ``rpc``, ``http``, ``jwt``, ``auth``,
-    ``rate_limits``, ``events``, ``elves``, ``server``), loaded with
+    ``rate_limits``, ``events``, ``elves``, ``endpoint``, ``server``), loaded with
     :func:`load_server_settings`; :meth:`ServerSettings.library` maps its
     sections onto a :class:`Settings` for the dispatcher and the engine.
 
@@ -24,6 +24,7 @@ from .server import (
     AuthSection,
     DispatchSection,
     ElvesSection,
+    EndpointSection,
     EventsSection,
     HttpSection,
     JwtSection,
@@ -41,6 +42,7 @@ __all__ = [
     "AuthSection",
     "DispatchSection",
     "ElvesSection",
+    "EndpointSection",
     "EventsSection",
     "HttpSection",
     "JwtSection",
