@@ -20,7 +20,7 @@ from fleetrpc.config import Settings
 from fleetrpc.device import DeviceClient
 from fleetrpc.dispatcher import Dispatcher
 from fleetrpc.errors import InvalidTransitionError, StoreUnavailableError
-from fleetrpc.rpc.persistent import PersistentRpc, _uuid4
+from fleetrpc.rpc.persistent import PersistentRpc, _Uuid4Source
 from fleetrpc.rpc.status import RpcStatus as St
 from fleetrpc.rpc.status import is_allowed
 from fleetrpc.store import (
@@ -90,8 +90,12 @@ def test_coalesce_keeps_every_field_either_change_sets():
 
 
 def test_uuid4_strings_are_version_4():
-    for _ in range(200):
-        u = _uuid4()
+    new_id = _Uuid4Source()
+    seen = set()
+    for _ in range(1000):  # several 4 KiB reads of os.urandom
+        u = new_id()
+        assert u not in seen
+        seen.add(u)
         parsed = uuid.UUID(u)
         assert str(parsed) == u and parsed.version == 4 and parsed.variant == uuid.RFC_4122
 
