@@ -73,6 +73,7 @@ from typing import Any, Callable
 
 import msgspec
 
+from .. import _core
 from ..config import Settings
 from ..dispatcher import CallObserver, Counters, Dispatcher
 from ..protocol import validate_id
@@ -108,6 +109,9 @@ DEFAULT_QUEUE_CAP = 1000
 #: How often calls waiting in the engine for room in the dispatcher's queue
 #: are checked for expiry (seconds).
 BACKLOG_SWEEP_S = 1.0
+#: Resolution of ``wait(timeout=...)`` (seconds): a wait times out at most
+#: this much after its timeout.
+WAIT_TICK_S = 0.05
 
 Q, S, D, OK, T, E, F, X = (
     RpcStatus.QUEUED, RpcStatus.SENT, RpcStatus.DELIVERED, RpcStatus.SUCCESSFUL,
@@ -273,6 +277,11 @@ class PersistentRpc:
         self._ttl_task: asyncio.Task | None = None
         self._closed = False
         self._new_id = _Uuid4Source()
+        # wait() deadlines: key -> (future, rpc id, timeout, wheel handle)
+        self._timed: dict[int, tuple[asyncio.Future, str, float, int]] = {}
+        self._wait_wheel: Any = None
+        self._wait_timer: asyncio.TimerHandle | None = None
+        self._wait_seq = 0
 
     # -- lifecycle ----------------------------------------------------------
 
@@ -293,6 +302,9 @@ class PersistentRpc:
         if self._sweep_handle is not None:
             self._sweep_handle.cancel()
             self._sweep_handle = None
+        if self._wait_timer is not None:
+            self._wait_timer.cancel()
+            self._wait_timer = None
         self._backlog.clear()
         for task in (self._ttl_task, self._retry_task):
             if task is not None:
@@ -471,13 +483,39 @@ class PersistentRpc:
             live.waiters.append(fut)
         if timeout is None:
             return await fut
-        # One timer on the waiter itself: asyncio.wait_for would add a
-        # second future, a callback and a task switch per wait.
-        timer = loop.call_later(timeout, _time_out, fut, rpc_id, timeout)
+        # The deadline goes into the engine's own timing wheel: no timer
+        # handle per wait (asyncio.wait_for would add a second future, a
+        # timer, a callback and a task switch per wait).
+        key = self._wait_deadline(loop, fut, rpc_id, timeout)
         try:
             return await fut
         finally:
-            timer.cancel()
+            entry = self._timed.pop(key, None)
+            if entry is not None:
+                self._wait_wheel.cancel(entry[3])
+
+    def _wait_deadline(self, loop: asyncio.AbstractEventLoop, fut: asyncio.Future,
+                       rpc_id: str, timeout: float) -> int:
+        wheel = self._wait_wheel
+        now = loop.time()
+        if wheel is None:
+            wheel = self._wait_wheel = _core.TimingWheel(WAIT_TICK_S, now)
+        self._wait_seq = key = self._wait_seq + 1
+        handle = wheel.schedule(now + timeout, key)  # ValueError for NaN, inf
+        self._timed[key] = (fut, rpc_id, timeout, handle)
+        if self._wait_timer is None:
+            self._wait_timer = loop.call_at(now + WAIT_TICK_S, self._on_wait_tick)
+        return key
+
+    def _on_wait_tick(self) -> None:
+        self._wait_timer = None
+        loop = asyncio.get_running_loop()
+        for key in self._wait_wheel.advance(loop.time()):
+            entry = self._timed.pop(key, None)
+            if entry is not None:
+                _time_out(entry[0], entry[1], entry[2])
+        if self._timed:
+            self._wait_timer = loop.call_at(loop.time() + WAIT_TICK_S, self._on_wait_tick)
 
     async def flush(self) -> None:
         """Wait until every status write made so far has been attempted:
@@ -582,9 +620,10 @@ class PersistentRpc:
             self.stats.retries += 1
         self._set_status(live, S, attempts=rec.attempts + 1)
         self.stats.sent += 1
-        # This attempt's transport timeout, never past the expiration time.
+        # This attempt's transport timeout, never past the expiration time
+        # (rec.updated_time: now, as just set).
         loop_now = asyncio.get_running_loop().time()
-        until_expiry = (rec.expiration_time - _now_ms()) / 1000.0
+        until_expiry = (rec.expiration_time - rec.updated_time) / 1000.0
         self.dispatcher.rearm(live.rid, loop_now + min(rec.timeout_ms / 1000.0, until_expiry))
         if self._backlog:  # a held call left the device's queue: room for one
             self._pump_soon(rec.device_id)
