@@ -620,10 +620,9 @@ class PersistentRpc:
             self.stats.retries += 1
         self._set_status(live, S, attempts=rec.attempts + 1)
         self.stats.sent += 1
-        # This attempt's transport timeout, never past the expiration time
-        # (rec.updated_time: now, as just set).
+        # This attempt's transport timeout, never past the expiration time.
         loop_now = asyncio.get_running_loop().time()
-        until_expiry = (rec.expiration_time - rec.updated_time) / 1000.0
+        until_expiry = (rec.expiration_time - _now_ms()) / 1000.0
         self.dispatcher.rearm(live.rid, loop_now + min(rec.timeout_ms / 1000.0, until_expiry))
         if self._backlog:  # a held call left the device's queue: room for one
             self._pump_soon(rec.device_id)
