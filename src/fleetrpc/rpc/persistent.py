@@ -42,10 +42,11 @@ emits the event (``RPC_QUEUED`` ... ``RPC_DELETED``) carrying the whole
 record.  On start every unfinished call is recovered from the store.
 
 Writes after the insert do not hold up dispatch.  On a group-commit store
-they are handed over with ``submit_change`` (no task, no coroutine per
-write), which keeps each call's writes in order and may merge a call's
-consecutive changes that are still queued into one row update (see
-``store/batching.py``); on any other store each call's writes run one after
+they are handed over with ``post_change`` (no task, no future per write;
+the store tells the engine about each batch at once, as its
+``WriteListener``), which keeps each call's writes in order and may merge
+a call's consecutive changes that are still queued into one row update
+(see ``store/batching.py``); on any other store each call's writes run one after
 the other, in order, while different calls' writes run concurrently.  A
 write that fails because the database is unavailable holds back every
 later write; they are retried in the order they were made until they
@@ -467,7 +468,8 @@ class PersistentRpc:
         """Wait until that tenant's call is finished; returns its final
         record.  With ``durable``, wait until that final status is committed
         to the store, too (through retries, if the database is down
-        meanwhile).  Raises TimeoutError after ``timeout`` seconds,
+        meanwhile).  Raises TimeoutError after ``timeout`` seconds (at most
+        :data:`WAIT_TICK_S` later), leaving the call as it is;
         RpcNotFoundError when the tenant has no such call."""
         tenant_id = self._tenant(tenant_id)
         live = self._own_live(rpc_id, tenant_id)
