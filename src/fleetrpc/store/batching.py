@@ -107,7 +107,9 @@ class WriteListener(Protocol):
     once per batch.  ``writes`` are the handles ``post_change`` returned
     (``write.payload`` is the change as written: merged, when coalescing
     merged several); they never raise into the store (an exception is
-    logged)."""
+    logged).  If the writer task itself is cancelled in the middle of a
+    batch, writes already reported may be reported failed once more:
+    ignore handles already heard of."""
 
     def changes_written(self, writes: list[Any], applied: list[bool]) -> None:
         """The batch committed; ``applied[i]``: ``writes[i]`` found its row
