@@ -22,6 +22,7 @@ import msgspec
 
 from ..errors import DispatcherClosedError
 from ..sim.leanmqtt import LeanClient, parse_url
+from ..wire import reply_topic, request_topic
 
 __all__ = ["LimitDispatcher"]
 
@@ -37,7 +38,6 @@ class LimitDispatcher:
         self._ids = itertools.count(1)
         self._pending: dict[int, asyncio.Future] = {}
         self._encode = msgspec.json.Encoder().encode
-        self._req = f"{prefix}/d/{{}}/req/{node_id}/{{}}"
         self._client: LeanClient | None = None
         self.stats = {"calls": 0, "replies": 0, "unknown": 0}
 
@@ -45,7 +45,7 @@ class LimitDispatcher:
         client = LeanClient(f"limit-{uuid.uuid4().hex[:12]}", on_message=self._on_message,
                             username=self._username, password=self._password)
         await client.connect(self.host, self.port)
-        await client.subscribe(f"{self.prefix}/d/+/res/{self.node_id}/+", qos=self.qos)
+        await client.subscribe(reply_topic(self.prefix, "+", self.node_id, "+"), qos=self.qos)
         self._client = client
 
     async def close(self) -> None:
@@ -74,9 +74,9 @@ class LimitDispatcher:
         self.stats["calls"] += 1
         payload = self._encode({"method": method, "params": {} if params is None else params})
         if oneway:
-            self._client.publish(self._req.format(device, rid), payload, self.qos)  # type: ignore[union-attr]
+            self._client.publish(request_topic(self.prefix, device, self.node_id, rid), payload, self.qos)  # type: ignore[union-attr]
             return None
         fut = asyncio.get_running_loop().create_future()
         self._pending[rid] = fut
-        self._client.publish(self._req.format(device, rid), payload, self.qos)  # type: ignore[union-attr]
+        self._client.publish(request_topic(self.prefix, device, self.node_id, rid), payload, self.qos)  # type: ignore[union-attr]
         return await fut

@@ -44,6 +44,7 @@ import gmqtt
 from gmqtt.mqtt.constants import MQTTv50, MQTTv311
 from gmqtt.storage import PersistentStorage
 
+from ..wire import ack_topic, reply_topic, request_topic
 from ..errors import (
     DispatcherClosedError,
     RemoteError,
@@ -128,7 +129,7 @@ class ReferenceDispatcher:
         self._acks = _AckWindow()
         self._client: gmqtt.Client | None = None
         self._connected = asyncio.Event()
-        self._filters = [f"{prefix}/d/+/res/{node_id}/+", f"{prefix}/d/+/ack/{node_id}/+"]
+        self._filters = [reply_topic(prefix, "+", node_id, "+"), ack_topic(prefix, "+", node_id, "+")]
         self._closed = False
         self.stats = {"calls": 0, "replies": 0, "acks": 0, "timeouts": 0, "unknown": 0, "malformed": 0}
 
@@ -228,7 +229,7 @@ class ReferenceDispatcher:
             raise DispatcherClosedError("reference dispatcher closed")
         self.stats["calls"] += 1
         rid = next(self._ids)
-        topic = f"{self.prefix}/d/{device}/req/{self.node_id}/{rid}"
+        topic = request_topic(self.prefix, device, self.node_id, rid)
         payload = json.dumps({"method": method, "params": {} if params is None else params}).encode()
         if oneway:
             await self._publish(topic, payload)

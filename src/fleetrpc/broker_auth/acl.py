@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import msgspec
 
-from ..wire import validate_id, validate_prefix
+from ..wire import device_permissions, validate_id, validate_prefix
 
 __all__ = ["DeviceAcl", "topic_matches", "filter_within"]
 
@@ -78,11 +78,8 @@ class DeviceAcl(msgspec.Struct, frozen=True):
     @classmethod
     def fleetrpc(cls, prefix: str, device_id: str) -> DeviceAcl:
         """The permissions of ``device_id`` in fleetrpc's own topic layout."""
-        base = f"{validate_prefix(prefix)}/d/{validate_id('device', device_id)}"
-        return cls(
-            publish=(f"{base}/res/#", f"{base}/ack/#", f"{base}/call/+", f"{base}/presence", f"{base}/hb"),
-            subscribe=(f"{base}/req/#", f"{base}/ret/#"),
-        )
+        publish, subscribe = device_permissions(prefix, device_id)
+        return cls(publish=publish, subscribe=subscribe)
 
     @classmethod
     def thingsboard(cls) -> DeviceAcl:

@@ -158,6 +158,8 @@ from .messages import (
 )
 from .topics import (
     DeviceTopics,
+    device_permissions,
+    devices_root,
     ServerTopics,
     ack_topic,
     call_topic,
@@ -186,6 +188,6 @@ __all__ = [
     "request_topic", "reply_topic", "ack_topic", "call_topic", "return_topic",
     "presence_topic", "heartbeat_topic", "elves_topic",
     "ServerTopics", "DeviceTopics", "node_level", "new_boot_id",
-    "own_answer_target", "parse_call_topic", "server_filters", "device_filters", "topic_matches",
+    "own_answer_target", "parse_call_topic", "server_filters", "device_filters", "topic_matches", "devices_root", "device_permissions",
     "is_presence_filter", "validate_id", "validate_prefix", "is_valid_level",
 ]

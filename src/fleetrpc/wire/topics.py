@@ -21,6 +21,7 @@ __all__ = [
     "presence_topic", "heartbeat_topic", "elves_topic",
     "ServerTopics", "DeviceTopics", "node_level", "new_boot_id",
     "own_answer_target", "parse_call_topic", "server_filters", "device_filters", "topic_matches",
+    "devices_root", "device_permissions",
 ]
 
 
@@ -225,6 +226,23 @@ def server_filters(prefix: str, node: str, share_group: str | None = None) -> li
         f"{prefix}/d/+/hb",
         f"{share}{prefix}/elves/+/{ELVES_CALL}/#",
     ]
+
+
+def devices_root(prefix: str) -> str:
+    """``{p}/d/``: what every device topic starts with."""
+    return f"{prefix}/d/"
+
+
+def device_permissions(prefix: str, device: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """``(publish, subscribe)`` filters that confine a device to its own
+    topics (the broker ACL of docs/protocol.md): it publishes replies, acks,
+    its calls, presence and heartbeats, and subscribes to its requests and
+    the answers to its calls; nothing of any other device's."""
+    base = f"{validate_prefix(prefix)}/d/{validate_id('device', device)}"
+    return (
+        (f"{base}/res/#", f"{base}/ack/#", f"{base}/call/+", f"{base}/presence", f"{base}/hb"),
+        (f"{base}/req/#", f"{base}/ret/#"),
+    )
 
 
 def device_filters(prefix: str, device: str) -> list[str]:

@@ -19,7 +19,7 @@ import msgspec
 
 from ..._core.constants import DEFAULT_PREFIX
 from ...errors import RpcTimeoutError
-from ...wire import validate_id
+from ...wire import ELVES_BACK, ELVES_CALL, elves_topic, validate_id
 from ...transport.mqtt import MqttTransport
 
 __all__ = ["ElvesClient"]
@@ -44,7 +44,7 @@ class ElvesClient:
         self.key = key
         self.prefix = prefix
         self.qos = qos
-        self._base = f"{prefix}/elves/{app}"
+        self._back = elves_topic(prefix, app, ELVES_BACK)
         self._cids = itertools.count(1)
         self._waiting: dict[int, asyncio.Future] = {}
         self._encode = msgspec.json.Encoder().encode
@@ -53,7 +53,7 @@ class ElvesClient:
         self._transport.on_message = self._on_message
 
     async def connect(self) -> None:
-        await self._transport.start([(f"{self._base}/back/#", self.qos)])
+        await self._transport.start([(self._back + "/#", self.qos)])
 
     async def close(self) -> None:
         for fut in self._waiting.values():
@@ -86,7 +86,7 @@ class ElvesClient:
         cid = next(self._cids)
         fut = asyncio.get_running_loop().create_future()
         self._waiting[cid] = fut
-        self._transport.publish(f"{self._base}/call/{cid}", payload, self.qos)
+        self._transport.publish(elves_topic(self.prefix, self.app, ELVES_CALL, cid), payload, self.qos)
         try:
             return await asyncio.wait_for(fut, timeout)
         except asyncio.TimeoutError:
@@ -95,11 +95,10 @@ class ElvesClient:
             self._waiting.pop(cid, None)
 
     def _on_message(self, topic: str, payload: bytes, properties: dict | None) -> None:
-        rest = topic[len(self._base) + 1:]
-        if not rest.startswith("back/"):
+        if not topic.startswith(self._back + "/"):
             return
         try:
-            cid = int(rest[5:])
+            cid = int(topic[len(self._back) + 1:])
         except ValueError:
             return
         fut = self._waiting.get(cid)

@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 import msgspec
 
-from ...wire import ELVES_BACK, ELVES_CALL
+from ...wire import ELVES_BACK, ELVES_CALL, elves_topic
 from .envelope import error_envelope
 from .errors import Code, ElvesError
 from .router import ElvesCall, ElvesRouter
@@ -32,7 +32,7 @@ def answer_topic(prefix: str, app: str, rest: str | None, properties: dict | Non
     the Response Topic (with its Correlation Data) when it is one of the
     app's answer topics, else ``back`` in place of ``call`` in the call's
     own topic."""
-    base = f"{prefix}/elves/{app}/{ELVES_BACK}"
+    base = elves_topic(prefix, app, ELVES_BACK)
     if properties:
         rt = properties.get("response_topic")
         if rt and isinstance(rt[0], str) and (rt[0] == base or rt[0].startswith(base + "/")):

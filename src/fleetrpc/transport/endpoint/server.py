@@ -40,7 +40,7 @@ from typing import Any, Awaitable, Callable, Union
 import msgspec
 
 from ...errors import ValidationError
-from ...wire import validate_id, validate_prefix
+from ...wire import devices_root, validate_id, validate_prefix
 from ...wire.topics import presence_topic
 from . import packets as P
 from .limits import RateLimit, parse_rate_limits
@@ -159,7 +159,7 @@ class DeviceEndpoint:
         self._auth_cb = authenticate
         self._resolve_cb = resolve_subdevice or _name_is_id
         self._ssl_context = ssl_context
-        self._dev_prefix = f"{s.prefix}/d/"
+        self._dev_prefix = devices_root(s.prefix)
         self._max_packet = s.max_packet
         self._rate_spec = parse_rate_limits(s.rate_limit)
         self.stats = EndpointStats()
@@ -219,7 +219,7 @@ class DeviceEndpoint:
         checked against the prefix: every message for the dispatcher is made
         here, so nothing needs subscribing."""
         for f, _ in filters:
-            if f"{self.settings.prefix}/d/" in f:
+            if self._dev_prefix in f:
                 break
         else:
             if filters:
