@@ -25,7 +25,7 @@ async def main(mqtt_url: str, store_url: str, node: str, count: int, devices: li
     print("RECOVERED", await engine.start(), flush=True)
 
     async def one(i: int) -> None:
-        rpc_id = await engine.call(devices[i % len(devices)], "work", {"i": i}, timeout_ms=1000,
+        rpc_id = await engine.call(devices[i % len(devices)], "work", {"i": i}, timeout_ms=5000,
                                    retries=3, expiration_time=None)
         print("ID", rpc_id, flush=True)
 
