@@ -94,11 +94,12 @@ class FleetrpcTarget(Target):
     name = "fleetrpc"
 
     def __init__(self, url: str, cfg: BenchConfig) -> None:
-        from .. import dispatcher as dispatcher_module
+        import fleetrpc
+
         from ..config import Settings
         from ..dispatch import Dispatcher
 
-        pkg = Path(dispatcher_module.__file__).resolve().parent
+        pkg = Path(fleetrpc.__file__).resolve().parent
         # The package's own files, not the harness and the simulator.
         self.alloc_files = (str(pkg),)
         self._exclude = (str(pkg / "bench"), str(pkg / "sim"))

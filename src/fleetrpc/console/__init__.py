@@ -24,7 +24,7 @@ from typing import Any
 from aiohttp import web
 
 from ..api.auth import public
-from ..api.keys import CTX
+from ..api.openapi import Param, operation
 from .hub import EventHub, events_stream
 from .stats import TenantRpcMetrics, stats, tenant_rpc_middleware
 
@@ -60,5 +60,9 @@ def setup(app: web.Application, ctx: Any) -> None:
     async def events(request: web.Request) -> web.StreamResponse:
         return await events_stream(request, app[_HUB])
 
-    app.router.add_get("/api/console/events", events)
-    app.router.add_get("/api/console/stats", stats)
+    operation(app, app.router.add_get("/api/console/events", events), tag="console", response_kind="empty",
+              summary="The user's live events as Server-Sent Events (RPC status, presence, jobs)",
+              query=(Param("token", str, True, "An access token (EventSource cannot send headers)"),))
+    operation(app, app.router.add_get("/api/console/stats", stats), tag="console",
+              summary="The overview's figures: the whole server for the system administrator, "
+                      "the tenant's for a tenant administrator")
