@@ -22,7 +22,10 @@ from .describe import describe, render
 from .library import Settings, parse_enum, parse_strategy
 from .server import (
     AuthSection,
+    ClientRpcSection,
     DispatchSection,
+    DynsecSection,
+    EmqxSection,
     EventsSection,
     HttpSection,
     JwtSection,
@@ -38,7 +41,10 @@ from .server import (
 
 __all__ = [
     "AuthSection",
+    "ClientRpcSection",
     "DispatchSection",
+    "DynsecSection",
+    "EmqxSection",
     "EventsSection",
     "HttpSection",
     "JwtSection",
