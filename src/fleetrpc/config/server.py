@@ -171,6 +171,13 @@ class DispatchSection(_Section):
     device_window: Annotated[int, _doc("Most calls in flight to one device under BURST (0: unlimited).", ge=0)] = 0
     inflight_window: Annotated[int, _doc("Most requests in flight from this node.", ge=1)] = 20_000
     presence: Annotated[bool, _doc("Track device presence (online state, last activity).")] = True
+    presence_max_devices: Annotated[int, _doc(
+        "Most devices whose presence and heartbeats are kept in memory (least recently heard "
+        "of leave first): set it above the fleet's size.", ge=1)] = 100_000
+    presence_ttl_s: Annotated[float, _doc(
+        "An offline device not heard of for this many seconds is forgotten.", gt=0)] = 3600.0
+    max_heartbeat_bytes: Annotated[int, _doc(
+        "Largest heartbeat body kept, bytes (of a larger one only its time).", ge=0)] = 4096
     tick_ms: Annotated[float, _doc("Resolution of the timing wheel, ms.", gt=0, le=1000)] = 5.0
 
 
@@ -366,6 +373,9 @@ LIBRARY_MAP: dict[str, tuple[str, str]] = {
     "inflight_window": ("dispatch", "inflight_window"),
     "presence": ("dispatch", "presence"),
     "tick_ms": ("dispatch", "tick_ms"),
+    "presence_max_devices": ("dispatch", "presence_max_devices"),
+    "presence_ttl_s": ("dispatch", "presence_ttl_s"),
+    "max_heartbeat_bytes": ("dispatch", "max_heartbeat_bytes"),
     "store_url": ("store", "url"),
     "max_retries": ("store", "max_retries"),
     "ttl_enabled": ("store", "ttl_enabled"),
@@ -375,7 +385,10 @@ LIBRARY_MAP: dict[str, tuple[str, str]] = {
     "http_port": ("http", "port"),
 }
 #: Library settings the server leaves at their defaults, with the reason.
-LIBRARY_ONLY: dict[str, str] = {}
+LIBRARY_ONLY: dict[str, str] = {
+    "offline": "the REST API decides per call, waiting as ThingsBoard does unless rpc.offline_fail_fast",
+    "default_retries": "a REST call names its retries; without them 0, as in ThingsBoard",
+}
 
 
 class ServerSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
