@@ -263,3 +263,22 @@ async def test_emqx_hooks_answer_on_the_servers_http_port(start_server, world):
     async with start_server() as (server, api):
         status, _, _ = await api.request("POST", "/api/emqx/authn", json={"username": "x"}, headers=headers)
         assert status == 401  # the JWT middleware's: no such public route
+
+
+@pytest.mark.parametrize("store_url", ["(embedded)"])  # store.url unset below: one run is enough
+async def test_serve_on_embedded_defaults_with_the_demo(start_server):
+    """Nothing configured but ``--demo``: SQLite in the data directory, the
+    server's own Mosquitto with the plugin, a generated JWT key; ThingsBoard's
+    demo devices connect with their demo tokens and answer a customer's call."""
+    embedded = {"store": {"url": None}, "mqtt": {"url": None}, "jwt": {"secret": None}}
+    async with start_server(seed=False, demo=True, **embedded) as (server, api):
+        ctx = server.ctx
+        assert ctx.broker.kind == "mosquitto" and ctx.broker.dynsec is not None
+        a1 = await ctx.devices.by_token("A1_TEST_TOKEN")
+        dev = await _device(ctx.broker.url, a1.id, "A1_TEST_TOKEN")
+        try:
+            customer = Client(api, await api.login("customerA@thingsboard.org", "customer"))
+            assert await _twoway(customer, a1.id, {"led": True}) == (200, {"led": True})
+            assert not await _connects(ctx.broker.url, "A1_TEST_TOKEN", "wrong")
+        finally:
+            await dev.close()
