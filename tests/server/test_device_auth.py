@@ -282,3 +282,22 @@ async def test_serve_on_embedded_defaults_with_the_demo(start_server):
             assert not await _connects(ctx.broker.url, "A1_TEST_TOKEN", "wrong")
         finally:
             await dev.close()
+
+
+async def test_device_auth_can_be_turned_off_and_says_so(start_server, world, caplog):
+    """``dynsec.enabled = false``: the server's own broker lets anyone in,
+    nothing is provisioned, and the log says it is for development only."""
+    async with start_server(dynsec={"enabled": False}, **OWN_BROKER) as (server, api):
+        ctx = server.ctx
+        assert ctx.broker.dynsec is None and ctx.provisioner is None
+        assert await _connects(ctx.broker.url, None, None)
+        tenant = Client(api, await api.login(world.tenant.email))
+        device_id, token = await _new_device(tenant, "Anonymous 1")  # no provisioning to fail
+        dev = DeviceClient(device_id, ctx.broker.url, version=4)
+        dev.add_method("echo", lambda params: params)
+        await dev.connect()
+        try:
+            assert await _twoway(tenant, device_id, 7) == (200, 7)
+        finally:
+            await dev.close()
+    assert "lets any client in (development only)" in caplog.text
