@@ -25,6 +25,7 @@ class _LazyGroup(click.Group):
         "db": "fleetrpc.store.command:db",
         "serve": "fleetrpc.server.command:serve",
         "admin": "fleetrpc.admin:admin",
+        "job": "fleetrpc.jobs.command:job",
     }
 
     def list_commands(self, ctx):

@@ -76,6 +76,7 @@ import msgspec
 from ..config import Settings
 from ..dispatch import CallObserver, Counters, Dispatcher
 from ..dispatch.options import (
+    NO_PARAMS,
     check_expiration_time,
     check_flag,
     check_method,
@@ -298,7 +299,7 @@ class PersistentRpc:
         self,
         device: str,
         method: str,
-        params: Any = None,
+        params: Any = NO_PARAMS,
         *,
         timeout_ms: int | None = None,
         expiration_time: int | None = None,
@@ -340,7 +341,7 @@ class PersistentRpc:
             created_time=now,
             expiration_time=expiration_time,
             method=method,
-            params={} if params is None else params,
+            params={} if params is NO_PARAMS else params,
             oneway=oneway,
             retries=effective_retries(retries, s),
             timeout_ms=timeout,

@@ -37,7 +37,10 @@ from ..api.auth import RateLimiter, TokenService
 from ..api.metrics import Metrics
 from ..config import ServerSettings, Settings
 
-__all__ = ["Activity", "ServerContext"]
+__all__ = ["Activity", "ServerContext", "FEATURES"]
+
+#: The parts of the API beyond ThingsBoard's, each a ``setup(app, ctx)``.
+FEATURES = ("fleetrpc.jobs.api", "fleetrpc.console")
 
 
 class Activity:
@@ -68,7 +71,7 @@ class Activity:
 class ServerContext:
     """The parts of one server; see the module docstring."""
 
-    def __init__(self, settings: ServerSettings, *, features: tuple[str, ...] | list[str] = ()) -> None:
+    def __init__(self, settings: ServerSettings, *, features: tuple[str, ...] | list[str] = FEATURES) -> None:
         self.settings = settings
         self.features = tuple(features)
         self.library: Settings | None = None
@@ -85,6 +88,8 @@ class ServerContext:
         self.tenants: Any = None
         self.customers: Any = None
         self.tokens: TokenService | None = None
+        self.jobs: Any = None         # fleet jobs (fleetrpc.jobs.JobEngine)
+        self.job_targets: Any = None  # their target resolver (fleetrpc.jobs.registry)
         self.rate_limiter = RateLimiter(settings.rate_limits)
         self.metrics = Metrics()
         self.activity = Activity()

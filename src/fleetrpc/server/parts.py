@@ -17,7 +17,8 @@ reverse, also when a later one fails to start:
                     RPC (server/client_rpc.py)
 7. ``engine``       persistent RPC: recovers unfinished calls; TTL clean-up;
                     on stop, flushes every status write
-8. ``http``         the API (with EMQX's hooks when configured); on stop it
+8. ``jobs``         fleet jobs: resumes interrupted ones
+9. ``http``         the API (with EMQX's hooks when configured); on stop it
                     drains (see :func:`http`)
 """
 
@@ -194,7 +195,8 @@ async def _flush_activity_every(ctx: ServerContext, interval: float) -> None:
 async def engine(ctx: ServerContext) -> AsyncIterator[None]:
     from ..rpc.persistent import PersistentRpc
 
-    e = PersistentRpc(ctx.dispatcher, ctx.store, emit=ctx.bus.emit)
+    # No default tenant: every call, read and delete must name its tenant.
+    e = PersistentRpc(ctx.dispatcher, ctx.store, emit=ctx.bus.emit, default_tenant=None)
     recovered = await e.start()
     if recovered:
         log.info("recovered %d unfinished persistent calls", recovered)
@@ -203,6 +205,27 @@ async def engine(ctx: ServerContext) -> AsyncIterator[None]:
         yield
     finally:
         await e.close()  # every status write flushed; unfinished calls stay stored
+
+
+async def jobs(ctx: ServerContext) -> AsyncIterator[None]:
+    """Fleet jobs: resumes the jobs a restart interrupted; on stop, the
+    running ones stay stored and resume on the next start."""
+    from ..jobs import JobEngine
+    from ..jobs.registry import JobTargets
+    from ..store.jobs import JobRepository
+
+    ctx.job_targets = JobTargets(ctx.db)
+    engine = JobEngine(ctx.dispatcher, JobRepository(ctx.db), persistent=ctx.engine,
+                       targets=ctx.job_targets, emit=ctx.bus.emit)
+    resumed = await engine.start()
+    if resumed:
+        log.info("resumed %d fleet jobs", resumed)
+    ctx.jobs = engine
+    try:
+        yield
+    finally:
+        await engine.close()
+        ctx.jobs = None
 
 
 def _ssl_context(ctx: ServerContext) -> ssl.SSLContext | None:
@@ -263,5 +286,6 @@ PARTS: tuple[tuple[str, Part], ...] = (
     ("events", events),
     ("dispatcher", dispatcher),
     ("engine", engine),
+    ("jobs", jobs),
     ("http", http),
 )
