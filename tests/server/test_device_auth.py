@@ -301,3 +301,19 @@ async def test_device_auth_can_be_turned_off_and_says_so(start_server, world, ca
         finally:
             await dev.close()
     assert "lets any client in (development only)" in caplog.text
+
+
+async def test_demo_on_the_servers_own_mosquitto():
+    """``fleetrpc demo``: the whole server on embedded defaults; its own
+    Mosquitto checks tokens, and the simulated fleet logs in with them."""
+    import io
+
+    from rich.console import Console
+
+    from fleetrpc.demo import run_demo
+
+    rows = await run_demo(devices=4, port=0, once=True, broker="mosquitto", console=Console(file=io.StringIO()))
+    online, total = rows["presence"].split()[0].split("/")
+    assert online == total and int(total) >= 4
+    assert rows["persistent call, device online"] == "SUCCESSFUL"
+    assert rows["job: setValue 50 to every dimmer"] == "4/4 ok"
