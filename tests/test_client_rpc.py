@@ -132,10 +132,13 @@ async def test_handlers_from_settings(rig):
         await device.call("broken")
     with pytest.raises(RemoteError, match="METHOD_NOT_FOUND"):
         await device.call("nobody-answers")
-    await recorder.wait(3)
+    await recorder.wait(4)
     errors = [e.body for e in recorder.events if "error" in e.body]
-    assert errors == [{"deviceId": {"entityType": "DEVICE", "id": device.device_id}, "method": "broken",
-                       "params": {}, "error": "ValueError: no such sensor"}]
+    me = {"entityType": "DEVICE", "id": device.device_id}
+    # Every call is emitted once, the one nobody answers too (the sinks see them all).
+    assert errors == [{"deviceId": me, "method": "broken", "params": {}, "error": "ValueError: no such sensor"},
+                      {"deviceId": me, "method": "nobody-answers", "params": {}, "error": "METHOD_NOT_FOUND"}]
+    assert len(recorder.events) == 4
 
 
 async def test_webhook(rig):
@@ -165,6 +168,38 @@ async def test_webhook_down_is_a_clear_error(mqtt_url):
             await client_rpc.forward("dev", "m", None)
     finally:
         await client_rpc.close()
+
+
+async def test_webhook_takes_every_unlisted_method(mqtt_url, webhook):
+    """``webhook_methods = ["*"]``: whatever no built-in or handler answers
+    goes to the webhook (through the dispatcher's default handler)."""
+    url, seen = webhook
+    bus = EventBus()
+    recorder = Recorder()
+    bus.add(recorder)
+    bus.start()
+    dispatcher = Dispatcher(Settings(mqtt_url=mqtt_url, node_id=f"n{uuid.uuid4().hex[:6]}", min_timeout_ms=0))
+    client_rpc = ClientRpc(ClientRpcSection(webhook_url=str(url), webhook_methods=["*"]), bus=bus)
+    assert client_rpc.install(dispatcher) == ["getCurrentTime", "getSessionLimits"]
+    await dispatcher.start()
+    device = DeviceClient(str(uuid.uuid4()), mqtt_url)
+    await device.connect()
+    try:
+        answer = await device.call("neverListed", [1, 2])
+        assert answer == {"echo": {"deviceId": device.device_id, "tenantId": None, "method": "neverListed",
+                                   "params": [1, 2]}}
+        assert isinstance(await device.call("getCurrentTime"), int)  # the built-in, not the webhook
+        with pytest.raises(RemoteError, match="webhook for 'fails' answered HTTP 502"):
+            await device.call("fails")
+        assert [body["method"] for _, body in seen] == ["neverListed", "fails"]
+        await recorder.wait(3)
+        assert [(e.body["method"], "response" in e.body) for e in recorder.events] == [
+            ("neverListed", True), ("getCurrentTime", True), ("fails", False)]
+    finally:
+        await device.close()
+        await dispatcher.close()
+        await client_rpc.close()
+        await bus.close()
 
 
 def test_bad_settings_are_named():

@@ -254,6 +254,42 @@ async def test_client_side_rpc(rig):
     assert d.stats.client_calls == 4 and d.stats.client_errors == 2
 
 
+async def test_default_handler_answers_unregistered_methods(rig):
+    """``set_default_handler``: every method without a handler reaches it
+    (plain or async) with its name; NotImplemented declines, an error is
+    the device's error; a registered handler still wins."""
+    d, dev = rig
+    seen = []
+
+    @d.handler("known")
+    def known(device, params):
+        return "registered"
+
+    async def fallback(device, method, params):
+        seen.append((device, method, params))
+        if method == "declined":
+            return NotImplemented
+        if method == "fails":
+            raise RemoteError("no such thing upstream")
+        await asyncio.sleep(0)
+        return {"method": method, "params": params}
+
+    d.set_default_handler(fallback)
+    assert await dev.call("anything", {"x": 1}) == {"method": "anything", "params": {"x": 1}}
+    assert await dev.call("known") == "registered"
+    with pytest.raises(RemoteError, match="METHOD_NOT_FOUND"):
+        await dev.call("declined")
+    with pytest.raises(RemoteError, match="APPLICATION_ERROR.*no such thing upstream"):
+        await dev.call("fails")
+    d.set_default_handler(lambda device, method, params: method.upper())  # a plain one
+    assert await dev.call("shout") == "SHOUT"
+    d.set_default_handler(None)
+    with pytest.raises(RemoteError, match="METHOD_NOT_FOUND"):
+        await dev.call("anything")
+    assert [m for _, m, _ in seen] == ["anything", "declined", "fails"]
+    assert all(device == dev.device_id for device, _, _ in seen)
+
+
 async def test_presence_from_last_will(rig):
     d, dev = rig
     assert d.is_online(dev.device_id)

@@ -286,7 +286,7 @@ def test_no_broker_at_all_says_how_to_install(monkeypatch):
     monkeypatch.setattr(mod, "find_mosquitto", lambda: None)
     monkeypatch.setattr(mod, "embedded_available", lambda: False)
     with pytest.raises(BrokerError, match="apt-get install mosquitto.*embedded-broker"):
-        mod._choose("auto")
+        mod.choose_kind("auto")
     with pytest.raises(BrokerError, match="Mosquitto not found"):
         Broker("mosquitto")
     with pytest.raises(BrokerError, match="amqtt"):

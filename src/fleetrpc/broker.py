@@ -69,6 +69,7 @@ __all__ = [
     "BrokerError",
     "BrokerKind",
     "child_setup",
+    "choose_kind",
     "embedded_available",
     "find_dynsec_plugin",
     "find_mosquitto",
@@ -519,7 +520,10 @@ class Broker:
             shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def _choose(prefer: Preference) -> BrokerKind:
+def choose_kind(prefer: Preference) -> BrokerKind:
+    """The kind of broker ``prefer`` starts on this machine: ``"auto"`` is
+    Mosquitto when found, else amqtt when installed, else
+    :class:`BrokerError` saying how to get either."""
     if prefer == "mosquitto" or prefer == "embedded":
         return prefer
     if prefer != "auto":
@@ -541,6 +545,8 @@ async def start_broker(
     extra_config: Sequence[str] = (),
     start_timeout: float = 20.0,
     dynsec: bool | DynsecAccounts = False,
+    dynsec_devices: Iterable[tuple[str, str]] | None = None,
+    dynsec_prefix: str | None = None,
 ) -> AsyncIterator[Broker]:
     """Run a throwaway broker for the duration of an ``async with`` block.
 
@@ -548,13 +554,18 @@ async def start_broker(
     (Mosquitto when found, else amqtt).  ``tuned`` and ``extra_config`` apply
     to Mosquitto; see :func:`mosquitto_config`.  Raises :class:`BrokerError`
     when the broker cannot be found or started.  ``dynsec``: see the
-    module docstring (Mosquitto only).
+    module docstring (Mosquitto only); ``dynsec_devices``: every
+    ``(device_id, token)`` to provision before the broker starts
+    (:meth:`Broker.preload_dynsec`, written in a worker thread), with the
+    topic prefix ``dynsec_prefix``.
     """
     broker = Broker(
-        _choose(prefer), host=host, port=port, tuned=tuned,
+        choose_kind(prefer), host=host, port=port, tuned=tuned,
         extra_config=extra_config, start_timeout=start_timeout, dynsec=dynsec,
     )
     try:
+        if dynsec_devices is not None:
+            await asyncio.to_thread(broker.preload_dynsec, list(dynsec_devices), dynsec_prefix)
         await broker.start()
         yield broker
     finally:
@@ -574,7 +585,7 @@ def run_broker(
 ) -> Iterator[Broker]:
     """The blocking twin of :func:`start_broker`, for code without a loop."""
     broker = Broker(
-        _choose(prefer), host=host, port=port, tuned=tuned,
+        choose_kind(prefer), host=host, port=port, tuned=tuned,
         extra_config=extra_config, start_timeout=start_timeout, dynsec=dynsec,
     )
     try:

@@ -426,12 +426,14 @@ async def test_no_request_reaches_another_tenant_or_customer(start_server, world
         assert (await s["customer"].get(f"/api/device/{world.dev_c1.id}/credentials"))[0] == 200
 
 
-async def test_first_start_needs_a_system_administrator(start_server, world, tmp_path):
+async def test_first_start_needs_a_system_administrator(start_server, world, tmp_path, store_url, capsys):
     from fleetrpc.server.identity import NoUsersError
 
-    with pytest.raises(NoUsersError, match="fleetrpc admin create-sysadmin"):
-        async with start_server(seed=False):
-            pass
+    if store_url.startswith("postgresql"):
+        # A shared database with nobody in it and nothing configured: refused.
+        with pytest.raises(NoUsersError, match="fleetrpc admin create-sysadmin"):
+            async with start_server(seed=False):
+                pass
     secret = tmp_path / "admin-password"
     secret.write_text("correct horse battery\n")
     auth = {"sysadmin_email": "root@example.com", "sysadmin_password_file": str(secret)}
@@ -439,9 +441,36 @@ async def test_first_start_needs_a_system_administrator(start_server, world, tmp
         token = await api.login("root@example.com", "correct horse battery")
         status, body, _ = await api.request("GET", "/api/auth/user", token)
         assert json.loads(body)["authority"] == "SYS_ADMIN"
+        assert await server.ctx.users.count() == 1  # nothing generated beside it
     # the next start finds one and creates nothing (the setting may stay)
     async with start_server(seed=False, auth=auth) as (server, api):
         assert await server.ctx.users.count("SYS_ADMIN") == 1
+    assert "password" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("store_url", ["(embedded)"])  # store.url unset below: one run is enough
+async def test_first_embedded_start_generates_the_system_administrator(start_server, tmp_path, capsys):
+    """No users and nothing configured on the embedded database: a system
+    administrator with a random password in a 0600 file, printed once."""
+    from fleetrpc.server.identity import GENERATED_SYSADMIN_EMAIL, SYSADMIN_PASSWORD_FILE
+
+    embedded = {"store": {"url": None}}  # SQLite in server.data_dir
+    async with start_server(seed=False, **embedded) as (server, api):
+        path = server.ctx.settings.data_dir / SYSADMIN_PASSWORD_FILE
+        password = path.read_text().strip()
+        assert len(password) >= 20
+        assert path.stat().st_mode & 0o777 == 0o600
+        err = capsys.readouterr().err
+        assert GENERATED_SYSADMIN_EMAIL in err and password in err and str(path.resolve()) in err
+        token = await api.login(GENERATED_SYSADMIN_EMAIL, password)
+        status, body, _ = await api.request("GET", "/api/auth/user", token)
+        assert status == 200 and json.loads(body)["authority"] == "SYS_ADMIN"
+    # the next start: the same administrator, nothing printed, the password unchanged
+    async with start_server(seed=False, **embedded) as (server, api):
+        assert await server.ctx.users.count() == 1
+        assert path.read_text().strip() == password
+        assert await api.login(GENERATED_SYSADMIN_EMAIL, password)
+    assert password not in capsys.readouterr().err
 
 
 async def test_demo_accounts_and_devices(start_server):
@@ -460,14 +489,16 @@ async def test_demo_accounts_and_devices(start_server):
         assert await api.login("sysadmin@thingsboard.org", "sysadmin")
 
 
-def test_serve_without_users_says_how(tmp_path, mqtt_url):
+@pytest.mark.pg
+def test_serve_without_users_on_postgresql_says_how(tmp_path, mqtt_url, fresh_pg_db):
     from click.testing import CliRunner
 
     from fleetrpc.cli import main
 
     env = {"FLEETRPC_MQTT_URL": mqtt_url, "FLEETRPC_SERVER_DATA_DIR": str(tmp_path / "data"),
-           "FLEETRPC_HTTP_PORT": "0", "FLEETRPC_JWT_SECRET": "k" * 64}
+           "FLEETRPC_HTTP_PORT": "0", "FLEETRPC_JWT_SECRET": "k" * 64, "FLEETRPC_STORE_URL": fresh_pg_db}
     result = CliRunner().invoke(main, ["serve"], env=env)
     assert result.exit_code == 1
     assert "could not start: the database has no users" in result.output
     assert "auth.sysadmin_email" in result.output and "fleetrpc admin create-sysadmin" in result.output
+    assert not (tmp_path / "data" / "sysadmin-password").exists()

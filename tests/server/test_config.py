@@ -123,3 +123,32 @@ def test_serve_print_config_and_errors(tmp_path):
 
 def test_configuration_doc_is_current():
     assert markdown() in (REPO / "docs" / "configuration.md").read_text()
+
+
+def test_broker_auth_and_client_rpc_sections(tmp_path):
+    """[dynsec], [emqx], [client_rpc]: from a file and the environment
+    (tables as JSON), checked, and printed back as loadable TOML."""
+    path = tmp_path / "fleetrpc.toml"
+    path.write_text('[client_rpc]\nhandlers = { getWeather = "pkg.rpc:weather" }\nwebhook_url = "http://h/x"\n'
+                    'webhook_methods = ["*"]\n[emqx]\nenabled = true\nsecret = "0123456789abcdef"\n')
+    env = {"FLEETRPC_CLIENT_RPC_WEBHOOK_HEADERS": '{"X-Key": "k1"}', "FLEETRPC_DYNSEC_ADMIN_PASSWORD": "adm1n"}
+    s = load_server_settings(path, env=env)
+    assert s.client_rpc.handlers == {"getWeather": "pkg.rpc:weather"}
+    assert s.client_rpc.webhook_takes_every_method and s.client_rpc.webhook_headers == {"X-Key": "k1"}
+    assert (s.emqx.enabled, s.dynsec.admin_password, s.dynsec.enabled) == (True, "adm1n", True)
+    text = render(s)
+    assert "k1" not in text and "adm1n" not in text and "0123456789abcdef" not in text
+    assert 'handlers = {"getWeather" = "pkg.rpc:weather"}' in text
+    printed = tmp_path / "printed.toml"
+    printed.write_text(text)
+    again = load_server_settings(printed, env={"FLEETRPC_EMQX_SECRET": "0123456789abcdef"})  # secrets: not printed
+    assert again.emqx == s.emqx
+    assert again.client_rpc == msgspec.structs.replace(s.client_rpc, webhook_headers={})  # secret, not printed
+    with pytest.raises(ValidationError, match="FLEETRPC_CLIENT_RPC_HANDLERS.*not a JSON object"):
+        load_server_settings(env={"FLEETRPC_CLIENT_RPC_HANDLERS": "a=b"})
+    with pytest.raises(ValidationError, match="emqx.secret is required when emqx.enabled"):
+        load_server_settings(env={"FLEETRPC_EMQX_ENABLED": "true"})
+    with pytest.raises(ValidationError, match="emqx.secret must be at least 16"):
+        load_server_settings(env={"FLEETRPC_EMQX_SECRET": "short"})
+    with pytest.raises(ValidationError, match="webhook_methods needs client_rpc.webhook_url"):
+        load_server_settings(env={"FLEETRPC_CLIENT_RPC_WEBHOOK_METHODS": "*"})

@@ -40,12 +40,12 @@ import os
 import secrets
 import uuid
 from collections.abc import AsyncIterable, Iterable
-from typing import Annotated, Any
+from typing import Any
 
 import msgspec
-from msgspec import Meta
 
 from .._core.constants import DEFAULT_PREFIX
+from ..config.server import DynsecSection  # the [dynsec] settings; re-exported here
 from ..errors import BrokerError
 from ..wire import validate_prefix
 from .acl import DeviceAcl
@@ -181,22 +181,6 @@ def initial_config(
         "defaultACLAccess": {"publishClientSend": False, "publishClientReceive": True,
                              "subscribe": False, "unsubscribe": True},
     }
-
-
-# -- settings -------------------------------------------------------------------------------
-
-
-class DynsecSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    """``[dynsec]``: provision devices into Mosquitto's dynamic security plugin."""
-
-    enabled: Annotated[bool, Meta(description=(
-        "Provision every device's client and role into Mosquitto's dynamic security plugin "
-        "(the broker must load it; the broker the server starts itself does).")) ] = False
-    admin_username: Annotated[str, Meta(description="The plugin's admin account.")] = "fleetrpc-admin"
-    admin_password: Annotated[str | None, Meta(description="Password of admin_username.",
-                                               extra={"secret": True})] = None
-    timeout_s: Annotated[float, Meta(description="How long one batch of commands may take.", gt=0)] = 10.0
-    batch: Annotated[int, Meta(description="Commands sent in one control message.", ge=1, le=10_000)] = 200
 
 
 class SyncReport(msgspec.Struct, kw_only=True):

@@ -32,13 +32,13 @@ from __future__ import annotations
 
 import hmac
 import logging
-from typing import Annotated, Any
+from typing import Any
 
 import msgspec
 from aiohttp import web
-from msgspec import Meta
 
 from .._core.constants import DEFAULT_PREFIX
+from ..config.server import EmqxSection  # the [emqx] settings; re-exported here
 from .acl import DeviceAcl
 
 __all__ = ["EmqxSection", "EmqxHooks", "setup", "AUTHN_PATH", "AUTHZ_PATH"]
@@ -48,18 +48,6 @@ log = logging.getLogger("fleetrpc.broker_auth.emqx")
 AUTHN_PATH = "/api/emqx/authn"
 AUTHZ_PATH = "/api/emqx/authz"
 MAX_BODY = 16 * 1024
-
-
-class EmqxSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    """``[emqx]``: the HTTP hooks EMQX calls to authenticate and authorise clients."""
-
-    enabled: Annotated[bool, Meta(description=(
-        f"Serve EMQX's HTTP authentication ({AUTHN_PATH}) and authorisation ({AUTHZ_PATH}) "
-        "hooks.")) ] = False
-    secret: Annotated[str | None, Meta(description=(
-        "Shared secret EMQX sends in secret_header; required when enabled (at least 16 "
-        "characters)."), extra={"secret": True})] = None
-    secret_header: Annotated[str, Meta(description="The header carrying the secret.")] = "X-Fleetrpc-Hook-Secret"
 
 
 class _AuthnBody(msgspec.Struct):

@@ -22,9 +22,12 @@ from .describe import describe, render
 from .library import Settings, parse_enum, parse_strategy
 from .server import (
     AuthSection,
+    ClientRpcSection,
     DispatchSection,
     ElvesSection,
     EndpointSection,
+    DynsecSection,
+    EmqxSection,
     EventsSection,
     HttpSection,
     JwtSection,
@@ -40,9 +43,12 @@ from .server import (
 
 __all__ = [
     "AuthSection",
+    "ClientRpcSection",
     "DispatchSection",
     "ElvesSection",
     "EndpointSection",
+    "DynsecSection",
+    "EmqxSection",
     "EventsSection",
     "HttpSection",
     "JwtSection",

@@ -59,6 +59,8 @@ def _toml(value: Any) -> str:
         return json.dumps(value)  # a TOML basic string is JSON-escaped text
     if isinstance(value, list):
         return "[" + ", ".join(_toml(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{json.dumps(k)} = {_toml(v)}" for k, v in value.items()) + "}"
     raise TypeError(f"cannot write {value!r} as TOML")
 
 
@@ -73,7 +75,7 @@ def render(settings: ServerSettings) -> str:
             lines += ["", f"[{s.section}]", f"# {SECTIONS[s.section].__doc__.strip()}", ""]
         lines.append(f"# {s.doc}" if s.doc else "#")
         lines.append(f"#   env {s.env}; default {'(unset)' if s.default is None else _toml(s.default)}")
-        if s.secret and s.value not in (None, []):
+        if s.secret and s.value not in (None, [], {}):
             lines.append(f"# {s.key} = (secret, set)")
         elif s.value is None:
             lines.append(f"# {s.key} = (unset)")

@@ -4,7 +4,7 @@ Sources, in rising priority: the defaults below, a TOML file (``--config``,
 else ``$FLEETRPC_CONFIG``, else ``./fleetrpc.toml`` when it exists), and
 environment variables ``FLEETRPC_<SECTION>_<KEY>`` (``FLEETRPC_HTTP_PORT=9090``,
 ``FLEETRPC_MQTT_URL=mqtts://broker:8883``; list values as JSON or comma
-separated).  Everything is checked when loaded: a wrong type, a value out of
+separated, tables as a JSON object).  Everything is checked when loaded: a wrong type, a value out of
 range or an unknown key raises :class:`~fleetrpc.errors.ValidationError`
 naming the key (``http.port``) and where it came from.
 
@@ -35,9 +35,12 @@ from .library import Settings, _default_node_id
 
 __all__ = [
     "AuthSection",
+    "ClientRpcSection",
     "DispatchSection",
     "ElvesSection",
     "EndpointSection",
+    "DynsecSection",
+    "EmqxSection",
     "EventsSection",
     "HttpSection",
     "JwtSection",
@@ -116,6 +119,42 @@ class MqttSection(_Section):
     read_batch_ms: Annotated[float, _doc("Read batching interval, ms.", gt=0, le=1000)] = 1.0
 
 
+class DynsecSection(_Section):
+    """Devices authenticate at Mosquitto: fleetrpc provisions its dynamic security plugin."""
+
+    enabled: Annotated[bool, _doc(
+        "Devices connect with their access token (username and password) and reach only their "
+        "own topics. The broker the server starts itself (mqtt.url unset, Mosquitto) runs the "
+        "plugin, preloaded from the device table. With mqtt.url (an external Mosquitto loading "
+        "the plugin), devices are provisioned when admin_password is set. false: the server's "
+        "own broker lets anonymous clients in (development only) and nothing is provisioned.")] = True
+    admin_username: Annotated[str, _doc(
+        "The plugin's admin account on an external Mosquitto (mosquitto_ctrl dynsec init's).")] = "fleetrpc-admin"
+    admin_password: Annotated[str | None, _doc(
+        "Password of admin_username; setting it turns provisioning on with mqtt.url.",
+        extra=SECRET)] = None
+    timeout_s: Annotated[float, _doc("How long one batch of plugin commands may take, seconds.", gt=0)] = 10.0
+    batch: Annotated[int, _doc("Plugin commands sent in one control message.", ge=1, le=10_000)] = 200
+
+
+class EmqxSection(_Section):
+    """Devices authenticate at EMQX: the HTTP hooks EMQX calls (docs/emqx.md)."""
+
+    enabled: Annotated[bool, _doc(
+        "Serve EMQX's HTTP authentication (POST /api/emqx/authn) and authorisation "
+        "(POST /api/emqx/authz) hooks on the HTTP port.")] = False
+    secret: Annotated[str | None, _doc(
+        "Shared secret EMQX sends in secret_header; required when enabled (at least 16 "
+        "characters).", extra=SECRET)] = None
+    secret_header: Annotated[str, _doc("The header carrying the secret.")] = "X-Fleetrpc-Hook-Secret"
+
+    def __post_init__(self) -> None:
+        if self.enabled and not self.secret:
+            raise ValidationError("emqx.secret is required when emqx.enabled is true")
+        if self.secret is not None and len(self.secret) < 16:
+            raise ValidationError("emqx.secret must be at least 16 characters")
+
+
 class DispatchSection(_Section):
     """The dispatcher: topics, queues, timeouts."""
 
@@ -135,6 +174,13 @@ class DispatchSection(_Section):
     device_window: Annotated[int, _doc("Most calls in flight to one device under BURST (0: unlimited).", ge=0)] = 0
     inflight_window: Annotated[int, _doc("Most requests in flight from this node.", ge=1)] = 20_000
     presence: Annotated[bool, _doc("Track device presence (online state, last activity).")] = True
+    presence_max_devices: Annotated[int, _doc(
+        "Most devices whose presence and heartbeats are kept in memory (least recently heard "
+        "of leave first): set it above the fleet's size.", ge=1)] = 100_000
+    presence_ttl_s: Annotated[float, _doc(
+        "An offline device not heard of for this many seconds is forgotten.", gt=0)] = 3600.0
+    max_heartbeat_bytes: Annotated[int, _doc(
+        "Largest heartbeat body kept, bytes (of a larger one only its time).", ge=0)] = 4096
     tick_ms: Annotated[float, _doc("Resolution of the timing wheel, ms.", gt=0, le=1000)] = 5.0
 
 
@@ -158,6 +204,53 @@ class RpcSection(_Section):
         "A lightweight call to a device that is not connected answers 409 (v1) / 504 (v2) at "
         "once. Off (ThingsBoard's behaviour): the call waits for the device until its timeout "
         "and is delivered if the device connects meanwhile.")] = False
+
+
+#: ``client_rpc.webhook_methods`` entry that sends every method nobody else
+#: answers to the webhook.
+EVERY_METHOD = "*"
+
+
+class ClientRpcSection(_Section):
+    """Client-side RPC: how the server answers devices' own calls (ThingsBoard's rule engine)."""
+
+    builtins: Annotated[bool, _doc(
+        "Answer getCurrentTime (epoch ms) and getSessionLimits (ThingsBoard's session limits).")] = True
+    handlers: Annotated[dict[str, str], _doc(
+        "method = \"package.module:function\" or the name of an entry point in the group "
+        "fleetrpc.client_rpc; the function takes (device_id, params), plain or async, and returns "
+        "the answer.")] = msgspec.field(default_factory=dict)
+    webhook_url: Annotated[str | None, _doc(
+        "POST the calls of webhook_methods here as JSON {deviceId, tenantId, method, params}; "
+        "the response body is the answer.")] = None
+    webhook_methods: Annotated[list[str], _doc(
+        "The methods forwarded to webhook_url; \"*\" forwards every method that no built-in "
+        "or handler answers.")] = msgspec.field(default_factory=list)
+    webhook_timeout_s: Annotated[float, _doc(
+        "How long the webhook may take; then the device gets an error reply.", gt=0, le=300)] = 5.0
+    webhook_headers: Annotated[dict[str, str], _doc(
+        "Extra headers of every webhook request (e.g. a shared secret).", extra=SECRET)] = \
+        msgspec.field(default_factory=dict)
+    rate_limit_messages: Annotated[str | None, _doc(
+        "getSessionLimits' rateLimits.messages (ThingsBoard's capacity:seconds,... syntax).")] = \
+        "200:1,6000:60,14000:3600"
+    rate_limit_telemetry_messages: Annotated[str | None, _doc(
+        "getSessionLimits' rateLimits.telemetryMessages.")] = "100:1,3000:60,7000:3600"
+    rate_limit_telemetry_data_points: Annotated[str | None, _doc(
+        "getSessionLimits' rateLimits.telemetryDataPoints.")] = "200:1,6000:60,14000:3600"
+
+    def __post_init__(self) -> None:
+        if self.webhook_methods and not self.webhook_url:
+            raise ValidationError("client_rpc.webhook_methods needs client_rpc.webhook_url")
+        if self.webhook_url and not self.webhook_url.startswith(("http://", "https://")):
+            raise ValidationError(f"client_rpc.webhook_url must be an http(s) URL, got {self.webhook_url!r}")
+        taken = set(self.handlers) & set(self.webhook_methods)
+        if taken:
+            raise ValidationError(f"client_rpc: methods {sorted(taken)} are both in handlers and webhook_methods")
+
+    @property
+    def webhook_takes_every_method(self) -> bool:
+        return EVERY_METHOD in self.webhook_methods
 
 
 class HttpSection(_Section):
@@ -268,9 +361,12 @@ EndpointSection = _endpoint_section()
 SECTIONS: dict[str, type[_Section]] = {
     "server": ServerSection,
     "mqtt": MqttSection,
+    "dynsec": DynsecSection,
+    "emqx": EmqxSection,
     "dispatch": DispatchSection,
     "store": StoreSection,
     "rpc": RpcSection,
+    "client_rpc": ClientRpcSection,
     "http": HttpSection,
     "jwt": JwtSection,
     "auth": AuthSection,
@@ -313,6 +409,9 @@ LIBRARY_MAP: dict[str, tuple[str, str]] = {
     "inflight_window": ("dispatch", "inflight_window"),
     "presence": ("dispatch", "presence"),
     "tick_ms": ("dispatch", "tick_ms"),
+    "presence_max_devices": ("dispatch", "presence_max_devices"),
+    "presence_ttl_s": ("dispatch", "presence_ttl_s"),
+    "max_heartbeat_bytes": ("dispatch", "max_heartbeat_bytes"),
     "store_url": ("store", "url"),
     "max_retries": ("store", "max_retries"),
     "ttl_enabled": ("store", "ttl_enabled"),
@@ -322,7 +421,10 @@ LIBRARY_MAP: dict[str, tuple[str, str]] = {
     "http_port": ("http", "port"),
 }
 #: Library settings the server leaves at their defaults, with the reason.
-LIBRARY_ONLY: dict[str, str] = {}
+LIBRARY_ONLY: dict[str, str] = {
+    "offline": "the REST API decides per call, waiting as ThingsBoard does unless rpc.offline_fail_fast",
+    "default_retries": "a REST call names its retries; without them 0, as in ThingsBoard",
+}
 
 
 class ServerSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -330,9 +432,12 @@ class ServerSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
     server: ServerSection = msgspec.field(default_factory=ServerSection)
     mqtt: MqttSection = msgspec.field(default_factory=MqttSection)
+    dynsec: DynsecSection = msgspec.field(default_factory=DynsecSection)
+    emqx: EmqxSection = msgspec.field(default_factory=EmqxSection)
     dispatch: DispatchSection = msgspec.field(default_factory=DispatchSection)
     store: StoreSection = msgspec.field(default_factory=StoreSection)
     rpc: RpcSection = msgspec.field(default_factory=RpcSection)
+    client_rpc: ClientRpcSection = msgspec.field(default_factory=ClientRpcSection)
     http: HttpSection = msgspec.field(default_factory=HttpSection)
     jwt: JwtSection = msgspec.field(default_factory=JwtSection)
     auth: AuthSection = msgspec.field(default_factory=AuthSection)
@@ -433,6 +538,14 @@ def _env_value(raw: str, annotation: Any) -> Any:
     info = msgspec.inspect.type_info(annotation)
     if isinstance(info, msgspec.inspect.Metadata):
         info = info.type
+    if isinstance(info, msgspec.inspect.DictType):
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"not a JSON object: {exc}") from None
+        if not isinstance(value, dict):
+            raise ValueError("not a JSON object ({\"key\": \"value\", ...})")
+        return value
     if isinstance(info, msgspec.inspect.ListType):
         raw = raw.strip()
         if raw.startswith("["):

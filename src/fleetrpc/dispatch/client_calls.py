@@ -24,10 +24,14 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("fleetrpc.dispatcher")
 
-__all__ = ["ClientCalls", "Handler"]
+__all__ = ["ClientCalls", "DefaultHandler", "Handler"]
 
 #: ``handler(device, params)``, plain or async; its return value is the reply.
 Handler = Callable[[str, Any], Any]
+#: ``default(device, method, params)``, plain or async: answers the methods
+#: no handler is registered for; returning ``NotImplemented`` declines
+#: (the device gets METHOD_NOT_FOUND).
+DefaultHandler = Callable[[str, str, Any], Any]
 
 
 class ClientCalls:
@@ -36,6 +40,7 @@ class ClientCalls:
     def __init__(self, dispatcher: "Dispatcher") -> None:
         self._d = dispatcher
         self.handlers: dict[str, Handler] = {}
+        self.default: DefaultHandler | None = None
         self._encode = msgspec.json.Encoder().encode
 
     def add(self, method: str, fn: Handler) -> None:
@@ -52,18 +57,20 @@ class ClientCalls:
         if d._hooks:
             d._emit("TO_SERVER_RPC_REQUEST", cid, device, {"method": request.method, "params": request.params})
         handler = self.handlers.get(request.method)
-        if handler is None:
-            self._error(topic, props, ErrorCode.METHOD_NOT_FOUND, f"unknown method {request.method!r}")
-            return
         try:
-            result = handler(device, request.params)
+            if handler is not None:
+                result = handler(device, request.params)
+            elif self.default is not None:
+                result = self.default(device, request.method, request.params)
+            else:
+                result = NotImplemented
         except Exception as exc:
             self._handler_failed(topic, props, request.method, exc)
             return
         if inspect.isawaitable(result):
             d._spawn(self._finish(topic, props, request.method, result))
         else:
-            self._reply(topic, props, result)
+            self._reply(topic, props, result, request.method)
 
     def on_unreadable(self, topic: str, properties: dict | None, reason: str) -> bool:
         """A message the codec rejected: if it is a CALL with a valid device
@@ -96,10 +103,13 @@ class ClientCalls:
         except Exception as exc:
             self._handler_failed(topic, props, method, exc)
             return
-        self._reply(topic, props, result)
+        self._reply(topic, props, result, method)
 
-    def _reply(self, topic: str, props: dict | None, result: Any) -> None:
+    def _reply(self, topic: str, props: dict | None, result: Any, method: str) -> None:
         d = self._d
+        if result is NotImplemented:  # nobody answers this method
+            self._error(topic, props, ErrorCode.METHOD_NOT_FOUND, f"unknown method {method!r}")
+            return
         try:
             payload = self._encode(result)
         except (TypeError, msgspec.EncodeError) as exc:

@@ -39,7 +39,7 @@ from ..errors import (
 from ..presence import DeviceState, PresenceRegistry
 from ..wire import Kind, ServerTopics, is_presence_filter, new_boot_id, node_level, server_filters, validate_id
 from .broadcast import Broadcast
-from .client_calls import ClientCalls, Handler
+from .client_calls import ClientCalls, DefaultHandler, Handler
 from .completion import CallObserver, StatusEvent
 from .counters import Stats
 from .options import NO_PARAMS, OfflinePolicy, check_flag, check_method, check_offline, check_timeout_s
@@ -256,6 +256,13 @@ class Dispatcher:
 
     def add_handler(self, method: str, fn: Handler) -> None:
         self.client_calls.add(method, fn)
+
+    def set_default_handler(self, fn: DefaultHandler | None) -> None:
+        """Answer client-side calls of methods no handler is registered for
+        with ``fn(device, method, params)``, plain or async (e.g. forwarding
+        to a webhook); ``NotImplemented`` as its result declines, and the
+        device gets METHOD_NOT_FOUND as without it.  ``None`` removes it."""
+        self.client_calls.default = fn
 
     def on_status(self, hook: Callable[[StatusEvent], Any]) -> Callable[[StatusEvent], Any]:
         """Call ``hook(event)`` on every status change of a lightweight call."""

@@ -15,17 +15,21 @@ serve`` answers them from its settings (``[client_rpc]``,
   plug-in package declares ``[project.entry-points."fleetrpc.client_rpc"]``);
   a handler is ``fn(device_id, params)``, plain or async, and returns the
   answer;
-- forwarding to an HTTP webhook for the methods in ``webhook_methods``: the
-  call is POSTed as ``{"deviceId", "tenantId", "method", "params"}`` and the
+- forwarding to an HTTP webhook for the methods in ``webhook_methods``
+  (``"*"``: every method nothing else answers, through the dispatcher's
+  :meth:`~fleetrpc.dispatch.Dispatcher.set_default_handler`): the call is POSTed as ``{"deviceId", "tenantId", "method", "params"}`` and the
   response body goes back to the device (parsed when it is JSON, as text
   otherwise).  A webhook that fails, answers non-2xx or does not answer
   within ``webhook_timeout_s`` gives the device a clear error reply
   (``{"error": {"code": "APPLICATION_ERROR", "message": "webhook ..."}}``).
 
-Every call answered here emits ``TO_SERVER_RPC_REQUEST`` on the event bus
-with the answer (``response``) or the error (``error``).  Methods nobody
-answers get the dispatcher's ``METHOD_NOT_FOUND`` (the dispatcher has no
-fallback hook yet, so a webhook takes the methods it is given by name).
+Every client-side call emits ``TO_SERVER_RPC_REQUEST`` on the event bus
+once, with the answer (``response``) or the error (``error``); a method
+nobody answers gets the dispatcher's ``METHOD_NOT_FOUND`` and is emitted
+with ``"error": "METHOD_NOT_FOUND"`` (the sinks see every call, as
+ThingsBoard's rule engine does).  In the server this replaces
+:func:`fleetrpc.events.forward_client_calls`: with both, each call would be
+emitted twice.
 """
 
 from __future__ import annotations
@@ -37,11 +41,11 @@ import inspect
 import logging
 import time
 from collections.abc import Callable
-from typing import Annotated, Any
+from typing import Any
 
 import msgspec
-from msgspec import Meta
 
+from ..config.server import EVERY_METHOD, ClientRpcSection  # [client_rpc]; re-exported here
 from ..errors import RemoteError, ValidationError
 from ..rpc.status import TO_SERVER_RPC_REQUEST
 
@@ -53,42 +57,6 @@ ENTRY_POINT_GROUP = "fleetrpc.client_rpc"
 BUILTIN_METHODS = ("getCurrentTime", "getSessionLimits")
 
 Handler = Callable[[str, Any], Any]
-
-
-class ClientRpcSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    """``[client_rpc]``: how the server answers devices' own calls."""
-
-    builtins: Annotated[bool, Meta(description=(
-        "Answer getCurrentTime (epoch ms) and getSessionLimits (ThingsBoard's session limits).")) ] = True
-    handlers: Annotated[dict[str, str], Meta(description=(
-        "method = \"package.module:function\" or the name of an entry point in the group "
-        "fleetrpc.client_rpc; the function takes (device_id, params) and returns the answer."))] = \
-        msgspec.field(default_factory=dict)
-    webhook_url: Annotated[str | None, Meta(description=(
-        "POST the calls of webhook_methods here as JSON {deviceId, tenantId, method, params}; "
-        "the response body is the answer."))] = None
-    webhook_methods: Annotated[list[str], Meta(description="The methods forwarded to webhook_url.")] = \
-        msgspec.field(default_factory=list)
-    webhook_timeout_s: Annotated[float, Meta(description="How long the webhook may take.", gt=0, le=300)] = 5.0
-    webhook_headers: Annotated[dict[str, str], Meta(description=(
-        "Extra headers of every webhook request (e.g. a shared secret)."), extra={"secret": True})] = \
-        msgspec.field(default_factory=dict)
-    rate_limit_messages: Annotated[str | None, Meta(description=(
-        "getSessionLimits' rateLimits.messages (ThingsBoard's capacity:seconds,... syntax).")) ] = \
-        "200:1,6000:60,14000:3600"
-    rate_limit_telemetry_messages: Annotated[str | None, Meta(description=(
-        "getSessionLimits' rateLimits.telemetryMessages.")) ] = "100:1,3000:60,7000:3600"
-    rate_limit_telemetry_data_points: Annotated[str | None, Meta(description=(
-        "getSessionLimits' rateLimits.telemetryDataPoints.")) ] = "200:1,6000:60,14000:3600"
-
-    def __post_init__(self) -> None:
-        if self.webhook_methods and not self.webhook_url:
-            raise ValidationError("client_rpc.webhook_methods needs client_rpc.webhook_url")
-        if self.webhook_url and not self.webhook_url.startswith(("http://", "https://")):
-            raise ValidationError(f"client_rpc.webhook_url must be an http(s) URL, got {self.webhook_url!r}")
-        taken = set(self.handlers) & set(self.webhook_methods)
-        if taken:
-            raise ValidationError(f"client_rpc: methods {sorted(taken)} are both in handlers and webhook_methods")
 
 
 def load_handler(method: str, target: str) -> Handler:
@@ -146,14 +114,33 @@ class ClientRpc:
         for method, target in section.handlers.items():
             self.methods[method] = load_handler(method, target)
         for method in section.webhook_methods:
-            self.methods[method] = self._webhook_for(method)
+            if method != EVERY_METHOD:
+                self.methods[method] = self._webhook_for(method)
 
     def install(self, dispatcher: Any) -> list[str]:
         """Register every configured method on ``dispatcher``
-        (``add_handler``); returns their names."""
+        (``add_handler``) and the answer to every other method
+        (``set_default_handler``: the webhook with ``"*"`` in
+        ``webhook_methods``, else METHOD_NOT_FOUND, emitted); returns the
+        names of the methods registered."""
         for method, fn in self.methods.items():
             dispatcher.add_handler(method, self._observed(method, fn))
+        dispatcher.set_default_handler(self.unlisted)
         return sorted(self.methods)
+
+    async def unlisted(self, device: str, method: str, params: Any) -> Any:
+        """A method no built-in nor handler answers: the webhook's when it
+        takes every method, else declined (METHOD_NOT_FOUND)."""
+        if not self.section.webhook_takes_every_method:
+            self._emit(device, method, params, error="METHOD_NOT_FOUND")
+            return NotImplemented
+        try:
+            result = await self.forward(device, method, params)
+        except Exception as e:
+            self._emit(device, method, params, error=f"{type(e).__name__}: {e}")
+            raise
+        self._emit(device, method, params, response=result)
+        return result
 
     async def close(self) -> None:
         if self._session is not None:

@@ -19,6 +19,9 @@ Attributes other parts rely on (the brief's contract):
 ``activity``      devices' online state and last activity
 ``broker``        the broker this server started, or None
 ``endpoint``      the device endpoint (``[endpoint] enabled``), or None
+``provisioner``   the :class:`~fleetrpc.broker_auth.dynsec.DynsecProvisioner`
+                  keeping the broker's device accounts in step, or None
+``client_rpc``    the :class:`~fleetrpc.server.client_rpc.ClientRpc` answering devices' calls
 ``url``           the HTTP API's base URL once listening
 ``features``      extra ``setup(app, ctx)`` functions for ``create_app``, as
                   ``"package.module[:function]"`` names
@@ -74,6 +77,8 @@ class ServerContext:
         self.features = tuple(features)
         self.library: Settings | None = None
         self.broker: Any = None
+        self.provisioner: Any = None
+        self.client_rpc: Any = None
         self.db: Any = None
         self.store: Any = None
         self.dispatcher: Any = None

@@ -10,13 +10,26 @@ at most 4 s), which slows guessing on one connection.
 
 At start (:func:`open_repositories`): ``--demo`` loads ThingsBoard's demo
 accounts; a first system administrator is created from ``auth.sysadmin_*``
-when none exists; a database without any user refuses to start, saying how
-to create one (there is never a default password).
+when none exists.  A database without any user and nothing configured:
+
+- SQLite (the embedded default): the system administrator
+  ``sysadmin@localhost`` is created with a random password, written to
+  ``{server.data_dir}/sysadmin-password`` (mode 0600) and printed once on
+  stderr with the file's path, so that ``fleetrpc serve`` works on a fresh
+  machine without a default password;
+- PostgreSQL: the server refuses to start, saying how to create one.  That
+  database is shared by the nodes of a cluster and usually outlives any
+  one machine: a password written into one node's data directory (often a
+  container's throwaway disk) would be lost or found on the wrong machine,
+  and a production deployment names its administrator on purpose.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import secrets
+import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -34,7 +47,15 @@ from ..store.entities import (
 )
 from .context import ServerContext
 
-__all__ = ["open_repositories", "ServerUsers", "ServerCustomers", "NoUsersError", "first_sysadmin"]
+__all__ = [
+    "GENERATED_SYSADMIN_EMAIL",
+    "SYSADMIN_PASSWORD_FILE",
+    "NoUsersError",
+    "ServerCustomers",
+    "ServerUsers",
+    "first_sysadmin",
+    "open_repositories",
+]
 
 log = logging.getLogger("fleetrpc.server")
 
@@ -138,18 +159,54 @@ HOW_TO_CREATE_SYSADMIN = (
     "`fleetrpc serve --demo` loads ThingsBoard's demo accounts instead (public passwords: not for production)"
 )
 
+#: The system administrator an embedded first start creates.
+GENERATED_SYSADMIN_EMAIL = "sysadmin@localhost"
+#: Its password, in the data directory (mode 0600).
+SYSADMIN_PASSWORD_FILE = "sysadmin-password"
 
-async def first_sysadmin(users: ServerUsers, auth: AuthSection) -> User | None:
+
+async def first_sysadmin(users: ServerUsers, auth: AuthSection, *, dialect: str = "postgresql",
+                         data_dir: str | os.PathLike = ".") -> User | None:
     """The server's first start: create the system administrator of the
     settings when no system administrator exists (``fleetrpc.admin``'s
-    ``ensure_sysadmin``: at least 8 characters, never an invented
-    password).  Raises :class:`NoUsersError` when the database has no user
-    at all and the settings name none."""
+    ``ensure_sysadmin``: at least 8 characters).  When the database has no
+    user at all and the settings name none: on SQLite, generate one
+    (:func:`generate_sysadmin`); elsewhere raise :class:`NoUsersError`."""
     from ..admin import ensure_sysadmin
 
     if auth.sysadmin_email is None and not await users.count():
-        raise NoUsersError(HOW_TO_CREATE_SYSADMIN)
+        if dialect != "sqlite":
+            raise NoUsersError(HOW_TO_CREATE_SYSADMIN)
+        return await generate_sysadmin(users, data_dir)
     return await ensure_sysadmin(users, auth.sysadmin_email, sysadmin_password(auth))
+
+
+async def generate_sysadmin(users: ServerUsers, data_dir: str | os.PathLike) -> User:
+    """Create :data:`GENERATED_SYSADMIN_EMAIL` with a random password,
+    written first (so that a password is never lost) to
+    ``data_dir/sysadmin-password`` with mode 0600, then printed once on
+    stderr with the file's path."""
+    from ..admin import create_sysadmin
+
+    password = secrets.token_urlsafe(18)  # 144 random bits, 24 characters
+    os.makedirs(data_dir, exist_ok=True)
+    path = os.path.abspath(os.path.join(data_dir, SYSADMIN_PASSWORD_FILE))
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)  # an older file keeps its mode through O_CREAT
+        os.write(fd, (password + "\n").encode())
+    finally:
+        os.close(fd)
+    user = await create_sysadmin(users, GENERATED_SYSADMIN_EMAIL, password)
+    sys.stderr.write(
+        f"fleetrpc serve: first start: created the system administrator {GENERATED_SYSADMIN_EMAIL}\n"
+        f"  password: {password}\n"
+        f"  (also in {path}, mode 0600; change it with `fleetrpc admin set-password`, then delete the file)\n"
+    )
+    sys.stderr.flush()
+    log.warning("first start: created the system administrator %s; its password is in %s",
+                GENERATED_SYSADMIN_EMAIL, path)
+    return user
 
 
 async def _nothing() -> None:
@@ -173,5 +230,5 @@ async def open_repositories(ctx: ServerContext) -> Callable[[], Awaitable[None]]
         from .demo_data import demo_repositories, load_demo_data
 
         await load_demo_data(**demo_repositories(ctx))
-    await first_sysadmin(ctx.users, ctx.settings.auth)
+    await first_sysadmin(ctx.users, ctx.settings.auth, dialect=db.dialect, data_dir=ctx.settings.data_dir)
     return _nothing

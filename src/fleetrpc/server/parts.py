@@ -5,17 +5,22 @@ starts it, what comes after stops it (aiohttp's ``cleanup_ctx``).  The
 server starts the parts in :data:`PARTS` order and stops the started ones in
 reverse, also when a later one fails to start:
 
-1. ``embedded``   data directory, JWT signing key
-2. ``broker``     the server's own broker when ``mqtt.url`` is unset
-3. ``database``   the shared Database, the identity repositories, the RPC store
-4. ``events``     the event bus and its sinks (last to stop: it delivers
-                  what the others emit while stopping)
-5. ``dispatcher`` the broker connection and the dispatch engine
-6. ``engine``     persistent RPC: recovers unfinished calls; TTL clean-up;
-                  on stop, flushes every status write
-7. ``jobs``       fleet jobs: resumes interrupted ones
-8. ``elves``      the Elves services (``[elves]``; services/elves/part.py)
-9. ``http``       the API; on stop it drains (see :func:`http`)
+1. ``embedded``     data directory, JWT signing key
+2. ``database``     the shared Database, the identity repositories, the RPC store
+3. ``broker``       the server's own broker when ``mqtt.url`` is unset, its
+                    devices preloaded from the database (so after it)
+4. ``provisioning`` device accounts at the broker kept in step with the
+                    database (server/device_auth.py)
+5. ``events``       the event bus and its sinks (last to stop: it delivers
+                    what the others emit while stopping)
+6. ``dispatcher``   the broker connection, the dispatch engine, client-side
+                    RPC (server/client_rpc.py)
+7. ``engine``       persistent RPC: recovers unfinished calls; TTL clean-up;
+                    on stop, flushes every status write
+8. ``jobs``         fleet jobs: resumes interrupted ones
+9. ``elves``        the Elves services (``[elves]``; services/elves/part.py)
+10. ``http``        the API (with EMQX's hooks when configured); on stop it
+                    drains (see :func:`http`)
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from aiohttp import web
 
 from ..api.auth import TokenService, load_or_create_secret
 from .context import ServerContext
+from .device_auth import provisioning
 
 __all__ = ["PARTS", "Part"]
 
@@ -53,14 +59,16 @@ async def broker(ctx: ServerContext) -> AsyncIterator[None]:
     s = ctx.settings
     overrides: dict[str, Any] = {}
     if s.mqtt.url is None:
-        from ..broker import start_broker
+        from .device_auth import own_broker
 
-        async with start_broker(prefer=s.server.broker) as b:
+        async with own_broker(ctx) as b:
             ctx.broker = b
             overrides["mqtt_url"] = b.url
             if b.kind == "embedded":
                 overrides["mqtt_version"] = 4  # amqtt speaks MQTT 3.1.1 only
-            log.info("started a %s broker at %s", b.kind, b.url)
+            if b.dynsec is not None:  # the one account that may publish requests
+                overrides["mqtt_username"] = b.dynsec.server_username
+                overrides["mqtt_password"] = b.dynsec.server_password
             ctx.library = s.library(**overrides)
             try:
                 yield
@@ -93,7 +101,7 @@ async def database(ctx: ServerContext) -> AsyncIterator[None]:
     from ..store.db import open_database
     from .identity import open_repositories
 
-    ctx.db = await open_database(ctx.library.store_url)  # applies every migration
+    ctx.db = await open_database(ctx.settings.store_url)  # applies every migration
     try:
         close_repositories = await open_repositories(ctx)
         try:
@@ -136,7 +144,7 @@ async def events(ctx: ServerContext) -> AsyncIterator[None]:
 
 async def dispatcher(ctx: ServerContext) -> AsyncIterator[None]:
     from ..dispatch import Dispatcher
-    from ..events import forward_client_calls
+    from .client_rpc import ClientRpc
 
     d = Dispatcher(ctx.library)
     if ctx.settings.endpoint.enabled:
@@ -146,20 +154,27 @@ async def dispatcher(ctx: ServerContext) -> AsyncIterator[None]:
         ctx.activity.touch(device)
 
     d.on_presence(presence)
-    if ctx.bus.sinks:
-        # A status hook runs on every status change of every call (~8 us per
-        # call): only worth it when some sink wants the events.
-        forward_client_calls(ctx.bus, d)
-    await d.start()
-    ctx.dispatcher = d
-    ctx.metrics.watch(ctx)
-    flusher = asyncio.ensure_future(_flush_activity_every(ctx, ctx.settings.server.activity_flush_s))
+    # Devices' own calls: built-ins, configured handlers, the webhook; each
+    # emits TO_SERVER_RPC_REQUEST once (no status hook: it would cost every
+    # call ~8 us and emit the client-side calls a second time).
+    client_rpc = ClientRpc(ctx.settings.client_rpc, bus=ctx.bus, devices=ctx.devices,
+                           max_payload=ctx.library.max_payload, max_inflight=ctx.library.queue_cap)
+    client_rpc.install(d)
+    ctx.client_rpc = client_rpc
     try:
-        yield
+        await d.start()
+        ctx.dispatcher = d
+        ctx.metrics.watch(ctx)
+        flusher = asyncio.ensure_future(_flush_activity_every(ctx, ctx.settings.server.activity_flush_s))
+        try:
+            yield
+        finally:
+            flusher.cancel()
+            await d.close()  # closes the endpoint too
+            await _flush_activity(ctx)
     finally:
-        flusher.cancel()
-        await d.close()  # closes the endpoint too
-        await _flush_activity(ctx)
+        await client_rpc.close()
+        ctx.client_rpc = None
         if ctx.endpoint is not None:
             ctx.endpoint_directory.close()
             ctx.endpoint = ctx.endpoint_directory = None
@@ -262,7 +277,9 @@ async def http(ctx: ServerContext) -> AsyncIterator[None]:
     lightweight call still waiting with 503 ("Server is shutting down");
     requests arriving meanwhile on open connections get 503 too."""
     from ..api.app import create_app
+    from .device_auth import emqx_features
 
+    ctx.features = emqx_features(ctx)
     app = create_app(ctx)
 
     async def drain(app: web.Application) -> None:
@@ -296,8 +313,9 @@ async def http(ctx: ServerContext) -> AsyncIterator[None]:
 
 PARTS: tuple[tuple[str, Part], ...] = (
     ("embedded", embedded),
-    ("broker", broker),
     ("database", database),
+    ("broker", broker),
+    ("provisioning", provisioning),
     ("events", events),
     ("dispatcher", dispatcher),
     ("engine", engine),

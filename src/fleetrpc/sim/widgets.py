@@ -28,7 +28,9 @@ class WidgetDevice:
 
     def __init__(self, device_id: str, url: str, *, token: str | None = None, level: int = 50,
                  **options: Any) -> None:
-        self.client = DeviceClient(device_id, url, username=token, **options)
+        # The token is the password too: Mosquitto's dynamic security plugin
+        # (the server's own broker) refuses a client without one.
+        self.client = DeviceClient(device_id, url, username=token, password=token, **options)
         self.level = max(0, min(100, int(level)))
         self._last_on = self.level or 50
         #: Every call received, newest last: (method, params), at most 100.
