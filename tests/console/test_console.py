@@ -117,6 +117,8 @@ async def test_new_device_shows_its_token_and_how_to_connect(rig):
     await page.fill("#create-device input[name=type]", "pump")
     await page.click("#create-device button[type=submit]")
     token = await page.locator("#access-token").inner_text()
+    # the command names the broker this server uses (GET /api/console/info)
+    await page.locator("#connect-command", has_text=rig.ctx.library.mqtt_url).wait_for()
     command = await page.locator("#connect-command").inner_text()
     device = await rig.ctx.devices.by_name(rig.registry["Test Device A1"].tenant_id, "Pump 7")
     creds = await rig.ctx.devices.credentials(device.tenant_id, device.id)

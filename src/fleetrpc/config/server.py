@@ -79,6 +79,11 @@ class ServerSection(_Section):
     broker: Annotated[Literal["auto", "mosquitto", "embedded"], _doc(
         "Which broker to start when mqtt.url is unset: mosquitto, embedded (amqtt, MQTT 3.1.1 "
         "only), or auto (Mosquitto when installed, else amqtt).")] = "auto"
+    broker_host: Annotated[str, _doc(
+        "Address the server's own broker listens on (devices on other machines need 0.0.0.0).")] = "127.0.0.1"
+    broker_port: Annotated[int, _doc(
+        "Port of the server's own broker (0: any free port; the console shows the one in use).",
+        ge=0, le=65535)] = 0
     drain_timeout_s: Annotated[float, _doc(
         "On SIGTERM/SIGINT: how long calls in flight may still finish before they are "
         "answered 503; persistent writes are flushed after that.", ge=0, le=3600)] = 10.0

@@ -24,6 +24,7 @@ from typing import Any
 from aiohttp import web
 
 from ..api.auth import public
+from ..api.keys import CTX as _CTX
 from ..api.openapi import Param, operation
 from .hub import EventHub, events_stream
 from .stats import TenantRpcMetrics, stats, tenant_rpc_middleware
@@ -39,6 +40,24 @@ _HUB: web.AppKey[EventHub] = web.AppKey("fleetrpc_console_hub", EventHub)
 async def index(request: web.Request) -> web.FileResponse:
     # Never cached: a new release must load its new modules.
     return web.FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
+
+
+def device_urls(request: web.Request) -> dict[str, str | None]:
+    """Where devices connect: the broker the server uses (its own one's
+    address as the browser sees this server when it listens on every
+    interface) and fleetrpc's own MQTT listener when it is on."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    ctx = request.app[_CTX]
+    host = request.url.host or "127.0.0.1"
+    broker = ctx.library.mqtt_url if ctx.library is not None else None
+    if broker and ctx.broker is not None and ctx.settings.server.broker_host in ("0.0.0.0", "::"):
+        parts = urlsplit(broker)
+        broker = urlunsplit(parts._replace(netloc=f"{host}:{parts.port}"))
+    endpoint = None
+    if getattr(ctx, "endpoint", None) is not None and "tcp" in ctx.endpoint.ports:
+        endpoint = f"mqtt://{host}:{ctx.endpoint.ports['tcp']}"
+    return {"brokerUrl": broker, "endpointUrl": endpoint}
 
 
 def setup(app: web.Application, ctx: Any) -> None:
@@ -63,6 +82,11 @@ def setup(app: web.Application, ctx: Any) -> None:
     operation(app, app.router.add_get("/api/console/events", events), tag="console", response_kind="empty",
               summary="The user's live events as Server-Sent Events (RPC status, presence, jobs)",
               query=(Param("token", str, True, "An access token (EventSource cannot send headers)"),))
+    async def info(request: web.Request) -> web.Response:
+        return web.json_response(device_urls(request))
+
+    operation(app, app.router.add_get("/api/console/info", info), tag="console",
+              summary="Where devices connect: the broker's URL and fleetrpc's own MQTT listener's")
     operation(app, app.router.add_get("/api/console/stats", stats), tag="console",
               summary="The overview's figures: the whole server for the system administrator, "
                       "the tenant's for a tenant administrator")

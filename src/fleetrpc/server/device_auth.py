@@ -75,7 +75,7 @@ async def own_broker(ctx: ServerContext) -> AsyncIterator[Any]:
 
     s = ctx.settings
     kind = choose_kind(s.server.broker)
-    options: dict[str, Any] = {}
+    options: dict[str, Any] = {"host": s.server.broker_host, "port": s.server.broker_port or None}
     if dynsec_wanted(ctx, kind):
         devices = await _credentials(ctx)
         options = {"dynsec": True, "dynsec_devices": devices, "dynsec_prefix": s.dispatch.prefix}

@@ -4,7 +4,7 @@
 import { useEffect, useRef, useState } from "preact/hooks";
 import { request, session, subscribe, sendRpc, sendPersistent, idOf, NULL_UUID, describe } from "./api.js";
 import { html, fmtTime, fmtAgo, fmtJson, navigate, Online, Pager, Status, ErrorNote, useLoad, uuid } from "./ui.js";
-import { connectCommand } from "./devices.js";
+import { ConnectHelp } from "./devices.js";
 
 function errorText(err) {
   if (!err) return "";
@@ -79,7 +79,7 @@ function Facts({ device, info, lastActivity, onChange }) {
       </select>`}</dd>
     <dt>Last activity</dt><dd title=${lastActivity ? new Date(lastActivity).toLocaleString() : ""}>${fmtAgo(lastActivity)}</dd>
     <dt>Access token</dt><dd>${token
-      ? html`<code id="device-token">${token}</code><br/><small class="muted">${connectCommand(id, token)}</small>`
+      ? html`<code id="device-token">${token}</code><${ConnectHelp} deviceId=${id} token=${token} />`
       : html`<a href="#" onClick=${(e) => { e.preventDefault(); showToken(); }}>show</a>`}</dd>
     ${isAdmin && html`<dt></dt><dd><button class="secondary outline small" onClick=${remove}>Delete device</button></dd>`}
   </dl><${ErrorNote} error=${err} />`;

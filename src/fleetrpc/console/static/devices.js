@@ -107,9 +107,24 @@ function CreateDevice({ onClose, onCreated }) {
   </${Modal}>`;
 }
 
-export function connectCommand(deviceId, token) {
-  const host = location.hostname || "127.0.0.1";
-  return `fleetrpc simulate --device ${deviceId} --token ${token} --url mqtt://${host}:1883`;
+// Where devices connect, as the server says (GET /api/console/info), once.
+let urls = null;
+export function deviceUrls() {
+  if (!urls) urls = request("GET", "api/console/info").catch(() => ({ brokerUrl: null, endpointUrl: null }));
+  return urls;
+}
+
+export function connectCommand(deviceId, token, info) {
+  const broker = (info && info.brokerUrl) || `mqtt://${location.hostname || "127.0.0.1"}:1883`;
+  return `fleetrpc simulate --device ${deviceId} --token ${token} --url ${broker}`;
+}
+
+export function ConnectHelp({ deviceId, token }) {
+  const [info, setInfo] = useState(null);
+  useEffect(() => { deviceUrls().then(setInfo); }, []);
+  return html`<pre id="connect-command">${connectCommand(deviceId, token, info)}</pre>
+    ${info && info.endpointUrl && html`<p>Firmware written for ThingsBoard connects unchanged to
+      <code>${info.endpointUrl}</code> with this token as its MQTT username.</p>`}`;
 }
 
 export function Connect({ device, onClose }) {
@@ -119,7 +134,7 @@ export function Connect({ device, onClose }) {
     <pre id="access-token">${device.token}</pre>
     <p>Connect a simulated device with this token (it answers <code>getValue</code>,
       <code>setValue</code>, <code>rpcCommand</code> and echoes anything else):</p>
-    <pre id="connect-command">${connectCommand(id, device.token)}</pre>
+    <${ConnectHelp} deviceId=${id} token=${device.token} />
     <footer><button onClick=${() => { onClose(); navigate(`#/device/${id}`); }}>Open the device</button></footer>
   </${Modal}>`;
 }
