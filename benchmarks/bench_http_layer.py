@@ -25,6 +25,7 @@ counts (start-up cancels out)::
     valgrind --tool=callgrind --callgrind-out-file=/dev/null \\
         python benchmarks/bench_http_layer.py --app rest -n 2000 # then -n 4000; see --callgrind
     python benchmarks/bench_http_layer.py --callgrind           # does the above for both apps
+    python benchmarks/bench_http_layer.py --app rest --access-log json   # what the access log adds
 """
 
 from __future__ import annotations
@@ -123,7 +124,7 @@ class _StubDispatcher:
         return params
 
 
-async def _apps() -> dict[str, Any]:
+async def _apps(access_log: str | None = None) -> dict[str, Any]:
     import tempfile
 
     from fleetrpc.api.app import create_app
@@ -135,7 +136,7 @@ async def _apps() -> dict[str, Any]:
     tmp = tempfile.mkdtemp(prefix="fleetrpc-http-layer-")
     secret = "s" * 64
     settings = load_server_settings(env={}, overrides={
-        "server": {"data_dir": tmp}, "http": {"access_log": False, "docs": False},
+        "server": {"data_dir": tmp}, "http": {"access_log": access_log is not None, "docs": False},
         "jwt": {"secret": secret}, "store": {"url": f"sqlite:///{tmp}/x.db"},
     })
     ctx = ServerContext(settings)
@@ -187,7 +188,16 @@ async def _drive(app: Any, requests: list[bytes], n: int) -> float:
 
 
 async def _main(args: argparse.Namespace) -> dict[str, float]:
-    apps = await _apps()
+    if args.access_log:
+        # The server's own log set-up, written to /dev/null: what one line per request costs.
+        from fleetrpc.server.logs import configure_logging
+
+        configure_logging("INFO", args.access_log)
+        sys.stderr = open(os.devnull, "w")
+        import logging
+
+        logging.getLogger().handlers[0].setStream(sys.stderr)
+    apps = await _apps(args.access_log)
     requests = _requests(apps["token"])
     out = {}
     for name in args.app:
@@ -224,6 +234,8 @@ def main() -> None:
     ap.add_argument("--app", action="append", choices=("floor", "rest"))
     ap.add_argument("-n", type=int, default=20000, help="requests per app (after one warm-up round)")
     ap.add_argument("--profile", action="store_true", help="cProfile the run, print the top functions")
+    ap.add_argument("--access-log", choices=("text", "json"), default=None,
+                    help="the access log on, in this format, written to /dev/null (default: off)")
     ap.add_argument("--callgrind", action="store_true",
                     help="instructions per request of each app under callgrind (two runs each)")
     args = ap.parse_args()

@@ -7,7 +7,7 @@ processes (UUID ids, answering ``echo``), and a server in this process with
 every real part: dispatcher, engine, HTTP API with JWT, the identity
 repositories on SQLite with ThingsBoard's demo accounts (``--demo``) and
 the fleet's devices created in the demo tenant.  The load logs in as the
-demo tenant administrator.  Three phases of
+demo tenant administrator.  Four phases of
 ``duration`` seconds with ``window`` concurrent callers each, repeated
 ``rounds`` times:
 
@@ -15,6 +15,9 @@ demo tenant administrator.  Three phases of
 ``floor``    a bare aiohttp application on the same loop answering the same
              request (same path, headers, body, connections, generator)
              with a constant: aiohttp's own cost per request;
+``bare``     the same bare application making the call (``dispatcher.call``)
+             and answering the reply: no middleware, JWT, access check or
+             metrics -- the least any HTTP front of the dispatcher costs;
 ``rest``     the server's ``POST /api/rpc/twoway/{deviceId}``, the JWT in
              ``X-Authorization`` on every request.
 
@@ -27,7 +30,11 @@ call (``os.times`` user + system over the phase / calls; the system
 part shown too) and the generator's.
 Derived, each from one round's phases and then the median over rounds:
 the HTTP layer's CPU per call (``rest - library``), split into aiohttp's
-floor (``floor``) and fleetrpc's own (``rest - library - floor``).
+floor (``floor``), what the dispatcher loses when calls arrive one HTTP
+request at a time (``bare - floor - library``: fewer calls per loop
+iteration, so fewer MQTT packets per socket write and per read) and
+fleetrpc's HTTP code (``rest - bare``: middleware, JWT, access check,
+body parsing, metrics).
 """
 
 from __future__ import annotations
@@ -67,7 +74,7 @@ class RestBenchConfig(msgspec.Struct, kw_only=True):
 
 
 #: The phases, in the order they run.
-PATHS = ("library", "floor", "rest")
+PATHS = ("library", "floor", "bare", "rest")
 
 
 async def _library_phase(d: Any, devices: list[str], window: int, duration: float) -> dict[str, Any]:
@@ -107,29 +114,40 @@ def _cpu_per_call(before: os.times_result, after: os.times_result, calls: int) -
 # -- the floor: a bare aiohttp app -----------------------------------------------------------
 
 
-def floor_app():
+def floor_app(dispatcher: Any = None):
     """A bare aiohttp application answering the same request as the REST
-    phase with a constant: no middleware, no JWT, no dispatcher.  Its CPU
-    per call is aiohttp's own (parser, request object, routing, response
-    writer) -- what no code of ours can remove."""
+    phase: no middleware, no JWT, no access check, no metrics.  Without a
+    dispatcher it answers a constant: its CPU per call is aiohttp's own
+    (parser, request object, routing, response writer) -- what no code of
+    ours can remove.  With one, it makes the call the body asks for and
+    answers the reply: the least any HTTP front of the dispatcher costs,
+    including what the dispatcher loses when calls arrive one HTTP request
+    at a time instead of in batches from many callers on the loop."""
     from aiohttp import web
 
     reply = b'{"i":0}'
+    decode = msgspec.json.Decoder().decode
+    encode = msgspec.json.Encoder().encode
 
     async def answer(request: web.Request) -> web.Response:
         await request.read()
         return web.Response(body=reply, content_type="application/json")
 
+    async def call(request: web.Request) -> web.Response:
+        body = decode(await request.read())
+        result = await dispatcher.call(request.match_info["deviceId"], body["method"], body.get("params"))
+        return web.Response(body=encode(result), content_type="application/json")
+
     app = web.Application()
-    app.router.add_post("/api/rpc/twoway/{deviceId}", answer)
+    app.router.add_post("/api/rpc/twoway/{deviceId}", answer if dispatcher is None else call)
     return app
 
 
-async def _start_floor(host: str):
+async def _start_floor(host: str, dispatcher: Any = None):
     """:func:`floor_app` on the server's loop; (url, runner)."""
     from aiohttp import web
 
-    runner = web.AppRunner(floor_app(), access_log=None, handle_signals=False)
+    runner = web.AppRunner(floor_app(dispatcher), access_log=None, handle_signals=False)
     await runner.setup()
     site = web.TCPSite(runner, host, 0)
     await site.start()
@@ -156,13 +174,20 @@ def _median(values: list[float]) -> float:
     return v[len(v) // 2] if len(v) % 2 else (v[len(v) // 2 - 1] + v[len(v) // 2]) / 2
 
 
-def _derived(library: dict[str, Any], floor: dict[str, Any], rest: dict[str, Any]) -> dict[str, float]:
-    http = rest["cpu_us_per_call"] - library["cpu_us_per_call"]
+def _derived(library: dict[str, Any], floor: dict[str, Any], bare: dict[str, Any],
+             rest: dict[str, Any]) -> dict[str, float]:
+    """The HTTP layer's CPU per call (``rest - library``) in three parts:
+    aiohttp's (``floor``), the dispatcher's extra when calls come one
+    request at a time (``bare - floor - library``), fleetrpc's HTTP code
+    (``rest - bare``)."""
+    cpu = {k: v["cpu_us_per_call"] for k, v in (("library", library), ("floor", floor), ("bare", bare),
+                                                ("rest", rest))}
     return {
         "rest_vs_library": rest["calls_per_s"] / library["calls_per_s"] if library["calls_per_s"] else 0.0,
-        "http_cpu_us_per_call": http,
-        "aiohttp_cpu_us_per_call": floor["cpu_us_per_call"],
-        "ours_cpu_us_per_call": http - floor["cpu_us_per_call"],
+        "http_cpu_us_per_call": cpu["rest"] - cpu["library"],
+        "aiohttp_cpu_us_per_call": cpu["floor"],
+        "unbatched_dispatch_cpu_us_per_call": cpu["bare"] - cpu["floor"] - cpu["library"],
+        "ours_cpu_us_per_call": cpu["rest"] - cpu["bare"],
     }
 
 
@@ -196,6 +221,7 @@ async def run_rest_bench(cfg: RestBenchConfig, log: Callable[[str], None] = lamb
                 ctx.password_hasher = PasswordHasher(time_cost=1, memory_cost=8, parallelism=1)  # one login
                 async with Server(settings, ctx=ctx):
                     floor_url, floor_runner = await _start_floor(settings.http.host)
+                    bare_url, bare_runner = await _start_floor(settings.http.host, ctx.dispatcher)
                     try:
                         devices = list(fleet.device_ids)
                         async with aiohttp.ClientSession() as session:
@@ -217,13 +243,17 @@ async def run_rest_bench(cfg: RestBenchConfig, log: Callable[[str], None] = lamb
                             log(f"{tag}bare aiohttp floor: {cfg.window} keep-alive connections "
                                 f"({cfg.generator} x{cfg.clients}), {cfg.duration:.1f} s")
                             floor = await _http_phase(floor_url, token, devices, cfg)
+                            log(f"{tag}bare aiohttp + dispatcher.call: {cfg.window} keep-alive connections, "
+                                f"{cfg.duration:.1f} s")
+                            bare = await _http_phase(bare_url, token, devices, cfg)
                             log(f"{tag}REST path: {cfg.window} keep-alive connections "
                                 f"({cfg.generator} x{cfg.clients}), {cfg.duration:.1f} s")
                             rest = await _http_phase(ctx.url, token, devices, cfg)
-                            rounds.append({"library": library, "floor": floor, "rest": rest,
-                                           **_derived(library, floor, rest)})
+                            rounds.append({"library": library, "floor": floor, "bare": bare, "rest": rest,
+                                           **_derived(library, floor, bare, rest)})
                     finally:
                         await floor_runner.cleanup()
+                        await bare_runner.cleanup()
         finally:
             await fleet.stop()
         # Medians over the rounds; each derived figure from the same round's phases.
@@ -243,7 +273,8 @@ async def run_rest_bench(cfg: RestBenchConfig, log: Callable[[str], None] = lamb
                 merged["statuses"] = statuses
                 merged["generator_cpu_us_per_call"] = _median([r["generator_cpu_us_per_call"] for r in runs])
             report[path] = merged
-        for key in ("rest_vs_library", "http_cpu_us_per_call", "aiohttp_cpu_us_per_call", "ours_cpu_us_per_call"):
+        for key in ("rest_vs_library", "http_cpu_us_per_call", "aiohttp_cpu_us_per_call",
+                    "unbatched_dispatch_cpu_us_per_call", "ours_cpu_us_per_call"):
             report[key] = _median([r[key] for r in rounds])
         return report
 
@@ -265,8 +296,9 @@ def format_report(report: dict[str, Any]) -> str:
     lines.append(("medians of %d rounds; " % n if n > 1 else "")
                  + f"REST reaches {report['rest_vs_library']:.0%} of the library path; "
                  f"the HTTP layer adds {report['http_cpu_us_per_call']:.1f} us of server CPU per call "
-                 f"(JWT included): aiohttp's floor {report['aiohttp_cpu_us_per_call']:.1f} us + "
-                 f"fleetrpc's {report['ours_cpu_us_per_call']:.1f} us; "
+                 f"(JWT included) = aiohttp's floor {report['aiohttp_cpu_us_per_call']:.1f} us"
+                 f" + the dispatcher unbatched {report['unbatched_dispatch_cpu_us_per_call']:.1f} us"
+                 f" + fleetrpc's HTTP code {report['ours_cpu_us_per_call']:.1f} us; "
                  f"REST errors: {report['rest']['errors']}")
     return "\n".join(lines)
 

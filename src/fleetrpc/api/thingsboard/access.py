@@ -67,6 +67,10 @@ def require(p: Principal, *authorities: str) -> None:
         raise ApiError.forbidden()
 
 
+#: :meth:`DeviceCache.cached`: not in memory, ask the repository.
+MISS: Any = object()
+
+
 class DeviceCache:
     """The devices the RPC path checks, kept ``ttl`` seconds: a hit is a
     dict lookup instead of a database query.
@@ -99,7 +103,9 @@ class DeviceCache:
         self.hits = 0
         self.misses = 0
 
-    async def get(self, tenant_id: str, device_id: str) -> Any:
+    def cached(self, tenant_id: str, device_id: str) -> Any:
+        """What :meth:`get` would answer from memory, without a coroutine:
+        the device, None (another tenant's), or :data:`MISS`."""
         entry = self._entries.get(device_id)
         if entry is not None:
             device, until = entry
@@ -107,6 +113,14 @@ class DeviceCache:
                 self.hits += 1
                 return device if device.tenant_id == tenant_id else None
             del self._entries[device_id]
+        return MISS
+
+    async def get(self, tenant_id: str, device_id: str) -> Any:
+        device = self.cached(tenant_id, device_id)
+        return device if device is not MISS else await self.load(tenant_id, device_id)
+
+    async def load(self, tenant_id: str, device_id: str) -> Any:
+        """Ask the repository (and keep the answer)."""
         self.misses += 1
         devices = self._ctx.devices
         if devices is not self._watched:
@@ -156,7 +170,12 @@ async def device_for_rpc(ctx: Any, p: Principal, device_id: str) -> Any:
     if p.is_sysadmin:
         raise ApiError.text(403, SYSADMIN_NOT_ALLOWED)
     cache = getattr(ctx, "device_cache", None)
-    device = await (cache.get if cache is not None else ctx.devices.get)(p.tenant_id, device_id)
+    if cache is None:
+        device = await ctx.devices.get(p.tenant_id, device_id)
+    else:
+        device = cache.cached(p.tenant_id, device_id)
+        if device is MISS:
+            device = await cache.load(p.tenant_id, device_id)
     if device is None:
         raise ApiError.text(404, DEVICE_NOT_FOUND)
     if p.is_customer_user and str(device.customer_id or NULL_UUID) != p.customer_id:
