@@ -47,9 +47,10 @@ from typing import Any, Protocol
 import jwt
 import msgspec
 from aiohttp import web
+from multidict import istr
 
 from ..config.server import AuthSection, JwtSection, RateLimitsSection
-from .errors import ApiError, ErrorCode, error_response
+from .errors import ApiError, ErrorCode
 from .keys import CTX
 
 __all__ = [
@@ -60,7 +61,8 @@ __all__ = [
     "TokenService",
     "RateLimiter",
     "UserDirectory",
-    "auth_middleware",
+    "authenticate_request",
+    "bearer_token",
     "public",
     "setup",
 ]
@@ -346,22 +348,24 @@ class RateLimiter:
         return None
 
 
-# -- the middleware ----------------------------------------------------------------------
+# -- the request's principal ----------------------------------------------------------
+
+_X_AUTHORIZATION = istr("X-Authorization")
+_AUTHORIZATION = istr("Authorization")
 
 
 def bearer_token(request: web.Request) -> str | None:
-    header = request.headers.get("X-Authorization") or request.headers.get("Authorization")
+    headers = request.headers
+    header = headers.get(_X_AUTHORIZATION) or headers.get(_AUTHORIZATION)
     if header is None or not header.startswith("Bearer "):
         return None
     return header[7:].strip() or None
 
 
-@web.middleware
-async def auth_middleware(request: web.Request, handler):
-    """Sets ``request["principal"]`` on every /api request but public ones."""
-    if not request.path.startswith("/api/") or getattr(request.match_info.handler, "fleetrpc_public", False):
-        return await handler(request)
-    ctx = request.app[CTX]
+def authenticate_request(ctx: Any, request: web.Request) -> Principal:
+    """The caller of a non-public /api request (the request middleware,
+    ``api/middleware.py``, sets it as ``request["principal"]``); raises
+    ApiError 401, or 429 (errorCode 33) over a rate limit."""
     token = bearer_token(request)
     if token is None:
         raise ApiError.unauthorized(AUTH_FAILED)
@@ -370,9 +374,8 @@ async def auth_middleware(request: web.Request, handler):
     if limiter.enabled:
         message = limiter.check(principal)
         if message is not None:
-            return error_response(429, message, ErrorCode.TOO_MANY_REQUESTS)
-    request["principal"] = principal
-    return await handler(request)
+            raise ApiError(429, message, ErrorCode.TOO_MANY_REQUESTS)
+    return principal
 
 
 # -- endpoints ---------------------------------------------------------------------------

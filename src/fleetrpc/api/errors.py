@@ -10,8 +10,9 @@ device or a denied access is a **bare text** body (404 / 403), a timeout or an
 offline device an **empty** body (408 / 409 in v1, 504 in v2), a reply that
 is not JSON an empty 406, and an oversized request a bare JSON *string*
 (413).  Handlers raise :class:`ApiError` (JSON) or return :func:`bare_text` /
-:func:`empty`; the error middleware turns anything else into a JSON 500 and
-never lets an exception escape with a stack trace in the body.
+:func:`empty`; :func:`answer_for` (called by the request middleware) turns
+anything else into a JSON 500 and never lets an exception escape with a
+stack trace in the body.
 """
 
 from __future__ import annotations
@@ -24,14 +25,13 @@ import msgspec
 from aiohttp import web
 
 from ..errors import AlreadyExistsError, EntityNotFoundError, StoreError, ValidationError
-from .keys import CTX
 
 __all__ = [
     "ApiError",
     "ErrorCode",
     "bare_text",
     "empty",
-    "error_middleware",
+    "answer_for",
     "error_response",
     "TOO_LARGE",
     "DEVICE_NOT_FOUND",
@@ -142,39 +142,38 @@ def too_large(limit: int) -> web.Response:
 TOO_LARGE = too_large
 
 
-@web.middleware
-async def error_middleware(request: web.Request, handler):
-    """ApiError -> ThingsBoard's JSON error; aiohttp's own HTTP errors under
-    /api (404 no route, 405 wrong method, 413 body over the limit) -> the
-    same shape; anything unexpected -> JSON 500 (errorCode 2), logged.
+def answer_for(request: web.Request, exc: Exception, limit: int) -> web.Response:
+    """The answer to an exception a handler raised (the request middleware,
+    ``api/middleware.py``, calls this): ApiError -> its shape; aiohttp's own
+    HTTP errors under /api (404 no route, 405 wrong method, 413 body over
+    the limit) -> ThingsBoard's JSON; anything unexpected -> JSON 500
+    (errorCode 2), logged.  An HTTPException outside /api, or one that is
+    no error (a redirect), is raised again for aiohttp to answer.
 
     The repositories' errors become what ThingsBoard's BaseController makes
     of its own: a bad value (ValidationError) or a taken name
     (AlreadyExistsError: "Device with such name already exists!") -> 400,
     errorCode 31; an entity that is not there (in the caller's tenant) ->
     404, errorCode 32; another database failure -> 500, errorCode 46."""
-    try:
-        return await handler(request)
-    except ApiError as exc:
+    if isinstance(exc, ApiError):
         return exc.response()
-    except (ValidationError, AlreadyExistsError) as exc:
+    if isinstance(exc, (ValidationError, AlreadyExistsError)):
         return error_response(400, str(exc), ErrorCode.BAD_REQUEST_PARAMS)
-    except EntityNotFoundError as exc:
+    if isinstance(exc, EntityNotFoundError):
         return error_response(404, str(exc), ErrorCode.ITEM_NOT_FOUND)
-    except StoreError:
-        log.exception("database error in %s %s", request.method, request.path)
+    if isinstance(exc, StoreError):
+        log.error("database error in %s %s", request.method, request.path, exc_info=exc)
         return error_response(500, "Database error", ErrorCode.DATABASE)
-    except web.HTTPRequestEntityTooLarge:
+    if isinstance(exc, web.HTTPRequestEntityTooLarge):
         # A body without Content-Length (chunked) that grew past the limit.
-        return too_large(request.app[CTX].settings.http.max_body_bytes)
-    except web.HTTPException as exc:
+        return too_large(limit)
+    if isinstance(exc, web.HTTPException):
         if exc.status < 400 or not request.path.startswith("/api/"):
-            raise
+            raise exc
         code = {404: ErrorCode.ITEM_NOT_FOUND, 401: ErrorCode.AUTHENTICATION,
                 403: ErrorCode.PERMISSION_DENIED}.get(exc.status, ErrorCode.BAD_REQUEST_PARAMS)
         if exc.status >= 500:
             code = ErrorCode.GENERAL
         return error_response(exc.status, exc.reason or "error", code)
-    except Exception:
-        log.exception("unhandled error in %s %s", request.method, request.path)
-        return error_response(500, "Internal server error", ErrorCode.GENERAL)
+    log.error("unhandled error in %s %s", request.method, request.path, exc_info=exc)
+    return error_response(500, "Internal server error", ErrorCode.GENERAL)

@@ -2,30 +2,97 @@
 access log.
 
 One :class:`Metrics` (and one prometheus-client registry) per server, so
-two servers in one process (tests) never share counters.  What the hot path
-updates is kept cheap: label children are looked up once and cached; what
-the dispatcher, the engine and the stores already count is read at scrape
-time by a collector instead of being counted twice.
+two servers in one process (tests) never share counters.  What every
+request updates (requests by route and status, their latency, REST RPCs by
+kind and outcome) is counted in plain ints on the event loop's thread --
+prometheus-client's own ``Counter.inc`` takes a lock and its
+``Histogram.observe`` walks the buckets in Python, several microseconds a
+request -- and handed to the registry at scrape time by a collector, as
+prometheus-client's "custom collector" pattern intends.  Scrapes run on the
+same loop, so nothing is read half-written.  What the dispatcher, the
+engine and the stores already count is read at scrape time too.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from bisect import bisect_left
 from typing import Any
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.utils import floatToGoString
 
 from .keys import CTX
 
-__all__ = ["Metrics", "metrics_middleware", "setup"]
+__all__ = ["HttpStats", "LoopHistogram", "Metrics", "RpcStats", "route_name", "setup"]
 
 log = logging.getLogger("fleetrpc.access")
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+_LE = [floatToGoString(b) for b in _LATENCY_BUCKETS] + ["+Inf"]
+
+
+class LoopHistogram:
+    """A histogram child updated from the event loop only: a count per
+    bucket (``bisect`` in C finds it) and the sum."""
+
+    __slots__ = ("counts", "sum")
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(_LATENCY_BUCKETS) + 1)
+        self.sum = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect_left(_LATENCY_BUCKETS, seconds)] += 1
+        self.sum += seconds
+
+    def buckets(self) -> list[tuple[str, int]]:
+        """Cumulative, as Prometheus wants them."""
+        out, total = [], 0
+        for le, n in zip(_LE, self.counts):
+            total += n
+            out.append((le, total))
+        return out
+
+
+class HttpStats:
+    """One route and method: requests by status, and the route's latency
+    (shared by its methods).  The request middleware keeps one per route."""
+
+    __slots__ = ("route", "method", "by_status", "latency")
+
+    def __init__(self, route: str, method: str, latency: LoopHistogram) -> None:
+        self.route = route
+        self.method = method
+        self.by_status: dict[int, int] = {}
+        self.latency = latency
+
+    def done(self, status: int, seconds: float) -> None:
+        by_status = self.by_status
+        by_status[status] = by_status.get(status, 0) + 1
+        self.latency.observe(seconds)
+
+
+class RpcStats:
+    """REST RPCs of one kind (``oneway``, ``twoway``, ``persistent``):
+    calls by outcome and their latency."""
+
+    __slots__ = ("kind", "by_outcome", "latency")
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self.by_outcome: dict[str, int] = {}
+        self.latency = LoopHistogram()
+
+    def done(self, outcome: str, started: float) -> None:
+        """Count one call that began at ``started`` (``time.perf_counter()``)."""
+        by_outcome = self.by_outcome
+        by_outcome[outcome] = by_outcome.get(outcome, 0) + 1
+        self.latency.observe(time.perf_counter() - started)
 
 
 class Metrics:
@@ -33,47 +100,35 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = r = CollectorRegistry(auto_describe=True)
-        self.http_requests = Counter(
-            "fleetrpc_http_requests", "HTTP requests by route, method and status",
-            ("route", "method", "status"), registry=r)
-        self.http_latency = Histogram(
-            "fleetrpc_http_request_duration_seconds", "HTTP request latency by route",
-            ("route",), registry=r, buckets=_LATENCY_BUCKETS)
-        self.rpc_calls = Counter(
-            "fleetrpc_rest_rpc_calls", "RPCs made through the REST API by kind and outcome",
-            ("kind", "outcome"), registry=r)
-        self.rpc_latency = Histogram(
-            "fleetrpc_rest_rpc_duration_seconds", "Latency of RPCs made through the REST API by kind",
-            ("kind",), registry=r, buckets=_LATENCY_BUCKETS)
         self.store_write = Histogram(
             "fleetrpc_store_write_duration_seconds", "Latency of one store write transaction",
             registry=r, buckets=_LATENCY_BUCKETS)
-        self._rpc_children: dict[tuple[str, str], Any] = {}
-        self._rpc_latency_children: dict[str, Any] = {}
-        self._http_children: dict[tuple[str, str, int], Any] = {}
-        self._http_latency_children: dict[str, Any] = {}
+        self._http: dict[tuple[str, str], HttpStats] = {}
+        self._http_latency: dict[str, LoopHistogram] = {}
+        self._rpc: dict[str, RpcStats] = {}
+        r.register(_RequestCollector(self))
+
+    def http_stats(self, route: str, method: str) -> HttpStats:
+        """The counters of ``route`` (its pattern, a bounded label) and ``method``."""
+        stats = self._http.get((route, method))
+        if stats is None:
+            latency = self._http_latency.get(route)
+            if latency is None:
+                latency = self._http_latency[route] = LoopHistogram()
+            stats = self._http[route, method] = HttpStats(route, method, latency)
+        return stats
+
+    def rpc_stats(self, kind: str) -> RpcStats:
+        stats = self._rpc.get(kind)
+        if stats is None:
+            stats = self._rpc[kind] = RpcStats(kind)
+        return stats
 
     def rpc_done(self, kind: str, outcome: str, started: float) -> None:
-        key = (kind, outcome)
-        child = self._rpc_children.get(key)
-        if child is None:
-            child = self._rpc_children[key] = self.rpc_calls.labels(kind, outcome)
-        child.inc()
-        lat = self._rpc_latency_children.get(kind)
-        if lat is None:
-            lat = self._rpc_latency_children[kind] = self.rpc_latency.labels(kind)
-        lat.observe(time.perf_counter() - started)
+        self.rpc_stats(kind).done(outcome, started)
 
     def http_done(self, route: str, method: str, status: int, seconds: float) -> None:
-        key = (route, method, status)
-        child = self._http_children.get(key)
-        if child is None:
-            child = self._http_children[key] = self.http_requests.labels(route, method, str(status))
-        child.inc()
-        lat = self._http_latency_children.get(route)
-        if lat is None:
-            lat = self._http_latency_children[route] = self.http_latency.labels(route)
-        lat.observe(seconds)
+        self.http_stats(route, method).done(status, seconds)
 
     def watch(self, ctx: Any) -> None:
         """Read the server's parts at scrape time."""
@@ -81,6 +136,41 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _RequestCollector:
+    """The loop-side counters of :class:`Metrics`, as Prometheus families."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    def describe(self):
+        return []
+
+    def collect(self):
+        m = self.metrics
+        c = CounterMetricFamily("fleetrpc_http_requests", "HTTP requests by route, method and status",
+                                labels=["route", "method", "status"])
+        for stats in list(m._http.values()):
+            for status, n in list(stats.by_status.items()):
+                c.add_metric([stats.route, stats.method, str(status)], n)
+        yield c
+        h = HistogramMetricFamily("fleetrpc_http_request_duration_seconds", "HTTP request latency by route",
+                                  labels=["route"])
+        for route, hist in list(m._http_latency.items()):
+            h.add_metric([route], hist.buckets(), hist.sum)
+        yield h
+        c = CounterMetricFamily("fleetrpc_rest_rpc_calls", "RPCs made through the REST API by kind and outcome",
+                                labels=["kind", "outcome"])
+        for stats in list(m._rpc.values()):
+            for outcome, n in list(stats.by_outcome.items()):
+                c.add_metric([stats.kind, outcome], n)
+        yield c
+        h = HistogramMetricFamily("fleetrpc_rest_rpc_duration_seconds",
+                                  "Latency of RPCs made through the REST API by kind", labels=["kind"])
+        for stats in list(m._rpc.values()):
+            h.add_metric([stats.kind], stats.latency.buckets(), stats.latency.sum)
+        yield h
 
 
 class _PartsCollector:
@@ -140,34 +230,6 @@ def route_name(request: web.Request) -> str:
     if resource is None:
         return "unmatched"
     return resource.canonical
-
-
-@web.middleware
-async def metrics_middleware(request: web.Request, handler):
-    """Counts and times every request; keeps the in-flight count the drain
-    waits on; answers 503 once the server is draining; writes the access log."""
-    ctx = request.app[CTX]
-    if ctx.draining:
-        return web.Response(status=503, text="Server is shutting down", headers={"Connection": "close"})
-    ctx.http_started()
-    started = time.perf_counter()
-    status = 500
-    try:
-        response = await handler(request)
-        status = response.status
-        return response
-    except web.HTTPException as exc:
-        status = exc.status
-        raise
-    finally:
-        ctx.http_finished()
-        seconds = time.perf_counter() - started
-        ctx.metrics.http_done(route_name(request), request.method, status, seconds)
-        if ctx.settings.http.access_log:
-            p = request.get("principal")
-            log.info("%s %s %d %.1fms", request.method, request.path_qs[:200], status, seconds * 1000,
-                     extra={"remote": request.remote, "status": status, "user": p.user_id if p else None,
-                            "ms": round(seconds * 1000, 2)})
 
 
 async def metrics_page(request: web.Request) -> web.Response:

@@ -62,9 +62,14 @@ def _split(value: str, known: tuple[str, ...], what: str) -> tuple[str, ...]:
               help="--persistent: timed phases per target, the targets taking turns.")
 @click.option("--rest", is_flag=True,
               help="Two-way RPCs through the server's REST API (JWT on every request) against "
-                   "the library path in the same run; --window callers (see bench/rest.py).")
+                   "the library path and a bare aiohttp floor in the same run; --window callers, "
+                   "--rounds repeats (see bench/rest.py).")
+@click.option("--generator", default="raw", show_default=True, type=click.Choice(["raw", "aiohttp", "wrk"]),
+              help="--rest: the HTTP load generator (wrk: Debian's, when installed).")
+@click.option("--clients", default=1, show_default=True, type=click.IntRange(1),
+              help="--rest: load generator processes (wrk: threads).")
 def bench(devices, qos, duration, workloads, targets, url, processes, window, rate, calls_per_device,
-          mem_pending, timeout, json_path, quick, persistent, dsn, rounds, rest):
+          mem_pending, timeout, json_path, quick, persistent, dsn, rounds, rest, generator, clients):
     """Benchmark fleetrpc's dispatcher against the plain reference dispatcher.
 
     Starts a broker (unless --url), simulates DEVICES devices in worker
@@ -82,7 +87,8 @@ def bench(devices, qos, duration, workloads, targets, url, processes, window, ra
     if rest:
         from .rest import command_main
 
-        command_main(devices, qos, duration, url, processes, window, json_path, quick)
+        command_main(devices, qos, duration, url, processes, window, json_path, quick,
+                     generator=generator, clients=clients, rounds=rounds)
         return
     if persistent:
         _persistent(devices, qos, duration, targets, url, processes, window, timeout, json_path, quick,

@@ -11,6 +11,15 @@ from aiohttp import web
 
 def setup(app: web.Application, ctx: Any) -> None:
     from . import devices, persistent, rpc, tenants, users
+    from .access import DeviceCache
+
+    # The RPC path's access checks (access.device_for_rpc) read through it.
+    ctx.device_cache = cache = DeviceCache(ctx)
+
+    async def stop_listening(app: web.Application) -> None:
+        cache.close()
+
+    app.on_cleanup.append(stop_listening)
 
     rpc.setup(app, ctx)
     persistent.setup(app, ctx)

@@ -9,8 +9,10 @@ token a device presents to the broker) and
 :meth:`~DeviceRepository.all_credentials` (the broker's full resync).
 
 Listeners (:meth:`~DeviceRepository.add_listener`) hear about every device
-created, re-tokened or deleted, after the change is committed; the broker
-provisioning (``fleetrpc.broker_auth``) stands on them.
+created, re-tokened, assigned to a customer or deleted, after the change is
+committed; the broker provisioning (``fleetrpc.broker_auth``) and the API's
+cache of the devices it checks calls against (``api/thingsboard/access.py``)
+stand on them.
 """
 
 from __future__ import annotations
@@ -76,10 +78,11 @@ UNSET: Any = _Unset()
 
 class DeviceChange(msgspec.Struct, frozen=True):
     """What a listener hears: ``kind`` "created", "credentials" (the token
-    changed) or "deleted"; ``token`` is the current token (None when
+    changed), "assigned" (its customer changed; ``token`` None: unchanged,
+    not read) or "deleted"; ``token`` is the current token (None when
     deleted), ``old_token`` the one it replaced or that was deleted."""
 
-    kind: Literal["created", "credentials", "deleted"]
+    kind: Literal["created", "credentials", "assigned", "deleted"]
     device: Device
     token: str | None
     old_token: str | None = None
@@ -373,6 +376,7 @@ class DeviceRepository:
                 raise EntityNotFoundError(f"Device with id [{device_id}] is not found")
         device = await self.get(tenant_id, device_id)
         assert device is not None
+        await self._notify([DeviceChange("assigned", device, None)])
         return device
 
     async def delete(self, tenant_id: str, device_id: str) -> None:
