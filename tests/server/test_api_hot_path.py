@@ -234,8 +234,8 @@ def test_metrics_exposition():
     assert 'fleetrpc_http_requests_total{method="POST",route="/api/rpc/twoway/{deviceId}",status="200"} 2.0' in text
     assert 'fleetrpc_http_request_duration_seconds_bucket{le="0.005",route="/api/rpc/twoway/{deviceId}"} 2.0' in text
     assert 'fleetrpc_http_request_duration_seconds_bucket{le="0.001",route="/api/rpc/twoway/{deviceId}"} 0.0' in text
-    assert 'fleetrpc_rest_rpc_calls_total{kind="twoway",outcome="ok"} 1.0' in text
-    assert 'fleetrpc_rest_rpc_duration_seconds_count{kind="twoway"} 1.0' in text
+    assert 'fleetrpc_rest_rpc_calls_total{kind="twoway",outcome="ok",tenant=""} 1.0' in text
+    assert 'fleetrpc_rest_rpc_duration_seconds_count{kind="twoway",tenant=""} 1.0' in text
 
 
 # -- which routes are under /api, decided once per route ----------------------------------------

@@ -78,13 +78,15 @@ class HttpStats:
 
 
 class RpcStats:
-    """REST RPCs of one kind (``oneway``, ``twoway``, ``persistent``):
-    calls by outcome and their latency."""
+    """REST RPCs of one kind (``oneway``, ``twoway``, ``persistent``) and
+    one tenant: calls by outcome and their latency (the console's overview
+    shows a tenant administrator its own)."""
 
-    __slots__ = ("kind", "by_outcome", "latency")
+    __slots__ = ("kind", "tenant", "by_outcome", "latency")
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, tenant: str = "") -> None:
         self.kind = kind
+        self.tenant = tenant
         self.by_outcome: dict[str, int] = {}
         self.latency = LoopHistogram()
 
@@ -105,7 +107,7 @@ class Metrics:
             registry=r, buckets=_LATENCY_BUCKETS)
         self._http: dict[tuple[str, str], HttpStats] = {}
         self._http_latency: dict[str, LoopHistogram] = {}
-        self._rpc: dict[str, RpcStats] = {}
+        self._rpc: dict[tuple[str, str], RpcStats] = {}
         r.register(_RequestCollector(self))
 
     def http_stats(self, route: str, method: str) -> HttpStats:
@@ -118,14 +120,14 @@ class Metrics:
             stats = self._http[route, method] = HttpStats(route, method, latency)
         return stats
 
-    def rpc_stats(self, kind: str) -> RpcStats:
-        stats = self._rpc.get(kind)
+    def rpc_stats(self, kind: str, tenant: str = "") -> RpcStats:
+        stats = self._rpc.get((kind, tenant))
         if stats is None:
-            stats = self._rpc[kind] = RpcStats(kind)
+            stats = self._rpc[kind, tenant] = RpcStats(kind, tenant)
         return stats
 
-    def rpc_done(self, kind: str, outcome: str, started: float) -> None:
-        self.rpc_stats(kind).done(outcome, started)
+    def rpc_done(self, kind: str, outcome: str, started: float, tenant: str = "") -> None:
+        self.rpc_stats(kind, tenant).done(outcome, started)
 
     def http_done(self, route: str, method: str, status: int, seconds: float) -> None:
         self.http_stats(route, method).done(status, seconds)
@@ -160,16 +162,18 @@ class _RequestCollector:
         for route, hist in list(m._http_latency.items()):
             h.add_metric([route], hist.buckets(), hist.sum)
         yield h
-        c = CounterMetricFamily("fleetrpc_rest_rpc_calls", "RPCs made through the REST API by kind and outcome",
-                                labels=["kind", "outcome"])
+        c = CounterMetricFamily("fleetrpc_rest_rpc_calls",
+                                "RPCs made through the REST API by kind, outcome and tenant",
+                                labels=["kind", "outcome", "tenant"])
         for stats in list(m._rpc.values()):
             for outcome, n in list(stats.by_outcome.items()):
-                c.add_metric([stats.kind, outcome], n)
+                c.add_metric([stats.kind, outcome, stats.tenant], n)
         yield c
         h = HistogramMetricFamily("fleetrpc_rest_rpc_duration_seconds",
-                                  "Latency of RPCs made through the REST API by kind", labels=["kind"])
+                                  "Latency of RPCs made through the REST API by kind and tenant",
+                                  labels=["kind", "tenant"])
         for stats in list(m._rpc.values()):
-            h.add_metric([stats.kind], stats.latency.buckets(), stats.latency.sum)
+            h.add_metric([stats.kind, stats.tenant], stats.latency.buckets(), stats.latency.sum)
         yield h
 
 

@@ -27,7 +27,7 @@ from ..api.auth import public
 from ..api.keys import CTX as _CTX
 from ..api.openapi import Param, operation
 from .hub import EventHub, events_stream
-from .stats import TenantRpcMetrics, stats, tenant_rpc_middleware
+from .stats import stats
 
 __all__ = ["setup", "STATIC"]
 
@@ -64,7 +64,6 @@ def setup(app: web.Application, ctx: Any) -> None:
     hub = EventHub(ctx)
     app[_HUB] = hub
     ctx.console_hub = hub
-    app.middlewares.append(tenant_rpc_middleware(TenantRpcMetrics(ctx.metrics.registry)))
 
     async def start_hub(app: web.Application):
         hub.start()

@@ -7,8 +7,8 @@ samples, so the server keeps no history.
 Who sees what: the system administrator sees the whole server (dispatcher
 counters, pending calls, devices online, persistent calls, REST latency).
 A tenant administrator sees its own tenant only: its REST RPC calls and
-their latency (``fleetrpc_tenant_rpc_*``, counted by this package's
-middleware), its devices and how many are online.  A customer user has no
+their latency (the ``tenant`` label of ``fleetrpc_rest_rpc_*``), its
+devices and how many are online.  A customer user has no
 overview.
 """
 
@@ -18,48 +18,11 @@ import time
 from typing import Any
 
 from aiohttp import web
-from prometheus_client import Counter, Histogram
 
 from ..api.errors import ApiError
 from ..api.keys import CTX
 
-__all__ = ["stats", "TenantRpcMetrics", "tenant_rpc_middleware"]
-
-_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
-_RPC_PREFIXES = ("/api/rpc/oneway/", "/api/rpc/twoway/", "/api/plugins/rpc/oneway/", "/api/plugins/rpc/twoway/")
-
-
-class TenantRpcMetrics:
-    """REST RPC calls and their latency per tenant, in the server's registry."""
-
-    def __init__(self, registry: Any) -> None:
-        self.calls = Counter("fleetrpc_tenant_rpc_calls", "REST RPC calls by tenant and outcome",
-                             ("tenant", "outcome"), registry=registry)
-        self.latency = Histogram("fleetrpc_tenant_rpc_duration_seconds", "REST RPC latency by tenant",
-                                 ("tenant",), registry=registry, buckets=_BUCKETS)
-
-
-def tenant_rpc_middleware(metrics: TenantRpcMetrics):
-    @web.middleware
-    async def count(request: web.Request, handler):
-        if not request.path.startswith(_RPC_PREFIXES):
-            return await handler(request)
-        started = time.perf_counter()
-        outcome = "error"
-        try:
-            resp = await handler(request)
-            outcome = "ok" if resp.status < 400 else str(resp.status)
-            return resp
-        except web.HTTPException as exc:
-            outcome = str(exc.status)
-            raise
-        finally:
-            p = request.get("principal")
-            if p is not None and p.tenant_id:
-                metrics.calls.labels(p.tenant_id, outcome).inc()
-                metrics.latency.labels(p.tenant_id).observe(time.perf_counter() - started)
-
-    return count
+__all__ = ["stats"]
 
 
 def _samples(registry: Any) -> dict[str, list]:
@@ -108,8 +71,9 @@ async def stats(request: web.Request) -> web.Response:
         }
     elif p.authority == "TENANT_ADMIN":
         t = p.tenant_id
-        total = _value(samples, "fleetrpc_tenant_rpc_calls_total", tenant=t)
-        ok = _value(samples, "fleetrpc_tenant_rpc_calls_total", tenant=t, outcome="ok")
+        total = _value(samples, "fleetrpc_rest_rpc_calls_total", tenant=t)
+        ok = _value(samples, "fleetrpc_rest_rpc_calls_total", tenant=t, outcome="ok") + _value(
+            samples, "fleetrpc_rest_rpc_calls_total", tenant=t, outcome="queued")
         devices = await ctx.devices.count(t) if hasattr(ctx.devices, "count") else None
         hub = getattr(ctx, "console_hub", None)
         body = {
@@ -118,7 +82,7 @@ async def stats(request: web.Request) -> web.Response:
             "pending": None,
             "devices": {"online": hub.online_count(t) if hub is not None else None, "total": devices},
             "persistent": None,
-            "latency": _buckets(samples, "fleetrpc_tenant_rpc_duration_seconds", tenant=t),
+            "latency": _buckets(samples, "fleetrpc_rest_rpc_duration_seconds", tenant=t),
         }
     else:
         raise ApiError.forbidden()

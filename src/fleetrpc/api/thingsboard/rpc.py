@@ -205,20 +205,21 @@ async def _persistent(ctx: Any, device: Any, opts: CallOptions, tenant_id: str) 
             additional_info=opts.additional_info, request_uuid=opts.request_uuid, tenant_id=tenant_id,
         )
     except DuplicateRpcError:
-        ctx.metrics.rpc_done("persistent", "duplicate", started)
+        ctx.metrics.rpc_done("persistent", "duplicate", started, tenant_id)
         raise ApiError(409, f"Rpc with id [{opts.request_uuid}] already exists", ErrorCode.VERSION_CONFLICT) from None
     except ValidationError as exc:
-        ctx.metrics.rpc_done("persistent", "invalid", started)
+        ctx.metrics.rpc_done("persistent", "invalid", started, tenant_id)
         raise ApiError.bad_request(str(exc)) from None
     except DispatcherClosedError:
-        ctx.metrics.rpc_done("persistent", "shutdown", started)
+        ctx.metrics.rpc_done("persistent", "shutdown", started, tenant_id)
         return error_response(503, "Server is shutting down", ErrorCode.GENERAL)
-    ctx.metrics.rpc_done("persistent", "queued", started)
+    ctx.metrics.rpc_done("persistent", "queued", started, tenant_id)
     return web.Response(status=200, body=b'{"rpcId":"' + rpc_id.encode() + b'"}', content_type="application/json")
 
 
 def _handler(ctx: Any, oneway: bool, timeout_status: int, offline_status: int):
-    stats = ctx.metrics.rpc_stats("oneway" if oneway else "twoway")
+    kind = "oneway" if oneway else "twoway"
+    rpc_stats = ctx.metrics.rpc_stats
 
     async def handle(request: web.Request) -> web.Response:
         p = request["principal"]
@@ -234,7 +235,8 @@ def _handler(ctx: Any, oneway: bool, timeout_status: int, offline_status: int):
         device = await device_for_rpc(ctx, p, check_uuid(request.match_info["deviceId"]))
         if opts.persistent:
             return await _persistent(ctx, device, opts, p.tenant_id)
-        return await _lightweight(ctx, str(device.id), opts, timeout_status, offline_status, stats)
+        return await _lightweight(ctx, str(device.id), opts, timeout_status, offline_status,
+                                  rpc_stats(kind, p.tenant_id))
 
     return handle
 
