@@ -117,8 +117,9 @@ class AutocommitSqlite:
     )
 
     def __init__(self, store: SqliteStore) -> None:
-        self.db = store._db  # the benchmark borrows the store's connection
-        self.lock = store._lock
+        # The benchmark borrows the database's one aiosqlite connection and lock.
+        self.db = store.db._conn.raw
+        self.lock = store.db._lock
 
     async def insert(self, r: RpcRecord) -> None:
         async with self.lock:

@@ -15,7 +15,9 @@ from fleetrpc.device import DeviceClient
 from fleetrpc.dispatcher import Dispatcher
 from fleetrpc.errors import (
     InvalidTransitionError,
+    QueueFullError,
     RpcNotFoundError,
+    StoreError,
     StoreUnavailableError,
     ValidationError,
 )
@@ -45,7 +47,8 @@ def store_url(request, tmp_path):
 class Rig:
     """A dispatcher, a persistent engine on a store, and recorded events."""
 
-    def __init__(self, mqtt_url: str, store_url: str, **settings) -> None:
+    def __init__(self, mqtt_url: str, store_url: str, engine_options: dict | None = None, **settings) -> None:
+        self.engine_options = engine_options or {}
         settings.setdefault("min_timeout_ms", 0)
         settings.setdefault("ttl_enabled", False)
         self.settings = Settings(mqtt_url=mqtt_url, node_id=_name("node"), **settings)
@@ -60,7 +63,7 @@ class Rig:
         self.bus = EventBus()
         self.bus.add(lambda e: self.events.append((e.type, e.body["id"]["id"], e.body["status"])))
         self.bus.start()
-        self.engine = PersistentRpc(self.dispatcher, self.store, emit=self.bus.emit)
+        self.engine = PersistentRpc(self.dispatcher, self.store, emit=self.bus.emit, **self.engine_options)
         self.recovered = await self.engine.start()
         return self
 
@@ -107,7 +110,7 @@ async def test_two_way_lifecycle_and_events(rig):
     rec = await rig.engine.wait(rpc_id, 5)
     assert rec.status is RpcStatus.SUCCESSFUL and rec.response == {"pin": 4} and rec.attempts == 1
     await rig.engine.flush()
-    stored = await rig.store.get(rpc_id)
+    stored = await rig.store.get(rpc_id, "default")
     assert stored.status is RpcStatus.SUCCESSFUL and stored.response == {"pin": 4}
     assert stored.additional_info == {"k": "v"}
     await asyncio.sleep(0.05)
@@ -122,7 +125,7 @@ async def test_id_is_returned_only_after_the_row_is_committed(rig):
     other = await open_store(rig.store_url)
     try:
         for rpc_id in ids:
-            assert (await other.get(rpc_id)).status is RpcStatus.QUEUED
+            assert (await other.get(rpc_id, "default")).status is RpcStatus.QUEUED
     finally:
         await other.close()
 
@@ -374,10 +377,10 @@ async def test_sigkill_under_load_loses_nothing(mqtt_url, store_url, tmp_path):
     store = await open_store(store_url)
     try:
         for rpc_id in ids:
-            rec = await store.get(rpc_id)
+            rec = await store.get(rpc_id, "default")
             assert rec is not None, f"call {rpc_id} was lost"
             assert rec.status in (RpcStatus.SUCCESSFUL, RpcStatus.EXPIRED, RpcStatus.FAILED), rec
-        succeeded = sum([(await store.get(i)).status is RpcStatus.SUCCESSFUL for i in ids])
+        succeeded = sum([(await store.get(i, "default")).status is RpcStatus.SUCCESSFUL for i in ids])
         assert succeeded >= len(ids) * 0.9
     finally:
         await store.close()
@@ -400,3 +403,341 @@ async def _sig_device(url: str) -> DeviceClient:
 
     await dev.connect()
     return dev
+
+
+# -- tenants ---------------------------------------------------------------------------
+
+
+async def test_another_tenants_unfinished_call_is_not_found(rig):
+    """Deleting or reading an unfinished call with another tenant's id used
+    to return that call's record (and delete it)."""
+    rpc_id = await rig.engine.call(_name("off"), "echo", {}, tenant_id="tenant-a",
+                                   expiration_time=int(time.time() * 1000) + 30_000)
+    with pytest.raises(RpcNotFoundError):
+        await rig.engine.delete(rpc_id, tenant_id="tenant-b")
+    with pytest.raises(RpcNotFoundError):
+        await rig.engine.get(rpc_id, tenant_id="tenant-b")
+    with pytest.raises(RpcNotFoundError):
+        await rig.engine.wait(rpc_id, 1, tenant_id="tenant-b")
+    with pytest.raises(RpcNotFoundError):
+        await rig.engine.get(rpc_id)  # the default tenant is another tenant too
+    assert (await rig.engine.list_by_device(
+        (await rig.engine.get(rpc_id, tenant_id="tenant-a")).device_id, tenant_id="tenant-b")).data == []
+    assert (await rig.engine.get(rpc_id, tenant_id="tenant-a")).status is RpcStatus.QUEUED
+    assert RpcStatus.DELETED.value not in {st for _, i, st in rig.events if i == rpc_id}
+    assert (await rig.engine.delete(rpc_id, tenant_id="tenant-a")).id == rpc_id
+
+
+async def test_an_engine_without_default_tenant_requires_one(mqtt_url, store_url):
+    r = await Rig(mqtt_url, store_url, engine_options={"default_tenant": None}).start()
+    try:
+        for op in (lambda: r.engine.call("d1", "echo"), lambda: r.engine.get("x"),
+                   lambda: r.engine.delete("x"), lambda: r.engine.list_by_device("d1"),
+                   lambda: r.engine.wait("x")):
+            with pytest.raises(ValidationError, match="tenant_id is required"):
+                await op()
+        with pytest.raises(ValidationError, match="tenant_id"):
+            await r.engine.call("d1", "echo", tenant_id="")
+        rpc_id = await r.engine.call(_name("off"), "echo", tenant_id="t1")
+        assert (await r.engine.get(rpc_id, tenant_id="t1")).tenant_id == "t1"
+    finally:
+        await r.stop()
+
+
+async def test_owner_node_recorded_on_insert_and_on_recovery(mqtt_url, store_url):
+    r1 = await Rig(mqtt_url, store_url).start()
+    rpc_id = await r1.engine.call(_name("off"), "echo", expiration_time=int(time.time() * 1000) + 30_000)
+    await r1.engine.flush()
+    assert (await r1.store.get(rpc_id, "default")).owner_node == r1.settings.node_id
+    await r1.stop()
+    r2 = await Rig(mqtt_url, store_url).start()  # another node id
+    try:
+        assert r2.settings.node_id != r1.settings.node_id
+        assert (await r2.store.get(rpc_id, "default")).owner_node == r2.settings.node_id
+    finally:
+        await r2.stop()
+
+
+# -- one-way calls: the ack is optional ----------------------------------------------------
+
+
+async def test_oneway_call_to_a_device_that_never_acks_runs_once(rig):
+    dev = await rig.device(ack=False)
+    runs = []
+
+    @dev.method("reboot")
+    async def reboot(params):
+        runs.append(params)
+        await asyncio.sleep(3600)  # rebooting: no ack, no answer
+
+    rpc_id = await rig.engine.call(dev.device_id, "reboot", {"n": 1}, oneway=True, retries=3, timeout_ms=200)
+    rec = await rig.engine.wait(rpc_id, 5, durable=True)
+    assert rec.status is RpcStatus.DELIVERED and rec.attempts == 1
+    await asyncio.sleep(0.5)  # (what a resend would have needed: two more timeouts)
+    assert runs == [{"n": 1}]
+    assert rig.engine.stats.oneway_unacked == 1 and rig.engine.stats.retries == 0
+    assert (await rig.store.get(rpc_id, "default")).status is RpcStatus.DELIVERED
+
+
+async def test_oneway_call_answered_instead_of_acked_is_delivered(rig):
+    dev = await rig.device(ack=False)
+    rpc_id = await rig.engine.call(dev.device_id, "echo", {"n": 2}, oneway=True, retries=3, timeout_ms=5000)
+    rec = await rig.engine.wait(rpc_id, 5, durable=True)
+    assert rec.status is RpcStatus.DELIVERED and rec.attempts == 1 and rec.response is None
+    assert rig.calls_seen == [{"n": 2}]
+
+
+async def test_oneway_call_sent_before_a_crash_is_not_sent_again(mqtt_url, store_url):
+    from fleetrpc.store.base import RpcRecord
+
+    store = await open_store(store_url)
+    now = int(time.time() * 1000)
+    name = _name()
+    await store.insert(RpcRecord(id="0b3c6f8e-5d1a-4c7e-9f00-000000000001", device_id=name, created_time=now,
+                                 expiration_time=now + 30_000, method="reboot", oneway=True, retries=3,
+                                 attempts=1, status=RpcStatus.SENT))
+    await store.close()
+    r = await Rig(mqtt_url, store_url).start()
+    try:
+        runs = []
+        dev = await r.device(name)
+
+        @dev.method("reboot")
+        def reboot(params):
+            runs.append(params)
+
+        rec = await r.engine.wait("0b3c6f8e-5d1a-4c7e-9f00-000000000001", 5, durable=True)
+        assert rec.status is RpcStatus.DELIVERED and rec.attempts == 1
+        await asyncio.sleep(0.2)
+        assert runs == []
+    finally:
+        await r.stop()
+
+
+# -- checked at the edge, before anything is stored ---------------------------------------
+
+
+async def test_oversize_call_is_refused_before_it_is_stored(mqtt_url, store_url):
+    r = await Rig(mqtt_url, store_url, max_payload=1024).start()
+    try:
+        name = _name("off")
+        with pytest.raises(ValidationError, match="over the maximum payload of 1024 bytes"):
+            await r.engine.call(name, "echo", {"blob": "x" * 2000})
+        assert (await r.engine.list_by_device(name)).total_elements == 0
+        assert r.events == []
+        await r.engine.call(name, "echo", {"blob": "x" * 500})  # under the limit: fine
+    finally:
+        await r.stop()
+
+
+@pytest.mark.parametrize("options, match", [
+    ({"retries": "x"}, "retries"), ({"retries": float("nan")}, "retries"),
+    ({"retries": float("inf")}, "retries"), ({"retries": True}, "retries"), ({"retries": -1}, "retries"),
+    ({"retries": 1.5}, "retries"), ({"timeout_ms": float("nan")}, "timeout"),
+    ({"timeout_ms": "soon"}, "timeout"), ({"timeout_ms": -5}, "timeout"), ({"timeout_ms": False}, "timeout"),
+    ({"oneway": "false"}, "oneway"), ({"oneway": 0}, "oneway"), ({"oneway": None}, "oneway"),
+    ({"expiration_time": float("inf")}, "expirationTime"),
+])
+async def test_bad_argument_types_are_one_error_before_storing(rig, options, match):
+    name = _name("off")
+    with pytest.raises(ValidationError, match=match):
+        await rig.engine.call(name, "echo", {}, **options)
+    assert (await rig.engine.list_by_device(name)).total_elements == 0
+
+
+async def test_numeric_strings_and_empty_values_follow_thingsboard(rig):
+    name = _name("off")
+    a = await rig.engine.get(await rig.engine.call(name, "echo", retries="3", timeout_ms="6000"))
+    assert (a.retries, a.timeout_ms) == (3, 6000)
+    b = await rig.engine.get(await rig.engine.call(name, "echo", retries="", timeout_ms=""))
+    assert (b.retries, b.timeout_ms) == (0, rig.settings.default_timeout_ms)
+    c = await rig.engine.get(await rig.engine.call(name, "echo", retries=99))
+    assert c.retries == rig.settings.max_retries
+
+
+async def test_values_the_database_cannot_store_are_refused_at_the_call(rig):
+    name = _name("off")
+    for kwargs in ({"params": {"a": "x\x00"}}, {"params": {"k\x00": 1}},
+                   {"additional_info": ["\x00"]}, {"method": "re\x00boot"}):
+        kw = {"method": "echo", **kwargs}
+        with pytest.raises(ValidationError, match="cannot be stored"):
+            await rig.engine.call(name, kw.pop("method"), **kw)
+    assert (await rig.engine.list_by_device(name)).total_elements == 0
+
+
+# -- issue 9: one device cannot stall persistent writes -----------------------------------
+
+
+async def _poison_device(rig, value):
+    dev = await rig.device()
+
+    @dev.method("poison")
+    def poison(params):
+        return value
+
+    return dev
+
+
+async def test_a_reply_the_database_cannot_store_fails_only_its_call(rig):
+    dev = await _poison_device(rig, {"text": "a\x00b"})
+    bad = await rig.engine.call(dev.device_id, "poison", {})
+    rec = await asyncio.wait_for(rig.engine.wait(bad, durable=True), 10)
+    assert rec.status is RpcStatus.FAILED and rec.response is None
+    assert "reply cannot be stored" in rec.error and "U+0000" in rec.error
+    # every other call's writes go through at once, nothing is held
+    ok = await rig.engine.call(dev.device_id, "echo", {"fine": True})
+    assert (await asyncio.wait_for(rig.engine.wait(ok, durable=True), 10)).status is RpcStatus.SUCCESSFUL
+    assert not rig.engine._holding and rig.engine.stats.write_errors == 0
+    stored = await rig.store.get(bad, "default")
+    assert stored.status is RpcStatus.FAILED and "U+0000" in stored.error
+    assert rig.engine.stats.reply_refused == 1
+
+
+async def test_a_device_error_message_with_nul_is_stored_readably(rig):
+    dev = await rig.device()
+
+    @dev.method("broken")
+    def broken(params):
+        from fleetrpc.errors import RemoteError
+        raise RemoteError("bad\x00thing")
+
+    rpc_id = await rig.engine.call(dev.device_id, "broken", {})
+    rec = await asyncio.wait_for(rig.engine.wait(rpc_id, durable=True), 10)
+    assert rec.status is RpcStatus.FAILED
+    assert "\x00" not in (await rig.store.get(rpc_id, "default")).error
+
+
+async def _refuse_poison_in_the_database(rig) -> None:
+    """A trigger that refuses any status write whose reply says "poison":
+    the database refusing a write for its content, by a cause the engine
+    cannot foresee."""
+    db = rig.store.db
+    if db.dialect == "sqlite":
+        await db.execute("CREATE TRIGGER refuse_poison BEFORE UPDATE ON rpc "
+                         "WHEN NEW.response LIKE '%poison%' BEGIN SELECT RAISE(ABORT, 'poison refused'); END")
+    else:
+        await db.execute("CREATE FUNCTION refuse_poison() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+                         "IF NEW.response::text LIKE '%poison%' THEN RAISE EXCEPTION 'poison refused'; END IF; "
+                         "RETURN NEW; END $$")
+        await db.execute("CREATE TRIGGER refuse_poison BEFORE UPDATE ON rpc FOR EACH ROW "
+                         "EXECUTE FUNCTION refuse_poison()")
+
+
+async def test_a_write_the_database_refuses_never_holds_back_others(rig):
+    await _refuse_poison_in_the_database(rig)
+    dev = await _poison_device(rig, "poison")
+    healthy = await rig.device()
+    bad = await rig.engine.call(dev.device_id, "poison", {})
+    others = [await rig.engine.call(healthy.device_id, "echo", i) for i in range(20)]
+    rec = await asyncio.wait_for(rig.engine.wait(bad, durable=True), 10)
+    # The status stands; the reply is not stored, and the record says why.
+    assert rec.status is RpcStatus.SUCCESSFUL and rec.response is None
+    assert "refused" in rec.error and "poison refused" in rec.error
+    for rpc_id in others:
+        assert (await asyncio.wait_for(rig.engine.wait(rpc_id, durable=True), 10)).status is RpcStatus.SUCCESSFUL
+    assert not rig.engine._holding and rig.engine.stats.write_errors == 0
+    assert rig.engine.stats.write_refused >= 1
+    stored = await rig.store.get(bad, "default")
+    assert stored.status is RpcStatus.SUCCESSFUL and stored.response is None and "refused" in stored.error
+    for rpc_id in others:
+        assert (await rig.store.get(rpc_id, "default")).status is RpcStatus.SUCCESSFUL
+
+
+@pytest.mark.pg
+async def test_postgres_refusing_nul_is_survived_even_unforeseen(mqtt_url, fresh_pg_db, monkeypatch):
+    """Without the check before the status changes, PostgreSQL itself
+    refuses the reply (22P05): that write alone is redone without it."""
+    import fleetrpc.rpc.persistent as engine_module
+
+    monkeypatch.setattr(engine_module, "storable_problem", lambda value: None)
+    r = await Rig(mqtt_url, fresh_pg_db).start()
+    try:
+        dev = await _poison_device(r, "a\x00b")
+        bad = await r.engine.call(dev.device_id, "poison", {})
+        ok = await r.engine.call(dev.device_id, "echo", 1)
+        rec = await asyncio.wait_for(r.engine.wait(bad, durable=True), 10)
+        assert rec.status is RpcStatus.SUCCESSFUL and rec.response is None and "22P05" in rec.error
+        assert (await asyncio.wait_for(r.engine.wait(ok, durable=True), 10)).response == 1
+        assert not r.engine._holding
+    finally:
+        await r.stop()
+
+
+async def test_a_write_refused_twice_fails_only_the_durable_wait(rig):
+    db = rig.store.db
+    # Refuse every change of this one call, with or without its reply.
+    dev = await rig.device()
+    if db.dialect == "sqlite":
+        await db.execute("CREATE TRIGGER refuse_all BEFORE UPDATE ON rpc "
+                         "WHEN NEW.method = 'doomed' AND NEW.status = 'SUCCESSFUL' "
+                         "BEGIN SELECT RAISE(ABORT, 'no'); END")
+    else:
+        await db.execute("CREATE FUNCTION refuse_all() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+                         "IF NEW.method = 'doomed' AND NEW.status = 'SUCCESSFUL' THEN RAISE EXCEPTION 'no'; "
+                         "END IF; RETURN NEW; END $$")
+        await db.execute("CREATE TRIGGER refuse_all BEFORE UPDATE ON rpc FOR EACH ROW EXECUTE FUNCTION refuse_all()")
+
+    @dev.method("doomed")
+    def doomed(params):
+        return 1
+
+    bad = await rig.engine.call(dev.device_id, "doomed", {})
+    with pytest.raises(StoreError, match="refused the final status"):
+        await asyncio.wait_for(rig.engine.wait(bad, durable=True), 10)
+    ok = await rig.engine.call(dev.device_id, "echo", 2)
+    assert (await asyncio.wait_for(rig.engine.wait(ok, durable=True), 10)).response == 2
+    assert not rig.engine._holding
+
+
+# -- the queue cap: a documented, configurable choice ---------------------------------------
+
+
+async def test_calls_beyond_the_dispatchers_queue_wait_in_the_engine(rig):
+    """150 persistent calls to an offline device (the dispatcher holds 100)
+    used to give 50 QueueFullErrors; now all are queued and run in order."""
+    name = _name()
+    rig.dispatcher.configure_device(name, strategy=DeliveryStrategy.SEQUENTIAL_ON_RESPONSE)
+    exp = int(time.time() * 1000) + 60_000
+    ids = [await rig.engine.call(name, "echo", i, expiration_time=exp) for i in range(150)]
+    assert rig.engine.stats.backlogged == 50 and rig.engine.stats.failed == 0
+    await rig.device(name)
+    for rpc_id in ids:
+        assert (await rig.engine.wait(rpc_id, 20)).status is RpcStatus.SUCCESSFUL
+    assert rig.calls_seen == list(range(150))
+
+
+async def test_waiting_calls_expire_and_can_be_deleted(mqtt_url, store_url):
+    r = await Rig(mqtt_url, store_url, queue_cap=1).start()  # the dispatcher holds one call
+    try:
+        name = _name("off")
+        exp = int(time.time() * 1000)
+        held = await r.engine.call(name, "echo", 0, expiration_time=exp + 60_000)
+        short = await r.engine.call(name, "echo", 1, expiration_time=exp + 300)
+        gone = await r.engine.call(name, "echo", 2, expiration_time=exp + 60_000)
+        assert r.engine.stats.backlogged == 2
+        assert (await r.engine.wait(short, 5)).status is RpcStatus.EXPIRED
+        await r.engine.delete(gone)
+        await r.device(name)
+        assert (await r.engine.wait(held, 5)).status is RpcStatus.SUCCESSFUL
+        await asyncio.sleep(0.2)
+        assert r.calls_seen == [0]
+    finally:
+        await r.stop()
+
+
+async def test_the_engines_queue_cap_refuses_before_storing(mqtt_url, store_url):
+    r = await Rig(mqtt_url, store_url, engine_options={"queue_cap": 5}).start()
+    try:
+        name = _name("off")
+        exp = int(time.time() * 1000) + 60_000
+        ids = [await r.engine.call(name, "echo", i, expiration_time=exp) for i in range(5)]
+        with pytest.raises(QueueFullError, match="5 unfinished persistent calls"):
+            await r.engine.call(name, "echo", 5, expiration_time=exp)
+        assert (await r.engine.list_by_device(name)).total_elements == 5
+        await r.engine.call(_name("off"), "echo", expiration_time=exp)  # another device: fine
+        await r.engine.delete(ids[0])
+        await r.engine.call(name, "echo", 6, expiration_time=exp)  # room again
+    finally:
+        await r.stop()
+    with pytest.raises(ValidationError):
+        PersistentRpc(r.dispatcher, r.store, queue_cap=0)

@@ -152,11 +152,11 @@ async def test_insert_get_round_trip_every_field(store):
         error="boom",
     )
     await store.insert(r)
-    assert await store.get(r.id) == r
+    assert await store.get(r.id, r.tenant_id) == r
     for params in ("text", 42, 1.5, [], None, {"deep": {"er": [{"x": None}]}}):
         r2 = rec(params=params)
         await store.insert_many([r2])
-        assert (await store.get(r2.id)).params == params
+        assert (await store.get(r2.id, r2.tenant_id)).params == params
 
 
 async def test_defaults_and_coercion():
@@ -168,7 +168,7 @@ async def test_defaults_and_coercion():
 async def test_get_missing_and_tenant_scoping(store):
     r = rec(tenant_id="t1")
     await store.insert(r)
-    assert await store.get("nope") is None
+    assert await store.get("nope", "default") is None
     assert (await store.get(r.id, tenant_id="t1")).id == r.id
     assert await store.get(r.id, tenant_id="t2") is None
 
@@ -180,11 +180,11 @@ async def test_insert_many_is_all_or_nothing(store):
     with pytest.raises(DuplicateRpcError):
         await store.insert_many(batch)
     for r in batch[:2] + batch[3:]:
-        assert await store.get(r.id) is None
+        assert await store.get(r.id, r.tenant_id) is None
     twice = rec(4)
     with pytest.raises(DuplicateRpcError, match=twice.id):
         await store.insert_many([twice, rec(5), twice])
-    assert await store.get(twice.id) is None
+    assert await store.get(twice.id, twice.tenant_id) is None
 
 
 @pytest.mark.parametrize("n", [3, 40])  # below and above the COPY threshold
@@ -196,7 +196,7 @@ async def test_write_reports_taken_ids_per_row(store, n):
     batch.append(batch[2])  # the same new id twice: the first wins
     result = await store.write(batch, [])
     assert result.inserted == [True, False] + [True] * (n - 1) + [False]
-    assert all([await store.get(r.id) for r in batch])
+    assert all([await store.get(r.id, r.tenant_id) for r in batch])
 
 
 async def test_json_refused_before_the_database(store):
@@ -220,7 +220,7 @@ async def test_optimistic_changes(store):
         ]
     )
     assert applied == [a.id, a.id, c.id]
-    ga, gb, gc = [await store.get(x.id) for x in (a, b, c)]
+    ga, gb, gc = [await store.get(x.id, x.tenant_id) for x in (a, b, c)]
     assert (ga.status, ga.attempts, ga.response, ga.updated_time) == (
         St.SUCCESSFUL,
         1,
@@ -235,10 +235,10 @@ async def test_change_fields_left_unset_are_kept(store):
     r = rec(response={"old": 1}, error="e0", attempts=3, status=St.SENT)
     await store.insert(r)
     assert await store.change(chg(r, St.SENT, St.TIMEOUT))
-    got = await store.get(r.id)
+    got = await store.get(r.id, r.tenant_id)
     assert (got.response, got.error, got.attempts, got.status) == ({"old": 1}, "e0", 3, St.TIMEOUT)
     assert await store.change(chg(r, St.TIMEOUT, St.SENT, response=None, error=None, attempts=4))
-    got = await store.get(r.id)
+    got = await store.get(r.id, r.tenant_id)
     assert (got.response, got.error, got.attempts) == (None, None, 4)
 
 
@@ -249,7 +249,7 @@ async def test_stale_writer_cannot_clobber(store):
     assert await store.change(chg(r, St.SENT, St.SUCCESSFUL, response=1))
     # A late timeout decided on the SENT view of the call:
     assert not await store.change(chg(r, St.SENT, St.TIMEOUT))
-    assert (await store.get(r.id)).status is St.SUCCESSFUL
+    assert (await store.get(r.id, r.tenant_id)).status is St.SUCCESSFUL
 
 
 async def test_illegal_change_raises_before_writing(store):
@@ -257,7 +257,7 @@ async def test_illegal_change_raises_before_writing(store):
     await store.insert(r)
     with pytest.raises(InvalidTransitionError, match=f"RPC {r.id}: illegal transition QUEUED -> SUCCESSFUL"):
         await store.apply_changes([chg(r, St.QUEUED, St.SENT), chg(r, St.QUEUED, St.SUCCESSFUL)])
-    assert (await store.get(r.id)).status is St.QUEUED  # nothing of the call applied
+    assert (await store.get(r.id, r.tenant_id)).status is St.QUEUED  # nothing of the call applied
 
 
 async def test_oneway_rows_refuse_twoway_moves(store):
@@ -294,7 +294,7 @@ async def test_random_changes_match_a_model(store):
                 expect.append(c.id)
         assert await store.apply_changes(batch) == expect
     for r in records:
-        assert (await store.get(r.id)).status is model[r.id][0]
+        assert (await store.get(r.id, r.tenant_id)).status is model[r.id][0]
 
 
 # -- delete, listing, recovery --------------------------------------------------------
@@ -304,9 +304,9 @@ async def test_delete_returns_the_row(store):
     r = rec(tenant_id="t1", status=St.SUCCESSFUL, response={"a": 1})
     await store.insert(r)
     assert await store.delete(r.id, tenant_id="t2") is None
-    assert await store.delete(r.id) == r
-    assert await store.get(r.id) is None
-    assert await store.delete(r.id) is None
+    assert await store.delete(r.id, r.tenant_id) == r
+    assert await store.get(r.id, r.tenant_id) is None
+    assert await store.delete(r.id, r.tenant_id) is None
 
 
 @pytest.fixture
@@ -338,9 +338,9 @@ async def test_paging(store, listed):
         assert len(p.data) == (10 if page < 2 else 6)
         seen += p.data
     assert {r.id for r in seen} == {r.id for r in listed if r.tenant_id == "default"}
-    empty = await store.list_by_device("dev-1", page_size=10, page=7)
-    assert (empty.data, empty.total_elements, empty.has_next) == ([], 28, False)
-    none = await store.list_by_device("nobody")
+    empty = await store.list_by_device("dev-1", tenant_id="default", page_size=10, page=7)
+    assert (empty.data, empty.total_elements, empty.has_next) == ([], 26, False)
+    none = await store.list_by_device("nobody", tenant_id="default")
     assert none == Page(data=[], total_pages=0, total_elements=0, has_next=False)
 
 
@@ -357,27 +357,28 @@ async def test_sorting(store, listed):
     # One test walks every property and order: a schema per case would cost
     # more than the queries.
     # ties keep insertion order (the order of `listed`)
+    listed = [r for r in listed if r.tenant_id == "default"]  # another tenant's are never listed
     seq = {r.id: i for i, r in enumerate(listed)}
     for prop, key in SORT_KEYS.items():
         for order in ("ASC", "DESC", "asc"):
-            p = await store.list_by_device("dev-1", page_size=100, sort_property=prop, sort_order=order)
+            p = await store.list_by_device("dev-1", tenant_id="default", page_size=100, sort_property=prop, sort_order=order)
             want = sorted(listed, key=lambda r: (key(r), seq[r.id]), reverse=order.upper() == "DESC")
             assert [r.id for r in p.data] == [r.id for r in want], (prop, order)
     # paging follows the sort
-    p = await store.list_by_device("dev-1", page_size=4, page=1, sort_property="expirationTime", sort_order="ASC")
+    p = await store.list_by_device("dev-1", tenant_id="default", page_size=4, page=1, sort_property="expirationTime", sort_order="ASC")
     want = sorted(listed, key=lambda r: (r.expiration_time, seq[r.id]))[4:8]
     assert [r.id for r in p.data] == [r.id for r in want]
 
 
 async def test_filters(store, listed):
-    p = await store.list_by_device("dev-1", page_size=100, status="SUCCESSFUL")
+    p = await store.list_by_device("dev-1", tenant_id="default", page_size=100, status="SUCCESSFUL")
     assert {r.id for r in p.data} == {r.id for r in listed if r.status is St.SUCCESSFUL}
-    p = await store.list_by_device("dev-1", page_size=100, text_search="GPIO")
+    p = await store.list_by_device("dev-1", tenant_id="default", page_size=100, text_search="GPIO")
     assert {r.id for r in p.data} == {r.id for r in listed if "gpio" in r.method.lower()}
     # LIKE wildcards in the search are literal
-    p = await store.list_by_device("dev-1", page_size=100, text_search="_5")
+    p = await store.list_by_device("dev-1", tenant_id="default", page_size=100, text_search="_5")
     assert {r.id for r in p.data} == {r.id for r in listed if "_5" in r.method}
-    p = await store.list_by_device("dev-1", page_size=100, text_search="%")
+    p = await store.list_by_device("dev-1", tenant_id="default", page_size=100, text_search="%")
     assert {r.id for r in p.data} == {r.id for r in listed if "%" in r.method}
     p = await store.list_by_device("dev-1", tenant_id="t-other", status=St.QUEUED)
     assert {r.id for r in p.data} == {r.id for r in listed if r.tenant_id == "t-other"}
@@ -398,8 +399,8 @@ BAD_LISTING_ARGS = [
 async def test_bad_listing_arguments(store, listed):
     for kwargs, match in BAD_LISTING_ARGS:
         with pytest.raises(ValidationError, match=match):
-            await store.list_by_device("dev-1", **kwargs)
-    assert (await store.list_by_device("dev-1")).total_elements == 28  # the table is still there
+            await store.list_by_device("dev-1", tenant_id="default", **kwargs)
+    assert (await store.list_by_device("dev-1", tenant_id="default")).total_elements == 26  # the table is still there
 
 
 async def test_load_unfinished(store):
@@ -416,6 +417,36 @@ async def test_load_unfinished(store):
     assert got == want
 
 
+async def test_claim_unfinished_records_the_owner_node(store):
+    mine = rec(1, owner_node="node-a", lease_until=T0 + 30_000)
+    live = rec(2, status=St.SENT)
+    done = rec(3, status=St.SUCCESSFUL, owner_node="node-a")
+    await store.insert_many([mine, live, done])
+    assert (await store.get(mine.id, mine.tenant_id)).owner_node == "node-a"  # recorded on insert
+    got = await store.claim_unfinished("node-b")
+    assert [r.id for r in got] == [mine.id, live.id]
+    assert {r.owner_node for r in got} == {"node-b"}
+    assert got[0].lease_until == T0 + 30_000
+    assert (await store.get(done.id, done.tenant_id)).owner_node == "node-a"  # finished: untouched
+
+
+async def test_the_tenant_is_required_everywhere(store):
+    r = rec(tenant_id="t1")
+    await store.insert(r)
+    for bad in (None, "", 7):
+        with pytest.raises(ValidationError, match="tenant_id"):
+            await store.get(r.id, bad)
+        with pytest.raises(ValidationError, match="tenant_id"):
+            await store.delete(r.id, bad)
+        with pytest.raises(ValidationError, match="tenant_id"):
+            await store.list_by_device("dev-1", tenant_id=bad)
+        with pytest.raises(ValidationError, match="tenant_id"):
+            await store.purge_terminal(T0 + 10**9, bad)
+    with pytest.raises(TypeError):
+        await store.get(r.id)  # no default: no "every tenant"
+    assert await store.get(r.id, "t1") == r
+
+
 # -- TTL ------------------------------------------------------------------------------
 
 
@@ -427,10 +458,10 @@ async def test_purge_terminal(store):
     other_tenant = rec(6, status=St.FAILED, tenant_id="t2")
     await store.insert_many([*old_done, old_oneway_delivered, *old_live, new_done, other_tenant])
     assert await store.purge_terminal(T0 + 1000, tenant_id="t2") == 1
-    assert await store.purge_terminal(T0 + 1000) == 5
-    assert await store.purge_terminal(T0 + 1000) == 0
+    assert await store.purge_terminal(T0 + 1000, "default") == 5
+    assert await store.purge_terminal(T0 + 1000, "default") == 0
     for r in old_live + [new_done]:
-        assert await store.get(r.id) is not None
+        assert await store.get(r.id, r.tenant_id) is not None
     assert len(await store.load_unfinished()) == 4
 
 
@@ -464,7 +495,7 @@ async def test_tenant_ttl_and_purge_expired(store):
     await store.insert_many(rows)
     assert await store.purge_expired(now, default_days=None) == 2  # no default: tenants with a TTL only
     assert await store.purge_expired(now, default_days=30) == 1
-    left = {r.id for r in rows if await store.get(r.id)}
+    left = {r.id for r in rows if await store.get(r.id, r.tenant_id)}
     assert left == {
         "short-1-SUCCESSFUL",
         "short-3-SENT",
@@ -493,7 +524,7 @@ async def test_migrations_are_idempotent(backend, store):
     await again.open()
     try:
         assert await again.migrate() == []
-        assert await again.get(r.id) == r
+        assert await again.get(r.id, r.tenant_id) == r
     finally:
         await again.close()
 
@@ -516,14 +547,9 @@ async def test_concurrent_migrators(backend):
 async def test_newer_schema_is_refused(backend, store):
     await store.write([], [])  # no-op write is fine
     marker = "INSERT INTO schema_version (version, name, applied_time) VALUES (999, 'future', 0)"
-    if backend.kind == "sqlite":
-        async with store._tx("test") as db:
-            await db.execute(marker)
-    else:
-        async with store._connection("test") as conn:
-            await conn.execute(marker)
+    await store.db.execute(marker)
     await store.close()
-    with pytest.raises(StoreError, match="newer than this fleetrpc"):
+    with pytest.raises(StoreError, match="upgrade fleetrpc"):
         await backend.make().open()
 
 
@@ -593,7 +619,7 @@ async def test_group_commit_batches_concurrent_inserts(gstore, store):
         r = rec(i)
         await gstore.insert(r)
         # committed before the await returned: visible to a fresh read
-        assert await store.get(r.id) == r
+        assert await store.get(r.id, r.tenant_id) == r
         return r
 
     rows = await asyncio.gather(*(one(i) for i in range(100)))
@@ -619,7 +645,7 @@ async def test_group_commit_changes_follow_inserts(gstore, store):
     results = await asyncio.gather(*(lifecycle(r) for r in rows))
     assert results == [(True, False)] * 30
     for r in rows:
-        got = await store.get(r.id)
+        got = await store.get(r.id, r.tenant_id)
         assert (got.status, got.response, got.attempts) == (St.SUCCESSFUL, {"id": r.id}, 1)
     assert gstore.batch_stats.batches <= 5 * 4  # about one batch per step, not one per call
     with pytest.raises(InvalidTransitionError):  # refused at once, never queued
@@ -638,7 +664,7 @@ async def test_group_commit_duplicate_fails_only_its_caller(gstore, store):
     assert all(isinstance(out[i], DuplicateRpcError) for i in errors)
     assert existing.id in str(out[10])
     for r in fresh:
-        assert await store.get(r.id) == r
+        assert await store.get(r.id, r.tenant_id) == r
     assert gstore.batch_stats.row_by_row == 0  # reported per row, no retry needed
 
 
@@ -650,8 +676,8 @@ async def test_group_commit_bad_row_retried_row_by_row(gstore, store):
     assert [type(o) for o in out] == [type(None)] * 7 + [StoreError] + [type(None)] * 13
     assert not isinstance(out[7], StoreUnavailableError)
     for r in rows:
-        assert await store.get(r.id) == r
-    assert await store.get(bad.id) is None
+        assert await store.get(r.id, r.tenant_id) == r
+    assert await store.get(bad.id, bad.tenant_id) is None
     assert gstore.batch_stats.row_by_row >= 1
 
 
@@ -672,9 +698,9 @@ async def test_group_commit_unavailable_fails_the_whole_batch(gstore, store, mon
     assert all(isinstance(o, StoreUnavailableError) for o in out)
     assert len({id(o) for o in out}) == 10  # one exception object per caller
     for r in rows:
-        assert await store.get(r.id) is None  # nothing reported stored, nothing stored
+        assert await store.get(r.id, r.tenant_id) is None  # nothing reported stored, nothing stored
     await gstore.insert(rows[0])  # and the next batch goes through
-    assert await store.get(rows[0].id) == rows[0]
+    assert await store.get(rows[0].id, rows[0].tenant_id) == rows[0]
 
 
 async def test_group_commit_close_drains_then_refuses(store):
@@ -710,21 +736,21 @@ async def test_group_commit_cancelled_caller_still_written(gstore, store):
     task.cancel()
     await gstore.drain()
     assert task.cancelled()
-    assert await store.get(r.id) == r
+    assert await store.get(r.id, r.tenant_id) == r
 
 
 async def test_group_commit_passes_reads_through(gstore):
     r = rec(status=St.SUCCESSFUL)
     await gstore.insert(r)
-    assert await gstore.get(r.id) == r
-    assert (await gstore.list_by_device("dev-1")).data == [r]
+    assert await gstore.get(r.id, r.tenant_id) == r
+    assert (await gstore.list_by_device("dev-1", tenant_id="default")).data == [r]
     assert await gstore.load_unfinished() == []
-    assert await gstore.purge_terminal(T0 + 10) == 1
+    assert await gstore.purge_terminal(T0 + 10, "default") == 1
     await gstore.set_tenant_ttl("t", 3)
     assert await gstore.get_tenant_ttl("t") == 3
     assert await gstore.purge_expired(T0, 1) == 0
     assert await gstore.migrate() == []
-    assert await gstore.delete(r.id) is None
+    assert await gstore.delete(r.id, r.tenant_id) is None
 
 
 # -- failures and URLs --------------------------------------------------------------------------
@@ -735,7 +761,7 @@ async def test_postgres_unreachable_is_store_unavailable():
     with pytest.raises(StoreUnavailableError, match=r"PostgreSQL at 127\.0\.0\.1:1/test is unavailable"):
         await s.open()
     with pytest.raises(StoreError, match="not open"):
-        await s.get("x")
+        await s.get("x", "default")
 
 
 async def test_sqlite_unopenable_is_store_unavailable(tmp_path):
@@ -747,7 +773,7 @@ async def test_sqlite_unopenable_is_store_unavailable(tmp_path):
 async def test_closed_store_raises_store_error(store):
     await store.close()
     with pytest.raises(StoreError, match="not open"):
-        await store.get("x")
+        await store.get("x", "default")
     with pytest.raises(StoreError, match="not open"):
         await store.insert(rec())
 
@@ -758,10 +784,10 @@ def test_store_urls(tmp_path):
     assert store_from_url("sqlite:///rel/x.db").path == "rel/x.db"
     assert store_from_url(f"sqlite:///{tmp_path}/x.db").path == f"{tmp_path}/x.db"
     s = store_from_url("sqlite:///x.db?synchronous=normal")
-    assert s.synchronous == "NORMAL"
+    assert s.db.synchronous == "NORMAL"
     pg = store_from_url("postgresql://u@h:5433/db?schema=fleet&sslmode=disable")
     assert isinstance(pg, PostgresStore) and pg.schema == "fleet"
-    assert pg.dsn == "postgresql://u@h:5433/db?sslmode=disable"
+    assert pg.db.dsn == "postgresql://u@h:5433/db?sslmode=disable"
     assert isinstance(store_from_url("sqlite://:memory:", group_commit=True), GroupCommitStore)
     for bad in ("mysql://x", "sqlite://host/x.db", "sqlite:///x.db?journal=off"):
         with pytest.raises(ValidationError):
@@ -775,7 +801,7 @@ async def test_open_store_in_memory():
     try:
         r = rec()
         await s.insert(r)
-        assert await s.get(r.id) == r
+        assert await s.get(r.id, r.tenant_id) == r
     finally:
         await s.close()
 
@@ -792,12 +818,12 @@ async def test_postgres_fresh_database(fresh_pg_db):
         assert await s.schema_version() == len(migrations.load("postgresql"))
         r = rec()
         await s.insert(r)
-        assert await s.get(r.id) == r
+        assert await s.get(r.id, r.tenant_id) == r
     finally:
         await s.close()
     async with PostgresStore(fresh_pg_db) as again:  # reopening migrates nothing
         assert await again.migrate() == []
-        assert await again.get(r.id) == r
+        assert await again.get(r.id, r.tenant_id) == r
 
 
 @pytest.mark.pg
@@ -814,13 +840,13 @@ async def test_postgres_restart_recovers(pg_server):
 
         await server.stop()
         with pytest.raises(StoreUnavailableError, match="unavailable"):
-            await store.get(before.id)
+            await store.get(before.id, before.tenant_id)
         lost = [rec(i + 1) for i in range(5)]
         out = await asyncio.gather(*(group.insert(r) for r in lost), return_exceptions=True)
         assert all(isinstance(o, StoreUnavailableError) for o in out)
 
         await server.start()
-        assert await store.get(before.id) == before  # the pool reconnects by itself
+        assert await store.get(before.id, before.tenant_id) == before  # the pool reconnects by itself
         after = rec(10)
         await group.insert(after)
         assert await group.change(chg(after, St.QUEUED, St.SENT))

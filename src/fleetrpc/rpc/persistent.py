@@ -10,12 +10,31 @@ A persistent call outlives a disconnected device and a restart of the server:
    call's ``expirationTime``.
 3. Published: SENT, and the transport timeout of this attempt is armed.
    The device's ack makes it DELIVERED (a one-way call ends there); its
-   reply makes it SUCCESSFUL with the reply stored.
+   reply makes it SUCCESSFUL with the reply stored.  A device's ack is
+   optional (docs/protocol.md), so a one-way call is published at most
+   once: its retries apply only before it is published, and once SENT, the
+   attempt's timeout passing without an ack makes it DELIVERED too (the
+   request reached the broker for a device that was online; a ``reboot``
+   never runs twice because the device stayed silent).
 4. The transport timeout passes: TIMEOUT, then another attempt while
    retries remain (same request id in the payload, so the device SDK answers
    a duplicate from memory), else FAILED.  ``expirationTime`` passing first
    makes it EXPIRED.  ``delete()`` makes it DELETED: removed from the store
    and never sent after that.
+
+Tenants: every call belongs to one.  Every operation takes ``tenant_id``
+and sees only that tenant's calls (another tenant's call is "not found");
+leaving it out means the engine's ``default_tenant`` -- the library's one
+tenant, ``"default"``.  A server builds the engine with
+``default_tenant=None``, and then an operation without a tenant is refused.
+
+Queue cap: a device has at most ``queue_cap`` unfinished persistent calls
+(default :data:`DEFAULT_QUEUE_CAP`); beyond it ``call()`` raises
+:class:`QueueFullError` before anything is stored.  Calls beyond the
+dispatcher's own per-device queue (``Settings.queue_cap``, for calls held
+while a device is offline) wait here, stored and QUEUED, and are handed to
+the dispatcher in order as its queue makes room -- ThingsBoard queues them
+too.
 
 Every change goes through :meth:`PersistentRpc._set_status`, which checks the
 transition (``status.check_transition``), queues the optimistic write, and
@@ -28,9 +47,15 @@ write), which keeps each call's writes in order and may merge a call's
 consecutive changes that are still queued into one row update (see
 ``store/batching.py``); on any other store each call's writes run one after
 the other, in order, while different calls' writes run concurrently.  A
-write that fails (database outage) holds back every later write; they are
-retried in the order they were made until they commit, so the store
-converges on the state the engine acted on.  ``wait(rpc_id, durable=True)``
+write that fails because the database is unavailable holds back every
+later write; they are retried in the order they were made until they
+commit, so the store converges on the state the engine acted on.  A write
+the database refuses for its content fails alone and holds nothing back:
+a reply the database cannot store (see ``store.base.storable_problem``:
+U+0000 anywhere, which PostgreSQL refuses) is caught before the status
+changes and the call ends FAILED, ``error`` saying why, the reply not
+stored; a write refused for a reason not caught before is written again
+without its reply, with ``error`` saying so, once.  ``wait(rpc_id, durable=True)``
 returns once the call's final status is committed; ``flush()`` once every
 write made so far is.
 """
@@ -39,6 +64,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+from collections import deque
 import logging
 import os
 import time
@@ -52,16 +78,36 @@ from ..dispatcher import CallObserver, Counters, Dispatcher
 from ..protocol import validate_id
 from ..errors import (
     DispatcherClosedError,
+    QueueFullError,
     ReplyNotJsonError,
     RpcNotFoundError,
     RpcTimeoutError,
     StoreError,
+    StoreUnavailableError,
     ValidationError,
 )
 from .status import TERMINAL, RpcStatus, check_transition, event_type
-from ..store.base import Page, RpcRecord, StatusChange, Store
+from ..store.base import (
+    Page,
+    RpcRecord,
+    StatusChange,
+    Store,
+    check_tenant,
+    storable_problem,
+    storable_text,
+    text_problem,
+)
+from .edge import check_call_options, request_size
 
 log = logging.getLogger("fleetrpc.rpc.persistent")
+
+#: The library's one tenant.
+DEFAULT_TENANT = "default"
+#: Most unfinished persistent calls of one device (the engine's ``queue_cap``).
+DEFAULT_QUEUE_CAP = 1000
+#: How often calls waiting in the engine for room in the dispatcher's queue
+#: are checked for expiry (seconds).
+BACKLOG_SWEEP_S = 1.0
 
 Q, S, D, OK, T, E, F, X = (
     RpcStatus.QUEUED, RpcStatus.SENT, RpcStatus.DELIVERED, RpcStatus.SUCCESSFUL,
@@ -125,7 +171,8 @@ class PersistentStats(Counters):
     """Counters of one persistent-RPC engine."""
 
     __slots__ = ("queued", "sent", "delivered", "successful", "timeouts", "retries",
-                 "expired", "failed", "deleted", "recovered", "write_errors", "purged")
+                 "expired", "failed", "deleted", "recovered", "write_errors", "purged",
+                 "write_refused", "reply_refused", "oneway_unacked", "backlogged")
 
 
 class PersistentRpc:
@@ -134,6 +181,9 @@ class PersistentRpc:
     ``store`` should be a :class:`~fleetrpc.store.batching.GroupCommitStore`
     (``open_store(url, group_commit=True)``) for throughput; any store works.
     ``emit(event_type, body)`` receives every event (see ``events.py``).
+    ``default_tenant`` is the tenant of operations that name none (None:
+    every operation must name one).  ``queue_cap`` is the most unfinished
+    calls one device may have.
     """
 
     def __init__(
@@ -143,13 +193,33 @@ class PersistentRpc:
         settings: Settings | None = None,
         *,
         emit: Callable[[str, dict], None] | None = None,
+        default_tenant: str | None = DEFAULT_TENANT,
+        queue_cap: int = DEFAULT_QUEUE_CAP,
     ) -> None:
+        if default_tenant is not None:
+            check_tenant(default_tenant)
+        if type(queue_cap) is not int or queue_cap < 1:
+            raise ValidationError(f"queue_cap must be an integer >= 1, not {queue_cap!r}")
         self.dispatcher = dispatcher
         self.store = store
         self.settings = settings or dispatcher.settings
+        self.default_tenant = default_tenant
+        self.queue_cap = queue_cap
+        self.node_id = self.settings.node_id
         self.stats = PersistentStats()
         self._emit = emit
         self._live: dict[str, _Live] = {}
+        self._per_device: dict[str, int] = {}  # unfinished calls per device
+        # Calls waiting for room in the dispatcher's queue of their device,
+        # in order (stored and QUEUED).
+        self._backlog: dict[str, deque[_Live]] = {}
+        self._sweep_handle: asyncio.TimerHandle | None = None
+        self._pumping: set[str] = set()  # devices with a _pump scheduled
+        # a refused write -> (the write made instead or None, its change);
+        # durable waiters follow it
+        self._replaced: dict[asyncio.Future, tuple[asyncio.Future | None, StatusChange]] = {}
+        # writes made instead of a refused one -> their change (refused again: give up)
+        self._salvaging: dict[asyncio.Future, StatusChange] = {}
         # A group-commit store takes writes without a task and keeps each
         # call's writes in order.
         self._submit_change: Callable[[StatusChange], asyncio.Future] | None = getattr(
@@ -179,7 +249,7 @@ class PersistentRpc:
     async def start(self) -> int:
         """Recover every unfinished call from the store; start the TTL job.
         Returns how many calls were recovered."""
-        records = await self.store.load_unfinished()
+        records = await self.store.claim_unfinished(self.node_id)
         for record in records:
             self._recover(record)
         self.stats.recovered += len(records)
@@ -190,6 +260,10 @@ class PersistentRpc:
     async def close(self) -> None:
         """Stop; unfinished calls stay stored and are recovered next start."""
         self._closed = True
+        if self._sweep_handle is not None:
+            self._sweep_handle.cancel()
+            self._sweep_handle = None
+        self._backlog.clear()
         for task in (self._ttl_task, self._retry_task):
             if task is not None:
                 task.cancel()
@@ -201,6 +275,16 @@ class PersistentRpc:
             await asyncio.wait(list(self._writes))
 
     # -- API ----------------------------------------------------------------
+
+    def _tenant(self, tenant_id: str | None) -> str:
+        """The tenant of an operation: the one given, else the default one."""
+        if tenant_id is None:
+            tenant_id = self.default_tenant
+            if tenant_id is None:
+                raise ValidationError("tenant_id is required (this engine has no default tenant)")
+            return tenant_id
+        check_tenant(tenant_id)
+        return tenant_id
 
     async def call(
         self,
@@ -214,28 +298,32 @@ class PersistentRpc:
         retries: int | None = None,
         additional_info: Any = None,
         request_uuid: str | None = None,
-        tenant_id: str = "default",
+        tenant_id: str | None = None,
     ) -> str:
         """Store a persistent call (QUEUED, committed) and start delivering
         it; returns its id.  ``timeout_ms`` is one attempt's transport
         timeout (default 10 s, raised to the minimum); ``expiration_time``
-        (epoch ms) ends the call when it passes; ``retries`` is capped by the
-        configured maximum."""
+        (epoch ms) ends the call when it passes; ``retries`` (default 0) is
+        capped by the configured maximum.  Everything is checked before
+        anything is stored: bad arguments, a request over ``max_payload``,
+        values the database cannot store raise :class:`ValidationError`; a
+        device with ``queue_cap`` unfinished calls raises
+        :class:`QueueFullError`."""
         if self._closed:
             raise DispatcherClosedError("persistent RPC engine is closed")
+        tenant_id = self._tenant(tenant_id)
         if not isinstance(method, str) or not method:
             raise ValidationError(f"method must be a non-empty string, not {method!r}")
+        validate_id("device", device)
+        timeout_ms, retries, oneway, expiration_time = check_call_options(
+            timeout_ms, retries, oneway, expiration_time
+        )
         s = self.settings
-        timeout = s.default_timeout_ms if timeout_ms is None else int(timeout_ms)
-        if timeout < 0:
-            raise ValidationError(f"timeout must be >= 0 ms, not {timeout_ms!r}")
+        timeout = s.default_timeout_ms if timeout_ms is None else timeout_ms
         timeout = max(timeout, s.min_timeout_ms)
         now = _now_ms()
         if expiration_time is None:
             expiration_time = now + timeout
-        retries = 0 if retries is None else int(retries)
-        if retries < 0:
-            raise ValidationError(f"retries must be >= 0, not {retries!r}")
         if request_uuid is not None:
             try:
                 request_uuid = str(uuid.UUID(str(request_uuid)))
@@ -246,34 +334,51 @@ class PersistentRpc:
             tenant_id=tenant_id,
             device_id=device,
             created_time=now,
-            expiration_time=int(expiration_time),
+            expiration_time=expiration_time,
             method=method,
             params={} if params is None else params,
             oneway=oneway,
-            retries=min(retries, s.max_retries),
+            retries=min(retries or 0, s.max_retries),
             timeout_ms=timeout,
             additional_info=additional_info,
+            owner_node=self.node_id,
         )
-        validate_id("device", device)
-        try:
-            msgspec.json.encode(record.params)
-        except (TypeError, msgspec.EncodeError) as exc:
-            raise ValidationError(f"params are not JSON-serialisable: {exc}") from None
+        for what, problem in (
+            ("method", text_problem(method)),
+            ("params", storable_problem(record.params)),
+            ("additionalInfo", storable_problem(additional_info)),
+        ):
+            if problem is not None:
+                raise ValidationError(f"{what} cannot be stored: {problem}")
+        size = request_size(method, record.params, record.id)
+        if size > s.max_payload:
+            raise ValidationError(
+                f"the request is {size} bytes, over the maximum payload of {s.max_payload} bytes"
+            )
+        if self._per_device.get(device, 0) >= self.queue_cap:
+            raise QueueFullError(
+                f"device {device!r} already has {self.queue_cap} unfinished persistent calls (queue_cap)"
+            )
         if self._submit_insert is not None:
             await self._submit_insert(record)  # resolves once committed
         else:
             await self.store.insert(record)  # returns once committed
-        live = _Live(self, record)
-        self._live[record.id] = live
+        live = self._track(record)
         self.stats.queued += 1
         self._event(RpcStatus.QUEUED, record)
         self._dispatch(live)
         return record.id
 
-    async def get(self, rpc_id: str, tenant_id: str | None = None) -> RpcRecord:
-        """The call as it is now.  Raises RpcNotFoundError."""
+    def _own_live(self, rpc_id: str, tenant_id: str) -> _Live | None:
+        """The live call ``rpc_id`` if it is that tenant's."""
         live = self._live.get(rpc_id)
-        if live is not None and (tenant_id is None or live.record.tenant_id == tenant_id):
+        return live if live is not None and live.record.tenant_id == tenant_id else None
+
+    async def get(self, rpc_id: str, tenant_id: str | None = None) -> RpcRecord:
+        """That tenant's call as it is now.  Raises RpcNotFoundError."""
+        tenant_id = self._tenant(tenant_id)
+        live = self._own_live(rpc_id, tenant_id)
+        if live is not None:
             return msgspec.structs.replace(live.record)
         # Its last status change may still be on its way to the store.
         await self.flush()
@@ -282,21 +387,26 @@ class PersistentRpc:
             raise RpcNotFoundError(f"no persistent RPC {rpc_id!r}")
         return record
 
-    async def list_by_device(self, device_id: str, **query: Any) -> Page:
-        """ThingsBoard's ``GET /api/rpc/persistent/device/{deviceId}``:
-        ``page_size``, ``page``, ``status``, ``sort_property``,
-        ``sort_order``, ``text_search``, ``tenant_id``."""
+    async def list_by_device(self, device_id: str, *, tenant_id: str | None = None, **query: Any) -> Page:
+        """ThingsBoard's ``GET /api/rpc/persistent/device/{deviceId}``, that
+        tenant's calls only: ``page_size``, ``page``, ``status``,
+        ``sort_property``, ``sort_order``, ``text_search``."""
+        tenant_id = self._tenant(tenant_id)
         await self.flush()
-        return await self.store.list_by_device(device_id, **query)
+        return await self.store.list_by_device(device_id, tenant_id=tenant_id, **query)
 
     async def delete(self, rpc_id: str, tenant_id: str | None = None) -> RpcRecord:
-        """Delete a call (RPC_DELETED); a QUEUED call is never sent after
-        this.  Raises RpcNotFoundError."""
-        live = self._live.get(rpc_id)
-        if live is not None and (tenant_id is None or live.record.tenant_id == tenant_id):
+        """Delete that tenant's call (RPC_DELETED); a QUEUED call is never
+        sent after this.  Raises RpcNotFoundError (also for another
+        tenant's call, which is left alone)."""
+        tenant_id = self._tenant(tenant_id)
+        live = self._own_live(rpc_id, tenant_id)
+        if live is not None:
             if live.rid is not None:
                 self.dispatcher.cancel(live.rid)
                 live.rid = None
+                if self._backlog:  # its place in the device's queue is free
+                    self._pump_soon(live.record.device_id)
             self._set_status(live, X, write=False)
         await self.flush()
         record = await self.store.delete(rpc_id, tenant_id)
@@ -311,14 +421,17 @@ class PersistentRpc:
             self._event(X, record)
         return record
 
-    async def wait(self, rpc_id: str, timeout: float | None = None, *, durable: bool = False) -> RpcRecord:
-        """Wait until the call is finished; returns its final record.  With
-        ``durable``, wait until that final status is committed to the
-        store, too (through retries, if the database is down meanwhile).
-        Raises TimeoutError after ``timeout`` seconds."""
-        live = self._live.get(rpc_id)
+    async def wait(self, rpc_id: str, timeout: float | None = None, *, durable: bool = False,
+                   tenant_id: str | None = None) -> RpcRecord:
+        """Wait until that tenant's call is finished; returns its final
+        record.  With ``durable``, wait until that final status is committed
+        to the store, too (through retries, if the database is down
+        meanwhile).  Raises TimeoutError after ``timeout`` seconds,
+        RpcNotFoundError when the tenant has no such call."""
+        tenant_id = self._tenant(tenant_id)
+        live = self._own_live(rpc_id, tenant_id)
         if live is None:
-            return await self.get(rpc_id)
+            return await self.get(rpc_id, tenant_id)
         fut = asyncio.get_running_loop().create_future()
         if durable:
             if live.durable is None:
@@ -340,24 +453,88 @@ class PersistentRpc:
 
     # -- dispatching --------------------------------------------------------
 
+    def _track(self, record: RpcRecord) -> _Live:
+        live = _Live(self, record)
+        self._live[record.id] = live
+        device = record.device_id
+        self._per_device[device] = self._per_device.get(device, 0) + 1
+        return live
+
     def _dispatch(self, live: _Live) -> None:
-        """Hand the call to the dispatcher for one attempt."""
+        """Hand the call to the dispatcher for one attempt; behind the calls
+        of its device already waiting for room, if any."""
+        backlog = self._backlog.get(live.record.device_id)
+        if backlog:
+            backlog.append(live)
+            self.stats.backlogged += 1
+        elif not self._submit(live):
+            self._wait_for_room(live)
+
+    def _submit(self, live: _Live) -> bool:
+        """One attempt into the dispatcher; False when the device's queue
+        there is full (the call then waits here)."""
         rec = live.record
-        d = self.dispatcher
-        loop_now = asyncio.get_running_loop().time()
         until_expiry = (rec.expiration_time - _now_ms()) / 1000.0
         if until_expiry <= 0:
             self._finish(live, E, error="expired before it could be sent")
-            return
+            return True
         try:
-            live.rid = d.submit(
+            live.rid = self.dispatcher.submit(
                 rec.device_id, rec.method, rec.params, live,
-                deadline=loop_now + until_expiry, oneway=rec.oneway, request_id=rec.id,
+                deadline=asyncio.get_running_loop().time() + until_expiry, oneway=rec.oneway,
+                request_id=rec.id,
             )
+        except QueueFullError:
+            return False
         except DispatcherClosedError:
             live.rid = None  # stays stored; recovered on the next start
-        except Exception as exc:  # queue full, bad device id ...
+        except Exception as exc:  # bad device id ...
             self._finish(live, F, error=f"{type(exc).__name__}: {exc}")
+        return True
+
+    def _wait_for_room(self, live: _Live) -> None:
+        self._backlog.setdefault(live.record.device_id, deque()).append(live)
+        self.stats.backlogged += 1
+        if self._sweep_handle is None:
+            self._sweep_handle = asyncio.get_running_loop().call_later(BACKLOG_SWEEP_S, self._sweep)
+
+    def _pump_soon(self, device: str) -> None:
+        """:meth:`_pump` once the dispatcher is done with what it is doing:
+        never re-enter it in the middle of a send (a release of many held
+        calls would see later calls overtake them)."""
+        if device in self._backlog and device not in self._pumping:
+            self._pumping.add(device)
+            asyncio.get_running_loop().call_soon(self._pump, device)
+
+    def _pump(self, device: str) -> None:
+        """Room may have freed in the device's dispatcher queue: hand over
+        its waiting calls, in order, while they fit."""
+        self._pumping.discard(device)
+        backlog = self._backlog.get(device)
+        while backlog and not self._closed:
+            live = backlog[0]
+            if self._live.get(live.record.id) is not live:  # finished meanwhile (deleted)
+                backlog.popleft()
+                continue
+            if not self._submit(live):
+                return
+            backlog.popleft()
+        self._backlog.pop(device, None)
+
+    def _sweep(self) -> None:
+        """Calls waiting for room have no deadline in the dispatcher: end
+        those whose expiration time passed."""
+        self._sweep_handle = None
+        now = _now_ms()
+        for device, backlog in list(self._backlog.items()):
+            for live in [x for x in backlog if x.record.expiration_time <= now]:
+                backlog.remove(live)
+                if self._live.get(live.record.id) is live:
+                    self._finish(live, E, error="not delivered before the expiration time")
+            if not backlog:
+                self._backlog.pop(device, None)
+        if self._backlog and not self._closed:
+            self._sweep_handle = asyncio.get_running_loop().call_later(BACKLOG_SWEEP_S, self._sweep)
 
     def _on_sent(self, live: _Live) -> None:
         rec = live.record
@@ -369,6 +546,8 @@ class PersistentRpc:
         loop_now = asyncio.get_running_loop().time()
         until_expiry = (rec.expiration_time - _now_ms()) / 1000.0
         self.dispatcher.rearm(live.rid, loop_now + min(rec.timeout_ms / 1000.0, until_expiry))
+        if self._backlog:  # a held call left the device's queue: room for one
+            self._pump_soon(rec.device_id)
 
     def _on_acked(self, live: _Live) -> bool:
         if live.record.status is S:
@@ -383,16 +562,31 @@ class PersistentRpc:
     def _on_done(self, live: _Live, result: Any, error: BaseException | None) -> None:
         live.rid = None
         rec = live.record
+        if self._backlog:
+            self._pump_soon(rec.device_id)
         if rec.status in TERMINAL or (rec.oneway and rec.status is D):
             return
+        if error is None and rec.oneway:
+            # A device that answers a one-way call instead of acking it ran
+            # it: delivered (a one-way call stores no reply).
+            self.stats.delivered += 1
+            self._set_status(live, D)
+            return
         if error is None:
+            problem = storable_problem(result)
+            if problem is not None:
+                # A reply the database would refuse must not reach it: that
+                # write would fail (and, before, held back every other).
+                self.stats.reply_refused += 1
+                self._finish(live, F, error=f"the device's reply cannot be stored: {problem}")
+                return
             if _is_error_reply(result):
                 # The device could not run it (e.g. METHOD_NOT_FOUND: the
                 # firmware does not support the command): FAILED, as the
                 # guide says, with the device's answer kept.
                 err = result["error"]
-                self._finish(live, F, response=result,
-                             error=f"device error {err.get('code', '')}: {err.get('message', '')}")
+                self._finish(live, F, response=result, error=storable_text(
+                    f"device error {err.get('code', '')}: {err.get('message', '')}"))
                 return
             self.stats.successful += 1
             self._finish(live, OK, response=result)
@@ -407,6 +601,12 @@ class PersistentRpc:
 
     def _on_timeout(self, live: _Live) -> None:
         rec = live.record
+        if rec.oneway and rec.status is S:
+            # Published, and the ack is optional: never publish it again.
+            self.stats.oneway_unacked += 1
+            self.stats.delivered += 1
+            self._set_status(live, D)
+            return
         if _now_ms() >= rec.expiration_time:
             self._finish(live, E, error="no reply before the expiration time")
             return
@@ -428,7 +628,13 @@ class PersistentRpc:
         self._set_status(live, status, **changes)
 
     def _finalize(self, live: _Live) -> None:
-        self._live.pop(live.record.id, None)
+        if self._live.pop(live.record.id, None) is live:
+            device = live.record.device_id
+            left = self._per_device[device] - 1
+            if left:
+                self._per_device[device] = left
+            else:
+                del self._per_device[device]
         for fut in live.waiters:
             if not fut.done():
                 fut.set_result(msgspec.structs.replace(live.record))
@@ -448,6 +654,22 @@ class PersistentRpc:
 
     def _written_for(self, waiters: list[asyncio.Future], record: RpcRecord,
                      write: asyncio.Future | None) -> None:
+        replaced = self._replaced.get(write) if write is not None else None
+        if replaced is not None:
+            # The database refused that write: follow the one written instead.
+            salvage, change = replaced
+            if salvage is None:
+                err = StoreError(f"the database refused the final status of RPC {record.id}")
+                for fut in waiters:
+                    if not fut.done():
+                        fut.set_exception(err)
+                return
+            if change.response is not msgspec.UNSET:
+                record.response = change.response
+            if change.error is not msgspec.UNSET:
+                record.error = change.error
+            self._when_written(waiters, record, salvage)
+            return
         if write is not None and write is self._retry_task and (
             write.cancelled() or write.exception() is not None
         ):
@@ -562,6 +784,7 @@ class PersistentRpc:
         rpc_id = changes[0].id
         if self._submit_change is None and self._last_write.get(rpc_id) is fut:
             del self._last_write[rpc_id]
+        salvage = self._salvaging.pop(fut, None) if self._salvaging else None
         if fut.cancelled():
             return  # a cancelled waiter does not withdraw a write
         exc = fut.exception()
@@ -576,7 +799,42 @@ class PersistentRpc:
                 log.debug("status change %s -> %s of %s did not apply (row gone or moved on)",
                           change.expected_status, change.status, rpc_id)
             return
-        self._failed(changes, exc)
+        if isinstance(exc, (StoreUnavailableError, _Held)):
+            self._failed(changes, exc)
+        else:
+            self._refused(fut, changes, exc, salvage)
+
+    def _refused(self, fut: asyncio.Future, changes: list[StatusChange], exc: BaseException,
+                 salvage: StatusChange | None) -> None:
+        """The database refused a write for what it holds (not for being
+        down): retrying it would fail forever and hold back every other
+        write.  Write the same move once more without the reply, ``error``
+        saying why; if that is refused too, give up on this write alone."""
+        self.stats.write_refused += len(changes)
+        rpc_id = changes[0].id
+        if salvage is not None:  # this was the second try
+            log.error("status write for %s refused again by the database (%s); the stored row "
+                      "keeps its earlier status", rpc_id, exc)
+            self._replaced[fut] = (None, salvage)
+        else:
+            last = changes[-1]
+            attempts = next((c.attempts for c in reversed(changes) if c.attempts is not None), None)
+            salvage = StatusChange(
+                id=rpc_id, expected_status=changes[0].expected_status, status=last.status,
+                updated_time=last.updated_time, attempts=attempts,
+                response=None if any(c.response is not msgspec.UNSET for c in changes) else msgspec.UNSET,
+                error=storable_text(f"the database refused this call's status write, so its reply "
+                                    f"is not stored: {exc}"),
+            )
+            log.error("status write %s -> %s for %s refused by the database (%s); writing it "
+                      "without the reply", changes[0].expected_status, last.status, rpc_id, exc)
+            new = self._send(salvage)
+            if new is not None:
+                self._salvaging[new] = salvage
+            self._replaced[fut] = (new, salvage)
+        # Waiters of this write (durable ones) run next and follow it; then
+        # the entry goes.
+        asyncio.get_running_loop().call_soon(self._replaced.pop, fut, None)
 
     def _failed(self, changes: list[StatusChange], exc: BaseException,
                 line: list[StatusChange] | None = None) -> None:
@@ -616,10 +874,11 @@ class PersistentRpc:
     # -- recovery -----------------------------------------------------------
 
     def _recover(self, record: RpcRecord) -> None:
-        live = _Live(self, record)
-        self._live[record.id] = live
+        live = self._track(record)
         status = record.status
-        if _now_ms() >= record.expiration_time:
+        if record.oneway and status is S:
+            self._on_timeout(live)  # published once already: DELIVERED, never again
+        elif _now_ms() >= record.expiration_time:
             self._finish(live, E, error="expired while the server was down")
         elif status is Q:
             self._dispatch(live)
@@ -630,7 +889,8 @@ class PersistentRpc:
                 self._finish(live, F, error=f"no reply after {record.attempts} attempt(s)")
         else:
             # SENT or DELIVERED when the server died: the attempt is lost; it
-            # counts as timed out, then the retry rules apply.
+            # counts as timed out, then the retry rules apply (a one-way call
+            # that was SENT is never published again: DELIVERED).
             self._on_timeout(live)
 
     # -- TTL ----------------------------------------------------------------

@@ -11,14 +11,16 @@ group commit, migrations.
 ``async with``).  SQLite URLs take ``?synchronous=NORMAL|FULL`` and
 ``?busy_timeout_ms=``; PostgreSQL URLs take ``?schema=`` (the rest of the URL
 goes to asyncpg as is).
+
+Inside a server, the tables share one :class:`Database` (``db.py``): open
+it once with :func:`open_database` and build each repository on it --
+``rpc_store(db, group_commit=True)`` for persistent calls.
 """
 
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from ..errors import ValidationError
 from .base import (
     SORT_PROPERTIES,
     DuplicateRpcError,
@@ -52,6 +54,7 @@ __all__ = [
     "PostgresStore",
     "store_from_url",
     "open_store",
+    "rpc_store",
 ]
 
 
@@ -68,49 +71,32 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def store_from_url(url: str, *, group_commit: bool = False, **options: Any) -> Store:
-    """A store for ``url``, not yet opened.  ``options`` go to the backend's
-    constructor (they win over the URL's query options); ``group_commit``
-    wraps it in a :class:`GroupCommitStore`."""
-    parts = urlsplit(url)
-    scheme = parts.scheme.lower()
-    query = dict(parse_qsl(parts.query))
+def rpc_store(db: Database, *, group_commit: bool = False, owns_db: bool = False) -> Store:
+    """The persistent-call repository of ``db``'s dialect
+    (:class:`SqliteStore` or :class:`PostgresStore`), wrapped in a
+    :class:`GroupCommitStore` when ``group_commit``.  With ``owns_db`` the
+    store closes the database when it is closed."""
     store: Store
-    if scheme == "sqlite":
+    if db.dialect == "sqlite":
         from .sqlite import SqliteStore
 
-        # sqlite://:memory:, sqlite://, sqlite:///:memory: -> in memory;
-        # sqlite:///rel/path.db -> rel/path.db; sqlite:////abs/path.db -> /abs/path.db
-        if parts.netloc == ":memory:" or (not parts.netloc and parts.path in ("", "/", "/:memory:")):
-            path = ":memory:"
-        elif parts.netloc:
-            raise ValidationError(
-                f"a SQLite URL has no host: use sqlite:///relative.db or sqlite:////abs.db, got {url!r}"
-            )
-        else:
-            path = parts.path[1:]
-        opts: dict[str, Any] = {}
-        for key, value in query.items():
-            if key == "synchronous":
-                opts[key] = value
-            elif key == "busy_timeout_ms":
-                opts[key] = int(value)
-            else:
-                raise ValidationError(f"unknown SQLite URL option {key!r}")
-        opts.update(options)
-        store = SqliteStore(path, **opts)
-    elif scheme in ("postgresql", "postgres"):
+        store = SqliteStore(db)  # type: ignore[arg-type]
+    else:
         from .postgres import PostgresStore
 
-        opts = {}
-        if "schema" in query:
-            opts["schema"] = query.pop("schema")
-            url = urlunsplit(parts._replace(query=urlencode(query)))
-        opts.update(options)
-        store = PostgresStore(url, **opts)
-    else:
-        raise ValidationError(f"unsupported store URL {url!r}: use sqlite://... or postgresql://...")
+        store = PostgresStore(db)  # type: ignore[arg-type]
+    store.owns_db = owns_db
     return GroupCommitStore(store) if group_commit else store
+
+
+def store_from_url(url: str, *, group_commit: bool = False, **options: Any) -> Store:
+    """A store for ``url`` on a database of its own, not yet opened.
+    ``options`` go to the database's constructor (they win over the URL's
+    query options; see :func:`~fleetrpc.store.db.database_from_url`);
+    ``group_commit`` wraps it in a :class:`GroupCommitStore`."""
+    if "migrate_on_open" in options:  # the stores' name for it
+        options["migrate"] = options.pop("migrate_on_open")
+    return rpc_store(database_from_url(url, **options), group_commit=group_commit, owns_db=True)
 
 
 async def open_store(url: str, *, group_commit: bool = False, **options: Any) -> Store:

@@ -1,7 +1,9 @@
-"""The store interface: what the persistent-RPC lifecycle stands on.
+"""The persistent-call repository's interface: what the persistent-RPC
+lifecycle stands on.
 
-:class:`Store` is the abstract interface both backends (SQLite, PostgreSQL)
-implement; :class:`RpcRecord` is the stored call, shaped after ThingsBoard's
+:class:`Store` is the abstract interface of the persistent-call table (the
+``rpc`` repository); both dialects implement it over the shared
+:class:`~fleetrpc.store.db.Database`; :class:`RpcRecord` is the stored call, shaped after ThingsBoard's
 ``Rpc`` entity; :class:`StatusChange` is one optimistic status update;
 :class:`Page` is one page of a device's calls.
 
@@ -12,19 +14,25 @@ driver's own exception; the driver's exception is kept as ``__cause__``.
 Bad arguments raise :class:`~fleetrpc.errors.ValidationError` or
 :class:`~fleetrpc.errors.InvalidTransitionError` before the database is
 touched.
+
+Every method that reads or removes a call on somebody's behalf takes the
+tenant, required: a call of another tenant is "not found".  Only the
+engine's own bookkeeping (status changes of calls it owns, recovery, the
+TTL clean-up) works across tenants.
 """
 
 from __future__ import annotations
 
 import abc
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import msgspec
 
 from ..errors import DuplicateRpcError, ValidationError
 from ..rpc.status import RpcStatus, check_transition, is_allowed
+from .db import Database
 
 __all__ = [
     "RpcRecord",
@@ -49,7 +57,9 @@ class RpcRecord(msgspec.Struct, kw_only=True):
     Times are epoch milliseconds.  ``params``, ``response`` and
     ``additional_info`` are any JSON value.  ``retries`` is the most resends
     this call may get; ``attempts`` counts the sends so far; ``timeout_ms`` is
-    the transport timeout of one attempt.
+    the transport timeout of one attempt.  ``owner_node`` is the node that
+    drives the call while it is unfinished, ``lease_until`` (epoch ms) when
+    that claim lapses (None: it does not lapse; clustering renews it).
     """
 
     id: str
@@ -69,6 +79,8 @@ class RpcRecord(msgspec.Struct, kw_only=True):
     additional_info: Any = None
     updated_time: int = 0
     error: str | None = None
+    owner_node: str | None = None
+    lease_until: int | None = None
 
     def __post_init__(self) -> None:
         if self.status.__class__ is not RpcStatus:
@@ -242,30 +254,28 @@ def check_list_args(
 
 def list_query(
     device_id: str,
-    tenant_id: str | None,
+    tenant_id: str,
     page_size: int,
     page: int,
     status: RpcStatus | str | None,
     sort_property: str,
     sort_order: str,
     text_search: str | None,
-    mark: Callable[[int], str],
 ) -> tuple[str, list[Any], str, str]:
     """``list_by_device``'s arguments checked (:func:`check_list_args`) and
-    turned into (WHERE condition, its arguments, sort column, ASC|DESC);
-    ``mark(n)`` is the SQL dialect's n-th placeholder (``$n`` or ``?``).
-    Column and order come from fixed tables, never from the input."""
+    turned into (WHERE condition with ``$n`` placeholders, its arguments,
+    sort column, ASC|DESC).  Column and order come from fixed tables, never
+    from the input."""
+    check_tenant(tenant_id)
     column, order, status, pattern = check_list_args(
         page_size, page, status, sort_property, sort_order, text_search
     )
-    terms: list[tuple[str, Any]] = [("device_id = {}", device_id)]
-    if tenant_id is not None:
-        terms.append(("tenant_id = {}", tenant_id))
+    terms: list[tuple[str, Any]] = [("device_id = {}", device_id), ("tenant_id = {}", tenant_id)]
     if status is not None:
         terms.append(("status = {}", status.value))
     if pattern is not None:
         terms.append(("lower(method) LIKE {} ESCAPE '\\'", pattern))
-    cond = " AND ".join(term.format(mark(n)) for n, (term, _) in enumerate(terms, 1))
+    cond = " AND ".join(term.format(f"${n}") for n, (term, _) in enumerate(terms, 1))
     return cond, [value for _, value in terms], column, order
 
 DAY_MS = 86_400_000
@@ -275,40 +285,46 @@ DAY_MS = 86_400_000
 
 
 class Store(abc.ABC):
-    """Persistent-RPC storage: the abstract interface.
+    """The persistent-call table (``rpc``): the abstract repository.
 
-    A store is opened once (``await store.open()``, or ``async with store``),
-    which applies pending migrations, and closed once.  Write methods run in
-    one transaction each and return only after it committed; on any failure
-    nothing of that call is stored.
+    A store works on a :class:`~fleetrpc.store.db.Database` (shared with the
+    other repositories, or its own when built from a URL or path, then
+    ``owns_db`` and closed with the store).  ``await store.open()`` (or
+    ``async with store``) opens the database if it is not yet, which applies
+    pending migrations.  Write methods run in one transaction each and
+    return only after it committed; on any failure nothing of that call is
+    stored.
     """
 
     #: "sqlite" or "postgresql"
     backend: str = ""
 
-    def __init__(self) -> None:
+    def __init__(self, db: Database, *, owns_db: bool = False) -> None:
+        self.db = db
+        self.owns_db = owns_db
         self.stats = StoreStats()
 
     # -- lifecycle --
 
-    @abc.abstractmethod
     async def open(self) -> None:
-        """Connect and apply pending migrations.  Raises
-        :class:`StoreUnavailableError` when the database cannot be reached."""
+        """Open the database if it is not open yet (connects and applies
+        pending migrations).  Raises :class:`StoreUnavailableError` when the
+        database cannot be reached."""
+        if not self.db.is_open:
+            await self.db.open()
 
-    @abc.abstractmethod
     async def close(self) -> None:
-        """Close every connection.  Idempotent."""
+        """Close the database if the store owns it.  Idempotent."""
+        if self.owns_db:
+            await self.db.close()
 
-    @abc.abstractmethod
     async def migrate(self) -> list[int]:
-        """Apply the migrations not yet applied, each in its own transaction,
-        and return their versions (empty when the schema is current).
-        Idempotent and safe to run from several processes at once."""
+        """Apply the migrations not yet applied (see :meth:`Database.migrate`)."""
+        return await self.db.migrate()
 
-    @abc.abstractmethod
     async def schema_version(self) -> int:
-        """The highest applied migration version (0 on an empty database)."""
+        """The highest applied migration number (0 on an empty database)."""
+        return await self.db.schema_version()
 
     async def __aenter__(self) -> Store:
         await self.open()
@@ -361,22 +377,22 @@ class Store(abc.ABC):
         return (await self.write((), (change,))).applied[0]
 
     @abc.abstractmethod
-    async def delete(self, rpc_id: str, tenant_id: str | None = None) -> RpcRecord | None:
-        """Remove a call and return it as it was, or None if there was none
-        (for that tenant, when ``tenant_id`` is given)."""
+    async def delete(self, rpc_id: str, tenant_id: str) -> RpcRecord | None:
+        """Remove that tenant's call and return it as it was, or None if
+        the tenant has no such call."""
 
     # -- reads --
 
     @abc.abstractmethod
-    async def get(self, rpc_id: str, tenant_id: str | None = None) -> RpcRecord | None:
-        """One call by id (only that tenant's, when ``tenant_id`` is given)."""
+    async def get(self, rpc_id: str, tenant_id: str) -> RpcRecord | None:
+        """That tenant's call by id, or None."""
 
     @abc.abstractmethod
     async def list_by_device(
         self,
         device_id: str,
         *,
-        tenant_id: str | None = None,
+        tenant_id: str,
         page_size: int = 10,
         page: int = 0,
         status: RpcStatus | str | None = None,
@@ -384,7 +400,7 @@ class Store(abc.ABC):
         sort_order: str = "DESC",
         text_search: str | None = None,
     ) -> Page:
-        """One page of a device's calls (ThingsBoard's
+        """One page of a device's calls of that tenant (ThingsBoard's
         ``GET /api/rpc/persistent/device/{deviceId}``).
 
         ``sort_property`` is one of createdTime, expirationTime,
@@ -396,14 +412,21 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def load_unfinished(self) -> list[RpcRecord]:
         """Every call that can still change status (QUEUED, SENT, TIMEOUT,
-        and DELIVERED two-way calls), oldest first: crash recovery."""
+        and DELIVERED two-way calls), oldest first, of every tenant."""
+
+    @abc.abstractmethod
+    async def claim_unfinished(self, node_id: str) -> list[RpcRecord]:
+        """Crash recovery: record ``node_id`` as the owner of every
+        unfinished call and return them, oldest first.  (One node for now;
+        clustering will claim only calls whose lease lapsed.)"""
 
     # -- TTL --
 
     @abc.abstractmethod
-    async def purge_terminal(self, older_than_ms: int, tenant_id: str | None = None) -> int:
-        """Delete finished calls created before ``older_than_ms``; return how
-        many.  Calls that can still change are never purged."""
+    async def purge_terminal(self, older_than_ms: int, tenant_id: str) -> int:
+        """Delete that tenant's finished calls created before
+        ``older_than_ms``; return how many.  Calls that can still change are
+        never purged."""
 
     @abc.abstractmethod
     async def set_tenant_ttl(self, tenant_id: str, days: int | None) -> None:
@@ -416,9 +439,72 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def purge_expired(self, now_ms: int, default_days: int | None) -> int:
-        """TTL clean-up: delete finished calls older than their tenant's TTL
-        (``default_days`` for tenants without one; 0 or None keeps them);
-        return how many."""
+        """TTL clean-up of every tenant: delete finished calls older than
+        their tenant's TTL (``default_days`` for tenants without one; 0 or
+        None keeps them); return how many."""
+
+
+# -- what the databases refuse ------------------------------------------------------------
+
+
+def storable_problem(value: Any) -> str | None:
+    """Why the databases would refuse ``value`` as a JSON column, or None.
+
+    The same answer for both dialects, so that a call behaves alike on
+    SQLite and PostgreSQL: a value msgspec cannot encode as JSON (a lone
+    surrogate, an integer beyond what JSON numbers carry here, a Python
+    object), or any string or key holding U+0000 (PostgreSQL refuses it in
+    jsonb and text, SQLExceptions 22P05 / 22021).  Costs one encode, plus a
+    walk of the value only when the encoded text has ``\\u0000`` in it.
+    """
+    try:
+        encoded = _json_encode(value)
+    except (TypeError, ValueError, OverflowError) as e:  # msgspec.EncodeError is a ValueError
+        return f"it is not JSON ({e})"
+    if b"\\u0000" in encoded and _has_nul(value):
+        return "it contains the character U+0000, which the database cannot store"
+    return None
+
+
+def text_problem(text: str) -> str | None:
+    """Why the databases would refuse ``text`` in a text column, or None."""
+    if "\x00" in text:
+        return "it contains the character U+0000, which the database cannot store"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        return f"it is not valid Unicode ({e.reason})"
+    return None
+
+
+def storable_text(text: str) -> str:
+    """``text`` made storable: U+0000 and lone surrogates become U+FFFD.
+    For the engine's own messages, which may quote a device."""
+    if text_problem(text) is None:
+        return text
+    return "".join("\ufffd" if c == "\x00" or "\ud800" <= c <= "\udfff" else c for c in text)
+
+
+def _has_nul(value: Any) -> bool:
+    if type(value) is str:
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return any(_has_nul(v) for v in value)
+    return False
+
+
+def check_tenant(tenant_id: object) -> None:
+    """A tenant id is a non-empty string: never None (there is no "every
+    tenant"), never anything else."""
+    if type(tenant_id) is not str or not tenant_id:
+        raise ValidationError(f"tenant_id must be a non-empty string, got {tenant_id!r}")
+
+
+#: SQL conditions (both dialects) on the rpc table's status.
+TERMINAL_SQL = "(status IN ('SUCCESSFUL', 'EXPIRED', 'FAILED', 'DELETED') OR (status = 'DELIVERED' AND oneway))"
+UNFINISHED_SQL = "(status IN ('QUEUED', 'SENT', 'TIMEOUT') OR (status = 'DELIVERED' AND NOT oneway))"
 
 
 def check_ttl_days(days: int | None) -> None:
@@ -511,6 +597,8 @@ COLUMNS: tuple[str, ...] = (
     "additional_info",
     "updated_time",
     "error",
+    "owner_node",
+    "lease_until",
 )
 JSON_COLUMNS = frozenset({"params", "response", "additional_info"})
 _json_decode = msgspec.json.Decoder().decode
@@ -545,7 +633,18 @@ def record_row(r: RpcRecord) -> tuple[Any, ...]:
         json_text(r.additional_info),
         r.updated_time,
         r.error,
+        r.owner_node,
+        r.lease_until,
     )
+
+
+def record_rows(records: Sequence[RpcRecord], idx: Sequence[int]) -> list[tuple[Any, ...]]:
+    """``records[i]`` for i in ``idx`` as rows (:func:`record_row`).  Raises
+    :class:`ValidationError` if a JSON column's value is not JSON."""
+    try:
+        return [record_row(records[i]) for i in idx]
+    except (TypeError, ValueError) as e:  # msgspec.EncodeError is a ValueError
+        raise ValidationError(f"an RPC record has a value that is not JSON: {e}") from e
 
 
 def row_record(row: Sequence[Any]) -> RpcRecord:
@@ -568,4 +667,6 @@ def row_record(row: Sequence[Any]) -> RpcRecord:
         additional_info=json_value(row[14]),
         updated_time=row[15],
         error=row[16],
+        owner_node=row[17],
+        lease_until=row[18],
     )

@@ -166,7 +166,7 @@ class GroupCommitStore(Store):
     def __init__(
         self, store: Store, *, max_batch: int = 1000, max_delay: float = 0.0, coalesce: bool = True
     ) -> None:
-        super().__init__()
+        super().__init__(store.db)
         if max_batch < 1:
             raise ValueError("max_batch must be >= 1")
         self.store = store
@@ -391,17 +391,17 @@ class GroupCommitStore(Store):
     ) -> WriteResult:
         return await self.store.write(inserts, changes, atomic=atomic)
 
-    async def delete(self, rpc_id: str, tenant_id: str | None = None) -> RpcRecord | None:
+    async def delete(self, rpc_id: str, tenant_id: str) -> RpcRecord | None:
         return await self.store.delete(rpc_id, tenant_id)
 
-    async def get(self, rpc_id: str, tenant_id: str | None = None) -> RpcRecord | None:
+    async def get(self, rpc_id: str, tenant_id: str) -> RpcRecord | None:
         return await self.store.get(rpc_id, tenant_id)
 
     async def list_by_device(
         self,
         device_id: str,
         *,
-        tenant_id: str | None = None,
+        tenant_id: str,
         page_size: int = 10,
         page: int = 0,
         status: RpcStatus | str | None = None,
@@ -423,7 +423,10 @@ class GroupCommitStore(Store):
     async def load_unfinished(self) -> list[RpcRecord]:
         return await self.store.load_unfinished()
 
-    async def purge_terminal(self, older_than_ms: int, tenant_id: str | None = None) -> int:
+    async def claim_unfinished(self, node_id: str) -> list[RpcRecord]:
+        return await self.store.claim_unfinished(node_id)
+
+    async def purge_terminal(self, older_than_ms: int, tenant_id: str) -> int:
         return await self.store.purge_terminal(older_than_ms, tenant_id)
 
     async def set_tenant_ttl(self, tenant_id: str, days: int | None) -> None:

@@ -1,4 +1,5 @@
-"""PostgreSQL store over an asyncpg pool.
+"""The persistent-call table on PostgreSQL: the rpc repository over a
+:class:`~fleetrpc.store.db.PostgresDatabase`.
 
 Writes are set-based: a batch of inserts is one binary ``COPY`` (or, for
 small batches and when an id is already taken, one ``INSERT ... SELECT FROM
@@ -13,36 +14,26 @@ round trip costs a turn of the busy event loop, so this is what bounds the
 batch rate.  asyncpg prepares every statement once per connection and keeps
 it in its statement cache.
 
-Connection trouble (refused, reset, server shutting down or starting up,
-timeouts) becomes :class:`~fleetrpc.errors.StoreUnavailableError`; the pool
-then drops its connections and opens fresh ones on the next call, so the
-store comes back by itself when the database does.  Reads are retried once
-on a fresh connection; writes are not (their outcome may be unknown), the
+Connection trouble becomes :class:`~fleetrpc.errors.StoreUnavailableError`
+(the database replaces its pool's connections).  Reads are retried once on
+a fresh connection; writes are not (their outcome may be unknown), the
 caller gets the error.
 """
 
 from __future__ import annotations
 
-import contextlib
-import re
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
-import asyncpg
 import msgspec
-from asyncpg.exceptions import (
-    InsufficientResourcesError,
-    OperatorInterventionError,
-    PostgresConnectionError,
-    UniqueViolationError,
-)
 
-from ..errors import FleetRpcError, StoreError, StoreUnavailableError, ValidationError
+from ..errors import AlreadyExistsError, StoreUnavailableError, ValidationError
 from ..rpc.status import RpcStatus
-from . import migrations
 from .base import (
     COLUMNS,
     DAY_MS,
+    TERMINAL_SQL,
+    UNFINISHED_SQL,
     DuplicateRpcError,
     Page,
     RpcRecord,
@@ -51,12 +42,14 @@ from .base import (
     WriteResult,
     change_payload,
     change_rounds,
+    check_tenant,
     check_ttl_days,
     dedupe_inserts,
     list_query,
-    record_row,
+    record_rows,
     row_record,
 )
+from .db import PostgresDatabase, _PgConn
 
 __all__ = ["PostgresStore"]
 
@@ -76,6 +69,7 @@ _PG_TYPES = {
     "retries": "integer",
     "timeout_ms": "integer",
     "attempts": "integer",
+    "lease_until": "bigint",
 }
 # JSON columns travel as text and are cast on the server; no client codec.
 _INSERT_UNNEST = (
@@ -126,190 +120,52 @@ _WRITE_JSON = (
     f"WITH ins AS ({_INSERT_JSON}), upd AS ({_UPDATE_JSON.replace('$1::text::jsonb', '$2::text::jsonb')}) "
     "SELECT ins.id, NULL::integer FROM ins UNION ALL SELECT NULL, upd.pos FROM upd"
 )
-_TERMINAL_SQL = (
-    "(status IN ('SUCCESSFUL', 'EXPIRED', 'FAILED', 'DELETED') OR (status = 'DELIVERED' AND oneway))"
-)
-_UNFINISHED_SQL = "(status IN ('QUEUED', 'SENT', 'TIMEOUT') OR (status = 'DELIVERED' AND NOT oneway))"
-_SCHEMA_VERSION_DDL = """
-CREATE TABLE IF NOT EXISTS schema_version (
-    version      integer PRIMARY KEY,
-    name         text    NOT NULL,
-    applied_time bigint  NOT NULL
-)
-"""
-_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
-
 #: Batches of at least this many new rows go through binary COPY.
 COPY_THRESHOLD = 16
 
 
-def _is_unavailable(e: BaseException) -> bool:
-    if isinstance(
-        e,
-        (
-            OSError,
-            TimeoutError,
-            PostgresConnectionError,  # includes ConnectionDoesNotExistError
-            OperatorInterventionError,  # admin/crash shutdown, cannot connect now
-            InsufficientResourcesError,  # too many connections, disk full
-        ),
-    ):
-        return True
-    # "connection is closed", "the connection was closed in the middle of ..."
-    return isinstance(e, asyncpg.InterfaceError) and "closed" in str(e)
-
-
 class PostgresStore(Store):
-    """Persistent-RPC store in PostgreSQL.
+    """The persistent-call table in a PostgreSQL database.
 
-    ``schema`` puts the tables in that schema (created if missing) instead of
-    the first one on the server's ``search_path``.  The pool opens
-    ``min_size`` connections up front and at most ``max_size``.
+    ``PostgresStore(db)`` works on a shared :class:`PostgresDatabase`;
+    ``PostgresStore("postgresql://...", schema=..., min_size=..., ...)``
+    opens one of its own (closed with the store).
     """
 
     backend = "postgresql"
 
     def __init__(
         self,
-        dsn: str,
+        db: PostgresDatabase | str,
         *,
-        schema: str | None = None,
-        min_size: int = 1,
-        max_size: int = 8,
-        connect_timeout: float = 5.0,
-        command_timeout: float | None = 30.0,
         migrate_on_open: bool = True,
         copy_threshold: int = COPY_THRESHOLD,
+        **options: Any,
     ) -> None:
-        super().__init__()
-        if schema is not None and not _IDENT.match(schema):
-            raise ValidationError(f"schema must be a plain SQL identifier, got {schema!r}")
-        self.dsn = dsn
-        self.schema = schema
-        self._min_size = min_size
-        self._max_size = max_size
-        self._connect_timeout = connect_timeout
-        self._command_timeout = command_timeout
-        self._migrate_on_open = migrate_on_open
+        owns = isinstance(db, str)
+        if owns:
+            db = PostgresDatabase(db, migrate=migrate_on_open, **options)
+        elif options:
+            raise TypeError(f"options {sorted(options)} are the database's, not the store's")
+        super().__init__(db, owns_db=owns)
+        self.db: PostgresDatabase
         self._copy_threshold = copy_threshold
-        self._pool: asyncpg.Pool | None = None
-        self._where = _describe(dsn)
+
+    @property
+    def schema(self) -> str | None:
+        return self.db.schema
 
     def __repr__(self) -> str:
-        return f"<PostgresStore {self._where}{' schema=' + self.schema if self.schema else ''}>"
+        return f"<PostgresStore {self.db.where}{' schema=' + self.schema if self.schema else ''}>"
 
-    # -- connections ----------------------------------------------------------------
-
-    async def open(self) -> None:
-        if self._pool is not None:
-            return
-        settings = {"application_name": "fleetrpc"}
-        if self.schema:
-            settings["search_path"] = self.schema
-        try:
-            self._pool = await asyncpg.create_pool(
-                self.dsn,
-                min_size=self._min_size,
-                max_size=self._max_size,
-                timeout=self._connect_timeout,
-                command_timeout=self._command_timeout,
-                server_settings=settings,
-                reset=_keep_session,
-            )
-        except Exception as e:
-            raise self._translate(e, "connecting") from e
-        if self._migrate_on_open:
-            try:
-                await self.migrate()
-            except BaseException:
-                await self.close()
-                raise
-
-    async def close(self) -> None:
-        pool, self._pool = self._pool, None
-        if pool is not None:
-            try:
-                await pool.close()
-            except Exception:  # closing a pool whose server is gone
-                pool.terminate()
-
-    def _translate(self, e: BaseException, doing: str) -> StoreError:
-        if _is_unavailable(e):
-            return StoreUnavailableError(
-                f"PostgreSQL at {self._where} is unavailable ({doing}): {type(e).__name__}: {e}"
-            )
-        if isinstance(e, UniqueViolationError):
-            return DuplicateRpcError(f"PostgreSQL: {e.detail or e}")
-        return StoreError(f"PostgreSQL error ({doing}): {type(e).__name__}: {e}")
-
-    @contextlib.asynccontextmanager
-    async def _connection(self, doing: str) -> AsyncIterator[asyncpg.Connection]:
-        pool = self._pool
-        if pool is None:
-            raise StoreError("the PostgreSQL store is not open")
-        try:
-            async with pool.acquire() as conn:
-                yield conn
-        except FleetRpcError:
-            raise
-        except Exception as e:
-            if _is_unavailable(e):
-                # Whatever broke this connection likely broke its siblings:
-                # have the pool replace them all on their next acquire.
-                await pool.expire_connections()
-            raise self._translate(e, doing) from e
-
-    async def _read(self, doing: str, fn: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+    async def _read(self, fn: Callable[[_PgConn], Awaitable[T]]) -> T:
         """Run a read; once more on a fresh connection if the first died."""
         try:
-            async with self._connection(doing) as conn:
+            async with self.db.connection() as conn:
                 return await fn(conn)
         except StoreUnavailableError:
-            async with self._connection(doing) as conn:
+            async with self.db.connection() as conn:
                 return await fn(conn)
-
-    # -- migrations -----------------------------------------------------------------
-
-    async def migrate(self) -> list[int]:
-        done: list[int] = []
-        known = migrations.load("postgresql")
-        lock_key = f"fleetrpc.migrate.{self.schema or ''}"
-        async with self._connection("migrating") as conn:
-            for m in known:
-                async with conn.transaction():
-                    # Serialise migrators (several nodes starting at once).
-                    await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", lock_key)
-                    if self.schema:
-                        await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
-                    await conn.execute(_SCHEMA_VERSION_DDL)
-                    applied = {r[0] for r in await conn.fetch("SELECT version FROM schema_version")}
-                    newest = max(applied, default=0)
-                    if newest > len(known):
-                        raise StoreError(
-                            f"the database schema is at version {newest}, newer than this "
-                            f"fleetrpc knows ({len(known)}): upgrade fleetrpc"
-                        )
-                    if m.version in applied:
-                        continue
-                    for statement in m.statements:
-                        await conn.execute(statement)
-                    await conn.execute(
-                        "INSERT INTO schema_version (version, name, applied_time) "
-                        "VALUES ($1, $2, (extract(epoch FROM clock_timestamp()) * 1000)::bigint)",
-                        m.version,
-                        m.name,
-                    )
-                    done.append(m.version)
-        return done
-
-    async def schema_version(self) -> int:
-        async def q(conn: asyncpg.Connection) -> int:
-            exists = await conn.fetchval("SELECT to_regclass('schema_version') IS NOT NULL")
-            if not exists:
-                return 0
-            return await conn.fetchval("SELECT COALESCE(max(version), 0) FROM schema_version")
-
-        return await self._read("reading the schema version", q)
 
     # -- writes ---------------------------------------------------------------------
 
@@ -330,10 +186,7 @@ class PostgresStore(Store):
             result = await self._write_one_statement(inserts, first, keep, changes)
             if result is not None:
                 return result
-        try:
-            rows = [record_row(inserts[i]) for i in first]
-        except (TypeError, ValueError) as e:  # msgspec.EncodeError is a ValueError
-            raise ValidationError(f"an RPC record has a value that is not JSON: {e}") from e
+        rows = record_rows(inserts, first)
         change_args = [change_payload(changes, idx).decode() for idx in change_rounds(changes)]
 
         use_copy = len(rows) >= self._copy_threshold
@@ -344,30 +197,31 @@ class PostgresStore(Store):
             # taken ids after the statement.)
             single = len(change_args) + (1 if rows else 0) == 1 and (use_copy or not atomic or len(rows) == 1)
             try:
-                async with self._connection("writing") as conn:
-                    async with contextlib.nullcontext() if single else conn.transaction():
-                        if not rows:
-                            new_ids = None
-                        elif use_copy:
-                            await conn.copy_records_to_table("rpc", records=rows, columns=COLUMNS)
-                            new_ids = None  # all of them
-                        else:
-                            new_ids = {r[0] for r in await conn.fetch(_INSERT_UNNEST, *zip(*rows, strict=True))}
-                            if atomic and len(new_ids) < len(rows):
-                                taken = sorted(r[0] for r in rows if r[0] not in new_ids)
-                                raise DuplicateRpcError(f"RPC already exists: {', '.join(taken)}")
-                        applied = [False] * len(changes)
-                        for payload in change_args:
-                            for rec in await conn.fetch(_UPDATE_JSON, payload):
-                                applied[rec[0]] = True
+                async with self.db.connection() if single else self.db.transaction() as conn:
+                    if not rows:
+                        new_ids = None
+                    elif use_copy:
+                        await conn.copy_records_to_table("rpc", records=rows, columns=COLUMNS)
+                        new_ids = None  # all of them
+                    else:
+                        new_ids = {r[0] for r in await conn.fetch(_INSERT_UNNEST, *zip(*rows, strict=True))}
+                        if atomic and len(new_ids) < len(rows):
+                            taken = sorted(r[0] for r in rows if r[0] not in new_ids)
+                            raise DuplicateRpcError(f"RPC already exists: {', '.join(taken)}")
+                    applied = [False] * len(changes)
+                    for payload in change_args:
+                        for rec in await conn.fetch(_UPDATE_JSON, payload):
+                            applied[rec[0]] = True
                 break
             except DuplicateRpcError:
+                raise
+            except AlreadyExistsError as e:
                 # COPY met an id that is taken: redo the transaction with
                 # ON CONFLICT DO NOTHING, which tells which ones.
                 if use_copy and not atomic:
                     use_copy = False
                     continue
-                raise
+                raise DuplicateRpcError(str(e)) from e.__cause__
         self.stats.transactions += 1
         inserted = keep
         if new_ids is not None:
@@ -398,8 +252,7 @@ class PostgresStore(Store):
         except (TypeError, ValueError) as e:  # msgspec.EncodeError is a ValueError
             raise ValidationError(f"an RPC record has a value that is not JSON: {e}") from e
         payload = change_payload(changes, range(len(changes))).decode()
-        async with self._connection("writing") as conn:
-            rows = await conn.fetch(_WRITE_JSON, records, payload)
+        rows = await self.db.fetch(_WRITE_JSON, records, payload)
         added: set[str] = set()
         applied = [False] * len(changes)
         for row in rows:
@@ -413,30 +266,27 @@ class PostgresStore(Store):
         self.stats.rows_changed += sum(applied)
         return WriteResult(inserted=inserted, applied=applied)
 
-    async def delete(self, rpc_id: str, tenant_id: str | None = None) -> RpcRecord | None:
-        sql = f"DELETE FROM rpc WHERE id = $1 {'AND tenant_id = $2' if tenant_id is not None else ''} RETURNING {_COLS}"
-        args = (rpc_id,) if tenant_id is None else (rpc_id, tenant_id)
-        async with self._connection("deleting") as conn:
-            row = await conn.fetchrow(sql, *args)
+    async def delete(self, rpc_id: str, tenant_id: str) -> RpcRecord | None:
+        check_tenant(tenant_id)
+        row = await self.db.fetchrow(
+            f"DELETE FROM rpc WHERE id = $1 AND tenant_id = $2 RETURNING {_COLS}", rpc_id, tenant_id
+        )
         self.stats.transactions += 1
         return None if row is None else row_record(row)
 
     # -- reads ----------------------------------------------------------------------
 
-    async def get(self, rpc_id: str, tenant_id: str | None = None) -> RpcRecord | None:
-        sql = f"SELECT {_COLS} FROM rpc WHERE id = $1"
-        args: tuple[Any, ...] = (rpc_id,)
-        if tenant_id is not None:
-            sql += " AND tenant_id = $2"
-            args = (rpc_id, tenant_id)
-        row = await self._read("reading", lambda conn: conn.fetchrow(sql, *args))
+    async def get(self, rpc_id: str, tenant_id: str) -> RpcRecord | None:
+        check_tenant(tenant_id)
+        sql = f"SELECT {_COLS} FROM rpc WHERE id = $1 AND tenant_id = $2"
+        row = await self._read(lambda conn: conn.fetchrow(sql, rpc_id, tenant_id))
         return None if row is None else row_record(row)
 
     async def list_by_device(
         self,
         device_id: str,
         *,
-        tenant_id: str | None = None,
+        tenant_id: str,
         page_size: int = 10,
         page: int = 0,
         status: RpcStatus | str | None = None,
@@ -446,7 +296,6 @@ class PostgresStore(Store):
     ) -> Page:
         cond, args, column, order = list_query(
             device_id, tenant_id, page_size, page, status, sort_property, sort_order, text_search,
-            lambda n: f"${n}",
         )
         n = len(args)
         sql = (
@@ -454,86 +303,64 @@ class PostgresStore(Store):
             f"LIMIT ${n + 1} OFFSET ${n + 2}"
         )
 
-        async def q(conn: asyncpg.Connection) -> tuple[int, list[Any]]:
+        async def q(conn: _PgConn) -> tuple[int, list[Any]]:
             total = await conn.fetchval(f"SELECT count(*) FROM rpc WHERE {cond}", *args)
             rows = []
             if total > page * page_size:
                 rows = await conn.fetch(sql, *args, page_size, page * page_size)
             return total, rows
 
-        total, rows = await self._read("listing", q)
+        total, rows = await self._read(q)
         return Page.build([row_record(r) for r in rows], total, page_size, page)
 
     async def load_unfinished(self) -> list[RpcRecord]:
-        sql = f"SELECT {_COLS} FROM rpc WHERE {_UNFINISHED_SQL} ORDER BY created_time, seq"
-        rows = await self._read("loading unfinished calls", lambda conn: conn.fetch(sql))
+        sql = f"SELECT {_COLS} FROM rpc WHERE {UNFINISHED_SQL} ORDER BY created_time, seq"
+        rows = await self._read(lambda conn: conn.fetch(sql))
+        return [row_record(r) for r in rows]
+
+    async def claim_unfinished(self, node_id: str) -> list[RpcRecord]:
+        async with self.db.transaction() as conn:
+            await conn.execute(f"UPDATE rpc SET owner_node = $1 WHERE {UNFINISHED_SQL}", node_id)
+            rows = await conn.fetch(f"SELECT {_COLS} FROM rpc WHERE {UNFINISHED_SQL} ORDER BY created_time, seq")
+        self.stats.transactions += 1
         return [row_record(r) for r in rows]
 
     # -- TTL ------------------------------------------------------------------------
 
-    async def purge_terminal(self, older_than_ms: int, tenant_id: str | None = None) -> int:
-        sql = f"DELETE FROM rpc WHERE created_time < $1 AND {_TERMINAL_SQL}"
-        args: tuple[Any, ...] = (older_than_ms,)
-        if tenant_id is not None:
-            sql += " AND tenant_id = $2"
-            args += (tenant_id,)
-        async with self._connection("purging") as conn:
-            tag = await conn.execute(sql, *args)
+    async def purge_terminal(self, older_than_ms: int, tenant_id: str) -> int:
+        check_tenant(tenant_id)
+        n = await self.db.execute(
+            f"DELETE FROM rpc WHERE created_time < $1 AND tenant_id = $2 AND {TERMINAL_SQL}", older_than_ms, tenant_id
+        )
         self.stats.transactions += 1
-        return int(tag.split()[-1])
+        return n
 
     async def set_tenant_ttl(self, tenant_id: str, days: int | None) -> None:
+        check_tenant(tenant_id)
         check_ttl_days(days)
-        async with self._connection("saving tenant settings") as conn:
-            if days is None:
-                await conn.execute("DELETE FROM tenant_settings WHERE tenant_id = $1", tenant_id)
-            else:
-                await conn.execute(
-                    "INSERT INTO tenant_settings (tenant_id, rpc_ttl_days) VALUES ($1, $2) "
-                    "ON CONFLICT (tenant_id) DO UPDATE SET rpc_ttl_days = excluded.rpc_ttl_days",
-                    tenant_id,
-                    days,
-                )
+        if days is None:
+            await self.db.execute("DELETE FROM tenant_settings WHERE tenant_id = $1", tenant_id)
+        else:
+            await self.db.execute(
+                "INSERT INTO tenant_settings (tenant_id, rpc_ttl_days) VALUES ($1, $2) "
+                "ON CONFLICT (tenant_id) DO UPDATE SET rpc_ttl_days = excluded.rpc_ttl_days",
+                tenant_id,
+                days,
+            )
         self.stats.transactions += 1
 
     async def get_tenant_ttl(self, tenant_id: str) -> int | None:
-        return await self._read(
-            "reading tenant settings",
-            lambda conn: conn.fetchval(
-                "SELECT rpc_ttl_days FROM tenant_settings WHERE tenant_id = $1", tenant_id
-            ),
-        )
+        check_tenant(tenant_id)
+        sql = "SELECT rpc_ttl_days FROM tenant_settings WHERE tenant_id = $1"
+        return await self._read(lambda conn: conn.fetchval(sql, tenant_id))
 
     async def purge_expired(self, now_ms: int, default_days: int | None) -> int:
         check_ttl_days(default_days)
         ttl = "COALESCE((SELECT t.rpc_ttl_days FROM tenant_settings t WHERE t.tenant_id = rpc.tenant_id), $2)"
-        sql = (
-            f"DELETE FROM rpc WHERE {_TERMINAL_SQL} AND {ttl} > 0 "
-            f"AND created_time < $1 - {ttl}::bigint * {DAY_MS}"
+        n = await self.db.execute(
+            f"DELETE FROM rpc WHERE {TERMINAL_SQL} AND {ttl} > 0 AND created_time < $1 - {ttl}::bigint * {DAY_MS}",
+            now_ms,
+            default_days or 0,
         )
-        async with self._connection("purging") as conn:
-            tag = await conn.execute(sql, now_ms, default_days or 0)
         self.stats.transactions += 1
-        return int(tag.split()[-1])
-
-
-async def _keep_session(conn: asyncpg.Connection) -> None:
-    """The pool's reset on release.  asyncpg's default sends ``SELECT
-    pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL`` every time
-    a connection goes back to the pool: one more round trip per write.  This
-    store never leaves session state behind (no session advisory locks,
-    cursors, LISTEN or SET; the schema is a startup setting), and asyncpg
-    still rolls back an open transaction before calling this."""
-
-
-def _describe(dsn: str) -> str:
-    """host:port/database of a DSN, without credentials, for messages."""
-    try:
-        from urllib.parse import urlsplit
-
-        u = urlsplit(dsn)
-        host = u.hostname or "localhost"
-        port = u.port or 5432
-        return f"{host}:{port}{u.path or ''}"
-    except ValueError:
-        return "(unparsable DSN)"
+        return n
