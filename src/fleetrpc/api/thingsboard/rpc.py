@@ -19,6 +19,7 @@ system administrator                   403     403     System administrator is n
 body not JSON / no ``method`` / bad    400     400     JSON error, errorCode 31
 device's queue full                    429     429     JSON error, errorCode 33
 server shutting down                   503     503     JSON error, errorCode 2
+persistent call, database unavailable  503     503     JSON error, errorCode 2
 =====================================  ======  ======  =================================
 
 A device that is not connected: as in ThingsBoard, the call waits for it
@@ -44,6 +45,7 @@ from ...errors import (
     QueueFullError,
     ReplyNotJsonError,
     RpcTimeoutError,
+    StoreUnavailableError,
     ValidationError,
 )
 from ..errors import ApiError, ErrorCode, empty, error_response
@@ -210,6 +212,10 @@ async def _persistent(ctx: Any, device: Any, opts: CallOptions, tenant_id: str) 
     except DispatcherClosedError:
         ctx.metrics.rpc_done("persistent", "shutdown", started)
         return error_response(503, "Server is shutting down", ErrorCode.GENERAL)
+    except StoreUnavailableError:
+        # The database is down (the fault probes kill it): nothing was stored.
+        ctx.metrics.rpc_done("persistent", "store_unavailable", started)
+        return error_response(503, "The database is unavailable: the call was not stored", ErrorCode.GENERAL)
     ctx.metrics.rpc_done("persistent", "queued", started)
     return web.Response(status=200, body=b'{"rpcId":"' + rpc_id.encode() + b'"}', content_type="application/json")
 
