@@ -1,7 +1,11 @@
 """Build script: compiles the Cython core in ``src/fleetrpc/_core``.
 
 ``FLEETRPC_NO_EXTENSIONS=1`` builds a pure-Python package.  ``FLEETRPC_DEBUG=1``
-writes ``cython -a`` annotations, turns on line tracing and the debug counters.
+writes ``cython -a`` annotations, compiles with ``-O0 -g`` and turns on the
+leak counters (the C macro ``FLEETRPC_DEBUG``, 0 in a normal build: live
+wheel entries, pending calls, queue states and queued calls; each module's
+``debug_counters()``).  Line tracing (for coverage or profiling of the
+compiled code) slows everything down and is separate: ``FLEETRPC_LINETRACE=1``.
 A machine without a C compiler still gets a working package: a failed compile
 falls back on the pure-Python twins with a warning (as aiohttp and yarl do).
 """
@@ -14,6 +18,7 @@ from setuptools.command.build_ext import build_ext
 
 NO_EXTENSIONS = bool(os.environ.get("FLEETRPC_NO_EXTENSIONS"))
 DEBUG = bool(os.environ.get("FLEETRPC_DEBUG"))
+LINETRACE = bool(os.environ.get("FLEETRPC_LINETRACE"))
 if sys.implementation.name != "cpython":
     NO_EXTENSIONS = True
 
@@ -22,7 +27,7 @@ CORE_MODULES = ["wheel", "pending", "queues", "codec", "mqttfast"]
 
 def _extensions():
     macros = [("FLEETRPC_DEBUG", "1" if DEBUG else "0")]
-    if DEBUG:
+    if LINETRACE:
         macros.append(("CYTHON_TRACE_NOGIL", "1"))
     args = ["-O2"] if not DEBUG else ["-O0", "-g"]
     exts = []
@@ -46,8 +51,8 @@ def _extensions():
         compiler_directives={
             "language_level": "3",
             "embedsignature": True,
-            "linetrace": DEBUG,
-            "profile": DEBUG,
+            "linetrace": LINETRACE,
+            "profile": LINETRACE,
         },
         annotate=DEBUG,
     )

@@ -46,7 +46,7 @@ class Loopback:
 
 async def measure(calls: int, window: int) -> float:
     from fleetrpc.config import Settings
-    from fleetrpc.dispatcher import Dispatcher
+    from fleetrpc.dispatch import Dispatcher
 
     d = Dispatcher(Settings(node_id="bench", min_timeout_ms=0, presence=False), transport=Loopback())
     await d.start()

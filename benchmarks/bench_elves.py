@@ -70,7 +70,7 @@ async def run_agents(url: str, prefix: str, count: int, root: str) -> None:
 async def bench(args) -> dict:
     from fleetrpc.broker import start_broker
     from fleetrpc.config import Settings
-    from fleetrpc.dispatcher import Dispatcher
+    from fleetrpc.dispatch import Dispatcher
     from fleetrpc.runner import use_uvloop  # noqa: F401
     from fleetrpc.services.elves import NULL_TENANT, ElvesSettings
     from fleetrpc.services.elves.client import ElvesClient

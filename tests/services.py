@@ -14,6 +14,9 @@ Fixtures
 ``pg_server`` (function)
     A private throwaway PostgreSQL (:class:`PgServer`): ``.dsn``,
     ``await .stop()`` / ``await .start()`` on the same port, for outage tests.
+``chromium_path`` (session)
+    Debian's Chromium for the console's browser tests (Playwright drives it
+    with ``executable_path``).
 ``fresh_pg_db`` (function)
     The DSN of a new, empty database on ``pg_dsn``'s server, dropped after
     the test.
@@ -358,12 +361,14 @@ class _Services:
         self.install_log = ""
 
     @staticmethod
-    def missing(mqtt: bool = True, pg: bool = True) -> list[str]:
+    def missing(mqtt: bool = True, pg: bool = True, browser: bool = False) -> list[str]:
         names = []
         if mqtt and find_mosquitto() is None:
             names.append("mosquitto")
         if pg and find_pg_bindir() is None:
             names.append("postgresql")
+        if browser and find_chromium() is None:
+            names.append("chromium")
         return names
 
     def install(self, names: list[str], write) -> None:
@@ -385,9 +390,10 @@ class _Services:
 
     def require(self, name: str, env: str) -> None:
         """Fail the test (never skip) when a binary is still missing."""
-        if name not in self.missing(mqtt=name == "mosquitto", pg=name == "postgresql"):
+        if name not in self.missing(mqtt=name == "mosquitto", pg=name == "postgresql", browser=name == "chromium"):
             return
-        what = "Mosquitto" if name == "mosquitto" else "PostgreSQL (initdb and postgres)"
+        what = {"mosquitto": "Mosquitto", "postgresql": "PostgreSQL (initdb and postgres)",
+                "chromium": "Chromium (Debian's chromium package)"}[name]
         if _is_root():
             how = f"installing it from Debian's packages failed or was not possible; run `tools/dev system-deps {name}`"
         else:
@@ -434,7 +440,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 def pytest_collection_finish(session: pytest.Session) -> None:
     # Install what the selected tests need now, outside any test's timeout.
-    need_mqtt = need_pg = False
+    need_mqtt = need_pg = need_browser = False
     for item in session.items:
         names = set(getattr(item, "fixturenames", ()))
         # A marker covers fixtures reached through request.getfixturevalue().
@@ -442,12 +448,34 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         pg_marked = item.get_closest_marker("pg") is not None
         need_mqtt |= "mqtt_broker" in names or (mqtt_marked and not _env(MQTT_ENV))
         need_pg |= "pg_server" in names or (pg_marked and not _env(PG_ENV))
+        need_browser |= "chromium_path" in names
     services = _services(session.config)
-    missing = services.missing(mqtt=need_mqtt, pg=need_pg)
+    missing = services.missing(mqtt=need_mqtt, pg=need_pg, browser=need_browser)
     if missing:
         reporter = session.config.pluginmanager.get_plugin("terminalreporter")
         write = reporter.write_line if reporter is not None else print
         services.install(missing, write)
+
+
+# -- a browser -----------------------------------------------------------------------
+
+
+def find_chromium() -> str | None:
+    """Debian's Chromium (the console's browser tests drive it with
+    Playwright's ``executable_path``: no browser download)."""
+    for name in ("chromium", "chromium-browser"):
+        path = shutil.which(name)
+        if path:
+            return path
+    return None
+
+
+@pytest.fixture(scope="session")
+def chromium_path(request: pytest.FixtureRequest) -> str:
+    """The path of a Chromium binary; installed from Debian's packages when
+    missing and running as root, else the test fails saying how."""
+    _services(request.config).require("chromium", "-")
+    return find_chromium()
 
 
 # -- MQTT fixtures -------------------------------------------------------------------

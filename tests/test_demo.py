@@ -1,4 +1,5 @@
-"""`fleetrpc demo` end to end (against the test broker, and the embedded one)."""
+"""`fleetrpc demo --once` end to end: the server on embedded defaults, a
+simulated fleet with its tokens, the tour through the REST API."""
 
 from __future__ import annotations
 
@@ -11,23 +12,25 @@ from fleetrpc.demo import run_demo
 
 
 @pytest.mark.mqtt
-async def test_demo_runs_every_scenario(mqtt_url):
+async def test_demo_tour_through_the_rest_api(mqtt_url):
     out = io.StringIO()
-    rows = await run_demo(devices=12, url=mqtt_url, console=Console(file=out, width=200))
-    assert rows["presence"] == "12/12 devices online"
-    assert rows["broadcast getTemperature"] == "12/12 ok"
-    assert rows["stuck device"] == "RpcTimeoutError"
-    assert rows["offline device"] == "DeviceOfflineError"
-    assert rows["sequential device"] == str(list(range(10)))
-    assert rows["client-side unknown method"] == "RemoteError"
-    assert rows["device killed"] == "offline"
+    rows = await run_demo(devices=12, url=mqtt_url, port=0, once=True, console=Console(file=out, width=200))
+    text = out.getvalue()
+    assert "console: http://127.0.0.1:" in text and "tenant@thingsboard.org" in text
+    online, total = rows["presence"].split()[0].split("/")
+    assert online == total and int(total) >= 12  # the dimmers and ThingsBoard's demo devices
+    assert rows["two-way getValue x400 (REST)"].endswith("calls/s")
+    assert rows["one-way setValue 80, read back"] == "200 then 80"
+    assert rows["v1 two-way rpcCommand"] == "200"
+    assert rows["offline device (v2)"] == "504"
     assert rows["persistent call, device offline"] == "QUEUED"
     assert rows["persistent call, device online"] == "SUCCESSFUL"
-    assert "fleetrpc demo" in out.getvalue()
+    assert rows["job: setValue 50 to every dimmer"] == "12/12 ok"
+    assert rows["customer B calls customer A's device"] == "403"
 
 
 async def test_demo_on_the_embedded_broker():
     pytest.importorskip("amqtt", reason="the test command installs the embedded-broker extra")
-    rows = await run_demo(devices=8, console=Console(file=io.StringIO()), broker="embedded")
-    assert rows["presence"] == "8/8 devices online"
+    rows = await run_demo(devices=4, port=0, once=True, broker="embedded", console=Console(file=io.StringIO()))
     assert rows["persistent call, device online"] == "SUCCESSFUL"
+    assert rows["job: setValue 50 to every dimmer"] == "4/4 ok"

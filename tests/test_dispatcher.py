@@ -14,7 +14,7 @@ import uvloop
 from fleetrpc import DeliveryStrategy
 from fleetrpc.config import Settings
 from fleetrpc.device import DeviceClient
-from fleetrpc.dispatcher import Dispatcher
+from fleetrpc.dispatch import Dispatcher
 from fleetrpc.errors import (
     DeviceOfflineError,
     DispatcherClosedError,
@@ -288,7 +288,7 @@ async def test_malformed_unknown_and_foreign_replies_are_rejected(rig, mqtt_url)
     other = await _device(mqtt_url)
     try:
         await _wait(lambda: d.is_online(other.device_id))
-        node = d.node_id
+        node = d.node  # the wire level: node id and boot id
         p = d.settings.prefix
         # a reply for a request id that is not pending
         other.publish_raw(f"{p}/d/{other.device_id}/res/{node}/999999", b"{}")

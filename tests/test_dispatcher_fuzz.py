@@ -8,7 +8,7 @@ import asyncio
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from fleetrpc.config import Settings
-from fleetrpc.dispatcher import Dispatcher
+from fleetrpc.dispatch import Dispatcher
 
 
 class FakeTransport:

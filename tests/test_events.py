@@ -13,7 +13,7 @@ from aiohttp import web
 
 from fleetrpc.config import Settings
 from fleetrpc.device import DeviceClient
-from fleetrpc.dispatcher import Dispatcher
+from fleetrpc.dispatch import Dispatcher
 from fleetrpc.events import EventBus, HookSink, MqttSink, WebhookSink, forward_client_calls
 
 

@@ -14,16 +14,6 @@ from fleetrpc import _core
 from fleetrpc.errors import UnknownRequestError, WrongDeviceError
 
 
-@pytest.fixture(autouse=True)
-def _no_leaks(core):
-    """In a FLEETRPC_DEBUG build the live counters return to where they were."""
-    mods = [sys.modules[c.__module__] for c in (core.TimingWheel, core.PendingTable)]
-    before = [m.debug_counters() for m in mods]
-    yield
-    gc.collect()
-    assert [m.debug_counters() for m in mods] == before
-
-
 def new_table(core):
     # Not a fixture: pytest keeps fixture values alive until after the leak check.
     return core.PendingTable(core.TimingWheel(0.005))

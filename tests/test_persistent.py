@@ -12,7 +12,7 @@ from tests.helpers.waiting import wait_until as _wait
 from fleetrpc import DeliveryStrategy
 from fleetrpc.config import Settings
 from fleetrpc.device import DeviceClient
-from fleetrpc.dispatcher import Dispatcher
+from fleetrpc.dispatch import Dispatcher
 from fleetrpc.errors import (
     InvalidTransitionError,
     QueueFullError,
@@ -265,7 +265,7 @@ async def test_duplicate_reply_and_reply_after_expiry(rig):
     # the device repeats its reply: rejected and counted, status unchanged
     payload = next(iter(dev._replies.values()))
     before = rig.dispatcher.stats.unknown_request
-    dev.publish_raw(f"fleetrpc/d/{dev.device_id}/res/{rig.dispatcher.node_id}/{sent[0]}", payload)
+    dev.publish_raw(f"fleetrpc/d/{dev.device_id}/res/{rig.dispatcher.node}/{sent[0]}", payload)
     await _wait(lambda: rig.dispatcher.stats.unknown_request == before + 1)
     assert (await rig.engine.get(rpc_id)).status is RpcStatus.SUCCESSFUL
     # a reply arriving after the call expired changes nothing

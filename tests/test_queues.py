@@ -2,24 +2,12 @@
 
 from __future__ import annotations
 
-import gc
-import sys
 import tracemalloc
 
 import pytest
 
 from fleetrpc._core.constants import DeliveryStrategy
 from fleetrpc.errors import FleetRpcError, QueueFullError
-
-
-@pytest.fixture(autouse=True)
-def _no_leaks(core):
-    """In a FLEETRPC_DEBUG build, device states and rings are all freed."""
-    counters = sys.modules[core.DeviceQueues.__module__].debug_counters
-    before = counters()
-    yield
-    gc.collect()
-    assert counters() == before
 
 
 BURST = DeliveryStrategy.BURST

@@ -4,8 +4,8 @@ against a real broker.  Nothing here asserts a throughput or a duration."""
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import json
+import re
 import uuid
 from pathlib import Path
 
@@ -21,11 +21,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _reference():
-    path = ROOT / "benchmarks" / "reference_dispatcher.py"
-    spec = importlib.util.spec_from_file_location("reference_dispatcher_under_test", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.ReferenceDispatcher
+    # Shipped in the package, so that `fleetrpc bench` works from a wheel.
+    from fleetrpc.bench.reference import ReferenceDispatcher
+
+    return ReferenceDispatcher
 
 
 def _unique(tag: str) -> str:
@@ -187,6 +186,19 @@ def test_bench_quick_writes_json(tmp_path, mqtt_url):
     assert ours["peak"]["round_trips"] > 0 and ours["fanout"]["failed"] == 0
     assert set(ours) >= {"latency_same"}  # both targets at one rate
     assert set(report["ratios"]) >= {"peak.rps", "latency_same.p99_ms"}
+    # The limit: throughput workloads only, and fleetrpc's share of it.
+    limit = report["results"]["limit"]
+    assert "error" not in limit, limit.get("error")
+    assert set(limit) >= {"peak", "oneway"}
+    assert not set(limit) & {"latency", "latency_same", "memory", "fanout", "sequential"}
+    assert limit["peak"]["round_trips"] > 0 and limit["oneway"]["lost"] == 0
+    peak = report["ratios"]["peak.rps"]
+    assert peak["limit"] == limit["peak"]["rps"] and peak["reference"] == ref["peak"]["rps"]
+    assert peak["of_limit"] == round(ours["peak"]["rps"] / limit["peak"]["rps"], 3) > 0
+    assert "of_limit" not in report["ratios"]["peak.cpu_us_per_rt"]  # throughputs only
+    assert "of_limit" in report["ratios"]["oneway.delivered_per_s"]
+    # The table's two comparison columns: "1.23x" (gain) and "45%" (of limit).
+    assert re.search(r"\d\.\d\dx", result.output) and re.search(r"\d+%", result.output)
     # A given broker is not ours to watch; the simulator's workers are.
     assert "broker_cpu" not in ours["peak"]
     assert ours["peak"]["fleet_cpu"] > 0
@@ -213,7 +225,7 @@ def test_cpu_of_processes_and_of_the_machine():
     import time
 
     from fleetrpc.bench.cpu import machine_cpu, process_cpu, processes_named
-    from fleetrpc.bench.runner import _cpu_seconds
+    from fleetrpc.bench.rig import cpu_seconds
 
     before, machine = process_cpu(os.getpid()), machine_cpu()
     t = time.process_time()
@@ -225,8 +237,43 @@ def test_cpu_of_processes_and_of_the_machine():
     child = subprocess.Popen([sys.executable, "-c", "pass"])
     child.wait()
     assert process_cpu(child.pid) is None  # reaped: gone from /proc
-    assert _cpu_seconds((os.getpid(), child.pid)) is None  # one gone: no sum
+    assert cpu_seconds((os.getpid(), child.pid)) is None  # one gone: no sum
+    assert cpu_seconds((os.getpid(), child.pid), gone_as_zero=True) >= process_cpu(os.getpid()) - 0.01
     assert os.getpid() in processes_named(open("/proc/self/comm").read().strip())
+
+
+def test_percentiles():
+    from fleetrpc.bench.rig import percentiles
+
+    assert percentiles([]) == {"p50_ms": None, "p99_ms": None, "p999_ms": None, "max_ms": None}
+    samples = [i / 1000 for i in range(1000, 0, -1)]  # 1..1000 ms, unsorted
+    assert percentiles(samples) == {"p50_ms": 501.0, "p99_ms": 991.0, "p999_ms": 1000.0, "max_ms": 1000.0}
+
+
+async def test_limit_dispatcher_matches_replies(mqtt_url):
+    from fleetrpc.bench.limit import LimitDispatcher
+    from fleetrpc.errors import DispatcherClosedError
+
+    prefix = _unique("p")
+    fleet = Fleet(mqtt_url, 3, processes=0, prefix=prefix, qos=1,
+                  id_format=_unique("d") + "-{:03d}", lifetime=120)
+    await fleet.start()
+    d = LimitDispatcher(mqtt_url, node_id=_unique("n"), prefix=prefix)
+    try:
+        await d.start()
+        replies = await asyncio.wait_for(asyncio.gather(
+            *(d.call(dev, "echo", {"i": i}) for i, dev in enumerate(fleet.device_ids * 3))), 10)
+        # Raw reply bytes, each matched to its own call.
+        assert [json.loads(r) for r in replies] == [{"i": i} for i in range(9)]
+        assert d.stats == {"calls": 9, "replies": 9, "unknown": 0}
+        assert await d.call(fleet.device_ids[0], "notify", oneway=True) is None
+        silent = asyncio.ensure_future(d.call("nobody-there", "echo"))  # no timeout: waits
+        await asyncio.sleep(0)
+    finally:
+        await d.close()
+        await fleet.stop()
+    with pytest.raises(DispatcherClosedError):
+        await silent
 
 
 def test_simulate_command_runs_and_stops(mqtt_url):
@@ -256,7 +303,7 @@ async def test_fixed_rate_generator_wakes_on_the_pacer_instead_of_spinning(monke
     (0.5 ms), not spin: a sub-millisecond sleep is a zero-delay timer on
     uvloop, and a spinning generator steals the broker's CPU on the 2-core
     rig and inflates the tail it measures.  Counted, not timed."""
-    from fleetrpc.bench import pacer, runner
+    from fleetrpc.bench import pacer, runner, throughput
 
     ticks = 0
     real_pacer = pacer.Pacer
@@ -270,20 +317,20 @@ async def test_fixed_rate_generator_wakes_on_the_pacer_instead_of_spinning(monke
         assert p.precise  # a timerfd on Linux
         return p
 
-    monkeypatch.setattr(runner, "Pacer", counting_pacer)
+    monkeypatch.setattr(throughput, "Pacer", counting_pacer)
     cfg = runner.BenchConfig(devices=10, duration=0.3, window=10, timeout=5.0, targets=("fleetrpc",))
-    result = await runner._fixed_rate(_Echo(), [f"d{i}" for i in range(10)], cfg,
+    result = await throughput.fixed_rate(_Echo(), [f"d{i}" for i in range(10)], cfg,
                                       lambda *a: None, peak_rps=40_000)
     assert result["calls"] == 6000 and not result["errors"] and result["shed"] == 0
     # 0.3 s in 0.5 ms periods is at most ~600 wake-ups (fewer when the loop
     # is late: a timerfd counts missed periods instead of firing for each).
-    assert 0 < ticks <= 0.3 / runner.PACER_PERIOD + 20, ticks
+    assert 0 < ticks <= 0.3 / throughput.PACER_PERIOD + 20, ticks
 
 
 async def test_fixed_rate_latency_counts_from_each_calls_intended_time(monkeypatch):
     """A generator that wakes late must charge the calls it delayed: with the
     pacer stopped for 50 ms, the calls due meanwhile show >= their wait."""
-    from fleetrpc.bench import runner
+    from fleetrpc.bench import runner, throughput
 
     class LatePacer:
         def __init__(self, period, on_tick):
@@ -299,9 +346,9 @@ async def test_fixed_rate_latency_counts_from_each_calls_intended_time(monkeypat
         def __exit__(self, *exc):
             self._handle.cancel()
 
-    monkeypatch.setattr(runner, "Pacer", LatePacer)
+    monkeypatch.setattr(throughput, "Pacer", LatePacer)
     cfg = runner.BenchConfig(devices=5, duration=0.04, window=5, timeout=5.0, targets=("fleetrpc",))
-    result = await runner._fixed_rate(_Echo(), [f"d{i}" for i in range(5)], cfg,
+    result = await throughput.fixed_rate(_Echo(), [f"d{i}" for i in range(5)], cfg,
                                       lambda *a: None, peak_rps=2_000)  # 1k/s: 40 calls over 40 ms
     assert result["calls"] == 40
     # The first call left at once; the others waited for the late wake-up

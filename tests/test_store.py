@@ -514,9 +514,10 @@ async def test_tenant_ttl_and_purge_expired(store):
 
 
 async def test_migrations_are_idempotent(backend, store):
-    n = len(migrations.load(backend.kind))
-    assert n >= 1
-    assert await store.schema_version() == n
+    known = migrations.load(backend.kind)
+    assert known
+    # Numbers may leave gaps (each part owns a range): the newest is the version.
+    assert await store.schema_version() == max(m.version for m in known)
     assert await store.migrate() == []
     r = rec()
     await store.insert(r)
@@ -556,7 +557,10 @@ async def test_newer_schema_is_refused(backend, store):
 def test_migration_files_split_into_statements():
     for kind in ("sqlite", "postgresql"):
         ms = migrations.load(kind)
-        assert [m.version for m in ms] == list(range(1, len(ms) + 1))
+        versions = [m.version for m in ms]
+        # Rising and distinct, each in the range of its owner (gaps allowed).
+        assert versions == sorted(set(versions)) and versions[0] == 1
+        assert all(any(v in r for r in migrations.OWNERS) for v in versions)
         assert any(s.startswith("CREATE TABLE rpc") for s in ms[0].statements)
         assert not any(s.rstrip().endswith(";") for m in ms for s in m.statements)
 
@@ -815,7 +819,7 @@ async def test_postgres_fresh_database(fresh_pg_db):
     s = PostgresStore(fresh_pg_db)
     await s.open()
     try:
-        assert await s.schema_version() == len(migrations.load("postgresql"))
+        assert await s.schema_version() == max(m.version for m in migrations.load("postgresql"))
         r = rec()
         await s.insert(r)
         assert await s.get(r.id, r.tenant_id) == r

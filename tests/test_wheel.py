@@ -2,25 +2,15 @@
 
 from __future__ import annotations
 
-import gc
 import math
-import sys
 import tracemalloc
 from fractions import Fraction
 
 import pytest
 
+from .helpers.wheel_time import tick_start
+
 DAY = 86400.0
-
-
-@pytest.fixture(autouse=True)
-def _no_leaks(core):
-    """In a FLEETRPC_DEBUG build the live-entry counter returns to where it was."""
-    counters = sys.modules[core.TimingWheel.__module__].debug_counters
-    before = counters()
-    yield
-    gc.collect()
-    assert counters() == before
 
 
 def fire_tick(t: float, tick: float) -> int:
@@ -36,7 +26,6 @@ def test_defaults(core):
     assert w.tick == 0.005
     assert w.now == 0.0
     assert len(w) == 0
-    assert w.next_deadline() is None
     assert w.advance(1.0) == []
     assert w.now == 1.0
     assert repr(w) == "<TimingWheel tick=0.005 now=1.0 live=0>"
@@ -120,7 +109,6 @@ def test_past_deadline_due_at_next_advance(core):
     w.schedule(10.0, 1)  # at the wheel's time
     w.schedule(3.0, 2)  # long past
     w.schedule(-1e9, 3)
-    assert w.next_deadline() == 10.0
     assert w.advance(10.0) == [1, 2, 3]  # same time: still returned
     assert len(w) == 0
 
@@ -225,7 +213,6 @@ def test_negative_times(core):
     assert w.advance(0.0) == [2]
     assert w.advance(0.49) == []
     assert w.advance(0.5) == [3]
-    assert w.next_deadline() is not None
     assert w.advance(1e6 + 0.5) == [4]
 
 
@@ -297,7 +284,6 @@ def test_clear(core):
     handles = [w.schedule(d, p) for p, d in enumerate([-1.0, 0.01, 10.0, 10 * DAY, 100 * DAY])]
     w.clear()
     assert len(w) == 0
-    assert w.next_deadline() is None
     assert all(w.cancel(h) is False for h in handles)
     assert w.advance(200 * DAY) == []
     h = w.schedule(200 * DAY + 1, 9)
@@ -387,13 +373,12 @@ def test_horizons_of_days(core, tick):
     for p, h in enumerate(horizons):
         w.schedule(1000.0 + h, p)
     fired = {}
-    now = 1000.0
-    while len(fired) < len(horizons):
-        nd = w.next_deadline()
-        assert nd is not None and nd > now
-        now = nd
-        for p in w.advance(now):
-            fired[p] = now
+    for p, h in sorted(enumerate(horizons), key=lambda ph: ph[1]):
+        # Just before its tick: nothing; at its tick's first float time: it.
+        now = tick_start(fire_tick(1000.0 + h, tick), tick)
+        assert w.advance(math.nextafter(now, -math.inf)) == []
+        assert w.advance(now) == [p]
+        fired[p] = now
     for p, h in enumerate(horizons):
         d = 1000.0 + h
         assert d <= fired[p]  # never early
@@ -411,58 +396,14 @@ def test_overflow_beyond_two_to_32_ticks(core):
     assert w.advance(1.0) == []
     assert w.advance(1.002) == [99]  # 1.001 / 0.001 is 1000.999...: tick 1000
     out = []
-    now = 1.002
-    while len(w):
-        now = w.next_deadline()
+    for p, d in enumerate(far):
+        now = tick_start(fire_tick(d, tick), tick)
+        assert w.advance(math.nextafter(now, -math.inf)) == []
         got = w.advance(now)
-        for p in got:
-            assert far[p] <= now
-            assert Fraction(math.nextafter(now, 0)) < Fraction(far[p]) + Fraction(tick)
+        assert got == [p] and d <= now
+        assert Fraction(math.nextafter(now, 0)) < Fraction(d) + Fraction(tick)
         out += got
-    assert out == [0, 1, 2, 3]
-
-
-def test_next_deadline(core):
-    w = core.TimingWheel(0.01)
-    assert w.next_deadline() is None
-    h = w.schedule(1.234, 1)
-    nd = w.next_deadline()
-    # Level-1 entry: the time of the cascade, a lower bound.
-    assert 0 < nd <= 1.24
-    while True:
-        got = w.advance(nd)
-        if got:
-            break
-        nd2 = w.next_deadline()
-        assert nd2 > nd
-        nd = nd2
-    assert got == [1] and 1.234 <= nd <= 1.25
-    h = w.schedule(nd + 0.005, 2)  # level 0: exact
-    nd = w.next_deadline()
-    assert math.floor(nd / 0.01) == math.floor((nd - 0.005) / 0.01) + 1
-    assert w.advance(math.nextafter(nd, 0)) == []
-    assert w.advance(nd) == [2]
-    w.schedule(0.0, 3)
-    assert w.next_deadline() == w.now
-    w.clear()
-    assert not w.cancel(h)
-
-
-def test_next_deadline_always_makes_progress(core):
-    # The earliest float time of a tick, also where tick * k is inexact.
-    for tick in (0.001, 0.005, 0.0037, 0.1, 1 / 3):
-        w = core.TimingWheel(tick)
-        for p in range(200):
-            w.schedule(p * 0.173, p)
-        now, fired, rounds = 0.0, [], 0
-        while len(w):
-            rounds += 1
-            nd = w.next_deadline()
-            assert nd >= now
-            now = nd
-            fired += w.advance(now)
-            assert rounds < 2000
-        assert sorted(fired) == list(range(200))
+    assert out == [0, 1, 2, 3] and len(w) == 0
 
 
 # -- memory ---------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ import pytest
 
 from fleetrpc.config import Settings
 from fleetrpc.device import DeviceClient
-from fleetrpc.dispatcher import Dispatcher
+from fleetrpc.dispatch import Dispatcher
 from fleetrpc.errors import InvalidTransitionError, StoreUnavailableError
 from fleetrpc.rpc.persistent import PersistentRpc, _uuid4
 from fleetrpc.rpc.status import RpcStatus as St

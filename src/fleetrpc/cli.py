@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import importlib
 
-import click
+try:
+    import click
+except ImportError as exc:  # `pip install fleetrpc` is the library only
+    raise ImportError(
+        "the fleetrpc command needs its 'cli' extra: pip install 'fleetrpc[cli]' "
+        "(or 'fleetrpc[all]')"
+    ) from exc
 
 
 class _LazyGroup(click.Group):
@@ -18,6 +24,8 @@ class _LazyGroup(click.Group):
         "bench": "fleetrpc.bench.command:bench",
         "db": "fleetrpc.store.command:db",
         "serve": "fleetrpc.server.command:serve",
+        "admin": "fleetrpc.admin:admin",
+        "job": "fleetrpc.jobs.command:job",
     }
 
     def list_commands(self, ctx):

@@ -1,202 +1,326 @@
-"""``fleetrpc demo``: a broker, a simulated fleet and a mix of calls, on a
-fresh machine with nothing else installed."""
+"""``fleetrpc demo``: the whole server on a fresh machine, a live fleet in its
+web console, and a tour of what it does.
+
+It starts ``fleetrpc serve`` on embedded defaults (SQLite in a temporary
+directory, its own broker: Mosquitto when installed, else the embedded
+one) with ThingsBoard's demo accounts, adds a fleet of simulated dimmers
+(:class:`~fleetrpc.sim.widgets.WidgetDevice`: a level behind the console's
+switch and knob) connected with their own access tokens, prints the console's
+address and the logins, makes a mix of calls through the REST API as any
+client would, prints what happened, and keeps serving -- devices now and
+then dropping off and coming back, so presence changes live -- until Ctrl-C
+(``--once`` stops after the tour; the tests use it).
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
+import signal
+import tempfile
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import click
 
-from ._core.constants import DeliveryStrategy
-from .config import Settings
-from .device import DeviceClient
-from .dispatcher import Dispatcher
-from .errors import DeviceOfflineError, FleetRpcError, RpcTimeoutError
+__all__ = ["run_demo", "demo", "LOGINS"]
+
+#: The logins the demo prints (ThingsBoard's demo accounts).
+LOGINS = (
+    ("tenant@thingsboard.org", "tenant", "tenant administrator: every device"),
+    ("customerA@thingsboard.org", "customer", "customer user: Customer A's devices only"),
+    ("sysadmin@thingsboard.org", "sysadmin", "system administrator: tenants"),
+)
+ROOMS = ("kitchen", "hall", "office", "lab", "porch", "garage", "attic", "cellar")
 
 
-async def _start_fleet(url: str, n: int, mqtt5: bool) -> list[DeviceClient]:
-    devices = []
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1000:.1f} ms"
+
+
+class _Rest:
+    """The demo's REST client: what any ThingsBoard script would do."""
+
+    def __init__(self, url: str) -> None:
+        import aiohttp
+
+        self.url = url
+        self.session = aiohttp.ClientSession()
+        self.headers: dict[str, str] = {}
+
+    async def login(self, email: str, password: str) -> None:
+        status, body = await self.call("POST", "/api/auth/login", {"username": email, "password": password})
+        if status != 200:
+            raise RuntimeError(f"login as {email} failed: HTTP {status} {body}")
+        self.headers = {"X-Authorization": f"Bearer {body['token']}"}
+
+    async def call(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        import json
+
+        async with self.session.request(method, self.url + path, json=body, headers=self.headers) as r:
+            text = await r.text()
+            try:
+                return r.status, json.loads(text) if text else None
+            except ValueError:
+                return r.status, text
+
+    async def close(self) -> None:
+        await self.session.close()
+
+
+async def _fleet_devices(ctx: Any, tenant_id: str, n: int) -> list[Any]:
+    """``n`` dimmers in the demo tenant (created once), some assigned to
+    customers A and B; returns every device of the tenant to connect."""
+    customers = {c.title: c.id for c in (await ctx.customers.list(tenant_id, 100, 0)).data}
     for i in range(n):
-        dev = DeviceClient(f"demo-{i:03d}", url, ack=(i % 2 == 0), version=5 if (mqtt5 and i % 3) else 4)
-
-        @dev.method("echo")
-        def echo(params):
-            return params
-
-        @dev.method("getTemperature")
-        async def temp(params):
-            await asyncio.sleep(random.uniform(0, 0.02))
-            return {"celsius": round(20 + random.random() * 5, 2)}
-
-        @dev.method("setGPIO")
-        def set_gpio(params):
-            return {"pin": params.get("pin"), "value": params.get("value"), "changed": True}
-
-        @dev.method("hang")
-        async def hang(params):
-            await asyncio.sleep(3600)
-
-        devices.append(dev)
-    await asyncio.gather(*(d.connect() for d in devices))
-    return devices
+        name = f"Dimmer {i + 1:03d}"
+        if await ctx.devices.by_name(tenant_id, name) is not None:
+            continue
+        customer = customers.get("Customer A") if i % 4 == 1 else customers.get("Customer B") if i % 7 == 3 else None
+        await ctx.devices.create(tenant_id, name, type="dimmer", label=ROOMS[i % len(ROOMS)], customer_id=customer)
+    found: list[Any] = []
+    page = 0
+    while True:
+        batch = await ctx.devices.list(tenant_id, 1000, page)
+        found.extend(batch.data)
+        if not batch.has_next:
+            return found
+        page += 1
 
 
-async def run_demo(devices: int = 50, url: str | None = None, console=None, broker: str = "auto") -> dict[str, Any]:
-    """Run the demonstration; returns the summary rows (also printed)."""
-    if devices < 8:
-        raise ValueError("the demo needs at least 8 devices (each scenario uses its own)")
+def _uses_tokens(ctx: Any) -> bool:
+    """Devices log in with their access tokens, except on the embedded
+    broker, which checks nothing and refuses unknown user names."""
+    return ctx.broker is None or ctx.broker.kind != "embedded"
+
+
+async def _connect(ctx: Any, devices: list[Any], url: str, version: int) -> dict[str, Any]:
+    from .sim.widgets import WidgetDevice
+
+    fleet: dict[str, Any] = {}
+    # The embedded broker (amqtt) now and then loses a SUBACK when clients
+    # subscribe at the same moment: one at a time there.
+    sem = asyncio.Semaphore(100 if _uses_tokens(ctx) else 1)
+
+    async def one(device: Any) -> None:
+        creds = await ctx.devices.credentials(device.tenant_id, device.id)
+        token = creds.credentials_id if _uses_tokens(ctx) else None
+        dev = WidgetDevice(device.id, url, token=token, level=random.randrange(0, 101, 5), version=version)
+        async with sem:
+            await dev.connect()
+        fleet[device.id] = dev
+
+    await asyncio.gather(*(one(d) for d in devices))
+    return fleet
+
+
+async def _wait_online(ctx: Any, ids: list[str], timeout: float = 15.0) -> int:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        online = sum(1 for i in ids if ctx.dispatcher.is_online(i))
+        if online >= len(ids):
+            return online
+        await asyncio.sleep(0.05)
+    return sum(1 for i in ids if ctx.dispatcher.is_online(i))
+
+
+async def _tour(ctx: Any, rest: _Rest, fleet: dict[str, Any], devices: list[Any], offline: Any,
+                url: str, version: int, titles: dict[str, str], rows: list[tuple[str, str, str]]) -> None:
+    """The mix of calls, each through the REST API; one row each."""
+    ids = [d.id for d in devices if d.id in fleet]
+    online = await _wait_online(ctx, ids)
+    rows.append(("presence", f"{online}/{len(ids)} devices online", "retained presence + Last Will, via the broker"))
+
+    # two-way getValue, as the console's knob does on load: concurrency 50
+    lat: list[float] = []
+    sem = asyncio.Semaphore(50)
+
+    async def get_value(device_id: str) -> None:
+        async with sem:
+            t = time.perf_counter()
+            status, _ = await rest.call("POST", f"/api/rpc/twoway/{device_id}", {"method": "getValue", "params": None})
+            if status == 200:
+                lat.append(time.perf_counter() - t)
+
+    calls = (ids * (1 + 400 // max(1, len(ids))))[:400]
+    t0 = time.perf_counter()
+    await asyncio.gather(*(get_value(d) for d in calls))
+    took = time.perf_counter() - t0
+    lat.sort()
+    if lat:
+        rows.append(("two-way getValue x400 (REST)", f"{len(lat) / took:,.0f} calls/s",
+                     f"p50 {_ms(lat[len(lat) // 2])}, p99 {_ms(lat[int(len(lat) * 0.99) - 1])}"))
+
+    target = ids[0]
+    status, _ = await rest.call("POST", f"/api/rpc/oneway/{target}", {"method": "setValue", "params": 80})
+    status2, level = await rest.call("POST", f"/api/rpc/twoway/{target}", {"method": "getValue", "params": None})
+    rows.append(("one-way setValue 80, read back", f"{status} then {level}", "the knob's and switch's calls"))
+    status, body = await rest.call("POST", f"/api/plugins/rpc/twoway/{target}", {"method": "rpcCommand", "params": {}})
+    rows.append(("v1 two-way rpcCommand", f"{status}", "ThingsBoard's deprecated v1 API"))
+
+    # ThingsBoard's offline behaviour: the call waits out its timeout, then 504
+    t = time.perf_counter()
+    status, _ = await rest.call("POST", f"/api/rpc/twoway/{offline.id}", {"method": "getValue", "timeout": 1000})
+    rows.append(("offline device (v2)", f"{status}", f"after {time.perf_counter() - t:.1f} s, as ThingsBoard"))
+
+    # a persistent call waits for the offline device, delivered when it connects
+    exp = int(time.time() * 1000) + 60_000
+    status, body = await rest.call("POST", f"/api/rpc/twoway/{offline.id}",
+                                   {"method": "setValue", "params": True, "persistent": True, "expirationTime": exp})
+    rpc_id = body["rpcId"] if status == 200 else None
+    if rpc_id:
+        _, rec = await rest.call("GET", f"/api/rpc/persistent/{rpc_id}")
+        rows.append(("persistent call, device offline", rec["status"], "stored, held until it connects"))
+        creds = await ctx.devices.credentials(offline.tenant_id, offline.id)
+        from .sim.widgets import WidgetDevice
+
+        token = creds.credentials_id if _uses_tokens(ctx) else None
+        late = WidgetDevice(offline.id, url, token=token, level=0, version=version)
+        await late.connect()
+        fleet[offline.id] = late
+        for _ in range(200):
+            _, rec = await rest.call("GET", f"/api/rpc/persistent/{rpc_id}")
+            if rec["status"] in ("SUCCESSFUL", "FAILED", "EXPIRED", "TIMEOUT"):
+                break
+            await asyncio.sleep(0.05)
+        rows.append(("persistent call, device online", rec["status"], f"response {rec['response']}"))
+
+    # a fleet job: one RPC to every dimmer, with progress and an aggregate
+    status, job = await rest.call("POST", "/api/jobs", {
+        "name": "all dimmers to 50", "targets": {"deviceType": "dimmer"}, "method": "setValue", "params": 50,
+    })
+    if status == 200:
+        job_id = job["id"]["id"]
+        for _ in range(400):
+            _, job = await rest.call("GET", f"/api/job/{job_id}")
+            if job["status"] not in ("QUEUED", "RUNNING"):
+                break
+            await asyncio.sleep(0.05)
+        r = job["result"]
+        rows.append(("job: setValue 50 to every dimmer", f"{r['successfulCount']}/{r['totalCount']} ok",
+                     f"{job['status']}, {(r['finishTs'] - r['startTs'])} ms"))
+    else:
+        rows.append(("job", f"HTTP {status}", str(job)))
+
+    # client-side RPC: a device asks the platform
+    dev = fleet[target]
+    try:
+        now = await dev.client.call("getCurrentTime", timeout=5)
+        rows.append(("client-side getCurrentTime", str(now), "a device asked the server"))
+    except Exception as exc:  # noqa: BLE001 - the row says what happened
+        rows.append(("client-side getCurrentTime", type(exc).__name__, str(exc)))
+
+    # another customer's device is out of reach
+    victim = next((d for d in devices if titles.get(d.customer_id) == "Customer A"), None)
+    if victim is not None:
+        other = _Rest(rest.url)
+        try:
+            await other.login("customerB@thingsboard.org", "customer")
+            status, body = await other.call("POST", f"/api/rpc/twoway/{victim.id}", {"method": "getValue"})
+            rows.append(("customer B calls customer A's device", f"{status}", str(body)))
+        finally:
+            await other.close()
+
+
+async def _churn(fleet: dict[str, Any], stop: asyncio.Event) -> None:
+    """Now and then a device drops off (its Will tells the server) and comes
+    back a few seconds later: presence changes live in the console."""
+    while not stop.is_set():
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(stop.wait(), 12.0)
+        if stop.is_set() or not fleet:
+            return
+        dev = random.choice(list(fleet.values()))
+        if not dev.client.connected:
+            continue
+        dev.client.kill()
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(stop.wait(), 6.0)
+        with contextlib.suppress(Exception):
+            await dev.connect()
+
+
+@contextlib.asynccontextmanager
+async def _server(port: int, url: str | None, broker: str, data_dir: str) -> AsyncIterator[Any]:
+    from .config import load_server_settings
+    from .server import Server, ServerContext
+
+    overrides: dict[str, dict[str, Any]] = {
+        "server": {"data_dir": data_dir, "broker": broker, "drain_timeout_s": 2.0},
+        "http": {"port": port, "access_log": False},
+        "store": {"ttl_enabled": False},
+        # Short timeouts answer the tour's offline call in a second.
+        "dispatch": {"min_timeout_ms": 1000},
+    }
+    if url:
+        overrides["mqtt"] = {"url": url}
+    settings = load_server_settings(env={}, overrides=overrides)
+    ctx = ServerContext(settings)
+    ctx.demo = True
+    async with Server(settings, ctx=ctx) as server:
+        yield server.ctx
+
+
+async def run_demo(devices: int = 200, *, url: str | None = None, port: int = 8080, once: bool = False,
+                   broker: str = "auto", console: Any = None) -> dict[str, str]:
+    """Run the demonstration; returns the tour's rows ``{what: result}``."""
     from rich.console import Console
-    from rich.progress import Progress
     from rich.table import Table
 
-    from .broker import start_broker
+    from .server.demo_data import TENANT_TITLE
 
     console = console or Console()
     rows: list[tuple[str, str, str]] = []
-
-    async def scenario(broker_url: str, mqtt5: bool) -> None:
-        console.print(f"[bold]broker[/] {broker_url}   [bold]devices[/] {devices}")
-        fleet = await _start_fleet(broker_url, devices, mqtt5)
-        settings = Settings(mqtt_url=broker_url, node_id="demo", min_timeout_ms=0, default_timeout_ms=2000,
-                            mqtt_version=5 if mqtt5 else 4, store_url=store_url, ttl_enabled=False)
-        async with Dispatcher(settings) as d:
-
-            @d.handler("getCurrentTime")
-            def now(device, params):
-                return int(time.time() * 1000)
-
-            # wait for every device's retained presence
-            for _ in range(200):
-                if len(d.online_devices) >= devices:
-                    break
-                await asyncio.sleep(0.02)
-            names = sorted(d.online_devices)
-            rows.append(("presence", f"{len(names)}/{devices} devices online", "retained status + Last Will"))
-
-            with Progress(console=console, transient=True) as progress:
-                task = progress.add_task("two-way calls", total=500)
-                t0 = time.perf_counter()
-                lat: list[float] = []
-
-                async def one(i: int) -> None:
-                    s = time.perf_counter()
-                    await d.call(names[i % len(names)], "echo", {"i": i}, timeout=5)
-                    lat.append(time.perf_counter() - s)
-                    progress.advance(task)
-
-                await asyncio.gather(*(one(i) for i in range(500)))
-                took = time.perf_counter() - t0
-            lat.sort()
-            rows.append(("two-way echo x500", f"{500 / took:,.0f} calls/s",
-                         f"p50 {lat[250] * 1000:.2f} ms, p99 {lat[494] * 1000:.2f} ms"))
-
-            r = await d.call(names[0], "setGPIO", {"pin": 4, "value": 1})
-            rows.append(("setGPIO", str(r), "ThingsBoard-style two-way"))
-            await d.call(names[1], "setGPIO", {"pin": 4, "value": 0}, oneway=True)
-            rows.append(("one-way setGPIO", "published", "returns once the broker has it"))
-
-            bc = d.broadcast(names, "getTemperature", {})
-            summary = await bc.wait()
-            rows.append(("broadcast getTemperature", f"{summary.succeeded}/{summary.total} ok",
-                         f"{summary.elapsed * 1000:.1f} ms for the whole fleet"))
-
+    with tempfile.TemporaryDirectory(prefix="fleetrpc-demo-") as data_dir:
+        async with _server(port, url, broker, data_dir) as ctx:
+            tenant = await ctx.tenants.by_title(TENANT_TITLE)
+            titles = {c.id: c.title for c in (await ctx.customers.list(tenant.id, 100, 0)).data}
+            registry = await _fleet_devices(ctx, tenant.id, devices)
+            # One device stays away for the tour's offline and persistent calls.
+            offline = next(d for d in registry if d.name == "Dimmer 002") if devices >= 2 else registry[0]
+            broker_url, version = ctx.library.mqtt_url, ctx.library.mqtt_version
+            fleet = await _connect(ctx, [d for d in registry if d.id != offline.id], broker_url, version)
+            console.print(f"\n[bold green]fleetrpc is serving[/]  console: [bold]{ctx.url}/[/]   "
+                          f"API docs: {ctx.url}/api/docs   broker: {broker_url}")
+            for email, password, what in LOGINS:
+                console.print(f"  log in as [bold]{email}[/] / [bold]{password}[/]  ({what})")
+            console.print(f"  {len(fleet)} simulated devices connected with their access tokens\n")
+            rest = _Rest(ctx.url)
             try:
-                await d.call(names[2], "hang", {}, timeout=0.3)
-            except RpcTimeoutError as exc:
-                rows.append(("stuck device", "RpcTimeoutError", str(exc)))
-            try:
-                await d.call("no-such-device", "echo", {})
-            except DeviceOfflineError as exc:
-                rows.append(("offline device", "DeviceOfflineError", str(exc)))
-
-            seq = names[3]
-            d.configure_device(seq, strategy=DeliveryStrategy.SEQUENTIAL_ON_RESPONSE)
-            order = await asyncio.gather(*(d.call(seq, "echo", i) for i in range(10)))
-            rows.append(("sequential device", str(order), "one call at a time, FIFO"))
-
-            got = await fleet[4].call("getCurrentTime")
-            rows.append(("client-side getCurrentTime", str(got), "device asked the platform"))
-            try:
-                await fleet[4].call("noSuchMethod")
-            except FleetRpcError as exc:
-                rows.append(("client-side unknown method", type(exc).__name__, str(exc)))
-
-            fleet[5].kill()  # vanish: the broker sends the Will
-            for _ in range(100):
-                if not d.is_online(fleet[5].device_id):
-                    break
-                await asyncio.sleep(0.05)
-            rows.append(("device killed", "offline" if not d.is_online(fleet[5].device_id) else "online",
-                         "Last Will seen by the dispatcher"))
-            await _persistent_part(d, broker_url, mqtt5, rows)
-            stats = d.stats.as_dict()
-        await asyncio.gather(*(dev.close() for dev in fleet[:5] + fleet[6:]), return_exceptions=True)
-        rows.append(("dispatcher counters", ", ".join(f"{k}={v}" for k, v in stats.items() if v), ""))
-
-    import tempfile
-
-    with tempfile.TemporaryDirectory(prefix="fleetrpc-demo-") as tmp:
-        store_url = f"sqlite:///{tmp}/demo.db"
-        if url:
-            await scenario(url, True)
-        else:
-            async with start_broker(prefer=broker) as b:
-                # the embedded broker speaks MQTT 3.1.1 only
-                await scenario(b.url, b.kind == "mosquitto")
-
-    table = Table(title="fleetrpc demo")
-    for col in ("what", "result", "note"):
-        table.add_column(col)
-    for row in rows:
-        table.add_row(*row)
-    console.print(table)
+                await rest.login("tenant@thingsboard.org", "tenant")
+                await _tour(ctx, rest, fleet, registry, offline, broker_url, version, titles, rows)
+            finally:
+                await rest.close()
+            table = Table(title="fleetrpc demo: a tour through the REST API")
+            for col in ("what", "result", "note"):
+                table.add_column(col)
+            for row in rows:
+                table.add_row(*row)
+            console.print(table)
+            if not once:
+                console.print(f"\nStill serving at [bold]{ctx.url}/[/]: open it in a browser. Ctrl-C stops.")
+                stop = asyncio.Event()
+                loop = asyncio.get_running_loop()
+                for sig in (signal.SIGINT, signal.SIGTERM):
+                    with contextlib.suppress(NotImplementedError, RuntimeError):
+                        loop.add_signal_handler(sig, stop.set)
+                await _churn(fleet, stop)
+            await asyncio.gather(*(d.close() for d in fleet.values()), return_exceptions=True)
     return {r[0]: r[1] for r in rows}
 
 
-async def _persistent_part(d: Dispatcher, url: str, mqtt5: bool, rows: list) -> None:
-    """A persistent call to a device that is offline, delivered once it
-    connects; every status change shown as an event."""
-    from .events import EventBus
-    from .rpc.persistent import PersistentRpc
-    from .store import open_store
-
-    store = await open_store(d.settings.store_url, group_commit=True)
-    bus = EventBus()
-    events: list[str] = []
-    bus.add(lambda e: events.append(e.type.removeprefix("RPC_")))
-    bus.start()
-    engine = PersistentRpc(d, store, emit=bus.emit)
-    await engine.start()
-    try:
-        rpc_id = await engine.call("sleepy-meter", "readRegister", {"reg": 3}, retries=2,
-                                   expiration_time=int(time.time() * 1000) + 60_000)
-        await asyncio.sleep(0.2)
-        before = (await engine.get(rpc_id)).status.value
-        meter = DeviceClient("sleepy-meter", url, version=5 if mqtt5 else 4)
-        meter.add_method("readRegister", lambda p: {"reg": p["reg"], "value": 1234})
-        await meter.connect()
-        record = await engine.wait(rpc_id, 10)
-        await asyncio.sleep(0.05)
-        rows.append(("persistent call, device offline", before, "stored (SQLite), held until it connects"))
-        rows.append(("persistent call, device online", record.status.value,
-                     f"{record.response}; events: {' > '.join(events)}"))
-        await meter.close()
-    finally:
-        await engine.close()
-        await bus.close()
-        await store.close()
-
-
 @click.command()
-@click.option("--devices", default=50, show_default=True, type=click.IntRange(min=8), help="simulated devices")
+@click.option("--devices", default=200, show_default=True, type=click.IntRange(min=2), help="simulated dimmers")
+@click.option("--port", default=8080, show_default=True, type=click.IntRange(0, 65535),
+              help="HTTP port of the console and the API (0: any free port)")
 @click.option("--url", default=None, help="use this broker instead of starting one")
 @click.option("--broker", type=click.Choice(["auto", "mosquitto", "embedded"]), default="auto",
-              show_default=True, help="which broker to start: Mosquitto if present, else amqtt")
-def demo(devices: int, url: str | None, broker: str) -> None:
-    """Start a broker and a simulated fleet, make a mix of calls, print a summary."""
+              show_default=True, help="which broker to start: Mosquitto if present, else the embedded one")
+@click.option("--once", is_flag=True, help="stop after the tour instead of serving until Ctrl-C")
+def demo(devices: int, port: int, url: str | None, broker: str, once: bool) -> None:
+    """Start the server with a simulated fleet, tour it, and serve the console."""
     from .runner import run
 
-    run(run_demo(devices=devices, url=url, broker=broker))
+    run(run_demo(devices=devices, url=url, port=port, once=once, broker=broker))

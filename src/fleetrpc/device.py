@@ -11,9 +11,16 @@ report presence and heartbeats.
     now = await dev.call("getCurrentTime")
 
 Speaks MQTT 3.1.1 (``version=4``) and 5.  With MQTT 5 it replies to a
-request's Response Topic with its Correlation Data when the request has one.
-A request that arrives again with the same id (an at-least-once retry) is
-answered from a memory of recent replies without running the handler again.
+request's Response Topic with its Correlation Data when the request has one
+and it lies among this device's own replies.  A request that arrives again
+with the same id (an at-least-once retry) is answered from a memory of recent
+replies without running the handler again; a lightweight request is known by
+its node level and request id, and the node level changes at every start of
+a server node, so a new call is never answered with an old reply.
+
+Instead of a URL, ``url`` may be a :class:`fleetrpc.transport.memory.MemoryHub`
+(anything with ``make_transport(client_id=..., will=...)``): the device then
+talks to a dispatcher in the same process, without a network.
 """
 
 from __future__ import annotations
@@ -29,10 +36,18 @@ from typing import Any, Awaitable, Callable
 import msgspec
 
 from . import _core
-from ._core.constants import DEFAULT_PREFIX, Kind
-from .errors import CodecError, RemoteError, RpcTimeoutError
-from .protocol import answer_target, validate_id
-from .transport.mqtt import MqttTransport
+from .errors import CodecError, RemoteError, RpcTimeoutError, ValidationError
+from .wire import (
+    DEFAULT_MAX_PAYLOAD,
+    DEFAULT_PREFIX,
+    DeviceTopics,
+    ErrorCode,
+    Kind,
+    RpcRequest,
+    as_error,
+    error_value,
+    own_answer_target,
+)
 
 log = logging.getLogger("fleetrpc.device")
 
@@ -45,7 +60,7 @@ class DeviceClient:
     def __init__(
         self,
         device_id: str,
-        url: str = "mqtt://127.0.0.1:1883",
+        url: Any = "mqtt://127.0.0.1:1883",
         *,
         prefix: str = DEFAULT_PREFIX,
         version: int = 5,
@@ -55,17 +70,19 @@ class DeviceClient:
         password: str | None = None,
         keepalive: int = 30,
         reply_memory: int = 1024,
+        max_payload: int = DEFAULT_MAX_PAYLOAD,
         **transport_options: Any,
     ) -> None:
-        validate_id("device", device_id)
+        self._topics = topics = DeviceTopics(prefix, device_id)  # validates both
         self.device_id = device_id
         self.prefix = prefix
         self.qos = qos
         self.ack = ack
-        self._base = f"{prefix}/d/{device_id}"
-        self._presence_topic = f"{self._base}/presence"
+        #: Largest payload this device sends or accepts, in bytes.
+        self.max_payload = max_payload
+        self._presence_topic = topics.presence
         self._encode = msgspec.json.Encoder().encode
-        self._codec = _core.Codec(prefix)
+        self._codec = _core.Codec(prefix, max_payload)
         self._methods: dict[str, MethodHandler] = {}
         self._replies: OrderedDict[object, bytes] = OrderedDict()  # key -> reply sent
         self._running: dict[object, tuple[str, dict | None]] = {}  # key -> where to reply
@@ -77,16 +94,21 @@ class DeviceClient:
         self.handled = 0
         self.duplicates = 0
         will = (self._presence_topic, self._encode({"status": "offline"}), 1, True)
-        self._transport = MqttTransport(
-            url,
-            client_id=f"dev-{device_id}",
-            version=version,
-            keepalive=keepalive,
-            username=username,
-            password=password,
-            will=will,
-            **transport_options,
-        )
+        if hasattr(url, "make_transport"):
+            self._transport = url.make_transport(client_id=f"dev-{device_id}", will=will)
+        else:
+            from .transport.mqtt import MqttTransport
+
+            self._transport = MqttTransport(
+                url,
+                client_id=f"dev-{device_id}",
+                version=version,
+                keepalive=keepalive,
+                username=username,
+                password=password,
+                will=will,
+                **transport_options,
+            )
         self._transport.on_message = self._on_message
         self._transport.on_connection = self._on_connection
 
@@ -109,7 +131,7 @@ class DeviceClient:
 
     async def connect(self) -> None:
         """Connect, subscribe, and announce presence (retained "online")."""
-        await self._transport.start([(f"{self._base}/req/#", self.qos), (f"{self._base}/ret/+", self.qos)])
+        await self._transport.start([(f, self.qos) for f in self._topics.filters()])
         self._announce()
 
     async def close(self, *, offline: bool = True) -> None:
@@ -165,7 +187,7 @@ class DeviceClient:
                 extra = info() if callable(info) else info
                 if extra:
                     body.update(extra)
-                self._transport.publish(f"{self._base}/hb", self._encode(body), 0, False)
+                self._transport.publish(self._topics.heartbeat, self._encode(body), 0, False)
                 await asyncio.sleep(interval)
 
         self._heartbeat = asyncio.ensure_future(beat())
@@ -174,21 +196,32 @@ class DeviceClient:
 
     async def call(self, method: str, params: Any = None, *, timeout: float = 10.0) -> Any:
         """Ask the platform: returns its reply, raises RemoteError when it
-        answers with an error object, RpcTimeoutError when it does not answer."""
+        answers with an error object, RpcTimeoutError when it does not
+        answer, ValidationError at once when the call cannot be sent (bad
+        method, params that are not JSON, over ``max_payload``)."""
+        if type(method) is not str or not method:
+            raise ValidationError(f"method must be a non-empty string, not {method!r}")
+        try:
+            body = self._encode(RpcRequest(method, {} if params is None else params))
+        except (TypeError, msgspec.EncodeError) as exc:
+            raise ValidationError(f"params are not JSON-serialisable: {exc}") from None
+        if len(body) > self.max_payload:
+            raise ValidationError(
+                f"call of {method!r} is {len(body)} bytes, over the limit of {self.max_payload}: not sent"
+            )
         cid = next(self._cids)
         fut = asyncio.get_running_loop().create_future()
         self._calls[cid] = fut
-        body = self._encode({"method": method, "params": {} if params is None else params})
-        self._transport.publish(f"{self._base}/call/{cid}", body, self.qos)
+        self._transport.publish(self._topics.call(cid), body, self.qos)
         try:
             result = await asyncio.wait_for(fut, timeout)
         except asyncio.TimeoutError:
             raise RpcTimeoutError(f"platform did not answer {method!r} within {timeout} s") from None
         finally:
             self._calls.pop(cid, None)
-        if isinstance(result, dict) and set(result) == {"error"} and isinstance(result["error"], dict):
-            err = result["error"]
-            raise RemoteError(f"{err.get('code', 'ERROR')}: {err.get('message', '')}")
+        err = as_error(result)
+        if err is not None:
+            raise RemoteError(f"{err.code}: {err.message}")
         return result
 
     # -- inbound ------------------------------------------------------------
@@ -214,9 +247,10 @@ class DeviceClient:
         # after a server restart; a lightweight one is known by node + rid.
         rpc_id = msg.body.id
         key = rpc_id if rpc_id is not msgspec.UNSET else (msg.node, msg.rid)
+        topics = self._topics
         if self.ack:
-            self._transport.publish(f"{self._base}/ack/{msg.node}/{msg.rid}", b"", self.qos)
-        topic, props = answer_target(f"{self._base}/res/{msg.node}/{msg.rid}", properties)
+            self._transport.publish(topics.ack(msg.node, msg.rid), b"", self.qos)
+        topic, props, _ = own_answer_target(topics.reply(msg.node, msg.rid), topics.reply_head, properties, 2)
         cached = self._replies.get(key)
         if cached is not None or key in self._running:
             # An at-least-once retry of a request already run (or running):
@@ -230,12 +264,12 @@ class DeviceClient:
         request = msg.body
         handler = self._methods.get(request.method)
         if handler is None:
-            self._send_reply(key, topic, props, _error("METHOD_NOT_FOUND", f"unknown method {request.method!r}"))
+            self._send_reply(key, topic, props, error_value(ErrorCode.METHOD_NOT_FOUND, f"unknown method {request.method!r}"))
             return
         try:
             result = handler(request.params)
         except Exception as exc:
-            self._send_reply(key, topic, props, _error("HANDLER_ERROR", f"{type(exc).__name__}: {exc}"))
+            self._send_reply(key, topic, props, error_value(ErrorCode.HANDLER_ERROR, f"{type(exc).__name__}: {exc}"))
             return
         if inspect.isawaitable(result):
             self._running[key] = (topic, props)
@@ -249,7 +283,7 @@ class DeviceClient:
         try:
             result = await awaitable
         except Exception as exc:
-            result = _error("HANDLER_ERROR", f"{type(exc).__name__}: {exc}")
+            result = error_value(ErrorCode.HANDLER_ERROR, f"{type(exc).__name__}: {exc}")
         topic, props = self._running.pop(key)
         self._send_reply(key, topic, props, result)
 
@@ -258,7 +292,7 @@ class DeviceClient:
         try:
             payload = self._encode(result)
         except (TypeError, msgspec.EncodeError) as exc:
-            payload = self._encode(_error("HANDLER_ERROR", f"reply is not JSON-serialisable: {exc}"))
+            payload = self._encode(error_value(ErrorCode.HANDLER_ERROR, f"reply is not JSON-serialisable: {exc}"))
         self._replies[key] = payload
         if len(self._replies) > self._reply_memory:
             self._replies.popitem(last=False)
@@ -267,11 +301,6 @@ class DeviceClient:
     def publish_raw(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> None:
         """Publish anything (tests use it to play a misbehaving device)."""
         self._transport.publish(topic, payload, qos, retain)
-
-
-def _error(code: str, message: str) -> dict:
-    # The reply shape of protocol.error_reply, as a value the reply path encodes.
-    return {"error": {"code": code, "message": message}}
 
 
 def _ms() -> int:

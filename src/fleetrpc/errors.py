@@ -51,8 +51,24 @@ class RemoteError(FleetRpcError):
     """The remote side answered with an error object instead of a result."""
 
 
+#: Why a REPLY with an empty payload is not JSON: the codec's ``Message.error``
+#: for it, in both variants (``_core/codec_py.py``, ``_core/codec.pyx``).
+EMPTY_REPLY = "reply is not valid JSON: empty payload"
+
+
 class ReplyNotJsonError(FleetRpcError):
-    """The device's reply was not valid JSON (HTTP 406 in ThingsBoard)."""
+    """The device's reply was not valid JSON (HTTP 406 in ThingsBoard).
+
+    ``empty`` is True when the reply was empty, which ThingsBoard answers
+    as a success without a body (an empty 200), not as a 406.  The
+    dispatcher builds this error from the codec's reason; ``empty`` is
+    decided here, from that reason (:data:`EMPTY_REPLY`), in one place.
+    """
+
+    def __init__(self, message: str = "", *, empty: bool | None = None) -> None:
+        super().__init__(message)
+        #: the reply was empty (not a malformed one)
+        self.empty: bool = message.endswith(EMPTY_REPLY) if empty is None else empty
 
 
 class UnknownRequestError(FleetRpcError, LookupError):
@@ -110,3 +126,12 @@ class AuthError(FleetRpcError):
 
 class PermissionDeniedError(FleetRpcError):
     """Valid credentials, but not allowed to act on that device."""
+
+
+# -- entities ---------------------------------------------------------------
+
+
+class EntityNotFoundError(FleetRpcError, LookupError):
+    """No tenant, customer, user or device with that id (for that tenant:
+    another tenant's entity is "not found" too, never "forbidden").  The
+    message is ThingsBoard's (``Device with id [<uuid>] is not found``)."""

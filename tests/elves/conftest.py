@@ -12,7 +12,7 @@ import pytest
 
 from fleetrpc.agent import ElvesAgent
 from fleetrpc.config import Settings
-from fleetrpc.dispatcher import Dispatcher
+from fleetrpc.dispatch import Dispatcher
 from fleetrpc.services.elves import NULL_TENANT, ElvesSettings
 from fleetrpc.services.elves.client import ElvesClient
 from fleetrpc.services.elves.service import ElvesService

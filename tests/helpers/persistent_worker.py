@@ -11,7 +11,7 @@ import asyncio
 import sys
 
 from fleetrpc.config import Settings
-from fleetrpc.dispatcher import Dispatcher
+from fleetrpc.dispatch import Dispatcher
 from fleetrpc.rpc.persistent import PersistentRpc
 from fleetrpc.runner import run
 from fleetrpc.store import open_store

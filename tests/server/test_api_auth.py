@@ -59,7 +59,7 @@ async def test_login_token_claims_user_refresh_logout(start_server, world):
         status, e = await _error(api, "GET", "/api/auth/user", pair["refreshToken"])
         assert (status, e["errorCode"]) == (401, 10)
         # a disabled user cannot refresh
-        world.customer.enabled = False
+        await server.ctx.users.update(world.customer.id, enabled=False)
         status, e = await _error(api, "POST", "/api/auth/token", json={"refreshToken": pair["refreshToken"]})
         assert (status, e["errorCode"], e["message"]) == (401, 10, "User account is not active")
         assert (await api.request("POST", "/api/auth/logout", fresh["token"]))[0] == 200
@@ -92,7 +92,7 @@ async def test_token_errors_keep_10_and_11_apart(start_server, world):
         assert (status, e["errorCode"]) == (401, 10)
 
 
-async def test_secret_rotation_keeps_old_tokens_valid(start_server, world, mqtt_url, sqlite_url, tmp_path):
+async def test_secret_rotation_keeps_old_tokens_valid(start_server, world):
     async with start_server() as (server, api):
         old = await api.login(world.tenant.email)
     new_secret = "rotated-secret-" + "z" * 60

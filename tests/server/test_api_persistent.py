@@ -15,13 +15,6 @@ from tests.helpers.waiting import wait_until
 pytestmark = pytest.mark.mqtt
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store_url(request, sqlite_url):
-    if request.param == "sqlite":
-        return sqlite_url
-    return request.getfixturevalue("fresh_pg_db")
-
-
 async def _online(mqtt_url, ctx, device_id, **methods) -> DeviceClient:
     dev = DeviceClient(device_id, mqtt_url)
     dev.add_method("echo", lambda p: p)
@@ -32,8 +25,8 @@ async def _online(mqtt_url, ctx, device_id, **methods) -> DeviceClient:
     return dev
 
 
-async def test_persistent_lifecycle_and_access(start_server, world, mqtt_url, store_url):
-    async with start_server(store_url=store_url) as (server, api):
+async def test_persistent_lifecycle_and_access(start_server, world, mqtt_url):
+    async with start_server() as (server, api):
         ctx = server.ctx
         tenant = await api.login(world.tenant.email)
         customer = await api.login(world.customer.email)
@@ -57,7 +50,7 @@ async def test_persistent_lifecycle_and_access(start_server, world, mqtt_url, st
         # the device comes online: delivered, answered
         dev = await _online(mqtt_url, ctx, dev_id)
         try:
-            await ctx.engine.wait(chosen, 10)
+            await ctx.engine.wait(chosen, 10, tenant_id=world.t1)
             status, body, _ = await api.request("GET", f"/api/rpc/persistent/{chosen}", customer)
             rpc = json.loads(body)
             assert (status, rpc["status"], rpc["response"]) == (200, "SUCCESSFUL", {"x": 1})
@@ -105,7 +98,7 @@ async def test_persistent_lifecycle_and_access(start_server, world, mqtt_url, st
             await dev.close()
 
 
-async def test_restart_with_persistent_calls_pending(start_server, world, mqtt_url, sqlite_url):
+async def test_restart_with_persistent_calls_pending(start_server, world, mqtt_url):
     async with start_server() as (server, api):
         token = await api.login(world.tenant.email)
         status, body, _ = await api.request("POST", f"/api/rpc/twoway/{world.dev_t1.id}", token,
@@ -118,7 +111,7 @@ async def test_restart_with_persistent_calls_pending(start_server, world, mqtt_u
         assert ctx.engine.unfinished == 1
         dev = await _online(mqtt_url, ctx, world.dev_t1.id)
         try:
-            record = await ctx.engine.wait(rpc_id, 10)
+            record = await ctx.engine.wait(rpc_id, 10, tenant_id=world.t1)
             assert (record.status.value, record.response) == ("SUCCESSFUL", "kept")
         finally:
             await dev.close()
@@ -159,7 +152,7 @@ async def test_graceful_shutdown_with_calls_in_flight(start_server, world, mqtt_
     # it (its lost attempt counts as a timeout, a retry remains)
     async with start_server() as (server, api):
         assert server.ctx.engine.unfinished == 1
-        assert (await server.ctx.engine.get(rpc_id)).status.value in ("QUEUED", "SENT", "TIMEOUT")
+        assert (await server.ctx.engine.get(rpc_id, world.t1)).status.value in ("QUEUED", "SENT", "TIMEOUT")
 
 
 async def test_health_ready_metrics(start_server, world, mqtt_url):

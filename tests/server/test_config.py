@@ -56,7 +56,12 @@ def test_embedded_defaults(tmp_path):
     ({"FLEETRPC_JWT_SECRET": "short"}, "jwt.secret must be at least 64 characters"),
     ({"FLEETRPC_JWT_ACCESS_TTL_S": "700000"}, "jwt.access_ttl_s must be shorter than jwt.refresh_ttl_s"),
     ({"FLEETRPC_HTTP_TLS_CERT": "/nonexistent.pem"}, "http.tls_cert and http.tls_key go together"),
-    ({"FLEETRPC_AUTH_SYSADMIN_EMAIL": "a@b"}, "auth.sysadmin_email and auth.sysadmin_password go together"),
+    ({"FLEETRPC_AUTH_SYSADMIN_EMAIL": "a@b"}, "auth.sysadmin_email and auth.sysadmin_password (or auth.sysadmin_password_file) go together"),
+    ({"FLEETRPC_AUTH_SYSADMIN_PASSWORD": "p" * 12}, "auth.sysadmin_email and auth.sysadmin_password"),
+    ({"FLEETRPC_AUTH_SYSADMIN_EMAIL": "a@b", "FLEETRPC_AUTH_SYSADMIN_PASSWORD": "p" * 12,
+      "FLEETRPC_AUTH_SYSADMIN_PASSWORD_FILE": "/etc/hostname"}, "set one, not both"),
+    ({"FLEETRPC_AUTH_SYSADMIN_EMAIL": "a@b", "FLEETRPC_AUTH_SYSADMIN_PASSWORD_FILE": "/nonexistent"},
+     "auth.sysadmin_password_file: no such file"),
     ({"FLEETRPC_EVENTS_WEBHOOK_URLS": "[1"}, "events.webhook_urls (from $FLEETRPC_EVENTS_WEBHOOK_URLS): not a JSON list"),
 ])
 def test_bad_values_name_the_key(env, message):

@@ -70,6 +70,27 @@ encode_publish = _chosen["encode_publish"]
 MqttReaderC = _compiled.get("MqttReader")
 encode_publish_c = _compiled.get("encode_publish")
 
+
+
+def debug_counters() -> dict[str, int] | None:
+    """The compiled core's leak counters, all modules in one dict, or None
+    unless it is a ``FLEETRPC_DEBUG=1`` build (setup.py).  Each counts what
+    is alive over every instance (wheel entries, pending calls, queue states
+    and rings, queued calls); with no core object left, all are 0."""
+    import importlib
+
+    found: dict[str, int] = {}
+    for module in ("wheel", "pending", "queues"):
+        try:
+            counters = importlib.import_module(f"{__name__}.{module}").debug_counters()
+        except ImportError:
+            return None
+        if counters is None:
+            return None
+        found.update(counters)
+    return found
+
+
 #: Both variants of every core class, for tests and benchmarks.  "c" lists
 #: only what is compiled; it is absent when nothing is.
 VARIANTS: dict[str, dict[str, type]] = {"py": {n: py for n, (_, py) in _PAIRS.items()}}
@@ -77,7 +98,7 @@ if _compiled:
     VARIANTS["c"] = dict(_compiled)
 
 __all__ = [
-    "COMPILED", "NO_EXTENSIONS", "VARIANTS",
+    "COMPILED", "NO_EXTENSIONS", "VARIANTS", "debug_counters",
     "TimingWheel", "TimingWheelC", "TimingWheelPy",
     "PendingTable", "PendingTableC", "PendingTablePy",
     "DeviceQueues", "DeviceQueuesC", "DeviceQueuesPy",

@@ -1,5 +1,5 @@
 # Envelope codec (compiled).  Contract: docs/core.md, "Codec and the wire
-# layout"; topic layout: fleetrpc/protocol.py; pure twin: codec_py.py.
+# layout"; topic layout: fleetrpc/wire/topics.py; pure twin: codec_py.py.
 
 cimport cython
 

@@ -2,7 +2,7 @@
 """Envelope codec (compiled; pure twin: ``codec_py.py``).
 
 Contract: ``docs/core.md``, "Codec and the wire layout"; topic layout:
-:mod:`fleetrpc.protocol`.  The order of the checks and the text of every
+:mod:`fleetrpc.wire`.  The order of the checks and the text of every
 error are those of ``codec_py.py`` (its docstring lists the order).
 
 The topic is read in place: a pointer-plus-length cursor over the str's UTF-8
@@ -21,9 +21,11 @@ from libc.string cimport memchr, memcmp, memcpy
 
 import sys
 
-from fleetrpc import protocol as _protocol  # attributes used lazily: import cycle
-from fleetrpc.errors import CodecError, ValidationError
+from fleetrpc import wire as _protocol
+from fleetrpc.errors import EMPTY_REPLY, CodecError, ValidationError
 from fleetrpc._core.constants import DEFAULT_MAX_PAYLOAD, DEFAULT_PREFIX, MAX_ID_LENGTH, Kind
+from fleetrpc._core.reasons import decode_reason, encode_reason
+from typing import Any
 
 cdef extern from "Python.h":
     # NULL with an exception set (UnicodeEncodeError: a lone surrogate);
@@ -400,10 +402,10 @@ cdef class Codec:
             if PyBytes_GET_SIZE(payload):
                 try:
                     body = self._dec_any(payload)
-                except Exception as exc:  # msgspec: DecodeError, UnicodeDecodeError, RecursionError
-                    error = f"reply is not valid JSON: {exc}"
+                except Exception as exc:  # msgspec: DecodeError, ValidationError, RecursionError
+                    error = f"reply is not valid JSON: {decode_reason(Any, payload, exc)}"
             else:
-                error = "reply is not valid JSON: empty payload"
+                error = EMPTY_REPLY
         elif kind != K_ACK:
             body = self._decode_body(kind, payload)
 
@@ -434,7 +436,8 @@ cdef class Codec:
         try:
             body = decode(payload)
         except Exception as exc:
-            raise CodecError(f"invalid {_KINDS[kind].name} payload: {exc}") from None
+            reason = decode_reason(decode.__self__.type, payload, exc)
+            raise CodecError(f"invalid {_KINDS[kind].name} payload: {reason}") from None
         if kind == K_ELVES:
             _check_elves(body)
         return body
@@ -450,11 +453,12 @@ cdef class Codec:
         try:
             return self._enc(self._RpcRequest(method, params))
         except Exception as exc:  # msgspec: TypeError, RecursionError, ...
-            raise CodecError(f"cannot encode the params of {_clip(method)}: {exc}") from None
+            reason = encode_reason(self._RpcRequest(method, params), exc)
+            raise CodecError(f"cannot encode the params of {_clip(method)}: {reason}") from None
 
     cpdef bytes encode(self, object obj):
         """``obj`` as JSON bytes (msgspec: Structs, dicts, lists, ...)."""
         try:
             return self._enc(obj)
         except Exception as exc:
-            raise CodecError(f"cannot encode {type(obj).__name__}: {exc}") from None
+            raise CodecError(f"cannot encode {type(obj).__name__}: {encode_reason(obj, exc)}") from None

@@ -1,7 +1,7 @@
 """Envelope codec, pure-Python twin of ``codec.pyx``.
 
 ``Codec.decode(topic, payload)`` classifies an MQTT message by its topic
-(see :mod:`fleetrpc.protocol` for the layout), takes the device id, node id
+(see :mod:`fleetrpc.wire` for the layout), takes the device id, node id
 and request id out of the topic and decodes the JSON payload with a msgspec
 decoder made once per type.  Anything malformed is a :class:`CodecError`
 whose message says what was wrong; no other exception escapes ``decode``.
@@ -23,9 +23,10 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from .. import protocol as _protocol  # attributes used lazily: import cycle
-from ..errors import CodecError, ValidationError
+from .. import wire as _protocol
+from ..errors import EMPTY_REPLY, CodecError, ValidationError
 from .constants import DEFAULT_MAX_PAYLOAD, DEFAULT_PREFIX, MAX_ID_LENGTH, Kind
+from .reasons import decode_reason, encode_reason
 
 __all__ = ["Codec", "Message"]
 
@@ -263,10 +264,10 @@ class Codec:
             if size:
                 try:
                     body = self._dec_any(payload)
-                except Exception as exc:  # noqa: BLE001  msgspec: DecodeError, UnicodeDecodeError, RecursionError
-                    error = f"reply is not valid JSON: {exc}"
+                except Exception as exc:  # noqa: BLE001  msgspec: DecodeError, ValidationError, RecursionError
+                    error = f"reply is not valid JSON: {decode_reason(Any, payload, exc)}"
             else:
-                error = "reply is not valid JSON: empty payload"
+                error = EMPTY_REPLY
         elif kind is not _ACK:
             if not size:
                 raise CodecError(f"empty {kind.name} payload")
@@ -281,7 +282,8 @@ class Codec:
             try:
                 body = decode(payload)
             except Exception as exc:  # noqa: BLE001  nothing but CodecError may escape decode
-                raise CodecError(f"invalid {kind.name} payload: {exc}") from None
+                reason = decode_reason(decode.__self__.type, payload, exc)
+                raise CodecError(f"invalid {kind.name} payload: {reason}") from None
             if kind is _ELVES:
                 _check_elves(body)
         return Message(kind, device, node, rid, body, error)
@@ -297,14 +299,15 @@ class Codec:
         try:
             return self._enc(self._RpcRequest(method, params))
         except Exception as exc:  # noqa: BLE001  msgspec: TypeError, RecursionError, ...
-            raise CodecError(f"cannot encode the params of {_clip(method)}: {exc}") from None
+            reason = encode_reason(self._RpcRequest(method, params), exc)
+            raise CodecError(f"cannot encode the params of {_clip(method)}: {reason}") from None
 
     def encode(self, obj: Any) -> bytes:
         """``obj`` as JSON bytes (msgspec: Structs, dicts, lists, ...)."""
         try:
             return self._enc(obj)
         except Exception as exc:  # noqa: BLE001  as encode_request
-            raise CodecError(f"cannot encode {type(obj).__name__}: {exc}") from None
+            raise CodecError(f"cannot encode {type(obj).__name__}: {encode_reason(obj, exc)}") from None
 
 
 def _as_bytes(payload: object) -> bytes:

@@ -1,9 +1,17 @@
 """Constants shared by the compiled core and its pure twins (pure Python, so
-both variants agree on every value)."""
+both variants agree on every value).
+
+The wire's constants live in :mod:`fleetrpc.wire.constants` and are
+re-exported here for the compiled modules; the core imports the wire
+package, never the other way round."""
 
 from __future__ import annotations
 
 from enum import IntEnum
+
+from ..wire.constants import DEFAULT_MAX_PAYLOAD, DEFAULT_PREFIX, MAX_ID_LENGTH, Kind
+
+__all__ = ["DeliveryStrategy", "Kind", "DEFAULT_PREFIX", "DEFAULT_MAX_PAYLOAD", "MAX_ID_LENGTH"]
 
 
 class DeliveryStrategy(IntEnum):
@@ -15,32 +23,3 @@ class DeliveryStrategy(IntEnum):
     SEQUENTIAL_ON_ACK = 1
     #: Send the next call once the previous got its reply, or timed out.
     SEQUENTIAL_ON_RESPONSE = 2
-
-
-class Kind(IntEnum):
-    """What an inbound MQTT message is, decided from its topic."""
-
-    #: device -> server: the reply to a server-side call.
-    REPLY = 1
-    #: device -> server: delivery acknowledgement of a server-side call.
-    ACK = 2
-    #: device -> server: a client-side RPC request.
-    CALL = 3
-    #: device -> server: retained online/offline status (also the Last Will).
-    PRESENCE = 4
-    #: device -> server: periodic heartbeat with agent statistics.
-    HEARTBEAT = 5
-    #: an Elves service envelope ({"mqt", "mqs", "mqf", ...}).
-    ELVES = 6
-    #: server -> device: a server-side call (decoded by the device SDK).
-    REQUEST = 7
-    #: server -> device: the reply to a client-side call.
-    RETURN = 8
-
-
-#: Default topic prefix; every topic of the protocol starts with it.
-DEFAULT_PREFIX = "fleetrpc"
-#: Largest payload the codec accepts (bytes); larger ones are a CodecError.
-DEFAULT_MAX_PAYLOAD = 256 * 1024
-#: Longest device id / node id / method name accepted.
-MAX_ID_LENGTH = 128

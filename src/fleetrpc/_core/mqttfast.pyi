@@ -6,6 +6,9 @@ class MqttReader:
     """Incremental MQTT packet reader for one connection."""
 
     v5: bool
+    #: Packets whose handler raised (each logged; parsing went on).
+    @property
+    def handler_errors(self) -> int: ...
     def __init__(
         self,
         on_publish: Callable[[str, bytes, None], object],
@@ -17,7 +20,8 @@ class MqttReader:
     @property
     def buffered(self) -> int: ...
     def feed(self, data: bytes) -> int:
-        """Consume data, dispatch every complete packet, return how many."""
+        """Consume data, dispatch every complete packet, return how many; a
+        handler that raises is logged and counted, and parsing goes on."""
     def take_acks(self) -> bytes:
         """The PUBACKs owed for the QoS 1 messages delivered so far."""
 

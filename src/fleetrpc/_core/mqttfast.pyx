@@ -5,15 +5,24 @@ See the twin's docstring for the contract; both raise the same CodecError
 messages for the same malformed input.
 """
 
+from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.unicode cimport PyUnicode_DecodeUTF8
 from libc.string cimport memcpy
 
 cimport cython
 
+import logging
+
 from fleetrpc.errors import CodecError
 
 DEF MAX_REMAINING = 268435455
+
+
+# A consumed prefix at least this long (and half the buffer) is cut off.
+DEF COMPACT_AT = 65536
+
+_log = logging.getLogger("fleetrpc.transport")
 
 
 @cython.final
@@ -21,13 +30,16 @@ cdef class MqttReader:
     # fields: see mqttfast.pxd
 
     def __init__(self, on_publish, on_packet, v5=True, on_puback=None, on_props=None):
-        self._buf = b""
+        self._buf = bytearray()
+        self._pos = 0
+        self._busy = False
         self._on_publish = on_publish
         self._on_packet = on_packet
         self._on_puback = on_puback
         self._on_props = on_props
         self._v5 = bool(v5)
         self._acks = bytearray()
+        self.handler_errors = 0
 
     @property
     def v5(self):
@@ -39,7 +51,7 @@ cdef class MqttReader:
 
     @property
     def buffered(self):
-        return len(self._buf)
+        return PyByteArray_GET_SIZE(self._buf) - self._pos
 
     def take_acks(self):
         cdef bytes acks = bytes(self._acks)
@@ -47,27 +59,57 @@ cdef class MqttReader:
         return acks
 
     def feed(self, data):
-        cdef bytes buf
-        if self._buf:
-            buf = self._buf + bytes(data)
-        elif type(data) is bytes:
-            buf = <bytes>data
-        else:
-            buf = bytes(data)
-        cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(buf)
-        cdef Py_ssize_t n = PyBytes_GET_SIZE(buf)
-        cdef Py_ssize_t pos = 0, i, end
-        cdef Py_ssize_t length, mult
+        cdef bytes chunk
+        cdef bytearray buf = self._buf
+        cdef Py_ssize_t pos, n, count = 0
+        if self._busy:
+            raise RuntimeError("MqttReader.feed is not re-entrant")
+        self._busy = True
+        try:
+            if self._pos == PyByteArray_GET_SIZE(buf):
+                # Nothing left over (the usual case): parse data in place and
+                # keep only its incomplete tail.
+                chunk = <bytes>data if type(data) is bytes else bytes(data)
+                n = PyBytes_GET_SIZE(chunk)
+                pos = self._parse(<const unsigned char*>PyBytes_AS_STRING(chunk), n, 0, &count)
+                if pos < n:
+                    del buf[:]
+                    buf.extend(chunk[pos:] if pos else chunk)
+                    self._pos = 0
+                return count
+            buf.extend(data)
+            n = PyByteArray_GET_SIZE(buf)
+            pos = self._parse(<const unsigned char*>PyByteArray_AS_STRING(buf), n, self._pos, &count)
+            if pos == n:
+                del buf[:]
+                pos = 0
+            elif pos >= COMPACT_AT and pos * 2 >= n:
+                # Rarely: most of the buffer is consumed and it is big.
+                del buf[:pos]
+                pos = 0
+            self._pos = pos
+            return count
+        except CodecError:
+            self._buf = bytearray()  # the stream is broken: the caller drops the connection
+            self._pos = 0
+            raise
+        finally:
+            self._busy = False
+
+    cdef Py_ssize_t _parse(self, const unsigned char* p, Py_ssize_t n, Py_ssize_t pos,
+                           Py_ssize_t* count) except -1:
+        # Dispatch every complete packet from pos on; return where the first
+        # incomplete one starts.  p stays valid: feed is not re-entrant, so
+        # nothing resizes the buffer while a handler runs.
+        cdef Py_ssize_t i, end, length, mult
         cdef unsigned char b, cmd
-        cdef int count = 0
         while n - pos >= 2:
             mult = 1
             length = 0
             i = pos + 1
             while True:
                 if i >= n:
-                    self._buf = buf[pos:]
-                    return count
+                    return pos
                 b = p[i]
                 length += (b & 0x7F) * mult
                 i += 1
@@ -75,28 +117,30 @@ cdef class MqttReader:
                     break
                 mult *= 128
                 if mult > 128 * 128 * 128:
-                    self._buf = b""
                     raise CodecError("malformed MQTT remaining length")
             end = i + length
             if end > n:
                 break
             cmd = p[pos]
             pos = end
-            count += 1
-            try:
-                if cmd >> 4 == 3 and ((cmd >> 1) & 3) != 2:
-                    self._publish(cmd, buf, p, i, end)
-                elif cmd == 0x40 and length >= 2 and self._on_puback is not None:
-                    self._on_puback((p[i] << 8) | p[i + 1])
-                else:
-                    self._on_packet(cmd, buf[i:end])
-            except BaseException:
-                self._buf = buf[pos:]
-                raise
-        self._buf = buf[pos:] if pos < n else b""
-        return count
+            count[0] += 1
+            if cmd >> 4 == 3 and ((cmd >> 1) & 3) != 2:
+                self._publish(cmd, p, i, end)
+            else:
+                try:
+                    if cmd == 0x40 and length >= 2 and self._on_puback is not None:
+                        self._on_puback((p[i] << 8) | p[i + 1])
+                    else:
+                        self._on_packet(cmd, PyBytes_FromStringAndSize(<const char*>p + i, end - i))
+                except Exception:  # a handler's bug must not stop the stream
+                    self._handler_failed()
+        return pos
 
-    cdef int _publish(self, unsigned char cmd, bytes buf, const unsigned char* p,
+    cdef void _handler_failed(self):
+        self.handler_errors += 1
+        _log.exception("inbound MQTT packet handler failed; reading goes on")
+
+    cdef int _publish(self, unsigned char cmd, const unsigned char* p,
                       Py_ssize_t i, Py_ssize_t end) except -1:
         cdef int qos = (cmd >> 1) & 3
         cdef Py_ssize_t tlen, plen, mult
@@ -145,10 +189,13 @@ cdef class MqttReader:
                 props = PyBytes_FromStringAndSize(<const char*>p + i, plen)
             i += plen
         payload = PyBytes_FromStringAndSize(<const char*>p + i, end - i)
-        if props is not None and self._on_props is not None:
-            self._on_props(topic, payload, props)
-        else:
-            self._on_publish(topic, payload, None)
+        try:
+            if props is not None and self._on_props is not None:
+                self._on_props(topic, payload, props)
+            else:
+                self._on_publish(topic, payload, None)
+        except Exception:  # as in _parse
+            self._handler_failed()
         return 0
 
 

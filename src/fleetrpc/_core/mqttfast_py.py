@@ -11,8 +11,12 @@ This module does the two hot packets directly:
   (raw bytes); for QoS 1 the reader queues the PUBACK itself
   (:meth:`MqttReader.take_acks`).  A PUBACK goes to ``on_puback(mid)``;
   every other packet, QoS 2 PUBLISH included, to ``on_packet(cmd, body)``
-  (gmqtt's own handler takes those).  A callback that raises does not make
-  the reader deliver anything twice: the packet counts as consumed.
+  (gmqtt's own handler takes those).  A callback that raises is logged and
+  counted (``handler_errors``); its packet counts as consumed and the rest
+  of the data is still parsed, in the same ``feed``.  A partial packet is
+  kept in a buffer with a read offset: a feed appends to it and parses on
+  from the offset (no copy of what is buffered); the buffer is emptied
+  when all is consumed and compacted only when mostly consumed and large.
 - :func:`encode_publish` builds one PUBLISH packet.
 
 A malformed stream makes ``feed`` raise :class:`~fleetrpc.errors.CodecError`;
@@ -21,17 +25,22 @@ the caller drops the connection, as the MQTT specification demands.
 
 from __future__ import annotations
 
+import logging
 from typing import Callable
 
 from ..errors import CodecError
 
 _MAX_REMAINING = 268_435_455
+#: A consumed prefix at least this long (and half the buffer) is cut off.
+_COMPACT_AT = 65536
+_log = logging.getLogger("fleetrpc.transport")
 
 
 class MqttReader:
     """Incremental MQTT packet reader for one connection."""
 
-    __slots__ = ("_buf", "_on_publish", "_on_packet", "_on_puback", "_on_props", "_v5", "_acks")
+    __slots__ = ("_buf", "_pos", "_busy", "_on_publish", "_on_packet", "_on_puback", "_on_props",
+                 "_v5", "_acks", "handler_errors")
 
     def __init__(
         self,
@@ -41,13 +50,17 @@ class MqttReader:
         on_puback: Callable[[int], None] | None = None,
         on_props: Callable[[str, bytes, bytes], None] | None = None,
     ) -> None:
-        self._buf = b""
+        self._buf = bytearray()  # unconsumed stream from _pos on
+        self._pos = 0
+        self._busy = False
         self._on_publish = on_publish
         self._on_packet = on_packet
         self._on_puback = on_puback
         self._on_props = on_props
         self._v5 = bool(v5)
         self._acks = bytearray()
+        #: Packets whose handler raised (each logged; parsing went on).
+        self.handler_errors = 0
 
     @property
     def v5(self) -> bool:
@@ -59,7 +72,8 @@ class MqttReader:
 
     @property
     def buffered(self) -> int:
-        return len(self._buf)
+        """Bytes of an incomplete packet kept for the next ``feed``."""
+        return len(self._buf) - self._pos
 
     def take_acks(self) -> bytes:
         """The PUBACKs owed for the QoS 1 messages delivered so far."""
@@ -69,10 +83,46 @@ class MqttReader:
 
     def feed(self, data: bytes) -> int:
         """Consume ``data``; dispatch every complete packet; return how many
-        packets were dispatched."""
-        buf = self._buf + data if self._buf else bytes(data)
+        packets were dispatched.  A handler that raises is logged and
+        counted (``handler_errors``), and the packets after it are still
+        dispatched; only a malformed stream raises (:class:`CodecError`)."""
+        if self._busy:
+            raise RuntimeError("MqttReader.feed is not re-entrant")
+        self._busy = True
+        try:
+            buf = self._buf
+            if self._pos == len(buf):
+                # Nothing left over (the usual case): parse data in place and
+                # keep only its incomplete tail.
+                data = data if type(data) is bytes else bytes(data)
+                count, pos = self._parse(data, 0)
+                if pos < len(data):
+                    buf.clear()
+                    buf += data[pos:] if pos else data
+                    self._pos = 0
+                return count
+            buf += data
+            count, pos = self._parse(buf, self._pos)
+            if pos == len(buf):
+                buf.clear()
+                pos = 0
+            elif pos >= _COMPACT_AT and pos * 2 >= len(buf):
+                # Rarely: most of the buffer is consumed and it is big.
+                del buf[:pos]
+                pos = 0
+            self._pos = pos
+            return count
+        except CodecError:
+            self._buf = bytearray()  # the stream is broken: the caller drops the connection
+            self._pos = 0
+            raise
+        finally:
+            self._busy = False
+
+    def _parse(self, buf: bytes | bytearray, pos: int) -> tuple[int, int]:
+        """Dispatch every complete packet of ``buf`` from ``pos`` on; return
+        (packets dispatched, where the first incomplete one starts)."""
         n = len(buf)
-        pos = 0
         count = 0
         while n - pos >= 2:
             # remaining length: variable byte integer, at most 4 bytes
@@ -81,8 +131,7 @@ class MqttReader:
             i = pos + 1
             while True:
                 if i >= n:
-                    self._buf = buf[pos:]
-                    return count
+                    return count, pos
                 b = buf[i]
                 length += (b & 0x7F) * mult
                 i += 1
@@ -90,7 +139,6 @@ class MqttReader:
                     break
                 mult *= 128
                 if mult > 128 * 128 * 128:
-                    self._buf = b""
                     raise CodecError("malformed MQTT remaining length")
             end = i + length
             if end > n:
@@ -98,18 +146,21 @@ class MqttReader:
             cmd = buf[pos]
             pos = end
             count += 1
-            try:
-                if cmd >> 4 == 3 and (cmd >> 1) & 3 != 2:
-                    self._publish(cmd, buf, i, end)
-                elif cmd == 0x40 and length >= 2 and self._on_puback is not None:
-                    self._on_puback((buf[i] << 8) | buf[i + 1])
-                else:
-                    self._on_packet(cmd, buf[i:end])
-            except BaseException:
-                self._buf = buf[pos:]
-                raise
-        self._buf = buf[pos:] if pos < n else b""
-        return count
+            if cmd >> 4 == 3 and (cmd >> 1) & 3 != 2:
+                self._publish(cmd, buf, i, end)
+            else:
+                try:
+                    if cmd == 0x40 and length >= 2 and self._on_puback is not None:
+                        self._on_puback((buf[i] << 8) | buf[i + 1])
+                    else:
+                        self._on_packet(cmd, bytes(buf[i:end]))
+                except Exception:  # noqa: BLE001  a handler's bug must not stop the stream
+                    self._handler_failed()
+        return count, pos
+
+    def _handler_failed(self) -> None:
+        self.handler_errors += 1
+        _log.exception("inbound MQTT packet handler failed; reading goes on")
 
     def _publish(self, cmd: int, buf: bytes, i: int, end: int) -> None:
         qos = (cmd >> 1) & 3
@@ -151,10 +202,15 @@ class MqttReader:
             if plen:
                 props = buf[i:i + plen]
             i += plen
-        if props is not None and self._on_props is not None:
-            self._on_props(topic, buf[i:end], props)
-        else:
-            self._on_publish(topic, buf[i:end], None)
+        if props is not None:
+            props = bytes(props)
+        try:
+            if props is not None and self._on_props is not None:
+                self._on_props(topic, bytes(buf[i:end]), props)
+            else:
+                self._on_publish(topic, bytes(buf[i:end]), None)
+        except Exception:  # noqa: BLE001  as in _parse
+            self._handler_failed()
 
 
 def _varint(value: int) -> bytes:

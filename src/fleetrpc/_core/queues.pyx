@@ -25,15 +25,16 @@ cdef extern from "Python.h":
 cdef Py_ssize_t LIMIT_MAX = 2147483647
 
 # Debug builds only, over all DeviceQueues: device states and ring buffers
-# alive (both return to 0 when the queues are idle or gone).
+# alive, calls held in them (all return to 0 when the queues are idle or gone).
 cdef Py_ssize_t _debug_states = 0
 cdef Py_ssize_t _debug_rings = 0
+cdef Py_ssize_t _debug_queued = 0
 
 
 def debug_counters():
     """Leak counters of a ``FLEETRPC_DEBUG`` build, ``None`` in a normal one."""
     if FLEETRPC_DEBUG:
-        return {"queue_states": _debug_states, "queue_rings": _debug_rings}
+        return {"queue_states": _debug_states, "queue_rings": _debug_rings, "queued_calls": _debug_queued}
     return None
 
 
@@ -84,14 +85,15 @@ cdef class _Device:
             _debug_states += 1
 
     def __dealloc__(self):
-        global _debug_states, _debug_rings
+        global _debug_states, _debug_rings, _debug_queued
         if FLEETRPC_DEBUG:
             _debug_states -= 1
             _debug_rings -= self.buf != NULL
+            _debug_queued -= self.count
         PyMem_Free(self.buf)
 
     cdef int push(self, int64_t item) except -1:
-        global _debug_rings
+        global _debug_rings, _debug_queued
         cdef Py_ssize_t i, size
         cdef int64_t* nb
         if self.count == self.size:
@@ -109,11 +111,16 @@ cdef class _Device:
             self.head = 0
         self.buf[(self.head + self.count) & (self.size - 1)] = item
         self.count += 1
+        if FLEETRPC_DEBUG:
+            _debug_queued += 1
         return 0
 
     cdef int64_t pop(self) noexcept:
         # Precondition: count > 0.
+        global _debug_queued
         cdef int64_t item = self.buf[self.head]
+        if FLEETRPC_DEBUG:
+            _debug_queued -= 1
         self.head = (self.head + 1) & (self.size - 1)
         self.count -= 1
         if self.count == 0:
@@ -122,19 +129,24 @@ cdef class _Device:
 
     cdef bint remove(self, int64_t item) noexcept:
         # First occurrence only; later items move up one place (O(held)).
+        global _debug_queued
         cdef Py_ssize_t k, j, mask = self.size - 1
         for k in range(self.count):
             if self.buf[(self.head + k) & mask] == item:
                 for j in range(k, self.count - 1):
                     self.buf[(self.head + j) & mask] = self.buf[(self.head + j + 1) & mask]
                 self.count -= 1
+                if FLEETRPC_DEBUG:
+                    _debug_queued -= 1
                 if self.count == 0:
                     self.clear_held()
                 return True
         return False
 
     cdef void clear_held(self) noexcept:
-        global _debug_rings
+        global _debug_rings, _debug_queued
+        if FLEETRPC_DEBUG:
+            _debug_queued -= self.count
         self.count = 0
         self.head = 0
         if self.size > RING_KEEP:  # give big rings back, keep small ones for reuse

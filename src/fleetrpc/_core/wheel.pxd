@@ -83,4 +83,3 @@ cdef class TimingWheel:
     cdef uint64_t _next_event(self) noexcept
     cdef Py_ssize_t _step_bound(self, uint64_t k) noexcept
     cdef void _step(self, uint64_t k) noexcept
-    cdef double _time_of(self, int64_t k) noexcept

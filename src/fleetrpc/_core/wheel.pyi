@@ -46,9 +46,5 @@ class TimingWheel:
     def advance(self, now: float) -> list[int]:
         """Move the wheel's time to ``now`` and return the payloads now due,
         ascending by tick.  A time earlier than ``.now`` returns ``[]``."""
-    def next_deadline(self) -> float | None:
-        """Earliest time at which ``advance`` may return something (a lower
-        bound: it may only cascade an upper level), or ``None`` when empty.
-        Calling ``advance`` at that time always makes progress."""
     def clear(self) -> None:
         """Cancel every entry; all their handles become stale."""

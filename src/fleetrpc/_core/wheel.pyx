@@ -184,16 +184,6 @@ cdef class TimingWheel:
         # first: no Python code can run while _due is read.
         return [self._due[j] for j in range(n)]
 
-    def next_deadline(self):
-        """Earliest time at which ``advance`` may return something, or ``None``."""
-        cdef uint64_t k
-        if self._head[W_DUE] >= 0:
-            return self._now
-        k = self._next_event()
-        if k == FR_NONE:
-            return None
-        return self._time_of(<int64_t>(k - FR_BIAS))
-
     def clear(self):
         """Cancel every entry (their handles become stale)."""
         cdef int32_t b, i, nxt
@@ -467,15 +457,3 @@ cdef class TimingWheel:
             self._cascade(<int32_t>(0x100 | ((k >> 8) & 0xFF)))
         if self._head[k & 0xFF] >= 0:
             self._fire(<int32_t>(k & 0xFF))
-
-    cdef double _time_of(self, int64_t k) noexcept:
-        # The earliest float time whose tick is >= k (unbiased).
-        cdef double tick = self._tick
-        cdef double x = <double>k * tick, y
-        while <int64_t>floor(x / tick) < k:
-            x = nextafter(x, INFINITY)
-        while True:
-            y = nextafter(x, -INFINITY)
-            if <int64_t>floor(y / tick) < k:
-                return x
-            x = y

@@ -40,7 +40,7 @@ tick, in the order the entries reached their last bucket.
 
 from __future__ import annotations
 
-from math import floor, inf, isfinite, ldexp, nextafter
+from math import floor, isfinite, ldexp
 
 __all__ = ["TimingWheel", "debug_counters"]
 
@@ -51,7 +51,6 @@ _GEN_LIMIT = 1 << 31  # a slot whose generation reaches this is retired
 _INITIAL_CAP = 64
 _MAX_CAP = 1 << 30  # entries; the compiled pool links entries with int32
 
-_LEVEL_SLOTS = 256
 _B_OVERFLOW = 1024  # ticks past the current 2**32-tick block
 _B_DUE = 1025  # deadlines at or before the wheel's time
 _NBUCKETS = 1026
@@ -246,14 +245,6 @@ class TimingWheel:
             self._cur = target
         return out
 
-    def next_deadline(self) -> float | None:
-        if self._buckets[_B_DUE]:
-            return self._now
-        k = self._next_event()
-        if k == _NONE:
-            return None
-        return self._time_of(k)
-
     def clear(self) -> None:
         for b in range(_NBUCKETS):
             d = self._buckets[b]
@@ -374,15 +365,3 @@ class TimingWheel:
             self._cascade(0x100 | ((k >> 8) & 0xFF))
         if self._buckets[k & 0xFF]:
             self._fire(k & 0xFF, out)
-
-    def _time_of(self, k: int) -> float:
-        # The earliest float time whose tick is >= k.
-        tick = self._tick
-        x = k * tick
-        while floor(x / tick) < k:
-            x = nextafter(x, inf)
-        while True:
-            y = nextafter(x, -inf)
-            if floor(y / tick) < k:
-                return x
-            x = y

@@ -1,6 +1,6 @@
 """Authentication as ThingsBoard does it: JWT pairs, the header forms, its
 error codes; plus what ThingsBoard leaves to a proxy: slowed and locked
-logins, per-tenant and per-user rate limits.
+logins (with the users' repository), per-tenant and per-user rate limits.
 
 Tokens (THINGSBOARD-NOTES.md §2.3): HS512, claims ``sub`` (email),
 ``userId``, ``scopes`` (one authority), ``sessionId`` (new per login),
@@ -10,6 +10,10 @@ Tokens (THINGSBOARD-NOTES.md §2.3): HS512, claims ``sub`` (email),
 ``jti``; refreshing reloads the user, so a disabled or deleted user cannot
 refresh.  Key rotation: tokens are signed with ``jwt.secret`` and verified
 against it and every ``jwt.previous_secrets``.
+
+Failed logins are counted and accounts locked by the users' repository, in
+the database (``server/identity.py``), so a lockout holds on every node and
+across restarts; it tells the login handler how long to delay the answer.
 
 Errors, exactly as ThingsBoard answers them (§1.1) -- its UI refreshes its
 token only on errorCode 11, so 10 and 11 must not be mixed up:
@@ -54,7 +58,6 @@ __all__ = [
     "LoginRefused",
     "Principal",
     "TokenService",
-    "LoginGuard",
     "RateLimiter",
     "UserDirectory",
     "auth_middleware",
@@ -68,6 +71,8 @@ NULL_UUID = "13814000-1dd2-11b2-8080-808080808080"
 SYS_ADMIN, TENANT_ADMIN, CUSTOMER_USER = "SYS_ADMIN", "TENANT_ADMIN", "CUSTOMER_USER"
 AUTHORITIES = frozenset({SYS_ADMIN, TENANT_ADMIN, CUSTOMER_USER})
 REFRESH_TOKEN = "REFRESH_TOKEN"
+#: The scope of an activation token (``GET /api/user/{id}/activationLink``).
+ACTIVATE = "ACTIVATE"
 
 BAD_CREDENTIALS = "Invalid username or password"
 EXPIRED = "Token has expired"
@@ -110,7 +115,13 @@ class Principal(msgspec.Struct, frozen=True, gc=False):
 
 
 class LoginRefused(Exception):
-    """A login or refresh that must fail; ``str(exc)`` is ThingsBoard's message."""
+    """A login or refresh that must fail; ``str(exc)`` is ThingsBoard's
+    message, ``delay`` how long (s) to wait before answering (slows
+    guessing; grows with the failures in a row)."""
+
+    def __init__(self, message: str, *, delay: float = 0.0) -> None:
+        super().__init__(message)
+        self.delay = delay
 
 
 class UserDirectory(Protocol):
@@ -240,6 +251,27 @@ class TokenService:
             self._cache[token] = p
         return p
 
+    def activation_token(self, user_id: str) -> str:
+        """A token that lets its bearer set the first password of ``user_id``
+        (ThingsBoard keeps a random ``activateToken`` in the user's
+        credentials; a signed one needs no table and stops working once
+        the user has a password, since activation asks for a user without
+        one).  Valid for ``jwt.activation_ttl_s``."""
+        now = int(self._clock())
+        claims = {"sub": user_id, "userId": user_id, "scopes": [ACTIVATE], "iss": self.settings.issuer,
+                  "iat": now, "exp": now + self.settings.activation_ttl_s}
+        return jwt.encode(claims, self._key, algorithm="HS512")
+
+    def activation_subject(self, token: str) -> str | None:
+        """The user id of a valid activation token, else None."""
+        try:
+            claims = self._claims(token)
+        except ApiError:
+            return None
+        if claims["scopes"] != [ACTIVATE] or not isinstance(claims["userId"], str):
+            return None
+        return claims["userId"]
+
     def refresh_subject(self, token: str) -> str:
         """The user id of a valid refresh token; raises ApiError 401."""
         claims = self._claims(token)
@@ -265,51 +297,6 @@ def load_or_create_secret(data_dir: str | os.PathLike) -> str:
     with os.fdopen(fd, "w") as f:
         f.write(secret + "\n")
     return secret
-
-
-# -- failed logins ---------------------------------------------------------------------
-
-
-class LoginGuard:
-    """Slows and locks repeated failed logins, per email (in memory, per
-    node).  A failure is answered after ``failed_login_delay_ms``, doubled
-    per failure in a row (at most 4 s); after ``max_failed_logins`` in a row
-    the account is locked for ``lockout_s`` -- refused without even checking
-    the password -- then gets a fresh count."""
-
-    MAX_DELAY = 4.0
-    MAX_ENTRIES = 100_000
-
-    def __init__(self, settings: AuthSection, *, clock=time.monotonic) -> None:
-        self.settings = settings
-        self._clock = clock
-        self._failures: dict[str, tuple[int, float]] = {}  # email -> (in a row, locked until)
-
-    def locked(self, email: str) -> bool:
-        entry = self._failures.get(email)
-        if entry is None or entry[1] == 0.0:
-            return False
-        if self._clock() < entry[1]:
-            return True
-        del self._failures[email]  # the lock ran out
-        return False
-
-    def failed(self, email: str) -> float:
-        """Record a failure; returns how long to delay the answer (s)."""
-        s = self.settings
-        count, _ = self._failures.pop(email, (0, 0.0))
-        count += 1
-        until = 0.0
-        if s.max_failed_logins and count >= s.max_failed_logins:
-            until = self._clock() + s.lockout_s
-            log.warning("login of %s locked for %.0f s after %d failures", email, s.lockout_s, count)
-        if len(self._failures) >= self.MAX_ENTRIES:
-            del self._failures[next(iter(self._failures))]
-        self._failures[email] = (count, until)
-        return min(s.failed_login_delay_ms / 1000.0 * 2 ** (count - 1), self.MAX_DELAY)
-
-    def succeeded(self, email: str) -> None:
-        self._failures.pop(email, None)
 
 
 # -- rate limits -----------------------------------------------------------------------
@@ -424,17 +411,12 @@ async def login(request: web.Request) -> web.Response:
     email, password = body.get("username"), body.get("password")
     if not isinstance(email, str) or not isinstance(password, str) or not email or not password:
         raise ApiError.unauthorized(AUTH_FAILED)  # "Username or Password not provided"
-    guard = ctx.login_guard
-    if guard.locked(email):
-        raise ApiError.unauthorized(LOCKED)
     try:
         user = await ctx.users.authenticate(email, password)
     except LoginRefused as exc:
-        delay = guard.failed(email)
-        if delay:
-            await asyncio.sleep(delay)  # slows guessing; a response delay, not synchronisation
+        if exc.delay:
+            await asyncio.sleep(exc.delay)  # slows guessing; a response delay, not synchronisation
         raise ApiError.unauthorized(str(exc)) from None
-    guard.succeeded(email)
     return web.json_response(ctx.tokens.issue(user))
 
 

@@ -23,6 +23,7 @@ import time
 import msgspec
 from aiohttp import web
 
+from ..errors import AlreadyExistsError, EntityNotFoundError, StoreError, ValidationError
 from .keys import CTX
 
 __all__ = [
@@ -145,11 +146,24 @@ TOO_LARGE = too_large
 async def error_middleware(request: web.Request, handler):
     """ApiError -> ThingsBoard's JSON error; aiohttp's own HTTP errors under
     /api (404 no route, 405 wrong method, 413 body over the limit) -> the
-    same shape; anything unexpected -> JSON 500 (errorCode 2), logged."""
+    same shape; anything unexpected -> JSON 500 (errorCode 2), logged.
+
+    The repositories' errors become what ThingsBoard's BaseController makes
+    of its own: a bad value (ValidationError) or a taken name
+    (AlreadyExistsError: "Device with such name already exists!") -> 400,
+    errorCode 31; an entity that is not there (in the caller's tenant) ->
+    404, errorCode 32; another database failure -> 500, errorCode 46."""
     try:
         return await handler(request)
     except ApiError as exc:
         return exc.response()
+    except (ValidationError, AlreadyExistsError) as exc:
+        return error_response(400, str(exc), ErrorCode.BAD_REQUEST_PARAMS)
+    except EntityNotFoundError as exc:
+        return error_response(404, str(exc), ErrorCode.ITEM_NOT_FOUND)
+    except StoreError:
+        log.exception("database error in %s %s", request.method, request.path)
+        return error_response(500, "Database error", ErrorCode.DATABASE)
     except web.HTTPRequestEntityTooLarge:
         # A body without Content-Length (chunked) that grew past the limit.
         return too_large(request.app[CTX].settings.http.max_body_bytes)

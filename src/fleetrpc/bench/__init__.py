@@ -2,7 +2,8 @@
 
 :mod:`fleetrpc.bench.runner` runs the workloads (:func:`run_bench`) against a
 simulated fleet (:mod:`fleetrpc.sim`) and a real broker, for fleetrpc's
-dispatcher and for the plain reference dispatcher in ``benchmarks/``;
+dispatcher, the plain reference dispatcher (:mod:`.reference`) and the
+limit (:mod:`.limit`: MQTT framing and a dict, nothing else);
 :mod:`fleetrpc.bench.persistent` measures whole persistent-RPC lifecycles
 per second (:func:`~fleetrpc.bench.persistent.run_persistent_bench`, behind
 ``fleetrpc bench --persistent`` and ``benchmarks/bench_persistent.py``);

@@ -234,16 +234,22 @@ def _print(report: dict[str, Any]) -> None:
     table.add_column("metric")
     for name in names:
         table.add_column(name, justify="right")
-    if len(names) == 2:
+    gain = "fleetrpc" in names and "reference" in names
+    of_limit = "fleetrpc" in names and "limit" in names
+    if gain:
         table.add_column("fleetrpc gain", justify="right")
+    if of_limit:
+        table.add_column("fleetrpc of limit", justify="right")
     for label, path, unit in ROWS:
         values = [_get(results.get(n, {}), path) for n in names]
         if all(v is None for v in values):
             continue
         row = [label] + [_fmt(v, unit if v is not None and not isinstance(v, dict) else "") for v in values]
-        if len(names) == 2:
-            r = ratios.get(path)
-            row.append(f"{r['gain']:.2f}x" if r else "")
+        r = ratios.get(path) or {}
+        if gain:
+            row.append(f"{r['gain']:.2f}x" if "gain" in r else "")
+        if of_limit:
+            row.append(f"{r['of_limit']:.0%}" if "of_limit" in r else "")
         table.add_row(*row)
     console = Console()
     console.print(table)

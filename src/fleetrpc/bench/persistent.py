@@ -5,7 +5,7 @@ second, end to end.
 One run: a broker (a throwaway tuned Mosquitto unless a URL is given), one
 simulated fleet in worker processes that acknowledges every delivery
 (:class:`~fleetrpc.sim.Behaviour` ``ack=True``), and, in this process, one
-:class:`~fleetrpc.dispatcher.Dispatcher` + :class:`~fleetrpc.rpc.persistent.PersistentRpc`
+:class:`~fleetrpc.dispatch.Dispatcher` + :class:`~fleetrpc.rpc.persistent.PersistentRpc`
 engine per *target*, all connected at once and taking turns against the same
 fleet:
 
@@ -63,7 +63,8 @@ from typing import Any, Self
 from urllib.parse import urlsplit, urlunsplit
 
 from ..sim.fleet import Behaviour, Fleet, raise_nofile_limit
-from .cpu import machine_cpu, process_cpu, processes_named
+from .cpu import machine_cpu, processes_named
+from .rig import cpu_seconds, percentiles, throwaway_broker
 
 __all__ = [
     "DEFAULT_DSN",
@@ -155,10 +156,6 @@ class PersistentBenchConfig:
 # -- CPU accounting ------------------------------------------------------------------
 
 
-def _proc_cpu(pid: int) -> float:
-    return process_cpu(pid) or 0.0  # a process gone counts as nothing
-
-
 def _postgres_pids() -> list[int]:
     """Every ``postgres`` process (the whole server: it is shared)."""
     return processes_named("postgres")
@@ -203,14 +200,14 @@ class _CpuMeter:
     def _sample(self) -> dict[str, float]:
         out = {"bench process": time.process_time()}
         for name, pids in self.groups.items():
-            out[name] = sum(_proc_cpu(p) for p in pids())
+            out[name] = cpu_seconds(pids(), gone_as_zero=True)
         return out
 
     def start(self) -> None:
         self._t = time.perf_counter()
         self._m = machine_cpu()
         self._s = self._sample()
-        self._pg = {p: _proc_cpu(p) for p in _postgres_pids()}
+        self._pg = {p: cpu_seconds([p], gone_as_zero=True) for p in _postgres_pids()}
 
     def stop(self) -> dict[str, Any]:
         wall = time.perf_counter() - self._t
@@ -218,7 +215,7 @@ class _CpuMeter:
         s = self._sample()
         used = {k: s[k] - self._s[k] for k in s}
         # postgres backends come and go: count the CPU of those alive at the end
-        pg = sum(_proc_cpu(p) - self._pg.get(p, 0.0) for p in _postgres_pids())
+        pg = sum(cpu_seconds([p], gone_as_zero=True) - self._pg.get(p, 0.0) for p in _postgres_pids())
         used["postgres (whole server)"] = pg
         out: dict[str, Any] = {"wall_s": round(wall, 3),
                                "cpu_s": {k: round(v, 2) for k, v in used.items()}}
@@ -252,7 +249,7 @@ class _Target:
 
     async def start(self, devices: list[str]) -> None:
         from ..config import Settings
-        from ..dispatcher import Dispatcher
+        from ..dispatch import Dispatcher
         from ..rpc.persistent import PersistentRpc
         from ..store import GroupCommitStore, store_from_url
 
@@ -383,26 +380,7 @@ async def _pg_database(dsn: str, log: Log) -> AsyncIterator[tuple[str, dict[str,
         log(f"database {name} dropped")
 
 
-@contextlib.asynccontextmanager
-async def _broker(url: str | None) -> AsyncIterator[tuple[str, str, Any]]:
-    if url:
-        yield url, "given", None
-        return
-    from ..broker import start_broker
-
-    async with start_broker(prefer="mosquitto", tuned=True) as broker:
-        yield broker.url, f"throwaway tuned mosquitto ({broker.url})", broker
-
-
 # -- one phase -----------------------------------------------------------------------------
-
-
-def _percentiles(values: list[float]) -> dict[str, float | None]:
-    if not values:
-        return {"p50_ms": None, "p99_ms": None}
-    s = sorted(values)
-    pick = lambda q: round(s[min(len(s) - 1, int(q * len(s)))] * 1000, 2)
-    return {"p50_ms": pick(0.50), "p99_ms": pick(0.99)}
 
 
 async def _phase(target: _Target, devices: list[str], cfg: PersistentBenchConfig,
@@ -485,8 +463,8 @@ async def _phase(target: _Target, devices: list[str], cfg: PersistentBenchConfig
         "lifecycles_per_s": round(ok / elapsed, 1),
         "not_successful": dict(other),
         "errors": dict(errors),
-        "queued_latency": _percentiles(queued_lat),
-        "lifecycle_latency": _percentiles(life_lat),
+        "queued_latency": percentiles(queued_lat),
+        "lifecycle_latency": percentiles(life_lat),
         "counters": delta,
         "rows_per_lifecycle": round((delta["rows_inserted"] + delta["rows_changed"]) / ok, 2) if ok else None,
         "writes_per_transaction": round((delta["rows_inserted"] + delta["rows_changed"])
@@ -691,7 +669,7 @@ async def run_persistent_bench(cfg: PersistentBenchConfig, log: Log | None = Non
             if any(t.startswith("pg") for t in cfg.targets):
                 pg_url, pg_settings = await stack.enter_async_context(_pg_database(cfg.dsn, log))
                 report["meta"]["postgresql"] = pg_settings
-            mqtt_url, broker_desc, broker = await stack.enter_async_context(_broker(cfg.url))
+            mqtt_url, broker_desc, broker_pid = await stack.enter_async_context(throwaway_broker(cfg.url))
             log(f"broker: {broker_desc}")
             report["meta"]["broker"] = broker_desc
             lifetime = 600.0 + cfg.devices / 20 + 10 * (cfg.duration + 5) * cfg.rounds * len(cfg.targets)
@@ -705,8 +683,8 @@ async def run_persistent_bench(cfg: PersistentBenchConfig, log: Log | None = Non
             groups: dict[str, Callable[[], list[int]]] = {
                 "simulator": lambda: [w.proc.pid for w in fleet._workers],
             }
-            if broker is not None:
-                groups["broker"] = lambda: [broker.pid] if broker.pid else []
+            if broker_pid is not None:
+                groups["broker"] = lambda: [broker_pid]
             meter = _CpuMeter(groups)
             try:
                 results = await _run_targets(cfg, mqtt_url, fleet, pg_url, sqlite_dir, meter, log)

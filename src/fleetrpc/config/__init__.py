@@ -19,7 +19,7 @@ documentation (``fleetrpc serve --print-config``).
 from __future__ import annotations
 
 from .describe import describe, render
-from .library import Settings
+from .library import Settings, parse_enum, parse_strategy
 from .server import (
     AuthSection,
     DispatchSection,
@@ -52,5 +52,7 @@ __all__ = [
     "describe",
     "env_name",
     "load_server_settings",
+    "parse_enum",
+    "parse_strategy",
     "render",
 ]

@@ -10,18 +10,60 @@ from __future__ import annotations
 import os
 import socket
 import tomllib
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 
-from .._core.constants import DEFAULT_MAX_PAYLOAD, DEFAULT_PREFIX, DeliveryStrategy
+from enum import Enum
+
+from .._core.constants import DeliveryStrategy
+from ..dispatch.options import OfflinePolicy
 from ..errors import ValidationError
+from ..wire.constants import DEFAULT_MAX_PAYLOAD, DEFAULT_PREFIX
 
 
 def _default_node_id() -> str:
     # Short, stable for the process, unique enough across nodes sharing a broker.
     host = socket.gethostname().split(".")[0][:24] or "node"
     return f"{host}-{os.getpid()}"
+
+
+E = TypeVar("E", bound=Enum)
+
+
+def parse_enum(cls: type[E], value: Any, field: str) -> E:
+    """A member of ``cls`` from itself, its name in any case (``-`` for
+    ``_`` allowed: ``sequential-on-response``), or its value."""
+    if isinstance(value, cls):
+        return value
+    if isinstance(value, str):
+        name = value.strip().upper().replace("-", "_")
+        if name in cls.__members__:
+            return cls[name]
+        if name.isdigit() and issubclass(cls, int):
+            value = int(name)
+    if not isinstance(value, bool):
+        try:
+            return cls(value)
+        except (ValueError, TypeError):
+            pass
+    names = ", ".join(cls.__members__)
+    raise ValidationError(f"{field} must be one of {names}, not {value!r}")
+
+
+def parse_strategy(value: Any, field: str = "strategy") -> DeliveryStrategy:
+    """A :class:`DeliveryStrategy` by member, name or number; ThingsBoard's
+    names (``SEQUENTIAL_ON_RESPONSE_FROM_DEVICE``) are accepted too."""
+    if isinstance(value, str) and value.strip().upper().endswith("_FROM_DEVICE"):
+        value = value.strip()[: -len("_FROM_DEVICE")]
+    return parse_enum(DeliveryStrategy, value, field)
+
+
+def _enum_fields(cls: type) -> dict[str, type[Enum]]:
+    return {
+        f.name: f.type for f in msgspec.structs.fields(cls)
+        if isinstance(f.type, type) and issubclass(f.type, Enum)
+    }
 
 
 class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -61,15 +103,29 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     default_timeout_ms: int = 10_000
     #: Timeouts below this are raised to it (ThingsBoard: 5000 ms).
     min_timeout_ms: int = 5_000
+    #: Default delivery strategy; by name in TOML and the environment
+    #: (``SEQUENTIAL_ON_RESPONSE``, ThingsBoard's ``..._FROM_DEVICE`` names too).
     strategy: DeliveryStrategy = DeliveryStrategy.BURST
+    #: What a lightweight call to a device that is not online does: "fail"
+    #: at once (the default: see ``OfflinePolicy``) or "wait" for it until
+    #: the deadline, as ThingsBoard does.
+    offline: OfflinePolicy = OfflinePolicy.FAIL
     #: Most calls held for one device.
     queue_cap: int = 100
     #: Most calls in flight to one device under BURST (0 = unlimited).
     device_window: int = 0
     #: Most requests in flight from this node (flow control towards the broker).
     inflight_window: int = 20_000
-    #: Track presence; a lightweight call to a device known offline fails at once.
+    #: Track presence; a lightweight call to a device that is not online
+    #: fails or waits (``offline``).  Off: every device counts as online.
     presence: bool = True
+    #: Most devices whose presence and heartbeats are kept (least recently
+    #: heard of leave first): set it above the fleet's size.
+    presence_max_devices: int = 100_000
+    #: An offline device not heard of for this many seconds is forgotten.
+    presence_ttl_s: float = 3600.0
+    #: Largest heartbeat body kept, in bytes (larger ones: only their time).
+    max_heartbeat_bytes: int = 4096
     #: Resolution of the timing wheel, in milliseconds.
     tick_ms: float = 5.0
     #: Read batching: while at least this many calls await replies, the
@@ -82,6 +138,11 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
     # -- persistent RPC -----------------------------------------------------
     store_url: str = "sqlite:///fleetrpc.db"
+    #: Retries of a persistent call that names none (REST ``retries``
+    #: absent, null or ""): 0, as in ThingsBoard, which retries only when asked.
+    default_retries: int = 0
+    #: The most retries a persistent call may ask for (ThingsBoard's
+    #: ACTORS_RPC_MAX_RETRIES); more are capped to it.
     max_retries: int = 5
     ttl_enabled: bool = True
     ttl_days: float = 30.0
@@ -92,6 +153,14 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     http_port: int = 8080
 
     def __post_init__(self) -> None:
+        # Direct construction does not convert: accept names here too.
+        for name, enum in _enum_fields(type(self)).items():
+            value = getattr(self, name)
+            if type(value) is not enum:
+                setattr(self, name, parse_strategy(value) if enum is DeliveryStrategy
+                        else parse_enum(enum, value, name))
+        if self.presence_max_devices < 1 or not self.presence_ttl_s > 0 or self.max_heartbeat_bytes < 0:
+            raise ValidationError("presence_max_devices >= 1, presence_ttl_s > 0 and max_heartbeat_bytes >= 0")
         if self.qos not in (0, 1):
             raise ValidationError(f"qos must be 0 or 1, not {self.qos!r}")
         if self.mqtt_version not in (4, 5):
@@ -102,6 +171,8 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             raise ValidationError("queue_cap and inflight_window must be >= 1, device_window >= 0")
         if self.read_batch_above < 0 or not 0 < self.read_batch_ms <= 1000:
             raise ValidationError("read_batch_above must be >= 0 and read_batch_ms in (0, 1000]")
+        if self.default_retries < 0 or self.max_retries < 0:
+            raise ValidationError("default_retries and max_retries must be >= 0")
         if not 0 < self.tick_ms <= 1000:
             raise ValidationError(f"tick_ms must be in (0, 1000], not {self.tick_ms!r}")
 
@@ -122,6 +193,11 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             if value is not None:
                 data[name] = value
         data.update({k: v for k, v in overrides.items() if v is not None})
+        # Enums by name (as the README writes them), which msgspec would not take.
+        for name, enum in _enum_fields(cls).items():
+            if name in data and not isinstance(data[name], enum):
+                data[name] = (parse_strategy(data[name]) if enum is DeliveryStrategy
+                              else parse_enum(enum, data[name], name))
         try:
             # strict=False lets environment strings become ints, floats, bools.
             return msgspec.convert(data, cls, strict=False)

@@ -76,6 +76,9 @@ class ServerSection(_Section):
     drain_timeout_s: Annotated[float, _doc(
         "On SIGTERM/SIGINT: how long calls in flight may still finish before they are "
         "answered 503; persistent writes are flushed after that.", ge=0, le=3600)] = 10.0
+    activity_flush_s: Annotated[float, _doc(
+        "How often the devices' last activity is written to the database (it is kept in "
+        "memory in between; also written when the server stops).", gt=0, le=3600)] = 10.0
     log_level: Annotated[Literal["DEBUG", "INFO", "WARNING", "ERROR"], _doc(
         "Level of the server's logs.")] = "INFO"
     log_format: Annotated[Literal["text", "json"], _doc(
@@ -182,6 +185,9 @@ class JwtSection(_Section):
     refresh_ttl_s: Annotated[int, _doc("Lifetime of a refresh token, seconds.", ge=900)] = 604800
     cache_size: Annotated[int, _doc(
         "Validated access tokens kept decoded (a decode costs ~60 us); 0: no cache.", ge=0)] = 10_000
+    activation_ttl_s: Annotated[int, _doc(
+        "Lifetime of a user's activation link (GET /api/user/{id}/activationLink), seconds "
+        "(ThingsBoard: 24 h).", ge=60)] = 86400
 
 
 class AuthSection(_Section):
@@ -194,9 +200,16 @@ class AuthSection(_Section):
         "A failed login is answered after this delay, doubled per failure in a row (at most "
         "4 s): slows guessing.", ge=0, le=10_000)] = 250
     sysadmin_email: Annotated[str | None, _doc(
-        "First start: create this system administrator when none exists.")] = None
+        "First start: create this system administrator when none exists. A database without "
+        "any user refuses to start unless this is set (or `fleetrpc admin create-sysadmin` "
+        "was run, or --demo is given).")] = None
     sysadmin_password: Annotated[str | None, _doc(
-        "Password of sysadmin_email (never a built-in default).", extra=SECRET)] = None
+        "Password of sysadmin_email (never a built-in default); prefer "
+        "sysadmin_password_file or the environment variable to a password in the file.",
+        extra=SECRET)] = None
+    sysadmin_password_file: Annotated[str | None, _doc(
+        "File whose first line is the password of sysadmin_email (e.g. a container "
+        "secret); instead of sysadmin_password.")] = None
 
 
 class RateLimitsSection(_Section):
@@ -305,8 +318,15 @@ class ServerSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         )):
             if value is not None and len(value) < 64:
                 raise ValidationError(f"{key} must be at least 64 characters (512 bits, as ThingsBoard and RFC 7518 ask of an HS512 key)")
-        if (self.auth.sysadmin_email is None) != (self.auth.sysadmin_password is None):
-            raise ValidationError("auth.sysadmin_email and auth.sysadmin_password go together")
+        a = self.auth
+        passwords = (a.sysadmin_password is not None) + (a.sysadmin_password_file is not None)
+        if passwords > 1:
+            raise ValidationError("auth.sysadmin_password and auth.sysadmin_password_file: set one, not both")
+        if (a.sysadmin_email is None) != (passwords == 0):
+            raise ValidationError(
+                "auth.sysadmin_email and auth.sysadmin_password (or auth.sysadmin_password_file) go together")
+        if a.sysadmin_password_file is not None and not os.path.isfile(a.sysadmin_password_file):
+            raise ValidationError(f"auth.sysadmin_password_file: no such file {a.sysadmin_password_file!r}")
         if self.mqtt.reconnect_max < self.mqtt.reconnect_delay:
             raise ValidationError("mqtt.reconnect_max must be >= mqtt.reconnect_delay")
 

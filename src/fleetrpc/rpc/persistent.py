@@ -74,8 +74,18 @@ from typing import Any, Callable
 import msgspec
 
 from ..config import Settings
-from ..dispatcher import CallObserver, Counters, Dispatcher
-from ..protocol import validate_id
+from ..dispatch import CallObserver, Counters, Dispatcher
+from ..dispatch.options import (
+    check_expiration_time,
+    check_flag,
+    check_method,
+    check_request_uuid,
+    check_retries,
+    check_timeout_ms,
+    effective_retries,
+    effective_timeout_ms,
+)
+from ..wire import validate_id
 from ..errors import (
     DispatcherClosedError,
     QueueFullError,
@@ -97,7 +107,6 @@ from ..store.base import (
     storable_text,
     text_problem,
 )
-from .edge import check_call_options, request_size
 
 log = logging.getLogger("fleetrpc.rpc.persistent")
 
@@ -157,7 +166,6 @@ class _Live(CallObserver):
         self.write: asyncio.Future | None = None
 
     def sent(self, rid: int, device: str) -> None:
-        self.rid = rid  # may run inside dispatcher.submit(), before it returns
         self.engine._on_sent(self)
 
     def acked(self, rid: int, device: str) -> bool:
@@ -312,23 +320,19 @@ class PersistentRpc:
         if self._closed:
             raise DispatcherClosedError("persistent RPC engine is closed")
         tenant_id = self._tenant(tenant_id)
-        if not isinstance(method, str) or not method:
-            raise ValidationError(f"method must be a non-empty string, not {method!r}")
+        # One set of rules for a call's options (fleetrpc.dispatch.options):
+        # ThingsBoard's, the same as the REST body's.
+        method = check_method(method)
         validate_id("device", device)
-        timeout_ms, retries, oneway, expiration_time = check_call_options(
-            timeout_ms, retries, oneway, expiration_time
-        )
+        oneway = check_flag(oneway, "oneway")
+        retries = check_retries(retries)
+        expiration_time = check_expiration_time(expiration_time)
+        request_uuid = check_request_uuid(request_uuid)
         s = self.settings
-        timeout = s.default_timeout_ms if timeout_ms is None else timeout_ms
-        timeout = max(timeout, s.min_timeout_ms)
+        timeout = effective_timeout_ms(check_timeout_ms(timeout_ms), s)
         now = _now_ms()
         if expiration_time is None:
             expiration_time = now + timeout
-        if request_uuid is not None:
-            try:
-                request_uuid = str(uuid.UUID(str(request_uuid)))
-            except ValueError:
-                raise ValidationError(f"requestUUID {request_uuid!r} is not a UUID") from None
         record = RpcRecord(
             id=request_uuid or _uuid4(),
             tenant_id=tenant_id,
@@ -338,7 +342,7 @@ class PersistentRpc:
             method=method,
             params={} if params is None else params,
             oneway=oneway,
-            retries=min(retries or 0, s.max_retries),
+            retries=effective_retries(retries, s),
             timeout_ms=timeout,
             additional_info=additional_info,
             owner_node=self.node_id,
@@ -350,11 +354,8 @@ class PersistentRpc:
         ):
             if problem is not None:
                 raise ValidationError(f"{what} cannot be stored: {problem}")
-        size = request_size(method, record.params, record.id)
-        if size > s.max_payload:
-            raise ValidationError(
-                f"the request is {size} bytes, over the maximum payload of {s.max_payload} bytes"
-            )
+        # Refused before it is stored: a request over max_payload could never be sent.
+        self.dispatcher.check_request(method, record.params, record.id)
         if self._per_device.get(device, 0) >= self.queue_cap:
             raise QueueFullError(
                 f"device {device!r} already has {self.queue_cap} unfinished persistent calls (queue_cap)"
@@ -481,8 +482,8 @@ class PersistentRpc:
         try:
             live.rid = self.dispatcher.submit(
                 rec.device_id, rec.method, rec.params, live,
-                deadline=asyncio.get_running_loop().time() + until_expiry, oneway=rec.oneway,
-                request_id=rec.id,
+                deadline=asyncio.get_running_loop().time() + until_expiry,
+                attempt_timeout=rec.timeout_ms / 1000.0, oneway=rec.oneway, request_id=rec.id,
             )
         except QueueFullError:
             return False
@@ -542,10 +543,7 @@ class PersistentRpc:
             self.stats.retries += 1
         self._set_status(live, S, attempts=rec.attempts + 1)
         self.stats.sent += 1
-        # This attempt's transport timeout, never past the expiration time.
-        loop_now = asyncio.get_running_loop().time()
-        until_expiry = (rec.expiration_time - _now_ms()) / 1000.0
-        self.dispatcher.rearm(live.rid, loop_now + min(rec.timeout_ms / 1000.0, until_expiry))
+        # The dispatcher armed this attempt's transport timeout when it sent it.
         if self._backlog:  # a held call left the device's queue: room for one
             self._pump_soon(rec.device_id)
 

@@ -30,31 +30,45 @@ import asyncio
 import time
 from typing import Any
 
-from ..api.auth import LoginGuard, RateLimiter, TokenService
+from ..api.auth import RateLimiter, TokenService
 from ..api.metrics import Metrics
 from ..config import ServerSettings, Settings
 
-__all__ = ["Activity", "ServerContext"]
+__all__ = ["Activity", "ServerContext", "FEATURES"]
+
+#: The parts of the API beyond ThingsBoard's, each a ``setup(app, ctx)``.
+FEATURES = ("fleetrpc.jobs.api", "fleetrpc.console")
 
 
 class Activity:
     """Each device's last activity (epoch ms): presence changes, heartbeats,
-    replies seen through the API.  Online state is the dispatcher's."""
+    replies seen through the API.  Online state is the dispatcher's.  What
+    changed since the last :meth:`take_changes` is written to the devices'
+    table now and then (``server.activity_flush_s``), so it outlives a
+    restart."""
 
     def __init__(self) -> None:
         self._last: dict[str, int] = {}
+        self._changed: dict[str, int] = {}
 
     def touch(self, device_id: str, when_ms: int | None = None) -> None:
-        self._last[device_id] = when_ms if when_ms is not None else int(time.time() * 1000)
+        ms = when_ms if when_ms is not None else int(time.time() * 1000)
+        self._last[device_id] = ms
+        self._changed[device_id] = ms
 
     def last(self, device_id: str) -> int | None:
         return self._last.get(device_id)
+
+    def take_changes(self) -> list[tuple[str, int]]:
+        """The (device, last activity) pairs changed since the last call."""
+        changed, self._changed = self._changed, {}
+        return list(changed.items())
 
 
 class ServerContext:
     """The parts of one server; see the module docstring."""
 
-    def __init__(self, settings: ServerSettings, *, features: tuple[str, ...] | list[str] = ()) -> None:
+    def __init__(self, settings: ServerSettings, *, features: tuple[str, ...] | list[str] = FEATURES) -> None:
         self.settings = settings
         self.features = tuple(features)
         self.library: Settings | None = None
@@ -69,7 +83,8 @@ class ServerContext:
         self.tenants: Any = None
         self.customers: Any = None
         self.tokens: TokenService | None = None
-        self.login_guard = LoginGuard(settings.auth)
+        self.jobs: Any = None         # fleet jobs (fleetrpc.jobs.JobEngine)
+        self.job_targets: Any = None  # their target resolver (fleetrpc.jobs.registry)
         self.rate_limiter = RateLimiter(settings.rate_limits)
         self.metrics = Metrics()
         self.activity = Activity()
@@ -77,7 +92,10 @@ class ServerContext:
         self.url: str | None = None
         #: ``fleetrpc serve --demo``: load ThingsBoard's demo accounts and devices
         self.demo = False
-        #: replaces the identity repositories (tests, the REST bench):
+        #: the argon2 PasswordHasher of the users' repository (None: argon2's
+        #: defaults; tests pass a cheap one)
+        self.password_hasher: Any = None
+        #: replaces the identity repositories (the REST bench's directory):
         #: ``async (ctx) -> close()``, filling ctx.devices, ctx.users, ...
         self.open_repositories: Any = None
         #: set once the server stops taking requests (SIGTERM): new ones get 503

@@ -13,7 +13,8 @@ reverse, also when a later one fails to start:
 5. ``dispatcher`` the broker connection and the dispatch engine
 6. ``engine``     persistent RPC: recovers unfinished calls; TTL clean-up;
                   on stop, flushes every status write
-7. ``http``       the API; on stop it drains (see :func:`http`)
+7. ``jobs``       fleet jobs: resumes interrupted ones
+8. ``http``       the API; on stop it drains (see :func:`http`)
 """
 
 from __future__ import annotations
@@ -87,7 +88,7 @@ def _timed_writes(store: Any, histogram: Any) -> None:
 
 
 async def database(ctx: ServerContext) -> AsyncIterator[None]:
-    from ..store import open_store
+    from ..store import rpc_store
     from ..store.db import open_database
     from .identity import open_repositories
 
@@ -95,7 +96,8 @@ async def database(ctx: ServerContext) -> AsyncIterator[None]:
     try:
         close_repositories = await open_repositories(ctx)
         try:
-            ctx.store = await open_store(ctx.library.store_url, group_commit=True)
+            ctx.store = rpc_store(ctx.db, group_commit=True)  # on the shared Database
+            await ctx.store.open()
             _timed_writes(ctx.store, ctx.metrics.store_write)
             try:
                 yield
@@ -132,7 +134,7 @@ async def events(ctx: ServerContext) -> AsyncIterator[None]:
 
 
 async def dispatcher(ctx: ServerContext) -> AsyncIterator[None]:
-    from ..dispatcher import Dispatcher
+    from ..dispatch import Dispatcher
     from ..events import forward_client_calls
 
     d = Dispatcher(ctx.library)
@@ -148,16 +150,38 @@ async def dispatcher(ctx: ServerContext) -> AsyncIterator[None]:
     await d.start()
     ctx.dispatcher = d
     ctx.metrics.watch(ctx)
+    flusher = asyncio.ensure_future(_flush_activity_every(ctx, ctx.settings.server.activity_flush_s))
     try:
         yield
     finally:
+        flusher.cancel()
         await d.close()
+        await _flush_activity(ctx)
+
+
+async def _flush_activity(ctx: ServerContext) -> None:
+    """Write the devices' last activity seen since the last flush."""
+    touch = getattr(ctx.devices, "touch_activity_many", None)
+    changes = ctx.activity.take_changes()
+    if touch is None or not changes:
+        return
+    try:
+        await touch(changes)
+    except Exception:
+        log.exception("could not write the last activity of %d devices", len(changes))
+
+
+async def _flush_activity_every(ctx: ServerContext, interval: float) -> None:
+    while True:
+        await asyncio.sleep(interval)  # a period, not a synchronisation
+        await _flush_activity(ctx)
 
 
 async def engine(ctx: ServerContext) -> AsyncIterator[None]:
     from ..rpc.persistent import PersistentRpc
 
-    e = PersistentRpc(ctx.dispatcher, ctx.store, emit=ctx.bus.emit)
+    # No default tenant: every call, read and delete must name its tenant.
+    e = PersistentRpc(ctx.dispatcher, ctx.store, emit=ctx.bus.emit, default_tenant=None)
     recovered = await e.start()
     if recovered:
         log.info("recovered %d unfinished persistent calls", recovered)
@@ -166,6 +190,27 @@ async def engine(ctx: ServerContext) -> AsyncIterator[None]:
         yield
     finally:
         await e.close()  # every status write flushed; unfinished calls stay stored
+
+
+async def jobs(ctx: ServerContext) -> AsyncIterator[None]:
+    """Fleet jobs: resumes the jobs a restart interrupted; on stop, the
+    running ones stay stored and resume on the next start."""
+    from ..jobs import JobEngine
+    from ..jobs.registry import JobTargets
+    from ..store.jobs import JobRepository
+
+    ctx.job_targets = JobTargets(ctx.db)
+    engine = JobEngine(ctx.dispatcher, JobRepository(ctx.db), persistent=ctx.engine,
+                       targets=ctx.job_targets, emit=ctx.bus.emit)
+    resumed = await engine.start()
+    if resumed:
+        log.info("resumed %d fleet jobs", resumed)
+    ctx.jobs = engine
+    try:
+        yield
+    finally:
+        await engine.close()
+        ctx.jobs = None
 
 
 def _ssl_context(ctx: ServerContext) -> ssl.SSLContext | None:
@@ -223,5 +268,6 @@ PARTS: tuple[tuple[str, Part], ...] = (
     ("events", events),
     ("dispatcher", dispatcher),
     ("engine", engine),
+    ("jobs", jobs),
     ("http", http),
 )

@@ -48,9 +48,13 @@ from .fleet import Behaviour, Fleet, FleetError
 @click.option("--duration", default=0.0, show_default=True, type=click.FloatRange(0),
               help="Seconds to run (0 = until Ctrl-C, at most one day).")
 @click.option("--seed", default=None, type=int, help="Random seed (errors, drops, churn).")
+@click.option("--device", "device_ids", multiple=True,
+              help="Run this one device (repeatable), a widget device with a level behind getValue/setValue, "
+                   "instead of a fleet; its --token (in the same order) is the MQTT username.")
+@click.option("--token", "tokens", multiple=True, help="The access token of each --device.")
 def simulate(devices, url, processes, prefix, first, qos, latency_ms, jitter_ms, error_rate,
              drop_rate, slow_fraction, slow_latency_ms, ack, presence, churn_s, churn_fraction,
-             offline_s, duration, seed):
+             offline_s, duration, seed, device_ids, tokens):
     """Simulate DEVICES devices that answer fleetrpc requests.
 
     Each device subscribes to {prefix}/d/{id}/req/# and replies on
@@ -58,6 +62,12 @@ def simulate(devices, url, processes, prefix, first, qos, latency_ms, jitter_ms,
     sleep ({"ms": n}), fail (always an error), notify (never a reply: for
     one-way calls).  Counters are printed every second.
     """
+    if device_ids:
+        if tokens and len(tokens) != len(device_ids):
+            raise click.UsageError("give one --token per --device, or none")
+        _run(_widgets(url, prefix, list(device_ids), list(tokens) or [None] * len(device_ids),
+                      duration if duration > 0 else 86400.0))
+        return
     behaviour = Behaviour(
         latency_ms=latency_ms, jitter_ms=jitter_ms, error_rate=error_rate, drop_rate=drop_rate,
         slow_fraction=slow_fraction, slow_latency_ms=slow_latency_ms, ack=ack, presence=presence,
@@ -81,7 +91,35 @@ def _run(coro) -> None:
         uvloop.run(coro)
 
 
-async def _simulate(fleet: Fleet, limit: float) -> None:
+async def _widgets(url: str, prefix: str, device_ids: list[str], tokens: list, limit: float) -> None:
+    """A few widget devices on their own connections, until Ctrl-C."""
+    from .widgets import WidgetDevice
+
+    stop = _stop_event()
+    devices = [WidgetDevice(d, url, token=t, prefix=prefix) for d, t in zip(device_ids, tokens)]
+    try:
+        await asyncio.gather(*(d.connect() for d in devices))
+    except Exception as exc:
+        raise click.ClickException(f"could not connect to {url}: {exc}") from None
+    click.echo(f"{len(devices)} device(s) connected to {url}; they answer getValue, setValue, rpcCommand, "
+               "getTemperature and echo; Ctrl-C stops", err=True)
+    seen = 0
+    try:
+        end = time.monotonic() + limit
+        while not stop.is_set() and time.monotonic() < end:
+            try:
+                await asyncio.wait_for(stop.wait(), 0.5)
+            except asyncio.TimeoutError:
+                pass
+            for d in devices:
+                for method, params in d.received[seen:] if len(devices) == 1 else []:
+                    click.echo(f"{d.device_id}: {method}({params!r}) -> level {d.level}", err=True)
+            seen = len(devices[0].received) if len(devices) == 1 else 0
+    finally:
+        await asyncio.gather(*(d.close() for d in devices), return_exceptions=True)
+
+
+def _stop_event() -> asyncio.Event:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -89,6 +127,11 @@ async def _simulate(fleet: Fleet, limit: float) -> None:
             loop.add_signal_handler(sig, stop.set)
         except (NotImplementedError, RuntimeError):  # not the main thread
             pass
+    return stop
+
+
+async def _simulate(fleet: Fleet, limit: float) -> None:
+    stop = _stop_event()
     t0 = time.monotonic()
     click.echo(f"connecting {len(fleet)} devices to {fleet.url} ...", err=True)
     stats = await fleet.start()

@@ -46,6 +46,7 @@ import msgspec
 
 from .leanmqtt import Flusher, LeanClient, MqttError, parse_url
 from ..runner import freeze_startup_heap
+from ..wire import DeviceTopics, ErrorCode, error_reply
 
 __all__ = ["Behaviour", "Fleet", "FleetError", "device_id", "raise_nofile_limit"]
 
@@ -127,9 +128,9 @@ class _SleepParams(msgspec.Struct):
 
 _decode_request = msgspec.json.Decoder(_Request).decode
 _decode_sleep = msgspec.json.Decoder(_SleepParams).decode
-_SIM_ERROR = b'{"error":{"code":"SIM_ERROR","message":"simulated failure"}}'
-_FAIL_ERROR = b'{"error":{"code":"FAILED","message":"method fail always fails"}}'
-_BAD_REQUEST = b'{"error":{"code":"BAD_REQUEST","message":"request is not {\\"method\\", \\"params\\"}"}}'
+_SIM_ERROR = error_reply("SIM_ERROR", "simulated failure")
+_FAIL_ERROR = error_reply("FAILED", "method fail always fails")
+_BAD_REQUEST = error_reply(ErrorCode.BAD_REQUEST, 'request is not {"method", "params"}')
 _OFFLINE = b'{"status":"offline"}'
 
 _COUNTERS = (
@@ -146,17 +147,17 @@ class _Device:
     __slots__ = ("ack", "churning", "client", "id", "index", "presence", "req", "res", "sim", "slow", "up")
 
     def __init__(self, sim: _Sim, index: int, dev_id: str) -> None:
-        base = f"{sim.prefix}/d/{dev_id}/"
+        topics = DeviceTopics(sim.prefix, dev_id)
         self.sim = sim
         self.id = dev_id
         self.index = index
         self.client: LeanClient | None = None
         #: connected, subscribed and counted online
         self.up = False
-        self.req = base + "req/"
-        self.res = base + "res/"
-        self.ack = base + "ack/"
-        self.presence = base + "presence"
+        self.req = topics.request_head
+        self.res = topics.reply_head
+        self.ack = topics.ack_head
+        self.presence = topics.presence
         self.slow = False
         self.churning = False
 

@@ -15,7 +15,8 @@ needs on top of it and what gmqtt lacks (see shared/MQTT-NOTES.md):
 - a fast path for the two hot packets (see :class:`_FastProtocol`): inbound
   PUBLISH parsed by the compiled core, outbound PUBLISH built by it, and
   every write of one loop iteration sent in one ``write`` call.  gmqtt's
-  private names used for that are pinned by the gmqtt version bound.
+  private names used for that live in :mod:`.gmqtt_compat` only, which
+  checks the installed gmqtt against the releases it knows.
 """
 
 from __future__ import annotations
@@ -23,22 +24,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl as _ssl
-import time
 import uuid
 from collections import deque
-from functools import partial
 from typing import Any, Callable
 from urllib.parse import unquote, urlsplit
 
 import gmqtt
-from gmqtt.mqtt.connection import MQTTConnection
-from gmqtt.mqtt.constants import MQTTv50, MQTTv311
-from gmqtt.mqtt.package import Package
-from gmqtt.mqtt.protocol import BaseMQTTProtocol, MQTTProtocol
-from gmqtt.mqtt.utils import IdGenerator, pack_variable_byte_integer
 
 from .. import _core
 from ..errors import CodecError, ValidationError
+from .gmqtt_compat import ClientBase, MQTTv50, MQTTv311, ProtocolBase
 
 log = logging.getLogger("fleetrpc.transport")
 
@@ -63,35 +58,12 @@ def parse_url(url: str) -> dict[str, Any]:
     }
 
 
-_PUBACK = 0x40
 #: Bytes of queued packets that make a write happen at once, not at the end
 #: of the loop turn.
 _FLUSH_EARLY = 65536
 
 
-class _FastIds(IdGenerator):
-    """gmqtt's packet-id allocator, same rules, without a log call per id."""
-
-    def next_id(self) -> int:
-        used = self._used_ids
-        if len(used) >= self._max - 1:
-            raise OverflowError("All ids has already used. May be your QoS queue is full.")
-        i = self._last_used_id
-        while True:
-            i += 1
-            if i >= self._max:
-                i = 1
-            if i not in used:
-                break
-        self._last_used_id = i
-        used.add(i)
-        return i
-
-    def free_id(self, id: int) -> None:
-        self._used_ids.discard(id)
-
-
-class _FastProtocol(MQTTProtocol):
+class _FastProtocol(ProtocolBase):
     """gmqtt's protocol with the hot path replaced.
 
     Reading: ``data_received`` feeds the compiled :class:`MqttReader`
@@ -125,35 +97,34 @@ class _FastProtocol(MQTTProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:
         # Skip MQTTProtocol's read-loop task: data_received does its work.
-        BaseMQTTProtocol.connection_made(self, transport)
+        self.start_without_read_loop(transport)
         self._reader.v5 = self.proto_ver == MQTTv50
 
     def data_received(self, data: bytes) -> None:
-        conn = self._connection
-        if conn is None or conn._handler.current_connection is not conn:
+        if not self.is_current():
             return  # a superseded connection (gmqtt's put_package rule)
-        conn._last_data_in = time.monotonic()
+        self.note_data_in()
         reader = self._reader
         try:
             reader.feed(data)
         except CodecError as exc:
+            # Only a malformed stream raises: a handler's bug is logged and
+            # counted by the reader, which parses on.
             log.warning("malformed MQTT stream from the broker (%s): closing the connection", exc)
-            self._transport.close()
-        except Exception:  # a handler's bug: never lose the connection for it
-            log.exception("inbound message handler failed")
+            self.socket.close()
         acks = reader.take_acks()
         if acks:
             self.write_data(acks)
         if self._batch_reads is not None and self._resume_handle is None and self._batch_reads():
-            transport = self._transport
+            transport = self.socket
             if transport is not None and not transport.is_closing():
                 transport.pause_reading()
                 self.batched_reads += 1
-                self._resume_handle = self._loop.call_later(self._batch_delay, self._resume_batched)
+                self._resume_handle = self.event_loop.call_later(self._batch_delay, self._resume_batched)
 
     def _resume_batched(self) -> None:
         self._resume_handle = None
-        transport = self._transport
+        transport = self.socket
         if transport is not None and not transport.is_closing():
             transport.resume_reading()
 
@@ -170,13 +141,10 @@ class _FastProtocol(MQTTProtocol):
         return False
 
     def _on_packet(self, cmd: int, body: bytes) -> None:
-        self._connection.put_package(Package(cmd, body))
+        self.handle_packet(cmd, body)
 
     def _on_props(self, topic: str, payload: bytes, props: bytes) -> None:
-        properties, _ = self._connection._handler._parse_properties(
-            bytes(pack_variable_byte_integer(len(props))) + props
-        )
-        self._deliver(topic, payload, properties)
+        self._deliver(topic, payload, self.parse_properties(props))
 
     def write_data(self, data: bytes) -> None:
         self._out.append(data)
@@ -186,7 +154,7 @@ class _FastProtocol(MQTTProtocol):
             # slices while it is still being built, so the broker starts early.
             self._flush()
         elif self._flush_handle is None:
-            self._flush_handle = self._loop.call_soon(self._flush)
+            self._flush_handle = self.event_loop.call_soon(self._flush)
 
     def _flush(self) -> None:
         if self._flush_handle is not None:
@@ -194,12 +162,11 @@ class _FastProtocol(MQTTProtocol):
             self._flush_handle = None
         self._out_size = 0
         out, self._out = self._out, []
-        transport = self._transport
+        transport = self.socket
         if out and transport is not None and not transport.is_closing():
-            if self._connection is not None:
-                self._connection._last_data_out = time.monotonic()
+            self.note_data_out()
             transport.write(out[0] if len(out) == 1 else b"".join(out))
-        if self.written_tokens and not self._paused:
+        if self.written_tokens and not self.writing_paused:
             self._confirm_written()
 
     def resume_writing(self) -> None:
@@ -213,45 +180,29 @@ class _FastProtocol(MQTTProtocol):
             self.on_written(tokens)
 
 
-class _Client(gmqtt.Client):
+class _Client(ClientBase):
     """gmqtt client on :class:`_FastProtocol` that reports PUBACKs."""
+
+    protocol_class = _FastProtocol
 
     def __init__(self, client_id: str, owner: "MqttTransport", **kwargs: Any) -> None:
         super().__init__(client_id, **kwargs)
         self._owner = owner
-        self._package_handler.id_generator = _FastIds()
 
-    async def _create_connection(self, host, port, ssl, clean_session, keepalive):
-        # gmqtt's own steps (see Client._create_connection), on our protocol.
-        self._exit_reconnecting_state()
-        self._package_handler.clear_topics_aliases()
-        self._connack_received.clear()
-        self._connection_lost.clear()
-        factory = partial(
-            _FastProtocol,
-            connection_state=self._connection_state,
-            id_generator=self._package_handler.id_generator,
-            on_publish=self._owner._deliver,
-            on_puback=self._on_puback,
-            batch_reads=self._owner._batch_reads if self._owner.read_batch_above else None,
-            batch_delay=self._owner.read_batch_delay,
-        )
-        transport, protocol = await asyncio.get_running_loop().create_connection(
-            factory, host, port, ssl=ssl
-        )
-        return MQTTConnection(
-            transport, protocol, clean_session, keepalive,
-            package_handler=self._package_handler, logger=self._logger,
-        )
+    def protocol_options(self) -> dict[str, Any]:
+        owner = self._owner
+        return {
+            "on_publish": owner._deliver,
+            "on_puback": self._on_puback,
+            "batch_reads": owner._batch_reads if owner.read_batch_above else None,
+            "batch_delay": owner.read_batch_delay,
+        }
 
     def _on_puback(self, mid: int) -> None:
-        # What gmqtt's PUBACK handler does, minus its logging and dispatch.
-        self._package_handler.id_generator.free_id(mid)
-        self._persistent_storage.remove_message_by_mid(mid)
+        self.acknowledged(mid)
         self._owner._on_puback(mid)
 
-    def _remove_message_from_queue(self, mid: int) -> None:
-        super()._remove_message_from_queue(mid)
+    def on_message_removed(self, mid: int) -> None:
         self._owner._on_puback(mid)
 
 
@@ -387,9 +338,7 @@ class MqttTransport:
         client, self._client = self._client, None
         self._waiting.clear()
         if client is not None:
-            client._is_active = False  # no reconnect
-            if client._connection is not None:
-                client._connection._transport.abort()
+            client.abort()
 
     @property
     def connected(self) -> bool:
@@ -413,8 +362,7 @@ class MqttTransport:
     # -- gmqtt callbacks ----------------------------------------------------
 
     def _on_connect(self, client, flags, rc, properties) -> None:
-        values = client._package_handler._connack_properties.get("receive_maximum")
-        receive_max = values[0] if values else 65535
+        receive_max = client.receive_maximum() or 65535
         # gmqtt raises OverflowError at (receive maximum - 1) unacked ids.
         self._window = max(1, min(receive_max - 2, self._max_inflight))
         session_present = bool(flags)
@@ -425,7 +373,7 @@ class MqttTransport:
                     client.resubscribe(sub)
             else:
                 client.subscribe([gmqtt.Subscription(t, qos=q) for t, q in self._filters])
-        self._proto = client._connection._protocol
+        self._proto = client.protocol
         self._up = True
         if self._connected.is_set():
             return
@@ -508,7 +456,7 @@ class MqttTransport:
             proto.on_written = self._on_written
         proto.write_data(package)
         if qos:
-            client._persistent_storage.push_message(mid, package)
+            client.track_inflight(mid, package)
             self._inflight += 1
             if token >= 0:
                 self._mid_token[mid] = token

@@ -1,13 +1,20 @@
-"""Who may touch which device: ThingsBoard's roles and ownership, in one place.
+"""Who may touch what: ThingsBoard's roles and ownership, in one place
+(its ``SysAdminPermissions``, ``TenantAdminPermissions``,
+``CustomerUserPermissions`` and ``AccessValidator``).
 
-- SYS_ADMIN manages tenants and tenant administrators; it calls no device
-  (the RPC path answers it with a bare-text 403).
-- TENANT_ADMIN does everything within its tenant.
-- CUSTOMER_USER reaches only the devices assigned to its customer.
+- SYS_ADMIN manages tenants, system administrators and tenant
+  administrators; it calls no device (the RPC path answers it with a
+  bare-text 403) and sees no tenant's devices or customers.
+- TENANT_ADMIN does everything within its tenant: customers, their users,
+  devices, credentials, assignment.
+- CUSTOMER_USER reads (and may rename, WRITE) only the devices assigned to
+  its customer, reads its customer and their credentials, calls them;
+  creates, deletes and assigns nothing.
 
-Every device lookup is scoped by the caller's tenant (``devices.get(
-tenant_id, device_id)``): another tenant's device is "not found", exactly as
-an unknown one, so no request can even learn that it exists.
+Every lookup is scoped by the caller's tenant (``devices.get(tenant_id,
+device_id)``): another tenant's device, customer or user is "not found",
+exactly as an unknown one, so no request can even learn that it exists.
+Within the tenant, another customer's entity is a 403.
 """
 
 from __future__ import annotations
@@ -15,10 +22,22 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from ..auth import NULL_UUID, Principal
+from ..auth import CUSTOMER_USER, NULL_UUID, SYS_ADMIN, TENANT_ADMIN, Principal
 from ..errors import DEVICE_NOT_FOUND, NO_PERMISSION, SYSADMIN_NOT_ALLOWED, ApiError
 
-__all__ = ["check_uuid", "require", "device_for_rpc", "device_for_read", "NULL_UUID"]
+__all__ = [
+    "check_uuid",
+    "require",
+    "device_for_rpc",
+    "device_for_read",
+    "device_for_write",
+    "device_for_tenant_admin",
+    "customer_for_read",
+    "tenant_for_read",
+    "user_for_admin",
+    "new_user_owner",
+    "NULL_UUID",
+]
 
 
 def check_uuid(value: str) -> str:
@@ -61,3 +80,90 @@ async def device_for_read(ctx: Any, p: Principal, device_id: str) -> Any:
     if p.is_customer_user and str(device.customer_id or NULL_UUID) != p.customer_id:
         raise ApiError.forbidden()
     return device
+
+
+async def device_for_write(ctx: Any, p: Principal, device_id: str) -> Any:
+    """The device ``p`` may change (WRITE: name, type, label, info): the
+    tenant administrator's any device of its tenant, a customer user's its
+    customer's devices; JSON 403 / 404 otherwise."""
+    return await device_for_read(ctx, p, device_id)
+
+
+async def device_for_tenant_admin(ctx: Any, p: Principal, device_id: str) -> Any:
+    """A device of the caller's tenant, for what only a tenant administrator
+    may do (delete, assign, set credentials)."""
+    require(p, TENANT_ADMIN)
+    device = await ctx.devices.get(p.tenant_id, device_id)
+    if device is None:
+        raise ApiError.not_found(f"Device with id [{device_id}] is not found")
+    return device
+
+
+async def customer_for_read(ctx: Any, p: Principal, customer_id: str) -> Any:
+    """The customer ``p`` may read (and list the devices of): any customer
+    of the tenant administrator's tenant, the customer user's own one."""
+    require(p, TENANT_ADMIN, CUSTOMER_USER)
+    if p.is_customer_user and customer_id != p.customer_id:
+        raise ApiError.forbidden()
+    customer = await ctx.customers.get(p.tenant_id, customer_id)
+    if customer is None:
+        raise ApiError.not_found(f"Customer with id [{customer_id}] is not found")
+    return customer
+
+
+async def tenant_for_read(ctx: Any, p: Principal, tenant_id: str) -> Any:
+    """A tenant: any for the system administrator, its own for a tenant
+    administrator (another one is a 403 whether it exists or not)."""
+    require(p, SYS_ADMIN, TENANT_ADMIN)
+    if p.is_tenant_admin and tenant_id != p.tenant_id:
+        raise ApiError.forbidden()
+    tenant = await ctx.tenants.get(tenant_id)
+    if tenant is None:
+        raise ApiError.not_found(f"Tenant with id [{tenant_id}] is not found")
+    return tenant
+
+
+def _may_manage(p: Principal, user: Any) -> bool:
+    if p.is_sysadmin:
+        return user.authority in (SYS_ADMIN, TENANT_ADMIN)
+    if p.is_tenant_admin:
+        return user.tenant_id == p.tenant_id and user.authority in (TENANT_ADMIN, CUSTOMER_USER)
+    return False
+
+
+async def user_for_admin(ctx: Any, p: Principal, user_id: str) -> Any:
+    """A user ``p`` administers (reads, updates, activates): the system
+    administrator's system and tenant administrators, a tenant
+    administrator's users of its tenant.  Another tenant's user is not
+    found; a user ``p`` may not manage in its reach is a 403."""
+    require(p, SYS_ADMIN, TENANT_ADMIN)
+    user = await ctx.users.by_id(user_id)
+    if user is None or (p.is_tenant_admin and user.tenant_id != p.tenant_id):
+        raise ApiError.not_found(f"User with id [{user_id}] is not found")
+    if not _may_manage(p, user):
+        raise ApiError.forbidden()
+    return user
+
+
+def new_user_owner(p: Principal, authority: str, tenant_id: str, customer_id: str) -> tuple[str, str]:
+    """The (tenant, customer) a new user of ``authority`` gets when ``p``
+    creates it (``tenant_id``/``customer_id`` from the body): a system
+    administrator creates system administrators and tenant administrators
+    of the body's tenant; a tenant administrator creates tenant
+    administrators and customer users of its own tenant (the body's tenant
+    is ignored, as ThingsBoard overwrites it)."""
+    if p.is_sysadmin:
+        if authority == SYS_ADMIN:
+            return NULL_UUID, NULL_UUID
+        if authority == TENANT_ADMIN:
+            if tenant_id == NULL_UUID:
+                raise ApiError.bad_request("Tenant administrator should be assigned to tenant!")
+            return tenant_id, NULL_UUID
+    elif p.is_tenant_admin:
+        if authority == TENANT_ADMIN:
+            return p.tenant_id, NULL_UUID
+        if authority == CUSTOMER_USER:
+            if customer_id == NULL_UUID:
+                raise ApiError.bad_request("Customer user should be assigned to customer!")
+            return p.tenant_id, customer_id
+    raise ApiError.forbidden()

@@ -1,63 +1,241 @@
-"""ThingsBoard's entity endpoints.
+"""ThingsBoard's entity endpoints: what they share.
 
-Now: a device's online state and last activity, read as ThingsBoard exposes
-them -- the server-scope attributes ``active`` and ``lastActivityTime``:
-
-    GET /api/plugins/telemetry/DEVICE/{deviceId}/values/attributes/SERVER_SCOPE[?keys=active,lastActivityTime]
-    -> [{"lastUpdateTs": ms, "key": "active", "value": true},
-        {"lastUpdateTs": ms, "key": "lastActivityTime", "value": ms}]
-
-The CRUD endpoints of tenants, customers, users, devices and credentials
-come with the identity repositories.
+The endpoints live by entity: :mod:`.tenants` (tenants and customers),
+:mod:`.users` (users and activation), :mod:`.devices` (devices,
+credentials, assignment, DeviceInfo, online state).  Roles and ownership
+are decided in :mod:`.access` only.  Bodies are validated by the entity
+parsers of ``fleetrpc.store.entities`` (``DeviceInput.parse`` ...), answers
+are the entities' ``to_thingsboard()``; the msgspec Structs below describe
+the same shapes for the OpenAPI document (ThingsBoard's JSON: ids as
+``{"entityType", "id"}``, ``createdTime``, pages as ``PageData``).
 """
 
 from __future__ import annotations
 
-import time
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 from aiohttp import web
 
-from ..keys import CTX
-from ..openapi import Param, operation
-from .access import check_uuid, device_for_read
+__all__ = ["json_reply", "read_body"]
 
-__all__ = ["setup"]
-
-ACTIVITY_KEYS = ("active", "lastActivityTime")
+_encode = msgspec.json.Encoder().encode
+_decode = msgspec.json.Decoder().decode
 
 
-class AttributeKv(msgspec.Struct):
-    """One attribute as ThingsBoard lists it."""
-
-    lastUpdateTs: int
-    key: str
-    value: Any
+def json_reply(value: Any) -> web.Response:
+    return web.Response(body=_encode(value), content_type="application/json")
 
 
-async def device_activity(request: web.Request) -> web.Response:
-    ctx = request.app[CTX]
-    device = await device_for_read(ctx, request["principal"], check_uuid(request.match_info["deviceId"]))
-    device_id = str(device.id)
-    wanted = request.query.get("keys")
-    keys = [k for k in wanted.split(",") if k in ACTIVITY_KEYS] if wanted else list(ACTIVITY_KEYS)
-    last = ctx.activity.last(device_id)
-    info = ctx.dispatcher.device_info(device_id)
-    since = int(info.since * 1000) if info is not None else (last or 0)
-    online = ctx.dispatcher.is_online(device_id) if info is not None else False
-    values = {"active": (online, since), "lastActivityTime": (last or 0, last or 0)}
-    now = int(time.time() * 1000)
-    return web.json_response([
-        {"lastUpdateTs": values[k][1] or now, "key": k, "value": values[k][0]} for k in keys
-    ])
+async def read_body(request: web.Request) -> Any:
+    """The request's JSON body, decoded; 400 (errorCode 31) when it is not JSON."""
+    from ..errors import ApiError
+
+    try:
+        return _decode(await request.read())
+    except msgspec.DecodeError:
+        raise ApiError.bad_request("Invalid request body") from None
 
 
-def setup(app: web.Application, ctx: Any) -> None:
-    operation(
-        app, app.router.add_get("/api/plugins/telemetry/DEVICE/{deviceId}/values/attributes/SERVER_SCOPE",
-                                device_activity),
-        tag="devices", summary="A device's online state and last activity (server-scope attributes)",
-        response=list[AttributeKv], query=(Param("keys", str, False, "Comma-separated: active,lastActivityTime"),),
-        statuses={404: "No such device in the tenant"},
-    )
+# -- the JSON shapes (OpenAPI) ---------------------------------------------------------
+
+
+class EntityId(msgspec.Struct):
+    """An entity reference as ThingsBoard writes every id."""
+
+    entityType: str
+    id: str
+
+
+class PlainId(msgspec.Struct):
+    """A DeviceCredentialsId: not an EntityId, no entityType."""
+
+    id: str
+
+
+class DeviceJson(msgspec.Struct):
+    """ThingsBoard's ``Device``."""
+
+    id: EntityId
+    createdTime: int
+    tenantId: EntityId
+    customerId: EntityId
+    name: str
+    type: str
+    label: str | None
+    deviceProfileId: EntityId
+    deviceData: dict[str, Any]
+    firmwareId: EntityId | None
+    softwareId: EntityId | None
+    externalId: EntityId | None
+    version: int
+    additionalInfo: Any
+
+
+class DeviceInfoJson(DeviceJson):
+    """ThingsBoard's ``DeviceInfo``: a Device plus its customer's title, its
+    profile's name and whether it is connected now; plus its last activity
+    (epoch ms; null when never seen)."""
+
+    customerTitle: str | None
+    customerIsPublic: bool
+    deviceProfileName: str
+    active: bool
+    lastActivityTime: int | None
+
+
+class DeviceCredentialsJson(msgspec.Struct):
+    """ThingsBoard's ``DeviceCredentials`` (ACCESS_TOKEN only here)."""
+
+    id: PlainId
+    createdTime: int
+    deviceId: EntityId
+    credentialsType: str
+    credentialsId: str
+    credentialsValue: str | None
+    version: int
+
+
+class _Contact(msgspec.Struct):
+    country: str | None = None
+    state: str | None = None
+    city: str | None = None
+    address: str | None = None
+    address2: str | None = None
+    zip: str | None = None
+    phone: str | None = None
+    email: str | None = None
+
+
+class TenantJson(_Contact, kw_only=True):
+    """ThingsBoard's ``Tenant``."""
+
+    id: EntityId
+    createdTime: int
+    title: str
+    name: str
+    region: str | None
+    tenantProfileId: EntityId
+    additionalInfo: Any
+    version: int
+
+
+class CustomerJson(_Contact, kw_only=True):
+    """ThingsBoard's ``Customer``."""
+
+    id: EntityId
+    createdTime: int
+    title: str
+    name: str
+    tenantId: EntityId
+    additionalInfo: Any
+    externalId: EntityId | None
+    version: int
+
+
+class UserJson(msgspec.Struct):
+    """ThingsBoard's ``User``."""
+
+    id: EntityId
+    createdTime: int
+    tenantId: EntityId
+    customerId: EntityId
+    email: str
+    authority: str
+    firstName: str | None
+    lastName: str | None
+    phone: str | None
+    name: str
+    additionalInfo: Any
+    version: int
+
+
+class _Page(msgspec.Struct):
+    totalPages: int
+    totalElements: int
+    hasNext: bool
+
+
+class DevicePage(_Page):
+    data: list[DeviceJson]
+
+
+class DeviceInfoPage(_Page):
+    data: list[DeviceInfoJson]
+
+
+class TenantPage(_Page):
+    data: list[TenantJson]
+
+
+class CustomerPage(_Page):
+    data: list[CustomerJson]
+
+
+# -- request bodies (OpenAPI; the entity parsers do the checking) ------------------------
+
+
+class DeviceBody(msgspec.Struct, kw_only=True):
+    """``POST /api/device``: ``id`` set updates that device."""
+
+    id: EntityId | None = None
+    name: str
+    type: str | None = None
+    label: str | None = None
+    customerId: EntityId | None = None
+    additionalInfo: Any = None
+
+
+class CredentialsBody(msgspec.Struct, kw_only=True):
+    """A device's credentials (ACCESS_TOKEN: ``credentialsId`` is the token)."""
+
+    id: PlainId | None = None
+    deviceId: EntityId | None = None
+    credentialsType: Literal["ACCESS_TOKEN"] = "ACCESS_TOKEN"
+    credentialsId: str
+    credentialsValue: str | None = None
+
+
+class DeviceWithCredentialsBody(msgspec.Struct):
+    """``POST /api/device-with-credentials``."""
+
+    device: DeviceBody
+    credentials: CredentialsBody
+
+
+class TenantBody(_Contact, kw_only=True):
+    """``POST /api/tenant``: ``id`` set updates that tenant."""
+
+    id: EntityId | None = None
+    title: str
+    region: str | None = None
+    additionalInfo: Any = None
+
+
+class CustomerBody(_Contact, kw_only=True):
+    """``POST /api/customer``: ``id`` set updates that customer."""
+
+    id: EntityId | None = None
+    title: str
+    additionalInfo: Any = None
+
+
+class UserBody(msgspec.Struct, kw_only=True):
+    """``POST /api/user``: ``id`` set updates that user's names, phone, info."""
+
+    id: EntityId | None = None
+    email: str
+    authority: Literal["SYS_ADMIN", "TENANT_ADMIN", "CUSTOMER_USER"]
+    tenantId: EntityId | None = None
+    customerId: EntityId | None = None
+    firstName: str | None = None
+    lastName: str | None = None
+    phone: str | None = None
+    additionalInfo: Any = None
+
+
+class ActivateBody(msgspec.Struct):
+    """``POST /api/noauth/activate``."""
+
+    activateToken: str
+    password: str

@@ -26,40 +26,14 @@ from ..errors import ApiError
 from ..keys import CTX
 from ..openapi import Param, operation
 from .access import check_uuid, device_for_rpc, require
+from .paging import page_args, sort_order
 
-__all__ = ["setup", "page_args"]
+__all__ = ["setup"]
 
 #: Statuses a listing may filter on (ThingsBoard rejects DELETED; with a 500
 #: through its own bug, a 400 here).
 LISTABLE = tuple(s.value for s in RpcStatus if s is not RpcStatus.DELETED)
 SORT_PROPERTIES = ("createdTime", "expirationTime", "request", "response")
-
-
-def page_args(request: web.Request) -> tuple[int, int]:
-    """The required ``pageSize`` and ``page`` query parameters."""
-    q = request.query
-    out = []
-    for name, low in (("pageSize", 1), ("page", 0)):
-        raw = q.get(name)
-        if raw is None:
-            raise ApiError.bad_request(f"Required request parameter '{name}' for method parameter type int is not present")
-        try:
-            value = int(raw)
-        except ValueError:
-            raise ApiError.bad_request(f"Parameter '{name}' must be an integer, not {raw[:32]!r}") from None
-        if value < low or value > 10_000_000:
-            raise ApiError.bad_request(f"Parameter '{name}' must be >= {low}")
-        out.append(value)
-    if out[0] > 10_000:
-        raise ApiError.bad_request("Parameter 'pageSize' must be at most 10000")
-    return out[0], out[1]
-
-
-def sort_order(request: web.Request) -> str:
-    order = request.query.get("sortOrder", "DESC")
-    if order.upper() not in ("ASC", "DESC"):
-        raise ApiError.bad_request(f"Unsupported sort order '{order[:32]}'! Only 'ASC' or 'DESC' types are allowed.")
-    return order.upper()
 
 
 def _not_found(rpc_id: str) -> ApiError:

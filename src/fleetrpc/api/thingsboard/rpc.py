@@ -37,7 +37,7 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
-from ...dispatcher import CallObserver
+from ...dispatch import CallObserver
 from ...errors import (
     DeviceOfflineError,
     DispatcherClosedError,
@@ -170,9 +170,8 @@ async def _lightweight(ctx: Any, device_id: str, opts: CallOptions, timeout_stat
         metrics.rpc_done(kind, "offline", started)
         return empty(offline_status)
     except ReplyNotJsonError as exc:
-        # The codec reports an empty reply as "not JSON"; ThingsBoard answers
-        # an empty reply with an empty 200.
-        if str(exc).endswith("empty payload"):
+        # ThingsBoard answers an empty reply with an empty 200.
+        if exc.empty:
             metrics.rpc_done(kind, "ok", started)
             ctx.activity.touch(device_id)
             return web.Response(status=200)

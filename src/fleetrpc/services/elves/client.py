@@ -19,7 +19,7 @@ import msgspec
 
 from ..._core.constants import DEFAULT_PREFIX
 from ...errors import RpcTimeoutError
-from ...protocol import validate_id
+from ...wire import validate_id
 from ...transport.mqtt import MqttTransport
 
 __all__ = ["ElvesClient"]

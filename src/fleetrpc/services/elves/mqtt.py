@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 import msgspec
 
-from ...protocol import ELVES_BACK, ELVES_CALL
+from ...wire import ELVES_BACK, ELVES_CALL
 from .envelope import error_envelope
 from .errors import Code, ElvesError
 from .router import ElvesCall, ElvesRouter

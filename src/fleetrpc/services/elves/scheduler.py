@@ -48,7 +48,7 @@ from ...errors import (
     RpcTimeoutError,
     ValidationError,
 )
-from ...protocol import as_error
+from ...wire import as_error
 from .envelope import FLAG_FALSE, FLAG_TRUE, Envelope, Instruction, check_ip, normalise_mode
 from .errors import Code, ElvesError
 from .router import Alias, ElvesCall, ElvesRouter

@@ -1,0 +1,75 @@
+"""ThingsBoard's ``PageLink`` query parameters: ``pageSize`` and ``page``
+(required), ``textSearch``, ``sortProperty``, ``sortOrder``; answered as
+``PageData`` (``data``, ``totalPages``, ``totalElements``, ``hasNext``)."""
+
+from __future__ import annotations
+
+import msgspec
+from aiohttp import web
+
+from ..errors import ApiError
+from ..openapi import Param
+
+__all__ = ["PageQuery", "page_args", "page_query", "sort_order", "page_params"]
+
+MAX_PAGE_SIZE = 10_000
+
+
+class PageQuery(msgspec.Struct, frozen=True):
+    """One listing request as the repositories take it."""
+
+    page_size: int
+    page: int
+    text_search: str | None = None
+    sort_property: str | None = None
+    sort_order: str | None = None
+
+
+def page_args(request: web.Request) -> tuple[int, int]:
+    """The required ``pageSize`` and ``page`` query parameters."""
+    q = request.query
+    out = []
+    for name, low in (("pageSize", 1), ("page", 0)):
+        raw = q.get(name)
+        if raw is None:
+            raise ApiError.bad_request(f"Required request parameter '{name}' for method parameter type int is not present")
+        try:
+            value = int(raw)
+        except ValueError:
+            raise ApiError.bad_request(f"Parameter '{name}' must be an integer, not {raw[:32]!r}") from None
+        if value < low or value > 10_000_000:
+            raise ApiError.bad_request(f"Parameter '{name}' must be >= {low}")
+        out.append(value)
+    if out[0] > MAX_PAGE_SIZE:
+        raise ApiError.bad_request(f"Parameter 'pageSize' must be at most {MAX_PAGE_SIZE}")
+    return out[0], out[1]
+
+
+def sort_order(request: web.Request, default: str = "DESC") -> str:
+    order = request.query.get("sortOrder") or default
+    if order.upper() not in ("ASC", "DESC"):
+        raise ApiError.bad_request(f"Unsupported sort order '{order[:32]}'! Only 'ASC' or 'DESC' types are allowed.")
+    return order.upper()
+
+
+def page_query(request: web.Request, sort_properties: tuple[str, ...]) -> PageQuery:
+    """The PageLink of an entity listing; a ``sortProperty`` outside
+    ``sort_properties`` is a 400."""
+    page_size, page = page_args(request)
+    q = request.query
+    prop = q.get("sortProperty") or None
+    if prop is not None and prop not in sort_properties:
+        raise ApiError.bad_request(
+            f"Unsupported sort property '{prop[:64]}'! Use one of: {', '.join(sort_properties)}")
+    return PageQuery(page_size, page, q.get("textSearch") or None, prop, sort_order(request, "ASC"))
+
+
+def page_params(sort_properties: tuple[str, ...], search: str) -> tuple[Param, ...]:
+    """The OpenAPI description of a PageLink."""
+    return (
+        Param("pageSize", int, True, f"Page size (1-{MAX_PAGE_SIZE})"),
+        Param("page", int, True, "Page number, from 0"),
+        Param("textSearch", str, False, search),
+        Param("sortProperty", str, False, "Sort key", sort_properties),
+        Param("sortOrder", str, False, "ASC or DESC", ("ASC", "DESC")),
+    )

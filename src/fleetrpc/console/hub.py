@@ -1,0 +1,207 @@
+"""The console's live event stream: Server-Sent Events, one per browser tab.
+
+The hub hears every event once -- RPC status events and job events from the
+event bus, presence changes from the dispatcher -- and offers each to the
+connections whose user may see it: the same tenant, and for a customer user
+the same customer (a device's tenant and customer are looked up in the
+device registry, through a small bounded cache).  Each connection has a
+bounded buffer: when a browser reads slower than events come, the oldest are
+dropped and the browser is told how many, so a slow or stalled tab never
+grows the server's memory.
+
+The stream authenticates with ``?token=<jwt>`` (an ``EventSource`` cannot
+set headers; ThingsBoard's WebSocket API does the same).  An expired token
+closes the stream with a 401; the console refreshes and reconnects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import OrderedDict, deque
+from typing import Any
+
+import msgspec
+from aiohttp import web
+
+from ..api.keys import CTX
+from ..events import HookSink
+
+__all__ = ["EventHub", "events_stream"]
+
+log = logging.getLogger("fleetrpc.console")
+
+_encode = msgspec.json.Encoder().encode
+_KEEPALIVE_S = 15.0
+#: Devices whose owner (tenant, customer, name) is remembered.
+_OWNER_CACHE = 50_000
+#: Most event streams open at once (each holds a connection and a buffer).
+MAX_STREAMS = 1000
+_UNKNOWN = object()
+
+
+def _id(entity_id: Any) -> str | None:
+    return entity_id.get("id") if isinstance(entity_id, dict) else entity_id
+
+
+class _Stream:
+    """One browser's connection: who it is, and what it has not read yet."""
+
+    __slots__ = ("principal", "queue", "dropped", "wake")
+
+    def __init__(self, principal: Any, buffer: int) -> None:
+        self.principal = principal
+        self.queue: deque[bytes] = deque(maxlen=buffer)
+        self.dropped = 0
+        self.wake = asyncio.Event()
+
+    def may_see(self, tenant_id: str | None, customer_id: str | None) -> bool:
+        p = self.principal
+        if tenant_id is None or p.tenant_id != tenant_id:
+            return False
+        return p.authority == "TENANT_ADMIN" or (p.authority == "CUSTOMER_USER" and customer_id == p.customer_id)
+
+    def offer(self, data: bytes) -> None:
+        if len(self.queue) == self.queue.maxlen:
+            self.dropped += 1  # the deque drops the oldest
+        self.queue.append(data)
+        self.wake.set()
+
+
+class EventHub:
+    """Fans events out to the open streams, each filtered by its user."""
+
+    def __init__(self, ctx: Any, *, buffer: int = 1000) -> None:
+        self.ctx = ctx
+        self.buffer = buffer
+        self.streams: set[_Stream] = set()
+        # device -> (tenant, customer, name), or _UNKNOWN for an id that is
+        # not in the registry (so a flood of made-up ids costs one query each)
+        self._owners: OrderedDict[str, Any] = OrderedDict()
+        self._online: dict[str, set[str]] = {}  # tenant -> its devices online
+        self._tasks: set[asyncio.Task] = set()
+        self.sent = 0
+        self.dropped = 0
+
+    def start(self) -> None:
+        ctx = self.ctx
+        ctx.bus.add(HookSink(self._on_bus_event, name="console"))
+        ctx.dispatcher.on_presence(self._on_presence)
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        for s in list(self.streams):
+            s.wake.set()
+
+    # -- sources ----------------------------------------------------------------
+
+    async def _on_bus_event(self, event: Any) -> None:
+        if not self.streams:
+            return
+        body = event.body
+        device = _id(body.get("deviceId"))
+        if event.type.startswith("JOB_"):
+            tenant, customer = _id(body.get("tenantId")), _id(body.get("customerId"))
+        elif device is not None:
+            owner = await self._owner(device)
+            if owner is None:
+                return
+            tenant, customer = owner[0], owner[1]
+        else:
+            return
+        self._publish({"type": event.type, "ts": event.ts, "body": body}, tenant, customer)
+
+    def _on_presence(self, device: str, online: bool) -> None:
+        task = asyncio.ensure_future(self._presence(device, online, int(time.time() * 1000)))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _presence(self, device: str, online: bool, ts: int) -> None:
+        owner = await self._owner(device)
+        if owner is None:
+            return
+        online_now = self._online.setdefault(owner[0], set())
+        (online_now.add if online else online_now.discard)(device)
+        if self.streams:
+            self._publish({"type": "PRESENCE", "deviceId": device, "name": owner[2], "online": online, "ts": ts},
+                          owner[0], owner[1])
+
+    async def _owner(self, device_id: str) -> tuple[str, str | None, str] | None:
+        owner = self._owners.get(device_id)
+        if owner is not None:
+            self._owners.move_to_end(device_id)
+            return None if owner is _UNKNOWN else owner
+        try:
+            device = await self.ctx.devices.get_by_id(device_id)
+        except Exception:  # a malformed id, or the database is down: ask again next time
+            return None
+        owner = _UNKNOWN if device is None else (device.tenant_id, device.customer_id, device.name)
+        self._owners[device_id] = owner
+        if len(self._owners) > _OWNER_CACHE:
+            self._owners.popitem(last=False)
+        return None if owner is _UNKNOWN else owner
+
+    def online_count(self, tenant_id: str) -> int:
+        """How many of the tenant's devices are online now."""
+        return len(self._online.get(tenant_id, ()))
+
+    def forget(self, device_id: str) -> None:
+        """A device was deleted or reassigned: look its owner up again."""
+        owner = self._owners.pop(device_id, None)
+        if owner is not None and owner is not _UNKNOWN:
+            self._online.get(owner[0], set()).discard(device_id)
+
+    def _publish(self, event: dict, tenant_id: str | None, customer_id: str | None) -> None:
+        data = b"data: " + _encode(event) + b"\n\n"
+        for s in self.streams:
+            if s.may_see(tenant_id, customer_id):
+                s.offer(data)
+
+
+async def events_stream(request: web.Request, hub: EventHub) -> web.StreamResponse:
+    """``GET /api/console/events?token=<jwt>``: the user's events as SSE."""
+    from ..api.errors import ApiError
+
+    ctx = request.app[CTX]
+    token = request.query.get("token")
+    if not token:
+        raise ApiError.unauthorized()
+    principal = ctx.tokens.authenticate(token)  # raises ApiError 401 (10 or 11)
+    if principal.authority not in ("TENANT_ADMIN", "CUSTOMER_USER"):
+        raise ApiError.forbidden()
+    if len(hub.streams) >= MAX_STREAMS:
+        raise ApiError(429, "Too many open event streams", 33)
+    resp = web.StreamResponse(headers={
+        "Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no",
+    })
+    await resp.prepare(request)
+    stream = _Stream(principal, hub.buffer)
+    hub.streams.add(stream)
+    try:
+        await resp.write(b": connected\n\n")
+        while True:
+            try:
+                await asyncio.wait_for(stream.wake.wait(), _KEEPALIVE_S)
+            except asyncio.TimeoutError:
+                await resp.write(b": keepalive\n\n")
+                continue
+            stream.wake.clear()
+            if stream.dropped:
+                n, stream.dropped = stream.dropped, 0
+                hub.dropped += n
+                await resp.write(b"data: " + _encode({"type": "DROPPED", "count": n}) + b"\n\n")
+            while stream.queue:
+                chunk = b"".join(stream.queue)
+                n = len(stream.queue)
+                stream.queue.clear()
+                await resp.write(chunk)  # waits while the browser is slow: the deque bounds what piles up
+                hub.sent += n
+            if request.transport is None or request.transport.is_closing():
+                break
+    except (ConnectionResetError, asyncio.CancelledError):
+        pass
+    finally:
+        hub.streams.discard(stream)
+    return resp

@@ -1,0 +1,125 @@
+"""The overview page's figures, read from the server's Prometheus registry.
+
+``GET /api/console/stats`` answers one sample; the browser keeps a few
+minutes of them and draws rates and latency from the differences between
+samples, so the server keeps no history.
+
+Who sees what: the system administrator sees the whole server (dispatcher
+counters, pending calls, devices online, persistent calls, REST latency).
+A tenant administrator sees its own tenant only: its REST RPC calls and
+their latency (``fleetrpc_tenant_rpc_*``, counted by this package's
+middleware), its devices and how many are online.  A customer user has no
+overview.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import Counter, Histogram
+
+from ..api.errors import ApiError
+from ..api.keys import CTX
+
+__all__ = ["stats", "TenantRpcMetrics", "tenant_rpc_middleware"]
+
+_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+_RPC_PREFIXES = ("/api/rpc/oneway/", "/api/rpc/twoway/", "/api/plugins/rpc/oneway/", "/api/plugins/rpc/twoway/")
+
+
+class TenantRpcMetrics:
+    """REST RPC calls and their latency per tenant, in the server's registry."""
+
+    def __init__(self, registry: Any) -> None:
+        self.calls = Counter("fleetrpc_tenant_rpc_calls", "REST RPC calls by tenant and outcome",
+                             ("tenant", "outcome"), registry=registry)
+        self.latency = Histogram("fleetrpc_tenant_rpc_duration_seconds", "REST RPC latency by tenant",
+                                 ("tenant",), registry=registry, buckets=_BUCKETS)
+
+
+def tenant_rpc_middleware(metrics: TenantRpcMetrics):
+    @web.middleware
+    async def count(request: web.Request, handler):
+        if not request.path.startswith(_RPC_PREFIXES):
+            return await handler(request)
+        started = time.perf_counter()
+        outcome = "error"
+        try:
+            resp = await handler(request)
+            outcome = "ok" if resp.status < 400 else str(resp.status)
+            return resp
+        except web.HTTPException as exc:
+            outcome = str(exc.status)
+            raise
+        finally:
+            p = request.get("principal")
+            if p is not None and p.tenant_id:
+                metrics.calls.labels(p.tenant_id, outcome).inc()
+                metrics.latency.labels(p.tenant_id).observe(time.perf_counter() - started)
+
+    return count
+
+
+def _samples(registry: Any) -> dict[str, list]:
+    out: dict[str, list] = {}
+    for family in registry.collect():
+        for s in family.samples:
+            out.setdefault(s.name, []).append(s)
+    return out
+
+
+def _value(samples: dict[str, list], name: str, **labels: str) -> float:
+    total = 0.0
+    for s in samples.get(name, ()):
+        if all(s.labels.get(k) == v for k, v in labels.items()):
+            total += s.value
+    return total
+
+
+def _buckets(samples: dict[str, list], name: str, **labels: str) -> list[list[float]]:
+    """Cumulative histogram buckets ``[[le, count], ...]`` summed over the
+    other labels (the browser computes quantiles over a window from them)."""
+    by_le: dict[float, float] = {}
+    for s in samples.get(name + "_bucket", ()):
+        if all(s.labels.get(k) == v for k, v in labels.items()):
+            le = float(s.labels["le"])
+            by_le[le] = by_le.get(le, 0.0) + s.value
+    return [[le if le != float("inf") else None, n] for le, n in sorted(by_le.items())]
+
+
+async def stats(request: web.Request) -> web.Response:
+    ctx = request.app[CTX]
+    p = request["principal"]
+    samples = _samples(ctx.metrics.registry)
+    now = int(time.time() * 1000)
+    if p.authority == "SYS_ADMIN":
+        ev = lambda name: _value(samples, "fleetrpc_dispatcher_events_total", event=name)  # noqa: E731
+        body = {
+            "ts": now, "scope": "server",
+            "calls": {"total": ev("calls"), "timeouts": ev("timeouts"), "offline": ev("offline_rejected"),
+                      "failed": ev("timeouts") + ev("offline_rejected") + ev("queue_full") + ev("not_json")},
+            "pending": _value(samples, "fleetrpc_pending_calls"),
+            "devices": {"online": _value(samples, "fleetrpc_devices_online"), "total": None},
+            "persistent": {"unfinished": _value(samples, "fleetrpc_persistent_unfinished"),
+                           "failed": _value(samples, "fleetrpc_persistent_transitions_total", status="failed")},
+            "latency": _buckets(samples, "fleetrpc_rest_rpc_duration_seconds"),
+        }
+    elif p.authority == "TENANT_ADMIN":
+        t = p.tenant_id
+        total = _value(samples, "fleetrpc_tenant_rpc_calls_total", tenant=t)
+        ok = _value(samples, "fleetrpc_tenant_rpc_calls_total", tenant=t, outcome="ok")
+        devices = await ctx.devices.count(t) if hasattr(ctx.devices, "count") else None
+        hub = getattr(ctx, "console_hub", None)
+        body = {
+            "ts": now, "scope": "tenant",
+            "calls": {"total": total, "failed": total - ok},
+            "pending": None,
+            "devices": {"online": hub.online_count(t) if hub is not None else None, "total": devices},
+            "persistent": None,
+            "latency": _buckets(samples, "fleetrpc_tenant_rpc_duration_seconds", tenant=t),
+        }
+    else:
+        raise ApiError.forbidden()
+    return web.json_response(body)

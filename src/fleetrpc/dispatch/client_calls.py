@@ -1,0 +1,124 @@
+"""Client-side RPC: a device asks the server, a registered handler answers.
+
+The answer goes to the caller's own RETURN topic, ``{p}/d/{device}/ret/{cid}``,
+or to its MQTT 5 Response Topic when that lies in the same subtree; any other
+Response Topic is ignored and counted (``wire.own_answer_target``), so that
+no device can make the server publish into another device's topics.  A call
+that cannot be read gets ``BAD_REQUEST``; a call is never dropped in silence
+while its topic names a valid device and call id.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from typing import TYPE_CHECKING, Any, Awaitable, Callable
+
+import msgspec
+
+from ..errors import RemoteError
+from ..wire import ErrorCode, error_reply, own_answer_target, parse_call_topic
+
+if TYPE_CHECKING:
+    from .engine import Dispatcher
+
+log = logging.getLogger("fleetrpc.dispatcher")
+
+__all__ = ["ClientCalls", "Handler"]
+
+#: ``handler(device, params)``, plain or async; its return value is the reply.
+Handler = Callable[[str, Any], Any]
+
+
+class ClientCalls:
+    """The client-side handlers of one dispatcher and the answering of calls."""
+
+    def __init__(self, dispatcher: "Dispatcher") -> None:
+        self._d = dispatcher
+        self.handlers: dict[str, Handler] = {}
+        self._encode = msgspec.json.Encoder().encode
+
+    def add(self, method: str, fn: Handler) -> None:
+        self.handlers[method] = fn
+
+    # -- inbound ------------------------------------------------------------
+
+    def on_call(self, msg: Any, properties: dict | None) -> None:
+        d = self._d
+        d.stats.client_calls += 1
+        device, cid = msg.device, msg.rid
+        request = msg.body
+        topic, props = self._target(device, cid, properties)
+        if d._hooks:
+            d._emit("TO_SERVER_RPC_REQUEST", cid, device, {"method": request.method, "params": request.params})
+        handler = self.handlers.get(request.method)
+        if handler is None:
+            self._error(topic, props, ErrorCode.METHOD_NOT_FOUND, f"unknown method {request.method!r}")
+            return
+        try:
+            result = handler(device, request.params)
+        except Exception as exc:
+            self._handler_failed(topic, props, request.method, exc)
+            return
+        if inspect.isawaitable(result):
+            d._spawn(self._finish(topic, props, request.method, result))
+        else:
+            self._reply(topic, props, result)
+
+    def on_unreadable(self, topic: str, properties: dict | None, reason: str) -> bool:
+        """A message the codec rejected: if it is a CALL with a valid device
+        and call id, answer BAD_REQUEST and return True."""
+        parsed = parse_call_topic(self._d.settings.prefix, topic)
+        if parsed is None:
+            return False
+        device, cid = parsed
+        self._d.stats.bad_calls += 1
+        target, props = self._target(device, cid, properties)
+        self._error(target, props, ErrorCode.BAD_REQUEST, reason)
+        return True
+
+    def _target(self, device: str, cid: Any, properties: dict | None) -> tuple[str, dict | None]:
+        topics = self._d._topics
+        own = topics.return_(device, cid)
+        if not properties:
+            return own, None
+        topic, props, honoured = own_answer_target(own, topics.return_head(device), properties)
+        if not honoured:
+            self._d.stats.foreign_response_topic += 1
+            log.debug("device %r named a Response Topic outside its own answers: ignored", device)
+        return topic, props
+
+    # -- answering ----------------------------------------------------------
+
+    async def _finish(self, topic: str, props: dict | None, method: str, awaitable: Awaitable) -> None:
+        try:
+            result = await awaitable
+        except Exception as exc:
+            self._handler_failed(topic, props, method, exc)
+            return
+        self._reply(topic, props, result)
+
+    def _reply(self, topic: str, props: dict | None, result: Any) -> None:
+        d = self._d
+        try:
+            payload = self._encode(result)
+        except (TypeError, msgspec.EncodeError) as exc:
+            self._error(topic, props, ErrorCode.INTERNAL_ERROR, f"reply is not JSON-serialisable: {exc}")
+            return
+        if len(payload) > d._max_payload:
+            self._error(topic, props, ErrorCode.INTERNAL_ERROR,
+                        f"reply is {len(payload)} bytes, over the limit of {d._max_payload}")
+            return
+        d._transport.publish(topic, payload, d._qos, False, -1, props)
+
+    def _handler_failed(self, topic: str, props: dict | None, method: str, exc: Exception) -> None:
+        log.warning("client-side handler %r failed: %r", method, exc)
+        if isinstance(exc, RemoteError):
+            self._error(topic, props, ErrorCode.APPLICATION_ERROR, str(exc))
+        else:
+            self._error(topic, props, ErrorCode.HANDLER_ERROR, f"{type(exc).__name__}: {exc}")
+
+    def _error(self, topic: str, props: dict | None, code: ErrorCode, message: str) -> None:
+        d = self._d
+        d.stats.client_errors += 1
+        d._transport.publish(topic, error_reply(code, message[:1000]), d._qos, False, -1, props)

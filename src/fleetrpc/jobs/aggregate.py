@@ -1,0 +1,75 @@
+"""The aggregate of a job's replies: how many devices answered what.
+
+Only values worth counting are kept: a reply that is a number, a string or a
+boolean is one *field* (``"$"``); a reply that is an object contributes each
+of its top-level keys whose value is such a scalar (at most ``MAX_FIELDS``
+keys).  Per field, the count of each distinct value is kept while there are
+at most ``MAX_DISTINCT`` of them (small enums: firmware versions, states);
+numbers also keep count, min, max and sum, so a field with many distinct
+numeric values still says something.  The state is a plain JSON object,
+stored with the job and shown as is.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["add_reply", "MAX_DISTINCT", "MAX_FIELDS", "MAX_VALUE_LENGTH"]
+
+MAX_DISTINCT = 32
+MAX_FIELDS = 16
+#: Longer strings are not counted (they are not enum values).
+MAX_VALUE_LENGTH = 64
+
+
+def add_reply(state: dict, reply: Any) -> None:
+    """Count one device's reply into ``state`` (changed in place)."""
+    if isinstance(reply, dict):
+        for key, value in reply.items():
+            if _scalar(value) and (key in state or len(state) < MAX_FIELDS):
+                _add(state, key, value)
+    elif _scalar(reply):
+        _add(state, "$", reply)
+
+
+def _scalar(value: Any) -> bool:
+    if isinstance(value, str):
+        return len(value) <= MAX_VALUE_LENGTH
+    return isinstance(value, (bool, int, float)) and value == value  # not NaN
+
+
+def _add(state: dict, field: str, value: Any) -> None:
+    entry = state.get(field)
+    if entry is None:
+        state[field] = entry = {"count": 0, "values": {}, "overflow": False}
+    entry["count"] += 1
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        num = entry.get("numeric")
+        if num is None:
+            entry["numeric"] = {"count": 1, "min": value, "max": value, "sum": value}
+        else:
+            num["count"] += 1
+            num["min"] = min(num["min"], value)
+            num["max"] = max(num["max"], value)
+            num["sum"] += value
+    if entry["overflow"]:
+        return
+    # JSON object keys are strings: true and "true" share a key, as they
+    # would in any JSON consumer of this state.
+    key = value if isinstance(value, str) else _key(value)
+    values = entry["values"]
+    if key in values:
+        values[key] += 1
+    elif len(values) < MAX_DISTINCT:
+        values[key] = 1
+    else:
+        entry["overflow"] = True
+        entry["values"] = {}
+
+
+def _key(value: Any) -> str:
+    if value is True:
+        return "true"
+    if value is False:
+        return "false"
+    return repr(value) if isinstance(value, float) else str(value)

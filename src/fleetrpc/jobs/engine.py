@@ -1,0 +1,610 @@
+"""The job engine: runs fleet jobs on the dispatcher, durably.
+
+A job's run resolves its targets in pages (device-id order), starts them
+no faster than its rollout allows and with at most ``maxInFlight`` calls
+open, and records each outcome.  Lightweight jobs start a batch of devices
+with one :meth:`Dispatcher.broadcast` (one completion for the batch, no
+future per device); persistent jobs make one persistent RPC per device
+through :class:`~fleetrpc.rpc.persistent.PersistentRpc`, whose id is derived
+from the job and the device, so a restart can never store it twice.
+
+Durability without duplicates: a batch's devices are written IN_PROGRESS,
+with the job's cursor, in one transaction *before* any of them is sent.
+After a restart, a lightweight job's IN_PROGRESS devices are recorded FAILED
+("interrupted, not sent again": the call may or may not have reached the
+device, and sending it again could run it twice); a persistent job's are
+looked up by their RPC id and followed to their end, or sent if the RPC was
+never stored.  The run then continues after the cursor.
+
+Outcomes are written in batches (every ``flush_interval`` seconds) together
+with the job's counts and aggregate, so the stored counts always match the
+stored rows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import msgspec
+
+from ..errors import (
+    DeviceOfflineError,
+    DuplicateRpcError,
+    FleetRpcError,
+    RpcNotFoundError,
+    RpcTimeoutError,
+    ValidationError,
+)
+from .aggregate import add_reply
+from .model import (
+    TERMINAL_JOB,
+    DeviceOutcome,
+    Job,
+    JobDevice,
+    JobSpec,
+    JobStatus,
+    Rollout,
+    check_spec,
+)
+from .targets import PAGE_SIZE, ListTargets, TargetSource
+
+__all__ = ["JobEngine", "JobNotFoundError", "job_rpc_id", "JOB_EVENTS"]
+
+log = logging.getLogger("fleetrpc.jobs")
+
+#: Event types a job emits, one per status change (JOB_PROGRESS throttled).
+JOB_EVENTS = ("JOB_STARTED", "JOB_PROGRESS", "JOB_COMPLETED", "JOB_ABORTED", "JOB_CANCELLED", "JOB_FAILED")
+_FINAL_EVENT = {
+    JobStatus.COMPLETED: "JOB_COMPLETED",
+    JobStatus.ABORTED: "JOB_ABORTED",
+    JobStatus.CANCELLED: "JOB_CANCELLED",
+    JobStatus.FAILED: "JOB_FAILED",
+}
+_INTERRUPTED = "interrupted by a server restart; not sent again (it may or may not have reached the device)"
+
+
+class JobNotFoundError(FleetRpcError, LookupError):
+    """No job with that id for that tenant."""
+
+
+def job_rpc_id(job_id: str, device_id: str) -> str:
+    """The persistent RPC id of a job's call to a device: the same after a
+    restart, so the store refuses a second copy."""
+    return str(uuid.uuid5(uuid.UUID(job_id), device_id))
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _copy(job: Job) -> Job:
+    return msgspec.convert(msgspec.to_builtins(job), Job)
+
+
+class Pacer:
+    """A token bucket for the rollout rate; ``None`` rate means unlimited.
+    At most 50 ms of tokens accumulate, so a late wake-up does not become a
+    burst."""
+
+    def __init__(self, rollout: Rollout, clock: Callable[[], float]) -> None:
+        self._max = rollout.max_per_minute
+        self._exp = rollout.exponential_rate
+        self._clock = clock
+        self._tokens = 1.0  # the first device starts at once
+        self._last = clock()
+
+    def rate(self, succeeded: int) -> float | None:
+        """Devices per second now (``succeeded`` drives the exponential ramp)."""
+        exp = self._exp
+        if exp is not None:
+            per_min = exp.base_per_minute * exp.increment_factor ** (succeeded // exp.every_succeeded)
+            if self._max is not None:
+                per_min = min(per_min, self._max)
+            return per_min / 60.0
+        return None if self._max is None else self._max / 60.0
+
+    def take(self, want: int, succeeded: int) -> int:
+        """Take up to ``want`` starts allowed now."""
+        rate = self.rate(succeeded)
+        if rate is None:
+            return want
+        now = self._clock()
+        self._tokens = min(self._tokens + (now - self._last) * rate, max(1.0, rate * 0.05))
+        self._last = now
+        n = min(want, int(self._tokens))
+        self._tokens -= n
+        return n
+
+    def delay(self, succeeded: int) -> float | None:
+        """Seconds until the next start is allowed (``None``: not limited)."""
+        rate = self.rate(succeeded)
+        if rate is None:
+            return None
+        return max(0.001, (1.0 - self._tokens) / rate)
+
+
+class JobEngine:
+    """Runs fleet jobs on a dispatcher (and a persistent-RPC engine for
+    persistent jobs), stored in a :class:`~fleetrpc.store.jobs.JobRepository`.
+
+    ``targets(job)`` returns the :class:`TargetSource` of a job; by default
+    only ``deviceIds`` targets are supported (the server plugs its device
+    registry in).  ``emit(event_type, body)`` receives every job event.
+    """
+
+    def __init__(
+        self,
+        dispatcher: Any,
+        repo: Any,
+        *,
+        persistent: Any = None,
+        targets: Callable[[Job], TargetSource] | None = None,
+        emit: Callable[[str, dict], Any] | None = None,
+        default_timeout_ms: int | None = None,
+        progress_interval: float = 1.0,
+        flush_interval: float = 0.05,
+    ) -> None:
+        self.dispatcher = dispatcher
+        self.repo = repo
+        self.persistent = persistent
+        self._targets = targets or _list_targets_only
+        self._emit_hook = emit
+        settings = getattr(dispatcher, "settings", None)
+        self.default_timeout_ms = default_timeout_ms or getattr(settings, "default_timeout_ms", 10_000)
+        self.progress_interval = progress_interval
+        self.flush_interval = flush_interval
+        self._runs: dict[str, _Run] = {}
+        self._closed = False
+
+    # -- lifecycle ----------------------------------------------------------
+
+    async def start(self) -> int:
+        """Resume every job a restart left QUEUED or RUNNING; returns how many."""
+        jobs = await self.repo.load_unfinished()
+        for job in jobs:
+            self._launch(job)
+        return len(jobs)
+
+    async def close(self) -> None:
+        """Stop running jobs; they stay RUNNING in the store and resume on
+        the next start (in-flight devices then count as interrupted)."""
+        self._closed = True
+        runs = list(self._runs.values())
+        for run in runs:
+            run.halt()
+        if runs:
+            await asyncio.gather(*(r.task for r in runs), return_exceptions=True)
+
+    # -- API ----------------------------------------------------------------
+
+    async def submit(
+        self,
+        tenant_id: str,
+        spec: JobSpec,
+        *,
+        customer_id: str | None = None,
+        created_by: str | None = None,
+    ) -> Job:
+        """Store a new job and start running it; returns it as stored."""
+        if self._closed:
+            raise FleetRpcError("the job engine is closed")
+        check_spec(spec)
+        if spec.persistent and self.persistent is None:
+            raise ValidationError("persistent jobs need a persistent-RPC engine")
+        job = Job(
+            id=str(uuid.uuid4()), tenant_id=tenant_id, customer_id=customer_id,
+            created_by=created_by, spec=spec, created_time=_now_ms(),
+        )
+        self._targets(job)  # an unsupported selector fails here, before storing
+        await self.repo.insert(job)
+        self._launch(job)
+        return _copy(job)
+
+    async def get(self, tenant_id: str, job_id: str) -> Job:
+        run = self._runs.get(job_id)
+        if run is not None and run.job.tenant_id == tenant_id:
+            return _copy(run.job)
+        job = await self.repo.get(tenant_id, job_id)
+        if job is None:
+            raise JobNotFoundError(f"no job {job_id!r}")
+        return job
+
+    async def list(self, tenant_id: str, page_size: int, page: int, **query: Any) -> tuple[list[Job], int]:
+        jobs, total = await self.repo.list(tenant_id, page_size, page, **query)
+        return [self._live_view(j) for j in jobs], total
+
+    async def devices(self, tenant_id: str, job_id: str, page_size: int, page: int, **query: Any):
+        await self.get(tenant_id, job_id)  # 404 for another tenant's job
+        run = self._runs.get(job_id)
+        if run is not None:
+            await run.flush()
+        return await self.repo.devices(tenant_id, job_id, page_size, page, **query)
+
+    async def cancel(self, tenant_id: str, job_id: str) -> Job:
+        """Cancel a job: targets not started are skipped; in-flight calls
+        finish (or are cancelled with ``cancelInFlight``).  Returns the job
+        once it has stopped.  A finished job is returned unchanged."""
+        run = self._runs.get(job_id)
+        if run is not None and run.job.tenant_id == tenant_id:
+            run.stop(JobStatus.CANCELLED, None)
+            await asyncio.shield(run.task)
+            return _copy(run.job)
+        job = await self.get(tenant_id, job_id)
+        if job.status is JobStatus.QUEUED:  # stored, run by no one here
+            job.status = JobStatus.CANCELLED
+            job.cancellation_ts = job.finish_ts = _now_ms()
+            job.counts.skipped += job.counts.queued
+            job.counts.queued = 0
+            await self.repo.save(job)
+            self._emit("JOB_CANCELLED", job)
+        return job
+
+    async def delete(self, tenant_id: str, job_id: str) -> None:
+        """Delete a finished job and its per-device rows (cancel it first)."""
+        job = await self.get(tenant_id, job_id)
+        if job.status not in TERMINAL_JOB:
+            raise ValidationError("cancel the job before deleting it")
+        await self.repo.delete(tenant_id, job_id)
+
+    async def wait(self, tenant_id: str, job_id: str, timeout: float | None = None) -> Job:
+        """Wait until the job has finished; returns it."""
+        run = self._runs.get(job_id)
+        if run is not None and run.job.tenant_id == tenant_id:
+            await asyncio.wait_for(asyncio.shield(run.task), timeout)
+        return await self.get(tenant_id, job_id)
+
+    # -- internals ----------------------------------------------------------
+
+    def _live_view(self, job: Job) -> Job:
+        run = self._runs.get(job.id)
+        return _copy(run.job) if run is not None else job
+
+    def _launch(self, job: Job) -> None:
+        run = _Run(self, job)
+        self._runs[job.id] = run
+        run.task = asyncio.ensure_future(run.run())
+        run.task.add_done_callback(lambda _t, jid=job.id: self._runs.pop(jid, None))
+
+    def _emit(self, type_: str, job: Job) -> None:
+        if self._emit_hook is not None:
+            try:
+                self._emit_hook(type_, msgspec.to_builtins(job.to_json()))
+            except Exception:
+                log.exception("job event sink failed")
+
+
+def _list_targets_only(job: Job) -> TargetSource:
+    kind, value = job.spec.targets.selector()
+    if kind != "deviceIds":
+        raise ValidationError(f"targets.{kind} needs the server's device registry; use deviceIds")
+    return ListTargets(value)
+
+
+def classify(ok: bool, result: Any, error: BaseException | None) -> tuple[DeviceOutcome, Any, str | None]:
+    """A lightweight call's end as a job outcome: ``(outcome, result, error)``."""
+    if ok:
+        err = result.get("error") if type(result) is dict and len(result) == 1 else None
+        if type(err) is dict and isinstance(err.get("code"), str):
+            return DeviceOutcome.FAILED, result, f"{err.get('code')}: {err.get('message')}"
+        return DeviceOutcome.SUCCEEDED, result, None
+    if isinstance(error, RpcTimeoutError):
+        return DeviceOutcome.TIMED_OUT, None, str(error)
+    if isinstance(error, DeviceOfflineError):
+        return DeviceOutcome.OFFLINE, None, str(error)
+    return DeviceOutcome.FAILED, None, f"{type(error).__name__}: {error}"
+
+
+def classify_persistent(record: Any) -> tuple[DeviceOutcome, Any, str | None]:
+    """A persistent call's final record as a job outcome."""
+    status = getattr(record.status, "value", record.status)
+    if status in ("SUCCESSFUL", "DELIVERED"):
+        return classify(True, record.response, None)
+    if status == "EXPIRED":
+        if not record.attempts:
+            return DeviceOutcome.OFFLINE, None, record.error or "not delivered before the expiration time"
+        return DeviceOutcome.TIMED_OUT, None, record.error
+    if status == "DELETED":
+        return DeviceOutcome.CANCELLED, None, "the RPC was deleted"
+    if status == "TIMEOUT":
+        return DeviceOutcome.TIMED_OUT, None, record.error
+    return DeviceOutcome.FAILED, None, record.error
+
+
+class _Run:
+    """One job being run by this engine."""
+
+    def __init__(self, engine: JobEngine, job: Job) -> None:
+        self.engine = engine
+        self.job = job
+        self.task: asyncio.Task | None = None
+        self.inflight: dict[str, int] = {}  # device -> start ts
+        self.rows: list[JobDevice] = []     # outcomes not yet written
+        self.wake = asyncio.Event()
+        self.stop_status: JobStatus | None = None
+        self._halted = False
+        self._tasks: set[asyncio.Task] = set()
+        self._last_progress = 0.0
+        self._flushing: asyncio.Future | None = None
+        spec = job.spec
+        self._timeout_s = (spec.timeout or engine.default_timeout_ms) / 1000.0
+
+    # -- control --------------------------------------------------------------
+
+    def stop(self, status: JobStatus, reason: str | None) -> None:
+        """Stop starting targets; the run ends once in-flight calls end."""
+        if self.stop_status is not None:
+            return
+        job = self.job
+        self.stop_status = status
+        if status is JobStatus.CANCELLED:
+            job.cancellation_ts = _now_ms()
+        if reason:
+            job.general_error = reason
+        if job.spec.cancel_in_flight and self.inflight:
+            now = _now_ms()
+            for device in list(self.inflight):
+                self._record(device, DeviceOutcome.CANCELLED, None, "cancelled while in flight", now)
+                if job.spec.persistent:
+                    self._spawn(self._delete_rpc(device))
+        self.wake.set()
+
+    def halt(self) -> None:
+        """The engine is closing: end the run where it is (resumed later)."""
+        self._halted = True
+        self.wake.set()
+
+    async def flush(self) -> None:
+        """Write the outcomes recorded so far."""
+        while self._flushing is not None:
+            await asyncio.shield(self._flushing)
+        if not self.rows:
+            return
+        rows, self.rows = self.rows, []
+        self._flushing = asyncio.get_running_loop().create_future()
+        try:
+            await self.engine.repo.finish_devices(self.job, rows)
+        except Exception:
+            self.rows[:0] = rows  # keep them for the next attempt
+            raise
+        finally:
+            fut, self._flushing = self._flushing, None
+            fut.set_result(None)
+
+    # -- the run ----------------------------------------------------------------
+
+    async def run(self) -> None:
+        engine, job = self.engine, self.job
+        try:
+            targets = engine._targets(job)
+            if job.status is JobStatus.QUEUED:
+                total = await targets.count()
+                job.status = JobStatus.RUNNING
+                job.start_ts = _now_ms()
+                job.counts.total = job.counts.queued = total
+                await engine.repo.save(job)
+                engine._emit("JOB_STARTED", job)
+            else:
+                await self._recover()
+            flusher = asyncio.ensure_future(self._flush_loop())
+            try:
+                await self._roll_out(targets)
+                while self.inflight and not self._halted:
+                    self.wake.clear()
+                    await self.wake.wait()
+            finally:
+                flusher.cancel()
+                await asyncio.gather(flusher, return_exceptions=True)
+            if self._halted:
+                await self.flush()
+                return
+            await self._finish(self.stop_status or JobStatus.COMPLETED)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.exception("job %s failed", job.id)
+            job.general_error = f"{type(exc).__name__}: {exc}"
+            try:
+                await self._finish(JobStatus.FAILED)
+            except Exception:
+                log.exception("job %s: could not store its failure", job.id)
+        finally:
+            for task in list(self._tasks):
+                task.cancel()
+
+    async def _roll_out(self, targets: TargetSource) -> None:
+        job = self.job
+        pacer = Pacer(job.spec.rollout, asyncio.get_running_loop().time)
+        max_in_flight = job.spec.rollout.max_in_flight
+        buffer: deque[str] = deque()
+        resolved = job.cursor
+        exhausted = False
+        while self.stop_status is None and not self._halted:
+            self.wake.clear()
+            if not buffer and not exhausted:
+                page = await targets.page(resolved, PAGE_SIZE)
+                exhausted = len(page) < PAGE_SIZE
+                if page:
+                    resolved = page[-1]
+                    buffer.extend(page)
+            if not buffer:
+                return
+            room = min(len(buffer), max_in_flight - len(self.inflight))
+            n = pacer.take(room, job.counts.succeeded) if room > 0 else 0
+            if n > 0:
+                await self._start([buffer.popleft() for _ in range(n)])
+                continue
+            delay = pacer.delay(job.counts.succeeded) if room > 0 else None
+            try:
+                await asyncio.wait_for(self.wake.wait(), delay)
+            except asyncio.TimeoutError:
+                pass
+
+    async def _start(self, batch: Sequence[str]) -> None:
+        job, spec = self.job, self.job.spec
+        ts = _now_ms()
+        persistent = spec.persistent
+        rows = [
+            JobDevice(job_id=job.id, device_id=d, outcome=DeviceOutcome.IN_PROGRESS, start_ts=ts,
+                      rpc_id=job_rpc_id(job.id, d) if persistent else None)
+            for d in batch
+        ]
+        c = job.counts
+        n = len(batch)
+        if c.queued < n:  # devices added since the count
+            c.total += n - c.queued
+            c.queued = n
+        c.queued -= n
+        c.in_progress += n
+        job.cursor = batch[-1]
+        await self.engine.repo.start_devices(job, rows)  # committed before anything is sent
+        for d in batch:
+            self.inflight[d] = ts
+        if persistent:
+            for d in batch:
+                self._spawn(self._persistent_call(d))
+        else:
+            try:
+                bc = self.engine.dispatcher.broadcast(
+                    batch, spec.method, spec.params, timeout=self._timeout_s, oneway=spec.oneway,
+                )
+            except FleetRpcError as exc:  # the dispatcher closed meanwhile
+                now = _now_ms()
+                for d in batch:
+                    self._record(d, DeviceOutcome.FAILED, None, f"{type(exc).__name__}: {exc}", now)
+                return
+            self._spawn(self._follow(bc))
+
+    async def _follow(self, bc: Any) -> None:
+        async for o in bc:
+            outcome, result, error = classify(o.ok, o.result, o.error)
+            self._record(o.device, outcome, result, error, _now_ms())
+
+    async def _persistent_call(self, device: str, *, resumed: bool = False) -> None:
+        job, spec = self.job, self.job.spec
+        engine = self.engine.persistent
+        rpc_id = job_rpc_id(job.id, device)
+        if resumed:
+            try:
+                record = await engine.wait(rpc_id, tenant_id=job.tenant_id)
+            except RpcNotFoundError:
+                record = None  # never stored: safe to send now
+            if record is not None:
+                self._record(device, *classify_persistent(record), _now_ms())
+                return
+        try:
+            await engine.call(
+                device, spec.method, spec.params,
+                timeout_ms=spec.timeout, expiration_time=spec.expiration_time,
+                oneway=spec.oneway, retries=spec.retries, request_uuid=rpc_id,
+                tenant_id=job.tenant_id,
+            )
+        except DuplicateRpcError:
+            pass  # stored before a restart: follow it
+        except FleetRpcError as exc:
+            self._record(device, DeviceOutcome.FAILED, None, f"{type(exc).__name__}: {exc}", _now_ms())
+            return
+        record = await engine.wait(rpc_id, tenant_id=job.tenant_id)
+        self._record(device, *classify_persistent(record), _now_ms())
+
+    async def _delete_rpc(self, device: str) -> None:
+        try:
+            await self.engine.persistent.delete(job_rpc_id(self.job.id, device), tenant_id=self.job.tenant_id)
+        except FleetRpcError:
+            pass  # already finished, or never stored
+
+    async def _recover(self) -> None:
+        """Decide the fate of the devices a restart left IN_PROGRESS."""
+        job = self.job
+        rows = await self.engine.repo.in_progress(job.id)
+        if not rows:
+            return
+        if job.spec.persistent:
+            for row in rows:
+                self.inflight[row.device_id] = row.start_ts or _now_ms()
+                self._spawn(self._persistent_call(row.device_id, resumed=True))
+            return
+        now = _now_ms()
+        for row in rows:
+            self.inflight[row.device_id] = row.start_ts or now
+            self._record(row.device_id, DeviceOutcome.FAILED, None, _INTERRUPTED, now)
+        await self.flush()
+
+    # -- outcomes -------------------------------------------------------------
+
+    def _record(self, device: str, outcome: DeviceOutcome, result: Any, error: str | None, now: int) -> None:
+        start = self.inflight.pop(device, None)
+        if start is None:
+            return  # cancelled while in flight, or a duplicate
+        job = self.job
+        c = job.counts
+        c.in_progress -= 1
+        c.add(outcome)
+        if outcome is DeviceOutcome.SUCCEEDED and result is not None:
+            add_reply(job.aggregate, result)
+        self.rows.append(JobDevice(
+            job_id=job.id, device_id=device, outcome=outcome, result=result, error=error,
+            rpc_id=job_rpc_id(job.id, device) if job.spec.persistent else None,
+            start_ts=start, finish_ts=now,
+        ))
+        self._check_abort()
+        self.wake.set()
+        loop_now = time.monotonic()
+        if loop_now - self._last_progress >= self.engine.progress_interval:
+            self._last_progress = loop_now
+            self.engine._emit("JOB_PROGRESS", job)
+
+    def _check_abort(self) -> None:
+        if self.stop_status is not None:
+            return
+        c = self.job.counts
+        executed = c.succeeded + c.failed + c.timed_out + c.offline
+        for crit in self.job.spec.abort:
+            if executed < crit.min_executed:
+                continue
+            failures = {
+                "FAILED": c.failed, "TIMED_OUT": c.timed_out, "OFFLINE": c.offline,
+                "ALL": c.failed + c.timed_out + c.offline,
+            }[crit.failure_type.value]
+            if failures * 100.0 > crit.threshold_percentage * executed:
+                self.stop(JobStatus.ABORTED, (
+                    f"aborted: {failures} of {executed} devices with an outcome "
+                    f"({failures * 100.0 / executed:.1f}%) ended {crit.failure_type.value}, "
+                    f"over the {crit.threshold_percentage:g}% threshold"
+                ))
+                return
+
+    async def _flush_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.engine.flush_interval)
+            if self.rows:
+                try:
+                    await self.flush()
+                except Exception as exc:  # the database is down: keep the rows, retry
+                    log.warning("job %s: writing outcomes failed (%s); will retry", self.job.id, exc)
+
+    async def _finish(self, status: JobStatus) -> None:
+        job = self.job
+        c = job.counts
+        c.skipped += c.queued  # never started: counted, no row each
+        c.queued = 0
+        job.status = status
+        job.finish_ts = _now_ms()
+        await self.flush()
+        await self.engine.repo.save(job)
+        self.engine._emit(_FINAL_EVENT[status], job)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("job %s: %r", self.job.id, task.exception())

@@ -1,0 +1,107 @@
+"""A job's targets in the server: devices of the registry, by selector.
+
+:class:`RegistryTargets` pages through the ``device`` table (migration 0100)
+in id order after a cursor, filtered by the job's selector and, for a
+customer user's job, by its customer.  :class:`JobTargets` is what the
+server hands the job engine and the REST API: it builds a job's source and
+checks, before a job is stored, that its creator may reach what it names.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..errors import ValidationError
+from .model import Job, Targets
+from .targets import TargetSource
+
+__all__ = ["RegistryTargets", "JobTargets"]
+
+
+def _like(pattern: str) -> str:
+    """``*`` is the wildcard; SQL's own wildcards are matched literally."""
+    escaped = pattern.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return escaped.replace("*", "%")
+
+
+class RegistryTargets:
+    """The devices a selector matches in one tenant (and customer)."""
+
+    def __init__(self, db: Any, tenant_id: str, targets: Targets, customer_id: str | None = None) -> None:
+        self.db = db
+        where = ["tenant_id = $1"]
+        args: list[Any] = [tenant_id]
+
+        def add(cond: str, value: Any) -> None:
+            args.append(value)
+            where.append(cond.replace("?", f"${len(args)}"))
+
+        kind, value = targets.selector()
+        if kind == "deviceIds":
+            marks = []
+            for device_id in value:
+                args.append(device_id)
+                marks.append(f"${len(args)}")
+            where.append(f"id IN ({', '.join(marks)})")
+        elif kind == "deviceType":
+            add("type = ?", value)
+        elif kind == "label":
+            add("label = ?", value)
+        elif kind == "namePattern":
+            add("name LIKE ? ESCAPE '\\'", _like(value))
+        elif kind == "customerId":
+            add("customer_id = ?", value)
+        if customer_id is not None:
+            add("customer_id = ?", customer_id)
+        self._where = " AND ".join(where)
+        self._args = args
+
+    async def count(self) -> int:
+        return int(await self.db.fetchval(f"SELECT count(*) FROM device WHERE {self._where}", *self._args))
+
+    async def page(self, after: str | None, limit: int) -> list[str]:
+        args = list(self._args)
+        cond = self._where
+        if after is not None:
+            args.append(after)
+            cond += f" AND id > ${len(args)}"
+        args.append(limit)
+        rows = await self.db.fetch(
+            f"SELECT id FROM device WHERE {cond} ORDER BY id LIMIT ${len(args)}", *args
+        )
+        return [r[0] for r in rows]
+
+
+class JobTargets:
+    """The server's target resolver for the job engine and the REST API."""
+
+    def __init__(self, db: Any) -> None:
+        self.db = db
+
+    def __call__(self, job: Job) -> TargetSource:
+        return RegistryTargets(self.db, job.tenant_id, job.spec.targets, job.customer_id)
+
+    async def check_access(self, tenant_id: str, customer_id: str | None, targets: Targets) -> None:
+        """Raise ValidationError for device ids the tenant does not have,
+        PermissionError when a customer user names what is not its own."""
+        kind, value = targets.selector()
+        if customer_id is not None and kind == "customerId" and value != customer_id:
+            raise PermissionError("You don't have permission to perform this operation!")
+        if kind != "deviceIds":
+            return
+        found: dict[str, str] = {}
+        ids = list(dict.fromkeys(value))
+        for start in range(0, len(ids), 1000):
+            chunk = ids[start:start + 1000]
+            marks = ", ".join(f"${i}" for i in range(2, len(chunk) + 2))
+            rows = await self.db.fetch(
+                f"SELECT id, customer_id FROM device WHERE tenant_id = $1 AND id IN ({marks})", tenant_id, *chunk
+            )
+            found.update((r[0], r[1]) for r in rows)
+        missing = [d for d in ids if d not in found]
+        if missing:
+            shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+            raise ValidationError(f"unknown device ids: {shown}")
+        if customer_id is not None and any(c != customer_id for c in found.values()):
+            raise PermissionError("You don't have permission to perform this operation!")
+

@@ -1,0 +1,477 @@
+"""Devices and their access-token credentials.
+
+Every method that reaches a tenant's devices takes ``tenant_id``, and a
+device of another tenant is "not found" (None, or EntityNotFoundError for a
+change).  Three methods are server-internal and take no tenant, because
+what they start from is not scoped by one: :meth:`~DeviceRepository.get_by_id`
+(a device id from an MQTT topic), :meth:`~DeviceRepository.by_token` (a
+token a device presents to the broker) and
+:meth:`~DeviceRepository.all_credentials` (the broker's full resync).
+
+Listeners (:meth:`~DeviceRepository.add_listener`) hear about every device
+created, re-tokened or deleted, after the change is committed; the broker
+provisioning (``fleetrpc.broker_auth``) stands on them.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import AsyncIterator, Callable, Iterable
+from typing import Any, Literal
+
+import msgspec
+
+from ...errors import AlreadyExistsError, EntityNotFoundError, ValidationError
+from ..db import Database
+from .model import (
+    Device,
+    DeviceCredentials,
+    _check_json,
+    _check_text,
+    check_token,
+    check_uuid,
+    decode_json,
+    encode_json,
+    new_access_token,
+    new_id,
+    now_ms,
+    owner_id,
+    NULL_UUID,
+)
+from .paging import ListQuery, PageData, check_paging
+
+__all__ = ["DeviceRepository", "DeviceChange", "DEVICE_NAME_TAKEN", "TOKEN_TAKEN"]
+
+log = logging.getLogger("fleetrpc.store.devices")
+
+#: ThingsBoard's messages for the two unique keys.
+DEVICE_NAME_TAKEN = "Device with such name already exists!"
+TOKEN_TAKEN = "Device credentials are already assigned to another device!"
+
+_DEVICE_COLUMNS = (
+    "d.id, d.tenant_id, d.customer_id, d.created_time, d.name, d.type, d.label, d.additional_info, "
+    "d.version, d.last_activity_time"
+)
+_CREDENTIALS_COLUMNS = "c.id, c.device_id, c.created_time, c.credentials_type, c.credentials_id, c.version"
+_SORT = {
+    "createdTime": "d.created_time",
+    "name": "d.name",
+    "type": "d.type",
+    # Profiles are named after types here.
+    "deviceProfileName": "d.type",
+    "label": "d.label",
+    "customerTitle": "cu.title",
+}
+
+
+class _Unset:
+    def __repr__(self) -> str:
+        return "UNSET"
+
+
+#: "Leave as it is" for :meth:`DeviceRepository.update`.
+UNSET: Any = _Unset()
+
+
+class DeviceChange(msgspec.Struct, frozen=True):
+    """What a listener hears: ``kind`` "created", "credentials" (the token
+    changed) or "deleted"; ``token`` is the current token (None when
+    deleted), ``old_token`` the one it replaced or that was deleted."""
+
+    kind: Literal["created", "credentials", "deleted"]
+    device: Device
+    token: str | None
+    old_token: str | None = None
+
+
+Listener = Callable[[list[DeviceChange]], Any]
+
+
+def _device(row: Any) -> Device:
+    return Device(
+        id=row["id"], tenant_id=row["tenant_id"], customer_id=row["customer_id"],
+        created_time=row["created_time"], name=row["name"], type=row["type"], label=row["label"],
+        additional_info=decode_json(row["additional_info"]), version=row["version"],
+        last_activity_time=row["last_activity_time"],
+    )
+
+
+def _credentials(row: Any) -> DeviceCredentials:
+    return DeviceCredentials(
+        id=row["id"], device_id=row["device_id"], created_time=row["created_time"],
+        credentials_type=row["credentials_type"], credentials_id=row["credentials_id"], version=row["version"],
+    )
+
+
+def _check_name(name: object) -> str:
+    out = _check_text("Device name", name, required=True)
+    assert out is not None
+    return out
+
+
+def _check_type(type_: object) -> str:
+    out = _check_text("Device type", type_, required=False)
+    return out if out else "default"
+
+
+async def delete_devices(conn: Any, tenant_id: str, device_id: str | None = None) -> list[tuple[Device, str | None]]:
+    """Delete a tenant's devices (or one of them) with their credentials,
+    inside the caller's transaction; returns each (device, token) removed."""
+    one, one_d, args = "", "", [tenant_id]
+    if device_id is not None:
+        one, one_d, args = " AND id = $2", " AND d.id = $2", [tenant_id, device_id]
+    rows = await conn.fetch(
+        f"SELECT {_DEVICE_COLUMNS}, c.credentials_id AS token FROM device d "
+        f"LEFT JOIN device_credentials c ON c.device_id = d.id WHERE d.tenant_id = $1{one_d}",
+        *args,
+    )
+    if rows:
+        await conn.execute(
+            f"DELETE FROM device_credentials WHERE device_id IN (SELECT id FROM device WHERE tenant_id = $1{one})",
+            *args,
+        )
+        await conn.execute(f"DELETE FROM device WHERE tenant_id = $1{one}", *args)
+    return [(_device(r), r["token"]) for r in rows]
+
+
+class DeviceRepository:
+    """A tenant's devices and their access tokens."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self._listeners: list[Listener] = []
+
+    # -- listeners -------------------------------------------------------------
+
+    def add_listener(self, fn: Listener) -> Listener:
+        """Call ``fn(changes)`` (plain or async; awaited) after every
+        committed change of devices or tokens.  A failing listener is
+        logged, never undoes the change nor fails the caller: the database
+        is the truth, and listeners resync from it (``all_credentials``)."""
+        self._listeners.append(fn)
+        return fn
+
+    def remove_listener(self, fn: Listener) -> None:
+        self._listeners.remove(fn)
+
+    async def _notify(self, changes: list[DeviceChange]) -> None:
+        for fn in self._listeners:
+            try:
+                result = fn(changes)
+                if inspect.isawaitable(result):
+                    await result
+            except Exception:
+                log.exception("device listener %r failed on %d changes", fn, len(changes))
+
+    async def _notify_deleted(self, removed: Iterable[tuple[Device, str | None]]) -> None:
+        changes = [DeviceChange("deleted", device, None, token) for device, token in removed]
+        if changes:
+            await self._notify(changes)
+
+    # -- create, read ----------------------------------------------------------
+
+    async def create(
+        self,
+        tenant_id: str,
+        name: str,
+        type: str = "default",
+        label: str | None = None,
+        customer_id: str | None = None,
+        access_token: str | None = None,
+        additional_info: Any = None,
+        *,
+        id: str | None = None,
+    ) -> Device:
+        """A new device of ``tenant_id`` (which must exist) with an
+        access-token credential: ``access_token``, or a random one.  A name
+        taken in the tenant raises AlreadyExistsError(DEVICE_NAME_TAKEN); a
+        token taken by any device, AlreadyExistsError(TOKEN_TAKEN); a
+        ``customer_id`` not of this tenant, EntityNotFoundError."""
+        tenant_id = check_uuid("tenant id", tenant_id)
+        customer_id = owner_id("customer id", customer_id)
+        name = _check_name(name)
+        type_ = _check_type(type)
+        label = _check_text("Device label", label, required=False)
+        _check_json("additionalInfo", additional_info)
+        token = check_token(access_token) if access_token is not None else new_access_token()
+        device_id = check_uuid("device id", id) if id is not None else new_id()
+        created = now_ms()
+        step = DEVICE_NAME_TAKEN
+        try:
+            async with self.db.transaction() as conn:
+                if not await conn.fetchval("SELECT 1 FROM tenant WHERE id = $1", tenant_id):
+                    raise EntityNotFoundError(f"Tenant with id [{tenant_id}] is not found")
+                if customer_id != NULL_UUID and not await conn.fetchval(
+                    "SELECT 1 FROM customer WHERE id = $1 AND tenant_id = $2", customer_id, tenant_id
+                ):
+                    raise EntityNotFoundError(f"Customer with id [{customer_id}] is not found")
+                await conn.execute(
+                    "INSERT INTO device (id, tenant_id, customer_id, created_time, name, type, label, "
+                    "additional_info, version) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 1)",
+                    device_id, tenant_id, customer_id, created, name, type_, label, encode_json(additional_info),
+                )
+                step = TOKEN_TAKEN
+                await conn.execute(
+                    "INSERT INTO device_credentials (id, device_id, created_time, credentials_type, "
+                    "credentials_id, version) VALUES ($1, $2, $3, 'ACCESS_TOKEN', $4, 1)",
+                    new_id(), device_id, created, token,
+                )
+        except AlreadyExistsError as e:
+            raise AlreadyExistsError(step) from e
+        device = Device(id=device_id, tenant_id=tenant_id, customer_id=customer_id, created_time=created,
+                        name=name, type=type_, label=label, additional_info=additional_info)
+        await self._notify([DeviceChange("created", device, token)])
+        return device
+
+    async def get(self, tenant_id: str, device_id: str) -> Device | None:
+        """The device, or None when ``tenant_id`` has no such device."""
+        row = await self.db.fetchrow(
+            f"SELECT {_DEVICE_COLUMNS} FROM device d WHERE d.id = $1 AND d.tenant_id = $2",
+            check_uuid("device id", device_id), check_uuid("tenant id", tenant_id),
+        )
+        return _device(row) if row is not None else None
+
+    async def by_name(self, tenant_id: str, name: str) -> Device | None:
+        row = await self.db.fetchrow(
+            f"SELECT {_DEVICE_COLUMNS} FROM device d WHERE d.tenant_id = $1 AND d.name = $2",
+            check_uuid("tenant id", tenant_id), name,
+        )
+        return _device(row) if row is not None else None
+
+    async def get_by_id(self, device_id: str) -> Device | None:
+        """Server-internal: the device with this id, whatever its tenant
+        (a device id seen on the MQTT wire to its device and tenant).
+        Returns None for an id that is not a UUID."""
+        if not isinstance(device_id, str):
+            return None
+        try:
+            device_id = check_uuid("device id", device_id)
+        except ValidationError:
+            return None
+        row = await self.db.fetchrow(f"SELECT {_DEVICE_COLUMNS} FROM device d WHERE d.id = $1", device_id)
+        return _device(row) if row is not None else None
+
+    async def by_token(self, token: str) -> Device | None:
+        """Server-internal: the device whose access token is ``token``
+        (what the broker hooks check), or None."""
+        if not isinstance(token, str) or not token or len(token) > 255:
+            return None
+        row = await self.db.fetchrow(
+            f"SELECT {_DEVICE_COLUMNS} FROM device_credentials c JOIN device d ON d.id = c.device_id "
+            "WHERE c.credentials_id = $1", token,
+        )
+        return _device(row) if row is not None else None
+
+    async def list(
+        self,
+        tenant_id: str,
+        page_size: int,
+        page: int,
+        customer_id: str | None = None,
+        type: str | None = None,
+        text_search: str | None = None,
+        sort_property: str | None = None,
+        sort_order: str | None = None,
+    ) -> PageData:
+        """One page of a tenant's devices (of one customer, of one type;
+        ``customer_id`` None: every device of the tenant, :data:`NULL_UUID`:
+        the unassigned ones, as ThingsBoard stores them).
+        ``text_search``: a case-insensitive substring of the name or label.
+        ``sort_property``: createdTime (default), name, type,
+        deviceProfileName (= type), label, customerTitle."""
+        page_size, page = check_paging(page_size, page)
+        q = ListQuery(self.db.dialect)
+        q.equals("d.tenant_id", check_uuid("tenant id", tenant_id))
+        if customer_id is not None:
+            q.equals("d.customer_id", check_uuid("customer id", customer_id))
+        if type is not None and type != "":
+            q.equals("d.type", _check_type(type))
+        q.search(("d.name", "d.label"), text_search)
+        where = q.where_sql()
+        order = q.order_sql(sort_property, sort_order, _SORT, "createdTime", "d.id", unique=("name",))
+        join = (" LEFT JOIN customer cu ON cu.id = d.customer_id AND cu.tenant_id = d.tenant_id"
+                if "cu." in order else "")
+        total = await self.db.fetchval(f"SELECT count(*) FROM device d{where}", *q.args)
+        rows = await self.db.fetch(
+            f"SELECT {_DEVICE_COLUMNS} FROM device d{join}{where}{order}{q.limit_sql(page_size, page)}", *q.args
+        )
+        return PageData.build([_device(r) for r in rows], total, page_size, page)
+
+    async def count(self, tenant_id: str, customer_id: str | None = None) -> int:
+        """How many devices the tenant (or one customer of it; the null UUID:
+        unassigned) has: one index-only count."""
+        if customer_id is None:
+            return await self.db.fetchval("SELECT count(*) FROM device WHERE tenant_id = $1",
+                                          check_uuid("tenant id", tenant_id))
+        return await self.db.fetchval(
+            "SELECT count(*) FROM device WHERE tenant_id = $1 AND customer_id = $2",
+            check_uuid("tenant id", tenant_id), check_uuid("customer id", customer_id),
+        )
+
+    # -- change ----------------------------------------------------------------
+
+    async def update(
+        self,
+        tenant_id: str,
+        device_id: str,
+        *,
+        name: str | Any = UNSET,
+        type: str | Any = UNSET,
+        label: str | None | Any = UNSET,
+        additional_info: Any = UNSET,
+    ) -> Device:
+        """Change a device's name, type, label or additional info (those
+        given); the version goes up by one.  A name taken in the tenant
+        raises AlreadyExistsError(DEVICE_NAME_TAKEN)."""
+        tenant_id = check_uuid("tenant id", tenant_id)
+        device_id = check_uuid("device id", device_id)
+        sets: list[str] = []
+        args: list[Any] = [device_id, tenant_id]
+
+        def put(column: str, value: Any) -> None:
+            args.append(value)
+            sets.append(f"{column} = ${len(args)}")
+
+        if name is not UNSET:
+            put("name", _check_name(name))
+        if type is not UNSET:
+            put("type", _check_type(type))
+        if label is not UNSET:
+            put("label", _check_text("Device label", label, required=False))
+        if additional_info is not UNSET:
+            put("additional_info", encode_json(_check_json("additionalInfo", additional_info)))
+        sets.append("version = version + 1")
+        try:
+            n = await self.db.execute(
+                f"UPDATE device SET {', '.join(sets)} WHERE id = $1 AND tenant_id = $2", *args
+            )
+        except AlreadyExistsError as e:
+            raise AlreadyExistsError(DEVICE_NAME_TAKEN) from e
+        if not n:
+            raise EntityNotFoundError(f"Device with id [{device_id}] is not found")
+        device = await self.get(tenant_id, device_id)
+        assert device is not None
+        return device
+
+    async def assign(self, tenant_id: str, device_id: str, customer_id: str | None) -> Device:
+        """Assign the device to a customer of the same tenant, or unassign
+        it (``customer_id`` None or the null UUID)."""
+        tenant_id = check_uuid("tenant id", tenant_id)
+        device_id = check_uuid("device id", device_id)
+        customer_id = owner_id("customer id", customer_id)
+        async with self.db.transaction() as conn:
+            if customer_id != NULL_UUID and not await conn.fetchval(
+                "SELECT 1 FROM customer WHERE id = $1 AND tenant_id = $2", customer_id, tenant_id
+            ):
+                raise EntityNotFoundError(f"Customer with id [{customer_id}] is not found")
+            n = await conn.execute(
+                "UPDATE device SET customer_id = $3, version = version + 1 WHERE id = $1 AND tenant_id = $2",
+                device_id, tenant_id, customer_id,
+            )
+            if not n:
+                raise EntityNotFoundError(f"Device with id [{device_id}] is not found")
+        device = await self.get(tenant_id, device_id)
+        assert device is not None
+        return device
+
+    async def delete(self, tenant_id: str, device_id: str) -> None:
+        """Delete the device and its credentials."""
+        tenant_id = check_uuid("tenant id", tenant_id)
+        device_id = check_uuid("device id", device_id)
+        async with self.db.transaction() as conn:
+            removed = await delete_devices(conn, tenant_id, device_id)
+        if not removed:
+            raise EntityNotFoundError(f"Device with id [{device_id}] is not found")
+        await self._notify_deleted(removed)
+
+    # -- credentials -----------------------------------------------------------
+
+    async def credentials(self, tenant_id: str, device_id: str) -> DeviceCredentials | None:
+        """The device's credentials, or None when ``tenant_id`` has no such device."""
+        row = await self.db.fetchrow(
+            f"SELECT {_CREDENTIALS_COLUMNS} FROM device_credentials c JOIN device d ON d.id = c.device_id "
+            "WHERE c.device_id = $1 AND d.tenant_id = $2",
+            check_uuid("device id", device_id), check_uuid("tenant id", tenant_id),
+        )
+        return _credentials(row) if row is not None else None
+
+    async def set_credentials(self, tenant_id: str, device_id: str, token: str) -> DeviceCredentials:
+        """Replace the device's access token (its old token stops working at
+        the broker once listeners ran).  A token of another device raises
+        AlreadyExistsError(TOKEN_TAKEN)."""
+        tenant_id = check_uuid("tenant id", tenant_id)
+        device_id = check_uuid("device id", device_id)
+        token = check_token(token)
+        try:
+            async with self.db.transaction() as conn:
+                row = await conn.fetchrow(
+                    f"SELECT {_DEVICE_COLUMNS}, c.credentials_id AS token FROM device d "
+                    "LEFT JOIN device_credentials c ON c.device_id = d.id WHERE d.id = $1 AND d.tenant_id = $2",
+                    device_id, tenant_id,
+                )
+                if row is None:
+                    raise EntityNotFoundError(f"Device with id [{device_id}] is not found")
+                old = row["token"]
+                if old is None:
+                    await conn.execute(
+                        "INSERT INTO device_credentials (id, device_id, created_time, credentials_type, "
+                        "credentials_id, version) VALUES ($1, $2, $3, 'ACCESS_TOKEN', $4, 1)",
+                        new_id(), device_id, now_ms(), token,
+                    )
+                elif old != token:
+                    await conn.execute(
+                        "UPDATE device_credentials SET credentials_id = $2, version = version + 1 "
+                        "WHERE device_id = $1", device_id, token,
+                    )
+                creds = await conn.fetchrow(
+                    f"SELECT {_CREDENTIALS_COLUMNS} FROM device_credentials c WHERE c.device_id = $1", device_id
+                )
+        except AlreadyExistsError as e:
+            raise AlreadyExistsError(TOKEN_TAKEN) from e
+        if old != token:
+            await self._notify([DeviceChange("credentials", _device(row), token, old)])
+        return _credentials(creds)
+
+    async def all_credentials(self, batch: int = 1000) -> AsyncIterator[tuple[Device, str]]:
+        """Server-internal: every device of every tenant with its token, in
+        id order, ``batch`` rows per query (the broker's full resync)."""
+        after = ""
+        while True:
+            rows = await self.db.fetch(
+                f"SELECT {_DEVICE_COLUMNS}, c.credentials_id AS token FROM device d "
+                "JOIN device_credentials c ON c.device_id = d.id WHERE d.id > $1 ORDER BY d.id LIMIT $2",
+                after, batch,
+            )
+            for r in rows:
+                yield _device(r), r["token"]
+            if len(rows) < batch:
+                return
+            after = rows[-1]["id"]
+
+    # -- activity --------------------------------------------------------------
+
+    async def touch_activity(self, device_id: str, ts: int) -> None:
+        """Record that the device was active at ``ts`` (epoch ms); an older
+        ``ts`` than the stored one changes nothing."""
+        await self.touch_activity_many([(device_id, ts)])
+
+    async def touch_activity_many(self, seen: Iterable[tuple[str, int]]) -> None:
+        """:meth:`touch_activity` for many devices in one statement batch
+        (the server collects presence and flushes it now and then)."""
+        await self.db.executemany(
+            "UPDATE device SET last_activity_time = $2 "
+            "WHERE id = $1 AND (last_activity_time IS NULL OR last_activity_time < $2)",
+            [(device_id, int(ts)) for device_id, ts in seen],
+        )
+
+    async def last_activity(self, tenant_id: str, device_id: str) -> int | None:
+        """The device's last activity (epoch ms), None when never seen;
+        EntityNotFoundError when ``tenant_id`` has no such device."""
+        row = await self.db.fetchrow(
+            "SELECT last_activity_time FROM device WHERE id = $1 AND tenant_id = $2",
+            check_uuid("device id", device_id), check_uuid("tenant id", tenant_id),
+        )
+        if row is None:
+            raise EntityNotFoundError(f"Device with id [{device_id}] is not found")
+        return row[0]

@@ -1,0 +1,315 @@
+"""Users: who logs in, their passwords and the lockout bookkeeping.
+
+Passwords are hashed with Argon2id (argon2-cffi, RFC 9106's recommended
+profile as that library defaults it): memory-hard, so a stolen table is
+expensive to guess through on GPUs, and without bcrypt's silent 72-byte
+truncation.  Hashing takes tens of milliseconds of CPU on purpose, so it
+runs in a worker thread (argon2-cffi releases the GIL), never on the event
+loop.  :meth:`UserRepository.verify` costs the same whether or not the
+email exists (a dummy hash is checked for unknown emails), so timing does
+not tell which accounts exist.
+
+Lockout: the server calls :meth:`~UserRepository.record_failed_login` after
+a wrong password and :meth:`~UserRepository.reset_failed_logins` after a
+right one, and refuses a user while :meth:`User.is_locked`; the counting
+is one atomic UPDATE, so concurrent failures are all counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
+
+from ...errors import AlreadyExistsError, EntityNotFoundError, ValidationError
+from ..db import Database
+from .model import (
+    User,
+    _check_json,
+    _check_text,
+    check_authority,
+    check_email,
+    check_uuid,
+    decode_json,
+    encode_json,
+    new_id,
+    now_ms,
+    owner_id,
+    NULL_UUID,
+)
+from .paging import ListQuery, PageData, check_paging
+
+__all__ = ["UserRepository", "default_password_hasher", "MAX_PASSWORD"]
+
+#: Longest password accepted (hashing cost grows with length).
+MAX_PASSWORD = 1024
+
+_USER_COLUMNS = (
+    "id, tenant_id, customer_id, created_time, email, authority, first_name, last_name, phone, "
+    "additional_info, enabled, password_hash IS NOT NULL AS has_password, failed_login_attempts, "
+    "locked_until, last_login_time, version"
+)
+_SORT = {"createdTime": "created_time", "email": "email", "firstName": "first_name", "lastName": "last_name"}
+
+
+def default_password_hasher() -> PasswordHasher:
+    """argon2-cffi's defaults (Argon2id, RFC 9106 low-memory profile)."""
+    return PasswordHasher()
+
+
+def _user(row: Any) -> User:
+    return User(
+        id=row["id"], tenant_id=row["tenant_id"], customer_id=row["customer_id"],
+        created_time=row["created_time"], email=row["email"], authority=row["authority"],
+        first_name=row["first_name"], last_name=row["last_name"], phone=row["phone"],
+        additional_info=decode_json(row["additional_info"]), enabled=bool(row["enabled"]),
+        has_password=bool(row["has_password"]), failed_login_attempts=row["failed_login_attempts"],
+        locked_until=row["locked_until"], last_login_time=row["last_login_time"], version=row["version"],
+    )
+
+
+def _check_password(password: object) -> str:
+    if not isinstance(password, str) or not password:
+        raise ValidationError("Password should be specified!")
+    if len(password) > MAX_PASSWORD:
+        raise ValidationError(f"Password length must be at most {MAX_PASSWORD} characters")
+    return password
+
+
+class UserRepository:
+    """Users of every authority.  ``hasher``: an argon2-cffi
+    :class:`~argon2.PasswordHasher` (tests pass a cheap one)."""
+
+    def __init__(self, db: Database, *, hasher: PasswordHasher | None = None) -> None:
+        self.db = db
+        self.hasher = hasher or default_password_hasher()
+        self._dummy_hash: str | None = None
+
+    async def _hash(self, password: str) -> str:
+        return await asyncio.to_thread(self.hasher.hash, password)
+
+    async def create(
+        self,
+        tenant_id: str | None,
+        customer_id: str | None,
+        email: str,
+        authority: str,
+        first_name: str | None = None,
+        last_name: str | None = None,
+        password: str | None = None,
+        *,
+        phone: str | None = None,
+        additional_info: Any = None,
+        enabled: bool = True,
+        id: str | None = None,
+    ) -> User:
+        """A new user.  SYS_ADMIN: no tenant, no customer; TENANT_ADMIN: a
+        tenant that exists, no customer; CUSTOMER_USER: a customer of that
+        tenant.  ``password`` None: the user cannot log in until
+        :meth:`set_password`.  A taken email raises AlreadyExistsError with
+        ThingsBoard's message."""
+        tenant_id = owner_id("tenant id", tenant_id)
+        customer_id = owner_id("customer id", customer_id)
+        email = check_email(email)
+        authority = check_authority(authority)
+        if authority == "SYS_ADMIN" and (tenant_id != NULL_UUID or customer_id != NULL_UUID):
+            raise ValidationError("A system administrator belongs to no tenant and no customer")
+        if authority == "TENANT_ADMIN" and (tenant_id == NULL_UUID or customer_id != NULL_UUID):
+            raise ValidationError("A tenant administrator needs a tenant and no customer")
+        if authority == "CUSTOMER_USER" and (tenant_id == NULL_UUID or customer_id == NULL_UUID):
+            raise ValidationError("A customer user needs a tenant and a customer")
+        first_name = _check_text("firstName", first_name, required=False)
+        last_name = _check_text("lastName", last_name, required=False)
+        phone = _check_text("phone", phone, required=False)
+        _check_json("additionalInfo", additional_info)
+        password_hash = await self._hash(_check_password(password)) if password is not None else None
+        user_id = check_uuid("user id", id) if id is not None else new_id()
+        created = now_ms()
+        try:
+            async with self.db.transaction() as conn:
+                if tenant_id != NULL_UUID and not await conn.fetchval("SELECT 1 FROM tenant WHERE id = $1", tenant_id):
+                    raise EntityNotFoundError(f"Tenant with id [{tenant_id}] is not found")
+                if customer_id != NULL_UUID and not await conn.fetchval(
+                    "SELECT 1 FROM customer WHERE id = $1 AND tenant_id = $2", customer_id, tenant_id
+                ):
+                    raise EntityNotFoundError(f"Customer with id [{customer_id}] is not found")
+                await conn.execute(
+                    "INSERT INTO tb_user (id, tenant_id, customer_id, created_time, email, authority, first_name, "
+                    "last_name, phone, additional_info, password_hash, enabled) "
+                    "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+                    user_id, tenant_id, customer_id, created, email, authority, first_name, last_name, phone,
+                    encode_json(additional_info), password_hash, bool(enabled),
+                )
+        except AlreadyExistsError as e:
+            raise AlreadyExistsError(f"User with email '{email}'  already present in database!") from e
+        return User(
+            id=user_id, tenant_id=tenant_id, customer_id=customer_id, created_time=created, email=email,
+            authority=authority, first_name=first_name, last_name=last_name, phone=phone,
+            additional_info=additional_info, enabled=bool(enabled), has_password=password_hash is not None,
+        )
+
+    async def update(
+        self,
+        user_id: str,
+        *,
+        first_name: str | None = None,
+        last_name: str | None = None,
+        phone: str | None = None,
+        additional_info: Any = None,
+        enabled: bool | None = None,
+    ) -> User:
+        """Replace a user's names, phone and additional info (and, when
+        given, ``enabled``); email, authority, tenant and customer stay."""
+        user_id = check_uuid("user id", user_id)
+        n = await self.db.execute(
+            "UPDATE tb_user SET first_name = $2, last_name = $3, phone = $4, additional_info = $5, "
+            "enabled = COALESCE($6, enabled), version = version + 1 WHERE id = $1",
+            user_id, _check_text("firstName", first_name, required=False),
+            _check_text("lastName", last_name, required=False), _check_text("phone", phone, required=False),
+            encode_json(_check_json("additionalInfo", additional_info)), enabled,
+        )
+        if not n:
+            raise EntityNotFoundError(f"User with id [{user_id}] is not found")
+        user = await self.get(user_id)
+        assert user is not None
+        return user
+
+    async def get(self, user_id: str) -> User | None:
+        """The user, whatever its tenant (a JWT's ``userId`` to its user);
+        the API checks that the caller may see it."""
+        row = await self.db.fetchrow(f"SELECT {_USER_COLUMNS} FROM tb_user WHERE id = $1",
+                                     check_uuid("user id", user_id))
+        return _user(row) if row is not None else None
+
+    async def by_email(self, email: str) -> User | None:
+        if not isinstance(email, str):
+            return None
+        row = await self.db.fetchrow(f"SELECT {_USER_COLUMNS} FROM tb_user WHERE email = $1", email.lower())
+        return _user(row) if row is not None else None
+
+    async def count(self, authority: str | None = None) -> int:
+        """How many users (of one authority); e.g. whether a system
+        administrator exists yet."""
+        if authority is None:
+            return await self.db.fetchval("SELECT count(*) FROM tb_user")
+        return await self.db.fetchval("SELECT count(*) FROM tb_user WHERE authority = $1", check_authority(authority))
+
+    async def set_password(self, user_id: str, password: str) -> None:
+        """Set (or replace) a user's password; also clears a lockout."""
+        user_id = check_uuid("user id", user_id)
+        password_hash = await self._hash(_check_password(password))
+        n = await self.db.execute(
+            "UPDATE tb_user SET password_hash = $2, failed_login_attempts = 0, locked_until = 0 WHERE id = $1",
+            user_id, password_hash,
+        )
+        if not n:
+            raise EntityNotFoundError(f"User with id [{user_id}] is not found")
+
+    async def verify(self, email: str, password: str) -> User | None:
+        """The user when ``password`` is theirs, else None (unknown email,
+        no password set, wrong password).  Takes the same time either way.
+        Says nothing about ``enabled`` or a lockout: the caller checks
+        :attr:`User.enabled` and :meth:`User.is_locked` (before calling,
+        so a locked account's password is not even tried).  A hash made
+        with older parameters is upgraded on success."""
+        if not isinstance(password, str) or len(password) > MAX_PASSWORD:
+            return None
+        row = None
+        if isinstance(email, str):
+            row = await self.db.fetchrow(
+                f"SELECT {_USER_COLUMNS}, password_hash FROM tb_user WHERE email = $1", email.lower()
+            )
+        stored = row["password_hash"] if row is not None else None
+        if stored is None:
+            if self._dummy_hash is None:
+                self._dummy_hash = await self._hash("fleetrpc: no such user")
+            stored = self._dummy_hash
+        ok = await asyncio.to_thread(self._check, stored, password)
+        if not ok or row is None or row["password_hash"] is None:
+            return None
+        if self.hasher.check_needs_rehash(stored):
+            await self.db.execute("UPDATE tb_user SET password_hash = $2 WHERE id = $1",
+                                  row["id"], await self._hash(password))
+        return _user(row)
+
+    def _check(self, stored: str, password: str) -> bool:
+        try:
+            return self.hasher.verify(stored, password)
+        except (VerifyMismatchError, VerificationError, InvalidHashError):
+            return False
+
+    async def record_failed_login(
+        self, user_id: str, *, max_attempts: int, lockout_ms: int, now: int | None = None
+    ) -> User:
+        """Count a failed login.  The ``max_attempts``-th failure in a row
+        locks the account until ``now + lockout_ms`` and starts the count
+        again (``max_attempts`` 0: never lock).  Returns the user as now
+        stored."""
+        user_id = check_uuid("user id", user_id)
+        now = now_ms() if now is None else now
+        reached = "($2 > 0 AND failed_login_attempts + 1 >= $2)"
+        row = await self.db.fetchrow(
+            f"UPDATE tb_user SET "
+            f"locked_until = CASE WHEN {reached} THEN $3 ELSE locked_until END, "
+            f"failed_login_attempts = CASE WHEN {reached} THEN 0 ELSE failed_login_attempts + 1 END "
+            f"WHERE id = $1 RETURNING {_USER_COLUMNS}",
+            user_id, int(max_attempts), now + int(lockout_ms),
+        )
+        if row is None:
+            raise EntityNotFoundError(f"User with id [{user_id}] is not found")
+        return _user(row)
+
+    async def reset_failed_logins(self, user_id: str, *, login_time: int | None = None) -> None:
+        """A successful login: the failure count goes back to 0 and the
+        login time is recorded (``lastLoginTs``)."""
+        await self.db.execute(
+            "UPDATE tb_user SET failed_login_attempts = 0, locked_until = 0, last_login_time = $2 WHERE id = $1",
+            check_uuid("user id", user_id), now_ms() if login_time is None else login_time,
+        )
+
+    async def list(
+        self,
+        tenant_id: str | None,
+        customer_id: str | None,
+        page_size: int,
+        page: int,
+        *,
+        authority: str | None = None,
+        text_search: str | None = None,
+        sort_property: str | None = None,
+        sort_order: str | None = None,
+    ) -> PageData:
+        """Users of one tenant (``tenant_id`` None or the null UUID: the
+        system administrators), of one customer when ``customer_id`` is
+        given (the null UUID: the tenant's own users, not customers'), of
+        one ``authority`` when given.  ``text_search`` matches
+        email, first and last name."""
+        page_size, page = check_paging(page_size, page)
+        q = ListQuery(self.db.dialect)
+        q.equals("tenant_id", owner_id("tenant id", tenant_id))
+        if customer_id is not None:
+            q.equals("customer_id", check_uuid("customer id", customer_id))
+        if authority is not None:
+            q.equals("authority", check_authority(authority))
+        q.search(("email", "first_name", "last_name"), text_search)
+        where = q.where_sql()
+        order = q.order_sql(sort_property, sort_order, _SORT, "createdTime", "id", unique=("email",))
+        total = await self.db.fetchval(f"SELECT count(*) FROM tb_user{where}", *q.args)
+        rows = await self.db.fetch(
+            f"SELECT {_USER_COLUMNS} FROM tb_user{where}{order}{q.limit_sql(page_size, page)}", *q.args
+        )
+        return PageData.build([_user(r) for r in rows], total, page_size, page)
+
+    async def delete(self, user_id: str, *, tenant_id: str | None = None) -> None:
+        """Delete a user (of ``tenant_id`` when given: another tenant's user
+        is not found)."""
+        user_id = check_uuid("user id", user_id)
+        if tenant_id is None:
+            n = await self.db.execute("DELETE FROM tb_user WHERE id = $1", user_id)
+        else:
+            n = await self.db.execute("DELETE FROM tb_user WHERE id = $1 AND tenant_id = $2",
+                                      user_id, check_uuid("tenant id", tenant_id))
+        if not n:
+            raise EntityNotFoundError(f"User with id [{user_id}] is not found")

@@ -1,0 +1,181 @@
+"""The fleet-job tables (migration 0200): jobs and their per-device rows.
+
+Every method that reads or changes a job takes its tenant; the only
+cross-tenant read is :meth:`JobRepository.load_unfinished`, which the job
+engine uses once at start to resume what a restart interrupted.
+
+Writes are batched by the engine: one transaction starts a batch of targets
+(their IN_PROGRESS rows plus the job's cursor and counts), one records a
+batch of outcomes (their rows plus the job's counts and aggregate).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import msgspec
+
+from ..jobs.model import DeviceOutcome, Job, JobCounts, JobDevice, JobSpec, JobStatus
+
+__all__ = ["JobRepository"]
+
+_encode = msgspec.json.Encoder().encode
+_spec_decoder = msgspec.json.Decoder(JobSpec)
+_counts_decoder = msgspec.json.Decoder(JobCounts)
+_any_decoder = msgspec.json.Decoder()
+
+_JOB_COLUMNS = (
+    "id, tenant_id, customer_id, created_by, spec, status, counts, aggregate, cursor, "
+    "created_time, start_ts, finish_ts, cancellation_ts, general_error"
+)
+_DEVICE_COLUMNS = "job_id, device_id, outcome, result, error, rpc_id, start_ts, finish_ts"
+
+
+def _text(value: Any) -> str | None:
+    return None if value is None else _encode(value).decode()
+
+
+def _job(row: Any) -> Job:
+    return Job(
+        id=row[0], tenant_id=row[1], customer_id=row[2], created_by=row[3],
+        spec=_spec_decoder.decode(row[4]), status=JobStatus(row[5]),
+        counts=_counts_decoder.decode(row[6]), aggregate=_any_decoder.decode(row[7]),
+        cursor=row[8], created_time=row[9], start_ts=row[10], finish_ts=row[11],
+        cancellation_ts=row[12], general_error=row[13],
+    )
+
+
+def _device(row: Any) -> JobDevice:
+    return JobDevice(
+        job_id=row[0], device_id=row[1], outcome=DeviceOutcome(row[2]),
+        result=None if row[3] is None else _any_decoder.decode(row[3]),
+        error=row[4], rpc_id=row[5], start_ts=row[6], finish_ts=row[7],
+    )
+
+
+class JobRepository:
+    """Jobs and their per-device rows on a :class:`~fleetrpc.store.db.Database`."""
+
+    def __init__(self, db: Any) -> None:
+        self.db = db
+
+    async def insert(self, job: Job) -> None:
+        await self.db.execute(
+            f"INSERT INTO job ({_JOB_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+            job.id, job.tenant_id, job.customer_id, job.created_by, _text(job.spec),
+            job.status.value, _text(job.counts), _text(job.aggregate), job.cursor,
+            job.created_time, job.start_ts, job.finish_ts, job.cancellation_ts, job.general_error,
+        )
+
+    async def get(self, tenant_id: str, job_id: str) -> Job | None:
+        row = await self.db.fetchrow(
+            f"SELECT {_JOB_COLUMNS} FROM job WHERE id = $1 AND tenant_id = $2", job_id, tenant_id
+        )
+        return None if row is None else _job(row)
+
+    async def list(
+        self, tenant_id: str, page_size: int, page: int, *,
+        customer_id: str | None = None, statuses: Sequence[JobStatus] = (),
+    ) -> tuple[list[Job], int]:
+        """A page of the tenant's jobs, newest first (a customer user sees
+        its customer's jobs only), and how many there are in all."""
+        where = ["tenant_id = $1"]
+        args: list[Any] = [tenant_id]
+        if customer_id is not None:
+            args.append(customer_id)
+            where.append(f"customer_id = ${len(args)}")
+        if statuses:
+            marks = []
+            for s in statuses:
+                args.append(JobStatus(s).value)
+                marks.append(f"${len(args)}")
+            where.append(f"status IN ({', '.join(marks)})")
+        cond = " AND ".join(where)
+        total = await self.db.fetchval(f"SELECT count(*) FROM job WHERE {cond}", *args)
+        rows = await self.db.fetch(
+            f"SELECT {_JOB_COLUMNS} FROM job WHERE {cond} ORDER BY created_time DESC, id "
+            f"LIMIT ${len(args) + 1} OFFSET ${len(args) + 2}",
+            *args, page_size, page * page_size,
+        )
+        return [_job(r) for r in rows], int(total)
+
+    async def delete(self, tenant_id: str, job_id: str) -> bool:
+        async with self.db.transaction() as conn:
+            n = await conn.execute("DELETE FROM job WHERE id = $1 AND tenant_id = $2", job_id, tenant_id)
+            if n:
+                await conn.execute("DELETE FROM job_device WHERE job_id = $1", job_id)
+        return bool(n)
+
+    async def load_unfinished(self) -> list[Job]:
+        """Every QUEUED or RUNNING job of every tenant (the engine resumes them)."""
+        rows = await self.db.fetch(
+            f"SELECT {_JOB_COLUMNS} FROM job WHERE status IN ('QUEUED', 'RUNNING') ORDER BY created_time"
+        )
+        return [_job(r) for r in rows]
+
+    async def save(self, job: Job) -> None:
+        """The job's status, counts, aggregate, cursor and times."""
+        await self._save(self.db, job)
+
+    @staticmethod
+    async def _save(conn: Any, job: Job) -> None:
+        await conn.execute(
+            "UPDATE job SET status = $2, counts = $3, aggregate = $4, cursor = $5, start_ts = $6, "
+            "finish_ts = $7, cancellation_ts = $8, general_error = $9 WHERE id = $1",
+            job.id, job.status.value, _text(job.counts), _text(job.aggregate), job.cursor,
+            job.start_ts, job.finish_ts, job.cancellation_ts, job.general_error,
+        )
+
+    async def start_devices(self, job: Job, rows: Sequence[JobDevice]) -> None:
+        """Record targets as IN_PROGRESS, with the job's new cursor and
+        counts, in one transaction; committed before any of them is sent."""
+        async with self.db.transaction() as conn:
+            await conn.executemany(
+                f"INSERT INTO job_device ({_DEVICE_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) "
+                "ON CONFLICT (job_id, device_id) DO NOTHING",
+                [(r.job_id, r.device_id, r.outcome.value, _text(r.result), r.error, r.rpc_id,
+                  r.start_ts, r.finish_ts) for r in rows],
+            )
+            await self._save(conn, job)
+
+    async def finish_devices(self, job: Job, rows: Sequence[JobDevice]) -> None:
+        """Record outcomes, with the job's counts and aggregate, in one transaction."""
+        async with self.db.transaction() as conn:
+            if rows:
+                await conn.executemany(
+                    "UPDATE job_device SET outcome = $3, result = $4, error = $5, rpc_id = $6, "
+                    "finish_ts = $7 WHERE job_id = $1 AND device_id = $2",
+                    [(r.job_id, r.device_id, r.outcome.value, _text(r.result), r.error, r.rpc_id,
+                      r.finish_ts) for r in rows],
+                )
+            await self._save(conn, job)
+
+    async def in_progress(self, job_id: str) -> list[JobDevice]:
+        """Rows a restart left IN_PROGRESS (the engine decides their fate)."""
+        rows = await self.db.fetch(
+            f"SELECT {_DEVICE_COLUMNS} FROM job_device WHERE job_id = $1 AND outcome = 'IN_PROGRESS' "
+            "ORDER BY device_id",
+            job_id,
+        )
+        return [_device(r) for r in rows]
+
+    async def devices(
+        self, tenant_id: str, job_id: str, page_size: int, page: int, *,
+        outcome: DeviceOutcome | None = None,
+    ) -> tuple[list[JobDevice], int]:
+        """A page of a job's per-device rows in device order, optionally of
+        one outcome, and how many there are.  Empty for another tenant's job."""
+        args: list[Any] = [job_id, tenant_id]
+        cond = "d.job_id = $1 AND j.id = d.job_id AND j.tenant_id = $2"
+        if outcome is not None:
+            args.append(DeviceOutcome(outcome).value)
+            cond += " AND d.outcome = $3"
+        total = await self.db.fetchval(f"SELECT count(*) FROM job_device d, job j WHERE {cond}", *args)
+        rows = await self.db.fetch(
+            f"SELECT d.job_id, d.device_id, d.outcome, d.result, d.error, d.rpc_id, d.start_ts, d.finish_ts "
+            f"FROM job_device d, job j WHERE {cond} ORDER BY d.device_id "
+            f"LIMIT ${len(args) + 1} OFFSET ${len(args) + 2}",
+            *args, page_size, page * page_size,
+        )
+        return [_device(r) for r in rows], int(total)

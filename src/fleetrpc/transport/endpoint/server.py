@@ -1,0 +1,586 @@
+"""The device endpoint: fleetrpc's own MQTT listener, a transport for the
+dispatcher.
+
+To the dispatcher it looks like :class:`~fleetrpc.transport.MqttTransport`:
+``start(filters)``, ``close()``, ``publish(topic, payload, qos, retain,
+token, properties)`` and the callbacks ``on_message``, ``on_published`` and
+``on_connection``.  Underneath, devices connect to it directly:
+
+- a REQUEST ``{p}/d/{device}/req/{node}/{rid}`` goes to the newest session
+  of that device that subscribed to its RPC topic, in that session's form
+  (``v1/devices/me/rpc/request/{n}``, ``v2/r/req/{n}``, the gateway's
+  ``v1/gateway/rpc``, or the fleetrpc topic unchanged) at the QoS the device
+  subscribed with;
+- the device's answer becomes a REPLY ``{p}/d/{device}/res/{node}/{rid}``;
+  its PUBACK (QoS 1), or the write itself (QoS 0), an ACK
+  ``{p}/d/{device}/ack/{node}/{rid}``: ThingsBoard's DELIVERED;
+- a device's own call becomes a CALL ``{p}/d/{device}/call/{cid}`` with a
+  ``cid`` chosen here, and the dispatcher's RETURN on ``ret/{cid}`` goes back
+  to the session that asked, on the topic it expects;
+- ``getSessionLimits`` is answered here, as ThingsBoard's transport does;
+- the first session of a device that subscribes to its RPC topic makes it
+  online (a PRESENCE message ``{"status": "online"}``), the last one to go
+  makes it offline.
+
+Time: one sweep per second checks the connections whose connect timeout or
+keepalive falls due (bucketed by second, so an idle connection costs a
+check per keepalive, not per sweep), slow readers and expired sessions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import itertools
+import logging
+import ssl as _ssl
+import time
+from typing import Any, Awaitable, Callable, Union
+
+import msgspec
+
+from ...errors import ValidationError
+from ...wire import validate_id, validate_prefix
+from . import packets as P
+from .limits import RateLimit, parse_rate_limits
+from .session import CLOSED, CONNECTED, Session, SubDevice
+from .settings import EndpointSettings
+
+log = logging.getLogger("fleetrpc.endpoint")
+
+_json = msgspec.json.Encoder().encode
+
+
+class Identity(msgspec.Struct, frozen=True):
+    """Who a connection is, as ``authenticate`` tells: a device of the
+    registry, and whether it may use the gateway API (ThingsBoard allows
+    that only to devices marked as gateways)."""
+
+    device_id: str
+    gateway: bool = False
+
+
+AuthResult = Union[str, Identity, None]
+#: authenticate(username, password, client_id) -> device id / Identity / None,
+#: or an awaitable of that.  An empty user name reaches it only with
+#: ``mqtt_basic``; the password is None when the device sent none.
+Authenticate = Callable[[str, "str | None", str], Union[AuthResult, Awaitable[AuthResult]]]
+#: resolve_subdevice(gateway device id, sub-device name) -> device id / None,
+#: or an awaitable of that.
+ResolveSubdevice = Callable[[str, str], Union["str | None", Awaitable["str | None"]]]
+
+
+class EndpointStats:
+    """Counters of one endpoint."""
+
+    __slots__ = (
+        "accepted", "refused_max_connections", "refused_auth", "takeovers",
+        "closed_protocol", "closed_too_large", "closed_keepalive", "closed_rate_limit",
+        "closed_slow_reader", "closed_connect_timeout", "closed_other",
+        "requests", "responses", "unknown_response", "client_calls", "session_limits",
+        "undeliverable", "too_large_for_device", "ignored", "refused_topic",
+    )
+
+    def __init__(self) -> None:
+        for name in self.__slots__:
+            setattr(self, name, 0)
+
+    def count_close(self, reason: int) -> None:
+        if reason in (P.MALFORMED_PACKET, P.PROTOCOL_ERROR, P.QOS_NOT_SUPPORTED, P.TOPIC_NAME_INVALID):
+            self.closed_protocol += 1
+        elif reason == P.PACKET_TOO_LARGE:
+            self.closed_too_large += 1
+        elif reason == P.KEEP_ALIVE_TIMEOUT:
+            self.closed_keepalive += 1
+        elif reason == P.MESSAGE_RATE_TOO_HIGH:
+            self.closed_rate_limit += 1
+        else:
+            self.closed_other += 1
+
+    def as_dict(self) -> dict[str, int]:
+        return {name: getattr(self, name) for name in self.__slots__}
+
+    def __repr__(self) -> str:
+        return f"EndpointStats({self.as_dict()})"
+
+
+class _StoredSession:
+    """A disconnected session kept for its expiry interval: its subscriptions."""
+
+    __slots__ = ("endpoint", "key", "subs", "deadline", "check_key")
+
+    def __init__(self, endpoint: "DeviceEndpoint", key: tuple[str, str], subs: dict[str, int], deadline: float) -> None:
+        self.endpoint = endpoint
+        self.key = key
+        self.subs = subs
+        self.deadline = deadline
+        self.check_key = 0
+
+    def _check(self, now: float) -> None:
+        ep = self.endpoint
+        if ep._stored.get(self.key) is not self:
+            return
+        if now >= self.deadline:
+            del ep._stored[self.key]
+        else:
+            ep._check_at(self, self.deadline)
+
+
+def _name_is_id(gateway: str, name: str) -> str | None:
+    """Library default for sub-devices: the name announced is the device id."""
+    try:
+        return validate_id("device", name)
+    except ValidationError:
+        return None
+
+
+class DeviceEndpoint:
+    """fleetrpc's own MQTT listener for devices, usable as a dispatcher's
+    transport (see the module docstring).
+
+    ``authenticate(username, password, client_id)`` says which device a
+    connection is (a device id, an :class:`Identity`, or None to refuse);
+    it may be a coroutine function.  ``resolve_subdevice(gateway_id, name)``
+    maps a gateway's announced sub-device name to a device id (default: the
+    name is the id).
+    """
+
+    def __init__(
+        self,
+        settings: EndpointSettings | None = None,
+        *,
+        authenticate: Authenticate,
+        resolve_subdevice: ResolveSubdevice | None = None,
+        ssl_context: _ssl.SSLContext | None = None,
+    ) -> None:
+        self.settings = s = settings or EndpointSettings()
+        validate_prefix(s.prefix)
+        self._auth_cb = authenticate
+        self._resolve_cb = resolve_subdevice or _name_is_id
+        self._ssl_context = ssl_context
+        self._dev_prefix = f"{s.prefix}/d/"
+        self._max_packet = s.max_packet
+        self._rate_spec = parse_rate_limits(s.rate_limit)
+        self.stats = EndpointStats()
+
+        #: Set by the owner: on_message(topic, payload, properties).
+        self.on_message: Callable[[str, bytes, "dict | None"], None] = lambda t, p, props: None
+        #: Set by the owner: on_published(token) once the device has it.
+        self.on_published: Callable[[int], None] = lambda token: None
+        #: Set by the owner: on_connection(listening: bool).
+        self.on_connection: Callable[[bool], None] = lambda up: None
+        #: Set by the dispatcher (read batching of MqttTransport); unused here.
+        self.awaiting: Callable[[], int] = lambda: 0
+
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._servers: list[asyncio.AbstractServer] = []
+        self.ports: dict[str, int] = {}
+        self._conns: set[Session] = set()
+        #: device -> its sessions (connected, authenticated)
+        self._sessions: dict[str, list[Session]] = {}
+        #: (device, client id) -> session: MQTT's one-session-per-client-id rule, per device
+        self._by_client: dict[tuple[str, str], Session] = {}
+        #: device -> where its requests go (sessions and gateway sub-devices), newest last
+        self._routes: dict[str, list[Session | SubDevice]] = {}
+        #: client-side call id -> (session, answer topic, QoS, answer properties)
+        self._calls: dict[str, tuple[Session, str, int, dict | None]] = {}
+        # Call ids far above what devices pick for themselves: with the
+        # composite transport, a device id reached through the broker too
+        # gets answers on ret/{its own id}, which must not look like ours.
+        self._cids = itertools.count(1 << 40)
+        self._client_ids = itertools.count(1)
+        self._stored: dict[tuple[str, str], _StoredSession] = {}
+        self._limits: dict[str, RateLimit] = {}
+        self._paused: set[Session] = set()
+        self._dirty: list[Session] = []
+        self._flush_scheduled = False
+        self._checks: dict[int, list] = {}
+        self._swept = 0
+        self._sweeper: asyncio.TimerHandle | None = None
+        self._last_purge = 0.0
+        self._tasks: set[asyncio.Task] = set()
+        self._closing = False
+        limits: dict[str, Any] = {"messages": s.rate_limit or "", "telemetryMessages": s.rate_limit or "",
+                                  "telemetryDataPoints": ""}
+        self._limits_device = _json({"maxPayloadSize": s.max_payload, "maxInflightMessages": s.max_inflight,
+                                     "rateLimits": limits})
+        self._limits_gateway = _json({"maxPayloadSize": s.max_payload, "maxInflightMessages": s.max_inflight,
+                                      "rateLimits": limits, "gatewayRateLimits": limits})
+
+    # -- lifecycle ------------------------------------------------------------------
+
+    async def start(self, filters: list[tuple[str, int]] = ()) -> None:
+        """Listen.  ``filters`` (the dispatcher's subscriptions) are only
+        checked against the prefix: every message for the dispatcher is made
+        here, so nothing needs subscribing."""
+        for f, _ in filters:
+            if f"{self.settings.prefix}/d/" in f:
+                break
+        else:
+            if filters:
+                raise ValidationError(
+                    f"the endpoint's prefix {self.settings.prefix!r} is not the dispatcher's: "
+                    f"its subscriptions are {[f for f, _ in filters]}"
+                )
+        self._loop = loop = asyncio.get_running_loop()
+        s = self.settings
+        try:
+            if s.port is not None:
+                server = await loop.create_server(lambda: Session(self), s.host, s.port, backlog=4096)
+                self._servers.append(server)
+                self.ports["tcp"] = server.sockets[0].getsockname()[1]
+            if s.tls_port is not None:
+                ctx = self._ssl_context or self._make_ssl_context()
+                server = await loop.create_server(
+                    lambda: Session(self), s.host, s.tls_port, ssl=ctx, backlog=4096,
+                    ssl_handshake_timeout=s.connect_timeout,
+                )
+                self._servers.append(server)
+                self.ports["tls"] = server.sockets[0].getsockname()[1]
+        except BaseException:
+            for server in self._servers:
+                server.close()
+            self._servers.clear()
+            raise
+        self._swept = int(loop.time())
+        self._sweeper = loop.call_later(1.0, self._sweep)
+        log.info("device endpoint listening on %s", self.ports)
+        self.on_connection(True)
+
+    def _make_ssl_context(self) -> _ssl.SSLContext:
+        s = self.settings
+        ctx = _ssl.create_default_context(_ssl.Purpose.CLIENT_AUTH)
+        ctx.load_cert_chain(s.tls_cert, s.tls_key)
+        if s.tls_ca:
+            ctx.load_verify_locations(s.tls_ca)
+            ctx.verify_mode = _ssl.CERT_OPTIONAL
+        return ctx
+
+    async def close(self) -> None:
+        """Stop listening and close every connection (MQTT 5 sessions hear
+        "server shutting down")."""
+        if self._closing:
+            return
+        self._closing = True
+        for server in self._servers:
+            server.close()
+        for session in list(self._conns):
+            session.close(P.SERVER_SHUTTING_DOWN)
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        for server in self._servers:
+            try:
+                await asyncio.wait_for(server.wait_closed(), 5)
+            except asyncio.TimeoutError:
+                log.warning("device endpoint: connections still open after close")
+        self._servers.clear()
+        self.on_connection(False)
+
+    # -- what the owner may ask -------------------------------------------------------
+
+    def reaches(self, device: str) -> bool:
+        """True while a session of ``device`` (or its gateway) has subscribed
+        to its RPC topic here."""
+        return device in self._routes
+
+    @property
+    def connected_devices(self) -> frozenset[str]:
+        """Devices with at least one authenticated connection."""
+        return frozenset(self._sessions)
+
+    @property
+    def connection_count(self) -> int:
+        """Open connections, authenticated or not."""
+        return len(self._conns)
+
+    def buffered_bytes(self) -> int:
+        """Bytes held for all connections: partial packets read, output not yet
+        handed to the kernel, and the transports' write buffers."""
+        total = 0
+        for s in self._conns:
+            if s.reader is not None:
+                total += s.reader.buffered
+            total += sum(map(len, s.out))
+            if s.transport is not None:
+                total += s.transport.get_write_buffer_size()
+        return total
+
+    def tracked(self) -> dict[str, int]:
+        """Sizes of every per-connection table (tests assert they return to
+        zero once the devices are gone)."""
+        return {
+            "connections": len(self._conns),
+            "devices": len(self._sessions),
+            "client_ids": len(self._by_client),
+            "routes": len(self._routes),
+            "calls": len(self._calls),
+            "paused": len(self._paused),
+            "dirty": len(self._dirty),
+            "tasks": len(self._tasks),
+            "checks": sum(1 for items in self._checks.values() for s in items
+                          if isinstance(s, Session) and s.state != CLOSED),
+        }
+
+    # -- transport interface: the dispatcher publishes ----------------------------------
+
+    def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False,
+                token: int = -1, properties: dict | None = None) -> None:
+        """Deliver a dispatcher message to the device it is for; a device
+        that is not connected here does not get it (its call times out, as
+        through a broker)."""
+        if not self.try_publish(topic, payload, qos, retain, token, properties):
+            self.stats.undeliverable += 1
+
+    def try_publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False,
+                    token: int = -1, properties: dict | None = None) -> bool:
+        """:meth:`publish`, returning False when no connection here takes it."""
+        dp = self._dev_prefix
+        if not topic.startswith(dp):
+            return False
+        i = len(dp)
+        j = topic.find("/", i)
+        if j < 0:
+            return False
+        device = topic[i:j]
+        kind = topic[j + 1:j + 5]
+        if kind == "req/":
+            targets = self._routes.get(device)
+            if targets is None:
+                return False
+            self.stats.requests += 1
+            targets[-1].send_request(topic, j + 5, payload, token, properties)
+            return True
+        if kind == "ret/":
+            entry = self._calls.pop(topic[j + 5:], None)
+            if entry is not None:
+                session, answer, q, answer_props = entry
+                if session.calls is not None:
+                    session.calls.discard(topic[j + 5:])
+                session.send_answer(answer, payload, q, answer_props)
+                return True
+            return False  # an answer to a call that came another way
+        # anything else for a fleetrpc-SDK device connected here
+        delivered = False
+        for session in self._sessions.get(device, ()):
+            if session.fr_filters:
+                q = session._fr_qos(topic)
+                if q >= 0:
+                    session._publish(topic, payload, q, None, None, token, properties)
+                    delivered = True
+        return delivered
+
+    # -- called by sessions --------------------------------------------------------------
+
+    def _deliver(self, topic: str, payload: bytes, props: dict | None = None) -> None:
+        if self._closing:
+            return
+        try:
+            self.on_message(topic, payload, props)
+        except Exception:  # the owner's bug must not cost the device its connection
+            log.exception("on_message failed for %r", topic)
+
+    def _accept(self, session: Session) -> bool:
+        if self._closing or len(self._conns) >= self.settings.max_connections:
+            self.stats.refused_max_connections += 1
+            return False
+        self._conns.add(session)
+        self.stats.accepted += 1
+        return True
+
+    def _authenticate(self, username: str, password: str | None, client_id: str):
+        return self._auth_cb(username, password, client_id)
+
+    def _identity(self, result: Any) -> Identity | None:
+        if result is None:
+            return None
+        if isinstance(result, str):
+            result = Identity(result)
+        elif not isinstance(result, Identity):
+            log.error("authenticate() returned %r: expected a device id, an Identity or None", result)
+            return None
+        try:
+            validate_id("device", result.device_id)
+        except ValidationError as exc:
+            log.error("authenticate() returned an unusable device id: %s", exc)
+            return None
+        return result
+
+    def _assign_client_id(self) -> str:
+        return f"fleetrpc-auto-{next(self._client_ids)}"
+
+    def _register(self, session: Session) -> bool:
+        """An authenticated session: take over an older one of the same
+        client id (same device only), count it; returns session-present."""
+        device = session.device
+        key = (device, session.client_id)
+        old = self._by_client.get(key)
+        if old is not None and old is not session:
+            self.stats.takeovers += 1
+            old.close(P.SESSION_TAKEN_OVER)
+        self._by_client[key] = session
+        self._sessions.setdefault(device, []).append(session)
+        if session.clean_start:
+            self._stored.pop(key, None)
+            return False
+        return key in self._stored
+
+    def _restore(self, session: Session) -> None:
+        stored = self._stored.pop((session.device, session.client_id), None)
+        if stored is not None:
+            for topic, qos in stored.subs.items():
+                session.subscribe(topic, qos)
+
+    def _detach(self, session: Session) -> None:
+        """A session ends (closed here or by the device): it reaches nothing
+        any more.  Idempotent."""
+        device = session.device
+        if not device:
+            return
+        sessions = self._sessions.get(device)
+        if sessions is None or session not in sessions:
+            return
+        sessions.remove(session)
+        if not sessions:
+            del self._sessions[device]
+        self._remove_route(device, session)
+        for sub in (session.subdevices or {}).values():
+            self._remove_route(sub.device, sub)
+        for cid in session.calls or ():
+            self._calls.pop(cid, None)
+        session.calls = None
+        key = (device, session.client_id)
+        if self._by_client.get(key) is session:
+            del self._by_client[key]
+            if session.session_expiry and not self._closing:
+                stored = _StoredSession(self, key, dict(session.subs), self._loop.time() + session.session_expiry)
+                self._stored[key] = stored
+                self._check_at(stored, stored.deadline)
+
+    def _lost(self, session: Session) -> None:
+        self._detach(session)
+        self._conns.discard(session)
+        self._paused.discard(session)
+
+    def _add_route(self, device: str, target: Session | SubDevice) -> None:
+        routes = self._routes.get(device)
+        if routes is None:
+            self._routes[device] = [target]
+            self._presence(device, True)
+        elif target not in routes:
+            routes.append(target)
+
+    def _remove_route(self, device: str, target: Session | SubDevice) -> None:
+        routes = self._routes.get(device)
+        if routes is None or target not in routes:
+            return
+        routes.remove(target)
+        if not routes:
+            del self._routes[device]
+            self._presence(device, False)
+
+    def _presence(self, device: str, online: bool) -> None:
+        body = _json({"status": "online" if online else "offline", "ts": int(time.time() * 1000)})
+        self._deliver(f"{self._dev_prefix}{device}/presence", body)
+
+    def _new_call(self, session: Session, answer: str, qos: int, props: dict | None) -> str:
+        cid = str(next(self._cids))
+        self._calls[cid] = (session, answer, qos, props)
+        return cid
+
+    def _session_limits(self, gateway: bool) -> bytes:
+        return self._limits_gateway if gateway else self._limits_device
+
+    def _rate_limit(self, device: str) -> RateLimit | None:
+        if not self._rate_spec:
+            return None
+        limit = self._limits.get(device)
+        if limit is None:
+            limit = self._limits[device] = RateLimit(self._rate_spec, self._loop.time())
+        return limit
+
+    def _resolve_subdevice(self, session: Session, name: str) -> None:
+        try:
+            result = self._resolve_cb(session.device, name)
+        except Exception:
+            log.exception("resolve_subdevice(%r, %r) failed", session.device, name)
+            return
+        if inspect.isawaitable(result):
+            self._spawn(self._await_subdevice(session, name, result))
+        elif result is not None:
+            session.add_subdevice(name, result)
+        else:
+            self.stats.ignored += 1
+
+    async def _await_subdevice(self, session: Session, name: str, awaitable) -> None:
+        try:
+            device = await awaitable
+        except Exception:
+            log.exception("resolve_subdevice(%r, %r) failed", session.device, name)
+            return
+        if device is not None:
+            session.add_subdevice(name, device)
+
+    def _spawn(self, coro) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- output and time --------------------------------------------------------------
+
+    def _mark_dirty(self, session: Session) -> None:
+        self._dirty.append(session)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        dirty, self._dirty = self._dirty, []
+        for session in dirty:
+            session._flush()
+
+    def _check_at(self, obj: Any, when: float) -> None:
+        """Have the sweep call ``obj._check(now)`` once ``when`` has passed;
+        an object is in one bucket at a time (a new time replaces the old)."""
+        key = max(int(when) + 1, self._swept + 1)
+        obj.check_key = key
+        bucket = self._checks.get(key)
+        if bucket is None:
+            self._checks[key] = [obj]
+        else:
+            bucket.append(obj)
+
+    def _sweep(self) -> None:
+        loop = self._loop
+        now = loop.time()
+        sec = int(now)
+        checks = self._checks
+        for key in range(self._swept + 1, sec + 1):
+            bucket = checks.pop(key, None)
+            if bucket:
+                for obj in bucket:
+                    if obj.check_key == key:
+                        try:
+                            obj._check(now)
+                        except Exception:
+                            log.exception("device endpoint: keepalive check failed")
+        self._swept = max(self._swept, sec)
+        if self._paused:
+            grace = self.settings.slow_reader_grace
+            for session in list(self._paused):
+                if session.paused_since and now - session.paused_since >= grace:
+                    self.stats.closed_slow_reader += 1
+                    log.info("device session %s dropped: a slow reader for %.0f s", session._who(), grace)
+                    self._paused.discard(session)
+                    session.abort()
+        if self._limits and now - self._last_purge >= 60:
+            self._last_purge = now
+            for device in [d for d, lim in self._limits.items() if d not in self._sessions and lim.full(now)]:
+                del self._limits[device]
+        if not self._closing:
+            self._sweeper = loop.call_later(1.0, self._sweep)

@@ -1,0 +1,140 @@
+"""Payloads: the msgspec types, the shared encoder and decoders, the error
+codes and the error-reply shape."""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+from .constants import MAX_ID_LENGTH
+
+__all__ = [
+    "RpcRequest", "Presence", "ErrorBody", "ErrorReply", "ErrorCode", "ERROR_MEANINGS",
+    "METHOD_NOT_FOUND", "INVALID_PARAMS", "INTERNAL_ERROR",
+    "error_reply", "error_value", "as_error",
+    "JSON_ENCODER", "ANY_DECODER", "REQUEST_DECODER", "PRESENCE_DECODER", "OBJECT_DECODER",
+]
+
+Method = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_ID_LENGTH)]
+
+
+class RpcRequest(msgspec.Struct, gc=False):
+    """A call: the payload of REQUEST (server -> device) and CALL (device ->
+    server).  ``params`` defaults to an empty object, as in ThingsBoard."""
+
+    #: The procedure to run: 1-128 characters.
+    method: Method
+    #: Its arguments: any JSON value (usually an object).
+    params: Any = {}
+    #: Persistent calls only: the RPC's id, the same on every retry, so a
+    #: device can answer a duplicate from memory.  Absent (not null) otherwise.
+    id: str | msgspec.UnsetType = msgspec.UNSET
+
+
+class Presence(msgspec.Struct, gc=False, omit_defaults=True):
+    """A device's online state, published retained on its presence topic and
+    registered as its Last Will (with ``status="offline"``)."""
+
+    status: Literal["online", "offline"]
+    #: When the state changed, epoch milliseconds.
+    ts: int | None = None
+    #: Optional facts an agent may report with its presence.
+    ip: str | None = None
+    os: str | None = None
+    version: str | None = None
+    #: When the agent process started, epoch milliseconds.
+    started: int | None = None
+
+
+class ErrorBody(msgspec.Struct, gc=False):
+    """What went wrong, machine-readable (``code``) and human-readable."""
+
+    code: str
+    message: str
+
+
+class ErrorReply(msgspec.Struct, gc=False):
+    """``{"error": {"code": ..., "message": ...}}``: a failed call's answer."""
+
+    error: ErrorBody
+
+
+class ErrorCode(str, Enum):
+    """The codes fleetrpc itself puts in an error reply (applications may
+    use their own); :data:`ERROR_MEANINGS` says what each means."""
+
+    METHOD_NOT_FOUND = "METHOD_NOT_FOUND"
+    INVALID_PARAMS = "INVALID_PARAMS"
+    BAD_REQUEST = "BAD_REQUEST"
+    HANDLER_ERROR = "HANDLER_ERROR"
+    APPLICATION_ERROR = "APPLICATION_ERROR"
+    INTERNAL_ERROR = "INTERNAL_ERROR"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+#: What each :class:`ErrorCode` means (docs/protocol.md's table).
+ERROR_MEANINGS: dict[ErrorCode, str] = {
+    ErrorCode.METHOD_NOT_FOUND: "No handler is registered for the call's method.",
+    ErrorCode.INVALID_PARAMS: "The handler refused the call's params.",
+    ErrorCode.BAD_REQUEST: (
+        "The CALL itself could not be read: empty, not JSON, not an object, no "
+        "``method``, or over the payload limit; ``message`` says which."
+    ),
+    ErrorCode.HANDLER_ERROR: "The handler raised an exception; ``message`` names it.",
+    ErrorCode.APPLICATION_ERROR: "The handler reported a failure of its own (``RemoteError``).",
+    ErrorCode.INTERNAL_ERROR: "The answer could not be built (a result that is not JSON, or too large).",
+}
+
+
+# Short names, kept for the code that used them.
+METHOD_NOT_FOUND = ErrorCode.METHOD_NOT_FOUND.value
+INVALID_PARAMS = ErrorCode.INVALID_PARAMS.value
+INTERNAL_ERROR = ErrorCode.INTERNAL_ERROR.value
+
+# Shared encoder and decoders, created once: msgspec's fast path is a reused
+# Decoder per type.  They hold no per-call state, so sharing them is safe.
+#: Encodes any supported value (Structs included) to JSON bytes.
+JSON_ENCODER = msgspec.json.Encoder()
+#: Any JSON value (REPLY, RETURN).
+ANY_DECODER = msgspec.json.Decoder()
+#: :class:`RpcRequest` (REQUEST, CALL).
+REQUEST_DECODER = msgspec.json.Decoder(RpcRequest)
+#: :class:`Presence` (PRESENCE).
+PRESENCE_DECODER = msgspec.json.Decoder(Presence)
+#: A JSON object with string keys (HEARTBEAT, ELVES).
+OBJECT_DECODER = msgspec.json.Decoder(dict[str, Any])
+
+_encode = JSON_ENCODER.encode
+
+
+def error_reply(code: str, message: str) -> bytes:
+    """The JSON answer of a failed call:
+    ``{"error": {"code": code, "message": message}}``."""
+    return _encode(ErrorReply(ErrorBody(str(code), message)))
+
+
+def error_value(code: str, message: str) -> dict:
+    """The same answer as a value, for code that encodes it later."""
+    return {"error": {"code": str(code), "message": message}}
+
+
+def as_error(body: Any) -> ErrorBody | None:
+    """The :class:`ErrorBody` if ``body`` (a decoded REPLY or RETURN) is an
+    error answer -- exactly ``{"error": {"code": str, "message": str}}`` --
+    else ``None``."""
+    if type(body) is ErrorReply:
+        return body.error
+    if type(body) is not dict or len(body) != 1:
+        return None
+    err = body.get("error")
+    if type(err) is not dict:
+        return None
+    code = err.get("code")
+    message = err.get("message")
+    if type(code) is not str or type(message) is not str:
+        return None
+    return ErrorBody(code, message)

@@ -1,0 +1,279 @@
+"""paho clients on MQTT 3.1.1 and 5, bare clients for exact bytes, and
+fleetrpc's own device SDK connected directly: calls both ways, delivery
+acknowledgement, authentication, and isolation between devices."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from fleetrpc.device import DeviceClient
+from fleetrpc.errors import RpcTimeoutError
+
+from . import rawmqtt as raw
+from .conftest import make_rig
+
+
+class Paho:
+    """A paho client on its network thread; messages land in an asyncio queue."""
+
+    def __init__(self, port: int, token: str, version: int, client_id: str = "") -> None:
+        self.loop = asyncio.get_running_loop()
+        proto = mqtt.MQTTv5 if version == 5 else mqtt.MQTTv311
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=proto)
+        self.client.username_pw_set(token)
+        self.port = port
+        self.messages: asyncio.Queue = asyncio.Queue()
+        self.connack: asyncio.Future = self.loop.create_future()
+        self.subacks: asyncio.Queue = asyncio.Queue()
+        self.client.on_connect = self._on_connect
+        self.client.on_message = self._on_message
+        self.client.on_subscribe = lambda c, u, mid, codes, props: self.loop.call_soon_threadsafe(
+            self.subacks.put_nowait, [int(getattr(x, "value", x)) for x in codes])
+
+    def _on_connect(self, client, userdata, flags, rc, props) -> None:
+        self.loop.call_soon_threadsafe(lambda: self.connack.done() or self.connack.set_result(rc))
+
+    def _on_message(self, client, userdata, msg) -> None:
+        self.loop.call_soon_threadsafe(self.messages.put_nowait, (msg.topic, msg.payload, msg.qos))
+
+    async def start(self) -> int:
+        await asyncio.to_thread(self.client.connect, "127.0.0.1", self.port)
+        self.client.loop_start()
+        rc = await asyncio.wait_for(self.connack, 10)
+        return rc.value
+
+    async def subscribe(self, topic: str, qos: int) -> list[int]:
+        self.client.subscribe(topic, qos=qos)
+        return await asyncio.wait_for(self.subacks.get(), 10)
+
+    async def next_message(self):
+        return await asyncio.wait_for(self.messages.get(), 10)
+
+    async def stop(self) -> None:
+        self.client.disconnect()
+        await asyncio.to_thread(self.client.loop_stop)
+
+
+@pytest.mark.parametrize("version", [4, 5])
+@pytest.mark.parametrize("qos", [0, 1])
+async def test_paho_device_answers_calls_at_the_qos_it_subscribed_with(rig, version, qos):
+    dev = Paho(rig.port, "token-a", version)
+    assert await dev.start() == 0
+    assert await dev.subscribe("v1/devices/me/rpc/request/+", qos) == [qos]
+    await rig.online("dev-a")
+    statuses = []
+    delivered = asyncio.Event()
+
+    def on_status(event):
+        statuses.append(event.type)
+        if event.type == "DELIVERED":
+            delivered.set()
+
+    rig.dispatcher.on_status(on_status)
+    call = asyncio.ensure_future(rig.dispatcher.call("dev-a", "setGPIO", {"pin": 4}))
+    topic, payload, got_qos = await dev.next_message()
+    assert topic == "v1/devices/me/rpc/request/1"
+    assert json.loads(payload) == {"method": "setGPIO", "params": {"pin": 4}}
+    assert got_qos == qos
+    # The device's PUBACK (QoS 1), or the write (QoS 0), is ThingsBoard's DELIVERED.
+    await asyncio.wait_for(delivered.wait(), 10)
+    dev.client.publish("v1/devices/me/rpc/response/1", b'{"pin": 4, "value": 1}', qos=1)
+    assert await call == {"pin": 4, "value": 1}
+    assert statuses == ["SENT", "DELIVERED", "SUCCESSFUL"]
+    await dev.stop()
+    await rig.offline("dev-a")
+
+
+@pytest.mark.parametrize("version", [4, 5])
+async def test_one_way_call_completes_on_the_devices_puback(rig, version):
+    dev = Paho(rig.port, "token-a", version)
+    await dev.start()
+    await dev.subscribe("v1/devices/me/rpc/request/+", 1)
+    await rig.online("dev-a")
+    assert await rig.dispatcher.call("dev-a", "reboot", {}, oneway=True) is None
+    topic, payload, _ = await dev.next_message()
+    assert json.loads(payload)["method"] == "reboot"
+    await dev.stop()
+
+
+async def test_short_v2_topics(rig):
+    dev = Paho(rig.port, "token-a", 5)
+    await dev.start()
+    await dev.subscribe("v2/r/req/+", 1)
+    await dev.subscribe("v2/r/res/+", 1)
+    await rig.online("dev-a")
+    call = asyncio.ensure_future(rig.dispatcher.call("dev-a", "m", [1]))
+    topic, payload, _ = await dev.next_message()
+    assert topic == "v2/r/req/1"
+    dev.client.publish("v2/r/res/1", b"[2]", qos=1)
+    assert await call == [2]
+
+    rig.dispatcher.add_handler("twice", lambda device, params: params * 2)
+    dev.client.publish("v2/r/req/77", b'{"method": "twice", "params": 21}', qos=1)
+    assert await dev.next_message() == ("v2/r/res/77", b"42", 1)
+    await dev.stop()
+
+
+async def test_unknown_topics_are_refused_or_ignored_never_fatal(rig):
+    dev = Paho(rig.port, "token-a", 5)
+    await dev.start()
+    # known ThingsBoard topics are granted (the SDK subscribes to them), others refused
+    assert await dev.subscribe("v1/devices/me/attributes", 1) == [1]
+    assert await dev.subscribe("some/other/topic", 1) == [0x87]
+    assert await dev.subscribe("fleetrpc/d/dev-b/req/#", 1) == [0x87]
+    assert await dev.subscribe("v1/gateway/rpc", 1) == [0x87]  # not a gateway
+    info = dev.client.publish("v1/devices/me/telemetry", b'{"t": 1}', qos=1)
+    await asyncio.to_thread(info.wait_for_publish, 5)
+    assert rig.endpoint.stats.ignored == 1
+    # still connected and usable
+    await dev.subscribe("v1/devices/me/rpc/request/+", 0)
+    await rig.online("dev-a")
+    await dev.stop()
+
+
+@pytest.mark.parametrize("version", [4, 5])
+async def test_wrong_and_missing_tokens_are_refused_with_the_thingsboard_codes(rig, version):
+    for username, v3_code, v5_code in [("wrong", 5, 0x87), ("", 4, 0x86), (None, 4, 0x86)]:
+        c = await raw.RawClient.open(rig.port)
+        first, body = await c.connect(username, version=version, client_id="x")
+        assert first == 0x20
+        assert body[1] == (v5_code if version == 5 else v3_code)
+        assert await c.closed() == b""
+        c.close()
+    assert rig.endpoint.stats.refused_auth == 3
+    assert rig.dispatcher.online_devices == frozenset()
+    await _until(lambda: rig.endpoint.connection_count == 0)
+
+
+async def test_mqtt_basic_passes_client_id_and_password_to_authenticate():
+    seen = []
+
+    def auth(username, password, client_id):
+        seen.append((username, password, client_id))
+        return "dev-a" if (client_id, password) == ("pump", "secret") else None
+
+    async with make_rig(auth=auth, mqtt_basic=True) as rig:
+        c = await raw.RawClient.open(rig.port)
+        first, body = await c.connect("", password="secret", client_id="pump", version=5)
+        assert body[:2] == b"\x00\x00"
+        c.close()
+        assert seen == [("", "secret", "pump")]
+
+
+async def test_async_authenticate_and_packets_sent_before_its_answer():
+    gate = asyncio.Event()
+
+    async def auth(username, password, client_id):
+        await gate.wait()
+        return {"token-a": "dev-a"}.get(username)
+
+    async with make_rig(auth=auth) as rig:
+        c = await raw.RawClient.open(rig.port)
+        # CONNECT and SUBSCRIBE in one write, before authentication finished
+        c.send(raw.connect("token-a", client_id="c") + raw.subscribe(1, ("v1/devices/me/rpc/request/+", 1)))
+        gate.set()
+        assert (await c.read_packet())[0] == 0x20
+        assert await c.read_packet() == (0x90, b"\x00\x01\x01")
+        await rig.online("dev-a")
+        c.close()
+
+
+async def test_a_device_cannot_answer_or_publish_for_another_device(rig):
+    a = await raw.RawClient.open(rig.port)
+    await a.connect("token-a", client_id="a")
+    a.send(raw.subscribe(1, ("v1/devices/me/rpc/request/+", 1)))
+    await a.read_packet()
+    b = await raw.RawClient.open(rig.port)
+    await b.connect("token-b", client_id="b", version=5)
+    b.send(raw.subscribe(1, ("v1/devices/me/rpc/request/+", 1), version=5))
+    await b.read_packet()
+    await rig.online("dev-a")
+    await rig.online("dev-b")
+
+    call = asyncio.ensure_future(rig.dispatcher.call("dev-a", "secret", {}, timeout=0.5))
+    first, body = await a.read_packet()
+    topic, payload, mid = raw.publish_topic(body, 1, False)
+    assert topic == "v1/devices/me/rpc/request/1"
+    # b answers "request 1" on its own topic: its session has no request 1
+    b.send(raw.publish("v1/devices/me/rpc/response/1", b'"forged"', 1, 5, version=5))
+    # ... and on dev-a's fleetrpc topics: not its namespace
+    for rid in range(1, 4):
+        b.send(raw.publish(f"fleetrpc/d/dev-a/res/n1/{rid}", b'"forged"', 1, 10 + rid, version=5))
+    with pytest.raises(RpcTimeoutError):
+        await call
+    assert rig.endpoint.stats.unknown_response == 1
+    assert rig.endpoint.stats.refused_topic == 3
+    assert rig.dispatcher.stats.replies == 0
+    a.close()
+    b.close()
+
+
+async def test_fleetrpc_sdk_device_connects_directly(rig):
+    for version in (5, 4):
+        dev = DeviceClient("dev-a", f"mqtt://127.0.0.1:{rig.port}", username="token-a", version=version)
+        dev.add_method("add", lambda p: p["a"] + p["b"])
+        rig.dispatcher.add_handler("whoami", lambda device, params: device)
+        await dev.connect()
+        await rig.online("dev-a")
+        assert await rig.dispatcher.call("dev-a", "add", {"a": 2, "b": 3}) == 5
+        assert await dev.call("whoami") == "dev-a"
+        await dev.close()
+        await rig.offline("dev-a")
+    assert rig.endpoint.stats.refused_topic == 0
+
+
+async def test_a_second_connection_with_the_same_client_id_takes_over(rig):
+    first = await raw.RawClient.open(rig.port)
+    await first.connect("token-a", client_id="same", version=5)
+    second = await raw.RawClient.open(rig.port)
+    await second.connect("token-a", client_id="same", version=5)
+    # the first hears why (DISCONNECT, session taken over) and is closed
+    assert (await first.closed())[:3] == b"\xe0\x02\x8e"
+    # the same client id of another device is another session
+    other = await raw.RawClient.open(rig.port)
+    await other.connect("token-b", client_id="same", version=5)
+    assert rig.endpoint.stats.takeovers == 1
+    assert rig.endpoint.connected_devices == {"dev-a", "dev-b"}
+    second.close()
+    other.close()
+    await _until(lambda: rig.endpoint.connection_count == 0)
+    assert not any(rig.endpoint.tracked().values())
+
+
+async def _until(predicate, timeout: float = 10.0) -> None:
+    async def poll():
+        while not predicate():
+            await asyncio.sleep(0.01)
+    await asyncio.wait_for(poll(), timeout)
+
+
+async def test_tls_listener(tmp_path):
+    import ssl
+    import subprocess
+
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+         "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )
+    async with make_rig(port=None, tls_port=0, tls_cert=str(cert), tls_key=str(key)) as rig:
+        ctx = ssl.create_default_context(cafile=str(cert))
+        reader, writer = await asyncio.open_connection("127.0.0.1", rig.endpoint.ports["tls"], ssl=ctx)
+        c = raw.RawClient(reader, writer)
+        assert (await c.connect("token-a", client_id="tls", version=5))[1][:2] == b"\x00\x00"
+        c.send(raw.subscribe(1, ("v1/devices/me/rpc/request/+", 1), version=5))
+        await c.read_packet()
+        await rig.online("dev-a")
+        call = asyncio.ensure_future(rig.dispatcher.call("dev-a", "m", {}))
+        first, body = await c.read_packet()
+        topic, payload, mid = raw.publish_topic(body, 1, True)
+        c.send(raw.puback(mid) + raw.publish("v1/devices/me/rpc/response/" + topic.rsplit("/", 1)[1], b"true",
+                                             version=5))
+        assert await call is True
+        c.close()

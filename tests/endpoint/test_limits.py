@@ -1,0 +1,236 @@
+"""Operating limits and bad input: oversized and malformed packets, rate
+limits, keepalive and connect timeouts (half-open connections), the
+connection cap, slow readers, session expiry.  After each, the endpoint
+still serves other devices and holds nothing for the connections that went."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+
+import pytest
+
+from fleetrpc.errors import DeviceOfflineError, RpcTimeoutError
+from fleetrpc.transport.endpoint import EndpointSettings
+from fleetrpc.errors import ValidationError
+
+from . import rawmqtt as raw
+from .conftest import make_rig
+
+
+async def _until(predicate, timeout: float = 10.0) -> None:
+    async def poll():
+        while not predicate():
+            await asyncio.sleep(0.01)
+    await asyncio.wait_for(poll(), timeout)
+
+
+async def assert_nothing_left(rig) -> None:
+    """Every connection gone: no session, route, call, buffer or check left."""
+    await _until(lambda: rig.endpoint.connection_count == 0)
+    assert rig.endpoint.tracked() == dict.fromkeys(rig.endpoint.tracked(), 0)
+    assert rig.endpoint.buffered_bytes() == 0
+
+
+async def assert_still_serving(rig) -> None:
+    c = await raw.RawClient.open(rig.port)
+    assert (await c.connect("token-b", client_id="healthy"))[1] == b"\x00\x00"
+    c.send(raw.subscribe(1, ("v1/devices/me/rpc/request/+", 0)))
+    await c.read_packet()
+    await rig.online("dev-b")
+    call = asyncio.ensure_future(rig.dispatcher.call("dev-b", "ping", {}))
+    first, body = await c.read_packet()
+    topic, _, _ = raw.publish_topic(body, 0, False)
+    c.send(raw.publish("v1/devices/me/rpc/response/" + topic.rsplit("/", 1)[1], b'"pong"'))
+    assert await call == "pong"
+    c.close()
+    await rig.offline("dev-b")
+
+
+async def test_oversized_payload_closes_only_that_connection():
+    async with make_rig(max_payload=1024) as rig:
+        c = await raw.RawClient.open(rig.port)
+        await c.connect("token-a", client_id="big", version=5)
+        c.send(raw.publish("v1/devices/me/telemetry", b"x" * 2000, version=5))
+        assert (await c.closed())[:3] == b"\xe0\x02\x95"  # DISCONNECT, packet too large
+        # a packet announcing a huge length is not buffered without bound
+        c = await raw.RawClient.open(rig.port)
+        await c.connect("token-a", client_id="huge")
+        c.send(b"\x30" + raw.varint(100_000_000) + b"\x00\x01t" + b"x" * 20_000)
+        assert await c.closed() == b""
+        assert rig.endpoint.stats.closed_too_large == 2
+        await assert_nothing_left(rig)
+        await assert_still_serving(rig)
+
+
+@pytest.mark.parametrize("data, answer", [
+    (b"\xff\xff\xff\xff\xff\x01", b""),                                 # bad remaining length
+    (raw.publish("a", b"x"), b""),                                      # PUBLISH before CONNECT
+    (raw.packet(0x10, raw.mstr("MQTT") + b"\x05\x02\x00\x3c\x05\x11"), b""),  # truncated properties
+    (raw.packet(0x10, raw.mstr("MQIsdp") + b"\x03\x02\x00\x3c" + raw.mstr("c")), b"\x20\x02\x00\x01"),
+    (raw.packet(0x10, raw.mstr("MQTT") + b"\x04\x03\x00\x3c" + raw.mstr("c")), b""),  # reserved flag
+    (raw.connect("token-a", client_id="q") + b"\x34\x05\x00\x01t\x00\x01", None),  # QoS 2
+    (raw.connect("token-a", client_id="s") + b"\x80\x02\x00\x01", None),           # SUBSCRIBE bad flags
+    (raw.connect("token-a", client_id="c2") + raw.connect("token-a", client_id="c2"), None),
+])
+async def test_malformed_packets_close_only_the_offending_connection(rig, data, answer):
+    c = await raw.RawClient.open(rig.port)
+    c.send(data)
+    got = await c.closed()
+    if answer is not None:
+        assert got == answer
+    else:
+        assert got.startswith(b"\x20\x02\x00\x00")  # accepted, then closed for the next packet
+    await assert_nothing_left(rig)
+    await assert_still_serving(rig)
+
+
+async def test_rate_limit_in_thingsboard_format():
+    async with make_rig(rate_limit="5:1,100:60") as rig:
+        c = await raw.RawClient.open(rig.port)
+        await c.connect("token-a", client_id="chatty", version=5)
+        c.send(raw.publish("v1/devices/me/rpc/request/1", b'{"method": "getSessionLimits"}', 0, version=5))
+        first, body = await c.read_packet()
+        topic, payload, _ = raw.publish_topic(body, 0, True)
+        assert topic == "v1/devices/me/rpc/response/1"
+        limits = json.loads(payload)
+        assert limits["maxPayloadSize"] == 65536
+        assert limits["rateLimits"]["messages"] == "5:1,100:60"
+        for i in range(10):
+            c.send(raw.publish("v1/devices/me/telemetry", b"{}", version=5))
+        assert (await c.closed())[:3] == b"\xe0\x02\x96"  # message rate too high
+        assert rig.endpoint.stats.closed_rate_limit == 1
+        await assert_nothing_left(rig)
+
+
+def test_rate_limit_spec_is_checked():
+    with pytest.raises(ValidationError, match="capacity:seconds"):
+        EndpointSettings(rate_limit="200/1")
+    assert EndpointSettings(rate_limit="0:0,").rate_limit == "0:0,"
+
+
+async def test_keepalive_closes_a_silent_connection_and_the_device_goes_offline():
+    async with make_rig() as rig:
+        c = await raw.RawClient.open(rig.port)
+        await c.connect("token-a", client_id="quiet", version=5, keepalive=1)
+        c.send(raw.subscribe(1, ("v1/devices/me/rpc/request/+", 1), version=5))
+        await c.read_packet()
+        await rig.online("dev-a")
+        # silence, as from a device whose link died without a FIN
+        assert (await c.closed())[:3] == b"\xe0\x02\x8d"  # keep alive timeout
+        await rig.offline("dev-a")
+        assert rig.endpoint.stats.closed_keepalive == 1
+        await assert_nothing_left(rig)
+
+
+async def test_pings_keep_a_connection_alive():
+    async with make_rig() as rig:
+        c = await raw.RawClient.open(rig.port)
+        await c.connect("token-a", client_id="pinger", keepalive=1)
+        for _ in range(4):  # 4 x 0.5 s: longer than 1.5 keepalives
+            c.send(b"\xc0\x00")
+            assert await c.read_packet() == (0xD0, b"")
+            await asyncio.sleep(0.5)
+        assert rig.endpoint.connection_count == 1
+        c.close()
+
+
+async def test_keepalive_zero_gets_the_servers_maximum():
+    async with make_rig(max_keepalive=30) as rig:
+        c = await raw.RawClient.open(rig.port)
+        first, body = await c.connect("token-a", client_id="forever", version=5, keepalive=0)
+        assert b"\x13\x00\x1e" in body  # Server Keep Alive: 30 s
+        c.close()
+
+
+async def test_half_open_connection_without_connect_is_closed():
+    async with make_rig(connect_timeout=0.5) as rig:
+        c = await raw.RawClient.open(rig.port)
+        assert await c.closed() == b""
+        assert rig.endpoint.stats.closed_connect_timeout == 1
+        await assert_nothing_left(rig)
+
+
+async def test_connection_cap():
+    async with make_rig(max_connections=2) as rig:
+        a = await raw.RawClient.open(rig.port)
+        b = await raw.RawClient.open(rig.port)
+        await a.connect("token-a", client_id="1")
+        await b.connect("token-b", client_id="2")
+        c = await raw.RawClient.open(rig.port)
+        assert await c.closed() == b""
+        assert rig.endpoint.stats.refused_max_connections == 1
+        a.close()
+        await _until(lambda: rig.endpoint.connection_count == 1)
+        d = await raw.RawClient.open(rig.port)
+        assert (await d.connect("token-a", client_id="3"))[1] == b"\x00\x00"
+        b.close()
+        d.close()
+        await assert_nothing_left(rig)
+
+
+@pytest.mark.parametrize("grace, max_buffer", [(0.3, 64 << 20), (60.0, 256 << 10)])
+async def test_slow_reader_is_disconnected_not_buffered_without_bound(grace, max_buffer):
+    async with make_rig(write_high_water=16 << 10, slow_reader_grace=grace, max_write_buffer=max_buffer) as rig:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.settimeout(5)
+        await asyncio.to_thread(sock.connect, ("127.0.0.1", rig.port))
+        sock.sendall(raw.connect("token-a", client_id="slow") + raw.subscribe(1, ("v1/devices/me/rpc/request/+", 0)))
+        await rig.online("dev-a")
+        # the device never reads again
+        big = {"blob": "x" * 32_000}
+        calls = []
+        for _ in range(2000):
+            if not rig.dispatcher.is_online("dev-a"):
+                break
+            calls.append(asyncio.ensure_future(rig.dispatcher.call("dev-a", "fill", big, oneway=True, timeout=1)))
+            await asyncio.sleep(0)  # let the endpoint write
+        await rig.offline("dev-a")
+        assert rig.endpoint.stats.closed_slow_reader == 1
+        for result in await asyncio.gather(*calls, return_exceptions=True):
+            assert result is None or isinstance(result, (RpcTimeoutError, DeviceOfflineError))
+        await assert_nothing_left(rig)
+        sock.close()
+        await assert_still_serving(rig)
+
+
+async def test_session_expiry_keeps_subscriptions_for_a_reconnecting_device():
+    async with make_rig(max_session_expiry=60) as rig:
+        c = await raw.RawClient.open(rig.port)
+        first, body = await c.connect("token-a", client_id="keeper", version=5, clean=False, props={0x11: 30})
+        assert body[:2] == b"\x00\x00"
+        c.send(raw.subscribe(1, ("v1/devices/me/rpc/request/+", 1), version=5))
+        await c.read_packet()
+        await rig.online("dev-a")
+        c.close()
+        await rig.offline("dev-a")
+        # back within the interval, without subscribing again
+        c = await raw.RawClient.open(rig.port)
+        first, body = await c.connect("token-a", client_id="keeper", version=5, clean=False, props={0x11: 30})
+        assert body[:2] == b"\x01\x00"  # session present
+        await rig.online("dev-a")
+        call = asyncio.ensure_future(rig.dispatcher.call("dev-a", "m", 1))
+        first, body = await c.read_packet()
+        topic, payload, mid = raw.publish_topic(body, 1, True)
+        assert topic == "v1/devices/me/rpc/request/1"
+        c.send(raw.puback(mid) + raw.publish("v1/devices/me/rpc/response/1", b"2", version=5))
+        assert await call == 2
+        c.close()
+        await rig.offline("dev-a")
+        # clean start forgets it
+        c = await raw.RawClient.open(rig.port)
+        first, body = await c.connect("token-a", client_id="keeper", version=5, clean=True)
+        assert body[:2] == b"\x00\x00"
+        c.close()
+        await assert_nothing_left(rig)
+        assert not rig.endpoint._stored
+
+
+async def test_session_expiry_is_capped_and_reported():
+    async with make_rig(max_session_expiry=10) as rig:
+        c = await raw.RawClient.open(rig.port)
+        first, body = await c.connect("token-a", client_id="k", version=5, clean=False, props={0x11: 3600})
+        assert b"\x11\x00\x00\x00\x0a" in body  # Session Expiry Interval: 10
+        c.close()

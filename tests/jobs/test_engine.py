@@ -1,0 +1,223 @@
+"""Fleet jobs end to end: a real Mosquitto, real devices, SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+
+import pytest
+
+from fleetrpc import DeviceClient, Dispatcher, EventBus, PersistentRpc, Settings
+from fleetrpc.errors import ValidationError
+from fleetrpc.jobs import DeviceOutcome, JobEngine, JobNotFoundError, JobStatus, parse_spec
+from fleetrpc.store import open_store
+from fleetrpc.store.db import open_database
+from fleetrpc.store.jobs import JobRepository
+from tests.helpers.waiting import wait_until
+
+pytestmark = pytest.mark.mqtt
+
+TENANT = "11111111-1111-1111-1111-111111111111"
+OTHER = "22222222-2222-2222-2222-222222222222"
+_seq = iter(range(10**9))
+
+
+def _name(prefix: str) -> str:
+    return f"{prefix}-{time.monotonic_ns() % 10**9}-{next(_seq)}"
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.pg)])
+def db_url(request, tmp_path):
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/jobs.db"
+    return request.getfixturevalue("fresh_pg_db")
+
+
+class Rig:
+    """A dispatcher, a job engine on a database, devices that count calls."""
+
+    def __init__(self, mqtt_url: str, db_url: str) -> None:
+        self.mqtt_url = mqtt_url
+        self.db_url = db_url
+        self.settings = Settings(mqtt_url=mqtt_url, node_id=_name("node"), min_timeout_ms=0,
+                                 default_timeout_ms=2000, ttl_enabled=False)
+        self.devices: dict[str, DeviceClient] = {}
+        self.calls: Counter[str] = Counter()
+        self.events: list[tuple[str, str]] = []
+
+    async def start(self, *, persistent: bool = False) -> "Rig":
+        self.db = await open_database(self.db_url)
+        self.dispatcher = Dispatcher(self.settings)
+        await self.dispatcher.start()
+        self.persistent = None
+        if persistent:
+            self.store = await open_store(self.db_url, group_commit=True)
+            self.persistent = PersistentRpc(self.dispatcher, self.store)
+            await self.persistent.start()
+        self.engine = JobEngine(self.dispatcher, JobRepository(self.db), persistent=self.persistent,
+                                emit=lambda t, body: self.events.append((t, body["status"])),
+                                progress_interval=0.0)
+        return self
+
+    async def resume(self) -> int:
+        return await self.engine.start()
+
+    async def device(self, name: str | None = None, *, connect: bool = True, reply=None) -> str:
+        name = name or _name("jd")
+        dev = DeviceClient(name, self.mqtt_url)
+
+        @dev.method("version")
+        def version(params):
+            self.calls[name] += 1
+            return reply(name) if reply else {"fw": "1.2", "ok": True}
+
+        self.devices[name] = dev
+        if connect:
+            await dev.connect()
+            await wait_until(lambda: self.dispatcher.is_online(name))
+        return name
+
+    async def close(self) -> None:
+        await self.engine.close()
+        if self.persistent is not None:
+            await self.persistent.close()
+        await self.dispatcher.close()
+        if self.persistent is not None:
+            await self.store.close()
+        await self.db.close()
+        for dev in self.devices.values():
+            await dev.close()
+
+
+@pytest.fixture
+async def rig(mqtt_url, db_url):
+    r = await Rig(mqtt_url, db_url).start()
+    yield r
+    await r.close()
+
+
+def _spec(ids, **over):
+    body = {"targets": {"deviceIds": list(ids)}, "method": "version", "params": {}}
+    body.update(over)
+    return parse_spec(body)
+
+
+async def test_lightweight_job_reaches_every_device_and_aggregates(rig):
+    ids = [await rig.device(reply=lambda n: {"fw": "1.3" if n.endswith(("0", "2")) else "1.2"})
+           for _ in range(12)]
+    offline = _name("gone")
+    job = await rig.engine.submit(TENANT, _spec(ids + [offline]))
+    job = await rig.engine.wait(TENANT, job.id, timeout=20)
+    c = job.counts
+    assert job.status is JobStatus.COMPLETED
+    assert (c.total, c.succeeded, c.offline, c.in_progress, c.queued) == (13, 12, 1, 0, 0)
+    assert sum(job.aggregate["fw"]["values"].values()) == 12
+    assert all(rig.calls[i] == 1 for i in ids)
+    rows, total = await rig.engine.devices(TENANT, job.id, 100, 0)
+    assert total == 13 and {r.device_id for r in rows} == set(ids) | {offline}
+    off, n_off = await rig.engine.devices(TENANT, job.id, 100, 0, outcome=DeviceOutcome.OFFLINE)
+    assert n_off == 1 and off[0].device_id == offline and "not connected" in off[0].error
+    assert rig.events[0] == ("JOB_STARTED", "RUNNING") and rig.events[-1] == ("JOB_COMPLETED", "COMPLETED")
+    # stored exactly as the live view said
+    stored = await JobRepository(rig.db).get(TENANT, job.id)
+    assert stored.counts == job.counts and stored.status is JobStatus.COMPLETED
+
+
+async def test_another_tenant_sees_nothing(rig):
+    dev = await rig.device()
+    job = await rig.engine.submit(TENANT, _spec([dev]))
+    await rig.engine.wait(TENANT, job.id, timeout=10)
+    with pytest.raises(JobNotFoundError):
+        await rig.engine.get(OTHER, job.id)
+    with pytest.raises(JobNotFoundError):
+        await rig.engine.devices(OTHER, job.id, 10, 0)
+    with pytest.raises(JobNotFoundError):
+        await rig.engine.cancel(OTHER, job.id)
+    assert (await rig.engine.list(OTHER, 10, 0)) == ([], 0)
+    jobs, total = await rig.engine.list(TENANT, 10, 0)
+    assert total == 1 and jobs[0].id == job.id
+
+
+async def test_abort_at_the_failure_threshold_skips_the_rest(rig):
+    ids = [await rig.device(reply=lambda n: {"error": {"code": "E", "message": "broken"}}) for _ in range(6)]
+    spec = _spec(ids, rollout={"maxInFlight": 1},
+                 abort=[{"failureType": "FAILED", "thresholdPercentage": 50, "minExecuted": 3}])
+    job = await rig.engine.wait(TENANT, (await rig.engine.submit(TENANT, spec)).id, timeout=20)
+    c = job.counts
+    assert job.status is JobStatus.ABORTED and "threshold" in job.general_error
+    assert c.failed == 3 and c.skipped == 3 and c.succeeded == 0
+    assert sum(rig.calls.values()) == 3
+    assert rig.events[-1] == ("JOB_ABORTED", "ABORTED")
+
+
+async def test_rate_limit_is_held_and_cancel_skips_what_did_not_start(rig):
+    ids = [await rig.device() for _ in range(30)]
+    spec = _spec(ids, rollout={"maxPerMinute": 600})  # 10/s
+    job = await rig.engine.submit(TENANT, spec)
+    t0 = time.monotonic()
+    await asyncio.sleep(1.0)
+    job = await rig.engine.cancel(TENANT, job.id)
+    elapsed = time.monotonic() - t0
+    started = job.counts.total - job.counts.skipped
+    # 10/s with a one-device head start: never more than the rate allows
+    assert 1 <= started <= 10 * elapsed + 2
+    assert job.status is JobStatus.CANCELLED and job.cancellation_ts is not None
+    assert job.counts.skipped == 30 - started and job.counts.in_progress == 0
+    assert sum(rig.calls.values()) == started
+    assert rig.events[-1] == ("JOB_CANCELLED", "CANCELLED")
+
+
+async def test_restart_mid_job_sends_no_device_the_call_twice(mqtt_url, db_url):
+    first = await Rig(mqtt_url, db_url).start()
+    ids = [await first.device() for _ in range(20)]
+    job = await first.engine.submit(TENANT, _spec(ids, rollout={"maxPerMinute": 1200}))  # 20/s
+    await wait_until(lambda: sum(first.calls.values()) >= 5, timeout=10)
+    await first.engine.close()  # the node stops mid-job (the row stays RUNNING)
+    await first.dispatcher.close()
+    stored = await JobRepository(first.db).get(TENANT, job.id)
+    assert stored.status is JobStatus.RUNNING
+    await first.db.close()
+
+    second = Rig(mqtt_url, db_url)
+    second.devices, second.calls = first.devices, first.calls  # same devices, same counters
+    await second.start()
+    try:
+        assert await second.resume() == 1
+        job = await second.engine.wait(TENANT, job.id, timeout=20)
+        c = job.counts
+        assert job.status is JobStatus.COMPLETED and c.total == 20
+        assert c.succeeded + c.failed == 20 and c.in_progress == 0
+        assert max(second.calls.values()) == 1  # nobody twice
+        rows, _ = await second.engine.devices(TENANT, job.id, 100, 0, outcome=DeviceOutcome.FAILED)
+        assert all("interrupted" in r.error for r in rows)
+    finally:
+        await second.close()
+
+
+async def test_persistent_job_reaches_offline_devices_when_they_connect(mqtt_url, db_url):
+    rig = await Rig(mqtt_url, db_url).start(persistent=True)
+    try:
+        online = [await rig.device() for _ in range(3)]
+        late = await rig.device(connect=False)
+        exp = int(time.time() * 1000) + 30_000
+        job = await rig.engine.submit(TENANT, _spec(online + [late], persistent=True, expirationTime=exp))
+        await wait_until(lambda: sum(rig.calls.values()) == 3, timeout=10)
+        live = await rig.engine.get(TENANT, job.id)
+        assert live.status is JobStatus.RUNNING and live.counts.in_progress >= 1
+        await rig.devices[late].connect()
+        job = await rig.engine.wait(TENANT, job.id, timeout=20)
+        assert job.status is JobStatus.COMPLETED and job.counts.succeeded == 4
+        assert rig.calls[late] == 1
+        rows, _ = await rig.engine.devices(TENANT, job.id, 10, 0)
+        assert all(r.rpc_id for r in rows)
+        rec = await rig.persistent.get(rows[0].rpc_id, tenant_id=TENANT)
+        assert rec.status.value == "SUCCESSFUL"
+    finally:
+        await rig.close()
+
+
+async def test_unsupported_selector_without_a_registry_is_refused(rig):
+    with pytest.raises(ValidationError, match="registry"):
+        await rig.engine.submit(TENANT, parse_spec({"targets": {"deviceType": "t"}, "method": "m"}))
+    assert (await rig.engine.list(TENANT, 10, 0))[1] == 0

@@ -1,0 +1,163 @@
+"""Job specifications, the reply aggregate and the rollout pacer (no I/O)."""
+
+from __future__ import annotations
+
+import json
+
+import msgspec
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from fleetrpc.errors import ValidationError
+from fleetrpc.jobs import JobStatus, parse_rate, parse_spec
+from fleetrpc.jobs.aggregate import MAX_DISTINCT, add_reply
+from fleetrpc.jobs.engine import Pacer, classify
+from fleetrpc.jobs.model import ExponentialRate, Job, JobCounts, Rollout
+from fleetrpc.errors import DeviceOfflineError, RpcTimeoutError
+
+
+def spec(**over):
+    body = {"targets": {"deviceIds": ["a", "b"]}, "method": "setValue", "params": 21}
+    body.update(over)
+    return body
+
+
+def test_minimal_spec_has_defaults():
+    s = parse_spec(spec())
+    assert s.targets.selector() == ("deviceIds", ["a", "b"])
+    assert s.rollout.max_per_minute is None and s.rollout.max_in_flight == 1000
+    assert not s.persistent and not s.oneway and s.abort == []
+
+
+def test_spec_from_json_bytes_uses_camel_case():
+    s = parse_spec(json.dumps(spec(
+        rollout={"maxPerMinute": 600, "maxInFlight": 10,
+                 "exponentialRate": {"basePerMinute": 60, "incrementFactor": 2, "everySucceeded": 10}},
+        abort=[{"failureType": "TIMED_OUT", "thresholdPercentage": 5, "minExecuted": 20}],
+        cancelInFlight=True, expirationTime=123,
+    )).encode())
+    assert s.rollout.max_per_minute == 600 and s.rollout.exponential_rate.increment_factor == 2
+    assert s.abort[0].failure_type.value == "TIMED_OUT" and s.cancel_in_flight and s.expiration_time == 123
+
+
+@pytest.mark.parametrize("body, words", [
+    (spec(targets={}), "exactly one of"),
+    (spec(targets={"deviceType": "t", "label": "l"}), "exactly one of"),
+    (spec(targets={"deviceIds": []}), "deviceIds is empty"),
+    (spec(targets={"deviceType": " "}), "deviceType is empty"),
+    (spec(targets={"bogus": 1}), "invalid job"),
+    (spec(method=""), "method"),
+    (spec(timeout=0), "timeout"),
+    (spec(retries=-1), "retries"),
+    (spec(rollout={"maxPerMinute": 0}), "maxPerMinute"),
+    (spec(rollout={"maxInFlight": 0}), "maxInFlight"),
+    (spec(abort=[{"thresholdPercentage": 101}]), "thresholdPercentage"),
+    (spec(abort=[{"minExecuted": 0}]), "minExecuted"),
+    (spec(abort=[{"failureType": "NOPE"}]), "invalid job"),
+    (spec(rollout={"exponentialRate": {"basePerMinute": 1, "incrementFactor": 1, "everySucceeded": 1}}),
+     "incrementFactor"),
+])
+def test_bad_specs_say_which_field(body, words):
+    with pytest.raises(ValidationError, match=words):
+        parse_spec(body)
+
+
+def test_not_json_is_a_validation_error():
+    with pytest.raises(ValidationError, match="not valid JSON"):
+        parse_spec(b"{nope")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=10),
+    lambda c: st.lists(c, max_size=4) | st.dictionaries(st.sampled_from(
+        ["targets", "method", "params", "rollout", "abort", "timeout", "deviceIds", "maxPerMinute",
+         "maxInFlight", "thresholdPercentage", "failureType", "all", "persistent"]), c, max_size=5),
+    max_leaves=20,
+))
+def test_any_input_is_accepted_or_a_validation_error(body):
+    try:
+        parse_spec(body)
+    except ValidationError:
+        pass
+
+
+@pytest.mark.parametrize("text, per_min", [("100/s", 6000), ("5/min", 5), ("0.5/sec", 30), ("10 / minute", 10)])
+def test_rates(text, per_min):
+    assert parse_rate(text) == per_min
+
+
+@pytest.mark.parametrize("text", ["100", "0/s", "-1/s", "1/h", "x/s"])
+def test_bad_rates(text):
+    with pytest.raises(ValidationError):
+        parse_rate(text)
+
+
+def test_aggregate_counts_enums_and_numbers():
+    state: dict = {}
+    for v in ["1.2", "1.2", "1.3"]:
+        add_reply(state, {"fw": v, "temp": 20.5, "blob": "x" * 100, "nested": {"a": 1}})
+    add_reply(state, True)
+    assert state["fw"]["values"] == {"1.2": 2, "1.3": 1}
+    assert state["temp"]["numeric"] == {"count": 3, "min": 20.5, "max": 20.5, "sum": 61.5}
+    assert "blob" not in state and "nested" not in state
+    assert state["$"]["values"] == {"true": 1}
+
+
+def test_aggregate_overflows_past_max_distinct_but_keeps_numbers():
+    state: dict = {}
+    for i in range(MAX_DISTINCT + 5):
+        add_reply(state, i)
+    entry = state["$"]
+    assert entry["overflow"] and entry["values"] == {} and entry["count"] == MAX_DISTINCT + 5
+    assert entry["numeric"]["min"] == 0 and entry["numeric"]["max"] == MAX_DISTINCT + 4
+
+
+def test_job_json_has_thingsboard_counters():
+    job = Job(id="j", tenant_id="t", customer_id=None, created_by=None, spec=parse_spec(spec()),
+              status=JobStatus.RUNNING, counts=JobCounts(total=10, succeeded=4, failed=1, timed_out=1,
+                                                          offline=1, skipped=2, cancelled=1))
+    view = msgspec.to_builtins(job.to_json())
+    r = view["result"]
+    assert (r["successfulCount"], r["failedCount"], r["discardedCount"], r["totalCount"]) == (4, 3, 3, 10)
+    assert view["id"] == {"entityType": "JOB", "id": "j"} and view["status"] == "RUNNING"
+    assert view["configuration"]["targets"] == {"deviceIds": ["a", "b"]}
+
+
+class FakeClock:
+    def __init__(self):
+        self.t = 0.0
+
+    def __call__(self):
+        return self.t
+
+
+def test_pacer_unlimited_gives_what_is_asked():
+    p = Pacer(Rollout(), FakeClock())
+    assert p.take(500, 0) == 500 and p.delay(0) is None
+
+
+def test_pacer_holds_the_rate_over_a_simulated_minute():
+    clock = FakeClock()
+    p = Pacer(Rollout(max_per_minute=6000), clock)  # 100/s
+    started = 0
+    while clock.t < 60:
+        started += p.take(1000, 0)
+        clock.t += 0.0137  # an uneven wake-up period
+    assert 6000 * 0.95 <= started <= 6000 * 1.05
+
+
+def test_pacer_exponential_ramp_speeds_up_with_successes_and_respects_the_cap():
+    ramp = ExponentialRate(base_per_minute=60, increment_factor=2, every_succeeded=10)
+    p = Pacer(Rollout(max_per_minute=600, exponential_rate=ramp), FakeClock())
+    assert p.rate(0) == 1.0 and p.rate(10) == 2.0 and p.rate(25) == 4.0
+    assert p.rate(1000) == 10.0  # capped by maxPerMinute
+
+
+def test_classify_outcomes():
+    assert classify(True, {"v": 1}, None)[0].value == "SUCCEEDED"
+    assert classify(True, {"error": {"code": "X", "message": "m"}}, None)[0].value == "FAILED"
+    assert classify(False, None, RpcTimeoutError("t"))[0].value == "TIMED_OUT"
+    assert classify(False, None, DeviceOfflineError("o"))[0].value == "OFFLINE"
+    assert classify(False, None, ValueError("v"))[0].value == "FAILED"

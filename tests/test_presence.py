@@ -1,0 +1,105 @@
+"""Presence: one registry, memory bounded by configuration, never by what
+devices send."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from fleetrpc import Dispatcher, MemoryHub, Settings
+from fleetrpc.presence import PresenceRegistry
+from fleetrpc.transport.memory import MemoryTransport
+from fleetrpc.wire import heartbeat_topic, presence_topic
+from tests.helpers.waiting import wait_until
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_online_changes_are_told_once():
+    reg = PresenceRegistry()
+    told = []
+    reg.listen(lambda device, online: told.append((device, online)))
+    assert reg.set_online("a", True) and not reg.set_online("a", True)
+    assert reg.set_online("a", False)
+    assert told == [("a", True), ("a", False)] and not reg.is_online("a")
+
+
+def test_known_devices_only_when_a_registry_says_so():
+    reg = PresenceRegistry(is_known=lambda device: device.startswith("reg-"))
+    reg.set_online("reg-1", True)
+    reg.set_online("stranger", True)
+    reg.heartbeat("stranger", {"x": 1}, 7)
+    assert reg.is_online("reg-1") and not reg.is_online("stranger")
+    assert "stranger" not in reg and reg.stats.unknown == 2
+
+
+def test_least_recently_heard_leave_first():
+    reg = PresenceRegistry(max_devices=3)
+    told = []
+    reg.listen(lambda device, online: told.append((device, online)))
+    for name in "abcd":
+        reg.set_online(name, True)
+    assert len(reg) == 3 and "a" not in reg and not reg.is_online("a")
+    assert ("a", False) in told and reg.stats.evicted == 1
+
+
+def test_offline_ids_expire_online_ones_stay():
+    clock = Clock()
+    reg = PresenceRegistry(ttl=60, clock=clock)
+    reg.set_online("gone", True)
+    reg.set_online("gone", False)
+    reg.set_online("quiet", True)
+    clock.now += 61
+    reg.set_online("new", True)  # an insertion looks at the oldest entries
+    assert "gone" not in reg and reg.is_online("quiet") and len(reg) == 2
+
+
+def test_heartbeat_bodies_are_capped():
+    reg = PresenceRegistry(max_heartbeat_bytes=10)
+    reg.heartbeat("a", {"cpu": 1}, 9)
+    assert reg.get("a").heartbeat == {"cpu": 1}
+    reg.heartbeat("a", {"big": "x" * 100}, 111)
+    state = reg.get("a")
+    assert state.heartbeat is None and state.heartbeats == 2 and state.last_heartbeat
+    assert reg.stats.heartbeats_too_large == 1
+    assert reg.seen_within("a", 5) and not reg.seen_within("zzz", 5)
+
+
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow], max_examples=200)
+@given(st.lists(st.tuples(st.sampled_from(["on", "off", "hb", "tick"]), st.integers(0, 40)), max_size=200))
+def test_never_more_than_the_bound(ops):
+    clock = Clock()
+    reg = PresenceRegistry(max_devices=8, ttl=30, clock=clock)
+    for op, n in ops:
+        device = f"d{n}"
+        if op == "on":
+            reg.set_online(device, True)
+        elif op == "off":
+            reg.set_online(device, False)
+        elif op == "hb":
+            reg.heartbeat(device, {"n": n}, n)
+        else:
+            clock.now += n
+        assert len(reg) <= 8
+        assert reg.online <= set(reg._devices)
+
+
+async def test_a_heartbeat_flood_of_new_ids_stays_within_the_bound():
+    hub = MemoryHub()
+    s = Settings(node_id="flood", presence_max_devices=50, max_heartbeat_bytes=64)
+    async with Dispatcher(s, transport=hub.transport("server")) as d:
+        attacker = hub.transport("attacker")
+        await attacker.start()
+        for i in range(500):
+            attacker.publish(presence_topic("fleetrpc", f"fake-{i}"), b'{"status":"online"}')
+            attacker.publish(heartbeat_topic("fleetrpc", f"fake-{i}"), b'{"pad":"' + b"x" * 200 + b'"}')
+        await wait_until(lambda: d.stats.heartbeats == 500)
+        assert len(d.presence) <= 50 and len(d.online_devices) <= 50
+        assert d.presence.stats.heartbeats_too_large == 500
+        assert d.device_info("fake-499").heartbeat is None
