@@ -18,6 +18,8 @@ other customer's device                403     403     You don't have permission
 system administrator                   403     403     System administrator is not allowed ...
 body not JSON / no ``method`` / bad    400     400     JSON error, errorCode 31
 device's queue full                    429     429     JSON error, errorCode 33
+never sent: the node's window full     429     429     JSON error, errorCode 33
+broker connection down                 503     503     JSON error, errorCode 2
 server shutting down                   503     503     JSON error, errorCode 2
 persistent call, database unavailable  503     503     JSON error, errorCode 2
 =====================================  ======  ======  =================================
@@ -39,6 +41,7 @@ from aiohttp import web
 
 from ...dispatch import CallObserver
 from ...errors import (
+    BrokerUnavailableError,
     DeviceOfflineError,
     DispatcherClosedError,
     DuplicateRpcError,
@@ -47,6 +50,7 @@ from ...errors import (
     RpcTimeoutError,
     StoreUnavailableError,
     ValidationError,
+    WindowFullError,
 )
 from ..errors import ApiError, ErrorCode, empty, error_response
 from ..keys import CTX
@@ -131,8 +135,8 @@ async def _held(ctx: Any, device_id: str, opts: CallOptions) -> tuple[Any, bool]
                    oneway=opts.oneway, hold_offline=True)
     try:
         return await held.future, held.was_sent
-    except RpcTimeoutError:
-        if held.was_sent:
+    except RpcTimeoutError as exc:
+        if held.was_sent or isinstance(exc, (BrokerUnavailableError, WindowFullError)):
             raise
         raise DeviceOfflineError(f"device {device_id!r} did not connect before the call's deadline") from None
     except asyncio.CancelledError:
@@ -163,6 +167,13 @@ async def _lightweight(ctx: Any, device_id: str, opts: CallOptions, timeout_stat
             raise DeviceOfflineError(device_id)
         else:
             result, _ = await _held(ctx, device_id, opts)
+    except BrokerUnavailableError as exc:
+        # Not the device's fault: say so (the fault suite's broker probe).
+        metrics.rpc_done(kind, "broker_unavailable", started)
+        return error_response(503, f"The MQTT broker is unavailable: {exc}", ErrorCode.GENERAL)
+    except WindowFullError as exc:
+        metrics.rpc_done(kind, "window_full", started)
+        return error_response(429, f"Too many calls in flight on this server: {exc}", ErrorCode.TOO_MANY_REQUESTS)
     except RpcTimeoutError:
         metrics.rpc_done(kind, "timeout", started)
         return empty(timeout_status)
@@ -251,7 +262,7 @@ def setup(app: web.Application, ctx: Any) -> None:
                 404: "Device with requested id wasn't found! (bare text)",
                 406: "The device's reply is not JSON (empty)",
                 413: "Request body over http.max_body_bytes",
-                503: "Server shutting down",
+                503: "Server shutting down, the database (persistent) or the MQTT broker unavailable",
             }
             if timeout_status == offline_status:
                 statuses[504] = "Timeout, or the device was not connected (empty)"
