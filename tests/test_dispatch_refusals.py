@@ -144,3 +144,21 @@ async def test_rejected_messages_are_counted_and_logged_in_summaries(caplog):
         assert "rejected 2999 inbound messages" in summary and "malformed 1000" in summary
         assert not pending.done()
         pending.cancel()
+
+
+@pytest.mark.parametrize("strategy", ["SEQUENTIAL_ON_ACK", "SEQUENTIAL_ON_RESPONSE"])
+async def test_queued_calls_expiring_in_the_same_tick_as_the_one_ahead(strategy):
+    """Found by the fault suite's slow-device probe: calls queued behind a
+    device that does not answer, all expiring in one tick, used to release a
+    call the same tick had already expired and kill the dispatcher's timer
+    (every later timeout was then lost)."""
+    hub = MemoryHub()
+    async with Dispatcher(settings(strategy=strategy, tick_ms=50), transport=hub.transport("server")) as d:
+        calls = [asyncio.ensure_future(d.call("mute", "work", {"i": i}, timeout=0.01)) for i in range(5)]
+        results = await asyncio.gather(*calls, return_exceptions=True)
+        assert all(type(r) is RpcTimeoutError for r in results), results
+        assert "did not answer" in str(results[0]) and "never sent" in str(results[1])
+        # the timer still runs: a later call still times out
+        with pytest.raises(RpcTimeoutError):
+            await d.call("mute", "work", None, timeout=0.01)
+        assert d._queues.inflight("mute") == 0

@@ -588,9 +588,18 @@ class Dispatcher:
 
     def _release(self, rid: int, device: str) -> None:
         """A held call was released by its device queue: send it."""
-        payload = self._held.pop(rid)
-        entry = self._pending.peek(rid)
-        self._send(rid, device, payload, entry[2])
+        while True:
+            payload = self._held.pop(rid, None)
+            entry = self._pending.peek(rid)
+            if entry is not None:
+                self._send(rid, device, payload, entry[2])
+                return
+            # It expired in the same tick as the call that released it (a
+            # sequential queue behind a device that does not answer): it
+            # will never be sent, so its device slot is free again at once.
+            rid = self._queues.on_end(device, False)
+            if rid is None:
+                return
 
     def _end(self, rid: int, device: str, flags: int) -> None:
         """A call left the pending table: give back what it held."""
