@@ -261,7 +261,7 @@ class Device:
             await self._never.wait()
         if self.latency:
             await asyncio.sleep(self.latency)
-        if self.poison and isinstance(key, int) and key % 2:
+        if self.poison and poisoned(key):
             return {"dev": self.id, "i": key, "text": "nul \u0000 inside"}
         return answer(self.id, params)
 
@@ -276,8 +276,13 @@ class Device:
         await self.client.close()
 
 
+def poisoned(i: Any) -> bool:
+    """Whether a poison device answers call ``i`` with a value PostgreSQL refuses."""
+    return isinstance(i, int) and i % 3 == 0
+
+
 def expected_reply(device: Device, i: int) -> Any:
-    if device.poison and i % 2:
+    if device.poison and poisoned(i):
         return None  # refused by the database: the call must FAIL, not hang
     return answer(device.id, {"i": i})
 
