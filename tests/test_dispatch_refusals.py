@@ -162,3 +162,15 @@ async def test_queued_calls_expiring_in_the_same_tick_as_the_one_ahead(strategy)
         with pytest.raises(RpcTimeoutError):
             await d.call("mute", "work", None, timeout=0.01)
         assert d._queues.inflight("mute") == 0
+
+
+def test_the_servers_activity_record_is_bounded():
+    """Presence for made-up ids reaches the server's activity record: it is
+    bounded like presence, the least recently active leaving first."""
+    from fleetrpc.server.context import Activity
+
+    a = Activity(max_devices=100)
+    for i in range(10_000):
+        a.touch(f"flood-{i}", i)
+    assert len(a) == 100 and a.last("flood-9999") == 9999 and a.last("flood-0") is None
+    assert len(a.take_changes()) == 100

@@ -50,7 +50,7 @@ async def test_one_silent_device_among_healthy_ones(faults_profile, make_server,
                    crashes=len(server.crashes()))
     assert healthy_ok == 20
     refused = sum(v for k, v in statuses.items() if k.startswith("429"))
-    assert refused == n - dw - 100, statuses  # beyond its window and its queue: "queue full"
+    assert refused == max(0, n - dw - 100), statuses  # beyond its window and its queue: "queue full"
     assert all(k.startswith(("429 Too many requests for the device", "408")) for k in statuses), statuses
     assert server.crashes() == []
     assert await server.stop() == 0
