@@ -18,17 +18,21 @@ BEGIN = "<!-- figures:begin (written by tools/faults) -->"
 END = "<!-- figures:end -->"
 
 #: The issue's figures for the long run: probe -> (what is checked, test).
+#: probe -> (target, the counts hold, the run was as large as the target)
 TARGETS = {
     "inbound fuzz": ("1,000,000 messages, 0 crashes, 0 wrong",
-                     lambda f: f["crashes"] == 0 and f["legitimate_wrong"] == 0 and f["messages"] >= 1_000_000),
+                     lambda f: f["crashes"] == 0 and f["legitimate_wrong"] == 0,
+                     lambda f: f["messages"] >= 1_000_000),
     "server kill -9 (same-node)": ("10,000 calls, 0 lost, 0 wrong",
-                                   lambda f: f["lost"] == 0 and f["wrong"] == 0 and f["calls"] >= 10_000),
+                                   lambda f: f["lost"] == 0 and f["wrong"] == 0, lambda f: f["calls"] >= 10_000),
     "server kill -9 (new-node)": ("10,000 calls, 0 lost, 0 wrong",
-                                  lambda f: f["lost"] == 0 and f["wrong"] == 0 and f["calls"] >= 10_000),
-    "broker kill -9": ("5 outages, 0 persistent calls lost", lambda f: f["lost"] == 0 and f["outages"] >= 5),
-    "soak": ("10 minutes, RSS growth < 5 %", lambda f: f["rss_growth_percent"] < 5 and f["seconds"] >= 600),
+                                  lambda f: f["lost"] == 0 and f["wrong"] == 0, lambda f: f["calls"] >= 10_000),
+    "broker kill -9": ("5 outages, 0 persistent calls lost",
+                       lambda f: f["lost"] == 0, lambda f: f["outages"] >= 5),
+    "soak": ("10 minutes, RSS growth < 5 %",
+             lambda f: f["rss_growth_percent"] < 5, lambda f: f["seconds"] >= 600),
     "heartbeat/presence flood": ("1,000,000 new ids, memory below the bound",
-                                 lambda f: f["rss_growth_mb"] < f["bound_mb"] and f["new_ids"] >= 1_000_000),
+                                 lambda f: f["rss_growth_mb"] < f["bound_mb"], lambda f: f["new_ids"] >= 1_000_000),
 }
 
 #: The figures shown per probe, in order (others stay in the JSON).
@@ -67,12 +71,13 @@ def table(data: dict) -> str:
         shown = "; ".join(f"{k.replace('_', ' ')} {_fmt(figures[k])}" for k in keys if k in figures)
         target = ""
         if probe in TARGETS:
-            what, check = TARGETS[probe]
+            what, counts, size = TARGETS[probe]
             try:
-                met = check(figures)
+                verdict = ("met" if size(figures) else "counts met, at a reduced size") if counts(figures) \
+                    else "NOT met"
             except KeyError:
-                met = False
-            target = f"{what}: {'met' if met else 'not met at this size'}"
+                verdict = "NOT met (figures missing)"
+            target = f"{what}: {verdict}"
         rows.append(f"| {probe} | {shown} | {target} |")
     return "\n".join(rows)
 
