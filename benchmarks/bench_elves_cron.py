@@ -12,9 +12,10 @@ database and hands them to the scheduler's async path.  Per firing:
 
 - ``claimed``: from the fire time to the moment the loop handed the firing
   to the scheduler (claim in the database and next fire time included);
-- ``sent``: to the moment the scheduler's ``send_async`` returned for it
-  (task log rows written, the instruction published and accepted by the
-  agent -- or, for an IP with no agent, refused and logged as failed).
+- ``sent``: to the moment the scheduler's ``send_async_batch`` returned
+  for it (task log rows written, the instruction published and accepted by
+  the agent -- or, for an IP with no agent, refused and logged as failed;
+  a fire time's fan-outs go as one batch).
 
 ``--agents K`` starts K real ElvesAgents (in a second process) for the
 first K IPs; the others have none (a failed task each, Elves' offline
@@ -135,17 +136,17 @@ async def bench(args) -> dict:
                 claimed.extend([handed_at - fire_ms / 1000] * len(ids))
 
             elves.cron.on_fired(on_fired)
-            original = elves.scheduler.send_async
+            original = elves.scheduler.send_async_batch
 
-            async def timed_send_async(*a, **kw):
+            async def timed_send_async_batch(*a, **kw):
                 out = await original(*a, **kw)
                 now = time.time()
-                sent.extend([now - fire] * len(out))
+                sent.extend([now - fire] * sum(len(o) for o in out))
                 if len(sent) >= args.crons:
                     done.set()
                 return out
 
-            elves.scheduler.send_async = timed_send_async
+            elves.scheduler.send_async_batch = timed_send_async_batch
             elves.cron._wake.set()  # see the crons stored behind its back
             await asyncio.wait_for(done.wait(), args.lead + 300)
             ok = await db.fetchval("SELECT COUNT(*) FROM elves_task WHERE type = 'cron' AND agent_sync_flag = 1")

@@ -74,17 +74,23 @@ async def _load(d: Dispatcher, devices: list[str], seconds: float, concurrency: 
     tasks = [asyncio.ensure_future(caller(k)) for k in range(concurrency)]
     await asyncio.sleep(min(1.0, seconds / 4))
     done0 = done
-    cpu0 = time.process_time()
+    t_0 = os.times()
     others0 = {name: process_cpu(pid) or 0.0 for name, pid in others.items()}
     t0 = time.perf_counter()
     await asyncio.sleep(seconds)
     elapsed = time.perf_counter() - t0
     n = done - done0
-    cpu = time.process_time() - cpu0
+    t_1 = os.times()
+    user, system = t_1.user - t_0.user, t_1.system - t_0.system
+    cpu = user + system
     others_cpu = {name: (process_cpu(pid) or 0.0) - others0[name] for name, pid in others.items()}
     stop = True
     await asyncio.gather(*tasks)
-    out = {"round_trips_per_s": n / elapsed, "dispatcher_us_per_rt": cpu / n * 1e6 if n else float("nan"),
+    per = (lambda c: c / n * 1e6) if n else (lambda c: float("nan"))
+    # user = Python and the compiled core; system = the kernel's side of our
+    # sockets (a loopback send also runs the receiver's TCP input)
+    out = {"round_trips_per_s": n / elapsed, "dispatcher_us_per_rt": per(cpu),
+           "dispatcher_user_us_per_rt": per(user), "dispatcher_sys_us_per_rt": per(system),
            "errors": errors}
     for name, c in others_cpu.items():
         out[f"{name}_us_per_rt"] = c / n * 1e6 if n else float("nan")
@@ -111,8 +117,10 @@ async def run_broker(args) -> dict:
         await broker.stop()
 
 
-async def run_direct(args) -> dict:
-    ep = DeviceEndpoint(EndpointSettings(host="127.0.0.1", port=0, max_inflight=1000),
+async def run_direct(args, write_batch_above: int = 0) -> dict:
+    ep = DeviceEndpoint(EndpointSettings(host="127.0.0.1", port=0, max_inflight=1000,
+                                         write_batch_above=write_batch_above,
+                                         write_batch_delay=args.write_batch_delay),
                         authenticate=_by_client_id)
     d = Dispatcher(Settings(node_id="bench", qos=args.qos, min_timeout_ms=0), transport=ep)
     await d.start()
@@ -182,6 +190,10 @@ def main() -> None:
     p.add_argument("--idle", type=int, default=5000, help="idle direct connections for the memory figure (0: skip)")
     p.add_argument("--keepalive", type=int, default=60)
     p.add_argument("--idle-seconds", type=float, default=5.0)
+    p.add_argument("--write-batch-above", type=int, default=0,
+                   help="also run the direct path with this write_batch_above")
+    p.add_argument("--write-batch-delay", type=float, default=0.001)
+    p.add_argument("--only", choices=("broker", "direct"), help="run one path only (profiling)")
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
     results: dict[str, dict] = {}
@@ -189,8 +201,12 @@ def main() -> None:
     async def run() -> None:
         if args.idle:  # first, while the process heap is fresh
             results["idle"] = await run_idle(args)
-        results["broker"] = await run_broker(args)
-        results["direct"] = await run_direct(args)
+        if args.only in (None, "broker"):
+            results["broker"] = await run_broker(args)
+        if args.only in (None, "direct"):
+            results["direct"] = await run_direct(args)
+            if args.write_batch_above:
+                results["batched"] = await run_direct(args, args.write_batch_above)
 
     uvloop.run(run())
     if args.json:
@@ -198,13 +214,21 @@ def main() -> None:
         print()
         return
     print(f"devices={args.devices} qos={args.qos} concurrency={args.concurrency} seconds={args.seconds}")
-    for name in ("broker", "direct"):
-        r = results[name]
-        extra = "  ".join(f"{k}={v:.1f}" for k, v in r.items() if k.endswith("_us_per_rt") and k != "dispatcher_us_per_rt")
-        print(f"{name:>7}: {r['round_trips_per_s']:9.0f} rt/s  dispatcher {r['dispatcher_us_per_rt']:5.1f} us/rt  "
+    for name in ("broker", "direct", "batched"):
+        r = results.get(name)
+        if r is None:
+            continue
+        extra = "  ".join(f"{k}={v:.1f}" for k, v in r.items()
+                          if k.endswith("_us_per_rt") and not k.startswith("dispatcher"))
+        print(f"{name:>7}: {r['round_trips_per_s']:9.0f} rt/s  dispatcher {r['dispatcher_us_per_rt']:5.1f} us/rt "
+              f"(user {r['dispatcher_user_us_per_rt']:.1f}, sys {r['dispatcher_sys_us_per_rt']:.1f})  "
               f"{extra}  errors={r['errors']}")
-    ratio = results["direct"]["round_trips_per_s"] / results["broker"]["round_trips_per_s"]
-    print(f"direct / broker: {ratio:.2f}x")
+    if "broker" in results and "direct" in results:
+        ratio = results["direct"]["round_trips_per_s"] / results["broker"]["round_trips_per_s"]
+        print(f"direct / broker: {ratio:.2f}x")
+        if "batched" in results:
+            ratio = results["batched"]["round_trips_per_s"] / results["broker"]["round_trips_per_s"]
+            print(f"batched / broker: {ratio:.2f}x")
     if "idle" in results:
         r = results["idle"]
         print(f"   idle: {r['connections']} connections, {r['rss_bytes_per_connection']:.0f} B RSS each "

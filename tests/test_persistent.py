@@ -159,6 +159,24 @@ async def test_queued_while_offline_then_sent_when_online(rig):
     assert rec.status is RpcStatus.SUCCESSFUL and rec.response == {"late": True}
 
 
+async def test_wait_times_out_and_leaves_the_call_alone(rig):
+    rpc_id = await rig.engine.call(_name("off"), "echo", {}, expiration_time=int(time.time() * 1000) + 60_000)
+    for durable in (False, True):
+        with pytest.raises(TimeoutError, match=rpc_id):
+            await rig.engine.wait(rpc_id, 0.1, durable=durable)
+    # a waiter that is cancelled or times out leaves no deadline behind
+    waiter = asyncio.ensure_future(rig.engine.wait(rpc_id, 60))
+    await asyncio.sleep(0.05)
+    waiter.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    assert not rig.engine._timed
+    assert (await rig.engine.get(rpc_id)).status is RpcStatus.QUEUED
+    # it still finishes, and a new waiter sees that
+    await rig.device(rig.engine._live[rpc_id].record.device_id)
+    assert (await rig.engine.wait(rpc_id, 10, durable=True)).status is RpcStatus.SUCCESSFUL
+
+
 async def test_timeout_retries_then_failed(rig):
     dev = await rig.device()
     rpc_id = await rig.engine.call(dev.device_id, "hang", {}, timeout_ms=150, retries=2,

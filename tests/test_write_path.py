@@ -19,8 +19,8 @@ import pytest
 from fleetrpc.config import Settings
 from fleetrpc.device import DeviceClient
 from fleetrpc.dispatch import Dispatcher
-from fleetrpc.errors import InvalidTransitionError, StoreUnavailableError
-from fleetrpc.rpc.persistent import PersistentRpc, _uuid4
+from fleetrpc.errors import InvalidTransitionError, StoreError, StoreUnavailableError
+from fleetrpc.rpc.persistent import PersistentRpc, _Uuid4Source
 from fleetrpc.rpc.status import RpcStatus as St
 from fleetrpc.rpc.status import is_allowed
 from fleetrpc.store import (
@@ -90,8 +90,12 @@ def test_coalesce_keeps_every_field_either_change_sets():
 
 
 def test_uuid4_strings_are_version_4():
-    for _ in range(200):
-        u = _uuid4()
+    new_id = _Uuid4Source()
+    seen = set()
+    for _ in range(1000):  # several 4 KiB reads of os.urandom
+        u = new_id()
+        assert u not in seen
+        seen.add(u)
         parsed = uuid.UUID(u)
         assert str(parsed) == u and parsed.version == 4 and parsed.variant == uuid.RFC_4122
 
@@ -154,6 +158,83 @@ async def test_submit_change_merges_queued_continuations(base_store):
         assert (got.status, got.attempts, got.response, got.updated_time) == (St.SUCCESSFUL, 1, {"ok": 1}, T0 + 3)
         with pytest.raises(InvalidTransitionError):  # refused at once, never queued
             g.submit_change(chg(r.id, St.SUCCESSFUL, St.SENT))
+    finally:
+        await g.drain()
+
+
+class Listener:
+    """Records what a GroupCommitStore tells it, batch by batch."""
+
+    def __init__(self) -> None:
+        self.batches: list[tuple[str, list, object]] = []
+        self.heard = asyncio.Event()
+
+    def changes_written(self, writes, applied):
+        self.batches.append(("written", list(writes), list(applied)))
+        self.heard.set()
+
+    def changes_failed(self, writes, error):
+        self.batches.append(("failed", list(writes), error))
+        self.heard.set()
+
+    def told(self):
+        return [(kind, w, res) for kind, ws, res in self.batches
+                for w, res in zip(ws, res if kind == "written" else [res] * len(ws))]
+
+
+async def test_post_change_tells_its_listener_once_per_batch(base_store):
+    g = GroupCommitStore(base_store)
+    await g.open()
+    try:
+        a, b = rec(1), rec(2)
+        await asyncio.gather(g.submit_insert(a), g.submit_insert(b))
+        lst = Listener()
+        w1 = g.post_change(chg(a.id, St.QUEUED, St.SENT, 1, attempts=1), lst)
+        w2 = g.post_change(chg(a.id, St.SENT, St.DELIVERED, 2), lst)  # Q->D is no move: separate
+        w3 = g.post_change(chg(a.id, St.DELIVERED, St.SUCCESSFUL, 3, response={"ok": 1}), lst)
+        w4 = g.post_change(chg(b.id, St.SENT, St.DELIVERED, 4), lst)  # b is QUEUED: not applied
+        assert w1 is not w2 and w3 is w2 and g.batch_stats.coalesced == 1
+        assert (w2.payload.expected_status, w2.payload.status) == (St.SENT, St.SUCCESSFUL)
+        # and a future of the same call never merges into a listener's write
+        f = g.submit_change(chg(b.id, St.QUEUED, St.SENT, 5))
+        assert await f is True
+        while len(lst.told()) < 3:
+            lst.heard.clear()
+            await lst.heard.wait()
+        told = lst.told()
+        assert sorted((w is w1, w is w2, w is w4, res) for _, w, res in told) == sorted(
+            [(True, False, False, True), (False, True, False, True), (False, False, True, False)])
+        # a's two writes in order, each batch heard once
+        assert [w for _, w, _ in told if w in (w1, w2)] == [w1, w2]
+        assert len(lst.batches) == len({id(ws[0]) for _, ws, _ in lst.batches})
+        got = await base_store.get(a.id, "default")
+        assert (got.status, got.attempts, got.response) == (St.SUCCESSFUL, 1, {"ok": 1})
+        with pytest.raises(InvalidTransitionError):  # refused at once, never queued
+            g.post_change(chg(a.id, St.SUCCESSFUL, St.SENT), lst)
+    finally:
+        await g.drain()
+    with pytest.raises(StoreError):  # not open
+        g.post_change(chg(a.id, St.SUCCESSFUL, St.DELETED), Listener())
+
+
+async def test_post_change_failures_reach_the_listener(base_store):
+    g = GroupCommitStore(base_store)
+    await g.open()
+    try:
+        r = rec(7)
+        await g.submit_insert(r)
+        real_write = base_store.write
+
+        async def unavailable(*a, **kw):
+            raise StoreUnavailableError("down")
+
+        base_store.write = unavailable
+        lst = Listener()
+        w = g.post_change(chg(r.id, St.QUEUED, St.SENT), lst)
+        await lst.heard.wait()
+        (kind, ws, err), = lst.batches
+        assert kind == "failed" and ws == [w] and isinstance(err, StoreUnavailableError)
+        base_store.write = real_write
     finally:
         await g.drain()
 

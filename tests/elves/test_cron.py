@@ -371,7 +371,8 @@ async def test_self_cron_is_pushed_to_the_agent(cluster, one):
 
 
 async def test_self_cron_on_an_agent_that_cannot_take_it(cluster, one):
-    await cluster.agent("10.0.0.1")  # no elves.setSelfCron handler
+    agent = await cluster.agent("10.0.0.1")
+    agent.client.add_method(SELF_CRON_SET, lambda params: {"ok": False})  # an agent that refuses it
     r = await cluster.app.call("cron", "setCronByIp", agentip="10.0.0.1", cron_type="self", rule="0 * * * * ?", ins=INS)
     assert r["flag"] == "false" and r["error"].startswith("[410.1]Send Job To Agent Fail"), r
     r = await cluster.app.call("cron", "setCronByIp", agentip="10.0.0.2", cron_type="self", rule="0 * * * * ?", ins=INS)

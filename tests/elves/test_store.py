@@ -6,7 +6,7 @@ import pytest
 
 from fleetrpc.errors import AlreadyExistsError
 from fleetrpc.services.elves import NULL_TENANT, Instruction
-from fleetrpc.services.elves.store import SupervisorRepository, TaskRepository, ensure_schema
+from fleetrpc.services.elves.store import SupervisorRepository, TaskRepository
 from fleetrpc.services.elves.supervisor import Supervisor
 from fleetrpc.services.elves.tasklog import TaskLog
 from fleetrpc.store.db import open_database
@@ -20,9 +20,7 @@ async def db(request, tmp_path):
         url = f"sqlite:///{tmp_path}/elves.db"
     else:
         url = request.getfixturevalue("fresh_pg_db")
-    database = await open_database(url)
-    await ensure_schema(database)
-    await ensure_schema(database)  # idempotent
+    database = await open_database(url)  # the store's migrations, Elves' 0300-0399 among them
     yield database
     await database.close()
 
@@ -68,3 +66,27 @@ async def test_task_rows_life(db):
     assert (b.result_flag, b.agent_sync_flag, b.agent_sync_error) == (0, 0, "[414.1]x")
     assert await log.get(OTHER, ids) == []
     assert await log.purge(a.starttime + 1) == 2
+
+
+# -- migrations --------------------------------------------------------------------
+
+
+def test_elves_tables_are_store_migrations_that_ship():
+    """The Elves tables are the store's migrations 300-399 in both dialects,
+    and every .sql file under the package is matched by the package data
+    of pyproject.toml (so a wheel carries it; checked once by building one)."""
+    import tomllib
+    from pathlib import Path
+
+    from fleetrpc.store import migrations
+
+    for dialect in ("sqlite", "postgresql"):
+        elves = [m for m in migrations.load(dialect) if 300 <= m.version < 400]
+        assert [m.name for m in elves] == [
+            "elves_supervisor", "elves_tasklog", "elves_cron", "elves_queue", "elves_cmdb"]
+    root = Path(__file__).resolve().parents[2]
+    package = root / "src" / "fleetrpc"
+    patterns = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["fleetrpc"]
+    shipped = {p for pattern in patterns for p in package.glob(pattern)}
+    sql = set(package.rglob("*.sql"))
+    assert sql and sql <= shipped, sorted(str(p.relative_to(package)) for p in sql - shipped)

@@ -14,10 +14,14 @@ of that app and name when one is registered, else the app's worker in
 worker's result; an async one with ``{"accepted": true}`` at once, the
 result following as the client-side call ``elves.agentAsyncResult``.
 
+It keeps and runs the self crons the server pushes (``elves.setSelfCron``,
+``elves.delSelfCron``; :mod:`.crons`), persisted in
+``<root>/conf/cron.json``, and reports each run like an async result.
+
 Heartbeats carry what the heartbeat service reports: ``elves`` (version),
 ``ip``, ``os``, ``hostname``, ``hw``, ``apps`` (installed apps and their
-versions), ``crons`` (the self crons of ``<root>/conf/cron.json``), next to
-the SDK's ``ts`` and ``started``.
+versions), ``crons`` (its self crons, each with its ``next_fire_time``),
+next to the SDK's ``ts`` and ``started``.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import json
 import logging
 import os
 import platform
+import secrets
 import socket
 import time
 from pathlib import Path
@@ -38,6 +43,7 @@ import msgspec
 from ..device import DeviceClient
 from ..errors import FleetRpcError
 from .apps import WorkerResult, installed, run_app
+from .crons import SELF_CRON_DEL, SELF_CRON_SET, CronEntry, SelfCrons
 
 __all__ = ["ElvesAgent", "AGENT_VERSION"]
 
@@ -79,6 +85,8 @@ class ElvesAgent:
         heartbeat_interval: float = 60.0,
         max_workers: int = 64,
         result_retries: int = 3,
+        clock: Any = None,
+        cron_timezone: str | None = None,
         **client_options: Any,
     ) -> None:
         self.ip = ip
@@ -92,6 +100,14 @@ class ElvesAgent:
         self._retries = result_retries
         self._tasks: set[asyncio.Task] = set()
         self.runs = 0
+        #: The self crons (``clock``: a :class:`~fleetrpc.services.elves.clock.ManualClock`
+        #: in tests; ``cron_timezone``: None is the machine's local time).
+        self.crons = SelfCrons(
+            self.root / "conf" / "cron.json" if self.root is not None else None,
+            self._run_cron, clock=clock, timezone=cron_timezone,
+        )
+        self.client.add_method(SELF_CRON_SET, self.crons.on_set)
+        self.client.add_method(SELF_CRON_DEL, self.crons.on_delete)
 
     # -- registration -----------------------------------------------------------
 
@@ -110,11 +126,14 @@ class ElvesAgent:
     # -- lifecycle ----------------------------------------------------------------
 
     async def start(self) -> None:
+        self.crons.load()
         await self.client.connect()
         if self.heartbeat_interval > 0:
             self.client.start_heartbeat(self.heartbeat_interval, self.info)
+        self.crons.start()
 
     async def close(self) -> None:
+        await self.crons.close()
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:
@@ -146,17 +165,8 @@ class ElvesAgent:
         return out
 
     def self_crons(self) -> list[dict]:
-        """The self crons of ``<root>/conf/cron.json`` (``{id: {...}}``)."""
-        if self.root is None:
-            return []
-        path = self.root / "conf" / "cron.json"
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, ValueError):
-            return []
-        if not isinstance(data, dict):
-            return []
-        return [{"cron_id": k, **v} for k, v in data.items() if isinstance(v, dict)]
+        """The self crons (``[{"cron_id", "Rule", "App", ..., "next_fire_time"}]``)."""
+        return self.crons.listing()
 
     def info(self) -> dict[str, Any]:
         return {
@@ -204,14 +214,27 @@ class ElvesAgent:
 
     async def _run_and_report(self, run: _Run) -> None:
         result = await self.execute(run.app, run.func, run.param, run.timeout, run.proxy)
-        body = {"id": run.id, **msgspec.structs.asdict(result)}
+        await self._report({"id": run.id, **msgspec.structs.asdict(result)})
+
+    async def _run_cron(self, cron_id: str, entry: CronEntry) -> None:
+        """One firing of a self cron, reported with the cron's id (the
+        server makes it a task of the log)."""
+        started = int(self.crons.clock.time() * 1000)
+        result = await self.execute(entry.App, entry.Func, entry.Param, entry.timeout, entry.Proxy)
+        await self._report({"id": secrets.token_hex(8), "cron_id": cron_id, "started": started,
+                            **msgspec.structs.asdict(result)})
+
+    async def _report(self, body: dict[str, Any]) -> None:
+        """``elves.agentAsyncResult``, retried with back-off (the server
+        records a report once, however often it arrives)."""
         for attempt in range(self._retries + 1):
             try:
                 await self.client.call(AGENT_RESULT, body, timeout=30)
                 return
             except FleetRpcError as exc:
-                log.warning("agent %s: reporting task %s failed (%s), attempt %d", self.ip, run.id, exc, attempt + 1)
-                await asyncio.sleep(min(30.0, 0.5 * 2 ** attempt))
+                log.warning("agent %s: reporting task %s failed (%s), attempt %d", self.ip, body["id"], exc, attempt + 1)
+                if attempt < self._retries:
+                    await asyncio.sleep(min(30.0, 0.5 * 2 ** attempt))
 
 
 async def _call_function(fn: AppFunction, param: str, timeout: float) -> WorkerResult:

@@ -28,14 +28,15 @@ def _primary_ip() -> str:
 @click.option("--heartbeat", "interval", default=60.0, show_default=True, help="Seconds between heartbeats.")
 @click.option("--username", default=None, help="MQTT user name (a device's access token).")
 @click.option("--password", default=None, help="MQTT password.")
-def agent(url, ip, device_id, root, prefix, interval, username, password) -> None:
+@click.option("--cron-timezone", default=None, help="Time zone of the self crons' rules [default: the machine's local time].")
+def agent(url, ip, device_id, root, prefix, interval, username, password, cron_timezone) -> None:
     """Run an Elves agent: answer the scheduler's instructions, report heartbeats."""
     from .agent import ElvesAgent
 
     async def main() -> None:
         a = ElvesAgent(
             ip or _primary_ip(), url, root=root, device_id=device_id, heartbeat_interval=interval,
-            prefix=prefix, username=username, password=password,
+            prefix=prefix, username=username, password=password, cron_timezone=cron_timezone,
         )
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

@@ -8,7 +8,7 @@ Two objects, one per way of running fleetrpc:
 :class:`ServerSettings` (``config/server.py``)
     ``fleetrpc serve``: one typed section per part of the server (``mqtt``,
     ``dispatch``, ``store``, ``rpc``, ``http``, ``jwt``, ``auth``,
-    ``rate_limits``, ``events``, ``server``), loaded with
+    ``rate_limits``, ``events``, ``elves``, ``endpoint``, ``server``), loaded with
     :func:`load_server_settings`; :meth:`ServerSettings.library` maps its
     sections onto a :class:`Settings` for the dispatcher and the engine.
 
@@ -23,6 +23,8 @@ from .library import Settings, parse_enum, parse_strategy
 from .server import (
     AuthSection,
     DispatchSection,
+    ElvesSection,
+    EndpointSection,
     EventsSection,
     HttpSection,
     JwtSection,
@@ -39,6 +41,8 @@ from .server import (
 __all__ = [
     "AuthSection",
     "DispatchSection",
+    "ElvesSection",
+    "EndpointSection",
     "EventsSection",
     "HttpSection",
     "JwtSection",

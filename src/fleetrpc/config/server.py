@@ -30,11 +30,14 @@ from msgspec import Meta
 
 from .._core.constants import DEFAULT_MAX_PAYLOAD, DEFAULT_PREFIX, DeliveryStrategy
 from ..errors import ValidationError
+from .elves import ElvesSection
 from .library import Settings, _default_node_id
 
 __all__ = [
     "AuthSection",
     "DispatchSection",
+    "ElvesSection",
+    "EndpointSection",
     "EventsSection",
     "HttpSection",
     "JwtSection",
@@ -253,6 +256,37 @@ class EventsSection(_Section):
     buffer: Annotated[int, _doc("Events buffered per sink; the oldest are dropped (and counted) beyond.", ge=1)] = 10_000
 
 
+def _endpoint_section() -> type[_Section]:
+    """``[endpoint]``: ``enabled`` and the cache of the device registry,
+    then every field of :class:`EndpointSettings` but ``prefix`` (the
+    dispatcher's), with its own type, constraints and documentation: the
+    endpoint's settings are described in one place."""
+    from ..transport.endpoint.settings import EndpointSettings
+
+    fields: list[tuple[str, Any, Any]] = [
+        ("enabled", Annotated[bool, _doc(
+            "Listen for devices directly (ThingsBoard's device MQTT API and fleetrpc's own "
+            "topics), beside the broker; docs/endpoint.md.")], False),
+        ("auth_cache_size", Annotated[int, _doc(
+            "Access tokens whose device is kept in memory (a reconnect costs no query); "
+            "0: none.", ge=0)], 100_000),
+        ("auth_cache_ttl_s", Annotated[float, _doc(
+            "Longest time a cached token is trusted without asking the database again "
+            "(changes of tokens are seen at once; a device made a gateway after this).", gt=0)], 300.0),
+    ]
+    hints = typing.get_type_hints(EndpointSettings, include_extras=True)
+    for field in msgspec.structs.fields(EndpointSettings):
+        if field.name != "prefix":
+            fields.append((field.name, hints[field.name], field.default))
+    cls = msgspec.defstruct("EndpointSection", fields, bases=(_Section,), module=__name__,
+                            kw_only=True, forbid_unknown_fields=True)
+    cls.__doc__ = "fleetrpc's own MQTT listener for devices (off unless enabled)."
+    return cls
+
+
+EndpointSection = _endpoint_section()
+
+
 SECTIONS: dict[str, type[_Section]] = {
     "server": ServerSection,
     "mqtt": MqttSection,
@@ -264,6 +298,8 @@ SECTIONS: dict[str, type[_Section]] = {
     "auth": AuthSection,
     "rate_limits": RateLimitsSection,
     "events": EventsSection,
+    "elves": ElvesSection,
+    "endpoint": EndpointSection,
 }
 
 #: Every field of the library's flat :class:`Settings` and where the server's
@@ -332,6 +368,8 @@ class ServerSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     auth: AuthSection = msgspec.field(default_factory=AuthSection)
     rate_limits: RateLimitsSection = msgspec.field(default_factory=RateLimitsSection)
     events: EventsSection = msgspec.field(default_factory=EventsSection)
+    elves: ElvesSection = msgspec.field(default_factory=ElvesSection)
+    endpoint: EndpointSection = msgspec.field(default_factory=EndpointSection)  # type: ignore[valid-type]
 
     def __post_init__(self) -> None:
         # Checks across fields; each message names the keys involved.
@@ -359,6 +397,11 @@ class ServerSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             raise ValidationError(f"auth.sysadmin_password_file: no such file {a.sysadmin_password_file!r}")
         if self.mqtt.reconnect_max < self.mqtt.reconnect_delay:
             raise ValidationError("mqtt.reconnect_max must be >= mqtt.reconnect_delay")
+        if self.endpoint.enabled:
+            try:
+                self.endpoint_settings()
+            except ValidationError as exc:
+                raise ValidationError(f"endpoint: {exc}") from None
 
     # -- derived values --
 
@@ -376,6 +419,16 @@ class ServerSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     @property
     def embedded_broker(self) -> bool:
         return self.mqtt.url is None
+
+    def endpoint_settings(self) -> Any:
+        """The device endpoint's :class:`EndpointSettings` from ``[endpoint]``
+        (its prefix is the dispatcher's)."""
+        from ..transport.endpoint.settings import EndpointSettings
+
+        values = msgspec.structs.asdict(self.endpoint)
+        for key in ("enabled", "auth_cache_size", "auth_cache_ttl_s"):
+            del values[key]
+        return EndpointSettings(prefix=self.dispatch.prefix, **values)
 
     def library(self, **overrides: Any) -> Settings:
         """The dispatcher's flat :class:`Settings` from these sections

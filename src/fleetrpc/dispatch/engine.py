@@ -45,7 +45,7 @@ from .client_calls import ClientCalls, Handler
 from .completion import CallObserver, StatusEvent
 from .counters import Stats
 from .rejects import RejectLog
-from .options import OfflinePolicy, check_flag, check_method, check_offline, check_timeout_s
+from .options import NO_PARAMS, OfflinePolicy, check_flag, check_method, check_offline, check_timeout_s
 
 if TYPE_CHECKING:
     from ..config import Settings
@@ -312,7 +312,7 @@ class Dispatcher:
 
     # -- calls --------------------------------------------------------------
 
-    def check_request(self, method: str, params: Any = None, request_id: str | None = None) -> int:
+    def check_request(self, method: str, params: Any = NO_PARAMS, request_id: str | None = None) -> int:
         """Encode the request as it would be sent and return its size; raise
         ValidationError when it cannot be sent (bad method, params that are
         not JSON, over ``max_payload``).  The persistent engine calls it
@@ -323,7 +323,7 @@ class Dispatcher:
         self,
         device: str,
         method: str,
-        params: Any = None,
+        params: Any = NO_PARAMS,
         *,
         timeout: float | None = None,
         expiration_time: int | None = None,
@@ -394,7 +394,7 @@ class Dispatcher:
         self,
         devices: Iterable[str],
         method: str,
-        params: Any = None,
+        params: Any = NO_PARAMS,
         *,
         timeout: float | None = None,
         expiration_time: int | None = None,
@@ -500,7 +500,7 @@ class Dispatcher:
 
     def _request_payload(self, method: str, params: Any, request_id: str | None = None) -> bytes:
         try:
-            payload = self._encode_request(method, {} if params is None else params)
+            payload = self._encode_request(method, {} if params is NO_PARAMS else params)
         except CodecError as exc:
             check_method(method)
             raise ValidationError(f"params are not JSON-serialisable: {exc}") from None

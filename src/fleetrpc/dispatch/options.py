@@ -48,6 +48,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CallOptions",
+    "NO_PARAMS",
     "MAX_TIMEOUT_MS",
     "parse_rpc_body",
     "check_flag",
@@ -73,6 +74,12 @@ MAX_EPOCH_MS = 10**15
 MAX_METHOD_LENGTH = 128
 
 _INT_STRING = re.compile(r"\s*\+?([0-9]{1,18})\s*\Z")
+
+
+#: ``params`` left out of a call: the device gets ``{}`` (ThingsBoard's
+#: default).  ``None`` is a value like any other: the device gets JSON
+#: ``null``, as ThingsBoard's switch and knob widgets send ``getValue``.
+NO_PARAMS = msgspec.UNSET
 
 
 class CallOptions(msgspec.Struct, frozen=True, kw_only=True):
@@ -203,13 +210,13 @@ def parse_rpc_body(body: Any, *, oneway: bool | None = None) -> CallOptions:
     if "method" not in body:
         raise ValidationError("method is required")
     method = check_method(body["method"])
-    params = body.get("params")
+    params = body["params"] if "params" in body else {}
     body_oneway = body.get("oneway")
     body_oneway = False if body_oneway is None else check_flag(body_oneway, "oneway")
     persistent = body.get("persistent")
     return CallOptions(
         method=method,
-        params={} if params is None else params,
+        params=params,
         timeout_ms=check_timeout_ms(body.get("timeout"), "timeout"),
         expiration_time=check_expiration_time(body.get("expirationTime")),
         oneway=body_oneway if oneway is None else check_flag(oneway, "oneway"),

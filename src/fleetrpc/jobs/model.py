@@ -154,7 +154,8 @@ class JobSpec(msgspec.Struct, kw_only=True, omit_defaults=True, rename="camel", 
 
     targets: Targets
     method: str
-    params: Any = None
+    #: Left out: ``{}``; ``null`` is sent as ``null`` (see dispatch.options.NO_PARAMS).
+    params: Any = msgspec.UNSET
     name: str | None = None
     #: One attempt's timeout in milliseconds (ThingsBoard's default 10 s,
     #: raised to the server's minimum).

@@ -42,10 +42,11 @@ emits the event (``RPC_QUEUED`` ... ``RPC_DELETED``) carrying the whole
 record.  On start every unfinished call is recovered from the store.
 
 Writes after the insert do not hold up dispatch.  On a group-commit store
-they are handed over with ``submit_change`` (no task, no coroutine per
-write), which keeps each call's writes in order and may merge a call's
-consecutive changes that are still queued into one row update (see
-``store/batching.py``); on any other store each call's writes run one after
+they are handed over with ``post_change`` (no task, no future per write;
+the store tells the engine about each batch at once, as its
+``WriteListener``), which keeps each call's writes in order and may merge
+a call's consecutive changes that are still queued into one row update
+(see ``store/batching.py``); on any other store each call's writes run one after
 the other, in order, while different calls' writes run concurrently.  A
 write that fails because the database is unavailable holds back every
 later write; they are retried in the order they were made until they
@@ -73,9 +74,11 @@ from typing import Any, Callable
 
 import msgspec
 
+from .. import _core
 from ..config import Settings
 from ..dispatch import CallObserver, Counters, Dispatcher
 from ..dispatch.options import (
+    NO_PARAMS,
     check_expiration_time,
     check_flag,
     check_method,
@@ -117,6 +120,9 @@ DEFAULT_QUEUE_CAP = 1000
 #: How often calls waiting in the engine for room in the dispatcher's queue
 #: are checked for expiry (seconds).
 BACKLOG_SWEEP_S = 1.0
+#: Resolution of ``wait(timeout=...)`` (seconds): a wait times out at most
+#: this much after its timeout.
+WAIT_TICK_S = 0.05
 
 Q, S, D, OK, T, E, F, X = (
     RpcStatus.QUEUED, RpcStatus.SENT, RpcStatus.DELIVERED, RpcStatus.SUCCESSFUL,
@@ -136,13 +142,37 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def _uuid4() -> str:
-    """``str(uuid.uuid4())``, without building a UUID object (4x faster)."""
-    b = bytearray(os.urandom(16))
-    b[6] = b[6] & 0x0F | 0x40  # version 4
-    b[8] = b[8] & 0x3F | 0x80  # RFC 4122 variant
-    h = b.hex()
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+# The RFC 4122 variant nibble (10xx) from any random hex digit.
+_VARIANT = {f"{n:x}": f"{8 | n & 3:x}" for n in range(16)}
+
+
+class _Uuid4Source:
+    """Random (version 4) UUID strings, as ``str(uuid.uuid4())``, from
+    ``os.urandom`` read 4 KiB at a time: a system call per 256 ids instead
+    of one per id."""
+
+    __slots__ = ("_hex", "_pos")
+
+    _CHUNK = 4096
+
+    def __init__(self) -> None:
+        self._hex = ""
+        self._pos = 0
+
+    def __call__(self) -> str:
+        pos = self._pos
+        h = self._hex
+        if pos >= len(h):
+            h = self._hex = os.urandom(self._CHUNK).hex()
+            pos = 0
+        self._pos = pos + 32
+        return (f"{h[pos:pos + 8]}-{h[pos + 8:pos + 12]}-4{h[pos + 13:pos + 16]}-"
+                f"{_VARIANT[h[pos + 16]]}{h[pos + 17:pos + 20]}-{h[pos + 20:pos + 32]}")
+
+
+def _time_out(fut: asyncio.Future, rpc_id: str, timeout: float) -> None:
+    if not fut.done():
+        fut.set_exception(TimeoutError(f"RPC {rpc_id} did not finish within {timeout} s"))
 
 
 class _Held(Exception):
@@ -225,21 +255,26 @@ class PersistentRpc:
         self._pumping: set[str] = set()  # devices with a _pump scheduled
         # a refused write -> (the write made instead or None, its change);
         # durable waiters follow it
-        self._replaced: dict[asyncio.Future, tuple[asyncio.Future | None, StatusChange]] = {}
+        self._replaced: dict[Any, tuple[Any, StatusChange]] = {}
         # writes made instead of a refused one -> their change (refused again: give up)
-        self._salvaging: dict[asyncio.Future, StatusChange] = {}
-        # A group-commit store takes writes without a task and keeps each
-        # call's writes in order.
-        self._submit_change: Callable[[StatusChange], asyncio.Future] | None = getattr(
-            store, "submit_change", None
+        self._salvaging: dict[Any, StatusChange] = {}
+        # A group-commit store takes writes without a future or a task,
+        # keeps each call's writes in order and tells this engine about a
+        # whole batch at once (changes_written / changes_failed).
+        self._post_change: Callable[[StatusChange, Any], Any] | None = getattr(
+            store, "post_change", None
         )
         self._submit_insert: Callable[[RpcRecord], asyncio.Future] | None = getattr(
             store, "submit_insert", None
         )
-        # write future -> its change, or the list of changes the store merged
-        # into that one write
-        self._writes: dict[asyncio.Future, Any] = {}
+        # Every write not yet landed (its handle: the group-commit store's
+        # write, or a task on other stores) -> its change.
+        self._writes: dict[Any, StatusChange] = {}
         self._last_write: dict[str, asyncio.Future] = {}  # per call (other stores)
+        # durable waiters waiting for a write to land: write -> [(waiters, record)]
+        self._after_write: dict[Any, list[tuple[list[asyncio.Future], RpcRecord]]] = {}
+        # flush() calls: (the writes still to land, its future)
+        self._flushes: list[tuple[set, asyncio.Future]] = []
         # A write failed: it and every later write wait in line for a retry.
         # Only the order of one call's writes matters (each is a different
         # row), and the line keeps it: a call's writes fail, and so join the
@@ -251,6 +286,12 @@ class PersistentRpc:
         self._retry_task: asyncio.Task | None = None
         self._ttl_task: asyncio.Task | None = None
         self._closed = False
+        self._new_id = _Uuid4Source()
+        # wait() deadlines: key -> (future, rpc id, timeout, wheel handle)
+        self._timed: dict[int, tuple[asyncio.Future, str, float, int]] = {}
+        self._wait_wheel: Any = None
+        self._wait_timer: asyncio.TimerHandle | None = None
+        self._wait_seq = 0
 
     # -- lifecycle ----------------------------------------------------------
 
@@ -271,6 +312,9 @@ class PersistentRpc:
         if self._sweep_handle is not None:
             self._sweep_handle.cancel()
             self._sweep_handle = None
+        if self._wait_timer is not None:
+            self._wait_timer.cancel()
+            self._wait_timer = None
         self._backlog.clear()
         for task in (self._ttl_task, self._retry_task):
             if task is not None:
@@ -279,8 +323,7 @@ class PersistentRpc:
             if live.rid is not None:
                 self.dispatcher.cancel(live.rid)
                 live.rid = None
-        if self._writes:
-            await asyncio.wait(list(self._writes))
+        await self.flush()
 
     # -- API ----------------------------------------------------------------
 
@@ -298,7 +341,7 @@ class PersistentRpc:
         self,
         device: str,
         method: str,
-        params: Any = None,
+        params: Any = NO_PARAMS,
         *,
         timeout_ms: int | None = None,
         expiration_time: int | None = None,
@@ -334,13 +377,13 @@ class PersistentRpc:
         if expiration_time is None:
             expiration_time = now + timeout
         record = RpcRecord(
-            id=request_uuid or _uuid4(),
+            id=request_uuid or self._new_id(),
             tenant_id=tenant_id,
             device_id=device,
             created_time=now,
             expiration_time=expiration_time,
             method=method,
-            params={} if params is None else params,
+            params={} if params is NO_PARAMS else params,
             oneway=oneway,
             retries=effective_retries(retries, s),
             timeout_ms=timeout,
@@ -427,26 +470,64 @@ class PersistentRpc:
         """Wait until that tenant's call is finished; returns its final
         record.  With ``durable``, wait until that final status is committed
         to the store, too (through retries, if the database is down
-        meanwhile).  Raises TimeoutError after ``timeout`` seconds,
+        meanwhile).  Raises TimeoutError after ``timeout`` seconds (at most
+        :data:`WAIT_TICK_S` later), leaving the call as it is;
         RpcNotFoundError when the tenant has no such call."""
         tenant_id = self._tenant(tenant_id)
         live = self._own_live(rpc_id, tenant_id)
         if live is None:
             return await self.get(rpc_id, tenant_id)
-        fut = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
         if durable:
             if live.durable is None:
                 live.durable = []
             live.durable.append(fut)
         else:
             live.waiters.append(fut)
-        return await asyncio.wait_for(fut, timeout)
+        if timeout is None:
+            return await fut
+        # The deadline goes into the engine's own timing wheel: no timer
+        # handle per wait (asyncio.wait_for would add a second future, a
+        # timer, a callback and a task switch per wait).
+        key = self._wait_deadline(loop, fut, rpc_id, timeout)
+        try:
+            return await fut
+        finally:
+            entry = self._timed.pop(key, None)
+            if entry is not None:
+                self._wait_wheel.cancel(entry[3])
+
+    def _wait_deadline(self, loop: asyncio.AbstractEventLoop, fut: asyncio.Future,
+                       rpc_id: str, timeout: float) -> int:
+        wheel = self._wait_wheel
+        now = loop.time()
+        if wheel is None:
+            wheel = self._wait_wheel = _core.TimingWheel(WAIT_TICK_S, now)
+        self._wait_seq = key = self._wait_seq + 1
+        handle = wheel.schedule(now + timeout, key)  # ValueError for NaN, inf
+        self._timed[key] = (fut, rpc_id, timeout, handle)
+        if self._wait_timer is None:
+            self._wait_timer = loop.call_at(now + WAIT_TICK_S, self._on_wait_tick)
+        return key
+
+    def _on_wait_tick(self) -> None:
+        self._wait_timer = None
+        loop = asyncio.get_running_loop()
+        for key in self._wait_wheel.advance(loop.time()):
+            entry = self._timed.pop(key, None)
+            if entry is not None:
+                _time_out(entry[0], entry[1], entry[2])
+        if self._timed:
+            self._wait_timer = loop.call_at(loop.time() + WAIT_TICK_S, self._on_wait_tick)
 
     async def flush(self) -> None:
         """Wait until every status write made so far has been attempted:
         committed, or failed and held for a retry."""
         if self._writes:
-            await asyncio.wait(list(self._writes))
+            fut = asyncio.get_running_loop().create_future()
+            self._flushes.append((set(self._writes), fut))
+            await fut
 
     @property
     def unfinished(self) -> int:
@@ -641,17 +722,23 @@ class PersistentRpc:
             self._when_written(live.durable, msgspec.structs.replace(live.record), live.write)
             live.durable = None
 
-    def _when_written(self, waiters: list[asyncio.Future], record: RpcRecord,
-                      write: asyncio.Future | None) -> None:
+    def _when_written(self, waiters: list[asyncio.Future], record: RpcRecord, write: Any) -> None:
         """Resolve ``waiters`` with ``record`` once ``write`` -- the call's
         last status write, or the retry task -- has landed."""
-        if write is not None and not write.done():
+        if write is None:
+            self._written_for(waiters, record, write)
+        elif write in self._writes:
+            after = self._after_write.get(write)
+            if after is None:
+                self._after_write[write] = [(waiters, record)]
+            else:
+                after.append((waiters, record))
+        elif write is self._retry_task and not write.done():
             write.add_done_callback(functools.partial(self._written_for, waiters, record))
         else:
             self._written_for(waiters, record, write)
 
-    def _written_for(self, waiters: list[asyncio.Future], record: RpcRecord,
-                     write: asyncio.Future | None) -> None:
+    def _written_for(self, waiters: list[asyncio.Future], record: RpcRecord, write: Any) -> None:
         replaced = self._replaced.get(write) if write is not None else None
         if replaced is not None:
             # The database refused that write: follow the one written instead.
@@ -678,7 +765,7 @@ class PersistentRpc:
             return
         if self._holding and self._is_held(record.id):
             # It failed (or overtook one that did): wait for the retries.
-            # (_written() ran first: it was the write's first callback.)
+            # (_write_done() has seen it: it runs before the write's waiters.)
             self._when_written(waiters, record, self._retry_task)
             return
         for fut in waiters:
@@ -736,24 +823,20 @@ class PersistentRpc:
             return
         live.write = self._send(change)
 
-    def _send(self, change: StatusChange) -> asyncio.Future | None:
-        submit = self._submit_change
-        if submit is not None:
+    def _send(self, change: StatusChange) -> Any:
+        """Hand one change to the store; returns the write's handle (None
+        if it could not even be queued: it is then held for a retry)."""
+        post = self._post_change
+        if post is not None:
             try:
-                fut = submit(change)
+                write = post(change, self)
             except StoreError as exc:  # e.g. the store is closed
                 # Made after every write in flight: it goes after their failures.
                 self._failed([change], exc, self._later)
                 return None
-            entry = self._writes.get(fut)
-            if entry is None:
-                self._writes[fut] = change
-                fut.add_done_callback(self._written)
-            elif entry.__class__ is list:
-                entry.append(change)
-            else:  # merged into a write still queued
-                self._writes[fut] = [entry, change]
-            return fut
+            if write not in self._writes:  # else merged into a write still queued
+                self._writes[write] = change
+            return write
         # Any other store: a task per write; a call's writes one at a time.
         prev = self._last_write.get(change.id)
         if prev is None:
@@ -762,11 +845,11 @@ class PersistentRpc:
             fut = asyncio.ensure_future(self._change_after(prev, change))
         self._last_write[change.id] = fut
         self._writes[fut] = change
-        fut.add_done_callback(self._written)
+        fut.add_done_callback(self._task_written)
         return fut
 
     async def _change_after(self, prev: asyncio.Future, change: StatusChange) -> bool:
-        await asyncio.wait((prev,))  # prev's _written() has run: it was added first
+        await asyncio.wait((prev,))  # prev's _task_written() has run: it was added first
         if self._holding and self._is_held(change.id):
             raise _Held  # an earlier write of this call must land first
         return await self.store.change(change)
@@ -774,35 +857,91 @@ class PersistentRpc:
     def _is_held(self, rpc_id: str) -> bool:
         return any(c.id == rpc_id for c in self._held) or any(c.id == rpc_id for c in self._later)
 
-    def _written(self, fut: asyncio.Future) -> None:
-        entry = self._writes.pop(fut, None)
-        if entry is None:
+    # The group-commit store's WriteListener: a batch's writes at once.
+
+    def changes_written(self, writes: list[Any], applied: list[bool]) -> None:
+        pending, after = self._writes, self._after_write
+        for write, ok in zip(writes, applied):
+            if pending.pop(write, None) is None:
+                continue  # not ours, or already heard of
+            if self._salvaging:
+                self._salvaging.pop(write, None)
+            if not ok:
+                self._not_applied(write, [write.payload])
+            if after:
+                waiting = after.pop(write, None)
+                if waiting is not None:
+                    for waiters, record in waiting:
+                        self._written_for(waiters, record, write)
+        if self._flushes:
+            self._settle_flushes(writes)
+
+    def changes_failed(self, writes: list[Any], error: BaseException) -> None:
+        for write in writes:
+            if self._writes.pop(write, None) is not None:
+                self._write_done(write, [write.payload], False, error)
+        if self._flushes:
+            self._settle_flushes(writes)
+
+    def _task_written(self, fut: asyncio.Future) -> None:
+        """A write on a store without group commit (a task) is done."""
+        change = self._writes.pop(fut, None)
+        if change is None:
             return
-        changes = entry if entry.__class__ is list else [entry]
-        rpc_id = changes[0].id
-        if self._submit_change is None and self._last_write.get(rpc_id) is fut:
-            del self._last_write[rpc_id]
-        salvage = self._salvaging.pop(fut, None) if self._salvaging else None
-        if fut.cancelled():
-            return  # a cancelled waiter does not withdraw a write
-        exc = fut.exception()
+        if self._last_write.get(change.id) is fut:
+            del self._last_write[change.id]
+        if fut.cancelled():  # a cancelled waiter does not withdraw a write
+            if self._salvaging:
+                self._salvaging.pop(fut, None)
+            self._run_after(fut)
+        else:
+            exc = fut.exception()
+            self._write_done(fut, [change], exc is None and fut.result(), exc)
+        if self._flushes:
+            self._settle_flushes((fut,))
+
+    def _write_done(self, write: Any, changes: list[StatusChange], ok: bool,
+                    exc: BaseException | None) -> None:
+        """One write has landed (``exc`` None: committed, ``ok``: applied)
+        or failed; then its durable waiters."""
+        salvage = self._salvaging.pop(write, None) if self._salvaging else None
         if exc is None:
-            if not fut.result():
-                if self._holding and self._is_held(rpc_id):
-                    # It overtook an earlier write of its call that failed
-                    # (a later batch got through): retry it after that one.
-                    self._held.extend(changes)
-                    return
-                change = changes[-1]
-                log.debug("status change %s -> %s of %s did not apply (row gone or moved on)",
-                          change.expected_status, change.status, rpc_id)
-            return
-        if isinstance(exc, (StoreUnavailableError, _Held)):
+            if not ok:
+                self._not_applied(write, changes)
+        elif isinstance(exc, (StoreUnavailableError, _Held)):
             self._failed(changes, exc)
         else:
-            self._refused(fut, changes, exc, salvage)
+            self._refused(write, changes, exc, salvage)
+        self._run_after(write)
 
-    def _refused(self, fut: asyncio.Future, changes: list[StatusChange], exc: BaseException,
+    def _run_after(self, write: Any) -> None:
+        waiting = self._after_write.pop(write, None) if self._after_write else None
+        if waiting is not None:
+            for waiters, record in waiting:
+                self._written_for(waiters, record, write)
+
+    def _not_applied(self, write: Any, changes: list[StatusChange]) -> None:
+        rpc_id = changes[0].id
+        if self._holding and self._is_held(rpc_id):
+            # It overtook an earlier write of its call that failed (a later
+            # batch got through): retry it after that one.
+            self._held.extend(changes)
+            return
+        change = changes[-1]
+        log.debug("status change %s -> %s of %s did not apply (row gone or moved on)",
+                  change.expected_status, change.status, rpc_id)
+
+    def _settle_flushes(self, landed: Any) -> None:
+        keep = []
+        for waiting, fut in self._flushes:
+            waiting.difference_update(landed)
+            if waiting:
+                keep.append((waiting, fut))
+            elif not fut.done():
+                fut.set_result(None)
+        self._flushes = keep
+
+    def _refused(self, fut: Any, changes: list[StatusChange], exc: BaseException,
                  salvage: StatusChange | None) -> None:
         """The database refused a write for what it holds (not for being
         down): retrying it would fail forever and hold back every other
@@ -852,7 +991,7 @@ class PersistentRpc:
         while True:
             # Let what is still in flight land first: its failures join the line.
             while self._writes:
-                await asyncio.wait(list(self._writes))
+                await self.flush()
             if not self._held and not self._later:
                 self._holding = False
                 return

@@ -18,6 +18,7 @@ Attributes other parts rely on (the brief's contract):
 ``metrics``       :class:`~fleetrpc.api.metrics.Metrics` (its ``registry`` takes more collectors)
 ``activity``      devices' online state and last activity
 ``broker``        the broker this server started, or None
+``endpoint``      the device endpoint (``[endpoint] enabled``), or None
 ``url``           the HTTP API's base URL once listening
 ``features``      extra ``setup(app, ctx)`` functions for ``create_app``, as
                   ``"package.module[:function]"`` names
@@ -96,6 +97,8 @@ class ServerContext:
         self.tenants: Any = None
         self.customers: Any = None
         self.tokens: TokenService | None = None
+        self.endpoint: Any = None     # the device endpoint, when enabled
+        self.endpoint_directory: Any = None  # its token cache on ctx.devices
         self.jobs: Any = None         # fleet jobs (fleetrpc.jobs.JobEngine)
         self.job_targets: Any = None  # their target resolver (fleetrpc.jobs.registry)
         self.rate_limiter = RateLimiter(settings.rate_limits)

@@ -14,7 +14,8 @@ reverse, also when a later one fails to start:
 6. ``engine``     persistent RPC: recovers unfinished calls; TTL clean-up;
                   on stop, flushes every status write
 7. ``jobs``       fleet jobs: resumes interrupted ones
-8. ``http``       the API; on stop it drains (see :func:`http`)
+8. ``elves``      the Elves services (``[elves]``; services/elves/part.py)
+9. ``http``       the API; on stop it drains (see :func:`http`)
 """
 
 from __future__ import annotations
@@ -138,6 +139,8 @@ async def dispatcher(ctx: ServerContext) -> AsyncIterator[None]:
     from ..events import forward_client_calls
 
     d = Dispatcher(ctx.library)
+    if ctx.settings.endpoint.enabled:
+        _with_endpoint(ctx, d)
 
     def presence(device: str, online: bool) -> None:
         ctx.activity.touch(device)
@@ -155,8 +158,31 @@ async def dispatcher(ctx: ServerContext) -> AsyncIterator[None]:
         yield
     finally:
         flusher.cancel()
-        await d.close()
+        await d.close()  # closes the endpoint too
         await _flush_activity(ctx)
+        if ctx.endpoint is not None:
+            ctx.endpoint_directory.close()
+            ctx.endpoint = ctx.endpoint_directory = None
+
+
+def _with_endpoint(ctx: ServerContext, d: Any) -> None:
+    """Devices connect to this server directly as well (``[endpoint]``):
+    the dispatcher's transport becomes the endpoint beside the broker
+    connection (docs/endpoint.md), tokens are checked against the device
+    registry through a cache, and the endpoint's counters go to /metrics."""
+    from ..transport.endpoint import CompositeTransport, DeviceEndpoint
+    from ..transport.endpoint.directory import DeviceDirectory
+    from ..transport.endpoint.metrics import EndpointCollector
+
+    s = ctx.settings
+    directory = DeviceDirectory(ctx.devices, size=s.endpoint.auth_cache_size, ttl=s.endpoint.auth_cache_ttl_s)
+    endpoint = DeviceEndpoint(s.endpoint_settings(), authenticate=directory.authenticate,
+                              resolve_subdevice=directory.resolve_subdevice)
+    # The broker connection the dispatcher would have made itself.
+    d._transport = CompositeTransport(endpoint, d._make_transport())
+    ctx.endpoint = endpoint
+    ctx.endpoint_directory = directory
+    ctx.metrics.registry.register(EndpointCollector(endpoint))
 
 
 async def _flush_activity(ctx: ServerContext) -> None:
@@ -211,6 +237,13 @@ async def jobs(ctx: ServerContext) -> AsyncIterator[None]:
     finally:
         await engine.close()
         ctx.jobs = None
+
+
+async def elves(ctx: ServerContext) -> AsyncIterator[None]:
+    from ..services.elves.part import elves_part
+
+    async for _ in elves_part(ctx):
+        yield
 
 
 def _ssl_context(ctx: ServerContext) -> ssl.SSLContext | None:
@@ -269,5 +302,6 @@ PARTS: tuple[tuple[str, Part], ...] = (
     ("dispatcher", dispatcher),
     ("engine", engine),
     ("jobs", jobs),
+    ("elves", elves),
     ("http", http),
 )

@@ -59,6 +59,8 @@ class WidgetDevice:
     def _set_value(self, params: Any) -> dict:
         self._note("setValue", params)
         if isinstance(params, bool):
+            if not params and self.level:
+                self._last_on = self.level  # on again at this level
             self.level = self._last_on if params else 0
         elif isinstance(params, (int, float)):
             self.level = max(0, min(100, int(round(params))))

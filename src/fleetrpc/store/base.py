@@ -461,7 +461,9 @@ def storable_problem(value: Any) -> str | None:
         encoded = _json_encode(value)
     except (TypeError, ValueError, OverflowError) as e:  # msgspec.EncodeError is a ValueError
         return f"it is not JSON ({e})"
-    if b"\\u0000" in encoded and _has_nul(value):
+    # find(), not `in`: bytes.__contains__ first tries its argument as an
+    # int and builds a TypeError for every bytes argument (~2k instructions).
+    if encoded.find(b"\\u0000") >= 0 and _has_nul(value):
         return "it contains the character U+0000, which the database cannot store"
     return None
 

@@ -36,6 +36,14 @@ When a batch fails:
 Cancelling a waiting caller does not withdraw its write (it may already be
 committing); the result is simply not delivered.
 
+Futures or a listener: ``submit_change`` returns a future per write, for
+any caller.  An engine that makes many writes and waits for none of them
+(the persistent-RPC lifecycle) uses :meth:`GroupCommitStore.post_change`
+instead: no future, no callback scheduled per write; once a batch is
+written its :class:`WriteListener` hears about all of that batch's writes
+in one call, in the batch's order -- the same results and errors, the same
+order per call.
+
 Coalescing (``coalesce=True``, the default): a status change submitted while
 an earlier change of the same call is still queued -- not yet taken by the
 writer -- and which continues it (``QUEUED->SENT`` queued, ``SENT->DELIVERED``
@@ -53,9 +61,10 @@ on it, as with any optimistic change.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import deque
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import msgspec
 
@@ -63,7 +72,9 @@ from ..errors import FleetRpcError, StoreError, StoreUnavailableError
 from ..rpc.status import RpcStatus, is_allowed
 from .base import DuplicateRpcError, Page, RpcRecord, StatusChange, Store, WriteResult
 
-__all__ = ["GroupCommitStore", "Batcher", "BatchStats", "coalesce_changes"]
+__all__ = ["GroupCommitStore", "Batcher", "BatchStats", "WriteListener", "coalesce_changes"]
+
+log = logging.getLogger("fleetrpc.store.batching")
 
 _INSERT = 0
 _CHANGE = 1
@@ -80,13 +91,33 @@ class BatchStats(msgspec.Struct, kw_only=True, gc=False):
     coalesced: int = 0  # changes merged into a queued change of the same call
 
 
-class _Item:
-    __slots__ = ("kind", "payload", "future")
+class _Item(msgspec.Struct, eq=False):
+    """One queued write: a caller's future, or a listener to tell.  It is
+    also the handle :meth:`GroupCommitStore.post_change` returns.  (A
+    Struct: built in C, no ``__init__`` frame.)"""
 
-    def __init__(self, kind: int, payload: Any, future: asyncio.Future[Any]) -> None:
-        self.kind = kind
-        self.payload = payload
-        self.future = future
+    kind: int
+    payload: Any
+    future: asyncio.Future[Any] | None
+    listener: WriteListener | None = None
+
+
+class WriteListener(Protocol):
+    """Told about the writes it posted with :meth:`GroupCommitStore.post_change`,
+    once per batch.  ``writes`` are the handles ``post_change`` returned
+    (``write.payload`` is the change as written: merged, when coalescing
+    merged several); they never raise into the store (an exception is
+    logged).  If the writer task itself is cancelled in the middle of a
+    batch, writes already reported may be reported failed once more:
+    ignore handles already heard of."""
+
+    def changes_written(self, writes: list[Any], applied: list[bool]) -> None:
+        """The batch committed; ``applied[i]``: ``writes[i]`` found its row
+        in its expected status."""
+
+    def changes_failed(self, writes: list[Any], error: BaseException) -> None:
+        """Not written: :class:`StoreUnavailableError` when the database was
+        unavailable, another :class:`StoreError` when it refused the row."""
 
 
 _UNSET = msgspec.UNSET
@@ -178,9 +209,12 @@ class GroupCommitStore(Store):
         self._queue: deque[_Item] = deque()
         # id -> the last change of that call still in the queue (coalescing)
         self._queued: dict[str, _Item] = {}
-        self._wakeup = asyncio.Event()
+        # The writer, idle, waits on this future; a write wakes it.
+        self._idle: asyncio.Future[None] | None = None
         self._writer: asyncio.Task[None] | None = None
         self._closing = False
+        self._accepting = False  # open, not closing, writer running
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def __repr__(self) -> str:
         return f"<GroupCommitStore over {self.store!r}>"
@@ -192,7 +226,21 @@ class GroupCommitStore(Store):
         await self.store.open()
         if self._writer is None or self._writer.done():
             self._closing = False
-            self._writer = asyncio.get_running_loop().create_task(self._run(), name="fleetrpc-group-commit")
+            self._loop = loop = asyncio.get_running_loop()
+            self._writer = loop.create_task(self._run(), name="fleetrpc-group-commit")
+            self._writer.add_done_callback(self._writer_ended)
+            self._accepting = True
+
+    def _writer_ended(self, task: asyncio.Task[None]) -> None:
+        if task is self._writer or self._writer is None:
+            self._accepting = False
+
+    def _wake(self) -> None:
+        idle = self._idle
+        if idle is not None:
+            self._idle = None
+            if not idle.done():
+                idle.set_result(None)
 
     async def close(self) -> None:
         """Write everything already queued, stop the writer, close the store."""
@@ -202,7 +250,8 @@ class GroupCommitStore(Store):
     async def drain(self) -> None:
         """Write everything queued and stop the writer (the store stays open)."""
         self._closing = True
-        self._wakeup.set()
+        self._accepting = False
+        self._wake()
         writer, self._writer = self._writer, None
         if writer is not None:
             await writer
@@ -210,12 +259,12 @@ class GroupCommitStore(Store):
     # -- batched writes -------------------------------------------------------------
 
     def _submit(self, kind: int, payload: Any) -> asyncio.Future[Any]:
-        if self._writer is None or self._closing or self._writer.done():
+        if not self._accepting:
             raise StoreError("the group-commit store is not open")
-        fut = asyncio.get_running_loop().create_future()
+        fut = self._loop.create_future()
         self._queue.append(_Item(kind, payload, fut))
-        if not self._wakeup.is_set():
-            self._wakeup.set()
+        if self._idle is not None:
+            self._wake()
         return fut
 
     async def insert(self, record: RpcRecord) -> None:
@@ -256,7 +305,7 @@ class GroupCommitStore(Store):
         if self.coalesce:
             queued = self._queued
             prev = queued.get(change.id)
-            if prev is not None:
+            if prev is not None and prev.listener is None:
                 merged = coalesce_changes(prev.payload, change)
                 if merged is not None:
                     prev.payload = merged
@@ -266,6 +315,33 @@ class GroupCommitStore(Store):
             queued[change.id] = self._queue[-1]
             return fut
         return self._submit(_CHANGE, change)
+
+    def post_change(self, change: StatusChange, listener: WriteListener) -> _Item:
+        """:meth:`submit_change` without a future: ``listener`` hears the
+        outcome once the batch is written (see :class:`WriteListener`).
+        Returns the write's handle -- the handle of the still-queued write
+        of the same call (and listener) when the change was merged into
+        it.  Raises like :meth:`submit_change`."""
+        if not is_allowed(change.expected_status, change.status, oneway=False):
+            change.check()  # raises
+        if not self._accepting:
+            raise StoreError("the group-commit store is not open")
+        if self.coalesce:
+            queued = self._queued
+            prev = queued.get(change.id)
+            if prev is not None and prev.listener is listener:
+                merged = coalesce_changes(prev.payload, change)
+                if merged is not None:
+                    prev.payload = merged
+                    self.batch_stats.coalesced += 1
+                    return prev
+            item = queued[change.id] = _Item(_CHANGE, change, None, listener)
+        else:
+            item = _Item(_CHANGE, change, None, listener)
+        self._queue.append(item)
+        if self._idle is not None:
+            self._wake()
+        return item
 
     @property
     def pending(self) -> int:
@@ -278,8 +354,8 @@ class GroupCommitStore(Store):
             if not queue:
                 if self._closing:
                     return
-                self._wakeup.clear()
-                await self._wakeup.wait()
+                self._idle = self._loop.create_future()
+                await self._idle
                 continue
             if self.max_delay > 0 and not self._closing:
                 await asyncio.sleep(self.max_delay)
@@ -287,14 +363,10 @@ class GroupCommitStore(Store):
             try:
                 await self._flush(batch)
             except BaseException as e:  # cancelled, or a bug: never leave a caller hanging
-                for it in batch:
-                    if not it.future.done():
-                        it.future.set_exception(
-                            StoreError(
-                                "group commit stopped while writing; "
-                                f"the write may or may not be stored ({e!r})"
-                            )
-                        )
+                err = StoreError(
+                    f"group commit stopped while writing; the write may or may not be stored ({e!r})"
+                )
+                _fail_all([it for it in batch if it.future is None or not it.future.done()], err)
                 if not isinstance(e, Exception):
                     raise
 
@@ -331,8 +403,7 @@ class GroupCommitStore(Store):
             result = await self.store.write([it.payload for it in inserts], [it.payload for it in changes])
         except StoreUnavailableError as e:
             self.batch_stats.failed_batches += 1
-            for it in batch:
-                _fail(it, e)
+            _fail_all(batch, e)
             return
         except Exception as e:
             self.batch_stats.failed_batches += 1
@@ -370,9 +441,26 @@ class GroupCommitStore(Store):
                 it.future.set_result(None)
             else:
                 it.future.set_exception(DuplicateRpcError(f"RPC {it.payload.id} already exists"))
+        told: dict[Any, tuple[list[_Item], list[bool]]] | None = None
         for it, ok in zip(changes, result.applied, strict=True):
-            if not it.future.done():
-                it.future.set_result(ok)
+            listener = it.listener
+            if listener is None:
+                if not it.future.done():
+                    it.future.set_result(ok)
+                continue
+            if told is None:
+                told = {}
+            entry = told.get(listener)
+            if entry is None:
+                entry = told[listener] = ([], [])
+            entry[0].append(it)
+            entry[1].append(ok)
+        if told is not None:
+            for listener, (items, applied) in told.items():
+                try:
+                    listener.changes_written(items, applied)
+                except Exception:
+                    log.exception("write listener %r failed", listener)
 
     # -- everything else goes straight through ----------------------------------------
 
@@ -440,8 +528,27 @@ class GroupCommitStore(Store):
 
 
 def _fail(it: _Item, e: BaseException) -> None:
-    if not it.future.done():
-        it.future.set_exception(_copy_error(e))
+    _fail_all((it,), e)
+
+
+def _fail_all(items: Sequence[_Item], e: BaseException) -> None:
+    """Fail every write of ``items`` with (a copy of) ``e``: futures one by
+    one, listeners once each with all of theirs."""
+    told: dict[Any, list[_Item]] | None = None
+    for it in items:
+        if it.listener is None:
+            if not it.future.done():
+                it.future.set_exception(_copy_error(e))
+            continue
+        if told is None:
+            told = {}
+        told.setdefault(it.listener, []).append(it)
+    if told is not None:
+        for listener, writes in told.items():
+            try:
+                listener.changes_failed(writes, _copy_error(e))
+            except Exception:
+                log.exception("write listener %r failed", listener)
 
 
 #: The name the design notes use for the same thing.

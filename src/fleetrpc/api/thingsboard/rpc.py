@@ -56,7 +56,7 @@ from ..errors import ApiError, ErrorCode, empty, error_response
 from ..keys import CTX
 from ..openapi import operation
 from .access import check_uuid, device_for_rpc
-from .body import CallOptions, parse_rpc_body
+from ...dispatch.options import CallOptions, parse_rpc_body
 
 __all__ = ["setup", "RpcRequest", "RpcId"]
 

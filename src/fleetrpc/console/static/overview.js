@@ -14,7 +14,7 @@ function Chart({ title, series, data, unit }) {
   const plot = useRef(null);
   useEffect(() => {
     const opts = {
-      width: 320, height: 140, legend: { show: true },
+      width: Math.max(280, el.current.clientWidth - 8), height: 140, legend: { show: true, live: false },
       scales: { x: { time: true } },
       axes: [{ space: 60 }, { size: 50, values: (u, v) => v.map((x) => x + (unit || "")) }],
       series: [{}, ...series.map((s) => ({ label: s.label, stroke: s.color, width: 2, points: { show: false } }))],
@@ -23,7 +23,10 @@ function Chart({ title, series, data, unit }) {
     return () => plot.current.destroy();
   }, []);
   useEffect(() => { if (plot.current) plot.current.setData(data); }, [data]);
-  return html`<article class="chart"><header>${title}</header><div ref=${el}></div></article>`;
+  const waiting = data[0].length < 2;
+  return html`<article class="chart"><header>${title}</header>
+    ${waiting && html`<small class="muted">collecting samples…</small>`}
+    <div ref=${el} style=${waiting ? "visibility:hidden" : ""}></div></article>`;
 }
 
 function Tile({ label, value, hint, bad }) {

@@ -9,7 +9,7 @@ docs/elves.md is the reference: aliases, dispatch rules, errors.
 """
 
 from .config import ElvesSettings
-from .directory import AgentDirectory, IdentityDirectory, RegistryDirectory
+from .directory import AgentDirectory, IdentityDirectory, RegistryDirectory, device_registry
 from .envelope import FLAG_FALSE, FLAG_TRUE, Envelope, Instruction, parse_envelope
 from .errors import Code, ElvesError
 from .router import NULL_TENANT, Alias, ElvesCall, ElvesRouter
@@ -30,6 +30,7 @@ __all__ = [
     "Instruction",
     "NULL_TENANT",
     "RegistryDirectory",
+    "device_registry",
     "parse_envelope",
 ]
 

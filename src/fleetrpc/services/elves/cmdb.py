@@ -269,7 +269,7 @@ def setup_http(app: web.Application, service: Any) -> None:
 
 
 def install(service: Any) -> None:
-    service.cmdb = CmdbService(service)
+    service.cmdb = CmdbService(service, getattr(service, "cmdb_settings", None))
     service.cmdb.register(service.router)
     service.supervisor.categories_of = service.cmdb.categories_of
 

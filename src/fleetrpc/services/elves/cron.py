@@ -38,22 +38,23 @@ are evaluated in ``CronSettings.timezone`` (UTC by default).
 from __future__ import annotations
 
 import asyncio
-import heapq
 import logging
 import secrets
-import time
-from datetime import datetime, timezone
-from typing import Any, Awaitable, Callable, Iterable, Protocol
+from datetime import datetime
+from typing import Any, Awaitable, Callable
 from zoneinfo import ZoneInfo
 
 import msgspec
 
 from ...errors import FleetRpcError
+from .clock import Clock, ManualClock, SystemClock
 from .envelope import Envelope, Instruction, check_ip
 from .errors import Code, ElvesError
 from .quartz import QuartzError, QuartzRule, parse
 from .router import Alias, ElvesCall, ElvesRouter
-from .tasklog import elves_time
+from .scheduler import Send
+from .store import TaskRow
+from .tasklog import elves_time, new_task_id, now_ms
 
 __all__ = [
     "CronService",
@@ -98,68 +99,6 @@ class CronSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     firing_retention_days: float = 7.0
     #: The time zone rules are read in (an IANA name).
     timezone: str = "UTC"
-
-
-# -- time -------------------------------------------------------------------------
-
-
-class Clock(Protocol):
-    def time(self) -> float:
-        """Seconds since the epoch."""
-
-    async def sleep_until(self, when: float, wake: asyncio.Event) -> None:
-        """Return at ``when`` (epoch seconds) or once ``wake`` is set."""
-
-
-class SystemClock:
-    def time(self) -> float:
-        return time.time()
-
-    async def sleep_until(self, when: float, wake: asyncio.Event) -> None:
-        delay = when - time.time()
-        if delay <= 0 or wake.is_set():
-            return
-        try:
-            await asyncio.wait_for(wake.wait(), delay)
-        except asyncio.TimeoutError:
-            pass
-
-
-class ManualClock:
-    """A clock that moves only when told to (:meth:`set`, :meth:`advance`);
-    sleepers whose time has come wake at once."""
-
-    def __init__(self, now: float) -> None:
-        self._now = float(now)
-        self._sleepers: list[tuple[float, int, asyncio.Future]] = []
-        self._seq = 0
-
-    def time(self) -> float:
-        return self._now
-
-    def set(self, now: float) -> None:
-        self._now = float(now)
-        while self._sleepers and self._sleepers[0][0] <= self._now:
-            _, _, fut = heapq.heappop(self._sleepers)
-            if not fut.done():
-                fut.set_result(None)
-
-    def advance(self, seconds: float) -> None:
-        self.set(self._now + seconds)
-
-    async def sleep_until(self, when: float, wake: asyncio.Event) -> None:
-        if when <= self._now or wake.is_set():
-            return
-        fut = asyncio.get_running_loop().create_future()
-        self._seq += 1
-        heapq.heappush(self._sleepers, (when, self._seq, fut))
-        waiter = asyncio.ensure_future(wake.wait())
-        try:
-            await asyncio.wait([fut, waiter], return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            waiter.cancel()
-            if not fut.done():
-                fut.cancel()
 
 
 # -- store ------------------------------------------------------------------------
@@ -285,6 +224,23 @@ class CronRepository:
             "UPDATE elves_cron SET last_exec_time = $2, last_task_id = $3 WHERE id = $1",
             [(c, at, t) for c, _, t, at in records])
 
+    async def get_any_tenant(self, cron_id: str) -> CronRow | None:
+        """A cron by id alone: an agent reporting a run of its self cron
+        (the caller checks that the cron is that agent's)."""
+        r = await self.db.fetchrow(f"SELECT {_SELECT} FROM elves_cron WHERE id = $1", cron_id)
+        return None if r is None else _row(r)
+
+    async def record_exec(self, tenant_id: str, cron_id: str, at: int, task_id: str, result: str) -> None:
+        await self.db.execute(
+            "UPDATE elves_cron SET last_exec_time = $3, last_task_id = $4, last_result = $5 "
+            "WHERE tenant_id = $1 AND id = $2", tenant_id, cron_id, at, task_id, result)
+
+    async def set_results(self, results: list[tuple[str, str, str]]) -> None:
+        """``(tenant, cron id, result)`` of many crons, in one write."""
+        if results:
+            await self.db.executemany(
+                "UPDATE elves_cron SET last_result = $3 WHERE tenant_id = $1 AND id = $2", results)
+
     async def set_result(self, tenant_id: str, cron_id: str, result: str) -> None:
         await self.db.execute(
             "UPDATE elves_cron SET last_result = $3 WHERE tenant_id = $1 AND id = $2", tenant_id, cron_id, result)
@@ -400,6 +356,7 @@ class CronService:
     async def start(self) -> None:
         self._tz = ZoneInfo(self.settings.timezone)
         self.service.scheduler.on_result("cron", self._on_result)
+        self.service.scheduler.self_cron_recorder = self.record_self_run
         self.service.heartbeat.cron_lister = self._list_for_heartbeat
         self._loop_task = asyncio.ensure_future(self._run())
 
@@ -521,59 +478,106 @@ class CronService:
         for (tenant, caller), ips in apps.items():
             key = await self.service.supervisor.repo.get_app(tenant, caller)
             permitted[(tenant, caller)] = None if key is None else await self.service.supervisor.allowed(key, sorted(ips))
-        sends = [
-            self._send(tenant, caller, ins, fire, bucket, permitted[(tenant, caller)])
+        await self._send([
+            (tenant, caller, ins, fire, bucket, permitted[(tenant, caller)])
             for (tenant, caller, ins, fire), buckets in groups.items()
             for bucket in buckets
-        ]
-        await asyncio.gather(*sends)
+        ])
 
     async def _send(
-        self, tenant_id: str, caller: str, ins_json: str, fire: int, bucket: dict[str, CronRow],
-        allowed: dict[str, bool] | None,
+        self, fans: list[tuple[str, str, str, int, dict[str, CronRow], dict[str, bool] | None]],
     ) -> None:
+        """Hand the fan-outs of one fire time to the scheduler in one batch
+        (``send_async_batch``: one task-log insert and one update for all of
+        them), then record the firings and the failures, each in one write."""
         handed_at = self.clock.time()
-        ids = [r.id for r in bucket.values()]
-        for hook in self._fired_hooks:
-            try:
-                res = hook(ids, fire, handed_at)
-                if asyncio.iscoroutine(res):
-                    await res
-            except Exception:
-                log.exception("cron fired hook failed")
-        try:
+        for _, _, _, fire, bucket, _ in fans:
+            ids = [r.id for r in bucket.values()]
+            for hook in self._fired_hooks:
+                try:
+                    res = hook(ids, fire, handed_at)
+                    if asyncio.iscoroutine(res):
+                        await res
+                except Exception:
+                    log.exception("cron fired hook failed")
+        results: list[tuple[str, str, str]] = []  # (tenant, cron id, last result JSON)
+        sends: list[Send] = []
+        sent: list[tuple[int, dict[str, CronRow]]] = []
+        for tenant_id, caller, ins_json, fire, bucket, allowed in fans:
             if allowed is None:
-                raise ElvesError(Code.APP_NOT_FOUND, f"App Not Found: {caller!r}")
-            denied = [ip for ip in bucket if not allowed.get(ip)]
-            for ip in denied:
+                error = f"[{Code.APP_NOT_FOUND}]App Not Found: {caller!r}"
+                results += [(tenant_id, r.id, _result_json(False, error)) for r in bucket.values()]
+                continue
+            for ip in [ip for ip in bucket if not allowed.get(ip)]:
                 row = bucket.pop(ip)
-                await self.repo.set_result(tenant_id, row.id, _result_json(
-                    False, f"[{Code.DENIED}]Permission Denied: app {caller!r} may no longer act on agent {ip}"))
-            if not bucket:
-                return
-            ins = msgspec.json.decode(ins_json, type=Instruction)
-            done = await self.service.scheduler.send_async(tenant_id, caller, list(bucket), ins, type="cron")
-        except ElvesError as err:
-            for row in bucket.values():
-                await self.repo.set_result(tenant_id, row.id, _result_json(False, str(err)))
-            return
-        except Exception:
-            log.exception("cron firing of %d crons failed", len(bucket))
-            return
-        self.fired += len(done)
+                results.append((tenant_id, row.id, _result_json(
+                    False, f"[{Code.DENIED}]Permission Denied: app {caller!r} may no longer act on agent {ip}")))
+            if bucket:
+                ins = msgspec.json.decode(ins_json, type=Instruction)
+                sends.append(Send(tenant_id, caller, list(bucket), ins))
+                sent.append((fire, bucket))
+        done_all: list[list[Any]] = []
+        if sends:
+            try:
+                done_all = await self.service.scheduler.send_async_batch(sends, type="cron")
+            except Exception:
+                log.exception("cron firing of %d fan-outs failed", len(sends))
+                done_all = []
         at = int(handed_at * 1000)
-        await self.repo.fired_any_tenant([(bucket[d.ip].id, fire, d.task_id, at) for d in done])
+        records = []
+        ok_tasks: dict[str, list[str]] = {}
+        for s, (fire, bucket), done in zip(sends, sent, done_all):
+            self.fired += len(done)
+            records += [(bucket[d.ip].id, fire, d.task_id, at) for d in done]
+            for d in done:
+                if d.ok:
+                    ok_tasks.setdefault(s.tenant_id, []).append(d.task_id)
+                else:
+                    # Offline or unknown agent: the task log has the failed
+                    # task; the cron shows it as its last result.
+                    results.append((s.tenant_id, bucket[d.ip].id, _result_json(False, d.error)))
+        await self.repo.fired_any_tenant(records)
+        await self.repo.set_results(results)
         # A fast agent may have reported before the firing knew its task
         # id (the result hook then found no cron): catch up from the log.
-        reported = await self.service.tasklog.get(tenant_id, [d.task_id for d in done if d.ok])
-        for task in reported:
-            if task.worker_flag is not None:
-                await self._on_result(task)
-        failed = [(bucket[d.ip], d) for d in done if not d.ok]
-        for row, d in failed:
-            # Offline or unknown agent: the task log has the failed task;
-            # the cron shows it as its last result.
-            await self.repo.set_result(tenant_id, row.id, _result_json(False, d.error))
+        for tenant_id, ids in ok_tasks.items():
+            for i in range(0, len(ids), 1000):
+                for task in await self.service.tasklog.get(tenant_id, ids[i:i + 1000]):
+                    if task.worker_flag is not None:
+                        await self._on_result(task)
+
+    async def record_self_run(self, device: str, res: Any) -> TaskRow:
+        """A run of a self cron, reported by its agent (``elves.agentAsyncResult``
+        with ``cron_id``): a ``cron`` task of the log, already finished, and
+        the cron's last result.  ValueError (the agent gets an error reply)
+        for a cron that is not a self cron of this agent."""
+        if not isinstance(res.cron_id, str) or len(res.cron_id) > 64 or len(res.id) > 64:
+            raise ValueError("bad cron_id or id")
+        row = await self.repo.get_any_tenant(res.cron_id)
+        if row is None or row.cron_type != SELF:
+            raise ValueError(f"no self cron {res.cron_id!r}")
+        owned = await self.service.directory.owned(row.tenant_id, [device])
+        if owned.get(device) != row.agent_ip:
+            raise ValueError(f"self cron {res.cron_id!r} is not this agent's")
+        ins = row.instruction()
+        now = now_ms()
+        # The agent's own clock says when the run started (as Elves' agent
+        # reports it); only a value outside 1970-2099 is replaced by now.
+        started = res.started if isinstance(res.started, int) and 0 < res.started < 4_102_444_800_000 else now
+        task = TaskRow(
+            id=new_task_id(), tenant_id=row.tenant_id, caller=row.caller, type="cron", mode=ins.mode,
+            agent_ip=row.agent_ip, device=device, wire_id=res.id, app=ins.app, func=ins.func,
+            instruct=msgspec.json.encode(ins).decode(), param=ins.param, timeout=int(ins.timeout),
+            proxy=ins.proxy, starttime=started, agent_sync_flag=1, agent_sync_error="", agent_sync_costtime=0,
+        )
+        fields = self.service.tasklog.worker_fields(
+            ins.mode, res.worker_flag, res.worker_result, int(res.worker_costtime), now)
+        for name, value in fields.items():
+            setattr(task, name, value)
+        await self.service.tasklog.repo.insert_many([task])
+        await self.repo.record_exec(row.tenant_id, row.id, started, task.id, _result_json(
+            True, "", task.worker_flag, task.worker_message, task.worker_costtime, task.endtime))
+        return task
 
     async def _on_result(self, task: Any) -> None:
         cron_id = await self.repo.cron_of_task(task.tenant_id, task.id)
@@ -765,7 +769,7 @@ def render_cron(row: CronRow, *, detail: bool = False) -> dict[str, Any]:
 
 
 def install(service: Any) -> None:
-    service.cron = CronService(service)
+    service.cron = CronService(service, getattr(service, "cron_settings", None), getattr(service, "clock", None))
     service.cron.register(service.router)
 
 

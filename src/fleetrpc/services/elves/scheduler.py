@@ -55,12 +55,15 @@ from .router import Alias, ElvesCall, ElvesRouter
 from .store import TaskRow
 from .tasklog import new_task_id, now_ms
 
-__all__ = ["Scheduler", "Dispatched", "AGENT_RUN", "AGENT_RESULT"]
+__all__ = ["Scheduler", "Send", "Dispatched", "AGENT_RUN", "AGENT_RESULT", "TASK_EVENT"]
 
 log = logging.getLogger("fleetrpc.elves.scheduler")
 
 AGENT_RUN = "elves.run"
 AGENT_RESULT = "elves.agentAsyncResult"
+#: The event (on the server's EventBus) of a task that ended: its send
+#: failed, or its worker's result arrived (sync or async).
+TASK_EVENT = "ELVES_TASK_RESULT"
 #: Most agents one call may address.
 MAX_AGENTS = 10_000
 #: "No limit" as a call deadline: ~3 years.
@@ -91,6 +94,16 @@ class Dispatched(msgspec.Struct):
                 "agent_sync_error": self.error, "agent_sync_costtime": self.costtime}
 
 
+class Send(msgspec.Struct):
+    """One instruction for some agents of a tenant, on behalf of an app (an
+    entry of :meth:`Scheduler.send_async_batch`)."""
+
+    tenant_id: str
+    caller: str
+    ips: list[str]
+    ins: Instruction
+
+
 class _SendArgs(msgspec.Struct):
     agentip: str | list[str]
     ins: Instruction
@@ -107,6 +120,14 @@ class _AsyncResult(msgspec.Struct):
     worker_flag: int
     worker_result: str = ""
     worker_costtime: int | float = 0
+    #: A run of one of the agent's self crons (no task was sent for it).
+    cron_id: str | None = None
+    started: int | None = None
+
+#: ``record(device, result) -> TaskRow``: a self cron's run, made a task of
+#: the log (the cron part sets it); raises ValueError for a cron that is
+#: not this agent's.
+SelfCronRecorder = Callable[[str, _AsyncResult], Awaitable[TaskRow]]
 
 
 def wants_async(env: Envelope) -> bool:
@@ -136,6 +157,8 @@ class Scheduler:
         self._background: set[asyncio.Task] = set()
         self._session = None
         self._decode_result = msgspec.json.Decoder(_AsyncResult)
+        #: Set by the cron part: records the runs of agents' self crons.
+        self.self_cron_recorder: SelfCronRecorder | None = None
 
     # -- wiring ---------------------------------------------------------------
 
@@ -173,7 +196,7 @@ class Scheduler:
 
     async def send_sync(self, tenant_id: str, caller: str, ips: list[str], ins: Instruction) -> list[Dispatched]:
         """Run ``ins`` on each agent and wait for its worker (authorise first)."""
-        return await self._send(tenant_id, caller, ips, ins, sync=True, task_type="rt")
+        return (await self._send_many([Send(tenant_id, caller, ips, ins)], sync=True, task_type="rt"))[0]
 
     async def send_async(
         self, tenant_id: str, caller: str, ips: list[str], ins: Instruction, *, type: str = "rt"
@@ -181,45 +204,87 @@ class Scheduler:
         """Hand ``ins`` to each agent; returns once each accepted it (or
         could not be reached: such a task is logged as failed).  The
         results come to the :meth:`on_result` hooks of ``type``."""
-        return await self._send(tenant_id, caller, ips, ins, sync=False, task_type=type)
+        return (await self._send_many([Send(tenant_id, caller, ips, ins)], sync=False, task_type=type))[0]
 
-    async def _send(
-        self, tenant_id: str, caller: str, ips: list[str], ins: Instruction, *, sync: bool, task_type: str
-    ) -> list[Dispatched]:
-        ins = ins.normalised()
-        ips = list(dict.fromkeys(ips))
-        devices = await self.service.directory.resolve(tenant_id, ips)
-        wire = new_task_id()
-        task_ids = await self.tasklog.start(
-            tenant_id, caller=caller, type=task_type, ins=ins,
-            targets=[(ip, devices.get(ip)) for ip in ips], wire_id=wire,
-        )
+    async def send_async_batch(self, sends: list[Send], *, type: str = "rt") -> list[list[Dispatched]]:
+        """Many :meth:`send_async` at once (a cron second with many distinct
+        instructions): each ``Send`` is its own fan-out with its own wire
+        id, but the agents are looked up once per tenant and the task logs
+        of the whole batch are written in one insert and one update, instead
+        of two database transactions per send.  Returns each send's result,
+        in order."""
+        return await self._send_many(sends, sync=False, task_type=type)
+
+    async def _send_many(self, sends: list[Send], *, sync: bool, task_type: str) -> list[list[Dispatched]]:
+        sends = [Send(s.tenant_id, s.caller, list(dict.fromkeys(s.ips)), s.ins.normalised()) for s in sends]
+        devices = await self._resolve(sends)
+        wires = [new_task_id() for _ in sends]
+        task_ids = await self.tasklog.start_many([
+            (s.tenant_id, s.caller, task_type, s.ins, [(ip, devices[s.tenant_id].get(ip)) for ip in s.ips], wire)
+            for s, wire in zip(sends, wires)
+        ])
         known = self.service.heartbeat.known
-        by_device: dict[str, int] = {}
-        results: list[Dispatched | None] = [None] * len(ips)
-        for i, ip in enumerate(ips):
-            device = devices.get(ip)
-            if device is None or not known(device):
-                results[i] = Dispatched(ip, task_ids[i], False, Code.AGENT_NOT_FOUND, f"[{Code.AGENT_NOT_FOUND}]Agent Info Not Found: {ip}")
-            else:
-                by_device[device] = i
-        if by_device:
-            await self._call_agents(by_device, results, ips, task_ids, ins, wire, sync, task_type)
-        done: list[Dispatched] = results  # type: ignore[assignment]
-        # One write per task: how the send went and, for sync, the worker's result.
-        changes = []
-        for d in done:
-            fields = self.tasklog.sent_fields(d.ok, d.error, d.costtime)
-            if sync and d.ok:
-                fields.update(self.tasklog.worker_fields(ins.mode, d.worker_flag, d.worker_result, d.worker_costtime, None))
-            changes.append((d.task_id, fields))
-        await self.tasklog.worker_results(tenant_id, changes)
-        if sync:
-            if ins.mode == "P":
-                for d in done:
+        outcomes: list[list[Dispatched | None]] = []
+        calls = []
+        for s, wire, ids in zip(sends, wires, task_ids):
+            found = devices[s.tenant_id]
+            results: list[Dispatched | None] = [None] * len(s.ips)
+            by_device: dict[str, int] = {}
+            for i, ip in enumerate(s.ips):
+                device = found.get(ip)
+                if device is None or not known(device):
+                    results[i] = Dispatched(ip, ids[i], False, Code.AGENT_NOT_FOUND,
+                                            f"[{Code.AGENT_NOT_FOUND}]Agent Info Not Found: {ip}")
+                else:
+                    by_device[device] = i
+            outcomes.append(results)
+            if by_device:
+                calls.append(self._call_agents(by_device, results, s.ips, ids, s.ins, wire, sync, task_type))
+        if calls:
+            await asyncio.gather(*calls)
+        done: list[list[Dispatched]] = outcomes  # type: ignore[assignment]
+        # One write per task (how the send went and, for sync, the worker's
+        # result), all the batch's tasks of a tenant in one update.
+        changes: dict[str, list[tuple[str, dict[str, Any]]]] = {}
+        for s, ds in zip(sends, done):
+            for d in ds:
+                fields = self.tasklog.sent_fields(d.ok, d.error, d.costtime)
+                if sync and d.ok:
+                    fields.update(self.tasklog.worker_fields(s.ins.mode, d.worker_flag, d.worker_result, d.worker_costtime, None))
+                changes.setdefault(s.tenant_id, []).append((d.task_id, fields))
+        for tenant_id, tenant_changes in changes.items():
+            await self.tasklog.worker_results(tenant_id, tenant_changes)
+        for s, ds in zip(sends, done):
+            if sync and s.ins.mode == "P":
+                for d in ds:
                     if d.ok:
-                        self._spawn(self._forward_by_id(tenant_id, d.task_id))
+                        self._spawn(self._forward_by_id(s.tenant_id, d.task_id))
+            self._emit_ended(s, ds, task_type, sync)
         return done
+
+    async def _resolve(self, sends: list[Send]) -> dict[str, dict[str, str]]:
+        """``{tenant: {ip: device}}``: one directory lookup per tenant."""
+        wanted: dict[str, dict[str, None]] = {}
+        for s in sends:
+            wanted.setdefault(s.tenant_id, {}).update(dict.fromkeys(s.ips))
+        return {tenant: await self.service.directory.resolve(tenant, list(ips)) for tenant, ips in wanted.items()}
+
+    def _emit_ended(self, s: Send, done: list[Dispatched], task_type: str, sync: bool) -> None:
+        """:data:`TASK_EVENT` for each task of ``done`` that ended here (a
+        failed send; a sync task's result)."""
+        bus = getattr(self.service, "bus", None)
+        if bus is None or not getattr(bus, "sinks", True):
+            return
+        for d in done:
+            if sync or not d.ok:
+                bus.emit(TASK_EVENT, {
+                    "tenantId": s.tenant_id, "id": d.task_id, "type": task_type, "caller": s.caller,
+                    "agentIp": d.ip, "app": s.ins.app, "func": s.ins.func, "mode": s.ins.mode,
+                    "agentSyncFlag": 1 if d.ok else 0, "agentSyncError": d.error,
+                    "workerFlag": d.worker_flag if d.ok else None,
+                    "workerResult": d.worker_result if d.ok else None,
+                    "workerCosttime": d.worker_costtime if d.ok else None,
+                })
 
     async def _call_agents(self, by_device, results, ips, task_ids, ins, wire, sync, task_type) -> None:
         payload = {
@@ -284,14 +349,28 @@ class Scheduler:
         if res.worker_flag not in (1, 0, -1):
             raise ValueError(f"worker_flag must be 1, 0 or -1, not {res.worker_flag}")
         row = await self.tasklog.repo.find_by_wire_any_tenant(device, res.id)
-        if row is None:
+        if row is None and res.cron_id is not None and self.self_cron_recorder is not None:
+            row = await self.self_cron_recorder(device, res)  # a new task, its result included
+        elif row is None:
             raise ValueError(f"no task {res.id!r} was sent to this agent")
-        fields = self.tasklog.worker_fields(row.mode, res.worker_flag, res.worker_result, int(res.worker_costtime), now_ms())
-        await self.tasklog.worker_results(row.tenant_id, [(row.id, fields)])
-        for name, value in fields.items():
-            setattr(row, name, value)
+        elif row.worker_flag is not None and row.type == "cron" and res.cron_id is not None:
+            return {"ok": True}  # a self cron's run reported again (a retry): recorded already
+        else:
+            fields = self.tasklog.worker_fields(row.mode, res.worker_flag, res.worker_result, int(res.worker_costtime), now_ms())
+            await self.tasklog.worker_results(row.tenant_id, [(row.id, fields)])
+            for name, value in fields.items():
+                setattr(row, name, value)
         if row.mode == "P":
             self._spawn(self._forward(row))
+        bus = getattr(self.service, "bus", None)
+        if bus is not None and getattr(bus, "sinks", True):
+            bus.emit(TASK_EVENT, {
+                "tenantId": row.tenant_id, "id": row.id, "type": row.type, "caller": row.caller,
+                "agentIp": row.agent_ip, "app": row.app, "func": row.func, "mode": row.mode,
+                "agentSyncFlag": row.agent_sync_flag, "agentSyncError": row.agent_sync_error,
+                "workerFlag": row.worker_flag, "workerResult": row.worker_message,
+                "workerCosttime": row.worker_costtime,
+            })
         for hook in self._hooks.get(row.type, ()):
             try:
                 await hook(row)

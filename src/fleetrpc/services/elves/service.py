@@ -28,7 +28,7 @@ from .errors import Code, ElvesError
 from .envelope import Envelope
 from .mqtt import ElvesMqtt
 from .router import NULL_TENANT, ElvesCall, ElvesRouter
-from .store import SupervisorRepository, TaskRepository, ensure_schema
+from .store import SupervisorRepository, TaskRepository
 from .supervisor import Supervisor
 
 __all__ = ["ElvesService", "OPTIONAL_PARTS"]
@@ -50,6 +50,10 @@ class ElvesService:
         settings: ElvesSettings | None = None,
         directory: AgentDirectory | None = None,
         parts: tuple[str, ...] = OPTIONAL_PARTS,
+        cron_settings: Any = None,
+        cmdb_settings: Any = None,
+        clock: Any = None,
+        bus: Any = None,
     ) -> None:
         from .heartbeat import Heartbeat
         from .scheduler import Scheduler
@@ -59,6 +63,15 @@ class ElvesService:
         self.db = db
         self.settings = settings or ElvesSettings()
         self.directory = directory or IdentityDirectory()
+        #: The parts' own settings (``CronSettings``, ``CmdbSettings``; None:
+        #: their defaults) and the cron's clock (None: the system clock),
+        #: read by the parts' ``install``.
+        self.cron_settings = cron_settings
+        self.cmdb_settings = cmdb_settings
+        self.clock = clock
+        #: The server's EventBus (or None): each task's end is emitted as
+        #: ``ELVES_TASK_RESULT`` (:data:`.scheduler.TASK_EVENT`).
+        self.bus = bus
         self.router = ElvesRouter()
         self.supervisor = Supervisor(SupervisorRepository(db))
         self.tasklog = TaskLog(TaskRepository(db), self.settings)
@@ -82,12 +95,12 @@ class ElvesService:
     # -- lifecycle ----------------------------------------------------------
 
     async def start(self) -> None:
-        """Create the tables if needed, answer ELVES messages, take agents'
-        async results, and run the task-log retention."""
+        """Answer ELVES messages, take agents' async results, run the
+        task-log retention and the parts (cron firing ...).  The tables are
+        the store's migrations (``open_database`` applied them)."""
         if self._started:
             return
         self._started = True
-        await ensure_schema(self.db)
         self.mqtt.attach()
         self.scheduler.attach()
         if self.settings.task_retention_days > 0:

@@ -8,34 +8,18 @@ lookups of an MQTT caller by its secret key or auth id (the key *is* the
 credential, and tells the tenant) and of an agent's async result by the
 device that sent it, and the retention clean-up.
 
-Migrations 0300-0349 (``migrations/<dialect>/``).  Until the store's
-migration runner takes ranges from each part, :func:`ensure_schema` applies
-them (every statement is ``IF NOT EXISTS``, so running them twice is safe).
+The tables are migrations 0300-0399 of the store
+(``store/migrations/<dialect>/03xx_elves_*.sql``), applied by
+``open_database`` with every other part's.
 """
 
 from __future__ import annotations
 
-from importlib import resources
 from typing import Any, Iterable
 
 import msgspec
 
-__all__ = ["AppKey", "TaskRow", "SupervisorRepository", "TaskRepository", "ensure_schema", "TASK_COLUMNS"]
-
-
-async def ensure_schema(db: Any) -> None:
-    """Create the Elves tables if they are missing (idempotent)."""
-    folder = resources.files(__package__).joinpath("migrations", db.dialect)
-    for entry in sorted(folder.iterdir(), key=lambda e: e.name):
-        if not entry.name.endswith(".sql"):
-            continue
-        for statement in _statements(entry.read_text()):
-            await db.execute(statement)
-
-
-def _statements(sql: str) -> list[str]:
-    lines = [ln for ln in sql.splitlines() if ln.strip() and not ln.strip().startswith("--")]
-    return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]
+__all__ = ["AppKey", "TaskRow", "SupervisorRepository", "TaskRepository", "TASK_COLUMNS"]
 
 
 # -- supervisor ----------------------------------------------------------------
@@ -118,6 +102,12 @@ class SupervisorRepository:
             f"SELECT {_APP_COLUMNS} FROM elves_app WHERE tenant_id = $1 ORDER BY app", tenant_id
         )
         return [_app(r) for r in rows]
+
+    async def set_key(self, tenant_id: str, app: str, auth_key: str) -> bool:
+        n = await self.db.execute(
+            "UPDATE elves_app SET auth_key = $3 WHERE tenant_id = $1 AND app = $2", tenant_id, app, auth_key,
+        )
+        return n > 0
 
     async def set_callback(self, tenant_id: str, app: str, ip: str | None, port: int | None) -> bool:
         n = await self.db.execute(

@@ -24,7 +24,7 @@ from typing import Any, Awaitable, Callable
 
 import msgspec
 
-from ...errors import ValidationError
+from ...wire import validate_id
 from .envelope import FLAG_FALSE, FLAG_TRUE, Envelope, check_ip
 from .errors import Code, ElvesError
 from .router import Alias, ElvesCall, ElvesRouter
@@ -72,9 +72,10 @@ class Supervisor:
         auth_id: str | None = None,
         auth_key: str | None = None,
     ) -> AppKey:
-        """A new app with a fresh auth id (16 hex) and key (32 hex)."""
-        if not isinstance(app, str) or not app.strip() or "/" in app:
-            raise ValidationError(f"bad app name {app!r}")
+        """A new app with a fresh auth id (16 hex) and key (32 hex).  The
+        name is one MQTT topic level (``{p}/elves/{app}/call``):
+        ValidationError otherwise."""
+        validate_id("app", app)
         key = AppKey(
             tenant_id=tenant_id,
             app=app,
@@ -85,6 +86,15 @@ class Supervisor:
             created_ms=int(time.time() * 1000),
         )
         await self.repo.create_app(key)
+        return key
+
+    async def new_key(self, tenant_id: str, app: str) -> AppKey:
+        """Give ``app`` a fresh auth key (the old one stops working at
+        once); ElvesError 413.2 when there is no such app."""
+        if not await self.repo.set_key(tenant_id, app, secrets.token_hex(16)):
+            raise ElvesError(Code.APP_NOT_FOUND, f"App Not Found: {app!r}")
+        key = await self.repo.get_app(tenant_id, app)
+        assert key is not None
         return key
 
     async def grant(self, tenant_id: str, app: str, *, ips=(), main_cats=(), sub_cats=()) -> None:

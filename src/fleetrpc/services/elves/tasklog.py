@@ -162,20 +162,35 @@ class TaskLog:
         ``targets``; returns their ids (in order).  ``ins`` is normalised;
         ``wire_id`` is the id the agents are sent (one for a whole
         fan-out), by which they report async results."""
+        return (await self.start_many([(tenant_id, caller, type, ins, targets, wire_id or new_task_id())]))[0]
+
+    async def start_many(
+        self, sends: list[tuple[str, str, str, Instruction, list[tuple[str, str | None]], str]]
+    ) -> list[list[str]]:
+        """:meth:`start` for many sends, ``(tenant, caller, type, ins,
+        targets, wire id)`` each, in one insert; the task ids per send."""
         now = now_ms()
-        wire = wire_id or new_task_id()
-        instruct = msgspec.json.encode(ins).decode()
-        rows = []
-        for ip, device in targets:
-            task_id = wire if len(targets) == 1 else new_task_id()
-            rows.append(TaskRow(
-                id=task_id, tenant_id=tenant_id, caller=caller, type=type, mode=ins.mode,
-                agent_ip=ip, device=device, wire_id=wire, app=ins.app, func=ins.func,
-                instruct=instruct, param=ins.param, timeout=int(ins.timeout), proxy=ins.proxy,
-                starttime=now,
-            ))
-        await self.repo.insert_many(rows)
-        return [r.id for r in rows]
+        rows: list[TaskRow] = []
+        out: list[list[str]] = []
+        instructs: dict[int, str] = {}
+        for tenant_id, caller, task_type, ins, targets, wire in sends:
+            instruct = instructs.get(id(ins))
+            if instruct is None:
+                instruct = instructs[id(ins)] = msgspec.json.encode(ins).decode()
+            ids = []
+            for ip, device in targets:
+                task_id = wire if len(targets) == 1 else new_task_id()
+                ids.append(task_id)
+                rows.append(TaskRow(
+                    id=task_id, tenant_id=tenant_id, caller=caller, type=task_type, mode=ins.mode,
+                    agent_ip=ip, device=device, wire_id=wire, app=ins.app, func=ins.func,
+                    instruct=instruct, param=ins.param, timeout=int(ins.timeout), proxy=ins.proxy,
+                    starttime=now,
+                ))
+            out.append(ids)
+        if rows:
+            await self.repo.insert_many(rows)
+        return out
 
     def sent_fields(self, ok: bool, error: str, cost: int) -> dict[str, Any]:
         """The columns of how the send to the agent went; a task that did

@@ -48,7 +48,7 @@ class CompositeTransport:
         ep.on_published = broker.on_published = self._published
         ep.on_connection = self._endpoint_connection
         broker.on_connection = self._broker_connection
-        broker.awaiting = self._awaiting
+        ep.awaiting = broker.awaiting = self._awaiting
         await ep.start(filters)
         try:
             await broker.start(filters)

@@ -41,6 +41,7 @@ import msgspec
 
 from ...errors import ValidationError
 from ...wire import validate_id, validate_prefix
+from ...wire.topics import presence_topic
 from . import packets as P
 from .limits import RateLimit, parse_rate_limits
 from .session import CLOSED, CONNECTED, Session, SubDevice
@@ -169,19 +170,23 @@ class DeviceEndpoint:
         self.on_published: Callable[[int], None] = lambda token: None
         #: Set by the owner: on_connection(listening: bool).
         self.on_connection: Callable[[bool], None] = lambda up: None
-        #: Set by the dispatcher (read batching of MqttTransport); unused here.
+        #: Set by the dispatcher: how many replies it awaits (write batching).
         self.awaiting: Callable[[], int] = lambda: 0
+        self._write_batch_above = s.write_batch_above
 
         self._loop: asyncio.AbstractEventLoop | None = None
         self._servers: list[asyncio.AbstractServer] = []
         self.ports: dict[str, int] = {}
         self._conns: set[Session] = set()
+        # Tuples rather than lists in the per-device tables: almost every
+        # device has one entry, which a 1-tuple holds in less memory; they
+        # change only when sessions come and go.
         #: device -> its sessions (connected, authenticated)
-        self._sessions: dict[str, list[Session]] = {}
+        self._sessions: dict[str, tuple[Session, ...]] = {}
         #: (device, client id) -> session: MQTT's one-session-per-client-id rule, per device
         self._by_client: dict[tuple[str, str], Session] = {}
         #: device -> where its requests go (sessions and gateway sub-devices), newest last
-        self._routes: dict[str, list[Session | SubDevice]] = {}
+        self._routes: dict[str, tuple[Session | SubDevice, ...]] = {}
         #: client-side call id -> (session, answer topic, QoS, answer properties)
         self._calls: dict[str, tuple[Session, str, int, dict | None]] = {}
         # Call ids far above what devices pick for themselves: with the
@@ -194,7 +199,7 @@ class DeviceEndpoint:
         self._paused: set[Session] = set()
         self._dirty: list[Session] = []
         self._flush_scheduled = False
-        self._checks: dict[int, list] = {}
+        self._checks: dict[int, set] = {}
         self._swept = 0
         self._sweeper: asyncio.TimerHandle | None = None
         self._last_purge = 0.0
@@ -305,7 +310,11 @@ class DeviceEndpoint:
         for s in self._conns:
             if s.reader is not None:
                 total += s.reader.buffered
-            total += sum(map(len, s.out))
+            if s.early is not None:
+                total += len(s.early)
+            out = s.out
+            if out is not None:
+                total += sum(map(len, out)) if out.__class__ is list else len(out)
             if s.transport is not None:
                 total += s.transport.get_write_buffer_size()
         return total
@@ -322,8 +331,9 @@ class DeviceEndpoint:
             "paused": len(self._paused),
             "dirty": len(self._dirty),
             "tasks": len(self._tasks),
-            "checks": sum(1 for items in self._checks.values() for s in items
-                          if isinstance(s, Session) and s.state != CLOSED),
+            # sessions in the sweep's buckets, closed ones too: a closed
+            # connection must not be kept alive by its bucket
+            "checks": sum(1 for items in self._checks.values() for s in items if isinstance(s, Session)),
         }
 
     # -- transport interface: the dispatcher publishes ----------------------------------
@@ -367,11 +377,10 @@ class DeviceEndpoint:
         # anything else for a fleetrpc-SDK device connected here
         delivered = False
         for session in self._sessions.get(device, ()):
-            if session.fr_filters:
-                q = session._fr_qos(topic)
-                if q >= 0:
-                    session._publish(topic, payload, q, None, None, token, properties)
-                    delivered = True
+            q = session._fr_qos(topic)
+            if q >= 0:
+                session._publish(topic, payload, q, token if token >= 0 else None, properties)
+                delivered = True
         return delivered
 
     # -- called by sessions --------------------------------------------------------------
@@ -423,7 +432,7 @@ class DeviceEndpoint:
             self.stats.takeovers += 1
             old.close(P.SESSION_TAKEN_OVER)
         self._by_client[key] = session
-        self._sessions.setdefault(device, []).append(session)
+        self._sessions[device] = self._sessions.get(device, ()) + (session,)
         if session.clean_start:
             self._stored.pop(key, None)
             return False
@@ -444,9 +453,10 @@ class DeviceEndpoint:
         sessions = self._sessions.get(device)
         if sessions is None or session not in sessions:
             return
-        sessions.remove(session)
-        if not sessions:
+        if len(sessions) == 1:
             del self._sessions[device]
+        else:
+            self._sessions[device] = tuple(s for s in sessions if s is not session)
         self._remove_route(device, session)
         for sub in (session.subdevices or {}).values():
             self._remove_route(sub.device, sub)
@@ -463,29 +473,31 @@ class DeviceEndpoint:
 
     def _lost(self, session: Session) -> None:
         self._detach(session)
+        self._uncheck(session)
         self._conns.discard(session)
         self._paused.discard(session)
 
     def _add_route(self, device: str, target: Session | SubDevice) -> None:
         routes = self._routes.get(device)
         if routes is None:
-            self._routes[device] = [target]
+            self._routes[device] = (target,)
             self._presence(device, True)
         elif target not in routes:
-            routes.append(target)
+            self._routes[device] = routes + (target,)
 
     def _remove_route(self, device: str, target: Session | SubDevice) -> None:
         routes = self._routes.get(device)
         if routes is None or target not in routes:
             return
-        routes.remove(target)
-        if not routes:
+        if len(routes) > 1:
+            self._routes[device] = tuple(r for r in routes if r is not target)
+        else:
             del self._routes[device]
             self._presence(device, False)
 
     def _presence(self, device: str, online: bool) -> None:
         body = _json({"status": "online" if online else "offline", "ts": int(time.time() * 1000)})
-        self._deliver(f"{self._dev_prefix}{device}/presence", body)
+        self._deliver(presence_topic(self.settings.prefix, device), body)
 
     def _new_call(self, session: Session, answer: str, qos: int, props: dict | None) -> str:
         cid = str(next(self._cids))
@@ -536,7 +548,11 @@ class DeviceEndpoint:
         self._dirty.append(session)
         if not self._flush_scheduled:
             self._flush_scheduled = True
-            self._loop.call_soon(self._flush)
+            above = self._write_batch_above
+            if above and self.awaiting() >= above:
+                self._loop.call_later(self.settings.write_batch_delay, self._flush)
+            else:
+                self._loop.call_soon(self._flush)
 
     def _flush(self) -> None:
         self._flush_scheduled = False
@@ -547,13 +563,26 @@ class DeviceEndpoint:
     def _check_at(self, obj: Any, when: float) -> None:
         """Have the sweep call ``obj._check(now)`` once ``when`` has passed;
         an object is in one bucket at a time (a new time replaces the old)."""
+        old = obj.check_key
+        if old:
+            bucket = self._checks.get(old)
+            if bucket is not None:
+                bucket.discard(obj)
         key = max(int(when) + 1, self._swept + 1)
         obj.check_key = key
         bucket = self._checks.get(key)
         if bucket is None:
-            self._checks[key] = [obj]
+            self._checks[key] = {obj}
         else:
-            bucket.append(obj)
+            bucket.add(obj)
+
+    def _uncheck(self, obj: Any) -> None:
+        """``obj`` needs no more checks: a closed connection is not kept
+        alive by its bucket until it falls due (up to 1.5 keepalives)."""
+        bucket = self._checks.get(obj.check_key)
+        if bucket is not None:
+            bucket.discard(obj)
+        obj.check_key = 0
 
     def _sweep(self) -> None:
         loop = self._loop
@@ -561,7 +590,7 @@ class DeviceEndpoint:
         sec = int(now)
         checks = self._checks
         for key in range(self._swept + 1, sec + 1):
-            bucket = checks.pop(key, None)
+            bucket = checks.pop(key, None)  # (out of reach of _check_at while it runs)
             if bucket:
                 for obj in bucket:
                     if obj.check_key == key:

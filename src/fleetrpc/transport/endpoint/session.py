@@ -39,10 +39,11 @@ import msgspec
 from ... import _core
 from ...errors import CodecError
 from ...wire import REQUEST_DECODER, error_reply, validate_id
+from ...wire.topics import return_topic
 from . import packets as P
 
 if TYPE_CHECKING:
-    from .server import DeviceEndpoint, Identity
+    from .server import DeviceEndpoint
 
 log = logging.getLogger("fleetrpc.endpoint")
 
@@ -80,10 +81,10 @@ OTHER_SUBSCRIPTIONS = frozenset({
 
 _SESSION_LIMITS = "getSessionLimits"
 
+_MISSING = object()
 
-class _Suspend(Exception):
-    """Raised out of the reader to stop it after CONNECT while an
-    asynchronous authentication runs; the reader keeps the bytes after it."""
+#: seconds of silence after which a connection's reader is dropped (see Session._check)
+IDLE_TRIM = 5
 
 
 class _GatewayReply(msgspec.Struct, gc=False):
@@ -135,12 +136,16 @@ class SubDevice:
 class Session(asyncio.Protocol):
     """One device connection (see the module docstring)."""
 
+    # Memory per idle connection matters (100,000 of them on one node):
+    # everything that only some sessions use is None until used, and the
+    # reader of a connection silent for IDLE_TRIM seconds is dropped (see _check).
     __slots__ = (
-        "endpoint", "transport", "reader", "state", "v5", "identity", "device", "base",
+        "endpoint", "transport", "reader", "state", "v5", "gateway", "device", "base",
         "client_id", "keepalive", "opened", "last_in", "out", "dirty", "paused_since",
-        "written", "subs", "form", "rpc_qos", "gw_qos", "fr_filters", "next_n", "requests",
+        "written", "subs", "form", "rpc_qos", "gw_qos", "next_n", "requests",
         "next_mid", "inflight", "waiting", "window", "client_max_packet", "subdevices",
         "calls", "session_expiry", "clean_start", "rate", "check_key", "fr_req_qos",
+        "early", "failure",
     )
 
     def __init__(self, endpoint: "DeviceEndpoint") -> None:
@@ -149,7 +154,8 @@ class Session(asyncio.Protocol):
         self.reader = None
         self.state = NEW
         self.v5 = False
-        self.identity: Identity | None = None
+        #: may use the gateway API (from the device's Identity)
+        self.gateway = False
         #: the device id, once authenticated
         self.device = ""
         #: "{p}/d/{device}": where the device's fleetrpc topics start
@@ -158,27 +164,28 @@ class Session(asyncio.Protocol):
         self.keepalive = 0
         self.opened = 0.0
         self.last_in = 0.0
-        self.out: list[bytes] = []
+        #: output not yet written: None, one packet, or a list of packets
+        self.out: bytes | list[bytes] | None = None
         self.dirty = False
         self.paused_since = 0.0
-        #: QoS 0 sends whose delivery is confirmed once written: (base, tail, token)
-        self.written: list[tuple] | None = None
-        #: granted ThingsBoard-topic subscriptions: filter -> QoS
+        #: QoS 0 sends whose delivery is confirmed once written (see _publish's ``confirm``)
+        self.written: list | None = None
+        #: granted subscriptions: filter -> QoS (ThingsBoard topics and the
+        #: FLEETRPC form's filters, which start with ``base``)
         self.subs: dict[str, int] = {}
         self.form = -1
         self.rpc_qos = 0
         self.gw_qos = -1
-        #: FLEETRPC-form subscriptions: [(filter levels, filter, QoS)]
-        self.fr_filters: list[tuple[list[str], str, int]] | None = None
-        #: the QoS every REQUEST topic gets from fr_filters, or -2 when it
-        #: depends on the topic (a filter for one node only): then match each
+        #: the QoS every REQUEST topic gets from the FLEETRPC filters, or -2
+        #: when it depends on the topic (a filter for one node only): then match each
         self.fr_req_qos = -1
         self.next_n = 0
-        #: request number -> (base, tail, sub-device name or None) awaiting a response
-        self.requests: dict[int, tuple] = {}
+        #: request number awaiting a response -> the REQUEST's ``{node}/{rid}``
+        #: (this device's), or (sub-device base, ``{node}/{rid}``, sub-device name)
+        self.requests: dict[int, str | tuple] | None = None
         self.next_mid = 0
-        #: our unacknowledged QoS 1 PUBLISHes: packet id -> (base, tail, token)
-        self.inflight: dict[int, tuple] = {}
+        #: our unacknowledged QoS 1 PUBLISHes: packet id -> ``confirm`` (see _publish)
+        self.inflight: dict[int, Any] | None = None
         self.waiting: deque | None = None
         self.window = endpoint.settings.max_inflight
         self.client_max_packet = 0
@@ -191,6 +198,11 @@ class Session(asyncio.Protocol):
         self.rate = None
         #: the endpoint's sweep bucket this session is due in
         self.check_key = 0
+        #: bytes received before CONNACK that are not yet handled (see _before_connack)
+        self.early: bytes | None = None
+        #: (reason code, why) once a packet handler found the stream unacceptable:
+        #: what follows in the same read is ignored, then the connection closes
+        self.failure: tuple[int, str] | None = None
 
     # -- asyncio.Protocol -------------------------------------------------------
 
@@ -205,28 +217,41 @@ class Session(asyncio.Protocol):
         # costs ~100 bytes per idle connection.
         transport.set_write_buffer_limits(high=ep.settings.write_high_water)  # type: ignore[attr-defined]
         self.opened = self.last_in = ep._loop.time()
-        self.reader = _core.MqttReader(self._on_publish, self._on_packet, False, self._on_puback, self._on_props)
         ep._check_at(self, self.opened + ep.settings.connect_timeout)
+
+    def _new_reader(self):
+        # The compiled reader frames everything after CONNECT.  It catches
+        # what its callbacks raise (and reads on), so the callbacks record a
+        # protocol failure in self.failure instead of raising (see _failed).
+        return _core.MqttReader(self._on_publish, self._on_packet, self.v5, self._on_puback, self._on_props)
 
     def data_received(self, data: bytes) -> None:
         ep = self.endpoint
         self.last_in = ep._loop.time()
         reader = self.reader
-        if reader is None or self.state == CLOSED:
+        if reader is None:
+            state = self.state
+            if state == CONNECTED:
+                reader = self.reader = self._new_reader()  # dropped while idle
+            elif state == CLOSED:
+                return
+            else:
+                self._before_connack(data)
+                return
+        elif self.state == CLOSED:
             return
         try:
             reader.feed(data)
-        except _Suspend:
-            self.transport.pause_reading()
-        except P.ProtocolError as exc:
-            self._fail(exc.reason, str(exc))
-            return
-        except CodecError as exc:
+        except CodecError as exc:  # the reader's own: a broken stream
             self._fail(P.MALFORMED_PACKET, str(exc))
             return
         except Exception:  # our bug: lose this connection, never the endpoint
-            log.exception("device session %s: packet handler failed", self._who())
+            log.exception("device session %s: reading failed", self._who())
             self._fail(P.IMPLEMENTATION_SPECIFIC_ERROR, "internal error")
+            return
+        failure = self.failure
+        if failure is not None:
+            self._fail(*failure)
             return
         if self.state == CLOSED:
             return
@@ -236,6 +261,69 @@ class Session(asyncio.Protocol):
         acks = reader.take_acks()
         if acks:
             self._write(acks)
+
+    def _before_connack(self, data: bytes) -> None:
+        """Bytes before the session is connected: the first packet must be
+        CONNECT; what follows it waits in ``early`` until authentication
+        has answered (reading is paused meanwhile)."""
+        buf = self.early + data if self.early else bytes(data)
+        self.early = None
+        ep = self.endpoint
+        if self.state == AUTHENTICATING:
+            self.early = buf
+            if len(buf) > ep._max_packet:
+                self._fail(P.PACKET_TOO_LARGE, f"{len(buf)} bytes sent before CONNACK")
+            return
+        n = len(buf)
+        if n and buf[0] & 0xF0 != P.CONNECT:
+            self._fail(P.PROTOCOL_ERROR, "first packet is not CONNECT")
+            return
+        length, mult, i = 0, 1, 1
+        while True:
+            if i >= n:
+                self.early = buf or None
+                return
+            b = buf[i]
+            length += (b & 0x7F) * mult
+            i += 1
+            if not b & 0x80:
+                break
+            mult *= 128
+            if mult > 128 * 128 * 128:
+                self._fail(P.MALFORMED_PACKET, "malformed MQTT remaining length")
+                return
+        if length > ep._max_packet:
+            self._fail(P.PACKET_TOO_LARGE, "CONNECT too large")
+            return
+        end = i + length
+        if end > n:
+            self.early = buf
+            return
+        self.early = buf[end:] or None
+        try:
+            self._on_connect(buf[0] & 0x0F, buf[i:end])
+        except CodecError as exc:
+            self._fail(exc.reason if isinstance(exc, P.ProtocolError) else P.MALFORMED_PACKET, str(exc))
+            return
+        if self.state == CONNECTED:
+            self._after_connack()
+
+    def _after_connack(self) -> None:
+        """Handle what the device sent after CONNECT, now that it is connected."""
+        early, self.early = self.early, None
+        if early:
+            self.data_received(early)
+
+    def _failed(self, exc: BaseException) -> None:
+        """A packet handler's error: the connection closes once the reader
+        returns, and nothing after this packet is handled."""
+        if isinstance(exc, P.ProtocolError):
+            self.failure = (exc.reason, str(exc))
+        elif isinstance(exc, CodecError):
+            self.failure = (P.MALFORMED_PACKET, str(exc))
+        else:  # our bug: lose this connection, never the endpoint
+            log.error("device session %s: packet handler failed", self._who(), exc_info=exc)
+            self.failure = (P.IMPLEMENTATION_SPECIFIC_ERROR, "internal error")
 
     def eof_received(self) -> bool:
         return False  # close the transport: a half-closed device is gone
@@ -254,9 +342,9 @@ class Session(asyncio.Protocol):
         self.state = CLOSED
         self.endpoint._lost(self)
         self.reader = None
-        self.out = []
-        self.requests = {}
-        self.inflight = {}
+        self.out = None
+        self.requests = None
+        self.inflight = None
         self.waiting = None
         self.written = None
         self.transport = None
@@ -281,7 +369,7 @@ class Session(asyncio.Protocol):
         if transport is None or self.state == CLOSED:
             return
         if self.v5 and self.state == CONNECTED:
-            self.out.append(P.disconnect(reason))
+            self._write(P.disconnect(reason))
         self._flush()
         self.state = CLOSED
         self.endpoint._detach(self)
@@ -308,16 +396,31 @@ class Session(asyncio.Protocol):
             else:
                 ep._check_at(self, deadline)
             return
-        deadline = self.last_in + 1.5 * self.keepalive
+        last_in = self.last_in
+        deadline = last_in + 1.5 * self.keepalive
         if now >= deadline:
             self._fail(P.KEEP_ALIVE_TIMEOUT, f"silent for 1.5 x {self.keepalive} s")
-        else:
-            ep._check_at(self, deadline)
+            return
+        reader = self.reader
+        if reader is not None:
+            if now - last_in >= IDLE_TRIM and not reader.buffered:
+                # A silent connection does without its reader (~0.4 KiB with
+                # its bound callbacks); the next bytes make a new one.
+                self.reader = None
+            else:
+                deadline = min(deadline, last_in + IDLE_TRIM)
+        ep._check_at(self, deadline)
 
     # -- output -----------------------------------------------------------------------
 
     def _write(self, data: bytes) -> None:
-        self.out.append(data)
+        out = self.out
+        if out is None:
+            self.out = data  # the usual case: one packet, no list
+        elif out.__class__ is list:
+            out.append(data)
+        else:
+            self.out = [out, data]
         if not self.dirty:
             self.dirty = True
             self.endpoint._mark_dirty(self)
@@ -326,10 +429,10 @@ class Session(asyncio.Protocol):
         self.dirty = False
         out = self.out
         transport = self.transport
-        if not out or transport is None or self.state == CLOSED:
+        if out is None or transport is None or self.state == CLOSED:
             return
-        self.out = []
-        transport.write(out[0] if len(out) == 1 else b"".join(out))
+        self.out = None
+        transport.write(b"".join(out) if out.__class__ is list else out)
         if self.paused_since:
             if transport.get_write_buffer_size() > self.endpoint.settings.max_write_buffer:
                 self.endpoint.stats.closed_slow_reader += 1
@@ -340,18 +443,25 @@ class Session(asyncio.Protocol):
 
     def _confirm_written(self) -> None:
         written, self.written = self.written, None
-        ep = self.endpoint
-        for base, tail, token in written:
-            if token >= 0:
-                ep.on_published(token)
-            elif base is not None:
-                ep._deliver(base + "/ack/" + tail, b"")
+        for confirm in written:
+            self._confirm(confirm)
 
-    def _publish(self, topic: str, payload: bytes, qos: int, base: str | None, tail: str | None,
-                 token: int, props: dict | None = None) -> None:
+    def _confirm(self, confirm: Any) -> None:
+        """The device has a PUBLISH (see _publish's ``confirm``)."""
+        if confirm.__class__ is str:
+            self.endpoint._deliver(self.base + "/ack/" + confirm, b"")
+        elif confirm.__class__ is int:
+            self.endpoint.on_published(confirm)
+        else:
+            self.endpoint._deliver(confirm[0] + "/ack/" + confirm[1], b"")
+
+    def _publish(self, topic: str, payload: bytes, qos: int, confirm: Any, props: dict | None = None) -> None:
         """Send one PUBLISH to the device.  With QoS 1 its PUBACK, with QoS 0
-        its writing, confirms delivery: ``token`` >= 0 goes to the owner's
-        ``on_published``; otherwise, with a ``base``, an ACK is synthesised."""
+        its writing, confirms delivery to the owner, as ``confirm`` says:
+        None, nothing; an int, ``on_published(token)``; a str, an ACK
+        ``{base}/ack/{confirm}`` for this device; a tuple ``(base, tail)``,
+        an ACK for a gateway's sub-device.  (Plain values rather than one
+        tuple per message: fewer objects for the garbage collector.)"""
         if self.state != CONNECTED:
             return
         limit = self.client_max_packet
@@ -360,10 +470,12 @@ class Session(asyncio.Protocol):
             return
         if qos:
             inflight = self.inflight
-            if len(inflight) >= self.window:
+            if inflight is None:
+                inflight = self.inflight = {}
+            elif len(inflight) >= self.window:
                 if self.waiting is None:
                     self.waiting = deque()
-                self.waiting.append((topic, payload, base, tail, token, props))
+                self.waiting.append((topic, payload, confirm, props))
                 return
             mid = self.next_mid
             while True:
@@ -371,37 +483,41 @@ class Session(asyncio.Protocol):
                 if mid not in inflight:
                     break
             self.next_mid = mid
-            inflight[mid] = (base, tail, token)
+            inflight[mid] = confirm
         else:
             mid = 0
-            if token >= 0 or base is not None:
+            if confirm is not None:
                 if self.written is None:
                     self.written = []
-                self.written.append((base, tail, token))
+                self.written.append(confirm)
         if props and self.v5:
             pkt = _encode_publish(topic, payload, qos, mid, False, True,
                                   props.get("response_topic"), props.get("correlation_data"))
         else:
             pkt = _encode_publish(topic, payload, qos, mid, False, self.v5)
-        self.out.append(pkt)
+        out = self.out  # _write, inlined: this is the hot path
+        if out is None:
+            self.out = pkt
+        elif out.__class__ is list:
+            out.append(pkt)
+        else:
+            self.out = [out, pkt]
         if not self.dirty:
             self.dirty = True
             self.endpoint._mark_dirty(self)
 
     def _on_puback(self, mid: int) -> None:
-        entry = self.inflight.pop(mid, None)
-        if entry is None:
+        inflight = self.inflight
+        confirm = inflight.pop(mid, _MISSING) if inflight else _MISSING
+        if confirm is _MISSING:
             return  # a duplicate or unknown PUBACK: nothing to confirm
-        base, tail, token = entry
-        if token >= 0:
-            self.endpoint.on_published(token)
-        elif base is not None:
-            self.endpoint._deliver(base + "/ack/" + tail, b"")
+        if confirm is not None:
+            self._confirm(confirm)
         waiting = self.waiting
         if waiting:
-            while waiting and len(self.inflight) < self.window:
-                topic, payload, base, tail, token, props = waiting.popleft()
-                self._publish(topic, payload, 1, base, tail, token, props)
+            while waiting and len(inflight) < self.window:
+                topic, payload, confirm, props = waiting.popleft()
+                self._publish(topic, payload, 1, confirm, props)
 
     # -- requests from the dispatcher ----------------------------------------------------
 
@@ -414,16 +530,20 @@ class Session(asyncio.Protocol):
             if qos == -2:
                 qos = self._fr_qos(topic)
             if qos >= 0:
-                self._publish(topic, payload, qos, None, None, token, props)
+                self._publish(topic, payload, qos, token if token >= 0 else None, props)
             return
         n = self.next_n = self.next_n + 1 if self.next_n < 2147483647 else 1
         tail = topic[tail_at:]
         if token < 0:
             requests = self.requests
-            requests[n] = (self.base, tail, None)
+            if requests is None:
+                requests = self.requests = {}
+            requests[n] = tail
             if len(requests) > self.endpoint.settings.max_pending_responses:
                 del requests[next(iter(requests))]
-        self._publish(REQUEST_TOPIC[form] + str(n), payload, self.rpc_qos, self.base, tail, token)
+            self._publish(REQUEST_TOPIC[form] + str(n), payload, self.rpc_qos, tail)
+        else:
+            self._publish(REQUEST_TOPIC[form] + str(n), payload, self.rpc_qos, token)
 
     def _send_gateway_request(self, sub: SubDevice, tail: str, payload: bytes, token: int) -> None:
         try:
@@ -434,15 +554,23 @@ class Session(asyncio.Protocol):
         n = self.next_n = self.next_n + 1 if self.next_n < 2147483647 else 1
         if token < 0:
             requests = self.requests
+            if requests is None:
+                requests = self.requests = {}
             requests[n] = (sub.base, tail, sub.name)
             if len(requests) > self.endpoint.settings.max_pending_responses:
                 del requests[next(iter(requests))]
         body = _json(_GatewayRequest(sub.name, _GatewayData(n, req.method, req.params)))
-        self._publish(GATEWAY_RPC, body, self.gw_qos, sub.base, tail, token)
+        self._publish(GATEWAY_RPC, body, self.gw_qos, token if token >= 0 else (sub.base, tail))
 
     def send_answer(self, topic: str, payload: bytes, qos: int, props: dict | None = None) -> None:
         """The dispatcher's answer to one of this session's client-side calls."""
-        self._publish(topic, payload, qos, None, None, -1, props)
+        self._publish(topic, payload, qos, None, props)
+
+    def _fr_filters(self):
+        """This session's FLEETRPC-form subscriptions: (filter, QoS)."""
+        base = self.base
+        n = len(base)
+        return [(f, q) for f, q in self.subs.items() if f.startswith(base) and f[n:n + 1] in ("/", "")]
 
     def _fr_filters_changed(self) -> None:
         # A level with NUL matches no literal filter level: what matches this
@@ -451,7 +579,8 @@ class Session(asyncio.Protocol):
         qos = -1
         specific = False
         nbase = self.base.count("/") + 1
-        for flevels, _, q in self.fr_filters or ():
+        for f, q in self._fr_filters():
+            flevels = f.split("/")
             if _matches(flevels, any_req):
                 qos = max(qos, q)
             elif flevels[nbase:nbase + 1] in (["req"], ["+"]):
@@ -459,17 +588,18 @@ class Session(asyncio.Protocol):
         self.fr_req_qos = -2 if specific else qos
 
     def _fr_qos(self, topic: str) -> int:
-        """The QoS of this FLEETRPC-form session's subscription matching
-        ``topic``, or -1."""
+        """The QoS of this session's FLEETRPC-form subscription matching
+        ``topic``, or -1.  (Filters are split here, when used, rather than
+        kept split: they are matched rarely, and kept per connection.)"""
         best = -1
         levels = None
-        for flevels, ftext, qos in self.fr_filters or ():
-            if ftext == topic:
+        for f, qos in self._fr_filters():
+            if f == topic:
                 ok = True
             else:
                 if levels is None:
                     levels = topic.split("/")
-                ok = _matches(flevels, levels)
+                ok = _matches(f.split("/"), levels)
             if ok and qos > best:
                 best = qos
         return best
@@ -477,16 +607,15 @@ class Session(asyncio.Protocol):
     # -- inbound packets -------------------------------------------------------------
 
     def _on_packet(self, cmd: int, body: bytes) -> None:
+        if self.state != CONNECTED or self.failure is not None:
+            return  # closed or failing: the rest of this read is ignored
+        try:
+            self._packet(cmd, body)
+        except Exception as exc:
+            self._failed(exc)
+
+    def _packet(self, cmd: int, body: bytes) -> None:
         kind = cmd & 0xF0
-        if self.state == NEW:
-            if kind != P.CONNECT:
-                raise P.ProtocolError("first packet is not CONNECT", P.PROTOCOL_ERROR)
-            if len(body) > self.endpoint._max_packet:
-                raise P.ProtocolError("CONNECT too large", P.PACKET_TOO_LARGE)
-            self._on_connect(cmd & 0x0F, body)
-            return
-        if self.state != CONNECTED:
-            raise P.ProtocolError("packet before CONNACK", P.PROTOCOL_ERROR)
         if kind == 0xC0:  # PINGREQ
             if cmd != P.PINGREQ or body:
                 raise P.ProtocolError("malformed PINGREQ")
@@ -519,7 +648,6 @@ class Session(asyncio.Protocol):
             self._refuse(P.UNSUPPORTED_PROTOCOL_VERSION, v5=exc.level == 5)
             return
         self.v5 = v5 = c.version == 5
-        self.reader.v5 = v5
         props = c.properties
         if "authentication_method" in props:
             self._refuse(P.BAD_AUTHENTICATION_METHOD)
@@ -562,8 +690,9 @@ class Session(asyncio.Protocol):
             self._refuse(P.SERVER_UNAVAILABLE)
             return
         if inspect.isawaitable(result):
+            self.transport.pause_reading()  # what comes meanwhile waits in the socket
             ep._spawn(self._await_identity(result, c))
-            raise _Suspend
+            return
         self._connected(result, c)
 
     async def _await_identity(self, awaitable, c: P.Connect) -> None:
@@ -579,8 +708,7 @@ class Session(asyncio.Protocol):
         self._connected(result, c)
         if self.state != CONNECTED or self.transport is None:
             return
-        # what the device sent after CONNECT waits in the reader
-        self.data_received(b"")
+        self._after_connack()
         if self.state == CONNECTED and self.transport is not None:
             self.transport.resume_reading()
 
@@ -591,7 +719,7 @@ class Session(asyncio.Protocol):
             ep.stats.refused_auth += 1
             self._refuse(P.NOT_AUTHORIZED)
             return
-        self.identity = identity
+        self.gateway = identity.gateway
         self.device = identity.device_id
         self.base = ep._dev_prefix + self.device
         self.state = CONNECTED
@@ -617,7 +745,7 @@ class Session(asyncio.Protocol):
             if asked != self.session_expiry:
                 props[0x11] = self.session_expiry
         self._write(P.connack(self.v5, P.SUCCESS, session_present, props))
-        ep._check_at(self, self.last_in + 1.5 * self.keepalive)
+        ep._check_at(self, min(self.last_in + 1.5 * self.keepalive, self.last_in + IDLE_TRIM))
         if session_present:
             ep._restore(self)
 
@@ -653,7 +781,7 @@ class Session(asyncio.Protocol):
             self.subs[topic] = q
             return q
         if topic == GATEWAY_RPC:
-            if not self.identity.gateway:
+            if not self.gateway:
                 return P.NOT_AUTHORIZED
             self.subs[topic] = q
             self.gw_qos = q
@@ -662,15 +790,9 @@ class Session(asyncio.Protocol):
             return q
         base = self.base
         if topic.startswith(base) and topic[len(base):len(base) + 1] in ("/", ""):
-            flevels = topic.split("/")
-            if self.fr_filters is None:
-                self.fr_filters = []
-            self.fr_filters = [f for f in self.fr_filters if f[1] != topic]
-            self.fr_filters.append((flevels, topic, q))
-            self._fr_filters_changed()
             self.subs[topic] = q
-            nbase = base.count("/") + 1
-            rest = flevels[nbase:]
+            self._fr_filters_changed()
+            rest = topic[len(base) + 1:].split("/") if len(topic) > len(base) else []
             if not rest or rest[0] in ("req", "+", "#"):
                 self.form = FLEETRPC
                 ep._add_route(self.device, self)
@@ -694,10 +816,9 @@ class Session(asyncio.Protocol):
             if not any(t in self.subs for t in RPC_SUBSCRIPTIONS):
                 self.form = -1
                 ep._remove_route(self.device, self)
-        elif self.fr_filters:
-            self.fr_filters = [f for f in self.fr_filters if f[1] != topic]
+        elif topic.startswith(self.base):
             self._fr_filters_changed()
-            if self.form == FLEETRPC and not self.fr_filters:
+            if self.form == FLEETRPC and not self._fr_filters():
                 self.form = -1
                 ep._remove_route(self.device, self)
         return P.SUCCESS
@@ -705,60 +826,70 @@ class Session(asyncio.Protocol):
     # -- inbound PUBLISH -------------------------------------------------------------
 
     def _on_props(self, topic: str, payload: bytes, raw: bytes) -> None:
-        props = P.parse_publish_properties(raw)
-        if "topic_alias" in props:
-            raise P.ProtocolError("topic alias used (Topic Alias Maximum is 0)", P.PROTOCOL_ERROR)
+        if self.state != CONNECTED or self.failure is not None:
+            return
+        try:
+            props = P.parse_publish_properties(raw)
+            if "topic_alias" in props:
+                raise P.ProtocolError("topic alias used (Topic Alias Maximum is 0)", P.PROTOCOL_ERROR)
+        except Exception as exc:
+            self._failed(exc)
+            return
         self._on_publish(topic, payload, props)
 
     def _on_publish(self, topic: str, payload: bytes, props: dict | None) -> None:
-        if self.state != CONNECTED:
-            raise P.ProtocolError("PUBLISH before CONNECT", P.PROTOCOL_ERROR)
-        ep = self.endpoint
-        if len(payload) > ep.settings.max_payload:
-            raise P.ProtocolError(f"payload of {len(payload)} bytes (at most {ep.settings.max_payload})",
-                                  P.PACKET_TOO_LARGE)
-        rate = self.rate
-        if rate is not None and not rate.take(self.last_in):
-            raise P.ProtocolError("message rate limit exceeded", P.MESSAGE_RATE_TOO_HIGH)
-        if topic.startswith("v1/devices/me/rpc/"):
-            if topic.startswith("response/", 18):
-                self._on_response(topic[27:], payload)
-            elif topic.startswith("request/", 18):
-                self._on_client_call(topic[26:], payload, V1)
+        if self.state != CONNECTED or self.failure is not None:
+            return  # closed or failing: the rest of this read is ignored
+        try:
+            ep = self.endpoint
+            if len(payload) > ep.settings.max_payload:
+                raise P.ProtocolError(f"payload of {len(payload)} bytes (at most {ep.settings.max_payload})",
+                                      P.PACKET_TOO_LARGE)
+            rate = self.rate
+            if rate is not None and not rate.take(self.last_in):
+                raise P.ProtocolError("message rate limit exceeded", P.MESSAGE_RATE_TOO_HIGH)
+            if topic.startswith("v1/devices/me/rpc/"):
+                if topic.startswith("response/", 18):
+                    self._on_response(topic[27:], payload)
+                elif topic.startswith("request/", 18):
+                    self._on_client_call(topic[26:], payload, V1)
+                else:
+                    ep.stats.ignored += 1
+            elif topic.startswith(ep._dev_prefix):
+                self._on_fleetrpc_publish(topic, payload, props)
+            elif topic.startswith("v2/r/"):
+                if topic.startswith("v2/r/res/j/"):
+                    self._on_response(topic[11:], payload)
+                elif topic.startswith("v2/r/res/"):
+                    self._on_response(topic[9:], payload)
+                elif topic.startswith("v2/r/req/j/"):
+                    self._on_client_call(topic[11:], payload, V2J)
+                elif topic.startswith("v2/r/req/"):
+                    self._on_client_call(topic[9:], payload, V2)
+                else:
+                    ep.stats.ignored += 1
+            elif topic.startswith("v1/gateway/"):
+                self._on_gateway_publish(topic[11:], payload)
+            elif not topic:
+                raise P.ProtocolError("PUBLISH with an empty topic", P.TOPIC_NAME_INVALID)
             else:
+                # attributes, telemetry, claims, firmware: not fleetrpc's business
                 ep.stats.ignored += 1
-        elif topic.startswith(ep._dev_prefix):
-            self._on_fleetrpc_publish(topic, payload, props)
-        elif topic.startswith("v2/r/"):
-            if topic.startswith("v2/r/res/j/"):
-                self._on_response(topic[11:], payload)
-            elif topic.startswith("v2/r/res/"):
-                self._on_response(topic[9:], payload)
-            elif topic.startswith("v2/r/req/j/"):
-                self._on_client_call(topic[11:], payload, V2J)
-            elif topic.startswith("v2/r/req/"):
-                self._on_client_call(topic[9:], payload, V2)
-            else:
-                ep.stats.ignored += 1
-        elif topic.startswith("v1/gateway/"):
-            self._on_gateway_publish(topic[11:], payload)
-        elif not topic:
-            raise P.ProtocolError("PUBLISH with an empty topic", P.TOPIC_NAME_INVALID)
-        else:
-            # attributes, telemetry, claims, firmware: not fleetrpc's business
-            ep.stats.ignored += 1
+        except Exception as exc:  # the reader would swallow it: see _new_reader
+            self._failed(exc)
 
     def _on_response(self, n_text: str, payload: bytes) -> None:
         ep = self.endpoint
         n = _number(n_text)
-        entry = self.requests.pop(n, None) if n is not None else None
-        if entry is None or entry[2] is not None:
-            if entry is not None:  # a gateway's request answered on the device topic
-                self.requests[n] = entry
+        requests = self.requests
+        tail = requests.pop(n, None) if n is not None and requests else None
+        if tail.__class__ is not str:
+            if tail is not None:  # a gateway's request answered on the device topic
+                requests[n] = tail
             ep.stats.unknown_response += 1
             return
         ep.stats.responses += 1
-        ep._deliver(entry[0] + "/res/" + entry[1], payload)
+        ep._deliver(self.base + "/res/" + tail, payload)
 
     def _on_client_call(self, n_text: str, payload: bytes, form: int) -> None:
         ep = self.endpoint
@@ -775,7 +906,7 @@ class Session(asyncio.Protocol):
             return
         if request.method == _SESSION_LIMITS:
             ep.stats.session_limits += 1
-            self.send_answer(answer, ep._session_limits(self.identity.gateway), qos)
+            self.send_answer(answer, ep._session_limits(self.gateway), qos)
             return
         if self.calls is None:
             self.calls = set()
@@ -795,9 +926,10 @@ class Session(asyncio.Protocol):
             ep.stats.refused_topic += 1
             log.warning("device %s published on %r, which is not its own: dropped", self.device, topic)
             return
-        kind, _, rest = topic[n + 1:].partition("/")
+        j = topic.find("/", n + 1)
+        kind = topic[n + 1:j] if j > 0 else topic[n + 1:]
         if kind == "call":
-            self._on_fleetrpc_call(rest, payload, props)
+            self._on_fleetrpc_call(topic[j + 1:] if j > 0 else "", payload, props)
         elif kind in ("res", "ack", "presence", "hb"):
             ep._deliver(topic, payload)
         else:
@@ -811,7 +943,7 @@ class Session(asyncio.Protocol):
         if not (0 < len(cid) <= 19 and cid.isascii() and cid.isdigit()):
             ep.stats.refused_topic += 1
             return
-        answer = f"{self.base}/ret/{cid}"
+        answer = return_topic(ep.settings.prefix, self.device, cid)
         answer_props = None
         if props:
             # A Response Topic is honoured only inside the device's own
@@ -838,7 +970,7 @@ class Session(asyncio.Protocol):
 
     def _on_gateway_publish(self, what: str, payload: bytes) -> None:
         ep = self.endpoint
-        if not self.identity.gateway:
+        if not self.gateway:
             ep.stats.ignored += 1  # ThingsBoard ignores the gateway API of a plain device
             return
         if what == "rpc":
@@ -847,8 +979,9 @@ class Session(asyncio.Protocol):
             except msgspec.DecodeError:
                 ep.stats.unknown_response += 1
                 return
-            entry = self.requests.get(reply.id)
-            if entry is None or entry[2] != reply.device:
+            requests = self.requests
+            entry = requests.get(reply.id) if requests else None
+            if entry.__class__ is not tuple or entry[2] != reply.device:
                 ep.stats.unknown_response += 1
                 return
             del self.requests[reply.id]

@@ -1,0 +1,463 @@
+"""The device endpoint at scale: idle connections, a connection storm, a
+soak with churn.  Devices are ThingsBoard-style (access token as user name,
+``v1/devices/me/rpc/request/+``), each its own TCP connection, made by
+worker processes with a bare client (below); the endpoint and a Dispatcher
+run in this process, which is the one measured.
+
+    python benchmarks/bench_endpoint_scale.py idle  --devices 20000 --keepalive 60
+    python benchmarks/bench_endpoint_scale.py storm --devices 10000
+    python benchmarks/bench_endpoint_scale.py soak  --devices 2000 --seconds 120
+
+- ``idle``: memory per connection in this process after they settle (RSS
+  delta; and, with ``--trace``, Python objects by tracemalloc), and the CPU
+  of their keepalives.  Kernel socket buffers are not in RSS.
+- ``storm``: every device connects at once; tokens are checked against a
+  SQLite device registry (``DeviceRepository.by_token``) through the
+  server's cache (``DeviceDirectory``), cold.  Reports the time until the
+  dispatcher has seen every device online.
+- ``soak``: calls at a steady rate while a fraction of the devices drops
+  and reconnects every few seconds; samples RSS, Python memory and the
+  endpoint's tables, which must stay flat.
+
+Past 25,000 connections, they come from several loopback source addresses
+(127.0.0.2, ...), as one address has ~28,000 ephemeral ports.  The open file
+limit is raised as far as the process may (without CAP_SYS_RESOURCE: to its
+hard limit, which caps the connections of this one process).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import multiprocessing as mp
+import os
+import random
+import resource
+import sys
+import tempfile
+import time
+import tracemalloc
+
+import uvloop
+
+from fleetrpc import Dispatcher, Settings
+from fleetrpc.transport.endpoint import DeviceEndpoint, EndpointSettings
+
+_PER_SOURCE = 25_000  # connections per loopback source address
+
+
+def _raise_nofile(n: int = 1 << 20) -> int:
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (n, n))
+    except (ValueError, OSError):
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def _rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+# -- the devices (worker processes) -------------------------------------------------------
+
+
+def _mstr(s: str) -> bytes:
+    b = s.encode()
+    return len(b).to_bytes(2, "big") + b
+
+
+def _packet(first: int, body: bytes) -> bytes:
+    n = len(body)
+    out = bytearray((first,))
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        out.append(b | 0x80 if n else b)
+        if not n:
+            return bytes(out) + body
+
+
+_SUBSCRIBE = _packet(0x82, b"\x00\x01" + _mstr("v1/devices/me/rpc/request/+") + b"\x01")
+_REQ = "v1/devices/me/rpc/request/"
+
+
+class _Device(asyncio.Protocol):
+    """A bare ThingsBoard-style device: connects, subscribes, answers every
+    request with its params, sends PINGREQ every keepalive (by the worker's
+    timer)."""
+
+    __slots__ = ("w", "token", "transport", "buf", "up")
+
+    def __init__(self, w: "_Worker", token: str) -> None:
+        self.w = w
+        self.token = token
+        self.transport = None
+        self.buf = b""
+        self.up = False
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        body = _mstr("MQTT") + bytes((4, 0xC2)) + self.w.keepalive.to_bytes(2, "big")
+        transport.write(_packet(0x10, body + _mstr(self.token) + _mstr(self.token) + _mstr("x")))
+
+    def data_received(self, data: bytes) -> None:
+        buf = self.buf + data if self.buf else data
+        pos, n = 0, len(buf)
+        out = []
+        while n - pos >= 2:
+            length, mult, i = 0, 1, pos + 1
+            complete = False
+            while i < n:
+                b = buf[i]
+                length += (b & 0x7F) * mult
+                i += 1
+                if not b & 0x80:
+                    complete = True
+                    break
+                mult *= 128
+            end = i + length
+            if not complete or end > n:
+                break
+            cmd = buf[pos]
+            if cmd == 0x20:
+                if buf[i + 1] == 0:
+                    self.transport.write(_SUBSCRIBE)
+                else:
+                    self.w.refused += 1
+            elif cmd == 0x90:
+                self.up = True
+                self.w.online += 1
+            elif cmd >> 4 == 3:
+                tlen = (buf[i] << 8) | buf[i + 1]
+                topic = buf[i + 2:i + 2 + tlen].decode()
+                j = i + 2 + tlen
+                if cmd & 0x06:
+                    out.append(b"\x40\x02" + buf[j:j + 2])
+                    j += 2
+                if topic.startswith(_REQ):
+                    # {"method":..,"params":X} -> answer the raw request body itself
+                    rt = "v1/devices/me/rpc/response/" + topic[len(_REQ):]
+                    out.append(_packet(0x30, _mstr(rt) + buf[j:end]))
+                    self.w.answered += 1
+            pos = end
+        self.buf = buf[pos:]
+        if out:
+            self.transport.write(b"".join(out))
+
+    def connection_lost(self, exc) -> None:
+        if self.up:
+            self.w.online -= 1
+        self.up = False
+        self.transport = None
+
+
+class _Worker:
+    def __init__(self, port: int, tokens: list[str], keepalive: int, source: int) -> None:
+        self.port = port
+        self.tokens = tokens
+        self.keepalive = keepalive
+        self.source = source
+        self.online = self.refused = self.answered = self.failed = 0
+        self.devices: dict[str, _Device] = {}
+
+    async def connect(self, token: str, k: int) -> None:
+        loop = asyncio.get_running_loop()
+        block = (self.source + k) // _PER_SOURCE
+        # (binding a source address makes the kernel pick a port per bind,
+        # slowly with many sockets: only past the first address's ports)
+        local = {"local_addr": (f"127.0.0.{1 + block}", 0)} if block else {}
+        for attempt in range(5):
+            try:
+                dev = _Device(self, token)
+                await loop.create_connection(lambda: dev, "127.0.0.1", self.port, **local)
+                self.devices[token] = dev
+                return
+            except OSError:
+                await asyncio.sleep(0.2 * (attempt + 1))
+        self.failed += 1
+
+    async def run(self, conn, concurrency: int) -> None:
+        loop = asyncio.get_running_loop()
+        sem = asyncio.Semaphore(concurrency) if concurrency else None
+
+        async def one(token, k):
+            if sem is None:
+                return await self.connect(token, k)
+            async with sem:
+                await self.connect(token, k)
+
+        ping = loop.create_task(self._pings())
+        conn.send("ready")  # then wait for "go": every worker starts at once
+        await asyncio.to_thread(conn.recv)
+        await asyncio.gather(*(one(t, k) for k, t in enumerate(self.tokens)))
+        reader = asyncio.Event()
+        loop.add_reader(conn.fileno(), reader.set)
+        rng = random.Random(self.source)
+        while True:
+            await reader.wait()
+            reader.clear()
+            while conn.poll():
+                cmd = conn.recv()
+                if cmd[0] == "stats":
+                    conn.send((self.online, self.refused, self.failed, self.answered))
+                elif cmd[0] == "churn":  # drop k devices at once; they come back at once
+                    victims = rng.sample(list(self.devices), min(cmd[1], len(self.devices)))
+                    for t in victims:
+                        d = self.devices.pop(t)
+                        if d.transport is not None:
+                            d.transport.abort()
+                    await asyncio.gather(*(self.connect(t, self.tokens.index(t)) for t in victims))
+                    conn.send("ok")
+                elif cmd[0] == "stop":
+                    ping.cancel()
+                    for d in self.devices.values():
+                        if d.transport is not None:
+                            d.transport.write(b"\xe0\x00")
+                            d.transport.close()
+                    await asyncio.sleep(0.5)
+                    conn.send("bye")
+                    return
+
+    async def _pings(self) -> None:
+        while True:
+            await asyncio.sleep(self.keepalive)
+            for d in list(self.devices.values()):
+                if d.transport is not None:
+                    d.transport.write(b"\xc0\x00")
+
+
+def _worker_main(conn, port, tokens, keepalive, source, concurrency) -> None:
+    _raise_nofile()
+    uvloop.run(_Worker(port, tokens, keepalive, source).run(conn, concurrency))
+
+
+class Devices:
+    """N devices over ``processes`` worker processes."""
+
+    def __init__(self, port: int, tokens: list[str], processes: int, keepalive: int, concurrency: int) -> None:
+        ctx = mp.get_context("spawn")
+        self.pipes = []
+        self.procs = []
+        per = -(-len(tokens) // processes)
+        for k in range(processes):
+            part = tokens[k * per:(k + 1) * per]
+            a, b = ctx.Pipe()
+            p = ctx.Process(target=_worker_main, args=(b, port, part, keepalive, k * per, concurrency), daemon=True)
+            p.start()
+            self.pipes.append(a)
+            self.procs.append(p)
+
+    async def go(self) -> None:
+        """Wait until every worker is ready, then start them all at once."""
+        for pipe in self.pipes:
+            await asyncio.to_thread(pipe.recv)
+        for pipe in self.pipes:
+            pipe.send("go")
+
+    async def ask(self, cmd: tuple) -> list:
+        def one(pipe):
+            pipe.send(cmd)
+            return pipe.recv() if pipe.poll(300) else None
+        return await asyncio.gather(*(asyncio.to_thread(one, p) for p in self.pipes))
+
+    async def stats(self) -> tuple[int, int, int, int]:
+        rows = await self.ask(("stats",))
+        return tuple(sum(r[i] for r in rows) for i in range(4))
+
+    async def stop(self) -> None:
+        await self.ask(("stop",))
+        for p in self.procs:
+            p.join(10)
+
+
+# -- the measured process ------------------------------------------------------------------
+
+
+async def _start(args, authenticate, **endpoint):
+    ep = DeviceEndpoint(EndpointSettings(host="127.0.0.1", port=0, max_connections=args.devices + 100, **endpoint),
+                        authenticate=authenticate)
+    d = Dispatcher(Settings(node_id="bench", min_timeout_ms=0, presence_max_devices=max(args.devices * 2, 10_000)),
+                   transport=ep)
+    await d.start()
+    return ep, d
+
+
+async def _until_online(d: Dispatcher, n: int, devices: Devices, timeout: float) -> float:
+    """Start the devices; seconds until the dispatcher has seen ``n`` online."""
+    await devices.go()
+    t0 = time.perf_counter()
+    while len(d.presence.online) < n:
+        if time.perf_counter() - t0 > timeout:
+            online, refused, failed, _ = await devices.stats()
+            raise RuntimeError(f"{len(d.presence.online)} of {n} online after {timeout} s "
+                               f"(devices: {online} subscribed, {refused} refused, {failed} could not connect)")
+        await asyncio.sleep(0.01)
+    return time.perf_counter() - t0
+
+
+async def idle(args) -> None:
+    tokens = [f"tok-{i}" for i in range(args.devices)]
+    ep, d = await _start(args, lambda u, p, c: "dev-" + u[4:] if u.startswith("tok-") else None)
+    gc.collect()
+    rss0 = _rss()
+    if args.trace:
+        tracemalloc.start()
+    devices = Devices(ep.ports["tcp"], tokens, args.processes, args.keepalive, 256)
+    try:
+        took = await _until_online(d, args.devices, devices, 600)
+        await asyncio.sleep(7)  # past the endpoint's IDLE_TRIM: the steady state of an idle connection
+        gc.collect()
+        rss1 = _rss()
+        traced = tracemalloc.get_traced_memory()[0] if args.trace else 0
+        tracemalloc.stop()
+        t0 = os.times()
+        await asyncio.sleep(args.idle_seconds)
+        t1 = os.times()
+        cpu = (t1.user - t0.user) + (t1.system - t0.system)
+        print(f"idle: {ep.connection_count} connections (connected in {took:.1f} s), "
+              f"{(rss1 - rss0) / args.devices:.0f} B RSS each"
+              + (f", {traced / args.devices:.0f} B of Python objects each (tracemalloc)" if args.trace else "")
+              + f"; keepalive {args.keepalive} s: {cpu / args.idle_seconds * 1e3:.1f} ms CPU per s "
+              f"over {args.idle_seconds:.0f} s")
+    finally:
+        await devices.stop()
+        await d.close()
+
+
+async def storm(args) -> None:
+    from fleetrpc.store.db import open_database
+    from fleetrpc.store.entities import DeviceRepository, TenantRepository
+    from fleetrpc.transport.endpoint.directory import DeviceDirectory
+
+    with tempfile.TemporaryDirectory() as tmp:
+        db = await open_database(f"sqlite:///{tmp}/registry.db")
+        try:
+            repo = DeviceRepository(db)
+            tenant = await TenantRepository(db, devices=repo).create("Storm")
+            t0 = time.perf_counter()
+            tokens = []
+            for i in range(args.devices):
+                tok = f"storm-token-{i:06d}"
+                await repo.create(tenant.id, f"device {i}", access_token=tok)
+                tokens.append(tok)
+            print(f"storm: {args.devices} devices created in the registry in {time.perf_counter() - t0:.1f} s")
+            directory = DeviceDirectory(repo)
+            ep, d = await _start(args, directory.authenticate)
+            try:
+                # every device at once: no connect throttle in the workers
+                ctx_devices = Devices(ep.ports["tcp"], tokens, args.processes, 60, 0)
+                c0 = os.times()
+                took = await _until_online(d, args.devices, ctx_devices, 120)
+                c1 = os.times()
+                cpu = c1.user - c0.user + c1.system - c0.system
+                print(f"storm: {args.devices} devices online in {took:.2f} s, {cpu:.1f} s CPU here "
+                      f"(cold cache: {directory.misses} lookups, {len(directory)} cached; "
+                      f"{ep.stats.accepted} connections accepted, {ep.stats.refused_auth} refused)")
+                await ctx_devices.stop()
+                await _until_offline(d)
+                # the same storm again: every token is cached now
+                ctx_devices = Devices(ep.ports["tcp"], tokens, args.processes, 60, 0)
+                misses = directory.misses
+                took = await _until_online(d, args.devices, ctx_devices, 120)
+                print(f"storm again: {args.devices} devices online in {took:.2f} s "
+                      f"({directory.misses - misses} lookups: all cached)")
+                await ctx_devices.stop()
+            finally:
+                await d.close()
+                directory.close()
+        finally:
+            await db.close()
+
+
+async def _until_offline(d: Dispatcher) -> None:
+    while d.presence.online:
+        await asyncio.sleep(0.05)
+
+
+async def soak(args) -> None:
+    tokens = [f"tok-{i}" for i in range(args.devices)]
+    ep, d = await _start(args, lambda u, p, c: "dev-" + u[4:] if u.startswith("tok-") else None)
+    # Traced from before the devices connect: otherwise every connection
+    # replaced by churn would look like growth (its first self untraced).
+    tracemalloc.start()
+    devices = Devices(ep.ports["tcp"], tokens, args.processes, 60, 256)
+    ids = [f"dev-{i}" for i in range(args.devices)]
+    ok = failed = 0
+    stop = False
+
+    async def caller(seed: int) -> None:
+        nonlocal ok, failed
+        rng = random.Random(seed)
+        while not stop:
+            try:
+                await d.call(ids[int(rng.random() * len(ids))], "echo", {"i": 1}, timeout=5)
+                ok += 1
+            except Exception:
+                failed += 1  # a churned device's call: offline or timed out
+            await asyncio.sleep(args.concurrency / args.rate)
+
+    try:
+        await _until_online(d, args.devices, devices, 300)
+        callers = [asyncio.ensure_future(caller(k)) for k in range(args.concurrency)]
+        first = None
+        samples = []
+        t0 = time.monotonic()
+        churned = 0
+        next_churn = t0 + args.churn_every
+        while time.monotonic() - t0 < args.seconds:
+            await asyncio.sleep(1)
+            if time.monotonic() >= next_churn:
+                k = max(1, int(args.devices * args.churn_fraction / args.processes))
+                await devices.ask(("churn", k))
+                churned += k * args.processes
+                next_churn += args.churn_every
+            if int(time.monotonic() - t0) % 10 == 0:
+                gc.collect()
+                samples.append((time.monotonic() - t0, _rss(), tracemalloc.get_traced_memory()[0],
+                                dict(ep.tracked())))
+                if first is None:
+                    first = tracemalloc.take_snapshot()
+        stop = True
+        await asyncio.gather(*callers)
+        gc.collect()
+        growth = tracemalloc.take_snapshot().compare_to(first, "lineno")[:8] if first else []
+        tracemalloc.stop()
+        online, refused, failed_connects, _ = await devices.stats()
+        print(f"soak: {args.seconds:.0f} s, {args.devices} devices, {churned} reconnects, "
+              f"{ok} calls answered, {failed} failed (churned devices); devices: {online} subscribed, "
+              f"{refused} refused, {failed_connects} could not reconnect")
+        for t, rss, traced, tracked in samples:
+            print(f"  t={t:5.0f} s  RSS {rss / 2**20:7.1f} MiB  Python {traced / 2**20:6.1f} MiB  "
+                  f"connections {tracked['connections']}  routes {tracked['routes']}  calls {tracked['calls']}  "
+                  f"checks {tracked['checks']}")
+        print("  most growth since the first sample, by allocation site:")
+        for stat in growth:
+            print(f"    {stat.size_diff / 1024:8.1f} KiB  {stat.count_diff:7d} objects  {stat.traceback[0]}")
+    finally:
+        await devices.stop()
+        await d.close()
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("mode", choices=("idle", "storm", "soak"))
+    p.add_argument("--devices", type=int, default=10_000)
+    p.add_argument("--processes", type=int, default=2, help="device worker processes")
+    p.add_argument("--keepalive", type=int, default=60)
+    p.add_argument("--idle-seconds", type=float, default=10.0)
+    p.add_argument("--trace", action="store_true", help="idle: also count Python objects (tracemalloc; slower)")
+    p.add_argument("--seconds", type=float, default=120.0, help="soak: duration")
+    p.add_argument("--rate", type=float, default=500.0, help="soak: calls per second")
+    p.add_argument("--concurrency", type=int, default=50, help="soak: callers")
+    p.add_argument("--churn-every", type=float, default=5.0, help="soak: seconds between churn rounds")
+    p.add_argument("--churn-fraction", type=float, default=0.05, help="soak: devices dropped per round")
+    args = p.parse_args()
+    print(f"open file limit: {_raise_nofile()}", file=sys.stderr)
+    uvloop.run({"idle": idle, "storm": storm, "soak": soak}[args.mode](args))
+
+
+if __name__ == "__main__":
+    main()

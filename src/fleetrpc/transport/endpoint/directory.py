@@ -1,0 +1,131 @@
+"""Who a device connection is, from the server's device registry, cached.
+
+:class:`DeviceDirectory` gives a :class:`DeviceEndpoint` its
+``authenticate`` and ``resolve_subdevice`` callbacks on top of the
+registry's :class:`~fleetrpc.store.entities.DeviceRepository`:
+
+- ``authenticate(token, ...)``: ``by_token(token)``, kept in a bounded LRU
+  cache so that a reconnect storm costs the database one query per device
+  (and none for a device that comes back).  Concurrent connections with the
+  same token share one query.  Unknown tokens are cached too (a device with
+  a wrong token retrying fast does not reach the database each time).
+- The repository's change listener drops the cached entry of every token
+  that was created, replaced or deleted, so a new token works at once and
+  a revoked one stops working for new connections at once.  Entries also
+  expire after ``ttl`` seconds: the registry tells no listener when a
+  device becomes a gateway, so that flag is at most ``ttl`` old.
+- ``resolve_subdevice(gateway_id, name)``: the device named ``name`` in the
+  gateway's tenant (ThingsBoard's rule: a gateway's sub-devices are devices
+  of its tenant, by name), or None.
+
+Gateways are devices whose ``additional_info`` has ``"gateway": true``, as
+ThingsBoard marks them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import OrderedDict
+from typing import Any, Callable
+
+from .server import Identity
+
+__all__ = ["DeviceDirectory"]
+
+log = logging.getLogger("fleetrpc.endpoint")
+
+
+class DeviceDirectory:
+    """The endpoint's view of a device registry (see the module docstring)."""
+
+    def __init__(self, devices: Any, *, size: int = 100_000, ttl: float = 300.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        if size < 0 or ttl <= 0:
+            raise ValueError("size must be >= 0 and ttl > 0")
+        self.devices = devices
+        self.size = size
+        self.ttl = ttl
+        self._clock = clock
+        #: token -> (Identity or None for an unknown token, tenant id, fetched at)
+        self._cache: OrderedDict[str, tuple[Identity | None, str | None, float]] = OrderedDict()
+        self._lookups: dict[str, asyncio.Future] = {}
+        #: gateway device id -> its tenant (for sub-device lookups)
+        self._tenants: dict[str, str] = {}
+        self.hits = 0
+        self.misses = 0
+        self._listener = devices.add_listener(self._changed)
+
+    def close(self) -> None:
+        """Stop listening to the repository."""
+        self.devices.remove_listener(self._listener)
+
+    def __len__(self) -> int:
+        return len(self._cache)
+
+    # -- the endpoint's callbacks ----------------------------------------------------
+
+    def authenticate(self, username: str, password: str | None, client_id: str):
+        """The endpoint's ``authenticate``: the access token is the user
+        name.  Returns an Identity, None, or an awaitable of either."""
+        entry = self._cache.get(username)
+        if entry is not None and self._clock() - entry[2] < self.ttl:
+            self._cache.move_to_end(username)
+            self.hits += 1
+            return entry[0]
+        pending = self._lookups.get(username)
+        if pending is None:
+            pending = self._lookups[username] = asyncio.ensure_future(self._lookup(username))
+        self.misses += 1
+        # shielded: a connection that goes away does not cancel the others' lookup
+        return asyncio.shield(pending)
+
+    async def resolve_subdevice(self, gateway_id: str, name: str) -> str | None:
+        """The endpoint's ``resolve_subdevice``: the device named ``name`` in
+        the gateway's tenant."""
+        tenant = self._tenants.get(gateway_id)
+        if tenant is None:
+            gateway = await self.devices.get_by_id(gateway_id)
+            if gateway is None:
+                return None
+            tenant = gateway.tenant_id
+        device = await self.devices.by_name(tenant, name)
+        return device.id if device is not None else None
+
+    # -- inside -----------------------------------------------------------------------
+
+    async def _lookup(self, token: str) -> Identity | None:
+        me = asyncio.current_task()
+        started = self._clock()
+        try:
+            device = await self.devices.by_token(token)
+            identity = tenant = None
+            if device is not None:
+                info = device.additional_info
+                gateway = isinstance(info, dict) and info.get("gateway") is True
+                identity = Identity(device.id, gateway=gateway)
+                tenant = device.tenant_id
+                if gateway:
+                    self._tenants[device.id] = tenant
+            # Not cached when a change of this token arrived during the
+            # query (the listener dropped this lookup): its answer may be old.
+            if self.size and self._lookups.get(token) is me:
+                self._cache[token] = (identity, tenant, started)
+                self._cache.move_to_end(token)
+                while len(self._cache) > self.size:
+                    self._cache.popitem(last=False)
+            return identity
+        finally:
+            if self._lookups.get(token) is me:
+                del self._lookups[token]
+
+    def _changed(self, changes: list) -> None:
+        """The repository's listener: forget every token that changed."""
+        for change in changes:
+            for token in (change.token, change.old_token):
+                if token is not None:
+                    self._cache.pop(token, None)
+                    self._lookups.pop(token, None)  # a query under way may predate the change
+            if change.kind == "deleted":
+                self._tenants.pop(change.device.id, None)

@@ -1,0 +1,144 @@
+"""The endpoint inside the server (``[endpoint] enabled``), end to end: a
+device created through the REST API connects ThingsBoard's device SDK with
+its token and answers a two-way call made through the REST API; a gateway's
+sub-devices are the registry's devices by name; a replaced token stops
+working at once (the cache hears the registry); the counters are in
+/metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+
+import pytest
+from tb_device_mqtt import TBDeviceMqttClient
+from tb_gateway_mqtt import TBGatewayMqttClient
+
+from tests.helpers.waiting import wait_until
+from tests.server.conftest import sqlite_url, start_server, store_url, world  # noqa: F401 (fixtures)
+
+from . import rawmqtt as raw
+
+pytestmark = pytest.mark.mqtt
+
+ENDPOINT = {"enabled": True, "host": "127.0.0.1", "port": 0}
+
+
+async def _create_device(api, token: str, name: str, **extra) -> tuple[str, str]:
+    """A device made through the REST API: (its id, its access token)."""
+    status, body, _ = await api.request("POST", "/api/device", token, json={"name": name, "type": "default", **extra})
+    assert status == 200, body
+    device_id = json.loads(body)["id"]["id"]
+    status, body, _ = await api.request("GET", f"/api/device/{device_id}/credentials", token)
+    assert status == 200, body
+    return device_id, json.loads(body)["credentialsId"]
+
+
+async def test_thingsboard_sdk_answers_a_rest_call_through_the_servers_endpoint(start_server, world):
+    async with start_server(endpoint=ENDPOINT) as (server, api):
+        ctx = server.ctx
+        port = ctx.endpoint.ports["tcp"]
+        admin = await api.login(world.tenant.email)
+        device_id, access_token = await _create_device(api, admin, "Thermostat 7")
+
+        client = TBDeviceMqttClient("127.0.0.1", port=port, username=access_token)
+        seen = []
+
+        def on_server_side_rpc(request_id, request):
+            seen.append(request)
+            client.send_rpc_reply(request_id, {"setpoint": request["params"]["setpoint"], "ok": True})
+
+        client.set_server_side_rpc_request_handler(on_server_side_rpc)
+        await asyncio.to_thread(client.connect)
+        try:
+            await wait_until(lambda: ctx.dispatcher.is_online(device_id))
+            status, body, _ = await api.request("POST", f"/api/rpc/twoway/{device_id}", admin,
+                                                json={"method": "setSetpoint", "params": {"setpoint": 21.5}})
+            assert (status, json.loads(body)) == (200, {"setpoint": 21.5, "ok": True})
+            assert seen == [{"method": "setSetpoint", "params": {"setpoint": 21.5}}]
+            # another tenant cannot reach it, direct connection or not
+            other = await api.login(world.tenant2.email)
+            status, _, _ = await api.request("POST", f"/api/rpc/twoway/{device_id}", other,
+                                             json={"method": "setSetpoint", "params": {}})
+            assert status in (403, 404)
+            # a client-side call from the SDK reaches the server and comes back
+            done = threading.Event()
+            got = {}
+
+            def callback(request_id, response, exception):
+                got["response"] = response
+                done.set()
+
+            client.send_rpc_call("getSessionLimits", {}, callback)
+            assert await asyncio.to_thread(done.wait, 10)
+            assert got["response"]["maxPayloadSize"] == 65536
+        finally:
+            await asyncio.to_thread(client.disconnect)
+            client.stop()
+        await wait_until(lambda: not ctx.dispatcher.is_online(device_id))
+
+        status, body, _ = await api.request("GET", "/metrics")
+        text = body.decode()
+        assert "fleetrpc_endpoint_requests_total 1.0" in text
+        assert "fleetrpc_endpoint_responses_total 1.0" in text
+        assert "fleetrpc_endpoint_connections 0.0" in text
+
+
+async def test_wrong_and_replaced_tokens_are_refused(start_server, world):
+    async with start_server(endpoint=ENDPOINT) as (server, api):
+        ctx = server.ctx
+        port = ctx.endpoint.ports["tcp"]
+        admin = await api.login(world.tenant.email)
+        device_id, old_token = await _create_device(api, admin, "Meter 1")
+
+        async def connack(token: str) -> bytes:
+            c = await raw.RawClient.open(port)
+            try:
+                return (await c.connect(token, client_id="m1"))[1]
+            finally:
+                c.close()
+
+        assert await connack("no-such-token") == b"\x00\x05"
+        assert await connack(old_token) == b"\x00\x00"  # now cached
+        status, body, _ = await api.request("GET", f"/api/device/{device_id}/credentials", admin)
+        creds = json.loads(body)
+        creds["credentialsId"] = "replacement-token-1"
+        status, body, _ = await api.request("POST", "/api/device/credentials", admin, json=creds)
+        assert status == 200, body
+        assert await connack(old_token) == b"\x00\x05"
+        assert await connack("replacement-token-1") == b"\x00\x00"
+        assert ctx.endpoint.stats.refused_auth == 2
+
+
+async def test_gateway_sub_devices_are_registry_devices_by_name(start_server, world):
+    async with start_server(endpoint=ENDPOINT) as (server, api):
+        ctx = server.ctx
+        port = ctx.endpoint.ports["tcp"]
+        admin = await api.login(world.tenant.email)
+        _, gw_token = await _create_device(api, admin, "Gateway 1", additionalInfo={"gateway": True})
+        pump_id, _ = await _create_device(api, admin, "Pump A")
+        # a device of that name in another tenant is never the gateway's
+        other = await api.login(world.tenant2.email)
+        foreign_id, _ = await _create_device(api, other, "Pump B")
+
+        gw = TBGatewayMqttClient("127.0.0.1", port=port, username=gw_token)
+
+        def on_rpc(gateway, request):
+            gateway.gw_send_rpc_reply(request["device"], request["data"]["id"],
+                                      {"device": request["device"], "params": request["data"]["params"]})
+
+        gw.gw_set_server_side_rpc_request_handler(on_rpc)
+        await asyncio.to_thread(gw.connect)
+        try:
+            # the SDK's calls block until it hears back: never on the server's loop
+            await asyncio.to_thread(gw.gw_connect_device, "Pump A")
+            await asyncio.to_thread(gw.gw_connect_device, "Pump B")
+            await wait_until(lambda: ctx.dispatcher.is_online(pump_id))
+            status, body, _ = await api.request("POST", f"/api/rpc/twoway/{pump_id}", admin,
+                                                json={"method": "open", "params": {"valve": 3}})
+            assert (status, json.loads(body)) == (200, {"device": "Pump A", "params": {"valve": 3}})
+            assert not ctx.endpoint.reaches(foreign_id)
+        finally:
+            await asyncio.to_thread(gw.disconnect)
+            gw.stop()
