@@ -159,7 +159,18 @@ class ServerProcess:
         """Records of the log that show a crash or an unhandled exception
         (ERROR and CRITICAL; a WARNING may carry the traceback of an
         expected failure, such as a write while the database is down)."""
-        return [line for line in self.log_text().splitlines() if " ERROR " in line or " CRITICAL " in line]
+        return [line for line in self.log_text().splitlines()
+                if (" ERROR " in line or " CRITICAL " in line) and not self._retrying(line)]
+
+    @staticmethod
+    def _retrying(line: str) -> bool:
+        # A background loop that failed and says it tries again (the Elves
+        # cron while the database is down) recovered by design: counted by
+        # retried_errors(), not as a crash.
+        return line.rstrip().endswith(("trying again", "retrying"))
+
+    def retried_errors(self) -> int:
+        return sum(1 for line in self.log_text().splitlines() if " ERROR " in line and self._retrying(line))
 
     def warnings(self) -> int:
         return sum(1 for line in self.log_text().splitlines() if " WARNING " in line)
@@ -386,7 +397,20 @@ def is_terminal(row: dict[str, Any]) -> bool:
 
 
 class Tally(collections.Counter):
-    """Outcomes of a probe's calls, by name."""
+    """Outcomes of a probe's calls, by name (``wrong_examples``: a few wrong
+    ones, for the failure message)."""
+
+    wrong_examples: list
+
+    def wrong(self, row: dict[str, Any] | None, want: Any) -> None:
+        self["wrong"] += 1
+        if not hasattr(self, "wrong_examples"):
+            self.wrong_examples = []
+        if len(self.wrong_examples) < 5:
+            self.wrong_examples.append({"row": row, "expected": want})
+
+    def __repr__(self) -> str:
+        return f"Tally({dict(self)}, wrong_examples={getattr(self, 'wrong_examples', [])})"
 
     def as_dict(self) -> dict[str, int]:
         return dict(sorted(self.items()))
@@ -402,13 +426,13 @@ def judge_persistent(rows: dict[str, dict[str, Any]], accepted: dict[str, tuple[
         if row is None or not is_terminal(row):
             t["lost"] += 1
             continue
-        if row["device_id"] != device.id:
-            t["wrong"] += 1
-            continue
         want = expected_reply(device, i)
+        if row["device_id"] != device.id:
+            t.wrong(row, want)
+            continue
         if row["status"] == "SUCCESSFUL":
             if want is None or row["response"] != want:
-                t["wrong"] += 1
+                t.wrong(row, want)
             else:
                 t["ok"] += 1
         elif want is None and row["status"] == "FAILED":

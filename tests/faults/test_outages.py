@@ -174,7 +174,8 @@ async def test_postgres_killed_under_persistent_load(faults_profile, make_server
     tally = judge_persistent(rows, load.accepted)
     figures.record("PostgreSQL kill -9", calls=n, accepted=len(load.accepted), refused_while_down=load.refused,
                    lost=tally["lost"], wrong=tally["wrong"], ok=tally["ok"], outcomes=tally.as_dict(),
-                   lightweight_while_down=light, crashes=len(server.crashes()))
+                   lightweight_while_down=light, crashes=len(server.crashes()),
+                   errors_logged_by_retrying_loops=server.retried_errors())
     assert tally["lost"] == 0 and tally["wrong"] == 0, tally
     assert tally["ok"] == len(load.accepted), tally
     assert light == {"ok": 20, "other": 0}
