@@ -153,11 +153,12 @@ async def test_queued_calls_expiring_in_the_same_tick_as_the_one_ahead(strategy)
     call the same tick had already expired and kill the dispatcher's timer
     (every later timeout was then lost)."""
     hub = MemoryHub()
-    async with Dispatcher(settings(strategy=strategy, tick_ms=50), transport=hub.transport("server")) as d:
+    # A coarse tick: the five deadlines, microseconds apart, share one.
+    async with Dispatcher(settings(strategy=strategy, tick_ms=300), transport=hub.transport("server")) as d:
         calls = [asyncio.ensure_future(d.call("mute", "work", {"i": i}, timeout=0.01)) for i in range(5)]
         results = await asyncio.gather(*calls, return_exceptions=True)
         assert all(type(r) is RpcTimeoutError for r in results), results
-        assert "did not answer" in str(results[0]) and "never sent" in str(results[1])
+        assert "did not answer" in str(results[0]) and any("never sent" in str(r) for r in results[1:])
         # the timer still runs: a later call still times out
         with pytest.raises(RpcTimeoutError):
             await d.call("mute", "work", None, timeout=0.01)
