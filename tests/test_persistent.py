@@ -539,7 +539,7 @@ async def test_oversize_call_is_refused_before_it_is_stored(mqtt_url, store_url)
     r = await Rig(mqtt_url, store_url, max_payload=1024).start()
     try:
         name = _name("off")
-        with pytest.raises(ValidationError, match="over the limit of 1024 \\(max_payload\\)"):
+        with pytest.raises(ValidationError, match=r"over the limit of 1024 \(max_payload\)"):
             await r.engine.call(name, "echo", {"blob": "x" * 2000})
         assert (await r.engine.list_by_device(name)).total_elements == 0
         assert r.events == []

@@ -35,6 +35,20 @@ class RpcTimeoutError(FleetRpcError, TimeoutError):
     """The device did not answer before the call's deadline."""
 
 
+class WindowFullError(RpcTimeoutError):
+    """The call was never sent: this node's in-flight window
+    (``inflight_window``) stayed full until the call's deadline.  The device
+    is not to blame; the node was saturated (a TimeoutError, so that code
+    retrying timeouts retries it too)."""
+
+
+class BrokerUnavailableError(RpcTimeoutError):
+    """The broker connection is down: the call was refused at once
+    (``broker_down = "fail"``), or its deadline passed while the connection
+    was down or lost (``"wait"``).  The device is not to blame (a
+    TimeoutError, so that code retrying timeouts retries it too)."""
+
+
 class DeviceOfflineError(FleetRpcError):
     """A lightweight call was made to a device that is not connected."""
 

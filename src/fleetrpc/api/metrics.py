@@ -203,6 +203,10 @@ class _PartsCollector:
             g = GaugeMetricFamily("fleetrpc_devices_online", "Devices whose presence says online")
             g.add_metric([], len(d.online_devices))
             yield g
+            g = GaugeMetricFamily("fleetrpc_presence_devices",
+                                  "Devices whose presence or heartbeat is kept (at most dispatch.presence_max_devices)")
+            g.add_metric([], len(d.presence))
+            yield g
             c = CounterMetricFamily("fleetrpc_dispatcher_events", "Dispatcher counters", labels=["event"])
             for name, value in d.stats.as_dict().items():
                 c.add_metric([name], value)

@@ -112,10 +112,22 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     offline: OfflinePolicy = OfflinePolicy.FAIL
     #: Most calls held for one device.
     queue_cap: int = 100
-    #: Most calls in flight to one device under BURST (0 = unlimited).
+    #: Most calls in flight to one device under BURST (the sequential
+    #: strategies send one at a time); calls beyond it wait in the device's
+    #: queue (``queue_cap``).  0: a tenth of ``inflight_window``, so that one
+    #: busy or dead device can never take the node's whole window.
     device_window: int = 0
     #: Most requests in flight from this node (flow control towards the broker).
     inflight_window: int = 20_000
+    #: While the broker connection is down: "wait" (the default) sends a
+    #: lightweight call once the connection is back, and fails it with
+    #: BrokerUnavailableError if its deadline passes first; "fail" refuses
+    #: it at once with BrokerUnavailableError.  Persistent calls always wait.
+    broker_down: OfflinePolicy = OfflinePolicy.WAIT
+    #: Rejected inbound messages (malformed, forged, for calls not pending)
+    #: are counted per reason in ``stats``; the log gets the first one at
+    #: once and then at most one summary line per this many seconds.
+    reject_log_interval_s: float = 10.0
     #: Track presence; a lightweight call to a device that is not online
     #: fails or waits (``offline``).  Off: every device counts as online.
     presence: bool = True
@@ -167,6 +179,8 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             raise ValidationError(f"mqtt_version must be 4 or 5, not {self.mqtt_version!r}")
         if self.min_timeout_ms < 0 or self.default_timeout_ms <= 0:
             raise ValidationError("timeouts must be positive")
+        if not self.reject_log_interval_s > 0:
+            raise ValidationError("reject_log_interval_s must be > 0")
         if self.queue_cap < 1 or self.inflight_window < 1 or self.device_window < 0:
             raise ValidationError("queue_cap and inflight_window must be >= 1, device_window >= 0")
         if self.read_batch_above < 0 or not 0 < self.read_batch_ms <= 1000:

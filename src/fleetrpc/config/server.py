@@ -176,16 +176,28 @@ class DispatchSection(_Section):
     strategy: Annotated[Literal["BURST", "SEQUENTIAL_ON_ACK", "SEQUENTIAL_ON_RESPONSE"], _doc(
         "Default delivery strategy of a device's queued calls.")] = "BURST"
     queue_cap: Annotated[int, _doc("Most calls held for one device.", ge=1)] = 100
-    device_window: Annotated[int, _doc("Most calls in flight to one device under BURST (0: unlimited).", ge=0)] = 0
+    device_window: Annotated[int, _doc(
+        "Most calls in flight to one device under BURST (the sequential strategies send one at a "
+        "time); more wait in its queue (queue_cap). 0: a tenth of inflight_window, so that one "
+        "busy or dead device never takes the node's whole window.", ge=0)] = 0
     inflight_window: Annotated[int, _doc("Most requests in flight from this node.", ge=1)] = 20_000
+    broker_down: Annotated[Literal["wait", "fail"], _doc(
+        "A lightweight call while the broker connection is down: wait (sent once the connection "
+        "is back; 503 \"broker unavailable\" if its deadline passes first) or fail (503 at once). "
+        "Persistent calls always wait.")] = "wait"
+    reject_log_interval_s: Annotated[float, _doc(
+        "Rejected inbound messages (malformed, forged, for calls not pending) are counted per "
+        "reason in /metrics; the log gets the first at once, then one summary line per interval.",
+        gt=0)] = 10.0
     presence: Annotated[bool, _doc("Track device presence (online state, last activity).")] = True
     presence_max_devices: Annotated[int, _doc(
-        "Most devices whose presence and heartbeats are kept in memory (least recently heard "
-        "of leave first): set it above the fleet's size.", ge=1)] = 100_000
+        "Most devices whose presence and heartbeats are kept (the least recently heard of leave "
+        "first): set it above the fleet's size. Bounds the memory that presence and heartbeats "
+        "for made-up device ids can take.", ge=1)] = 100_000
     presence_ttl_s: Annotated[float, _doc(
         "An offline device not heard of for this many seconds is forgotten.", gt=0)] = 3600.0
     max_heartbeat_bytes: Annotated[int, _doc(
-        "Largest heartbeat body kept, bytes (of a larger one only its time).", ge=0)] = 4096
+        "Largest heartbeat body kept, bytes (a larger one: only its time).", ge=0)] = 4096
     tick_ms: Annotated[float, _doc("Resolution of the timing wheel, ms.", gt=0, le=1000)] = 5.0
 
 
@@ -195,6 +207,9 @@ class StoreSection(_Section):
     url: Annotated[str | None, _doc(
         "sqlite:///relative.db, sqlite:////absolute.db or postgresql://user:pw@host/db. "
         "Unset: SQLite in server.data_dir.", extra=SECRET)] = None
+    default_retries: Annotated[int, _doc(
+        "Retries of a persistent call that names none (retries absent, null or \"\"): 0, as "
+        "ThingsBoard, which retries only when asked.", ge=0)] = 0
     max_retries: Annotated[int, _doc(
         "Most retries a persistent call may ask for; more are capped.", ge=0)] = 5
     ttl_enabled: Annotated[bool, _doc("Delete finished persistent calls after ttl_days.")] = True
@@ -412,12 +427,18 @@ LIBRARY_MAP: dict[str, tuple[str, str]] = {
     "queue_cap": ("dispatch", "queue_cap"),
     "device_window": ("dispatch", "device_window"),
     "inflight_window": ("dispatch", "inflight_window"),
+    "broker_down": ("dispatch", "broker_down"),
+    "reject_log_interval_s": ("dispatch", "reject_log_interval_s"),
     "presence": ("dispatch", "presence"),
+    "presence_max_devices": ("dispatch", "presence_max_devices"),
+    "presence_ttl_s": ("dispatch", "presence_ttl_s"),
+    "max_heartbeat_bytes": ("dispatch", "max_heartbeat_bytes"),
     "tick_ms": ("dispatch", "tick_ms"),
     "presence_max_devices": ("dispatch", "presence_max_devices"),
     "presence_ttl_s": ("dispatch", "presence_ttl_s"),
     "max_heartbeat_bytes": ("dispatch", "max_heartbeat_bytes"),
     "store_url": ("store", "url"),
+    "default_retries": ("store", "default_retries"),
     "max_retries": ("store", "max_retries"),
     "ttl_enabled": ("store", "ttl_enabled"),
     "ttl_days": ("store", "ttl_days"),
@@ -427,8 +448,7 @@ LIBRARY_MAP: dict[str, tuple[str, str]] = {
 }
 #: Library settings the server leaves at their defaults, with the reason.
 LIBRARY_ONLY: dict[str, str] = {
-    "offline": "the REST API decides per call, waiting as ThingsBoard does unless rpc.offline_fail_fast",
-    "default_retries": "a REST call names its retries; without them 0, as in ThingsBoard",
+    "offline": "the REST API applies rpc.offline_fail_fast itself (ThingsBoard waits by default)",
 }
 
 

@@ -92,7 +92,8 @@ class ClientCalls:
         topic, props, honoured = own_answer_target(own, topics.return_head(device), properties)
         if not honoured:
             self._d.stats.foreign_response_topic += 1
-            log.debug("device %r named a Response Topic outside its own answers: ignored", device)
+            self._d._rejects.note("foreign_response_topic",
+                                  "device %.100r named a Response Topic outside its own answers", device)
         return topic, props
 
     # -- answering ----------------------------------------------------------
@@ -122,7 +123,8 @@ class ClientCalls:
         d._transport.publish(topic, payload, d._qos, False, -1, props)
 
     def _handler_failed(self, topic: str, props: dict | None, method: str, exc: Exception) -> None:
-        log.warning("client-side handler %r failed: %r", method, exc)
+        # A device can make a handler fail as often as it likes: aggregated.
+        self._d._rejects.note("client_handler_failed", "handler %r: %.200r", method, exc)
         if isinstance(exc, RemoteError):
             self._error(topic, props, ErrorCode.APPLICATION_ERROR, str(exc))
         else:

@@ -42,6 +42,10 @@ class Stats(Counters):
     elves, elves_unrouted: Elves envelopes handed to the service router, and
     those that arrived with none registered.
     unexpected: messages of a kind a server never receives (REQUEST, RETURN).
+    window_full: calls never sent because this node's in-flight window stayed
+    full until their deadline.
+    broker_unavailable: calls refused or failed because the broker
+    connection was down.
     """
 
     __slots__ = (
@@ -49,4 +53,5 @@ class Stats(Counters):
         "queue_full", "oversize", "malformed", "unknown_request", "wrong_device", "not_sent",
         "not_json", "client_calls", "client_errors", "bad_calls", "foreign_response_topic",
         "presence", "heartbeats", "elves", "elves_unrouted", "unexpected",
+        "window_full", "broker_unavailable",
     )

@@ -28,6 +28,7 @@ import msgspec
 from .. import _core
 from .._core.constants import DeliveryStrategy
 from ..errors import (
+    BrokerUnavailableError,
     CodecError,
     DeviceOfflineError,
     DispatcherClosedError,
@@ -35,6 +36,7 @@ from ..errors import (
     ReplyNotJsonError,
     RpcTimeoutError,
     ValidationError,
+    WindowFullError,
 )
 from ..presence import DeviceState, PresenceRegistry
 from ..wire import Kind, ServerTopics, is_presence_filter, new_boot_id, node_level, server_filters, validate_id
@@ -42,6 +44,7 @@ from .broadcast import Broadcast
 from .client_calls import ClientCalls, DefaultHandler, Handler
 from .completion import CallObserver, StatusEvent
 from .counters import Stats
+from .rejects import RejectLog
 from .options import NO_PARAMS, OfflinePolicy, check_flag, check_method, check_offline, check_timeout_s
 
 if TYPE_CHECKING:
@@ -114,7 +117,14 @@ class Dispatcher:
         self._codec = _core.Codec(s.prefix, s.max_payload)
         self._encode_request = self._codec.encode_request
         self._encode = msgspec.json.Encoder().encode
-        self._queues = _core.DeviceQueues(s.strategy, s.queue_cap, s.device_window, True)
+        # Every device has an in-flight cap, BURST included: one that never
+        # answers must not take the node's whole window (see Settings.device_window).
+        self.device_window = s.device_window or max(1, s.inflight_window // 10)
+        self._queues = _core.DeviceQueues(s.strategy, s.queue_cap, self.device_window, True)
+        self._fail_broker_down = s.broker_down is OfflinePolicy.FAIL
+        self._broker_up = False
+        self._broker_lost_at: float | None = None  # loop time the connection was last lost
+        self._rejects = RejectLog(log, s.reject_log_interval_s)
         self._wheel = None
         self._pending = None
         self._timer: asyncio.TimerHandle | None = None
@@ -158,6 +168,7 @@ class Dispatcher:
         t.awaiting = lambda: self._inflight
         self._running = True
         await t.start(self._filters())
+        self._broker_up = bool(getattr(t, "connected", True))
 
     def _make_transport(self):
         from ..transport.mqtt import MqttTransport
@@ -198,6 +209,7 @@ class Dispatcher:
             return
         self._closed = True
         self._running = False
+        self._rejects.close()
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -340,6 +352,8 @@ class Dispatcher:
         """
         if not self._running:
             raise DispatcherClosedError("dispatcher is not running")
+        if not self._broker_up and self._fail_broker_down:
+            self._broker_refused()
         if oneway is not False and oneway is not True:
             check_flag(oneway, "oneway")
         if self._presence and device not in self._online:
@@ -369,6 +383,10 @@ class Dispatcher:
             self._abandon(rid)
             raise
 
+    def _broker_refused(self) -> None:
+        self.stats.broker_unavailable += 1
+        raise BrokerUnavailableError("the broker connection is down (broker_down = fail): call not sent")
+
     def _offline_call(self, device: str, offline: Any) -> None:
         """A call to a device that is not online: refuse it, or let it wait
         in the device's queue (held until the device comes online)."""
@@ -396,6 +414,8 @@ class Dispatcher:
         failed outcomes at once."""
         if not self._running:
             raise DispatcherClosedError("dispatcher is not running")
+        if not self._broker_up and self._fail_broker_down:
+            self._broker_refused()
         check_flag(oneway, "oneway")
         wait = self._wait_offline if offline is None else check_offline(offline) is OfflinePolicy.WAIT
         devices = list(dict.fromkeys(devices))
@@ -575,9 +595,18 @@ class Dispatcher:
 
     def _release(self, rid: int, device: str) -> None:
         """A held call was released by its device queue: send it."""
-        payload = self._held.pop(rid)
-        entry = self._pending.peek(rid)
-        self._send(rid, device, payload, entry[2])
+        while True:
+            payload = self._held.pop(rid, None)
+            entry = self._pending.peek(rid)
+            if entry is not None:
+                self._send(rid, device, payload, entry[2])
+                return
+            # It expired in the same tick as the call that released it (a
+            # sequential queue behind a device that does not answer): it
+            # will never be sent, so its device slot is free again at once.
+            rid = self._queues.on_end(device, False)
+            if rid is None:
+                return
 
     def _end(self, rid: int, device: str, flags: int) -> None:
         """A call left the pending table: give back what it held."""
@@ -670,25 +699,57 @@ class Dispatcher:
         expired = self._pending.expire(self._loop.time())
         for rid, device, completion, flags in expired:
             self._end(rid, device, flags)
-            if not flags & (SENT | OBSERVED) and self._presence and device not in self._online:
-                # Waited for a device that did not come (OfflinePolicy.WAIT).
-                self.stats.offline_expired += 1
-                error: BaseException = DeviceOfflineError(
-                    f"device {device!r} did not connect before request {rid}'s deadline"
-                )
-            else:
-                self.stats.timeouts += 1
-                error = RpcTimeoutError(f"device {device!r} did not answer request {rid} in time")
+            error = self._timeout_cause(rid, device, flags)
             if self._hooks:
                 self._emit("TIMEOUT", rid, device)
             self._complete(completion, rid, device, None, error)
         if len(self._pending) and self._running:
             self._arm_timer()
 
+    def _timeout_cause(self, rid: int, device: str, flags: int) -> BaseException:
+        """What a call whose deadline passed is told: its real cause."""
+        if not flags & SENT:
+            if flags & DEFERRED:
+                # Released by its device, but the node's window never had room.
+                self.stats.window_full += 1
+                return WindowFullError(
+                    f"request {rid} to device {device!r} was never sent: this node's in-flight "
+                    f"window ({self._window}) stayed full until its deadline"
+                )
+            if not self._broker_up:
+                self.stats.broker_unavailable += 1
+                return BrokerUnavailableError(
+                    f"request {rid} to device {device!r} was never sent: the broker connection was down"
+                )
+            if not flags & OBSERVED and self._presence and device not in self._online:
+                # Waited for a device that did not come (OfflinePolicy.WAIT).
+                self.stats.offline_expired += 1
+                return DeviceOfflineError(f"device {device!r} did not connect before request {rid}'s deadline")
+            self.stats.timeouts += 1
+            return RpcTimeoutError(
+                f"request {rid} was never sent: device {device!r} had not answered the calls "
+                f"before it in its queue"
+            )
+        if not self._broker_up or (
+            self._broker_lost_at is not None and self._loop.time() - self._broker_lost_at < self._default_timeout
+        ):
+            # Sent, but the connection went down meanwhile: the request or
+            # its reply may have been lost with it.
+            self.stats.broker_unavailable += 1
+            return BrokerUnavailableError(
+                f"no answer from device {device!r} to request {rid}: the broker connection was "
+                f"{'down' if not self._broker_up else 'lost'} while it was pending"
+            )
+        self.stats.timeouts += 1
+        return RpcTimeoutError(f"device {device!r} did not answer request {rid} in time")
+
     # -- internals: inbound -------------------------------------------------
 
     def _on_connection(self, up: bool) -> None:
         log.info("broker connection %s", "up" if up else "lost")
+        self._broker_up = up
+        if not up and self._loop is not None:
+            self._broker_lost_at = self._loop.time()
 
     def _on_published(self, rid: int) -> None:
         """The broker has a one-way request: that call is done."""
@@ -710,7 +771,7 @@ class Dispatcher:
         except CodecError as exc:
             self.stats.malformed += 1
             if not self.client_calls.on_unreadable(topic, properties, str(exc)):
-                log.debug("dropped malformed message on %r: %s", topic, exc)
+                self._rejects.note("malformed", "%.200r: %s", topic, exc)
             return
         kind = msg.kind
         if kind == Kind.REPLY:
@@ -729,6 +790,7 @@ class Dispatcher:
             hook = self._message_hooks.get(int(kind))
             if hook is None:
                 self.stats.elves_unrouted += 1
+                self._rejects.note("elves_unrouted", "%.200r: no Elves service on this node", topic)
             else:
                 self.stats.elves += 1
                 self._run_hook(hook, msg, properties)
@@ -736,6 +798,7 @@ class Dispatcher:
             hook = self._message_hooks.get(int(kind))
             if hook is None:
                 self.stats.unexpected += 1
+                self._rejects.note("unexpected", "%.200r: a server never receives %s", topic, kind)
             else:
                 self._run_hook(hook, msg, properties)
 
@@ -744,16 +807,19 @@ class Dispatcher:
         entry = self._pending.peek(rid)
         if entry is None:
             self.stats.unknown_request += 1
-            log.debug("reply for request %d, which is not pending", rid)
+            self._rejects.note("unknown_request", "device %.100r answered request %d, which is not pending",
+                               msg.device, rid)
             return None
         if entry[0] != msg.device:
             self.stats.wrong_device += 1
-            log.warning("device %r answered request %d of device %r: rejected", msg.device, rid, entry[0])
+            self._rejects.note("wrong_device", "device %.100r answered request %d of device %r",
+                               msg.device, rid, entry[0])
             return None
         if not entry[2] & SENT:
             # Still in its device's queue: nobody has received it yet.
             self.stats.not_sent += 1
-            log.debug("device %r answered request %d before it was sent: rejected", msg.device, rid)
+            self._rejects.note("not_sent", "device %.100r answered request %d before it was sent",
+                               msg.device, rid)
             return None
         return entry
 

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import OrderedDict
 from typing import Any
 
 from ..api.auth import RateLimiter, TokenService
@@ -51,14 +52,26 @@ class Activity:
     table now and then (``server.activity_flush_s``), so it outlives a
     restart."""
 
-    def __init__(self) -> None:
-        self._last: dict[str, int] = {}
+    def __init__(self, max_devices: int = 100_000) -> None:
+        # Bounded like presence (dispatch.presence_max_devices): a flood of
+        # made-up device ids must not grow it; the least recently active
+        # leave first (a registered device's activity is in its row too).
+        self.max_devices = max_devices
+        self._last: OrderedDict[str, int] = OrderedDict()
         self._changed: dict[str, int] = {}
 
     def touch(self, device_id: str, when_ms: int | None = None) -> None:
         ms = when_ms if when_ms is not None else int(time.time() * 1000)
-        self._last[device_id] = ms
-        self._changed[device_id] = ms
+        last = self._last
+        last[device_id] = ms
+        last.move_to_end(device_id)
+        if len(last) > self.max_devices:
+            last.popitem(last=False)
+        if len(self._changed) < self.max_devices or device_id in self._changed:
+            self._changed[device_id] = ms
+
+    def __len__(self) -> int:
+        return len(self._last)
 
     def last(self, device_id: str) -> int | None:
         return self._last.get(device_id)
@@ -95,7 +108,7 @@ class ServerContext:
         self.job_targets: Any = None  # their target resolver (fleetrpc.jobs.registry)
         self.rate_limiter = RateLimiter(settings.rate_limits)
         self.metrics = Metrics()
-        self.activity = Activity()
+        self.activity = Activity(settings.dispatch.presence_max_devices)
         self.app: Any = None
         self.url: str | None = None
         #: ``fleetrpc serve --demo``: load ThingsBoard's demo accounts and devices

@@ -474,7 +474,13 @@ def _pg_is_unavailable(e: BaseException) -> bool:
         return True
     # asyncpg's own "connection is closed" and "the connection was closed in
     # the middle of operation": InterfaceError, which carries no code.
-    return isinstance(e, asyncpg.InterfaceError) and "closed" in str(e)
+    # InternalClientError ("cannot switch to state 12; another operation (2)
+    # is in progress"): a pooled connection whose protocol state the server's
+    # death broke (the fault suite's PostgreSQL kill -9).  Taken for a
+    # refusal, it made the engine store a SUCCESSFUL call without its reply.
+    return (isinstance(e, asyncpg.InterfaceError) and "closed" in str(e)) or isinstance(
+        e, asyncpg.InternalClientError
+    )
 
 
 def postgres_error(e: BaseException, doing: str, where: str) -> StoreError:

@@ -18,7 +18,10 @@ other customer's device                403     403     You don't have permission
 system administrator                   403     403     System administrator is not allowed ...
 body not JSON / no ``method`` / bad    400     400     JSON error, errorCode 31
 device's queue full                    429     429     JSON error, errorCode 33
+never sent: the node's window full     429     429     JSON error, errorCode 33
+broker connection down                 503     503     JSON error, errorCode 2
 server shutting down                   503     503     JSON error, errorCode 2
+persistent call, database unavailable  503     503     JSON error, errorCode 2
 =====================================  ======  ======  =================================
 
 A device that is not connected: as in ThingsBoard, the call waits for it
@@ -39,13 +42,16 @@ from multidict import CIMultiDict
 
 from ...dispatch import CallObserver
 from ...errors import (
+    BrokerUnavailableError,
     DeviceOfflineError,
     DispatcherClosedError,
     DuplicateRpcError,
     QueueFullError,
     ReplyNotJsonError,
     RpcTimeoutError,
+    StoreUnavailableError,
     ValidationError,
+    WindowFullError,
 )
 from ..errors import ApiError, ErrorCode, empty, error_response
 from ..metrics import RpcStats
@@ -132,8 +138,8 @@ async def _held(ctx: Any, device_id: str, opts: CallOptions) -> tuple[Any, bool]
                    oneway=opts.oneway, hold_offline=True)
     try:
         return await held.future, held.was_sent
-    except RpcTimeoutError:
-        if held.was_sent:
+    except RpcTimeoutError as exc:
+        if held.was_sent or isinstance(exc, (BrokerUnavailableError, WindowFullError)):
             raise
         raise DeviceOfflineError(f"device {device_id!r} did not connect before the call's deadline") from None
     except asyncio.CancelledError:
@@ -162,6 +168,13 @@ async def _lightweight(ctx: Any, device_id: str, opts: CallOptions, timeout_stat
             raise DeviceOfflineError(device_id)
         else:
             result, _ = await _held(ctx, device_id, opts)
+    except BrokerUnavailableError as exc:
+        # Not the device's fault: say so (the fault suite's broker probe).
+        stats.done("broker_unavailable", started)
+        return error_response(503, f"The MQTT broker is unavailable: {exc}", ErrorCode.GENERAL)
+    except WindowFullError as exc:
+        stats.done("window_full", started)
+        return error_response(429, f"Too many calls in flight on this server: {exc}", ErrorCode.TOO_MANY_REQUESTS)
     except RpcTimeoutError:
         stats.done("timeout", started)
         return empty(timeout_status)
@@ -213,6 +226,10 @@ async def _persistent(ctx: Any, device: Any, opts: CallOptions, tenant_id: str) 
     except DispatcherClosedError:
         ctx.metrics.rpc_done("persistent", "shutdown", started, tenant_id)
         return error_response(503, "Server is shutting down", ErrorCode.GENERAL)
+    except StoreUnavailableError:
+        # The database is down (the fault probes kill it): nothing was stored.
+        ctx.metrics.rpc_done("persistent", "store_unavailable", started, tenant_id)
+        return error_response(503, "The database is unavailable: the call was not stored", ErrorCode.GENERAL)
     ctx.metrics.rpc_done("persistent", "queued", started, tenant_id)
     return web.Response(status=200, body=b'{"rpcId":"' + rpc_id.encode() + b'"}', content_type="application/json")
 
@@ -252,7 +269,7 @@ def setup(app: web.Application, ctx: Any) -> None:
                 404: "Device with requested id wasn't found! (bare text)",
                 406: "The device's reply is not JSON (empty)",
                 413: "Request body over http.max_body_bytes",
-                503: "Server shutting down",
+                503: "Server shutting down, the database (persistent) or the MQTT broker unavailable",
             }
             if timeout_status == offline_status:
                 statuses[504] = "Timeout, or the device was not connected (empty)"
