@@ -146,6 +146,7 @@ async def test_overview_and_events_pages(rig):
     page = await rig.page("tenant@thingsboard.org", "tenant")
     await page.goto(rig.url + "#/events")
     await page.locator("#events li.muted").wait_for()
+    await wait_until(lambda: rig.ctx.console_hub.streams)  # the page's stream is open
     await rig.connect("Test Device B1")
     await page.locator("#events li.ev-presence").first.wait_for(timeout=10_000)
     await page.goto(rig.url + "#/overview")

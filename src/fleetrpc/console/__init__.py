@@ -71,6 +71,11 @@ def setup(app: web.Application, ctx: Any) -> None:
         await hub.close()
 
     app.cleanup_ctx.append(start_hub)
+
+    async def end_streams(app: web.Application) -> None:
+        hub.end_streams()  # first: an open stream would hold up the drain
+
+    app.on_shutdown.insert(0, end_streams)
     app.router.add_get("/", index)
     app.router.add_static("/static/", STATIC, append_version=False, show_index=False)
 

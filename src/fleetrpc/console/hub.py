@@ -83,17 +83,24 @@ class EventHub:
         self._tasks: set[asyncio.Task] = set()
         self.sent = 0
         self.dropped = 0
+        #: The server is stopping: every stream ends (so the drain is not held up).
+        self.closing = False
 
     def start(self) -> None:
         ctx = self.ctx
         ctx.bus.add(HookSink(self._on_bus_event, name="console"))
         ctx.dispatcher.on_presence(self._on_presence)
 
+    def end_streams(self) -> None:
+        """End every open stream now (the server is shutting down)."""
+        self.closing = True
+        for s in list(self.streams):
+            s.wake.set()
+
     async def close(self) -> None:
         for task in list(self._tasks):
             task.cancel()
-        for s in list(self.streams):
-            s.wake.set()
+        self.end_streams()
 
     # -- sources ----------------------------------------------------------------
 
@@ -162,7 +169,7 @@ class EventHub:
 
 async def events_stream(request: web.Request, hub: EventHub) -> web.StreamResponse:
     """``GET /api/console/events?token=<jwt>``: the user's events as SSE."""
-    from ..api.errors import ApiError
+    from ..api.errors import ApiError, ErrorCode
 
     ctx = request.app[CTX]
     token = request.query.get("token")
@@ -171,8 +178,10 @@ async def events_stream(request: web.Request, hub: EventHub) -> web.StreamRespon
     principal = ctx.tokens.authenticate(token)  # raises ApiError 401 (10 or 11)
     if principal.authority not in ("TENANT_ADMIN", "CUSTOMER_USER"):
         raise ApiError.forbidden()
+    if hub.closing:
+        raise ApiError(503, "Server is shutting down", ErrorCode.GENERAL)
     if len(hub.streams) >= MAX_STREAMS:
-        raise ApiError(429, "Too many open event streams", 33)
+        raise ApiError(429, "Too many open event streams", ErrorCode.TOO_MANY_REQUESTS)
     resp = web.StreamResponse(headers={
         "Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no",
     })
@@ -188,6 +197,8 @@ async def events_stream(request: web.Request, hub: EventHub) -> web.StreamRespon
                 await resp.write(b": keepalive\n\n")
                 continue
             stream.wake.clear()
+            if hub.closing:
+                break
             if stream.dropped:
                 n, stream.dropped = stream.dropped, 0
                 hub.dropped += n
