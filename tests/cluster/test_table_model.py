@@ -74,3 +74,14 @@ def test_postgresql_table_matches_the_model(fresh_pg_db, ops):
             await db.close()
 
     asyncio.run(run())
+
+
+def test_a_session_registered_again_owns_its_old_rows():
+    # Found by the state machine: once reaped, b.y.1's partition was
+    # claimable; registered again, the session owns it again (as in SQL).
+    clock = [0]
+    table, model = MemoryLeaseTable(lambda: clock[0]), ModelTable(PARTITIONS)
+    drive(table.setup(PARTITIONS))
+    for op in [("register", "b.y.1"), ("claim_claimable", "b.y.1", 1), ("advance", 1001), ("reap",),
+               ("register", "b.y.1"), ("claim_claimable", "a.x.1", 1)]:
+        drive(apply(op, table, model, clock))

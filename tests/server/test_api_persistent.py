@@ -170,8 +170,8 @@ async def test_health_ready_metrics(start_server, world, mqtt_url):
             text = body.decode()
             assert status == 200 and r.content_type == "text/plain"
             for line in (
-                'fleetrpc_rest_rpc_calls_total{kind="twoway",outcome="ok"} 1.0',
-                'fleetrpc_rest_rpc_calls_total{kind="persistent",outcome="queued"} 1.0',
+                f'fleetrpc_rest_rpc_calls_total{{kind="twoway",outcome="ok",tenant="{world.t1}"}} 1.0',
+                f'fleetrpc_rest_rpc_calls_total{{kind="persistent",outcome="queued",tenant="{world.t1}"}} 1.0',
                 'fleetrpc_http_requests_total{method="POST",route="/api/rpc/twoway/{deviceId}",status="200"} 2.0',
                 "fleetrpc_devices_online 1.0",
             ):

@@ -166,6 +166,9 @@ class MemoryLeaseTable(LeaseTable):
         if session in self._sessions:
             raise StoreError(f"session {session!r} exists")
         self._sessions[session] = self.clock() + ttl_ms
+        # A session reaped and registered again owns its old rows again, as
+        # in SQL, where "claimable" means an owner without a session row.
+        self._claimable -= self._by_owner.get(session, set())
 
     async def heartbeat(self, session: str, ttl_ms: int) -> bool:
         self._count("heartbeat")
