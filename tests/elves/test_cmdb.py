@@ -16,6 +16,7 @@ from fleetrpc.services.elves import NULL_TENANT
 from fleetrpc.services.elves.cmdb import CmdbSettings, parse_csv
 from fleetrpc.services.elves.errors import ElvesError
 from fleetrpc.services.elves.http import setup as elves_http_setup
+from fleetrpc.api.keys import PRINCIPAL
 
 pytestmark = pytest.mark.mqtt
 
@@ -31,7 +32,7 @@ CSV = (
 async def fake_auth(request, handler):
     authority = request.headers.get("X-Test-Authority")
     if authority:
-        request["principal"] = types.SimpleNamespace(
+        request[PRINCIPAL] = types.SimpleNamespace(
             user_id="u1", tenant_id=request.headers.get("X-Test-Tenant", NULL_TENANT),
             customer_id=NULL_TENANT, authority=authority)
     return await handler(request)

@@ -25,6 +25,7 @@ from fleetrpc.services.elves.http import setup as elves_http_setup
 from fleetrpc.services.elves.service import ElvesService
 from fleetrpc.store.db import open_database
 from tests.helpers.waiting import wait_until
+from fleetrpc.api.keys import PRINCIPAL
 
 pytestmark = pytest.mark.mqtt
 
@@ -425,7 +426,7 @@ async def test_another_apps_crons_are_invisible(cluster, one):
 
 @web.middleware
 async def _tenant_admin(request, handler):
-    request["principal"] = types.SimpleNamespace(
+    request[PRINCIPAL] = types.SimpleNamespace(
         user_id="u1", tenant_id=NULL_TENANT, customer_id=NULL_TENANT, authority="TENANT_ADMIN")
     return await handler(request)
 

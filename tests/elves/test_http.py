@@ -1,5 +1,5 @@
 """POST /api/elves: the same envelopes under the server's auth (a stand-in
-middleware sets request["principal"] as the server's JWT middleware does)."""
+middleware sets request[PRINCIPAL] as the server's JWT middleware does)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from fleetrpc.services.elves import NULL_TENANT
 from fleetrpc.services.elves.http import setup
+from fleetrpc.api.keys import PRINCIPAL
 
 pytestmark = pytest.mark.mqtt
 
@@ -22,7 +23,7 @@ INS = {"mode": "NP", "app": "ops", "func": "echo", "param": "h", "timeout": "", 
 async def fake_auth(request, handler):
     authority = request.headers.get("X-Test-Authority")
     if authority:
-        request["principal"] = types.SimpleNamespace(
+        request[PRINCIPAL] = types.SimpleNamespace(
             user_id="u1", tenant_id=request.headers.get("X-Test-Tenant", NULL_TENANT),
             customer_id=NULL_TENANT, authority=authority,
         )

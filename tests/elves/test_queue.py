@@ -14,6 +14,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from fleetrpc.services.elves import NULL_TENANT
 from fleetrpc.services.elves.http import setup as elves_http_setup
+from fleetrpc.api.keys import PRINCIPAL
 
 pytestmark = pytest.mark.mqtt
 
@@ -177,7 +178,7 @@ async def test_queue_errors(rig):
 
 @web.middleware
 async def _tenant_admin(request, handler):
-    request["principal"] = types.SimpleNamespace(
+    request[PRINCIPAL] = types.SimpleNamespace(
         user_id="u1", tenant_id=NULL_TENANT, customer_id=NULL_TENANT, authority="TENANT_ADMIN")
     return await handler(request)
 

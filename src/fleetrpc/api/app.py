@@ -10,7 +10,7 @@ knowing them).  Handlers reach the context as ``request.app[CTX]``.
 One middleware (``api/middleware.py``) does, in this order, what every
 request needs: the drain's 503, metrics and the access log, the body-size
 limit (413 from Content-Length, before anything is read), authentication
-and rate limits (``request["principal"]``), and the error shapes
+and rate limits (``request[PRINCIPAL]`` (api/keys.py)), and the error shapes
 (ThingsBoard's JSON, bare text, empty).
 """
 

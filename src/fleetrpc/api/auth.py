@@ -51,7 +51,7 @@ from multidict import istr
 
 from ..config.server import AuthSection, JwtSection, RateLimitsSection
 from .errors import ApiError, ErrorCode
-from .keys import CTX
+from .keys import CTX, PRINCIPAL
 
 __all__ = [
     "NULL_UUID",
@@ -90,7 +90,7 @@ def public(handler):
 
 
 class Principal(msgspec.Struct, frozen=True, gc=False):
-    """Who makes a request: ``request["principal"]`` on every /api request."""
+    """Who makes a request: ``request[PRINCIPAL]`` (api/keys.py) on every /api request."""
 
     user_id: str
     tenant_id: str
@@ -364,7 +364,7 @@ def bearer_token(request: web.Request) -> str | None:
 
 def authenticate_request(ctx: Any, request: web.Request) -> Principal:
     """The caller of a non-public /api request (the request middleware,
-    ``api/middleware.py``, sets it as ``request["principal"]``); raises
+    ``api/middleware.py``, sets it as ``request[PRINCIPAL]`` (api/keys.py)); raises
     ApiError 401, or 429 (errorCode 33) over a rate limit."""
     token = bearer_token(request)
     if token is None:
@@ -444,7 +444,7 @@ async def refresh(request: web.Request) -> web.Response:
 async def current_user(request: web.Request) -> web.Response:
     """``GET /api/auth/user``: the user the token belongs to."""
     ctx = request.app[CTX]
-    p: Principal = request["principal"]
+    p: Principal = request[PRINCIPAL]
     user = await ctx.users.by_id(p.user_id)
     if user is None:
         raise ApiError.unauthorized(AUTH_FAILED)
@@ -454,7 +454,7 @@ async def current_user(request: web.Request) -> web.Response:
 async def logout(request: web.Request) -> web.Response:
     """``POST /api/auth/logout``: as in ThingsBoard, the client forgets its
     token; the server only logs it."""
-    p: Principal = request["principal"]
+    p: Principal = request[PRINCIPAL]
     log.info("logout of %s (session %s)", p.email, p.session_id)
     return web.Response(status=200)
 

@@ -8,7 +8,7 @@ error shapes, body-size limit, authentication and rate limits):
    counted by route, method and status afterwards; the access log line;
 3. under ``/api/``: a ``Content-Length`` over ``http.max_body_bytes`` is a
    413 before anything is read (ThingsBoard's PayloadSizeFilter); a
-   handler not marked public needs a valid token (``request["principal"]``)
+   handler not marked public needs a valid token (``request[PRINCIPAL]`` (api/keys.py))
    and passes the rate limits;
 4. whatever the handler raises is answered in ThingsBoard's shapes
    (:func:`~fleetrpc.api.errors.answer_for`).
@@ -32,6 +32,7 @@ from aiohttp import web
 from .auth import authenticate_request
 from .errors import ApiError, answer_for, too_large
 from .metrics import HttpStats
+from .keys import PRINCIPAL
 
 __all__ = ["request_middleware"]
 
@@ -112,7 +113,7 @@ def request_middleware(ctx: Any):
                         response = too_large(limit)
                     else:
                         if not info.public:
-                            request["principal"] = authenticate_request(ctx, request)
+                            request[PRINCIPAL] = authenticate_request(ctx, request)
                         response = await handler(request)
             except ApiError as exc:
                 response = exc.response()
@@ -131,7 +132,7 @@ def request_middleware(ctx: Any):
                 stats = metrics.http_stats(_label(request), request.method)
             stats.done(status, seconds)
             if access_log and log.isEnabledFor(logging.INFO):
-                p = request.get("principal")
+                p = request.get(PRINCIPAL)
                 log.info("%s %s %d %.1fms", request.method, request.path_qs[:200], status, seconds * 1000,
                          extra={"remote": request.remote, "status": status, "user": p.user_id if p else None,
                                 "ms": round(seconds * 1000, 2)})

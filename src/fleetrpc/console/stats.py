@@ -20,7 +20,7 @@ from typing import Any
 from aiohttp import web
 
 from ..api.errors import ApiError
-from ..api.keys import CTX
+from ..api.keys import CTX, PRINCIPAL
 
 __all__ = ["stats"]
 
@@ -54,7 +54,7 @@ def _buckets(samples: dict[str, list], name: str, **labels: str) -> list[list[fl
 
 async def stats(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
-    p = request["principal"]
+    p = request[PRINCIPAL]
     samples = _samples(ctx.metrics.registry)
     now = int(time.time() * 1000)
     if p.authority == "SYS_ADMIN":

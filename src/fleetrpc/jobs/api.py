@@ -22,7 +22,7 @@ import msgspec
 from aiohttp import web
 
 from ..api.errors import ApiError
-from ..api.keys import CTX
+from ..api.keys import CTX, PRINCIPAL
 from ..api.openapi import Param, operation
 from ..errors import ValidationError
 from .engine import JobNotFoundError
@@ -34,7 +34,7 @@ _MAX_BODY = 8 * 1024 * 1024
 
 
 def _principal(request: web.Request) -> Any:
-    p = request["principal"]
+    p = request[PRINCIPAL]
     if p.authority not in ("TENANT_ADMIN", "CUSTOMER_USER"):
         raise ApiError.forbidden()
     return p

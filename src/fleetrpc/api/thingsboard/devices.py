@@ -46,7 +46,7 @@ from aiohttp import web
 from ...store.entities import NULL_UUID, CredentialsInput, DeviceInput
 from ..auth import TENANT_ADMIN
 from ..errors import ApiError
-from ..keys import CTX
+from ..keys import CTX, PRINCIPAL
 from ..openapi import Param, operation
 from .access import (
     check_uuid,
@@ -140,7 +140,7 @@ async def _save(ctx: Any, p: Any, inp: DeviceInput, token: str | None) -> Any:
 
 async def save_device(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
-    p = request["principal"]
+    p = request[PRINCIPAL]
     token = request.query.get("accessToken") or None
     device = await _save(ctx, p, DeviceInput.parse(await read_body(request)), token)
     return json_reply(device.to_thingsboard())
@@ -148,7 +148,7 @@ async def save_device(request: web.Request) -> web.Response:
 
 async def save_device_with_credentials(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
-    p = request["principal"]
+    p = request[PRINCIPAL]
     require(p, TENANT_ADMIN)
     body = await read_body(request)
     if not isinstance(body, dict) or not isinstance(body.get("device"), dict) \
@@ -167,13 +167,13 @@ async def save_device_with_credentials(request: web.Request) -> web.Response:
 
 async def get_device(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
-    device = await device_for_read(ctx, request["principal"], check_uuid(request.match_info["deviceId"]))
+    device = await device_for_read(ctx, request[PRINCIPAL], check_uuid(request.match_info["deviceId"]))
     return json_reply(device.to_thingsboard())
 
 
 async def get_device_info(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
-    p = request["principal"]
+    p = request[PRINCIPAL]
     device = await device_for_read(ctx, p, check_uuid(request.match_info["deviceId"]))
     title = None
     if device.customer_id != NULL_UUID:
@@ -183,7 +183,7 @@ async def get_device_info(request: web.Request) -> web.Response:
 
 async def delete_device(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
-    p = request["principal"]
+    p = request[PRINCIPAL]
     device = await device_for_tenant_admin(ctx, p, check_uuid(request.match_info["deviceId"]))
     await ctx.devices.delete(p.tenant_id, device.id)
     return web.Response(status=200)
@@ -204,7 +204,7 @@ async def _list(ctx: Any, tenant_id: str, q: PageQuery, customer_id: str | None,
 
 async def tenant_devices(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
-    p = request["principal"]
+    p = request[PRINCIPAL]
     require(p, TENANT_ADMIN)
     name = request.query.get("deviceName")
     if name is not None:
@@ -218,7 +218,7 @@ async def tenant_devices(request: web.Request) -> web.Response:
 
 async def tenant_device_infos(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
-    p = request["principal"]
+    p = request[PRINCIPAL]
     require(p, TENANT_ADMIN)
     page = await _list(ctx, p.tenant_id, page_query(request, SORT), None, _type(request))
     return json_reply(await _infos(ctx, p.tenant_id, page))
@@ -226,7 +226,7 @@ async def tenant_device_infos(request: web.Request) -> web.Response:
 
 async def customer_devices(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
-    p = request["principal"]
+    p = request[PRINCIPAL]
     customer = await customer_for_read(ctx, p, check_uuid(request.match_info["customerId"]))
     page = await _list(ctx, p.tenant_id, page_query(request, SORT), customer.id, _type(request))
     return json_reply(page.to_thingsboard())
@@ -234,7 +234,7 @@ async def customer_devices(request: web.Request) -> web.Response:
 
 async def customer_device_infos(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
-    p = request["principal"]
+    p = request[PRINCIPAL]
     customer = await customer_for_read(ctx, p, check_uuid(request.match_info["customerId"]))
     page = await _list(ctx, p.tenant_id, page_query(request, SORT), customer.id, _type(request))
     return json_reply(await _infos(ctx, p.tenant_id, page))
@@ -245,7 +245,7 @@ async def customer_device_infos(request: web.Request) -> web.Response:
 
 async def assign_device(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
-    p = request["principal"]
+    p = request[PRINCIPAL]
     customer_id = check_uuid(request.match_info["customerId"])
     device = await device_for_tenant_admin(ctx, p, check_uuid(request.match_info["deviceId"]))
     if await ctx.customers.get(p.tenant_id, customer_id) is None:
@@ -256,7 +256,7 @@ async def assign_device(request: web.Request) -> web.Response:
 
 async def unassign_device(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
-    p = request["principal"]
+    p = request[PRINCIPAL]
     device = await device_for_tenant_admin(ctx, p, check_uuid(request.match_info["deviceId"]))
     if device.customer_id == NULL_UUID:
         raise ApiError.bad_request(NOT_ASSIGNED)
@@ -269,7 +269,7 @@ async def unassign_device(request: web.Request) -> web.Response:
 
 async def get_credentials(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
-    p = request["principal"]
+    p = request[PRINCIPAL]
     device = await device_for_read(ctx, p, check_uuid(request.match_info["deviceId"]))
     creds = await ctx.devices.credentials(p.tenant_id, device.id)
     if creds is None:
@@ -279,7 +279,7 @@ async def get_credentials(request: web.Request) -> web.Response:
 
 async def save_credentials(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
-    p = request["principal"]
+    p = request[PRINCIPAL]
     require(p, TENANT_ADMIN)
     creds = CredentialsInput.parse(await read_body(request))
     if creds.device_id is None:
@@ -302,7 +302,7 @@ class AttributeKv(msgspec.Struct):
 
 async def device_activity(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
-    device = await device_for_read(ctx, request["principal"], check_uuid(request.match_info["deviceId"]))
+    device = await device_for_read(ctx, request[PRINCIPAL], check_uuid(request.match_info["deviceId"]))
     device_id = str(device.id)
     wanted = request.query.get("keys")
     keys = [k for k in wanted.split(",") if k in ACTIVITY_KEYS] if wanted else list(ACTIVITY_KEYS)

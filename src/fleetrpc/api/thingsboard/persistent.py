@@ -23,7 +23,7 @@ from ...errors import RpcNotFoundError, ValidationError
 from ...rpc.status import RpcStatus
 from ..auth import CUSTOMER_USER, TENANT_ADMIN
 from ..errors import ApiError
-from ..keys import CTX
+from ..keys import CTX, PRINCIPAL
 from ..openapi import Param, operation
 from .access import check_uuid, device_for_rpc, require
 from .paging import page_args, sort_order
@@ -42,7 +42,7 @@ def _not_found(rpc_id: str) -> ApiError:
 
 async def get_rpc(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
-    p = request["principal"]
+    p = request[PRINCIPAL]
     require(p, TENANT_ADMIN, CUSTOMER_USER)
     rpc_id = check_uuid(request.match_info["rpcId"])
     try:
@@ -54,7 +54,7 @@ async def get_rpc(request: web.Request) -> web.Response:
 
 async def list_device_rpcs(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
-    p = request["principal"]
+    p = request[PRINCIPAL]
     require(p, TENANT_ADMIN, CUSTOMER_USER)
     device_id = check_uuid(request.match_info["deviceId"])
     page_size, page = page_args(request)
@@ -81,7 +81,7 @@ async def list_device_rpcs(request: web.Request) -> web.Response:
 
 async def delete_rpc(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
-    p = request["principal"]
+    p = request[PRINCIPAL]
     require(p, TENANT_ADMIN)
     rpc_id = check_uuid(request.match_info["rpcId"])
     try:

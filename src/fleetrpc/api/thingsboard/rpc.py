@@ -58,6 +58,7 @@ from ..metrics import RpcStats
 from ..openapi import operation
 from .access import check_uuid, device_for_rpc
 from ...dispatch.options import CallOptions, parse_rpc_body
+from ..keys import PRINCIPAL
 
 __all__ = ["setup", "RpcRequest", "RpcId"]
 
@@ -239,7 +240,7 @@ def _handler(ctx: Any, oneway: bool, timeout_status: int, offline_status: int):
     rpc_stats = ctx.metrics.rpc_stats
 
     async def handle(request: web.Request) -> web.Response:
-        p = request["principal"]
+        p = request[PRINCIPAL]
         raw = await request.read()
         try:
             body = _decode(raw)

@@ -22,7 +22,7 @@ from aiohttp import web
 
 from ...store.entities import CustomerInput, TenantInput
 from ..auth import SYS_ADMIN, TENANT_ADMIN
-from ..keys import CTX
+from ..keys import CTX, PRINCIPAL
 from ..openapi import operation
 from .access import check_uuid, customer_for_read, require, tenant_for_read
 from .entities import (
@@ -44,7 +44,7 @@ SORT = ("createdTime", "title", "email", "country", "city")
 
 async def save_tenant(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
-    require(request["principal"], SYS_ADMIN)
+    require(request[PRINCIPAL], SYS_ADMIN)
     inp = TenantInput.parse(await read_body(request))
     fields = {**inp.contact, "region": inp.region, "additional_info": inp.additional_info}
     if inp.id is None:
@@ -56,7 +56,7 @@ async def save_tenant(request: web.Request) -> web.Response:
 
 async def list_tenants(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
-    require(request["principal"], SYS_ADMIN)
+    require(request[PRINCIPAL], SYS_ADMIN)
     q = page_query(request, SORT)
     page = await ctx.tenants.list(q.page_size, q.page, text_search=q.text_search,
                                   sort_property=q.sort_property, sort_order=q.sort_order)
@@ -65,13 +65,13 @@ async def list_tenants(request: web.Request) -> web.Response:
 
 async def get_tenant(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
-    tenant = await tenant_for_read(ctx, request["principal"], check_uuid(request.match_info["tenantId"]))
+    tenant = await tenant_for_read(ctx, request[PRINCIPAL], check_uuid(request.match_info["tenantId"]))
     return json_reply(tenant.to_thingsboard())
 
 
 async def save_customer(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
-    p = request["principal"]
+    p = request[PRINCIPAL]
     require(p, TENANT_ADMIN)
     inp = CustomerInput.parse(await read_body(request))
     fields = {**inp.contact, "additional_info": inp.additional_info}
@@ -84,7 +84,7 @@ async def save_customer(request: web.Request) -> web.Response:
 
 async def list_customers(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
-    p = request["principal"]
+    p = request[PRINCIPAL]
     require(p, TENANT_ADMIN)
     q = page_query(request, SORT)
     page = await ctx.customers.list(p.tenant_id, q.page_size, q.page, text_search=q.text_search,
@@ -94,7 +94,7 @@ async def list_customers(request: web.Request) -> web.Response:
 
 async def get_customer(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
-    customer = await customer_for_read(ctx, request["principal"], check_uuid(request.match_info["customerId"]))
+    customer = await customer_for_read(ctx, request[PRINCIPAL], check_uuid(request.match_info["customerId"]))
     return json_reply(customer.to_thingsboard())
 
 

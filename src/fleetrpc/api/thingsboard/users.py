@@ -25,7 +25,7 @@ from yarl import URL
 from ...store.entities import UserInput
 from ..auth import JwtPair, public
 from ..errors import ApiError
-from ..keys import CTX
+from ..keys import CTX, PRINCIPAL
 from ..openapi import Param, operation
 from .access import check_uuid, new_user_owner, user_for_admin
 from .entities import ActivateBody, UserBody, UserJson, json_reply, read_body
@@ -39,7 +39,7 @@ ALREADY_ACTIVE = "User is already activated!"
 
 async def save_user(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
-    p = request["principal"]
+    p = request[PRINCIPAL]
     if request.query.get("sendActivationMail", "false").lower() != "false":
         raise ApiError.bad_request(
             "Activation mail is not supported: create the user with sendActivationMail=false and "
@@ -60,7 +60,7 @@ async def save_user(request: web.Request) -> web.Response:
 
 async def get_user(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
-    p = request["principal"]
+    p = request[PRINCIPAL]
     user_id = check_uuid(request.match_info["userId"])
     if user_id == p.user_id:
         user = await ctx.users.by_id(user_id)
@@ -73,7 +73,7 @@ async def get_user(request: web.Request) -> web.Response:
 
 async def activation_link(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
-    user = await user_for_admin(ctx, request["principal"], check_uuid(request.match_info["userId"]))
+    user = await user_for_admin(ctx, request[PRINCIPAL], check_uuid(request.match_info["userId"]))
     if user.has_password:
         raise ApiError.bad_request(ALREADY_ACTIVE)
     link = request.url.origin().join(URL("/api/noauth/activate")).with_query(

@@ -27,6 +27,7 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
+from ...api.keys import PRINCIPAL
 from ...errors import ValidationError
 from .errors import ElvesError
 from .store import AppKey
@@ -94,7 +95,7 @@ def _json(value: Any) -> web.Response:
 def _principal(request: web.Request) -> Any:
     from ...api.errors import ApiError
 
-    p = request.get("principal")
+    p = request.get(PRINCIPAL)
     if p is None or getattr(p, "authority", None) != "TENANT_ADMIN":
         raise ApiError.forbidden("Elves apps are managed by the tenant's administrators")
     return p

@@ -34,6 +34,7 @@ from aiohttp import web
 from .envelope import Envelope, check_ip
 from .errors import Code, ElvesError
 from .router import Alias, ElvesCall, ElvesRouter
+from ...api.keys import PRINCIPAL
 
 __all__ = ["CmdbService", "CmdbRepository", "CmdbSettings", "FIELDS", "parse_csv", "install", "setup_http"]
 
@@ -245,7 +246,7 @@ def setup_http(app: web.Application, service: Any) -> None:
     """``POST /api/elves/cmdb``: import a CSV into the principal's tenant."""
 
     async def handle(request: web.Request) -> web.Response:
-        principal = request.get("principal")
+        principal = request.get(PRINCIPAL)
         if principal is None or getattr(principal, "authority", None) != "TENANT_ADMIN":
             return web.json_response({"flag": "false", "error": f"[{Code.DENIED}]Permission Denied: tenant administrators import the CMDB"}, status=403)
         if request.content_length is not None and request.content_length > MAX_CSV_BYTES:

@@ -1,6 +1,6 @@
 """Elves over HTTP: ``POST /api/elves`` with the same envelope as over MQTT.
 
-Under the server's JWT auth: ``request["principal"]`` (set by its
+Under the server's JWT auth: ``request[PRINCIPAL]`` (api/keys.py) (set by its
 middleware) gives the tenant, and the envelope may name the app it acts as
 (``key``, ``auth_id``, or the instruction's ``app`` for a tenant admin; see
 docs/elves.md).  The answer is the reply envelope with HTTP 200 (Elves
@@ -24,6 +24,7 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
+from ...api.keys import PRINCIPAL
 from .envelope import error_envelope, parse_envelope
 from .errors import Code, ElvesError
 from .router import ElvesCall
@@ -147,7 +148,7 @@ def _describe(app: web.Application) -> None:
 
 async def handle_post(request: web.Request) -> web.Response:
     service = request.app[ELVES_SERVICE]
-    principal = request.get("principal")
+    principal = request.get(PRINCIPAL)
     if principal is None or getattr(principal, "authority", None) not in ALLOWED_AUTHORITIES:
         err = ElvesError(Code.DENIED, "Permission Denied: Elves is for tenant administrators")
         return web.json_response(error_envelope(err), status=403)
