@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 from ...errors import AlreadyExistsError, EntityNotFoundError, ValidationError
 from ..db import Database
 from .model import (
+    CONTACT_FIELDS as _CONTACT,
     NULL_UUID,
     Customer,
     Tenant,
@@ -26,7 +27,6 @@ if TYPE_CHECKING:
 
 __all__ = ["TenantRepository", "CustomerRepository"]
 
-_CONTACT = ("country", "state", "city", "address", "address2", "zip", "phone", "email")
 _TENANT_FIELDS = ("region", *_CONTACT)
 _TENANT_COLUMNS = "id, created_time, title, " + ", ".join(_TENANT_FIELDS) + ", additional_info, version"
 _CUSTOMER_COLUMNS = "id, tenant_id, created_time, title, " + ", ".join(_CONTACT) + ", additional_info, version"
