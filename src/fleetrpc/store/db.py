@@ -127,24 +127,33 @@ class Database(abc.ABC):
     # -- queries --
 
     @abc.abstractmethod
+    def _statement(self) -> contextlib.AbstractAsyncContextManager[Conn]:
+        """The connection one statement outside a transaction runs on, in
+        autocommit mode (the dialects differ only in how they get it)."""
+
     async def execute(self, sql: str, *args: Any) -> int:
         """Run one statement; return the number of rows it affected."""
+        async with self._statement() as conn:
+            return await conn.execute(sql, *args)
 
     @abc.abstractmethod
     async def executemany(self, sql: str, args: Iterable[Sequence[Any]]) -> None:
         """Run one statement once per argument tuple, in one transaction."""
 
-    @abc.abstractmethod
     async def fetch(self, sql: str, *args: Any) -> list[Row]:
         """Every row of a query."""
+        async with self._statement() as conn:
+            return await conn.fetch(sql, *args)
 
-    @abc.abstractmethod
     async def fetchrow(self, sql: str, *args: Any) -> Row | None:
         """The first row of a query, or None."""
+        async with self._statement() as conn:
+            return await conn.fetchrow(sql, *args)
 
-    @abc.abstractmethod
     async def fetchval(self, sql: str, *args: Any) -> Any:
         """The first column of the first row, or None when there is no row."""
+        async with self._statement() as conn:
+            return await conn.fetchval(sql, *args)
 
     @abc.abstractmethod
     def transaction(self) -> contextlib.AbstractAsyncContextManager[Conn]:
@@ -430,25 +439,12 @@ class SqliteDatabase(Database):
         # SQLITE_BUSY half-way through when another process writes).
         return self.locked(begin="IMMEDIATE")
 
-    async def execute(self, sql: str, *args: Any) -> int:
-        async with self.locked() as conn:
-            return await conn.execute(sql, *args)
+    def _statement(self) -> contextlib.AbstractAsyncContextManager[_SqliteConn]:
+        return self.locked()
 
     async def executemany(self, sql: str, args: Iterable[Sequence[Any]]) -> None:
         async with self.locked(begin="IMMEDIATE") as conn:
             await conn.executemany(sql, args)
-
-    async def fetch(self, sql: str, *args: Any) -> list[Row]:
-        async with self.locked() as conn:
-            return await conn.fetch(sql, *args)
-
-    async def fetchrow(self, sql: str, *args: Any) -> Row | None:
-        async with self.locked() as conn:
-            return await conn.fetchrow(sql, *args)
-
-    async def fetchval(self, sql: str, *args: Any) -> Any:
-        async with self.locked() as conn:
-            return await conn.fetchval(sql, *args)
 
     async def _has_table(self, name: str) -> bool:
         return bool(await self.fetchval("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = $1", name))
@@ -676,25 +672,12 @@ class PostgresDatabase(Database):
             except Exception as e:
                 raise await self._error(e, "committing") from e
 
-    async def execute(self, sql: str, *args: Any) -> int:
-        async with self.connection() as conn:
-            return await conn.execute(sql, *args)
+    def _statement(self) -> contextlib.AbstractAsyncContextManager[_PgConn]:
+        return self.connection()
 
     async def executemany(self, sql: str, args: Iterable[Sequence[Any]]) -> None:
         async with self.connection() as conn:
             await conn.executemany(sql, args)  # asyncpg: one transaction
-
-    async def fetch(self, sql: str, *args: Any) -> list[Row]:
-        async with self.connection() as conn:
-            return await conn.fetch(sql, *args)
-
-    async def fetchrow(self, sql: str, *args: Any) -> Row | None:
-        async with self.connection() as conn:
-            return await conn.fetchrow(sql, *args)
-
-    async def fetchval(self, sql: str, *args: Any) -> Any:
-        async with self.connection() as conn:
-            return await conn.fetchval(sql, *args)
 
     async def _before_migration(self, conn: Conn) -> None:
         # Serialise migrators (several nodes starting at once).
