@@ -100,6 +100,8 @@ class Database(abc.ABC):
 
     #: "sqlite" or "postgresql"
     dialect: str = ""
+    #: whether :meth:`open` applies pending migrations (the constructors' ``migrate``)
+    _migrate: bool = True
 
     # -- lifecycle --
 
@@ -194,6 +196,17 @@ class Database(abc.ABC):
                 )
                 done.append(m.version)
         return done
+
+    async def _migrate_opened(self) -> None:
+        """The end of :meth:`open`: apply pending migrations unless built
+        with ``migrate=False``; a failure closes the database again (never
+        left open half-migrated)."""
+        if self._migrate:
+            try:
+                await self.migrate()
+            except BaseException:
+                await self.close()
+                raise
 
     async def _before_migration(self, conn: Conn) -> None:
         """Dialect hook, inside each migration's transaction."""
@@ -385,12 +398,7 @@ class SqliteDatabase(Database):
             await raw.close()
             raise sqlite_error(e, "opening", self.path) from e
         self._conn = _SqliteConn(raw, self.path)
-        if self._migrate:
-            try:
-                await self.migrate()
-            except BaseException:
-                await self.close()
-                raise
+        await self._migrate_opened()
 
     async def close(self) -> None:
         conn, self._conn = self._conn, None
@@ -608,12 +616,7 @@ class PostgresDatabase(Database):
             )
         except Exception as e:
             raise postgres_error(e, "connecting", self.where) from e
-        if self._migrate:
-            try:
-                await self.migrate()
-            except BaseException:
-                await self.close()
-                raise
+        await self._migrate_opened()
 
     async def close(self) -> None:
         pool, self._pool = self._pool, None
