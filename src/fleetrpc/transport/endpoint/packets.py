@@ -301,16 +301,24 @@ def parse_connect(flags: int, body: bytes) -> Connect:
     return c
 
 
-def parse_subscribe(flags: int, body: bytes, v5: bool) -> tuple[int, list[tuple[str, int, int]]]:
-    """SUBSCRIBE -> (packet id, [(filter, requested QoS, options byte)])."""
+def _subscription_head(kind: str, flags: int, body: bytes, v5: bool) -> tuple[_Cursor, int]:
+    """What SUBSCRIBE and UNSUBSCRIBE start with: fixed-header flags 0b0010,
+    a packet id other than 0, MQTT 5 properties (ignored).  Returns the
+    cursor at the first topic filter and the packet id."""
     if flags != 0x02:
-        raise ProtocolError("SUBSCRIBE with wrong fixed-header flags")
+        raise ProtocolError(f"{kind} with wrong fixed-header flags")
     cur = _Cursor(body)
     mid = cur.u16()
     if mid == 0:
-        raise ProtocolError("SUBSCRIBE with packet id 0")
+        raise ProtocolError(f"{kind} with packet id 0")
     if v5:
         read_properties(cur)
+    return cur, mid
+
+
+def parse_subscribe(flags: int, body: bytes, v5: bool) -> tuple[int, list[tuple[str, int, int]]]:
+    """SUBSCRIBE -> (packet id, [(filter, requested QoS, options byte)])."""
+    cur, mid = _subscription_head("SUBSCRIBE", flags, body, v5)
     subs = []
     while cur.left():
         topic = cur.string()
@@ -329,14 +337,7 @@ def parse_subscribe(flags: int, body: bytes, v5: bool) -> tuple[int, list[tuple[
 
 def parse_unsubscribe(flags: int, body: bytes, v5: bool) -> tuple[int, list[str]]:
     """UNSUBSCRIBE -> (packet id, [filter])."""
-    if flags != 0x02:
-        raise ProtocolError("UNSUBSCRIBE with wrong fixed-header flags")
-    cur = _Cursor(body)
-    mid = cur.u16()
-    if mid == 0:
-        raise ProtocolError("UNSUBSCRIBE with packet id 0")
-    if v5:
-        read_properties(cur)
+    cur, mid = _subscription_head("UNSUBSCRIBE", flags, body, v5)
     topics = []
     while cur.left():
         topics.append(cur.string())
