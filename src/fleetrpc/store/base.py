@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import abc
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import msgspec
@@ -303,6 +303,19 @@ class Store(abc.ABC):
         self.db = db
         self.owns_db = owns_db
         self.stats = StoreStats()
+
+    @staticmethod
+    def _database(
+        db: Database | str, make: Callable[..., Database], migrate_on_open: bool, options: dict[str, Any]
+    ) -> tuple[Database, bool]:
+        """A dialect store's database and whether the store owns it: the
+        shared one given, or for a path or URL one of its own made by
+        ``make`` with ``options`` (which a shared database cannot take)."""
+        if isinstance(db, str):
+            return make(db, migrate=migrate_on_open, **options), True
+        if options:
+            raise TypeError(f"options {sorted(options)} are the database's, not the store's")
+        return db, False
 
     # -- lifecycle --
 

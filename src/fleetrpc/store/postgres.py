@@ -142,12 +142,8 @@ class PostgresStore(Store):
         copy_threshold: int = COPY_THRESHOLD,
         **options: Any,
     ) -> None:
-        owns = isinstance(db, str)
-        if owns:
-            db = PostgresDatabase(db, migrate=migrate_on_open, **options)
-        elif options:
-            raise TypeError(f"options {sorted(options)} are the database's, not the store's")
-        super().__init__(db, owns_db=owns)
+        database, owns = self._database(db, PostgresDatabase, migrate_on_open, options)
+        super().__init__(database, owns_db=owns)
         self.db: PostgresDatabase
         self._copy_threshold = copy_threshold
 

@@ -75,12 +75,8 @@ class SqliteStore(Store):
     backend = "sqlite"
 
     def __init__(self, db: SqliteDatabase | str, *, migrate_on_open: bool = True, **options: Any) -> None:
-        owns = isinstance(db, str)
-        if owns:
-            db = SqliteDatabase(db, migrate=migrate_on_open, **options)
-        elif options:
-            raise TypeError(f"options {sorted(options)} are the database's, not the store's")
-        super().__init__(db, owns_db=owns)
+        database, owns = self._database(db, SqliteDatabase, migrate_on_open, options)
+        super().__init__(database, owns_db=owns)
         self.db: SqliteDatabase
 
     @property
