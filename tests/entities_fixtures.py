@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import uuid
 
-import asyncpg
 import pytest
 from argon2 import PasswordHasher
 
 from fleetrpc.store.db import PostgresDatabase, SqliteDatabase
 from fleetrpc.store.entities import CustomerRepository, DeviceRepository, TenantRepository, UserRepository
 
-from tests.services import run_async
+from tests.services import drop_pg_schema
 
 #: Argon2id at its cheapest: the tests check behaviour, not hashing cost.
 CHEAP_HASHER = PasswordHasher(time_cost=1, memory_cost=8, parallelism=1)
@@ -35,15 +34,7 @@ async def edb(request, tmp_path):
     await db.open()
     yield db
     await db.close()
-
-    async def drop():
-        conn = await asyncpg.connect(dsn)
-        try:
-            await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-        finally:
-            await conn.close()
-
-    run_async(drop)
+    drop_pg_schema(dsn, schema)
 
 
 class Repos:

@@ -157,6 +157,12 @@ async def _pg_execute(dsn: str, *statements: str) -> None:
         await conn.close()
 
 
+def drop_pg_schema(dsn: str, schema: str) -> None:
+    """Drop a test's own schema (tests isolate themselves by schema in
+    pg_dsn's database); from a fixture's teardown, outside the test's loop."""
+    run_async(_pg_execute, dsn, f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
 async def _pg_drop_database(dsn: str, name: str) -> None:
     import asyncpg
 

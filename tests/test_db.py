@@ -6,7 +6,6 @@ import asyncio
 import sqlite3
 import uuid
 
-import asyncpg
 import pytest
 
 from fleetrpc.errors import AlreadyExistsError, StoreError, StoreUnavailableError, ValidationError
@@ -20,7 +19,7 @@ from fleetrpc.store.db import (
     sqlite_placeholders,
 )
 
-from tests.test_store import _run_in_thread
+from tests.services import drop_pg_schema
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.pg)])
@@ -33,15 +32,7 @@ def make_db(request, tmp_path):
     dsn = request.getfixturevalue("pg_dsn")
     schema = f"t_{uuid.uuid4().hex[:16]}"
     yield lambda **kw: PostgresDatabase(dsn, schema=schema, **{"max_size": 4, **kw})
-
-    async def drop():
-        conn = await asyncpg.connect(dsn)
-        try:
-            await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-        finally:
-            await conn.close()
-
-    _run_in_thread(drop)
+    drop_pg_schema(dsn, schema)
 
 
 @pytest.fixture

@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import random
-import threading
 import uuid
 
-import asyncpg
 import msgspec
 import pytest
 
@@ -37,6 +35,7 @@ from fleetrpc.store import (
     open_store,
     store_from_url,
 )
+from tests.services import drop_pg_schema
 
 T0 = 1_700_000_000_000  # a fixed "now", epoch ms
 DAY = 86_400_000
@@ -57,23 +56,6 @@ class Backend:
         return self._factory(**options)
 
 
-def _run_in_thread(coro_fn):
-    """Run an async clean-up outside the test's event loop."""
-    err = []
-
-    def target():
-        try:
-            asyncio.run(coro_fn())
-        except Exception as e:  # pragma: no cover - reported below
-            err.append(e)
-
-    t = threading.Thread(target=target)
-    t.start()
-    t.join(30)
-    if err:
-        raise err[0]
-
-
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.pg)])
 def backend(request, tmp_path):
     if request.param == "sqlite":
@@ -89,15 +71,7 @@ def backend(request, tmp_path):
     yield Backend(
         "postgresql", lambda **kw: PostgresStore(dsn, schema=schema, **{"min_size": 1, "max_size": 4, **kw})
     )
-
-    async def drop():
-        conn = await asyncpg.connect(dsn)
-        try:
-            await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-        finally:
-            await conn.close()
-
-    _run_in_thread(drop)
+    drop_pg_schema(dsn, schema)
 
 
 @pytest.fixture

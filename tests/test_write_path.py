@@ -12,7 +12,6 @@ import random
 import time
 import uuid
 
-import asyncpg
 import msgspec
 import pytest
 
@@ -32,7 +31,7 @@ from fleetrpc.store import (
     open_store,
 )
 from fleetrpc.store.batching import coalesce_changes
-from tests.services import run_async
+from tests.services import drop_pg_schema
 
 T0 = 1_700_000_000_000
 UNSET = msgspec.UNSET
@@ -131,15 +130,7 @@ async def base_store(request, tmp_path):
     await s.open()
     yield s
     await s.close()
-
-    async def drop(dsn=dsn, schema=schema):
-        conn = await asyncpg.connect(dsn)
-        try:
-            await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-        finally:
-            await conn.close()
-
-    run_async(drop)
+    drop_pg_schema(dsn, schema)
 
 
 async def test_submit_change_merges_queued_continuations(base_store):

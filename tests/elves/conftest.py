@@ -3,18 +3,25 @@ a database, an app key, agents and an app client."""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import sys
 import textwrap
+import types
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
 
 from fleetrpc.agent import ElvesAgent
+from fleetrpc.api.keys import PRINCIPAL
 from fleetrpc.config import Settings
 from fleetrpc.dispatch import Dispatcher
 from fleetrpc.services.elves import NULL_TENANT, ElvesSettings
 from fleetrpc.services.elves.client import ElvesClient
+from fleetrpc.services.elves.http import setup as elves_http_setup
 from fleetrpc.services.elves.service import ElvesService
 from fleetrpc.store.db import open_database
 from tests.helpers.waiting import wait_until
@@ -100,6 +107,46 @@ async def rig(mqtt_url, apps_root):
     await service.close()
     await d.close()
     await db.close()
+
+
+@web.middleware
+async def fake_auth(request, handler):
+    """Stands in for the server's JWT middleware: the caller is who the
+    X-Test-Authority / X-Test-Tenant headers say (nobody without them)."""
+    authority = request.headers.get("X-Test-Authority")
+    if authority:
+        request[PRINCIPAL] = types.SimpleNamespace(
+            user_id="u1", tenant_id=request.headers.get("X-Test-Tenant", NULL_TENANT),
+            customer_id=NULL_TENANT, authority=authority,
+        )
+    return await handler(request)
+
+
+@web.middleware
+async def tenant_admin(request, handler):
+    """Stands in for the server's JWT middleware: every caller is the null
+    tenant's administrator."""
+    request[PRINCIPAL] = types.SimpleNamespace(
+        user_id="u1", tenant_id=NULL_TENANT, customer_id=NULL_TENANT, authority="TENANT_ADMIN")
+    return await handler(request)
+
+
+@contextlib.asynccontextmanager
+async def elves_http(
+    rig, *middlewares, extra: Callable[[web.Application], None] | None = None
+) -> AsyncIterator[TestClient]:
+    """A test client of the Elves HTTP routes over ``rig`` (anything with
+    ``d``, ``db`` and ``elves``); ``extra`` adds more to the app."""
+    app = web.Application(middlewares=list(middlewares))
+    elves_http_setup(app, types.SimpleNamespace(dispatcher=rig.d, db=rig.db), service=rig.elves)
+    if extra is not None:
+        extra(app)
+    client = TestClient(TestServer(app))
+    await client.start_server()
+    try:
+        yield client
+    finally:
+        await client.close()
 
 
 async def wait_task(rig, task_id: str, predicate, timeout: float = 5.0):

@@ -8,15 +8,14 @@ import types
 
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestServer
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fleetrpc.services.elves import NULL_TENANT
 from fleetrpc.services.elves.cmdb import CmdbSettings, parse_csv
 from fleetrpc.services.elves.errors import ElvesError
-from fleetrpc.services.elves.http import setup as elves_http_setup
-from fleetrpc.api.keys import PRINCIPAL
+from tests.elves.conftest import elves_http, fake_auth
 
 pytestmark = pytest.mark.mqtt
 
@@ -28,35 +27,20 @@ CSV = (
 )
 
 
-@web.middleware
-async def fake_auth(request, handler):
-    authority = request.headers.get("X-Test-Authority")
-    if authority:
-        request[PRINCIPAL] = types.SimpleNamespace(
-            user_id="u1", tenant_id=request.headers.get("X-Test-Tenant", NULL_TENANT),
-            customer_id=NULL_TENANT, authority=authority)
-    return await handler(request)
-
-
 @pytest.fixture
 async def http(rig):
-    app = web.Application(middlewares=[fake_auth])
-    elves_http_setup(app, types.SimpleNamespace(dispatcher=rig.d, db=rig.db), service=rig.elves)
-    client = TestClient(TestServer(app))
-    await client.start_server()
+    async with elves_http(rig, fake_auth) as client:
+        async def upload(body, *, authority="TENANT_ADMIN", tenant=NULL_TENANT, query=""):
+            headers = {"X-Test-Authority": authority, "X-Test-Tenant": tenant, "Content-Type": "text/csv"}
+            resp = await client.post("/api/elves/cmdb" + query, data=body, headers=headers)
+            return resp.status, await resp.json()
 
-    async def upload(body, *, authority="TENANT_ADMIN", tenant=NULL_TENANT, query=""):
-        headers = {"X-Test-Authority": authority, "X-Test-Tenant": tenant, "Content-Type": "text/csv"}
-        resp = await client.post("/api/elves/cmdb" + query, data=body, headers=headers)
-        return resp.status, await resp.json()
+        async def post(envelope, tenant=NULL_TENANT):
+            resp = await client.post("/api/elves", json=envelope,
+                                     headers={"X-Test-Authority": "TENANT_ADMIN", "X-Test-Tenant": tenant})
+            return await resp.json()
 
-    async def post(envelope, tenant=NULL_TENANT):
-        resp = await client.post("/api/elves", json=envelope,
-                                 headers={"X-Test-Authority": "TENANT_ADMIN", "X-Test-Tenant": tenant})
-        return await resp.json()
-
-    yield types.SimpleNamespace(upload=upload, post=post)
-    await client.close()
+        yield types.SimpleNamespace(upload=upload, post=post)
 
 
 @pytest.mark.parametrize("mqf", ["getCmdbInfoByIp", "checkipauthbykey", "GETCMDBINFOBYIP"])

@@ -8,12 +8,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import types
 from datetime import datetime, timezone
 
 import pytest
-from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
 
 from fleetrpc.agent import ElvesAgent
 from fleetrpc.config import Settings
@@ -21,11 +18,10 @@ from fleetrpc.dispatch import Dispatcher
 from fleetrpc.services.elves import NULL_TENANT, ElvesSettings
 from fleetrpc.services.elves.client import ElvesClient
 from fleetrpc.services.elves.cron import SELF_CRON_DEL, SELF_CRON_SET, CronSettings, ManualClock
-from fleetrpc.services.elves.http import setup as elves_http_setup
 from fleetrpc.services.elves.service import ElvesService
 from fleetrpc.store.db import open_database
+from tests.elves.conftest import elves_http, tenant_admin
 from tests.helpers.waiting import wait_until
-from fleetrpc.api.keys import PRINCIPAL
 
 pytestmark = pytest.mark.mqtt
 
@@ -424,20 +420,9 @@ async def test_another_apps_crons_are_invisible(cluster, one):
 # -- over HTTP ----------------------------------------------------------------------------
 
 
-@web.middleware
-async def _tenant_admin(request, handler):
-    request[PRINCIPAL] = types.SimpleNamespace(
-        user_id="u1", tenant_id=NULL_TENANT, customer_id=NULL_TENANT, authority="TENANT_ADMIN")
-    return await handler(request)
-
-
 async def test_cron_functions_over_http(cluster, one):
     await cluster.agent("10.0.0.1")
-    app = web.Application(middlewares=[_tenant_admin])
-    elves_http_setup(app, types.SimpleNamespace(dispatcher=one.d, db=one.db), service=one.elves)
-    client = TestClient(TestServer(app))
-    await client.start_server()
-    try:
+    async with elves_http(one, tenant_admin) as client:
         async def post(mqf, **args):
             resp = await client.post("/api/elves", json={"mqt": "call", "mqs": "cron", "mqf": mqf, **args})
             assert resp.status == 200
@@ -459,5 +444,3 @@ async def test_cron_functions_over_http(cluster, one):
         assert (await post("deleteCron", id=r["cron_id"]))["error"].startswith("[411.1]")
         bad = await post("setCronByIp", agentip="10.0.0.1", cron_type="center", rule="nope", ins=INS)
         assert bad["error"].startswith("[403.5]")
-    finally:
-        await client.close()

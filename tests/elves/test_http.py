@@ -3,15 +3,10 @@ middleware sets request[PRINCIPAL] as the server's JWT middleware does)."""
 
 from __future__ import annotations
 
-import types
-
 import pytest
-from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
 
 from fleetrpc.services.elves import NULL_TENANT
-from fleetrpc.services.elves.http import setup
-from fleetrpc.api.keys import PRINCIPAL
+from tests.elves.conftest import elves_http, fake_auth
 
 pytestmark = pytest.mark.mqtt
 
@@ -19,32 +14,16 @@ OTHER_TENANT = "a1b2c3d4-0000-4000-8000-000000000001"
 INS = {"mode": "NP", "app": "ops", "func": "echo", "param": "h", "timeout": "", "proxy": "python3|worker.py"}
 
 
-@web.middleware
-async def fake_auth(request, handler):
-    authority = request.headers.get("X-Test-Authority")
-    if authority:
-        request[PRINCIPAL] = types.SimpleNamespace(
-            user_id="u1", tenant_id=request.headers.get("X-Test-Tenant", NULL_TENANT),
-            customer_id=NULL_TENANT, authority=authority,
-        )
-    return await handler(request)
-
-
 @pytest.fixture
 async def http(rig):
-    app = web.Application(middlewares=[fake_auth])
-    setup(app, types.SimpleNamespace(dispatcher=rig.d, db=rig.db), service=rig.elves)
-    client = TestClient(TestServer(app))
-    await client.start_server()
+    async with elves_http(rig, fake_auth) as client:
+        async def post(body, authority="TENANT_ADMIN", tenant=NULL_TENANT, raw=False):
+            headers = {"X-Test-Authority": authority, "X-Test-Tenant": tenant} if authority else {}
+            kw = {"data": body} if raw else {"json": body}
+            resp = await client.post("/api/elves", headers=headers, **kw)
+            return resp.status, await resp.json()
 
-    async def post(body, authority="TENANT_ADMIN", tenant=NULL_TENANT, raw=False):
-        headers = {"X-Test-Authority": authority, "X-Test-Tenant": tenant} if authority else {}
-        kw = {"data": body} if raw else {"json": body}
-        resp = await client.post("/api/elves", headers=headers, **kw)
-        return resp.status, await resp.json()
-
-    yield post
-    await client.close()
+        yield post
 
 
 def env(mqs, mqf, **args):

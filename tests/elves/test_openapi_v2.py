@@ -10,13 +10,13 @@ import types
 
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fleetrpc.services.elves import NULL_TENANT
 from fleetrpc.services.elves.http import setup as elves_http_setup
 from fleetrpc.services.elves.openapi_v2 import ROUTES, setup as openapi_setup, signature
+from tests.elves.conftest import elves_http
 
 pytestmark = pytest.mark.mqtt
 
@@ -54,13 +54,10 @@ class Api:
 
 @pytest.fixture
 async def api(rig):
-    app = web.Application()  # no JWT middleware: these handlers authenticate by signature
-    elves_http_setup(app, types.SimpleNamespace(dispatcher=rig.d, db=rig.db), service=rig.elves)
-    openapi_setup(app, None)  # idempotent beside the part's own setup_http
-    client = TestClient(TestServer(app))
-    await client.start_server()
-    yield Api(client, rig.key)
-    await client.close()
+    # no JWT middleware: these handlers authenticate by signature; openapi_setup is
+    # idempotent beside the part's own setup_http
+    async with elves_http(rig, extra=lambda app: openapi_setup(app, None)) as client:
+        yield Api(client, rig.key)
 
 
 def test_signature_matches_elves_rule_and_handlers_are_public(rig):

@@ -6,15 +6,11 @@ over MQTT and HTTP."""
 from __future__ import annotations
 
 import asyncio
-import types
 
 import pytest
-from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
 
 from fleetrpc.services.elves import NULL_TENANT
-from fleetrpc.services.elves.http import setup as elves_http_setup
-from fleetrpc.api.keys import PRINCIPAL
+from tests.elves.conftest import elves_http, tenant_admin
 
 pytestmark = pytest.mark.mqtt
 
@@ -176,21 +172,10 @@ async def test_queue_errors(rig):
     assert (await app.call("queue", "result", queue_id=empty))["status"] == "finished"
 
 
-@web.middleware
-async def _tenant_admin(request, handler):
-    request[PRINCIPAL] = types.SimpleNamespace(
-        user_id="u1", tenant_id=NULL_TENANT, customer_id=NULL_TENANT, authority="TENANT_ADMIN")
-    return await handler(request)
-
-
 async def test_queue_over_http(rig):
     await rig.agent("10.0.0.1")
     watch = Watch(rig)
-    app = web.Application(middlewares=[_tenant_admin])
-    elves_http_setup(app, types.SimpleNamespace(dispatcher=rig.d, db=rig.db), service=rig.elves)
-    client = TestClient(TestServer(app))
-    await client.start_server()
-    try:
+    async with elves_http(rig, tenant_admin) as client:
         async def post(mqf, **args):
             resp = await client.post("/api/elves", json={"mqt": "call", "mqs": "queue", "mqf": mqf, **args})
             assert resp.status == 200
@@ -209,5 +194,3 @@ async def test_queue_over_http(rig):
         r = await watch.until(check)
         assert r["result"][b["id"]]["worker_message"] == "hello q"
         assert (await post("create", app="ghost"))["error"].startswith("[413.2]")
-    finally:
-        await client.close()

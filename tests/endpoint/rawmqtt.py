@@ -7,51 +7,19 @@ from __future__ import annotations
 import asyncio
 
 from fleetrpc._core import encode_publish
-from fleetrpc.transport.endpoint.packets import encode_properties
-
-
-def varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        b = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(b | 0x80)
-        else:
-            out.append(b)
-            return bytes(out)
-
-
-def mstr(s: str | bytes) -> bytes:
-    b = s.encode() if isinstance(s, str) else s
-    return len(b).to_bytes(2, "big") + b
-
-
-def packet(first: int, body: bytes) -> bytes:
-    return bytes((first,)) + varint(len(body)) + body
+from fleetrpc.transport.endpoint.packets import encode_connect, encode_subscribe
+# re-exported for the tests that frame odd packets themselves
+from fleetrpc.transport.endpoint.packets import mqtt_string as mstr, packet, varint  # noqa: F401
 
 
 def connect(username: str | None = None, password: str | bytes | None = None, *, version: int = 4,
             client_id: str = "", keepalive: int = 60, clean: bool = True, props: dict | None = None) -> bytes:
-    flags = 0x02 if clean else 0
-    payload = mstr(client_id)
-    if username is not None:
-        flags |= 0x80
-        payload += mstr(username)
-    if password is not None:
-        flags |= 0x40
-        payload += mstr(password)
-    body = mstr("MQTT") + bytes((version, flags)) + keepalive.to_bytes(2, "big")
-    if version == 5:
-        body += encode_properties(props or {})
-    return packet(0x10, body + payload)
+    return encode_connect(client_id, version=version, keepalive=keepalive, clean=clean,
+                          username=username, password=password, props=props)
 
 
 def subscribe(mid: int, *filters: tuple[str, int], version: int = 4) -> bytes:
-    body = mid.to_bytes(2, "big") + (b"\x00" if version == 5 else b"")
-    for topic, qos in filters:
-        body += mstr(topic) + bytes((qos,))
-    return packet(0x82, body)
+    return encode_subscribe(mid, filters, version)
 
 
 def publish(topic: str, payload: bytes, qos: int = 0, mid: int = 0, version: int = 4) -> bytes:

@@ -191,31 +191,27 @@ class _PartsCollector:
         ctx = self.ctx
         d = ctx.dispatcher
         if d is not None:
-            g = GaugeMetricFamily("fleetrpc_pending_calls", "Calls awaiting completion in the dispatcher")
-            g.add_metric([], len(d._pending) if d._pending is not None else 0)
-            yield g
-            g = GaugeMetricFamily("fleetrpc_inflight_calls", "Requests sent and awaiting a reply or ack")
-            g.add_metric([], d._inflight)
-            yield g
-            g = GaugeMetricFamily("fleetrpc_held_calls", "Calls queued for their device, not yet sent")
-            g.add_metric([], len(d._held))
-            yield g
-            g = GaugeMetricFamily("fleetrpc_devices_online", "Devices whose presence says online")
-            g.add_metric([], len(d.online_devices))
-            yield g
-            g = GaugeMetricFamily("fleetrpc_presence_devices",
-                                  "Devices whose presence or heartbeat is kept (at most dispatch.presence_max_devices)")
-            g.add_metric([], len(d.presence))
-            yield g
+            yield GaugeMetricFamily("fleetrpc_pending_calls", "Calls awaiting completion in the dispatcher",
+                                    value=len(d._pending) if d._pending is not None else 0)
+            yield GaugeMetricFamily("fleetrpc_inflight_calls", "Requests sent and awaiting a reply or ack",
+                                    value=d._inflight)
+            yield GaugeMetricFamily("fleetrpc_held_calls", "Calls queued for their device, not yet sent",
+                                    value=len(d._held))
+            yield GaugeMetricFamily("fleetrpc_devices_online", "Devices whose presence says online",
+                                    value=len(d.online_devices))
+            yield GaugeMetricFamily(
+                "fleetrpc_presence_devices",
+                "Devices whose presence or heartbeat is kept (at most dispatch.presence_max_devices)",
+                value=len(d.presence),
+            )
             c = CounterMetricFamily("fleetrpc_dispatcher_events", "Dispatcher counters", labels=["event"])
             for name, value in d.stats.as_dict().items():
                 c.add_metric([name], value)
             yield c
         engine = ctx.engine
         if engine is not None:
-            g = GaugeMetricFamily("fleetrpc_persistent_unfinished", "Persistent calls not finished yet")
-            g.add_metric([], engine.unfinished)
-            yield g
+            yield GaugeMetricFamily("fleetrpc_persistent_unfinished", "Persistent calls not finished yet",
+                                    value=engine.unfinished)
             c = CounterMetricFamily("fleetrpc_persistent_transitions",
                                     "Persistent calls by status reached", labels=["status"])
             for name, value in engine.stats.as_dict().items():
@@ -223,9 +219,8 @@ class _PartsCollector:
             yield c
         bus = ctx.bus
         if bus is not None:
-            c = CounterMetricFamily("fleetrpc_events_dropped", "Events dropped by full sink buffers")
-            c.add_metric([], bus.dropped)
-            yield c
+            yield CounterMetricFamily("fleetrpc_events_dropped", "Events dropped by full sink buffers",
+                                      value=bus.dropped)
             g = GaugeMetricFamily("fleetrpc_event_queue_depth", "Events waiting per sink", labels=["sink"])
             for sink in bus.sinks:
                 g.add_metric([sink.name], len(sink._queue))

@@ -22,6 +22,7 @@ from __future__ import annotations
 import msgspec
 
 from ..wire import device_permissions, validate_id, validate_prefix
+from ..wire.topics import levels_match
 
 __all__ = ["DeviceAcl", "topic_matches", "filter_within"]
 
@@ -32,16 +33,7 @@ def topic_matches(pattern: str, topic: str) -> bool:
     starting with ``$`` never matches a wildcard in the first level."""
     if topic.startswith("$") and pattern[:1] in ("+", "#"):
         return False
-    p_levels = pattern.split("/")
-    t_levels = topic.split("/")
-    for i, p in enumerate(p_levels):
-        if p == "#":
-            return True
-        if i >= len(t_levels):
-            return False
-        if p != "+" and p != t_levels[i]:
-            return False
-    return len(p_levels) == len(t_levels)
+    return levels_match(pattern.split("/"), topic.split("/"))
 
 
 def filter_within(pattern: str, sub_filter: str) -> bool:

@@ -50,19 +50,9 @@ def build_spec(
     expiration: float | None, now_ms: int,
 ) -> dict[str, Any]:
     """The JSON body of ``POST /api/jobs`` from the command's options."""
-    targets: dict[str, Any] = {}
-    if device:
-        targets["deviceIds"] = list(device)
-    if type_:
-        targets["deviceType"] = type_
-    if label:
-        targets["label"] = label
-    if name_pattern:
-        targets["namePattern"] = name_pattern
-    if customer:
-        targets["customerId"] = customer
-    if all_:
-        targets["all"] = True
+    given = {"deviceIds": list(device), "deviceType": type_, "label": label, "namePattern": name_pattern,
+             "customerId": customer, "all": all_}
+    targets = {key: value for key, value in given.items() if value}  # the options given (all_: True)
     if len(targets) != 1:
         raise click.UsageError("name exactly one target: --device (repeatable), --type, --label, "
                                "--name-pattern, --customer or --all")
@@ -80,12 +70,8 @@ def build_spec(
     if abort_at:
         body["abort"] = [{"failureType": "ALL", "thresholdPercentage": _percent(abort_at),
                           "minExecuted": min_executed}]
-    if timeout:
-        body["timeout"] = timeout
-    if oneway:
-        body["oneway"] = True
-    if persistent:
-        body["persistent"] = True
+    flags = {"timeout": timeout, "oneway": oneway, "persistent": persistent}
+    body.update((key, value) for key, value in flags.items() if value)
     if expiration:
         body["expirationTime"] = now_ms + int(expiration * 1000)
     return body

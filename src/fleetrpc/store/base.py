@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import abc
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import msgspec
@@ -304,6 +304,19 @@ class Store(abc.ABC):
         self.owns_db = owns_db
         self.stats = StoreStats()
 
+    @staticmethod
+    def _database(
+        db: Database | str, make: Callable[..., Database], migrate_on_open: bool, options: dict[str, Any]
+    ) -> tuple[Database, bool]:
+        """A dialect store's database and whether the store owns it: the
+        shared one given, or for a path or URL one of its own made by
+        ``make`` with ``options`` (which a shared database cannot take)."""
+        if isinstance(db, str):
+            return make(db, migrate=migrate_on_open, **options), True
+        if options:
+            raise TypeError(f"options {sorted(options)} are the database's, not the store's")
+        return db, False
+
     # -- lifecycle --
 
     async def open(self) -> None:
@@ -376,10 +389,15 @@ class Store(abc.ABC):
         """Apply one change; True if it applied."""
         return (await self.write((), (change,))).applied[0]
 
-    @abc.abstractmethod
     async def delete(self, rpc_id: str, tenant_id: str) -> RpcRecord | None:
         """Remove that tenant's call and return it as it was, or None if
         the tenant has no such call."""
+        check_tenant(tenant_id)
+        row = await self.db.fetchrow(
+            f"DELETE FROM rpc WHERE id = $1 AND tenant_id = $2 RETURNING {', '.join(COLUMNS)}", rpc_id, tenant_id
+        )
+        self.stats.transactions += 1
+        return None if row is None else row_record(row)
 
     # -- reads --
 
@@ -420,18 +438,34 @@ class Store(abc.ABC):
         unfinished call and return them, oldest first.  (One node for now;
         clustering will claim only calls whose lease lapsed.)"""
 
-    # -- TTL --
+    # -- TTL (the SQL of these two is the same in both dialects) --
 
-    @abc.abstractmethod
     async def purge_terminal(self, older_than_ms: int, tenant_id: str) -> int:
         """Delete that tenant's finished calls created before
         ``older_than_ms``; return how many.  Calls that can still change are
         never purged."""
+        check_tenant(tenant_id)
+        n = await self.db.execute(
+            f"DELETE FROM rpc WHERE created_time < $1 AND tenant_id = $2 AND {TERMINAL_SQL}", older_than_ms, tenant_id
+        )
+        self.stats.transactions += 1
+        return n
 
-    @abc.abstractmethod
     async def set_tenant_ttl(self, tenant_id: str, days: int | None) -> None:
         """Set a tenant's RPC TTL in days (ThingsBoard's "RPC TTL days"):
         ``0`` keeps its calls forever, ``None`` falls back to the default."""
+        check_tenant(tenant_id)
+        check_ttl_days(days)
+        if days is None:
+            await self.db.execute("DELETE FROM tenant_settings WHERE tenant_id = $1", tenant_id)
+        else:
+            await self.db.execute(
+                "INSERT INTO tenant_settings (tenant_id, rpc_ttl_days) VALUES ($1, $2) "
+                "ON CONFLICT (tenant_id) DO UPDATE SET rpc_ttl_days = excluded.rpc_ttl_days",
+                tenant_id,
+                days,
+            )
+        self.stats.transactions += 1
 
     @abc.abstractmethod
     async def get_tenant_ttl(self, tenant_id: str) -> int | None:

@@ -100,6 +100,8 @@ class Database(abc.ABC):
 
     #: "sqlite" or "postgresql"
     dialect: str = ""
+    #: whether :meth:`open` applies pending migrations (the constructors' ``migrate``)
+    _migrate: bool = True
 
     # -- lifecycle --
 
@@ -127,24 +129,33 @@ class Database(abc.ABC):
     # -- queries --
 
     @abc.abstractmethod
+    def _statement(self) -> contextlib.AbstractAsyncContextManager[Conn]:
+        """The connection one statement outside a transaction runs on, in
+        autocommit mode (the dialects differ only in how they get it)."""
+
     async def execute(self, sql: str, *args: Any) -> int:
         """Run one statement; return the number of rows it affected."""
+        async with self._statement() as conn:
+            return await conn.execute(sql, *args)
 
     @abc.abstractmethod
     async def executemany(self, sql: str, args: Iterable[Sequence[Any]]) -> None:
         """Run one statement once per argument tuple, in one transaction."""
 
-    @abc.abstractmethod
     async def fetch(self, sql: str, *args: Any) -> list[Row]:
         """Every row of a query."""
+        async with self._statement() as conn:
+            return await conn.fetch(sql, *args)
 
-    @abc.abstractmethod
     async def fetchrow(self, sql: str, *args: Any) -> Row | None:
         """The first row of a query, or None."""
+        async with self._statement() as conn:
+            return await conn.fetchrow(sql, *args)
 
-    @abc.abstractmethod
     async def fetchval(self, sql: str, *args: Any) -> Any:
         """The first column of the first row, or None when there is no row."""
+        async with self._statement() as conn:
+            return await conn.fetchval(sql, *args)
 
     @abc.abstractmethod
     def transaction(self) -> contextlib.AbstractAsyncContextManager[Conn]:
@@ -185,6 +196,17 @@ class Database(abc.ABC):
                 )
                 done.append(m.version)
         return done
+
+    async def _migrate_opened(self) -> None:
+        """The end of :meth:`open`: apply pending migrations unless built
+        with ``migrate=False``; a failure closes the database again (never
+        left open half-migrated)."""
+        if self._migrate:
+            try:
+                await self.migrate()
+            except BaseException:
+                await self.close()
+                raise
 
     async def _before_migration(self, conn: Conn) -> None:
         """Dialect hook, inside each migration's transaction."""
@@ -376,12 +398,7 @@ class SqliteDatabase(Database):
             await raw.close()
             raise sqlite_error(e, "opening", self.path) from e
         self._conn = _SqliteConn(raw, self.path)
-        if self._migrate:
-            try:
-                await self.migrate()
-            except BaseException:
-                await self.close()
-                raise
+        await self._migrate_opened()
 
     async def close(self) -> None:
         conn, self._conn = self._conn, None
@@ -430,25 +447,12 @@ class SqliteDatabase(Database):
         # SQLITE_BUSY half-way through when another process writes).
         return self.locked(begin="IMMEDIATE")
 
-    async def execute(self, sql: str, *args: Any) -> int:
-        async with self.locked() as conn:
-            return await conn.execute(sql, *args)
+    def _statement(self) -> contextlib.AbstractAsyncContextManager[_SqliteConn]:
+        return self.locked()
 
     async def executemany(self, sql: str, args: Iterable[Sequence[Any]]) -> None:
         async with self.locked(begin="IMMEDIATE") as conn:
             await conn.executemany(sql, args)
-
-    async def fetch(self, sql: str, *args: Any) -> list[Row]:
-        async with self.locked() as conn:
-            return await conn.fetch(sql, *args)
-
-    async def fetchrow(self, sql: str, *args: Any) -> Row | None:
-        async with self.locked() as conn:
-            return await conn.fetchrow(sql, *args)
-
-    async def fetchval(self, sql: str, *args: Any) -> Any:
-        async with self.locked() as conn:
-            return await conn.fetchval(sql, *args)
 
     async def _has_table(self, name: str) -> bool:
         return bool(await self.fetchval("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = $1", name))
@@ -612,12 +616,7 @@ class PostgresDatabase(Database):
             )
         except Exception as e:
             raise postgres_error(e, "connecting", self.where) from e
-        if self._migrate:
-            try:
-                await self.migrate()
-            except BaseException:
-                await self.close()
-                raise
+        await self._migrate_opened()
 
     async def close(self) -> None:
         pool, self._pool = self._pool, None
@@ -676,25 +675,12 @@ class PostgresDatabase(Database):
             except Exception as e:
                 raise await self._error(e, "committing") from e
 
-    async def execute(self, sql: str, *args: Any) -> int:
-        async with self.connection() as conn:
-            return await conn.execute(sql, *args)
+    def _statement(self) -> contextlib.AbstractAsyncContextManager[_PgConn]:
+        return self.connection()
 
     async def executemany(self, sql: str, args: Iterable[Sequence[Any]]) -> None:
         async with self.connection() as conn:
             await conn.executemany(sql, args)  # asyncpg: one transaction
-
-    async def fetch(self, sql: str, *args: Any) -> list[Row]:
-        async with self.connection() as conn:
-            return await conn.fetch(sql, *args)
-
-    async def fetchrow(self, sql: str, *args: Any) -> Row | None:
-        async with self.connection() as conn:
-            return await conn.fetchrow(sql, *args)
-
-    async def fetchval(self, sql: str, *args: Any) -> Any:
-        async with self.connection() as conn:
-            return await conn.fetchval(sql, *args)
 
     async def _before_migration(self, conn: Conn) -> None:
         # Serialise migrators (several nodes starting at once).

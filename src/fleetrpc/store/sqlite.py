@@ -75,12 +75,8 @@ class SqliteStore(Store):
     backend = "sqlite"
 
     def __init__(self, db: SqliteDatabase | str, *, migrate_on_open: bool = True, **options: Any) -> None:
-        owns = isinstance(db, str)
-        if owns:
-            db = SqliteDatabase(db, migrate=migrate_on_open, **options)
-        elif options:
-            raise TypeError(f"options {sorted(options)} are the database's, not the store's")
-        super().__init__(db, owns_db=owns)
+        database, owns = self._database(db, SqliteDatabase, migrate_on_open, options)
+        super().__init__(database, owns_db=owns)
         self.db: SqliteDatabase
 
     @property
@@ -142,13 +138,6 @@ class SqliteStore(Store):
         self.stats.rows_changed += sum(applied)
         return WriteResult(inserted=inserted, applied=applied)
 
-    async def delete(self, rpc_id: str, tenant_id: str) -> RpcRecord | None:
-        check_tenant(tenant_id)
-        row = await self.db.fetchrow(f"DELETE FROM rpc WHERE id = $1 AND tenant_id = $2 RETURNING {_COLS}",
-                                     rpc_id, tenant_id)
-        self.stats.transactions += 1
-        return None if row is None else row_record(row)
-
     # -- reads ----------------------------------------------------------------------
 
     async def get(self, rpc_id: str, tenant_id: str) -> RpcRecord | None:
@@ -193,28 +182,6 @@ class SqliteStore(Store):
         return [row_record(r) for r in rows]
 
     # -- TTL ------------------------------------------------------------------------
-
-    async def purge_terminal(self, older_than_ms: int, tenant_id: str) -> int:
-        check_tenant(tenant_id)
-        n = await self.db.execute(
-            f"DELETE FROM rpc WHERE created_time < $1 AND tenant_id = $2 AND {TERMINAL_SQL}", older_than_ms, tenant_id
-        )
-        self.stats.transactions += 1
-        return n
-
-    async def set_tenant_ttl(self, tenant_id: str, days: int | None) -> None:
-        check_tenant(tenant_id)
-        check_ttl_days(days)
-        if days is None:
-            await self.db.execute("DELETE FROM tenant_settings WHERE tenant_id = $1", tenant_id)
-        else:
-            await self.db.execute(
-                "INSERT INTO tenant_settings (tenant_id, rpc_ttl_days) VALUES ($1, $2) "
-                "ON CONFLICT (tenant_id) DO UPDATE SET rpc_ttl_days = excluded.rpc_ttl_days",
-                tenant_id,
-                days,
-            )
-        self.stats.transactions += 1
 
     async def get_tenant_ttl(self, tenant_id: str) -> int | None:
         check_tenant(tenant_id)

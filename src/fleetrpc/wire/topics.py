@@ -21,6 +21,7 @@ __all__ = [
     "presence_topic", "heartbeat_topic", "elves_topic",
     "ServerTopics", "DeviceTopics", "node_level", "new_boot_id",
     "own_answer_target", "parse_call_topic", "server_filters", "device_filters", "topic_matches",
+    "levels_match",
     "devices_root", "device_permissions",
 ]
 
@@ -258,18 +259,25 @@ def is_presence_filter(filter_: str) -> bool:
     return filter_.endswith(("/presence", "/hb"))
 
 
-def topic_matches(filter_: str, topic: str) -> bool:
-    """MQTT topic matching: ``+`` one level, ``#`` the rest; a shared
-    subscription (``$share/{group}/...``) matches its inner filter; a
-    wildcard at the first level does not match a ``$`` topic."""
-    if filter_.startswith("$share/"):
-        filter_ = filter_.split("/", 2)[2]
-    f, t = filter_.split("/"), topic.split("/")
-    if topic.startswith("$") and f[0] in ("+", "#"):
-        return False
+def levels_match(f: list[str], t: list[str]) -> bool:
+    """MQTT filter matching on levels already split: ``+`` one level, ``#``
+    the rest (the parent level included).  No ``$`` rule: the callers that
+    need it check it first."""
     for i, level in enumerate(f):
         if level == "#":
             return True
         if i >= len(t) or (level != "+" and level != t[i]):
             return False
     return len(f) == len(t)
+
+
+def topic_matches(filter_: str, topic: str) -> bool:
+    """MQTT topic matching: ``+`` one level, ``#`` the rest; a shared
+    subscription (``$share/{group}/...``) matches its inner filter; a
+    wildcard at the first level does not match a ``$`` topic."""
+    if filter_.startswith("$share/"):
+        filter_ = filter_.split("/", 2)[2]
+    f = filter_.split("/")
+    if topic.startswith("$") and f[0] in ("+", "#"):
+        return False
+    return levels_match(f, topic.split("/"))

@@ -17,6 +17,8 @@ from typing import Any, Literal
 import msgspec
 from aiohttp import web
 
+from ...store.entities.model import Contact
+
 __all__ = ["json_reply", "read_body"]
 
 _encode = msgspec.json.Encoder().encode
@@ -96,18 +98,7 @@ class DeviceCredentialsJson(msgspec.Struct):
     version: int
 
 
-class _Contact(msgspec.Struct):
-    country: str | None = None
-    state: str | None = None
-    city: str | None = None
-    address: str | None = None
-    address2: str | None = None
-    zip: str | None = None
-    phone: str | None = None
-    email: str | None = None
-
-
-class TenantJson(_Contact, kw_only=True):
+class TenantJson(Contact, kw_only=True):
     """ThingsBoard's ``Tenant``."""
 
     id: EntityId
@@ -120,7 +111,7 @@ class TenantJson(_Contact, kw_only=True):
     version: int
 
 
-class CustomerJson(_Contact, kw_only=True):
+class CustomerJson(Contact, kw_only=True):
     """ThingsBoard's ``Customer``."""
 
     id: EntityId
@@ -203,7 +194,7 @@ class DeviceWithCredentialsBody(msgspec.Struct):
     credentials: CredentialsBody
 
 
-class TenantBody(_Contact, kw_only=True):
+class TenantBody(Contact, kw_only=True):
     """``POST /api/tenant``: ``id`` set updates that tenant."""
 
     id: EntityId | None = None
@@ -212,7 +203,7 @@ class TenantBody(_Contact, kw_only=True):
     additionalInfo: Any = None
 
 
-class CustomerBody(_Contact, kw_only=True):
+class CustomerBody(Contact, kw_only=True):
     """``POST /api/customer``: ``id`` set updates that customer."""
 
     id: EntityId | None = None

@@ -31,7 +31,7 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
-from .envelope import Envelope, check_ip
+from .envelope import Envelope, check_ip, check_ip_list
 from .errors import Code, ElvesError
 from .router import Alias, ElvesCall, ElvesRouter
 from ...api.keys import PRINCIPAL
@@ -39,8 +39,6 @@ from ...api.keys import PRINCIPAL
 __all__ = ["CmdbService", "CmdbRepository", "CmdbSettings", "FIELDS", "parse_csv", "install", "setup_http"]
 
 FIELDS = ("sn", "iplist", "idc", "main_cat", "sub_cat", "app_info", "manager")
-#: Most IPs one getCmdbInfoByIpList may ask for.
-MAX_IPS = 10_000
 #: Largest CSV accepted.
 MAX_CSV_BYTES = 16 * 1024 * 1024
 
@@ -221,10 +219,7 @@ class CmdbService:
         return dict(record)
 
     async def get_cmdb_info_by_ip_list(self, env: Envelope, call: ElvesCall) -> dict[str, Any]:
-        raw = env.args(_IpListArgs).agentiplist
-        if len(raw) > MAX_IPS:
-            raise ElvesError(Code.BAD_IP, f"Bad Ip: at most {MAX_IPS} IPs at once")
-        ips = [check_ip(ip) for ip in raw]
+        ips = check_ip_list(env.args(_IpListArgs).agentiplist)
         found = await self.lookup(call.tenant_id, list(dict.fromkeys(ips)))
         return {"info": [{"ip": ip, "found": ip in found, **found.get(ip, _EMPTY)} for ip in ips]}
 

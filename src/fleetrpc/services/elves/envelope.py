@@ -36,6 +36,8 @@ __all__ = [
     "error_envelope",
     "normalise_mode",
     "check_ip",
+    "check_ip_list",
+    "MAX_IPS",
 ]
 
 #: The flag strings of Elves' replies (``flag``, ``agent_sync_flag``).
@@ -289,3 +291,15 @@ def check_ip(value: Any) -> str:
         except ValueError:
             pass
     raise ElvesError(Code.BAD_IP, f"Bad Ip: {value!r} is not an IP address")
+
+
+#: Most IPs one list query (getCmdbInfoByIpList, getStatByIpList) may name.
+MAX_IPS = 10_000
+
+
+def check_ip_list(values: list[Any]) -> list[str]:
+    """Every IP of a list query, checked by :func:`check_ip`, in order; a
+    list longer than :data:`MAX_IPS` is ElvesError 403.1 too."""
+    if len(values) > MAX_IPS:
+        raise ElvesError(Code.BAD_IP, f"Bad Ip: at most {MAX_IPS} IPs at once")
+    return [check_ip(ip) for ip in values]

@@ -30,15 +30,12 @@ import msgspec
 
 from .config import ElvesSettings
 from .directory import AgentDirectory
-from .envelope import FLAG_FALSE, FLAG_TRUE, Envelope, check_ip
+from .envelope import FLAG_FALSE, FLAG_TRUE, Envelope, check_ip, check_ip_list
 from .errors import Code, ElvesError
 from .router import ElvesCall, ElvesRouter
 from .tasklog import elves_time
 
 __all__ = ["Heartbeat", "AgentState"]
-
-#: Most IPs one getStatByIpList may ask for.
-MAX_IPS = 10_000
 
 #: ``cron_lister(tenant_id, ip) -> [cron entries]``: the center crons of an
 #: agent (set by the cron service), listed in getInfoByIp's ``cronlist``.
@@ -179,10 +176,7 @@ class Heartbeat:
         }
 
     async def get_stat_by_ip_list(self, env: Envelope, call: ElvesCall) -> dict[str, Any]:
-        raw = env.args(_IpListArgs).iplist
-        if len(raw) > MAX_IPS:
-            raise ElvesError(Code.BAD_IP, f"Bad Ip: at most {MAX_IPS} IPs at once")
-        ips = [check_ip(ip) for ip in raw]
+        ips = check_ip_list(env.args(_IpListArgs).iplist)
         states = await self.states(call.tenant_id, list(dict.fromkeys(ips)))
         return {"status": [FLAG_TRUE if (s := states[ip]) is not None and s.online else FLAG_FALSE for ip in ips]}
 

@@ -291,15 +291,10 @@ class DeviceRepository:
         if type is not None and type != "":
             q.equals("d.type", _check_type(type))
         q.search(("d.name", "d.label"), text_search)
-        where = q.where_sql()
         order = q.order_sql(sort_property, sort_order, _SORT, "createdTime", "d.id", unique=("name",))
         join = (" LEFT JOIN customer cu ON cu.id = d.customer_id AND cu.tenant_id = d.tenant_id"
                 if "cu." in order else "")
-        total = await self.db.fetchval(f"SELECT count(*) FROM device d{where}", *q.args)
-        rows = await self.db.fetch(
-            f"SELECT {_DEVICE_COLUMNS} FROM device d{join}{where}{order}{q.limit_sql(page_size, page)}", *q.args
-        )
-        return PageData.build([_device(r) for r in rows], total, page_size, page)
+        return await q.fetch_page(self.db, "device d", _DEVICE_COLUMNS, order, page_size, page, _device, join)
 
     async def count(self, tenant_id: str, customer_id: str | None = None) -> int:
         """How many devices the tenant (or one customer of it; the null UUID:

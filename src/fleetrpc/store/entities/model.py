@@ -29,6 +29,8 @@ __all__ = [
     "NULL_UUID",
     "AUTHORITIES",
     "Authority",
+    "CONTACT_FIELDS",
+    "Contact",
     "Tenant",
     "Customer",
     "User",
@@ -170,16 +172,12 @@ def _entity(entity_type: str, id_: str) -> dict[str, str]:
 
 # -- entities -------------------------------------------------------------------------
 
-_CONTACT_FIELDS = ("country", "state", "city", "address", "address2", "zip", "phone", "email")
 
+class Contact(msgspec.Struct, kw_only=True):
+    """The address fields tenants and customers share (ThingsBoard's
+    ``ContactBased``): in the entities, their request bodies and the API's
+    JSON shapes alike."""
 
-class Tenant(msgspec.Struct, kw_only=True):
-    """A tenant (ThingsBoard's ``Tenant``)."""
-
-    id: str
-    created_time: int
-    title: str
-    region: str | None = None
     country: str | None = None
     state: str | None = None
     city: str | None = None
@@ -188,6 +186,19 @@ class Tenant(msgspec.Struct, kw_only=True):
     zip: str | None = None
     phone: str | None = None
     email: str | None = None
+
+
+CONTACT_FIELDS: tuple[str, ...] = Contact.__struct_fields__
+
+
+class Tenant(Contact, kw_only=True):
+    """A tenant (ThingsBoard's ``Tenant``); the address fields are
+    :class:`Contact`'s."""
+
+    id: str
+    created_time: int
+    title: str
+    region: str | None = None
     additional_info: Any = None
     version: int = 1
 
@@ -200,7 +211,7 @@ class Tenant(msgspec.Struct, kw_only=True):
             "region": self.region,
             "tenantProfileId": _entity("TENANT_PROFILE", device_profile_id(NULL_UUID, "default")),
         }
-        for field in _CONTACT_FIELDS:
+        for field in CONTACT_FIELDS:
             out[field] = getattr(self, field)
         out["additionalInfo"] = self.additional_info
         out["version"] = self.version
@@ -211,21 +222,14 @@ class Tenant(msgspec.Struct, kw_only=True):
         return TenantInput.parse(body)
 
 
-class Customer(msgspec.Struct, kw_only=True):
-    """A customer of a tenant (ThingsBoard's ``Customer``)."""
+class Customer(Contact, kw_only=True):
+    """A customer of a tenant (ThingsBoard's ``Customer``); the address
+    fields are :class:`Contact`'s."""
 
     id: str
     tenant_id: str
     created_time: int
     title: str
-    country: str | None = None
-    state: str | None = None
-    city: str | None = None
-    address: str | None = None
-    address2: str | None = None
-    zip: str | None = None
-    phone: str | None = None
-    email: str | None = None
     additional_info: Any = None
     version: int = 1
 
@@ -237,7 +241,7 @@ class Customer(msgspec.Struct, kw_only=True):
             "name": self.title,
             "tenantId": _entity("TENANT", self.tenant_id),
         }
-        for field in _CONTACT_FIELDS:
+        for field in CONTACT_FIELDS:
             out[field] = getattr(self, field)
         out["additionalInfo"] = self.additional_info
         out["externalId"] = None
@@ -425,22 +429,11 @@ def _own_id(what: str, ref: _IdBody | None, entity_type: str) -> str | None:
     return out
 
 
-class _ContactBody(msgspec.Struct):
-    country: str | None = None
-    state: str | None = None
-    city: str | None = None
-    address: str | None = None
-    address2: str | None = None
-    zip: str | None = None
-    phone: str | None = None
-    email: str | None = None
+def _contact(body: Contact) -> dict[str, str | None]:
+    return {f: _check_text(f, getattr(body, f), required=False) for f in CONTACT_FIELDS}
 
 
-def _contact(body: _ContactBody) -> dict[str, str | None]:
-    return {f: _check_text(f, getattr(body, f), required=False) for f in _CONTACT_FIELDS}
-
-
-class _TenantBody(_ContactBody):
+class _TenantBody(Contact):
     id: _IdBody | None = None
     title: Any = None
     region: str | None = None
@@ -471,7 +464,7 @@ class TenantInput(msgspec.Struct, kw_only=True):
         )
 
 
-class _CustomerBody(_ContactBody):
+class _CustomerBody(Contact):
     id: _IdBody | None = None
     title: Any = None
     tenantId: _IdBody | None = None
@@ -622,9 +615,4 @@ class CredentialsInput(msgspec.Struct, kw_only=True):
             raise ValidationError(
                 f"Unsupported credentials type {b.credentialsType!r}: only ACCESS_TOKEN is supported"
             )
-        device_id = None
-        if b.deviceId is not None:
-            if b.deviceId.entityType is not None and b.deviceId.entityType != "DEVICE":
-                raise ValidationError(f"deviceId: expected entityType 'DEVICE', got {b.deviceId.entityType!r}")
-            device_id = check_uuid("deviceId.id", b.deviceId.id)
-        return cls(device_id=device_id, token=check_token(b.credentialsId))
+        return cls(device_id=_ref("deviceId", b.deviceId, "DEVICE"), token=check_token(b.credentialsId))

@@ -11,7 +11,7 @@ the id, so pages never overlap nor skip rows that tie.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from ...errors import ValidationError
@@ -116,3 +116,25 @@ class ListQuery:
 
     def limit_sql(self, page_size: int, page: int) -> str:
         return f" LIMIT {self.arg(page_size)} OFFSET {self.arg(page * page_size)}"
+
+    async def fetch_page(
+        self,
+        db: Any,
+        table: str,
+        columns: str,
+        order: str,
+        page_size: int,
+        page: int,
+        entity: Callable[[Any], Any],
+        join: str = "",
+    ) -> PageData:
+        """Run the listing: count the rows of ``table`` (with its alias, if
+        any) that match, then read page ``page`` of them in ``order``, each
+        row made an entity by ``entity``.  ``join`` is only for the page's
+        ORDER BY (the count does not need it)."""
+        where = self.where_sql()
+        total = await db.fetchval(f"SELECT count(*) FROM {table}{where}", *self.args)
+        rows = await db.fetch(
+            f"SELECT {columns} FROM {table}{join}{where}{order}{self.limit_sql(page_size, page)}", *self.args
+        )
+        return PageData.build([entity(r) for r in rows], total, page_size, page)

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 from ...errors import AlreadyExistsError, EntityNotFoundError, ValidationError
 from ..db import Database
 from .model import (
+    CONTACT_FIELDS as _CONTACT,
     NULL_UUID,
     Customer,
     Tenant,
@@ -26,7 +27,6 @@ if TYPE_CHECKING:
 
 __all__ = ["TenantRepository", "CustomerRepository"]
 
-_CONTACT = ("country", "state", "city", "address", "address2", "zip", "phone", "email")
 _TENANT_FIELDS = ("region", *_CONTACT)
 _TENANT_COLUMNS = "id, created_time, title, " + ", ".join(_TENANT_FIELDS) + ", additional_info, version"
 _CUSTOMER_COLUMNS = "id, tenant_id, created_time, title, " + ", ".join(_CONTACT) + ", additional_info, version"
@@ -132,13 +132,8 @@ class TenantRepository:
         page_size, page = check_paging(page_size, page)
         q = ListQuery(self.db.dialect)
         q.search(("title",), text_search)
-        where = q.where_sql()
         order = q.order_sql(sort_property, sort_order, _TITLE_SORT, "createdTime", "id")
-        total = await self.db.fetchval(f"SELECT count(*) FROM tenant{where}", *q.args)
-        rows = await self.db.fetch(
-            f"SELECT {_TENANT_COLUMNS} FROM tenant{where}{order}{q.limit_sql(page_size, page)}", *q.args
-        )
-        return PageData.build([_tenant(r) for r in rows], total, page_size, page)
+        return await q.fetch_page(self.db, "tenant", _TENANT_COLUMNS, order, page_size, page, _tenant)
 
     async def delete(self, tenant_id: str) -> None:
         """Delete a tenant and everything it owns: customers, users, devices
@@ -235,13 +230,8 @@ class CustomerRepository:
         q = ListQuery(self.db.dialect)
         q.equals("tenant_id", check_uuid("tenant id", tenant_id))
         q.search(("title",), text_search)
-        where = q.where_sql()
         order = q.order_sql(sort_property, sort_order, _TITLE_SORT, "createdTime", "id", unique=("title",))
-        total = await self.db.fetchval(f"SELECT count(*) FROM customer{where}", *q.args)
-        rows = await self.db.fetch(
-            f"SELECT {_CUSTOMER_COLUMNS} FROM customer{where}{order}{q.limit_sql(page_size, page)}", *q.args
-        )
-        return PageData.build([_customer(r) for r in rows], total, page_size, page)
+        return await q.fetch_page(self.db, "customer", _CUSTOMER_COLUMNS, order, page_size, page, _customer)
 
     async def delete(self, tenant_id: str, customer_id: str) -> None:
         """Delete a customer and its users; its devices stay with the tenant,

@@ -294,13 +294,8 @@ class UserRepository:
         if authority is not None:
             q.equals("authority", check_authority(authority))
         q.search(("email", "first_name", "last_name"), text_search)
-        where = q.where_sql()
         order = q.order_sql(sort_property, sort_order, _SORT, "createdTime", "id", unique=("email",))
-        total = await self.db.fetchval(f"SELECT count(*) FROM tb_user{where}", *q.args)
-        rows = await self.db.fetch(
-            f"SELECT {_USER_COLUMNS} FROM tb_user{where}{order}{q.limit_sql(page_size, page)}", *q.args
-        )
-        return PageData.build([_user(r) for r in rows], total, page_size, page)
+        return await q.fetch_page(self.db, "tb_user", _USER_COLUMNS, order, page_size, page, _user)
 
     async def delete(self, user_id: str, *, tenant_id: str | None = None) -> None:
         """Delete a user (of ``tenant_id`` when given: another tenant's user

@@ -48,19 +48,13 @@ class EndpointCollector:
 
     def collect(self) -> Iterator[Any]:
         ep = self.endpoint
-        g = GaugeMetricFamily("fleetrpc_endpoint_connections", "Open device connections on the endpoint")
-        g.add_metric([], ep.connection_count)
-        yield g
-        g = GaugeMetricFamily("fleetrpc_endpoint_devices",
-                              "Devices with an authenticated connection on the endpoint")
-        g.add_metric([], len(ep._sessions))
-        yield g
-        g = GaugeMetricFamily("fleetrpc_endpoint_reachable_devices",
-                              "Devices (and gateways' sub-devices) subscribed to their RPC topic on the endpoint")
-        g.add_metric([], len(ep._routes))
-        yield g
+        yield GaugeMetricFamily("fleetrpc_endpoint_connections", "Open device connections on the endpoint",
+                                value=ep.connection_count)
+        yield GaugeMetricFamily("fleetrpc_endpoint_devices",
+                                "Devices with an authenticated connection on the endpoint", value=len(ep._sessions))
+        yield GaugeMetricFamily("fleetrpc_endpoint_reachable_devices",
+                                "Devices (and gateways' sub-devices) subscribed to their RPC topic on the endpoint",
+                                value=len(ep._routes))
         stats = ep.stats
         for name, text in _COUNTERS.items():
-            c = CounterMetricFamily(f"fleetrpc_endpoint_{name}", text)
-            c.add_metric([], getattr(stats, name))
-            yield c
+            yield CounterMetricFamily(f"fleetrpc_endpoint_{name}", text, value=getattr(stats, name))

@@ -1,5 +1,7 @@
 """MQTT 3.1.1 / 5 control packets a server reads and writes (all but PUBLISH
-and PUBACK, which the compiled core frames: :mod:`fleetrpc._core`).
+and PUBACK, which the compiled core frames: :mod:`fleetrpc._core`), and the
+few a client writes (CONNECT, SUBSCRIBE), so the simulator's lean client and
+the tests' raw client frame them here too instead of each by hand.
 
 None of these is on the hot path (CONNECT once per connection, SUBSCRIBE a
 few times, PINGREQ once per keepalive), so they are plain Python: a parser
@@ -10,6 +12,7 @@ reason code the connection is closed with.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from ...errors import CodecError
@@ -216,7 +219,7 @@ def read_properties(cur: _Cursor) -> dict[str, Any]:
 def parse_publish_properties(raw: bytes) -> dict[str, Any]:
     """The property block body of a PUBLISH (as the compiled reader hands it
     over, without its length) as ``{name: value}``."""
-    return read_properties(_Cursor(_varint(len(raw)) + raw))
+    return read_properties(_Cursor(varint(len(raw)) + raw))
 
 
 class Connect:
@@ -298,16 +301,24 @@ def parse_connect(flags: int, body: bytes) -> Connect:
     return c
 
 
-def parse_subscribe(flags: int, body: bytes, v5: bool) -> tuple[int, list[tuple[str, int, int]]]:
-    """SUBSCRIBE -> (packet id, [(filter, requested QoS, options byte)])."""
+def _subscription_head(kind: str, flags: int, body: bytes, v5: bool) -> tuple[_Cursor, int]:
+    """What SUBSCRIBE and UNSUBSCRIBE start with: fixed-header flags 0b0010,
+    a packet id other than 0, MQTT 5 properties (ignored).  Returns the
+    cursor at the first topic filter and the packet id."""
     if flags != 0x02:
-        raise ProtocolError("SUBSCRIBE with wrong fixed-header flags")
+        raise ProtocolError(f"{kind} with wrong fixed-header flags")
     cur = _Cursor(body)
     mid = cur.u16()
     if mid == 0:
-        raise ProtocolError("SUBSCRIBE with packet id 0")
+        raise ProtocolError(f"{kind} with packet id 0")
     if v5:
         read_properties(cur)
+    return cur, mid
+
+
+def parse_subscribe(flags: int, body: bytes, v5: bool) -> tuple[int, list[tuple[str, int, int]]]:
+    """SUBSCRIBE -> (packet id, [(filter, requested QoS, options byte)])."""
+    cur, mid = _subscription_head("SUBSCRIBE", flags, body, v5)
     subs = []
     while cur.left():
         topic = cur.string()
@@ -326,14 +337,7 @@ def parse_subscribe(flags: int, body: bytes, v5: bool) -> tuple[int, list[tuple[
 
 def parse_unsubscribe(flags: int, body: bytes, v5: bool) -> tuple[int, list[str]]:
     """UNSUBSCRIBE -> (packet id, [filter])."""
-    if flags != 0x02:
-        raise ProtocolError("UNSUBSCRIBE with wrong fixed-header flags")
-    cur = _Cursor(body)
-    mid = cur.u16()
-    if mid == 0:
-        raise ProtocolError("UNSUBSCRIBE with packet id 0")
-    if v5:
-        read_properties(cur)
+    cur, mid = _subscription_head("UNSUBSCRIBE", flags, body, v5)
     topics = []
     while cur.left():
         topics.append(cur.string())
@@ -372,7 +376,11 @@ def valid_filter(topic: str) -> bool:
 # -- writing ---------------------------------------------------------------------
 
 
-def _varint(n: int) -> bytes:
+def varint(n: int) -> bytes:
+    """MQTT Variable Byte Integer (Remaining Length, property lengths): 7
+    bits per byte, high bit = more bytes follow."""
+    if n < 128:  # the common case, on the simulator's publish path
+        return bytes((n,))
     out = bytearray()
     while True:
         b = n & 0x7F
@@ -384,8 +392,18 @@ def _varint(n: int) -> bytes:
             return bytes(out)
 
 
-def _packet(first: int, body: bytes) -> bytes:
-    return bytes((first,)) + _varint(len(body)) + body
+def mqtt_string(s: str | bytes) -> bytes:
+    """A UTF-8 string (``str``) or binary data (``bytes``) field: two-byte
+    length, then the bytes."""
+    b = s.encode() if isinstance(s, str) else s
+    if len(b) > 0xFFFF:
+        raise ValueError("MQTT strings are at most 65535 bytes")
+    return len(b).to_bytes(2, "big") + b
+
+
+def packet(first: int, body: bytes) -> bytes:
+    """A whole packet: first byte, Remaining Length, body."""
+    return bytes((first,)) + varint(len(body)) + body
 
 
 def encode_properties(props: dict[int, Any]) -> bytes:
@@ -393,7 +411,7 @@ def encode_properties(props: dict[int, Any]) -> bytes:
     out = bytearray()
     for pid, value in props.items():
         kind = _PROPERTIES[pid][1]
-        out += _varint(pid)
+        out += varint(pid)
         if kind == "b":
             out.append(value)
         elif kind == "h":
@@ -401,13 +419,10 @@ def encode_properties(props: dict[int, Any]) -> bytes:
         elif kind == "i":
             out += value.to_bytes(4, "big")
         elif kind == "v":
-            out += _varint(value)
-        elif kind == "s":
-            raw = value.encode()
-            out += len(raw).to_bytes(2, "big") + raw
-        elif kind == "d":
-            out += len(value).to_bytes(2, "big") + value
-    return _varint(len(out)) + bytes(out)
+            out += varint(value)
+        elif kind in ("s", "d"):
+            out += mqtt_string(value)
+    return varint(len(out)) + bytes(out)
 
 
 def connack(v5: bool, reason: int, session_present: bool = False, props: dict[int, Any] | None = None) -> bytes:
@@ -418,7 +433,7 @@ def connack(v5: bool, reason: int, session_present: bool = False, props: dict[in
         body += encode_properties(props or {})
     else:
         body = bytes((1 if session_present and reason == SUCCESS else 0, V3_CONNACK.get(reason, 3)))
-    return _packet(0x20, body)
+    return packet(0x20, body)
 
 
 def suback(mid: int, codes: list[int], v5: bool) -> bytes:
@@ -426,7 +441,7 @@ def suback(mid: int, codes: list[int], v5: bool) -> bytes:
     if not v5:
         codes = [c if c < 0x80 else 0x80 for c in codes]
     body = mid.to_bytes(2, "big") + (b"\x00" if v5 else b"") + bytes(codes)
-    return _packet(0x90, body)
+    return packet(0x90, body)
 
 
 def unsuback(mid: int, codes: list[int], v5: bool) -> bytes:
@@ -434,10 +449,56 @@ def unsuback(mid: int, codes: list[int], v5: bool) -> bytes:
     body = mid.to_bytes(2, "big")
     if v5:
         body += b"\x00" + bytes(codes)
-    return _packet(0xB0, body)
+    return packet(0xB0, body)
 
 
 def disconnect(reason: int, reason_string: str | None = None) -> bytes:
     """A server's DISCONNECT (MQTT 5 only: 3.1.1 servers just close)."""
     props = {0x1F: reason_string} if reason_string else {}
-    return _packet(0xE0, bytes((reason,)) + encode_properties(props))
+    return packet(0xE0, bytes((reason,)) + encode_properties(props))
+
+
+
+def encode_connect(
+    client_id: str,
+    *,
+    version: int = 4,
+    keepalive: int = 60,
+    clean: bool = True,
+    username: str | None = None,
+    password: str | bytes | None = None,
+    will: tuple[str, bytes, int, bool] | None = None,
+    props: dict[int, Any] | None = None,
+) -> bytes:
+    """A client's CONNECT.  Every field given is written, even a password
+    without a user name (3.1.1 forbids it; the tests send it on purpose).
+    ``will`` is (topic, payload, qos, retain), without will properties."""
+    flags = 0x02 if clean else 0
+    payload = mqtt_string(client_id)
+    if will is not None:
+        topic, message, qos, retain = will
+        flags |= 0x04 | (qos << 3) | (0x20 if retain else 0)
+        if version == 5:
+            payload += b"\x00"
+        payload += mqtt_string(topic) + mqtt_string(message)
+    if username is not None:
+        flags |= 0x80
+        payload += mqtt_string(username)
+    if password is not None:
+        flags |= 0x40
+        payload += mqtt_string(password)
+    body = mqtt_string("MQTT") + bytes((version, flags)) + keepalive.to_bytes(2, "big")
+    if version == 5:
+        body += encode_properties(props or {})
+    return packet(CONNECT, body + payload)
+
+
+def encode_subscribe(mid: int, filters: Iterable[tuple[str, int]], version: int = 4) -> bytes:
+    """A client's SUBSCRIBE: (filter, options byte) pairs; the options byte
+    is the requested QoS unless MQTT 5 flags are wanted."""
+    body = bytearray(mid.to_bytes(2, "big"))
+    if version == 5:
+        body.append(0)  # no properties
+    for topic, options in filters:
+        body += mqtt_string(topic) + bytes((options,))
+    return packet(SUBSCRIBE, bytes(body))

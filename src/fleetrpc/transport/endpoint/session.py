@@ -39,7 +39,7 @@ import msgspec
 from ... import _core
 from ...errors import CodecError
 from ...wire import REQUEST_DECODER, error_reply, validate_id
-from ...wire.topics import return_topic
+from ...wire.topics import levels_match, return_topic
 from . import packets as P
 
 if TYPE_CHECKING:
@@ -581,7 +581,7 @@ class Session(asyncio.Protocol):
         nbase = self.base.count("/") + 1
         for f, q in self._fr_filters():
             flevels = f.split("/")
-            if _matches(flevels, any_req):
+            if levels_match(flevels, any_req):
                 qos = max(qos, q)
             elif flevels[nbase:nbase + 1] in (["req"], ["+"]):
                 specific = True
@@ -599,7 +599,7 @@ class Session(asyncio.Protocol):
             else:
                 if levels is None:
                     levels = topic.split("/")
-                ok = _matches(f.split("/"), levels)
+                ok = levels_match(f.split("/"), levels)
             if ok and qos > best:
                 best = qos
         return best
@@ -1027,17 +1027,4 @@ def _number(text: str) -> int | None:
     if 0 < len(text) <= 10 and text.isascii() and text.isdigit():
         return int(text)
     return None
-
-
-def _matches(flevels: list[str], levels: list[str]) -> bool:
-    """MQTT topic filter matching, level by level."""
-    nf = len(flevels)
-    for i, f in enumerate(flevels):
-        if f == "#":
-            return True
-        if i >= len(levels):
-            return False
-        if f != "+" and f != levels[i]:
-            return False
-    return nf == len(levels)
 
