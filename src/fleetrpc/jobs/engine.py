@@ -369,8 +369,10 @@ class _Run:
         self._flushing = asyncio.get_running_loop().create_future()
         try:
             await self.engine.repo.finish_devices(self.job, rows)
-        except Exception:
-            self.rows[:0] = rows  # keep them for the next attempt
+        except BaseException:
+            # Kept for the next attempt, also when cancelled mid-write
+            # (writing an outcome twice is harmless; losing it is not).
+            self.rows[:0] = rows
             raise
         finally:
             fut, self._flushing = self._flushing, None
@@ -584,7 +586,9 @@ class _Run:
             await asyncio.sleep(self.engine.flush_interval)
             if self.rows:
                 try:
-                    await self.flush()
+                    # Shielded: the run cancels this loop when it ends, and a
+                    # write is finished, not cut (the run's last flush waits).
+                    await asyncio.shield(self.flush())
                 except Exception as exc:  # the database is down: keep the rows, retry
                     log.warning("job %s: writing outcomes failed (%s); will retry", self.job.id, exc)
 
