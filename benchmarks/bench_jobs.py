@@ -9,8 +9,9 @@
 Starts a throwaway tuned Mosquitto (unless ``--url``) and ``--devices``
 simulated devices (the lean ones of :mod:`fleetrpc.sim`, in worker
 processes, answering ``echo`` at once).  Per database (``--db``: a SQLite
-file with ``synchronous=FULL``, and a PostgreSQL database created for the
-run on ``--dsn`` and dropped at the end), one Dispatcher, one
+file with ``synchronous=FULL``, a PostgreSQL database created for the
+run on ``--dsn`` and dropped at the end, or ``memory`` -- a repository
+that writes nothing, to tell the engine's cost from its database's), one Dispatcher, one
 PersistentRpc engine on a group-commit store and one JobEngine, on the same
 Database, as ``fleetrpc serve`` wires them.  Phases, each bounded:
 
@@ -87,17 +88,24 @@ class Stack:
         from fleetrpc.store.db import open_database
         from fleetrpc.store.jobs import JobRepository
 
-        self.db = await open_database(self.db_url)
-        self.store = rpc_store(self.db, group_commit=True)
-        await self.store.open()
+        if self.db_url == "memory":
+            self.db = self.store = None
+        else:
+            self.db = await open_database(self.db_url)
+            self.store = rpc_store(self.db, group_commit=True)
+            await self.store.open()
         self.dispatcher = Dispatcher(Settings(
             mqtt_url=self.mqtt_url, node_id=f"jbench-{self.name}-{uuid.uuid4().hex[:6]}",
             min_timeout_ms=0, ttl_enabled=False, inflight_window=max(20_000, 2 * self.devices),
         ))
         await self.dispatcher.start()
-        self.persistent = PersistentRpc(self.dispatcher, self.store)
-        await self.persistent.start()
-        self.jobs = JobEngine(self.dispatcher, JobRepository(self.db), persistent=self.persistent)
+        self.persistent = None
+        if self.store is not None:
+            self.persistent = PersistentRpc(self.dispatcher, self.store)
+            await self.persistent.start()
+        repo = MemoryJobs() if self.db is None else JobRepository(self.db)
+        self.writes = _count_writes(repo)
+        self.jobs = JobEngine(self.dispatcher, repo, persistent=self.persistent)
         await self.jobs.start()
         deadline = time.monotonic() + 30 + len(device_ids) / 500
         want = set(device_ids)
@@ -108,8 +116,50 @@ class Stack:
 
     async def close(self) -> None:
         for part in (self.jobs, self.persistent, self.dispatcher, self.store, self.db):
+            if part is None:
+                continue
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(part.close(), 30)
+
+
+def _count_writes(repo: Any) -> dict[str, int]:
+    """Count the repository's batch writes (transactions) in ``counts``."""
+    counts = {"start_devices": 0, "finish_devices": 0}
+    for name in counts:
+        inner = getattr(repo, name)
+
+        async def counted(job, rows, _inner=inner, _name=name):
+            counts[_name] += 1
+            return await _inner(job, rows)
+
+        setattr(repo, name, counted)
+    return counts
+
+
+class MemoryJobs:
+    """A job repository that writes nothing (``--db memory``): the job
+    engine's own cost without its database, for the comparison only."""
+
+    def __init__(self) -> None:
+        self.jobs: dict[str, Any] = {}
+
+    async def insert(self, job) -> None:
+        self.jobs[job.id] = job
+
+    async def save(self, job) -> None:
+        pass
+
+    async def start_devices(self, job, rows) -> None:
+        pass
+
+    async def finish_devices(self, job, rows) -> None:
+        pass
+
+    async def get(self, tenant_id, job_id):
+        return self.jobs.get(job_id)
+
+    async def load_unfinished(self) -> list:
+        return []
 
 
 class Timed:
@@ -159,12 +209,15 @@ async def floor(stack: Stack, ids: list[str]) -> dict:
 
 
 async def run_job(stack: Stack, spec, profile: str | None = None) -> dict:
+    before = dict(stack.writes)
     with Timed(profile) as t:
         job = await stack.jobs.submit(TENANT, spec)
         job = await stack.jobs.wait(TENANT, job.id, timeout=600)
     c = job.counts
     return {"wall_s": t.wall, "cpu_s": t.cpu, "status": job.status.value, "succeeded": c.succeeded,
-            "not_succeeded": c.total - c.succeeded, "id": job.id}
+            "not_succeeded": c.total - c.succeeded, "id": job.id,
+            "start_batches": stack.writes["start_devices"] - before["start_devices"],
+            "outcome_batches": stack.writes["finish_devices"] - before["finish_devices"]}
 
 
 async def persistent_floor(stack: Stack, ids: list[str], callers: int) -> dict:
@@ -190,8 +243,9 @@ async def persistent_floor(stack: Stack, ids: list[str], callers: int) -> dict:
 
 
 def _fmt(r: dict, n: int) -> str:
+    batches = f", {r['start_batches']}+{r['outcome_batches']} batches" if "start_batches" in r else ""
     return (f"{r['wall_s']:.3f} s ({n / r['wall_s']:,.0f}/s), CPU {r['cpu_s']:.2f} s "
-            f"({r['cpu_s'] / n * 1e6:.0f} us/device), {r['succeeded']} ok")
+            f"({r['cpu_s'] / n * 1e6:.0f} us/device), {r['succeeded']} ok{batches}")
 
 
 async def phase_light(stack: Stack, ids: list[str], rounds: int, profile: str | None) -> dict:
@@ -402,6 +456,8 @@ async def main_async(args: argparse.Namespace) -> dict:
             for name in args.db.split(","):
                 if name == "sqlite":
                     url = f"sqlite:///{tmp}/jobs.db"
+                elif name == "memory":
+                    url = "memory"
                 elif name == "pg":
                     url, _settings = await es.enter_async_context(_pg_database(args.dsn, log))
                 else:
@@ -417,7 +473,7 @@ async def main_async(args: argparse.Namespace) -> dict:
                 report[st.name] = res
                 if "light" in phases:
                     res["light"] = await phase_light(st, ids, args.rounds, args.profile)
-                if "persistent" in phases:
+                if "persistent" in phases and st.persistent is not None:
                     res["persistent"] = await phase_persistent(st, ids, args.rounds, args.callers, args.profile)
             if "rate" in phases:
                 report["rate"] = await phase_rate(stacks[0], ids, args.rate, args.rate_seconds)
@@ -426,7 +482,7 @@ async def main_async(args: argparse.Namespace) -> dict:
 
 def print_report(r: dict) -> None:
     print(f"\nbench_jobs {r['started']}  devices={r['args']['devices']} rounds={r['args']['rounds']}")
-    for name in ("sqlite", "pg"):
+    for name in ("memory", "sqlite", "pg"):
         if name not in r:
             continue
         for phase, res in r[name].items():
@@ -449,7 +505,9 @@ def main() -> None:
     ap.add_argument("--phases", default="light,persistent,rate,memory")
     ap.add_argument("--devices", type=int, default=10_000)
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--db", default="sqlite,pg", help="sqlite, pg or both (comma-separated)")
+    ap.add_argument("--db", default="sqlite,pg",
+                    help="sqlite, pg, memory (a repository writing nothing: the engine without its database), "
+                         "comma-separated")
     ap.add_argument("--dsn", default=default_dsn(), help="PostgreSQL server to create the run's database on")
     ap.add_argument("--url", help="broker URL (default: a throwaway tuned Mosquitto)")
     ap.add_argument("--callers", type=int, default=1000, help="persistent: concurrent callers = the job's maxInFlight")

@@ -440,6 +440,12 @@ class _Run:
         job = self.job
         pacer = Pacer(job.spec.rollout, asyncio.get_running_loop().time)
         max_in_flight = job.spec.rollout.max_in_flight
+        # Not limited by a rate, the rollout waits until a start can carry
+        # an eighth of the in-flight bound (or what is left of the page):
+        # every start is a transaction, and starting as each call ended
+        # made hundreds of them of a few devices each, which cost a
+        # SQLite-backed job as much as all its rows.
+        min_batch = max(1, max_in_flight // 8)
         buffer: deque[str] = deque()
         resolved = job.cursor
         exhausted = False
@@ -454,6 +460,8 @@ class _Run:
             if not buffer:
                 return
             room = min(len(buffer), max_in_flight - len(self.inflight))
+            if room < min(min_batch, len(buffer)) and self.inflight and pacer.rate(job.counts.succeeded) is None:
+                room = 0  # wait for more calls to end
             n = pacer.take(room, job.counts.succeeded) if room > 0 else 0
             if n > 0:
                 await self._start([buffer.popleft() for _ in range(n)])
