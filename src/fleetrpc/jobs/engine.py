@@ -99,10 +99,16 @@ def _copy(job: Job) -> Job:
     return msgspec.convert(msgspec.to_builtins(job), Job)
 
 
+#: Seconds of rollout starts a pacer may owe and catch up on at once.
+BURST_S = 0.5
+
+
 class Pacer:
     """A token bucket for the rollout rate; ``None`` rate means unlimited.
-    At most 50 ms of tokens accumulate, so a late wake-up does not become a
-    burst."""
+    At most :data:`BURST_S` of tokens accumulate: a late wake-up starts
+    what it missed, up to that, and no more.  (50 ms lost the tokens of
+    every longer stall -- a start transaction queued behind an outcome
+    write on a busy machine --, 1-2 % of the rate over a minute.)"""
 
     def __init__(self, rollout: Rollout, clock: Callable[[], float]) -> None:
         self._max = rollout.max_per_minute
@@ -127,7 +133,7 @@ class Pacer:
         if rate is None:
             return want
         now = self._clock()
-        self._tokens = min(self._tokens + (now - self._last) * rate, max(1.0, rate * 0.05))
+        self._tokens = min(self._tokens + (now - self._last) * rate, max(1.0, rate * BURST_S))
         self._last = now
         n = min(want, int(self._tokens))
         self._tokens -= n
