@@ -29,7 +29,9 @@ Database, as ``fleetrpc serve`` wires them.  Phases, each bounded:
 ``rate``
     One rate-limited job (``--rate`` devices/s over ``--rate-seconds``, on
     the first database): the achieved rate from the stored start times, over
-    the whole job and per 10 s window.
+    the whole job and per 10 s window.  Past the fleet's devices the job
+    names ids no device has (OFFLINE at once, started at the same pace), so
+    that 200/s lasts a whole minute with 10,000 devices.
 ``memory``
     In a fresh child process (clean RSS): a lightweight job over
     ``--memory-devices`` devices of the registry (a SQLite ``device`` table,
@@ -302,8 +304,11 @@ def _summary(out: dict[str, list], base: str, n: int) -> dict:
 
 
 async def phase_rate(stack: Stack, ids: list[str], rate: float, seconds: float) -> dict:
-    n = min(len(ids), int(rate * seconds) + 1)
-    spec = _spec(ids[:n], rollout={"maxPerMinute": rate * 60})
+    # rate x seconds + 1 starts last `seconds`; past the fleet, ids of no
+    # connected device (OFFLINE at once, started at the same pace).
+    n = int(rate * seconds) + 1
+    targets = list(ids[:n]) + [f"zz-offline-{i:06d}" for i in range(max(0, n - len(ids)))]
+    spec = _spec(targets, rollout={"maxPerMinute": rate * 60})
     r = await run_job(stack, spec)
     starts: list[int] = []
     page = 0
@@ -323,7 +328,7 @@ async def phase_rate(stack: Stack, ids: list[str], rate: float, seconds: float) 
         lo, hi = t0 + w * 10_000, t0 + (w + 1) * 10_000
         windows.append(sum(1 for s in starts if lo <= s < hi) / 10.0)
     res = {
-        "target_per_s": rate, "devices": n, "span_s": round(span, 2), "achieved_per_s": round(achieved, 2),
+        "target_per_s": rate, "devices": n, "not_connected": max(0, n - len(ids)), "span_s": round(span, 2), "achieved_per_s": round(achieved, 2),
         "deviation_pct": round((achieved / rate - 1) * 100, 2),
         "windows_10s_per_s": windows,
         "worst_window_deviation_pct": round(max((abs(w / rate - 1) * 100 for w in windows), default=0.0), 2),
