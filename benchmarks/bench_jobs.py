@@ -496,7 +496,9 @@ async def main_async(args: argparse.Namespace) -> dict:
                 if "persistent" in phases and st.persistent is not None:
                     res["persistent"] = await phase_persistent(st, ids, args.rounds, args.callers, args.profile)
             if "rate" in phases:
-                report["rate"] = await phase_rate(stacks[0], ids, args.rate, args.rate_seconds)
+                stored = [st for st in stacks if st.db is not None]
+                if stored:  # its start times are read back from the rows
+                    report["rate"] = await phase_rate(stored[0], ids, args.rate, args.rate_seconds)
     return report
 
 

@@ -148,6 +148,20 @@ def test_pacer_holds_the_rate_over_a_simulated_minute():
     assert 6000 * 0.95 <= started <= 6000 * 1.05
 
 
+def test_pacer_starts_in_batches_of_a_tick_yet_holds_the_rate():
+    clock = FakeClock()
+    p = Pacer(Rollout(max_per_minute=12000), clock)  # 200/s: batches of 10 (50 ms)
+    assert p.take(1000, 0) == 1  # the first device at once
+    sizes = []
+    while clock.t < 60:
+        clock.t += p.delay(0, 1000)
+        n = p.take(1000, 0)
+        if n:
+            sizes.append(n)
+    assert min(sizes) >= 10 and len(sizes) <= 60 * 20 + 1
+    assert 12000 * 0.99 <= sum(sizes) + 1 <= 12000 * 1.01
+
+
 def test_pacer_exponential_ramp_speeds_up_with_successes_and_respects_the_cap():
     ramp = ExponentialRate(base_per_minute=60, increment_factor=2, every_succeeded=10)
     p = Pacer(Rollout(max_per_minute=600, exponential_rate=ramp), FakeClock())
