@@ -410,7 +410,9 @@ async def memory_child(devices: int, mqtt_url: str, use_tracemalloc: bool) -> di
     if use_tracemalloc:
         import tracemalloc
 
-        cur, pk = tracemalloc.get_traced_memory()
+        _, pk = tracemalloc.get_traced_memory()
+        gc.collect()  # what a job leaves behind, not its garbage waiting for the collector
+        cur, _ = tracemalloc.get_traced_memory()
         out["tracemalloc_peak_kib"] = (pk - base) // 1024
         out["tracemalloc_retained_kib"] = (cur - base) // 1024
         tracemalloc.stop()
