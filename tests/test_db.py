@@ -97,6 +97,24 @@ async def test_concurrent_transactions_stay_whole(db):
     assert await db.fetchval("SELECT count(*) FROM thing WHERE note = $1", "done") == 20
 
 
+async def test_a_transaction_cancelled_while_it_begins_leaves_none_open(db):
+    # The job engine cancels its flusher at the end of a run: a cancel that
+    # lands while BEGIN is awaited must not leave the transaction open.
+    async def write():
+        async with db.transaction() as conn:
+            await conn.execute("INSERT INTO thing (id, n) VALUES ($1, $2)", "lost", 1)
+
+    for _ in range(3):
+        task = asyncio.ensure_future(write())
+        await asyncio.sleep(0)  # the task is now awaiting its BEGIN
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    async with db.transaction() as conn:
+        await conn.execute("INSERT INTO thing (id, n) VALUES ($1, $2)", "kept", 1)
+    assert [r[0] for r in await db.fetch("SELECT id FROM thing")] == ["kept"]
+
+
 async def test_dollar_inside_quotes_is_not_a_placeholder(db):
     await db.execute("INSERT INTO thing (id, n, note) VALUES ($1, $2, 'costs $1')", "a", 1)
     assert await db.fetchval("SELECT note FROM thing WHERE id = $1", "a") == "costs $1"

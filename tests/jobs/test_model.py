@@ -148,6 +148,20 @@ def test_pacer_holds_the_rate_over_a_simulated_minute():
     assert 6000 * 0.95 <= started <= 6000 * 1.05
 
 
+def test_pacer_starts_in_batches_of_a_tick_yet_holds_the_rate():
+    clock = FakeClock()
+    p = Pacer(Rollout(max_per_minute=12000), clock)  # 200/s: batches of 10 (50 ms)
+    assert p.take(1000, 0) == 1  # the first device at once
+    sizes = []
+    while clock.t < 60:
+        clock.t += p.delay(0, 1000)
+        n = p.take(1000, 0)
+        if n:
+            sizes.append(n)
+    assert min(sizes) >= 10 and len(sizes) <= 60 * 20 + 1
+    assert 12000 * 0.99 <= sum(sizes) + 1 <= 12000 * 1.01
+
+
 def test_pacer_exponential_ramp_speeds_up_with_successes_and_respects_the_cap():
     ramp = ExponentialRate(base_per_minute=60, increment_factor=2, every_succeeded=10)
     p = Pacer(Rollout(max_per_minute=600, exponential_rate=ramp), FakeClock())
@@ -161,3 +175,66 @@ def test_classify_outcomes():
     assert classify(False, None, RpcTimeoutError("t"))[0].value == "TIMED_OUT"
     assert classify(False, None, DeviceOfflineError("o"))[0].value == "OFFLINE"
     assert classify(False, None, ValueError("v"))[0].value == "FAILED"
+
+
+@given(st.uuids(), st.text(min_size=1, max_size=60))
+def test_job_rpc_id_is_uuid5_of_job_and_device(job_id, device):
+    # The stored persistent RPC ids of jobs started before the fast path
+    # must be found again after an upgrade and a restart.
+    import uuid
+
+    from fleetrpc.jobs import job_rpc_id
+
+    assert job_rpc_id(str(job_id), device) == str(uuid.uuid5(job_id, device))
+
+
+def _aggregate_reference(state: dict, reply) -> None:
+    """The aggregate's rules written plainly (what the fast path must keep)."""
+    def scalar(v):
+        if isinstance(v, str):
+            return len(v) <= 64
+        return isinstance(v, (bool, int, float)) and v == v
+
+    def add(field, v):
+        e = state.setdefault(field, {"count": 0, "values": {}, "overflow": False})
+        e["count"] += 1
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            n = e.get("numeric")
+            if n is None:
+                e["numeric"] = {"count": 1, "min": v, "max": v, "sum": v}
+            else:
+                n["count"] += 1
+                n["min"], n["max"], n["sum"] = min(n["min"], v), max(n["max"], v), n["sum"] + v
+        if e["overflow"]:
+            return
+        key = v if isinstance(v, str) else ("true" if v is True else "false" if v is False
+                                            else repr(v) if isinstance(v, float) else str(v))
+        if key in e["values"]:
+            e["values"][key] += 1
+        elif len(e["values"]) < MAX_DISTINCT:
+            e["values"][key] = 1
+        else:
+            e["overflow"], e["values"] = True, {}
+
+    if isinstance(reply, dict):
+        for k, v in reply.items():
+            if scalar(v) and (k in state or len(state) < 16):
+                add(k, v)
+    elif scalar(reply):
+        add("$", reply)
+
+
+_scalars = st.one_of(st.booleans(), st.integers(-5, 5), st.floats(allow_infinity=False),
+                     st.sampled_from(["a", "b", "1.2", "x" * 65]), st.none())
+_replies = st.one_of(_scalars, st.dictionaries(st.sampled_from([f"k{i}" for i in range(20)]),
+                                               st.one_of(_scalars, st.lists(st.integers(), max_size=2))))
+
+
+@given(st.lists(_replies, max_size=60))
+def test_aggregate_matches_its_plain_rules(replies):
+    fast: dict = {}
+    plain: dict = {}
+    for r in replies:
+        add_reply(fast, r)
+        _aggregate_reference(plain, r)
+    assert json.dumps(fast, sort_keys=True) == json.dumps(plain, sort_keys=True)

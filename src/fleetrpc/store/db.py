@@ -426,8 +426,14 @@ class SqliteDatabase(Database):
                 if begin is None:
                     yield conn
                     return
-                await conn.execute(f"BEGIN {begin}")
                 try:
+                    # Inside the try: a task cancelled while awaiting BEGIN
+                    # leaves the BEGIN queued on aiosqlite's thread, which
+                    # runs it anyway; without the ROLLBACK queued behind it,
+                    # the connection stays in that transaction and every
+                    # later BEGIN fails ("cannot start a transaction within
+                    # a transaction").
+                    await conn.execute(f"BEGIN {begin}")
                     yield conn
                 except BaseException:
                     with contextlib.suppress(Exception):
