@@ -180,6 +180,8 @@ class LeaseManager:
         until :meth:`release_named`, :meth:`stop`, or this node's session
         lapses (then on_named_lost)."""
         check_name(name)
+        if self.holds_named(name):
+            return True  # held and valid: no round trip (the cron loop asks every turn)
         if self._table is None:
             if name in self._named:
                 return True
