@@ -165,6 +165,13 @@ async def leases(ctx: ServerContext) -> AsyncIterator[None]:
         return
     m = LeaseManager(ctx.db, ctx.node, s.cluster)
     await m.start()
+    # Start with this node's share (a claim interval, or a hand-over by the
+    # others within a renewal round), so that the engine resumes its calls
+    # at start; a node that cannot get it within the lease time starts
+    # anyway and takes its share later.
+    deadline = time.monotonic() + s.cluster.lease_ttl_s
+    while m.status()["balancing"] and time.monotonic() < deadline:
+        await asyncio.sleep(s.cluster.claim_interval / 2)
     log.info("cluster node %s (session %s): %d partitions, lease %.1f s",
              ctx.node.node_id, m.session, m.partitions, s.cluster.lease_ttl_s)
     ctx.leases = m
