@@ -165,3 +165,66 @@ async def test_kill_9_one_node_under_persistent_load(make_server, api_for, devic
     assert tally["ok"] == len(accepted), tally
     assert duplicate_runs == 0
     assert all(n.crashes() == [] for n in survivors), [n.crashes() for n in survivors]
+
+
+async def test_rolling_restart_under_persistent_load(make_server, api_for, devices, figures):
+    """SIGTERM each node in turn while calls keep coming (a request that
+    fails at a stopping node goes to another, as a load balancer would):
+    every accepted call succeeds, none is run twice."""
+    targets = [await devices.add(device_uuid(1, i)) for i in range(8)]
+    nodes = start_nodes(make_server, [d.id for d in targets])
+    await asyncio.gather(*(n.start() for n in nodes))
+    apis = [api_for(n) for n in nodes]
+    await balanced(apis)
+    accepted: dict[str, tuple] = {}
+    failovers = 0
+    stop = asyncio.Event()
+
+    async def client(c: int) -> None:
+        nonlocal failovers
+        i = c
+        while not stop.is_set():
+            device = targets[i % len(targets)]
+            for k in range(6):
+                api = apis[(i + k) % 3]
+                if not api.server.alive:
+                    continue
+                try:
+                    rpc_id = await api.persistent(device.id, {"i": i}, timeout_ms=3_000, retries=2,
+                                                  expiration_ms=30_000)
+                except (aiohttp.ClientError, asyncio.TimeoutError):
+                    rpc_id = None
+                if rpc_id is not None:
+                    accepted[rpc_id] = (device, i)
+                    break
+                failovers += 1
+            i += 2
+            await asyncio.sleep(0.05)
+
+    clients = [asyncio.ensure_future(client(c)) for c in range(2)]
+    try:
+        for node in nodes:
+            await asyncio.sleep(0.5)
+            t0 = time.monotonic()
+            assert await node.stop() == 0
+            t1 = time.monotonic()
+            await node.start()
+            t2 = time.monotonic()
+            await balanced(apis)
+            print(f"stop {t1 - t0:.2f} s, start {t2 - t1:.2f} s, balanced {time.monotonic() - t2:.2f} s")
+        await asyncio.sleep(0.5)
+    finally:
+        stop.set()
+        await asyncio.gather(*clients)
+    rows = await wait_terminal(nodes[0].store_url, list(accepted), timeout=60)
+    tally = judge_persistent(rows, accepted)
+    duplicate_runs = sum(d.duplicate_runs for d in targets)
+    figures.record("cluster rolling restart", accepted=len(accepted), failovers=failovers,
+                   outcomes=tally.as_dict(), duplicate_runs=duplicate_runs,
+                   duplicate_deliveries=sum(d.client.duplicates for d in targets))
+    print(f"rolling restart: {len(accepted)} calls, {failovers} requests sent again to another node, "
+          f"outcomes {tally.as_dict()}, duplicate deliveries {sum(d.client.duplicates for d in targets)}")
+    assert tally["lost"] == 0 and tally["wrong"] == 0, tally
+    assert tally["ok"] == len(accepted), tally
+    assert duplicate_runs == 0
+    assert all(n.crashes() == [] for n in nodes), [n.crashes() for n in nodes]

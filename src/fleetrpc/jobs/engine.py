@@ -45,6 +45,7 @@ from ..errors import (
     DeviceOfflineError,
     DuplicateRpcError,
     FleetRpcError,
+    LeaseLostError,
     RpcNotFoundError,
     RpcTimeoutError,
     ValidationError,
@@ -324,6 +325,11 @@ class JobEngine:
 
     def _launch(self, job: Job) -> None:
         run = _Run(self, job)
+        if self._leases is not None:
+            epoch = self._leases.named_token(_lease(job.id))
+            if epoch is None:
+                return  # lost already: the node holding it runs the job
+            run.fence = (_lease(job.id), epoch)
         self._runs[job.id] = run
         run.task = asyncio.ensure_future(run.run())
         run.task.add_done_callback(lambda _t, jid=job.id: self._run_ended(jid, run))
@@ -403,6 +409,8 @@ class _Run:
         self.stop_status: JobStatus | None = None
         self._halted = False
         self._abandoned = False
+        #: (lease name, epoch) fencing this run's writes in a cluster
+        self.fence: tuple[str, int] | None = None
         self._tasks: set[asyncio.Task] = set()
         self._last_progress = 0.0
         self._flushing: asyncio.Future | None = None
@@ -444,14 +452,30 @@ class _Run:
 
     async def flush(self) -> None:
         """Write the outcomes recorded so far."""
+        await self._persist()
+
+    async def _persist(self, started: Sequence[JobDevice] | None = None) -> None:
+        """Write the outcomes recorded so far (and ``started`` rows, IN_PROGRESS)
+        with the job as it is at this moment: the stored counts always
+        match the stored rows, also when the run stops between two writes
+        (a crash, a lease taken over).  One write at a time, in order."""
         while self._flushing is not None:
             await asyncio.shield(self._flushing)
-        if not self.rows or self._abandoned:
+        if self._abandoned or (not self.rows and started is None):
             return
+        # Rows and job together, with no await between: outcomes recorded
+        # while the write is on its way go into the next one, counts too.
         rows, self.rows = self.rows, []
+        snapshot = _copy(self.job)
         self._flushing = asyncio.get_running_loop().create_future()
         try:
-            await self.engine.repo.finish_devices(self.job, rows)
+            if started is None:
+                await self.engine.repo.finish_devices(snapshot, rows, self.fence)
+            else:
+                await self.engine.repo.start_devices(snapshot, started, self.fence, finished=rows)
+        except LeaseLostError:
+            self.abandon()
+            raise
         except Exception:
             self.rows[:0] = rows  # keep them for the next attempt
             raise
@@ -470,7 +494,7 @@ class _Run:
                 job.status = JobStatus.RUNNING
                 job.start_ts = _now_ms()
                 job.counts.total = job.counts.queued = total
-                await engine.repo.save(job)
+                await engine.repo.save(job, self.fence)
                 engine._emit("JOB_STARTED", job)
             else:
                 await self._recover()
@@ -489,7 +513,12 @@ class _Run:
             await self._finish(self.stop_status or JobStatus.COMPLETED)
         except asyncio.CancelledError:
             raise
+        except LeaseLostError:
+            self._abandoned = True
+            log.warning("job %s: lease lost; the node that took it over resumes it", job.id)
         except Exception as exc:
+            if self._abandoned:
+                return
             log.exception("job %s failed", job.id)
             job.general_error = f"{type(exc).__name__}: {exc}"
             try:
@@ -547,7 +576,7 @@ class _Run:
         c.queued -= n
         c.in_progress += n
         job.cursor = batch[-1]
-        await self.engine.repo.start_devices(job, rows)  # committed before anything is sent
+        await self._persist(rows)  # committed before anything is sent
         if self._abandoned:
             return  # the lease moved meanwhile: its new runner sees them IN_PROGRESS
         for d in batch:
@@ -672,6 +701,8 @@ class _Run:
             if self.rows:
                 try:
                     await self.flush()
+                except LeaseLostError:
+                    return
                 except Exception as exc:  # the database is down: keep the rows, retry
                     log.warning("job %s: writing outcomes failed (%s); will retry", self.job.id, exc)
 
@@ -683,7 +714,9 @@ class _Run:
         job.status = status
         job.finish_ts = _now_ms()
         await self.flush()
-        await self.engine.repo.save(job)
+        if self._abandoned:
+            return
+        await self.engine.repo.save(job, self.fence)
         self.engine._emit(_FINAL_EVENT[status], job)
 
     def _spawn(self, coro: Any) -> None:

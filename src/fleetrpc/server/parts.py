@@ -163,6 +163,7 @@ async def leases(ctx: ServerContext) -> AsyncIterator[None]:
             await ctx.leases.stop()
             ctx.leases = None
         return
+    _import_later_parts(ctx)
     m = LeaseManager(ctx.db, ctx.node, s.cluster)
     await m.start()
     # Start with this node's share (a claim interval, or a hand-over by the
@@ -180,6 +181,26 @@ async def leases(ctx: ServerContext) -> AsyncIterator[None]:
     finally:
         await m.stop()
         ctx.leases = None
+
+
+def _import_later_parts(ctx: ServerContext) -> None:
+    """Import now what the parts after this one import when they start:
+    an import blocks the event loop (a second or more on a loaded machine),
+    and the leases must be renewed meanwhile, or the node fences itself
+    during its own start."""
+    import importlib
+
+    names = ["fleetrpc.dispatch", "fleetrpc.rpc.persistent", "fleetrpc.jobs", "fleetrpc.jobs.registry",
+             "fleetrpc.store.jobs", "fleetrpc.api.app", "fleetrpc.events", "fleetrpc.server.client_rpc",
+             *(f.split(":")[0] for f in ctx.features)]
+    if ctx.settings.elves.enabled:
+        names += ["fleetrpc.services.elves.service", "fleetrpc.services.elves.directory",
+                  "fleetrpc.services.elves.http"]
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            pass  # the part itself reports it
 
 
 class _SingleNode:

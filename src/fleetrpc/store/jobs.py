@@ -16,6 +16,7 @@ from typing import Any
 
 import msgspec
 
+from ..errors import LeaseLostError
 from ..jobs.model import DeviceOutcome, Job, JobCounts, JobDevice, JobSpec, JobStatus
 
 __all__ = ["JobRepository"]
@@ -52,6 +53,19 @@ def _device(row: Any) -> JobDevice:
         result=None if row[3] is None else _any_decoder.decode(row[3]),
         error=row[4], rpc_id=row[5], start_ts=row[6], finish_ts=row[7],
     )
+
+
+async def _check_fence(conn: Any, fence: tuple[str, int] | None) -> None:
+    """In a cluster, a run's writes happen only while its node holds the
+    job's lease: the lease row is locked (FOR SHARE) until the write
+    commits, so a node taking the lease over waits for the commit and then
+    reads what was written; a write after the take-over is refused."""
+    if fence is None:
+        return
+    name, epoch = fence
+    if await conn.fetchval("SELECT 1 FROM cluster_lease WHERE name = $1 AND epoch = $2 FOR SHARE",
+                           name, epoch) is None:
+        raise LeaseLostError(f"lease {name} moved to another node; this write is refused")
 
 
 class JobRepository:
@@ -114,9 +128,14 @@ class JobRepository:
         )
         return [_job(r) for r in rows]
 
-    async def save(self, job: Job) -> None:
+    async def save(self, job: Job, fence: tuple[str, int] | None = None) -> None:
         """The job's status, counts, aggregate, cursor and times."""
-        await self._save(self.db, job)
+        if fence is None:
+            await self._save(self.db, job)
+            return
+        async with self.db.transaction() as conn:
+            await _check_fence(conn, fence)
+            await self._save(conn, job)
 
     @staticmethod
     async def _save(conn: Any, job: Job) -> None:
@@ -127,10 +146,15 @@ class JobRepository:
             job.start_ts, job.finish_ts, job.cancellation_ts, job.general_error,
         )
 
-    async def start_devices(self, job: Job, rows: Sequence[JobDevice]) -> None:
+    async def start_devices(self, job: Job, rows: Sequence[JobDevice], fence: tuple[str, int] | None = None,
+                            finished: Sequence[JobDevice] = ()) -> None:
         """Record targets as IN_PROGRESS, with the job's new cursor and
-        counts, in one transaction; committed before any of them is sent."""
+        counts (and outcomes ``finished`` meanwhile), in one transaction;
+        committed before any of them is sent."""
         async with self.db.transaction() as conn:
+            await _check_fence(conn, fence)
+            if finished:
+                await self._finish_rows(conn, finished)
             await conn.executemany(
                 f"INSERT INTO job_device ({_DEVICE_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) "
                 "ON CONFLICT (job_id, device_id) DO NOTHING",
@@ -139,17 +163,22 @@ class JobRepository:
             )
             await self._save(conn, job)
 
-    async def finish_devices(self, job: Job, rows: Sequence[JobDevice]) -> None:
+    async def finish_devices(self, job: Job, rows: Sequence[JobDevice], fence: tuple[str, int] | None = None) -> None:
         """Record outcomes, with the job's counts and aggregate, in one transaction."""
         async with self.db.transaction() as conn:
+            await _check_fence(conn, fence)
             if rows:
-                await conn.executemany(
-                    "UPDATE job_device SET outcome = $3, result = $4, error = $5, rpc_id = $6, "
-                    "finish_ts = $7 WHERE job_id = $1 AND device_id = $2",
-                    [(r.job_id, r.device_id, r.outcome.value, _text(r.result), r.error, r.rpc_id,
-                      r.finish_ts) for r in rows],
-                )
+                await self._finish_rows(conn, rows)
             await self._save(conn, job)
+
+    @staticmethod
+    async def _finish_rows(conn: Any, rows: Sequence[JobDevice]) -> None:
+        await conn.executemany(
+            "UPDATE job_device SET outcome = $3, result = $4, error = $5, rpc_id = $6, "
+            "finish_ts = $7 WHERE job_id = $1 AND device_id = $2",
+            [(r.job_id, r.device_id, r.outcome.value, _text(r.result), r.error, r.rpc_id,
+              r.finish_ts) for r in rows],
+        )
 
     async def in_progress(self, job_id: str) -> list[JobDevice]:
         """Rows a restart left IN_PROGRESS (the engine decides their fate)."""
