@@ -1159,22 +1159,30 @@ class PersistentRpc:
 
     async def _load_partitions(self, partitions: list[int]) -> int:
         """Resume the unfinished calls of ``partitions`` (just acquired)."""
-        wanted = set(partitions)
-        n = self._leases.partitions
+        return await self._load(None, set(partitions))
 
-        def keep(r: RpcRecord) -> bool:
-            return partition_of(r.device_id, n) in wanted
-        return await self._load(lambda: self.store.load_unfinished(), keep)
-
-    async def _load(self, read: Callable[[], Any], keep: Callable[[RpcRecord], bool] | None = None) -> int:
-        """Read unfinished calls and resume those of partitions this node
-        owns that it does not drive yet.  One load at a time: a call read by
-        two loads is resumed once."""
+    async def _load(self, ids: list[str] | None, wanted: set[int] | None = None,
+                    since_ms: int | None = None) -> int:
+        """Read unfinished calls -- ``ids``, else those created since
+        ``since_ms`` (None: all) of the ``wanted`` partitions (None: every
+        partition this node owns) -- and resume those it does not drive yet.
+        One load at a time: a call read by two loads is resumed once."""
         async with self._load_lock:
             if self._closed:
                 return 0
             try:
-                records = await read()
+                if ids is None:
+                    # Ids and devices first (two short columns), then in full
+                    # only the calls of this node's partitions.
+                    parts, owns, live, recent = self._leases.partitions, self._leases.owns, self._live, self._recent
+                    ids = []
+                    for rpc_id, device in await self.store.unfinished_devices(since_ms):
+                        if rpc_id in live or rpc_id in recent:
+                            continue
+                        p = partition_of(device, parts)
+                        if (p in wanted) if wanted is not None else owns(p):
+                            ids.append(rpc_id)
+                records = await self.store.unfinished_by_ids(ids) if ids else []
             except StoreError as e:
                 log.warning("could not load the unfinished calls of this node's partitions (%s); "
                             "the next scan retries", e)
@@ -1183,7 +1191,7 @@ class PersistentRpc:
             self.stats.cluster_loads += 1
             leases, parts, recent, resumed = self._leases, self._leases.partitions, self._recent, 0
             for record in records:
-                if record.id in self._live or record.id in recent or (keep is not None and not keep(record)):
+                if record.id in self._live or record.id in recent:
                     continue
                 p = partition_of(record.device_id, parts)
                 epoch = leases.token(p)
@@ -1259,7 +1267,7 @@ class PersistentRpc:
     async def _load_notified(self) -> None:
         while self._pending_ids and not self._closed:
             ids, self._pending_ids = list(self._pending_ids), {}
-            await self._load(lambda: self.store.unfinished_by_ids(ids))
+            await self._load(ids)
 
     def _on_listening(self) -> None:
         # Notifications sent while the listener was down are lost: read all.
@@ -1273,10 +1281,9 @@ class PersistentRpc:
             try:
                 if self._rescan_all:
                     self._rescan_all = False
-                    await self._load(lambda: self.store.load_unfinished())
+                    await self._load(None)
                 else:
-                    since = _now_ms() - self.SCAN_WINDOW_MS
-                    await self._load(lambda: self.store.unfinished_since(since))
+                    await self._load(None, since_ms=_now_ms() - self.SCAN_WINDOW_MS)
                 cutoff = time.monotonic() - self.RECENT_S
                 if self._recent and next(iter(self._recent.values())) < cutoff:
                     self._recent = {k: t for k, t in self._recent.items() if t >= cutoff}

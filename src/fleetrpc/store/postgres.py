@@ -340,12 +340,19 @@ class PostgresStore(Store):
         rows = await self._read(lambda conn: conn.fetch(sql, list(ids)))
         return [row_record(r) for r in rows]
 
-    async def unfinished_since(self, created_ms: int) -> list[RpcRecord]:
-        """Unfinished calls created at or after ``created_ms`` (the BRIN
-        index on created_time keeps this a scan of the recent pages)."""
-        sql = f"SELECT {_COLS} FROM rpc WHERE created_time >= $1 AND {UNFINISHED_SQL} ORDER BY created_time, seq"
-        rows = await self._read(lambda conn: conn.fetch(sql, created_ms))
-        return [row_record(r) for r in rows]
+    async def unfinished_devices(self, created_ms: int | None = None) -> list[tuple[str, str]]:
+        """``(id, device_id)`` of the unfinished calls (created at or after
+        ``created_ms``: the BRIN index on created_time keeps that a scan of
+        the recent pages), in creation order.  Two short columns: a node
+        picks the calls of its partitions, then reads those in full."""
+        if created_ms is None:
+            sql = f"SELECT id, device_id FROM rpc WHERE {UNFINISHED_SQL} ORDER BY created_time, seq"
+            rows = await self._read(lambda conn: conn.fetch(sql))
+        else:
+            sql = (f"SELECT id, device_id FROM rpc WHERE created_time >= $1 AND {UNFINISHED_SQL} "
+                   "ORDER BY created_time, seq")
+            rows = await self._read(lambda conn: conn.fetch(sql, created_ms))
+        return [(r[0], r[1]) for r in rows]
 
     # -- TTL ------------------------------------------------------------------------
 
