@@ -100,8 +100,13 @@ class Rig:
         errors = 0
         seq = iter(range(10**9))
 
+        rate = self.args.rate
+        start = time.perf_counter() + 0.1
+
         async def one(i: int) -> None:
             nonlocal errors
+            if rate:  # open loop: call i leaves at its time, whatever the others do
+                await asyncio.sleep(max(0.0, start + i / rate - time.perf_counter()))
             api = apis[i % len(apis)]
             dev = self.devices[i % len(self.devices)]
             params = {"i": next(seq) + 1_000_000 * self.phase}
@@ -117,6 +122,11 @@ class Rig:
                     errors += status != 200
 
         pids = [a.server.proc.pid for a in apis]
+        # Each node's CPU while idle (lease rounds, scans, keep-alives):
+        # subtracted for the "net" figure, which is what a call costs.
+        idle0 = [cpu_s([p]) for p in pids]
+        await asyncio.sleep(IDLE_S)
+        idle = [(cpu_s([p]) - c) / IDLE_S for p, c in zip(pids, idle0)]
         node0 = [cpu_s([p]) for p in pids]
         broker0, pg0, me0 = cpu_s([self.broker_pid]), cpu_s([self.pg.pid]), cpu_s([psutil.Process().pid])
         t0 = time.perf_counter()
@@ -131,15 +141,20 @@ class Rig:
         wall = time.perf_counter() - t0
         node_cpu = [cpu_s([p]) - c for p, c in zip(pids, node0)]
         return {
-            "calls": n, "errors": errors, "wall_s": wall, "calls_per_s": n / wall,
+            "calls": n, "errors": errors, "wall_s": wall, "calls_per_s": n / wall, "rate": rate,
             "node_cpu_us_per_call": [c / n * 1e6 for c in node_cpu],
             "nodes_cpu_us_per_call": sum(node_cpu) / n * 1e6,
+            "node_idle_cpu": idle,
+            "nodes_net_cpu_us_per_call": (sum(node_cpu) - sum(idle) * wall) / n * 1e6,
             "broker_cpu_us_per_call": (cpu_s([self.broker_pid]) - broker0) / n * 1e6,
             "pg_cpu_us_per_call": (cpu_s([self.pg.pid]) - pg0) / n * 1e6,
             "bench_cpu_us_per_call": (cpu_s([psutil.Process().pid]) - me0) / n * 1e6,
         }
 
     phase = 0
+
+
+IDLE_S = 3.0
 
 
 async def main(args) -> None:
@@ -172,10 +187,11 @@ async def main(args) -> None:
 
 
 async def throughput(rig: Rig, args, results: dict) -> None:
-    print(f"calls per phase {args.calls}, concurrency {args.concurrency}, {args.devices} devices, "
+    print(f"calls per phase {args.calls}, concurrency {args.concurrency}, rate {args.rate or 'max'}, "
+          f"{args.devices} devices, "
           f"{args.partitions} partitions")
-    print("| nodes | kind | calls/s | CPU per call: each node | all nodes | broker | PostgreSQL | bench (client + devices) | errors |")
-    print("|---:|---|---:|---|---:|---:|---:|---:|---:|")
+    print("| nodes | kind | calls/s | CPU per call: each node | all nodes | all nodes, net of idle | each node idle | broker | PostgreSQL | bench (client + devices) | errors |")
+    print("|---:|---|---:|---|---:|---:|---|---:|---:|---:|---:|")
     for k in range(3):
         node = rig.node(k, args.lease)
         await node.start()
@@ -192,7 +208,9 @@ async def throughput(rig: Rig, args, results: dict) -> None:
             results["throughput"].append(r)
             print(f"| {k + 1} | {r['kind']} | {r['calls_per_s']:,.0f} | "
                   f"{' / '.join(f'{c:.0f}' for c in r['node_cpu_us_per_call'])} us | "
-                  f"{r['nodes_cpu_us_per_call']:.0f} us | {r['broker_cpu_us_per_call']:.0f} us | "
+                  f"{r['nodes_cpu_us_per_call']:.0f} us | {r['nodes_net_cpu_us_per_call']:.0f} us | "
+                  f"{' / '.join(f'{c * 100:.1f} %' for c in r['node_idle_cpu'])} | "
+                  f"{r['broker_cpu_us_per_call']:.0f} us | "
                   f"{r['pg_cpu_us_per_call']:.0f} us | {r['bench_cpu_us_per_call']:.0f} us | {r['errors']} |",
                   flush=True)
 
@@ -226,6 +244,8 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--calls", type=int, default=3000, help="calls per phase")
     ap.add_argument("--concurrency", type=int, default=64)
+    ap.add_argument("--rate", type=float, default=0.0,
+                    help="calls/s sent at a fixed rate (0: as fast as --concurrency allows)")
     ap.add_argument("--devices", type=int, default=20)
     ap.add_argument("--partitions", type=int, default=1024)
     ap.add_argument("--lease", type=float, default=5.0, help="cluster.lease_ttl_s")

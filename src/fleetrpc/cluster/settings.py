@@ -40,7 +40,7 @@ class ClusterSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         "How often a node looks for unfinished calls of its partitions that it does not drive "
         "yet (stored by another node, whose notification it missed). New calls stored by another "
         "node normally reach the owner at once through a database notification.",
-        gt=0, le=3600)] = 2.0
+        gt=0, le=3600)] = 5.0
 
     partitions: Annotated[int, _doc(
         "Number of device partitions, the unit of ownership of persistent calls. Every node "

@@ -5,10 +5,11 @@ A persistent call is driven only by the node owning its device's partition
 that the load balancer sent there, a job's call) reaches the owner by a
 PostgreSQL notification (``pg_notify``, sent right after the insert
 committed; the owner reads the row by id); a call deleted on another node
-is dropped by its owner the same way.  Notifications are at most once (a
-listener that was disconnected misses them), so each node also scans, every
-``cluster.poll_interval_s``, the recently created unfinished calls of its
-partitions, and all of them after its listener (re)connects.
+is dropped by its owner the same way.  A notification that could not be
+sent is sent again; one that a disconnected listener missed is not, so each
+node also scans, every ``cluster.poll_interval_s``, the unfinished calls of
+its partitions created since its previous scan (less a slack), and all of
+them after its listener (re)connects.
 
 Payload of a notification: comma-separated ``<kind><partition>:<rpc id>``
 items, kind ``n`` (new) or ``d`` (deleted), at most :data:`MAX_PAYLOAD`
@@ -101,9 +102,11 @@ class NotifyLink:
                 await self.db.execute("SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p",
                                       self.channel, payloads)
                 self.sent += len(payloads)
-            except Exception as e:  # the owner's scan finds them anyway
-                log.warning("could not notify the owners of %d new calls (%s); their scan will find them",
-                            len(items), e)
+            except Exception as e:
+                # Sent again in a second (the owners' scans find them too).
+                log.warning("could not notify the owners of %d calls (%s); trying again", len(items), e)
+                self._outbox[:0] = items
+                await asyncio.sleep(1.0)
 
     # -- receiving ----------------------------------------------------------
 

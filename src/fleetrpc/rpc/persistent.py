@@ -264,7 +264,7 @@ class PersistentRpc:
         default_tenant: str | None = DEFAULT_TENANT,
         queue_cap: int = DEFAULT_QUEUE_CAP,
         leases: Any = None,
-        poll_interval_s: float = 2.0,
+        poll_interval_s: float = 5.0,
     ) -> None:
         if default_tenant is not None:
             check_tenant(default_tenant)
@@ -1127,10 +1127,11 @@ class PersistentRpc:
     #: How long a call this node finished is remembered, so that a scan that
     #: read its row before the final write landed does not resume it (s).
     RECENT_S = 60.0
-    #: The periodic scan reads calls created this long ago at most (ms);
+    #: The periodic scan reads the calls created since the previous scan
+    #: began, less this slack (ms: nodes' clocks, inserts committed late);
     #: older ones are read at a partition's acquisition and after the
     #: listener (re)connects.
-    SCAN_WINDOW_MS = 120_000
+    SCAN_SLACK_MS = 10_000
 
     async def _start_cluster(self) -> int:
         from .cluster import NotifyLink
@@ -1277,13 +1278,16 @@ class PersistentRpc:
             self._poll_task = asyncio.ensure_future(self._poll_loop())
 
     async def _poll_loop(self) -> None:
+        last = None
         while not self._closed:
             try:
-                if self._rescan_all:
+                began = _now_ms()
+                if self._rescan_all or last is None:
                     self._rescan_all = False
                     await self._load(None)
                 else:
-                    await self._load(None, since_ms=_now_ms() - self.SCAN_WINDOW_MS)
+                    await self._load(None, since_ms=last - self.SCAN_SLACK_MS)
+                last = began
                 cutoff = time.monotonic() - self.RECENT_S
                 if self._recent and next(iter(self._recent.values())) < cutoff:
                     self._recent = {k: t for k, t in self._recent.items() if t >= cutoff}
