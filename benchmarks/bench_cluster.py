@@ -101,7 +101,7 @@ class Rig:
         seq = iter(range(10**9))
 
         rate = self.args.rate
-        start = time.perf_counter() + 0.1
+        start = 0.0  # set once the idle measurement is over
 
         async def one(i: int) -> None:
             nonlocal errors
@@ -128,6 +128,7 @@ class Rig:
         await asyncio.sleep(IDLE_S)
         idle = [(cpu_s([p]) - c) / IDLE_S for p, c in zip(pids, idle0)]
         node0 = [cpu_s([p]) for p in pids]
+        start = time.perf_counter() + 0.05
         broker0, pg0, me0 = cpu_s([self.broker_pid]), cpu_s([self.pg.pid]), cpu_s([psutil.Process().pid])
         t0 = time.perf_counter()
         await asyncio.gather(*(one(i) for i in range(n)))
@@ -218,7 +219,9 @@ async def throughput(rig: Rig, args, results: dict) -> None:
 async def takeovers(rig: Rig, args, results: dict) -> None:
     """kill -9 one node of three (each in turn), time until the two others
     own every partition (their /readyz), restart it, wait for balance."""
-    times = []
+    times: list[float] = []
+    if not args.takeovers:
+        return
     for run in range(args.takeovers):
         k = run % 3
         victim, api = rig.nodes[k], rig.apis[k]
