@@ -202,10 +202,16 @@ async def throughput(rig: Rig, args, results: dict) -> None:
             await a.login()
         # warm-up: connections, caches, JIT-free but first-call paths
         await rig.run_calls(apis, min(200, args.calls), persistent=False)
-        for persistent in (False, True):
+        phases = [(apis, False, "lightweight"), (apis, True, "persistent")]
+        if k == 2:
+            # Three nodes up, every call through one of them: does a node
+            # cost more per call because others run beside it?
+            phases += [(apis[:1], False, "lightweight, all through node 1"),
+                       (apis[:1], True, "persistent, all through node 1")]
+        for use, persistent, kind in phases:
             rig.phase += 1
-            r = await rig.run_calls(apis, args.calls, persistent)
-            r.update(nodes=k + 1, kind="persistent" if persistent else "lightweight")
+            r = await rig.run_calls(use, args.calls, persistent)
+            r.update(nodes=k + 1, kind=kind)
             results["throughput"].append(r)
             print(f"| {k + 1} | {r['kind']} | {r['calls_per_s']:,.0f} | "
                   f"{' / '.join(f'{c:.0f}' for c in r['node_cpu_us_per_call'])} us | "

@@ -11,6 +11,10 @@ node also scans, every ``cluster.poll_interval_s``, the unfinished calls of
 its partitions created since its previous scan (less a slack), and all of
 them after its listener (re)connects.
 
+A node that leaves (SIGTERM) releases its partitions and sends ``wake``:
+the others run a lease round at once and claim them, instead of at their
+next renewal.
+
 Payload of a notification: comma-separated ``<kind><partition>:<rpc id>``
 items, kind ``n`` (new) or ``d`` (deleted), at most :data:`MAX_PAYLOAD`
 bytes (PostgreSQL's limit is 8000); the items of one loop turn go in as
@@ -27,9 +31,16 @@ from typing import Any
 
 log = logging.getLogger("fleetrpc.rpc.cluster")
 
-__all__ = ["NotifyLink", "channel_name"]
+__all__ = ["NotifyLink", "WAKE", "announce_leave", "channel_name"]
 
 MAX_PAYLOAD = 7900
+#: A node left and released its partitions: claim them now, not at the next round.
+WAKE = "wake"
+
+
+async def announce_leave(db: Any) -> None:
+    """Tell the other nodes that this one released its partitions."""
+    await db.execute("SELECT pg_notify($1, $2)", channel_name(getattr(db, "schema", None)), WAKE)
 
 
 def channel_name(schema: str | None) -> str:
@@ -47,11 +58,12 @@ class NotifyLink:
     after the listener (re)connected (the engine then rescans)."""
 
     def __init__(self, db: Any, on_items: Callable[[str, list[tuple[int, str]]], None],
-                 on_connected: Callable[[], None]) -> None:
+                 on_connected: Callable[[], None], on_wake: Callable[[], None] | None = None) -> None:
         self.db = db
         self.channel = channel_name(getattr(db, "schema", None))
         self._on_items = on_items
         self._on_connected = on_connected
+        self._on_wake = on_wake
         self._outbox: list[str] = []
         self._flushing: asyncio.Task | None = None
         self._listener: asyncio.Task | None = None
@@ -112,6 +124,10 @@ class NotifyLink:
 
     def _received(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
         self.received += 1
+        if payload == WAKE:
+            if self._on_wake is not None:
+                self._on_wake()
+            return
         by_kind: dict[str, list[tuple[int, str]]] = {}
         for item in payload.split(","):
             m = _ITEM.match(item)

@@ -1139,7 +1139,7 @@ class PersistentRpc:
         leases = self._leases
         self._load_lock = asyncio.Lock()
         db = getattr(getattr(self.store, "store", self.store), "db", None)
-        self._link = NotifyLink(db, self._on_items, self._on_listening)
+        self._link = NotifyLink(db, self._on_items, self._on_listening, leases.wake)
         # What this node owns already, then every change from now on (no
         # await between: no acquisition is missed).
         owned = sorted(leases.owned())

@@ -181,6 +181,12 @@ async def leases(ctx: ServerContext) -> AsyncIterator[None]:
     finally:
         await m.stop()
         ctx.leases = None
+        from ..rpc.cluster import announce_leave
+
+        try:
+            await announce_leave(ctx.db)  # the others claim at once
+        except Exception as e:  # they claim at their next round anyway
+            log.info("could not announce the leave: %s", e)
 
 
 def _import_later_parts(ctx: ServerContext) -> None:
