@@ -94,7 +94,9 @@ class Rig:
 
     # -- load --------------------------------------------------------------
 
-    async def run_calls(self, apis: list[Api], n: int, persistent: bool) -> dict:
+    async def run_calls(self, apis: list[Api], n: int, persistent: bool, running: list[Api] | None = None) -> dict:
+        """``n`` calls round robin over ``apis``; CPU measured on every
+        node ``running`` (default: ``apis``)."""
         sem = asyncio.Semaphore(self.args.concurrency)
         ids: list[str] = []
         errors = 0
@@ -121,7 +123,7 @@ class Rig:
                     status, _ = await api.twoway(dev.id, params)
                     errors += status != 200
 
-        pids = [a.server.proc.pid for a in apis]
+        pids = [a.server.proc.pid for a in (running or apis)]
         # Each node's CPU while idle (lease rounds, scans, keep-alives):
         # subtracted for the "net" figure, which is what a call costs.
         idle0 = [cpu_s([p]) for p in pids]
@@ -210,7 +212,7 @@ async def throughput(rig: Rig, args, results: dict) -> None:
                        (apis[:1], True, "persistent, all through node 1")]
         for use, persistent, kind in phases:
             rig.phase += 1
-            r = await rig.run_calls(use, args.calls, persistent)
+            r = await rig.run_calls(use, args.calls, persistent, running=apis)
             r.update(nodes=k + 1, kind=kind)
             results["throughput"].append(r)
             print(f"| {k + 1} | {r['kind']} | {r['calls_per_s']:,.0f} | "
