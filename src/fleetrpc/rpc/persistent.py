@@ -29,7 +29,9 @@ tenant, ``"default"``.  A server builds the engine with
 ``default_tenant=None``, and then an operation without a tenant is refused.
 
 Queue cap: a device has at most ``queue_cap`` unfinished persistent calls
-(default :data:`DEFAULT_QUEUE_CAP`); beyond it ``call()`` raises
+(default :data:`DEFAULT_QUEUE_CAP`; in a cluster, a node that does not own
+the device's partition counts them in the database, so calls stored at the
+same moment through several nodes may exceed it by a few); beyond it ``call()`` raises
 :class:`QueueFullError` before anything is stored.  Calls beyond the
 dispatcher's own per-device queue (``Settings.queue_cap``, for calls held
 while a device is offline) wait here, stored and QUEUED, and are handed to
@@ -453,7 +455,13 @@ class PersistentRpc:
                 raise ValidationError(f"{what} cannot be stored: {problem}")
         # Refused before it is stored: a request over max_payload could never be sent.
         self.dispatcher.check_request(method, record.params, record.id)
-        if self._per_device.get(device, 0) >= self.queue_cap:
+        if self._per_device.get(device, 0) >= self.queue_cap or (
+            # In a cluster the owner of the device's partition counts its
+            # calls in memory; another node asks the database.
+            self._leases is not None and device not in self._per_device
+            and self._leases.token(partition_of(device, self._leases.partitions)) is None
+            and await self.store.unfinished_count(device) >= self.queue_cap
+        ):
             raise QueueFullError(
                 f"device {device!r} already has {self.queue_cap} unfinished persistent calls (queue_cap)"
             )

@@ -340,6 +340,12 @@ class PostgresStore(Store):
         rows = await self._read(lambda conn: conn.fetch(sql, list(ids)))
         return [row_record(r) for r in rows]
 
+    async def unfinished_count(self, device_id: str) -> int:
+        """How many unfinished calls the device has (any tenant; the index
+        on (device_id, created_time) finds its rows)."""
+        sql = f"SELECT count(*) FROM rpc WHERE device_id = $1 AND {UNFINISHED_SQL}"
+        return int(await self._read(lambda conn: conn.fetchval(sql, device_id)))
+
     async def unfinished_devices(self, created_ms: int | None = None) -> list[tuple[str, str]]:
         """``(id, device_id)`` of the unfinished calls (created at or after
         ``created_ms``: the BRIN index on created_time keeps that a scan of
