@@ -63,3 +63,24 @@ async def test_a_job_is_taken_over_when_its_node_stops_renewing(mqtt_url, fresh_
         await a.close()
         b.devices = {}
         await b.close()
+
+
+async def test_a_cancel_through_another_node_stops_the_run(mqtt_url, fresh_pg_db):
+    a, la = await _node(mqtt_url, fresh_pg_db, "jobs-a")
+    b, lb = await _node(mqtt_url, fresh_pg_db, "jobs-b")
+    b.calls = a.calls
+    try:
+        ids = [await a.device() for _ in range(30)]
+        job = await a.engine.submit(TENANT, _spec(ids, rollout={"maxPerMinute": 600}))  # 10/s
+        await wait_until(lambda: sum(a.calls.values()) >= 3, timeout=10)
+        cancelled = await b.engine.cancel(TENANT, job.id)  # b does not run it
+        assert cancelled.status is JobStatus.CANCELLED, cancelled.status
+        c = cancelled.counts
+        assert c.skipped > 0 and c.succeeded + c.failed + c.skipped + c.cancelled == 30
+        assert max(a.calls.values()) == 1
+    finally:
+        for leases in (la, lb):
+            await leases.stop()
+        await a.close()
+        b.devices = {}
+        await b.close()

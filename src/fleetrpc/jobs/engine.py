@@ -214,6 +214,11 @@ class JobEngine:
             await asyncio.sleep(interval)
             try:
                 await self._adopt()
+                for job_id in await self.repo.cancel_requested(list(self._runs)):
+                    run = self._runs.get(job_id)
+                    if run is not None and run.stop_status is None:
+                        log.info("job %s: cancelled through another node", job_id)
+                        run.stop(JobStatus.CANCELLED, None)
             except FleetRpcError as e:
                 log.warning("looking for jobs to take over failed (%s); retrying", e)
 
@@ -294,6 +299,18 @@ class JobEngine:
             await asyncio.shield(run.task)
             return _copy(run.job)
         job = await self.get(tenant_id, job_id)
+        if self._leases is not None and job.status not in TERMINAL_JOB:
+            # Run by another node (or about to be): flag it; the node running
+            # it cancels it at its next look; return the job once stopped.
+            if await self.repo.request_cancel(tenant_id, job_id):
+                loop = asyncio.get_running_loop()
+                deadline = loop.time() + CANCEL_WAIT_S
+                while loop.time() < deadline:
+                    await asyncio.sleep(0.1)
+                    job = await self.get(tenant_id, job_id)
+                    if job.status in TERMINAL_JOB:
+                        break
+            return job
         if job.status is JobStatus.QUEUED:  # stored, run by no one here
             job.status = JobStatus.CANCELLED
             job.cancellation_ts = job.finish_ts = _now_ms()
@@ -352,6 +369,10 @@ class JobEngine:
                 self._emit_hook(type_, msgspec.to_builtins(job.to_json()))
             except Exception:
                 log.exception("job event sink failed")
+
+
+#: How long cancel() waits for another node to stop a job it runs (s).
+CANCEL_WAIT_S = 30.0
 
 
 def _lease(job_id: str) -> str:

@@ -180,6 +180,22 @@ class JobRepository:
               r.finish_ts) for r in rows],
         )
 
+    async def request_cancel(self, tenant_id: str, job_id: str) -> bool:
+        """Flag a QUEUED or RUNNING job for cancellation by the node running
+        it; False when it has finished (or is another tenant's)."""
+        n = await self.db.execute(
+            "UPDATE job SET cancel_requested = true WHERE id = $1 AND tenant_id = $2 "
+            "AND status IN ('QUEUED', 'RUNNING')", job_id, tenant_id)
+        return bool(n)
+
+    async def cancel_requested(self, job_ids: Sequence[str]) -> list[str]:
+        """Which of these jobs were asked to cancel."""
+        if not job_ids:
+            return []
+        marks = ", ".join(f"${i}" for i in range(1, len(job_ids) + 1))
+        rows = await self.db.fetch(f"SELECT id FROM job WHERE id IN ({marks}) AND cancel_requested", *job_ids)
+        return [r[0] for r in rows]
+
     async def in_progress(self, job_id: str) -> list[JobDevice]:
         """Rows a restart left IN_PROGRESS (the engine decides their fate)."""
         rows = await self.db.fetch(
