@@ -228,3 +228,16 @@ async def test_rolling_restart_under_persistent_load(make_server, api_for, devic
     assert tally["ok"] == len(accepted), tally
     assert duplicate_runs == 0
     assert all(n.crashes() == [] for n in nodes), [n.crashes() for n in nodes]
+
+
+async def test_a_node_without_an_id_generates_one_and_keeps_it(make_server, api_for, devices):
+    node = make_server([], node_id=None, cluster=dict(CLUSTER))
+    await node.start()
+    api = api_for(node)
+    first = (await readyz(api))["cluster"]
+    assert await node.stop() == 0
+    await node.start()
+    second = (await readyz(api))["cluster"]
+    kept = (node.workdir / "data" / "node-id").read_text().strip()
+    assert first["node_id"] == second["node_id"] == kept
+    assert first["instance"] != second["instance"]  # a new boot nonce per start
