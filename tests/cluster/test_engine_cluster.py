@@ -76,3 +76,36 @@ async def test_a_call_stored_by_another_node_is_sent_by_the_owner(mqtt_url, fres
             await m.stop()
         for db in (dba, dbb):
             await db.close()
+
+
+async def test_a_waiter_follows_its_call_when_the_partition_moves(mqtt_url, fresh_pg_db):
+    """A call driven (and waited for) on one node; that node leaves: the
+    other takes the partition over and finishes the call; the waiter on the
+    first node gets the final record from the database."""
+    a, la, dba = await _node(mqtt_url, fresh_pg_db, "eng-a")
+    b, lb, dbb = await _node(mqtt_url, fresh_pg_db, "eng-b")
+    try:
+        await _balanced(la, lb)
+        await a.start()
+        await b.start()
+        name = next(f"moving-{i}" for i in range(1000) if la.owns(partition_of(f"moving-{i}", PARTS)))
+        rpc_id = await a.engine.call(name, "echo", {"y": 2}, timeout_ms=5000)
+        assert rpc_id in a.engine._live  # offline device: queued on its owner
+        waiter = asyncio.ensure_future(a.engine.wait(rpc_id, timeout=20))
+        await asyncio.sleep(0.2)
+        await la.stop()  # a leaves: drops its calls, releases; b claims them
+        for _ in range(100):
+            if rpc_id in b.engine._live:
+                break
+            await asyncio.sleep(0.05)
+        assert rpc_id in b.engine._live and rpc_id not in a.engine._live
+        await b.device(name)  # the device comes online: b sends it
+        rec = await waiter
+        assert rec.status.value == "SUCCESSFUL" and rec.response == {"y": 2}
+        assert a.engine.stats.dropped == 1
+    finally:
+        for r in (a, b):
+            await r.stop()
+        await lb.stop()
+        for db in (dba, dbb):
+            await db.close()

@@ -577,17 +577,24 @@ class PersistentRpc:
         else:
             live.waiters.append(fut)
         if timeout is None:
-            return await fut
+            result = await fut
+            if result is _MOVED:  # its partition moved to another node
+                return await self._wait_remote(rpc_id, tenant_id, None)
+            return result
         # The deadline goes into the engine's own timing wheel: no timer
         # handle per wait (asyncio.wait_for would add a second future, a
         # timer, a callback and a task switch per wait).
+        started = loop.time()
         key = self._wait_deadline(loop, fut, rpc_id, timeout)
         try:
-            return await fut
+            result = await fut
         finally:
             entry = self._timed.pop(key, None)
             if entry is not None:
                 self._wait_wheel.cancel(entry[3])
+        if result is _MOVED:
+            return await self._wait_remote(rpc_id, tenant_id, max(0.0, timeout - (loop.time() - started)))
+        return result
 
     def _wait_deadline(self, loop: asyncio.AbstractEventLoop, fut: asyncio.Future,
                        rpc_id: str, timeout: float) -> int:
