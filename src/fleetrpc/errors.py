@@ -127,6 +127,11 @@ class DuplicateRpcError(AlreadyExistsError):
 # -- infrastructure ---------------------------------------------------------
 
 
+class LeaseLostError(StoreError):
+    """A write fenced by a cluster lease was refused: the lease moved to
+    another node (fleetrpc/cluster), which now does this work."""
+
+
 class BrokerError(FleetRpcError, RuntimeError):
     """A throwaway broker could not be found, started or stopped."""
 

@@ -249,7 +249,11 @@ async def readyz(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
     checks = await ctx.readiness()
     ok = all(checks.values())
-    return web.json_response({"status": "ready" if ok else "not ready", "checks": checks}, status=200 if ok else 503)
+    body: dict[str, Any] = {"status": "ready" if ok else "not ready", "checks": checks}
+    cluster = ctx.cluster_status() if hasattr(ctx, "cluster_status") else None
+    if cluster is not None:
+        body["cluster"] = cluster
+    return web.json_response(body, status=200 if ok else 503)
 
 
 def setup(app: web.Application, ctx: Any) -> None:

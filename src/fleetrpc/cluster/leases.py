@@ -180,6 +180,8 @@ class LeaseManager:
         until :meth:`release_named`, :meth:`stop`, or this node's session
         lapses (then on_named_lost)."""
         check_name(name)
+        if self.holds_named(name):
+            return True  # held and valid: no round trip (the cron loop asks every turn)
         if self._table is None:
             if name in self._named:
                 return True
@@ -274,8 +276,13 @@ class LeaseManager:
         s = self.settings
         while True:
             self._wake.clear()  # a wake() during the round below runs the next one at once
+            started = self._clock()
             try:
                 delay = await asyncio.wait_for(self.run_round(), timeout=s.lease_ttl_s)
+                # The interval runs from the round's renewal, not its end: a
+                # round slowed down by a busy loop or database (a node's own
+                # start) must not push the next renewal past the deadline.
+                delay = max(0.0, delay - (self._clock() - started))
                 self._last_error = None
             except (FleetRpcError, asyncio.TimeoutError, OSError) as e:
                 self._last_error = f"{type(e).__name__}: {e}"

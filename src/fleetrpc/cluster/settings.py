@@ -29,7 +29,18 @@ def _doc(text: str, **kw: Any) -> Meta:
 
 
 class ClusterSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    """Leases of device partitions and of singleton work."""
+    """Several nodes as one server: leases of device partitions and of singleton work."""
+
+    enabled: Annotated[bool | None, _doc(
+        "Run as one node of a cluster: persistent calls driven by the owner of their device's "
+        "partition, jobs and center crons by the holder of their lease, client-side calls "
+        "spread by a shared subscription. Unset: on with PostgreSQL, off with SQLite (one node; "
+        "true with SQLite is refused).")] = None
+    poll_interval_s: Annotated[float, _doc(
+        "How often a node looks for unfinished calls of its partitions that it does not drive "
+        "yet (stored by another node, whose notification it missed). New calls stored by another "
+        "node normally reach the owner at once through a database notification.",
+        gt=0, le=3600)] = 5.0
 
     partitions: Annotated[int, _doc(
         "Number of device partitions, the unit of ownership of persistent calls. Every node "
@@ -39,14 +50,15 @@ class ClusterSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         "Lease time: a node that stops renewing loses its partitions and named leases this "
         "long after its last renewal (on the database's clock); the others take them over.",
         gt=0, le=3600)] = 5.0
-    margin_s: Annotated[float | None, _doc(
+    # (Optional outside Annotated: msgspec sets bounds on numbers only.)
+    margin_s: Annotated[float, _doc(
         "A node stops acting on its leases this long before they would expire. "
-        "Unset: a fifth of lease_ttl_s.", ge=0)] = None
-    renew_interval_s: Annotated[float | None, _doc(
-        "Seconds between renewals. Unset: a quarter of lease_ttl_s.", gt=0)] = None
-    claim_interval_s: Annotated[float | None, _doc(
+        "Unset: a fifth of lease_ttl_s.", ge=0)] | None = None
+    renew_interval_s: Annotated[float, _doc(
+        "Seconds between renewals. Unset: a quarter of lease_ttl_s.", gt=0)] | None = None
+    claim_interval_s: Annotated[float, _doc(
         "Seconds between rounds while this node holds fewer partitions than its share "
-        "(joining, or taking over a dead node's). Unset: a twentieth of lease_ttl_s.", gt=0)] = None
+        "(joining, or taking over a dead node's). Unset: a twentieth of lease_ttl_s.", gt=0)] | None = None
     release_timeout_s: Annotated[float, _doc(
         "How long a hand-over waits for on_lost callbacks (in-flight work to stop) before "
         "releasing partitions anyway.", gt=0)] = 1.0

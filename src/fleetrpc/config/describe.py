@@ -40,6 +40,8 @@ def describe(settings: ServerSettings) -> list[Setting]:
         values = getattr(settings, section)
         for field in msgspec.inspect.type_info(cls).fields:
             meta = field.type
+            if isinstance(meta, msgspec.inspect.UnionType):  # Annotated[...] | None
+                meta = next((t for t in meta.types if isinstance(t, msgspec.inspect.Metadata)), meta)
             doc, secret = "", False
             if isinstance(meta, msgspec.inspect.Metadata):
                 doc = (meta.extra_json_schema or {}).get("description", "")

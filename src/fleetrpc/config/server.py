@@ -30,6 +30,7 @@ from msgspec import Meta
 
 from .._core.constants import DEFAULT_MAX_PAYLOAD, DEFAULT_PREFIX, DeliveryStrategy
 from ..errors import ValidationError
+from ..cluster.settings import ClusterSettings
 from .elves import ElvesSection
 from .library import Settings, _default_node_id
 
@@ -394,6 +395,7 @@ SECTIONS: dict[str, type[_Section]] = {
     "events": EventsSection,
     "elves": ElvesSection,
     "endpoint": EndpointSection,
+    "cluster": ClusterSettings,  # type: ignore[dict-item]
 }
 
 #: Every field of the library's flat :class:`Settings` and where the server's
@@ -470,6 +472,7 @@ class ServerSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     events: EventsSection = msgspec.field(default_factory=EventsSection)
     elves: ElvesSection = msgspec.field(default_factory=ElvesSection)
     endpoint: EndpointSection = msgspec.field(default_factory=EndpointSection)  # type: ignore[valid-type]
+    cluster: ClusterSettings = msgspec.field(default_factory=ClusterSettings)
 
     def __post_init__(self) -> None:
         # Checks across fields; each message names the keys involved.
@@ -497,6 +500,9 @@ class ServerSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             raise ValidationError(f"auth.sysadmin_password_file: no such file {a.sysadmin_password_file!r}")
         if self.mqtt.reconnect_max < self.mqtt.reconnect_delay:
             raise ValidationError("mqtt.reconnect_max must be >= mqtt.reconnect_delay")
+        if self.cluster.enabled and not self.store_url.startswith(("postgresql:", "postgres:")):
+            raise ValidationError(
+                "cluster.enabled needs PostgreSQL (store.url): a SQLite database serves one node")
         if self.endpoint.enabled:
             try:
                 self.endpoint_settings()
@@ -515,6 +521,14 @@ class ServerSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         if self.store.url:
             return self.store.url
         return f"sqlite:///{(self.data_dir / 'fleetrpc.db').resolve()}"  # absolute: sqlite:////...
+
+    @property
+    def clustered(self) -> bool:
+        """Whether this node is one of a cluster (``cluster.enabled``, by
+        default whenever the store is PostgreSQL)."""
+        if self.cluster.enabled is not None:
+            return self.cluster.enabled
+        return self.store_url.startswith(("postgresql:", "postgres:"))
 
     @property
     def embedded_broker(self) -> bool:

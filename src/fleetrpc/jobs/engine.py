@@ -16,6 +16,14 @@ device, and sending it again could run it twice); a persistent job's are
 looked up by their RPC id and followed to their end, or sent if the RPC was
 never stored.  The run then continues after the cursor.
 
+Several nodes (``leases``, a cluster on PostgreSQL): a job is run by the
+node holding its named lease ``job:<id>``, so a rollout runs once.  Every
+node looks for unfinished jobs nobody runs (every lease renewal interval)
+and takes them; a node that loses a lease (its own lease lapsed) halts the
+run at once without writing anything more, and the node that takes it over
+resumes it as after a restart (from the cursor; its in-flight devices as
+above).
+
 Outcomes are written in batches (every ``flush_interval`` seconds) together
 with the job's counts and aggregate, so the stored counts always match the
 stored rows.
@@ -38,6 +46,7 @@ from ..errors import (
     DeviceOfflineError,
     DuplicateRpcError,
     FleetRpcError,
+    LeaseLostError,
     RpcNotFoundError,
     RpcTimeoutError,
     ValidationError,
@@ -182,6 +191,7 @@ class JobEngine:
         default_timeout_ms: int | None = None,
         progress_interval: float = 1.0,
         flush_interval: float = 0.05,
+        leases: Any = None,
     ) -> None:
         self.dispatcher = dispatcher
         self.repo = repo
@@ -194,20 +204,71 @@ class JobEngine:
         self.flush_interval = flush_interval
         self._runs: dict[str, _Run] = {}
         self._closed = False
+        self._leases = leases if leases is not None and not leases.single_node else None
+        self._watcher: asyncio.Task | None = None
 
     # -- lifecycle ----------------------------------------------------------
 
     async def start(self) -> int:
-        """Resume every job a restart left QUEUED or RUNNING; returns how many."""
+        """Resume every job a restart left QUEUED or RUNNING; returns how many.
+        In a cluster: those whose lease this node takes, and from now on
+        every unfinished job whose runner is gone."""
+        if self._leases is not None:
+            self._leases.on_named_lost(self._leases_lost)
+            n = await self._adopt()
+            self._watcher = asyncio.ensure_future(self._watch())
+            return n
         jobs = await self.repo.load_unfinished()
         for job in jobs:
             self._launch(job)
         return len(jobs)
 
+    async def _adopt(self) -> int:
+        """Run the unfinished jobs whose lease this node can take."""
+        n = 0
+        for job in await self.repo.load_unfinished():
+            if self._closed or job.id in self._runs:
+                continue
+            if await self._leases.acquire_named(_lease(job.id)) and not self._closed and job.id not in self._runs:
+                # Read again under the lease: the former runner may have
+                # finished it between the listing and the lease.
+                fresh = await self.repo.get(job.tenant_id, job.id)
+                if fresh is None or fresh.status in TERMINAL_JOB:
+                    await self._leases.release_named(_lease(job.id))
+                    continue
+                log.info("job %s: taken over by this node", job.id)
+                self._launch(fresh)
+                n += 1
+        return n
+
+    async def _watch(self) -> None:
+        interval = self._leases.settings.renew_interval
+        while not self._closed:
+            await asyncio.sleep(interval)
+            try:
+                await self._adopt()
+                for job_id in await self.repo.cancel_requested(list(self._runs)):
+                    run = self._runs.get(job_id)
+                    if run is not None and run.stop_status is None:
+                        log.info("job %s: cancelled through another node", job_id)
+                        run.stop(JobStatus.CANCELLED, None)
+            except FleetRpcError as e:
+                log.warning("looking for jobs to take over failed (%s); retrying", e)
+
+    def _leases_lost(self, names: list[str]) -> None:
+        for name in names:
+            if name.startswith("job:"):
+                run = self._runs.get(name[4:])
+                if run is not None:
+                    log.warning("job %s: lease lost; another node resumes it", run.job.id)
+                    run.abandon()
+
     async def close(self) -> None:
         """Stop running jobs; they stay RUNNING in the store and resume on
         the next start (in-flight devices then count as interrupted)."""
         self._closed = True
+        if self._watcher is not None:
+            self._watcher.cancel()
         runs = list(self._runs.values())
         for run in runs:
             run.halt()
@@ -236,6 +297,8 @@ class JobEngine:
         )
         self._targets(job)  # an unsupported selector fails here, before storing
         await self.repo.insert(job)
+        if self._leases is not None and not await self._leases.acquire_named(_lease(job.id)):
+            return _copy(job)  # QUEUED: a node that can take its lease runs it
         self._launch(job)
         return _copy(job)
 
@@ -269,6 +332,18 @@ class JobEngine:
             await asyncio.shield(run.task)
             return _copy(run.job)
         job = await self.get(tenant_id, job_id)
+        if self._leases is not None and job.status not in TERMINAL_JOB:
+            # Run by another node (or about to be): flag it; the node running
+            # it cancels it at its next look; return the job once stopped.
+            if await self.repo.request_cancel(tenant_id, job_id):
+                loop = asyncio.get_running_loop()
+                deadline = loop.time() + CANCEL_WAIT_S
+                while loop.time() < deadline:
+                    await asyncio.sleep(0.1)
+                    job = await self.get(tenant_id, job_id)
+                    if job.status in TERMINAL_JOB:
+                        break
+            return job
         if job.status is JobStatus.QUEUED:  # stored, run by no one here
             job.status = JobStatus.CANCELLED
             job.cancellation_ts = job.finish_ts = _now_ms()
@@ -300,9 +375,26 @@ class JobEngine:
 
     def _launch(self, job: Job) -> None:
         run = _Run(self, job)
+        if self._leases is not None:
+            epoch = self._leases.named_token(_lease(job.id))
+            if epoch is None:
+                return  # lost already: the node holding it runs the job
+            run.fence = (_lease(job.id), epoch)
         self._runs[job.id] = run
         run.task = asyncio.ensure_future(run.run())
-        run.task.add_done_callback(lambda _t, jid=job.id: self._runs.pop(jid, None))
+        run.task.add_done_callback(lambda _t, jid=job.id: self._run_ended(jid, run))
+
+    def _run_ended(self, job_id: str, run: "_Run") -> None:
+        if self._runs.get(job_id) is run:
+            del self._runs[job_id]
+        if self._leases is not None and run.job.status in TERMINAL_JOB:
+            asyncio.ensure_future(self._release(job_id))
+
+    async def _release(self, job_id: str) -> None:
+        try:
+            await self._leases.release_named(_lease(job_id))
+        except FleetRpcError:
+            pass  # it lapses with the session
 
     def _emit(self, type_: str, job: Job) -> None:
         if self._emit_hook is not None:
@@ -310,6 +402,15 @@ class JobEngine:
                 self._emit_hook(type_, msgspec.to_builtins(job.to_json()))
             except Exception:
                 log.exception("job event sink failed")
+
+
+#: How long cancel() waits for another node to stop a job it runs (s).
+CANCEL_WAIT_S = 30.0
+
+
+def _lease(job_id: str) -> str:
+    """The named lease of a job's run."""
+    return f"job:{job_id}"
 
 
 def _list_targets_only(job: Job) -> TargetSource:
@@ -361,6 +462,9 @@ class _Run:
         self.wake = asyncio.Event()
         self.stop_status: JobStatus | None = None
         self._halted = False
+        self._abandoned = False
+        #: (lease name, epoch) fencing this run's writes in a cluster
+        self.fence: tuple[str, int] | None = None
         self._tasks: set[asyncio.Task] = set()
         self._last_progress = 0.0
         self._flushing: asyncio.Future | None = None
@@ -397,16 +501,40 @@ class _Run:
         self._halted = True
         self.wake.set()
 
+    def abandon(self) -> None:
+        """This node lost the job's lease: stop at once and write nothing
+        more (the node that takes the lease resumes from what is stored)."""
+        self._abandoned = True
+        self.halt()
+        for task in list(self._tasks):
+            task.cancel()
+
     async def flush(self) -> None:
         """Write the outcomes recorded so far."""
+        await self._persist()
+
+    async def _persist(self, started: Sequence[JobDevice] | None = None) -> None:
+        """Write the outcomes recorded so far (and ``started`` rows, IN_PROGRESS)
+        with the job as it is at this moment: the stored counts always
+        match the stored rows, also when the run stops between two writes
+        (a crash, a lease taken over).  One write at a time, in order."""
         while self._flushing is not None:
             await asyncio.shield(self._flushing)
-        if not self.rows:
+        if self._abandoned or (not self.rows and started is None):
             return
+        # Rows and job together, with no await between: outcomes recorded
+        # while the write is on its way go into the next one, counts too.
         rows, self.rows = self.rows, []
+        snapshot = _copy(self.job)
         self._flushing = asyncio.get_running_loop().create_future()
         try:
-            await self.engine.repo.finish_devices(self.job, rows)
+            if started is None:
+                await self.engine.repo.finish_devices(snapshot, rows, self.fence)
+            else:
+                await self.engine.repo.start_devices(snapshot, started, self.fence, finished=rows)
+        except LeaseLostError:
+            self.abandon()
+            raise
         except BaseException:
             # Kept for the next attempt, also when cancelled mid-write
             # (writing an outcome twice is harmless; losing it is not).
@@ -427,7 +555,7 @@ class _Run:
                 job.status = JobStatus.RUNNING
                 job.start_ts = _now_ms()
                 job.counts.total = job.counts.queued = total
-                await engine.repo.save(job)
+                await engine.repo.save(job, self.fence)
                 engine._emit("JOB_STARTED", job)
             else:
                 await self._recover()
@@ -446,7 +574,12 @@ class _Run:
             await self._finish(self.stop_status or JobStatus.COMPLETED)
         except asyncio.CancelledError:
             raise
+        except LeaseLostError:
+            self._abandoned = True
+            log.warning("job %s: lease lost; the node that took it over resumes it", job.id)
         except Exception as exc:
+            if self._abandoned:
+                return
             log.exception("job %s failed", job.id)
             job.general_error = f"{type(exc).__name__}: {exc}"
             try:
@@ -495,6 +628,8 @@ class _Run:
 
     async def _start(self, batch: Sequence[str]) -> None:
         job, spec = self.job, self.job.spec
+        if self._halted:
+            return
         ts = _now_ms()
         persistent = spec.persistent
         rows = [
@@ -510,7 +645,9 @@ class _Run:
         c.queued -= n
         c.in_progress += n
         job.cursor = batch[-1]
-        await self.engine.repo.start_devices(job, rows)  # committed before anything is sent
+        await self._persist(rows)  # committed before anything is sent
+        if self._abandoned:
+            return  # the lease moved meanwhile: its new runner sees them IN_PROGRESS
         for d in batch:
             self.inflight[d] = ts
         if persistent:
@@ -634,6 +771,8 @@ class _Run:
                     # Shielded: the run cancels this loop when it ends, and a
                     # write is finished, not cut (the run's last flush waits).
                     await asyncio.shield(self.flush())
+                except LeaseLostError:
+                    return
                 except Exception as exc:  # the database is down: keep the rows, retry
                     log.warning("job %s: writing outcomes failed (%s); will retry", self.job.id, exc)
 
@@ -645,7 +784,9 @@ class _Run:
         job.status = status
         job.finish_ts = _now_ms()
         await self.flush()
-        await self.engine.repo.save(job)
+        if self._abandoned:
+            return
+        await self.engine.repo.save(job, self.fence)
         self.engine._emit(_FINAL_EVENT[status], job)
 
     def _spawn(self, coro: Any) -> None:

@@ -29,12 +29,26 @@ tenant, ``"default"``.  A server builds the engine with
 ``default_tenant=None``, and then an operation without a tenant is refused.
 
 Queue cap: a device has at most ``queue_cap`` unfinished persistent calls
-(default :data:`DEFAULT_QUEUE_CAP`); beyond it ``call()`` raises
+(default :data:`DEFAULT_QUEUE_CAP`; in a cluster, a node that does not own
+the device's partition counts them in the database, so calls stored at the
+same moment through several nodes may exceed it by a few); beyond it ``call()`` raises
 :class:`QueueFullError` before anything is stored.  Calls beyond the
 dispatcher's own per-device queue (``Settings.queue_cap``, for calls held
 while a device is offline) wait here, stored and QUEUED, and are handed to
 the dispatcher in order as its queue makes room -- ThingsBoard queues them
 too.
+
+Several nodes (``leases``, a :class:`~fleetrpc.cluster.LeaseManager` on
+PostgreSQL): a call is driven only by the node that owns its device's
+partition, so a device keeps one queue and no call is sent by two nodes.
+Any node stores a call; when it is not the owner it tells the owner
+(:mod:`.cluster`: a database notification, and the owner's periodic scan).
+On gaining partitions the engine loads and resumes their unfinished calls;
+on losing them (a hand-over, or its lease lapsing) it drops them at once,
+sends nothing more for them and flushes what it wrote, and its status writes
+carry the partition's epoch so that none lands once the partition has moved
+(``StatusChange.epoch``).  ``wait()`` and ``get()`` of a call driven by
+another node read the database.
 
 Every change goes through :meth:`PersistentRpc._set_status`, which checks the
 transition (``status.check_transition``), queues the optimistic write, and
@@ -88,6 +102,7 @@ from ..dispatch.options import (
     effective_retries,
     effective_timeout_ms,
 )
+from ..cluster.partition import partition_of
 from ..wire import validate_id
 from ..errors import (
     DispatcherClosedError,
@@ -175,6 +190,10 @@ def _time_out(fut: asyncio.Future, rpc_id: str, timeout: float) -> None:
         fut.set_exception(TimeoutError(f"RPC {rpc_id} did not finish within {timeout} s"))
 
 
+#: What a waiter of a call gets when its partition moves to another node.
+_MOVED = object()
+
+
 class _Held(Exception):
     """A write not attempted because an earlier one still has to land."""
 
@@ -183,11 +202,17 @@ class _Live(CallObserver):
     """A persistent call the engine is driving: its record and its current
     attempt in the dispatcher.  It is the dispatcher completion, too."""
 
-    __slots__ = ("durable", "engine", "record", "rid", "waiters", "write")
+    __slots__ = ("dropped", "durable", "engine", "epoch", "partition", "record", "rid", "waiters", "write")
 
     def __init__(self, engine: "PersistentRpc", record: RpcRecord) -> None:
         self.engine = engine
         self.record = record
+        #: the device's partition and the epoch this node owns it under
+        #: (a cluster), fencing this call's status writes; None: one node
+        self.partition: int | None = None
+        self.epoch: int | None = None
+        #: its partition was lost: this node no longer acts on it
+        self.dropped = False
         self.rid: int | None = None
         self.waiters: list[asyncio.Future] = []
         #: waiters for the final status to be committed (wait(durable=True))
@@ -196,12 +221,18 @@ class _Live(CallObserver):
         self.write: asyncio.Future | None = None
 
     def sent(self, rid: int, device: str) -> None:
+        if self.dropped:
+            return
         self.engine._on_sent(self)
 
     def acked(self, rid: int, device: str) -> bool:
+        if self.dropped:
+            return True
         return self.engine._on_acked(self)
 
     def __call__(self, rid: int, device: str, result: Any, error: BaseException | None) -> None:
+        if self.dropped:
+            return
         self.engine._on_done(self, result, error)
 
 
@@ -210,7 +241,8 @@ class PersistentStats(Counters):
 
     __slots__ = ("queued", "sent", "delivered", "successful", "timeouts", "retries",
                  "expired", "failed", "deleted", "recovered", "write_errors", "purged",
-                 "write_refused", "reply_refused", "oneway_unacked", "backlogged")
+                 "write_refused", "reply_refused", "oneway_unacked", "backlogged",
+                 "handed_to_owner", "taken_over", "dropped", "cluster_loads")
 
 
 class PersistentRpc:
@@ -233,6 +265,8 @@ class PersistentRpc:
         emit: Callable[[str, dict], None] | None = None,
         default_tenant: str | None = DEFAULT_TENANT,
         queue_cap: int = DEFAULT_QUEUE_CAP,
+        leases: Any = None,
+        poll_interval_s: float = 5.0,
     ) -> None:
         if default_tenant is not None:
             check_tenant(default_tenant)
@@ -292,12 +326,29 @@ class PersistentRpc:
         self._wait_wheel: Any = None
         self._wait_timer: asyncio.TimerHandle | None = None
         self._wait_seq = 0
+        # Several nodes: the lease manager when this engine is one of a
+        # cluster (PostgreSQL), else None (every call is this node's).
+        self._leases = leases if leases is not None and not leases.single_node else None
+        self.poll_interval_s = poll_interval_s
+        self._link: Any = None  # .cluster.NotifyLink
+        self._load_lock: asyncio.Lock | None = None
+        # Calls this node finished lately (id -> loop time): a scan that read
+        # the row before the final write landed must not resume it again.
+        self._recent: dict[str, float] = {}
+        self._pending_ids: dict[str, int] = {}  # notified, not loaded yet -> partition
+        self._loader: asyncio.Task | None = None
+        self._poll_task: asyncio.Task | None = None
+        self._rescan_all = False
 
     # -- lifecycle ----------------------------------------------------------
 
     async def start(self) -> int:
         """Recover every unfinished call from the store; start the TTL job.
-        Returns how many calls were recovered."""
+        Returns how many calls were recovered.  In a cluster: resume the
+        calls of the partitions this node owns, and from now on those of
+        the partitions it gains."""
+        if self._leases is not None:
+            return await self._start_cluster()
         records = await self.store.claim_unfinished(self.node_id)
         for record in records:
             self._recover(record)
@@ -309,6 +360,11 @@ class PersistentRpc:
     async def close(self) -> None:
         """Stop; unfinished calls stay stored and are recovered next start."""
         self._closed = True
+        for task in (self._poll_task, self._loader):
+            if task is not None:
+                task.cancel()
+        if self._link is not None:
+            await self._link.close()
         if self._sweep_handle is not None:
             self._sweep_handle.cancel()
             self._sweep_handle = None
@@ -399,7 +455,13 @@ class PersistentRpc:
                 raise ValidationError(f"{what} cannot be stored: {problem}")
         # Refused before it is stored: a request over max_payload could never be sent.
         self.dispatcher.check_request(method, record.params, record.id)
-        if self._per_device.get(device, 0) >= self.queue_cap:
+        if self._per_device.get(device, 0) >= self.queue_cap or (
+            # In a cluster the owner of the device's partition counts its
+            # calls in memory; another node asks the database.
+            self._leases is not None and device not in self._per_device
+            and self._leases.token(partition_of(device, self._leases.partitions)) is None
+            and await self.store.unfinished_count(device) >= self.queue_cap
+        ):
             raise QueueFullError(
                 f"device {device!r} already has {self.queue_cap} unfinished persistent calls (queue_cap)"
             )
@@ -407,6 +469,22 @@ class PersistentRpc:
             await self._submit_insert(record)  # resolves once committed
         else:
             await self.store.insert(record)  # returns once committed
+        if self._leases is not None:
+            partition = partition_of(device, self._leases.partitions)
+            epoch = self._leases.token(partition)
+            if epoch is None or record.id in self._live:
+                # Another node drives it (or this one already loaded it).
+                self.stats.queued += 1
+                self._event(RpcStatus.QUEUED, record)
+                if epoch is None:
+                    self.stats.handed_to_owner += 1
+                    self._link.post("n", partition, record.id)
+                return record.id
+            live = self._track(record, partition, epoch)
+            self.stats.queued += 1
+            self._event(RpcStatus.QUEUED, record)
+            self._dispatch(live)
+            return record.id
         live = self._track(record)
         self.stats.queued += 1
         self._event(RpcStatus.QUEUED, record)
@@ -445,6 +523,17 @@ class PersistentRpc:
         tenant's call, which is left alone)."""
         tenant_id = self._tenant(tenant_id)
         live = self._own_live(rpc_id, tenant_id)
+        if live is None and self._leases is not None:
+            record = await self.store.delete(rpc_id, tenant_id)
+            if record is None:
+                raise RpcNotFoundError(f"no persistent RPC {rpc_id!r}")
+            if record.status not in TERMINAL and not (record.oneway and record.status is D):
+                # Its owner drops it (it would find the row gone anyway).
+                self._link.post("d", partition_of(record.device_id, self._leases.partitions), rpc_id)
+            record.status = X
+            self.stats.deleted += 1
+            self._event(X, record)
+            return record
         if live is not None:
             if live.rid is not None:
                 self.dispatcher.cancel(live.rid)
@@ -476,6 +565,8 @@ class PersistentRpc:
         tenant_id = self._tenant(tenant_id)
         live = self._own_live(rpc_id, tenant_id)
         if live is None:
+            if self._leases is not None:
+                return await self._wait_remote(rpc_id, tenant_id, timeout)
             return await self.get(rpc_id, tenant_id)
         loop = asyncio.get_running_loop()
         fut = loop.create_future()
@@ -486,17 +577,24 @@ class PersistentRpc:
         else:
             live.waiters.append(fut)
         if timeout is None:
-            return await fut
+            result = await fut
+            if result is _MOVED:  # its partition moved to another node
+                return await self._wait_remote(rpc_id, tenant_id, None)
+            return result
         # The deadline goes into the engine's own timing wheel: no timer
         # handle per wait (asyncio.wait_for would add a second future, a
         # timer, a callback and a task switch per wait).
+        started = loop.time()
         key = self._wait_deadline(loop, fut, rpc_id, timeout)
         try:
-            return await fut
+            result = await fut
         finally:
             entry = self._timed.pop(key, None)
             if entry is not None:
                 self._wait_wheel.cancel(entry[3])
+        if result is _MOVED:
+            return await self._wait_remote(rpc_id, tenant_id, max(0.0, timeout - (loop.time() - started)))
+        return result
 
     def _wait_deadline(self, loop: asyncio.AbstractEventLoop, fut: asyncio.Future,
                        rpc_id: str, timeout: float) -> int:
@@ -535,8 +633,10 @@ class PersistentRpc:
 
     # -- dispatching --------------------------------------------------------
 
-    def _track(self, record: RpcRecord) -> _Live:
+    def _track(self, record: RpcRecord, partition: int | None = None, epoch: int | None = None) -> _Live:
         live = _Live(self, record)
+        live.partition = partition
+        live.epoch = epoch
         self._live[record.id] = live
         device = record.device_id
         self._per_device[device] = self._per_device.get(device, 0) + 1
@@ -556,6 +656,8 @@ class PersistentRpc:
         """One attempt into the dispatcher; False when the device's queue
         there is full (the call then waits here)."""
         rec = live.record
+        if live.epoch is not None and not self._leases.owns(live.partition):
+            return True  # the partition was lost: its new owner sends it
         until_expiry = (rec.expiration_time - _now_ms()) / 1000.0
         if until_expiry <= 0:
             self._finish(live, E, error="expired before it could be sent")
@@ -707,6 +809,8 @@ class PersistentRpc:
         self._set_status(live, status, **changes)
 
     def _finalize(self, live: _Live) -> None:
+        if live.epoch is not None:
+            self._recent[live.record.id] = time.monotonic()
         if self._live.pop(live.record.id, None) is live:
             device = live.record.device_id
             left = self._per_device[device] - 1
@@ -799,6 +903,7 @@ class PersistentRpc:
             self._write(live, StatusChange(
                 id=rec.id, expected_status=old, status=new, updated_time=rec.updated_time,
                 attempts=attempts, response=response, error=error,
+                partition=live.partition, epoch=live.epoch,
             ))
         if new is X:
             self.stats.deleted += 1
@@ -957,6 +1062,7 @@ class PersistentRpc:
             last = changes[-1]
             attempts = next((c.attempts for c in reversed(changes) if c.attempts is not None), None)
             salvage = StatusChange(
+                partition=last.partition, epoch=last.epoch,
                 id=rpc_id, expected_status=changes[0].expected_status, status=last.status,
                 updated_time=last.updated_time, attempts=attempts,
                 response=None if any(c.response is not msgspec.UNSET for c in changes) else msgspec.UNSET,
@@ -1010,8 +1116,9 @@ class PersistentRpc:
 
     # -- recovery -----------------------------------------------------------
 
-    def _recover(self, record: RpcRecord) -> None:
-        live = self._track(record)
+    def _recover(self, record: RpcRecord | _Live) -> None:
+        live = record if isinstance(record, _Live) else self._track(record)
+        record = live.record
         status = record.status
         if record.oneway and status is S:
             self._on_timeout(live)  # published once already: DELIVERED, never again
@@ -1030,6 +1137,211 @@ class PersistentRpc:
             # that was SENT is never published again: DELIVERED).
             self._on_timeout(live)
 
+    # -- several nodes (a cluster) -------------------------------------------
+
+    #: How long a call this node finished is remembered, so that a scan that
+    #: read its row before the final write landed does not resume it (s).
+    RECENT_S = 60.0
+    #: The periodic scan reads the calls created since the previous scan
+    #: began, less this slack (ms: nodes' clocks, inserts committed late);
+    #: older ones are read at a partition's acquisition and after the
+    #: listener (re)connects.
+    SCAN_SLACK_MS = 10_000
+
+    async def _start_cluster(self) -> int:
+        from .cluster import NotifyLink
+
+        leases = self._leases
+        self._load_lock = asyncio.Lock()
+        db = getattr(getattr(self.store, "store", self.store), "db", None)
+        self._link = NotifyLink(db, self._on_items, self._on_listening, leases.wake)
+        # What this node owns already, then every change from now on (no
+        # await between: no acquisition is missed).
+        owned = sorted(leases.owned())
+        leases.on_acquired(self._partitions_acquired)
+        leases.on_lost(self._partitions_lost)
+        self._link.start()
+        n = await self._load_partitions(owned) if owned else 0
+        self._poll_task = asyncio.ensure_future(self._poll_loop())
+        if self.settings.ttl_enabled and self.settings.ttl_check_interval_s > 0:
+            self._ttl_task = asyncio.ensure_future(self._ttl_loop())
+        return n
+
+    def _partitions_acquired(self, partitions: list[int]) -> Any:
+        if self._closed:
+            return None
+        self.stats.taken_over += len(partitions)
+        return self._load_partitions(partitions)
+
+    async def _load_partitions(self, partitions: list[int]) -> int:
+        """Resume the unfinished calls of ``partitions`` (just acquired)."""
+        return await self._load(None, set(partitions))
+
+    async def _load(self, ids: list[str] | None, wanted: set[int] | None = None,
+                    since_ms: int | None = None) -> int:
+        """Read unfinished calls -- ``ids``, else those created since
+        ``since_ms`` (None: all) of the ``wanted`` partitions (None: every
+        partition this node owns) -- and resume those it does not drive yet.
+        One load at a time: a call read by two loads is resumed once."""
+        async with self._load_lock:
+            if self._closed:
+                return 0
+            try:
+                if ids is None:
+                    # Ids and devices first (two short columns), then in full
+                    # only the calls of this node's partitions.
+                    parts, owns, live, recent = self._leases.partitions, self._leases.owns, self._live, self._recent
+                    ids = []
+                    for rpc_id, device in await self.store.unfinished_devices(since_ms):
+                        if rpc_id in live or rpc_id in recent:
+                            continue
+                        p = partition_of(device, parts)
+                        if (p in wanted) if wanted is not None else owns(p):
+                            ids.append(rpc_id)
+                records = await self.store.unfinished_by_ids(ids) if ids else []
+            except StoreError as e:
+                log.warning("could not load the unfinished calls of this node's partitions (%s); "
+                            "the next scan retries", e)
+                self._rescan_all = True
+                return 0
+            self.stats.cluster_loads += 1
+            leases, parts, recent, resumed = self._leases, self._leases.partitions, self._recent, 0
+            for record in records:
+                if record.id in self._live or record.id in recent:
+                    continue
+                p = partition_of(record.device_id, parts)
+                epoch = leases.token(p)
+                if epoch is None:
+                    continue
+                live = self._track(record, p, epoch)
+                self.stats.recovered += 1
+                resumed += 1
+                self._recover(live)
+            return resumed
+
+    def _partitions_lost(self, partitions: list[int]) -> Any:
+        """Stop acting on the calls of ``partitions`` at once (their new
+        owner resumes them from the database); then flush what was written
+        for them, so that the new owner reads their latest status."""
+        lost = set(partitions)
+        dropped = [live for live in self._live.values() if live.partition in lost]
+        for live in dropped:
+            self._drop(live)
+        self.stats.dropped += len(dropped)
+        if dropped:
+            log.info("stopped driving %d calls of %d partitions (their new owner resumes them)",
+                     len(dropped), len(partitions))
+        return self.flush()
+
+    def _drop(self, live: _Live) -> None:
+        rec = live.record
+        live.dropped = True
+        if live.rid is not None:
+            self.dispatcher.cancel(live.rid)
+            live.rid = None
+        if self._live.pop(rec.id, None) is live:
+            device = rec.device_id
+            left = self._per_device[device] - 1
+            if left:
+                self._per_device[device] = left
+            else:
+                del self._per_device[device]
+        backlog = self._backlog.get(rec.device_id)
+        if backlog is not None and live in backlog:
+            backlog.remove(live)
+            if not backlog:
+                self._backlog.pop(rec.device_id, None)
+        # Waiters follow the call in the database (_wait_remote).
+        for fut in live.waiters + (live.durable or []):
+            if not fut.done():
+                fut.set_result(_MOVED)
+        live.waiters.clear()
+        live.durable = None
+
+    def _on_items(self, kind: str, items: list[tuple[int, str]]) -> None:
+        """Notifications from other nodes: new calls of partitions this node
+        owns are loaded (by id, a batch per loop turn); deleted ones dropped."""
+        if self._closed:
+            return
+        leases = self._leases
+        if kind == "d":
+            for _p, rpc_id in items:
+                live = self._live.get(rpc_id)
+                if live is not None:
+                    self._drop(live)
+                    self._recent[rpc_id] = time.monotonic()
+                    self.stats.deleted += 1
+            return
+        added = False
+        for p, rpc_id in items:
+            if leases.owns(p) and rpc_id not in self._live:
+                self._pending_ids[rpc_id] = p
+                added = True
+        if added and (self._loader is None or self._loader.done()):
+            self._loader = asyncio.ensure_future(self._load_notified())
+
+    async def _load_notified(self) -> None:
+        while self._pending_ids and not self._closed:
+            ids, self._pending_ids = list(self._pending_ids), {}
+            await self._load(ids)
+
+    def _on_listening(self) -> None:
+        # Notifications sent while the listener was down are lost: read all.
+        self._rescan_all = True
+        if self._poll_task is not None and not self._poll_task.done():
+            self._poll_task.cancel()
+            self._poll_task = asyncio.ensure_future(self._poll_loop())
+
+    async def _poll_loop(self) -> None:
+        last = None
+        while not self._closed:
+            try:
+                began = _now_ms()
+                if self._rescan_all or last is None:
+                    self._rescan_all = False
+                    await self._load(None)
+                else:
+                    await self._load(None, since_ms=last - self.SCAN_SLACK_MS)
+                last = began
+                cutoff = time.monotonic() - self.RECENT_S
+                if self._recent and next(iter(self._recent.values())) < cutoff:
+                    self._recent = {k: t for k, t in self._recent.items() if t >= cutoff}
+            except StoreError:
+                pass  # logged by _load
+            except Exception:
+                log.exception("cluster scan failed")
+            await asyncio.sleep(self.poll_interval_s)
+
+    async def _wait_remote(self, rpc_id: str, tenant_id: str, timeout: float | None) -> RpcRecord:
+        """wait() for a call another node drives: follow it in the database
+        (or here, should this node take its partition over)."""
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        delay = 0.05
+        while True:
+            live = self._own_live(rpc_id, tenant_id)
+            if live is not None:
+                left = None if deadline is None else max(0.0, deadline - loop.time())
+                fut = loop.create_future()
+                live.waiters.append(fut)
+                try:
+                    result = await asyncio.wait_for(fut, left)
+                except asyncio.TimeoutError:
+                    raise TimeoutError(f"RPC {rpc_id} did not finish within {timeout} s") from None
+                if result is not _MOVED:
+                    return result
+                continue
+            record = await self.store.get(rpc_id, tenant_id)
+            if record is None:
+                raise RpcNotFoundError(f"no persistent RPC {rpc_id!r}")
+            if record.status in TERMINAL or (record.oneway and record.status is D):
+                return record
+            if deadline is not None and loop.time() >= deadline:
+                raise TimeoutError(f"RPC {rpc_id} did not finish within {timeout} s")
+            pause = delay if deadline is None else min(delay, max(0.0, deadline - loop.time()))
+            await asyncio.sleep(pause)
+            delay = min(delay * 1.5, 1.0)
+
     # -- TTL ----------------------------------------------------------------
 
     async def purge(self) -> int:
@@ -1041,6 +1353,10 @@ class PersistentRpc:
     async def _ttl_loop(self) -> None:
         while True:
             try:
+                if self._leases is not None and not await self._leases.acquire_named("rpc:ttl"):
+                    # One node of a cluster purges (the lease moves on failure).
+                    await asyncio.sleep(self.settings.ttl_check_interval_s)
+                    continue
                 n = await self.purge()
                 if n:
                     log.info("TTL clean-up removed %d finished persistent RPCs", n)

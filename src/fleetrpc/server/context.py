@@ -25,6 +25,8 @@ Attributes other parts rely on (the brief's contract):
 ``url``           the HTTP API's base URL once listening
 ``features``      extra ``setup(app, ctx)`` functions for ``create_app``, as
                   ``"package.module[:function]"`` names
+``node``          this node's :class:`~fleetrpc.cluster.NodeIdentity`
+``leases``        its :class:`~fleetrpc.cluster.LeaseManager` (every lease its own on SQLite)
 ``demo``          ``--demo`` was given: the identity part loads the demo accounts
 """
 
@@ -104,6 +106,8 @@ class ServerContext:
         self.tokens: TokenService | None = None
         self.endpoint: Any = None     # the device endpoint, when enabled
         self.endpoint_directory: Any = None  # its token cache on ctx.devices
+        self.node: Any = None         # this node's NodeIdentity (the leases part)
+        self.leases: Any = None       # its LeaseManager (single-node on SQLite)
         self.jobs: Any = None         # fleet jobs (fleetrpc.jobs.JobEngine)
         self.job_targets: Any = None  # their target resolver (fleetrpc.jobs.registry)
         self.rate_limiter = RateLimiter(settings.rate_limits)
@@ -153,8 +157,19 @@ class ServerContext:
 
     # -- health --
 
+    def cluster_status(self) -> dict[str, Any] | None:
+        """The node's leases for ``/readyz``: partitions owned, whether it is
+        fenced (its lease lapsed: it acts on nothing), named leases held."""
+        m = self.leases
+        if m is None:
+            return None
+        st = m.status()
+        st["fenced"] = not st["ready"] and st["mode"] == "cluster"
+        return st
+
     async def readiness(self) -> dict[str, bool]:
-        """``/readyz``: whether the broker and the database can be reached."""
+        """``/readyz``: whether the broker and the database can be reached,
+        and in a cluster whether the node's leases are valid."""
         d = self.dispatcher
         # The dispatcher keeps its transport private; connected is read-only.
         transport = getattr(d, "_transport", None) if d is not None else None
@@ -170,4 +185,7 @@ class ServerContext:
                 database = True
         except Exception:
             database = False
-        return {"broker": broker, "database": database}
+        checks = {"broker": broker, "database": database}
+        if self.leases is not None and not self.leases.single_node:
+            checks["leases"] = bool(self.leases.status()["ready"])
+        return checks

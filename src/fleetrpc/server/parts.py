@@ -7,6 +7,8 @@ reverse, also when a later one fails to start:
 
 1. ``embedded``     data directory, JWT signing key
 2. ``database``     the shared Database, the identity repositories, the RPC store
+   ``leases``       this node's identity; on PostgreSQL (``[cluster]``) its
+                    LeaseManager: device partitions and named leases
 3. ``broker``       the server's own broker when ``mqtt.url`` is unset, its
                     devices preloaded from the database (so after it)
 4. ``provisioning`` device accounts at the broker kept in step with the
@@ -57,7 +59,7 @@ async def embedded(ctx: ServerContext) -> AsyncIterator[None]:
 
 async def broker(ctx: ServerContext) -> AsyncIterator[None]:
     s = ctx.settings
-    overrides: dict[str, Any] = {}
+    overrides: dict[str, Any] = _cluster_overrides(ctx)
     if s.mqtt.url is None:
         from .device_auth import own_broker
 
@@ -75,7 +77,7 @@ async def broker(ctx: ServerContext) -> AsyncIterator[None]:
             finally:
                 ctx.broker = None
         return
-    ctx.library = s.library()
+    ctx.library = s.library(**overrides)
     yield
 
 
@@ -118,6 +120,99 @@ async def database(ctx: ServerContext) -> AsyncIterator[None]:
     finally:
         await ctx.db.close()
         ctx.db = None
+
+
+def _cluster_overrides(ctx: ServerContext) -> dict[str, Any]:
+    """The dispatcher's node id is the node's (``--node-id``, or generated
+    once into the data directory); a cluster node joins the share group
+    ``fleetrpc`` unless one is set, so that each client-side and Elves
+    call reaches one node."""
+    out: dict[str, Any] = {}
+    if ctx.node is not None:
+        out["node_id"] = ctx.node.node_id
+    if ctx.leases is not None and not ctx.leases.single_node and ctx.settings.dispatch.share_group is None:
+        out["share_group"] = DEFAULT_SHARE_GROUP
+    return out
+
+
+#: The shared-subscription group of cluster nodes that name none.
+DEFAULT_SHARE_GROUP = "fleetrpc"
+
+
+async def leases(ctx: ServerContext) -> AsyncIterator[None]:
+    """This node's identity and, in a cluster, its leases: device partitions
+    (the persistent engine drives the calls of the partitions it owns) and
+    named leases (jobs, the cron loop).  On SQLite every partition is this
+    node's.  Stopped after the engine and the jobs: their partitions and
+    leases are released only once they stopped acting on them."""
+    from ..cluster import LeaseManager, load_node_identity
+
+    s = ctx.settings
+    if s.dispatch.node_id is not None:
+        ctx.node = load_node_identity(None, s.dispatch.node_id)
+    elif s.clustered:
+        ctx.node = load_node_identity(s.data_dir)  # generated once, kept
+    else:
+        ctx.node = load_node_identity(None, s.library().node_id)
+    if not s.clustered:
+        ctx.leases = LeaseManager(_SingleNode(), ctx.node, s.cluster)  # type: ignore[arg-type]
+        await ctx.leases.start()
+        try:
+            yield
+        finally:
+            await ctx.leases.stop()
+            ctx.leases = None
+        return
+    _import_later_parts(ctx)
+    m = LeaseManager(ctx.db, ctx.node, s.cluster)
+    await m.start()
+    # Start with this node's share (a claim interval, or a hand-over by the
+    # others within a renewal round), so that the engine resumes its calls
+    # at start; a node that cannot get it within the lease time starts
+    # anyway and takes its share later.
+    deadline = time.monotonic() + s.cluster.lease_ttl_s
+    while m.status()["balancing"] and time.monotonic() < deadline:
+        await asyncio.sleep(s.cluster.claim_interval / 2)
+    log.info("cluster node %s (session %s): %d partitions, lease %.1f s",
+             ctx.node.node_id, m.session, m.partitions, s.cluster.lease_ttl_s)
+    ctx.leases = m
+    try:
+        yield
+    finally:
+        await m.stop()
+        ctx.leases = None
+        from ..rpc.cluster import announce_leave
+
+        try:
+            await announce_leave(ctx.db)  # the others claim at once
+        except Exception as e:  # they claim at their next round anyway
+            log.info("could not announce the leave: %s", e)
+
+
+def _import_later_parts(ctx: ServerContext) -> None:
+    """Import now what the parts after this one import when they start:
+    an import blocks the event loop (a second or more on a loaded machine),
+    and the leases must be renewed meanwhile, or the node fences itself
+    during its own start."""
+    import importlib
+
+    names = ["fleetrpc.dispatch", "fleetrpc.rpc.persistent", "fleetrpc.jobs", "fleetrpc.jobs.registry",
+             "fleetrpc.store.jobs", "fleetrpc.api.app", "fleetrpc.events", "fleetrpc.server.client_rpc",
+             *(f.split(":")[0] for f in ctx.features)]
+    if ctx.settings.elves.enabled:
+        names += ["fleetrpc.services.elves.service", "fleetrpc.services.elves.directory",
+                  "fleetrpc.services.elves.http"]
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            pass  # the part itself reports it
+
+
+class _SingleNode:
+    """A stand-in Database for :class:`LeaseManager`: one node, every lease its own."""
+
+    dialect = "sqlite"
 
 
 async def events(ctx: ServerContext) -> AsyncIterator[None]:
@@ -222,7 +317,9 @@ async def engine(ctx: ServerContext) -> AsyncIterator[None]:
     from ..rpc.persistent import PersistentRpc
 
     # No default tenant: every call, read and delete must name its tenant.
-    e = PersistentRpc(ctx.dispatcher, ctx.store, emit=ctx.bus.emit, default_tenant=None)
+    # In a cluster it drives the calls of the partitions this node owns.
+    e = PersistentRpc(ctx.dispatcher, ctx.store, emit=ctx.bus.emit, default_tenant=None,
+                      leases=ctx.leases, poll_interval_s=ctx.settings.cluster.poll_interval_s)
     recovered = await e.start()
     if recovered:
         log.info("recovered %d unfinished persistent calls", recovered)
@@ -242,7 +339,7 @@ async def jobs(ctx: ServerContext) -> AsyncIterator[None]:
 
     ctx.job_targets = JobTargets(ctx.db)
     engine = JobEngine(ctx.dispatcher, JobRepository(ctx.db), persistent=ctx.engine,
-                       targets=ctx.job_targets, emit=ctx.bus.emit)
+                       targets=ctx.job_targets, emit=ctx.bus.emit, leases=ctx.leases)
     resumed = await engine.start()
     if resumed:
         log.info("resumed %d fleet jobs", resumed)
@@ -314,6 +411,7 @@ async def http(ctx: ServerContext) -> AsyncIterator[None]:
 PARTS: tuple[tuple[str, Part], ...] = (
     ("embedded", embedded),
     ("database", database),
+    ("leases", leases),
     ("broker", broker),
     ("provisioning", provisioning),
     ("events", events),

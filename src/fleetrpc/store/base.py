@@ -127,6 +127,11 @@ class StatusChange(msgspec.Struct, kw_only=True):
     writer acting on a stale view cannot overwrite a newer status.  Fields
     left at ``UNSET`` (``response``, ``error``) or ``None`` (``attempts``)
     keep their stored value.
+
+    ``partition`` and ``epoch`` fence the write in a cluster (PostgreSQL):
+    it applies only while the device's partition still has that epoch in
+    ``cluster_partition``, i.e. while the node that made it still owns the
+    partition (fleetrpc/cluster); None: not fenced (one node).
     """
 
     id: str
@@ -136,6 +141,8 @@ class StatusChange(msgspec.Struct, kw_only=True):
     attempts: int | None = None
     response: Any | msgspec.UnsetType = msgspec.UNSET
     error: str | None | msgspec.UnsetType = msgspec.UNSET
+    partition: int | None = None
+    epoch: int | None = None
 
     def __post_init__(self) -> None:
         if self.status.__class__ is not RpcStatus:
@@ -567,8 +574,8 @@ def change_payload(changes: Sequence[StatusChange], idx: Sequence[int]) -> bytes
     """One round of changes as a JSON array of arrays, the single parameter
     of both backends' set-based UPDATE:
     ``[id, expected, status, updated_time, attempts, has_response, response,
-    has_error, error, oneway_ok, position]``; ``response`` is the JSON value
-    itself (no text-in-JSON)."""
+    has_error, error, oneway_ok, position, partition, epoch]``; ``response``
+    is the JSON value itself (no text-in-JSON)."""
     unset = msgspec.UNSET
     items = []
     for j in idx:
@@ -588,6 +595,8 @@ def change_payload(changes: Sequence[StatusChange], idx: Sequence[int]) -> bytes
                 None if err is unset else err,
                 is_allowed(c.expected_status, c.status, oneway=True),
                 j,
+                c.partition,
+                c.epoch,
             )
         )
     try:

@@ -155,6 +155,8 @@ def coalesce_changes(first: StatusChange, then: StatusChange) -> StatusChange | 
     """
     if then.id != first.id or then.expected_status is not first.status:
         return None
+    if then.epoch != first.epoch or then.partition != first.partition:
+        return None  # fenced by different leases: each stands alone
     old, new = first.expected_status, then.status
     if (old, first.status, new) not in _MERGEABLE:
         return None
@@ -166,6 +168,8 @@ def coalesce_changes(first: StatusChange, then: StatusChange) -> StatusChange | 
         attempts=first.attempts if then.attempts is None else then.attempts,
         response=first.response if then.response is _UNSET else then.response,
         error=first.error if then.error is _UNSET else then.error,
+        partition=first.partition,
+        epoch=first.epoch,
     )
 
 
@@ -513,6 +517,12 @@ class GroupCommitStore(Store):
 
     async def claim_unfinished(self, node_id: str) -> list[RpcRecord]:
         return await self.store.claim_unfinished(node_id)
+
+    def __getattr__(self, name: str) -> Any:
+        # Dialect-specific reads (PostgresStore.unfinished_by_ids ...).
+        if name.startswith("unfinished_"):
+            return getattr(self.store, name)
+        raise AttributeError(name)
 
     async def purge_terminal(self, older_than_ms: int, tenant_id: str) -> int:
         return await self.store.purge_terminal(older_than_ms, tenant_id)

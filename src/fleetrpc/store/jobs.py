@@ -16,6 +16,7 @@ from typing import Any
 
 import msgspec
 
+from ..errors import LeaseLostError
 from ..jobs.model import DeviceOutcome, Job, JobCounts, JobDevice, JobSpec, JobStatus
 
 __all__ = ["JobRepository"]
@@ -52,6 +53,19 @@ def _device(row: Any) -> JobDevice:
         result=None if row[3] is None else _any_decoder.decode(row[3]),
         error=row[4], rpc_id=row[5], start_ts=row[6], finish_ts=row[7],
     )
+
+
+async def _check_fence(conn: Any, fence: tuple[str, int] | None) -> None:
+    """In a cluster, a run's writes happen only while its node holds the
+    job's lease: the lease row is locked (FOR SHARE) until the write
+    commits, so a node taking the lease over waits for the commit and then
+    reads what was written; a write after the take-over is refused."""
+    if fence is None:
+        return
+    name, epoch = fence
+    if await conn.fetchval("SELECT 1 FROM cluster_lease WHERE name = $1 AND epoch = $2 FOR SHARE",
+                           name, epoch) is None:
+        raise LeaseLostError(f"lease {name} moved to another node; this write is refused")
 
 
 class JobRepository:
@@ -114,9 +128,14 @@ class JobRepository:
         )
         return [_job(r) for r in rows]
 
-    async def save(self, job: Job) -> None:
+    async def save(self, job: Job, fence: tuple[str, int] | None = None) -> None:
         """The job's status, counts, aggregate, cursor and times."""
-        await self._save(self.db, job)
+        if fence is None:
+            await self._save(self.db, job)
+            return
+        async with self.db.transaction() as conn:
+            await _check_fence(conn, fence)
+            await self._save(conn, job)
 
     @staticmethod
     async def _save(conn: Any, job: Job) -> None:
@@ -127,49 +146,77 @@ class JobRepository:
             job.start_ts, job.finish_ts, job.cancellation_ts, job.general_error,
         )
 
-    async def start_devices(self, job: Job, rows: Sequence[JobDevice]) -> None:
+    async def start_devices(self, job: Job, rows: Sequence[JobDevice], fence: tuple[str, int] | None = None,
+                            finished: Sequence[JobDevice] = ()) -> None:
         """Record targets as IN_PROGRESS, with the job's new cursor and
-        counts, in one transaction; committed before any of them is sent.
-        (A row just started has no result, error or finish time.)"""
+        counts (and outcomes ``finished`` meanwhile), in one transaction;
+        committed before any of them is sent."""
         async with self.db.transaction() as conn:
+            await _check_fence(conn, fence)
+            if finished:
+                await self._finish_rows(conn, finished)
             if self.db.dialect == "postgresql":
                 # One statement for the batch: executemany costs the server a
                 # bind and an execute per row (most of a job's database time).
                 await conn.execute(
-                    "INSERT INTO job_device (job_id, device_id, outcome, rpc_id, start_ts) "
-                    "SELECT $1, u.d, u.o, u.r, u.s FROM unnest($2::text[], $3::text[], $4::text[], $5::bigint[]) "
-                    "AS u(d, o, r, s) ON CONFLICT (job_id, device_id) DO NOTHING",
-                    job.id, [r.device_id for r in rows], [r.outcome.value for r in rows],
-                    [r.rpc_id for r in rows], [r.start_ts for r in rows],
+                    f"INSERT INTO job_device ({_DEVICE_COLUMNS}) "
+                    "SELECT u.j, u.d, u.o, u.res, u.e, u.r, u.s, u.f FROM unnest($1::text[], $2::text[], "
+                    "$3::text[], $4::text[], $5::text[], $6::text[], $7::bigint[], $8::bigint[]) "
+                    "AS u(j, d, o, res, e, r, s, f) ON CONFLICT (job_id, device_id) DO NOTHING",
+                    [r.job_id for r in rows], [r.device_id for r in rows], [r.outcome.value for r in rows],
+                    [_text(r.result) for r in rows], [r.error for r in rows], [r.rpc_id for r in rows],
+                    [r.start_ts for r in rows], [r.finish_ts for r in rows],
                 )
             else:
                 await conn.executemany(
-                    "INSERT INTO job_device (job_id, device_id, outcome, rpc_id, start_ts) "
-                    "VALUES ($1, $2, $3, $4, $5) ON CONFLICT (job_id, device_id) DO NOTHING",
-                    [(job.id, r.device_id, r.outcome.value, r.rpc_id, r.start_ts) for r in rows],
+                    f"INSERT INTO job_device ({_DEVICE_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) "
+                    "ON CONFLICT (job_id, device_id) DO NOTHING",
+                    [(r.job_id, r.device_id, r.outcome.value, _text(r.result), r.error, r.rpc_id,
+                      r.start_ts, r.finish_ts) for r in rows],
                 )
             await self._save(conn, job)
 
-    async def finish_devices(self, job: Job, rows: Sequence[JobDevice]) -> None:
+    async def finish_devices(self, job: Job, rows: Sequence[JobDevice], fence: tuple[str, int] | None = None) -> None:
         """Record outcomes, with the job's counts and aggregate, in one transaction."""
         async with self.db.transaction() as conn:
-            if rows and self.db.dialect == "postgresql":
-                await conn.execute(
-                    "UPDATE job_device AS d SET outcome = u.o, result = u.res, error = u.e, rpc_id = u.r, "
-                    "finish_ts = u.f FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::text[], "
-                    "$7::bigint[]) AS u(d, o, res, e, r, f) WHERE d.job_id = $1 AND d.device_id = u.d",
-                    job.id, [r.device_id for r in rows], [r.outcome.value for r in rows],
-                    [_text(r.result) for r in rows], [r.error for r in rows], [r.rpc_id for r in rows],
-                    [r.finish_ts for r in rows],
-                )
-            elif rows:
-                await conn.executemany(
-                    "UPDATE job_device SET outcome = $3, result = $4, error = $5, rpc_id = $6, "
-                    "finish_ts = $7 WHERE job_id = $1 AND device_id = $2",
-                    [(job.id, r.device_id, r.outcome.value, _text(r.result), r.error, r.rpc_id,
-                      r.finish_ts) for r in rows],
-                )
+            await _check_fence(conn, fence)
+            if rows:
+                await self._finish_rows(conn, rows)
             await self._save(conn, job)
+
+    async def _finish_rows(self, conn: Any, rows: Sequence[JobDevice]) -> None:
+        if self.db.dialect == "postgresql":
+            await conn.execute(
+                "UPDATE job_device AS d SET outcome = u.o, result = u.res, error = u.e, rpc_id = u.r, "
+                "finish_ts = u.f FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], "
+                "$6::text[], $7::bigint[]) AS u(j, d, o, res, e, r, f) WHERE d.job_id = u.j AND d.device_id = u.d",
+                [r.job_id for r in rows], [r.device_id for r in rows], [r.outcome.value for r in rows],
+                [_text(r.result) for r in rows], [r.error for r in rows], [r.rpc_id for r in rows],
+                [r.finish_ts for r in rows],
+            )
+        else:
+            await conn.executemany(
+                "UPDATE job_device SET outcome = $3, result = $4, error = $5, rpc_id = $6, "
+                "finish_ts = $7 WHERE job_id = $1 AND device_id = $2",
+                [(r.job_id, r.device_id, r.outcome.value, _text(r.result), r.error, r.rpc_id,
+                  r.finish_ts) for r in rows],
+            )
+
+    async def request_cancel(self, tenant_id: str, job_id: str) -> bool:
+        """Flag a QUEUED or RUNNING job for cancellation by the node running
+        it; False when it has finished (or is another tenant's)."""
+        n = await self.db.execute(
+            "UPDATE job SET cancel_requested = true WHERE id = $1 AND tenant_id = $2 "
+            "AND status IN ('QUEUED', 'RUNNING')", job_id, tenant_id)
+        return bool(n)
+
+    async def cancel_requested(self, job_ids: Sequence[str]) -> list[str]:
+        """Which of these jobs were asked to cancel."""
+        if not job_ids:
+            return []
+        marks = ", ".join(f"${i}" for i in range(1, len(job_ids) + 1))
+        rows = await self.db.fetch(f"SELECT id FROM job WHERE id IN ({marks}) AND cancel_requested", *job_ids)
+        return [r[0] for r in rows]
 
     async def in_progress(self, job_id: str) -> list[JobDevice]:
         """Rows a restart left IN_PROGRESS (the engine decides their fate)."""

@@ -97,13 +97,21 @@ FROM (
            (e ->> 3)::bigint AS updated_time, (e ->> 4)::integer AS attempts,
            (e ->> 5)::boolean AS set_response, e -> 6 AS response,
            (e ->> 7)::boolean AS set_error, e ->> 8 AS error,
-           (e ->> 9)::boolean AS oneway_ok, (e ->> 10)::integer AS pos
+           (e ->> 9)::boolean AS oneway_ok, (e ->> 10)::integer AS pos,
+           (e ->> 11)::integer AS fpart, (e ->> 12)::bigint AS fepoch
     FROM jsonb_array_elements($1::text::jsonb) AS e
 ) AS c
 WHERE r.id = ANY (ARRAY(SELECT jsonb_array_elements($1::text::jsonb) ->> 0))
   AND r.id = c.id AND r.status = c.expected AND (c.oneway_ok OR NOT r.oneway)
+  AND (c.fepoch IS NULL OR EXISTS (
+      SELECT 1 FROM cluster_partition p WHERE p.partition = c.fpart AND p.epoch = c.fepoch FOR SHARE))
 RETURNING c.pos
 """
+# A fenced change (cluster) applies only while its partition keeps the
+# epoch its writer owns it under.  FOR SHARE on the partition row makes a
+# concurrent claim (an UPDATE of that row) wait for this write's commit, or
+# this write wait for the claim's and then see the new epoch: a node taking
+# a partition over never reads a row that its former owner changes after.
 # New calls as one JSON array of records (msgspec encodes the RpcRecord
 # list in one call; the keys are the column names).  A JSON null becomes
 # SQL NULL, as record_row() does.
@@ -312,6 +320,33 @@ class PostgresStore(Store):
             rows = await conn.fetch(f"SELECT {_COLS} FROM rpc WHERE {UNFINISHED_SQL} ORDER BY created_time, seq")
         self.stats.transactions += 1
         return [row_record(r) for r in rows]
+
+    async def unfinished_by_ids(self, ids: Sequence[str]) -> list[RpcRecord]:
+        """The unfinished calls among ``ids`` (any tenant: the engine's own
+        bookkeeping), in creation order."""
+        sql = f"SELECT {_COLS} FROM rpc WHERE id = ANY($1::text[]) AND {UNFINISHED_SQL} ORDER BY created_time, seq"
+        rows = await self._read(lambda conn: conn.fetch(sql, list(ids)))
+        return [row_record(r) for r in rows]
+
+    async def unfinished_count(self, device_id: str) -> int:
+        """How many unfinished calls the device has (any tenant; the index
+        on (device_id, created_time) finds its rows)."""
+        sql = f"SELECT count(*) FROM rpc WHERE device_id = $1 AND {UNFINISHED_SQL}"
+        return int(await self._read(lambda conn: conn.fetchval(sql, device_id)))
+
+    async def unfinished_devices(self, created_ms: int | None = None) -> list[tuple[str, str]]:
+        """``(id, device_id)`` of the unfinished calls (created at or after
+        ``created_ms``: the BRIN index on created_time keeps that a scan of
+        the recent pages), in creation order.  Two short columns: a node
+        picks the calls of its partitions, then reads those in full."""
+        if created_ms is None:
+            sql = f"SELECT id, device_id FROM rpc WHERE {UNFINISHED_SQL} ORDER BY created_time, seq"
+            rows = await self._read(lambda conn: conn.fetch(sql))
+        else:
+            sql = (f"SELECT id, device_id FROM rpc WHERE created_time >= $1 AND {UNFINISHED_SQL} "
+                   "ORDER BY created_time, seq")
+            rows = await self._read(lambda conn: conn.fetch(sql, created_ms))
+        return [(r[0], r[1]) for r in rows]
 
     # -- TTL ------------------------------------------------------------------------
 

@@ -2,7 +2,8 @@
 
 Two kinds (``cron_type``):
 
-- **center**: stored, fired by the server.  Each node runs one loop that
+- **center**: stored, fired by the server.  One loop per cluster (the
+  holder of the ``elves:cron`` lease; every node when there is no cluster) that
   wakes at the earliest ``next_fire`` (or every ``poll_interval_s``, to see
   crons created on other nodes), takes the due crons, *claims* each firing by
   inserting ``(cron id, fire time)`` into ``elves_cron_firing`` (primary
@@ -400,6 +401,15 @@ class CronService:
         last_purge = 0.0
         while True:
             try:
+                # A cluster runs one firing loop: the holder of a named lease
+                # (service.cron_gate, set by the server part); the others
+                # stand by and take over when it fails.  The per-firing
+                # claims stay: a firing runs once even during a hand-over.
+                gate = getattr(self.service, "cron_gate", None)
+                if gate is not None and not await gate():
+                    self._wake.clear()
+                    await self.clock.sleep_until(self.clock.time() + self.settings.poll_interval_s, self._wake)
+                    continue
                 more = await self.run_due()
                 now = self.clock.time()
                 if now - last_purge > 3600:

@@ -14,8 +14,9 @@ cron loop and the scheduler's background work, after the HTTP API drained.
 
 Several nodes: set ``dispatch.share_group`` (the same on every node) so
 that each Elves call and each agent result reaches one node of the group;
-center crons fire once per run whatever the number of nodes (their claim is
-a row in the shared database).
+center crons fire once per run whatever the number of nodes: one node of a
+cluster runs the firing loop (the ``elves:cron`` named lease, taken over
+when it fails), and each firing is claimed by a row in the shared database.
 
 A test may set ``ctx.elves_clock`` (a :class:`~.cron.ManualClock`) before
 the server starts: the cron loop then runs on it.
@@ -54,6 +55,17 @@ async def elves_part(ctx: Any) -> AsyncIterator[None]:
         clock=getattr(ctx, "elves_clock", None),
         bus=bus,
     )
+    leases = getattr(ctx, "leases", None)
+    if leases is not None and not leases.single_node:
+        # One center-cron firing loop per cluster: the holder of this lease.
+        async def cron_gate() -> bool:
+            try:
+                return await leases.acquire_named("elves:cron")
+            except Exception as e:  # the database is down: stand by
+                log.warning("cron lease: %s", e)
+                return False
+
+        service.cron_gate = cron_gate
     await service.start()
     ctx.elves = service
     if FEATURE not in ctx.features:

@@ -1,0 +1,3 @@
+-- A cancel asked for on a node that does not run the job (a cluster): the
+-- node running it sees the flag at its next look and cancels the run.
+ALTER TABLE job ADD COLUMN cancel_requested boolean NOT NULL DEFAULT 0;
