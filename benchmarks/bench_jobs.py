@@ -130,9 +130,9 @@ def _count_writes(repo: Any) -> dict[str, int]:
     for name in counts:
         inner = getattr(repo, name)
 
-        async def counted(job, rows, _inner=inner, _name=name):
+        async def counted(*args, _inner=inner, _name=name, **kwargs):
             counts[_name] += 1
-            return await _inner(job, rows)
+            return await _inner(*args, **kwargs)
 
         setattr(repo, name, counted)
     return counts
@@ -148,14 +148,17 @@ class MemoryJobs:
     async def insert(self, job) -> None:
         self.jobs[job.id] = job
 
-    async def save(self, job) -> None:
+    async def save(self, job, fence=None) -> None:
         pass
 
-    async def start_devices(self, job, rows) -> None:
+    async def start_devices(self, job, rows, fence=None, finished=()) -> None:
         pass
 
-    async def finish_devices(self, job, rows) -> None:
+    async def finish_devices(self, job, rows, fence=None) -> None:
         pass
+
+    async def cancel_requested(self, job_ids) -> list:
+        return []
 
     async def get(self, tenant_id, job_id):
         return self.jobs.get(job_id)
