@@ -32,6 +32,9 @@ from libc.string cimport memset
 
 from fleetrpc._core.wheel cimport FLEETRPC_DEBUG, TimingWheel
 
+from asyncio import CancelledError as _CancelledError, InvalidStateError as _InvalidStateError
+from contextvars import copy_context as _copy_context
+
 from fleetrpc.errors import UnknownRequestError, WrongDeviceError
 
 cdef extern from "Python.h":
@@ -108,6 +111,237 @@ cdef int _cmp_rid(const void* a, const void* b) noexcept nogil:
 
 cdef object _unknown(object rid):
     return UnknownRequestError(f"request {rid!r} is not pending")
+
+
+# -- the completion of one call() --------------------------------------------------------
+#
+# Same semantics as pending_py.CallSite / CallFuture (see there).  A
+# CallFuture is 56 bytes (+16 of GC header): the site, the value, the first
+# callback and its context, and one word for rid << 3 | blocking << 2 | state.
+
+cdef enum:
+    CF_PENDING = 0
+    CF_RESULT = 1
+    CF_ERROR = 2
+    CF_CANCELLED = 3
+    CF_STATE = 3                # mask of the state bits
+    CF_BLOCKING = 4             # _asyncio_future_blocking
+    CF_RID_SHIFT = 3
+
+
+@cython.final
+@cython.auto_pickle(False)
+cdef class CallSite:
+    """What the futures of one dispatcher's calls share: the event loop and
+    ``cancel(rid)``, the hook that drops a call's pending entry when its
+    future is cancelled."""
+    cdef readonly object loop
+    cdef object _call_soon
+    cdef object _cancel
+
+    def __init__(self, object loop, object cancel):
+        self.loop = loop
+        self._call_soon = loop.call_soon
+        self._cancel = cancel
+
+    def future(self):
+        """A new pending future of this site; ``PendingTable.add`` with it as
+        the completion gives it its request id."""
+        cdef CallFuture fut = CallFuture.__new__(CallFuture)
+        fut._site = self
+        return fut
+
+
+cdef inline object _cancelled_error(object msg):
+    return _CancelledError() if msg is None else _CancelledError(msg)
+
+
+cdef object _as_exception(object exception):
+    if isinstance(exception, type):
+        exception = exception()
+    if type(exception) is StopIteration:
+        raise TypeError("StopIteration interacts badly with generators and cannot be raised into a Future")
+    if not isinstance(exception, BaseException):
+        raise TypeError(f"exception must be a BaseException, got {type(exception).__name__}")
+    return exception
+
+
+cdef int _cf_done(CallFuture fut, uint64_t state, object value) except -1:
+    # Settle and schedule the callbacks (never run them here), like a Future.
+    more = fut._value
+    cb = fut._cb0
+    ctx = fut._ctx0
+    fut._bits = (fut._bits & ~(<uint64_t>CF_STATE)) | state
+    fut._value = value
+    fut._cb0 = None
+    fut._ctx0 = None
+    call_soon = fut._site._call_soon
+    if cb is not None:
+        call_soon(cb, fut, context=ctx)
+    if more is not None:
+        for fn, context in <list>more:
+            call_soon(fn, fut, context=context)
+    return 0
+
+
+@cython.final
+@cython.auto_pickle(False)
+cdef class CallFuture:
+    """The completion of one pending call and the object its caller awaits:
+    the Future protocol of asyncio plus ``send``/``throw``/``close``.  Made
+    by ``CallSite.future()``; see ``pending_py.CallFuture``."""
+    cdef CallSite _site
+    cdef object _value      # pending: more callbacks (list of (fn, ctx)) or None; done: result / exception / cancel msg
+    cdef object _cb0        # the first callback (a Task's wakeup) and its context
+    cdef object _ctx0
+    cdef uint64_t _bits     # rid << 3 | blocking << 2 | state
+
+    def __init__(self):
+        raise TypeError("CallFuture is made by CallSite.future()")
+
+    @property
+    def rid(self):
+        """The call's request id (0 until the table has it)."""
+        return <int64_t>(self._bits >> CF_RID_SHIFT)
+
+    @property
+    def _asyncio_future_blocking(self):
+        return (self._bits & CF_BLOCKING) != 0
+
+    @_asyncio_future_blocking.setter
+    def _asyncio_future_blocking(self, value):
+        if value:
+            self._bits |= CF_BLOCKING
+        else:
+            self._bits &= ~(<uint64_t>CF_BLOCKING)
+
+    def __repr__(self):
+        state = ("pending", "finished", "failed", "cancelled")[self._bits & CF_STATE]
+        return f"<CallFuture rid={self.rid} {state}>"
+
+    # -- Future protocol ------------------------------------------------------------
+
+    def get_loop(self):
+        return self._site.loop
+
+    def done(self):
+        return (self._bits & CF_STATE) != CF_PENDING
+
+    def cancelled(self):
+        return (self._bits & CF_STATE) == CF_CANCELLED
+
+    def result(self):
+        cdef uint64_t state = self._bits & CF_STATE
+        if state == CF_RESULT:
+            return self._value
+        if state == CF_ERROR:
+            raise self._value
+        if state == CF_CANCELLED:
+            raise _cancelled_error(self._value)
+        raise _InvalidStateError("Result is not set.")
+
+    def exception(self):
+        cdef uint64_t state = self._bits & CF_STATE
+        if state == CF_RESULT:
+            return None
+        if state == CF_ERROR:
+            return self._value
+        if state == CF_CANCELLED:
+            raise _cancelled_error(self._value)
+        raise _InvalidStateError("Exception is not set.")
+
+    def add_done_callback(self, fn, *, context=None):
+        if context is None:
+            context = _copy_context()
+        if (self._bits & CF_STATE) != CF_PENDING:
+            self._site._call_soon(fn, self, context=context)
+        elif self._cb0 is None:
+            self._cb0 = fn
+            self._ctx0 = context
+        elif self._value is None:
+            self._value = [(fn, context)]
+        else:
+            (<list>self._value).append((fn, context))
+
+    def remove_done_callback(self, fn):
+        cdef Py_ssize_t removed = 0
+        cdef list keep
+        if (self._bits & CF_STATE) != CF_PENDING:
+            return 0
+        if self._cb0 is not None and self._cb0 == fn:
+            self._cb0 = None
+            self._ctx0 = None
+            removed = 1
+        if self._value is not None:
+            keep = [(f, c) for f, c in <list>self._value if f != fn]
+            removed += len(<list>self._value) - len(keep)
+            self._value = keep or None
+        return removed
+
+    def cancel(self, msg=None):
+        if (self._bits & CF_STATE) != CF_PENDING:
+            return False
+        _cf_done(self, CF_CANCELLED, msg)
+        # The call's entry goes too: nobody will take its answer.
+        self._site._cancel(<int64_t>(self._bits >> CF_RID_SHIFT))
+        return True
+
+    def set_result(self, result):
+        if (self._bits & CF_STATE) != CF_PENDING:
+            raise _InvalidStateError(f"invalid state: {self!r}")
+        _cf_done(self, CF_RESULT, result)
+
+    def set_exception(self, exception):
+        if (self._bits & CF_STATE) != CF_PENDING:
+            raise _InvalidStateError(f"invalid state: {self!r}")
+        _cf_done(self, CF_ERROR, _as_exception(exception))
+
+    def _finish(self, result, error):
+        """The dispatcher's completion: a no-op once done (cancelled)."""
+        if (self._bits & CF_STATE) == CF_PENDING:
+            if error is None:
+                _cf_done(self, CF_RESULT, result)
+            else:
+                _cf_done(self, CF_ERROR, error)
+
+    # -- awaitable / coroutine protocol ---------------------------------------------
+
+    def __await__(self):
+        return self
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        if (self._bits & CF_STATE) == CF_PENDING:
+            self._bits |= CF_BLOCKING
+            return self
+        raise StopIteration(self.result())
+
+    def send(self, value):
+        if (self._bits & CF_STATE) == CF_PENDING:
+            self._bits |= CF_BLOCKING
+            return self
+        raise StopIteration(self.result())
+
+    def throw(self, typ, val=None, tb=None):
+        # Whoever awaited this gives up on it (a cancelled task, a closed
+        # coroutine): the call goes with it.
+        if (self._bits & CF_STATE) == CF_PENDING:
+            self.cancel()
+        if isinstance(typ, BaseException):
+            exc = typ
+        elif isinstance(val, BaseException):
+            exc = val
+        else:
+            exc = typ() if val is None else typ(val)
+        if tb is not None:
+            exc = exc.with_traceback(tb)
+        raise exc
+
+    def close(self):
+        if (self._bits & CF_STATE) == CF_PENDING:
+            self.cancel()
 
 
 # -- the table -------------------------------------------------------------------------
@@ -190,6 +424,8 @@ cdef class PendingTable:
         self._next_rid = rid + 1
         if FLEETRPC_DEBUG:
             _debug_live += 1
+        if type(completion) is CallFuture:  # what its cancel() drops
+            (<CallFuture>completion)._bits |= <uint64_t>rid << CF_RID_SHIFT
         return rid
 
     def resolve(self, object rid, object device=None):
