@@ -116,8 +116,11 @@ cdef object _unknown(object rid):
 # -- the completion of one call() --------------------------------------------------------
 #
 # Same semantics as pending_py.CallSite / CallFuture (see there).  A
-# CallFuture is 56 bytes (+16 of GC header): the site, the value, the first
-# callback and its context, and one word for rid << 3 | blocking << 2 | state.
+# CallFuture is 48 bytes (+16 of GC header): its site, two object words and
+# one word of bits (rid << 4 | MULTI | BLOCKING | state).  While pending, the
+# two words are the first callback and its context (a Task's wakeup: the
+# common case), or, with MULTI, a list of (fn, context) and None; once done,
+# the result / exception / cancel message and None.
 
 cdef enum:
     CF_PENDING = 0
@@ -126,7 +129,8 @@ cdef enum:
     CF_CANCELLED = 3
     CF_STATE = 3                # mask of the state bits
     CF_BLOCKING = 4             # _asyncio_future_blocking
-    CF_RID_SHIFT = 3
+    CF_MULTI = 8                # pending with a list of callbacks in _a
+    CF_RID_SHIFT = 4
 
 
 @cython.final
@@ -168,19 +172,18 @@ cdef object _as_exception(object exception):
 
 cdef int _cf_done(CallFuture fut, uint64_t state, object value) except -1:
     # Settle and schedule the callbacks (never run them here), like a Future.
-    more = fut._value
-    cb = fut._cb0
-    ctx = fut._ctx0
-    fut._bits = (fut._bits & ~(<uint64_t>CF_STATE)) | state
-    fut._value = value
-    fut._cb0 = None
-    fut._ctx0 = None
+    cdef uint64_t bits = fut._bits
+    a = fut._a
+    b = fut._b
+    fut._bits = (bits & ~(<uint64_t>(CF_STATE | CF_MULTI))) | state
+    fut._a = value
+    fut._b = None
     call_soon = fut._site._call_soon
-    if cb is not None:
-        call_soon(cb, fut, context=ctx)
-    if more is not None:
-        for fn, context in <list>more:
+    if bits & CF_MULTI:
+        for fn, context in <list>a:
             call_soon(fn, fut, context=context)
+    elif a is not None:
+        call_soon(a, fut, context=b)
     return 0
 
 
@@ -191,10 +194,9 @@ cdef class CallFuture:
     the Future protocol of asyncio plus ``send``/``throw``/``close``.  Made
     by ``CallSite.future()``; see ``pending_py.CallFuture``."""
     cdef CallSite _site
-    cdef object _value      # pending: more callbacks (list of (fn, ctx)) or None; done: result / exception / cancel msg
-    cdef object _cb0        # the first callback (a Task's wakeup) and its context
-    cdef object _ctx0
-    cdef uint64_t _bits     # rid << 3 | blocking << 2 | state
+    cdef object _a          # see above: a callback, a list of them, or the outcome
+    cdef object _b          # the callback's context, or None
+    cdef uint64_t _bits     # rid << 4 | MULTI | BLOCKING | state
 
     def __init__(self):
         raise TypeError("CallFuture is made by CallSite.future()")
@@ -233,11 +235,11 @@ cdef class CallFuture:
     def result(self):
         cdef uint64_t state = self._bits & CF_STATE
         if state == CF_RESULT:
-            return self._value
+            return self._a
         if state == CF_ERROR:
-            raise self._value
+            raise self._a
         if state == CF_CANCELLED:
-            raise _cancelled_error(self._value)
+            raise _cancelled_error(self._a)
         raise _InvalidStateError("Result is not set.")
 
     def exception(self):
@@ -245,9 +247,9 @@ cdef class CallFuture:
         if state == CF_RESULT:
             return None
         if state == CF_ERROR:
-            return self._value
+            return self._a
         if state == CF_CANCELLED:
-            raise _cancelled_error(self._value)
+            raise _cancelled_error(self._a)
         raise _InvalidStateError("Exception is not set.")
 
     def add_done_callback(self, fn, *, context=None):
@@ -255,27 +257,29 @@ cdef class CallFuture:
             context = _copy_context()
         if (self._bits & CF_STATE) != CF_PENDING:
             self._site._call_soon(fn, self, context=context)
-        elif self._cb0 is None:
-            self._cb0 = fn
-            self._ctx0 = context
-        elif self._value is None:
-            self._value = [(fn, context)]
+        elif self._bits & CF_MULTI:
+            (<list>self._a).append((fn, context))
+        elif self._a is None:
+            self._a = fn
+            self._b = context
         else:
-            (<list>self._value).append((fn, context))
+            self._a = [(self._a, self._b), (fn, context)]
+            self._b = None
+            self._bits |= CF_MULTI
 
     def remove_done_callback(self, fn):
         cdef Py_ssize_t removed = 0
         cdef list keep
         if (self._bits & CF_STATE) != CF_PENDING:
             return 0
-        if self._cb0 is not None and self._cb0 == fn:
-            self._cb0 = None
-            self._ctx0 = None
+        if self._bits & CF_MULTI:
+            keep = [(f, c) for f, c in <list>self._a if f != fn]
+            removed = len(<list>self._a) - len(keep)
+            self._a = keep
+        elif self._a is not None and self._a == fn:
+            self._a = None
+            self._b = None
             removed = 1
-        if self._value is not None:
-            keep = [(f, c) for f, c in <list>self._value if f != fn]
-            removed += len(<list>self._value) - len(keep)
-            self._value = keep or None
         return removed
 
     def cancel(self, msg=None):
