@@ -562,6 +562,18 @@ def test_call_future_cancel_message_and_exception_types(core, run):
         assert fut.cancel("why") is True and fut.cancel() is False
         with pytest.raises(asyncio.CancelledError, match="why"):
             fut.result()
+        with pytest.raises(asyncio.CancelledError, match="why"):
+            await fut
+        with pytest.raises(asyncio.CancelledError):
+            fut.send(None)
+        pending = calls.call()
+        assert pending.send(None) is pending and pending._asyncio_future_blocking
+        pending._asyncio_future_blocking = False
+        assert not pending._asyncio_future_blocking
+        pending.set_result((3,))
+        with pytest.raises(StopIteration) as stop:
+            pending.send(None)
+        assert stop.value.value == (3,)
         with pytest.raises(asyncio.CancelledError):
             fut.exception()
         fut = calls.call()

@@ -47,6 +47,38 @@ cdef extern from "Python.h":
     ctypedef struct _GCSlots "PyTypeObject":
         traverseproc tp_traverse
         inquiry tp_clear
+    ctypedef PyObject* (*iternextfunc)(PyObject*) except NULL
+    ctypedef struct _IterSlots "PyTypeObject":
+        iternextfunc tp_iternext
+    void PyType_Modified(_IterSlots* t)
+    void PyErr_SetObject(object typ, object value)
+
+cdef extern from *:
+    """
+    /* StopIteration(value) for a generator's yield from, as cheaply as a
+       Future's iterator does it: no exception object unless the value would
+       be unpacked as arguments (a tuple) or taken for the exception. */
+    static int fr_stop_iteration(PyObject* value) {
+        if (PyTuple_Check(value) || PyExceptionInstance_Check(value)) {
+            PyObject* exc = PyObject_CallOneArg(PyExc_StopIteration, value);
+            if (exc == NULL) return -1;
+            PyErr_SetObject(PyExc_StopIteration, exc);
+            Py_DECREF(exc);
+        } else {
+            PyErr_SetObject(PyExc_StopIteration, value);
+        }
+        return 0;
+    }
+    /* loop.call_soon(fn, arg, context=ctx) through vectorcall, as asyncio's
+       own Future does (no argument tuple, no keyword dict). */
+    static PyObject* fr_call_soon(PyObject* call_soon, PyObject* fn, PyObject* arg,
+                                  PyObject* ctx, PyObject* kwnames) {
+        PyObject* stack[4] = {NULL, fn, arg, ctx};
+        return PyObject_Vectorcall(call_soon, stack + 1, 2 | PY_VECTORCALL_ARGUMENTS_OFFSET, kwnames);
+    }
+    """
+    int fr_stop_iteration(object value) except -1
+    object fr_call_soon(object call_soon, object fn, object arg, object ctx, object kwnames)
 
 cdef extern from *:
     """
@@ -156,6 +188,9 @@ cdef class CallSite:
         return fut
 
 
+cdef tuple _CONTEXT_KW = ("context",)
+
+
 cdef inline object _cancelled_error(object msg):
     return _CancelledError() if msg is None else _CancelledError(msg)
 
@@ -181,10 +216,29 @@ cdef int _cf_done(CallFuture fut, uint64_t state, object value) except -1:
     call_soon = fut._site._call_soon
     if bits & CF_MULTI:
         for fn, context in <list>a:
-            call_soon(fn, fut, context=context)
+            fr_call_soon(call_soon, fn, fut, context, _CONTEXT_KW)
     elif a is not None:
-        call_soon(a, fut, context=b)
+        fr_call_soon(call_soon, a, fut, b, _CONTEXT_KW)
     return 0
+
+
+cdef PyObject* _cf_iternext(PyObject* o) except NULL:
+    # CallFuture's tp_iternext (installed below): what `await` and a Task's
+    # send(None) call.  Cython's own __next__ would add a traceback entry
+    # (a frame object) to every StopIteration that carries the reply.
+    cdef CallFuture fut = <CallFuture>o
+    cdef uint64_t state = fut._bits & CF_STATE
+    if state == CF_PENDING:
+        fut._bits |= CF_BLOCKING
+        _incref(o)
+        return o
+    if state == CF_RESULT:
+        fr_stop_iteration(fut._a)
+        return NULL
+    if state == CF_ERROR:
+        PyErr_SetObject(type(fut._a), fut._a)
+        return NULL
+    raise _cancelled_error(fut._a)
 
 
 @cython.final
@@ -323,10 +377,10 @@ cdef class CallFuture:
         raise StopIteration(self.result())
 
     def send(self, value):
-        if (self._bits & CF_STATE) == CF_PENDING:
-            self._bits |= CF_BLOCKING
-            return self
-        raise StopIteration(self.result())
+        cdef PyObject* r = _cf_iternext(<PyObject*>self)  # a new reference (self)
+        out = <object>r
+        _decref(r)
+        return out
 
     def throw(self, typ, val=None, tb=None):
         # Whoever awaited this gives up on it (a cancelled task, a closed
@@ -749,6 +803,9 @@ cdef int _clear(PyObject* o) noexcept:
     (<PendingTable>o)._release_all()
     return 0
 
+
+(<_IterSlots*><void*>CallFuture).tp_iternext = _cf_iternext
+PyType_Modified(<_IterSlots*><void*>CallFuture)
 
 _base_traverse = (<_GCSlots*><void*>PendingTable).tp_traverse
 (<_GCSlots*><void*>PendingTable).tp_traverse = _traverse
