@@ -7,6 +7,7 @@ and the pure twins, each in a fresh process::
 
     python benchmarks/bench_dispatcher.py            # both variants
     python benchmarks/bench_dispatcher.py --calls 500000
+    python benchmarks/bench_dispatcher.py --loop asyncio
 """
 
 from __future__ import annotations
@@ -73,21 +74,27 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--calls", type=int, default=200_000)
     ap.add_argument("--window", type=int, default=2000)
+    ap.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        import uvloop
+        if args.loop == "uvloop":
+            import uvloop
 
-        print(f"{uvloop.run(measure(args.calls, args.window)):.2f}")
+            run = uvloop.run
+        else:
+            run = asyncio.run
+        print(f"{run(measure(args.calls, args.window)):.2f}")
         return
     results = {}
     for name, env in (("compiled", {}), ("pure", {"FLEETRPC_NO_EXTENSIONS": "1"})):
         out = subprocess.run(
-            [sys.executable, __file__, "--child", "--calls", str(args.calls), "--window", str(args.window)],
+            [sys.executable, __file__, "--child", "--calls", str(args.calls), "--window", str(args.window),
+             "--loop", args.loop],
             env={**os.environ, **env}, capture_output=True, text=True, check=True,
         )
         results[name] = float(out.stdout.strip())
-    print(f"CPU per call, loopback transport, {args.window} concurrent callers, uvloop:")
+    print(f"CPU per call, loopback transport, {args.window} concurrent callers, {args.loop}:")
     for name, us in results.items():
         print(f"  {name:9s} {us:6.2f} us   ({us / results['compiled']:.2f}x compiled)")
 

@@ -34,6 +34,7 @@ CASES = {
     "asyncio Future + call_later + dict": ("asyncio", "future_dict"),
     "uvloop Future + call_later + dict": ("uvloop", "future_dict"),
     "PendingTable c + Future": ("c", "table_future"),
+    "PendingTable c + CallFuture": ("c", "table_callfuture"),
     "PendingTable c + shared callback": ("c", "table_shared"),
     "TimingWheel c alone (schedule only)": ("c", "wheel"),
     "PendingTable py + Future": ("py", "table_future"),
@@ -83,6 +84,10 @@ def build(variant: str, kind: str, n: int, measure):
         add, create_future = table.add, loop.create_future
         for rid in range(1, n + 1):
             add(device, create_future(), start + 10.0 + rid * 1e-6)
+    elif kind == "table_callfuture":  # what Dispatcher.call() does
+        add, new = table.add, classes["CallSite"](loop, on_timeout).future
+        for rid in range(1, n + 1):
+            add(device, new(), start + 10.0 + rid * 1e-6)
     elif kind == "table_shared":
         add = table.add
         for rid in range(1, n + 1):

@@ -502,3 +502,50 @@ def test_read_batching_transport_arguments_are_checked(kw):
 
     with pytest.raises(ValidationError, match="read_batch"):
         MqttTransport("mqtt://127.0.0.1:1883", **kw)
+
+
+async def test_call_is_submitted_at_once_and_refusals_raise_at_the_await(rig):
+    d, dev = rig
+    fut = d.call(dev.device_id, "slow", {"s": 0.1, "v": "eager"})
+    # Pending (and published) before anything awaited it.
+    assert len(d._pending) == 1 and d.stats.sent == 1
+    assert await fut == "eager"
+    refused = d.call("nobody-here", "echo", {})  # offline, FAIL: refused...
+    bad = d.call(dev.device_id, "echo", {}, timeout=float("nan"))
+    with pytest.raises(DeviceOfflineError):  # ...but raised at the await
+        await refused
+    with pytest.raises(ValidationError):
+        await bad
+    # gather(return_exceptions=True) sees a refusal as an outcome, as before.
+    out = await asyncio.gather(d.call("nobody-here", "echo"), d.call(dev.device_id, "echo", 5),
+                               return_exceptions=True)
+    assert isinstance(out[0], DeviceOfflineError) and out[1] == 5
+    assert len(d._pending) == 0
+
+
+async def test_a_cancelled_call_leaves_nothing_pending(rig):
+    d, dev = rig
+    loop = asyncio.get_running_loop()
+
+    async def user():
+        return await d.call(dev.device_id, "slow", {"s": 30})
+
+    tasks = [loop.create_task(user()) for _ in range(3)]
+    tasks.append(loop.create_task(d.call(dev.device_id, "slow", {"s": 30})))
+    futs = [d.call(dev.device_id, "slow", {"s": 30}) for _ in range(2)]
+    await asyncio.sleep(0.05)
+    assert len(d._pending) == 6 and d._inflight == 6
+    for t in tasks:
+        t.cancel()
+    futs[0].cancel()
+    with pytest.raises(asyncio.TimeoutError):
+        await asyncio.wait_for(futs[1], 0.05)
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.05):
+            await d.call(dev.device_id, "slow", {"s": 30})
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    assert all(isinstance(r, asyncio.CancelledError) for r in results)
+    assert all(f.cancelled() for f in futs)
+    # Every entry and every in-flight slot is given back: calls go on.
+    assert len(d._pending) == 0 and d._inflight == 0
+    assert await d.call(dev.device_id, "echo", "after") == "after"

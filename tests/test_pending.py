@@ -366,3 +366,226 @@ def test_call_memory(core):
         tracemalloc.stop()
     # 40 B slab + 32 B wheel entry + 8 B index (load 1/4 right after a rehash)
     assert used / n <= 100
+
+
+# -- CallFuture: the completion a call() returns --------------------------------------------
+#
+# Wired as the dispatcher wires it: the site's cancel hook drops the call's
+# entry, so a cancelled future leaves nothing pending (and, on the debug
+# core, no counted entry: the autouse leak check).
+
+import asyncio  # noqa: E402
+import contextvars  # noqa: E402
+
+import uvloop  # noqa: E402
+
+
+@pytest.fixture(params=["asyncio", "uvloop"])
+def run(request):
+    return asyncio.run if request.param == "asyncio" else uvloop.run
+
+
+class Calls:
+    """A table and a site as the dispatcher has them; ``call()`` makes a pending call."""
+
+    def __init__(self, core, loop):
+        self.table = new_table(core)
+        self.cancelled: list[int] = []
+        self.site = core.CallSite(loop, self._cancel)
+        self.core = core
+
+    def _cancel(self, rid):
+        self.cancelled.append(rid)
+        if rid in self.table:
+            self.table.resolve(rid)
+
+    def call(self):
+        fut = self.site.future()
+        self.table.add("dev", fut, 10.0)
+        return fut
+
+    def answer(self, fut, result=None, error=None):
+        self.table.resolve(fut.rid)
+        fut._finish(result, error)
+
+
+def test_call_future_is_a_future_and_a_coroutine(core, run):
+    import collections.abc
+
+    async def main():
+        calls = Calls(core, asyncio.get_running_loop())
+        fut = calls.call()
+        assert fut.rid == 1 and not fut.done() and not fut.cancelled()
+        assert asyncio.isfuture(fut) and isinstance(fut, collections.abc.Coroutine)
+        assert fut.get_loop() is asyncio.get_running_loop()
+        assert asyncio.ensure_future(fut) is fut
+        with pytest.raises(asyncio.InvalidStateError):
+            fut.result()
+        with pytest.raises(asyncio.InvalidStateError):
+            fut.exception()
+        assert type(fut).__name__ in repr(fut) and "pending" in repr(fut)
+        with pytest.raises(TypeError):
+            core.CallFuture()
+        asyncio.get_running_loop().call_later(0.01, calls.answer, fut, {"ok": 1})
+        assert await fut == {"ok": 1}
+        assert fut.done() and fut.result() == {"ok": 1} and fut.exception() is None
+        assert await fut == {"ok": 1}  # awaited again: the same result
+        assert fut.cancel() is False and calls.cancelled == []
+        with pytest.raises(asyncio.InvalidStateError):
+            fut.set_result(2)
+        assert len(calls.table) == 0
+
+    run(main())
+
+
+def test_call_future_errors_at_the_await(core, run):
+    async def main():
+        calls = Calls(core, asyncio.get_running_loop())
+        fut = calls.call()
+        err = ValueError("no")
+        asyncio.get_running_loop().call_soon(calls.answer, fut, None, err)
+        with pytest.raises(ValueError) as info:
+            await fut
+        assert info.value is err and fut.exception() is err
+        fut._finish(1, None)  # once done, the dispatcher's completion is a no-op
+        assert fut.exception() is err
+        # A tuple result is the result, not StopIteration's arguments.
+        fut = calls.call()
+        asyncio.get_running_loop().call_soon(calls.answer, fut, (1, 2))
+        assert await fut == (1, 2)
+
+    run(main())
+
+
+def test_call_future_in_tasks_gather_and_wait_for(core, run):
+    async def main():
+        loop = asyncio.get_running_loop()
+        calls = Calls(core, loop)
+        direct = loop.create_task(calls.call())  # a Task around it, no coroutine
+        futs = [calls.call() for _ in range(3)]
+        loop.call_soon(lambda: [calls.answer(f, i) for i, f in enumerate(futs)])
+        assert await asyncio.gather(*futs) == [0, 1, 2]
+        assert not direct.done()
+        slow = calls.call()
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(slow, 0.01)
+        assert slow.cancelled() and calls.cancelled == [slow.rid]
+        shielded = calls.call()
+        waiter = asyncio.shield(shielded)
+        await asyncio.sleep(0)
+        waiter.cancel()
+        await asyncio.gather(waiter, return_exceptions=True)
+        assert not shielded.done()  # shield: the call goes on
+        calls.answer(shielded, "late")
+        assert await shielded == "late"
+        direct.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await direct
+        assert len(calls.table) == 0 and len(calls.cancelled) == 2
+
+    run(main())
+
+
+def test_cancelling_the_awaiting_task_drops_the_call(core, run):
+    async def main():
+        loop = asyncio.get_running_loop()
+        calls = Calls(core, loop)
+        futs = [calls.call() for _ in range(4)]
+
+        async def user(f):
+            return await f
+
+        tasks = [loop.create_task(user(f)) for f in futs[:2]]
+        tasks.append(loop.create_task(futs[2]))
+        await asyncio.sleep(0)
+        assert len(calls.table) == 4
+        for t in tasks:
+            t.cancel("stop")
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        assert all(isinstance(r, asyncio.CancelledError) for r in results)
+        assert all(t.cancelled() for t in tasks)
+        assert all(f.cancelled() for f in futs[:3])
+        assert sorted(calls.cancelled) == [f.rid for f in futs[:3]]
+        # A task cancelled before it ever ran: the call goes as well.
+        early = loop.create_task(futs[3])
+        early.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await early
+        assert futs[3].cancelled() and len(calls.table) == 0
+        # throw() / close() into a pending one drop it too.
+        f = calls.call()
+        with pytest.raises(KeyError):
+            f.throw(KeyError("x"))
+        g = calls.call()
+        g.close()
+        assert f.cancelled() and g.cancelled() and len(calls.table) == 0
+
+    run(main())
+
+
+def test_call_future_callbacks(core, run):
+    async def main():
+        loop = asyncio.get_running_loop()
+        calls = Calls(core, loop)
+        fut = calls.call()
+        seen = []
+        var = contextvars.ContextVar("v", default="none")
+
+        def cb(tag):
+            return lambda f: seen.append((tag, f.result(), var.get()))
+
+        a, b, c = cb("a"), cb("b"), cb("c")
+        ctx = contextvars.copy_context()
+        ctx.run(var.set, "ctx")
+        fut.add_done_callback(a, context=ctx)
+        fut.add_done_callback(b)
+        fut.add_done_callback(c)
+        fut.add_done_callback(b)
+        assert fut.remove_done_callback(b) == 2
+        assert fut.remove_done_callback(b) == 0
+        calls.answer(fut, 7)
+        assert seen == []  # scheduled, never run inside the completion
+        await asyncio.sleep(0)
+        assert seen == [("a", 7, "ctx"), ("c", 7, "none")]
+        fut.add_done_callback(a)  # already done: scheduled at once
+        await asyncio.sleep(0)
+        assert seen[-1] == ("a", 7, "none")
+        assert fut.remove_done_callback(a) == 0
+
+    run(main())
+
+
+def test_call_future_cancel_message_and_exception_types(core, run):
+    async def main():
+        calls = Calls(core, asyncio.get_running_loop())
+        fut = calls.call()
+        assert fut.cancel("why") is True and fut.cancel() is False
+        with pytest.raises(asyncio.CancelledError, match="why"):
+            fut.result()
+        with pytest.raises(asyncio.CancelledError, match="why"):
+            await fut
+        with pytest.raises(asyncio.CancelledError):
+            fut.send(None)
+        pending = calls.call()
+        assert pending.send(None) is pending and pending._asyncio_future_blocking
+        pending._asyncio_future_blocking = False
+        assert not pending._asyncio_future_blocking
+        pending.set_result((3,))
+        with pytest.raises(StopIteration) as stop:
+            pending.send(None)
+        assert stop.value.value == (3,)
+        with pytest.raises(asyncio.CancelledError):
+            fut.exception()
+        fut = calls.call()
+        fut.set_exception(KeyError)  # a class becomes an instance
+        assert isinstance(fut.exception(), KeyError)
+        fut = calls.call()
+        with pytest.raises(TypeError):
+            fut.set_exception(StopIteration())
+        with pytest.raises(TypeError):
+            fut.set_exception("no")
+        fut.set_result(None)
+        assert fut.result() is None
+        calls.table.drain()
+
+    run(main())

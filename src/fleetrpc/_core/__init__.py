@@ -14,7 +14,7 @@ import os
 import sys
 
 from .codec_py import Codec as CodecPy, Message as MessagePy
-from .pending_py import PendingTable as PendingTablePy
+from .pending_py import CallFuture as CallFuturePy, CallSite as CallSitePy, PendingTable as PendingTablePy
 from .queues_py import DeviceQueues as DeviceQueuesPy
 from .wheel_py import TimingWheel as TimingWheelPy
 from .mqttfast_py import MqttReader as MqttReaderPy, encode_publish as encode_publish_py
@@ -26,6 +26,8 @@ NO_EXTENSIONS: bool = bool(os.environ.get("FLEETRPC_NO_EXTENSIONS")) or (
 _PAIRS = {  # public name -> (compiled module, pure class)
     "TimingWheel": ("wheel", TimingWheelPy),
     "PendingTable": ("pending", PendingTablePy),
+    "CallSite": ("pending", CallSitePy),
+    "CallFuture": ("pending", CallFuturePy),
     "DeviceQueues": ("queues", DeviceQueuesPy),
     "Codec": ("codec", CodecPy),
     "Message": ("codec", MessagePy),
@@ -54,6 +56,8 @@ COMPILED: bool = len(_compiled) == len(_PAIRS)
 
 TimingWheelC = _compiled.get("TimingWheel")
 PendingTableC = _compiled.get("PendingTable")
+CallSiteC = _compiled.get("CallSite")
+CallFutureC = _compiled.get("CallFuture")
 DeviceQueuesC = _compiled.get("DeviceQueues")
 CodecC = _compiled.get("Codec")
 MessageC = _compiled.get("Message")
@@ -62,6 +66,8 @@ MessageC = _compiled.get("Message")
 _chosen = {n: (_compiled[n] if COMPILED else py) for n, (_, py) in _PAIRS.items()}
 TimingWheel = _chosen["TimingWheel"]
 PendingTable = _chosen["PendingTable"]
+CallSite = _chosen["CallSite"]
+CallFuture = _chosen["CallFuture"]
 DeviceQueues = _chosen["DeviceQueues"]
 Codec = _chosen["Codec"]
 Message = _chosen["Message"]
@@ -101,6 +107,7 @@ __all__ = [
     "COMPILED", "NO_EXTENSIONS", "VARIANTS", "debug_counters",
     "TimingWheel", "TimingWheelC", "TimingWheelPy",
     "PendingTable", "PendingTableC", "PendingTablePy",
+    "CallSite", "CallSiteC", "CallSitePy", "CallFuture", "CallFutureC", "CallFuturePy",
     "DeviceQueues", "DeviceQueuesC", "DeviceQueuesPy",
     "Codec", "CodecC", "CodecPy", "Message", "MessageC", "MessagePy",
     "MqttReader", "MqttReaderC", "MqttReaderPy",

@@ -32,6 +32,9 @@ from libc.string cimport memset
 
 from fleetrpc._core.wheel cimport FLEETRPC_DEBUG, TimingWheel
 
+from asyncio import CancelledError as _CancelledError, InvalidStateError as _InvalidStateError
+from contextvars import copy_context as _copy_context
+
 from fleetrpc.errors import UnknownRequestError, WrongDeviceError
 
 cdef extern from "Python.h":
@@ -44,6 +47,38 @@ cdef extern from "Python.h":
     ctypedef struct _GCSlots "PyTypeObject":
         traverseproc tp_traverse
         inquiry tp_clear
+    ctypedef PyObject* (*iternextfunc)(PyObject*) except NULL
+    ctypedef struct _IterSlots "PyTypeObject":
+        iternextfunc tp_iternext
+    void PyType_Modified(_IterSlots* t)
+    void PyErr_SetObject(object typ, object value)
+
+cdef extern from *:
+    """
+    /* StopIteration(value) for a generator's yield from, as cheaply as a
+       Future's iterator does it: no exception object unless the value would
+       be unpacked as arguments (a tuple) or taken for the exception. */
+    static int fr_stop_iteration(PyObject* value) {
+        if (PyTuple_Check(value) || PyExceptionInstance_Check(value)) {
+            PyObject* exc = PyObject_CallOneArg(PyExc_StopIteration, value);
+            if (exc == NULL) return -1;
+            PyErr_SetObject(PyExc_StopIteration, exc);
+            Py_DECREF(exc);
+        } else {
+            PyErr_SetObject(PyExc_StopIteration, value);
+        }
+        return 0;
+    }
+    /* loop.call_soon(fn, arg, context=ctx) through vectorcall, as asyncio's
+       own Future does (no argument tuple, no keyword dict). */
+    static PyObject* fr_call_soon(PyObject* call_soon, PyObject* fn, PyObject* arg,
+                                  PyObject* ctx, PyObject* kwnames) {
+        PyObject* stack[4] = {NULL, fn, arg, ctx};
+        return PyObject_Vectorcall(call_soon, stack + 1, 2 | PY_VECTORCALL_ARGUMENTS_OFFSET, kwnames);
+    }
+    """
+    int fr_stop_iteration(object value) except -1
+    object fr_call_soon(object call_soon, object fn, object arg, object ctx, object kwnames)
 
 cdef extern from *:
     """
@@ -108,6 +143,263 @@ cdef int _cmp_rid(const void* a, const void* b) noexcept nogil:
 
 cdef object _unknown(object rid):
     return UnknownRequestError(f"request {rid!r} is not pending")
+
+
+# -- the completion of one call() --------------------------------------------------------
+#
+# Same semantics as pending_py.CallSite / CallFuture (see there).  A
+# CallFuture is 48 bytes (+16 of GC header): its site, two object words and
+# one word of bits (rid << 4 | MULTI | BLOCKING | state).  While pending, the
+# two words are the first callback and its context (a Task's wakeup: the
+# common case), or, with MULTI, a list of (fn, context) and None; once done,
+# the result / exception / cancel message and None.
+
+cdef enum:
+    CF_PENDING = 0
+    CF_RESULT = 1
+    CF_ERROR = 2
+    CF_CANCELLED = 3
+    CF_STATE = 3                # mask of the state bits
+    CF_BLOCKING = 4             # _asyncio_future_blocking
+    CF_MULTI = 8                # pending with a list of callbacks in _a
+    CF_RID_SHIFT = 4
+
+
+@cython.final
+@cython.auto_pickle(False)
+cdef class CallSite:
+    """What the futures of one dispatcher's calls share: the event loop and
+    ``cancel(rid)``, the hook that drops a call's pending entry when its
+    future is cancelled."""
+    cdef readonly object loop
+    cdef object _call_soon
+    cdef object _cancel
+
+    def __init__(self, object loop, object cancel):
+        self.loop = loop
+        self._call_soon = loop.call_soon
+        self._cancel = cancel
+
+    def future(self):
+        """A new pending future of this site; ``PendingTable.add`` with it as
+        the completion gives it its request id."""
+        cdef CallFuture fut = CallFuture.__new__(CallFuture)
+        fut._site = self
+        return fut
+
+
+cdef tuple _CONTEXT_KW = ("context",)
+
+
+cdef inline object _cancelled_error(object msg):
+    return _CancelledError() if msg is None else _CancelledError(msg)
+
+
+cdef object _as_exception(object exception):
+    if isinstance(exception, type):
+        exception = exception()
+    if type(exception) is StopIteration:
+        raise TypeError("StopIteration interacts badly with generators and cannot be raised into a Future")
+    if not isinstance(exception, BaseException):
+        raise TypeError(f"exception must be a BaseException, got {type(exception).__name__}")
+    return exception
+
+
+cdef int _cf_done(CallFuture fut, uint64_t state, object value) except -1:
+    # Settle and schedule the callbacks (never run them here), like a Future.
+    cdef uint64_t bits = fut._bits
+    a = fut._a
+    b = fut._b
+    fut._bits = (bits & ~(<uint64_t>(CF_STATE | CF_MULTI))) | state
+    fut._a = value
+    fut._b = None
+    call_soon = fut._site._call_soon
+    if bits & CF_MULTI:
+        for fn, context in <list>a:
+            fr_call_soon(call_soon, fn, fut, context, _CONTEXT_KW)
+    elif a is not None:
+        fr_call_soon(call_soon, a, fut, b, _CONTEXT_KW)
+    return 0
+
+
+cdef PyObject* _cf_iternext(PyObject* o) except NULL:
+    # CallFuture's tp_iternext (installed below): what `await` and a Task's
+    # send(None) call.  Cython's own __next__ would add a traceback entry
+    # (a frame object) to every StopIteration that carries the reply.
+    cdef CallFuture fut = <CallFuture>o
+    cdef uint64_t state = fut._bits & CF_STATE
+    if state == CF_PENDING:
+        fut._bits |= CF_BLOCKING
+        _incref(o)
+        return o
+    if state == CF_RESULT:
+        fr_stop_iteration(fut._a)
+        return NULL
+    if state == CF_ERROR:
+        PyErr_SetObject(type(fut._a), fut._a)
+        return NULL
+    raise _cancelled_error(fut._a)
+
+
+@cython.final
+@cython.auto_pickle(False)
+cdef class CallFuture:
+    """The completion of one pending call and the object its caller awaits:
+    the Future protocol of asyncio plus ``send``/``throw``/``close``.  Made
+    by ``CallSite.future()``; see ``pending_py.CallFuture``."""
+    cdef CallSite _site
+    cdef object _a          # see above: a callback, a list of them, or the outcome
+    cdef object _b          # the callback's context, or None
+    cdef uint64_t _bits     # rid << 4 | MULTI | BLOCKING | state
+
+    def __init__(self):
+        raise TypeError("CallFuture is made by CallSite.future()")
+
+    @property
+    def rid(self):
+        """The call's request id (0 until the table has it)."""
+        return <int64_t>(self._bits >> CF_RID_SHIFT)
+
+    @property
+    def _asyncio_future_blocking(self):
+        return (self._bits & CF_BLOCKING) != 0
+
+    @_asyncio_future_blocking.setter
+    def _asyncio_future_blocking(self, value):
+        if value:
+            self._bits |= CF_BLOCKING
+        else:
+            self._bits &= ~(<uint64_t>CF_BLOCKING)
+
+    def __repr__(self):
+        state = ("pending", "finished", "failed", "cancelled")[self._bits & CF_STATE]
+        return f"<CallFuture rid={self.rid} {state}>"
+
+    # -- Future protocol ------------------------------------------------------------
+
+    def get_loop(self):
+        return self._site.loop
+
+    def done(self):
+        return (self._bits & CF_STATE) != CF_PENDING
+
+    def cancelled(self):
+        return (self._bits & CF_STATE) == CF_CANCELLED
+
+    def result(self):
+        cdef uint64_t state = self._bits & CF_STATE
+        if state == CF_RESULT:
+            return self._a
+        if state == CF_ERROR:
+            raise self._a
+        if state == CF_CANCELLED:
+            raise _cancelled_error(self._a)
+        raise _InvalidStateError("Result is not set.")
+
+    def exception(self):
+        cdef uint64_t state = self._bits & CF_STATE
+        if state == CF_RESULT:
+            return None
+        if state == CF_ERROR:
+            return self._a
+        if state == CF_CANCELLED:
+            raise _cancelled_error(self._a)
+        raise _InvalidStateError("Exception is not set.")
+
+    def add_done_callback(self, fn, *, context=None):
+        if context is None:
+            context = _copy_context()
+        if (self._bits & CF_STATE) != CF_PENDING:
+            self._site._call_soon(fn, self, context=context)
+        elif self._bits & CF_MULTI:
+            (<list>self._a).append((fn, context))
+        elif self._a is None:
+            self._a = fn
+            self._b = context
+        else:
+            self._a = [(self._a, self._b), (fn, context)]
+            self._b = None
+            self._bits |= CF_MULTI
+
+    def remove_done_callback(self, fn):
+        cdef Py_ssize_t removed = 0
+        cdef list keep
+        if (self._bits & CF_STATE) != CF_PENDING:
+            return 0
+        if self._bits & CF_MULTI:
+            keep = [(f, c) for f, c in <list>self._a if f != fn]
+            removed = len(<list>self._a) - len(keep)
+            self._a = keep
+        elif self._a is not None and self._a == fn:
+            self._a = None
+            self._b = None
+            removed = 1
+        return removed
+
+    def cancel(self, msg=None):
+        if (self._bits & CF_STATE) != CF_PENDING:
+            return False
+        _cf_done(self, CF_CANCELLED, msg)
+        # The call's entry goes too: nobody will take its answer.
+        self._site._cancel(<int64_t>(self._bits >> CF_RID_SHIFT))
+        return True
+
+    def set_result(self, result):
+        if (self._bits & CF_STATE) != CF_PENDING:
+            raise _InvalidStateError(f"invalid state: {self!r}")
+        _cf_done(self, CF_RESULT, result)
+
+    def set_exception(self, exception):
+        if (self._bits & CF_STATE) != CF_PENDING:
+            raise _InvalidStateError(f"invalid state: {self!r}")
+        _cf_done(self, CF_ERROR, _as_exception(exception))
+
+    def _finish(self, result, error):
+        """The dispatcher's completion: a no-op once done (cancelled)."""
+        if (self._bits & CF_STATE) == CF_PENDING:
+            if error is None:
+                _cf_done(self, CF_RESULT, result)
+            else:
+                _cf_done(self, CF_ERROR, error)
+
+    # -- awaitable / coroutine protocol ---------------------------------------------
+
+    def __await__(self):
+        return self
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        if (self._bits & CF_STATE) == CF_PENDING:
+            self._bits |= CF_BLOCKING
+            return self
+        raise StopIteration(self.result())
+
+    def send(self, value):
+        cdef PyObject* r = _cf_iternext(<PyObject*>self)  # a new reference (self)
+        out = <object>r
+        _decref(r)
+        return out
+
+    def throw(self, typ, val=None, tb=None):
+        # Whoever awaited this gives up on it (a cancelled task, a closed
+        # coroutine): the call goes with it.
+        if (self._bits & CF_STATE) == CF_PENDING:
+            self.cancel()
+        if isinstance(typ, BaseException):
+            exc = typ
+        elif isinstance(val, BaseException):
+            exc = val
+        else:
+            exc = typ() if val is None else typ(val)
+        if tb is not None:
+            exc = exc.with_traceback(tb)
+        raise exc
+
+    def close(self):
+        if (self._bits & CF_STATE) == CF_PENDING:
+            self.cancel()
 
 
 # -- the table -------------------------------------------------------------------------
@@ -190,6 +482,8 @@ cdef class PendingTable:
         self._next_rid = rid + 1
         if FLEETRPC_DEBUG:
             _debug_live += 1
+        if type(completion) is CallFuture:  # what its cancel() drops
+            (<CallFuture>completion)._bits |= <uint64_t>rid << CF_RID_SHIFT
         return rid
 
     def resolve(self, object rid, object device=None):
@@ -509,6 +803,9 @@ cdef int _clear(PyObject* o) noexcept:
     (<PendingTable>o)._release_all()
     return 0
 
+
+(<_IterSlots*><void*>CallFuture).tp_iternext = _cf_iternext
+PyType_Modified(<_IterSlots*><void*>CallFuture)
 
 _base_traverse = (<_GCSlots*><void*>PendingTable).tp_traverse
 (<_GCSlots*><void*>PendingTable).tp_traverse = _traverse

@@ -68,6 +68,18 @@ async def memory(target, devices, cfg, progress, fleet: Fleet) -> dict[str, Any]
     harness = await harness_bytes(n)
     await fleet.configure(drop_rate=1.0)  # nobody answers: every call stays pending
     tasks: list[asyncio.Task] = []
+    timeout = max(60.0, cfg.timeout)
+
+    async def caller(device):
+        # The same shape as the harness's waiter, so that its frame is
+        # subtracted exactly: a call() that is not a coroutine (fleetrpc's
+        # returns its future) would otherwise be credited with the
+        # harness's coroutine frame, and one that is would hide its own.
+        try:
+            return await call(device, "echo", params, timeout=timeout)
+        except asyncio.CancelledError:
+            pass
+
     try:
         with Phase(progress, target.name, "memory", float(n), f"{n} pending") as ph:
             base = (await fleet.stats())["requests"]
@@ -76,8 +88,7 @@ async def memory(target, devices, cfg, progress, fleet: Fleet) -> dict[str, Any]
             try:
                 before = tracemalloc.take_snapshot()
                 for i in range(n):
-                    tasks.append(loop.create_task(call(devices[i % len(devices)], "echo", params,
-                                                       timeout=max(60.0, cfg.timeout))))
+                    tasks.append(loop.create_task(caller(devices[i % len(devices)])))
                     if not i & 255:
                         await asyncio.sleep(0)
                 # Until the devices have them all: sent, not merely queued.
@@ -116,10 +127,10 @@ async def memory(target, devices, cfg, progress, fleet: Fleet) -> dict[str, Any]
     return {
         "pending": n,
         "delivered_to_devices": pending_seen,
-        "method": "tracemalloc: Python heap growth with N calls pending (devices silent, "
-                  "every request delivered, heap settled); per call = total minus the "
-                  "harness's own task per call; 'own' counts only allocations made in "
-                  "the target's source files",
+        "method": "tracemalloc: Python heap growth with N calls pending, each awaited by a "
+                  "task's coroutine (devices silent, every request delivered, heap settled); "
+                  "per call = total minus the harness's own task and coroutine per call; "
+                  "'own' counts only allocations made in the target's source files",
         "bytes_per_pending": round(total / n - harness, 1),
         "bytes_per_pending_total": round(total / n, 1),
         "bytes_per_pending_own": round(own / n, 1),

@@ -66,6 +66,14 @@ ATTEMPT = 32      # has an attempt timeout (submit): rearmed when sent
 #: What presence knows of a device (the name the dispatcher used before).
 DeviceInfo = DeviceState
 
+#: The completion of a call() (compiled or pure, as the rest of the core).
+CallFuture = _core.CallFuture
+
+
+async def _raise(exc: BaseException) -> Any:
+    """What call() returns when it refuses a call: its error, at the await."""
+    raise exc
+
 
 class Dispatcher:
     """Sends RPCs to devices and agents over MQTT and brings their answers back.
@@ -113,7 +121,7 @@ class Dispatcher:
         self._req_suffix = t.request_tail
         self._res_suffix = t.reply_tail
         self._mqtt5_props = s.mqtt_version == 5 and s.response_topic
-        self._Future = None  # the loop's Future class, for a fast type check
+        self._new_call = None  # CallSite.future: a call()'s completion, bound to the loop
         self._codec = _core.Codec(s.prefix, s.max_payload)
         self._encode_request = self._codec.encode_request
         self._encode = msgspec.json.Encoder().encode
@@ -155,7 +163,7 @@ class Dispatcher:
         if self._closed:
             raise DispatcherClosedError("dispatcher is closed")
         self._loop = asyncio.get_running_loop()
-        self._Future = type(self._loop.create_future())
+        self._new_call = _core.CallSite(self._loop, self._abandon).future
         self._wheel = _core.TimingWheel(self.settings.tick_ms / 1000.0, self._loop.time())
         self._pending = _core.PendingTable(self._wheel)
         if self._transport is None:
@@ -326,7 +334,7 @@ class Dispatcher:
         before storing a call."""
         return len(self._request_payload(method, params, request_id))
 
-    async def call(
+    def call(
         self,
         device: str,
         method: str,
@@ -336,8 +344,8 @@ class Dispatcher:
         expiration_time: int | None = None,
         oneway: bool = False,
         offline: OfflinePolicy | str | None = None,
-    ) -> Any:
-        """Call ``method`` on ``device`` and return its reply.
+    ) -> Awaitable[Any]:
+        """Call ``method`` on ``device``; await the result for its reply.
 
         ``timeout`` is in seconds (default 10, raised to the configured
         minimum, 5 by default); ``expiration_time`` (epoch ms) overrides it.
@@ -346,42 +354,45 @@ class Dispatcher:
         call to a device that is not online does: see :class:`OfflinePolicy`.
 
         Raises RpcTimeoutError, DeviceOfflineError, QueueFullError,
-        ReplyNotJsonError, ValidationError or DispatcherClosedError.
-        The reply is returned as the device sent it, as ThingsBoard does,
-        including an SDK error object ``{"error": {"code", "message"}}``.
+        ReplyNotJsonError, ValidationError or DispatcherClosedError, always
+        at the ``await``.  The reply is returned as the device sent it, as
+        ThingsBoard does, including an SDK error object
+        ``{"error": {"code", "message"}}``.
+
+        The call is submitted when ``call()`` is called, not when it is first
+        awaited: what it returns is the call's own future (a
+        ``_core.CallFuture``, which ``await``, ``create_task``,
+        ``ensure_future``, ``gather`` and ``wait_for`` accept), so that a
+        pending call costs no coroutine frame and no ``asyncio.Future``.
+        Cancelling it, or the task awaiting it, drops the call.
         """
-        if not self._running:
-            raise DispatcherClosedError("dispatcher is not running")
-        if not self._broker_up and self._fail_broker_down:
-            self._broker_refused()
-        if oneway is not False and oneway is not True:
-            check_flag(oneway, "oneway")
-        if self._presence and device not in self._online:
-            self._offline_call(device, offline)
-        elif offline is not None:
-            check_offline(offline)
-        loop = self._loop
-        if expiration_time is None and timeout is None:
-            deadline = loop.time() + self._default_timeout
-        elif (
-            expiration_time is None
-            and (type(timeout) is float or type(timeout) is int)
-            and self._min_timeout <= timeout < 1e9  # NaN, inf, short ones: _deadline
-        ):
-            deadline = loop.time() + timeout
-        else:
-            deadline = self._deadline(timeout, expiration_time)
-        payload = self._request_payload(method, params)
-        fut = loop.create_future()
-        rid = self._submit(device, fut, deadline, payload, ONEWAY if oneway else 0)
-        # The suspended frame keeps its locals alive while the call is
-        # pending: drop what is no longer needed (~130 bytes per call).
-        del payload, deadline, params
         try:
-            return await fut
-        except asyncio.CancelledError:
-            self._abandon(rid)
-            raise
+            if not self._running:
+                raise DispatcherClosedError("dispatcher is not running")
+            if not self._broker_up and self._fail_broker_down:
+                self._broker_refused()
+            if oneway is not False and oneway is not True:
+                check_flag(oneway, "oneway")
+            if self._presence and device not in self._online:
+                self._offline_call(device, offline)
+            elif offline is not None:
+                check_offline(offline)
+            if expiration_time is None and timeout is None:
+                deadline = self._loop.time() + self._default_timeout
+            elif (
+                expiration_time is None
+                and (type(timeout) is float or type(timeout) is int)
+                and self._min_timeout <= timeout < 1e9  # NaN, inf, short ones: _deadline
+            ):
+                deadline = self._loop.time() + timeout
+            else:
+                deadline = self._deadline(timeout, expiration_time)
+            fut = self._new_call()
+            self._submit(device, fut, deadline, self._request_payload(method, params), ONEWAY if oneway else 0)
+            return fut
+        except Exception as exc:
+            # Refused: raised at the await, as from a coroutine.
+            return _raise(exc)
 
     def _broker_refused(self) -> None:
         self.stats.broker_unavailable += 1
@@ -654,7 +665,9 @@ class Dispatcher:
     # -- internals: completion ----------------------------------------------
 
     def _complete(self, completion: Any, rid: int, device: str, result: Any, error: BaseException | None) -> None:
-        if type(completion) is Broadcast:
+        if type(completion) is CallFuture:
+            completion._finish(result, error)
+        elif type(completion) is Broadcast:
             completion._record(device, error is None, result, error)
         elif isinstance(completion, asyncio.Future):
             if completion.done():
@@ -840,9 +853,8 @@ class Dispatcher:
             return
         if self._hooks:
             self._emit("SUCCESSFUL", rid, device)
-        if type(completion) is self._Future:
-            if not completion.done():
-                completion.set_result(msg.body)
+        if type(completion) is CallFuture:
+            completion._finish(msg.body, None)
         else:
             self._complete(completion, rid, device, msg.body, None)
 
