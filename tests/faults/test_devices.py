@@ -24,7 +24,12 @@ async def test_one_silent_device_among_healthy_ones(faults_profile, make_server,
                          dispatch={"inflight_window": window})
     await server.start()
     api = api_for(server)
-    sem = asyncio.Semaphore(500)
+    dw = window // 10  # the device's share of the window
+    cap = dw + 100  # what the silent device may hold: its window and its queue
+    # Enough requests at once to press past that cap (at the long run's
+    # default window, 500 at a time never reached it: nothing was refused).
+    concurrency = max(500, cap + 500)
+    sem = asyncio.Semaphore(concurrency)
     statuses: collections.Counter = collections.Counter()
 
     async def to_silent(i: int) -> None:
@@ -44,14 +49,21 @@ async def test_one_silent_device_among_healthy_ones(faults_profile, make_server,
         status, body = await api.twoway(dev.id, params, timeout_ms=3000)
         healthy_ok += status == 200 and body == answer(dev.id, params)
     await asyncio.gather(*flood)
-    dw = window // 10
     figures.record("one silent device", calls_to_silent=n, window=window, device_window=dw,
                    silent_outcomes=dict(statuses), healthy_calls=20, healthy_ok=healthy_ok,
                    crashes=len(server.crashes()))
     assert healthy_ok == 20
     refused = sum(v for k, v in statuses.items() if k.startswith("429"))
-    assert refused == max(0, n - dw - 100), statuses  # beyond its window and its queue: "queue full"
+    timed_out = sum(v for k, v in statuses.items() if k.startswith("408"))
+    assert refused + timed_out == n, statuses  # every call refused as "queue full" or timed out
     assert all(k.startswith(("429 Too many requests for the device", "408")) for k in statuses), statuses
+    if faults_profile.name == "short":
+        # Every call arrives within the first call's timeout: all but the
+        # cap are refused.  (In the long run calls keep arriving after the
+        # first ones timed out, and those are taken again: fewer refusals.)
+        assert refused == max(0, n - cap), statuses
+    else:
+        assert refused > 0, statuses
     assert server.crashes() == []
     assert await server.stop() == 0
 
@@ -67,11 +79,17 @@ async def test_one_slow_device_under_every_strategy(strategy, faults_profile, ma
     await server.start()
     api = api_for(server)
     outcome = {d.id: collections.Counter() for d in targets}
+    # At most 50 calls outstanding per device: under the default per-device
+    # queue cap (100), which would otherwise refuse the long run's 150 calls
+    # per device at once as "queue full", fast devices included -- the cap
+    # working as documented, not the slow device's harm this probe looks for.
+    per_device = {d.id: asyncio.Semaphore(50) for d in targets}
 
     async def one(i: int) -> None:
         dev = targets[i % 4]
         params = {"i": i}
-        status, body = await api.twoway(dev.id, params, timeout_ms=3000)
+        async with per_device[dev.id]:
+            status, body = await api.twoway(dev.id, params, timeout_ms=3000)
         if status == 200:
             outcome[dev.id]["ok" if body == answer(dev.id, params) else "wrong"] += 1
         else:
