@@ -416,6 +416,22 @@ class Tally(collections.Counter):
         return dict(sorted(self.items()))
 
 
+def assert_every_call_ended_right(rows: dict[str, dict[str, Any]], accepted: dict[str, tuple[Device, int]],
+                                  slow: set[str]) -> Tally:
+    """What a persistent-load probe must show: no call lost or wrong; every
+    call to a device that keeps up SUCCESSFUL; a call to a ``slow`` device
+    SUCCESSFUL or ended by its own timeout or expiration (FAILED after its
+    retries, EXPIRED), which is how the long run's backlog on a device taking
+    0.3-1 s per call ends, by design (still terminal, never lost)."""
+    tally = judge_persistent(rows, accepted)
+    assert tally["lost"] == 0 and tally["wrong"] == 0, tally
+    keeping_up = {k: v for k, v in accepted.items() if v[0].id not in slow}
+    kept = judge_persistent(rows, keeping_up)
+    assert kept["ok"] == len(keeping_up), kept
+    assert set(+tally) <= {"ok", "failed", "expired"}, tally
+    return tally
+
+
 def judge_persistent(rows: dict[str, dict[str, Any]], accepted: dict[str, tuple[Device, int]]) -> Tally:
     """Count each accepted call: ``lost`` (no row, or never terminal),
     ``wrong`` (an answer that is not its own), ``ok`` and the other terminal
