@@ -417,18 +417,21 @@ class Tally(collections.Counter):
 
 
 def assert_every_call_ended_right(rows: dict[str, dict[str, Any]], accepted: dict[str, tuple[Device, int]],
-                                  slow: set[str]) -> Tally:
-    """What a persistent-load probe must show: no call lost or wrong; every
-    call to a device that keeps up SUCCESSFUL; a call to a ``slow`` device
-    SUCCESSFUL or ended by its own timeout or expiration (FAILED after its
-    retries, EXPIRED), which is how the long run's backlog on a device taking
-    0.3-1 s per call ends, by design (still terminal, never lost)."""
+                                  slow: set[str], *, strict: bool) -> Tally:
+    """What a persistent-load probe must show: no call lost or wrong, every
+    call terminal.  A call may end by its own timeout or expiration (FAILED
+    after its retries, EXPIRED): that is how a backlog ends when it outgrows
+    the calls' timeouts, as the long run's does on devices taking 0.3-1 s a
+    call and under repeated broker outages -- by design, never lost.
+    ``strict`` (the short run, sized for it): every call to a device that
+    keeps up (not in ``slow``) SUCCESSFUL."""
     tally = judge_persistent(rows, accepted)
     assert tally["lost"] == 0 and tally["wrong"] == 0, tally
-    keeping_up = {k: v for k, v in accepted.items() if v[0].id not in slow}
-    kept = judge_persistent(rows, keeping_up)
-    assert kept["ok"] == len(keeping_up), kept
     assert set(+tally) <= {"ok", "failed", "expired"}, tally
+    if strict:
+        keeping_up = {k: v for k, v in accepted.items() if v[0].id not in slow}
+        kept = judge_persistent(rows, keeping_up)
+        assert kept["ok"] == len(keeping_up), kept
     return tally
 
 

@@ -8,6 +8,7 @@ checked.  Counted: fuzzed messages, crashes, wrong answers, failed calls."""
 from __future__ import annotations
 
 import asyncio
+import collections
 import random
 
 import pytest
@@ -91,6 +92,7 @@ async def test_inbound_fuzz_keeps_answers_right(faults_profile, make_server, api
     started = asyncio.get_running_loop().time()
 
     calls = {"ok": 0, "wrong": 0, "failed": 0}
+    failures: collections.Counter = collections.Counter()  # status and message of each failed call
     stop = asyncio.Event()
 
     async def legitimate(worker: int) -> None:
@@ -101,6 +103,7 @@ async def test_inbound_fuzz_keeps_answers_right(faults_profile, make_server, api
             status, body = await api.twoway(dev.id, params, timeout_ms=30_000)
             if status != 200:
                 calls["failed"] += 1
+                failures[f"{status} {body.get('message', '')[:60] if isinstance(body, dict) else body!r:.60}"] += 1
             elif body != answer(dev.id, params):
                 calls["wrong"] += 1
             else:
@@ -132,7 +135,7 @@ async def test_inbound_fuzz_keeps_answers_right(faults_profile, make_server, api
                    warning_lines=server.warnings(), dispatcher_events=events)
     await attacker.close()
     assert crashes == []
-    assert calls["wrong"] == 0 and calls["failed"] == 0, calls
+    assert calls["wrong"] == 0 and calls["failed"] == 0, (calls, failures)
     # Readable logs under attack: a line for the first rejection, then a
     # summary per interval (10 s), not one line per message.
     assert server.warnings() <= 3 + 2 * loop_seconds // 10, server.warnings()

@@ -139,7 +139,8 @@ async def test_broker_killed_repeatedly_under_persistent_load(faults_profile, ma
                    accepted=len(load.accepted), refused=load.refused, lost=tally["lost"], wrong=tally["wrong"],
                    ok=tally["ok"], outcomes=tally.as_dict(), lightweight_during_outage=during,
                    lightweight_after=after, crashes=len(server.crashes()))
-    assert_every_call_ended_right(rows, load.accepted, slow={d.id for d in slow})
+    assert_every_call_ended_right(rows, load.accepted, slow={d.id for d in slow},
+                                  strict=faults_profile.name == "short")
     # A lightweight call while the broker is down blames the broker, not the device.
     assert all(k.startswith("503 The MQTT broker is unavailable") for k in during), during
     assert after

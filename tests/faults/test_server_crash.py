@@ -38,6 +38,9 @@ async def test_kill9_under_persistent_load(restart, faults_profile, make_server,
         status, body = await api.twoway(fast[0].id, params)
         assert status == 200 and body == answer(fast[0].id, params)
 
+    # Long enough for the devices that keep up to work off the backlog a
+    # restart leaves (10 s at the short run's 1,000 calls, 60 s at 10,000).
+    timeout_ms = max(10_000, n * 6)
     accepted: dict[str, tuple] = {}
     refused = 0
     killed = asyncio.Event()
@@ -51,7 +54,7 @@ async def test_kill9_under_persistent_load(restart, faults_profile, make_server,
                 refused += 1
                 return
             try:
-                rpc_id = await api.persistent(device.id, {"i": i}, timeout_ms=10_000, retries=5)
+                rpc_id = await api.persistent(device.id, {"i": i}, timeout_ms=timeout_ms, retries=5)
             except (aiohttp.ClientError, asyncio.TimeoutError):
                 rpc_id = None
             if rpc_id is None:
@@ -92,7 +95,8 @@ async def test_kill9_under_persistent_load(restart, faults_profile, make_server,
         duplicate_deliveries=duplicate_deliveries, duplicate_runs=duplicate_runs,
         stale_replies_after_restart=stale, crashes=len(server.crashes()),
     )
-    assert_every_call_ended_right(rows, accepted, slow={d.id for d in slow})
+    assert_every_call_ended_right(rows, accepted, slow={d.id for d in slow},
+                                  strict=faults_profile.name == "short")
     assert stale == 0, f"{stale} of 15 new calls were answered with an old reply"
     # A retry carries the call's id: the device answers it from memory.
     assert duplicate_runs == 0
