@@ -46,7 +46,7 @@ async def test_device_widgets_send_what_thingsboard_widgets_send(rig):
     # on load: two-way getValue with params null, for the switch and the knob
     await page.locator("#round-switch .round-switch.on").wait_for()
     await page.locator('#knob input[type=range]').wait_for()
-    await wait_until(lambda: page.locator("#knob .knob-value").is_visible())
+    await page.locator("#knob .knob-value").wait_for()  # visible
     assert ("getValue", None) in dev.received
 
     # RPC button: rpcCommand {} one-way
