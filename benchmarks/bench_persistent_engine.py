@@ -40,27 +40,17 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import bench_dispatcher  # noqa: E402  (its Loopback transport)
 
 
-class Loopback:
+class Loopback(bench_dispatcher.Loopback):
     """Stands in for the broker and an acking device: each request gets its
-    ack and its reply one loop turn after it was published."""
+    ack and its reply one loop turn after it was published (the dispatcher
+    benchmark's loopback, which only replies, plus the ack)."""
 
-    def __init__(self) -> None:
-        self.out: list[str] = []
-        self.handle = None
-        self.reply = b'{"ok":true}'
-
-    async def start(self, filters) -> None:
-        pass
-
-    async def close(self) -> None:
-        pass
-
-    def publish(self, topic, payload, qos=1, retain=False, token=-1, properties=None) -> None:
-        self.out.append(topic)
-        if self.handle is None:
-            self.handle = asyncio.get_running_loop().call_soon(self.flush)
+    reply = b'{"ok":true}'
 
     def flush(self) -> None:
         self.handle = None
@@ -130,7 +120,7 @@ def memory_store(commit_s: float):
 async def measure(lifecycles: int, callers: int, devices: int, commit_s: float,
                   events: bool, warmup: int) -> dict:
     from fleetrpc.config import Settings
-    from fleetrpc.dispatcher import Dispatcher
+    from fleetrpc.dispatch import Dispatcher
     from fleetrpc.rpc.persistent import PersistentRpc
     from fleetrpc.rpc.status import RpcStatus
     from fleetrpc.store.batching import GroupCommitStore
