@@ -39,6 +39,57 @@ def test_known_devices_only_when_a_registry_says_so():
     assert "stranger" not in reg and reg.stats.unknown == 2
 
 
+def test_a_flood_of_unknown_ids_never_pushes_a_registered_device_out():
+    registered = {"reg-1"}
+    reg = PresenceRegistry(max_devices=2, max_unverified=4, is_known=registered.__contains__)
+    told = []
+    reg.listen(lambda device, online: told.append((device, online)))
+    reg.set_online("reg-1", True)
+    for n in range(10_000):
+        reg.set_online(f"flood-{n}", True)
+        reg.heartbeat(f"flood-{n}", {"pad": "x"}, 9)
+    assert reg.is_online("reg-1") and len(reg) == 1 and reg.online == {"reg-1"}
+    assert told == [("reg-1", True)] and reg.stats.evicted == 0 and reg.stats.unknown == 20_000
+    assert len(reg._unverified) == 4  # held aside, bounded
+
+
+def test_presence_of_a_device_the_registry_learns_of_later_is_applied():
+    registered: set[str] = set()
+    reg = PresenceRegistry(max_unverified=2, is_known=registered.__contains__)
+    told = []
+    reg.listen(lambda device, online: told.append((device, online)))
+    reg.set_online("late", True)  # created on another node a moment ago
+    reg.set_online("late-off", True)
+    reg.set_online("late-off", False)
+    assert not reg.is_online("late") and told == []
+    registered.update({"late", "late-off"})
+    assert reg.promote_known() == 2
+    assert reg.is_online("late") and told == [("late", True), ("late-off", False)]
+    assert not reg.promote("late") and not reg.promote("never-seen")  # nothing held any more
+
+
+def test_only_the_last_unknown_ids_are_held():
+    registered: set[str] = set()
+    reg = PresenceRegistry(max_unverified=2, is_known=registered.__contains__)
+    for name in "abc":
+        reg.set_online(name, True)
+    registered.update("abc")
+    assert reg.promote_known() == 2 and not reg.is_online("a") and reg.online == {"b", "c"}
+    reg.set_online("d", True)
+    reg.forget("d")  # deleted before it was known: nothing held for it
+    registered.add("d")
+    assert not reg.promote("d")
+    assert PresenceRegistry(max_unverified=0, is_known=registered.__contains__).set_online("x", True) is False
+
+
+def test_the_dispatcher_keeps_the_registry_it_is_given_even_empty():
+    # An empty registry has len() 0: `presence or default` replaced the
+    # server's (and its is_known) with a default one.
+    reg = PresenceRegistry(is_known=lambda device: False)
+    assert len(reg) == 0
+    assert Dispatcher(Settings(), transport=MemoryHub().transport("server"), presence=reg).presence is reg
+
+
 def test_least_recently_heard_leave_first():
     reg = PresenceRegistry(max_devices=3)
     told = []

@@ -10,7 +10,12 @@ on the hot path); the Elves heartbeat service reads the same registry.
 Memory is bounded by configuration, never by what devices send:
 
 - with a device registry (the server), :attr:`is_known` says which ids
-  exist, and nothing is kept for any other id (counted in ``unknown``);
+  exist, and state is kept for those only (others are counted in
+  ``unknown``), so ids made up by a flood never push a registered device
+  out.  The last presence of at most ``max_unverified`` unknown ids is held
+  aside, without listeners and out of :attr:`online`, for a device the
+  registry learns of a moment after it connected (created on another node):
+  :meth:`promote` applies it once the registry knows the id;
 - at most ``max_devices`` ids are kept, the least recently heard of
   leaving first (set it above the fleet's size), and an offline id not
   heard of for ``ttl`` seconds leaves too: without a registry (library
@@ -74,22 +79,33 @@ class PresenceRegistry:
         ttl: float = 3600.0,
         max_heartbeat_bytes: int = 4096,
         is_known: Callable[[str], bool] | None = None,
+        max_unverified: int = 1024,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        if max_devices < 1 or ttl <= 0 or max_heartbeat_bytes < 0:
-            raise ValueError("max_devices >= 1, ttl > 0 and max_heartbeat_bytes >= 0 are required")
+        if max_devices < 1 or ttl <= 0 or max_heartbeat_bytes < 0 or max_unverified < 0:
+            raise ValueError("max_devices >= 1, ttl > 0, max_heartbeat_bytes >= 0 and max_unverified >= 0 "
+                             "are required")
         self.max_devices = max_devices
         self.ttl = ttl
         self.max_heartbeat_bytes = max_heartbeat_bytes
         #: Set by the server once it has a device registry: state is kept
         #: only for ids for which it returns True.
         self.is_known = is_known
+        self.max_unverified = max_unverified
         self._clock = clock
+        # Unknown id -> its last presence (online?), least recent first.
+        self._unverified: OrderedDict[str, bool] = OrderedDict()
         self._devices: OrderedDict[str, DeviceState] = OrderedDict()  # least recently heard first
         #: The ids online now; read directly on the hot path, never replace it.
         self.online: set[str] = set()
         self._listeners: list[Listener] = []
         self.stats = PresenceStats()
+
+    @classmethod
+    def from_settings(cls, settings: Any, is_known: Callable[[str], bool] | None = None) -> "PresenceRegistry":
+        """Bounded as the dispatcher's ``settings`` say."""
+        return cls(max_devices=settings.presence_max_devices, ttl=settings.presence_ttl_s,
+                   max_heartbeat_bytes=settings.max_heartbeat_bytes, is_known=is_known)
 
     # -- reading ------------------------------------------------------------
 
@@ -122,6 +138,12 @@ class PresenceRegistry:
         """Record a device's presence; returns True when its state changed."""
         state = self._touch(device)
         if state is None:
+            if self.max_unverified:
+                held = self._unverified
+                held[device] = online
+                held.move_to_end(device)
+                if len(held) > self.max_unverified:
+                    held.popitem(last=False)
             return False
         if state.since and state.online == online:
             return False  # had a presence before, and nothing changed
@@ -151,8 +173,26 @@ class PresenceRegistry:
         else:
             state.heartbeat = body
 
+    def promote(self, device: str) -> bool:
+        """The registry has just learnt of ``device``: apply the presence
+        held for it while it was unknown (True if one was)."""
+        online = self._unverified.pop(device, None)
+        if online is None:
+            return False
+        self.set_online(device, online)
+        return True
+
+    def promote_known(self) -> int:
+        """:meth:`promote` every held id the registry now knows; how many."""
+        known = self.is_known
+        found = [d for d in self._unverified if known is None or known(d)]
+        for device in found:
+            self.promote(device)
+        return len(found)
+
     def forget(self, device: str) -> None:
         """Drop what is known of a device (e.g. deleted from the registry)."""
+        self._unverified.pop(device, None)
         state = self._devices.pop(device, None)
         if state is not None and device in self.online:
             self.online.discard(device)

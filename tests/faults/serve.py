@@ -67,6 +67,13 @@ class Devices:
         d = self.rows.get(device_id)
         return d if d is not None and d.tenant_id == tenant_id else None
 
+    async def all_ids(self):
+        # What presence keeps state for (fleetrpc.server.registered).
+        yield list(self.rows)
+
+    async def ids_created_since(self, ms: int) -> list[str]:
+        return []  # fixed at start
+
 
 class Users:
     def __init__(self, tenant: str) -> None:

@@ -65,10 +65,9 @@ async def test_heartbeat_and_presence_flood_of_new_ids(faults_profile, make_serv
     await attacker.close()
     assert peak_devices <= MAX_DEVICES
     assert rss_end - rss_start < bound_kb
-    # Not asserted: the server does not hand presence its device registry
-    # yet (PresenceRegistry.is_known), so a flood of more new ids than
-    # presence_max_devices can evict a registered device that is online
-    # until its next presence message (docs/reliability.md, "open").
+    # Presence keeps state for registered devices only: the flood cannot
+    # push the registered device that is online out.
+    assert still
     assert server.crashes() == []
     assert await server.stop() == 0
 

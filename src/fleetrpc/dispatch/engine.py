@@ -141,11 +141,8 @@ class Dispatcher:
         self._attempts: dict[int, tuple[float, float]] = {}  # rid -> (attempt timeout, deadline) until sent
         self._sent_notes: list[tuple[int, str]] = []  # observed calls sent, not yet told
         #: Online state and heartbeats (shared with the services).
-        self.presence = presence or PresenceRegistry(
-            max_devices=s.presence_max_devices,
-            ttl=s.presence_ttl_s,
-            max_heartbeat_bytes=s.max_heartbeat_bytes,
-        )
+        # (not `presence or ...`: an empty registry has len() 0, and is falsy)
+        self.presence = presence if presence is not None else PresenceRegistry.from_settings(s)
         self._online = self.presence.online
         self.presence.listen(self._presence_changed)
         self.client_calls = ClientCalls(self)

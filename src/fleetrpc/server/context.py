@@ -110,6 +110,7 @@ class ServerContext:
         self.leases: Any = None       # its LeaseManager (single-node on SQLite)
         self.jobs: Any = None         # fleet jobs (fleetrpc.jobs.JobEngine)
         self.job_targets: Any = None  # their target resolver (fleetrpc.jobs.registry)
+        self.registered_devices: Any = None  # ids presence keeps state for (server/registered.py)
         self.rate_limiter = RateLimiter(settings.rate_limits)
         self.metrics = Metrics()
         self.activity = Activity(settings.dispatch.presence_max_devices)

@@ -241,7 +241,11 @@ async def dispatcher(ctx: ServerContext) -> AsyncIterator[None]:
     from ..dispatch import Dispatcher
     from .client_rpc import ClientRpc
 
-    d = Dispatcher(ctx.library)
+    registered = await _registered_devices(ctx)
+    d = Dispatcher(ctx.library, presence=_presence_registry(ctx, registered))
+    if registered is not None:
+        registered.attach(d.presence)
+        ctx.registered_devices = registered
     if ctx.settings.endpoint.enabled:
         _with_endpoint(ctx, d)
 
@@ -260,19 +264,46 @@ async def dispatcher(ctx: ServerContext) -> AsyncIterator[None]:
         await d.start()
         ctx.dispatcher = d
         ctx.metrics.watch(ctx)
-        flusher = asyncio.ensure_future(_flush_activity_every(ctx, ctx.settings.server.activity_flush_s))
+        background = [asyncio.ensure_future(_flush_activity_every(ctx, ctx.settings.server.activity_flush_s))]
+        if registered is not None and ctx.leases is not None and not ctx.leases.single_node:
+            # Devices created on the other nodes.
+            background.append(asyncio.ensure_future(registered.follow(ctx.settings.cluster.poll_interval_s)))
         try:
             yield
         finally:
-            flusher.cancel()
+            for task in background:
+                task.cancel()
             await d.close()  # closes the endpoint too
             await _flush_activity(ctx)
     finally:
+        if registered is not None:
+            registered.detach()
+            ctx.registered_devices = None
         await client_rpc.close()
         ctx.client_rpc = None
         if ctx.endpoint is not None:
             ctx.endpoint_directory.close()
             ctx.endpoint = ctx.endpoint_directory = None
+
+
+async def _registered_devices(ctx: ServerContext) -> Any:
+    """The device registry's ids in memory, or None when the repository
+    cannot list them (presence is then bounded by its size alone)."""
+    from .registered import RegisteredDevices
+
+    registered = RegisteredDevices(ctx.devices)
+    if not registered.available:
+        log.info("presence is kept for any device id (the device repository cannot list its ids)")
+        return None
+    await registered.load()
+    log.info("presence is kept for the %d registered devices", len(registered))
+    return registered
+
+
+def _presence_registry(ctx: ServerContext, registered: Any) -> Any:
+    from ..presence import PresenceRegistry
+
+    return PresenceRegistry.from_settings(ctx.library, registered.__contains__ if registered is not None else None)
 
 
 def _with_endpoint(ctx: ServerContext, d: Any) -> None:

@@ -180,6 +180,9 @@ async def device_for_rpc(ctx: Any, p: Principal, device_id: str) -> Any:
         raise ApiError.text(404, DEVICE_NOT_FOUND)
     if p.is_customer_user and str(device.customer_id or NULL_UUID) != p.customer_id:
         raise ApiError.text(403, NO_PERMISSION)
+    registered = getattr(ctx, "registered_devices", None)
+    if registered is not None:
+        registered.confirm(str(device.id))  # created on another node, not looked for yet
     return device
 
 

@@ -448,6 +448,26 @@ class DeviceRepository:
                 return
             after = rows[-1]["id"]
 
+    async def all_ids(self, batch: int = 10_000) -> AsyncIterator[list[str]]:
+        """Server-internal: the id of every device of every tenant, in id
+        order, ``batch`` per list (the presence registry's view of which
+        devices exist: ``server/registered.py``)."""
+        after = ""
+        while True:
+            rows = await self.db.fetch("SELECT id FROM device WHERE id > $1 ORDER BY id LIMIT $2", after, batch)
+            if rows:
+                yield [r["id"] for r in rows]
+            if len(rows) < batch:
+                return
+            after = rows[-1]["id"]
+
+    async def ids_created_since(self, ms: int) -> list[str]:
+        """Server-internal: the ids of devices created at or after ``ms``
+        (epoch ms, the creating node's clock): what other nodes of a
+        cluster added."""
+        rows = await self.db.fetch("SELECT id FROM device WHERE created_time >= $1", int(ms))
+        return [r["id"] for r in rows]
+
     # -- activity --------------------------------------------------------------
 
     async def touch_activity(self, device_id: str, ts: int) -> None:
