@@ -444,3 +444,46 @@ async def test_cron_functions_over_http(cluster, one):
         assert (await post("deleteCron", id=r["cron_id"]))["error"].startswith("[411.1]")
         bad = await post("setCronByIp", agentip="10.0.0.1", cron_type="center", rule="nope", ins=INS)
         assert bad["error"].startswith("[403.5]")
+
+
+async def test_a_database_outage_is_one_warning_and_one_line_when_it_ends(caplog):
+    """While the database is down the firing loop retries every poll; the
+    log gets a WARNING when the outage starts and an INFO when it ends, not
+    a traceback per poll (logs stay readable through an outage)."""
+    import logging
+    import types
+
+    from fleetrpc.errors import StoreUnavailableError
+    from fleetrpc.services.elves.cron import CronService, CronSettings
+
+    class Repo:
+        calls = 0
+
+        async def due_any_tenant(self, horizon, batch):
+            Repo.calls += 1
+            if Repo.calls <= 5:
+                raise StoreUnavailableError("PostgreSQL is unavailable (connection refused)")
+            return []
+
+        async def purge_firings_any_tenant(self, cutoff):
+            return None
+
+        async def earliest_any_tenant(self):
+            return None
+
+    service = types.SimpleNamespace(db=None, dispatcher=None)
+    cron = CronService(service, CronSettings(poll_interval_s=0.01))
+    cron.repo = Repo()
+    caplog.set_level(logging.INFO, logger="fleetrpc.elves")
+    task = asyncio.ensure_future(cron._run())
+    try:
+        end = asyncio.get_running_loop().time() + 10
+        while Repo.calls < 8:
+            assert asyncio.get_running_loop().time() < end, "the loop did not keep trying"
+            await asyncio.sleep(0.01)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    lines = [(r.levelname, r.getMessage()) for r in caplog.records if r.name.startswith("fleetrpc.elves")]
+    assert [level for level, _ in lines] == ["WARNING", "INFO"], lines
+    assert "unavailable" in lines[0][1] and "back" in lines[1][1]

@@ -47,7 +47,7 @@ from zoneinfo import ZoneInfo
 
 import msgspec
 
-from ...errors import FleetRpcError
+from ...errors import FleetRpcError, StoreUnavailableError
 from .clock import Clock, ManualClock, SystemClock
 from .envelope import Envelope, Instruction, check_ip
 from .errors import Code, ElvesError
@@ -399,6 +399,7 @@ class CronService:
 
     async def _run(self) -> None:
         last_purge = 0.0
+        store_down = False
         while True:
             try:
                 # A cluster runs one firing loop: the holder of a named lease
@@ -423,8 +424,18 @@ class CronService:
                 until = now + self.settings.poll_interval_s
                 if earliest is not None:
                     until = min(until, earliest / 1000 - self.settings.lookahead_s)
+                if store_down:
+                    log.info("cron loop: the database is back")
+                    store_down = False
             except asyncio.CancelledError:
                 raise
+            except StoreUnavailableError as e:
+                # An outage: one line when it starts and one when it ends,
+                # not a traceback every poll.
+                if not store_down:
+                    log.warning("cron loop: %s; trying again every %g s", e, self.settings.poll_interval_s)
+                    store_down = True
+                until = self.clock.time() + self.settings.poll_interval_s
             except Exception:
                 log.exception("cron loop failed; trying again")
                 until = self.clock.time() + self.settings.poll_interval_s
