@@ -111,6 +111,28 @@ async def test_wrong_and_replaced_tokens_are_refused(start_server, world):
         assert ctx.endpoint.stats.refused_auth == 2
 
 
+async def test_a_device_created_on_another_node_is_online_as_soon_as_it_connects(start_server, world):
+    """Presence keeps state for registered devices only; a device another
+    node created is not in this node's view yet, but the token check that
+    let it in just found it in the database: it is online at once."""
+    from fleetrpc.store.entities import DeviceRepository
+
+    async with start_server(endpoint=ENDPOINT) as (server, api):
+        ctx = server.ctx
+        other_node = DeviceRepository(ctx.db)  # its listeners are not this node's
+        device = await other_node.create(world.t1, "Made elsewhere", access_token="made-elsewhere-1")
+        assert device.id not in ctx.registered_devices
+        c = await raw.RawClient.open(ctx.endpoint.ports["tcp"])
+        try:
+            assert (await c.connect("made-elsewhere-1", client_id="e1"))[1] == b"\x00\x00"
+            c.send(raw.subscribe(1, ("v1/devices/me/rpc/request/+", 1)))  # reachable once subscribed
+            await c.read_packet()  # SUBACK
+            await wait_until(lambda: ctx.dispatcher.is_online(device.id))
+            assert device.id in ctx.registered_devices
+        finally:
+            c.close()
+
+
 async def test_gateway_sub_devices_are_registry_devices_by_name(start_server, world):
     async with start_server(endpoint=ENDPOINT) as (server, api):
         ctx = server.ctx

@@ -247,7 +247,7 @@ async def dispatcher(ctx: ServerContext) -> AsyncIterator[None]:
         registered.attach(d.presence)
         ctx.registered_devices = registered
     if ctx.settings.endpoint.enabled:
-        _with_endpoint(ctx, d)
+        _with_endpoint(ctx, d, registered)
 
     def presence(device: str, online: bool) -> None:
         ctx.activity.touch(device)
@@ -306,7 +306,7 @@ def _presence_registry(ctx: ServerContext, registered: Any) -> Any:
     return PresenceRegistry.from_settings(ctx.library, registered.__contains__ if registered is not None else None)
 
 
-def _with_endpoint(ctx: ServerContext, d: Any) -> None:
+def _with_endpoint(ctx: ServerContext, d: Any, registered: Any = None) -> None:
     """Devices connect to this server directly as well (``[endpoint]``):
     the dispatcher's transport becomes the endpoint beside the broker
     connection (docs/endpoint.md), tokens are checked against the device
@@ -316,7 +316,8 @@ def _with_endpoint(ctx: ServerContext, d: Any) -> None:
     from ..transport.endpoint.metrics import EndpointCollector
 
     s = ctx.settings
-    directory = DeviceDirectory(ctx.devices, size=s.endpoint.auth_cache_size, ttl=s.endpoint.auth_cache_ttl_s)
+    directory = DeviceDirectory(ctx.devices, size=s.endpoint.auth_cache_size, ttl=s.endpoint.auth_cache_ttl_s,
+                                on_found=registered.confirm if registered is not None else None)
     endpoint = DeviceEndpoint(s.endpoint_settings(), authenticate=directory.authenticate,
                               resolve_subdevice=directory.resolve_subdevice)
     # The broker connection the dispatcher would have made itself.

@@ -41,7 +41,8 @@ class DeviceDirectory:
     """The endpoint's view of a device registry (see the module docstring)."""
 
     def __init__(self, devices: Any, *, size: int = 100_000, ttl: float = 300.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 on_found: Callable[[str], Any] | None = None) -> None:
         if size < 0 or ttl <= 0:
             raise ValueError("size must be >= 0 and ttl > 0")
         self.devices = devices
@@ -53,6 +54,9 @@ class DeviceDirectory:
         self._lookups: dict[str, asyncio.Future] = {}
         #: gateway device id -> its tenant (for sub-device lookups)
         self._tenants: dict[str, str] = {}
+        #: told the id of every device the registry just showed exists
+        #: (the server's RegisteredDevices.confirm: one created on another node)
+        self._on_found = on_found
         self.hits = 0
         self.misses = 0
         self._listener = devices.add_listener(self._changed)
@@ -91,7 +95,14 @@ class DeviceDirectory:
                 return None
             tenant = gateway.tenant_id
         device = await self.devices.by_name(tenant, name)
-        return device.id if device is not None else None
+        if device is None:
+            return None
+        self._found(device.id)
+        return device.id
+
+    def _found(self, device_id: str) -> None:
+        if self._on_found is not None:
+            self._on_found(str(device_id))
 
     # -- inside -----------------------------------------------------------------------
 
@@ -106,6 +117,7 @@ class DeviceDirectory:
                 gateway = isinstance(info, dict) and info.get("gateway") is True
                 identity = Identity(device.id, gateway=gateway)
                 tenant = device.tenant_id
+                self._found(device.id)
                 if gateway:
                     self._tenants[device.id] = tenant
             # Not cached when a change of this token arrived during the
