@@ -266,6 +266,23 @@ class DeviceRepository:
         )
         return _device(row) if row is not None else None
 
+    async def by_tokens(self, tokens: Iterable[str], chunk: int = 500) -> dict[str, Device]:
+        """Server-internal: :meth:`by_token` for many tokens, ``chunk`` per
+        query (a connection storm: one query for hundreds of devices);
+        ``{token: device}`` for the tokens that have one."""
+        valid = [t for t in dict.fromkeys(tokens) if isinstance(t, str) and t and len(t) <= 255]
+        found: dict[str, Device] = {}
+        for i in range(0, len(valid), chunk):
+            part = valid[i:i + chunk]
+            marks = ", ".join(f"${k}" for k in range(1, len(part) + 1))
+            rows = await self.db.fetch(
+                f"SELECT {_DEVICE_COLUMNS}, c.credentials_id AS token FROM device_credentials c "
+                f"JOIN device d ON d.id = c.device_id WHERE c.credentials_id IN ({marks})", *part,
+            )
+            for r in rows:
+                found[r["token"]] = _device(r)
+        return found
+
     async def list(
         self,
         tenant_id: str,

@@ -4,10 +4,13 @@
 ``authenticate`` and ``resolve_subdevice`` callbacks on top of the
 registry's :class:`~fleetrpc.store.entities.DeviceRepository`:
 
-- ``authenticate(token, ...)``: ``by_token(token)``, kept in a bounded LRU
-  cache so that a reconnect storm costs the database one query per device
-  (and none for a device that comes back).  Concurrent connections with the
-  same token share one query.  Unknown tokens are cached too (a device with
+- ``authenticate(token, ...)``: ``by_tokens``, kept in a bounded LRU
+  cache so that a device that comes back costs the database nothing.  The
+  tokens not cached are looked up in batches: one query for every token
+  that arrived while the previous query ran (at most :data:`BATCH`), so a
+  connection storm of 10,000 devices costs tens of queries, not 10,000,
+  while a lone connection is looked up at once.  Concurrent connections
+  with the same token share one lookup.  Unknown tokens are cached too (a device with
   a wrong token retrying fast does not reach the database each time).
 - The repository's change listener drops the cached entry of every token
   that was created, replaced or deleted, so a new token works at once and
@@ -34,6 +37,9 @@ from .server import Identity
 
 __all__ = ["DeviceDirectory"]
 
+#: Most tokens looked up by one query.
+BATCH = 500
+
 log = logging.getLogger("fleetrpc.endpoint")
 
 
@@ -51,7 +57,11 @@ class DeviceDirectory:
         self._clock = clock
         #: token -> (Identity or None for an unknown token, tenant id, fetched at)
         self._cache: OrderedDict[str, tuple[Identity | None, str | None, float]] = OrderedDict()
+        #: token -> the future its connections wait on, until its batch is answered
         self._lookups: dict[str, asyncio.Future] = {}
+        self._queued: list[tuple[str, asyncio.Future]] = []  # (token, its future) for the next batch
+        self._batcher: asyncio.Task | None = None
+        self._by_tokens = getattr(devices, "by_tokens", None)
         #: gateway device id -> its tenant (for sub-device lookups)
         self._tenants: dict[str, str] = {}
         #: told the id of every device the registry just showed exists
@@ -62,8 +72,10 @@ class DeviceDirectory:
         self._listener = devices.add_listener(self._changed)
 
     def close(self) -> None:
-        """Stop listening to the repository."""
+        """Stop listening to the repository (and looking tokens up)."""
         self.devices.remove_listener(self._listener)
+        if self._batcher is not None:
+            self._batcher.cancel()
 
     def __len__(self) -> int:
         return len(self._cache)
@@ -80,7 +92,10 @@ class DeviceDirectory:
             return entry[0]
         pending = self._lookups.get(username)
         if pending is None:
-            pending = self._lookups[username] = asyncio.ensure_future(self._lookup(username))
+            pending = self._lookups[username] = asyncio.get_running_loop().create_future()
+            self._queued.append((username, pending))
+            if self._batcher is None:
+                self._batcher = asyncio.ensure_future(self._look_up_queued())
         self.misses += 1
         # shielded: a connection that goes away does not cancel the others' lookup
         return asyncio.shield(pending)
@@ -106,31 +121,68 @@ class DeviceDirectory:
 
     # -- inside -----------------------------------------------------------------------
 
-    async def _lookup(self, token: str) -> Identity | None:
-        me = asyncio.current_task()
-        started = self._clock()
+    async def _look_up_queued(self) -> None:
+        """Answer the queued tokens, a batch per query, until none is left."""
+        waiting: list[tuple[str, asyncio.Future]] = []
         try:
-            device = await self.devices.by_token(token)
-            identity = tenant = None
-            if device is not None:
-                info = device.additional_info
-                gateway = isinstance(info, dict) and info.get("gateway") is True
-                identity = Identity(device.id, gateway=gateway)
-                tenant = device.tenant_id
-                self._found(device.id)
-                if gateway:
-                    self._tenants[device.id] = tenant
-            # Not cached when a change of this token arrived during the
-            # query (the listener dropped this lookup): its answer may be old.
-            if self.size and self._lookups.get(token) is me:
-                self._cache[token] = (identity, tenant, started)
-                self._cache.move_to_end(token)
-                while len(self._cache) > self.size:
-                    self._cache.popitem(last=False)
-            return identity
+            while self._queued:
+                await asyncio.sleep(0)  # connections read in this loop turn queue theirs too
+                waiting, self._queued = self._queued[:BATCH], self._queued[BATCH:]
+                started = self._clock()
+                try:
+                    found = await self._query([token for token, _ in waiting])
+                except Exception as exc:
+                    for token, fut in waiting:
+                        self._settle(token, fut, exc=exc)
+                    continue
+                for token, fut in waiting:
+                    identity, tenant = self._identity(found.get(token))
+                    # Not cached when a change of this token arrived during the
+                    # query (the listener dropped its lookup): the answer may be old.
+                    if self.size and self._lookups.get(token) is fut:
+                        self._cache[token] = (identity, tenant, started)
+                        self._cache.move_to_end(token)
+                        while len(self._cache) > self.size:
+                            self._cache.popitem(last=False)
+                    self._settle(token, fut, identity)
+        except asyncio.CancelledError:
+            for token, fut in waiting + self._queued:
+                self._settle(token, fut, exc=ConnectionError("the directory closed"))
+            self._queued.clear()
+            raise
         finally:
-            if self._lookups.get(token) is me:
-                del self._lookups[token]
+            self._batcher = None
+
+    async def _query(self, tokens: list[str]) -> dict[str, Any]:
+        if self._by_tokens is not None:
+            return await self._by_tokens(tokens)
+        found = {}
+        for token in tokens:  # a repository without the batch query
+            device = await self.devices.by_token(token)
+            if device is not None:
+                found[token] = device
+        return found
+
+    def _identity(self, device: Any) -> tuple[Identity | None, str | None]:
+        if device is None:
+            return None, None
+        info = device.additional_info
+        gateway = isinstance(info, dict) and info.get("gateway") is True
+        if gateway:
+            self._tenants[device.id] = device.tenant_id
+        self._found(device.id)
+        return Identity(device.id, gateway=gateway), device.tenant_id
+
+    def _settle(self, token: str, fut: asyncio.Future, identity: Any = None,
+                exc: BaseException | None = None) -> None:
+        if self._lookups.get(token) is fut:
+            del self._lookups[token]
+        if not fut.done():
+            if exc is not None:
+                fut.set_exception(exc)
+                fut.exception()  # its connections may all have gone: not an unretrieved error
+            else:
+                fut.set_result(identity)
 
     def _changed(self, changes: list) -> None:
         """The repository's listener: forget every token that changed."""
