@@ -111,8 +111,12 @@ def splice(document: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``[--check] [--doc PATH]``: PATH defaults to the source checkout's
+    docs/protocol.md (an installed wheel has none: pass it)."""
     argv = sys.argv[1:] if argv is None else argv
     path = Path(__file__).resolve().parents[3] / "docs" / "protocol.md"
+    if "--doc" in argv:
+        path = Path(argv[argv.index("--doc") + 1])
     current = path.read_text(encoding="utf-8")
     wanted = splice(current)
     if "--check" in argv:
