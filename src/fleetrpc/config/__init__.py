@@ -20,49 +20,7 @@ from __future__ import annotations
 
 from .describe import describe, render
 from .library import Settings, parse_enum, parse_strategy
-from .server import (
-    AuthSection,
-    ClientRpcSection,
-    DispatchSection,
-    ElvesSection,
-    EndpointSection,
-    DynsecSection,
-    EmqxSection,
-    EventsSection,
-    HttpSection,
-    JwtSection,
-    MqttSection,
-    RateLimitsSection,
-    RpcSection,
-    ServerSection,
-    ServerSettings,
-    StoreSection,
-    env_name,
-    load_server_settings,
-)
+from . import server as _server
+from .server import *  # noqa: F403 (the sections, ServerSettings, env_name, load_server_settings)
 
-__all__ = [
-    "AuthSection",
-    "ClientRpcSection",
-    "DispatchSection",
-    "ElvesSection",
-    "EndpointSection",
-    "DynsecSection",
-    "EmqxSection",
-    "EventsSection",
-    "HttpSection",
-    "JwtSection",
-    "MqttSection",
-    "RateLimitsSection",
-    "RpcSection",
-    "ServerSection",
-    "ServerSettings",
-    "Settings",
-    "StoreSection",
-    "describe",
-    "env_name",
-    "load_server_settings",
-    "parse_enum",
-    "parse_strategy",
-    "render",
-]
+__all__ = sorted([*_server.__all__, "Settings", "describe", "parse_enum", "parse_strategy", "render"])
