@@ -355,3 +355,21 @@ async def test_device_listing_uses_indexes_not_sorts(edb):
                 await conn.execute("SET LOCAL enable_seqscan = off")
                 plan = " | ".join(r[0] for r in await conn.fetch("EXPLAIN " + sql, *args))
             assert "Index" in plan and "Sort" not in plan and "Seq Scan" not in plan, plan
+
+
+async def test_lookups_by_a_text_with_nul_find_nothing(repos):
+    """No stored text holds NUL (it is refused on the way in); PostgreSQL
+    fails a query that carries one, so a lookup answers "not found" before
+    asking (GET /api/tenant/devices?deviceName=a%00b was a 500 on
+    PostgreSQL, found by a deeper run of the OpenAPI fuzz)."""
+    t = await repos.tenants.create("T")
+    c = await repos.customers.create(t.id, "C")
+    await repos.devices.create(t.id, "d", access_token="tok")
+    nul = "d\x00"
+    assert await repos.devices.by_name(t.id, nul) is None
+    assert await repos.devices.by_token("tok\x00") is None
+    assert (await repos.devices.by_tokens(["tok\x00", "tok"])).keys() == {"tok"}
+    assert await repos.tenants.by_title("T\x00") is None
+    assert await repos.customers.by_title(t.id, "C\x00") is None
+    assert c.id and await repos.users.by_email("a\x00@b.c") is None
+    assert await repos.users.verify("a\x00@b.c", "secret") is None

@@ -47,6 +47,8 @@ def test_spec_from_json_bytes_uses_camel_case():
     (spec(targets={"deviceIds": []}), "deviceIds is empty"),
     (spec(targets={"deviceType": " "}), "deviceType is empty"),
     (spec(targets={"bogus": 1}), "invalid job"),
+    (spec(targets={"deviceType": "t\x00"}), "NUL"),
+    (spec(targets={"deviceIds": ["a", "b\x00"]}), "NUL"),
     (spec(method=""), "method"),
     (spec(timeout=0), "timeout"),
     (spec(retries=-1), "retries"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 
 import pytest
 import schemathesis
@@ -79,7 +80,9 @@ async def test_property_based_from_openapi(start_server, world):
     async with start_server(rpc={"offline_fail_fast": True}) as (server, api):
         _, body, _ = await api.request("GET", "/api/openapi.json")
         doc = json.loads(body)
-        for who, examples in ((world.tenant, 6), (world.sysadmin, 3), (world.customer, 3)):
+        # FLEETRPC_OPENAPI_EXAMPLES=N multiplies the examples for a deep run.
+        scale = int(os.environ.get("FLEETRPC_OPENAPI_EXAMPLES", "1"))
+        for who, examples in ((world.tenant, 6 * scale), (world.sysadmin, 3 * scale), (world.customer, 3 * scale)):
             token = await api.login(who.email)
             failures = await asyncio.to_thread(_fuzz, doc, server.ctx.url, token, examples)
             assert failures == [], who.email

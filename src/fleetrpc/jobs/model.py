@@ -202,6 +202,9 @@ def check_spec(spec: JobSpec) -> None:
             raise ValidationError("targets.deviceIds lists more than 100000 devices; select by type, label or customer")
     elif kind != "all" and (not isinstance(value, str) or not value.strip()):
         raise ValidationError(f"targets.{kind} is empty")
+    if any("\x00" in v for v in (value if kind == "deviceIds" else [value]) if isinstance(v, str)):
+        # No stored name, type or id holds NUL; PostgreSQL fails the query.
+        raise ValidationError(f"targets.{kind} must not contain the NUL character")
     if not spec.method or len(spec.method) > 128:
         raise ValidationError("method must be 1-128 characters")
     if spec.timeout is not None and spec.timeout <= 0:

@@ -34,6 +34,7 @@ from .model import (
     check_token,
     check_uuid,
     decode_json,
+    findable,
     encode_json,
     new_access_token,
     new_id,
@@ -236,6 +237,8 @@ class DeviceRepository:
         return _device(row) if row is not None else None
 
     async def by_name(self, tenant_id: str, name: str) -> Device | None:
+        if not findable(name):
+            return None
         row = await self.db.fetchrow(
             f"SELECT {_DEVICE_COLUMNS} FROM device d WHERE d.tenant_id = $1 AND d.name = $2",
             check_uuid("tenant id", tenant_id), name,
@@ -258,7 +261,7 @@ class DeviceRepository:
     async def by_token(self, token: str) -> Device | None:
         """Server-internal: the device whose access token is ``token``
         (what the broker hooks check), or None."""
-        if not isinstance(token, str) or not token or len(token) > 255:
+        if not findable(token) or not token or len(token) > 255:
             return None
         row = await self.db.fetchrow(
             f"SELECT {_DEVICE_COLUMNS} FROM device_credentials c JOIN device d ON d.id = c.device_id "
@@ -270,7 +273,7 @@ class DeviceRepository:
         """Server-internal: :meth:`by_token` for many tokens, ``chunk`` per
         query (a connection storm: one query for hundreds of devices);
         ``{token: device}`` for the tokens that have one."""
-        valid = [t for t in dict.fromkeys(tokens) if isinstance(t, str) and t and len(t) <= 255]
+        valid = [t for t in dict.fromkeys(tokens) if findable(t) and t and len(t) <= 255]
         found: dict[str, Device] = {}
         for i in range(0, len(valid), chunk):
             part = valid[i:i + chunk]

@@ -110,6 +110,13 @@ def owner_id(what: str, value: object) -> str:
     return NULL_UUID if value is None else check_uuid(what, value)
 
 
+def findable(value: object) -> bool:
+    """Whether a lookup by ``value`` could find anything: a string without
+    NUL, which no stored text holds (``_check_text`` refuses it, and
+    PostgreSQL fails the query instead of finding nothing)."""
+    return isinstance(value, str) and "\x00" not in value
+
+
 def _check_text(what: str, value: object, *, required: bool, max_len: int = MAX_TEXT) -> str | None:
     if value is None:
         if required:

@@ -16,6 +16,7 @@ from .model import (
     check_uuid,
     decode_json,
     encode_json,
+    findable,
     new_id,
     now_ms,
 )
@@ -113,6 +114,8 @@ class TenantRepository:
 
     async def by_title(self, title: str) -> Tenant | None:
         """The oldest tenant with this title (titles need not be unique)."""
+        if not findable(title):
+            return None
         row = await self.db.fetchrow(
             f"SELECT {_TENANT_COLUMNS} FROM tenant WHERE title = $1 ORDER BY created_time, id LIMIT 1", title
         )
@@ -211,6 +214,8 @@ class CustomerRepository:
         return _customer(row) if row is not None else None
 
     async def by_title(self, tenant_id: str, title: str) -> Customer | None:
+        if not findable(title):
+            return None
         row = await self.db.fetchrow(
             f"SELECT {_CUSTOMER_COLUMNS} FROM customer WHERE tenant_id = $1 AND title = $2",
             check_uuid("tenant id", tenant_id), title,

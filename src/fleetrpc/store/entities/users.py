@@ -34,6 +34,7 @@ from .model import (
     check_uuid,
     decode_json,
     encode_json,
+    findable,
     new_id,
     now_ms,
     owner_id,
@@ -184,7 +185,7 @@ class UserRepository:
         return _user(row) if row is not None else None
 
     async def by_email(self, email: str) -> User | None:
-        if not isinstance(email, str):
+        if not findable(email):
             return None
         row = await self.db.fetchrow(f"SELECT {_USER_COLUMNS} FROM tb_user WHERE email = $1", email.lower())
         return _user(row) if row is not None else None
@@ -217,7 +218,7 @@ class UserRepository:
         if not isinstance(password, str) or len(password) > MAX_PASSWORD:
             return None
         row = None
-        if isinstance(email, str):
+        if findable(email):
             row = await self.db.fetchrow(
                 f"SELECT {_USER_COLUMNS}, password_hash FROM tb_user WHERE email = $1", email.lower()
             )
