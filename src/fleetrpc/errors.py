@@ -115,6 +115,14 @@ class StoreUnavailableError(StoreError):
     fail again."""
 
 
+class ValueRefusedError(StoreError, ValidationError):
+    """The database refused a value for its content (PostgreSQL: text or
+    jsonb holding the NUL character), nothing of the statement applied:
+    bad input, not a failing database (the API answers 400).  The checks at
+    the edges refuse such values first; this is what reaches the caller
+    where one was missed."""
+
+
 class AlreadyExistsError(StoreError):
     """A row with that key is already stored (a unique or primary-key
     violation); nothing of the statement was applied."""

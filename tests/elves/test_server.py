@@ -173,7 +173,8 @@ async def test_app_administration_over_http(start_server, world, mqtt_url):
         key, auth_id = made["auth_key"], made["auth_id"]
         assert made["callback_ip"] == "127.0.0.1" and made["callback_port"] == 8123
         # Bad input: a clear 400, nothing half made.
-        for body in ({"app": "deploy"}, {"app": "a/b"}, {"app": ""}, {"app": "x", "ips": ["10.0.0.999"]},
+        for body in ({"app": "deploy"}, {"app": "a/b"}, {"app": ""}, {"app": "a\x00b"},
+                     {"app": "x", "ips": ["10.0.0.999"]},
                      {"app": "x", "callback_ip": "127.0.0.1"}, {"app": "x", "callback_ip": "h", "callback_port": 1},
                      {"app": "x", "callback_ip": "127.0.0.1", "callback_port": 70000}, {"app": 5}, {"nope": 1}):
             got = await _json(api, "POST", "/api/elves/apps", admin, body, status=400)

@@ -61,6 +61,7 @@ from ..errors import (
     StoreError,
     StoreUnavailableError,
     ValidationError,
+    ValueRefusedError,
 )
 from . import migrations
 
@@ -502,8 +503,15 @@ def postgres_error(e: BaseException, doing: str, where: str) -> StoreError:
     if isinstance(e, asyncpg.UniqueViolationError):
         return AlreadyExistsError(f"PostgreSQL ({doing}): {e.detail or e}")
     state = getattr(e, "sqlstate", None)
+    if state in _REFUSED_CHARACTER:
+        return ValueRefusedError(f"a text holds a character the database cannot store (NUL) [{state}]")
     code = f" [{state}]" if state else ""
     return StoreError(f"PostgreSQL error ({doing}): {type(e).__name__}: {e}{code}")
+
+
+#: character_not_in_repertoire (NUL in text), untranslatable_character
+#: (\u0000 in jsonb)
+_REFUSED_CHARACTER = frozenset({"22021", "22P05"})
 
 
 def _rowcount(status: str) -> int:

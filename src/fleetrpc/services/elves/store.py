@@ -68,6 +68,8 @@ class SupervisorRepository:
             return await tx.execute("DELETE FROM elves_app WHERE tenant_id = $1 AND app = $2", tenant_id, app) > 0
 
     async def get_app(self, tenant_id: str, app: str) -> AppKey | None:
+        if "\x00" in app:
+            return None  # no app name holds NUL (a topic level cannot); PostgreSQL fails the query
         row = await self.db.fetchrow(
             f"SELECT {_APP_COLUMNS} FROM elves_app WHERE tenant_id = $1 AND app = $2", tenant_id, app
         )
