@@ -69,7 +69,7 @@ from typing import Any, Protocol
 import msgspec
 
 from ..errors import FleetRpcError, StoreError, StoreUnavailableError
-from ..rpc.status import RpcStatus, is_allowed
+from ..rpc.status import MOVES, RpcStatus, is_allowed
 from .base import DuplicateRpcError, Page, RpcRecord, StatusChange, Store, WriteResult
 
 __all__ = ["GroupCommitStore", "Batcher", "BatchStats", "WriteListener", "coalesce_changes"]
@@ -140,6 +140,7 @@ def _mergeable() -> frozenset[tuple[RpcStatus, RpcStatus, RpcStatus]]:
 
 
 _MERGEABLE = _mergeable()
+_TWO_WAY_MOVES = MOVES[False]
 
 
 def coalesce_changes(first: StatusChange, then: StatusChange) -> StatusChange | None:
@@ -326,7 +327,7 @@ class GroupCommitStore(Store):
         Returns the write's handle -- the handle of the still-queued write
         of the same call (and listener) when the change was merged into
         it.  Raises like :meth:`submit_change`."""
-        if not is_allowed(change.expected_status, change.status, oneway=False):
+        if (change.expected_status, change.status) not in _TWO_WAY_MOVES:
             change.check()  # raises
         if not self._accepting:
             raise StoreError("the group-commit store is not open")
@@ -334,11 +335,14 @@ class GroupCommitStore(Store):
             queued = self._queued
             prev = queued.get(change.id)
             if prev is not None and prev.listener is listener:
-                merged = coalesce_changes(prev.payload, change)
-                if merged is not None:
-                    prev.payload = merged
-                    self.batch_stats.coalesced += 1
-                    return prev
+                first = prev.payload
+                # coalesce_changes() only when it may merge (most pairs cannot)
+                if (first.expected_status, first.status, change.status) in _MERGEABLE:
+                    merged = coalesce_changes(first, change)
+                    if merged is not None:
+                        prev.payload = merged
+                        self.batch_stats.coalesced += 1
+                        return prev
             item = queued[change.id] = _Item(_CHANGE, change, None, listener)
         else:
             item = _Item(_CHANGE, change, None, listener)
