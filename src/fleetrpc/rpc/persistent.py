@@ -209,13 +209,14 @@ class _Live(CallObserver):
 
     __slots__ = ("dropped", "durable", "engine", "epoch", "partition", "record", "rid", "waiters", "write")
 
-    def __init__(self, engine: "PersistentRpc", record: RpcRecord) -> None:
+    def __init__(self, engine: "PersistentRpc", record: RpcRecord, partition: int | None,
+                 epoch: int | None) -> None:
         self.engine = engine
         self.record = record
         #: the device's partition and the epoch this node owns it under
         #: (a cluster), fencing this call's status writes; None: one node
-        self.partition: int | None = None
-        self.epoch: int | None = None
+        self.partition = partition
+        self.epoch = epoch
         #: its partition was lost: this node no longer acts on it
         self.dropped = False
         self.rid: int | None = None
@@ -226,20 +227,77 @@ class _Live(CallObserver):
         #: the future of this call's latest status write (or the retry task)
         self.write: asyncio.Future | None = None
 
+    # What the dispatcher tells about the current attempt.  (The engine's
+    # handling is here, not in methods of the engine these would call: a
+    # frame less per notification.)
+
     def sent(self, rid: int, device: str) -> None:
         if self.dropped:
             return
-        self.engine._on_sent(self)
+        engine, rec = self.engine, self.record
+        if rec.status is T:
+            engine.stats.retries += 1
+        engine._set_status(self, S, attempts=rec.attempts + 1)
+        engine.stats.sent += 1
+        # The dispatcher armed this attempt's transport timeout when it sent it.
+        if engine._backlog:  # a held call left the device's queue: room for one
+            engine._pump_soon(rec.device_id)
 
     def acked(self, rid: int, device: str) -> bool:
         if self.dropped:
             return True
-        return self.engine._on_acked(self)
+        engine, rec = self.engine, self.record
+        if rec.status is S:
+            engine._set_status(self, D)
+            engine.stats.delivered += 1
+        if rec.oneway:
+            self.rid = None
+            engine._finalize(self)
+            return True
+        return False
 
     def __call__(self, rid: int, device: str, result: Any, error: BaseException | None) -> None:
+        """The attempt ended: the reply (``result``) or ``error``."""
         if self.dropped:
             return
-        self.engine._on_done(self, result, error)
+        self.rid = None
+        engine, rec = self.engine, self.record
+        if engine._backlog:
+            engine._pump_soon(rec.device_id)
+        status = rec.status
+        if status in TERMINAL or (status is D and rec.oneway):
+            return
+        if error is None and not rec.oneway:
+            problem = storable_problem(result)
+            if problem is not None:
+                # A reply the database would refuse must not reach it: that
+                # write would fail (and, before, held back every other).
+                engine.stats.reply_refused += 1
+                engine._finish(self, F, error=f"the device's reply cannot be stored: {problem}")
+                return
+            if type(result) is dict and len(result) == 1 and _is_error_reply(result):
+                # The device could not run it (e.g. METHOD_NOT_FOUND: the
+                # firmware does not support the command): FAILED, as the
+                # guide says, with the device's answer kept.
+                err = result["error"]
+                engine._finish(self, F, response=result, error=storable_text(
+                    f"device error {err.get('code', '')}: {err.get('message', '')}"))
+                return
+            engine.stats.successful += 1
+            engine._set_status(self, OK, response=result)
+        elif error is None:
+            # A device that answers a one-way call instead of acking it ran
+            # it: delivered (a one-way call stores no reply).
+            engine.stats.delivered += 1
+            engine._set_status(self, D)
+        elif isinstance(error, RpcTimeoutError):
+            engine._on_timeout(self)
+        elif isinstance(error, ReplyNotJsonError):
+            engine._finish(self, F, error=str(error))
+        elif isinstance(error, DispatcherClosedError):
+            pass  # shutting down: the row stays as it is, recovered later
+        else:
+            engine._finish(self, F, error=f"{type(error).__name__}: {error}")
 
 
 class PersistentStats(Counters):
@@ -658,9 +716,7 @@ class PersistentRpc:
     # -- dispatching --------------------------------------------------------
 
     def _track(self, record: RpcRecord, partition: int | None = None, epoch: int | None = None) -> _Live:
-        live = _Live(self, record)
-        live.partition = partition
-        live.epoch = epoch
+        live = _Live(self, record, partition, epoch)
         self._live[record.id] = live
         device = record.device_id
         self._per_device[device] = self._per_device.get(device, 0) + 1
@@ -748,66 +804,6 @@ class PersistentRpc:
         if self._backlog and not self._closed:
             self._sweep_handle = asyncio.get_running_loop().call_later(BACKLOG_SWEEP_S, self._sweep)
 
-    def _on_sent(self, live: _Live) -> None:
-        rec = live.record
-        if rec.status is T:
-            self.stats.retries += 1
-        self._set_status(live, S, attempts=rec.attempts + 1)
-        self.stats.sent += 1
-        # The dispatcher armed this attempt's transport timeout when it sent it.
-        if self._backlog:  # a held call left the device's queue: room for one
-            self._pump_soon(rec.device_id)
-
-    def _on_acked(self, live: _Live) -> bool:
-        if live.record.status is S:
-            self._set_status(live, D)
-            self.stats.delivered += 1
-        if live.record.oneway:
-            live.rid = None
-            self._finalize(live)
-            return True
-        return False
-
-    def _on_done(self, live: _Live, result: Any, error: BaseException | None) -> None:
-        live.rid = None
-        rec = live.record
-        if self._backlog:
-            self._pump_soon(rec.device_id)
-        if rec.status in TERMINAL or (rec.oneway and rec.status is D):
-            return
-        if error is None and rec.oneway:
-            # A device that answers a one-way call instead of acking it ran
-            # it: delivered (a one-way call stores no reply).
-            self.stats.delivered += 1
-            self._set_status(live, D)
-            return
-        if error is None:
-            problem = storable_problem(result)
-            if problem is not None:
-                # A reply the database would refuse must not reach it: that
-                # write would fail (and, before, held back every other).
-                self.stats.reply_refused += 1
-                self._finish(live, F, error=f"the device's reply cannot be stored: {problem}")
-                return
-            if _is_error_reply(result):
-                # The device could not run it (e.g. METHOD_NOT_FOUND: the
-                # firmware does not support the command): FAILED, as the
-                # guide says, with the device's answer kept.
-                err = result["error"]
-                self._finish(live, F, response=result, error=storable_text(
-                    f"device error {err.get('code', '')}: {err.get('message', '')}"))
-                return
-            self.stats.successful += 1
-            self._set_status(live, OK, response=result)
-        elif isinstance(error, RpcTimeoutError):
-            self._on_timeout(live)
-        elif isinstance(error, ReplyNotJsonError):
-            self._finish(live, F, error=str(error))
-        elif isinstance(error, DispatcherClosedError):
-            pass  # shutting down: the row stays as it is, recovered later
-        else:
-            self._finish(live, F, error=f"{type(error).__name__}: {error}")
-
     def _on_timeout(self, live: _Live) -> None:
         rec = live.record
         if rec.oneway and rec.status is S:
@@ -852,7 +848,12 @@ class PersistentRpc:
                     fut.set_result(msgspec.structs.replace(live.record))
             live.waiters = None
         if live.durable:
-            self._when_written(live.durable, msgspec.structs.replace(live.record), live.write)
+            # The record itself: the call is no longer live, nothing here
+            # changes it any more (every other waiter got its own copy;
+            # delete() returns a deleted call's record, so they get a copy).
+            rec = live.record
+            self._when_written(live.durable, msgspec.structs.replace(rec) if rec.status is X else rec,
+                               live.write)
             live.durable = None
 
     def _when_written(self, waiters: list[asyncio.Future], record: RpcRecord, write: Any) -> None:
