@@ -209,8 +209,8 @@ class _Live(CallObserver):
 
     __slots__ = ("dropped", "durable", "engine", "epoch", "partition", "record", "rid", "waiters", "write")
 
-    def __init__(self, engine: "PersistentRpc", record: RpcRecord, partition: int | None,
-                 epoch: int | None) -> None:
+    def __init__(self, engine: "PersistentRpc", record: RpcRecord, partition: int | None = None,
+                 epoch: int | None = None) -> None:
         self.engine = engine
         self.record = record
         #: the device's partition and the epoch this node owns it under
