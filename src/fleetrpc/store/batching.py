@@ -220,6 +220,13 @@ class GroupCommitStore(Store):
         self._closing = False
         self._accepting = False  # open, not closing, writer running
         self._loop: asyncio.AbstractEventLoop | None = None
+        # Dialect-specific reads (PostgresStore.unfinished_by_ids ...) go
+        # straight through: the wrapped store's own methods, set here rather
+        # than found by a __getattr__ (which would make every attribute
+        # lookup on this object slower: CPython does not specialise them).
+        for name in dir(store):
+            if name.startswith("unfinished_"):
+                setattr(self, name, getattr(store, name))
 
     def __repr__(self) -> str:
         return f"<GroupCommitStore over {self.store!r}>"
@@ -521,12 +528,6 @@ class GroupCommitStore(Store):
 
     async def claim_unfinished(self, node_id: str) -> list[RpcRecord]:
         return await self.store.claim_unfinished(node_id)
-
-    def __getattr__(self, name: str) -> Any:
-        # Dialect-specific reads (PostgresStore.unfinished_by_ids ...).
-        if name.startswith("unfinished_"):
-            return getattr(self.store, name)
-        raise AttributeError(name)
 
     async def purge_terminal(self, older_than_ms: int, tenant_id: str) -> int:
         return await self.store.purge_terminal(older_than_ms, tenant_id)
