@@ -230,6 +230,45 @@ async def test_post_change_failures_reach_the_listener(base_store):
         await g.drain()
 
 
+async def test_post_change_merges_exactly_what_coalesce_changes_merges(base_store):
+    # post_change skips coalesce_changes() for pairs that cannot merge: the
+    # same pairs must merge either way, over every pair of legal moves.
+    g = GroupCommitStore(base_store)
+    await g.open()
+    try:
+        lst = Listener()
+        for (a, b), (c, d) in itertools.product(_steps(), repeat=2):
+            rpc_id = str(uuid.uuid4())  # no row: nothing applies, only the queue matters
+            first, then = chg(rpc_id, a, b, 1), chg(rpc_id, c, d, 2)
+            w1 = g.post_change(first, lst)
+            w2 = g.post_change(then, lst)  # same loop turn: w1 is still queued
+            assert (w2 is w1) == (coalesce_changes(first, then) is not None), (a, b, c, d)
+    finally:
+        await g.drain()
+
+
+async def test_group_commit_store_passes_dialect_reads_through(base_store):
+    g = GroupCommitStore(base_store)
+    own = sorted(n for n in dir(base_store) if n.startswith("unfinished_"))
+    assert own == (["unfinished_by_ids", "unfinished_count", "unfinished_devices"]
+                   if isinstance(base_store, PostgresStore) else [])
+    for name in own:
+        assert getattr(g, name) == getattr(base_store, name)
+    assert not hasattr(g, "unfinished_nothing")
+    # ... without a __getattr__: with one, CPython specialises no attribute
+    # lookup on the store (every write does several).
+    assert not hasattr(GroupCommitStore, "__getattr__")
+
+
+def test_records_and_changes_are_not_tracked_by_the_gc():
+    # gc=False: one record per unfinished call, which every full collection
+    # would walk; neither can be part of a cycle (scalars and JSON values).
+    import gc
+
+    assert not gc.is_tracked(rec(params={"a": [1, {"b": 2}]}, response={"ok": [1]}))
+    assert not gc.is_tracked(chg("x", St.SENT, St.SUCCESSFUL, response={"ok": [1]}))
+
+
 async def test_no_merge_with_a_change_already_taken_or_when_disabled(base_store):
     g = GroupCommitStore(base_store, coalesce=False)
     await g.open()
@@ -553,4 +592,26 @@ async def test_failed_writes_are_retried_in_order(mqtt_url, store_url, group):
             assert stored.response["i"] == ids.index(rpc_id) and stored.attempts == 1
     finally:
         base.write = real_write
+        await e.stop()
+
+
+async def test_a_call_encodes_its_request_once(mqtt_url, store_url):
+    # call() encodes the request to check its size and hands that payload to
+    # the dispatcher for the first attempt: one encode, not two.
+    e = await Engine(mqtt_url, await open_store(store_url, group_commit=True)).start(n_devices=1)
+    try:
+        d = e.dispatcher
+        encodes = []
+        real = d._encode_request
+
+        def counting(method, params):
+            encodes.append(method)
+            return real(method, params)
+
+        d._encode_request = counting
+        rpc_id = await e.engine.call(e.devices[0].device_id, "echo", {"i": 1})
+        record = await e.engine.wait(rpc_id, 10, durable=True)
+        assert record.status is St.SUCCESSFUL and record.response == {"i": 1}
+        assert encodes == ["echo"]
+    finally:
         await e.stop()

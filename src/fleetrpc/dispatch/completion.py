@@ -38,6 +38,8 @@ class CallObserver:
     later turn of the loop, and always before any other notification of the
     same call), so an observer never runs inside a submit."""
 
+    __slots__ = ()
+
     def sent(self, rid: int, device: str) -> None:
         """The request was handed to the broker connection."""
 

@@ -331,6 +331,12 @@ class Dispatcher:
         before storing a call."""
         return len(self._request_payload(method, params, request_id))
 
+    def request_payload(self, method: str, params: Any = NO_PARAMS, request_id: str | None = None) -> bytes:
+        """The request as it would be sent (raises like :meth:`check_request`).
+        A caller that checks a request before submitting it passes this to
+        :meth:`submit` as ``payload``, so that it is encoded once."""
+        return self._request_payload(method, params, request_id)
+
     def call(
         self,
         device: str,
@@ -459,6 +465,7 @@ class Dispatcher:
         oneway: bool = False,
         hold_offline: bool = True,
         request_id: str | None = None,
+        payload: bytes | None = None,
     ) -> int:
         """Low-level submit for other engines (persistent RPC): no presence
         check, ``deadline`` on the loop clock; calls to offline devices are
@@ -467,6 +474,8 @@ class Dispatcher:
         now + attempt_timeout)`` -- the dispatcher arms each attempt itself.
         ``request_id`` goes into the payload as ``"id"``: it stays the same
         across retries and restarts, so the device can recognise a duplicate.
+        ``payload``: the request already encoded by :meth:`request_payload`
+        with the same method, params and request id (not encoded again).
         A :class:`CallObserver` completion hears ``sent`` after this returns.
         Returns the request id."""
         if not self._running:
@@ -484,9 +493,9 @@ class Dispatcher:
         if attempt_timeout is not None:
             attempt_timeout = check_timeout_s(attempt_timeout, "attempt_timeout")
             flags |= ATTEMPT
-        payload = self._request_payload(method, params, request_id)
-        rid = self._submit(device, completion, deadline, payload, flags, attempt_timeout)
-        return rid
+        if payload is None:
+            payload = self._request_payload(method, params, request_id)
+        return self._submit(device, completion, deadline, payload, flags, attempt_timeout)
 
     def rearm(self, rid: int, deadline: float) -> None:
         """Move a pending call's deadline (loop clock)."""

@@ -114,7 +114,7 @@ from ..errors import (
     StoreUnavailableError,
     ValidationError,
 )
-from .status import TERMINAL, RpcStatus, check_transition, event_type
+from .status import MOVES, TERMINAL, RpcStatus, check_transition, event_type
 from ..store.base import (
     Page,
     RpcRecord,
@@ -139,6 +139,8 @@ BACKLOG_SWEEP_S = 1.0
 #: this much after its timeout.
 WAIT_TICK_S = 0.05
 
+_UNSET = msgspec.UNSET
+
 Q, S, D, OK, T, E, F, X = (
     RpcStatus.QUEUED, RpcStatus.SENT, RpcStatus.DELIVERED, RpcStatus.SUCCESSFUL,
     RpcStatus.TIMEOUT, RpcStatus.EXPIRED, RpcStatus.FAILED, RpcStatus.DELETED,
@@ -153,8 +155,11 @@ def _is_error_reply(result: Any) -> bool:
     )
 
 
+_time = time.time
+
+
 def _now_ms() -> int:
-    return int(time.time() * 1000)
+    return int(_time() * 1000)
 
 
 # The RFC 4122 variant nibble (10xx) from any random hex digit.
@@ -204,36 +209,95 @@ class _Live(CallObserver):
 
     __slots__ = ("dropped", "durable", "engine", "epoch", "partition", "record", "rid", "waiters", "write")
 
-    def __init__(self, engine: "PersistentRpc", record: RpcRecord) -> None:
+    def __init__(self, engine: "PersistentRpc", record: RpcRecord, partition: int | None = None,
+                 epoch: int | None = None) -> None:
         self.engine = engine
         self.record = record
         #: the device's partition and the epoch this node owns it under
         #: (a cluster), fencing this call's status writes; None: one node
-        self.partition: int | None = None
-        self.epoch: int | None = None
+        self.partition = partition
+        self.epoch = epoch
         #: its partition was lost: this node no longer acts on it
         self.dropped = False
         self.rid: int | None = None
-        self.waiters: list[asyncio.Future] = []
+        #: waiters for the final status (wait()), None until there is one
+        self.waiters: list[asyncio.Future] | None = None
         #: waiters for the final status to be committed (wait(durable=True))
         self.durable: list[asyncio.Future] | None = None
         #: the future of this call's latest status write (or the retry task)
         self.write: asyncio.Future | None = None
 
+    # What the dispatcher tells about the current attempt.  (The engine's
+    # handling is here, not in methods of the engine these would call: a
+    # frame less per notification.)
+
     def sent(self, rid: int, device: str) -> None:
         if self.dropped:
             return
-        self.engine._on_sent(self)
+        engine, rec = self.engine, self.record
+        if rec.status is T:
+            engine.stats.retries += 1
+        engine._set_status(self, S, attempts=rec.attempts + 1)
+        engine.stats.sent += 1
+        # The dispatcher armed this attempt's transport timeout when it sent it.
+        if engine._backlog:  # a held call left the device's queue: room for one
+            engine._pump_soon(rec.device_id)
 
     def acked(self, rid: int, device: str) -> bool:
         if self.dropped:
             return True
-        return self.engine._on_acked(self)
+        engine, rec = self.engine, self.record
+        if rec.status is S:
+            engine._set_status(self, D)
+            engine.stats.delivered += 1
+        if rec.oneway:
+            self.rid = None
+            engine._finalize(self)
+            return True
+        return False
 
     def __call__(self, rid: int, device: str, result: Any, error: BaseException | None) -> None:
+        """The attempt ended: the reply (``result``) or ``error``."""
         if self.dropped:
             return
-        self.engine._on_done(self, result, error)
+        self.rid = None
+        engine, rec = self.engine, self.record
+        if engine._backlog:
+            engine._pump_soon(rec.device_id)
+        status = rec.status
+        if status in TERMINAL or (status is D and rec.oneway):
+            return
+        if error is None and not rec.oneway:
+            problem = storable_problem(result)
+            if problem is not None:
+                # A reply the database would refuse must not reach it: that
+                # write would fail (and, before, held back every other).
+                engine.stats.reply_refused += 1
+                engine._finish(self, F, error=f"the device's reply cannot be stored: {problem}")
+                return
+            if type(result) is dict and len(result) == 1 and _is_error_reply(result):
+                # The device could not run it (e.g. METHOD_NOT_FOUND: the
+                # firmware does not support the command): FAILED, as the
+                # guide says, with the device's answer kept.
+                err = result["error"]
+                engine._finish(self, F, response=result, error=storable_text(
+                    f"device error {err.get('code', '')}: {err.get('message', '')}"))
+                return
+            engine.stats.successful += 1
+            engine._set_status(self, OK, response=result)
+        elif error is None:
+            # A device that answers a one-way call instead of acking it ran
+            # it: delivered (a one-way call stores no reply).
+            engine.stats.delivered += 1
+            engine._set_status(self, D)
+        elif isinstance(error, RpcTimeoutError):
+            engine._on_timeout(self)
+        elif isinstance(error, ReplyNotJsonError):
+            engine._finish(self, F, error=str(error))
+        elif isinstance(error, DispatcherClosedError):
+            pass  # shutting down: the row stays as it is, recovered later
+        else:
+            engine._finish(self, F, error=f"{type(error).__name__}: {error}")
 
 
 class PersistentStats(Counters):
@@ -418,18 +482,26 @@ class PersistentRpc:
         :class:`QueueFullError`."""
         if self._closed:
             raise DispatcherClosedError("persistent RPC engine is closed")
-        tenant_id = self._tenant(tenant_id)
+        if tenant_id is None:
+            tenant_id = self._tenant(None)
+        else:
+            check_tenant(tenant_id)
         # One set of rules for a call's options (fleetrpc.dispatch.options):
-        # ThingsBoard's, the same as the REST body's.
+        # ThingsBoard's, the same as the REST body's.  (The checks of options
+        # left out are skipped: None is what each returns for None.)
         method = check_method(method)
         validate_id("device", device)
-        oneway = check_flag(oneway, "oneway")
-        retries = check_retries(retries)
-        expiration_time = check_expiration_time(expiration_time)
-        request_uuid = check_request_uuid(request_uuid)
+        if oneway is not False:
+            oneway = check_flag(oneway, "oneway")
+        if retries is not None:
+            retries = check_retries(retries)
+        if expiration_time is not None:
+            expiration_time = check_expiration_time(expiration_time)
+        if request_uuid is not None:
+            request_uuid = check_request_uuid(request_uuid)
         s = self.settings
-        timeout = effective_timeout_ms(check_timeout_ms(timeout_ms), s)
-        now = _now_ms()
+        timeout = effective_timeout_ms(None if timeout_ms is None else check_timeout_ms(timeout_ms), s)
+        now = int(_time() * 1000)
         if expiration_time is None:
             expiration_time = now + timeout
         record = RpcRecord(
@@ -446,15 +518,19 @@ class PersistentRpc:
             additional_info=additional_info,
             owner_node=self.node_id,
         )
-        for what, problem in (
-            ("method", text_problem(method)),
-            ("params", storable_problem(record.params)),
-            ("additionalInfo", storable_problem(additional_info)),
-        ):
+        problem = text_problem(method)
+        if problem is not None:
+            raise ValidationError(f"method cannot be stored: {problem}")
+        problem = storable_problem(record.params)
+        if problem is not None:
+            raise ValidationError(f"params cannot be stored: {problem}")
+        if additional_info is not None:  # None is always storable
+            problem = storable_problem(additional_info)
             if problem is not None:
-                raise ValidationError(f"{what} cannot be stored: {problem}")
-        # Refused before it is stored: a request over max_payload could never be sent.
-        self.dispatcher.check_request(method, record.params, record.id)
+                raise ValidationError(f"additionalInfo cannot be stored: {problem}")
+        # Refused before it is stored: a request over max_payload could never
+        # be sent.  Encoded once: the first attempt sends this payload.
+        payload = self.dispatcher.request_payload(method, record.params, record.id)
         if self._per_device.get(device, 0) >= self.queue_cap or (
             # In a cluster the owner of the device's partition counts its
             # calls in memory; another node asks the database.
@@ -483,12 +559,13 @@ class PersistentRpc:
             live = self._track(record, partition, epoch)
             self.stats.queued += 1
             self._event(RpcStatus.QUEUED, record)
-            self._dispatch(live)
+            self._dispatch(live, payload)
             return record.id
         live = self._track(record)
         self.stats.queued += 1
-        self._event(RpcStatus.QUEUED, record)
-        self._dispatch(live)
+        if self._emit is not None:
+            self._event(Q, record)
+        self._dispatch(live, payload)
         return record.id
 
     def _own_live(self, rpc_id: str, tenant_id: str) -> _Live | None:
@@ -562,9 +639,12 @@ class PersistentRpc:
         meanwhile).  Raises TimeoutError after ``timeout`` seconds (at most
         :data:`WAIT_TICK_S` later), leaving the call as it is;
         RpcNotFoundError when the tenant has no such call."""
-        tenant_id = self._tenant(tenant_id)
-        live = self._own_live(rpc_id, tenant_id)
-        if live is None:
+        if tenant_id is None:
+            tenant_id = self._tenant(None)
+        else:
+            check_tenant(tenant_id)
+        live = self._live.get(rpc_id)
+        if live is None or live.record.tenant_id != tenant_id:
             if self._leases is not None:
                 return await self._wait_remote(rpc_id, tenant_id, timeout)
             return await self.get(rpc_id, tenant_id)
@@ -574,6 +654,8 @@ class PersistentRpc:
             if live.durable is None:
                 live.durable = []
             live.durable.append(fut)
+        elif live.waiters is None:
+            live.waiters = [fut]
         else:
             live.waiters.append(fut)
         if timeout is None:
@@ -634,31 +716,32 @@ class PersistentRpc:
     # -- dispatching --------------------------------------------------------
 
     def _track(self, record: RpcRecord, partition: int | None = None, epoch: int | None = None) -> _Live:
-        live = _Live(self, record)
-        live.partition = partition
-        live.epoch = epoch
+        live = _Live(self, record, partition, epoch)
         self._live[record.id] = live
         device = record.device_id
         self._per_device[device] = self._per_device.get(device, 0) + 1
         return live
 
-    def _dispatch(self, live: _Live) -> None:
+    def _dispatch(self, live: _Live, payload: bytes | None = None) -> None:
         """Hand the call to the dispatcher for one attempt; behind the calls
-        of its device already waiting for room, if any."""
-        backlog = self._backlog.get(live.record.device_id)
-        if backlog:
-            backlog.append(live)
-            self.stats.backlogged += 1
-        elif not self._submit(live):
+        of its device already waiting for room, if any.  ``payload``: its
+        request, already encoded (the first attempt)."""
+        if self._backlog:
+            backlog = self._backlog.get(live.record.device_id)
+            if backlog:
+                backlog.append(live)
+                self.stats.backlogged += 1
+                return
+        if not self._submit(live, payload):
             self._wait_for_room(live)
 
-    def _submit(self, live: _Live) -> bool:
+    def _submit(self, live: _Live, payload: bytes | None = None) -> bool:
         """One attempt into the dispatcher; False when the device's queue
         there is full (the call then waits here)."""
         rec = live.record
         if live.epoch is not None and not self._leases.owns(live.partition):
             return True  # the partition was lost: its new owner sends it
-        until_expiry = (rec.expiration_time - _now_ms()) / 1000.0
+        until_expiry = (rec.expiration_time - int(_time() * 1000)) / 1000.0
         if until_expiry <= 0:
             self._finish(live, E, error="expired before it could be sent")
             return True
@@ -667,6 +750,7 @@ class PersistentRpc:
                 rec.device_id, rec.method, rec.params, live,
                 deadline=asyncio.get_running_loop().time() + until_expiry,
                 attempt_timeout=rec.timeout_ms / 1000.0, oneway=rec.oneway, request_id=rec.id,
+                payload=payload,
             )
         except QueueFullError:
             return False
@@ -720,66 +804,6 @@ class PersistentRpc:
         if self._backlog and not self._closed:
             self._sweep_handle = asyncio.get_running_loop().call_later(BACKLOG_SWEEP_S, self._sweep)
 
-    def _on_sent(self, live: _Live) -> None:
-        rec = live.record
-        if rec.status is T:
-            self.stats.retries += 1
-        self._set_status(live, S, attempts=rec.attempts + 1)
-        self.stats.sent += 1
-        # The dispatcher armed this attempt's transport timeout when it sent it.
-        if self._backlog:  # a held call left the device's queue: room for one
-            self._pump_soon(rec.device_id)
-
-    def _on_acked(self, live: _Live) -> bool:
-        if live.record.status is S:
-            self._set_status(live, D)
-            self.stats.delivered += 1
-        if live.record.oneway:
-            live.rid = None
-            self._finalize(live)
-            return True
-        return False
-
-    def _on_done(self, live: _Live, result: Any, error: BaseException | None) -> None:
-        live.rid = None
-        rec = live.record
-        if self._backlog:
-            self._pump_soon(rec.device_id)
-        if rec.status in TERMINAL or (rec.oneway and rec.status is D):
-            return
-        if error is None and rec.oneway:
-            # A device that answers a one-way call instead of acking it ran
-            # it: delivered (a one-way call stores no reply).
-            self.stats.delivered += 1
-            self._set_status(live, D)
-            return
-        if error is None:
-            problem = storable_problem(result)
-            if problem is not None:
-                # A reply the database would refuse must not reach it: that
-                # write would fail (and, before, held back every other).
-                self.stats.reply_refused += 1
-                self._finish(live, F, error=f"the device's reply cannot be stored: {problem}")
-                return
-            if _is_error_reply(result):
-                # The device could not run it (e.g. METHOD_NOT_FOUND: the
-                # firmware does not support the command): FAILED, as the
-                # guide says, with the device's answer kept.
-                err = result["error"]
-                self._finish(live, F, response=result, error=storable_text(
-                    f"device error {err.get('code', '')}: {err.get('message', '')}"))
-                return
-            self.stats.successful += 1
-            self._finish(live, OK, response=result)
-        elif isinstance(error, RpcTimeoutError):
-            self._on_timeout(live)
-        elif isinstance(error, ReplyNotJsonError):
-            self._finish(live, F, error=str(error))
-        elif isinstance(error, DispatcherClosedError):
-            pass  # shutting down: the row stays as it is, recovered later
-        else:
-            self._finish(live, F, error=f"{type(error).__name__}: {error}")
-
     def _on_timeout(self, live: _Live) -> None:
         rec = live.record
         if rec.oneway and rec.status is S:
@@ -818,12 +842,18 @@ class PersistentRpc:
                 self._per_device[device] = left
             else:
                 del self._per_device[device]
-        for fut in live.waiters:
-            if not fut.done():
-                fut.set_result(msgspec.structs.replace(live.record))
-        live.waiters.clear()
+        if live.waiters:
+            for fut in live.waiters:
+                if not fut.done():
+                    fut.set_result(msgspec.structs.replace(live.record))
+            live.waiters = None
         if live.durable:
-            self._when_written(live.durable, msgspec.structs.replace(live.record), live.write)
+            # The record itself: the call is no longer live, nothing here
+            # changes it any more (every other waiter got its own copy;
+            # delete() returns a deleted call's record, so they get a copy).
+            rec = live.record
+            self._when_written(live.durable, msgspec.structs.replace(rec) if rec.status is X else rec,
+                               live.write)
             live.durable = None
 
     def _when_written(self, waiters: list[asyncio.Future], record: RpcRecord, write: Any) -> None:
@@ -890,25 +920,33 @@ class PersistentRpc:
     ) -> None:
         rec = live.record
         old = rec.status
-        check_transition(old, new, oneway=rec.oneway, rpc_id=rec.id)
+        if (old, new) not in MOVES[rec.oneway]:  # the guard, without a call
+            check_transition(old, new, oneway=rec.oneway, rpc_id=rec.id)  # raises
         rec.status = new
-        rec.updated_time = _now_ms()
+        rec.updated_time = now = int(_time() * 1000)
         if attempts is not None:
             rec.attempts = attempts
-        if response is not msgspec.UNSET:
+        if response is not _UNSET:
             rec.response = response
-        if error is not msgspec.UNSET:
+        if error is not _UNSET:
             rec.error = error
         if write:
-            self._write(live, StatusChange(
-                id=rec.id, expected_status=old, status=new, updated_time=rec.updated_time,
+            change = StatusChange(
+                id=rec.id, expected_status=old, status=new, updated_time=now,
                 attempts=attempts, response=response, error=error,
                 partition=live.partition, epoch=live.epoch,
-            ))
+            )
+            if self._holding:
+                # Keep order: nothing overtakes a write that still has to land.
+                self._later.append(change)
+                live.write = self._retry_task
+            else:
+                live.write = self._send(change)
         if new is X:
             self.stats.deleted += 1
-        self._event(new, rec)
-        if new in TERMINAL or (rec.oneway and new is D):
+        if self._emit is not None:
+            self._event(new, rec)
+        if new in TERMINAL or (new is D and rec.oneway):
             self._finalize(live)
 
     def _event(self, status: RpcStatus, record: RpcRecord) -> None:
@@ -919,14 +957,6 @@ class PersistentRpc:
                 log.exception("event sink failed")
 
     # -- durable writes -----------------------------------------------------
-
-    def _write(self, live: _Live, change: StatusChange) -> None:
-        if self._holding:
-            # Keep order: nothing overtakes a write that still has to land.
-            self._later.append(change)
-            live.write = self._retry_task
-            return
-        live.write = self._send(change)
 
     def _send(self, change: StatusChange) -> Any:
         """Hand one change to the store; returns the write's handle (None
@@ -939,8 +969,8 @@ class PersistentRpc:
                 # Made after every write in flight: it goes after their failures.
                 self._failed([change], exc, self._later)
                 return None
-            if write not in self._writes:  # else merged into a write still queued
-                self._writes[write] = change
+            # (already there: merged into a write still queued)
+            self._writes.setdefault(write, change)
             return write
         # Any other store: a task per write; a call's writes one at a time.
         prev = self._last_write.get(change.id)
@@ -977,7 +1007,12 @@ class PersistentRpc:
                 waiting = after.pop(write, None)
                 if waiting is not None:
                     for waiters, record in waiting:
-                        self._written_for(waiters, record, write)
+                        if self._replaced or self._holding:
+                            self._written_for(waiters, record, write)
+                        else:  # its fast path: nothing refused, nothing held
+                            for fut in waiters:
+                                if not fut.done():
+                                    fut.set_result(record)
         if self._flushes:
             self._settle_flushes(writes)
 
@@ -1252,10 +1287,10 @@ class PersistentRpc:
             if not backlog:
                 self._backlog.pop(rec.device_id, None)
         # Waiters follow the call in the database (_wait_remote).
-        for fut in live.waiters + (live.durable or []):
+        for fut in (live.waiters or []) + (live.durable or []):
             if not fut.done():
                 fut.set_result(_MOVED)
-        live.waiters.clear()
+        live.waiters = None
         live.durable = None
 
     def _on_items(self, kind: str, items: list[tuple[int, str]]) -> None:
@@ -1323,6 +1358,8 @@ class PersistentRpc:
             if live is not None:
                 left = None if deadline is None else max(0.0, deadline - loop.time())
                 fut = loop.create_future()
+                if live.waiters is None:
+                    live.waiters = []
                 live.waiters.append(fut)
                 try:
                     result = await asyncio.wait_for(fut, left)

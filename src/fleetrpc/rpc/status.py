@@ -41,6 +41,7 @@ __all__ = [
     "is_terminal",
     "event_type",
     "allowed_targets",
+    "MOVES",
 ]
 
 
@@ -102,6 +103,13 @@ _ONE_WAY: dict[RpcStatus, frozenset[RpcStatus]] = {
 # equal to the members and the guard needs no conversion on its hot path.
 _TWO_WAY_PAIRS = frozenset((o, n) for o, ts in _TWO_WAY.items() for n in ts)
 _ONE_WAY_PAIRS = frozenset((o, n) for o, ts in _ONE_WAY.items() for n in ts)
+
+#: Every legal ``(old, new)`` move of a two-way call, and of a one-way call:
+#: ``(old, new) in MOVES[oneway]`` is :func:`is_allowed` without a call, for
+#: the engine's hot path (which still raises through :func:`check_transition`).
+MOVES: tuple[frozenset[tuple[RpcStatus, RpcStatus]], frozenset[tuple[RpcStatus, RpcStatus]]] = (
+    _TWO_WAY_PAIRS, _ONE_WAY_PAIRS,
+)
 
 
 def allowed_targets(old: RpcStatus, *, oneway: bool) -> frozenset[RpcStatus]:

@@ -51,7 +51,7 @@ __all__ = [
 _json_encode = msgspec.json.Encoder().encode
 
 
-class RpcRecord(msgspec.Struct, kw_only=True):
+class RpcRecord(msgspec.Struct, kw_only=True, gc=False):
     """One persistent RPC as stored (ThingsBoard's ``Rpc`` entity).
 
     Times are epoch milliseconds.  ``params``, ``response`` and
@@ -60,6 +60,12 @@ class RpcRecord(msgspec.Struct, kw_only=True):
     the transport timeout of one attempt.  ``owner_node`` is the node that
     drives the call while it is unfinished, ``lease_until`` (epoch ms) when
     that claim lapses (None: it does not lapse; clustering renews it).
+
+    Not tracked by the cyclic GC (``gc=False``): a record holds scalars and
+    JSON values, so it is never part of a reference cycle, and the engine
+    keeps one per unfinished call (tracking them made the collector walk
+    every live call over and over).  Do not store the record inside its
+    own ``params``, ``response`` or ``additional_info``.
     """
 
     id: str
@@ -120,7 +126,7 @@ class RpcRecord(msgspec.Struct, kw_only=True):
         }
 
 
-class StatusChange(msgspec.Struct, kw_only=True):
+class StatusChange(msgspec.Struct, kw_only=True, gc=False):
     """One optimistic status update of a stored call.
 
     Applied only if the stored status still equals ``expected_status``, so a
@@ -132,6 +138,8 @@ class StatusChange(msgspec.Struct, kw_only=True):
     it applies only while the device's partition still has that epoch in
     ``cluster_partition``, i.e. while the node that made it still owns the
     partition (fleetrpc/cluster); None: not fenced (one node).
+
+    Not tracked by the cyclic GC (``gc=False``): scalars and JSON values only.
     """
 
     id: str

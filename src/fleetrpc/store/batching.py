@@ -69,7 +69,7 @@ from typing import Any, Protocol
 import msgspec
 
 from ..errors import FleetRpcError, StoreError, StoreUnavailableError
-from ..rpc.status import RpcStatus, is_allowed
+from ..rpc.status import MOVES, RpcStatus, is_allowed
 from .base import DuplicateRpcError, Page, RpcRecord, StatusChange, Store, WriteResult
 
 __all__ = ["GroupCommitStore", "Batcher", "BatchStats", "WriteListener", "coalesce_changes"]
@@ -140,6 +140,7 @@ def _mergeable() -> frozenset[tuple[RpcStatus, RpcStatus, RpcStatus]]:
 
 
 _MERGEABLE = _mergeable()
+_TWO_WAY_MOVES = MOVES[False]
 
 
 def coalesce_changes(first: StatusChange, then: StatusChange) -> StatusChange | None:
@@ -219,6 +220,13 @@ class GroupCommitStore(Store):
         self._closing = False
         self._accepting = False  # open, not closing, writer running
         self._loop: asyncio.AbstractEventLoop | None = None
+        # Dialect-specific reads (PostgresStore.unfinished_by_ids ...) go
+        # straight through: the wrapped store's own methods, set here rather
+        # than found by a __getattr__ (which would make every attribute
+        # lookup on this object slower: CPython does not specialise them).
+        for name in dir(store):
+            if name.startswith("unfinished_"):
+                setattr(self, name, getattr(store, name))
 
     def __repr__(self) -> str:
         return f"<GroupCommitStore over {self.store!r}>"
@@ -326,7 +334,7 @@ class GroupCommitStore(Store):
         Returns the write's handle -- the handle of the still-queued write
         of the same call (and listener) when the change was merged into
         it.  Raises like :meth:`submit_change`."""
-        if not is_allowed(change.expected_status, change.status, oneway=False):
+        if (change.expected_status, change.status) not in _TWO_WAY_MOVES:
             change.check()  # raises
         if not self._accepting:
             raise StoreError("the group-commit store is not open")
@@ -334,11 +342,14 @@ class GroupCommitStore(Store):
             queued = self._queued
             prev = queued.get(change.id)
             if prev is not None and prev.listener is listener:
-                merged = coalesce_changes(prev.payload, change)
-                if merged is not None:
-                    prev.payload = merged
-                    self.batch_stats.coalesced += 1
-                    return prev
+                first = prev.payload
+                # coalesce_changes() only when it may merge (most pairs cannot)
+                if (first.expected_status, first.status, change.status) in _MERGEABLE:
+                    merged = coalesce_changes(first, change)
+                    if merged is not None:
+                        prev.payload = merged
+                        self.batch_stats.coalesced += 1
+                        return prev
             item = queued[change.id] = _Item(_CHANGE, change, None, listener)
         else:
             item = _Item(_CHANGE, change, None, listener)
@@ -517,12 +528,6 @@ class GroupCommitStore(Store):
 
     async def claim_unfinished(self, node_id: str) -> list[RpcRecord]:
         return await self.store.claim_unfinished(node_id)
-
-    def __getattr__(self, name: str) -> Any:
-        # Dialect-specific reads (PostgresStore.unfinished_by_ids ...).
-        if name.startswith("unfinished_"):
-            return getattr(self.store, name)
-        raise AttributeError(name)
 
     async def purge_terminal(self, older_than_ms: int, tenant_id: str) -> int:
         return await self.store.purge_terminal(older_than_ms, tenant_id)
