@@ -300,6 +300,38 @@ def test_pool_grows_and_reuses(core):
     assert set(w.advance(10.0)) == set(range(1, 5000, 2)) | set(range(10_000, 12_500))
 
 
+PAGE = 1024  # entries per page of the compiled pool (paged.pxd); the pure twin grows alike
+
+
+def test_pool_grows_across_pages(core):
+    """The pool grows a page at a time past its first 1,024 entries: fresh
+    entries keep coming in index order, and every handle taken before a
+    growth still cancels (or fires) its own entry after it, exactly once."""
+    w = core.TimingWheel(0.01)
+    n = 3 * PAGE + 5
+    handles = [w.schedule(1.0 + (i % 50) * 0.01, i) for i in range(n)]
+    assert [h & 0xFFFFFFFF for h in handles] == list(range(n))
+    assert {h >> 32 for h in handles} == {1}
+    edges = {k * PAGE + d for k in (1, 2, 3) for d in (-1, 0)}  # each side of each boundary
+    gone_at = sorted(set(range(0, n, 3)) | edges)
+    gone = [handles[i] for i in gone_at]
+    assert all(w.cancel(h) for h in gone)
+    assert not any(w.cancel(h) for h in gone)  # stale now
+    again = [w.schedule(2.0, n + i) for i in range(len(gone))]  # the freed slots, LIFO
+    assert [h & 0xFFFFFFFF for h in again] == [h & 0xFFFFFFFF for h in reversed(gone)]
+    assert {h >> 32 for h in again} == {2}
+    more = [w.schedule(3.0, 10 * n + i) for i in range(PAGE + 1)]  # past the next boundary
+    assert [h & 0xFFFFFFFF for h in more] == list(range(n, n + PAGE + 1))
+    assert not any(w.cancel(h) for h in gone)
+    assert w.cancel(handles[PAGE + 1]) and w.cancel(again[0]) and w.cancel(more[-1])
+    live = ((set(range(n)) - set(gone_at) - {PAGE + 1}) | set(range(n + 1, n + len(gone)))
+            | set(range(10 * n, 10 * n + PAGE)))
+    assert len(w) == len(live)
+    got = w.advance(3.5)
+    assert len(got) == len(live) and set(got) == live
+    assert len(w) == 0 and not any(w.cancel(h) for h in handles + again + more)
+
+
 def test_generation_retires_slot(core):
     if core.name != "py":
         pytest.skip("white-box: drives a generation to its limit through pure internals")
@@ -409,10 +441,10 @@ def test_overflow_beyond_two_to_32_ticks(core):
 # -- memory ---------------------------------------------------------------------------------
 
 
-def test_entry_memory(core):
+@pytest.mark.parametrize("n", [1 << 16, 20_000, (1 << 16) + 1])
+def test_entry_memory(core, n):
     if core.name != "c":
         pytest.skip("the 64-byte bound is the compiled pool's")
-    n = 1 << 16  # the pool doubles to exactly this size
     w = core.TimingWheel()
     tracemalloc.start()
     try:
@@ -425,3 +457,6 @@ def test_entry_memory(core):
         tracemalloc.stop()
     assert used / n <= 64
     assert used / n == pytest.approx(32, abs=1)
+    # Less than a page of slack at any size, also just past a power of two
+    # (a pool that doubled had 64 B per entry allocated at 65,537).
+    assert used / n <= 32 * (1 + PAGE / n) + 0.1

@@ -5,11 +5,12 @@ cimport cython
 from cpython.object cimport PyObject
 from libc.stdint cimport int32_t, int64_t, uint32_t
 
+from fleetrpc._core.paged cimport PG_MASK, PG_SHIFT, PagedArray
 from fleetrpc._core.wheel cimport TimingWheel
 
 
 cdef enum:
-    P_INITIAL_CAP = 64          # first slab size (slots)
+    P_INITIAL_CAP = 64          # first slab size (slots); page 0 doubles up to a page
     P_INITIAL_INDEX = 128       # first index size (power of two, >= 2 x slab)
     P_KEEP = 1024               # an emptied slab bigger than this is freed
 
@@ -23,6 +24,11 @@ ctypedef struct PendingSlot:    # 40 bytes
     int32_t link                # next slot of the free list or of a batch being popped; -1 = end
 
 
+# Slot s of a slab (paged.pxd): a page lookup, no bounds check.
+cdef inline PendingSlot* _slot(PagedArray* slab, Py_ssize_t s) noexcept nogil:
+    return <PendingSlot*>slab.pages[s >> PG_SHIFT] + (s & PG_MASK)
+
+
 @cython.final
 @cython.no_gc_clear
 cdef class PendingTable:
@@ -30,8 +36,7 @@ cdef class PendingTable:
     # deadlines); pending.pyx installs its own tp_traverse/tp_clear, which
     # also see the completions held in the slab.
     cdef TimingWheel _wheel     # deadlines: payload = rid; only expire() advances it
-    cdef PendingSlot* _slab     # entries (PyMem), grows by doubling; NULL when empty and small
-    cdef Py_ssize_t _cap        # slots in _slab
+    cdef PagedArray _slab       # entries, in pages that never move once full (paged.pxd); freed when empty and big
     cdef Py_ssize_t _top        # slots ever used; those above were never touched (no RSS)
     cdef int32_t _free          # head of the free-slot list (released slots); -1 when empty
     cdef Py_ssize_t _used       # slots off the free list: pending + being popped
@@ -47,7 +52,7 @@ cdef class PendingTable:
     cdef int _rehash(self, Py_ssize_t icap) except -1
     cdef int _grow_slab(self) except -1
     cdef int32_t _detach(self, Py_ssize_t pos) noexcept
-    cdef void _release(self, int32_t s) noexcept
+    cdef void _release(self, int32_t s, PendingSlot* p) noexcept
     cdef list _pop_chain(self, int32_t head)
     cdef int32_t _detach_all(self) noexcept
     cdef void _maybe_shrink(self) noexcept

@@ -5,8 +5,8 @@ from typing import final
 from .wheel import TimingWheel
 
 def debug_counters() -> dict[str, int] | None:
-    """Leak counters of a ``FLEETRPC_DEBUG`` build (``{"pending_entries": n}``
-    over all tables), ``None`` in a normal build."""
+    """Leak counters of a ``FLEETRPC_DEBUG`` build (``{"pending_entries": n,
+    "pending_pages": n}``: entries and slab memory blocks over all tables), ``None`` in a normal build."""
 
 @final
 class PendingTable:

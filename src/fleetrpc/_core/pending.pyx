@@ -4,8 +4,9 @@
 Contract: ``docs/core.md``, section PendingTable; the points it leaves open
 are decided in ``pending_py.py``'s docstring, identically here.
 
-An entry is a 40-byte ``PendingSlot`` in a slab (a C array with a free list
-that grows by doubling); the device and the completion are owned
+An entry is a 40-byte ``PendingSlot`` in a slab (a paged C array with a
+free list, ``paged.pxd``: less than a page of slack, never copied once past
+its first page); the device and the completion are owned
 ``PyObject*`` references.  Request ids find their slot through an
 open-addressing index of ``int32`` slot numbers (linear probing, Fibonacci
 hashing, backward-shift deletion, load <= 1/2), so a pending call costs
@@ -30,6 +31,7 @@ from libc.stdint cimport int32_t, int64_t, uint32_t, uint64_t
 from libc.stdlib cimport qsort
 from libc.string cimport memset
 
+from fleetrpc._core.paged cimport PG_SIZE, PagedArray, paged_free, paged_grow
 from fleetrpc._core.wheel cimport FLEETRPC_DEBUG, TimingWheel
 
 from asyncio import CancelledError as _CancelledError, InvalidStateError as _InvalidStateError
@@ -98,12 +100,15 @@ ctypedef struct _RidSlot:           # drain() sorts these by rid
 
 # Debug builds only: pending entries alive over all tables (0 after every test).
 cdef Py_ssize_t _debug_live = 0
+# Memory blocks of the tables' slabs (pages + directories) alive; counted in
+# every build (only when a slab grows or is freed), reported in debug builds.
+cdef Py_ssize_t _debug_pages = 0
 
 
 def debug_counters():
     """Leak counters of a ``FLEETRPC_DEBUG`` build, ``None`` in a normal one."""
     if FLEETRPC_DEBUG:
-        return {"pending_entries": _debug_live}
+        return {"pending_entries": _debug_live, "pending_pages": _debug_pages}
     return None
 
 
@@ -428,7 +433,7 @@ cdef class PendingTable:
 
     def __dealloc__(self):
         self._release_all()
-        PyMem_Free(self._slab)
+        paged_free(&self._slab, &_debug_pages)
         PyMem_Free(self._index)
 
     # -- public API ------------------------------------------------------------
@@ -456,18 +461,19 @@ cdef class PendingTable:
         if rid >= FR_RID_LIMIT:
             raise OverflowError("request ids are exhausted (2**53)")
         # Make room first: once the wheel holds the deadline nothing may fail.
-        if self._free < 0 and self._top == self._cap:
+        if self._free < 0 and self._top == self._slab.cap:
             self._grow_slab()
         if (self._count + 1) * 2 > self._icap:
             self._rehash(self._icap * 2 if self._icap else P_INITIAL_INDEX)
         h = self._wheel._schedule(deadline, rid)
         if self._free >= 0:
             s = self._free
-            self._free = self._slab[s].link
+            p = _slot(&self._slab, s)
+            self._free = p.link
         else:  # a fresh slot from the untouched top of the slab
             s = <int32_t>self._top
             self._top += 1
-        p = &self._slab[s]
+            p = _slot(&self._slab, s)
         p.rid = rid
         p.handle = h
         p.flags = <uint32_t>f
@@ -491,13 +497,14 @@ cdef class PendingTable:
         cdef int64_t r = _as_rid(rid)
         cdef Py_ssize_t pos
         cdef int32_t s
+        cdef PendingSlot* p
         if device is not None and not isinstance(device, str):
             raise TypeError(f"device must be a str or None, got {type(device).__name__}")
         pos = self._find(r)
         if pos < 0:
             raise _unknown(rid)
         if device is not None:
-            owner = <object>self._slab[self._index[pos]].device
+            owner = <object>_slot(&self._slab, self._index[pos]).device
             if device != owner:
                 raise WrongDeviceError(
                     f"request {rid!r} belongs to device {owner!r}, not {device!r}"
@@ -506,10 +513,13 @@ cdef class PendingTable:
                 pos = self._find(r)
                 if pos < 0:
                     raise _unknown(rid)
-        s = self._detach(pos)
-        self._wheel._cancel(self._slab[s].handle)
-        completion = <object>self._slab[s].completion
-        self._release(s)
+        s = self._index[pos]  # _detach without the link: _release sets it
+        self._index_delete(pos)
+        self._count -= 1
+        p = _slot(&self._slab, s)
+        self._wheel._cancel(p.handle)
+        completion = <object>p.completion
+        self._release(s, p)
         self._maybe_shrink()
         return completion
 
@@ -519,7 +529,7 @@ cdef class PendingTable:
         cdef PendingSlot* p
         if pos < 0:
             return None
-        p = &self._slab[self._index[pos]]
+        p = _slot(&self._slab, self._index[pos])
         return (<object>p.device, <object>p.completion, p.flags)
 
     def set_flags(self, object rid, object flags):
@@ -529,7 +539,7 @@ cdef class PendingTable:
         cdef Py_ssize_t pos = self._find(r)
         if pos < 0:
             raise _unknown(rid)
-        self._slab[self._index[pos]].flags = <uint32_t>f
+        _slot(&self._slab, self._index[pos]).flags = <uint32_t>f
 
     def rearm(self, object rid, double deadline):
         """Give a pending call a new deadline (for a retry)."""
@@ -539,7 +549,7 @@ cdef class PendingTable:
         if pos < 0:
             raise _unknown(rid)
         h = self._wheel._schedule(deadline, r)  # may raise: keep the old deadline
-        p = &self._slab[self._index[pos]]
+        p = _slot(&self._slab, self._index[pos])
         self._wheel._cancel(p.handle)
         p.handle = h
 
@@ -556,7 +566,7 @@ cdef class PendingTable:
             if tail < 0:
                 head = s
             else:
-                self._slab[tail].link = s
+                _slot(&self._slab, tail).link = s
             tail = s
         return self._pop_chain(head)
 
@@ -573,18 +583,18 @@ cdef class PendingTable:
         for i in range(self._icap):
             s = self._index[i]
             if s >= 0:
-                order[k].rid = self._slab[s].rid
+                order[k].rid = _slot(&self._slab, s).rid
                 order[k].slot = s
                 k += 1
         qsort(order, <size_t>n, sizeof(_RidSlot), _cmp_rid)
         for i in range(n):
             s = order[i].slot
-            self._wheel._cancel(self._slab[s].handle)
-            self._slab[s].link = -1
+            self._wheel._cancel(_slot(&self._slab, s).handle)
+            _slot(&self._slab, s).link = -1
             if tail < 0:
                 head = s
             else:
-                self._slab[tail].link = s
+                _slot(&self._slab, tail).link = s
             tail = s
         PyMem_Free(order)
         memset(self._index, 0xFF, self._icap * sizeof(int32_t))  # every entry -1
@@ -605,7 +615,7 @@ cdef class PendingTable:
             s = self._index[i]
             if s < 0:
                 return -1
-            if self._slab[s].rid == rid:
+            if _slot(&self._slab, s).rid == rid:
                 return i
             i = (i + 1) & mask
 
@@ -627,7 +637,7 @@ cdef class PendingTable:
             if s < 0:
                 self._index[i] = -1
                 return
-            k = _home(self._slab[s].rid, self._ishift)
+            k = _home(_slot(&self._slab, s).rid, self._ishift)
             # The entry at j may fill the hole at i unless its home lies
             # cyclically in (i, j].
             if (i <= j and i < k <= j) or (i > j and (k > i or k <= j)):
@@ -652,25 +662,20 @@ cdef class PendingTable:
         self._ishift = shift
         for i in range(oldcap):  # from the old index: popped slots stay out
             if old[i] >= 0:
-                self._index_insert(self._slab[old[i]].rid, old[i])
+                self._index_insert(_slot(&self._slab, old[i]).rid, old[i])
         PyMem_Free(old)
         return 0
 
     # -- slab ----------------------------------------------------------------------
 
     cdef int _grow_slab(self) except -1:
-        # Only the address space grows: slots are initialised when first used
-        # (_top), so pages past the top stay untouched and cost no RSS.
-        cdef Py_ssize_t new = self._cap * 2 if self._cap else P_INITIAL_CAP
-        cdef PendingSlot* slab
-        if new > FR_SLAB_MAX:
+        # Page 0 doubles up to a page, then one page at a time (paged.pxd):
+        # less than a page of slack, nothing copied.  Only the address space
+        # grows: slots are initialised when first used (_top), so memory past
+        # the top stays untouched and costs no RSS.
+        if self._slab.cap + PG_SIZE > FR_SLAB_MAX:
             raise MemoryError(f"pending table is full ({FR_SLAB_MAX} entries)")
-        slab = <PendingSlot*>PyMem_Realloc(self._slab, new * sizeof(PendingSlot))
-        if slab == NULL:
-            raise MemoryError()
-        self._slab = slab
-        self._cap = new
-        return 0
+        return paged_grow(&self._slab, sizeof(PendingSlot), P_INITIAL_CAP, &_debug_pages)
 
     cdef int32_t _detach(self, Py_ssize_t pos) noexcept:
         # Take the entry at index position pos out of the index; it keeps its
@@ -678,14 +683,14 @@ cdef class PendingTable:
         cdef int32_t s = self._index[pos]
         self._index_delete(pos)
         self._count -= 1
-        self._slab[s].link = -1
+        _slot(&self._slab, s).link = -1
         return s
 
-    cdef void _release(self, int32_t s) noexcept:
-        # Free a detached slot and drop its references.  The DECREFs come last:
-        # they may run any Python code, including code that uses this table.
+    cdef void _release(self, int32_t s, PendingSlot* p) noexcept:
+        # Free a detached slot (s, at p) and drop its references.  The DECREFs
+        # come last: they may run any Python code, including code that uses
+        # this table.
         global _debug_live
-        cdef PendingSlot* p = &self._slab[s]
         cdef PyObject* device = p.device
         cdef PyObject* completion = p.completion
         p.rid = 0
@@ -713,19 +718,19 @@ cdef class PendingTable:
         try:
             while head >= 0:
                 # Read the slot before allocating: a GC run may move the slab.
-                rid = self._slab[head].rid
-                device = self._slab[head].device
-                completion = self._slab[head].completion
-                flags = self._slab[head].flags
-                nxt = self._slab[head].link
+                rid = _slot(&self._slab, head).rid
+                device = _slot(&self._slab, head).device
+                completion = _slot(&self._slab, head).completion
+                flags = _slot(&self._slab, head).flags
+                nxt = _slot(&self._slab, head).link
                 item = (rid, <object>device, <object>completion, flags)
-                self._release(head)
+                self._release(head, _slot(&self._slab, head))
                 head = nxt
                 out.append(item)
         finally:
             while head >= 0:  # only after an error: drop what cannot be returned
-                nxt = self._slab[head].link
-                self._release(head)
+                nxt = _slot(&self._slab, head).link
+                self._release(head, _slot(&self._slab, head))
                 head = nxt
             self._maybe_shrink()
         return out
@@ -740,12 +745,12 @@ cdef class PendingTable:
             s = self._index[i]
             if s >= 0:
                 self._index[i] = -1
-                self._wheel._cancel(self._slab[s].handle)
-                self._slab[s].link = -1
+                self._wheel._cancel(_slot(&self._slab, s).handle)
+                _slot(&self._slab, s).link = -1
                 if tail < 0:
                     head = s
                 else:
-                    self._slab[tail].link = s
+                    _slot(&self._slab, tail).link = s
                 tail = s
         self._count = 0
         return head
@@ -754,19 +759,17 @@ cdef class PendingTable:
         # __dealloc__ and the GC's tp_clear: drop every entry, return nothing.
         cdef int32_t head = self._detach_all(), nxt
         while head >= 0:
-            nxt = self._slab[head].link
-            self._release(head)
+            nxt = _slot(&self._slab, head).link
+            self._release(head, _slot(&self._slab, head))
             head = nxt
         self._maybe_shrink()
 
     cdef void _maybe_shrink(self) noexcept:
         # An emptied big table gives its memory back (a burst is over).
-        if self._used == 0 and self._cap > P_KEEP:
-            PyMem_Free(self._slab)
+        if self._used == 0 and self._slab.cap > P_KEEP:
+            paged_free(&self._slab, &_debug_pages)
             PyMem_Free(self._index)
-            self._slab = NULL
             self._index = NULL
-            self._cap = 0
             self._top = 0
             self._icap = 0
             self._ishift = 0
@@ -779,19 +782,21 @@ cdef traverseproc _base_traverse = NULL
 
 
 cdef int _traverse(PyObject* o, visitproc visit, void* arg) noexcept:
-    cdef PendingSlot* slab = (<PendingTable>o)._slab
+    cdef PagedArray* slab = &(<PendingTable>o)._slab
     cdef Py_ssize_t i, top = (<PendingTable>o)._top
+    cdef PendingSlot* p
     cdef int r
     if _base_traverse != NULL:
         r = _base_traverse(o, visit, arg)
         if r:
             return r
     for i in range(top):  # slots above the top were never initialised
-        if slab[i].completion != NULL:
-            r = visit(slab[i].completion, arg)
+        p = _slot(slab, i)
+        if p.completion != NULL:
+            r = visit(p.completion, arg)
             if r:
                 return r
-            r = visit(slab[i].device, arg)
+            r = visit(p.device, arg)
             if r:
                 return r
     return 0

@@ -5,6 +5,8 @@
 cimport cython
 from libc.stdint cimport int32_t, int64_t, uint32_t, uint64_t
 
+from fleetrpc._core.paged cimport PG_MASK, PG_SHIFT, PagedArray
+
 cdef extern from *:
     """
     #ifndef FLEETRPC_DEBUG
@@ -26,7 +28,7 @@ cdef extern from *:
 
 
 cdef enum:
-    W_INITIAL_CAP = 64          # first pool size (entries)
+    W_INITIAL_CAP = 64          # first pool size (entries); page 0 doubles up to a page
     W_SLOTS = 256               # slots per level
     W_LEVELS = 4                # levels: 4 x 8 bits = a 2**32-tick block
     W_OVERFLOW = 1024           # bucket: ticks past the current 2**32-tick block
@@ -46,10 +48,14 @@ ctypedef struct WheelEntry:     # 32 bytes
     int32_t bucket              # bucket the entry is linked in, W_FREE or W_RETIRED
 
 
+# Entry i of a pool (paged.pxd): a page lookup, no bounds check.
+cdef inline WheelEntry* _entry(PagedArray* pool, Py_ssize_t i) noexcept nogil:
+    return <WheelEntry*>pool.pages[i >> PG_SHIFT] + (i & PG_MASK)
+
+
 @cython.final
 cdef class TimingWheel:
-    cdef WheelEntry* _pool      # all entries (PyMem), grows by doubling; NULL until needed
-    cdef Py_ssize_t _cap        # entries in _pool
+    cdef PagedArray _pool       # all entries, in pages that never move once full (paged.pxd)
     cdef Py_ssize_t _top        # entries ever used; those above were never touched (no RSS)
     cdef int32_t _free          # head of the LIFO free list (released entries); -1 when empty
     cdef Py_ssize_t _live       # scheduled entries (len)
@@ -73,9 +79,9 @@ cdef class TimingWheel:
     # Internals.
     cdef int _grow(self) except -1
     cdef int _reserve(self, Py_ssize_t n) noexcept
-    cdef void _link(self, int32_t i, int32_t b) noexcept
-    cdef void _unlink(self, int32_t i) noexcept
-    cdef void _release(self, int32_t i) noexcept
+    cdef void _link(self, int32_t i, WheelEntry* e, int32_t b) noexcept
+    cdef void _unlink(self, WheelEntry* e) noexcept
+    cdef void _release(self, int32_t i, WheelEntry* e) noexcept
     cdef int32_t _take(self, int32_t b) noexcept
     cdef void _fire(self, int32_t b) noexcept
     cdef void _cascade(self, int32_t b) noexcept

@@ -3,7 +3,8 @@
 from typing import final
 
 def debug_counters() -> dict[str, int] | None:
-    """Leak counters of a ``FLEETRPC_DEBUG`` build (``{"wheel_entries": n}``
+    """Leak counters of a ``FLEETRPC_DEBUG`` build (``{"wheel_entries": n,
+    "wheel_pages": n}``: entries and pool memory blocks
     over all wheels), ``None`` in a normal build."""
 
 @final
@@ -15,7 +16,7 @@ class TimingWheel:
     returns it never before ``deadline`` and at the latest at the first
     ``advance`` with ``now >= deadline + tick``.  A deadline at or before the
     wheel's time is due at the next ``advance``.  Entries are 32-byte C
-    structs in one pool; schedule and cancel are O(1).
+    structs in one paged pool; schedule and cancel are O(1).
     """
 
     def __init__(self, tick: float = 0.005, now: float = 0.0) -> None:

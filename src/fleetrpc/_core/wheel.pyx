@@ -8,7 +8,7 @@ variants run the same algorithm on the same layout and so return the same
 handles and the same results in the same order.
 
 Entries are 32-byte C structs in one pool (``WheelEntry``, see
-``wheel.pxd``); a bucket is a doubly linked list of pool indices, so schedule
+``wheel.pxd``) made of 1,024-entry pages (``paged.pxd``); a bucket is a doubly linked list of pool indices, so schedule
 and cancel are O(1) and allocate nothing once the pool is big enough.  Ticks
 are stored biased by ``2**63`` so that every bit operation is on unsigned
 integers and unsigned order is time order.  ``cdivision``: the only
@@ -19,6 +19,8 @@ cimport cython
 from cpython.mem cimport PyMem_Free, PyMem_Realloc
 from libc.math cimport INFINITY, floor, nextafter
 from libc.stdint cimport int32_t, int64_t, uint32_t, uint64_t
+
+from fleetrpc._core.paged cimport PG_SIZE, paged_free, paged_grow
 
 cdef extern from "Python.h":
     long long PyLong_AsLongLongAndOverflow(object obj, int* overflow) except? -1
@@ -45,12 +47,15 @@ cdef extern from *:
 
 # Debug builds only: entries alive over all wheels (0 after every test).
 cdef Py_ssize_t _debug_live = 0
+# Memory blocks of the wheels' pools (pages + directories) alive; counted in
+# every build (only when a pool grows or is freed), reported in debug builds.
+cdef Py_ssize_t _debug_pages = 0
 
 
 def debug_counters():
     """Leak counters of a ``FLEETRPC_DEBUG`` build, ``None`` in a normal one."""
     if FLEETRPC_DEBUG:
-        return {"wheel_entries": _debug_live}
+        return {"wheel_entries": _debug_live, "wheel_pages": _debug_pages}
     return None
 
 
@@ -141,7 +146,7 @@ cdef class TimingWheel:
         global _debug_live
         if FLEETRPC_DEBUG:
             _debug_live -= self._live
-        PyMem_Free(self._pool)
+        paged_free(&self._pool, &_debug_pages)
         PyMem_Free(self._due)
 
     # -- public API ------------------------------------------------------------
@@ -187,12 +192,14 @@ cdef class TimingWheel:
     def clear(self):
         """Cancel every entry (their handles become stale)."""
         cdef int32_t b, i, nxt
+        cdef WheelEntry* e
         for b in range(W_NBUCKETS):
             if self._head[b] >= 0:
                 i = self._take(b)
                 while i >= 0:
-                    nxt = self._pool[i].next
-                    self._release(i)
+                    e = _entry(&self._pool, i)
+                    nxt = e.next
+                    self._release(i, e)
                     i = nxt
         self._ovf_min = FR_NONE
 
@@ -208,14 +215,14 @@ cdef class TimingWheel:
             raise _time_error("deadline", deadline)
         if self._free >= 0:
             i = self._free
-            e = &self._pool[i]
+            e = _entry(&self._pool, i)
             self._free = e.next
         else:  # a fresh entry from the untouched top of the pool
-            if self._top == self._cap:
+            if self._top == self._pool.cap:
                 self._grow()
             i = <int32_t>self._top
             self._top += 1
-            e = &self._pool[i]
+            e = _entry(&self._pool, i)
             e.gen = 1
         e.payload = payload
         if deadline <= self._now:
@@ -227,7 +234,7 @@ cdef class TimingWheel:
             b = _bucket_for(t, self._cur)
             if b == W_OVERFLOW and t < self._ovf_min:
                 self._ovf_min = t
-        self._link(i, b)
+        self._link(i, e, b)
         self._live += 1
         if FLEETRPC_DEBUG:
             _debug_live += 1
@@ -241,11 +248,11 @@ cdef class TimingWheel:
         i = <int64_t>(<uint64_t>handle & FR_BLOCK)
         if i >= self._top:
             return False
-        e = &self._pool[i]
+        e = _entry(&self._pool, i)
         if e.bucket < 0 or <int64_t>e.gen != (handle >> 32):
             return False
-        self._unlink(<int32_t>i)
-        self._release(<int32_t>i)
+        self._unlink(e)
+        self._release(<int32_t>i, e)
         return True
 
     cdef Py_ssize_t _collect(self, double now) except -1:
@@ -286,18 +293,13 @@ cdef class TimingWheel:
     # -- internals (mirrored one to one in wheel_py.py) --------------------------
 
     cdef int _grow(self) except -1:
-        # Only the address space grows: entries are initialised when first
-        # used (_top), so pages past the top stay untouched and cost no RSS.
-        cdef Py_ssize_t new = self._cap * 2 if self._cap else W_INITIAL_CAP
-        cdef WheelEntry* pool
-        if new > FR_MAX_CAP:
+        # Page 0 doubles up to a page, then one page at a time (paged.pxd):
+        # less than a page of slack, nothing copied.  Only the address space
+        # grows: entries are initialised when first used (_top), so memory
+        # past the top stays untouched and costs no RSS.
+        if self._pool.cap + PG_SIZE > FR_MAX_CAP:
             raise MemoryError(f"timing wheel is full ({FR_MAX_CAP} entries)")
-        pool = <WheelEntry*>PyMem_Realloc(self._pool, new * sizeof(WheelEntry))
-        if pool == NULL:
-            raise MemoryError()
-        self._pool = pool
-        self._cap = new
-        return 0
+        return paged_grow(&self._pool, sizeof(WheelEntry), W_INITIAL_CAP, &_debug_pages)
 
     cdef int _reserve(self, Py_ssize_t n) noexcept:
         cdef Py_ssize_t cap = self._due_cap
@@ -315,9 +317,11 @@ cdef class TimingWheel:
         self._due_cap = cap
         return 0
 
-    cdef void _link(self, int32_t i, int32_t b) noexcept:
-        # Append entry i to bucket b.
-        cdef WheelEntry* e = &self._pool[i]
+    # The entry's pointer comes with its index: the caller has it already
+    # (a page lookup saved per call on the hot path).
+
+    cdef void _link(self, int32_t i, WheelEntry* e, int32_t b) noexcept:
+        # Append entry i (at e) to bucket b.
         cdef int32_t tail = self._tail[b]
         e.bucket = b
         e.next = -1
@@ -327,29 +331,27 @@ cdef class TimingWheel:
             if b < W_OVERFLOW:
                 self._occ[b >> 6] |= (<uint64_t>1) << (b & 63)
         else:
-            self._pool[tail].next = i
+            _entry(&self._pool, tail).next = i
         self._tail[b] = i
         self._count[b] += 1
 
-    cdef void _unlink(self, int32_t i) noexcept:
-        cdef WheelEntry* e = &self._pool[i]
-        cdef int32_t b = e.bucket
-        if e.prev < 0:
-            self._head[b] = e.next
+    cdef void _unlink(self, WheelEntry* e) noexcept:
+        cdef int32_t b = e.bucket, prev = e.prev, nxt = e.next
+        if prev < 0:
+            self._head[b] = nxt
         else:
-            self._pool[e.prev].next = e.next
-        if e.next < 0:
-            self._tail[b] = e.prev
+            _entry(&self._pool, prev).next = nxt
+        if nxt < 0:
+            self._tail[b] = prev
         else:
-            self._pool[e.next].prev = e.prev
+            _entry(&self._pool, nxt).prev = prev
         self._count[b] -= 1
         if self._head[b] < 0 and b < W_OVERFLOW:
             self._occ[b >> 6] &= ~((<uint64_t>1) << (b & 63))
 
-    cdef void _release(self, int32_t i) noexcept:
+    cdef void _release(self, int32_t i, WheelEntry* e) noexcept:
         # Back to the free list (entry already unlinked); the old handle is now stale.
         global _debug_live
-        cdef WheelEntry* e = &self._pool[i]
         e.gen += 1
         self._live -= 1
         if FLEETRPC_DEBUG:
@@ -374,22 +376,26 @@ cdef class TimingWheel:
     cdef void _fire(self, int32_t b) noexcept:
         # Precondition: _due has room for _count[b] more payloads.
         cdef int32_t i = self._take(b), nxt
+        cdef WheelEntry* e
         while i >= 0:
-            nxt = self._pool[i].next
-            self._due[self._ndue] = self._pool[i].payload
+            e = _entry(&self._pool, i)
+            nxt = e.next
+            self._due[self._ndue] = e.payload
             self._ndue += 1
-            self._release(i)
+            self._release(i, e)
             i = nxt
 
     cdef void _cascade(self, int32_t b) noexcept:
         cdef int32_t i, nxt
         cdef uint64_t c = self._cur
+        cdef WheelEntry* e
         if self._head[b] < 0:
             return
         i = self._take(b)
         while i >= 0:
-            nxt = self._pool[i].next
-            self._link(i, _bucket_for(self._pool[i].tick, c))
+            e = _entry(&self._pool, i)
+            nxt = e.next
+            self._link(i, e, _bucket_for(e.tick, c))
             i = nxt
 
     cdef void _replace_overflow(self) noexcept:
@@ -397,12 +403,14 @@ cdef class TimingWheel:
         # block move into the wheel, the others stay (order kept).
         cdef uint64_t c = self._cur, t, low = FR_NONE
         cdef int32_t i = self._head[W_OVERFLOW], nxt
+        cdef WheelEntry* e
         while i >= 0:
-            nxt = self._pool[i].next
-            t = self._pool[i].tick
+            e = _entry(&self._pool, i)
+            nxt = e.next
+            t = e.tick
             if (t ^ c) <= FR_BLOCK:
-                self._unlink(i)
-                self._link(i, _bucket_for(t, c))
+                self._unlink(e)
+                self._link(i, e, _bucket_for(t, c))
             elif t < low:
                 low = t
             i = nxt

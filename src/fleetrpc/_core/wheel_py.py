@@ -18,8 +18,10 @@ Times.  A deadline or a ``now`` must be finite and within ``2**62`` ticks of
 zero (``ValueError`` otherwise); the conversion to ``float`` is the one of a
 C ``double`` argument, with its ``TypeError``.
 
-Layout.  Entries live in a pool with a LIFO free list that grows by doubling
-(64, 128, ...).  Buckets: 4 levels of 256 slots, an overflow list for ticks
+Layout.  Entries live in a pool with a LIFO free list.  The pool grows the
+way the compiled one's pages do (``paged.pxd``): by doubling from 64 up to
+1,024 entries, then by 1,024 entries at a time, so at any size it is less
+than a page (32 KiB in C) larger than what it has used.  Buckets: 4 levels of 256 slots, an overflow list for ticks
 past the current ``2**32``-tick block, and a due list for deadlines already
 past.  An entry at level ``L`` shares every bit above ``8 * (L + 1)`` with
 the current tick and sits in slot ``(tick >> 8 * L) & 255``; when the current
@@ -49,6 +51,7 @@ _PAYLOAD_LIMIT = 1 << 63
 _HANDLE_LIMIT = 1 << 63
 _GEN_LIMIT = 1 << 31  # a slot whose generation reaches this is retired
 _INITIAL_CAP = 64
+_PAGE = 1024  # entries per page of the compiled pool (paged.pxd's PG_SIZE)
 _MAX_CAP = 1 << 30  # entries; the compiled pool links entries with int32
 
 _B_OVERFLOW = 1024  # ticks past the current 2**32-tick block
@@ -259,9 +262,9 @@ class TimingWheel:
 
     def _grow(self) -> None:
         cap = self._cap
-        new = cap * 2 if cap else _INITIAL_CAP
-        if new > _MAX_CAP:
+        if cap + _PAGE > _MAX_CAP:
             raise MemoryError(f"timing wheel is full ({_MAX_CAP} entries)")
+        new = cap + _PAGE if cap >= _PAGE else min(cap * 2, _PAGE) if cap else _INITIAL_CAP
         n = new - cap
         self._ticks.extend([0] * n)
         self._payloads.extend([0] * n)
