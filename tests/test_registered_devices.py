@@ -102,3 +102,36 @@ async def test_following_a_cluster_picks_up_other_nodes_devices(repos):
         assert not presence.is_online(created.id)
     finally:
         follower.cancel()
+
+
+async def test_a_database_outage_while_following_is_two_log_lines(caplog):
+    import asyncio
+    import logging
+
+    from fleetrpc.errors import StoreUnavailableError
+
+    class Flaky:
+        calls = 0
+
+        async def all_ids(self):
+            yield []
+
+        async def ids_created_since(self, ms):
+            Flaky.calls += 1
+            if Flaky.calls <= 5:
+                raise StoreUnavailableError("PostgreSQL is unavailable (connection refused)")
+            return []
+
+    here = RegisteredDevices(Flaky())
+    await here.load()
+    caplog.set_level(logging.INFO, logger="fleetrpc.server")
+    follower = asyncio.ensure_future(here.follow(0.01))
+    try:
+        end = asyncio.get_running_loop().time() + 10
+        while Flaky.calls < 8:
+            assert asyncio.get_running_loop().time() < end
+            await asyncio.sleep(0.01)
+    finally:
+        follower.cancel()
+    lines = [(r.levelname, r.getMessage()) for r in caplog.records if r.name == "fleetrpc.server"]
+    assert [level for level, _ in lines] == ["WARNING", "INFO"], lines

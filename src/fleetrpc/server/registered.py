@@ -29,6 +29,8 @@ import logging
 import time
 from typing import Any
 
+from ..errors import StoreUnavailableError
+
 __all__ = ["RegisteredDevices"]
 
 log = logging.getLogger("fleetrpc.server")
@@ -137,6 +139,7 @@ class RegisteredDevices:
         logged and tried again at the next turn."""
         loop = asyncio.get_running_loop()
         next_full = loop.time() + self.full_reload_s
+        store_down = False
         while True:
             await asyncio.sleep(interval_s)  # a period, not a synchronisation
             try:
@@ -145,5 +148,14 @@ class RegisteredDevices:
                     next_full = loop.time() + self.full_reload_s
                 else:
                     await self.refresh()
+                if store_down:
+                    log.info("reading the device registry again")
+                    store_down = False
+            except StoreUnavailableError as e:
+                # An outage: one line when it starts, one when it ends.
+                if not store_down:
+                    log.warning("cannot read which devices other nodes created (%s); trying every %g s",
+                                e, interval_s)
+                    store_down = True
             except Exception:
                 log.exception("could not read which devices were created on other nodes")
