@@ -119,3 +119,36 @@ async def test_many_at_once_then_churn_leaves_nothing_behind():
         for c in clients:
             c.close()
         await assert_nothing_left(rig)
+
+
+async def test_a_registry_outage_refuses_connections_without_a_traceback_each(caplog):
+    """The device registry's database is down during a reconnect storm: every
+    device is told "server unavailable" (and retries), the refusals are
+    counted, and the log gets one line at once and a summary later, not a
+    traceback per device; a bug in authenticate() still logs its traceback."""
+    import logging
+
+    from fleetrpc.errors import StoreUnavailableError
+
+    async def authenticate(username, password, client_id):
+        await asyncio.sleep(0)
+        if username == "buggy":
+            raise KeyError("a bug")
+        raise StoreUnavailableError("PostgreSQL at db:5432 is unavailable (connecting)")
+
+    async def device(name: str) -> bytes:
+        c = await raw.RawClient.open(rig.port)
+        try:
+            return (await c.connect(name, client_id=name))[1]
+        finally:
+            c.close()
+
+    caplog.set_level(logging.WARNING, logger="fleetrpc.endpoint")
+    async with make_rig(auth=authenticate) as rig:
+        answers = await asyncio.gather(*(device(f"dev-{i}") for i in range(50)))
+        assert answers == [b"\x00\x03"] * 50  # 3: server unavailable
+        assert rig.endpoint.stats.refused_unavailable == 50 and rig.endpoint.stats.refused_auth == 0
+        assert await device("buggy") == b"\x00\x03"
+    lines = [r for r in caplog.records if r.name == "fleetrpc.endpoint"]
+    assert len([r for r in lines if "registry" in r.getMessage()]) == 1
+    assert [r.exc_info is not None for r in lines if "buggy" in r.getMessage() or r.exc_info] == [True]

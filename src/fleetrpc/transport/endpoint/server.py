@@ -39,6 +39,7 @@ from typing import Any, Awaitable, Callable, Union
 
 import msgspec
 
+from ...dispatch.rejects import RejectLog
 from ...errors import ValidationError
 from ...wire import devices_root, validate_id, validate_prefix
 from ...wire.topics import presence_topic
@@ -75,7 +76,7 @@ class EndpointStats:
     """Counters of one endpoint."""
 
     __slots__ = (
-        "accepted", "refused_max_connections", "refused_auth", "takeovers",
+        "accepted", "refused_max_connections", "refused_auth", "refused_unavailable", "takeovers",
         "closed_protocol", "closed_too_large", "closed_keepalive", "closed_rate_limit",
         "closed_slow_reader", "closed_connect_timeout", "closed_other",
         "requests", "responses", "unknown_response", "client_calls", "session_limits",
@@ -163,6 +164,10 @@ class DeviceEndpoint:
         self._max_packet = s.max_packet
         self._rate_spec = parse_rate_limits(s.rate_limit)
         self.stats = EndpointStats()
+        #: Connections refused because the device registry could not be read
+        #: (a database outage): counted, logged in summaries, not one
+        #: traceback per device of a reconnect storm.
+        self.auth_failures = RejectLog(log, 10.0)
 
         #: Set by the owner: on_message(topic, payload, properties).
         self.on_message: Callable[[str, bytes, "dict | None"], None] = lambda t, p, props: None

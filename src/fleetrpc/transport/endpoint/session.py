@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from ... import _core
-from ...errors import CodecError
+from ...errors import CodecError, StoreError
 from ...wire import REQUEST_DECODER, error_reply, validate_id
 from ...wire.topics import levels_match, return_topic
 from . import packets as P
@@ -685,9 +685,8 @@ class Session(asyncio.Protocol):
         self.state = AUTHENTICATING
         try:
             result = ep._authenticate(c.username or "", password, c.client_id)
-        except Exception:
-            log.exception("authenticate() failed for a connection from %s", self._who())
-            self._refuse(P.SERVER_UNAVAILABLE)
+        except Exception as exc:
+            self._authenticate_failed(exc)
             return
         if inspect.isawaitable(result):
             self.transport.pause_reading()  # what comes meanwhile waits in the socket
@@ -695,13 +694,25 @@ class Session(asyncio.Protocol):
             return
         self._connected(result, c)
 
+    def _authenticate_failed(self, exc: BaseException) -> None:
+        """authenticate() raised: the device is told "server unavailable".
+        A store error (the registry's database is down) is expected in an
+        outage and logged in summaries; anything else is a bug: a traceback."""
+        ep = self.endpoint
+        if isinstance(exc, StoreError):
+            ep.stats.refused_unavailable += 1
+            ep.auth_failures.note("registry_unavailable", "connection from %s: the device registry "
+                                  "cannot be read (%s)", self._who(), exc)
+        else:
+            log.exception("authenticate() failed for a connection from %s", self._who(), exc_info=exc)
+        self._refuse(P.SERVER_UNAVAILABLE)
+
     async def _await_identity(self, awaitable, c: P.Connect) -> None:
         try:
             result = await awaitable
-        except Exception:
-            log.exception("authenticate() failed for a connection from %s", self._who())
+        except Exception as exc:
             if self.state == AUTHENTICATING:
-                self._refuse(P.SERVER_UNAVAILABLE)
+                self._authenticate_failed(exc)
             return
         if self.state != AUTHENTICATING:
             return  # the connection went away meanwhile
