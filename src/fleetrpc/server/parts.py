@@ -38,6 +38,7 @@ from typing import Any
 from aiohttp import web
 
 from ..api.auth import TokenService, load_or_create_secret
+from ..errors import StoreUnavailableError
 from .context import ServerContext
 from .device_auth import provisioning
 
@@ -335,6 +336,10 @@ async def _flush_activity(ctx: ServerContext) -> None:
         return
     try:
         await touch(changes)
+    except StoreUnavailableError as e:
+        # An outage: a line per flush interval, no traceback; what was not
+        # written is lost, the next activity of each device is written.
+        log.warning("could not write the last activity of %d devices: %s", len(changes), e)
     except Exception:
         log.exception("could not write the last activity of %d devices", len(changes))
 
