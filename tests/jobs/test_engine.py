@@ -195,6 +195,40 @@ async def test_restart_mid_job_sends_no_device_the_call_twice(mqtt_url, db_url):
         await second.close()
 
 
+async def test_restart_mid_persistent_job_runs_every_device_once(mqtt_url, db_url):
+    """A persistent job whose node stops mid-rollout: after the restart the
+    calls stored before it are followed (not sent again as new calls, not
+    recorded as interrupted), the rest are started, and every device ran
+    the method exactly once (the RPC id is derived from job and device; the
+    device recognises a resent request by it)."""
+    first = await Rig(mqtt_url, db_url).start(persistent=True)
+    ids = [await first.device() for _ in range(20)]
+    job = await first.engine.submit(TENANT, _spec(ids, persistent=True, rollout={"maxPerMinute": 1200}))
+    await wait_until(lambda: sum(first.calls.values()) >= 5, timeout=10)
+    await first.engine.close()  # the node stops mid-job
+    await first.persistent.close()
+    await first.dispatcher.close()
+    await first.store.close()
+    stored = await JobRepository(first.db).get(TENANT, job.id)
+    assert stored.status is JobStatus.RUNNING
+    await first.db.close()
+
+    second = Rig(mqtt_url, db_url)
+    second.devices, second.calls = first.devices, first.calls
+    await second.start(persistent=True)
+    try:
+        assert await second.resume() == 1
+        job = await second.engine.wait(TENANT, job.id, timeout=30)
+        c = job.counts
+        assert job.status is JobStatus.COMPLETED and c.total == 20
+        assert c.succeeded == 20 and c.in_progress == 0 and c.queued == 0
+        assert len(second.calls) == 20 and max(second.calls.values()) == 1  # everyone, once
+        rows, total = await second.engine.devices(TENANT, job.id, 100, 0)
+        assert total == 20 and {r.outcome for r in rows} == {DeviceOutcome.SUCCEEDED}
+    finally:
+        await second.close()
+
+
 async def test_persistent_job_reaches_offline_devices_when_they_connect(mqtt_url, db_url):
     rig = await Rig(mqtt_url, db_url).start(persistent=True)
     try:
