@@ -121,9 +121,11 @@ async def test_gateway_sdk_with_sub_devices():
         gw.gw_set_server_side_rpc_request_handler(on_rpc)
         await asyncio.to_thread(gw.connect)
         try:
-            gw.gw_connect_device("Pump A")
-            gw.gw_connect_device("Pump B")
-            gw.gw_connect_device("Unknown C")  # not in the registry: ignored
+            # The SDK's calls block until its connection is up (its CONNACK may
+            # still be on its way when connect() returns): off the loop, which
+            # serves the endpoint that has to answer it.
+            for name in ("Pump A", "Pump B", "Unknown C"):  # Unknown C: not in the registry, ignored
+                await asyncio.to_thread(gw.gw_connect_device, name)
             await rig.online("dev-pump-a")
             await rig.online("dev-pump-b")
             a, b = await asyncio.gather(
@@ -133,7 +135,7 @@ async def test_gateway_sdk_with_sub_devices():
             assert a == {"device": "Pump A", "method": "open", "params": {"valve": 1}}
             assert b == {"device": "Pump B", "method": "close", "params": {"valve": 2}}
             assert ("gw-1", "Unknown C") in resolved
-            gw.gw_disconnect_device("Pump A")
+            await asyncio.to_thread(gw.gw_disconnect_device, "Pump A")
             await rig.offline("dev-pump-a")
             assert rig.dispatcher.is_online("dev-pump-b")
         finally:
