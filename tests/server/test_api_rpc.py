@@ -195,3 +195,29 @@ async def test_device_online_state_and_last_activity(start_server, world, mqtt_u
         assert status == 403 and json.loads(body)["errorCode"] == 20
         status, body, _ = await api.request("GET", path, await api.login(world.tenant2.email))
         assert status == 404 and json.loads(body)["errorCode"] == 32
+
+
+async def test_a_device_created_on_another_node_is_served_at_once(start_server, world, mqtt_url):
+    """Presence keeps state for registered devices only.  A device another
+    node created (this node's listeners did not hear of it) connects and
+    announces itself: its presence is held aside.  The first REST call that
+    finds it in the database makes it known, the held presence applies, and
+    the call is answered without waiting for this node's next look."""
+    from fleetrpc.store.entities import DeviceRepository
+
+    async with start_server() as (server, api):
+        ctx = server.ctx
+        made = await DeviceRepository(ctx.db).create(world.t1, "Made elsewhere")
+        dev = DeviceClient(made.id, mqtt_url)
+        dev.add_method("echo", lambda p: p)
+        await dev.connect()
+        try:
+            await asyncio.sleep(0.3)  # its presence has arrived, and was held
+            assert made.id not in ctx.registered_devices and not ctx.dispatcher.is_online(made.id)
+            token = await api.login(world.tenant.email)
+            status, body, _ = await api.request("POST", f"{V2}/twoway/{made.id}", token,
+                                                json={"method": "echo", "params": {"x": 1}, "timeout": 5000})
+            assert (status, json.loads(body)) == (200, {"x": 1})
+            assert made.id in ctx.registered_devices and ctx.dispatcher.is_online(made.id)
+        finally:
+            await dev.close()

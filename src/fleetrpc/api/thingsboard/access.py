@@ -170,19 +170,20 @@ async def device_for_rpc(ctx: Any, p: Principal, device_id: str) -> Any:
     if p.is_sysadmin:
         raise ApiError.text(403, SYSADMIN_NOT_ALLOWED)
     cache = getattr(ctx, "device_cache", None)
-    if cache is None:
-        device = await ctx.devices.get(p.tenant_id, device_id)
-    else:
-        device = cache.cached(p.tenant_id, device_id)
-        if device is MISS:
-            device = await cache.load(p.tenant_id, device_id)
+    device = MISS if cache is None else cache.cached(p.tenant_id, device_id)
+    if device is MISS:
+        device = await (ctx.devices.get(p.tenant_id, device_id) if cache is None
+                        else cache.load(p.tenant_id, device_id))
+        registered = getattr(ctx, "registered_devices", None)
+        if device is not None and registered is not None:
+            # Read from the database just now: known to presence from now on
+            # (created on another node, not looked for yet).  A cached
+            # device was confirmed when it was read.
+            registered.confirm(str(device.id))
     if device is None:
         raise ApiError.text(404, DEVICE_NOT_FOUND)
     if p.is_customer_user and str(device.customer_id or NULL_UUID) != p.customer_id:
         raise ApiError.text(403, NO_PERMISSION)
-    registered = getattr(ctx, "registered_devices", None)
-    if registered is not None:
-        registered.confirm(str(device.id))  # created on another node, not looked for yet
     return device
 
 
