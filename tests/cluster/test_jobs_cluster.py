@@ -29,6 +29,15 @@ async def _node(mqtt_url, dsn, name) -> tuple[Rig, LeaseManager]:
     return rig, leases
 
 
+async def _close(a: Rig, la: LeaseManager, b: Rig, lb: LeaseManager) -> None:
+    """Stop both nodes; the devices are a's (b shares them)."""
+    for leases in (la, lb):
+        await leases.stop()
+    await a.close()
+    b.devices = {}
+    await b.close()
+
+
 async def test_a_job_is_taken_over_when_its_node_stops_renewing(mqtt_url, fresh_pg_db):
     a, la = await _node(mqtt_url, fresh_pg_db, "jobs-a")
     b, lb = await _node(mqtt_url, fresh_pg_db, "jobs-b")
@@ -58,11 +67,7 @@ async def test_a_job_is_taken_over_when_its_node_stops_renewing(mqtt_url, fresh_
         rows, total = await b.engine.devices(TENANT, done.id, 100, 0)
         assert total == 30 and {r.device_id for r in rows} == set(ids)
     finally:
-        for leases in (la, lb):
-            await leases.stop()
-        await a.close()
-        b.devices = {}
-        await b.close()
+        await _close(a, la, b, lb)
 
 
 async def test_a_cancel_through_another_node_stops_the_run(mqtt_url, fresh_pg_db):
@@ -79,8 +84,4 @@ async def test_a_cancel_through_another_node_stops_the_run(mqtt_url, fresh_pg_db
         assert c.skipped > 0 and c.succeeded + c.failed + c.skipped + c.cancelled == 30
         assert max(a.calls.values()) == 1
     finally:
-        for leases in (la, lb):
-            await leases.stop()
-        await a.close()
-        b.devices = {}
-        await b.close()
+        await _close(a, la, b, lb)
