@@ -61,7 +61,6 @@ class DeviceDirectory:
         self._lookups: dict[str, asyncio.Future] = {}
         self._queued: list[tuple[str, asyncio.Future]] = []  # (token, its future) for the next batch
         self._batcher: asyncio.Task | None = None
-        self._by_tokens = getattr(devices, "by_tokens", None)
         #: gateway device id -> its tenant (for sub-device lookups)
         self._tenants: dict[str, str] = {}
         #: told the id of every device the registry just showed exists
@@ -130,7 +129,7 @@ class DeviceDirectory:
                 waiting, self._queued = self._queued[:BATCH], self._queued[BATCH:]
                 started = self._clock()
                 try:
-                    found = await self._query([token for token, _ in waiting])
+                    found = await self.devices.by_tokens([token for token, _ in waiting])
                 except Exception as exc:
                     for token, fut in waiting:
                         self._settle(token, fut, exc=exc)
@@ -152,16 +151,6 @@ class DeviceDirectory:
             raise
         finally:
             self._batcher = None
-
-    async def _query(self, tokens: list[str]) -> dict[str, Any]:
-        if self._by_tokens is not None:
-            return await self._by_tokens(tokens)
-        found = {}
-        for token in tokens:  # a repository without the batch query
-            device = await self.devices.by_token(token)
-            if device is not None:
-                found[token] = device
-        return found
 
     def _identity(self, device: Any) -> tuple[Identity | None, str | None]:
         if device is None:
