@@ -126,7 +126,7 @@ class Stack:
 
 def _count_writes(repo: Any) -> dict[str, int]:
     """Count the repository's batch writes (transactions) in ``counts``."""
-    counts = {"start_devices": 0, "finish_devices": 0}
+    counts = {"record": 0}
     for name in counts:
         inner = getattr(repo, name)
 
@@ -151,10 +151,7 @@ class MemoryJobs:
     async def save(self, job, fence=None) -> None:
         pass
 
-    async def start_devices(self, job, rows, fence=None, finished=()) -> None:
-        pass
-
-    async def finish_devices(self, job, rows, fence=None) -> None:
+    async def record(self, job, rows=(), fence=None) -> None:
         pass
 
     async def cancel_requested(self, job_ids) -> list:
@@ -221,8 +218,7 @@ async def run_job(stack: Stack, spec, profile: str | None = None) -> dict:
     c = job.counts
     return {"wall_s": t.wall, "cpu_s": t.cpu, "status": job.status.value, "succeeded": c.succeeded,
             "not_succeeded": c.total - c.succeeded, "id": job.id,
-            "start_batches": stack.writes["start_devices"] - before["start_devices"],
-            "outcome_batches": stack.writes["finish_devices"] - before["finish_devices"]}
+            "writes": stack.writes["record"] - before["record"]}
 
 
 async def persistent_floor(stack: Stack, ids: list[str], callers: int) -> dict:
@@ -248,7 +244,7 @@ async def persistent_floor(stack: Stack, ids: list[str], callers: int) -> dict:
 
 
 def _fmt(r: dict, n: int) -> str:
-    batches = f", {r['start_batches']}+{r['outcome_batches']} batches" if "start_batches" in r else ""
+    batches = f", {r['writes']} writes" if "writes" in r else ""
     return (f"{r['wall_s']:.3f} s ({n / r['wall_s']:,.0f}/s), CPU {r['cpu_s']:.2f} s "
             f"({r['cpu_s'] / n * 1e6:.0f} us/device), {r['succeeded']} ok{batches}")
 

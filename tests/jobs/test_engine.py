@@ -10,6 +10,7 @@ import pytest
 
 from fleetrpc import DeviceClient, Dispatcher, EventBus, PersistentRpc, Settings
 from fleetrpc.errors import ValidationError
+from fleetrpc.jobs import engine as engine_module
 from fleetrpc.jobs import DeviceOutcome, JobEngine, JobNotFoundError, JobStatus, parse_spec
 from fleetrpc.store import open_store
 from fleetrpc.store.db import open_database
@@ -46,7 +47,7 @@ class Rig:
         self.calls: Counter[str] = Counter()
         self.events: list[tuple[str, str]] = []
 
-    async def start(self, *, persistent: bool = False) -> "Rig":
+    async def start(self, *, persistent: bool = False, **engine_options) -> "Rig":
         self.db = await open_database(self.db_url)
         self.dispatcher = Dispatcher(self.settings)
         await self.dispatcher.start()
@@ -57,7 +58,7 @@ class Rig:
             await self.persistent.start()
         self.engine = JobEngine(self.dispatcher, JobRepository(self.db), persistent=self.persistent,
                                 emit=lambda t, body: self.events.append((t, body["status"])),
-                                progress_interval=0.0)
+                                progress_interval=0.0, **engine_options)
         return self
 
     async def resume(self) -> int:
@@ -195,6 +196,108 @@ async def test_restart_mid_job_sends_no_device_the_call_twice(mqtt_url, db_url):
         await second.close()
 
 
+async def test_a_crash_mid_job_recovers_what_was_started_after_the_settled_prefix(mqtt_url, db_url):
+    """The node dies mid-job (nothing more is written, as after a kill -9)
+    with outcomes recorded in memory but not stored: the restart pages the
+    targets between the stored settled prefix and the cursor, records those
+    without a stored outcome interrupted (a lightweight call is not sent
+    again), keeps the outcomes that were stored, and sends the rest once."""
+    first = await Rig(mqtt_url, db_url).start(flush_interval=3600)  # outcomes only ride on start writes
+    ids = [await first.device() for _ in range(20)]
+    job = await first.engine.submit(TENANT, _spec(ids, rollout={"maxPerMinute": 1200}))  # 20/s
+    await wait_until(lambda: sum(first.calls.values()) >= 5, timeout=10)
+    first.engine._runs[job.id].abandon()  # writes nothing more
+    await first.engine.close()
+    await first.dispatcher.close()
+    stored = await JobRepository(first.db).get(TENANT, job.id)
+    assert stored.status is JobStatus.RUNNING and stored.cursor is not None
+    assert stored.settled_through is None or stored.settled_through < stored.cursor
+    await first.db.close()
+
+    second = Rig(mqtt_url, db_url)
+    second.devices, second.calls = first.devices, first.calls
+    await second.start()
+    try:
+        assert await second.resume() == 1
+        job = await second.engine.wait(TENANT, job.id, timeout=20)
+        c = job.counts
+        assert job.status is JobStatus.COMPLETED and c.total == 20 and c.in_progress == 0
+        assert max(second.calls.values()) == 1 and len(second.calls) == 20  # everyone, once
+        rows, total = await second.engine.devices(TENANT, job.id, 100, 0)
+        assert total == 20
+        by_outcome = Counter(r.outcome for r in rows)
+        assert by_outcome == Counter({DeviceOutcome.SUCCEEDED: c.succeeded, DeviceOutcome.FAILED: c.failed})
+        interrupted = [r for r in rows if r.outcome is DeviceOutcome.FAILED]
+        # the last batch started before the crash had no later write to carry its outcome
+        assert interrupted and all("interrupted" in r.error for r in interrupted)
+        assert all(r.device_id <= stored.cursor for r in interrupted)
+        assert stored.settled_through is None or all(r.device_id > stored.settled_through for r in interrupted)
+    finally:
+        await second.close()
+
+
+async def test_each_device_row_is_written_once_with_its_outcome(rig, monkeypatch):
+    """No IN_PROGRESS row before the send and an update after: a device's
+    row is written once, when its outcome is known (calls ending within
+    IN_PROGRESS_AFTER_S never get an IN_PROGRESS row)."""
+    monkeypatch.setattr(engine_module, "IN_PROGRESS_AFTER_S", 60.0)
+    written: Counter[tuple[str, DeviceOutcome]] = Counter()
+    record = rig.engine.repo.record
+
+    async def counting(job, rows=(), fence=None):
+        written.update((r.device_id, r.outcome) for r in rows)
+        await record(job, rows, fence)
+
+    rig.engine.repo.record = counting
+    ids = [await rig.device() for _ in range(12)]
+    job = await rig.engine.submit(TENANT, _spec(ids, rollout={"maxInFlight": 4}))
+    job = await rig.engine.wait(TENANT, job.id, timeout=20)
+    assert job.counts.succeeded == 12
+    assert written == Counter({(d, DeviceOutcome.SUCCEEDED): 1 for d in ids})
+    assert job.settled_through == job.cursor == max(ids)
+    stored = await JobRepository(rig.db).get(TENANT, job.id)
+    assert stored.settled_through == stored.cursor == max(ids)
+
+
+async def test_a_reply_holding_nul_is_stored_and_the_job_completes(rig):
+    """A device's error text with NUL in it (PostgreSQL's text refuses NUL)
+    is stored with U+FFFD in its place; the result keeps its JSON escape.
+    A refused write would have held back every later outcome of the job."""
+    bad = await rig.device(reply=lambda name: {"error": {"code": "E\x00", "message": "m\x00"}})
+    odd = await rig.device(reply=lambda name: {"fw": "1.\x002"})
+    job = await rig.engine.submit(TENANT, _spec([bad, odd]))
+    job = await rig.engine.wait(TENANT, job.id, timeout=10)
+    assert job.status is JobStatus.COMPLETED and (job.counts.failed, job.counts.succeeded) == (1, 1)
+    rows, _ = await rig.engine.devices(TENANT, job.id, 10, 0)
+    by_device = {r.device_id: r for r in rows}
+    assert by_device[bad].error == "E\ufffd: m\ufffd"
+    assert by_device[odd].result == {"fw": "1.\x002"}
+
+
+async def test_a_listing_shows_calls_just_started_in_flight(rig):
+    """Rows of calls in flight are written lazily, but a listing of a
+    running job writes them first: it shows every device started."""
+    release = asyncio.Event()
+    slow = DeviceClient(_name("slow"), rig.mqtt_url)
+
+    @slow.method("version")
+    async def version(params):
+        await release.wait()
+        return {"fw": "2.0"}
+
+    rig.devices[slow.device_id] = slow
+    await slow.connect()
+    await wait_until(lambda: rig.dispatcher.is_online(slow.device_id))
+    job = await rig.engine.submit(TENANT, _spec([slow.device_id], timeout=10_000))
+    await wait_until(lambda: rig.engine._runs[job.id].inflight)
+    rows, total = await rig.engine.devices(TENANT, job.id, 10, 0)
+    assert total == 1 and rows[0].outcome is DeviceOutcome.IN_PROGRESS and rows[0].finish_ts is None
+    release.set()
+    job = await rig.engine.wait(TENANT, job.id, timeout=10)
+    rows, total = await rig.engine.devices(TENANT, job.id, 10, 0)
+    assert total == 1 and rows[0].outcome is DeviceOutcome.SUCCEEDED and rows[0].result == {"fw": "2.0"}
+
+
 async def test_restart_mid_persistent_job_runs_every_device_once(mqtt_url, db_url):
     """A persistent job whose node stops mid-rollout: after the restart the
     calls stored before it are followed (not sent again as new calls, not
@@ -239,6 +342,14 @@ async def test_persistent_job_reaches_offline_devices_when_they_connect(mqtt_url
         await wait_until(lambda: sum(rig.calls.values()) == 3, timeout=10)
         live = await rig.engine.get(TENANT, job.id)
         assert live.status is JobStatus.RUNNING and live.counts.in_progress >= 1
+        # a call in flight for over a second gets its IN_PROGRESS row unasked
+        repo = JobRepository(rig.db)
+        deadline = time.monotonic() + 10
+        while late not in {r.device_id for r in await repo.in_progress(job.id)}:
+            assert time.monotonic() < deadline, "no IN_PROGRESS row for the offline device"
+            await asyncio.sleep(0.1)
+        rows, _ = await rig.engine.devices(TENANT, job.id, 10, 0, outcome=DeviceOutcome.IN_PROGRESS)
+        assert [r.device_id for r in rows] == [late] and rows[0].rpc_id
         await rig.devices[late].connect()
         job = await rig.engine.wait(TENANT, job.id, timeout=20)
         assert job.status is JobStatus.COMPLETED and job.counts.succeeded == 4

@@ -297,6 +297,12 @@ class Job(msgspec.Struct, kw_only=True):
     #: The last target started: targets are started in device-id order, so
     #: a resumed job starts after it.
     cursor: str | None = None
+    #: Every target up to and including this id has its outcome stored
+    #: (``None``: none yet).  Targets after it, up to the cursor, were
+    #: started and some may still be in flight: a restart recovers them by
+    #: paging the targets in that range (their rows are written once, with
+    #: their outcome, not before they are sent).
+    settled_through: str | None = None
     created_time: int = 0
     start_ts: int | None = None
     finish_ts: int | None = None
