@@ -744,7 +744,7 @@ class _Run:
             except RpcNotFoundError:
                 record = None  # never stored: safe to send now
             if record is not None:
-                self._record(device, *classify_persistent(record), _now_ms())
+                self._record(device, *classify_persistent(record), _now_ms(), rpc_id)
                 return
         try:
             await engine.call(
@@ -756,10 +756,10 @@ class _Run:
         except DuplicateRpcError:
             pass  # stored before a restart: follow it
         except FleetRpcError as exc:
-            self._record(device, DeviceOutcome.FAILED, None, f"{type(exc).__name__}: {exc}", _now_ms())
+            self._record(device, DeviceOutcome.FAILED, None, f"{type(exc).__name__}: {exc}", _now_ms(), rpc_id)
             return
         record = await engine.wait(rpc_id, tenant_id=job.tenant_id)
-        self._record(device, *classify_persistent(record), _now_ms())
+        self._record(device, *classify_persistent(record), _now_ms(), rpc_id)
 
     async def _delete_rpc(self, device: str) -> None:
         try:
@@ -807,7 +807,10 @@ class _Run:
 
     # -- outcomes -------------------------------------------------------------
 
-    def _record(self, device: str, outcome: DeviceOutcome, result: Any, error: str | None, now: int) -> None:
+    def _record(self, device: str, outcome: DeviceOutcome, result: Any, error: str | None, now: int,
+                rpc_id: str | None = None) -> None:
+        """Count a device's outcome and keep its row for the next write
+        (``rpc_id``: its persistent call's, when the caller has it at hand)."""
         batch = self.inflight.pop(device, None)
         if batch is None:
             return  # cancelled while in flight, or a duplicate
@@ -820,7 +823,7 @@ class _Run:
             add_reply(job.aggregate, result)
         self.rows.append(JobDevice(
             job_id=job.id, device_id=device, outcome=outcome, result=result, error=error,
-            rpc_id=self.rpc_id(device) if job.spec.persistent else None,
+            rpc_id=rpc_id if rpc_id is not None or not job.spec.persistent else self.rpc_id(device),
             start_ts=batch.ts, finish_ts=now,
         ))
         self._check_abort()
