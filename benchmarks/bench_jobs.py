@@ -116,6 +116,17 @@ class Stack:
                 raise RuntimeError(f"{self.name}: {len(want - self.dispatcher.online_devices)} devices never online")
             await asyncio.sleep(0.05)
 
+    async def db_cpu(self) -> dict[int, float]:
+        """CPU seconds so far of each PostgreSQL backend serving this run's
+        database (all of them are this run's: the database is its own);
+        empty for SQLite, whose work is on a thread of this process."""
+        from fleetrpc.bench.cpu import process_cpu
+
+        if self.db is None or self.db.dialect != "postgresql":
+            return {}
+        rows = await self.db.fetch("SELECT pid FROM pg_stat_activity WHERE datname = current_database()")
+        return {r[0]: cpu for r in rows if (cpu := process_cpu(r[0])) is not None}
+
     async def close(self) -> None:
         for part in (self.jobs, self.persistent, self.dispatcher, self.store, self.db):
             if part is None:
@@ -202,21 +213,30 @@ def _spec(ids: list[str], **over: Any):
 
 
 async def floor(stack: Stack, ids: list[str]) -> dict:
+    db0 = await stack.db_cpu()
     with Timed() as t:
         bc = stack.dispatcher.broadcast(ids, "echo", PARAMS, timeout=30)
         async for _ in bc:
             pass
         s = await bc.wait()
-    return {"wall_s": t.wall, "cpu_s": t.cpu, "succeeded": s.succeeded, "failed": s.failed}
+    return {"wall_s": t.wall, "cpu_s": t.cpu, "db_cpu_s": _spent(db0, await stack.db_cpu()),
+            "succeeded": s.succeeded, "failed": s.failed}
+
+
+def _spent(before: dict[int, float], after: dict[int, float]) -> float:
+    """CPU seconds the database's backends used between two readings (a
+    backend that appeared meanwhile counts from zero)."""
+    return sum(cpu - before.get(pid, 0.0) for pid, cpu in after.items())
 
 
 async def run_job(stack: Stack, spec, profile: str | None = None) -> dict:
     before = dict(stack.writes)
+    db0 = await stack.db_cpu()
     with Timed(profile) as t:
         job = await stack.jobs.submit(TENANT, spec)
         job = await stack.jobs.wait(TENANT, job.id, timeout=600)
     c = job.counts
-    return {"wall_s": t.wall, "cpu_s": t.cpu, "status": job.status.value, "succeeded": c.succeeded,
+    return {"wall_s": t.wall, "cpu_s": t.cpu, "db_cpu_s": _spent(db0, await stack.db_cpu()), "status": job.status.value, "succeeded": c.succeeded,
             "not_succeeded": c.total - c.succeeded, "id": job.id,
             "writes": stack.writes["record"] - before["record"]}
 
@@ -238,15 +258,18 @@ async def persistent_floor(stack: Stack, ids: list[str], callers: int) -> dict:
             else:
                 bad += 1
 
+    db0 = await stack.db_cpu()
     with Timed() as t:
         await asyncio.gather(*(caller() for _ in range(callers)))
-    return {"wall_s": t.wall, "cpu_s": t.cpu, "succeeded": ok, "not_succeeded": bad}
+    return {"wall_s": t.wall, "cpu_s": t.cpu, "db_cpu_s": _spent(db0, await stack.db_cpu()),
+            "succeeded": ok, "not_succeeded": bad}
 
 
 def _fmt(r: dict, n: int) -> str:
     batches = f", {r['writes']} writes" if "writes" in r else ""
+    db = f", PostgreSQL CPU {r['db_cpu_s'] / n * 1e6:.0f} us/device" if r.get("db_cpu_s") else ""
     return (f"{r['wall_s']:.3f} s ({n / r['wall_s']:,.0f}/s), CPU {r['cpu_s']:.2f} s "
-            f"({r['cpu_s'] / n * 1e6:.0f} us/device), {r['succeeded']} ok{batches}")
+            f"({r['cpu_s'] / n * 1e6:.0f} us/device{db}), {r['succeeded']} ok{batches}")
 
 
 async def phase_light(stack: Stack, ids: list[str], rounds: int, profile: str | None) -> dict:
@@ -294,6 +317,9 @@ def _summary(out: dict[str, list], base: str, n: int) -> dict:
     res["median_per_s"] = {k: round(n / v) for k, v in med.items()}
     res["cpu_us_per_device"] = {k: round(statistics.median(r["cpu_s"] for r in v) / n * 1e6, 1)
                                 for k, v in out.items()}
+    if any(r.get("db_cpu_s") for v in out.values() for r in v):
+        res["postgresql_cpu_us_per_device"] = {
+            k: round(statistics.median(r["db_cpu_s"] for r in v) / n * 1e6, 1) for k, v in out.items()}
     # ratio of each to the floor of the same round, then the median of those
     res["ratio_to_" + base] = {
         k: round(statistics.median(r["wall_s"] / b["wall_s"] for r, b in zip(v, out[base])), 2)
@@ -511,6 +537,8 @@ def print_report(r: dict) -> None:
         for phase, res in r[name].items():
             print(f"  {name} {phase}: median s {res['median_s']}  per s {res['median_per_s']}")
             print(f"      CPU us/device {res['cpu_us_per_device']}  ratios {[(k, v) for k, v in res.items() if k.startswith('ratio')]}")
+            if "postgresql_cpu_us_per_device" in res:
+                print(f"      PostgreSQL CPU us/device {res['postgresql_cpu_us_per_device']}")
     if "rate" in r:
         x = r["rate"]
         print(f"  rate: target {x['target_per_s']}/s achieved {x['achieved_per_s']}/s ({x['deviation_pct']:+.2f} %) "
