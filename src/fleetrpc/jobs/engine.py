@@ -566,6 +566,8 @@ class _Run:
         self._flushing = asyncio.get_running_loop().create_future()
         try:
             await self.engine.repo.record(snapshot, rows, self.fence)
+            for batch in marked:
+                batch.devices = ()  # their rows are written: only the counts are needed now
         except LeaseLostError:
             self.abandon()
             raise
@@ -591,9 +593,13 @@ class _Run:
         job_id = self.job.id
         persistent = self.job.spec.persistent
         inflight = self.inflight
-        while rowless and (everything or rowless[0].ts <= due):
-            batch = rowless.popleft()
-            if not batch.unsettled:
+        while rowless:
+            batch = rowless[0]
+            if batch.unsettled and not everything and batch.ts > due:
+                break
+            rowless.popleft()
+            if not batch.unsettled:  # settled in time: no IN_PROGRESS row
+                batch.devices = ()
                 continue
             marked.append(batch)
             rows.extend(

@@ -35,6 +35,9 @@ _JOB_COLUMNS = (
 _DEVICE_COLUMNS = "job_id, device_id, outcome, result, error, rpc_id, start_ts, finish_ts"
 
 
+#: Rows written by one statement (a flush may hold more: several statements).
+ROWS_PER_STATEMENT = 1000
+
 #: A row with an outcome replaces the device's IN_PROGRESS row; an
 #: IN_PROGRESS row (a call in flight for over a second) never replaces one.
 _UPSERT = (
@@ -185,20 +188,21 @@ class JobRepository:
         # of one per row, each a GIL hand-off with the event loop.
         # A device twice in one statement is refused by PostgreSQL's
         # upsert: the last row of a device wins.
+        # At most ROWS_PER_STATEMENT rows a statement: the JSON text of a
+        # large flush stays small.
         if len({r.device_id for r in rows}) != len(rows):
             rows = list({r.device_id: r for r in rows}.values())
-        batch = _encode([
-            (r.device_id, r.outcome.value, _text(r.result), _storable(r.error), r.rpc_id, r.start_ts, r.finish_ts)
-            for r in rows
-        ])
         elements = ("json_array_elements($2::json) AS t(e)" if self.db.dialect == "postgresql"
                     else "(SELECT value AS e FROM json_each($2)) AS t")
         # (WHERE true: SQLite's parser needs it between a SELECT and ON CONFLICT.)
-        await conn.execute(
-            f"INSERT INTO job_device ({_DEVICE_COLUMNS}) SELECT $1, e->>0, e->>1, e->>2, e->>3, e->>4, "
-            f"CAST(e->>5 AS BIGINT), CAST(e->>6 AS BIGINT) FROM {elements} WHERE true {_UPSERT}",
-            rows[0].job_id, batch.decode(),
-        )
+        sql = (f"INSERT INTO job_device ({_DEVICE_COLUMNS}) SELECT $1, e->>0, e->>1, e->>2, e->>3, e->>4, "
+               f"CAST(e->>5 AS BIGINT), CAST(e->>6 AS BIGINT) FROM {elements} WHERE true {_UPSERT}")
+        for start in range(0, len(rows), ROWS_PER_STATEMENT):
+            batch = _encode([
+                (r.device_id, r.outcome.value, _text(r.result), _storable(r.error), r.rpc_id, r.start_ts, r.finish_ts)
+                for r in rows[start:start + ROWS_PER_STATEMENT]
+            ])
+            await conn.execute(sql, rows[0].job_id, batch.decode())
 
     async def request_cancel(self, tenant_id: str, job_id: str) -> bool:
         """Flag a QUEUED or RUNNING job for cancellation by the node running
