@@ -75,6 +75,7 @@ async def test_each_selector_reaches_exactly_the_matching_devices_of_the_tenant(
                 ({"namePattern": "pump-*"}, {"pump-1": ok, "pump-2": ok, "pump-3": offline}),
                 ({"namePattern": "*-1"}, {"pump-1": ok, "valve-1": failed}),
                 ({"namePattern": "pump_*"}, {}),  # SQL's _ is no wildcard here
+                ({"namePattern": "PUMP-*"}, {}),  # names match case-sensitively, as types and labels
                 ({"customerId": world.c1}, {"Device C1": ok, "pump-1": ok, "valve-1": failed}),
                 ({"all": True}, {"Device C1": ok, "Device C2": ok, "Device T1": ok, "pump-1": ok, "pump-2": ok,
                                  "pump-3": offline, "valve-1": failed, "pumpx1": ok}),
@@ -93,7 +94,7 @@ async def test_each_selector_reaches_exactly_the_matching_devices_of_the_tenant(
             # tenant 2's pump was never called; every other connected device once
             # per job that named it
             assert fleet.other_pump not in fleet.calls
-            assert len(fleet.calls[ids["pump-1"]]) == 7 and fleet.calls[ids["pumpx1"]] == [{"n": 7}]
+            assert len(fleet.calls[ids["pump-1"]]) == 7 and fleet.calls[ids["pumpx1"]] == [{"n": 8}]
 
             # the per-device rows of the `all` job: a row each, with its outcome
             everything = jobs[-1]["id"]["id"]

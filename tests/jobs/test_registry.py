@@ -1,7 +1,7 @@
 """The server's job targets (jobs/registry.py) on a real SQLite and
 PostgreSQL ``device`` table, with more devices than the REST tests create:
 large ``deviceIds`` lists in bounded queries, the same device order for
-every selector."""
+every selector, and name patterns matched alike on both databases."""
 
 from __future__ import annotations
 
@@ -117,3 +117,30 @@ async def test_the_access_check_of_a_long_list_names_what_is_unknown(db):
     with pytest.raises(PermissionError):
         await check.check_access(TENANT, CUSTOMER, Targets(device_ids=mine[:1]))
 
+
+async def test_a_name_pattern_matches_alike_on_both_databases(db):
+    names = ["pump-1", "Pump-2", "PUMP-3", "pump_4", "pumpx5", "pump%6", "pump[7]", "pump?8", "a*b", "axb",
+             "back\\slash"]
+    ids = {name: str(uuid.uuid4()) for name in names}
+    await add_devices(db, [(d, TENANT, NO_CUSTOMER, name) for name, d in ids.items()])
+    await add_devices(db, [(str(uuid.uuid4()), OTHER, NO_CUSTOMER, "pump-1")])
+
+    async def matched(pattern: str) -> set[str]:
+        source = RegistryTargets(db, TENANT, Targets(name_pattern=pattern))
+        found = await every_page(source, 1000)
+        assert await source.count() == len(found)
+        return {name for name, d in ids.items() if d in found}
+
+    # case-sensitive, as deviceType and label are; only * is a wildcard
+    assert await matched("pump-*") == {"pump-1"}
+    assert await matched("Pump-*") == {"Pump-2"}
+    assert await matched("PUMP-3") == {"PUMP-3"}
+    assert await matched("pump_*") == {"pump_4"}
+    assert await matched("pump%*") == {"pump%6"}
+    assert await matched("*[7]") == {"pump[7]"}
+    assert await matched("pump?8") == {"pump?8"}
+    assert await matched("pump?") == set()
+    assert await matched("a*b") == {"a*b", "axb"}
+    assert await matched("back\\*") == {"back\\slash"}
+    assert await matched("*") == set(names)
+    assert await matched("*ump*") == {"pump-1", "Pump-2", "pump_4", "pumpx5", "pump%6", "pump[7]", "pump?8"}

@@ -31,9 +31,16 @@ ID_CHUNK = 1000
 
 
 def _like(pattern: str) -> str:
-    """``*`` is the wildcard; SQL's own wildcards are matched literally."""
+    """``*`` is the wildcard; SQL's own wildcards are matched literally
+    (PostgreSQL's LIKE: case-sensitive on the ``C``-collated name)."""
     escaped = pattern.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
     return escaped.replace("*", "%")
+
+
+def _glob(pattern: str) -> str:
+    """The same pattern for SQLite's GLOB (case-sensitive, where its LIKE
+    is not): ``*`` stays the wildcard, ``?`` and ``[`` match themselves."""
+    return pattern.replace("[", "[[]").replace("?", "[?]")
 
 
 def _marks(first: int, n: int) -> str:
@@ -42,7 +49,8 @@ def _marks(first: int, n: int) -> str:
 
 class RegistryTargets:
     """The devices a selector matches in one tenant (and customer), in
-    device-id order."""
+    device-id order.  A name pattern, like the other selectors, matches
+    names exactly as stored: case-sensitive on both databases."""
 
     def __init__(self, db: Any, tenant_id: str, targets: Targets, customer_id: str | None = None) -> None:
         self.db = db
@@ -62,7 +70,10 @@ class RegistryTargets:
         elif kind == "label":
             add("label = ?", value)
         elif kind == "namePattern":
-            add("name LIKE ? ESCAPE '\\'", _like(value))
+            if db.dialect == "sqlite":
+                add("name GLOB ?", _glob(value))
+            else:
+                add("name LIKE ? ESCAPE '\\'", _like(value))
         elif kind == "customerId":
             add("customer_id = ?", value)
         if customer_id is not None:
