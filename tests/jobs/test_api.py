@@ -263,6 +263,12 @@ async def test_bad_input_is_a_400_that_names_the_problem(start_server, world):
         assert "unknown device status 'LOST'" in await refused(api, token, 400, method="GET", path=path)
         assert await refused(api, token, 404, method="GET", path=f"/api/job/{unknown}") == (
             f"Job with id [{unknown}] is not found")
+        # a job id is a UUID, in any case, as every id in a path
+        for method, path in (("GET", "/api/job/not-a-uuid"), ("POST", "/api/job/not-a-uuid/cancel"),
+                             ("DELETE", "/api/job/not-a-uuid"),
+                             ("GET", "/api/job/not-a-uuid/devices?pageSize=1&page=0")):
+            assert await refused(api, token, 400, method=method, path=path) == "Invalid UUID string: not-a-uuid"
+        assert (await job_of(api, token, job_id.upper()))["id"]["id"] == job_id
 
 
 async def test_cancel_delete_and_the_list_by_status(start_server, world, mqtt_url):
