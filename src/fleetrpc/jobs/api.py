@@ -24,6 +24,7 @@ from aiohttp import web
 from ..api.errors import ApiError
 from ..api.keys import CTX, PRINCIPAL
 from ..api.openapi import Param, operation
+from ..api.thingsboard.access import check_uuid
 from ..errors import ValidationError
 from .engine import JobNotFoundError
 from .model import DeviceOutcome, JobDeviceView, JobSpec, JobStatus, JobView, parse_spec
@@ -92,10 +93,13 @@ def _page(cls: type, items: list, total: int, page_size: int, page: int) -> web.
 async def _job_of(request: web.Request) -> tuple[Any, Any]:
     p = _principal(request)
     jobs = request.app[CTX].jobs
+    # A job id is a UUID as in every other path: 400 for one that is not,
+    # and any case of its hex digits names the same job (ids are stored lowercase).
+    job_id = check_uuid(request.match_info["job_id"])
     try:
-        job = await jobs.get(p.tenant_id, request.match_info["job_id"])
+        job = await jobs.get(p.tenant_id, job_id)
     except JobNotFoundError:
-        raise ApiError.not_found(f"Job with id [{request.match_info['job_id']}] is not found") from None
+        raise ApiError.not_found(f"Job with id [{job_id}] is not found") from None
     scope = _customer_scope(p)
     if scope is not None and job.customer_id != scope:
         raise ApiError.forbidden()
