@@ -235,6 +235,8 @@ async def test_bad_input_is_a_400_that_names_the_problem(start_server, world):
             ({"targets": {"all": True}, **call, "abort": [{"failureType": "SOMETIMES"}]}, "`$.abort[0].failureType`"),
             ({"targets": {"deviceIds": [dev, unknown]}, **call}, f"unknown device ids: {unknown}"),
             ({"targets": {"deviceIds": ["not-a-device"]}, **call}, "unknown device ids: not-a-device"),
+            ({"targets": {"customerId": unknown}, **call}, f"unknown customer id: {unknown}"),
+            ({"targets": {"customerId": world.c3}, **call}, f"unknown customer id: {world.c3}"),  # tenant 2's
             ({"targets": {"all": True}, "method": 5}, "Expected `str`, got `int` - at `$.method`"),
             ({"targets": {"deviceIds": dev}, **call}, "at `$.targets.deviceIds`"),
             ({"targets": {"all": True}, **call, "timeout": "soon"}, "at `$.timeout`"),

@@ -130,11 +130,16 @@ class JobTargets:
         return RegistryTargets(self.db, job.tenant_id, job.spec.targets, job.customer_id)
 
     async def check_access(self, tenant_id: str, customer_id: str | None, targets: Targets) -> None:
-        """Raise ValidationError for device ids the tenant does not have,
+        """Raise ValidationError for device ids or a customer id the tenant does not have,
         PermissionError when a customer user names what is not its own."""
         kind, value = targets.selector()
         if customer_id is not None and kind == "customerId" and value != customer_id:
             raise PermissionError("You don't have permission to perform this operation!")
+        if kind == "customerId" and await self.db.fetchval(
+                "SELECT 1 FROM customer WHERE id = $1 AND tenant_id = $2", value, tenant_id) is None:
+            # as an unknown device id: a job that could only ever reach nothing
+            # (another tenant's customer is unknown here, in the same words)
+            raise ValidationError(f"unknown customer id: {value}")
         if kind != "deviceIds":
             return
         found: dict[str, str] = {}
