@@ -16,7 +16,7 @@ import pytest
 from click.testing import CliRunner
 
 from fleetrpc.cli import main
-from tests.jobs.fleet import Fleet, job_of, until, until_finished
+from tests.jobs.fleet import job_of, until, until_finished
 from tests.server.conftest import PASSWORD
 
 pytestmark = pytest.mark.mqtt
@@ -57,73 +57,69 @@ def summary(stdout: str) -> dict:
     return json.loads(stdout[stdout.index("\n{") + 1:] if not stdout.startswith("{") else stdout)
 
 
-async def test_job_run_status_list_and_cancel_against_the_server(start_server, world, mqtt_url):
-    async with start_server() as (server, api):
-        fleet = await Fleet(server, api, world, mqtt_url).build()
-        try:
-            tenant = await api.login(world.tenant.email)
-            thermostats = [await fleet.create(tenant, f"thermostat-{i}", "thermostat", None, None) for i in range(3)]
-            for device_id in thermostats:
-                await fleet.connect(device_id, {"fw": "3.1"})
-            url = server.ctx.url
-            run = ("run", "--interval", "0.05")
+async def test_job_run_status_list_and_cancel_against_the_server(fleet_server, world):
+    async with fleet_server() as (server, api, fleet):
+        tenant = await api.login(world.tenant.email)
+        thermostats = [await fleet.create(tenant, f"thermostat-{i}", "thermostat", None, None) for i in range(3)]
+        for device_id in thermostats:
+            await fleet.connect(device_id, {"fw": "3.1"})
+        url = server.ctx.url
+        run = ("run", "--interval", "0.05")
 
-            # every device succeeded: 0, the progress and the summary printed
-            code, out, err = await fleetrpc(url, world.tenant, *run, "--type", "thermostat", "getVersion", "21",
-                                            "--rate", "100/s", "--abort-at", "5%")
-            assert code == 0, (out, err)
-            result = summary(out)
-            assert result["status"] == "COMPLETED" and result["error"] is None
-            assert (result["counts"]["total"], result["counts"]["succeeded"]) == (3, 3)
-            assert result["aggregate"]["fw"]["values"] == {"3.1": 3}
-            assert f"job {result['id']} created" in err
-            assert "3/3" in out and "ok 3" in out  # the progress bar's last state
-            assert sorted(fleet.calls) == sorted(thermostats) and all(c == [21] for c in fleet.calls.values())
-            job = await until_finished(api, tenant, result["id"])
-            assert job["configuration"]["rollout"]["maxPerMinute"] == 6000
-            assert job["configuration"]["abort"] == [{"failureType": "ALL", "thresholdPercentage": 5.0,
-                                                      "minExecuted": 10}]
+        # every device succeeded: 0, the progress and the summary printed
+        code, out, err = await fleetrpc(url, world.tenant, *run, "--type", "thermostat", "getVersion", "21",
+                                        "--rate", "100/s", "--abort-at", "5%")
+        assert code == 0, (out, err)
+        result = summary(out)
+        assert result["status"] == "COMPLETED" and result["error"] is None
+        assert (result["counts"]["total"], result["counts"]["succeeded"]) == (3, 3)
+        assert result["aggregate"]["fw"]["values"] == {"3.1": 3}
+        assert f"job {result['id']} created" in err
+        assert "3/3" in out and "ok 3" in out  # the progress bar's last state
+        assert sorted(fleet.calls) == sorted(thermostats) and all(c == [21] for c in fleet.calls.values())
+        job = await until_finished(api, tenant, result["id"])
+        assert job["configuration"]["rollout"]["maxPerMinute"] == 6000
+        assert job["configuration"]["abort"] == [{"failureType": "ALL", "thresholdPercentage": 5.0,
+                                                  "minExecuted": 10}]
 
-            # some did not (one OFFLINE, one FAILED): 1; aborted at the first failure: 2
-            code, out, err = await fleetrpc_here(url, world.tenant, *run, "--label", "north", "getVersion", "-q")
-            assert code == 1, (out, err)
-            result = summary(out)
-            assert result["status"] == "COMPLETED"
-            c = result["counts"]
-            assert (c["total"], c["succeeded"], c["failed"], c["offline"]) == (3, 1, 1, 1)
-            code, out, err = await fleetrpc_here(url, world.tenant, *run, "--label", "north", "getVersion",
-                                            "--abort-at", "0%", "--min-executed", "1", "-q")
-            assert code == 2, (out, err)
-            result = summary(out)
-            assert result["status"] == "ABORTED" and result["error"].startswith("aborted: ")
+        # some did not (one OFFLINE, one FAILED): 1; aborted at the first failure: 2
+        code, out, err = await fleetrpc_here(url, world.tenant, *run, "--label", "north", "getVersion", "-q")
+        assert code == 1, (out, err)
+        result = summary(out)
+        assert result["status"] == "COMPLETED"
+        c = result["counts"]
+        assert (c["total"], c["succeeded"], c["failed"], c["offline"]) == (3, 1, 1, 1)
+        code, out, err = await fleetrpc_here(url, world.tenant, *run, "--label", "north", "getVersion",
+                                        "--abort-at", "0%", "--min-executed", "1", "-q")
+        assert code == 2, (out, err)
+        result = summary(out)
+        assert result["status"] == "ABORTED" and result["error"].startswith("aborted: ")
 
-            # a customer user: its own device runs, another customer's is refused (403)
-            code, out, err = await fleetrpc_here(url, world.customer, *run, "-d", fleet.ids["pump-1"], "getVersion")
-            assert code == 0 and summary(out)["counts"]["succeeded"] == 1, (out, err)
-            code, out, err = await fleetrpc_here(url, world.customer, *run, "-d", fleet.ids["pump-2"], "getVersion")
-            assert code == 1 and "HTTP 403: You don't have permission" in err, (out, err)
-            # usage errors, found before anything is sent
-            for args, fragment in ((("--type", "pump", "--label", "north"), "name exactly one target"),
-                                   (("--type", "pump", "--rate", "0/s"), "must be positive"),
-                                   (("--type", "pump", "--abort-at", "150%"), "between 0% and 100%")):
-                code, out, err = await fleetrpc_here(url, world.tenant, *run, *args, "getVersion")
-                assert code == 2 and fragment in err, (args, out, err)
+        # a customer user: its own device runs, another customer's is refused (403)
+        code, out, err = await fleetrpc_here(url, world.customer, *run, "-d", fleet.ids["pump-1"], "getVersion")
+        assert code == 0 and summary(out)["counts"]["succeeded"] == 1, (out, err)
+        code, out, err = await fleetrpc_here(url, world.customer, *run, "-d", fleet.ids["pump-2"], "getVersion")
+        assert code == 1 and "HTTP 403: You don't have permission" in err, (out, err)
+        # usage errors, found before anything is sent
+        for args, fragment in ((("--type", "pump", "--label", "north"), "name exactly one target"),
+                               (("--type", "pump", "--rate", "0/s"), "must be positive"),
+                               (("--type", "pump", "--abort-at", "150%"), "between 0% and 100%")):
+            code, out, err = await fleetrpc_here(url, world.tenant, *run, *args, "getVersion")
+            assert code == 2 and fragment in err, (args, out, err)
 
-            # list, status and cancel of the jobs above
-            code, out, err = await fleetrpc_here(url, world.tenant, "list")
-            assert code == 0, err
-            lines = out.splitlines()
-            assert len(lines) == 4 and lines[0].split()[1:] == ["COMPLETED", "getVersion", "1/1", "ok"]
-            assert [line.split()[1] for line in lines] == ["COMPLETED", "ABORTED", "COMPLETED", "COMPLETED"]
-            first = lines[-1].split()[0]
-            code, out, err = await fleetrpc_here(url, world.tenant, "status", first)
-            assert code == 0 and json.loads(out)["result"]["successfulCount"] == 3, err
-            code, out, err = await fleetrpc_here(url, world.tenant, "cancel", first)
-            assert (code, out) == (0, f"job {first}: COMPLETED\n"), err
-            code, out, err = await fleetrpc_here(url, world.tenant2, "status", first)
-            assert code == 1 and f"HTTP 404: Job with id [{first}] is not found" in err
-        finally:
-            await fleet.close()
+        # list, status and cancel of the jobs above
+        code, out, err = await fleetrpc_here(url, world.tenant, "list")
+        assert code == 0, err
+        lines = out.splitlines()
+        assert len(lines) == 4 and lines[0].split()[1:] == ["COMPLETED", "getVersion", "1/1", "ok"]
+        assert [line.split()[1] for line in lines] == ["COMPLETED", "ABORTED", "COMPLETED", "COMPLETED"]
+        first = lines[-1].split()[0]
+        code, out, err = await fleetrpc_here(url, world.tenant, "status", first)
+        assert code == 0 and json.loads(out)["result"]["successfulCount"] == 3, err
+        code, out, err = await fleetrpc_here(url, world.tenant, "cancel", first)
+        assert (code, out) == (0, f"job {first}: COMPLETED\n"), err
+        code, out, err = await fleetrpc_here(url, world.tenant2, "status", first)
+        assert code == 1 and f"HTTP 404: Job with id [{first}] is not found" in err
 
 
 async def test_ctrl_c_cancels_the_job(start_server, world):
