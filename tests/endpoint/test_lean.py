@@ -17,7 +17,7 @@ from .test_limits import _until, assert_nothing_left
 
 
 def _session(rig, device: str):
-    (session,) = rig.endpoint._sessions[device]
+    (session,) = rig.endpoint.sessions_of(device)
     return session
 
 
