@@ -203,7 +203,10 @@ class DeviceEndpoint:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._servers: list[asyncio.AbstractServer] = []
         self.ports: dict[str, int] = {}
-        self._conns: set[Session] = set()
+        #: open connections (accepted, until connection_lost); each is in one
+        #: of the sweep's buckets all that time, which is where they are found
+        #: (see _open_sessions): a set of them cost 30-65 bytes each
+        self._connections = 0
         # In the per-device tables, one member is kept bare and more in a
         # tuple (see _members): almost every device has one, and they
         # change only when sessions come and go.
@@ -225,6 +228,8 @@ class DeviceEndpoint:
         self._dirty: list[Session] = []
         self._flush_scheduled = False
         self._checks: dict[int, set] = {}
+        #: the bucket the sweep is checking now (see _sweep)
+        self._due: set = _DUE
         self._swept = 0
         self._sweeper: asyncio.TimerHandle | None = None
         self._last_purge = 0.0
@@ -294,7 +299,7 @@ class DeviceEndpoint:
         self._closing = True
         for server in self._servers:
             server.close()
-        for session in list(self._conns):
+        for session in self._open_sessions():
             session.close(P.SERVER_SHUTTING_DOWN)
         if self._sweeper is not None:
             self._sweeper.cancel()
@@ -331,13 +336,13 @@ class DeviceEndpoint:
     @property
     def connection_count(self) -> int:
         """Open connections, authenticated or not."""
-        return len(self._conns)
+        return self._connections
 
     def buffered_bytes(self) -> int:
         """Bytes held for all connections: partial packets read, output not yet
         handed to the kernel, and the transports' write buffers."""
         total = 0
-        for s in self._conns:
+        for s in self._open_sessions():
             if s.reader is not None:
                 total += s.reader.buffered
             if s.early is not None:
@@ -353,7 +358,7 @@ class DeviceEndpoint:
         """Sizes of every per-connection table (tests assert they return to
         zero once the devices are gone)."""
         return {
-            "connections": len(self._conns),
+            "connections": self._connections,
             "devices": len(self._sessions),
             "routes": len(self._routes),
             "calls": len(self._calls),
@@ -425,11 +430,14 @@ class DeviceEndpoint:
             log.exception("on_message failed for %r", topic)
 
     def _accept(self, session: Session) -> bool:
-        if self._closing or len(self._conns) >= self.settings.max_connections:
+        """A new connection: counted, and due for its connect timeout (which
+        keeps it in the sweep's buckets until it is lost); False to refuse."""
+        if self._closing or self._connections >= self.settings.max_connections:
             self.stats.refused_max_connections += 1
             return False
-        self._conns.add(session)
+        self._connections += 1
         self.stats.accepted += 1
+        self._check_at(session, session.last_in + self.settings.connect_timeout)
         return True
 
     def _authenticate(self, username: str, password: str | None, client_id: str):
@@ -508,8 +516,9 @@ class DeviceEndpoint:
 
     def _lost(self, session: Session) -> None:
         self._detach(session)
-        self._uncheck(session)
-        self._conns.discard(session)
+        if session.check_bucket is not None:  # (None: it was never accepted)
+            self._connections -= 1
+            self._uncheck(session)
         self._paused.discard(session)
 
     def _add_route(self, device: str, target: Session | SubDevice) -> None:
@@ -612,6 +621,13 @@ class DeviceEndpoint:
             bucket.add(obj)
         obj.check_bucket = bucket
 
+    def _open_sessions(self) -> list[Session]:
+        """Every open connection: each is in a bucket of the sweep (or due
+        in the sweep that runs now)."""
+        found = [obj for bucket in self._checks.values() for obj in bucket if obj.__class__ is Session]
+        found += [obj for obj in self._due if obj.check_bucket is _DUE and obj.__class__ is Session]
+        return found
+
     def _uncheck(self, obj: Any) -> None:
         """``obj`` needs no more checks: a closed connection is not kept
         alive by its bucket until it falls due (up to 1.5 keepalives)."""
@@ -633,6 +649,7 @@ class DeviceEndpoint:
                 # ends another one of them takes its mark away.
                 for obj in bucket:
                     obj.check_bucket = _DUE
+                self._due = bucket
                 for obj in bucket:
                     if obj.check_bucket is _DUE:
                         obj.check_bucket = None
@@ -640,6 +657,9 @@ class DeviceEndpoint:
                             obj._check(now)
                         except Exception:
                             log.exception("device endpoint: keepalive check failed")
+                            if obj.__class__ is Session and obj.transport is not None and obj.check_bucket is None:
+                                self._check_at(obj, now + 1)  # (an open connection stays in a bucket)
+                self._due = _DUE
         self._swept = max(self._swept, sec)
         if self._paused:
             grace = self.settings.slow_reader_grace

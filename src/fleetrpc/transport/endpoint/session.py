@@ -355,6 +355,7 @@ class Session(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         ep = self.endpoint
+        self.last_in = ep._loop.time()
         if not ep._accept(self):
             transport.abort()
             return
@@ -362,8 +363,6 @@ class Session(asyncio.Protocol):
         # The peer address is looked up only when a log line needs it: it
         # costs ~100 bytes per idle connection.
         transport.set_write_buffer_limits(high=ep.settings.write_high_water)  # type: ignore[attr-defined]
-        self.last_in = now = ep._loop.time()
-        ep._check_at(self, now + ep.settings.connect_timeout)
 
     def _new_reader(self):
         # The compiled reader frames everything after CONNECT.  It catches
@@ -537,35 +536,37 @@ class Session(asyncio.Protocol):
             self.transport.abort()
 
     def _check(self, now: float) -> None:
-        """Called by the endpoint's sweep: connect timeout and keepalive."""
+        """Called by the endpoint's sweep: connect timeout and keepalive.
+        The connection is due again at some time until it is lost: the
+        sweep's buckets are where the endpoint finds its open connections."""
         state = self.state
-        if state == CLOSED:
-            return
         ep = self.endpoint
-        if state != CONNECTED:
+        if state == CONNECTED:
+            last_in = self.last_in
+            deadline = last_in + 1.5 * self.keepalive
+            if now < deadline:
+                reader = self.reader
+                if reader is not None:
+                    if now - last_in >= IDLE_TRIM and not reader.buffered:
+                        # A silent connection does without its reader (~0.4 KiB
+                        # with its bound callbacks); the next bytes make a new one.
+                        self.reader = None
+                    else:
+                        deadline = min(deadline, last_in + IDLE_TRIM)
+                x = self.extra
+                if x is not None and self.reader is None and x.trim(ep.settings.max_inflight):
+                    self.extra = None  # (its empty tables and defaults: ~0.2 KiB)
+                ep._check_at(self, deadline)
+                return
+            self._fail(P.KEEP_ALIVE_TIMEOUT, f"silent for 1.5 x {self.keepalive} s")
+        elif state != CLOSED:
             # Not connected yet: the sweep calls only once the connect
-            # timeout has passed (connection_made asked for that time, and
-            # nothing else is asked for before CONNECTED).
+            # timeout has passed (the endpoint asked for that time when it
+            # accepted the connection, and nothing else before CONNECTED).
             ep.stats.closed_connect_timeout += 1
             self.abort()
-            return
-        last_in = self.last_in
-        deadline = last_in + 1.5 * self.keepalive
-        if now >= deadline:
-            self._fail(P.KEEP_ALIVE_TIMEOUT, f"silent for 1.5 x {self.keepalive} s")
-            return
-        reader = self.reader
-        if reader is not None:
-            if now - last_in >= IDLE_TRIM and not reader.buffered:
-                # A silent connection does without its reader (~0.4 KiB with
-                # its bound callbacks); the next bytes make a new one.
-                self.reader = None
-            else:
-                deadline = min(deadline, last_in + IDLE_TRIM)
-        x = self.extra
-        if x is not None and self.reader is None and x.trim(ep.settings.max_inflight):
-            self.extra = None  # (its empty tables and defaults: ~0.2 KiB)
-        ep._check_at(self, deadline)
+        if self.transport is not None:  # closing: open until connection_lost
+            ep._check_at(self, now + IDLE_TRIM)
 
     # -- output -----------------------------------------------------------------------
 
