@@ -158,7 +158,7 @@ class _Extra:
     these defaults (see Session._check)."""
 
     __slots__ = (
-        "gateway", "subdevices", "fr_subs", "fr_req_qos", "requests", "inflight", "waiting", "window",
+        "gateway", "subdevices", "fr_subs", "fr_req_qos", "requests", "inflight", "next_mid", "waiting", "window",
         "client_max_packet", "written", "paused_since", "calls", "session_expiry", "clean_start", "rate", "early",
     )
 
@@ -178,6 +178,9 @@ class _Extra:
         self.requests: dict[int, str | tuple] | None = None
         #: our unacknowledged QoS 1 PUBLISHes: packet id -> ``confirm`` (see _publish)
         self.inflight: dict[int, Any] | None = None
+        #: the last packet id given (they start again at 1 with a new extra:
+        #: none is in flight then)
+        self.next_mid = 0
         self.waiting: deque | None = None
         self.window = window
         self.client_max_packet = 0
@@ -218,7 +221,7 @@ class Session(asyncio.Protocol):
     # so is an ``extra`` back to its defaults (see _check).
     __slots__ = (
         "endpoint", "transport", "reader", "state", "v5", "device", "client_id", "keepalive", "last_in",
-        "out", "dirty", "known", "form", "rpc_qos", "next_n", "next_mid", "check_bucket", "failure", "extra",
+        "out", "known", "form", "rpc_qos", "next_n", "check_bucket", "failure", "extra",
     )
 
     def __init__(self, endpoint: "DeviceEndpoint") -> None:
@@ -233,15 +236,14 @@ class Session(asyncio.Protocol):
         self.keepalive = 0
         #: when bytes last came (before CONNECTED: when the connection was made)
         self.last_in = 0.0
-        #: output not yet written: None, one packet, or a list of packets
+        #: output not yet written: None, one packet, or a list of packets (the
+        #: session is in the endpoint's list to flush while it is not None)
         self.out: bytes | list[bytes] | None = None
-        self.dirty = False
         #: the granted subscriptions to KNOWN_FILTERS, two bits each (see there)
         self.known = 0
         self.form = -1
         self.rpc_qos = 0
         self.next_n = 0
-        self.next_mid = 0
         #: the endpoint's sweep bucket this session is due in (see DeviceEndpoint._check_at)
         self.check_bucket: set | None = None
         #: (reason code, why) once a packet handler found the stream unacceptable:
@@ -574,16 +576,13 @@ class Session(asyncio.Protocol):
         out = self.out
         if out is None:
             self.out = data  # the usual case: one packet, no list
+            self.endpoint._mark_dirty(self)
         elif out.__class__ is list:
             out.append(data)
         else:
             self.out = [out, data]
-        if not self.dirty:
-            self.dirty = True
-            self.endpoint._mark_dirty(self)
 
     def _flush(self) -> None:
-        self.dirty = False
         out = self.out
         transport = self.transport
         if out is None or transport is None or self.state == CLOSED:
@@ -643,12 +642,12 @@ class Session(asyncio.Protocol):
                     x.waiting = deque()
                 x.waiting.append((topic, payload, confirm, props))
                 return
-            mid = self.next_mid
+            mid = x.next_mid
             while True:
                 mid = mid + 1 if mid < 65535 else 1
                 if mid not in inflight:
                     break
-            self.next_mid = mid
+            x.next_mid = mid
             inflight[mid] = confirm
         else:
             mid = 0
@@ -666,13 +665,11 @@ class Session(asyncio.Protocol):
         out = self.out  # _write, inlined: this is the hot path
         if out is None:
             self.out = pkt
+            self.endpoint._mark_dirty(self)
         elif out.__class__ is list:
             out.append(pkt)
         else:
             self.out = [out, pkt]
-        if not self.dirty:
-            self.dirty = True
-            self.endpoint._mark_dirty(self)
 
     def _on_puback(self, mid: int) -> None:
         x = self.extra
