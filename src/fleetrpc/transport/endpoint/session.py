@@ -701,7 +701,9 @@ class Session(asyncio.Protocol):
         n = self.next_n = self.next_n + 1 if self.next_n < 2147483647 else 1
         tail = topic[tail_at:]
         if token < 0:
-            x = self._extra()
+            x = self.extra
+            if x is None:
+                x = self._extra()
             requests = x.requests
             if requests is None:
                 requests = x.requests = {}
@@ -1107,9 +1109,12 @@ class Session(asyncio.Protocol):
 
     def _on_fleetrpc_publish(self, topic: str, payload: bytes, props: dict | None) -> None:
         ep = self.endpoint
-        base = self.base
-        n = len(base)
-        if not (topic.startswith(base) and topic[n:n + 1] == "/"):
+        # ``topic`` starts with the devices' root (the caller checked): is
+        # the device this one?  (Without making ``base``: this is per message.)
+        device = self.device
+        i = len(ep._dev_prefix)
+        n = i + len(device)
+        if not (topic.startswith(device, i) and topic[n:n + 1] == "/"):
             ep.stats.refused_topic += 1
             log.warning("device %s published on %r, which is not its own: dropped", self.device, topic)
             return
