@@ -300,12 +300,12 @@ class _FrozenClock:
 IDLE_CONNECTIONS = 2000
 #: Bytes of Python objects per idle ThingsBoard-style connection that are
 #: fleetrpc's (issue 13: <= 2 KiB for the whole process, of which uvloop's
-#: transport and its fd map take ~1.2 KiB).  Measured 654 B on both cores
-#: at 2000: the session 168, its client id 58, its time 24, its place in
+#: transport and its fd map take ~1.2 KiB).  Measured 646 B on both cores
+#: at 2000: the session 160, its client id 58, its time 24, its place in
 #: the sweep's bucket (a set's table) 64 and in the two device tables 52;
 #: presence's state with its table 138, its online set 64, its key (the id
 #: decoded from the presence topic) 56 and its time 24.  Was 1,460 B.
-IDLE_CONNECTION_BUDGET = 680
+IDLE_CONNECTION_BUDGET = 672
 
 
 async def test_idle_connection_memory_budget():

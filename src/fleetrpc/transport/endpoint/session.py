@@ -52,6 +52,10 @@ _json = msgspec.json.Encoder().encode
 
 # session states
 NEW, AUTHENTICATING, CONNECTED, CLOSED = range(4)
+#: connected, and a packet handler found the stream unacceptable: nothing
+#: more of the current read is handled, then the connection closes (only
+#: while the reader runs; see Session._failed)
+FAILING = 4
 
 # RPC forms
 V1, V2, V2J, GATEWAY, FLEETRPC = range(5)
@@ -160,6 +164,7 @@ class _Extra:
     __slots__ = (
         "gateway", "subdevices", "fr_subs", "fr_req_qos", "requests", "inflight", "next_mid", "waiting", "window",
         "client_max_packet", "written", "paused_since", "calls", "session_expiry", "clean_start", "rate", "early",
+        "failure",
     )
 
     def __init__(self, window: int) -> None:
@@ -194,6 +199,9 @@ class _Extra:
         self.rate = None
         #: bytes received before CONNACK that are not yet handled (see _before_connack)
         self.early: bytes | None = None
+        #: (reason code, why) once a packet handler found the stream
+        #: unacceptable (see Session._failed)
+        self.failure: tuple[int, str] | None = None
 
     def trim(self, window: int) -> bool:
         """Drop the empty tables; True when nothing but the defaults is left."""
@@ -209,7 +217,7 @@ class _Extra:
                 and self.requests is None and self.inflight is None and self.waiting is None
                 and self.window == window and not self.client_max_packet and self.written is None
                 and not self.paused_since and self.calls is None and not self.session_expiry
-                and self.clean_start and self.rate is None and self.early is None)
+                and self.clean_start and self.rate is None and self.early is None and self.failure is None)
 
 
 class Session(asyncio.Protocol):
@@ -221,7 +229,7 @@ class Session(asyncio.Protocol):
     # so is an ``extra`` back to its defaults (see _check).
     __slots__ = (
         "endpoint", "transport", "reader", "state", "v5", "device", "client_id", "keepalive", "last_in",
-        "out", "known", "form", "rpc_qos", "next_n", "check_bucket", "failure", "extra",
+        "out", "known", "form", "rpc_qos", "next_n", "check_bucket", "extra",
     )
 
     def __init__(self, endpoint: "DeviceEndpoint") -> None:
@@ -246,9 +254,6 @@ class Session(asyncio.Protocol):
         self.next_n = 0
         #: the endpoint's sweep bucket this session is due in (see DeviceEndpoint._check_at)
         self.check_bucket: set | None = None
-        #: (reason code, why) once a packet handler found the stream unacceptable:
-        #: what follows in the same read is ignored, then the connection closes
-        self.failure: tuple[int, str] | None = None
         #: what only some sessions use (see _Extra), or None
         self.extra: _Extra | None = None
 
@@ -369,7 +374,7 @@ class Session(asyncio.Protocol):
     def _new_reader(self):
         # The compiled reader frames everything after CONNECT.  It catches
         # what its callbacks raise (and reads on), so the callbacks record a
-        # protocol failure in self.failure instead of raising (see _failed).
+        # protocol failure instead of raising (see _failed).
         return _core.MqttReader(self._on_publish, self._on_packet, self.v5, self._on_puback, self._on_props)
 
     def data_received(self, data: bytes) -> None:
@@ -387,16 +392,20 @@ class Session(asyncio.Protocol):
                 return
         elif self.state == CLOSED:
             return
+        failure = None
         try:
             reader.feed(data)
         except CodecError as exc:  # the reader's own: a broken stream
-            self._fail(P.MALFORMED_PACKET, str(exc))
-            return
+            failure = (P.MALFORMED_PACKET, str(exc))
         except Exception:  # our bug: lose this connection, never the endpoint
             log.exception("device session %s: reading failed", self._who())
-            self._fail(P.IMPLEMENTATION_SPECIFIC_ERROR, "internal error")
-            return
-        failure = self.failure
+            failure = (P.IMPLEMENTATION_SPECIFIC_ERROR, "internal error")
+        if self.state == FAILING:
+            self.state = CONNECTED
+        if failure is None:
+            x = self.extra
+            if x is not None:
+                failure = x.failure
         if failure is not None:
             self._fail(*failure)
             return
@@ -471,14 +480,18 @@ class Session(asyncio.Protocol):
 
     def _failed(self, exc: BaseException) -> None:
         """A packet handler's error: the connection closes once the reader
-        returns, and nothing after this packet is handled."""
+        returns (see data_received), and nothing after this packet is
+        handled (the handlers do nothing unless the state is CONNECTED)."""
         if isinstance(exc, P.ProtocolError):
-            self.failure = (exc.reason, str(exc))
+            failure = (exc.reason, str(exc))
         elif isinstance(exc, CodecError):
-            self.failure = (P.MALFORMED_PACKET, str(exc))
+            failure = (P.MALFORMED_PACKET, str(exc))
         else:  # our bug: lose this connection, never the endpoint
             log.error("device session %s: packet handler failed", self._who(), exc_info=exc)
-            self.failure = (P.IMPLEMENTATION_SPECIFIC_ERROR, "internal error")
+            failure = (P.IMPLEMENTATION_SPECIFIC_ERROR, "internal error")
+        self._extra().failure = failure
+        if self.state == CONNECTED:
+            self.state = FAILING
 
     def eof_received(self) -> bool:
         return False  # close the transport: a half-closed device is gone
@@ -777,7 +790,7 @@ class Session(asyncio.Protocol):
     # -- inbound packets -------------------------------------------------------------
 
     def _on_packet(self, cmd: int, body: bytes) -> None:
-        if self.state != CONNECTED or self.failure is not None:
+        if self.state != CONNECTED:
             return  # closed or failing: the rest of this read is ignored
         try:
             self._packet(cmd, body)
@@ -1012,8 +1025,8 @@ class Session(asyncio.Protocol):
     # -- inbound PUBLISH -------------------------------------------------------------
 
     def _on_props(self, topic: str, payload: bytes, raw: bytes) -> None:
-        if self.state != CONNECTED or self.failure is not None:
-            return
+        if self.state != CONNECTED:
+            return  # closed or failing
         try:
             props = P.parse_publish_properties(raw)
             if "topic_alias" in props:
@@ -1024,7 +1037,7 @@ class Session(asyncio.Protocol):
         self._on_publish(topic, payload, props)
 
     def _on_publish(self, topic: str, payload: bytes, props: dict | None) -> None:
-        if self.state != CONNECTED or self.failure is not None:
+        if self.state != CONNECTED:
             return  # closed or failing: the rest of this read is ignored
         try:
             ep = self.endpoint
