@@ -623,7 +623,7 @@ class Session(asyncio.Protocol):
         """The device has a PUBLISH (see _publish's ``confirm``)."""
         if confirm.__class__ is str:
             ep = self.endpoint
-            ep._deliver(f"{ep._dev_prefix}{self.device}/ack/{confirm}", b"")
+            ep._deliver(ep._dev_prefix + self.device + "/ack/" + confirm, b"")
         elif confirm.__class__ is int:
             self.endpoint.on_published(confirm)
         else:
@@ -1090,7 +1090,7 @@ class Session(asyncio.Protocol):
             ep.stats.unknown_response += 1
             return
         ep.stats.responses += 1
-        ep._deliver(f"{ep._dev_prefix}{self.device}/res/{tail}", payload)
+        ep._deliver(ep._dev_prefix + self.device + "/res/" + tail, payload)
 
     def _on_client_call(self, n_text: str, payload: bytes, form: int) -> None:
         ep = self.endpoint
@@ -1118,7 +1118,7 @@ class Session(asyncio.Protocol):
         cid = ep._new_call(self, answer, qos, None)
         x.calls.add(cid)
         ep.stats.client_calls += 1
-        ep._deliver(f"{ep._dev_prefix}{self.device}/call/{cid}", payload)
+        ep._deliver(ep._dev_prefix + self.device + "/call/" + cid, payload)
 
     def _on_fleetrpc_publish(self, topic: str, payload: bytes, props: dict | None) -> None:
         ep = self.endpoint
@@ -1170,7 +1170,7 @@ class Session(asyncio.Protocol):
         ecid = ep._new_call(self, answer, max(qos, 0), answer_props)
         x.calls.add(ecid)
         ep.stats.client_calls += 1
-        ep._deliver(f"{ep._dev_prefix}{self.device}/call/{ecid}", payload)
+        ep._deliver(ep._dev_prefix + self.device + "/call/" + ecid, payload)
 
     # -- gateway ---------------------------------------------------------------------
 
