@@ -164,7 +164,7 @@ class _Extra:
     __slots__ = (
         "gateway", "subdevices", "fr_subs", "fr_req_qos", "requests", "inflight", "next_mid", "waiting", "window",
         "client_max_packet", "written", "paused_since", "calls", "session_expiry", "clean_start", "rate", "early",
-        "failure",
+        "failure", "base",
     )
 
     def __init__(self, window: int) -> None:
@@ -202,6 +202,16 @@ class _Extra:
         #: (reason code, why) once a packet handler found the stream
         #: unacceptable (see Session._failed)
         self.failure: tuple[int, str] | None = None
+        #: the session's ``base``, kept while it has traffic (see base_of)
+        self.base: str | None = None
+
+    def base_of(self, session: "Session") -> str:
+        """``session.base``, made once while this extra lives: answers and
+        acks are made from it per message."""
+        base = self.base
+        if base is None:
+            base = self.base = session.endpoint._dev_prefix + session.device
+        return base
 
     def trim(self, window: int) -> bool:
         """Drop the empty tables; True when nothing but the defaults is left."""
@@ -267,8 +277,10 @@ class Session(asyncio.Protocol):
     @property
     def base(self) -> str:
         """``{p}/d/{device}``: where the device's fleetrpc topics start (made
-        when used: ~70 bytes per idle connection if kept)."""
-        return self.endpoint._dev_prefix + self.device
+        when used, and kept in ``extra`` while there is traffic: ~70 bytes
+        per idle connection if always kept)."""
+        x = self.extra
+        return self.endpoint._dev_prefix + self.device if x is None else x.base_of(self)
 
     @property
     def gateway(self) -> bool:
@@ -622,8 +634,8 @@ class Session(asyncio.Protocol):
     def _confirm(self, confirm: Any) -> None:
         """The device has a PUBLISH (see _publish's ``confirm``)."""
         if confirm.__class__ is str:
-            ep = self.endpoint
-            ep._deliver(ep._dev_prefix + self.device + "/ack/" + confirm, b"")
+            x = self.extra  # (a str confirm is a request's: the session has its extra)
+            self.endpoint._deliver((x.base or x.base_of(self)) + "/ack/" + confirm, b"")
         elif confirm.__class__ is int:
             self.endpoint.on_published(confirm)
         else:
@@ -1090,7 +1102,7 @@ class Session(asyncio.Protocol):
             ep.stats.unknown_response += 1
             return
         ep.stats.responses += 1
-        ep._deliver(ep._dev_prefix + self.device + "/res/" + tail, payload)
+        ep._deliver((x.base or x.base_of(self)) + "/res/" + tail, payload)
 
     def _on_client_call(self, n_text: str, payload: bytes, form: int) -> None:
         ep = self.endpoint
@@ -1118,7 +1130,7 @@ class Session(asyncio.Protocol):
         cid = ep._new_call(self, answer, qos, None)
         x.calls.add(cid)
         ep.stats.client_calls += 1
-        ep._deliver(ep._dev_prefix + self.device + "/call/" + cid, payload)
+        ep._deliver(x.base_of(self) + "/call/" + cid, payload)
 
     def _on_fleetrpc_publish(self, topic: str, payload: bytes, props: dict | None) -> None:
         ep = self.endpoint
@@ -1170,7 +1182,7 @@ class Session(asyncio.Protocol):
         ecid = ep._new_call(self, answer, max(qos, 0), answer_props)
         x.calls.add(ecid)
         ep.stats.client_calls += 1
-        ep._deliver(ep._dev_prefix + self.device + "/call/" + ecid, payload)
+        ep._deliver(x.base_of(self) + "/call/" + ecid, payload)
 
     # -- gateway ---------------------------------------------------------------------
 
