@@ -145,7 +145,7 @@ async def run(args) -> dict:
             else:
                 rtopic = "v1/devices/me/rpc/response/" + str(s.next_n)
             if qos:
-                mid = s.next_mid
+                mid = s.extra.next_mid  # (a session that has QoS 1 in flight has its extra)
                 s.data_received(b"\x40\x02" + mid.to_bytes(2, "big") + encode_publish(rtopic, answer, 1, mid, False, False))
             else:
                 s.data_received(encode_publish(rtopic, answer, 0, 0, False, False))

@@ -30,6 +30,17 @@ def test_online_changes_are_told_once():
     assert told == [("a", True), ("a", False)] and not reg.is_online("a")
 
 
+def test_device_state_is_not_gc_tracked():
+    """One per device (100,000 on a node): no GC header (16 bytes each);
+    nothing in it can lead back to it (a heartbeat is decoded JSON)."""
+    import gc
+
+    reg = PresenceRegistry()
+    reg.set_online("a", True)
+    reg.heartbeat("a", {"x": [1, {"y": 2}]}, 20)
+    assert not gc.is_tracked(reg.get("a")) and reg.get("a").heartbeat == {"x": [1, {"y": 2}]}
+
+
 def test_known_devices_only_when_a_registry_says_so():
     reg = PresenceRegistry(is_known=lambda device: device.startswith("reg-"))
     reg.set_online("reg-1", True)

@@ -39,7 +39,7 @@ import msgspec
 __all__ = ["DeviceState", "PresenceRegistry", "PresenceStats"]
 
 
-class DeviceState(msgspec.Struct):
+class DeviceState(msgspec.Struct, gc=False):
     """What presence and heartbeats told about a device."""
 
     #: Online according to its last presence message (or ``set_online``).

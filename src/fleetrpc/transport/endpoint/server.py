@@ -109,14 +109,14 @@ class EndpointStats:
 class _StoredSession:
     """A disconnected session kept for its expiry interval: its subscriptions."""
 
-    __slots__ = ("endpoint", "key", "subs", "deadline", "check_key")
+    __slots__ = ("endpoint", "key", "subs", "deadline", "check_bucket")
 
     def __init__(self, endpoint: "DeviceEndpoint", key: tuple[str, str], subs: dict[str, int], deadline: float) -> None:
         self.endpoint = endpoint
         self.key = key
         self.subs = subs
         self.deadline = deadline
-        self.check_key = 0
+        self.check_bucket: set | None = None
 
     def _check(self, now: float) -> None:
         ep = self.endpoint
@@ -126,6 +126,27 @@ class _StoredSession:
             del ep._stored[self.key]
         else:
             ep._check_at(self, self.deadline)
+
+
+#: the "bucket" of the objects whose check the sweep is about to make (see _sweep)
+_DUE: set = set()
+
+
+def _members(entry: Any) -> tuple:
+    """A per-device table's value as a tuple: one member is kept bare (a
+    1-tuple for each device would cost 40 bytes), more in a tuple."""
+    return entry if entry.__class__ is tuple else (entry,)
+
+
+def _joined(entry: Any, member: Any) -> Any:
+    """``entry`` (None: no members yet) with ``member`` last."""
+    return member if entry is None else _members(entry) + (member,)
+
+
+def _left(entry: Any, member: Any) -> Any:
+    """``entry`` without ``member``; None when nothing is left."""
+    rest = tuple(m for m in _members(entry) if m is not member)
+    return rest if len(rest) > 1 else rest[0] if rest else None
 
 
 def _name_is_id(gateway: str, name: str) -> str | None:
@@ -182,16 +203,18 @@ class DeviceEndpoint:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._servers: list[asyncio.AbstractServer] = []
         self.ports: dict[str, int] = {}
-        self._conns: set[Session] = set()
-        # Tuples rather than lists in the per-device tables: almost every
-        # device has one entry, which a 1-tuple holds in less memory; they
+        #: open connections (accepted, until connection_lost); each is in one
+        #: of the sweep's buckets all that time, which is where they are found
+        #: (see _open_sessions): a set of them cost 30-65 bytes each
+        self._connections = 0
+        # In the per-device tables, one member is kept bare and more in a
+        # tuple (see _members): almost every device has one, and they
         # change only when sessions come and go.
-        #: device -> its sessions (connected, authenticated)
-        self._sessions: dict[str, tuple[Session, ...]] = {}
-        #: (device, client id) -> session: MQTT's one-session-per-client-id rule, per device
-        self._by_client: dict[tuple[str, str], Session] = {}
+        #: device -> its sessions (connected, authenticated), at most one per
+        #: client id (MQTT's one-session-per-client-id rule, per device)
+        self._sessions: dict[str, Session | tuple[Session, ...]] = {}
         #: device -> where its requests go (sessions and gateway sub-devices), newest last
-        self._routes: dict[str, tuple[Session | SubDevice, ...]] = {}
+        self._routes: dict[str, Session | SubDevice | tuple[Session | SubDevice, ...]] = {}
         #: client-side call id -> (session, answer topic, QoS, answer properties)
         self._calls: dict[str, tuple[Session, str, int, dict | None]] = {}
         # Call ids far above what devices pick for themselves: with the
@@ -205,6 +228,8 @@ class DeviceEndpoint:
         self._dirty: list[Session] = []
         self._flush_scheduled = False
         self._checks: dict[int, set] = {}
+        #: the bucket the sweep is checking now (see _sweep)
+        self._due: set = _DUE
         self._swept = 0
         self._sweeper: asyncio.TimerHandle | None = None
         self._last_purge = 0.0
@@ -274,7 +299,7 @@ class DeviceEndpoint:
         self._closing = True
         for server in self._servers:
             server.close()
-        for session in list(self._conns):
+        for session in self._open_sessions():
             session.close(P.SERVER_SHUTTING_DOWN)
         if self._sweeper is not None:
             self._sweeper.cancel()
@@ -298,6 +323,11 @@ class DeviceEndpoint:
         to its RPC topic here."""
         return device in self._routes
 
+    def sessions_of(self, device: str) -> tuple[Session, ...]:
+        """The authenticated connections of ``device``, oldest first."""
+        entry = self._sessions.get(device)
+        return () if entry is None else _members(entry)
+
     @property
     def connected_devices(self) -> frozenset[str]:
         """Devices with at least one authenticated connection."""
@@ -306,13 +336,13 @@ class DeviceEndpoint:
     @property
     def connection_count(self) -> int:
         """Open connections, authenticated or not."""
-        return len(self._conns)
+        return self._connections
 
     def buffered_bytes(self) -> int:
         """Bytes held for all connections: partial packets read, output not yet
         handed to the kernel, and the transports' write buffers."""
         total = 0
-        for s in self._conns:
+        for s in self._open_sessions():
             if s.reader is not None:
                 total += s.reader.buffered
             if s.early is not None:
@@ -328,9 +358,8 @@ class DeviceEndpoint:
         """Sizes of every per-connection table (tests assert they return to
         zero once the devices are gone)."""
         return {
-            "connections": len(self._conns),
+            "connections": self._connections,
             "devices": len(self._sessions),
-            "client_ids": len(self._by_client),
             "routes": len(self._routes),
             "calls": len(self._calls),
             "paused": len(self._paused),
@@ -368,20 +397,22 @@ class DeviceEndpoint:
             if targets is None:
                 return False
             self.stats.requests += 1
-            targets[-1].send_request(topic, j + 5, payload, token, properties)
+            (targets[-1] if targets.__class__ is tuple else targets).send_request(topic, j + 5, payload, token,
+                                                                                  properties)
             return True
         if kind == "ret/":
             entry = self._calls.pop(topic[j + 5:], None)
             if entry is not None:
                 session, answer, q, answer_props = entry
-                if session.calls is not None:
-                    session.calls.discard(topic[j + 5:])
+                calls = session.calls
+                if calls is not None:
+                    calls.discard(topic[j + 5:])
                 session.send_answer(answer, payload, q, answer_props)
                 return True
             return False  # an answer to a call that came another way
         # anything else for a fleetrpc-SDK device connected here
         delivered = False
-        for session in self._sessions.get(device, ()):
+        for session in self.sessions_of(device):
             q = session._fr_qos(topic)
             if q >= 0:
                 session._publish(topic, payload, q, token if token >= 0 else None, properties)
@@ -399,11 +430,14 @@ class DeviceEndpoint:
             log.exception("on_message failed for %r", topic)
 
     def _accept(self, session: Session) -> bool:
-        if self._closing or len(self._conns) >= self.settings.max_connections:
+        """A new connection: counted, and due for its connect timeout (which
+        keeps it in the sweep's buckets until it is lost); False to refuse."""
+        if self._closing or self._connections >= self.settings.max_connections:
             self.stats.refused_max_connections += 1
             return False
-        self._conns.add(session)
+        self._connections += 1
         self.stats.accepted += 1
+        self._check_at(session, session.last_in + self.settings.connect_timeout)
         return True
 
     def _authenticate(self, username: str, password: str | None, client_id: str):
@@ -431,13 +465,13 @@ class DeviceEndpoint:
         """An authenticated session: take over an older one of the same
         client id (same device only), count it; returns session-present."""
         device = session.device
-        key = (device, session.client_id)
-        old = self._by_client.get(key)
-        if old is not None and old is not session:
-            self.stats.takeovers += 1
-            old.close(P.SESSION_TAKEN_OVER)
-        self._by_client[key] = session
-        self._sessions[device] = self._sessions.get(device, ()) + (session,)
+        client_id = session.client_id
+        key = (device, client_id)
+        for old in self.sessions_of(device):
+            if old.client_id == client_id and old is not session:
+                self.stats.takeovers += 1
+                old.close(P.SESSION_TAKEN_OVER)  # (which takes it out of _sessions)
+        self._sessions[device] = _joined(self._sessions.get(device), session)
         if session.clean_start:
             self._stored.pop(key, None)
             return False
@@ -456,46 +490,52 @@ class DeviceEndpoint:
         if not device:
             return
         sessions = self._sessions.get(device)
-        if sessions is None or session not in sessions:
+        if sessions is None or session not in _members(sessions):
             return
-        if len(sessions) == 1:
+        rest = _left(sessions, session)
+        if rest is None:
             del self._sessions[device]
         else:
-            self._sessions[device] = tuple(s for s in sessions if s is not session)
+            self._sessions[device] = rest
         self._remove_route(device, session)
-        for sub in (session.subdevices or {}).values():
+        x = session.extra
+        if x is None:
+            return
+        for sub in (x.subdevices or {}).values():
             self._remove_route(sub.device, sub)
-        for cid in session.calls or ():
+        for cid in x.calls or ():
             self._calls.pop(cid, None)
-        session.calls = None
-        key = (device, session.client_id)
-        if self._by_client.get(key) is session:
-            del self._by_client[key]
-            if session.session_expiry and not self._closing:
-                stored = _StoredSession(self, key, dict(session.subs), self._loop.time() + session.session_expiry)
-                self._stored[key] = stored
-                self._check_at(stored, stored.deadline)
+        x.calls = None
+        client_id = session.client_id
+        if x.session_expiry and not self._closing and all(
+                s.client_id != client_id for s in (() if rest is None else _members(rest))):
+            key = (device, client_id)
+            stored = _StoredSession(self, key, session.subscriptions(), self._loop.time() + x.session_expiry)
+            self._stored[key] = stored
+            self._check_at(stored, stored.deadline)
 
     def _lost(self, session: Session) -> None:
         self._detach(session)
-        self._uncheck(session)
-        self._conns.discard(session)
+        if session.check_bucket is not None:  # (None: it was never accepted)
+            self._connections -= 1
+            self._uncheck(session)
         self._paused.discard(session)
 
     def _add_route(self, device: str, target: Session | SubDevice) -> None:
         routes = self._routes.get(device)
         if routes is None:
-            self._routes[device] = (target,)
+            self._routes[device] = target
             self._presence(device, True)
-        elif target not in routes:
-            self._routes[device] = routes + (target,)
+        elif target not in _members(routes):
+            self._routes[device] = _joined(routes, target)
 
     def _remove_route(self, device: str, target: Session | SubDevice) -> None:
         routes = self._routes.get(device)
-        if routes is None or target not in routes:
+        if routes is None or target not in _members(routes):
             return
-        if len(routes) > 1:
-            self._routes[device] = tuple(r for r in routes if r is not target)
+        rest = _left(routes, target)
+        if rest is not None:
+            self._routes[device] = rest
         else:
             del self._routes[device]
             self._presence(device, False)
@@ -567,27 +607,34 @@ class DeviceEndpoint:
 
     def _check_at(self, obj: Any, when: float) -> None:
         """Have the sweep call ``obj._check(now)`` once ``when`` has passed;
-        an object is in one bucket at a time (a new time replaces the old)."""
-        old = obj.check_key
-        if old:
-            bucket = self._checks.get(old)
-            if bucket is not None:
-                bucket.discard(obj)
+        an object is in one bucket at a time (a new time replaces the old).
+        The object keeps its bucket itself in ``check_bucket``, not the
+        bucket's key: an int per object would be 32 bytes more each."""
+        old = obj.check_bucket
+        if old is not None:
+            old.discard(obj)
         key = max(int(when) + 1, self._swept + 1)
-        obj.check_key = key
         bucket = self._checks.get(key)
         if bucket is None:
-            self._checks[key] = {obj}
+            bucket = self._checks[key] = {obj}
         else:
             bucket.add(obj)
+        obj.check_bucket = bucket
+
+    def _open_sessions(self) -> list[Session]:
+        """Every open connection: each is in a bucket of the sweep (or due
+        in the sweep that runs now)."""
+        found = [obj for bucket in self._checks.values() for obj in bucket if obj.__class__ is Session]
+        found += [obj for obj in self._due if obj.check_bucket is _DUE and obj.__class__ is Session]
+        return found
 
     def _uncheck(self, obj: Any) -> None:
         """``obj`` needs no more checks: a closed connection is not kept
         alive by its bucket until it falls due (up to 1.5 keepalives)."""
-        bucket = self._checks.get(obj.check_key)
+        bucket = obj.check_bucket
         if bucket is not None:
             bucket.discard(obj)
-        obj.check_key = 0
+            obj.check_bucket = None
 
     def _sweep(self) -> None:
         loop = self._loop
@@ -595,14 +642,24 @@ class DeviceEndpoint:
         sec = int(now)
         checks = self._checks
         for key in range(self._swept + 1, sec + 1):
-            bucket = checks.pop(key, None)  # (out of reach of _check_at while it runs)
+            bucket = checks.pop(key, None)
             if bucket:
+                # Each is marked due (and out of this set, which a check must
+                # not change while it is iterated); a check that moves or
+                # ends another one of them takes its mark away.
                 for obj in bucket:
-                    if obj.check_key == key:
+                    obj.check_bucket = _DUE
+                self._due = bucket
+                for obj in bucket:
+                    if obj.check_bucket is _DUE:
+                        obj.check_bucket = None
                         try:
                             obj._check(now)
                         except Exception:
                             log.exception("device endpoint: keepalive check failed")
+                            if obj.__class__ is Session and obj.transport is not None and obj.check_bucket is None:
+                                self._check_at(obj, now + 1)  # (an open connection stays in a bucket)
+                self._due = _DUE
         self._swept = max(self._swept, sec)
         if self._paused:
             grace = self.settings.slow_reader_grace

@@ -52,6 +52,10 @@ _json = msgspec.json.Encoder().encode
 
 # session states
 NEW, AUTHENTICATING, CONNECTED, CLOSED = range(4)
+#: connected, and a packet handler found the stream unacceptable: nothing
+#: more of the current read is handled, then the connection closes (only
+#: while the reader runs; see Session._failed)
+FAILING = 4
 
 # RPC forms
 V1, V2, V2J, GATEWAY, FLEETRPC = range(5)
@@ -78,6 +82,25 @@ OTHER_SUBSCRIPTIONS = frozenset({
     "v1/gateway/attributes", "v1/gateway/attributes/response",
     "v2/fw/response/+", "v2/fw/error", "v2/sw/response/+", "v2/sw/error",
 })
+#: form -> the subscription that chooses it
+RPC_FILTER = {form: topic for topic, form in RPC_SUBSCRIPTIONS.items()}
+
+#: Every topic filter a session may hold that has no device id in it.  A
+#: session keeps its subscriptions to them as two bits each in one int,
+#: ``known`` (bit 2i: granted, bit 2i+1: at QoS 1), rather than in a dict
+#: (~0.25 KiB per connection with its key).  The four that ThingsBoard's
+#: SDK subscribes to come first: their bits make a small int, which Python
+#: shares, so a connection that holds only those allocates nothing for them.
+KNOWN_FILTERS = (
+    "v1/devices/me/rpc/request/+", "v1/devices/me/rpc/response/+",
+    "v1/devices/me/attributes", "v1/devices/me/attributes/response/+",
+    *sorted((set(RPC_SUBSCRIPTIONS) | OTHER_SUBSCRIPTIONS | {GATEWAY_RPC}) - {
+        "v1/devices/me/rpc/request/+", "v1/devices/me/rpc/response/+",
+        "v1/devices/me/attributes", "v1/devices/me/attributes/response/+"}),
+)
+_KNOWN_BIT = {topic: 1 << 2 * i for i, topic in enumerate(KNOWN_FILTERS)}
+_RPC_BITS = sum(_KNOWN_BIT[topic] for topic in RPC_SUBSCRIPTIONS)
+_GATEWAY_BIT = _KNOWN_BIT[GATEWAY_RPC]
 
 _SESSION_LIMITS = "getSessionLimits"
 
@@ -133,19 +156,90 @@ class SubDevice:
         self.session._send_gateway_request(self, topic[tail_at:], payload, token)
 
 
+class _Extra:
+    """What only some sessions use: made on first use (see Session._extra),
+    and dropped again by an idle connection once it holds nothing but
+    these defaults (see Session._check)."""
+
+    __slots__ = (
+        "gateway", "subdevices", "fr_subs", "fr_req_qos", "requests", "inflight", "next_mid", "waiting", "window",
+        "client_max_packet", "written", "paused_since", "calls", "session_expiry", "clean_start", "rate", "early",
+        "failure", "base",
+    )
+
+    def __init__(self, window: int) -> None:
+        #: may use the gateway API (from the device's Identity)
+        self.gateway = False
+        #: gateway sessions: sub-device name -> SubDevice
+        self.subdevices: dict[str, SubDevice] | None = None
+        #: the FLEETRPC form's granted filters (they start with the session's
+        #: ``base``): filter -> QoS
+        self.fr_subs: dict[str, int] | None = None
+        #: the QoS every REQUEST topic gets from the FLEETRPC filters, or -2
+        #: when it depends on the topic (a filter for one node only): then match each
+        self.fr_req_qos = -1
+        #: request number awaiting a response -> the REQUEST's ``{node}/{rid}``
+        #: (this device's), or (sub-device base, ``{node}/{rid}``, sub-device name)
+        self.requests: dict[int, str | tuple] | None = None
+        #: our unacknowledged QoS 1 PUBLISHes: packet id -> ``confirm`` (see _publish)
+        self.inflight: dict[int, Any] | None = None
+        #: the last packet id given (they start again at 1 with a new extra:
+        #: none is in flight then)
+        self.next_mid = 0
+        self.waiting: deque | None = None
+        self.window = window
+        self.client_max_packet = 0
+        #: QoS 0 sends whose delivery is confirmed once written (see _publish's ``confirm``)
+        self.written: list | None = None
+        self.paused_since = 0.0
+        #: ids of this session's client-side calls awaiting the dispatcher
+        self.calls: set[str] | None = None
+        self.session_expiry = 0
+        self.clean_start = True
+        self.rate = None
+        #: bytes received before CONNACK that are not yet handled (see _before_connack)
+        self.early: bytes | None = None
+        #: (reason code, why) once a packet handler found the stream
+        #: unacceptable (see Session._failed)
+        self.failure: tuple[int, str] | None = None
+        #: the session's ``base``, kept while it has traffic (see base_of)
+        self.base: str | None = None
+
+    def base_of(self, session: "Session") -> str:
+        """``session.base``, made once while this extra lives: answers and
+        acks are made from it per message."""
+        base = self.base
+        if base is None:
+            base = self.base = session.endpoint._dev_prefix + session.device
+        return base
+
+    def trim(self, window: int) -> bool:
+        """Drop the empty tables; True when nothing but the defaults is left."""
+        if not self.requests:
+            self.requests = None
+        if not self.inflight:
+            self.inflight = None
+        if not self.waiting:
+            self.waiting = None
+        if not self.calls:
+            self.calls = None
+        return (not self.gateway and self.subdevices is None and self.fr_subs is None and self.fr_req_qos == -1
+                and self.requests is None and self.inflight is None and self.waiting is None
+                and self.window == window and not self.client_max_packet and self.written is None
+                and not self.paused_since and self.calls is None and not self.session_expiry
+                and self.clean_start and self.rate is None and self.early is None and self.failure is None)
+
+
 class Session(asyncio.Protocol):
     """One device connection (see the module docstring)."""
 
     # Memory per idle connection matters (100,000 of them on one node):
-    # everything that only some sessions use is None until used, and the
-    # reader of a connection silent for IDLE_TRIM seconds is dropped (see _check).
+    # what only some sessions use is in ``extra``, made on first use; the
+    # reader of a connection silent for IDLE_TRIM seconds is dropped, and
+    # so is an ``extra`` back to its defaults (see _check).
     __slots__ = (
-        "endpoint", "transport", "reader", "state", "v5", "gateway", "device", "base",
-        "client_id", "keepalive", "opened", "last_in", "out", "dirty", "paused_since",
-        "written", "subs", "form", "rpc_qos", "gw_qos", "next_n", "requests",
-        "next_mid", "inflight", "waiting", "window", "client_max_packet", "subdevices",
-        "calls", "session_expiry", "clean_start", "rate", "check_key", "fr_req_qos",
-        "early", "failure",
+        "endpoint", "transport", "reader", "state", "v5", "device", "client_id", "keepalive", "last_in",
+        "out", "known", "form", "rpc_qos", "next_n", "check_bucket", "extra",
     )
 
     def __init__(self, endpoint: "DeviceEndpoint") -> None:
@@ -154,61 +248,133 @@ class Session(asyncio.Protocol):
         self.reader = None
         self.state = NEW
         self.v5 = False
-        #: may use the gateway API (from the device's Identity)
-        self.gateway = False
         #: the device id, once authenticated
         self.device = ""
-        #: "{p}/d/{device}": where the device's fleetrpc topics start
-        self.base = ""
         self.client_id = ""
         self.keepalive = 0
-        self.opened = 0.0
+        #: when bytes last came (before CONNECTED: when the connection was made)
         self.last_in = 0.0
-        #: output not yet written: None, one packet, or a list of packets
+        #: output not yet written: None, one packet, or a list of packets (the
+        #: session is in the endpoint's list to flush while it is not None)
         self.out: bytes | list[bytes] | None = None
-        self.dirty = False
-        self.paused_since = 0.0
-        #: QoS 0 sends whose delivery is confirmed once written (see _publish's ``confirm``)
-        self.written: list | None = None
-        #: granted subscriptions: filter -> QoS (ThingsBoard topics and the
-        #: FLEETRPC form's filters, which start with ``base``)
-        self.subs: dict[str, int] = {}
+        #: the granted subscriptions to KNOWN_FILTERS, two bits each (see there)
+        self.known = 0
         self.form = -1
         self.rpc_qos = 0
-        self.gw_qos = -1
-        #: the QoS every REQUEST topic gets from the FLEETRPC filters, or -2
-        #: when it depends on the topic (a filter for one node only): then match each
-        self.fr_req_qos = -1
         self.next_n = 0
-        #: request number awaiting a response -> the REQUEST's ``{node}/{rid}``
-        #: (this device's), or (sub-device base, ``{node}/{rid}``, sub-device name)
-        self.requests: dict[int, str | tuple] | None = None
-        self.next_mid = 0
-        #: our unacknowledged QoS 1 PUBLISHes: packet id -> ``confirm`` (see _publish)
-        self.inflight: dict[int, Any] | None = None
-        self.waiting: deque | None = None
-        self.window = endpoint.settings.max_inflight
-        self.client_max_packet = 0
-        #: gateway sessions: sub-device name -> SubDevice
-        self.subdevices: dict[str, SubDevice] | None = None
-        #: ids of this session's client-side calls awaiting the dispatcher
-        self.calls: set[str] | None = None
-        self.session_expiry = 0
-        self.clean_start = True
-        self.rate = None
-        #: the endpoint's sweep bucket this session is due in
-        self.check_key = 0
-        #: bytes received before CONNACK that are not yet handled (see _before_connack)
-        self.early: bytes | None = None
-        #: (reason code, why) once a packet handler found the stream unacceptable:
-        #: what follows in the same read is ignored, then the connection closes
-        self.failure: tuple[int, str] | None = None
+        #: the endpoint's sweep bucket this session is due in (see DeviceEndpoint._check_at)
+        self.check_bucket: set | None = None
+        #: what only some sessions use (see _Extra), or None
+        self.extra: _Extra | None = None
+
+    def _extra(self) -> _Extra:
+        """``extra``, made if the session has none yet."""
+        x = self.extra
+        if x is None:
+            x = self.extra = _Extra(self.endpoint.settings.max_inflight)
+        return x
+
+    @property
+    def base(self) -> str:
+        """``{p}/d/{device}``: where the device's fleetrpc topics start (made
+        when used, and kept in ``extra`` while there is traffic: ~70 bytes
+        per idle connection if always kept)."""
+        x = self.extra
+        return self.endpoint._dev_prefix + self.device if x is None else x.base_of(self)
+
+    @property
+    def gateway(self) -> bool:
+        """May use the gateway API (from the device's Identity)."""
+        x = self.extra
+        return x is not None and x.gateway
+
+    @property
+    def clean_start(self) -> bool:
+        x = self.extra
+        return x is None or x.clean_start
+
+    @property
+    def session_expiry(self) -> int:
+        x = self.extra
+        return 0 if x is None else x.session_expiry
+
+    @property
+    def calls(self) -> set[str] | None:
+        x = self.extra
+        return None if x is None else x.calls
+
+    @property
+    def subdevices(self) -> dict[str, SubDevice] | None:
+        x = self.extra
+        return None if x is None else x.subdevices
+
+    @property
+    def early(self) -> bytes | None:
+        x = self.extra
+        return None if x is None else x.early
+
+    @property
+    def paused_since(self) -> float:
+        x = self.extra
+        return 0.0 if x is None else x.paused_since
+
+    # -- subscriptions held -------------------------------------------------------
+
+    def granted(self, topic: str) -> int:
+        """The QoS of this session's subscription to exactly ``topic``, or -1."""
+        bit = _KNOWN_BIT.get(topic)
+        if bit is not None:
+            known = self.known
+            return (1 if known & bit << 1 else 0) if known & bit else -1
+        x = self.extra
+        fr = x.fr_subs if x is not None else None
+        return fr.get(topic, -1) if fr else -1
+
+    def subscriptions(self) -> dict[str, int]:
+        """Every granted subscription, filter -> QoS; the one that chose the
+        session's form last (subscribing to them in this order gives the
+        same form: a stored session is restored so)."""
+        known = self.known
+        subs = {f: 1 if known & bit << 1 else 0 for f, bit in _KNOWN_BIT.items() if known & bit}
+        x = self.extra
+        if x is not None and x.fr_subs:
+            subs.update(x.fr_subs)
+        chose = RPC_FILTER.get(self.form)
+        if chose in subs:
+            subs[chose] = subs.pop(chose)
+        return subs
+
+    def _grant(self, topic: str, q: int) -> None:
+        bit = _KNOWN_BIT.get(topic)
+        if bit is not None:
+            self.known = (self.known & ~(bit | bit << 1)) | bit | (bit << 1 if q else 0)
+        else:
+            x = self._extra()
+            if x.fr_subs is None:
+                x.fr_subs = {}
+            x.fr_subs[topic] = q
+
+    def _revoke(self, topic: str) -> bool:
+        """Drop the subscription to exactly ``topic``; False if there was none."""
+        bit = _KNOWN_BIT.get(topic)
+        if bit is not None:
+            if not self.known & bit:
+                return False
+            self.known &= ~(bit | bit << 1)
+            return True
+        x = self.extra
+        if x is None or not x.fr_subs or x.fr_subs.pop(topic, None) is None:
+            return False
+        if not x.fr_subs:
+            x.fr_subs = None
+        return True
 
     # -- asyncio.Protocol -------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         ep = self.endpoint
+        self.last_in = ep._loop.time()
         if not ep._accept(self):
             transport.abort()
             return
@@ -216,13 +382,11 @@ class Session(asyncio.Protocol):
         # The peer address is looked up only when a log line needs it: it
         # costs ~100 bytes per idle connection.
         transport.set_write_buffer_limits(high=ep.settings.write_high_water)  # type: ignore[attr-defined]
-        self.opened = self.last_in = ep._loop.time()
-        ep._check_at(self, self.opened + ep.settings.connect_timeout)
 
     def _new_reader(self):
         # The compiled reader frames everything after CONNECT.  It catches
         # what its callbacks raise (and reads on), so the callbacks record a
-        # protocol failure in self.failure instead of raising (see _failed).
+        # protocol failure instead of raising (see _failed).
         return _core.MqttReader(self._on_publish, self._on_packet, self.v5, self._on_puback, self._on_props)
 
     def data_received(self, data: bytes) -> None:
@@ -240,16 +404,20 @@ class Session(asyncio.Protocol):
                 return
         elif self.state == CLOSED:
             return
+        failure = None
         try:
             reader.feed(data)
         except CodecError as exc:  # the reader's own: a broken stream
-            self._fail(P.MALFORMED_PACKET, str(exc))
-            return
+            failure = (P.MALFORMED_PACKET, str(exc))
         except Exception:  # our bug: lose this connection, never the endpoint
             log.exception("device session %s: reading failed", self._who())
-            self._fail(P.IMPLEMENTATION_SPECIFIC_ERROR, "internal error")
-            return
-        failure = self.failure
+            failure = (P.IMPLEMENTATION_SPECIFIC_ERROR, "internal error")
+        if self.state == FAILING:
+            self.state = CONNECTED
+        if failure is None:
+            x = self.extra
+            if x is not None:
+                failure = x.failure
         if failure is not None:
             self._fail(*failure)
             return
@@ -266,11 +434,14 @@ class Session(asyncio.Protocol):
         """Bytes before the session is connected: the first packet must be
         CONNECT; what follows it waits in ``early`` until authentication
         has answered (reading is paused meanwhile)."""
-        buf = self.early + data if self.early else bytes(data)
-        self.early = None
+        x = self.extra
+        early = x.early if x is not None else None
+        buf = early + data if early else bytes(data)
+        if early is not None:
+            x.early = None
         ep = self.endpoint
         if self.state == AUTHENTICATING:
-            self.early = buf
+            self._extra().early = buf
             if len(buf) > ep._max_packet:
                 self._fail(P.PACKET_TOO_LARGE, f"{len(buf)} bytes sent before CONNACK")
             return
@@ -281,7 +452,8 @@ class Session(asyncio.Protocol):
         length, mult, i = 0, 1, 1
         while True:
             if i >= n:
-                self.early = buf or None
+                if buf:
+                    self._extra().early = buf
                 return
             b = buf[i]
             length += (b & 0x7F) * mult
@@ -297,9 +469,10 @@ class Session(asyncio.Protocol):
             return
         end = i + length
         if end > n:
-            self.early = buf
+            self._extra().early = buf
             return
-        self.early = buf[end:] or None
+        if end < n:
+            self._extra().early = buf[end:]
         try:
             self._on_connect(buf[0] & 0x0F, buf[i:end])
         except CodecError as exc:
@@ -310,32 +483,40 @@ class Session(asyncio.Protocol):
 
     def _after_connack(self) -> None:
         """Handle what the device sent after CONNECT, now that it is connected."""
-        early, self.early = self.early, None
+        x = self.extra
+        if x is None or x.early is None:
+            return
+        early, x.early = x.early, None
         if early:
             self.data_received(early)
 
     def _failed(self, exc: BaseException) -> None:
         """A packet handler's error: the connection closes once the reader
-        returns, and nothing after this packet is handled."""
+        returns (see data_received), and nothing after this packet is
+        handled (the handlers do nothing unless the state is CONNECTED)."""
         if isinstance(exc, P.ProtocolError):
-            self.failure = (exc.reason, str(exc))
+            failure = (exc.reason, str(exc))
         elif isinstance(exc, CodecError):
-            self.failure = (P.MALFORMED_PACKET, str(exc))
+            failure = (P.MALFORMED_PACKET, str(exc))
         else:  # our bug: lose this connection, never the endpoint
             log.error("device session %s: packet handler failed", self._who(), exc_info=exc)
-            self.failure = (P.IMPLEMENTATION_SPECIFIC_ERROR, "internal error")
+            failure = (P.IMPLEMENTATION_SPECIFIC_ERROR, "internal error")
+        self._extra().failure = failure
+        if self.state == CONNECTED:
+            self.state = FAILING
 
     def eof_received(self) -> bool:
         return False  # close the transport: a half-closed device is gone
 
     def pause_writing(self) -> None:
-        self.paused_since = self.endpoint._loop.time()
+        self._extra().paused_since = self.endpoint._loop.time()
         self.endpoint._paused.add(self)
 
     def resume_writing(self) -> None:
-        self.paused_since = 0.0
+        x = self._extra()
+        x.paused_since = 0.0
         self.endpoint._paused.discard(self)
-        if self.written:
+        if x.written:
             self._confirm_written()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -343,10 +524,9 @@ class Session(asyncio.Protocol):
         self.endpoint._lost(self)
         self.reader = None
         self.out = None
-        self.requests = None
-        self.inflight = None
-        self.waiting = None
-        self.written = None
+        x = self.extra
+        if x is not None:
+            x.requests = x.inflight = x.waiting = x.written = x.early = None
         self.transport = None
 
     # -- closing ------------------------------------------------------------------
@@ -383,33 +563,37 @@ class Session(asyncio.Protocol):
             self.transport.abort()
 
     def _check(self, now: float) -> None:
-        """Called by the endpoint's sweep: connect timeout and keepalive."""
+        """Called by the endpoint's sweep: connect timeout and keepalive.
+        The connection is due again at some time until it is lost: the
+        sweep's buckets are where the endpoint finds its open connections."""
         state = self.state
-        if state == CLOSED:
-            return
         ep = self.endpoint
-        if state != CONNECTED:
-            deadline = self.opened + ep.settings.connect_timeout
-            if now >= deadline:
-                ep.stats.closed_connect_timeout += 1
-                self.abort()
-            else:
+        if state == CONNECTED:
+            last_in = self.last_in
+            deadline = last_in + 1.5 * self.keepalive
+            if now < deadline:
+                reader = self.reader
+                if reader is not None:
+                    if now - last_in >= IDLE_TRIM and not reader.buffered:
+                        # A silent connection does without its reader (~0.4 KiB
+                        # with its bound callbacks); the next bytes make a new one.
+                        self.reader = None
+                    else:
+                        deadline = min(deadline, last_in + IDLE_TRIM)
+                x = self.extra
+                if x is not None and self.reader is None and x.trim(ep.settings.max_inflight):
+                    self.extra = None  # (its empty tables and defaults: ~0.2 KiB)
                 ep._check_at(self, deadline)
-            return
-        last_in = self.last_in
-        deadline = last_in + 1.5 * self.keepalive
-        if now >= deadline:
+                return
             self._fail(P.KEEP_ALIVE_TIMEOUT, f"silent for 1.5 x {self.keepalive} s")
-            return
-        reader = self.reader
-        if reader is not None:
-            if now - last_in >= IDLE_TRIM and not reader.buffered:
-                # A silent connection does without its reader (~0.4 KiB with
-                # its bound callbacks); the next bytes make a new one.
-                self.reader = None
-            else:
-                deadline = min(deadline, last_in + IDLE_TRIM)
-        ep._check_at(self, deadline)
+        elif state != CLOSED:
+            # Not connected yet: the sweep calls only once the connect
+            # timeout has passed (the endpoint asked for that time when it
+            # accepted the connection, and nothing else before CONNECTED).
+            ep.stats.closed_connect_timeout += 1
+            self.abort()
+        if self.transport is not None:  # closing: open until connection_lost
+            ep._check_at(self, now + IDLE_TRIM)
 
     # -- output -----------------------------------------------------------------------
 
@@ -417,39 +601,41 @@ class Session(asyncio.Protocol):
         out = self.out
         if out is None:
             self.out = data  # the usual case: one packet, no list
+            self.endpoint._mark_dirty(self)
         elif out.__class__ is list:
             out.append(data)
         else:
             self.out = [out, data]
-        if not self.dirty:
-            self.dirty = True
-            self.endpoint._mark_dirty(self)
 
     def _flush(self) -> None:
-        self.dirty = False
         out = self.out
         transport = self.transport
         if out is None or transport is None or self.state == CLOSED:
             return
         self.out = None
         transport.write(b"".join(out) if out.__class__ is list else out)
-        if self.paused_since:
+        x = self.extra
+        if x is None:
+            return
+        if x.paused_since:
             if transport.get_write_buffer_size() > self.endpoint.settings.max_write_buffer:
                 self.endpoint.stats.closed_slow_reader += 1
                 log.info("device session %s dropped: write buffer over the maximum", self._who())
                 self.abort()
-        elif self.written:
+        elif x.written:
             self._confirm_written()
 
     def _confirm_written(self) -> None:
-        written, self.written = self.written, None
+        x = self.extra
+        written, x.written = x.written, None
         for confirm in written:
             self._confirm(confirm)
 
     def _confirm(self, confirm: Any) -> None:
         """The device has a PUBLISH (see _publish's ``confirm``)."""
         if confirm.__class__ is str:
-            self.endpoint._deliver(self.base + "/ack/" + confirm, b"")
+            x = self.extra  # (a str confirm is a request's: the session has its extra)
+            self.endpoint._deliver((x.base or x.base_of(self)) + "/ack/" + confirm, b"")
         elif confirm.__class__ is int:
             self.endpoint.on_published(confirm)
         else:
@@ -464,32 +650,38 @@ class Session(asyncio.Protocol):
         tuple per message: fewer objects for the garbage collector.)"""
         if self.state != CONNECTED:
             return
-        limit = self.client_max_packet
-        if limit and len(payload) + len(topic) + 16 > limit:
-            self.endpoint.stats.too_large_for_device += 1
-            return
-        if qos:
-            inflight = self.inflight
-            if inflight is None:
-                inflight = self.inflight = {}
-            elif len(inflight) >= self.window:
-                if self.waiting is None:
-                    self.waiting = deque()
-                self.waiting.append((topic, payload, confirm, props))
+        x = self.extra
+        if x is not None:
+            limit = x.client_max_packet
+            if limit and len(payload) + len(topic) + 16 > limit:
+                self.endpoint.stats.too_large_for_device += 1
                 return
-            mid = self.next_mid
+        if qos:
+            if x is None:
+                x = self._extra()
+            inflight = x.inflight
+            if inflight is None:
+                inflight = x.inflight = {}
+            elif len(inflight) >= x.window:
+                if x.waiting is None:
+                    x.waiting = deque()
+                x.waiting.append((topic, payload, confirm, props))
+                return
+            mid = x.next_mid
             while True:
                 mid = mid + 1 if mid < 65535 else 1
                 if mid not in inflight:
                     break
-            self.next_mid = mid
+            x.next_mid = mid
             inflight[mid] = confirm
         else:
             mid = 0
             if confirm is not None:
-                if self.written is None:
-                    self.written = []
-                self.written.append(confirm)
+                if x is None:
+                    x = self._extra()
+                if x.written is None:
+                    x.written = []
+                x.written.append(confirm)
         if props and self.v5:
             pkt = _encode_publish(topic, payload, qos, mid, False, True,
                                   props.get("response_topic"), props.get("correlation_data"))
@@ -498,24 +690,23 @@ class Session(asyncio.Protocol):
         out = self.out  # _write, inlined: this is the hot path
         if out is None:
             self.out = pkt
+            self.endpoint._mark_dirty(self)
         elif out.__class__ is list:
             out.append(pkt)
         else:
             self.out = [out, pkt]
-        if not self.dirty:
-            self.dirty = True
-            self.endpoint._mark_dirty(self)
 
     def _on_puback(self, mid: int) -> None:
-        inflight = self.inflight
+        x = self.extra
+        inflight = x.inflight if x is not None else None
         confirm = inflight.pop(mid, _MISSING) if inflight else _MISSING
         if confirm is _MISSING:
             return  # a duplicate or unknown PUBACK: nothing to confirm
         if confirm is not None:
             self._confirm(confirm)
-        waiting = self.waiting
+        waiting = x.waiting
         if waiting:
-            while waiting and len(inflight) < self.window:
+            while waiting and len(inflight) < x.window:
                 topic, payload, confirm, props = waiting.popleft()
                 self._publish(topic, payload, 1, confirm, props)
 
@@ -526,7 +717,7 @@ class Session(asyncio.Protocol):
         device; ``tail_at`` is where ``{node}/{rid}`` starts in ``topic``."""
         form = self.form
         if form == FLEETRPC:
-            qos = self.fr_req_qos
+            qos = self.extra.fr_req_qos  # (the FLEETRPC form has its filters there)
             if qos == -2:
                 qos = self._fr_qos(topic)
             if qos >= 0:
@@ -535,9 +726,12 @@ class Session(asyncio.Protocol):
         n = self.next_n = self.next_n + 1 if self.next_n < 2147483647 else 1
         tail = topic[tail_at:]
         if token < 0:
-            requests = self.requests
+            x = self.extra
+            if x is None:
+                x = self._extra()
+            requests = x.requests
             if requests is None:
-                requests = self.requests = {}
+                requests = x.requests = {}
             requests[n] = tail
             if len(requests) > self.endpoint.settings.max_pending_responses:
                 del requests[next(iter(requests))]
@@ -553,14 +747,15 @@ class Session(asyncio.Protocol):
             return
         n = self.next_n = self.next_n + 1 if self.next_n < 2147483647 else 1
         if token < 0:
-            requests = self.requests
+            x = self._extra()
+            requests = x.requests
             if requests is None:
-                requests = self.requests = {}
+                requests = x.requests = {}
             requests[n] = (sub.base, tail, sub.name)
             if len(requests) > self.endpoint.settings.max_pending_responses:
                 del requests[next(iter(requests))]
         body = _json(_GatewayRequest(sub.name, _GatewayData(n, req.method, req.params)))
-        self._publish(GATEWAY_RPC, body, self.gw_qos, token if token >= 0 else (sub.base, tail))
+        self._publish(GATEWAY_RPC, body, self.granted(GATEWAY_RPC), token if token >= 0 else (sub.base, tail))
 
     def send_answer(self, topic: str, payload: bytes, qos: int, props: dict | None = None) -> None:
         """The dispatcher's answer to one of this session's client-side calls."""
@@ -568,24 +763,24 @@ class Session(asyncio.Protocol):
 
     def _fr_filters(self):
         """This session's FLEETRPC-form subscriptions: (filter, QoS)."""
-        base = self.base
-        n = len(base)
-        return [(f, q) for f, q in self.subs.items() if f.startswith(base) and f[n:n + 1] in ("/", "")]
+        x = self.extra
+        return list(x.fr_subs.items()) if x is not None and x.fr_subs else []
 
     def _fr_filters_changed(self) -> None:
         # A level with NUL matches no literal filter level: what matches this
         # topic matches every REQUEST topic of the device.
-        any_req = (self.base + "/req/\x00/\x00").split("/")
+        base = self.base
+        any_req = (base + "/req/\x00/\x00").split("/")
         qos = -1
         specific = False
-        nbase = self.base.count("/") + 1
+        nbase = base.count("/") + 1
         for f, q in self._fr_filters():
             flevels = f.split("/")
             if levels_match(flevels, any_req):
                 qos = max(qos, q)
             elif flevels[nbase:nbase + 1] in (["req"], ["+"]):
                 specific = True
-        self.fr_req_qos = -2 if specific else qos
+        self._extra().fr_req_qos = -2 if specific else qos
 
     def _fr_qos(self, topic: str) -> int:
         """The QoS of this session's FLEETRPC-form subscription matching
@@ -607,7 +802,7 @@ class Session(asyncio.Protocol):
     # -- inbound packets -------------------------------------------------------------
 
     def _on_packet(self, cmd: int, body: bytes) -> None:
-        if self.state != CONNECTED or self.failure is not None:
+        if self.state != CONNECTED:
             return  # closed or failing: the rest of this read is ignored
         try:
             self._packet(cmd, body)
@@ -630,7 +825,8 @@ class Session(asyncio.Protocol):
             if expiry is not None:
                 if expiry and not self.session_expiry:
                     raise P.ProtocolError("session expiry raised from 0 at DISCONNECT", P.PROTOCOL_ERROR)
-                self.session_expiry = min(expiry, self.endpoint.settings.max_session_expiry)
+                if expiry or self.extra is not None:
+                    self._extra().session_expiry = min(expiry, self.endpoint.settings.max_session_expiry)
             self.close()
         elif kind == 0x30:  # QoS 2 (the reader takes QoS 0 and 1)
             raise P.ProtocolError("QoS 2 is not supported", P.QOS_NOT_SUPPORTED)
@@ -657,19 +853,23 @@ class Session(asyncio.Protocol):
                 self._refuse(P.CLIENT_IDENTIFIER_NOT_VALID)
                 return
         self.client_id = c.client_id
-        self.clean_start = c.clean_start
+        if not c.clean_start:
+            self._extra().clean_start = False
         s = ep.settings
         self.keepalive = c.keepalive if 0 < c.keepalive <= s.max_keepalive else s.max_keepalive
         if v5:
-            self.session_expiry = min(props.get("session_expiry_interval", 0), s.max_session_expiry)
+            expiry = min(props.get("session_expiry_interval", 0), s.max_session_expiry)
+            if expiry:
+                self._extra().session_expiry = expiry
             rm = props.get("receive_maximum")
             if rm == 0 or props.get("maximum_packet_size") == 0:
                 raise P.ProtocolError("receive maximum or maximum packet size of 0", P.PROTOCOL_ERROR)
-            if rm:
-                self.window = min(rm, s.max_inflight)
-            self.client_max_packet = props.get("maximum_packet_size", 0)
+            if rm and rm < s.max_inflight:
+                self._extra().window = rm
+            if props.get("maximum_packet_size"):
+                self._extra().client_max_packet = props["maximum_packet_size"]
         elif not c.clean_start:
-            self.session_expiry = s.max_session_expiry
+            self._extra().session_expiry = s.max_session_expiry
         if not c.username and not s.mqtt_basic:
             ep.stats.refused_auth += 1
             self._refuse(P.BAD_USER_NAME_OR_PASSWORD)
@@ -730,11 +930,13 @@ class Session(asyncio.Protocol):
             ep.stats.refused_auth += 1
             self._refuse(P.NOT_AUTHORIZED)
             return
-        self.gateway = identity.gateway
+        if identity.gateway:
+            self._extra().gateway = True
         self.device = identity.device_id
-        self.base = ep._dev_prefix + self.device
         self.state = CONNECTED
-        self.rate = ep._rate_limit(self.device)
+        rate = ep._rate_limit(self.device)
+        if rate is not None:
+            self._extra().rate = rate
         assigned = not c.client_id
         if assigned:  # MQTT 5 lets the server choose (3.1.1 was refused above unless clean)
             self.client_id = ep._assign_client_id()
@@ -783,25 +985,24 @@ class Session(asyncio.Protocol):
             return P.TOPIC_FILTER_INVALID
         form = RPC_SUBSCRIPTIONS.get(topic)
         if form is not None:
-            self.subs[topic] = q
+            self._grant(topic, q)
             self.form = form
             self.rpc_qos = q
             ep._add_route(self.device, self)
             return q
         if topic in OTHER_SUBSCRIPTIONS:
-            self.subs[topic] = q
+            self._grant(topic, q)
             return q
         if topic == GATEWAY_RPC:
             if not self.gateway:
                 return P.NOT_AUTHORIZED
-            self.subs[topic] = q
-            self.gw_qos = q
+            self._grant(topic, q)
             for sub in (self.subdevices or {}).values():
                 ep._add_route(sub.device, sub)
             return q
         base = self.base
         if topic.startswith(base) and topic[len(base):len(base) + 1] in ("/", ""):
-            self.subs[topic] = q
+            self._grant(topic, q)
             self._fr_filters_changed()
             rest = topic[len(base) + 1:].split("/") if len(topic) > len(base) else []
             if not rest or rest[0] in ("req", "+", "#"):
@@ -817,14 +1018,13 @@ class Session(asyncio.Protocol):
 
     def unsubscribe(self, topic: str) -> int:
         ep = self.endpoint
-        if self.subs.pop(topic, None) is None:
+        if not self._revoke(topic):
             return 0x11  # No subscription existed
         if topic == GATEWAY_RPC:
-            self.gw_qos = -1
             for sub in (self.subdevices or {}).values():
                 ep._remove_route(sub.device, sub)
         elif topic in RPC_SUBSCRIPTIONS:
-            if not any(t in self.subs for t in RPC_SUBSCRIPTIONS):
+            if not self.known & _RPC_BITS:
                 self.form = -1
                 ep._remove_route(self.device, self)
         elif topic.startswith(self.base):
@@ -837,8 +1037,8 @@ class Session(asyncio.Protocol):
     # -- inbound PUBLISH -------------------------------------------------------------
 
     def _on_props(self, topic: str, payload: bytes, raw: bytes) -> None:
-        if self.state != CONNECTED or self.failure is not None:
-            return
+        if self.state != CONNECTED:
+            return  # closed or failing
         try:
             props = P.parse_publish_properties(raw)
             if "topic_alias" in props:
@@ -849,14 +1049,15 @@ class Session(asyncio.Protocol):
         self._on_publish(topic, payload, props)
 
     def _on_publish(self, topic: str, payload: bytes, props: dict | None) -> None:
-        if self.state != CONNECTED or self.failure is not None:
+        if self.state != CONNECTED:
             return  # closed or failing: the rest of this read is ignored
         try:
             ep = self.endpoint
             if len(payload) > ep.settings.max_payload:
                 raise P.ProtocolError(f"payload of {len(payload)} bytes (at most {ep.settings.max_payload})",
                                       P.PACKET_TOO_LARGE)
-            rate = self.rate
+            x = self.extra
+            rate = x.rate if x is not None else None
             if rate is not None and not rate.take(self.last_in):
                 raise P.ProtocolError("message rate limit exceeded", P.MESSAGE_RATE_TOO_HIGH)
             if topic.startswith("v1/devices/me/rpc/"):
@@ -892,7 +1093,8 @@ class Session(asyncio.Protocol):
     def _on_response(self, n_text: str, payload: bytes) -> None:
         ep = self.endpoint
         n = _number(n_text)
-        requests = self.requests
+        x = self.extra
+        requests = x.requests if x is not None else None
         tail = requests.pop(n, None) if n is not None and requests else None
         if tail.__class__ is not str:
             if tail is not None:  # a gateway's request answered on the device topic
@@ -900,7 +1102,7 @@ class Session(asyncio.Protocol):
             ep.stats.unknown_response += 1
             return
         ep.stats.responses += 1
-        ep._deliver(self.base + "/res/" + tail, payload)
+        ep._deliver((x.base or x.base_of(self)) + "/res/" + tail, payload)
 
     def _on_client_call(self, n_text: str, payload: bytes, form: int) -> None:
         ep = self.endpoint
@@ -909,7 +1111,7 @@ class Session(asyncio.Protocol):
             ep.stats.ignored += 1
             return
         answer = RESPONSE_TOPIC[form] + n_text
-        qos = self.subs.get(RESPONSE_SUBSCRIPTION[form], 0)
+        qos = max(self.granted(RESPONSE_SUBSCRIPTION[form]), 0)
         try:
             request = REQUEST_DECODER.decode(payload)
         except msgspec.DecodeError as exc:
@@ -919,21 +1121,25 @@ class Session(asyncio.Protocol):
             ep.stats.session_limits += 1
             self.send_answer(answer, ep._session_limits(self.gateway), qos)
             return
-        if self.calls is None:
-            self.calls = set()
-        if len(self.calls) >= ep.settings.max_client_calls:
+        x = self._extra()
+        if x.calls is None:
+            x.calls = set()
+        if len(x.calls) >= ep.settings.max_client_calls:
             self.send_answer(answer, error_reply("TOO_MANY_REQUESTS", "too many calls awaiting an answer"), qos)
             return
         cid = ep._new_call(self, answer, qos, None)
-        self.calls.add(cid)
+        x.calls.add(cid)
         ep.stats.client_calls += 1
-        ep._deliver(self.base + "/call/" + cid, payload)
+        ep._deliver(x.base_of(self) + "/call/" + cid, payload)
 
     def _on_fleetrpc_publish(self, topic: str, payload: bytes, props: dict | None) -> None:
         ep = self.endpoint
-        base = self.base
-        n = len(base)
-        if not (topic.startswith(base) and topic[n:n + 1] == "/"):
+        # ``topic`` starts with the devices' root (the caller checked): is
+        # the device this one?  (Without making ``base``: this is per message.)
+        device = self.device
+        i = len(ep._dev_prefix)
+        n = i + len(device)
+        if not (topic.startswith(device, i) and topic[n:n + 1] == "/"):
             ep.stats.refused_topic += 1
             log.warning("device %s published on %r, which is not its own: dropped", self.device, topic)
             return
@@ -966,16 +1172,17 @@ class Session(asyncio.Protocol):
                 if "correlation_data" in props:
                     answer_props = {"correlation_data": props["correlation_data"]}
         qos = self._fr_qos(answer)
-        if self.calls is None:
-            self.calls = set()
-        if len(self.calls) >= ep.settings.max_client_calls:
+        x = self._extra()
+        if x.calls is None:
+            x.calls = set()
+        if len(x.calls) >= ep.settings.max_client_calls:
             self.send_answer(answer, error_reply("TOO_MANY_REQUESTS", "too many calls awaiting an answer"),
                              max(qos, 0), answer_props)
             return
         ecid = ep._new_call(self, answer, max(qos, 0), answer_props)
-        self.calls.add(ecid)
+        x.calls.add(ecid)
         ep.stats.client_calls += 1
-        ep._deliver(self.base + "/call/" + ecid, payload)
+        ep._deliver(x.base_of(self) + "/call/" + ecid, payload)
 
     # -- gateway ---------------------------------------------------------------------
 
@@ -990,12 +1197,12 @@ class Session(asyncio.Protocol):
             except msgspec.DecodeError:
                 ep.stats.unknown_response += 1
                 return
-            requests = self.requests
+            requests = self.extra.requests  # (a gateway session has its extra)
             entry = requests.get(reply.id) if requests else None
             if entry.__class__ is not tuple or entry[2] != reply.device:
                 ep.stats.unknown_response += 1
                 return
-            del self.requests[reply.id]
+            del requests[reply.id]
             ep.stats.responses += 1
             ep._deliver(entry[0] + "/res/" + entry[1], bytes(reply.data))
         elif what == "connect":
@@ -1023,13 +1230,14 @@ class Session(asyncio.Protocol):
         if self.state != CONNECTED:
             return
         validate_id("device", device)
-        if self.subdevices is None:
-            self.subdevices = {}
-        if name in self.subdevices:
+        x = self._extra()
+        if x.subdevices is None:
+            x.subdevices = {}
+        if name in x.subdevices:
             return
         sub = SubDevice(self, name, device, self.endpoint._dev_prefix + device)
-        self.subdevices[name] = sub
-        if self.gw_qos >= 0:
+        x.subdevices[name] = sub
+        if self.known & _GATEWAY_BIT:
             self.endpoint._add_route(device, sub)
 
 
