@@ -15,7 +15,7 @@ from fleetrpc.transport.endpoint.session import CONNECTED, IDLE_TRIM
 
 from . import rawmqtt as raw
 from .conftest import make_rig
-from .test_limits import _until, assert_nothing_left
+from .test_limits import _until, assert_nothing_left, back_with_stored_session
 
 
 def _session(rig, device: str):
@@ -197,19 +197,7 @@ async def test_a_persistent_session_comes_back_in_the_form_it_chose_last():
     """Subscribed to ThingsBoard's v2 then v1 RPC topics, a device with a
     stored session gets its requests on v1 (at v1's QoS) when it is back."""
     async with make_rig(max_session_expiry=60) as rig:
-        c = await raw.RawClient.open(rig.port)
-        await c.connect("token-a", client_id="keeper", version=5, clean=False, props={0x11: 30})
-        c.send(raw.subscribe(1, ("v2/r/req/+", 1), version=5) + raw.subscribe(2, ("v1/devices/me/rpc/request/+", 0),
-                                                                           version=5))
-        await c.read_packet()
-        await c.read_packet()
-        await rig.online("dev-a")
-        c.close()
-        await rig.offline("dev-a")
-        c = await raw.RawClient.open(rig.port)
-        first, body = await c.connect("token-a", client_id="keeper", version=5, clean=False, props={0x11: 30})
-        assert body[:2] == b"\x01\x00"  # session present
-        await rig.online("dev-a")
+        c = await back_with_stored_session(rig, ("v2/r/req/+", 1), ("v1/devices/me/rpc/request/+", 0))
         call = asyncio.ensure_future(rig.dispatcher.call("dev-a", "m", 1))
         first, body = await c.read_packet()
         assert (first >> 1) & 3 == 0  # QoS 0, as v1's subscription

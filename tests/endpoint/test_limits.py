@@ -196,21 +196,29 @@ async def test_slow_reader_is_disconnected_not_buffered_without_bound(grace, max
         await assert_still_serving(rig)
 
 
+async def back_with_stored_session(rig, *subscriptions: tuple[str, int]) -> raw.RawClient:
+    """Device dev-a (client "keeper", MQTT 5, a 30 s session) subscribes to
+    each ``(filter, qos)`` in turn, goes away and comes back within the
+    interval without subscribing again: its new client, session present."""
+    c = await raw.RawClient.open(rig.port)
+    first, body = await c.connect("token-a", client_id="keeper", version=5, clean=False, props={0x11: 30})
+    assert body[:2] == b"\x00\x00"
+    for packet_id, sub in enumerate(subscriptions, 1):
+        c.send(raw.subscribe(packet_id, sub, version=5))
+        await c.read_packet()
+    await rig.online("dev-a")
+    c.close()
+    await rig.offline("dev-a")
+    c = await raw.RawClient.open(rig.port)
+    first, body = await c.connect("token-a", client_id="keeper", version=5, clean=False, props={0x11: 30})
+    assert body[:2] == b"\x01\x00"  # session present
+    await rig.online("dev-a")
+    return c
+
+
 async def test_session_expiry_keeps_subscriptions_for_a_reconnecting_device():
     async with make_rig(max_session_expiry=60) as rig:
-        c = await raw.RawClient.open(rig.port)
-        first, body = await c.connect("token-a", client_id="keeper", version=5, clean=False, props={0x11: 30})
-        assert body[:2] == b"\x00\x00"
-        c.send(raw.subscribe(1, ("v1/devices/me/rpc/request/+", 1), version=5))
-        await c.read_packet()
-        await rig.online("dev-a")
-        c.close()
-        await rig.offline("dev-a")
-        # back within the interval, without subscribing again
-        c = await raw.RawClient.open(rig.port)
-        first, body = await c.connect("token-a", client_id="keeper", version=5, clean=False, props={0x11: 30})
-        assert body[:2] == b"\x01\x00"  # session present
-        await rig.online("dev-a")
+        c = await back_with_stored_session(rig, ("v1/devices/me/rpc/request/+", 1))
         call = asyncio.ensure_future(rig.dispatcher.call("dev-a", "m", 1))
         first, body = await c.read_packet()
         topic, payload, mid = raw.publish_topic(body, 1, True)
