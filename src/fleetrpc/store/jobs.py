@@ -20,6 +20,7 @@ import msgspec
 
 from ..errors import LeaseLostError
 from ..jobs.model import DeviceOutcome, Job, JobCounts, JobDevice, JobSpec, JobStatus
+from .base import storable_text
 
 __all__ = ["JobRepository"]
 
@@ -52,10 +53,10 @@ def _text(value: Any) -> str | None:
 
 
 def _storable(error: str | None) -> str | None:
-    """An error text as every backend stores it: it may quote a device's
-    reply, and PostgreSQL's text refuses NUL (a write refused for it would
-    hold back the job's every later outcome)."""
-    return error.replace("\x00", "\ufffd") if error is not None and "\x00" in error else error
+    """An error text as every backend stores it (it may quote a device's
+    reply, and a write refused for a NUL in it would hold back the job's
+    every later outcome): :func:`~fleetrpc.store.base.storable_text`."""
+    return None if error is None else storable_text(error)
 
 
 def _job(row: Any) -> Job:
