@@ -229,8 +229,14 @@ def _spent(before: dict[int, float], after: dict[int, float]) -> float:
     return sum(cpu - before.get(pid, 0.0) for pid, cpu in after.items())
 
 
+def _rpc_transactions(stack: Stack) -> int:
+    """Transactions of the persistent engine's store so far (0: none)."""
+    return stack.store.stats.transactions if stack.store is not None else 0
+
+
 async def run_job(stack: Stack, spec, profile: str | None = None) -> dict:
     before = dict(stack.writes)
+    tx0 = _rpc_transactions(stack)
     db0 = await stack.db_cpu()
     with Timed(profile) as t:
         job = await stack.jobs.submit(TENANT, spec)
@@ -238,7 +244,8 @@ async def run_job(stack: Stack, spec, profile: str | None = None) -> dict:
     c = job.counts
     return {"wall_s": t.wall, "cpu_s": t.cpu, "db_cpu_s": _spent(db0, await stack.db_cpu()), "status": job.status.value, "succeeded": c.succeeded,
             "not_succeeded": c.total - c.succeeded, "id": job.id,
-            "writes": stack.writes["record"] - before["record"]}
+            "writes": stack.writes["record"] - before["record"],
+            "rpc_transactions": _rpc_transactions(stack) - tx0}
 
 
 async def persistent_floor(stack: Stack, ids: list[str], callers: int) -> dict:
@@ -258,15 +265,18 @@ async def persistent_floor(stack: Stack, ids: list[str], callers: int) -> dict:
             else:
                 bad += 1
 
+    tx0 = _rpc_transactions(stack)
     db0 = await stack.db_cpu()
     with Timed() as t:
         await asyncio.gather(*(caller() for _ in range(callers)))
     return {"wall_s": t.wall, "cpu_s": t.cpu, "db_cpu_s": _spent(db0, await stack.db_cpu()),
-            "succeeded": ok, "not_succeeded": bad}
+            "succeeded": ok, "not_succeeded": bad, "rpc_transactions": _rpc_transactions(stack) - tx0}
 
 
 def _fmt(r: dict, n: int) -> str:
     batches = f", {r['writes']} writes" if "writes" in r else ""
+    if r.get("rpc_transactions"):
+        batches += f", {r['rpc_transactions']} RPC store transactions"
     db = f", PostgreSQL CPU {r['db_cpu_s'] / n * 1e6:.0f} us/device" if r.get("db_cpu_s") else ""
     return (f"{r['wall_s']:.3f} s ({n / r['wall_s']:,.0f}/s), CPU {r['cpu_s']:.2f} s "
             f"({r['cpu_s'] / n * 1e6:.0f} us/device{db}), {r['succeeded']} ok{batches}")

@@ -14,6 +14,7 @@ from fleetrpc.config import Settings
 from fleetrpc.device import DeviceClient
 from fleetrpc.dispatch import Dispatcher
 from fleetrpc.errors import (
+    DuplicateRpcError,
     InvalidTransitionError,
     QueueFullError,
     RpcNotFoundError,
@@ -47,8 +48,10 @@ def store_url(request, tmp_path):
 class Rig:
     """A dispatcher, a persistent engine on a store, and recorded events."""
 
-    def __init__(self, mqtt_url: str, store_url: str, engine_options: dict | None = None, **settings) -> None:
+    def __init__(self, mqtt_url: str, store_url: str, engine_options: dict | None = None, *,
+                 group_commit: bool = True, **settings) -> None:
         self.engine_options = engine_options or {}
+        self.group_commit = group_commit
         settings.setdefault("min_timeout_ms", 0)
         settings.setdefault("ttl_enabled", False)
         self.settings = Settings(mqtt_url=mqtt_url, node_id=_name("node"), **settings)
@@ -57,7 +60,7 @@ class Rig:
         self.devices: list[DeviceClient] = []
 
     async def start(self) -> "Rig":
-        self.store = await open_store(self.store_url, group_commit=True)
+        self.store = await open_store(self.store_url, group_commit=self.group_commit)
         self.dispatcher = Dispatcher(self.settings)
         await self.dispatcher.start()
         self.bus = EventBus()
@@ -759,3 +762,40 @@ async def test_the_engines_queue_cap_refuses_before_storing(mqtt_url, store_url)
         await r.stop()
     with pytest.raises(ValidationError):
         PersistentRpc(r.dispatcher, r.store, queue_cap=0)
+
+
+@pytest.mark.parametrize("group_commit", [True, False], ids=["group-commit", "plain-store"])
+async def test_call_many_stores_the_good_calls_and_names_each_refusal(mqtt_url, store_url, group_commit):
+    """A fleet job's batch: the options are checked once, every device's
+    call is stored and started or refused on its own (a bad id, a full
+    queue -- also by the batch itself --, an id already taken), and the
+    good calls run to their end, each followed by a future."""
+    r = await Rig(mqtt_url, store_url, engine_options={"queue_cap": 2}, group_commit=group_commit).start()
+    try:
+        a, b = await r.device(), await r.device()
+        full, twice, other = _name("off"), _name("off"), _name("off")
+        exp = int(time.time() * 1000) + 60_000
+        taken = await r.engine.call(full, "echo", 0, expiration_time=exp)
+        await r.engine.call(full, "echo", 1, expiration_time=exp)
+        devices = [a.device_id, "bad/id", full, other, twice, twice, twice, b.device_id]
+        uuids = [None, None, None, taken, None, None, None, None]
+        out = await r.engine.call_many(devices, "echo", {"v": 7}, request_uuids=uuids, expiration_time=exp)
+        assert [type(x) for x in out] == [str, ValidationError, QueueFullError, DuplicateRpcError,
+                                          str, str, QueueFullError, str]
+        assert "2 unfinished persistent calls" in str(out[2]) and taken in str(out[3])
+        done = [await r.engine.final(out[i]) for i in (0, 7)]
+        assert [(x.status, x.response, x.device_id) for x in done] == [
+            (RpcStatus.SUCCESSFUL, {"v": 7}, a.device_id), (RpcStatus.SUCCESSFUL, {"v": 7}, b.device_id)]
+        assert (await r.engine.list_by_device(twice)).total_elements == 2
+        assert (await r.engine.list_by_device(other)).total_elements == 0
+        assert (await r.engine.get(taken)).device_id == full  # the first call with that id is untouched
+        # A finished call's future resolves from the store.
+        assert (await r.engine.final(out[0])).status is RpcStatus.SUCCESSFUL
+        # Bad options refuse the whole batch before anything is stored.
+        with pytest.raises(ValidationError, match="method"):
+            await r.engine.call_many([a.device_id], "", expiration_time=exp)
+        with pytest.raises(ValidationError, match="one id per device"):
+            await r.engine.call_many([a.device_id, b.device_id], "echo", request_uuids=[None])
+        assert (await r.engine.list_by_device(a.device_id)).total_elements == 1
+    finally:
+        await r.stop()

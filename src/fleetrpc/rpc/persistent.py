@@ -84,6 +84,7 @@ import logging
 import os
 import time
 import uuid
+from collections.abc import Sequence
 from typing import Any, Callable
 
 import msgspec
@@ -106,6 +107,8 @@ from ..cluster.partition import partition_of
 from ..wire import validate_id
 from ..errors import (
     DispatcherClosedError,
+    DuplicateRpcError,
+    FleetRpcError,
     QueueFullError,
     ReplyNotJsonError,
     RpcNotFoundError,
@@ -140,6 +143,7 @@ BACKLOG_SWEEP_S = 1.0
 WAIT_TICK_S = 0.05
 
 _UNSET = msgspec.UNSET
+_replace = msgspec.structs.replace
 
 Q, S, D, OK, T, E, F, X = (
     RpcStatus.QUEUED, RpcStatus.SENT, RpcStatus.DELIVERED, RpcStatus.SUCCESSFUL,
@@ -480,34 +484,112 @@ class PersistentRpc:
         values the database cannot store raise :class:`ValidationError`; a
         device with ``queue_cap`` unfinished calls raises
         :class:`QueueFullError`."""
+        proto = self._prototype(method, params, timeout_ms, expiration_time, oneway, retries,
+                                additional_info, tenant_id)
+        record, payload = self._for_device(proto, device, request_uuid)
+        if self._per_device.get(device, 0) >= self.queue_cap or await self._full_elsewhere(device):
+            raise self._queue_full(device)
+        if self._submit_insert is not None:
+            await self._submit_insert(record)  # resolves once committed
+        else:
+            await self.store.insert(record)  # returns once committed
+        return self._stored(record, payload)
+
+    async def call_many(
+        self,
+        devices: Sequence[str],
+        method: str,
+        params: Any = NO_PARAMS,
+        *,
+        request_uuids: Sequence[str | None] | None = None,
+        timeout_ms: int | None = None,
+        expiration_time: int | None = None,
+        oneway: bool = False,
+        retries: int | None = None,
+        additional_info: Any = None,
+        tenant_id: str | None = None,
+    ) -> list[str | FleetRpcError]:
+        """:meth:`call` to each of ``devices`` with the same options (a fleet
+        job's batch): the options are checked once, the calls are stored
+        together (one group-commit batch, or one transaction) and each
+        starts as it is committed.  ``request_uuids``, if given, has one id
+        (or None) per device.  Returns, per device, its call's id or the
+        error that kept that call from being stored (a bad device id, a
+        full queue, :class:`DuplicateRpcError` for an id already taken, the
+        store's error): one bad device does not stop the others.  Bad
+        options raise, before anything is stored."""
+        proto = self._prototype(method, params, timeout_ms, expiration_time, oneway, retries,
+                                additional_info, tenant_id)
+        if request_uuids is not None and len(request_uuids) != len(devices):
+            raise ValidationError("request_uuids must have one id per device")
+        out: list[Any] = [None] * len(devices)
+        todo: list[tuple[int, RpcRecord, bytes]] = []
+        per_device = self._per_device
+        cap = self.queue_cap
+        taken: dict[str, int] = {}  # calls of this batch per device (a device named twice)
+        for i, device in enumerate(devices):
+            try:
+                record, payload = self._for_device(proto, device, None if request_uuids is None
+                                                   else request_uuids[i])
+                n = taken.get(device, 0)
+                if per_device.get(device, 0) + n >= cap or (not n and await self._full_elsewhere(device)):
+                    raise self._queue_full(device)
+            except FleetRpcError as exc:
+                out[i] = exc
+                continue
+            taken[device] = n + 1
+            todo.append((i, record, payload))
+        if self._submit_insert is not None:
+            futs = [self._submit_insert(record) for _, record, _ in todo]
+            for (i, record, payload), fut in zip(todo, futs):
+                try:
+                    await fut  # resolves once committed (one batch commits many)
+                except FleetRpcError as exc:
+                    out[i] = exc
+                    continue
+                out[i] = self._stored(record, payload)
+            return out
+        try:
+            result = await self.store.write([record for _, record, _ in todo], ())
+        except FleetRpcError as exc:
+            for i, _, _ in todo:
+                out[i] = exc
+            return out
+        for (i, record, payload), ok in zip(todo, result.inserted):
+            out[i] = self._stored(record, payload) if ok else DuplicateRpcError(
+                f"RPC {record.id} already exists")
+        return out
+
+    def _prototype(self, method: str, params: Any, timeout_ms: int | None, expiration_time: int | None,
+                   oneway: bool, retries: int | None, additional_info: Any,
+                   tenant_id: str | None) -> RpcRecord:
+        """The record a call with these options starts from (its id and
+        device filled in per call).  One set of rules for a call's options
+        (fleetrpc.dispatch.options): ThingsBoard's, the same as the REST
+        body's.  (The checks of options left out are skipped: None is what
+        each returns for None.)  Raises ValidationError."""
         if self._closed:
             raise DispatcherClosedError("persistent RPC engine is closed")
         if tenant_id is None:
             tenant_id = self._tenant(None)
         else:
             check_tenant(tenant_id)
-        # One set of rules for a call's options (fleetrpc.dispatch.options):
-        # ThingsBoard's, the same as the REST body's.  (The checks of options
-        # left out are skipped: None is what each returns for None.)
         method = check_method(method)
-        validate_id("device", device)
         if oneway is not False:
             oneway = check_flag(oneway, "oneway")
         if retries is not None:
             retries = check_retries(retries)
         if expiration_time is not None:
             expiration_time = check_expiration_time(expiration_time)
-        if request_uuid is not None:
-            request_uuid = check_request_uuid(request_uuid)
         s = self.settings
         timeout = effective_timeout_ms(None if timeout_ms is None else check_timeout_ms(timeout_ms), s)
         now = int(_time() * 1000)
         if expiration_time is None:
             expiration_time = now + timeout
         record = RpcRecord(
-            id=request_uuid or self._new_id(),
+            id="",
             tenant_id=tenant_id,
-            device_id=device,
+            device_id="",
             created_time=now,
             expiration_time=expiration_time,
             method=method,
@@ -528,25 +610,37 @@ class PersistentRpc:
             problem = storable_problem(additional_info)
             if problem is not None:
                 raise ValidationError(f"additionalInfo cannot be stored: {problem}")
-        # Refused before it is stored: a request over max_payload could never
-        # be sent.  Encoded once: the first attempt sends this payload.
-        payload = self.dispatcher.request_payload(method, record.params, record.id)
-        if self._per_device.get(device, 0) >= self.queue_cap or (
-            # In a cluster the owner of the device's partition counts its
-            # calls in memory; another node asks the database.
+        return record
+
+    def _for_device(self, proto: RpcRecord, device: str, request_uuid: str | None) -> tuple[RpcRecord, bytes]:
+        """``proto``'s call to ``device`` and its request payload.  Refused
+        before it is stored: a request over max_payload could never be
+        sent.  Encoded once: the first attempt sends this payload."""
+        validate_id("device", device)
+        if request_uuid is not None:
+            request_uuid = check_request_uuid(request_uuid)
+        record = _replace(proto, id=request_uuid or self._new_id(), device_id=device)
+        return record, self.dispatcher.request_payload(record.method, record.params, record.id)
+
+    async def _full_elsewhere(self, device: str) -> bool:
+        """In a cluster the owner of the device's partition counts its calls
+        in memory; another node asks the database."""
+        return (
             self._leases is not None and device not in self._per_device
             and self._leases.token(partition_of(device, self._leases.partitions)) is None
             and await self.store.unfinished_count(device) >= self.queue_cap
-        ):
-            raise QueueFullError(
-                f"device {device!r} already has {self.queue_cap} unfinished persistent calls (queue_cap)"
-            )
-        if self._submit_insert is not None:
-            await self._submit_insert(record)  # resolves once committed
-        else:
-            await self.store.insert(record)  # returns once committed
+        )
+
+    def _queue_full(self, device: str) -> QueueFullError:
+        return QueueFullError(
+            f"device {device!r} already has {self.queue_cap} unfinished persistent calls (queue_cap)"
+        )
+
+    def _stored(self, record: RpcRecord, payload: bytes) -> str:
+        """A call just committed (QUEUED): drive it, or hand it to the node
+        that owns its device's partition.  Returns its id."""
         if self._leases is not None:
-            partition = partition_of(device, self._leases.partitions)
+            partition = partition_of(record.device_id, self._leases.partitions)
             epoch = self._leases.token(partition)
             if epoch is None or record.id in self._live:
                 # Another node drives it (or this one already loaded it).
@@ -677,6 +771,26 @@ class PersistentRpc:
         if result is _MOVED:
             return await self._wait_remote(rpc_id, tenant_id, max(0.0, timeout - (loop.time() - started)))
         return result
+
+    def final(self, rpc_id: str, *, tenant_id: str | None = None) -> asyncio.Future[RpcRecord]:
+        """A future of that tenant's call's final record: :meth:`wait`
+        without a timeout, for a caller following many calls at once (a
+        fleet job), with no task per call when this node drives it.
+        Cancelling the future leaves the call as it is."""
+        if tenant_id is None:
+            tenant_id = self._tenant(None)
+        else:
+            check_tenant(tenant_id)
+        live = self._live.get(rpc_id)
+        # (In a cluster a waiter may learn the call moved: wait() follows it.)
+        if live is None or live.record.tenant_id != tenant_id or self._leases is not None:
+            return asyncio.ensure_future(self.wait(rpc_id, tenant_id=tenant_id))
+        fut = asyncio.get_running_loop().create_future()
+        if live.waiters is None:
+            live.waiters = [fut]
+        else:
+            live.waiters.append(fut)
+        return fut
 
     def _wait_deadline(self, loop: asyncio.AbstractEventLoop, fut: asyncio.Future,
                        rpc_id: str, timeout: float) -> int:
