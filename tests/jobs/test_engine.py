@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections import Counter
 
 import pytest
@@ -16,6 +17,7 @@ from fleetrpc.store import open_store
 from fleetrpc.store.db import open_database
 from fleetrpc.store.jobs import JobRepository
 from tests.helpers.waiting import wait_until
+from tests.services import _pg_drop_database, _pg_execute, with_database
 
 pytestmark = pytest.mark.mqtt
 
@@ -404,3 +406,28 @@ async def test_unsupported_selector_without_a_registry_is_refused(rig):
     with pytest.raises(ValidationError, match="registry"):
         await rig.engine.submit(TENANT, parse_spec({"targets": {"deviceType": "t"}, "method": "m"}))
     assert (await rig.engine.list(TENANT, 10, 0))[1] == 0
+
+
+@pytest.mark.pg
+async def test_a_jobs_devices_list_in_code_point_order_under_a_language_locale(mqtt_url, pg_dsn):
+    """On a PostgreSQL database created with a language collation (ICU's
+    en-US: "alpha" before "Beta"), a job's devices still list in code-point
+    order, the order of its rollout and of the device registry's ids."""
+    name = f"fleetrpc_t_{uuid.uuid4().hex[:16]}"
+    await _pg_execute(pg_dsn, f"CREATE DATABASE \"{name}\" TEMPLATE template0 "
+                              "LOCALE_PROVIDER icu ICU_LOCALE 'en-US' LOCALE 'C'")
+    rig = None
+    try:
+        rig = await Rig(mqtt_url, with_database(pg_dsn, name)).start()
+        ids = ["alpha-" + _name("d"), "Beta-" + _name("d"), "zeta-" + _name("d"), "Zeta-" + _name("d")]
+        job = await rig.engine.submit(TENANT, _spec(ids))  # nobody connected: OFFLINE at once
+        job = await rig.engine.wait(TENANT, job.id, timeout=10)
+        assert job.counts.offline == 4
+        rows, total = await rig.engine.devices(TENANT, job.id, 10, 0)
+        assert total == 4 and [r.device_id for r in rows] == sorted(ids)
+        rows, _ = await rig.engine.devices(TENANT, job.id, 10, 0, outcome=DeviceOutcome.OFFLINE)
+        assert [r.device_id for r in rows] == sorted(ids)
+    finally:
+        if rig is not None:
+            await rig.close()
+        await _pg_drop_database(pg_dsn, name)
