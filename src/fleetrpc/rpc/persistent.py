@@ -539,25 +539,33 @@ class PersistentRpc:
                 continue
             taken[device] = n + 1
             todo.append((i, record, payload))
+        stored: list[tuple[int, RpcRecord, bytes]] = []
         if self._submit_insert is not None:
             futs = [self._submit_insert(record) for _, record, _ in todo]
-            for (i, record, payload), fut in zip(todo, futs):
+            for call, fut in zip(todo, futs):
                 try:
                     await fut  # resolves once committed (one batch commits many)
                 except FleetRpcError as exc:
-                    out[i] = exc
+                    out[call[0]] = exc
                     continue
-                out[i] = self._stored(record, payload)
-            return out
-        try:
-            result = await self.store.write([record for _, record, _ in todo], ())
-        except FleetRpcError as exc:
-            for i, _, _ in todo:
-                out[i] = exc
-            return out
-        for (i, record, payload), ok in zip(todo, result.inserted):
-            out[i] = self._stored(record, payload) if ok else DuplicateRpcError(
-                f"RPC {record.id} already exists")
+                stored.append(call)
+        else:
+            try:
+                result = await self.store.write([record for _, record, _ in todo], ())
+            except FleetRpcError as exc:
+                result = None
+                for i, _, _ in todo:
+                    out[i] = exc
+            for call, ok in zip(todo, result.inserted if result is not None else ()):
+                if ok:
+                    stored.append(call)
+                else:
+                    out[call[0]] = DuplicateRpcError(f"RPC {call[1].id} already exists")
+        # Started together once all are stored, with no await up to the
+        # return: a caller that follows each with final() right away finds
+        # every one still live (no call can end in between).
+        for i, record, payload in stored:
+            out[i] = self._stored(record, payload)
         return out
 
     def _prototype(self, method: str, params: Any, timeout_ms: int | None, expiration_time: int | None,
@@ -775,7 +783,8 @@ class PersistentRpc:
     def final(self, rpc_id: str, *, tenant_id: str | None = None) -> asyncio.Future[RpcRecord]:
         """A future of that tenant's call's final record: :meth:`wait`
         without a timeout, for a caller following many calls at once (a
-        fleet job), with no task per call when this node drives it.
+        fleet job), with no task per call while this node drives it (asked
+        right after :meth:`call_many` returns, every call it started is).
         Cancelling the future leaves the call as it is."""
         if tenant_id is None:
             tenant_id = self._tenant(None)
