@@ -496,7 +496,7 @@ class _Run:
         self._abandoned = False
         #: (lease name, epoch) fencing this run's writes in a cluster
         self.fence: tuple[str, int] | None = None
-        self._tasks: set[asyncio.Task] = set()
+        self._tasks: set[asyncio.Future] = set()  # tasks, and the futures following persistent calls
         self._last_progress = 0.0
         self._flushing: asyncio.Future | None = None
         spec = job.spec
