@@ -38,25 +38,31 @@ def add_reply(state: dict, reply: Any) -> None:
 
 
 def _add(state: dict, entry: dict | None, field: str, value: Any) -> None:
+    # The type decides, once, whether the value counts, whether it is a
+    # number and its key among the values.  JSON object keys are strings:
+    # true and "true" share a key, as they would in any JSON consumer of
+    # this state.
     t = type(value)
     if t is str:
         if len(value) > MAX_VALUE_LENGTH:
             return
-        numeric = False
-    elif t is int or t is float:
+        numeric, key = False, value
+    elif t is int:
+        numeric, key = True, str(value)
+    elif t is bool:
+        numeric, key = False, "true" if value else "false"
+    elif t is float:
         if value != value:  # NaN
             return
-        numeric = True
-    elif t is bool:
-        numeric = False
+        numeric, key = True, repr(value)
     elif isinstance(value, str):
         if len(value) > MAX_VALUE_LENGTH:
             return
-        numeric = False
-    elif isinstance(value, (int, float)):
+        numeric, key = False, str(value)
+    elif isinstance(value, (int, float)):  # a subclass (bool has none)
         if value != value:
             return
-        numeric = not isinstance(value, bool)
+        numeric, key = True, repr(float(value)) if isinstance(value, float) else str(int(value))
     else:
         return  # not a scalar: not counted
     if entry is None:
@@ -75,9 +81,6 @@ def _add(state: dict, entry: dict | None, field: str, value: Any) -> None:
             num["sum"] += value
     if entry["overflow"]:
         return
-    # JSON object keys are strings: true and "true" share a key, as they
-    # would in any JSON consumer of this state.
-    key = value if isinstance(value, str) else _key(value)
     values = entry["values"]
     n = values.get(key)
     if n is not None:
@@ -87,11 +90,3 @@ def _add(state: dict, entry: dict | None, field: str, value: Any) -> None:
     else:
         entry["overflow"] = True
         entry["values"] = {}
-
-
-def _key(value: Any) -> str:
-    if value is True:
-        return "true"
-    if value is False:
-        return "false"
-    return repr(value) if isinstance(value, float) else str(value)

@@ -119,8 +119,16 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
+_replace = msgspec.structs.replace
+
+
 def _copy(job: Job) -> Job:
-    return msgspec.convert(msgspec.to_builtins(job), Job)
+    """``job`` as it is now, for a write or a caller: its counts and
+    aggregate copied, its spec shared (a spec never changes once the job is
+    submitted).  Copying the spec too copied a ``deviceIds`` list with every
+    write: 3 ms a write for 100,000 ids, a third of the engine's CPU per
+    device in such a job, and more the larger the job."""
+    return _replace(job, counts=_replace(job.counts), aggregate=msgspec.to_builtins(job.aggregate))
 
 
 #: Seconds of rollout starts a pacer may owe and catch up on at once.
