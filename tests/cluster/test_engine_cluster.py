@@ -78,10 +78,12 @@ async def test_a_call_stored_by_another_node_is_sent_by_the_owner(mqtt_url, fres
             await db.close()
 
 
-async def test_a_waiter_follows_its_call_when_the_partition_moves(mqtt_url, fresh_pg_db):
+@pytest.mark.parametrize("follow", ["wait", "final"])
+async def test_a_waiter_follows_its_call_when_the_partition_moves(mqtt_url, fresh_pg_db, follow):
     """A call driven (and waited for) on one node; that node leaves: the
     other takes the partition over and finishes the call; the waiter on the
-    first node gets the final record from the database."""
+    first node gets the final record from the database.  ``final``: the
+    future a fleet job follows its calls by, no task until the call moves."""
     a, la, dba = await _node(mqtt_url, fresh_pg_db, "eng-a")
     b, lb, dbb = await _node(mqtt_url, fresh_pg_db, "eng-b")
     try:
@@ -91,7 +93,11 @@ async def test_a_waiter_follows_its_call_when_the_partition_moves(mqtt_url, fres
         name = next(f"moving-{i}" for i in range(1000) if la.owns(partition_of(f"moving-{i}", PARTS)))
         rpc_id = await a.engine.call(name, "echo", {"y": 2}, timeout_ms=5000)
         assert rpc_id in a.engine._live  # offline device: queued on its owner
-        waiter = asyncio.ensure_future(a.engine.wait(rpc_id, timeout=20))
+        if follow == "wait":
+            waiter = asyncio.ensure_future(a.engine.wait(rpc_id, timeout=20))
+        else:
+            waiter = a.engine.final(rpc_id)
+            assert not isinstance(waiter, asyncio.Task)
         await asyncio.sleep(0.2)
         await la.stop()  # a leaves: drops its calls, releases; b claims them
         for _ in range(100):

@@ -791,15 +791,42 @@ class PersistentRpc:
         else:
             check_tenant(tenant_id)
         live = self._live.get(rpc_id)
-        # (In a cluster a waiter may learn the call moved: wait() follows it.)
-        if live is None or live.record.tenant_id != tenant_id or self._leases is not None:
+        if live is None or live.record.tenant_id != tenant_id:
             return asyncio.ensure_future(self.wait(rpc_id, tenant_id=tenant_id))
-        fut = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
         if live.waiters is None:
             live.waiters = [fut]
         else:
             live.waiters.append(fut)
-        return fut
+        if self._leases is None:
+            return fut
+        # In a cluster the call's partition may move to another node: its
+        # waiter then learns _MOVED, and the call is followed from there on
+        # as wait() follows it (a task only for a call that moved).
+        outer = loop.create_future()
+        fut.add_done_callback(functools.partial(self._final_relay, outer, rpc_id, tenant_id))
+        return outer
+
+    def _final_relay(self, outer: asyncio.Future, rpc_id: str, tenant_id: str, fut: asyncio.Future) -> None:
+        if outer.done() or fut.cancelled():
+            return
+        result = fut.result()  # (the engine only ever sets a result on a waiter)
+        if result is not _MOVED:
+            outer.set_result(result)
+            return
+        follow = asyncio.ensure_future(self._wait_remote(rpc_id, tenant_id, None))
+        outer.add_done_callback(lambda o: follow.cancel() if o.cancelled() else None)
+
+        def relay(t: asyncio.Future) -> None:
+            if outer.done() or t.cancelled():
+                return
+            if t.exception() is not None:
+                outer.set_exception(t.exception())
+            else:
+                outer.set_result(t.result())
+
+        follow.add_done_callback(relay)
 
     def _wait_deadline(self, loop: asyncio.AbstractEventLoop, fut: asyncio.Future,
                        rpc_id: str, timeout: float) -> int:

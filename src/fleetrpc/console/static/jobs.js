@@ -95,6 +95,10 @@ export function JobPage({ id }) {
     `api/job/${id}/devices?pageSize=20&page=${page}` + (status ? `&status=${status}` : "")), [id, page, status]);
   const running = job && !FINAL.has(job.status);
   useInterval(() => { if (running) { reload(); reloadRows(); } }, 1000);
+  // The rows as the job ends: polling stops with its last status, which an
+  // event may bring between two polls (a short job: before the first).
+  const jobStatus = job && job.status;
+  useEffect(() => { if (jobStatus && FINAL.has(jobStatus)) reloadRows(); }, [jobStatus]);
   useEffect(() => subscribe((e) => { if (e.type.startsWith("JOB_") && idOf(e.body) === id) reload(); }), [id]);
   const cancel = async () => { await request("POST", `api/job/${id}/cancel`); reload(); reloadRows(); };
   if (error) return html`<${ErrorNote} error=${error} />`;
