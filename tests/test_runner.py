@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
+import os
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 
-from fleetrpc.runner import run
+import pytest
+
+from fleetrpc.runner import run, stop_on_signals
 
 
 def test_run_uses_asyncio_when_asked(monkeypatch):
@@ -44,3 +51,35 @@ def test_freeze_startup_heap_hides_the_heap_but_not_new_garbage():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ok"
+
+
+@pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
+def test_stop_on_signals_sets_stop_and_gives_the_signals_back(monkeypatch, loop):
+    """SIGINT sets the event while the block runs; afterwards Ctrl-C raises
+    KeyboardInterrupt again (left installed, it was bound to a closed loop
+    and did nothing: seen after `fleetrpc simulate` ran in-process)."""
+    monkeypatch.setenv("FLEETRPC_LOOP", loop)
+
+    async def main() -> bool:
+        with stop_on_signals(asyncio.Event()) as stop:
+            os.kill(os.getpid(), signal.SIGINT)
+            await asyncio.wait_for(stop.wait(), 5)
+            return stop.is_set()
+
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    assert run(main()) is True
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
+    with pytest.raises(KeyboardInterrupt):
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(1)  # the handler runs at the next bytecode boundary
+
+
+def test_stop_on_signals_off_the_main_thread_installs_nothing():
+    async def main() -> bool:
+        with stop_on_signals(asyncio.Event()) as stop:
+            return stop.is_set()
+
+    before = signal.getsignal(signal.SIGINT)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        assert pool.submit(asyncio.run, main()).result(10) is False
+    assert signal.getsignal(signal.SIGINT) is before

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import signal
 import uuid
 from pathlib import Path
 
@@ -281,6 +282,7 @@ def test_simulate_command_runs_and_stops(mqtt_url):
 
     from fleetrpc.cli import main
 
+    before = signal.getsignal(signal.SIGINT)
     result = CliRunner().invoke(
         main, ["simulate", "--devices", "3", "--url", mqtt_url, "--processes", "0",
                "--prefix", _unique("p"), "--duration", "1"],
@@ -288,6 +290,7 @@ def test_simulate_command_runs_and_stops(mqtt_url):
     )
     assert result.exit_code == 0, result.output
     assert "3 devices online" in result.output
+    assert signal.getsignal(signal.SIGINT) is before  # Ctrl-C is this process's again
 
 
 class _Echo:

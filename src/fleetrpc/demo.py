@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-import signal
 import tempfile
 import time
 from collections.abc import AsyncIterator
@@ -301,12 +300,10 @@ async def run_demo(devices: int = 200, *, url: str | None = None, port: int = 80
             console.print(table)
             if not once:
                 console.print(f"\nStill serving at [bold]{ctx.url}/[/]: open it in a browser. Ctrl-C stops.")
-                stop = asyncio.Event()
-                loop = asyncio.get_running_loop()
-                for sig in (signal.SIGINT, signal.SIGTERM):
-                    with contextlib.suppress(NotImplementedError, RuntimeError):
-                        loop.add_signal_handler(sig, stop.set)
-                await _churn(fleet, stop)
+                from .runner import stop_on_signals
+
+                with stop_on_signals(asyncio.Event()) as stop:
+                    await _churn(fleet, stop)
             await asyncio.gather(*(d.close() for d in fleet.values()), return_exceptions=True)
     return {r[0]: r[1] for r in rows}
 

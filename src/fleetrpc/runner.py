@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import os
-from typing import Any, Coroutine
+import signal
+from typing import Any, Coroutine, Iterator
 
 
 def use_uvloop() -> bool:
@@ -25,6 +27,28 @@ def run(coro: Coroutine[Any, Any, Any]) -> Any:
 
         return uvloop.run(coro)
     return asyncio.run(coro)
+
+
+@contextlib.contextmanager
+def stop_on_signals(stop: asyncio.Event) -> Iterator[asyncio.Event]:
+    """Set ``stop`` on SIGINT or SIGTERM while the block runs, then give
+    the signals back.  Left installed, SIGINT would stay bound to a closed
+    loop: a command run in-process (click's test runner, an embedding
+    program) would leave Ctrl-C doing nothing afterwards.  Off the main
+    thread, where a loop may not take signals, nothing is installed."""
+    loop = asyncio.get_running_loop()
+    installed = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except (NotImplementedError, RuntimeError, ValueError):  # not the main thread
+            continue
+        installed.append(sig)
+    try:
+        yield stop
+    finally:
+        for sig in installed:
+            loop.remove_signal_handler(sig)
 
 
 def freeze_startup_heap() -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import signal
 import socket
 
 import click
@@ -38,15 +37,12 @@ def agent(url, ip, device_id, root, prefix, interval, username, password, cron_t
             ip or _primary_ip(), url, root=root, device_id=device_id, heartbeat_interval=interval,
             prefix=prefix, username=username, password=password, cron_timezone=cron_timezone,
         )
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        await a.start()
-        click.echo(f"elves agent {a.ip} (device {a.client.device_id}) on {url}, apps: {sorted(a.apps())}")
-        await stop.wait()
-        await a.close()
+        with stop_on_signals(asyncio.Event()) as stop:
+            await a.start()
+            click.echo(f"elves agent {a.ip} (device {a.client.device_id}) on {url}, apps: {sorted(a.apps())}")
+            await stop.wait()
+            await a.close()
 
-    from ..runner import run
+    from ..runner import run, stop_on_signals
 
     run(main())

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 from collections.abc import AsyncIterator, Callable
 
 from ..config import ServerSettings
@@ -77,21 +76,14 @@ class Server:
 async def serve(settings: ServerSettings, *, ready: Callable[[Server], None] | None = None,
                 ctx: ServerContext | None = None) -> None:
     """Run a server until SIGTERM or SIGINT; then drain and stop it."""
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    try:
-        async with Server(settings, ctx=ctx) as server:
-            from ..runner import freeze_startup_heap
+    from ..runner import freeze_startup_heap, stop_on_signals
 
+    with stop_on_signals(asyncio.Event()) as stop:
+        async with Server(settings, ctx=ctx) as server:
             freeze_startup_heap()
             log.info("fleetrpc serving at %s", server.ctx.url)
             if ready is not None:
                 ready(server)
             await stop.wait()
             log.info("stopping: draining requests (at most %.1f s)", settings.server.drain_timeout_s)
-    finally:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(sig)
     log.info("stopped")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import signal
 import time
 
 import click
@@ -65,8 +64,8 @@ def simulate(devices, url, processes, prefix, first, qos, latency_ms, jitter_ms,
     if device_ids:
         if tokens and len(tokens) != len(device_ids):
             raise click.UsageError("give one --token per --device, or none")
-        _run(_widgets(url, prefix, list(device_ids), list(tokens) or [None] * len(device_ids),
-                      duration if duration > 0 else 86400.0))
+        _until_stopped(lambda stop: _widgets(url, prefix, list(device_ids), list(tokens) or [None] * len(device_ids),
+                                             duration if duration > 0 else 86400.0, stop))
         return
     behaviour = Behaviour(
         latency_ms=latency_ms, jitter_ms=jitter_ms, error_rate=error_rate, drop_rate=drop_rate,
@@ -77,25 +76,27 @@ def simulate(devices, url, processes, prefix, first, qos, latency_ms, jitter_ms,
     fleet = Fleet(url, devices, processes=processes, behaviour=behaviour, prefix=prefix, qos=qos,
                   first=first, seed=seed, lifetime=limit + 60.0)
     try:
-        _run(_simulate(fleet, limit))
+        _until_stopped(lambda stop: _simulate(fleet, limit, stop))
     except FleetError as exc:
         raise click.ClickException(str(exc)) from None
 
 
-def _run(coro) -> None:
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover
-        asyncio.run(coro)
-    else:
-        uvloop.run(coro)
+def _until_stopped(work) -> None:
+    """Run ``work(stop)`` on the event loop; Ctrl-C or SIGTERM sets ``stop``."""
+    from ..runner import run, stop_on_signals
+
+    async def main() -> None:
+        with stop_on_signals(asyncio.Event()) as stop:
+            await work(stop)
+
+    run(main())
 
 
-async def _widgets(url: str, prefix: str, device_ids: list[str], tokens: list, limit: float) -> None:
+async def _widgets(url: str, prefix: str, device_ids: list[str], tokens: list, limit: float,
+                   stop: asyncio.Event) -> None:
     """A few widget devices on their own connections, until Ctrl-C."""
     from .widgets import WidgetDevice
 
-    stop = _stop_event()
     devices = [WidgetDevice(d, url, token=t, prefix=prefix) for d, t in zip(device_ids, tokens)]
     try:
         await asyncio.gather(*(d.connect() for d in devices))
@@ -119,19 +120,7 @@ async def _widgets(url: str, prefix: str, device_ids: list[str], tokens: list, l
         await asyncio.gather(*(d.close() for d in devices), return_exceptions=True)
 
 
-def _stop_event() -> asyncio.Event:
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        try:
-            loop.add_signal_handler(sig, stop.set)
-        except (NotImplementedError, RuntimeError):  # not the main thread
-            pass
-    return stop
-
-
-async def _simulate(fleet: Fleet, limit: float) -> None:
-    stop = _stop_event()
+async def _simulate(fleet: Fleet, limit: float, stop: asyncio.Event) -> None:
     t0 = time.monotonic()
     click.echo(f"connecting {len(fleet)} devices to {fleet.url} ...", err=True)
     stats = await fleet.start()
