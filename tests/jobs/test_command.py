@@ -25,6 +25,7 @@ pytestmark = pytest.mark.mqtt
 def _env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("FLEETRPC_")}
     env["FLEETRPC_PASSWORD"] = PASSWORD
+    env["PYTHONFAULTHANDLER"] = "1"  # a hung child tells where it hangs (SIGABRT)
     return env
 
 
@@ -50,6 +51,20 @@ async def fleetrpc_here(url: str, user, *args: str) -> tuple[int, str, str]:
         env={"FLEETRPC_PASSWORD": PASSWORD, "FLEETRPC_URL": None, "FLEETRPC_USERNAME": None},
     )
     return result.exit_code, result.stdout, result.stderr
+
+
+async def _communicate_or_dump(proc: asyncio.subprocess.Process, timeout: float) -> tuple[bytes, bytes]:
+    """The process's output once it exits; if it does not in time, fail
+    with where each of its threads stands (faulthandler's dump on SIGABRT,
+    which _env() enables): a hang seen once in a full run, never alone."""
+    communicating = asyncio.ensure_future(proc.communicate())
+    try:
+        return await asyncio.wait_for(asyncio.shield(communicating), timeout)
+    except asyncio.TimeoutError:
+        proc.send_signal(signal.SIGABRT)
+        out, err = await asyncio.wait_for(communicating, 10)
+        pytest.fail(f"still running {timeout} s after SIGINT; stdout:\n{out.decode()[-2000:]}\n"
+                    f"stderr:\n{err.decode()[-6000:]}")
 
 
 def summary(stdout: str) -> dict:
@@ -139,7 +154,7 @@ async def test_ctrl_c_cancels_the_job(start_server, world):
             job_id = line.split()[1]
             await until(api, token, job_id, lambda j: j["result"]["counts"]["offline"] == 1)
             proc.send_signal(signal.SIGINT)
-            out, err = await asyncio.wait_for(proc.communicate(), 30)
+            out, err = await _communicate_or_dump(proc, 30)
         finally:
             if proc.returncode is None:
                 proc.kill()
