@@ -5,10 +5,14 @@
     python benchmarks/bench_jobs.py --phases rate --rate 200 --rate-seconds 60
     python benchmarks/bench_jobs.py --phases memory --memory-devices 100000
     python benchmarks/bench_jobs.py --phases light --profile /tmp/jobs   # cProfile of each job phase
+    python benchmarks/bench_jobs.py --phases light --db memory,pg --transport direct
 
 Starts a throwaway tuned Mosquitto (unless ``--url``) and ``--devices``
 simulated devices (the lean ones of :mod:`fleetrpc.sim`, in worker
-processes, answering ``echo`` at once).  Per database (``--db``: a SQLite
+processes, answering ``echo`` at once).  With ``--transport direct`` the
+devices connect to the dispatcher's own MQTT endpoint instead (issue 13's
+:class:`DeviceEndpoint`, in this process; one fleet per database, started
+after its dispatcher): the same jobs without the broker's cost.  Per database (``--db``: a SQLite
 file with ``synchronous=FULL``, a PostgreSQL database created for the
 run on ``--dsn`` and dropped at the end, or ``memory`` -- a repository
 that writes nothing, to tell the engine's cost from its database's), one Dispatcher, one
@@ -77,13 +81,32 @@ def log(msg: str) -> None:
 class Stack:
     """Dispatcher + persistent engine + job engine on one Database."""
 
-    def __init__(self, name: str, db_url: str, mqtt_url: str, devices: int) -> None:
+    def __init__(self, name: str, db_url: str, mqtt_url: str | None, devices: int) -> None:
         self.name = name
         self.db_url = db_url
+        #: the broker's URL; None: the devices connect to this stack's own endpoint
         self.mqtt_url = mqtt_url
         self.devices = devices
+        self.endpoint = None
 
-    async def start(self, device_ids: list[str]) -> None:
+    def open_endpoint(self) -> None:
+        """Give the dispatcher its own device endpoint (``--transport
+        direct``), before :meth:`start`."""
+        from fleetrpc.transport.endpoint import DeviceEndpoint, EndpointSettings
+
+        # the simulator's devices log in as "bench" with their device id as client id
+        self.endpoint = DeviceEndpoint(
+            EndpointSettings(host="127.0.0.1", port=0, max_inflight=1000, max_connections=self.devices + 100),
+            authenticate=lambda username, password, client_id: client_id if username == "bench" else None)
+
+    @property
+    def device_url(self) -> str:
+        """Where the simulated devices connect: the endpoint once started, or the broker."""
+        if self.endpoint is None:
+            return self.mqtt_url
+        return f"mqtt://bench@127.0.0.1:{self.endpoint.ports['tcp']}"
+
+    async def start(self) -> None:
         from fleetrpc import Dispatcher, PersistentRpc, Settings
         from fleetrpc.jobs import JobEngine
         from fleetrpc.store import rpc_store
@@ -97,9 +120,9 @@ class Stack:
             self.store = rpc_store(self.db, group_commit=True)
             await self.store.open()
         self.dispatcher = Dispatcher(Settings(
-            mqtt_url=self.mqtt_url, node_id=f"jbench-{self.name}-{uuid.uuid4().hex[:6]}",
+            **({"mqtt_url": self.mqtt_url} if self.endpoint is None else {}), node_id=f"jbench-{self.name}-{uuid.uuid4().hex[:6]}",
             min_timeout_ms=0, ttl_enabled=False, inflight_window=max(20_000, 2 * self.devices),
-        ))
+        ), transport=self.endpoint)
         await self.dispatcher.start()
         self.persistent = None
         if self.store is not None:
@@ -109,6 +132,8 @@ class Stack:
         self.writes = _count_writes(repo)
         self.jobs = JobEngine(self.dispatcher, repo, persistent=self.persistent)
         await self.jobs.start()
+
+    async def wait_online(self, device_ids: list[str]) -> None:
         deadline = time.monotonic() + 30 + len(device_ids) / 500
         want = set(device_ids)
         while not want <= self.dispatcher.online_devices:
@@ -273,6 +298,15 @@ async def persistent_floor(stack: Stack, ids: list[str], callers: int) -> dict:
             "succeeded": ok, "not_succeeded": bad, "rpc_transactions": _rpc_transactions(stack) - tx0}
 
 
+async def _settle() -> None:
+    """Between two phases: let the last one's trailing writes go out (a
+    call ends with the device's reply; the PUBACK of that reply is written
+    after it -- 10,000 loopback sends, ~0.1 s, which the next phase paid
+    when it started at once) and collect its garbage."""
+    await asyncio.sleep(0.5)
+    gc.collect()
+
+
 def _fmt(r: dict, n: int) -> str:
     batches = f", {r['writes']} writes" if "writes" in r else ""
     if r.get("rpc_transactions"):
@@ -290,7 +324,7 @@ async def phase_light(stack: Stack, ids: list[str], rounds: int, profile: str | 
         if rnd % 2:
             order.reverse()
         for what in order:
-            gc.collect()
+            await _settle()
             prof = f"{profile}.{stack.name}.{what}.{rnd}.prof" if profile and what != "floor" else None
             if what == "floor":
                 r = await floor(stack, ids)
@@ -309,7 +343,7 @@ async def phase_persistent(stack: Stack, ids: list[str], rounds: int, callers: i
     for rnd in range(rounds):
         order = ["engine", "job"] if rnd % 2 == 0 else ["job", "engine"]
         for what in order:
-            gc.collect()
+            await _settle()
             if what == "engine":
                 r = await persistent_floor(stack, ids, callers)
             else:
@@ -501,13 +535,19 @@ async def main_async(args: argparse.Namespace) -> dict:
             report["job_memory"] = await asyncio.to_thread(phase_memory, mqtt_url, args.memory_devices)
         if not phases & {"light", "persistent", "rate"}:
             return report
-        fleet = Fleet(mqtt_url, args.devices, lifetime=args.lifetime)
-        t = time.perf_counter()
-        await fleet.start()
-        log(f"{args.devices} simulated devices connected in {time.perf_counter() - t:.1f} s")
-        ids = fleet.device_ids
+        direct = args.transport == "direct"
+
+        async def connect_fleet(url: str) -> Fleet:
+            fleet = Fleet(url, args.devices, lifetime=args.lifetime)
+            t = time.perf_counter()
+            await fleet.start()
+            log(f"{args.devices} simulated devices connected to {url} in {time.perf_counter() - t:.1f} s")
+            return fleet
+
         async with contextlib.AsyncExitStack() as es:
-            es.push_async_callback(fleet.stop)
+            if not direct:  # one fleet on the broker serves every stack
+                fleet = await connect_fleet(mqtt_url)
+                es.push_async_callback(fleet.stop)
             stacks: list[Stack] = []
             tmp = es.enter_context(tempfile.TemporaryDirectory(prefix="jbench-"))
             for name in args.db.split(","):
@@ -519,23 +559,32 @@ async def main_async(args: argparse.Namespace) -> dict:
                     url, _settings = await es.enter_async_context(_pg_database(args.dsn, log))
                 else:
                     raise SystemExit(f"unknown --db {name!r} (sqlite, pg)")
-                st = Stack(name, url, mqtt_url, args.devices)
-                es.push_async_callback(st.close)
-                await st.start(ids)
+                st = Stack(name, url, None if direct else mqtt_url, args.devices)
                 stacks.append(st)
             gc.collect()
             freeze_startup_heap()
             for st in stacks:
+                if direct:
+                    st.open_endpoint()
+                await st.start()
+                if direct:  # this stack's own devices, gone with it
+                    fleet = await connect_fleet(st.device_url)
+                    es.push_async_callback(fleet.stop)
+                ids = fleet.device_ids
+                es.push_async_callback(st.close)
+                await st.wait_online(ids)
                 res: dict[str, Any] = {}
                 report[st.name] = res
                 if "light" in phases:
                     res["light"] = await phase_light(st, ids, args.rounds, args.profile)
                 if "persistent" in phases and st.persistent is not None:
                     res["persistent"] = await phase_persistent(st, ids, args.rounds, args.callers, args.profile)
-            if "rate" in phases:
-                stored = [st for st in stacks if st.db is not None]
-                if stored:  # its start times are read back from the rows
-                    report["rate"] = await phase_rate(stored[0], ids, args.rate, args.rate_seconds)
+                # on the first database (its start times are read back from the rows)
+                if "rate" in phases and st is next((s for s in stacks if s.db_url != "memory"), None):
+                    report["rate"] = await phase_rate(st, ids, args.rate, args.rate_seconds)
+                if direct and st is not stacks[-1]:  # one fleet at a time: the next stack's connects now
+                    await fleet.stop()
+                    await st.close()
     return report
 
 
@@ -571,6 +620,8 @@ def main() -> None:
                          "comma-separated")
     ap.add_argument("--dsn", default=default_dsn(), help="PostgreSQL server to create the run's database on")
     ap.add_argument("--url", help="broker URL (default: a throwaway tuned Mosquitto)")
+    ap.add_argument("--transport", choices=("broker", "direct"), default="broker",
+                    help="direct: the devices connect to the dispatcher's own endpoint (no broker in the path)")
     ap.add_argument("--callers", type=int, default=1000, help="persistent: concurrent callers = the job's maxInFlight")
     ap.add_argument("--rate", type=float, default=200.0, help="rate phase: devices per second")
     ap.add_argument("--rate-seconds", type=float, default=60.0)
