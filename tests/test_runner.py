@@ -53,12 +53,21 @@ def test_freeze_startup_heap_hides_the_heap_but_not_new_garbage():
     assert out.stdout.strip() == "ok"
 
 
+@pytest.fixture
+def sigint_restored():
+    saved = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    yield
+    signal.signal(signal.SIGINT, saved[0])
+    signal.signal(signal.SIGTERM, saved[1])
+
+
 @pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
-def test_stop_on_signals_sets_stop_and_gives_the_signals_back(monkeypatch, loop):
+def test_stop_on_signals_sets_stop_and_gives_the_signals_back(monkeypatch, sigint_restored, loop):
     """SIGINT sets the event while the block runs; afterwards Ctrl-C raises
     KeyboardInterrupt again (left installed, it was bound to a closed loop
     and did nothing: seen after `fleetrpc simulate` ran in-process)."""
     monkeypatch.setenv("FLEETRPC_LOOP", loop)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # however pytest was started
 
     async def main() -> bool:
         with stop_on_signals(asyncio.Event()) as stop:
@@ -72,6 +81,25 @@ def test_stop_on_signals_sets_stop_and_gives_the_signals_back(monkeypatch, loop)
     with pytest.raises(KeyboardInterrupt):
         os.kill(os.getpid(), signal.SIGINT)
         time.sleep(1)  # the handler runs at the next bytecode boundary
+
+
+@pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
+def test_stop_on_signals_keeps_an_inherited_ignore(monkeypatch, sigint_restored, loop):
+    """A process started in the background (or under nohup) ignores SIGINT;
+    a command that ran in it leaves it ignored (the loop's own removal of
+    its handler would set Python's default, KeyboardInterrupt, instead)."""
+    monkeypatch.setenv("FLEETRPC_LOOP", loop)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+    async def main() -> None:
+        with stop_on_signals(asyncio.Event()) as stop:
+            os.kill(os.getpid(), signal.SIGTERM)
+            await asyncio.wait_for(stop.wait(), 5)
+
+    run(main())
+    assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
 
 
 def test_stop_on_signals_off_the_main_thread_installs_nothing():

@@ -35,20 +35,26 @@ def stop_on_signals(stop: asyncio.Event) -> Iterator[asyncio.Event]:
     the signals back.  Left installed, SIGINT would stay bound to a closed
     loop: a command run in-process (click's test runner, an embedding
     program) would leave Ctrl-C doing nothing afterwards.  Off the main
-    thread, where a loop may not take signals, nothing is installed."""
+    thread, where a loop may not take signals, nothing is installed.  The
+    handlers found are put back as they were: the loop's own removal sets
+    SIGINT to Python's default, which would turn an inherited "ignore" (a
+    process started in the background, under nohup) into KeyboardInterrupt."""
     loop = asyncio.get_running_loop()
     installed = []
     for sig in (signal.SIGINT, signal.SIGTERM):
+        previous = signal.getsignal(sig)
         try:
             loop.add_signal_handler(sig, stop.set)
         except (NotImplementedError, RuntimeError, ValueError):  # not the main thread
             continue
-        installed.append(sig)
+        installed.append((sig, previous))
     try:
         yield stop
     finally:
-        for sig in installed:
+        for sig, previous in installed:
             loop.remove_signal_handler(sig)
+            if previous is not None:  # None: installed outside Python, nothing to give back
+                signal.signal(sig, previous)
 
 
 def freeze_startup_heap() -> None:

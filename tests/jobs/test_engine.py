@@ -308,17 +308,35 @@ async def test_restart_mid_persistent_job_runs_every_device_once(mqtt_url, db_ur
     duplicates and followed by their ids (not sent again as new calls, not
     recorded as interrupted), the rest are started, and every device ran
     the method exactly once (the RPC id is derived from job and device; the
-    device recognises a resent request by it)."""
+    device recognises a resent request by it).
+
+    The first device in rollout order answers only after the node stopped,
+    so its reply is lost: its call was SENT when the node stopped, and
+    after the restart it counts as timed out (the persistent engine's
+    rule); ``retries: 1`` sends it again under its id, and the device
+    answers from memory (with no retry it would be FAILED: CI once caught
+    that race, with a device that happened to answer that late)."""
     first = await Rig(mqtt_url, db_url).start(persistent=True, **({"flush_interval": 3600} if crash else {}))
-    ids = [await first.device() for _ in range(20)]
-    job = await first.engine.submit(TENANT, _spec(ids, persistent=True, rollout={"maxPerMinute": 1200}))
+    late = f"jd-0-{uuid.uuid4().hex}"  # sorts first: the rollout starts it first
+    stopped = asyncio.Event()
+
+    async def after_stop():
+        await stopped.wait()
+        return {"fw": "1.2", "ok": True}
+
+    ids = [await first.device(late, reply=lambda n: after_stop())]
+    ids += [await first.device() for _ in range(19)]
+    job = await first.engine.submit(TENANT, _spec(ids, persistent=True, retries=1,
+                                                  rollout={"maxPerMinute": 1200}))
     await wait_until(lambda: sum(first.calls.values()) >= 5, timeout=10)
+    assert first.calls[late] == 1
     if crash:
         first.engine._runs[job.id].abandon()  # writes nothing more
     await first.engine.close()  # the node stops mid-job
     await first.persistent.close()
     await first.dispatcher.close()
     await first.store.close()
+    stopped.set()  # the late device answers now, to nobody
     stored = await JobRepository(first.db).get(TENANT, job.id)
     assert stored.status is JobStatus.RUNNING and stored.cursor >= max(first.calls)
     if crash:  # outcomes ride only on start writes: a range to recover
@@ -335,6 +353,7 @@ async def test_restart_mid_persistent_job_runs_every_device_once(mqtt_url, db_ur
         assert job.status is JobStatus.COMPLETED and c.total == 20
         assert c.succeeded == 20 and c.in_progress == 0 and c.queued == 0 and c.failed == 0
         assert len(second.calls) == 20 and max(second.calls.values()) == 1  # everyone, once
+        assert second.devices[late].duplicates >= 1  # the retry, answered from memory
         rows, total = await second.engine.devices(TENANT, job.id, 100, 0)
         assert total == 20 and {r.outcome for r in rows} == {DeviceOutcome.SUCCEEDED}
         assert {r.rpc_id for r in rows} == {job_rpc_id(job.id, d) for d in ids}
