@@ -19,6 +19,7 @@ from fleetrpc.errors import (
     WindowFullError,
 )
 from fleetrpc.transport.memory import MemoryTransport
+from tests.helpers.waiting import wait_until
 
 
 def settings(**kw) -> Settings:
@@ -144,6 +145,36 @@ async def test_rejected_messages_are_counted_and_logged_in_summaries(caplog):
         assert "rejected 2999 inbound messages" in summary and "malformed 1000" in summary
         assert not pending.done()
         pending.cancel()
+
+
+async def test_replies_to_ended_calls_are_counted_not_logged(caplog):
+    """A device answering a one-way call (fleetrpc's SDK and ThingsBoard
+    firmware do: the demo's tour printed a WARNING for its one-way
+    setValue), answering after the call timed out, or answering twice: its
+    reply is dropped and counted as late, with no log line.  A request id
+    this node never made is still an unknown request, logged."""
+    hub = MemoryHub()
+    async with Dispatcher(settings(), transport=hub.transport("server")) as d:
+        dev = DeviceClient("healthy", hub, ack=False)  # acks of ended calls count too: left out
+        dev.add_method("echo", lambda params: params)
+        dev.add_method("slow", lambda params: asyncio.sleep(0.2, "late"))
+        await dev.connect()
+        with caplog.at_level(logging.DEBUG, logger="fleetrpc.dispatcher"):
+            assert await d.call("healthy", "echo", 1, oneway=True, timeout=2) is None
+            await wait_until(lambda: d.stats.late_replies == 1)  # the one-way call's answer
+            with pytest.raises(RpcTimeoutError):
+                await d.call("healthy", "slow", None, timeout=0.05)
+            await wait_until(lambda: d.stats.late_replies == 2)  # after its deadline
+            assert await d.call("healthy", "echo", 3, timeout=2) == 3
+            rid = d._pending.next_rid - 1
+            d._on_message(f"fleetrpc/d/healthy/res/{d.node}/{rid}", b"3", None)  # answered twice
+            assert d.stats.late_replies == 3
+            assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
+            d._on_message(f"fleetrpc/d/healthy/res/{d.node}/{rid + 1000}", b"{}", None)  # never made
+            assert (d.stats.unknown_request, d.stats.late_replies) == (1, 3)
+            (warning,) = [r for r in caplog.records if r.levelno >= logging.WARNING]
+            assert "never made" in warning.getMessage()
+        await dev.close()
 
 
 @pytest.mark.parametrize("strategy", ["SEQUENTIAL_ON_ACK", "SEQUENTIAL_ON_RESPONSE"])

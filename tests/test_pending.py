@@ -28,12 +28,14 @@ class Completion:
 
 def test_rids_count_up_and_are_never_reused(core):
     table = new_table(core)
+    assert table.next_rid == 1
     rids = [table.add("dev", object(), 1.0) for _ in range(5)]
     assert rids == [1, 2, 3, 4, 5]
+    assert table.next_rid == 6  # the dispatcher tells ended calls (below it) from unknown ids
     for r in rids:
         table.resolve(r)
     assert table.add("dev", object(), 1.0) == 6
-    assert len(table) == 1
+    assert len(table) == 1 and table.next_rid == 7
 
 
 def test_add_resolve(core):

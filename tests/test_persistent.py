@@ -283,11 +283,11 @@ async def test_duplicate_reply_and_reply_after_expiry(rig):
     rig.dispatcher.on_status(lambda e: sent.append(e.rid) if e.type == "SENT" else None)
     rpc_id = await rig.engine.call(dev.device_id, "echo", "once")
     assert (await rig.engine.wait(rpc_id, 5)).status is RpcStatus.SUCCESSFUL
-    # the device repeats its reply: rejected and counted, status unchanged
+    # the device repeats its reply: dropped and counted as late, status unchanged
     payload = next(iter(dev._replies.values()))
-    before = rig.dispatcher.stats.unknown_request
+    before = rig.dispatcher.stats.late_replies
     dev.publish_raw(f"fleetrpc/d/{dev.device_id}/res/{rig.dispatcher.node}/{sent[0]}", payload)
-    await _wait(lambda: rig.dispatcher.stats.unknown_request == before + 1)
+    await _wait(lambda: rig.dispatcher.stats.late_replies == before + 1)
     assert (await rig.engine.get(rpc_id)).status is RpcStatus.SUCCESSFUL
     # a reply arriving after the call expired changes nothing
     slow = await rig.device()

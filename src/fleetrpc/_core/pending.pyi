@@ -25,6 +25,10 @@ class PendingTable:
         """Pending calls."""
     def __contains__(self, rid: object) -> bool:
         """``True`` when ``rid`` is pending (``False`` for any non-int)."""
+    @property
+    def next_rid(self) -> int:
+        """The request id the next ``add`` returns: every id below it was
+        handed out by this table (ids only grow)."""
     def add(self, device: str, completion: object, deadline: float, flags: int = 0) -> int:
         """Store a pending call and schedule its deadline; return its request id.
 

@@ -446,6 +446,12 @@ cdef class PendingTable:
             return False
         return self._find(_as_rid(rid)) >= 0
 
+    @property
+    def next_rid(self):
+        """The request id the next ``add`` returns: every id below it was
+        handed out by this table (ids only grow)."""
+        return self._next_rid
+
     def __repr__(self):
         return f"<PendingTable pending={self._count} next_rid={self._next_rid}>"
 

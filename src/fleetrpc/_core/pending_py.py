@@ -90,6 +90,10 @@ class PendingTable:
     def __contains__(self, rid: object) -> bool:
         return isinstance(rid, int) and rid in self._entries
 
+    @property
+    def next_rid(self) -> int:
+        return self._next_rid
+
     def __repr__(self) -> str:
         return f"<PendingTable pending={len(self._entries)} next_rid={self._next_rid}>"
 

@@ -31,8 +31,12 @@ class Stats(Counters):
     oversize: calls refused because their request was over ``max_payload``.
     malformed: inbound messages the codec rejected.
     unknown_request, wrong_device, not_sent: replies and acks rejected
-    because their request is not pending, was sent to another device, or
-    was not sent yet.
+    because their request was never made by this node, was sent to another
+    device, or was not sent yet.
+    late_replies: replies and acks to calls of this node that had ended:
+    timed out, cancelled, answered already, or one-way (ThingsBoard's
+    firmware answers those too).  Dropped and counted, not logged: they are
+    the normal life of a fleet, not a broken or hostile device.
     not_json: replies that were not JSON.
     client_calls, client_errors, bad_calls: client-side calls, those answered
     with an error, those answered BAD_REQUEST because they could not be read.
@@ -50,7 +54,7 @@ class Stats(Counters):
 
     __slots__ = (
         "calls", "sent", "replies", "acks", "timeouts", "offline_rejected", "offline_expired",
-        "queue_full", "oversize", "malformed", "unknown_request", "wrong_device", "not_sent",
+        "queue_full", "oversize", "malformed", "unknown_request", "late_replies", "wrong_device", "not_sent",
         "not_json", "client_calls", "client_errors", "bad_calls", "foreign_response_topic",
         "presence", "heartbeats", "elves", "elves_unrouted", "unexpected",
         "window_full", "broker_unavailable",

@@ -825,8 +825,13 @@ class Dispatcher:
         rid = msg.rid
         entry = self._pending.peek(rid)
         if entry is None:
+            if 0 < rid < self._pending.next_rid:
+                # Ours, ended: timed out, cancelled, answered already, or
+                # one-way (ThingsBoard firmware answers those too).
+                self.stats.late_replies += 1
+                return None
             self.stats.unknown_request += 1
-            self._rejects.note("unknown_request", "device %.100r answered request %d, which is not pending",
+            self._rejects.note("unknown_request", "device %.100r answered request %d, which this node never made",
                                msg.device, rid)
             return None
         if entry[0] != msg.device:
