@@ -121,6 +121,8 @@ async def test_tenant_isolation_every_device_method(repos):
     assert [d.id for d in (await repos.devices.list(b.id, 100, 0)).data] == [db_.id]
     assert (await repos.devices.list(b.id, 100, 0, customer_id=ca.id)).total_elements == 0
     assert await repos.devices.count(b.id) == 1
+    assert await repos.devices.names(b.id, [da.id, db_.id, "not-a-uuid", db_.id.upper()]) == {db_.id: "dev"}
+    assert await repos.devices.names(a.id, [da.id] * 3 + [str(i) for i in range(2500)], chunk=1000) == {da.id: "dev"}
     for call in (
         repos.devices.delete(b.id, da.id),
         repos.devices.update(b.id, da.id, name="stolen"),

@@ -141,6 +141,10 @@ async def test_jobs_page_runs_a_job_and_shows_its_progress(rig):
     # outcomes show, however early the job ended.
     await page.locator("#job-devices tbody tr", has_text="SUCCEEDED").nth(1).wait_for(timeout=5_000)
     assert await page.locator("#job-devices tbody tr").count() == 2
+    thermostats = sorted(n for n in rig.devices if n.startswith("Thermostat"))
+    assert sorted(await page.locator("#job-devices tbody td:first-child a").all_inner_texts()) == thermostats
+    counts = await page.locator("small.counts").first.inner_text()  # words apart (was "offline ·0 in progress")
+    assert counts == "2 succeeded · 0 failed · 0 timed out · 0 offline · 0 in progress · 0 queued · 0 skipped of 2"
     assert all(d.level == 21 for n, d in rig.devices.items() if n.startswith("Thermostat"))
     await rig.shot(page, "job")
 

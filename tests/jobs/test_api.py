@@ -119,6 +119,15 @@ async def test_each_selector_reaches_exactly_the_matching_devices_of_the_tenant(
         assert seen == sorted(ids[n] for n in cases[-1][1])
         assert (await rows(api, token, everything, "pageSize=3&page=3"))["data"] == []
 
+        # each row names its device as the registry does now; a device
+        # deleted since keeps its row, with no name
+        named = {r["deviceId"]["id"]: r["deviceName"] for r in (await rows(api, token, everything))["data"]}
+        assert named == {ids[n]: n for n in cases[-1][1]}
+        status, raw, _ = await api.request("DELETE", f"/api/device/{ids['pump-3']}", token)
+        assert status == 200, raw
+        named = {r["deviceId"]["id"]: r["deviceName"] for r in (await rows(api, token, everything))["data"]}
+        assert named[ids["pump-3"]] is None and named[ids["pump-1"]] == "pump-1" and len(named) == 8
+
 
 async def test_a_customer_user_reaches_and_sees_only_its_customer(fleet_server, world):
     async with fleet_server() as (server, api, fleet):

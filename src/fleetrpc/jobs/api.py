@@ -171,8 +171,10 @@ async def devices(request: web.Request) -> web.Response:
             outcome = DeviceOutcome(request.query["status"].upper())
         except ValueError:
             raise ApiError.bad_request(f"unknown device status {request.query['status']!r}") from None
-    rows, total = await request.app[CTX].jobs.devices(p.tenant_id, job.id, page_size, page, outcome=outcome)
-    return _page(JobDevicePage, [r.to_json() for r in rows], total, page_size, page)
+    ctx = request.app[CTX]
+    rows, total = await ctx.jobs.devices(p.tenant_id, job.id, page_size, page, outcome=outcome)
+    names = await ctx.devices.names(p.tenant_id, [r.device_id for r in rows])
+    return _page(JobDevicePage, [r.to_json(names.get(r.device_id)) for r in rows], total, page_size, page)
 
 
 def setup(app: web.Application, ctx: Any) -> None:

@@ -384,9 +384,9 @@ class JobDevice(msgspec.Struct, kw_only=True):
     start_ts: int | None = None
     finish_ts: int | None = None
 
-    def to_json(self) -> JobDeviceView:
+    def to_json(self, name: str | None = None) -> JobDeviceView:
         return JobDeviceView(
-            device_id=EntityRef("DEVICE", self.device_id), status=self.outcome, result=self.result,
+            device_id=EntityRef("DEVICE", self.device_id), device_name=name, status=self.outcome, result=self.result,
             error=self.error, rpc_id=self.rpc_id, start_ts=self.start_ts, finish_ts=self.finish_ts,
         )
 
@@ -395,6 +395,8 @@ class JobDeviceView(msgspec.Struct, kw_only=True, rename="camel"):
     """One target's row in ``GET /api/job/{id}/devices``."""
 
     device_id: EntityRef
+    #: the device's name in the registry now; None when it was deleted since
+    device_name: str | None = None
     status: DeviceOutcome
     result: Any
     error: str | None

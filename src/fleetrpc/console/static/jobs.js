@@ -17,8 +17,9 @@ function Progress({ job }) {
     ${seg(c.offline, "off", "offline")}${seg(c.cancelled + c.skipped, "skip", "cancelled or skipped")}
     ${seg(c.inProgress, "run", "in progress")}
   </div>
-  <small class="muted">${c.succeeded} succeeded · ${c.failed} failed · ${c.timedOut} timed out · ${c.offline} offline ·
-    ${c.inProgress} in progress · ${c.queued} queued · ${c.skipped + c.cancelled} skipped of ${c.total}</small>`;
+  <small class="muted counts">${[`${c.succeeded} succeeded`, `${c.failed} failed`, `${c.timedOut} timed out`,
+    `${c.offline} offline`, `${c.inProgress} in progress`, `${c.queued} queued`,
+    `${c.skipped + c.cancelled} skipped`].join(" · ")} of ${c.total}</small>`;
 }
 
 export function JobsPage() {
@@ -130,7 +131,7 @@ export function JobPage({ id }) {
     <figure><table class="striped" id="job-devices">
       <thead><tr><th>Device</th><th>Outcome</th><th>Result / error</th><th>Finished</th></tr></thead>
       <tbody>${rows && rows.data.map((r) => html`<tr key=${idOf(r.deviceId)}>
-        <td><a href=${`#/device/${idOf(r.deviceId)}`}>${idOf(r.deviceId)}</a></td><td><${Status} value=${r.status} /></td>
+        <td><a href=${`#/device/${idOf(r.deviceId)}`} title=${idOf(r.deviceId)}>${r.deviceName ?? idOf(r.deviceId)}</a></td><td><${Status} value=${r.status} /></td>
         <td class="response">${r.error || fmtJson(r.result)}</td><td>${fmtTime(r.finishTs)}</td></tr>`)}</tbody>
     </table></figure>
     ${rows && html`<${Pager} page=${page} totalPages=${rows.totalPages} totalElements=${rows.totalElements} onPage=${setPage} />`}

@@ -286,6 +286,28 @@ class DeviceRepository:
                 found[r["token"]] = _device(r)
         return found
 
+    async def names(self, tenant_id: str, device_ids: Iterable[str], chunk: int = 1000) -> dict[str, str]:
+        """``{device id: name}`` for the ids that are devices of the tenant
+        (a page of a job's rows names its devices in one query per
+        ``chunk``; ids of deleted devices, or not UUIDs, are left out)."""
+        tenant_id = check_uuid("tenant id", tenant_id)
+        valid = []
+        for device_id in dict.fromkeys(device_ids):
+            try:
+                valid.append(check_uuid("device id", device_id))
+            except ValidationError:
+                pass  # a library job's free-form id: no device of the registry
+        found: dict[str, str] = {}
+        for k in range(0, len(valid), chunk):
+            part = valid[k:k + chunk]
+            marks = ", ".join(f"${n}" for n in range(2, len(part) + 2))
+            rows = await self.db.fetch(
+                f"SELECT d.id, d.name FROM device d WHERE d.tenant_id = $1 AND d.id IN ({marks})",
+                tenant_id, *part,
+            )
+            found.update((r["id"], r["name"]) for r in rows)
+        return found
+
     async def list(
         self,
         tenant_id: str,
