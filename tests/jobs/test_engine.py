@@ -58,9 +58,10 @@ class Rig:
             self.store = await open_store(self.db_url, group_commit=True)
             self.persistent = PersistentRpc(self.dispatcher, self.store)
             await self.persistent.start()
+        engine_options.setdefault("progress_interval", 0.0)
         self.engine = JobEngine(self.dispatcher, JobRepository(self.db), persistent=self.persistent,
                                 emit=lambda t, body: self.events.append((t, body["status"])),
-                                progress_interval=0.0, **engine_options)
+                                **engine_options)
         return self
 
     async def resume(self) -> int:
@@ -125,6 +126,22 @@ async def test_lightweight_job_reaches_every_device_and_aggregates(rig):
     # stored exactly as the live view said
     stored = await JobRepository(rig.db).get(TENANT, job.id)
     assert stored.counts == job.counts and stored.status is JobStatus.COMPLETED
+
+
+@pytest.mark.parametrize("interval, progress", [(0.0, 12), (1e9, 1)])
+async def test_progress_events_are_throttled(mqtt_url, interval, progress):
+    """JOB_PROGRESS at most once per ``progress_interval`` (the first outcome
+    reports at once); every status change has its event, unthrottled."""
+    rig = await Rig(mqtt_url, "sqlite:///:memory:").start(progress_interval=interval)
+    try:
+        ids = [await rig.device() for _ in range(12)]
+        job = await rig.engine.submit(TENANT, _spec(ids))
+        await rig.engine.wait(TENANT, job.id, timeout=20)
+        types = [t for t, _ in rig.events]
+        assert types[0] == "JOB_STARTED" and types[-1] == "JOB_COMPLETED"
+        assert types.count("JOB_PROGRESS") == progress and len(types) == progress + 2
+    finally:
+        await rig.close()
 
 
 async def test_another_tenant_sees_nothing(rig):

@@ -505,7 +505,9 @@ class _Run:
         #: (lease name, epoch) fencing this run's writes in a cluster
         self.fence: tuple[str, int] | None = None
         self._tasks: set[asyncio.Future] = set()  # tasks, and the futures following persistent calls
-        self._last_progress = 0.0
+        # The first outcome reports progress at once, whatever the clock
+        # reads (0.0 made it wait until the monotonic clock passed the interval).
+        self._last_progress = float("-inf")
         self._flushing: asyncio.Future | None = None
         spec = job.spec
         self._timeout_s = (spec.timeout or engine.default_timeout_ms) / 1000.0
