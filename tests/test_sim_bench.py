@@ -161,6 +161,31 @@ async def test_fleet_presence_and_churn(mqtt_url):
 # -- the commands ----------------------------------------------------------------
 
 
+def test_bench_direct_compares_the_endpoint_with_the_broker(tmp_path, mqtt_url):
+    """``fleetrpc bench --direct``: the same simulated devices answer through
+    the broker and then on fleetrpc's own endpoint; both paths carry calls,
+    none fails, and the ratio is the two paths' throughputs."""
+    from click.testing import CliRunner
+
+    from fleetrpc.cli import main
+
+    out = tmp_path / "direct.json"
+    result = CliRunner().invoke(
+        main, ["bench", "--direct", "--quick", "--devices", "12", "--url", mqtt_url, "--json", str(out)],
+        catch_exceptions=False,
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    assert report["config"]["devices"] == 12 and report["config"]["url"] == mqtt_url
+    broker, direct = report["results"]["broker"], report["results"]["direct"]
+    for path in (broker, direct):
+        assert path["round_trips_per_s"] > 0 and path["errors"] == 0
+        assert path["dispatcher_us_per_rt"] > 0 and path["sim0_us_per_rt"] > 0
+    assert "broker_us_per_rt" not in broker  # a given broker is not this run's to measure
+    assert report["ratios"]["direct"] == direct["round_trips_per_s"] / broker["round_trips_per_s"]
+    assert "direct / broker:" in result.output and " direct: " in result.output
+
+
 def test_bench_quick_writes_json(tmp_path, mqtt_url):
     from click.testing import CliRunner
 

@@ -1,5 +1,6 @@
 """``fleetrpc bench``: simulated fleet, real broker, fleetrpc vs. the reference;
-``fleetrpc bench --persistent``: persistent lifecycles, group commit vs per row."""
+``fleetrpc bench --persistent``: persistent lifecycles, group commit vs per row;
+``--rest``: through the REST API; ``--direct``: devices on fleetrpc's own endpoint vs a broker."""
 
 from __future__ import annotations
 
@@ -68,8 +69,13 @@ def _split(value: str, known: tuple[str, ...], what: str) -> tuple[str, ...]:
               help="--rest: the HTTP load generator (wrk: Debian's, when installed).")
 @click.option("--clients", default=1, show_default=True, type=click.IntRange(1),
               help="--rest: load generator processes (wrk: threads).")
+@click.option("--direct", is_flag=True,
+              help="Devices connected straight to fleetrpc's own MQTT endpoint against the same "
+                   "devices through Mosquitto (--url, else a throwaway tuned one): peak round trips/s "
+                   "of each, CPU per round trip of the dispatcher, the broker and the simulator "
+                   "(see bench/endpoint.py).")
 def bench(devices, qos, duration, workloads, targets, url, processes, window, rate, calls_per_device,
-          mem_pending, timeout, json_path, quick, persistent, dsn, rounds, rest, generator, clients):
+          mem_pending, timeout, json_path, quick, persistent, dsn, rounds, rest, generator, clients, direct):
     """Benchmark fleetrpc's dispatcher against the plain reference dispatcher.
 
     Starts a broker (unless --url), simulates DEVICES devices in worker
@@ -83,7 +89,15 @@ def bench(devices, qos, duration, workloads, targets, url, processes, window, ra
     store against the same engine on a store that commits every write on
     its own, in a database created for the run (see
     benchmarks/bench_persistent.py for every option).
+
+    With --direct: the devices on fleetrpc's own MQTT endpoint (no broker)
+    against the same simulator through Mosquitto, in one run.
     """
+    if direct:
+        from .endpoint import command_main as direct_main
+
+        direct_main(devices, qos, duration, url, processes, window, json_path, quick)
+        return
     if rest:
         from .rest import command_main
 

@@ -1,0 +1,259 @@
+"""``fleetrpc bench --direct``: devices connected straight to fleetrpc's own
+MQTT endpoint against the same devices through Mosquitto, in one run.
+
+The same lean simulator (``fleetrpc.sim``, worker processes) answers a
+closed loop of two-way calls from one Dispatcher in this process:
+
+``broker``  dispatcher -> Mosquitto (a throwaway tuned one, or ``url``) -> devices;
+``direct``  dispatcher with a :class:`DeviceEndpoint` transport <- devices.
+
+For each: round trips/s and CPU per round trip of the dispatcher process
+(which holds the endpoint in the direct case; user and system time apart:
+a loopback ``send`` also runs the receiving side's TCP input), of the
+broker and of the simulator.  Optionally (``idle``), the memory each idle
+direct connection costs the process (RSS and tracemalloc deltas after
+connecting N idle devices; kernel socket buffers are not in RSS) and the
+CPU of their keepalives.
+
+``benchmarks/bench_endpoint.py`` runs the same with every knob
+(``--write-batch-above``, ``--only`` for profiling); docs/endpoint.md has
+the figures.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import json
+import os
+import random
+import time
+import tracemalloc
+from dataclasses import dataclass
+from typing import Any
+
+from ..config import Settings
+from ..dispatch import Dispatcher
+from ..sim.fleet import Behaviour, Fleet, raise_nofile_limit
+from ..transport.endpoint import DeviceEndpoint, EndpointSettings
+from .cpu import process_cpu
+from .rig import throwaway_broker
+
+__all__ = ["EndpointBenchConfig", "run_endpoint_bench", "format_report", "command_main"]
+
+PATHS = ("broker", "direct")
+
+
+@dataclass
+class EndpointBenchConfig:
+    devices: int = 1000
+    qos: int = 1
+    seconds: float = 5.0
+    concurrency: int = 1000
+    processes: int = 1
+    url: str | None = None  # the broker path's broker; None: a throwaway tuned Mosquitto
+    paths: tuple[str, ...] = PATHS
+    idle: int = 0  # idle direct connections for the memory figure (0: skip)
+    keepalive: int = 60
+    idle_seconds: float = 5.0
+    write_batch_above: int = 0  # also run the direct path with this write_batch_above
+    write_batch_delay: float = 0.001
+
+    def quick(self) -> None:
+        self.devices, self.concurrency, self.seconds = min(self.devices, 20), min(self.concurrency, 20), 0.5
+
+
+def _rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _by_client_id(username: str, password: str | None, client_id: str) -> str | None:
+    # the simulator's devices all log in as "bench"; their client id is the device id
+    return client_id if username == "bench" else None
+
+
+async def _load(d: Dispatcher, devices: list[str], seconds: float, concurrency: int,
+                others: dict[str, int]) -> dict[str, float]:
+    """Closed loop: ``concurrency`` callers, each calling a random device
+    again as soon as its previous call returned."""
+    done = 0
+    errors = 0
+    stop = False
+    call = d.call
+
+    async def caller(seed: int) -> None:
+        nonlocal done, errors
+        rng = random.Random(seed)
+        pick = devices.__getitem__
+        n = len(devices)
+        while not stop:
+            try:
+                await call(pick(int(rng.random() * n)), "echo", {"i": 1}, timeout=10)
+                done += 1
+            except Exception:
+                errors += 1
+
+    # warm-up, then the measured window
+    tasks = [asyncio.ensure_future(caller(k)) for k in range(concurrency)]
+    await asyncio.sleep(min(1.0, seconds / 4))
+    done0 = done
+    t_0 = os.times()
+    others0 = {name: process_cpu(pid) or 0.0 for name, pid in others.items()}
+    t0 = time.perf_counter()
+    await asyncio.sleep(seconds)
+    elapsed = time.perf_counter() - t0
+    n = done - done0
+    t_1 = os.times()
+    user, system = t_1.user - t_0.user, t_1.system - t_0.system
+    others_cpu = {name: (process_cpu(pid) or 0.0) - others0[name] for name, pid in others.items()}
+    stop = True
+    await asyncio.gather(*tasks)
+    per = (lambda c: c / n * 1e6) if n else (lambda c: float("nan"))
+    out = {"round_trips_per_s": n / elapsed, "dispatcher_us_per_rt": per(user + system),
+           "dispatcher_user_us_per_rt": per(user), "dispatcher_sys_us_per_rt": per(system),
+           "errors": errors}
+    for name, c in others_cpu.items():
+        out[f"{name}_us_per_rt"] = per(c)
+    return out
+
+
+async def _wait_online(d: Dispatcher, devices: list[str], timeout: float = 60) -> None:
+    end = time.monotonic() + timeout
+    while not all(d.is_online(x) for x in devices):
+        if time.monotonic() > end:
+            missing = sum(1 for x in devices if not d.is_online(x))
+            raise RuntimeError(f"{missing} devices not online after {timeout:g} s")
+        await asyncio.sleep(0.05)
+
+
+async def run_broker(cfg: EndpointBenchConfig) -> dict[str, float]:
+    async with throwaway_broker(cfg.url) as (url, _, broker_pid):
+        fleet = Fleet(url, cfg.devices, processes=cfg.processes, qos=cfg.qos, behaviour=Behaviour(presence=True))
+        async with fleet:
+            d = Dispatcher(Settings(mqtt_url=url, node_id="bench", qos=cfg.qos, min_timeout_ms=0))
+            await d.start()
+            try:
+                others = {"broker": broker_pid} if broker_pid is not None else {}
+                others.update({f"sim{k}": pid for k, pid in enumerate(fleet.pids)})
+                await _wait_online(d, fleet.device_ids)
+                return await _load(d, fleet.device_ids, cfg.seconds, cfg.concurrency, others)
+            finally:
+                await d.close()
+
+
+async def run_direct(cfg: EndpointBenchConfig, write_batch_above: int = 0) -> dict[str, float]:
+    ep = DeviceEndpoint(EndpointSettings(host="127.0.0.1", port=0, max_inflight=1000,
+                                         write_batch_above=write_batch_above,
+                                         write_batch_delay=cfg.write_batch_delay),
+                        authenticate=_by_client_id)
+    d = Dispatcher(Settings(node_id="bench", qos=cfg.qos, min_timeout_ms=0), transport=ep)
+    await d.start()
+    try:
+        url = f"mqtt://bench@127.0.0.1:{ep.ports['tcp']}"
+        fleet = Fleet(url, cfg.devices, processes=cfg.processes, qos=cfg.qos, behaviour=Behaviour(presence=True))
+        async with fleet:
+            others = {f"sim{k}": pid for k, pid in enumerate(fleet.pids)}
+            await _wait_online(d, fleet.device_ids)
+            return await _load(d, fleet.device_ids, cfg.seconds, cfg.concurrency, others)
+    finally:
+        await d.close()
+
+
+async def run_idle(cfg: EndpointBenchConfig) -> dict[str, float]:
+    """Memory per idle direct connection, and the CPU of their keepalives."""
+    ep = DeviceEndpoint(EndpointSettings(host="127.0.0.1", port=0, max_connections=cfg.idle + 10),
+                        authenticate=_by_client_id)
+    d = Dispatcher(Settings(node_id="bench", min_timeout_ms=0), transport=ep)
+    await d.start()
+    try:
+        gc.collect()
+        rss0 = _rss()
+        tracemalloc.start()
+        traced0 = tracemalloc.get_traced_memory()[0]
+        url = f"mqtt://bench@127.0.0.1:{ep.ports['tcp']}"
+        fleet = Fleet(url, cfg.idle, processes=cfg.processes, keepalive=cfg.keepalive,
+                      behaviour=Behaviour(presence=False))
+        async with fleet:
+            await _wait_online(d, fleet.device_ids, timeout=120)
+            gc.collect()
+            traced = tracemalloc.get_traced_memory()[0] - traced0
+            tracemalloc.stop()
+            rss1 = _rss()
+            cpu0 = time.process_time()
+            await asyncio.sleep(cfg.idle_seconds)
+            cpu = time.process_time() - cpu0
+            return {
+                "connections": ep.connection_count,
+                "rss_bytes_per_connection": (rss1 - rss0) / cfg.idle,
+                # Python objects only (session, reader, transport, tables); libuv's
+                # C handle (~0.3 KiB) is in RSS but not here
+                "python_bytes_per_connection": traced / cfg.idle,
+                "keepalive": cfg.keepalive,
+                "cpu_ms_per_s_idle": cpu / cfg.idle_seconds * 1e3,
+            }
+    finally:
+        await d.close()
+
+
+async def run_endpoint_bench(cfg: EndpointBenchConfig) -> dict[str, Any]:
+    """Every path of ``cfg`` in turn, in this process; the report's
+    ``results`` has one entry per path (and ``idle``, ``batched``)."""
+    raise_nofile_limit()  # a socket per device, twice (the simulator's end is a child's)
+    results: dict[str, Any] = {}
+    if cfg.idle:  # first, while the process heap is fresh
+        results["idle"] = await run_idle(cfg)
+    if "broker" in cfg.paths:
+        results["broker"] = await run_broker(cfg)
+    if "direct" in cfg.paths:
+        results["direct"] = await run_direct(cfg)
+        if cfg.write_batch_above:
+            results["batched"] = await run_direct(cfg, cfg.write_batch_above)
+    report: dict[str, Any] = {"config": {k: v for k, v in vars(cfg).items()}, "results": results}
+    broker = results.get("broker")
+    if broker and broker["round_trips_per_s"]:
+        report["ratios"] = {name: results[name]["round_trips_per_s"] / broker["round_trips_per_s"]
+                            for name in ("direct", "batched") if name in results}
+    return report
+
+
+def format_report(report: dict[str, Any]) -> str:
+    cfg, results = report["config"], report["results"]
+    lines = [f"devices={cfg['devices']} qos={cfg['qos']} concurrency={cfg['concurrency']} seconds={cfg['seconds']}"]
+    for name in ("broker", "direct", "batched"):
+        r = results.get(name)
+        if r is None:
+            continue
+        extra = "  ".join(f"{k}={v:.1f}" for k, v in r.items()
+                          if k.endswith("_us_per_rt") and not k.startswith("dispatcher"))
+        lines.append(f"{name:>7}: {r['round_trips_per_s']:9.0f} rt/s  dispatcher {r['dispatcher_us_per_rt']:5.1f} us/rt "
+                     f"(user {r['dispatcher_user_us_per_rt']:.1f}, sys {r['dispatcher_sys_us_per_rt']:.1f})  "
+                     f"{extra}  errors={r['errors']}")
+    for name, ratio in report.get("ratios", {}).items():
+        lines.append(f"{name} / broker: {ratio:.2f}x")
+    r = results.get("idle")
+    if r is not None:
+        lines.append(f"   idle: {r['connections']} connections, {r['rss_bytes_per_connection']:.0f} B RSS each "
+                     f"({r['python_bytes_per_connection']:.0f} B of Python objects), "
+                     f"keepalive {r['keepalive']} s: {r['cpu_ms_per_s_idle']:.2f} ms CPU per s")
+    return "\n".join(lines)
+
+
+def command_main(devices: int, qos: int, duration: float, url: str | None, processes: int | None,
+                 window: int, json_path: Any, quick: bool) -> None:
+    """``fleetrpc bench --direct``'s body (bench/command.py stays a table of flags)."""
+    import click
+    import uvloop
+
+    cfg = EndpointBenchConfig(devices=devices, qos=qos, seconds=duration, concurrency=window, url=url,
+                              processes=1 if processes is None else processes)
+    if quick:
+        cfg.quick()
+    report = uvloop.run(run_endpoint_bench(cfg))
+    click.echo(format_report(report))
+    if json_path is not None:
+        json_path.write_text(json.dumps(report, indent=2, default=str) + "\n")
+        click.echo(f"report written to {json_path}", err=True)
+    failed = [name for name in PATHS if report["results"].get(name, {}).get("errors")]
+    if failed:
+        raise click.ClickException(f"calls failed on the {' and '.join(failed)} path")
