@@ -124,9 +124,11 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     #: BrokerUnavailableError if its deadline passes first; "fail" refuses
     #: it at once with BrokerUnavailableError.  Persistent calls always wait.
     broker_down: OfflinePolicy = OfflinePolicy.WAIT
-    #: Rejected inbound messages (malformed, forged, for calls not pending)
+    #: Rejected inbound messages (malformed, forged, for calls never made)
     #: are counted per reason in ``stats``; the log gets the first one at
     #: once and then at most one summary line per this many seconds.
+    #: Replies to calls that have ended (late, one-way) are counted
+    #: (``late_replies``), never logged.
     reject_log_interval_s: float = 10.0
     #: Track presence; a lightweight call to a device that is not online
     #: fails or waits (``offline``).  Off: every device counts as online.

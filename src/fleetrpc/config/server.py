@@ -187,8 +187,9 @@ class DispatchSection(_Section):
         "is back; 503 \"broker unavailable\" if its deadline passes first) or fail (503 at once). "
         "Persistent calls always wait.")] = "wait"
     reject_log_interval_s: Annotated[float, _doc(
-        "Rejected inbound messages (malformed, forged, for calls not pending) are counted per "
-        "reason in /metrics; the log gets the first at once, then one summary line per interval.",
+        "Rejected inbound messages (malformed, forged, for calls never made) are counted per "
+        "reason in /metrics; the log gets the first at once, then one summary line per interval. "
+        "Replies to calls that have ended (late, one-way) are counted, never logged.",
         gt=0)] = 10.0
     presence: Annotated[bool, _doc("Track device presence (online state, last activity).")] = True
     presence_max_devices: Annotated[int, _doc(
