@@ -209,7 +209,7 @@ async def run_endpoint_bench(cfg: EndpointBenchConfig) -> dict[str, Any]:
         results["direct"] = await run_direct(cfg)
         if cfg.write_batch_above:
             results["batched"] = await run_direct(cfg, cfg.write_batch_above)
-    report: dict[str, Any] = {"config": {k: v for k, v in vars(cfg).items()}, "results": results}
+    report: dict[str, Any] = {"config": dict(vars(cfg)), "results": results}
     broker = results.get("broker")
     if broker and broker["round_trips_per_s"]:
         report["ratios"] = {name: results[name]["round_trips_per_s"] / broker["round_trips_per_s"]
@@ -226,8 +226,8 @@ def format_report(report: dict[str, Any]) -> str:
             continue
         extra = "  ".join(f"{k}={v:.1f}" for k, v in r.items()
                           if k.endswith("_us_per_rt") and not k.startswith("dispatcher"))
-        lines.append(f"{name:>7}: {r['round_trips_per_s']:9.0f} rt/s  dispatcher {r['dispatcher_us_per_rt']:5.1f} us/rt "
-                     f"(user {r['dispatcher_user_us_per_rt']:.1f}, sys {r['dispatcher_sys_us_per_rt']:.1f})  "
+        lines.append(f"{name:>7}: {r['round_trips_per_s']:9.0f} rt/s  "
+                     f"dispatcher {r['dispatcher_us_per_rt']:5.1f} us/rt (user {r['dispatcher_user_us_per_rt']:.1f}, sys {r['dispatcher_sys_us_per_rt']:.1f})  "
                      f"{extra}  errors={r['errors']}")
     for name, ratio in report.get("ratios", {}).items():
         lines.append(f"{name} / broker: {ratio:.2f}x")
