@@ -59,7 +59,10 @@ either form.
 
 A reply or ack is rejected, and counted, when its request is not pending,
 was sent to another device, or has not been sent yet (it waits in its
-device's queue): nobody can answer a request they have not received.
+device's queue): nobody can answer a request they have not received.  A
+reply to a request that has ended (timed out, answered already, or
+one-way: devices may answer those) is dropped as late, counted and not
+logged; one to a rid the server never sent is logged as a rejection.
 
 Client-side RPC (device calls the server)
 -----------------------------------------
