@@ -42,6 +42,7 @@ import tracemalloc
 import uvloop
 
 from fleetrpc import Dispatcher, Settings
+from fleetrpc.bench.memory import rss_bytes
 from fleetrpc.transport.endpoint import DeviceEndpoint, EndpointSettings
 
 _PER_SOURCE = 25_000  # connections per loopback source address
@@ -54,11 +55,6 @@ def _raise_nofile(n: int = 1 << 20) -> int:
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-
-
-def _rss() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
 # -- the devices (worker processes) -------------------------------------------------------
@@ -316,13 +312,13 @@ async def idle(args) -> None:
         # connection at 2000, when counted).
         await devices.ready()
         gc.collect()
-        rss0 = _rss()
+        rss0 = rss_bytes()
         if args.trace:
             tracemalloc.start()
         took = await _until_online(d, args.devices, devices, 600)
         await asyncio.sleep(7)  # past the endpoint's IDLE_TRIM: the steady state of an idle connection
         gc.collect()
-        rss1 = _rss()
+        rss1 = rss_bytes()
         traced = tracemalloc.get_traced_memory()[0] if args.trace else 0
         tracemalloc.stop()
         t0 = os.times()
@@ -428,7 +424,7 @@ async def soak(args) -> None:
                 next_churn += args.churn_every
             if int(time.monotonic() - t0) % 10 == 0:
                 gc.collect()
-                samples.append((time.monotonic() - t0, _rss(), tracemalloc.get_traced_memory()[0],
+                samples.append((time.monotonic() - t0, rss_bytes(), tracemalloc.get_traced_memory()[0],
                                 dict(ep.tracked())))
                 if first is None:
                     first = tracemalloc.take_snapshot()

@@ -497,8 +497,9 @@ async def memory_child(devices: int, mqtt_url: str, use_tracemalloc: bool) -> di
 
 
 def _rss_kib() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * (os.sysconf("SC_PAGE_SIZE") // 1024)
+    from fleetrpc.bench.memory import rss_bytes
+
+    return rss_bytes() // 1024
 
 
 def phase_memory(mqtt_url: str, devices: int) -> dict:

@@ -37,6 +37,7 @@ from ..dispatch import Dispatcher
 from ..sim.fleet import Behaviour, Fleet, raise_nofile_limit
 from ..transport.endpoint import DeviceEndpoint, EndpointSettings
 from .cpu import process_cpu
+from .memory import rss_bytes
 from .rig import throwaway_broker
 
 __all__ = ["EndpointBenchConfig", "run_endpoint_bench", "format_report", "command_main"]
@@ -61,11 +62,6 @@ class EndpointBenchConfig:
 
     def quick(self) -> None:
         self.devices, self.concurrency, self.seconds = min(self.devices, 20), min(self.concurrency, 20), 0.5
-
-
-def _rss() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
 def _by_client_id(username: str, password: str | None, client_id: str) -> str | None:
@@ -168,7 +164,7 @@ async def run_idle(cfg: EndpointBenchConfig) -> dict[str, float]:
     await d.start()
     try:
         gc.collect()
-        rss0 = _rss()
+        rss0 = rss_bytes()
         tracemalloc.start()
         traced0 = tracemalloc.get_traced_memory()[0]
         url = f"mqtt://bench@127.0.0.1:{ep.ports['tcp']}"
@@ -179,7 +175,7 @@ async def run_idle(cfg: EndpointBenchConfig) -> dict[str, float]:
             gc.collect()
             traced = tracemalloc.get_traced_memory()[0] - traced0
             tracemalloc.stop()
-            rss1 = _rss()
+            rss1 = rss_bytes()
             cpu0 = time.process_time()
             await asyncio.sleep(cfg.idle_seconds)
             cpu = time.process_time() - cpu0
@@ -227,7 +223,8 @@ def format_report(report: dict[str, Any]) -> str:
         extra = "  ".join(f"{k}={v:.1f}" for k, v in r.items()
                           if k.endswith("_us_per_rt") and not k.startswith("dispatcher"))
         lines.append(f"{name:>7}: {r['round_trips_per_s']:9.0f} rt/s  "
-                     f"dispatcher {r['dispatcher_us_per_rt']:5.1f} us/rt (user {r['dispatcher_user_us_per_rt']:.1f}, sys {r['dispatcher_sys_us_per_rt']:.1f})  "
+                     f"dispatcher {r['dispatcher_us_per_rt']:5.1f} us/rt "
+                     f"(user {r['dispatcher_user_us_per_rt']:.1f}, sys {r['dispatcher_sys_us_per_rt']:.1f})  "
                      f"{extra}  errors={r['errors']}")
     for name, ratio in report.get("ratios", {}).items():
         lines.append(f"{name} / broker: {ratio:.2f}x")

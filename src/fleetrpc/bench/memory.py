@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import os
 import time
 import tracemalloc
 from typing import Any
@@ -12,7 +13,13 @@ from typing import Any
 from ..sim.fleet import Fleet
 from .phase import Phase
 
-__all__ = ["memory", "heap_growth", "harness_bytes"]
+__all__ = ["memory", "heap_growth", "harness_bytes", "rss_bytes"]
+
+
+def rss_bytes() -> int:
+    """This process's resident set size (Linux: /proc/self/statm)."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
 def heap_growth(before: tracemalloc.Snapshot, after: tracemalloc.Snapshot,

@@ -20,6 +20,7 @@ from bisect import bisect_right
 from typing import Any
 
 from ..errors import ValidationError
+from ..store.db import placeholders
 from .model import Job, Targets
 from .targets import TargetSource
 
@@ -41,10 +42,6 @@ def _glob(pattern: str) -> str:
     """The same pattern for SQLite's GLOB (case-sensitive, where its LIKE
     is not): ``*`` stays the wildcard, ``?`` and ``[`` match themselves."""
     return pattern.replace("[", "[[]").replace("?", "[?]")
-
-
-def _marks(first: int, n: int) -> str:
-    return ", ".join(f"${i}" for i in range(first, first + n))
 
 
 class RegistryTargets:
@@ -85,7 +82,7 @@ class RegistryTargets:
         """Those of ``chunk`` that the selector's tenant (and customer) has."""
         n = len(self._args)
         rows = await self.db.fetch(
-            f"SELECT id FROM device WHERE {self._where} AND id IN ({_marks(n + 1, len(chunk))})",
+            f"SELECT id FROM device WHERE {self._where} AND id IN ({placeholders(n + 1, len(chunk))})",
             *self._args, *chunk,
         )
         return [r[0] for r in rows]
@@ -147,7 +144,7 @@ class JobTargets:
         for start in range(0, len(ids), ID_CHUNK):
             chunk = ids[start:start + ID_CHUNK]
             rows = await self.db.fetch(
-                f"SELECT id, customer_id FROM device WHERE tenant_id = $1 AND id IN ({_marks(2, len(chunk))})",
+                f"SELECT id, customer_id FROM device WHERE tenant_id = $1 AND id IN ({placeholders(2, len(chunk))})",
                 tenant_id, *chunk,
             )
             found.update((r[0], r[1]) for r in rows)

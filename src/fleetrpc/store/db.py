@@ -72,6 +72,7 @@ __all__ = [
     "PostgresDatabase",
     "database_from_url",
     "open_database",
+    "placeholders",
     "sqlite_placeholders",
 ]
 
@@ -246,6 +247,12 @@ _SCHEMA_VERSION_DDL = {
 _SQL_TOKEN = re.compile(r"'(?:[^']|'')*'|\"(?:[^\"]|\"\")*\"|\$(\d+)")
 _PLACEHOLDER_CACHE: dict[str, str] = {}
 _PLACEHOLDER_CACHE_MAX = 4096
+
+
+def placeholders(first: int, n: int) -> str:
+    """``$first, ..., $(first + n - 1)``: the list of an ``IN (...)`` with
+    ``n`` values bound after ``first - 1`` others (both backends)."""
+    return ", ".join(f"${i}" for i in range(first, first + n))
 
 
 def sqlite_placeholders(sql: str) -> str:

@@ -25,7 +25,7 @@ from typing import Any, Literal
 import msgspec
 
 from ...errors import AlreadyExistsError, EntityNotFoundError, ValidationError
-from ..db import Database
+from ..db import Database, placeholders
 from .model import (
     Device,
     DeviceCredentials,
@@ -277,10 +277,10 @@ class DeviceRepository:
         found: dict[str, Device] = {}
         for i in range(0, len(valid), chunk):
             part = valid[i:i + chunk]
-            marks = ", ".join(f"${k}" for k in range(1, len(part) + 1))
             rows = await self.db.fetch(
                 f"SELECT {_DEVICE_COLUMNS}, c.credentials_id AS token FROM device_credentials c "
-                f"JOIN device d ON d.id = c.device_id WHERE c.credentials_id IN ({marks})", *part,
+                f"JOIN device d ON d.id = c.device_id WHERE c.credentials_id IN ({placeholders(1, len(part))})",
+                *part,
             )
             for r in rows:
                 found[r["token"]] = _device(r)
@@ -300,9 +300,8 @@ class DeviceRepository:
         found: dict[str, str] = {}
         for k in range(0, len(valid), chunk):
             part = valid[k:k + chunk]
-            marks = ", ".join(f"${n}" for n in range(2, len(part) + 2))
             rows = await self.db.fetch(
-                f"SELECT d.id, d.name FROM device d WHERE d.tenant_id = $1 AND d.id IN ({marks})",
+                f"SELECT d.id, d.name FROM device d WHERE d.tenant_id = $1 AND d.id IN ({placeholders(2, len(part))})",
                 tenant_id, *part,
             )
             found.update((r["id"], r["name"]) for r in rows)
