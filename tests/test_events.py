@@ -123,7 +123,7 @@ async def test_mqtt_sink_and_client_side_requests(mqtt_url):
             original(topic, payload, props)
 
     listener._transport.on_message = on_message
-    await listener._transport.subscribe([("fleetrpc/events/#", 1)])
+    listener._transport.subscribe([("fleetrpc/events/#", 1)])
     await asyncio.sleep(0.2)
     try:
         assert await listener.call("getCurrentTime") == 1

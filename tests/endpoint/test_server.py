@@ -85,6 +85,61 @@ async def test_thingsboard_sdk_answers_a_rest_call_through_the_servers_endpoint(
         assert "fleetrpc_endpoint_connections 0.0" in text
 
 
+async def test_a_device_on_one_nodes_endpoint_answers_rest_calls_made_at_another_node(start_server, world, tmp_path):
+    """Two servers on one broker and one database; the device connects to
+    the second one's endpoint, the REST calls go to the first."""
+    node_b = {"endpoint": ENDPOINT, "dispatch": {"node_id": "node-b"}, "server": {"data_dir": str(tmp_path / "b")}}
+    async with start_server(endpoint=ENDPOINT, dispatch={"node_id": "node-a"}) as (a, api), \
+            start_server(seed=False, **node_b) as (b, _):
+        admin = await api.login(world.tenant.email)
+        device_id, access_token = await _create_device(api, admin, "Pump 3")
+        client = TBDeviceMqttClient("127.0.0.1", port=b.ctx.endpoint.ports["tcp"], username=access_token)
+        seen = []
+
+        def on_server_side_rpc(request_id, request):
+            seen.append(request["method"])
+            client.send_rpc_reply(request_id, {"at": "node-b", "speed": request["params"]["speed"]})
+
+        client.set_server_side_rpc_request_handler(on_server_side_rpc)
+        await asyncio.to_thread(client.connect)
+        try:
+            await wait_until(lambda: a.ctx.dispatcher.is_online(device_id))
+            status, body, _ = await api.request("POST", f"/api/rpc/twoway/{device_id}", admin,
+                                                json={"method": "setSpeed", "params": {"speed": 3}})
+            assert (status, json.loads(body)) == (200, {"at": "node-b", "speed": 3})
+            status, _, _ = await api.request("POST", f"/api/rpc/oneway/{device_id}", admin,
+                                             json={"method": "stop", "params": {"speed": 0}})
+            assert status == 200
+            await wait_until(lambda: seen == ["setSpeed", "stop"])
+            expected = 2
+            if a.ctx.settings.store.url.startswith("postgres"):
+                # clustered: the persistent call is sent by its partition's
+                # owner, either node, and ends SUCCESSFUL
+                status, body, _ = await api.request("POST", f"/api/rpc/twoway/{device_id}", admin, json={
+                    "method": "setSpeed", "params": {"speed": 5}, "persistent": True, "timeout": 10000})
+                assert status == 200, body
+                rpc_id = json.loads(body)["rpcId"]
+
+                async def call_status() -> dict:
+                    _, body, _ = await api.request("GET", f"/api/rpc/persistent/{rpc_id}", admin)
+                    return json.loads(body)
+
+                await wait_until(lambda: seen[-1:] == ["setSpeed"] and len(seen) == 3)
+                for _ in range(100):
+                    call = await call_status()
+                    if call["status"] == "SUCCESSFUL":
+                        break
+                    await asyncio.sleep(0.05)
+                assert call["status"] == "SUCCESSFUL" and call["response"] == {"at": "node-b", "speed": 5}, call
+                expected = 3
+            assert b.ctx.endpoint.stats.requests == expected and a.ctx.endpoint.stats.requests == 0
+            assert a.ctx.endpoint.connected_devices == frozenset()
+        finally:
+            await asyncio.to_thread(client.disconnect)
+            client.stop()
+        await wait_until(lambda: not a.ctx.dispatcher.is_online(device_id))
+
+
 async def test_wrong_and_replaced_tokens_are_refused(start_server, world):
     async with start_server(endpoint=ENDPOINT) as (server, api):
         ctx = server.ctx

@@ -4,8 +4,9 @@ The MQTT transport's fast path (:mod:`fleetrpc.transport.mqtt`) replaces
 gmqtt's read loop and write path, which gmqtt offers no public hook for.
 What that needs of gmqtt's internals -- its protocol and connection
 classes, the packet-id allocator, the in-flight storage, the CONNACK
-properties, the private hooks ``Client._create_connection`` and
-``Client._remove_message_from_queue`` -- is reached here only, through two
+properties, the private hooks ``Client._create_connection``,
+``Client._remove_message_from_queue`` and ``Client._remove_subscriptions``
+-- is reached here only, through two
 base classes and a packet-id allocator whose own names are public.
 
 gmqtt changes these between releases (0.8.0 rewrote the client and made the
@@ -205,6 +206,25 @@ class ClientBase(gmqtt.Client):
         """The broker's Receive Maximum from the last CONNACK, if it sent one."""
         values = self._package_handler._connack_properties.get("receive_maximum")
         return values[0] if values else None
+
+    def _remove_subscriptions(self, topic: Any) -> None:
+        # gmqtt's own looks each kept subscription up in the list of
+        # topics: O(kept x removed), seconds for a node whose endpoint
+        # shares 10,000 devices (see transport/endpoint/composite.py).
+        gone = {topic} if isinstance(topic, str) else set(topic)
+        self.subscriptions = [s for s in self.subscriptions if s.topic not in gone]
+
+    def forget_subscriptions(self, topics: list[str]) -> None:
+        """Drop kept subscriptions without telling the broker (while there
+        is no connection: the next one will not make them)."""
+        self._remove_subscriptions(topics)
+
+    def resubscribe_all(self, chunk: int) -> None:
+        """Make every kept subscription again, ``chunk`` filters per
+        SUBSCRIBE (gmqtt's ``resubscribe`` sends a packet for each)."""
+        subs = self.subscriptions
+        for i in range(0, len(subs), chunk):
+            self._connection.subscribe(subs[i:i + chunk])
 
     def abort(self) -> None:
         """Drop the connection without DISCONNECT and never reconnect."""

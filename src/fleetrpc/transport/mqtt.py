@@ -26,7 +26,7 @@ import logging
 import ssl as _ssl
 import uuid
 from collections import deque
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 from urllib.parse import unquote, urlsplit
 
 import gmqtt
@@ -180,6 +180,10 @@ class _FastProtocol(ProtocolBase):
             self.on_written(tokens)
 
 
+#: Filters per SUBSCRIBE or UNSUBSCRIBE packet, when there are many.
+SUBSCRIBE_CHUNK = 500
+
+
 class _Client(ClientBase):
     """gmqtt client on :class:`_FastProtocol` that reports PUBACKs."""
 
@@ -204,6 +208,7 @@ class _Client(ClientBase):
 
     def on_message_removed(self, mid: int) -> None:
         self._owner._on_puback(mid)
+
 
 
 class MqttTransport:
@@ -291,8 +296,9 @@ class MqttTransport:
     # -- lifecycle ----------------------------------------------------------
 
     async def start(self, filters: list[tuple[str, int]] = ()) -> None:
-        """Connect, subscribe to ``filters`` and wait for the broker's SUBACK."""
-        self._filters = list(filters)
+        """Connect, subscribe to ``filters`` (and those :meth:`subscribe`
+        added before) and wait for the broker's SUBACK."""
+        self._filters = list(filters) + self._filters
         will = None
         if self._will is not None:
             topic, payload, qos, retain = self._will
@@ -311,6 +317,9 @@ class MqttTransport:
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
         client.on_subscribe = self._on_subscribe
+        # The client keeps every subscription and makes them again on each
+        # connect (see _on_connect); subscribe() and unsubscribe() edit it.
+        client.subscriptions = [gmqtt.Subscription(t, qos=q) for t, q in self._filters]
         self._client = client
         self._subscribed = asyncio.Event()
         await client.connect(
@@ -366,13 +375,9 @@ class MqttTransport:
         # gmqtt raises OverflowError at (receive maximum - 1) unacked ids.
         self._window = max(1, min(receive_max - 2, self._max_inflight))
         session_present = bool(flags)
-        if self._filters and not session_present:
-            if client.subscriptions:
-                # gmqtt keeps them but does not resubscribe (issue #124).
-                for sub in client.subscriptions:
-                    client.resubscribe(sub)
-            else:
-                client.subscribe([gmqtt.Subscription(t, qos=q) for t, q in self._filters])
+        if not session_present:
+            # gmqtt keeps them but does not resubscribe (issue #124).
+            client.resubscribe_all(SUBSCRIBE_CHUNK)
         self._proto = client.protocol
         self._up = True
         if self._connected.is_set():
@@ -479,8 +484,29 @@ class MqttTransport:
         while waiting and self._inflight < self._window and self._up:
             self._send(*waiting.popleft())
 
-    async def subscribe(self, filters: list[tuple[str, int]]) -> None:
-        """Add subscriptions (kept across reconnects)."""
-        self._filters.extend(filters)
-        if self._client is not None:
-            self._client.subscribe([gmqtt.Subscription(t, qos=q) for t, q in filters])
+    def subscribe(self, filters: Sequence[tuple[str, int]]) -> None:
+        """Add subscriptions ``(filter, qos)``, kept across reconnects; never
+        blocks (the SUBACK is not awaited)."""
+        client = self._client
+        if client is None:
+            self._filters.extend(filters)  # subscribed by start()
+            return
+        subs = [gmqtt.Subscription(t, qos=q) for t, q in filters]
+        if not self._up:
+            client.subscriptions.extend(subs)  # subscribed on connecting
+            return
+        for i in range(0, len(subs), SUBSCRIBE_CHUNK):
+            client.subscribe(subs[i:i + SUBSCRIBE_CHUNK])
+
+    def unsubscribe(self, topics: Sequence[str]) -> None:
+        """Drop subscriptions added with :meth:`subscribe`; never blocks."""
+        topics = list(topics)
+        client = self._client
+        if client is None:
+            gone = set(topics)
+            self._filters = [f for f in self._filters if f[0] not in gone]
+        elif not self._up:
+            client.forget_subscriptions(topics)
+        else:
+            for i in range(0, len(topics), SUBSCRIBE_CHUNK):
+                client.unsubscribe(topics[i:i + SUBSCRIBE_CHUNK])

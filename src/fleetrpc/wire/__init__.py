@@ -95,6 +95,16 @@ JSON object of whatever statistics the agent reports (not retained); a node
 keeps at most ``max_heartbeat_bytes`` of each (a larger one is counted and
 its body dropped).
 
+A device connected to a server node's own MQTT listener (the device
+endpoint, docs/endpoint.md) publishes nothing on the broker: the node does
+it for the device.  It publishes the device's retained presence with
+``"via": "{node}"`` (its wire level) and subscribes to
+``{p}/d/{device}/req/+/+`` while the device is connected, so that a request
+from any node reaches the device; the device's replies and acks go back on
+the usual topics.  A node drops an ``"online"`` that names an earlier run of
+itself (``{node_id}.{another boot}``) and publishes ``"offline"`` in its
+place: that run ended without saying so.
+
 Elves envelopes
 ---------------
 
@@ -176,6 +186,7 @@ from .topics import (
     parse_call_topic,
     presence_topic,
     reply_topic,
+    requests_filter,
     request_topic,
     return_topic,
     server_filters,
@@ -189,7 +200,7 @@ __all__ = [
     "error_reply", "error_value", "as_error",
     "JSON_ENCODER", "ANY_DECODER", "REQUEST_DECODER", "PRESENCE_DECODER", "OBJECT_DECODER",
     "request_topic", "reply_topic", "ack_topic", "call_topic", "return_topic",
-    "presence_topic", "heartbeat_topic", "elves_topic",
+    "presence_topic", "requests_filter", "heartbeat_topic", "elves_topic",
     "ServerTopics", "DeviceTopics", "node_level", "new_boot_id",
     "own_answer_target", "parse_call_topic", "server_filters", "device_filters", "topic_matches", "devices_root", "device_permissions",
     "is_presence_filter", "validate_id", "validate_prefix", "is_valid_level",

@@ -46,6 +46,10 @@ class Presence(msgspec.Struct, gc=False, omit_defaults=True):
     version: str | None = None
     #: When the agent process started, epoch milliseconds.
     started: int | None = None
+    #: Set by a server node whose device endpoint the device is connected
+    #: to directly: that node's wire level (``{node_id}.{boot}``), which
+    #: takes the device's requests from the broker for it.
+    via: str | None = None
 
 
 class ErrorBody(msgspec.Struct, gc=False):

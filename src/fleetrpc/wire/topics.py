@@ -18,7 +18,7 @@ from .ids import is_valid_level, validate_id, validate_prefix
 
 __all__ = [
     "request_topic", "reply_topic", "ack_topic", "call_topic", "return_topic",
-    "presence_topic", "heartbeat_topic", "elves_topic",
+    "presence_topic", "requests_filter", "heartbeat_topic", "elves_topic",
     "ServerTopics", "DeviceTopics", "node_level", "new_boot_id",
     "own_answer_target", "parse_call_topic", "server_filters", "device_filters", "topic_matches",
     "levels_match",
@@ -54,6 +54,13 @@ def return_topic(prefix: str, device: str, cid: int | str) -> str:
 def presence_topic(prefix: str, device: str) -> str:
     """PRESENCE (retained, and the Last Will): ``{p}/d/{device}/presence``."""
     return f"{prefix}/d/{device}/presence"
+
+
+def requests_filter(prefix: str, device: str) -> str:
+    """Every REQUEST for ``device``, from any node: ``{p}/d/{device}/req/+/+``
+    (what a server node subscribes to for a device connected to its
+    endpoint)."""
+    return f"{prefix}/d/{device}/req/+/+"
 
 
 def heartbeat_topic(prefix: str, device: str) -> str:

@@ -8,19 +8,58 @@ Answers to client-side calls go back the way the call came.  The device is
 online while it is online on either path: an "offline" from one path is
 held back while the other still reaches it, so a device that moves from the
 broker to a direct connection (or back) never looks offline in between.
+
+**Several nodes** (``node`` given: the dispatcher's wire level).  A device
+is connected to one node's endpoint, and a call for it may start on any
+node (a REST call, the persistent engine of its partition's owner, a job).
+So the node stands in for its directly connected devices on the broker, as
+each would if it were connected there (docs/protocol.md):
+
+- it publishes the device's retained presence, with ``"via": node``, and
+  subscribes to ``{p}/d/{device}/req/+/+`` while the device is reachable
+  here; a request from another node arrives on that subscription and goes
+  to the device;
+- the device's replies and acks addressed to another node go to the broker,
+  those for this node stay here;
+- the broker's retained presence is last writer wins, so the node keeps
+  who wrote the newest "online" it saw (``_brokered``: the device itself,
+  or another node).  Its own, back from the broker, makes it the writer
+  again.  When the device leaves this node while someone else's "online"
+  is the newest (it moved, and its old connection here closed late), the
+  node neither delivers nor publishes "offline"; when an "offline" comes
+  from elsewhere while the device is connected here, the node publishes
+  its "online" again;
+- an "online" that names an earlier run of this node (same node id,
+  another boot: it was killed, or stopped before the broker had its
+  "offline") is stale: the node publishes "offline" for that device unless
+  the device is connected here again.
+
+What is left open: a node that dies and never comes back leaves its
+devices "online" on the broker until they connect again, which devices do
+at once when the node's process dies (the kernel resets their connections)
+and after their keepalive when its machine is lost.  A fleetrpc-SDK device
+connected to the broker and to an endpoint at once gets another node's
+requests twice (its own subscription and the node's); the SDK runs the
+method once and answers the second copy from its memory of replies, as it
+does a resent request, and the caller counts that answer as late.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from typing import Any, Callable
 
 import msgspec
 
-from ...wire import PRESENCE_DECODER
+from ...wire import PRESENCE_DECODER, Presence, presence_topic, requests_filter
 from .server import DeviceEndpoint
 
 log = logging.getLogger("fleetrpc.endpoint")
+
+_encode = msgspec.json.Encoder().encode
+_NOBODY = object()
 
 
 class CompositeTransport:
@@ -28,17 +67,33 @@ class CompositeTransport:
     transport (:class:`~fleetrpc.transport.MqttTransport` or anything with
     its interface)."""
 
-    def __init__(self, endpoint: DeviceEndpoint, broker: Any) -> None:
+    def __init__(self, endpoint: DeviceEndpoint, broker: Any, *, node: str | None = None) -> None:
         self.endpoint = endpoint
         self.broker = broker
+        #: this node's wire level (``Dispatcher.node``): with it, the
+        #: endpoint's devices are shared with the other nodes (see above)
+        self.node = node
         self.on_message: Callable[[str, bytes, "dict | None"], None] = lambda t, p, props: None
         self.on_published: Callable[[int], None] = lambda token: None
         self.on_connection: Callable[[bool], None] = lambda up: None
         self.awaiting: Callable[[], int] = lambda: 0
+        self._prefix = endpoint.settings.prefix
         self._dev_prefix = endpoint._dev_prefix
-        #: devices online through the endpoint / through the broker
+        #: devices online through the endpoint
         self._direct: set[str] = set()
-        self._brokered: set[str] = set()
+        #: devices whose newest presence on the broker is "online", said by
+        #: someone other than this node -> who: the device itself (None) or
+        #: another node (its level)
+        self._brokered: dict[str, str | None] = {}
+        if node is not None:
+            #: ``{node}/``: where a reply or ack topic names its node
+            self._node_slash = node + "/"
+            #: ``{node_id}.``: what this node's earlier runs' levels start with
+            self._node_id_dot = node.rsplit(".", 1)[0] + "."
+            #: subscriptions to make / to drop at the end of this loop iteration
+            self._subscribe: set[str] = set()
+            self._unsubscribe: set[str] = set()
+            self._sync_scheduled = False
 
     async def start(self, filters: list[tuple[str, int]] = ()) -> None:
         """Start the endpoint, then connect to the broker with ``filters``."""
@@ -57,10 +112,19 @@ class CompositeTransport:
             raise
 
     async def close(self) -> None:
+        """Close the endpoint, then the broker connection; with ``node``,
+        the devices that were connected here are "offline" on the broker
+        first (at QoS 0: written before the DISCONNECT, with no window to
+        wait for)."""
         try:
-            await self.broker.close()
+            await self.endpoint.close()  # (which reports no presence while closing)
+            if self.node is not None:
+                for device in sorted(self._direct.difference(self._brokered)):
+                    self.broker.publish(presence_topic(self._prefix, device), self._presence_body(False), 0,
+                                        retain=True)
+                self._direct.clear()
         finally:
-            await self.endpoint.close()
+            await self.broker.close()
 
     def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False,
                 token: int = -1, properties: dict | None = None) -> None:
@@ -91,29 +155,124 @@ class CompositeTransport:
     def _from_endpoint(self, topic: str, payload: bytes, props: dict | None) -> None:
         device = self._presence_device(topic)
         if device is not None:
-            if _status(payload) == "online":
+            online = _status(payload) == "online"
+            if online:
                 self._direct.add(device)
             else:
                 self._direct.discard(device)
-                if device in self._brokered:
-                    return  # still reachable through the broker
+            if self.node is not None:
+                self._share(device, online)
+            if not online and device in self._brokered:
+                return  # still reachable through the broker
+        elif self.node is not None and self._elsewhere(topic):
+            self.broker.publish(topic, payload, 1)
+            return
         self.on_message(topic, payload, props)
 
     def _from_broker(self, topic: str, payload: bytes, props: dict | None) -> None:
         device = self._presence_device(topic)
         if device is not None:
-            status = _status(payload)
+            status, via = _status_via(payload)
+            if self.node is not None and via is not None:
+                if via == self.node:
+                    if status == "online":  # ours, back: the broker's newest word on the device
+                        self._brokered.pop(device, None)
+                    return
+                if status == "online" and via.startswith(self._node_id_dot):
+                    # an earlier run of this node: stale (see above)
+                    if device in self._direct:
+                        return  # ours replaces it
+                    status, payload = "offline", self._presence_body(False)
+                    self.broker.publish(topic, payload, 1, retain=True)
             if status == "online":
-                self._brokered.add(device)
+                self._brokered[device] = via
             elif status == "offline":
-                self._brokered.discard(device)
+                self._brokered.pop(device, None)
                 if device in self._direct:
+                    if self.node is not None:  # the broker's word is now wrong: ours again
+                        self.broker.publish(topic, self._presence_body(True), 1, retain=True)
                     return  # still connected directly
+        elif self.node is not None and self._is_request(topic):
+            # another node's request for a device connected here: the
+            # dispatcher subscribes to no request, _share does
+            self.endpoint.publish(topic, payload, 1, False, -1, _publish_props(props))
+            return
         self.on_message(topic, payload, props)
+
+    # -- sharing the endpoint's devices with the other nodes --------------------------
+
+    def _is_request(self, topic: str) -> bool:
+        """Whether ``topic`` is a REQUEST ``{p}/d/{device}/req/...``."""
+        dp = self._dev_prefix
+        if not topic.startswith(dp):
+            return False
+        j = topic.find("/", len(dp))
+        return j > 0 and topic.startswith("/req/", j)
+
+    def _elsewhere(self, topic: str) -> bool:
+        """Whether ``topic`` (from the endpoint) is a reply or ack addressed
+        to another node: ``{p}/d/{device}/res|ack/{node}/{rid}``."""
+        j = topic.find("/", len(self._dev_prefix))
+        kind = topic[j + 1:j + 5]
+        return (kind == "res/" or kind == "ack/") and not topic.startswith(self._node_slash, j + 5)
+
+    def _presence_body(self, online: bool) -> bytes:
+        return _encode(Presence("online" if online else "offline", int(time.time() * 1000), via=self.node))
+
+    def _share(self, device: str, online: bool) -> None:
+        """``device`` became reachable here, or stopped being: take its
+        requests from the broker or stop, and say so on its presence topic
+        unless the broker's newest word on it is someone else's "online"
+        (the device's own, or another node's)."""
+        request_filter = requests_filter(self._prefix, device)
+        if online:
+            if request_filter in self._unsubscribe:
+                self._unsubscribe.discard(request_filter)
+            else:
+                self._subscribe.add(request_filter)
+        elif request_filter in self._subscribe:
+            self._subscribe.discard(request_filter)
+        else:
+            self._unsubscribe.add(request_filter)
+        if not self._sync_scheduled:
+            self._sync_scheduled = True
+            asyncio.get_running_loop().call_soon(self._sync_subscriptions)
+        held = self._brokered.get(device, _NOBODY)
+        if online and held is None or not online and held is not _NOBODY:
+            return
+        self.broker.publish(presence_topic(self._prefix, device), self._presence_body(online), 1, retain=True)
+
+    def _sync_subscriptions(self) -> None:
+        """Many devices connect or go at once (a storm, a restart): their
+        subscriptions go in a few packets, not one each."""
+        self._sync_scheduled = False
+        if self._unsubscribe:
+            gone, self._unsubscribe = self._unsubscribe, set()
+            self.broker.unsubscribe(sorted(gone))
+        if self._subscribe:
+            new, self._subscribe = self._subscribe, set()
+            self.broker.subscribe([(f, 1) for f in sorted(new)])
 
 
 def _status(payload: bytes) -> str | None:
+    return _status_via(payload)[0]
+
+
+def _status_via(payload: bytes) -> tuple[str | None, str | None]:
     try:
-        return PRESENCE_DECODER.decode(payload).status
+        presence = PRESENCE_DECODER.decode(payload)
     except msgspec.DecodeError:
-        return None  # the dispatcher counts it as malformed
+        return None, None  # the dispatcher counts it as malformed
+    return presence.status, presence.via
+
+
+def _publish_props(props: dict | None) -> dict | None:
+    """gmqtt's inbound properties (lists) as publish() takes them."""
+    if not props:
+        return None
+    out = {}
+    for key in ("response_topic", "correlation_data"):
+        value = props.get(key)
+        if value:
+            out[key] = value[0]
+    return out or None

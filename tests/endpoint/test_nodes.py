@@ -1,0 +1,232 @@
+"""Several nodes, each with its own device endpoint, on one Mosquitto: a
+device connected directly to one node is reached from every node
+(CompositeTransport with ``node``), and its presence on the broker stays
+right when it moves between nodes or a node dies."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import uuid
+
+import pytest
+
+from fleetrpc import Dispatcher, Settings
+from fleetrpc.errors import DeviceOfflineError
+from fleetrpc.transport.endpoint import CompositeTransport, DeviceEndpoint, EndpointSettings
+
+from . import rawmqtt as raw
+from .conftest import Rig, authenticate
+
+
+@contextlib.asynccontextmanager
+async def node(mqtt_url: str, prefix: str, node_id: str, *, endpoint: bool = True):
+    """A dispatcher on the broker, with an endpoint sharing its devices."""
+    settings = Settings(node_id=node_id, prefix=prefix, mqtt_url=mqtt_url, min_timeout_ms=0,
+                        default_timeout_ms=5000)
+    d = Dispatcher(settings)
+    if endpoint:
+        ep = DeviceEndpoint(EndpointSettings(host="127.0.0.1", port=0, prefix=prefix), authenticate=authenticate)
+        d._transport = CompositeTransport(ep, d._make_transport(), node=d.node)
+    await d.start()
+    try:
+        yield Rig(d._transport.endpoint if endpoint else _NoEndpoint(), d)
+    finally:
+        await d.close()
+
+
+class _NoEndpoint:
+    """What Rig reads of an endpoint, for a node that has none."""
+
+    ports: dict = {}
+
+
+class ThingsBoardDevice:
+    """A device speaking ThingsBoard's MQTT API to one endpoint, answering
+    every request with ``{"at": name, "method": ...}``."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.requests = 0
+        self._client: raw.RawClient | None = None
+        self._task: asyncio.Task | None = None
+
+    async def connect(self, port: int, token: str = "token-a") -> None:
+        self._client = client = await raw.RawClient.open(port)
+        first, body = await client.connect(token)
+        assert first >> 4 == 2 and body[1] == 0, "CONNACK refused"
+        client.send(raw.subscribe(1, ("v1/devices/me/rpc/request/+", 1)))
+        first, _ = await client.read_packet()
+        assert first >> 4 == 9  # SUBACK
+        self._task = asyncio.ensure_future(self._serve())
+
+    async def _serve(self) -> None:
+        client = self._client
+        while True:
+            try:
+                first, body = await client.read_packet(timeout=60)
+            except (asyncio.IncompleteReadError, ConnectionError):
+                return  # the node closed the connection
+            if first >> 4 != 3:
+                continue
+            topic, payload, mid = raw.publish_topic(body, (first >> 1) & 3, False)
+            if mid:
+                client.send(raw.puback(mid))
+            self.requests += 1
+            n = topic.rsplit("/", 1)[1]
+            answer = {"at": self.name, "method": json.loads(payload)["method"]}
+            client.send(raw.publish(f"v1/devices/me/rpc/response/{n}", json.dumps(answer).encode(), 1, 7))
+
+    def drop(self) -> None:
+        """Close the connection without DISCONNECT."""
+        self._task.cancel()
+        self._client.close()
+
+
+@pytest.fixture
+def prefix() -> str:
+    return f"nodes{uuid.uuid4().hex[:8]}"
+
+
+async def test_a_device_connected_to_one_node_answers_calls_from_every_node(mqtt_url, prefix):
+    async with node(mqtt_url, prefix, "na") as a, node(mqtt_url, prefix, "nb") as b, \
+            node(mqtt_url, prefix, "nc", endpoint=False) as c:
+        device = ThingsBoardDevice("at-b")
+        await device.connect(b.port)
+        for rig in (a, b, c):
+            await rig.online("dev-a")
+        for rig in (a, b, c):
+            assert await rig.dispatcher.call("dev-a", "where") == {"at": "at-b", "method": "where"}
+        # one-way calls from another node end at the broker, as for any device there
+        await a.dispatcher.call("dev-a", "note", oneway=True)
+        await _until(lambda: device.requests == 4)
+        # the node that has the device reaches it directly; the others through the broker
+        assert b.endpoint.stats.requests == 4
+        assert a.endpoint.stats.requests == 0 and a.endpoint.stats.undeliverable == 0
+
+        device.drop()
+        for rig in (a, b, c):
+            await rig.offline("dev-a")
+        with pytest.raises(DeviceOfflineError):
+            await a.dispatcher.call("dev-a", "where")
+
+
+async def test_a_device_moving_to_another_node_stays_online_and_its_old_session_ending_changes_nothing(
+        mqtt_url, prefix):
+    async with node(mqtt_url, prefix, "na") as a, node(mqtt_url, prefix, "nb") as b:
+        went_offline: list[str] = []
+        a.dispatcher.on_presence(lambda dev, online: online or went_offline.append(dev))
+        old = ThingsBoardDevice("at-b")
+        await old.connect(b.port)
+        await a.online("dev-a")
+        # the device comes back at node a, while b has not noticed that its
+        # connection is gone (a half-open connection: b closes it at its keepalive)
+        new = ThingsBoardDevice("at-a")
+        await new.connect(a.port)
+        await _until(lambda: a.endpoint.reaches("dev-a"))
+        assert await b.dispatcher.call("dev-a", "where") == {"at": "at-b", "method": "where"}  # b's own, still
+        assert await a.dispatcher.call("dev-a", "where") == {"at": "at-a", "method": "where"}
+        old.drop()
+        await _until(lambda: not b.endpoint.reaches("dev-a"))
+        # b now reaches the device through the broker, at a
+        assert await b.dispatcher.call("dev-a", "where") == {"at": "at-a", "method": "where"}
+        assert b.dispatcher.is_online("dev-a") and went_offline == []
+        # the broker's retained presence says online: a node starting now sees it
+        async with node(mqtt_url, prefix, "nc", endpoint=False) as c:
+            await c.online("dev-a")
+            assert await c.dispatcher.call("dev-a", "where") == {"at": "at-a", "method": "where"}
+        new.drop()
+        await b.offline("dev-a")
+
+
+async def test_a_device_connected_to_two_nodes_at_once_stays_online_while_either_has_it(mqtt_url, prefix):
+    async with node(mqtt_url, prefix, "na") as a, node(mqtt_url, prefix, "nb") as b:
+        at_b = ThingsBoardDevice("at-b")
+        await at_b.connect(b.port)
+        await a.online("dev-a")
+        at_a = ThingsBoardDevice("at-a")
+        await at_a.connect(a.port)
+        await _until(lambda: a.endpoint.reaches("dev-a"))
+        await asyncio.sleep(0.2)  # a's "online" is the broker's newest word
+        # a's session goes: a says "offline", b still has the device and says "online" again
+        at_a.drop()
+        await _until(lambda: not a.endpoint.reaches("dev-a"))
+        await a.online("dev-a")
+        assert await a.dispatcher.call("dev-a", "where") == {"at": "at-b", "method": "where"}
+        async with node(mqtt_url, prefix, "nc", endpoint=False) as c:
+            await c.online("dev-a")
+        at_b.drop()
+        await a.offline("dev-a")
+
+
+async def test_a_node_restarted_after_a_crash_clears_the_presence_its_earlier_run_left(mqtt_url, prefix):
+    async with node(mqtt_url, prefix, "na") as a:
+        async with node(mqtt_url, prefix, "nb") as b:
+            device = ThingsBoardDevice("at-b")
+            await device.connect(b.port)
+            await a.online("dev-a")
+            b.dispatcher._transport.broker.abort()  # killed: nothing more reaches the broker
+        device.drop()
+        await asyncio.sleep(0.2)
+        assert a.dispatcher.is_online("dev-a")  # stale, until b runs again
+        async with node(mqtt_url, prefix, "nb") as b2:
+            await a.offline("dev-a")
+            assert not b2.dispatcher.is_online("dev-a")
+        # a device that is connected again by the time the node has restarted stays online
+        async with node(mqtt_url, prefix, "nb") as b3:
+            device = ThingsBoardDevice("at-b")
+            await device.connect(b3.port)
+            await a.online("dev-a")
+            b3.dispatcher._transport.broker.abort()
+        device.drop()
+        async with node(mqtt_url, prefix, "nb") as b4:
+            device = ThingsBoardDevice("at-b")
+            await device.connect(b4.port)
+            await b4.online("dev-a")
+            await asyncio.sleep(0.3)  # the earlier run's "online" has come and gone
+            assert a.dispatcher.is_online("dev-a") and b4.dispatcher.is_online("dev-a")
+            assert await a.dispatcher.call("dev-a", "where") == {"at": "at-b", "method": "where"}
+            device.drop()
+
+
+async def test_a_node_stopping_says_its_devices_are_offline(mqtt_url, prefix):
+    async with node(mqtt_url, prefix, "na", endpoint=False) as a:
+        async with node(mqtt_url, prefix, "nb") as b:
+            devices = []
+            for token in ("token-a", "token-b"):
+                device = ThingsBoardDevice(token)
+                await device.connect(b.port, token)
+                devices.append(device)
+            await a.online("dev-a")
+            await a.online("dev-b")
+        await a.offline("dev-a")
+        await a.offline("dev-b")
+        for device in devices:
+            device.drop()
+
+
+async def test_subscriptions_follow_the_devices_and_survive_a_broker_reconnect(mqtt_url, prefix):
+    async with node(mqtt_url, prefix, "na") as a, node(mqtt_url, prefix, "nb") as b:
+        broker = b.dispatcher._transport.broker
+        before = len(broker._client.subscriptions)
+        device = ThingsBoardDevice("at-b")
+        await device.connect(b.port)
+        await a.online("dev-a")
+        assert len(broker._client.subscriptions) == before + 1
+        # the broker connection drops and comes back: the device's
+        # subscription is made again
+        broker._proto.socket.abort()
+        await _until(lambda: broker.reconnects == 1 and broker.connected)
+        await asyncio.sleep(0.2)
+        assert await a.dispatcher.call("dev-a", "where") == {"at": "at-b", "method": "where"}
+        device.drop()
+        await a.offline("dev-a")
+        await _until(lambda: len(broker._client.subscriptions) == before)
+
+
+async def _until(predicate, timeout: float = 10.0) -> None:
+    async def poll():
+        while not predicate():
+            await asyncio.sleep(0.01)
+    await asyncio.wait_for(poll(), timeout)
