@@ -2,7 +2,8 @@
 
 The benchmark itself is ``fleetrpc.bench.endpoint`` (``fleetrpc bench
 --direct`` runs it with the usual flags); this script adds every knob:
-idle connections for the memory figure, write batching, one path only for
+idle connections for the memory figure, write batching, the relayed path
+(a call from a node the device is not connected to), one path only for
 profiling.
 
 Short runs only (the machine is shared)::
@@ -19,7 +20,7 @@ import sys
 
 import uvloop
 
-from fleetrpc.bench.endpoint import EndpointBenchConfig, format_report, run_endpoint_bench
+from fleetrpc.bench.endpoint import ALL_PATHS, PATHS, EndpointBenchConfig, format_report, run_endpoint_bench
 
 
 def main() -> None:
@@ -36,12 +37,14 @@ def main() -> None:
     p.add_argument("--write-batch-above", type=int, default=0,
                    help="also run the direct path with this write_batch_above")
     p.add_argument("--write-batch-delay", type=float, default=0.001)
-    p.add_argument("--only", choices=("broker", "direct"), help="run one path only (profiling)")
+    p.add_argument("--only", choices=ALL_PATHS, help="run one path only (profiling)")
+    p.add_argument("--relayed", action="store_true",
+                   help="also run the relayed path (devices on another node's endpoint)")
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
     cfg = EndpointBenchConfig(
         devices=args.devices, qos=args.qos, seconds=args.seconds, concurrency=args.concurrency,
-        processes=args.processes, url=args.url, paths=(args.only,) if args.only else ("broker", "direct"),
+        processes=args.processes, url=args.url, paths=(args.only,) if args.only else PATHS + (("relayed",) if args.relayed else ()),
         idle=args.idle, keepalive=args.keepalive, idle_seconds=args.idle_seconds,
         write_batch_above=args.write_batch_above, write_batch_delay=args.write_batch_delay,
     )

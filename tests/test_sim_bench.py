@@ -186,6 +186,24 @@ def test_bench_direct_compares_the_endpoint_with_the_broker(tmp_path, mqtt_url):
     assert "direct / broker:" in result.output and " direct: " in result.output
 
 
+def test_the_relayed_path_carries_calls_through_another_nodes_endpoint(mqtt_url):
+    """``benchmarks/bench_endpoint.py --relayed``: the devices are on the
+    endpoint of a node in a child process, the calls come through the
+    broker from this one; every call is answered and both nodes' CPU is
+    measured."""
+    import uvloop
+
+    from fleetrpc.bench.endpoint import EndpointBenchConfig, format_report, run_endpoint_bench
+
+    cfg = EndpointBenchConfig(devices=12, url=mqtt_url, paths=("relayed",))
+    cfg.quick()
+    report = uvloop.run(run_endpoint_bench(cfg))
+    relayed = report["results"]["relayed"]
+    assert relayed["round_trips_per_s"] > 0 and relayed["errors"] == 0
+    assert relayed["dispatcher_us_per_rt"] > 0 and relayed["node_us_per_rt"] > 0
+    assert "relayed:" in format_report(report)
+
+
 def test_bench_quick_writes_json(tmp_path, mqtt_url):
     from click.testing import CliRunner
 

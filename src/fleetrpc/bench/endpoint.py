@@ -5,7 +5,12 @@ The same lean simulator (``fleetrpc.sim``, worker processes) answers a
 closed loop of two-way calls from one Dispatcher in this process:
 
 ``broker``  dispatcher -> Mosquitto (a throwaway tuned one, or ``url``) -> devices;
-``direct``  dispatcher with a :class:`DeviceEndpoint` transport <- devices.
+``direct``  dispatcher with a :class:`DeviceEndpoint` transport <- devices;
+``relayed`` dispatcher -> Mosquitto -> another node (a child process, its
+            endpoint sharing its devices: CompositeTransport with ``node``)
+            <- devices: what a call costs when it starts on a node the
+            device is not connected to (not in ``fleetrpc bench --direct``;
+            ``benchmarks/bench_endpoint.py --only relayed``).
 
 For each: round trips/s and CPU per round trip of the dispatcher process
 (which holds the endpoint in the direct case; user and system time apart:
@@ -25,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
+import multiprocessing
 import os
 import random
 import time
@@ -35,7 +41,7 @@ from typing import Any
 from ..config import Settings
 from ..dispatch import Dispatcher
 from ..sim.fleet import Behaviour, Fleet, raise_nofile_limit
-from ..transport.endpoint import DeviceEndpoint, EndpointSettings
+from ..transport.endpoint import CompositeTransport, DeviceEndpoint, EndpointSettings
 from .cpu import process_cpu
 from .memory import rss_bytes
 from .rig import throwaway_broker
@@ -43,6 +49,8 @@ from .rig import throwaway_broker
 __all__ = ["EndpointBenchConfig", "run_endpoint_bench", "format_report", "command_main"]
 
 PATHS = ("broker", "direct")
+#: every path run_endpoint_bench knows (PATHS: those ``fleetrpc bench --direct`` runs)
+ALL_PATHS = PATHS + ("relayed",)
 
 
 @dataclass
@@ -156,6 +164,58 @@ async def run_direct(cfg: EndpointBenchConfig, write_batch_above: int = 0) -> di
         await d.close()
 
 
+async def run_relayed(cfg: EndpointBenchConfig) -> dict[str, float]:
+    async with throwaway_broker(cfg.url) as (url, _, broker_pid):
+        mp = multiprocessing.get_context("spawn")
+        conn, child_conn = mp.Pipe()
+        node = mp.Process(target=_relay_node_main, args=(child_conn, url, cfg.qos), daemon=True)
+        node.start()
+        try:
+            if not await asyncio.to_thread(conn.poll, 30):
+                raise RuntimeError("the relaying node did not start")
+            port = conn.recv()
+            fleet = Fleet(f"mqtt://bench@127.0.0.1:{port}", cfg.devices, processes=cfg.processes, qos=cfg.qos,
+                          behaviour=Behaviour(presence=True))
+            async with fleet:
+                d = Dispatcher(Settings(mqtt_url=url, node_id="bench", qos=cfg.qos, min_timeout_ms=0))
+                await d.start()
+                try:
+                    others = {"node": node.pid}
+                    if broker_pid is not None:
+                        others["broker"] = broker_pid
+                    others.update({f"sim{k}": pid for k, pid in enumerate(fleet.pids)})
+                    await _wait_online(d, fleet.device_ids)
+                    return await _load(d, fleet.device_ids, cfg.seconds, cfg.concurrency, others)
+                finally:
+                    await d.close()
+        finally:
+            conn.send("stop")
+            await asyncio.to_thread(node.join, 10)
+            if node.is_alive():
+                node.kill()
+
+
+def _relay_node_main(conn: Any, url: str, qos: int) -> None:
+    """The node the devices are connected to in the ``relayed`` path."""
+    import uvloop
+
+    async def main() -> None:
+        ep = DeviceEndpoint(EndpointSettings(host="127.0.0.1", port=0, max_inflight=1000),
+                            authenticate=_by_client_id)
+        d = Dispatcher(Settings(mqtt_url=url, node_id="relay", qos=qos, min_timeout_ms=0))
+        # what `fleetrpc serve` does with [endpoint] enabled (server/parts.py)
+        d._transport = CompositeTransport(ep, d._make_transport(), node=d.node)
+        await d.start()
+        try:
+            conn.send(ep.ports["tcp"])
+            await asyncio.to_thread(conn.recv)
+        finally:
+            await d.close()
+
+    raise_nofile_limit()
+    uvloop.run(main())
+
+
 async def run_idle(cfg: EndpointBenchConfig) -> dict[str, float]:
     """Memory per idle direct connection, and the CPU of their keepalives."""
     ep = DeviceEndpoint(EndpointSettings(host="127.0.0.1", port=0, max_connections=cfg.idle + 10),
@@ -205,18 +265,20 @@ async def run_endpoint_bench(cfg: EndpointBenchConfig) -> dict[str, Any]:
         results["direct"] = await run_direct(cfg)
         if cfg.write_batch_above:
             results["batched"] = await run_direct(cfg, cfg.write_batch_above)
+    if "relayed" in cfg.paths:
+        results["relayed"] = await run_relayed(cfg)
     report: dict[str, Any] = {"config": dict(vars(cfg)), "results": results}
     broker = results.get("broker")
     if broker and broker["round_trips_per_s"]:
         report["ratios"] = {name: results[name]["round_trips_per_s"] / broker["round_trips_per_s"]
-                            for name in ("direct", "batched") if name in results}
+                            for name in ("direct", "batched", "relayed") if name in results}
     return report
 
 
 def format_report(report: dict[str, Any]) -> str:
     cfg, results = report["config"], report["results"]
     lines = [f"devices={cfg['devices']} qos={cfg['qos']} concurrency={cfg['concurrency']} seconds={cfg['seconds']}"]
-    for name in ("broker", "direct", "batched"):
+    for name in ("broker", "direct", "batched", "relayed"):
         r = results.get(name)
         if r is None:
             continue
