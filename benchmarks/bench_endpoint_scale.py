@@ -14,7 +14,11 @@ run in this process, which is the one measured.
 - ``storm``: every device connects at once; tokens are checked against a
   SQLite device registry (``DeviceRepository.by_token``) through the
   server's cache (``DeviceDirectory``), cold.  Reports the time until the
-  dispatcher has seen every device online.
+  dispatcher has seen every device online.  With ``--share``, the node
+  also stands in for its devices on a throwaway Mosquitto, as ``fleetrpc
+  serve`` does (CompositeTransport with ``node``: a retained presence and a
+  subscription per device), and a second node on that broker, with no
+  endpoint, must see them all online too.
 - ``soak``: calls at a steady rate while a fraction of the devices drops
   and reconnects every few seconds; samples RSS, Python memory and the
   endpoint's tables, which must stay flat.
@@ -43,7 +47,8 @@ import uvloop
 
 from fleetrpc import Dispatcher, Settings
 from fleetrpc.bench.memory import rss_bytes
-from fleetrpc.transport.endpoint import DeviceEndpoint, EndpointSettings
+from fleetrpc.bench.rig import throwaway_broker
+from fleetrpc.transport.endpoint import CompositeTransport, DeviceEndpoint, EndpointSettings
 
 _PER_SOURCE = 25_000  # connections per loopback source address
 
@@ -279,11 +284,21 @@ class Devices:
 # -- the measured process ------------------------------------------------------------------
 
 
-async def _start(args, authenticate, **endpoint):
+def _settings(args, node_id: str, mqtt_url: str | None = None) -> Settings:
+    extra = {"mqtt_url": mqtt_url} if mqtt_url else {}
+    return Settings(node_id=node_id, min_timeout_ms=0, presence_max_devices=max(args.devices * 2, 10_000), **extra)
+
+
+async def _start(args, authenticate, mqtt_url: str | None = None, **endpoint):
+    """The endpoint and its dispatcher; with ``mqtt_url``, sharing its
+    devices on that broker as ``fleetrpc serve`` does (server/parts.py)."""
     ep = DeviceEndpoint(EndpointSettings(host="127.0.0.1", port=0, max_connections=args.devices + 100, **endpoint),
                         authenticate=authenticate)
-    d = Dispatcher(Settings(node_id="bench", min_timeout_ms=0, presence_max_devices=max(args.devices * 2, 10_000)),
-                   transport=ep)
+    if mqtt_url is None:
+        d = Dispatcher(_settings(args, "bench"), transport=ep)
+    else:
+        d = Dispatcher(_settings(args, "bench", mqtt_url))
+        d._transport = CompositeTransport(ep, d._make_transport(), node=d.node)
     await d.start()
     return ep, d
 
@@ -336,6 +351,14 @@ async def idle(args) -> None:
 
 
 async def storm(args) -> None:
+    if not args.share:
+        await _storm(args)
+        return
+    async with throwaway_broker(None) as (url, _, _):
+        await _storm(args, url)
+
+
+async def _storm(args, mqtt_url: str | None = None) -> None:
     from fleetrpc.store.db import open_database
     from fleetrpc.store.entities import DeviceRepository, TenantRepository
     from fleetrpc.transport.endpoint.directory import DeviceDirectory
@@ -353,27 +376,38 @@ async def storm(args) -> None:
                 tokens.append(tok)
             print(f"storm: {args.devices} devices created in the registry in {time.perf_counter() - t0:.1f} s")
             directory = DeviceDirectory(repo)
-            ep, d = await _start(args, directory.authenticate)
+            ep, d = await _start(args, directory.authenticate, mqtt_url)
+            other = None
+            if mqtt_url is not None:  # a second node, on the broker only
+                other = Dispatcher(_settings(args, "other", mqtt_url))
+                await other.start()
             try:
-                # every device at once: no connect throttle in the workers
-                ctx_devices = Devices(ep.ports["tcp"], tokens, args.processes, 60, 0)
-                c0 = os.times()
-                took = await _until_online(d, args.devices, ctx_devices, 120)
-                c1 = os.times()
-                cpu = c1.user - c0.user + c1.system - c0.system
-                print(f"storm: {args.devices} devices online in {took:.2f} s, {cpu:.1f} s CPU here "
-                      f"(cold cache: {directory.misses} lookups, {len(directory)} cached; "
-                      f"{ep.stats.accepted} connections accepted, {ep.stats.refused_auth} refused)")
-                await ctx_devices.stop()
-                await _until_offline(d)
-                # the same storm again: every token is cached now
-                ctx_devices = Devices(ep.ports["tcp"], tokens, args.processes, 60, 0)
-                misses = directory.misses
-                took = await _until_online(d, args.devices, ctx_devices, 120)
-                print(f"storm again: {args.devices} devices online in {took:.2f} s "
-                      f"({directory.misses - misses} lookups: all cached)")
-                await ctx_devices.stop()
+                for rnd in ("cold cache", "warm cache"):
+                    # every device at once: no connect throttle in the workers
+                    devices = Devices(ep.ports["tcp"], tokens, args.processes, 60, 0)
+                    misses = directory.misses
+                    c0 = os.times()
+                    took = await _until_online(d, args.devices, devices, 120)
+                    c1 = os.times()
+                    cpu = c1.user - c0.user + c1.system - c0.system
+                    line = (f"storm ({rnd}): {args.devices} devices online in {took:.2f} s, {cpu:.1f} s CPU here "
+                            f"({directory.misses - misses} lookups, {len(directory)} cached; "
+                            f"{ep.stats.accepted} connections accepted, {ep.stats.refused_auth} refused)")
+                    if other is not None:
+                        t_other = time.perf_counter()
+                        while len(other.presence.online) < args.devices:
+                            if time.perf_counter() - t_other > 120:
+                                raise RuntimeError(f"the other node sees {len(other.presence.online)} online")
+                            await asyncio.sleep(0.01)
+                        line += f"; the other node saw them all {took + time.perf_counter() - t_other:.2f} s in"
+                    print(line)
+                    await devices.stop()
+                    await _until_offline(d)
+                    if other is not None:
+                        await _until_offline(other)
             finally:
+                if other is not None:
+                    await other.close()
                 await d.close()
                 directory.close()
         finally:
@@ -457,6 +491,8 @@ def main() -> None:
     p.add_argument("--keepalive", type=int, default=60)
     p.add_argument("--idle-seconds", type=float, default=10.0)
     p.add_argument("--trace", action="store_true", help="idle: also count Python objects (tracemalloc; slower)")
+    p.add_argument("--share", action="store_true",
+                   help="storm: share the devices on a throwaway Mosquitto, as `fleetrpc serve` does")
     p.add_argument("--seconds", type=float, default=120.0, help="soak: duration")
     p.add_argument("--rate", type=float, default=500.0, help="soak: calls per second")
     p.add_argument("--concurrency", type=int, default=50, help="soak: callers")
