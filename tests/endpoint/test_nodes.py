@@ -21,13 +21,15 @@ from .conftest import Rig, authenticate
 
 
 @contextlib.asynccontextmanager
-async def node(mqtt_url: str, prefix: str, node_id: str, *, endpoint: bool = True):
+async def node(mqtt_url: str, prefix: str, node_id: str, *, endpoint: bool = True, auth=authenticate,
+               **endpoint_settings):
     """A dispatcher on the broker, with an endpoint sharing its devices."""
     settings = Settings(node_id=node_id, prefix=prefix, mqtt_url=mqtt_url, min_timeout_ms=0,
                         default_timeout_ms=5000)
     d = Dispatcher(settings)
     if endpoint:
-        ep = DeviceEndpoint(EndpointSettings(host="127.0.0.1", port=0, prefix=prefix), authenticate=authenticate)
+        opts = {"host": "127.0.0.1", "port": 0, "prefix": prefix, **endpoint_settings}
+        ep = DeviceEndpoint(EndpointSettings(**opts), authenticate=auth)
         d._transport = CompositeTransport(ep, d._make_transport(), node=d.node)
     await d.start()
     try:
@@ -223,6 +225,31 @@ async def test_subscriptions_follow_the_devices_and_survive_a_broker_reconnect(m
         device.drop()
         await a.offline("dev-a")
         await _until(lambda: len(broker._client.subscriptions) == before)
+
+
+async def test_nodes_sharing_one_port_each_take_some_devices_and_reach_them_all(mqtt_url, prefix):
+    """``reuse_port``: several nodes on one machine listen on one port, the
+    kernel spreads the connections, and every node reaches every device."""
+    def by_token(username, password, client_id):
+        return username  # the token is the device id
+
+    async with node(mqtt_url, prefix, "na", auth=by_token, reuse_port=True) as a:
+        port = a.endpoint.ports["tcp"]
+        async with node(mqtt_url, prefix, "nb", auth=by_token, port=port, reuse_port=True) as b:
+            assert b.endpoint.ports["tcp"] == port
+            devices = [ThingsBoardDevice(f"d{i}") for i in range(30)]
+            for i, device in enumerate(devices):
+                await device.connect(port, f"dev-{i}")
+            for i in range(30):
+                await a.online(f"dev-{i}")
+                await b.online(f"dev-{i}")
+            on_a, on_b = len(a.endpoint.connected_devices), len(b.endpoint.connected_devices)
+            assert on_a + on_b == 30 and on_a and on_b, (on_a, on_b)
+            for rig in (a, b):
+                answers = await asyncio.gather(*(rig.dispatcher.call(f"dev-{i}", "who") for i in range(30)))
+                assert [x["at"] for x in answers] == [f"d{i}" for i in range(30)]
+            for device in devices:
+                device.drop()
 
 
 async def _until(predicate, timeout: float = 10.0) -> None:

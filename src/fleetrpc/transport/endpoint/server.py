@@ -261,14 +261,15 @@ class DeviceEndpoint:
         s = self.settings
         try:
             if s.port is not None:
-                server = await loop.create_server(lambda: Session(self), s.host, s.port, backlog=4096)
+                server = await loop.create_server(lambda: Session(self), s.host, s.port, backlog=4096,
+                                                  reuse_port=s.reuse_port or None)
                 self._servers.append(server)
                 self.ports["tcp"] = server.sockets[0].getsockname()[1]
             if s.tls_port is not None:
                 ctx = self._ssl_context or self._make_ssl_context()
                 server = await loop.create_server(
                     lambda: Session(self), s.host, s.tls_port, ssl=ctx, backlog=4096,
-                    ssl_handshake_timeout=s.connect_timeout,
+                    ssl_handshake_timeout=s.connect_timeout, reuse_port=s.reuse_port or None,
                 )
                 self._servers.append(server)
                 self.ports["tls"] = server.sockets[0].getsockname()[1]

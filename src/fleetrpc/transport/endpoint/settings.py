@@ -33,6 +33,10 @@ class EndpointSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True)
     tls_key: Annotated[str | None, _doc("Private key of tls_cert (PEM).")] = None
     tls_ca: Annotated[str | None, _doc(
         "CA bundle to verify client certificates with (unset: no client certificates asked).")] = None
+    reuse_port: Annotated[bool, _doc(
+        "Share port and tls_port with other processes of this machine (SO_REUSEPORT: the kernel "
+        "spreads new connections over them): several fleetrpc serve nodes on one machine, one per "
+        "core, each reaching every device through the broker (docs/endpoint.md).")] = False
     prefix: Annotated[str, _doc(
         "fleetrpc topic prefix: must be the dispatcher's (the server sets it from dispatch.prefix).")] = DEFAULT_PREFIX
 
