@@ -222,6 +222,15 @@ async def test_subscriptions_follow_the_devices_and_survive_a_broker_reconnect(m
         await _until(lambda: broker.reconnects == 1 and broker.connected)
         await asyncio.sleep(0.2)
         assert await a.dispatcher.call("dev-a", "where") == {"at": "at-b", "method": "where"}
+        # a broker restarted without persistence forgets the retained
+        # presence (here: cleared by hand); b says it again when it reconnects
+        topic = f"{prefix}/d/dev-a/presence"
+        a.dispatcher._transport.broker.publish(topic, b"", 1, retain=True)
+        await asyncio.sleep(0.2)
+        broker._proto.socket.abort()
+        await _until(lambda: broker.reconnects == 2 and broker.connected)
+        async with node(mqtt_url, prefix, "nc", endpoint=False) as c:
+            await c.online("dev-a")
         device.drop()
         await a.offline("dev-a")
         await _until(lambda: len(broker._client.subscriptions) == before)

@@ -29,6 +29,8 @@ each would if it were connected there (docs/protocol.md):
   node neither delivers nor publishes "offline"; when an "offline" comes
   from elsewhere while the device is connected here, the node publishes
   its "online" again;
+- after every reconnection to the broker it publishes the presence of its
+  devices again: a broker restarted without persistence has lost it;
 - an "online" that names an earlier run of this node (same node id,
   another boot: it was killed, or stopped before the broker had its
   "offline") is stale: the node publishes "offline" for that device unless
@@ -143,6 +145,11 @@ class CompositeTransport:
         log.info("device endpoint %s", "listening" if up else "closed")
 
     def _broker_connection(self, up: bool) -> None:
+        if up and self.node is not None:
+            # A broker that restarted without persistence lost the retained
+            # presence of the devices connected here: say it again.
+            for device in sorted(self._direct.difference(self._brokered)):
+                self.broker.publish(presence_topic(self._prefix, device), self._presence_body(True), 1, retain=True)
         self.on_connection(up)
 
     def _presence_device(self, topic: str) -> str | None:
