@@ -119,14 +119,9 @@ async def test_a_device_moving_to_another_node_stays_online_and_its_old_session_
     async with node(mqtt_url, prefix, "na") as a, node(mqtt_url, prefix, "nb") as b:
         went_offline: list[str] = []
         a.dispatcher.on_presence(lambda dev, online: online or went_offline.append(dev))
-        old = ThingsBoardDevice("at-b")
-        await old.connect(b.port)
-        await a.online("dev-a")
         # the device comes back at node a, while b has not noticed that its
         # connection is gone (a half-open connection: b closes it at its keepalive)
-        new = ThingsBoardDevice("at-a")
-        await new.connect(a.port)
-        await _until(lambda: a.endpoint.reaches("dev-a"))
+        old, new = await _at_b_then_at_a(a, b)
         assert await b.dispatcher.call("dev-a", "where") == {"at": "at-b", "method": "where"}  # b's own, still
         assert await a.dispatcher.call("dev-a", "where") == {"at": "at-a", "method": "where"}
         old.drop()
@@ -144,12 +139,7 @@ async def test_a_device_moving_to_another_node_stays_online_and_its_old_session_
 
 async def test_a_device_connected_to_two_nodes_at_once_stays_online_while_either_has_it(mqtt_url, prefix):
     async with node(mqtt_url, prefix, "na") as a, node(mqtt_url, prefix, "nb") as b:
-        at_b = ThingsBoardDevice("at-b")
-        await at_b.connect(b.port)
-        await a.online("dev-a")
-        at_a = ThingsBoardDevice("at-a")
-        await at_a.connect(a.port)
-        await _until(lambda: a.endpoint.reaches("dev-a"))
+        at_b, at_a = await _at_b_then_at_a(a, b)
         await asyncio.sleep(0.2)  # a's "online" is the broker's newest word
         # a's session goes: a says "offline", b still has the device and says "online" again
         at_a.drop()
@@ -259,6 +249,17 @@ async def test_nodes_sharing_one_port_each_take_some_devices_and_reach_them_all(
                 assert [x["at"] for x in answers] == [f"d{i}" for i in range(30)]
             for device in devices:
                 device.drop()
+
+
+async def _at_b_then_at_a(a: Rig, b: Rig) -> tuple[ThingsBoardDevice, ThingsBoardDevice]:
+    """dev-a connects to node b, then to node a too (a second session)."""
+    at_b = ThingsBoardDevice("at-b")
+    await at_b.connect(b.port)
+    await a.online("dev-a")
+    at_a = ThingsBoardDevice("at-a")
+    await at_a.connect(a.port)
+    await _until(lambda: a.endpoint.reaches("dev-a"))
+    return at_b, at_a
 
 
 async def _until(predicate, timeout: float = 10.0) -> None:
