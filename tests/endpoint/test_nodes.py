@@ -11,6 +11,7 @@ import json
 import uuid
 
 import pytest
+from hypothesis import HealthCheck, example, given, settings, strategies as st
 
 from fleetrpc import Dispatcher, Settings
 from fleetrpc.errors import DeviceOfflineError
@@ -267,3 +268,76 @@ async def _until(predicate, timeout: float = 10.0) -> None:
         while not predicate():
             await asyncio.sleep(0.01)
     await asyncio.wait_for(poll(), timeout)
+
+
+# -- any sequence of moves, kills and restarts -------------------------------------
+
+NODES = ("na", "nb", "nc")
+MOVES = st.lists(st.tuples(st.sampled_from(("connect", "drop", "kill", "restart")), st.sampled_from(NODES)),
+                 min_size=1, max_size=8)
+
+
+@settings(max_examples=25, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(MOVES)
+# one for each rule of CompositeTransport's presence (each fails without it):
+@example([("connect", "nb"), ("kill", "nb")])  # a restarted node clears its killed run's "online"
+@example([("connect", "nb"), ("connect", "na"), ("drop", "na")])  # "offline" from elsewhere: say "online" again
+@example([("connect", "nb"), ("connect", "na"), ("drop", "nb"), ("drop", "na")])  # our own echo: ours is newest
+@example([("connect", "nb"), ("restart", "nb")])  # a clean stop says "offline"
+def test_every_node_agrees_with_the_truth_after_any_moves(mqtt_url, moves):
+    """dev-a connects to and drops from three nodes' endpoints, and nodes are
+    killed (restarted at once, as a supervisor does) or restarted cleanly,
+    in any order: afterwards every node, and a node that starts only then,
+    sees dev-a online exactly when one of its sessions is open, and a call
+    from any node reaches it then."""
+    asyncio.run(_moves(mqtt_url, f"moves{uuid.uuid4().hex[:8]}", moves))
+
+
+async def _moves(mqtt_url: str, prefix: str, moves: list[tuple[str, str]]) -> None:
+    stacks: dict[str, contextlib.AsyncExitStack] = {}
+    rigs: dict[str, Rig] = {}
+    sessions: dict[str, ThingsBoardDevice] = {}
+
+    async def start(name: str) -> None:
+        stacks[name] = stack = contextlib.AsyncExitStack()
+        rigs[name] = await stack.enter_async_context(node(mqtt_url, prefix, name))
+
+    async def stop(name: str, kill: bool) -> None:
+        if kill:  # nothing more reaches the broker, the device's connection is reset
+            rigs[name].dispatcher._transport.broker.abort()
+        await stacks.pop(name).aclose()
+        device = sessions.pop(name, None)
+        if device is not None:
+            device.drop()
+
+    async def agreed() -> None:
+        truth = bool(sessions)
+        views = lambda: {name: r.dispatcher.is_online("dev-a") for name, r in rigs.items()}  # noqa: E731
+        await _until(lambda: set(views().values()) == {truth})
+        await asyncio.sleep(0.05)  # and it stays so: no late message turns a node's view
+        assert set(views().values()) == {truth}, (moves, views())
+
+    for name in NODES:
+        await start(name)
+    try:
+        for move, name in moves:
+            if move == "connect" and name not in sessions:
+                sessions[name] = device = ThingsBoardDevice(name)
+                await device.connect(rigs[name].port)
+            elif move == "drop" and name in sessions:
+                sessions.pop(name).drop()
+            elif move in ("kill", "restart"):
+                await stop(name, kill=move == "kill")
+                await start(name)
+            await agreed()
+        async with node(mqtt_url, prefix, "late", endpoint=False) as late:
+            rigs["late"] = late
+            await agreed()
+            if sessions:
+                for rig in rigs.values():
+                    assert (await rig.dispatcher.call("dev-a", "where"))["at"] in sessions
+    finally:
+        rigs.pop("late", None)
+        for name in list(stacks):
+            await stop(name, kill=False)
