@@ -284,7 +284,7 @@ MOVES = st.lists(st.tuples(st.sampled_from(("connect", "drop", "kill", "restart"
 @example([("connect", "nb"), ("kill", "nb")])  # a restarted node clears its killed run's "online"
 @example([("connect", "nb"), ("connect", "na"), ("drop", "na")])  # "offline" from elsewhere: say "online" again
 @example([("connect", "nb"), ("connect", "na"), ("drop", "nb"), ("drop", "na")])  # our own echo: ours is newest
-@example([("connect", "nb"), ("restart", "nb")])  # a clean stop says "offline"
+@example([("connect", "nb"), ("restart", "nb")])  # a clean restart (test_a_node_stopping_... checks the stop alone)
 def test_every_node_agrees_with_the_truth_after_any_moves(mqtt_url, moves):
     """dev-a connects to and drops from three nodes' endpoints, and nodes are
     killed (restarted at once, as a supervisor does) or restarted cleanly,
