@@ -140,6 +140,35 @@ async def test_a_device_on_one_nodes_endpoint_answers_rest_calls_made_at_another
         await wait_until(lambda: not a.ctx.dispatcher.is_online(device_id))
 
 
+async def test_share_devices_off_keeps_the_devices_to_this_node(start_server, world, mqtt_url):
+    """``[endpoint] share_devices = false``: no presence of a directly
+    connected device reaches the broker (one node, nothing to share)."""
+    from fleetrpc.transport import MqttTransport
+
+    async with start_server(endpoint={**ENDPOINT, "share_devices": False}) as (server, api):
+        ctx = server.ctx
+        assert ctx.dispatcher._transport.node is None
+        admin = await api.login(world.tenant.email)
+        device_id, access_token = await _create_device(api, admin, "Local only")
+        seen = []
+        watcher = MqttTransport(mqtt_url)
+        watcher.on_message = lambda topic, payload, props: seen.append(topic)
+        await watcher.start([(f"{ctx.settings.dispatch.prefix}/d/{device_id}/#", 1)])
+        c = await raw.RawClient.open(ctx.endpoint.ports["tcp"])
+        try:
+            assert (await c.connect(access_token))[1] == b"\x00\x00"
+            c.send(raw.subscribe(1, ("v1/devices/me/rpc/request/+", 1)))
+            await c.read_packet()  # SUBACK
+            await wait_until(lambda: ctx.dispatcher.is_online(device_id))
+            await asyncio.sleep(0.2)
+            assert seen == []
+        finally:
+            c.close()
+            await watcher.close()
+    async with start_server(seed=False, endpoint=ENDPOINT) as (server, _):
+        assert server.ctx.dispatcher._transport.node == server.ctx.dispatcher.node  # on by default
+
+
 async def test_wrong_and_replaced_tokens_are_refused(start_server, world):
     async with start_server(endpoint=ENDPOINT) as (server, api):
         ctx = server.ctx

@@ -350,8 +350,8 @@ class EventsSection(_Section):
 
 
 def _endpoint_section() -> type[_Section]:
-    """``[endpoint]``: ``enabled`` and the cache of the device registry,
-    then every field of :class:`EndpointSettings` but ``prefix`` (the
+    """``[endpoint]``: ``enabled``, the cache of the device registry and
+    ``share_devices`` (the server's), then every field of :class:`EndpointSettings` but ``prefix`` (the
     dispatcher's), with its own type, constraints and documentation: the
     endpoint's settings are described in one place."""
     from ..transport.endpoint.settings import EndpointSettings
@@ -366,6 +366,10 @@ def _endpoint_section() -> type[_Section]:
         ("auth_cache_ttl_s", Annotated[float, _doc(
             "Longest time a cached token is trusted without asking the database again "
             "(changes of tokens are seen at once; a device made a gateway after this).", gt=0)], 300.0),
+        ("share_devices", Annotated[bool, _doc(
+            "Stand in on the broker for the devices connected here (their presence, a subscription "
+            "to their requests), so that every node reaches them; off saves a subscription and a "
+            "retained message per device on the broker where there is one node only.")], True),
     ]
     hints = typing.get_type_hints(EndpointSettings, include_extras=True)
     for field in msgspec.structs.fields(EndpointSettings):
@@ -537,9 +541,8 @@ class ServerSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         (its prefix is the dispatcher's)."""
         from ..transport.endpoint.settings import EndpointSettings
 
-        values = msgspec.structs.asdict(self.endpoint)
-        for key in ("enabled", "auth_cache_size", "auth_cache_ttl_s"):
-            del values[key]
+        known = {field.name for field in msgspec.structs.fields(EndpointSettings)}
+        values = {k: v for k, v in msgspec.structs.asdict(self.endpoint).items() if k in known}
         return EndpointSettings(prefix=self.dispatch.prefix, **values)
 
     def library(self, **overrides: Any) -> Settings:

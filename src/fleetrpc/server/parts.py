@@ -322,7 +322,8 @@ def _with_endpoint(ctx: ServerContext, d: Any, registered: Any = None) -> None:
     endpoint = DeviceEndpoint(s.endpoint_settings(), authenticate=directory.authenticate,
                               resolve_subdevice=directory.resolve_subdevice)
     # The broker connection the dispatcher would have made itself.
-    d._transport = CompositeTransport(endpoint, d._make_transport(), node=d.node)
+    d._transport = CompositeTransport(endpoint, d._make_transport(),
+                                      node=d.node if s.endpoint.share_devices else None)
     ctx.endpoint = endpoint
     ctx.endpoint_directory = directory
     ctx.metrics.registry.register(EndpointCollector(endpoint))
