@@ -312,6 +312,9 @@ async def _moves(mqtt_url: str, prefix: str, moves: list[tuple[str, str]]) -> No
             device.drop()
 
     async def agreed() -> None:
+        # each endpoint has seen its own session come or go (a dropped
+        # connection takes it a moment), then the views must converge
+        await _until(lambda: all(rigs[n].endpoint.reaches("dev-a") == (n in sessions) for n in NODES))
         truth = bool(sessions)
         views = lambda: {name: r.dispatcher.is_online("dev-a") for name, r in rigs.items()}  # noqa: E731
         await _until(lambda: set(views().values()) == {truth})
