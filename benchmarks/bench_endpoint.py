@@ -42,9 +42,10 @@ def main() -> None:
                    help="also run the relayed path (devices on another node's endpoint)")
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
+    paths = (args.only,) if args.only else PATHS + (("relayed",) if args.relayed else ())
     cfg = EndpointBenchConfig(
         devices=args.devices, qos=args.qos, seconds=args.seconds, concurrency=args.concurrency,
-        processes=args.processes, url=args.url, paths=(args.only,) if args.only else PATHS + (("relayed",) if args.relayed else ()),
+        processes=args.processes, url=args.url, paths=paths,
         idle=args.idle, keepalive=args.keepalive, idle_seconds=args.idle_seconds,
         write_batch_above=args.write_batch_above, write_batch_delay=args.write_batch_delay,
     )

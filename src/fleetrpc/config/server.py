@@ -351,9 +351,10 @@ class EventsSection(_Section):
 
 def _endpoint_section() -> type[_Section]:
     """``[endpoint]``: ``enabled``, the cache of the device registry and
-    ``share_devices`` (the server's), then every field of :class:`EndpointSettings` but ``prefix`` (the
-    dispatcher's), with its own type, constraints and documentation: the
-    endpoint's settings are described in one place."""
+    ``share_devices`` (the server's), then every field of
+    :class:`EndpointSettings` but ``prefix`` (the dispatcher's), with its
+    own type, constraints and documentation: the endpoint's settings are
+    described in one place."""
     from ..transport.endpoint.settings import EndpointSettings
 
     fields: list[tuple[str, Any, Any]] = [

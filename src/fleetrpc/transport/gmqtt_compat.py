@@ -6,8 +6,8 @@ What that needs of gmqtt's internals -- its protocol and connection
 classes, the packet-id allocator, the in-flight storage, the CONNACK
 properties, the private hooks ``Client._create_connection``,
 ``Client._remove_message_from_queue`` and ``Client._remove_subscriptions``
--- is reached here only, through two
-base classes and a packet-id allocator whose own names are public.
+-- is reached here only, through two base classes and a packet-id
+allocator whose own names are public.
 
 gmqtt changes these between releases (0.8.0 rewrote the client and made the
 storage synchronous), so this module refuses any gmqtt outside the range it

@@ -210,7 +210,6 @@ class _Client(ClientBase):
         self._owner._on_puback(mid)
 
 
-
 class MqttTransport:
     """One MQTT connection of a dispatcher or a device.
 
