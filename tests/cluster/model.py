@@ -60,7 +60,9 @@ class ModelTable:
             return {}
         won = {}
         for p, e in cands:
-            if 0 <= p < len(self.owner) and self.epoch[p] == e:
+            # at most once per call (found by the PostgreSQL model test:
+            # [(0, 0), (0, 1)] took partition 0 twice here, once there)
+            if 0 <= p < len(self.owner) and self.epoch[p] == e and p not in won:
                 self.owner[p] = s
                 self.epoch[p] += 1
                 won[p] = self.epoch[p]

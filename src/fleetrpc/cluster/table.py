@@ -88,7 +88,10 @@ class LeaseTable(abc.ABC):
     @abc.abstractmethod
     async def claim(self, session: str, candidates: Sequence[tuple[int, int]]) -> dict[int, int]:
         """Take each candidate whose epoch is still the one given, for a
-        session that is live; return partition -> new epoch of those won."""
+        session that is live; return partition -> new epoch of those won.
+        A partition is taken at most once per call, as one SQL statement
+        takes it: a second candidate naming it (with the epoch the first
+        one's claim made) does not take it again."""
 
     @abc.abstractmethod
     async def release(self, session: str, partitions: Iterable[int]) -> list[int]:
@@ -227,7 +230,7 @@ class MemoryLeaseTable(LeaseTable):
         owner, epoch, claimable = self._owner, self._epoch, self._claimable
         mine = self._by_owner.setdefault(session, set())
         for p, e in candidates:
-            if not 0 <= p < self.partitions or epoch[p] != e:
+            if not 0 <= p < self.partitions or epoch[p] != e or p in won:
                 continue
             old = owner[p]
             if old is not None:
