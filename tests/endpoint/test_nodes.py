@@ -344,3 +344,66 @@ async def _moves(mqtt_url: str, prefix: str, moves: list[tuple[str, str]]) -> No
         rigs.pop("late", None)
         for name in list(stacks):
             await stop(name, kill=False)
+
+
+# -- whatever arrives from the broker or the endpoint ---------------------------------
+
+class _Broker:
+    """Records what the composite publishes and subscribes to."""
+
+    def __init__(self) -> None:
+        self.published: list[tuple] = []
+        self.subscriptions: set[str] = set()
+
+    def publish(self, topic, payload, qos=1, retain=False, token=-1, properties=None) -> None:
+        self.published.append((topic, payload, qos, retain))
+
+    def subscribe(self, filters) -> None:
+        self.subscriptions.update(f for f, _ in filters)
+
+    def unsubscribe(self, topics) -> None:
+        self.subscriptions.difference_update(topics)
+
+
+_LEVEL = st.sampled_from(["dev-a", "dev-b", "+", "#", "", "na.1", "nb.2", "x" * 300, "\u00e9", "1"])
+_TOPIC = st.one_of(
+    st.builds(lambda *levels: "/".join(levels), st.just("fleetrpc"), st.just("d"), _LEVEL,
+              st.sampled_from(["presence", "req", "res", "ack", "call", "ret", "hb", ""]), _LEVEL, _LEVEL),
+    st.builds(lambda *levels: "/".join(levels), st.just("fleetrpc"), st.just("d"), _LEVEL, st.just("presence")),
+    st.text(max_size=40),
+)
+_PAYLOAD = st.one_of(
+    st.binary(max_size=60),
+    st.builds(lambda status, via: json.dumps({"status": status, "via": via}).encode(),
+              st.sampled_from(["online", "offline", "gone", 7]),
+              st.one_of(st.none(), st.sampled_from(["na.1", "na.0", "nb.2", "", 5]))),
+)
+_PROPS = st.one_of(st.none(), st.fixed_dictionaries({}, optional={
+    "response_topic": st.lists(st.text(max_size=20), max_size=2),
+    "correlation_data": st.lists(st.binary(max_size=8), max_size=2)}))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.booleans(), _TOPIC, _PAYLOAD, _PROPS), max_size=12))
+def test_nothing_that_arrives_breaks_the_composite(messages):
+    """Any topic, payload and properties, from the broker or from the
+    endpoint, in any order: no exception, and the composite publishes only
+    presence and the replies and acks of devices."""
+    async def run() -> None:
+        ep = DeviceEndpoint(EndpointSettings(host="127.0.0.1", port=0), authenticate=authenticate)
+        broker = _Broker()
+        composite = CompositeTransport(ep, broker, node="na.1")
+        composite.on_message = lambda topic, payload, props: None
+        for from_broker, topic, payload, props in messages:
+            if from_broker:
+                composite._from_broker(topic, payload, props)
+            elif topic.startswith(ep._dev_prefix):  # the endpoint delivers its devices' topics only
+                composite._from_endpoint(topic, payload, None)
+        await asyncio.sleep(0)  # the subscription batch
+        for topic, _, _, retain in broker.published:
+            kind = topic.split("/")[3] if topic.count("/") >= 3 else ""
+            assert kind in ("presence", "res", "ack"), topic
+            assert retain == (kind == "presence"), topic
+        assert all(f.endswith("/req/+/+") for f in broker.subscriptions)
+
+    asyncio.run(run())

@@ -121,9 +121,7 @@ class CompositeTransport:
         try:
             await self.endpoint.close()  # (which reports no presence while closing)
             if self.node is not None:
-                for device in sorted(self._direct.difference(self._brokered)):
-                    self.broker.publish(presence_topic(self._prefix, device), self._presence_body(False), 0,
-                                        retain=True)
+                self._say_all(False, qos=0)
                 self._direct.clear()
         finally:
             await self.broker.close()
@@ -148,8 +146,7 @@ class CompositeTransport:
         if up and self.node is not None:
             # A broker that restarted without persistence lost the retained
             # presence of the devices connected here: say it again.
-            for device in sorted(self._direct.difference(self._brokered)):
-                self.broker.publish(presence_topic(self._prefix, device), self._presence_body(True), 1, retain=True)
+            self._say_all(True)
         self.on_connection(up)
 
     def _presence_device(self, topic: str) -> str | None:
@@ -189,15 +186,14 @@ class CompositeTransport:
                     # an earlier run of this node: stale (see above)
                     if device in self._direct:
                         return  # ours replaces it
-                    status, payload = "offline", self._presence_body(False)
-                    self.broker.publish(topic, payload, 1, retain=True)
+                    status, payload = "offline", self._say(device, False)
             if status == "online":
                 self._brokered[device] = via
             elif status == "offline":
                 self._brokered.pop(device, None)
                 if device in self._direct:
                     if self.node is not None:  # the broker's word is now wrong: ours again
-                        self.broker.publish(topic, self._presence_body(True), 1, retain=True)
+                        self._say(device, True)
                     return  # still connected directly
         elif self.node is not None and self._is_request(topic):
             # another node's request for a device connected here: the
@@ -223,8 +219,18 @@ class CompositeTransport:
         kind = topic[j + 1:j + 5]
         return (kind == "res/" or kind == "ack/") and not topic.startswith(self._node_slash, j + 5)
 
-    def _presence_body(self, online: bool) -> bytes:
-        return _encode(Presence("online" if online else "offline", int(time.time() * 1000), via=self.node))
+    def _say(self, device: str, online: bool, qos: int = 1) -> bytes:
+        """Publish ``device``'s retained presence as this node's word;
+        returns the body."""
+        body = _encode(Presence("online" if online else "offline", int(time.time() * 1000), via=self.node))
+        self.broker.publish(presence_topic(self._prefix, device), body, qos, retain=True)
+        return body
+
+    def _say_all(self, online: bool, qos: int = 1) -> None:
+        """:meth:`_say` for every device connected here whose newest word
+        on the broker is not someone else's "online"."""
+        for device in sorted(self._direct.difference(self._brokered)):
+            self._say(device, online, qos)
 
     def _share(self, device: str, online: bool) -> None:
         """``device`` became reachable here, or stopped being: take its
@@ -247,7 +253,7 @@ class CompositeTransport:
         held = self._brokered.get(device, _NOBODY)
         if online and held is None or not online and held is not _NOBODY:
             return
-        self.broker.publish(presence_topic(self._prefix, device), self._presence_body(online), 1, retain=True)
+        self._say(device, online)
 
     def _sync_subscriptions(self) -> None:
         """Many devices connect or go at once (a storm, a restart): their
