@@ -153,6 +153,36 @@ async def test_pg_server_outage_keeps_committed_data(pg_server):
         await conn.close()
 
 
+async def test_pg_server_takes_another_port_when_its_own_was_taken_before_it_started(_pg_template):
+    """A free port picked for a throwaway PostgreSQL can be taken before the
+    server binds it (seen in a full run: 141 tests of one worker errored);
+    the first start picks a new one, a restart never does."""
+    from tests.services import PgServer
+
+    server = PgServer(_pg_template.bindir, template=_pg_template.data)
+    try:
+        with socket.socket() as busy:
+            busy.bind(("127.0.0.1", 0))
+            busy.listen()
+            server.port = taken = busy.getsockname()[1]
+            await server.start()
+            assert server.port != taken
+            conn = await asyncpg.connect(server.dsn)
+            await conn.close()
+            await server.stop()
+            own = server.port
+            busy.close()
+            with socket.socket() as busy_again:  # now its own port is taken: a clear error
+                busy_again.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # past TIME_WAIT
+                busy_again.bind(("127.0.0.1", own))
+                busy_again.listen()
+                with pytest.raises(RuntimeError, match="already in use"):
+                    await server.start()
+                assert server.port == own
+    finally:
+        server.close()
+
+
 async def test_pg_server_disconnects_clients_when_stopped(pg_server):
     conn = await asyncpg.connect(pg_server.dsn)
     await pg_server.stop()
