@@ -153,34 +153,89 @@ async def test_a_device_connected_to_two_nodes_at_once_stays_online_while_either
         await a.offline("dev-a")
 
 
-async def test_a_node_restarted_after_a_crash_clears_the_presence_its_earlier_run_left(mqtt_url, prefix):
-    async with node(mqtt_url, prefix, "na") as a:
+async def test_a_node_lost_without_a_word_leaves_none_of_its_devices_online(mqtt_url, prefix):
+    """Node b's broker connection ends without DISCONNECT while its device
+    is still connected to it (its process hung, its machine or its network
+    lost): the broker publishes b's Will, the other nodes say "offline" for
+    b's devices, and a node that starts afterwards sees them offline."""
+    async with node(mqtt_url, prefix, "na") as a, node(mqtt_url, prefix, "nc", endpoint=False) as c:
         async with node(mqtt_url, prefix, "nb") as b:
             device = ThingsBoardDevice("at-b")
             await device.connect(b.port)
             await a.online("dev-a")
-            b.dispatcher._transport.broker.abort()  # killed: nothing more reaches the broker
-        device.drop()
-        await asyncio.sleep(0.2)
-        assert a.dispatcher.is_online("dev-a")  # stale, until b runs again
-        async with node(mqtt_url, prefix, "nb") as b2:
+            await c.online("dev-a")
+            b.dispatcher._transport.broker.abort()
             await a.offline("dev-a")
-            assert not b2.dispatcher.is_online("dev-a")
-        # a device that is connected again by the time the node has restarted stays online
-        async with node(mqtt_url, prefix, "nb") as b3:
+            await c.offline("dev-a")  # a node without an endpoint, from a's word on the broker
+            with pytest.raises(DeviceOfflineError):
+                await a.dispatcher.call("dev-a", "where")
+            async with node(mqtt_url, prefix, "nd", endpoint=False) as late:
+                await asyncio.sleep(0.2)
+                assert not late.dispatcher.is_online("dev-a")
+            # the device finds out and connects to a: online everywhere again
+            device.drop()
+            device = ThingsBoardDevice("at-a")
+            await device.connect(a.port)
+            await c.online("dev-a")
+            assert await c.dispatcher.call("dev-a", "where") == {"at": "at-a", "method": "where"}
+            device.drop()
+
+
+async def test_a_node_starting_after_a_lost_node_clears_what_it_left(mqtt_url, prefix):
+    """No node that shares devices was running when b was lost: the next one
+    to start finds b's Will and b's devices "online" via b, both retained,
+    and says "offline" for them."""
+    async with node(mqtt_url, prefix, "nc", endpoint=False) as c:
+        async with node(mqtt_url, prefix, "nb") as b:
             device = ThingsBoardDevice("at-b")
-            await device.connect(b3.port)
-            await a.online("dev-a")
-            b3.dispatcher._transport.broker.abort()
-        device.drop()
-        async with node(mqtt_url, prefix, "nb") as b4:
+            await device.connect(b.port)
+            await c.online("dev-a")
+            b.dispatcher._transport.broker.abort()
+            await asyncio.sleep(0.2)
+            assert c.dispatcher.is_online("dev-a")  # nobody has said otherwise yet
+            async with node(mqtt_url, prefix, "na"):
+                await c.offline("dev-a")
+            device.drop()
+
+
+async def test_a_node_restarted_clears_the_presence_its_earlier_run_left(mqtt_url, prefix):
+    """An "online" via an earlier run of a node, which left no Will (it was
+    killed while the broker was down, and the broker kept its retained
+    messages): the node, restarted, says "offline" for it, unless the device
+    is connected to it again."""
+    topic = f"{prefix}/d/dev-a/presence"
+    stale = json.dumps({"status": "online", "via": "nb.0000000000000000000"}).encode()
+    async with node(mqtt_url, prefix, "na") as a:
+        a.dispatcher._transport.broker.publish(topic, stale, 1, retain=True)
+        await a.online("dev-a")
+        async with node(mqtt_url, prefix, "nb") as b:
+            await a.offline("dev-a")
+            assert not b.dispatcher.is_online("dev-a")
+        a.dispatcher._transport.broker.publish(topic, stale, 1, retain=True)
+        await a.online("dev-a")
+        async with node(mqtt_url, prefix, "nb") as b:
             device = ThingsBoardDevice("at-b")
-            await device.connect(b4.port)
-            await b4.online("dev-a")
+            await device.connect(b.port)
+            await b.online("dev-a")
             await asyncio.sleep(0.3)  # the earlier run's "online" has come and gone
-            assert a.dispatcher.is_online("dev-a") and b4.dispatcher.is_online("dev-a")
+            assert a.dispatcher.is_online("dev-a") and b.dispatcher.is_online("dev-a")
             assert await a.dispatcher.call("dev-a", "where") == {"at": "at-b", "method": "where"}
             device.drop()
+
+
+async def test_a_node_whose_will_lands_after_it_reconnected_says_it_is_online_again(mqtt_url, prefix):
+    async with node(mqtt_url, prefix, "na") as a, node(mqtt_url, prefix, "nb") as b:
+        device = ThingsBoardDevice("at-b")
+        await device.connect(b.port)
+        await a.online("dev-a")
+        node_topic = f"{prefix}/n/nb/presence"
+        will = json.dumps({"status": "offline", "node": b.dispatcher.node}).encode()
+        a.dispatcher._transport.broker.publish(node_topic, will, 1, retain=True)
+        await a.offline("dev-a")  # a believes the Will ...
+        await a.online("dev-a")  # ... until b, still there, says otherwise
+        assert a.dispatcher._transport._runs["nb"] == ("online", b.dispatcher.node)
+        assert await a.dispatcher.call("dev-a", "where") == {"at": "at-b", "method": "where"}
+        device.drop()
 
 
 async def test_a_node_stopping_says_its_devices_are_offline(mqtt_url, prefix):
@@ -273,7 +328,7 @@ async def _until(predicate, timeout: float = 10.0) -> None:
 # -- any sequence of moves, kills and restarts -------------------------------------
 
 NODES = ("na", "nb", "nc")
-MOVES = st.lists(st.tuples(st.sampled_from(("connect", "drop", "kill", "restart")), st.sampled_from(NODES)),
+MOVES = st.lists(st.tuples(st.sampled_from(("connect", "drop", "kill", "restart", "lose")), st.sampled_from(NODES)),
                  min_size=1, max_size=8)
 
 
@@ -285,12 +340,16 @@ MOVES = st.lists(st.tuples(st.sampled_from(("connect", "drop", "kill", "restart"
 @example([("connect", "nb"), ("connect", "na"), ("drop", "na")])  # "offline" from elsewhere: say "online" again
 @example([("connect", "nb"), ("connect", "na"), ("drop", "nb"), ("drop", "na")])  # our own echo: ours is newest
 @example([("connect", "nb"), ("restart", "nb")])  # a clean restart (test_a_node_stopping_... checks the stop alone)
+@example([("connect", "nb"), ("lose", "nb")])  # a lost node's Will: its devices are offline
+@example([("connect", "nb"), ("lose", "na"), ("lose", "nc"), ("lose", "nb")])  # the late node clears them
 def test_every_node_agrees_with_the_truth_after_any_moves(mqtt_url, moves):
     """dev-a connects to and drops from three nodes' endpoints, and nodes are
-    killed (restarted at once, as a supervisor does) or restarted cleanly,
-    in any order: afterwards every node, and a node that starts only then,
-    sees dev-a online exactly when one of its sessions is open, and a call
-    from any node reaches it then."""
+    killed (restarted at once, as a supervisor does), restarted cleanly or
+    lost (cut off from the broker without a word, the device's connection
+    to it left open), in any order: afterwards every node that is not lost,
+    and nodes that start only then, see dev-a online exactly when one of its
+    sessions to such a node is open, and a call from any of them reaches it
+    then."""
     asyncio.run(_moves(mqtt_url, f"moves{uuid.uuid4().hex[:8]}", moves))
 
 
@@ -298,34 +357,44 @@ async def _moves(mqtt_url: str, prefix: str, moves: list[tuple[str, str]]) -> No
     stacks: dict[str, contextlib.AsyncExitStack] = {}
     rigs: dict[str, Rig] = {}
     sessions: dict[str, ThingsBoardDevice] = {}
+    lost: set[str] = set()  # nodes cut off from the broker (not in rigs)
 
     async def start(name: str) -> None:
         stacks[name] = stack = contextlib.AsyncExitStack()
         rigs[name] = await stack.enter_async_context(node(mqtt_url, prefix, name))
 
     async def stop(name: str, kill: bool) -> None:
+        rig = rigs.pop(name, None) or stacks[name].lost_rig
         if kill:  # nothing more reaches the broker, the device's connection is reset
-            rigs[name].dispatcher._transport.broker.abort()
+            rig.dispatcher._transport.broker.abort()
         await stacks.pop(name).aclose()
+        lost.discard(name)
         device = sessions.pop(name, None)
         if device is not None:
             device.drop()
 
+    def lose(name: str) -> None:
+        rig = stacks[name].lost_rig = rigs.pop(name)
+        rig.dispatcher._transport.broker.abort()
+        lost.add(name)
+
     async def agreed() -> None:
         # each endpoint has seen its own session come or go (a dropped
         # connection takes it a moment), then the views must converge
-        await _until(lambda: all(rigs[n].endpoint.reaches("dev-a") == (n in sessions) for n in NODES))
-        truth = bool(sessions)
+        await _until(lambda: all(rigs[n].endpoint.reaches("dev-a") == (n in sessions) for n in NODES if n in rigs))
+        truth = bool(set(sessions) - lost)
         views = lambda: {name: r.dispatcher.is_online("dev-a") for name, r in rigs.items()}  # noqa: E731
-        await _until(lambda: set(views().values()) == {truth})
+        agree = lambda: all(view == truth for view in views().values())  # noqa: E731
+        with contextlib.suppress(TimeoutError):
+            await _until(agree)
         await asyncio.sleep(0.05)  # and it stays so: no late message turns a node's view
-        assert set(views().values()) == {truth}, (moves, views())
+        assert agree(), (moves, truth, views())
 
     for name in NODES:
         await start(name)
     try:
         for move, name in moves:
-            if move == "connect" and name not in sessions:
+            if move == "connect" and name not in sessions and name not in lost:
                 sessions[name] = device = ThingsBoardDevice(name)
                 await device.connect(rigs[name].port)
             elif move == "drop" and name in sessions:
@@ -333,15 +402,19 @@ async def _moves(mqtt_url: str, prefix: str, moves: list[tuple[str, str]]) -> No
             elif move in ("kill", "restart"):
                 await stop(name, kill=move == "kill")
                 await start(name)
+            elif move == "lose" and name not in lost:
+                lose(name)
             await agreed()
-        async with node(mqtt_url, prefix, "late", endpoint=False) as late:
-            rigs["late"] = late
+        # a node that shares devices, then one that only reads the broker
+        async with node(mqtt_url, prefix, "late") as late, node(mqtt_url, prefix, "later", endpoint=False) as later:
+            rigs["late"], rigs["later"] = late, later
             await agreed()
-            if sessions:
+            if set(sessions) - lost:
                 for rig in rigs.values():
-                    assert (await rig.dispatcher.call("dev-a", "where"))["at"] in sessions
+                    assert (await rig.dispatcher.call("dev-a", "where"))["at"] in set(sessions) - lost
     finally:
         rigs.pop("late", None)
+        rigs.pop("later", None)
         for name in list(stacks):
             await stop(name, kill=False)
 
@@ -370,6 +443,7 @@ _TOPIC = st.one_of(
     st.builds(lambda *levels: "/".join(levels), st.just("fleetrpc"), st.just("d"), _LEVEL,
               st.sampled_from(["presence", "req", "res", "ack", "call", "ret", "hb", ""]), _LEVEL, _LEVEL),
     st.builds(lambda *levels: "/".join(levels), st.just("fleetrpc"), st.just("d"), _LEVEL, st.just("presence")),
+    st.builds(lambda node_id: f"fleetrpc/n/{node_id}/presence", st.sampled_from(["na", "nb", "", "+", "x/y"])),
     st.text(max_size=40),
 )
 _PAYLOAD = st.one_of(
@@ -377,6 +451,8 @@ _PAYLOAD = st.one_of(
     st.builds(lambda status, via: json.dumps({"status": status, "via": via}).encode(),
               st.sampled_from(["online", "offline", "gone", 7]),
               st.one_of(st.none(), st.sampled_from(["na.1", "na.0", "nb.2", "", 5]))),
+    st.builds(lambda status, run: json.dumps({"status": status, "node": run}).encode(),
+              st.sampled_from(["online", "offline", "gone"]), st.sampled_from(["na.1", "na.0", "nb.2", "nb", "", 5])),
 )
 _PROPS = st.one_of(st.none(), st.fixed_dictionaries({}, optional={
     "response_topic": st.lists(st.text(max_size=20), max_size=2),

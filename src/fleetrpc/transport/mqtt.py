@@ -264,7 +264,9 @@ class MqttTransport:
         self.client_id = client_id or f"fleetrpc-{uuid.uuid4().hex[:12]}"
         self._version = MQTTv50 if version == 5 else MQTTv311
         self._keepalive = keepalive
-        self._will = will
+        #: the Last Will, read at :meth:`start` (an owner that learns it
+        #: later, as CompositeTransport does, sets it before then)
+        self.will = will
         self._reconnect_delay = reconnect_delay
         self._reconnect_max = reconnect_max
         self._max_inflight = max_inflight
@@ -299,8 +301,8 @@ class MqttTransport:
         added before) and wait for the broker's SUBACK."""
         self._filters = list(filters) + self._filters
         will = None
-        if self._will is not None:
-            topic, payload, qos, retain = self._will
+        if self.will is not None:
+            topic, payload, qos, retain = self.will
             will = gmqtt.Message(topic, payload, qos=qos, retain=retain)
         client = _Client(
             self.client_id,

@@ -105,6 +105,16 @@ the usual topics.  A node drops an ``"online"`` that names an earlier run of
 itself (``{node_id}.{another boot}``) and publishes ``"offline"`` in its
 place: that run ended without saying so.
 
+Such a node also publishes its own presence, retained, on
+``{p}/n/{node_id}/presence``: ``{"status": "online", "node": "{node}",
+"ts": <epoch ms>}`` (:class:`NodePresence`), and registers
+``{"status": "offline", "node": "{node}"}`` there as the Last Will of its
+broker connection.  When a run's ``"offline"`` arrives, every node that
+shares devices publishes ``"offline"`` for each device whose newest
+presence is an ``"online"`` via that run: a node lost without a word
+(killed, its machine or its network gone) leaves no device online.  Only
+server nodes may publish under ``{p}/n/``.
+
 Elves envelopes
 ---------------
 
@@ -158,11 +168,13 @@ from .messages import (
     JSON_ENCODER,
     METHOD_NOT_FOUND,
     OBJECT_DECODER,
+    NODE_PRESENCE_DECODER,
     PRESENCE_DECODER,
     REQUEST_DECODER,
     ErrorBody,
     ErrorCode,
     ErrorReply,
+    NodePresence,
     Presence,
     RpcRequest,
     as_error,
@@ -182,7 +194,10 @@ from .topics import (
     is_presence_filter,
     new_boot_id,
     node_level,
+    node_presence_filter,
+    node_presence_topic,
     own_answer_target,
+    parse_node_presence_topic,
     parse_call_topic,
     presence_topic,
     reply_topic,
@@ -195,12 +210,14 @@ from .topics import (
 
 __all__ = [
     "Kind", "DEFAULT_PREFIX", "DEFAULT_MAX_PAYLOAD", "MAX_ID_LENGTH", "ELVES_CALL", "ELVES_BACK",
-    "RpcRequest", "Presence", "ErrorBody", "ErrorReply", "ErrorCode",
+    "RpcRequest", "Presence", "NodePresence", "ErrorBody", "ErrorReply", "ErrorCode",
     "METHOD_NOT_FOUND", "INVALID_PARAMS", "INTERNAL_ERROR",
     "error_reply", "error_value", "as_error",
-    "JSON_ENCODER", "ANY_DECODER", "REQUEST_DECODER", "PRESENCE_DECODER", "OBJECT_DECODER",
+    "JSON_ENCODER", "ANY_DECODER", "REQUEST_DECODER", "PRESENCE_DECODER", "NODE_PRESENCE_DECODER",
+    "OBJECT_DECODER",
     "request_topic", "reply_topic", "ack_topic", "call_topic", "return_topic",
     "presence_topic", "requests_filter", "heartbeat_topic", "elves_topic",
+    "node_presence_topic", "node_presence_filter", "parse_node_presence_topic",
     "ServerTopics", "DeviceTopics", "node_level", "new_boot_id",
     "own_answer_target", "parse_call_topic", "server_filters", "device_filters", "topic_matches", "devices_root", "device_permissions",
     "is_presence_filter", "validate_id", "validate_prefix", "is_valid_level",

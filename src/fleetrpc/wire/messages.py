@@ -11,10 +11,11 @@ import msgspec
 from .constants import MAX_ID_LENGTH
 
 __all__ = [
-    "RpcRequest", "Presence", "ErrorBody", "ErrorReply", "ErrorCode", "ERROR_MEANINGS",
+    "RpcRequest", "Presence", "NodePresence", "ErrorBody", "ErrorReply", "ErrorCode", "ERROR_MEANINGS",
     "METHOD_NOT_FOUND", "INVALID_PARAMS", "INTERNAL_ERROR",
     "error_reply", "error_value", "as_error",
-    "JSON_ENCODER", "ANY_DECODER", "REQUEST_DECODER", "PRESENCE_DECODER", "OBJECT_DECODER",
+    "JSON_ENCODER", "ANY_DECODER", "REQUEST_DECODER", "PRESENCE_DECODER", "NODE_PRESENCE_DECODER",
+    "OBJECT_DECODER",
 ]
 
 Method = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_ID_LENGTH)]
@@ -50,6 +51,19 @@ class Presence(msgspec.Struct, gc=False, omit_defaults=True):
     #: to directly: that node's wire level (``{node_id}.{boot}``), which
     #: takes the device's requests from the broker for it.
     via: str | None = None
+
+
+class NodePresence(msgspec.Struct, gc=False, omit_defaults=True):
+    """A server node's run, published retained on its node presence topic by
+    a node that shares its endpoint's devices, and registered as the Last
+    Will of its broker connection (with ``status="offline"``)."""
+
+    status: Literal["online", "offline"]
+    #: The run: the node's wire level (``{node_id}.{boot}``), as in a
+    #: device's :attr:`Presence.via`.
+    node: str
+    #: When the state changed, epoch milliseconds (none in a Last Will).
+    ts: int | None = None
 
 
 class ErrorBody(msgspec.Struct, gc=False):
@@ -109,6 +123,8 @@ ANY_DECODER = msgspec.json.Decoder()
 REQUEST_DECODER = msgspec.json.Decoder(RpcRequest)
 #: :class:`Presence` (PRESENCE).
 PRESENCE_DECODER = msgspec.json.Decoder(Presence)
+#: :class:`NodePresence` (a node's presence).
+NODE_PRESENCE_DECODER = msgspec.json.Decoder(NodePresence)
 #: A JSON object with string keys (HEARTBEAT, ELVES).
 OBJECT_DECODER = msgspec.json.Decoder(dict[str, Any])
 

@@ -19,6 +19,7 @@ from .ids import is_valid_level, validate_id, validate_prefix
 __all__ = [
     "request_topic", "reply_topic", "ack_topic", "call_topic", "return_topic",
     "presence_topic", "requests_filter", "heartbeat_topic", "elves_topic",
+    "node_presence_topic", "node_presence_filter", "parse_node_presence_topic",
     "ServerTopics", "DeviceTopics", "node_level", "new_boot_id",
     "own_answer_target", "parse_call_topic", "server_filters", "device_filters", "topic_matches",
     "levels_match",
@@ -61,6 +62,28 @@ def requests_filter(prefix: str, device: str) -> str:
     (what a server node subscribes to for a device connected to its
     endpoint)."""
     return f"{prefix}/d/{device}/req/+/+"
+
+
+def node_presence_topic(prefix: str, node_id: str) -> str:
+    """A server node's presence (retained, and its Last Will):
+    ``{p}/n/{node_id}/presence``; keyed on the node's id, not on its run, so
+    that the broker keeps one per node."""
+    return f"{prefix}/n/{node_id}/presence"
+
+
+def node_presence_filter(prefix: str) -> str:
+    """Every server node's presence: ``{p}/n/+/presence``."""
+    return f"{prefix}/n/+/presence"
+
+
+def parse_node_presence_topic(prefix: str, topic: str) -> str | None:
+    """The node id of a node presence topic, or None for any other topic."""
+    head = f"{prefix}/n/"
+    if topic.startswith(head) and topic.endswith("/presence"):
+        node_id = topic[len(head):-9]
+        if node_id and "/" not in node_id:
+            return node_id
+    return None
 
 
 def heartbeat_topic(prefix: str, device: str) -> str:

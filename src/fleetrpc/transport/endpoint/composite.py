@@ -34,12 +34,21 @@ each would if it were connected there (docs/protocol.md):
 - an "online" that names an earlier run of this node (same node id,
   another boot: it was killed, or stopped before the broker had its
   "offline") is stale: the node publishes "offline" for that device unless
-  the device is connected here again.
+  the device is connected here again;
+- the node publishes its own retained presence, ``{p}/n/{node_id}/presence``
+  with its run (``{"status": "online", "node": level}``), and registers
+  its "offline" as the Last Will of its broker connection.  When another
+  node's run ends without saying "offline" for its devices (its process was
+  killed, its machine lost, or its broker connection cut), the broker
+  publishes that Will, and every node that shares devices publishes
+  "offline" for each device whose newest word is that run's "online"
+  (unless the device is connected to it: then "online").  The node presence
+  is retained, so a node that starts later and finds a device "online" via
+  a run whose node said "offline" does the same.  A node that sees its own
+  run called "offline" (its Will, landed after it had reconnected) says
+  "online" again; its devices' presence comes back by the rule above.
 
-What is left open: a node that dies and never comes back leaves its
-devices "online" on the broker until they connect again, which devices do
-at once when the node's process dies (the kernel resets their connections)
-and after their keepalive when its machine is lost.  A fleetrpc-SDK device
+What is left open: a fleetrpc-SDK device
 connected to the broker and to an endpoint at once gets another node's
 requests twice (its own subscription and the node's); the SDK runs the
 method once and answers the second copy from its memory of replies, as it
@@ -55,7 +64,17 @@ from typing import Any, Callable
 
 import msgspec
 
-from ...wire import PRESENCE_DECODER, Presence, presence_topic, requests_filter
+from ...wire import (
+    NODE_PRESENCE_DECODER,
+    PRESENCE_DECODER,
+    NodePresence,
+    Presence,
+    node_presence_filter,
+    node_presence_topic,
+    parse_node_presence_topic,
+    presence_topic,
+    requests_filter,
+)
 from .server import DeviceEndpoint
 
 log = logging.getLogger("fleetrpc.endpoint")
@@ -90,8 +109,11 @@ class CompositeTransport:
         if node is not None:
             #: ``{node}/``: where a reply or ack topic names its node
             self._node_slash = node + "/"
-            #: ``{node_id}.``: what this node's earlier runs' levels start with
-            self._node_id_dot = node.rsplit(".", 1)[0] + "."
+            self._node_id = node.rsplit(".", 1)[0]
+            self._node_topic = node_presence_topic(self._prefix, self._node_id)
+            #: another node's id -> its newest presence: (status, run)
+            self._runs: dict[str, tuple[str, str]] = {}
+            self._closing = False
             #: subscriptions to make / to drop at the end of this loop iteration
             self._subscribe: set[str] = set()
             self._unsubscribe: set[str] = set()
@@ -106,6 +128,9 @@ class CompositeTransport:
         ep.on_connection = self._endpoint_connection
         broker.on_connection = self._broker_connection
         ep.awaiting = broker.awaiting = self._awaiting
+        if self.node is not None:
+            broker.will = (self._node_topic, _encode(NodePresence("offline", self.node)), 1, True)
+            filters = [*filters, (node_presence_filter(self._prefix), 1)]
         await ep.start(filters)
         try:
             await broker.start(filters)
@@ -121,8 +146,10 @@ class CompositeTransport:
         try:
             await self.endpoint.close()  # (which reports no presence while closing)
             if self.node is not None:
+                self._closing = True
                 self._say_all(False, qos=0)
                 self._direct.clear()
+                self._say_node(False, qos=0)
         finally:
             await self.broker.close()
 
@@ -145,7 +172,9 @@ class CompositeTransport:
     def _broker_connection(self, up: bool) -> None:
         if up and self.node is not None:
             # A broker that restarted without persistence lost the retained
-            # presence of the devices connected here: say it again.
+            # presence of the devices connected here: say it again, after
+            # this run's own.
+            self._say_node(True)
             self._say_all(True)
         self.on_connection(up)
 
@@ -182,8 +211,8 @@ class CompositeTransport:
                     if status == "online":  # ours, back: the broker's newest word on the device
                         self._brokered.pop(device, None)
                     return
-                if status == "online" and via.startswith(self._node_id_dot):
-                    # an earlier run of this node: stale (see above)
+                if status == "online" and self._run_ended(via):
+                    # stale (see above)
                     if device in self._direct:
                         return  # ours replaces it
                     status, payload = "offline", self._say(device, False)
@@ -200,6 +229,11 @@ class CompositeTransport:
             # dispatcher subscribes to no request, _share does
             self.endpoint.publish(topic, payload, 1, False, -1, _publish_props(props))
             return
+        elif self.node is not None:
+            node_id = parse_node_presence_topic(self._prefix, topic)
+            if node_id is not None:
+                self._node_presence(node_id, payload)
+                return
         self.on_message(topic, payload, props)
 
     # -- sharing the endpoint's devices with the other nodes --------------------------
@@ -225,6 +259,38 @@ class CompositeTransport:
         body = _encode(Presence("online" if online else "offline", int(time.time() * 1000), via=self.node))
         self.broker.publish(presence_topic(self._prefix, device), body, qos, retain=True)
         return body
+
+    def _say_node(self, online: bool, qos: int = 1) -> None:
+        """Publish this run's retained node presence."""
+        body = _encode(NodePresence("online" if online else "offline", self.node, int(time.time() * 1000)))
+        self.broker.publish(self._node_topic, body, qos, retain=True)
+
+    def _run_ended(self, via: str) -> bool:
+        """Whether the run ``via`` (another than this one) is known to have
+        ended: an earlier run of this node, or one whose node said "offline"."""
+        node_id = via.rpartition(".")[0]
+        return node_id == self._node_id or self._runs.get(node_id) == ("offline", via)
+
+    def _node_presence(self, node_id: str, payload: bytes) -> None:
+        try:
+            run = NODE_PRESENCE_DECODER.decode(payload)
+        except msgspec.DecodeError:
+            return  # (an empty retained message: cleared by hand)
+        if node_id == self._node_id:
+            if run.status == "offline" and not self._closing:
+                self._say_node(True)  # a Will that landed after this run said "online"
+            return
+        if run.node.rpartition(".")[0] != node_id:
+            return  # not a run of this node id
+        self._runs[node_id] = (run.status, run.node)
+        if run.status != "offline":
+            return
+        for device in [d for d, via in self._brokered.items() if via == run.node]:
+            del self._brokered[device]
+            if device in self._direct:
+                self._say(device, True)
+            else:
+                self.on_message(presence_topic(self._prefix, device), self._say(device, False), None)
 
     def _say_all(self, online: bool, qos: int = 1) -> None:
         """:meth:`_say` for every device connected here whose newest word
