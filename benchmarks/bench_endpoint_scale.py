@@ -7,6 +7,7 @@ run in this process, which is the one measured.
     python benchmarks/bench_endpoint_scale.py idle  --devices 20000 --keepalive 60
     python benchmarks/bench_endpoint_scale.py storm --devices 10000
     python benchmarks/bench_endpoint_scale.py soak  --devices 2000 --seconds 120
+    python benchmarks/bench_endpoint_scale.py lose  --devices 10000
 
 - ``idle``: memory per connection in this process after they settle (RSS
   delta; and, with ``--trace``, Python objects by tracemalloc), and the CPU
@@ -19,6 +20,14 @@ run in this process, which is the one measured.
   serve`` does (CompositeTransport with ``node``: a retained presence and a
   subscription per device), and a second node on that broker, with no
   endpoint, must see them all online too.
+- ``lose``: node "lost" has every device on its endpoint, node
+  "survivor" (an endpoint too, sharing, no devices of its own) and node
+  "reader" (the broker only) see them online; then "lost"'s broker
+  connection ends without DISCONNECT (its devices stay connected to it, as
+  when a machine drops off the network).  Reports the time until both other
+  nodes see every device offline (the Will, and "survivor"'s "offline" for
+  each device), and the CPU of this process (all three nodes) and of
+  Mosquitto meanwhile.
 - ``soak``: calls at a steady rate while a fraction of the devices drops
   and reconnects every few seconds; samples RSS, Python memory and the
   endpoint's tables, which must stay flat.
@@ -289,15 +298,15 @@ def _settings(args, node_id: str, mqtt_url: str | None = None) -> Settings:
     return Settings(node_id=node_id, min_timeout_ms=0, presence_max_devices=max(args.devices * 2, 10_000), **extra)
 
 
-async def _start(args, authenticate, mqtt_url: str | None = None, **endpoint):
+async def _start(args, authenticate, mqtt_url: str | None = None, node_id: str = "bench", **endpoint):
     """The endpoint and its dispatcher; with ``mqtt_url``, sharing its
     devices on that broker as ``fleetrpc serve`` does (server/parts.py)."""
     ep = DeviceEndpoint(EndpointSettings(host="127.0.0.1", port=0, max_connections=args.devices + 100, **endpoint),
                         authenticate=authenticate)
     if mqtt_url is None:
-        d = Dispatcher(_settings(args, "bench"), transport=ep)
+        d = Dispatcher(_settings(args, node_id), transport=ep)
     else:
-        d = Dispatcher(_settings(args, "bench", mqtt_url))
+        d = Dispatcher(_settings(args, node_id, mqtt_url))
         d._transport = CompositeTransport(ep, d._make_transport(), node=d.node)
     await d.start()
     return ep, d
@@ -419,6 +428,53 @@ async def _until_offline(d: Dispatcher) -> None:
         await asyncio.sleep(0.05)
 
 
+async def _until(predicate, timeout: float, what: str) -> float:
+    """Seconds until ``predicate()`` holds, polled every 5 ms."""
+    t0 = time.perf_counter()
+    while not predicate():
+        if time.perf_counter() - t0 > timeout:
+            raise RuntimeError(f"not within {timeout} s: {what}")
+        await asyncio.sleep(0.005)
+    return time.perf_counter() - t0
+
+
+async def lose(args) -> None:
+    from fleetrpc.bench.rig import cpu_seconds
+
+    def auth(username, password, client_id):
+        return "dev-" + username[4:] if username.startswith("tok-") else None
+
+    tokens = [f"tok-{i}" for i in range(args.devices)]
+    n = args.devices
+    async with throwaway_broker(None) as (url, _, broker_pid):
+        ep, lost = await _start(args, auth, url, node_id="lost")
+        _, survivor = await _start(args, auth, url, node_id="survivor")
+        reader = Dispatcher(_settings(args, "reader", url))
+        await reader.start()
+        devices = Devices(ep.ports["tcp"], tokens, args.processes, 60, 256)
+        try:
+            took = await _until_online(lost, n, devices, 120)
+            for d in (survivor, reader):
+                await _until(lambda: len(d.presence.online) == n, 120, f"{d.node} sees every device online")
+            print(f"lose: {n} devices online at node 'lost' in {took:.2f} s, and at the two others")
+            c0, m0 = os.times(), cpu_seconds([broker_pid])
+            lost._transport.broker.abort()
+            t0 = time.perf_counter()
+            await _until(lambda: not survivor.presence.online, 120, "the survivor sees every device offline")
+            t_survivor = time.perf_counter() - t0
+            await _until(lambda: not reader.presence.online, 120, "the reader sees every device offline")
+            t_reader = time.perf_counter() - t0
+            c1, m1 = os.times(), cpu_seconds([broker_pid])
+            cpu = c1.user - c0.user + c1.system - c0.system
+            print(f"lose: every device offline at 'survivor' {t_survivor:.2f} s and at 'reader' {t_reader:.2f} s "
+                  f"after the connection ended; CPU meanwhile: {cpu:.2f} s in this process (three nodes), "
+                  f"{(m1 - m0) if m0 is not None and m1 is not None else float('nan'):.2f} s Mosquitto")
+        finally:
+            await devices.stop()
+            for d in (reader, survivor, lost):
+                await d.close()
+
+
 async def soak(args) -> None:
     tokens = [f"tok-{i}" for i in range(args.devices)]
     ep, d = await _start(args, lambda u, p, c: "dev-" + u[4:] if u.startswith("tok-") else None)
@@ -485,7 +541,7 @@ async def soak(args) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("mode", choices=("idle", "storm", "soak"))
+    p.add_argument("mode", choices=("idle", "storm", "soak", "lose"))
     p.add_argument("--devices", type=int, default=10_000)
     p.add_argument("--processes", type=int, default=2, help="device worker processes")
     p.add_argument("--keepalive", type=int, default=60)
@@ -500,7 +556,7 @@ def main() -> None:
     p.add_argument("--churn-fraction", type=float, default=0.05, help="soak: devices dropped per round")
     args = p.parse_args()
     print(f"open file limit: {_raise_nofile()}", file=sys.stderr)
-    uvloop.run({"idle": idle, "storm": storm, "soak": soak}[args.mode](args))
+    uvloop.run({"idle": idle, "storm": storm, "soak": soak, "lose": lose}[args.mode](args))
 
 
 if __name__ == "__main__":
