@@ -306,8 +306,8 @@ async def _start(args, authenticate, mqtt_url: str | None = None, node_id: str =
     if mqtt_url is None:
         d = Dispatcher(_settings(args, node_id), transport=ep)
     else:
-        d = Dispatcher(_settings(args, node_id, mqtt_url))
-        d._transport = CompositeTransport(ep, d._make_transport(), node=d.node)
+        d = Dispatcher(_settings(args, node_id, mqtt_url),
+                       transport=lambda d: CompositeTransport(ep, d.mqtt_transport(), node=d.node))
     await d.start()
     return ep, d
 

@@ -38,6 +38,25 @@ def test_both_transports_implement_the_interface():
     assert isinstance(hub.transport("x"), Transport)
 
 
+async def test_the_transport_may_be_made_from_the_new_dispatcher():
+    """A transport factory gets the dispatcher, with its wire level and
+    settings, and what it returns is the dispatcher's transport."""
+    hub = MemoryHub()
+    seen = []
+
+    def make(d: Dispatcher) -> MemoryTransport:
+        seen.append((d.node, d.settings.node_id))
+        return hub.transport(f"server-{d.node}")
+
+    dev = await _device(hub)
+    async with Dispatcher(_settings(), transport=make) as d:
+        assert seen == [(d.node, "mem")] and d.node.startswith("mem.")
+        await wait_until(lambda: d.is_online("pump-7"))
+        assert await d.call("pump-7", "echo", [1]) == [1]
+    assert isinstance(Dispatcher(_settings()).mqtt_transport(), MqttTransport)
+    await dev.close()
+
+
 async def test_call_and_client_side_call_without_a_network():
     hub = MemoryHub()
     dev = await _device(hub)  # before the dispatcher: its retained presence tells

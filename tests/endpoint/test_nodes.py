@@ -27,11 +27,12 @@ async def node(mqtt_url: str, prefix: str, node_id: str, *, endpoint: bool = Tru
     """A dispatcher on the broker, with an endpoint sharing its devices."""
     settings = Settings(node_id=node_id, prefix=prefix, mqtt_url=mqtt_url, min_timeout_ms=0,
                         default_timeout_ms=5000)
-    d = Dispatcher(settings)
+    transport = None
     if endpoint:
         opts = {"host": "127.0.0.1", "port": 0, "prefix": prefix, **endpoint_settings}
         ep = DeviceEndpoint(EndpointSettings(**opts), authenticate=auth)
-        d._transport = CompositeTransport(ep, d._make_transport(), node=d.node)
+        transport = lambda d: CompositeTransport(ep, d.mqtt_transport(), node=d.node)  # noqa: E731
+    d = Dispatcher(settings, transport=transport)
     await d.start()
     try:
         yield Rig(d._transport.endpoint if endpoint else _NoEndpoint(), d)

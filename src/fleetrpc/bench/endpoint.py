@@ -202,9 +202,9 @@ def _relay_node_main(conn: Any, url: str, qos: int) -> None:
     async def main() -> None:
         ep = DeviceEndpoint(EndpointSettings(host="127.0.0.1", port=0, max_inflight=1000),
                             authenticate=_by_client_id)
-        d = Dispatcher(Settings(mqtt_url=url, node_id="relay", qos=qos, min_timeout_ms=0))
         # what `fleetrpc serve` does with [endpoint] enabled (server/parts.py)
-        d._transport = CompositeTransport(ep, d._make_transport(), node=d.node)
+        d = Dispatcher(Settings(mqtt_url=url, node_id="relay", qos=qos, min_timeout_ms=0),
+                       transport=lambda d: CompositeTransport(ep, d.mqtt_transport(), node=d.node))
         await d.start()
         try:
             conn.send(ep.ports["tcp"])

@@ -78,9 +78,14 @@ async def _raise(exc: BaseException) -> Any:
 class Dispatcher:
     """Sends RPCs to devices and agents over MQTT and brings their answers back.
 
-    ``transport`` defaults to an MQTT connection built from ``settings``;
-    anything implementing :class:`fleetrpc.transport.base.Transport` works
-    (e.g. :class:`fleetrpc.transport.memory.MemoryHub`'s transports).
+    ``transport`` defaults to an MQTT connection built from ``settings``
+    (:meth:`mqtt_transport`); anything implementing
+    :class:`fleetrpc.transport.base.Transport` works (e.g.
+    :class:`fleetrpc.transport.memory.MemoryHub`'s transports).  It may
+    also be a function of the new dispatcher that returns the transport,
+    for one that needs the dispatcher's wire level (``node``) or its MQTT
+    connection: ``transport=lambda d: CompositeTransport(endpoint,
+    d.mqtt_transport(), node=d.node)``.
     ``presence`` defaults to a registry bounded by ``settings``; a server
     passes its own (with ``is_known`` set from its device registry).
     """
@@ -89,7 +94,7 @@ class Dispatcher:
         self,
         settings: "Settings | None" = None,
         *,
-        transport: "Transport | None" = None,
+        transport: "Transport | Callable[[Dispatcher], Transport] | None" = None,
         presence: PresenceRegistry | None = None,
     ) -> None:
         if settings is None:
@@ -103,7 +108,7 @@ class Dispatcher:
         #: at 1 in every run, this never repeats (see ``wire.node_level``).
         self.node = node_level(s.node_id, new_boot_id())
         self.stats = Stats()
-        self._transport = transport
+        self._transport = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._running = False
         self._closed = False
@@ -150,6 +155,8 @@ class Dispatcher:
         self._presence_hooks: list[Callable[[str, bool], Any]] = []
         self._message_hooks: dict[int, Callable] = {}
         self._tasks: set[asyncio.Task] = set()
+        # (last: a transport factory may read any of the above)
+        self._transport = transport(self) if callable(transport) else transport
 
     # -- lifecycle ----------------------------------------------------------
 
@@ -164,7 +171,7 @@ class Dispatcher:
         self._wheel = _core.TimingWheel(self.settings.tick_ms / 1000.0, self._loop.time())
         self._pending = _core.PendingTable(self._wheel)
         if self._transport is None:
-            self._transport = self._make_transport()
+            self._transport = self.mqtt_transport()
         t = self._transport
         t.on_message = self._on_message
         t.on_published = self._on_published
@@ -175,7 +182,9 @@ class Dispatcher:
         await t.start(self._filters())
         self._broker_up = bool(getattr(t, "connected", True))
 
-    def _make_transport(self):
+    def mqtt_transport(self):
+        """A new MQTT connection to the broker, as ``settings`` describe it:
+        the transport the dispatcher makes when given none."""
         from ..transport.mqtt import MqttTransport
 
         s = self.settings

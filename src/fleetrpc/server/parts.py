@@ -243,12 +243,11 @@ async def dispatcher(ctx: ServerContext) -> AsyncIterator[None]:
     from .client_rpc import ClientRpc
 
     registered = await _registered_devices(ctx)
-    d = Dispatcher(ctx.library, presence=_presence_registry(ctx, registered))
+    transport = _with_endpoint(ctx, registered) if ctx.settings.endpoint.enabled else None
+    d = Dispatcher(ctx.library, transport=transport, presence=_presence_registry(ctx, registered))
     if registered is not None:
         registered.attach(d.presence)
         ctx.registered_devices = registered
-    if ctx.settings.endpoint.enabled:
-        _with_endpoint(ctx, d, registered)
 
     def presence(device: str, online: bool) -> None:
         ctx.activity.touch(device)
@@ -307,11 +306,12 @@ def _presence_registry(ctx: ServerContext, registered: Any) -> Any:
     return PresenceRegistry.from_settings(ctx.library, registered.__contains__ if registered is not None else None)
 
 
-def _with_endpoint(ctx: ServerContext, d: Any, registered: Any = None) -> None:
+def _with_endpoint(ctx: ServerContext, registered: Any = None) -> Callable[[Any], Any]:
     """Devices connect to this server directly as well (``[endpoint]``):
-    the dispatcher's transport becomes the endpoint beside the broker
-    connection (docs/endpoint.md), tokens are checked against the device
-    registry through a cache, and the endpoint's counters go to /metrics."""
+    the dispatcher's transport is the endpoint beside the broker connection
+    (docs/endpoint.md; returned as the dispatcher's transport factory),
+    tokens are checked against the device registry through a cache, and the
+    endpoint's counters go to /metrics."""
     from ..transport.endpoint import CompositeTransport, DeviceEndpoint
     from ..transport.endpoint.directory import DeviceDirectory
     from ..transport.endpoint.metrics import EndpointCollector
@@ -321,12 +321,12 @@ def _with_endpoint(ctx: ServerContext, d: Any, registered: Any = None) -> None:
                                 on_found=registered.confirm if registered is not None else None)
     endpoint = DeviceEndpoint(s.endpoint_settings(), authenticate=directory.authenticate,
                               resolve_subdevice=directory.resolve_subdevice)
-    # The broker connection the dispatcher would have made itself.
-    d._transport = CompositeTransport(endpoint, d._make_transport(),
-                                      node=d.node if s.endpoint.share_devices else None)
     ctx.endpoint = endpoint
     ctx.endpoint_directory = directory
     ctx.metrics.registry.register(EndpointCollector(endpoint))
+    share = s.endpoint.share_devices
+    # beside the broker connection the dispatcher would have made itself
+    return lambda d: CompositeTransport(endpoint, d.mqtt_transport(), node=d.node if share else None)
 
 
 async def _flush_activity(ctx: ServerContext) -> None:
