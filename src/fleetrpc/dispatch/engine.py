@@ -155,8 +155,11 @@ class Dispatcher:
         self._presence_hooks: list[Callable[[str, bool], Any]] = []
         self._message_hooks: dict[int, Callable] = {}
         self._tasks: set[asyncio.Task] = set()
-        # (last: a transport factory may read any of the above)
-        self._transport = transport(self) if callable(transport) else transport
+        # (last: a transport factory may read any of the above; a transport
+        # is told from a factory by its publish, as a Mock is callable)
+        if callable(transport) and not hasattr(transport, "publish"):
+            transport = transport(self)
+        self._transport = transport
 
     # -- lifecycle ----------------------------------------------------------
 
