@@ -154,7 +154,7 @@ async def test_a_device_connected_to_two_nodes_at_once_stays_online_while_either
         await a.offline("dev-a")
 
 
-async def test_a_node_lost_without_a_word_leaves_none_of_its_devices_online(mqtt_url, prefix):
+async def test_a_node_lost_without_a_word_leaves_none_of_its_devices_online(mqtt_url, prefix, caplog):
     """Node b's broker connection ends without DISCONNECT while its device
     is still connected to it (its process hung, its machine or its network
     lost): the broker publishes b's Will, the other nodes say "offline" for
@@ -168,6 +168,7 @@ async def test_a_node_lost_without_a_word_leaves_none_of_its_devices_online(mqtt
             b.dispatcher._transport.broker.abort()
             await a.offline("dev-a")
             await c.offline("dev-a")  # a node without an endpoint, from a's word on the broker
+            assert f"node {b.dispatcher.node} is gone without a word (its Last Will): 1 of its devices" in caplog.text
             with pytest.raises(DeviceOfflineError):
                 await a.dispatcher.call("dev-a", "where")
             async with node(mqtt_url, prefix, "nd", endpoint=False) as late:

@@ -285,7 +285,11 @@ class CompositeTransport:
         self._runs[node_id] = (run.status, run.node)
         if run.status != "offline":
             return
-        for device in [d for d, via in self._brokered.items() if via == run.node]:
+        left = [d for d, via in self._brokered.items() if via == run.node]
+        if left:  # (a node that stopped normally has said "offline" for its devices first)
+            log.warning("node %s is gone without a word (its Last Will): %d of its devices are offline now",
+                        run.node, len(left))
+        for device in left:
             del self._brokered[device]
             if device in self._direct:
                 self._say(device, True)
