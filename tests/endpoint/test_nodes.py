@@ -171,9 +171,11 @@ async def test_a_node_lost_without_a_word_leaves_none_of_its_devices_online(mqtt
             assert f"node {b.dispatcher.node} is gone without a word (its Last Will): 1 of its devices" in caplog.text
             with pytest.raises(DeviceOfflineError):
                 await a.dispatcher.call("dev-a", "where")
-            async with node(mqtt_url, prefix, "nd", endpoint=False) as late:
+            async with node(mqtt_url, prefix, "nd") as late:
                 await asyncio.sleep(0.2)
                 assert not late.dispatcher.is_online("dev-a")
+                # b's Will has been acted on and cleared: the broker keeps nothing of that run
+                assert late.dispatcher._transport._ended == {}
             # the device finds out and connects to a: online everywhere again
             device.drop()
             device = ThingsBoardDevice("at-a")
@@ -197,6 +199,9 @@ async def test_a_node_starting_after_a_lost_node_clears_what_it_left(mqtt_url, p
             assert c.dispatcher.is_online("dev-a")  # nobody has said otherwise yet
             async with node(mqtt_url, prefix, "na"):
                 await c.offline("dev-a")
+            async with node(mqtt_url, prefix, "nd") as d:
+                await asyncio.sleep(0.2)
+                assert d.dispatcher._transport._ended == {}  # cleared by a
             device.drop()
 
 
@@ -225,18 +230,22 @@ async def test_a_node_restarted_clears_the_presence_its_earlier_run_left(mqtt_ur
             device.drop()
 
 
-async def test_a_node_whose_will_lands_after_it_reconnected_says_it_is_online_again(mqtt_url, prefix):
+async def test_a_will_that_lands_after_its_node_reconnected_is_cleared_and_the_devices_come_back(
+        mqtt_url, prefix):
     async with node(mqtt_url, prefix, "na") as a, node(mqtt_url, prefix, "nb") as b:
         device = ThingsBoardDevice("at-b")
         await device.connect(b.port)
         await a.online("dev-a")
-        node_topic = f"{prefix}/n/nb/presence"
         will = json.dumps({"status": "offline", "node": b.dispatcher.node}).encode()
-        a.dispatcher._transport.broker.publish(node_topic, will, 1, retain=True)
+        a.dispatcher._transport.broker.publish(f"{prefix}/n/nb/presence", will, 1, retain=True)
         await a.offline("dev-a")  # a believes the Will ...
         await a.online("dev-a")  # ... until b, still there, says otherwise
-        assert a.dispatcher._transport._runs["nb"] == ("online", b.dispatcher.node)
         assert await a.dispatcher.call("dev-a", "where") == {"at": "at-b", "method": "where"}
+        # and the Will is gone from the broker: a node starting now does not act on it
+        async with node(mqtt_url, prefix, "nc") as c:
+            await c.online("dev-a")
+            await asyncio.sleep(0.2)
+            assert "nb" not in c.dispatcher._transport._ended and c.dispatcher.is_online("dev-a")
         device.drop()
 
 
@@ -455,6 +464,7 @@ _PAYLOAD = st.one_of(
               st.one_of(st.none(), st.sampled_from(["na.1", "na.0", "nb.2", "", 5]))),
     st.builds(lambda status, run: json.dumps({"status": status, "node": run}).encode(),
               st.sampled_from(["online", "offline", "gone"]), st.sampled_from(["na.1", "na.0", "nb.2", "nb", "", 5])),
+    st.just(b""),
 )
 _PROPS = st.one_of(st.none(), st.fixed_dictionaries({}, optional={
     "response_topic": st.lists(st.text(max_size=20), max_size=2),

@@ -156,6 +156,14 @@ class _FastProtocol(ProtocolBase):
         elif self._flush_handle is None:
             self._flush_handle = self.event_loop.call_soon(self._flush)
 
+    def send_disconnect(self, reason_code: int = 0, **properties: Any) -> None:
+        # gmqtt closes the socket right after this: what is buffered for the
+        # end of the loop iteration (the DISCONNECT itself, last publishes)
+        # must leave now, or the broker sees no DISCONNECT and publishes the
+        # Last Will on every clean close.
+        super().send_disconnect(reason_code, **properties)
+        self._flush()
+
     def _flush(self) -> None:
         if self._flush_handle is not None:
             self._flush_handle.cancel()

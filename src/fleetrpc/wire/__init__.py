@@ -105,15 +105,14 @@ the usual topics.  A node drops an ``"online"`` that names an earlier run of
 itself (``{node_id}.{another boot}``) and publishes ``"offline"`` in its
 place: that run ended without saying so.
 
-Such a node also publishes its own presence, retained, on
-``{p}/n/{node_id}/presence``: ``{"status": "online", "node": "{node}",
-"ts": <epoch ms>}`` (:class:`NodePresence`), and registers
-``{"status": "offline", "node": "{node}"}`` there as the Last Will of its
-broker connection.  When a run's ``"offline"`` arrives, every node that
-shares devices publishes ``"offline"`` for each device whose newest
-presence is an ``"online"`` via that run: a node lost without a word
-(killed, its machine or its network gone) leaves no device online.  Only
-server nodes may publish under ``{p}/n/``.
+Such a node also registers ``{"status": "offline", "node": "{node}"}``
+(:class:`NodePresence`) on ``{p}/n/{node_id}/presence``, retained, as the
+Last Will of its broker connection.  When a run's Will arrives, every node
+that shares devices publishes ``"offline"`` for each device whose newest
+presence is an ``"online"`` via that run, then clears the Will (an empty
+retained message): a node lost without a word (killed, its machine or its
+network gone) leaves no device online, and the broker keeps nothing per
+dead run.  Only server nodes may publish under ``{p}/n/``.
 
 Elves envelopes
 ---------------

@@ -54,15 +54,14 @@ class Presence(msgspec.Struct, gc=False, omit_defaults=True):
 
 
 class NodePresence(msgspec.Struct, gc=False, omit_defaults=True):
-    """A server node's run, published retained on its node presence topic by
-    a node that shares its endpoint's devices, and registered as the Last
-    Will of its broker connection (with ``status="offline"``)."""
+    """The Last Will of a server node that shares its endpoint's devices,
+    retained on its node presence topic: that run has ended."""
 
-    status: Literal["online", "offline"]
+    status: Literal["offline"]
     #: The run: the node's wire level (``{node_id}.{boot}``), as in a
     #: device's :attr:`Presence.via`.
     node: str
-    #: When the state changed, epoch milliseconds (none in a Last Will).
+    #: Epoch milliseconds (a Last Will has none).
     ts: int | None = None
 
 

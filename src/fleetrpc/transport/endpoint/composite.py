@@ -35,18 +35,19 @@ each would if it were connected there (docs/protocol.md):
   another boot: it was killed, or stopped before the broker had its
   "offline") is stale: the node publishes "offline" for that device unless
   the device is connected here again;
-- the node publishes its own retained presence, ``{p}/n/{node_id}/presence``
-  with its run (``{"status": "online", "node": level}``), and registers
-  its "offline" as the Last Will of its broker connection.  When another
-  node's run ends without saying "offline" for its devices (its process was
-  killed, its machine lost, or its broker connection cut), the broker
-  publishes that Will, and every node that shares devices publishes
-  "offline" for each device whose newest word is that run's "online"
-  (unless the device is connected to it: then "online").  The node presence
-  is retained, so a node that starts later and finds a device "online" via
-  a run whose node said "offline" does the same.  A node that sees its own
-  run called "offline" (its Will, landed after it had reconnected) says
-  "online" again; its devices' presence comes back by the rule above.
+- the node registers ``{"status": "offline", "node": level}`` on
+  ``{p}/n/{node_id}/presence``, retained, as the Last Will of its broker
+  connection.  When a node's run ends without saying "offline" for its
+  devices (its process was killed, its machine lost, or its broker
+  connection cut), the broker publishes that Will, and every node that
+  shares devices publishes "offline" for each device whose newest word is
+  that run's "online" (unless the device is connected to it: then
+  "online"), then clears the Will (an empty retained message): a node that
+  starts later finds the devices offline.  A node that starts while the
+  Will is still there (no node that shares devices was running) does the
+  same, for each device "online" via that run as it arrives.  A node that
+  sees its own run's Will (it landed after the node had reconnected) clears
+  it; its devices' presence comes back by the rule above.
 
 What is left open: a fleetrpc-SDK device
 connected to the broker and to an endpoint at once gets another node's
@@ -80,6 +81,8 @@ from .server import DeviceEndpoint
 log = logging.getLogger("fleetrpc.endpoint")
 
 _encode = msgspec.json.Encoder().encode
+#: ended runs a node remembers (other nodes' ids; the oldest is forgotten first)
+_MAX_ENDED = 1024
 _NOBODY = object()
 
 
@@ -111,9 +114,8 @@ class CompositeTransport:
             self._node_slash = node + "/"
             self._node_id = node.rsplit(".", 1)[0]
             self._node_topic = node_presence_topic(self._prefix, self._node_id)
-            #: another node's id -> its newest presence: (status, run)
-            self._runs: dict[str, tuple[str, str]] = {}
-            self._closing = False
+            #: another node's id -> its newest run known to have ended (its Will)
+            self._ended: dict[str, str] = {}
             #: subscriptions to make / to drop at the end of this loop iteration
             self._subscribe: set[str] = set()
             self._unsubscribe: set[str] = set()
@@ -146,10 +148,8 @@ class CompositeTransport:
         try:
             await self.endpoint.close()  # (which reports no presence while closing)
             if self.node is not None:
-                self._closing = True
                 self._say_all(False, qos=0)
                 self._direct.clear()
-                self._say_node(False, qos=0)
         finally:
             await self.broker.close()
 
@@ -172,9 +172,7 @@ class CompositeTransport:
     def _broker_connection(self, up: bool) -> None:
         if up and self.node is not None:
             # A broker that restarted without persistence lost the retained
-            # presence of the devices connected here: say it again, after
-            # this run's own.
-            self._say_node(True)
+            # presence of the devices connected here: say it again.
             self._say_all(True)
         self.on_connection(up)
 
@@ -232,7 +230,7 @@ class CompositeTransport:
         elif self.node is not None:
             node_id = parse_node_presence_topic(self._prefix, topic)
             if node_id is not None:
-                self._node_presence(node_id, payload)
+                self._node_will(node_id, payload)
                 return
         self.on_message(topic, payload, props)
 
@@ -260,41 +258,42 @@ class CompositeTransport:
         self.broker.publish(presence_topic(self._prefix, device), body, qos, retain=True)
         return body
 
-    def _say_node(self, online: bool, qos: int = 1) -> None:
-        """Publish this run's retained node presence."""
-        body = _encode(NodePresence("online" if online else "offline", self.node, int(time.time() * 1000)))
-        self.broker.publish(self._node_topic, body, qos, retain=True)
-
     def _run_ended(self, via: str) -> bool:
         """Whether the run ``via`` (another than this one) is known to have
-        ended: an earlier run of this node, or one whose node said "offline"."""
+        ended: an earlier run of this node, or one whose Will came."""
         node_id = via.rpartition(".")[0]
-        return node_id == self._node_id or self._runs.get(node_id) == ("offline", via)
+        return node_id == self._node_id or self._ended.get(node_id) == via
 
-    def _node_presence(self, node_id: str, payload: bytes) -> None:
+    def _node_will(self, node_id: str, payload: bytes) -> None:
+        """A node's Will on ``{p}/n/{node_id}/presence`` (see above)."""
+        if not payload:
+            # cleared: acted on, or the node itself is back (its Will landed
+            # after it reconnected): its run's "online" counts again
+            self._ended.pop(node_id, None)
+            return
         try:
             run = NODE_PRESENCE_DECODER.decode(payload)
         except msgspec.DecodeError:
-            return  # (an empty retained message: cleared by hand)
-        if node_id == self._node_id:
-            if run.status == "offline" and not self._closing:
-                self._say_node(True)  # a Will that landed after this run said "online"
             return
         if run.node.rpartition(".")[0] != node_id:
             return  # not a run of this node id
-        self._runs[node_id] = (run.status, run.node)
-        if run.status != "offline":
-            return
-        left = [d for d, via in self._brokered.items() if via == run.node]
-        if left:  # (a node that stopped normally has said "offline" for its devices first)
-            log.warning("node %s is gone without a word (its Last Will): %d of its devices are offline now",
-                        run.node, len(left))
-        for device in left:
-            del self._brokered[device]
-            if device in self._direct:
-                self._say(device, True)
-            else:
-                self.on_message(presence_topic(self._prefix, device), self._say(device, False), None)
+        if node_id != self._node_id:
+            self._ended[node_id] = run.node
+            if len(self._ended) > _MAX_ENDED:
+                del self._ended[next(iter(self._ended))]
+            left = [d for d, via in self._brokered.items() if via == run.node]
+            if left:
+                log.warning("node %s is gone without a word (its Last Will): %d of its devices are offline now",
+                            run.node, len(left))
+            for device in left:
+                del self._brokered[device]
+                if device in self._direct:
+                    self._say(device, True)
+                else:
+                    self.on_message(presence_topic(self._prefix, device), self._say(device, False), None)
+        # acted on (or this node's own, which is wrong or stale): nobody
+        # needs it any more, and the broker keeps no message per dead run
+        self.broker.publish(node_presence_topic(self._prefix, node_id), b"", 1, retain=True)
 
     def _say_all(self, online: bool, qos: int = 1) -> None:
         """:meth:`_say` for every device connected here whose newest word
