@@ -61,8 +61,6 @@ class NodePresence(msgspec.Struct, gc=False, omit_defaults=True):
     #: The run: the node's wire level (``{node_id}.{boot}``), as in a
     #: device's :attr:`Presence.via`.
     node: str
-    #: Epoch milliseconds (a Last Will has none).
-    ts: int | None = None
 
 
 class ErrorBody(msgspec.Struct, gc=False):
