@@ -22,9 +22,11 @@ from .conftest import Rig, authenticate
 
 
 @contextlib.asynccontextmanager
-async def node(mqtt_url: str, prefix: str, node_id: str, *, endpoint: bool = True, auth=authenticate,
-               **endpoint_settings):
-    """A dispatcher on the broker, with an endpoint sharing its devices."""
+async def node(mqtt_url: str, prefix: str, node_id: str, *, endpoint: bool = True, follow: bool = True,
+               auth=authenticate, **endpoint_settings):
+    """A dispatcher on the broker, with an endpoint sharing its devices;
+    ``endpoint=False``: without one, following the others as ``fleetrpc
+    serve`` does; ``follow=False`` too: a plain dispatcher, as embedded."""
     settings = Settings(node_id=node_id, prefix=prefix, mqtt_url=mqtt_url, min_timeout_ms=0,
                         default_timeout_ms=5000)
     transport = None
@@ -32,6 +34,8 @@ async def node(mqtt_url: str, prefix: str, node_id: str, *, endpoint: bool = Tru
         opts = {"host": "127.0.0.1", "port": 0, "prefix": prefix, **endpoint_settings}
         ep = DeviceEndpoint(EndpointSettings(**opts), authenticate=auth)
         transport = lambda d: CompositeTransport(ep, d.mqtt_transport(), node=d.node)  # noqa: E731
+    elif follow:
+        transport = lambda d: CompositeTransport(None, d.mqtt_transport(), node=d.node, prefix=prefix)  # noqa: E731
     d = Dispatcher(settings, transport=transport)
     await d.start()
     try:
@@ -159,15 +163,16 @@ async def test_a_node_lost_without_a_word_leaves_none_of_its_devices_online(mqtt
     is still connected to it (its process hung, its machine or its network
     lost): the broker publishes b's Will, the other nodes say "offline" for
     b's devices, and a node that starts afterwards sees them offline."""
-    async with node(mqtt_url, prefix, "na") as a, node(mqtt_url, prefix, "nc", endpoint=False) as c:
+    async with node(mqtt_url, prefix, "na") as a, node(mqtt_url, prefix, "nc", endpoint=False) as c, \
+            node(mqtt_url, prefix, "ne", endpoint=False, follow=False) as e:
         async with node(mqtt_url, prefix, "nb") as b:
             device = ThingsBoardDevice("at-b")
             await device.connect(b.port)
-            await a.online("dev-a")
-            await c.online("dev-a")
+            for rig in (a, c, e):
+                await rig.online("dev-a")
             b.dispatcher._transport.broker.abort()
-            await a.offline("dev-a")
-            await c.offline("dev-a")  # a node without an endpoint, from a's word on the broker
+            for rig in (a, c, e):  # e, which does not follow Wills, from a's or c's word on the broker
+                await rig.offline("dev-a")
             assert f"node {b.dispatcher.node} is gone without a word (its Last Will): 1 of its devices" in caplog.text
             with pytest.raises(DeviceOfflineError):
                 await a.dispatcher.call("dev-a", "where")
@@ -181,28 +186,77 @@ async def test_a_node_lost_without_a_word_leaves_none_of_its_devices_online(mqtt
             device = ThingsBoardDevice("at-a")
             await device.connect(a.port)
             await c.online("dev-a")
+            await e.online("dev-a")
             assert await c.dispatcher.call("dev-a", "where") == {"at": "at-a", "method": "where"}
             device.drop()
 
 
-async def test_a_node_starting_after_a_lost_node_clears_what_it_left(mqtt_url, prefix):
-    """No node that shares devices was running when b was lost: the next one
-    to start finds b's Will and b's devices "online" via b, both retained,
-    and says "offline" for them."""
+async def test_the_only_node_with_an_endpoint_lost_leaves_none_of_its_devices_online(mqtt_url, prefix):
+    """A fleet with one endpoint node and one without (the REST API's, say):
+    the endpoint node is lost, and the other, which follows the nodes' Wills,
+    sees its devices offline, and says so on the broker for every node that
+    starts later."""
     async with node(mqtt_url, prefix, "nc", endpoint=False) as c:
         async with node(mqtt_url, prefix, "nb") as b:
             device = ThingsBoardDevice("at-b")
             await device.connect(b.port)
             await c.online("dev-a")
             b.dispatcher._transport.broker.abort()
-            await asyncio.sleep(0.2)
-            assert c.dispatcher.is_online("dev-a")  # nobody has said otherwise yet
-            async with node(mqtt_url, prefix, "na"):
-                await c.offline("dev-a")
+            await c.offline("dev-a")
+            with pytest.raises(DeviceOfflineError):
+                await c.dispatcher.call("dev-a", "where")
+            async with node(mqtt_url, prefix, "ne", endpoint=False, follow=False) as e:
+                await asyncio.sleep(0.2)
+                assert not e.dispatcher.is_online("dev-a")
             async with node(mqtt_url, prefix, "nd") as d:
                 await asyncio.sleep(0.2)
-                assert d.dispatcher._transport._ended == {}  # cleared by a
+                assert d.dispatcher._transport._ended == {}  # cleared by c
             device.drop()
+
+
+async def test_a_node_starting_after_a_lost_node_clears_what_it_left(mqtt_url, prefix):
+    """No node that follows the nodes' Wills was running when b was lost
+    (only a plain dispatcher, which reads presence and nothing more): the
+    next such node to start finds b's Will and b's devices "online" via b,
+    both retained, and says "offline" for them."""
+    async with node(mqtt_url, prefix, "ne", endpoint=False, follow=False) as e:
+        async with node(mqtt_url, prefix, "nb") as b:
+            device = ThingsBoardDevice("at-b")
+            await device.connect(b.port)
+            await e.online("dev-a")
+            b.dispatcher._transport.broker.abort()
+            await asyncio.sleep(0.2)
+            assert e.dispatcher.is_online("dev-a")  # nobody has said otherwise yet
+            async with node(mqtt_url, prefix, "nc", endpoint=False):
+                await e.offline("dev-a")
+            async with node(mqtt_url, prefix, "nd") as d:
+                await asyncio.sleep(0.2)
+                assert d.dispatcher._transport._ended == {}  # cleared by c
+            device.drop()
+
+
+async def test_a_node_that_tracks_no_presence_leaves_the_wills_to_the_others(mqtt_url, prefix):
+    """A node without presence cannot tell which devices a Will leaves: it
+    does not subscribe to the Wills, so it cannot clear one before a node
+    that can act on it has seen it."""
+    async with node(mqtt_url, prefix, "nb") as b:
+        device = ThingsBoardDevice("at-b")
+        await device.connect(b.port)
+        b.dispatcher._transport.broker.abort()
+        settings = Settings(node_id="nf", prefix=prefix, mqtt_url=mqtt_url, presence=False)
+        blind = Dispatcher(settings, transport=lambda d: CompositeTransport(
+            None, d.mqtt_transport(), node=d.node, prefix=prefix))
+        await blind.start()
+        try:
+            await asyncio.sleep(0.2)
+            assert blind._transport._ended == {}
+        finally:
+            await blind.close()
+        # the Will is still there for the next node that can act on it
+        async with node(mqtt_url, prefix, "nc", endpoint=False) as c:
+            await asyncio.sleep(0.3)
+            assert not c.dispatcher.is_online("dev-a")
+        device.drop()
 
 
 async def test_a_node_restarted_clears_the_presence_its_earlier_run_left(mqtt_url, prefix):
@@ -352,7 +406,7 @@ MOVES = st.lists(st.tuples(st.sampled_from(("connect", "drop", "kill", "restart"
 @example([("connect", "nb"), ("connect", "na"), ("drop", "nb"), ("drop", "na")])  # our own echo: ours is newest
 @example([("connect", "nb"), ("restart", "nb")])  # a clean restart (test_a_node_stopping_... checks the stop alone)
 @example([("connect", "nb"), ("lose", "nb")])  # a lost node's Will: its devices are offline
-@example([("connect", "nb"), ("lose", "na"), ("lose", "nc"), ("lose", "nb")])  # the late node clears them
+@example([("connect", "nb"), ("lose", "na"), ("lose", "nc"), ("lose", "nb")])  # the node without an endpoint clears them
 def test_every_node_agrees_with_the_truth_after_any_moves(mqtt_url, moves):
     """dev-a connects to and drops from three nodes' endpoints, and nodes are
     killed (restarted at once, as a supervisor does), restarted cleanly or
@@ -403,6 +457,9 @@ async def _moves(mqtt_url: str, prefix: str, moves: list[tuple[str, str]]) -> No
 
     for name in NODES:
         await start(name)
+    # a node without an endpoint, following the others, throughout
+    watch = stacks["watch"] = contextlib.AsyncExitStack()
+    rigs["watch"] = await watch.enter_async_context(node(mqtt_url, prefix, "watch", endpoint=False))
     try:
         for move, name in moves:
             if move == "connect" and name not in sessions and name not in lost:
@@ -416,8 +473,9 @@ async def _moves(mqtt_url: str, prefix: str, moves: list[tuple[str, str]]) -> No
             elif move == "lose" and name not in lost:
                 lose(name)
             await agreed()
-        # a node that shares devices, then one that only reads the broker
-        async with node(mqtt_url, prefix, "late") as late, node(mqtt_url, prefix, "later", endpoint=False) as later:
+        # a node that shares devices, then a plain dispatcher that only reads the broker
+        async with node(mqtt_url, prefix, "late") as late, \
+                node(mqtt_url, prefix, "later", endpoint=False, follow=False) as later:
             rigs["late"], rigs["later"] = late, later
             await agreed()
             if set(sessions) - lost:

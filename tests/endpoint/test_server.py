@@ -39,6 +39,9 @@ async def test_thingsboard_sdk_answers_a_rest_call_through_the_servers_endpoint(
     async with start_server(endpoint=ENDPOINT) as (server, api):
         ctx = server.ctx
         port = ctx.endpoint.ports["tcp"]
+        # ready: the broker is reached beside the endpoint
+        status, body, _ = await api.request("GET", "/readyz")
+        assert status == 200 and json.loads(body)["checks"]["broker"] is True, body
         admin = await api.login(world.tenant.email)
         device_id, access_token = await _create_device(api, admin, "Thermostat 7")
 

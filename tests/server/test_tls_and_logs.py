@@ -83,7 +83,7 @@ async def test_mqtt_over_tls_towards_the_broker(world, tmp_path, sqlite_url):
             await dev.connect()
             try:
                 await wait_until(lambda: ctx.dispatcher.is_online(world.dev_t1.id))
-                assert ctx.dispatcher._transport._ssl_context() is not False
+                assert ctx.dispatcher._transport.broker._ssl_context() is not False
                 async with aiohttp.ClientSession() as session:
                     async with session.post(f"{ctx.url}/api/auth/login",
                                             json={"username": world.tenant.email, "password": "secret"}) as r:

@@ -243,7 +243,7 @@ async def dispatcher(ctx: ServerContext) -> AsyncIterator[None]:
     from .client_rpc import ClientRpc
 
     registered = await _registered_devices(ctx)
-    transport = _with_endpoint(ctx, registered) if ctx.settings.endpoint.enabled else None
+    transport = _with_endpoint(ctx, registered) if ctx.settings.endpoint.enabled else _following_nodes
     d = Dispatcher(ctx.library, transport=transport, presence=_presence_registry(ctx, registered))
     if registered is not None:
         registered.attach(d.presence)
@@ -327,6 +327,15 @@ def _with_endpoint(ctx: ServerContext, registered: Any = None) -> Callable[[Any]
     share = s.endpoint.share_devices
     # beside the broker connection the dispatcher would have made itself
     return lambda d: CompositeTransport(endpoint, d.mqtt_transport(), node=d.node if share else None)
+
+
+def _following_nodes(d: Any) -> Any:
+    """No endpoint here, but other nodes may have one: this node follows
+    which node each device is connected to, and acts on a lost node's Will
+    like they do (docs/endpoint.md, "Several nodes")."""
+    from ..transport.endpoint import CompositeTransport
+
+    return CompositeTransport(None, d.mqtt_transport(), node=d.node, prefix=d.settings.prefix)
 
 
 async def _flush_activity(ctx: ServerContext) -> None:

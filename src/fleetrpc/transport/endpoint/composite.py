@@ -49,6 +49,15 @@ each would if it were connected there (docs/protocol.md):
   sees its own run's Will (it landed after the node had reconnected) clears
   it; its devices' presence comes back by the rule above.
 
+**A node without an endpoint** (``endpoint`` None, ``node`` given) runs
+the same rules with no device of its own: it follows who said each
+device's newest "online", and acts on a lost node's Will like the others
+(its dispatcher sees the devices go offline, the broker's presence is
+corrected and the Will cleared), so a fleet whose only sharing node is lost
+shows none of its devices online.  A node that does not track presence
+(no presence filter among its subscriptions) registers its Will but
+follows no other node's: it could not tell which devices a Will leaves.
+
 What is left open: a fleetrpc-SDK device
 connected to the broker and to an endpoint at once gets another node's
 requests twice (its own subscription and the node's); the SDK runs the
@@ -70,6 +79,8 @@ from ...wire import (
     PRESENCE_DECODER,
     NodePresence,
     Presence,
+    devices_root,
+    is_presence_filter,
     node_presence_filter,
     node_presence_topic,
     parse_node_presence_topic,
@@ -89,9 +100,15 @@ _NOBODY = object()
 class CompositeTransport:
     """A dispatcher transport over a :class:`DeviceEndpoint` and a broker
     transport (:class:`~fleetrpc.transport.MqttTransport` or anything with
-    its interface)."""
+    its interface); ``endpoint`` None with ``node`` and ``prefix``: a node
+    without an endpoint, following the others (see above)."""
 
-    def __init__(self, endpoint: DeviceEndpoint, broker: Any, *, node: str | None = None) -> None:
+    def __init__(self, endpoint: DeviceEndpoint | None, broker: Any, *, node: str | None = None,
+                 prefix: str | None = None) -> None:
+        if endpoint is None and (node is None or prefix is None):
+            raise ValueError("a CompositeTransport without an endpoint needs node and prefix")
+        if endpoint is not None and prefix not in (None, endpoint.settings.prefix):
+            raise ValueError(f"prefix {prefix!r} is not the endpoint's ({endpoint.settings.prefix!r})")
         self.endpoint = endpoint
         self.broker = broker
         #: this node's wire level (``Dispatcher.node``): with it, the
@@ -101,8 +118,10 @@ class CompositeTransport:
         self.on_published: Callable[[int], None] = lambda token: None
         self.on_connection: Callable[[bool], None] = lambda up: None
         self.awaiting: Callable[[], int] = lambda: 0
-        self._prefix = endpoint.settings.prefix
-        self._dev_prefix = endpoint._dev_prefix
+        self._prefix = endpoint.settings.prefix if endpoint is not None else prefix
+        #: other nodes' requests for the devices connected here come from the broker
+        self._relays_requests = endpoint is not None and node is not None
+        self._dev_prefix = devices_root(self._prefix)
         #: devices online through the endpoint
         self._direct: set[str] = set()
         #: devices whose newest presence on the broker is "online", said by
@@ -124,15 +143,21 @@ class CompositeTransport:
     async def start(self, filters: list[tuple[str, int]] = ()) -> None:
         """Start the endpoint, then connect to the broker with ``filters``."""
         ep, broker = self.endpoint, self.broker
-        ep.on_message = self._from_endpoint
         broker.on_message = self._from_broker
-        ep.on_published = broker.on_published = self._published
-        ep.on_connection = self._endpoint_connection
+        broker.on_published = self._published
         broker.on_connection = self._broker_connection
-        ep.awaiting = broker.awaiting = self._awaiting
+        broker.awaiting = self._awaiting
         if self.node is not None:
             broker.will = (self._node_topic, _encode(NodePresence("offline", self.node)), 1, True)
-            filters = [*filters, (node_presence_filter(self._prefix), 1)]
+            if any(is_presence_filter(f) for f, _ in filters):
+                filters = [*filters, (node_presence_filter(self._prefix), 1)]
+        if ep is None:
+            await broker.start(filters)
+            return
+        ep.on_message = self._from_endpoint
+        ep.on_published = self._published
+        ep.on_connection = self._endpoint_connection
+        ep.awaiting = self._awaiting
         await ep.start(filters)
         try:
             await broker.start(filters)
@@ -146,16 +171,22 @@ class CompositeTransport:
         first (at QoS 0: written before the DISCONNECT, with no window to
         wait for)."""
         try:
-            await self.endpoint.close()  # (which reports no presence while closing)
+            if self.endpoint is not None:
+                await self.endpoint.close()  # (which reports no presence while closing)
             if self.node is not None:
                 self._say_all(False, qos=0)
                 self._direct.clear()
         finally:
             await self.broker.close()
 
+    @property
+    def connected(self) -> bool:
+        """Connected to the broker (``/readyz``; the endpoint has no such state)."""
+        return bool(getattr(self.broker, "connected", True))
+
     def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False,
                 token: int = -1, properties: dict | None = None) -> None:
-        if not self.endpoint.try_publish(topic, payload, qos, retain, token, properties):
+        if self.endpoint is None or not self.endpoint.try_publish(topic, payload, qos, retain, token, properties):
             self.broker.publish(topic, payload, qos, retain, token, properties)
 
     # -- callbacks -----------------------------------------------------------------
@@ -201,38 +232,48 @@ class CompositeTransport:
         self.on_message(topic, payload, props)
 
     def _from_broker(self, topic: str, payload: bytes, props: dict | None) -> None:
-        device = self._presence_device(topic)
-        if device is not None:
-            status, via = _status_via(payload)
-            if self.node is not None and via is not None:
-                if via == self.node:
-                    if status == "online":  # ours, back: the broker's newest word on the device
-                        self._brokered.pop(device, None)
-                    return
-                if status == "online" and self._run_ended(via):
-                    # stale (see above)
-                    if device in self._direct:
-                        return  # ours replaces it
-                    status, payload = "offline", self._say(device, False)
-            if status == "online":
-                self._brokered[device] = via
-            elif status == "offline":
-                self._brokered.pop(device, None)
-                if device in self._direct:
-                    if self.node is not None:  # the broker's word is now wrong: ours again
-                        self._say(device, True)
-                    return  # still connected directly
-        elif self.node is not None and self._is_request(topic):
+        # replies and acks, most of what arrives, cost one suffix check
+        if topic.endswith("/presence"):
+            payload = self._presence_from_broker(topic, payload)
+            if payload is None:
+                return
+        elif self._relays_requests and self._is_request(topic):
             # another node's request for a device connected here: the
             # dispatcher subscribes to no request, _share does
             self.endpoint.publish(topic, payload, 1, False, -1, _publish_props(props))
             return
-        elif self.node is not None:
-            node_id = parse_node_presence_topic(self._prefix, topic)
-            if node_id is not None:
-                self._node_will(node_id, payload)
-                return
         self.on_message(topic, payload, props)
+
+    def _presence_from_broker(self, topic: str, payload: bytes) -> bytes | None:
+        """A device's or a node's presence from the broker: what the
+        dispatcher is to see of it, or None (see the module's doc)."""
+        device = self._presence_device(topic)
+        if device is None:
+            node_id = parse_node_presence_topic(self._prefix, topic) if self.node is not None else None
+            if node_id is None:
+                return payload
+            self._node_will(node_id, payload)
+            return None
+        status, via = _status_via(payload)
+        if self.node is not None and via is not None:
+            if via == self.node:
+                if status == "online":  # ours, back: the broker's newest word on the device
+                    self._brokered.pop(device, None)
+                return None
+            if status == "online" and self._run_ended(via):
+                # stale (see above)
+                if device in self._direct:
+                    return None  # ours replaces it
+                status, payload = "offline", self._say(device, False)
+        if status == "online":
+            self._brokered[device] = via
+        elif status == "offline":
+            self._brokered.pop(device, None)
+            if device in self._direct:
+                if self.node is not None:  # the broker's word is now wrong: ours again
+                    self._say(device, True)
+                return None  # still connected directly
+        return payload
 
     # -- sharing the endpoint's devices with the other nodes --------------------------
 
