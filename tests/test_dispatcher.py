@@ -255,6 +255,30 @@ async def test_client_side_rpc(rig):
     assert d.stats.client_calls == 4 and d.stats.client_errors == 2
 
 
+async def test_publish_goes_out_on_the_dispatchers_connection(mqtt_url):
+    from fleetrpc.transport import MqttTransport
+
+    d = Dispatcher(_settings(mqtt_url))
+    with pytest.raises(DispatcherClosedError):
+        d.publish("t/before", b"x")  # not started: refused, not queued out of sight
+    await d.start()
+    seen = []
+    watcher = MqttTransport(mqtt_url)
+    watcher.on_message = lambda topic, payload, props: seen.append((topic, payload))
+    topic = f"t/{_name('pub')}"
+    await watcher.start([(f"{topic}/#", 1)])
+    try:
+        d.publish(f"{topic}/a", b"1")
+        d.publish(f"{topic}/b", b"2", qos=0)
+        await _wait(lambda: len(seen) == 2)
+        assert sorted(seen) == [(f"{topic}/a", b"1"), (f"{topic}/b", b"2")]
+    finally:
+        await watcher.close()
+        await d.close()
+    with pytest.raises(DispatcherClosedError):
+        d.publish(f"{topic}/after", b"x")
+
+
 async def test_default_handler_answers_unregistered_methods(rig):
     """``set_default_handler``: every method without a handler reaches it
     (plain or async) with its name; NotImplemented declines, an error is

@@ -103,7 +103,7 @@ async def test_mqtt_sink_and_client_side_requests(mqtt_url):
     d = Dispatcher(Settings(mqtt_url=mqtt_url, node_id="evt", min_timeout_ms=0))
     await d.start()
     bus = EventBus()
-    bus.add(MqttSink(d._transport.publish, topic="fleetrpc/events"))
+    bus.add(MqttSink(d.publish, topic="fleetrpc/events"))
     bus.start()
     forward_client_calls(bus, d)
 

@@ -110,8 +110,8 @@ class HookSink(Sink):
 
 
 class MqttSink(Sink):
-    """Publishes each event as JSON on ``{topic}/{type}`` through a
-    transport's ``publish(topic, payload, qos, retain)``."""
+    """Publishes each event as JSON on ``{topic}/{type}`` through
+    ``publish(topic, payload, qos=...)``: a :meth:`Dispatcher.publish`."""
 
     def __init__(self, publish: Callable[..., None], topic: str = "fleetrpc/events", qos: int = 1, **kw: Any) -> None:
         super().__init__(**kw)
@@ -122,7 +122,7 @@ class MqttSink(Sink):
 
     async def deliver(self, events: list[Event]) -> None:
         for event in events:
-            self._publish(f"{self.topic}/{event.type}", self._encode(event), self.qos, False)
+            self._publish(f"{self.topic}/{event.type}", self._encode(event), qos=self.qos)
 
 
 class WebhookSink(Sink):

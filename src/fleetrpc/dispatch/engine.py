@@ -308,6 +308,16 @@ class Dispatcher:
         ``hook(message, properties)``; used by the services."""
         self._message_hooks[int(kind)] = hook
 
+    def publish(self, topic: str, payload: bytes, *, qos: int | None = None, retain: bool = False,
+                properties: dict | None = None) -> None:
+        """Publish one message on the dispatcher's connection (what the
+        server's parts send besides calls: events, services' answers).
+        ``qos`` defaults to the dispatcher's.  Fire and forget: while the
+        connection is down the transport queues it as it queues calls."""
+        if not self._running:
+            raise DispatcherClosedError("dispatcher is not running")
+        self._transport.publish(topic, payload, self._qos if qos is None else qos, retain, -1, properties)
+
     # -- presence -----------------------------------------------------------
 
     def is_online(self, device: str) -> bool:

@@ -225,8 +225,8 @@ async def events(ctx: ServerContext) -> AsyncIterator[None]:
         bus.add(WebhookSink(url, buffer=s.buffer))
     if s.mqtt_topic:
         # Published through the dispatcher's connection, once it is up.
-        def publish(topic: str, payload: bytes, qos: int, retain: bool) -> None:
-            ctx.dispatcher._transport.publish(topic, payload, qos, retain, -1, None)
+        def publish(topic: str, payload: bytes, qos: int) -> None:
+            ctx.dispatcher.publish(topic, payload, qos=qos)
 
         bus.add(MqttSink(publish, s.mqtt_topic, buffer=s.buffer))
     bus.start()

@@ -61,12 +61,7 @@ class ElvesMqtt:
         self.dispatcher.on_kind(Kind.ELVES, self._on_message)
 
     def _publish(self, topic: str, payload: bytes, props: dict | None) -> None:
-        # The dispatcher has no public publish yet (asked for in the report).
-        publish = getattr(self.dispatcher, "publish", None)
-        if publish is not None:
-            publish(topic, payload, self.qos, False, props)
-        else:
-            self.dispatcher._transport.publish(topic, payload, self.qos, False, -1, props)
+        self.dispatcher.publish(topic, payload, qos=self.qos, properties=props)
 
     async def _on_message(self, msg: Any, properties: dict | None) -> None:
         app, rest = msg.device, msg.node
