@@ -15,7 +15,7 @@ import pytest
 
 from fleetrpc import _core
 
-pytest_plugins = ["tests.services", "tests.entities_fixtures"]
+pytest_plugins = ["tests.services", "tests.entities_fixtures", "tests.hangs"]
 
 if os.environ.get("FLEETRPC_REQUIRE_EXTENSIONS") and not _core.COMPILED:
     raise RuntimeError(
