@@ -184,6 +184,32 @@ async def test_device_calls_the_server_and_a_webhook_answers_any_method(start_se
         await http.close()
 
 
+async def test_events_are_published_on_the_configured_mqtt_topic(start_server, world, mqtt_url):
+    """``[events] mqtt_topic``: each event goes out on ``{topic}/{type}``
+    through the dispatcher's own connection."""
+    from fleetrpc.transport import MqttTransport
+
+    topic = f"events-{uuid.uuid4().hex[:8]}"
+    seen = []
+    watcher = MqttTransport(mqtt_url)
+    watcher.on_message = lambda t, payload, props: seen.append((t, json.loads(payload)))
+    await watcher.start([(f"{topic}/#", 1)])
+    try:
+        async with start_server(events={"mqtt_topic": topic}) as (server, _):
+            dev = DeviceClient(world.dev_c1.id, mqtt_url)
+            await dev.connect()
+            try:
+                assert isinstance(await dev.call("getCurrentTime"), int)
+            finally:
+                await dev.close()
+            await wait_until(lambda: seen)
+        (t, event), = seen
+        assert t == f"{topic}/TO_SERVER_RPC_REQUEST" and event["type"] == "TO_SERVER_RPC_REQUEST"
+        assert event["body"]["method"] == "getCurrentTime" and event["body"]["deviceId"]["id"] == world.dev_c1.id
+    finally:
+        await watcher.close()
+
+
 async def test_external_mosquitto_is_provisioned_with_its_admin_account(start_server, world, store_url):
     """``mqtt.url`` a Mosquitto with the plugin and ``dynsec.admin_password``:
     the database's devices are provisioned at start (full resync), the
