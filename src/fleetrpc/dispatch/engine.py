@@ -312,8 +312,8 @@ class Dispatcher:
                 properties: dict | None = None) -> None:
         """Publish one message on the dispatcher's connection (what the
         server's parts send besides calls: events, services' answers).
-        ``qos`` defaults to the dispatcher's.  Fire and forget: while the
-        connection is down the transport queues it as it queues calls."""
+        ``qos`` defaults to the dispatcher's.  Fire and forget: at QoS 1 it
+        waits out a broker outage as calls do; at QoS 0 it may be lost."""
         if not self._running:
             raise DispatcherClosedError("dispatcher is not running")
         self._transport.publish(topic, payload, self._qos if qos is None else qos, retain, -1, properties)
