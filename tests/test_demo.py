@@ -27,6 +27,11 @@ async def test_demo_tour_through_the_rest_api(mqtt_url):
     assert rows["persistent call, device online"] == "SUCCESSFUL"
     assert rows["job: setValue 50 to every dimmer"] == "12/12 ok"
     assert rows["customer B calls customer A's device"] == "403"
+    # ThingsBoard firmware, unchanged, on the device endpoint
+    assert "device endpoint: mqtt://127.0.0.1:" in text
+    assert rows["ThingsBoard firmware, two-way getTemperature"] == "200"
+    assert '"celsius"' in text or "'celsius'" in text
+    assert int(rows["ThingsBoard firmware, client-side getCurrentTime"]) > 1_600_000_000_000
 
 
 async def test_demo_on_the_embedded_broker():
@@ -34,3 +39,4 @@ async def test_demo_on_the_embedded_broker():
     rows = await run_demo(devices=4, port=0, once=True, broker="embedded", console=Console(file=io.StringIO()))
     assert rows["persistent call, device online"] == "SUCCESSFUL"
     assert rows["job: setValue 50 to every dimmer"] == "4/4 ok"
+    assert rows["ThingsBoard firmware, two-way getTemperature"] == "200"

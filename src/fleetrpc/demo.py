@@ -5,9 +5,12 @@ It starts ``fleetrpc serve`` on embedded defaults (SQLite in a temporary
 directory, its own broker: Mosquitto when installed, else the embedded
 one) with ThingsBoard's demo accounts, adds a fleet of simulated dimmers
 (:class:`~fleetrpc.sim.widgets.WidgetDevice`: a level behind the console's
-switch and knob) connected with their own access tokens, prints the console's
-address and the logins, makes a mix of calls through the REST API as any
-client would, prints what happened, and keeps serving -- devices now and
+switch and knob) connected to the broker with their own access tokens, and a
+few thermostats running ThingsBoard firmware unchanged
+(:class:`~fleetrpc.sim.thingsboard.ThingsBoardDevice`) connected to the
+server's own device endpoint, prints the console's address and the logins,
+makes a mix of calls through the REST API as any client would, prints what
+happened, and keeps serving -- devices now and
 then dropping off and coming back, so presence changes live -- until Ctrl-C
 (``--once`` stops after the tour; the tests use it).
 """
@@ -33,6 +36,8 @@ LOGINS = (
     ("sysadmin@thingsboard.org", "sysadmin", "system administrator: tenants"),
 )
 ROOMS = ("kitchen", "hall", "office", "lab", "porch", "garage", "attic", "cellar")
+#: Devices running ThingsBoard firmware, connected to the device endpoint.
+THERMOSTATS = 3
 
 
 def _ms(seconds: float) -> str:
@@ -71,7 +76,8 @@ class _Rest:
 
 async def _fleet_devices(ctx: Any, tenant_id: str, n: int) -> list[Any]:
     """``n`` dimmers in the demo tenant (created once), some assigned to
-    customers A and B; returns every device of the tenant to connect."""
+    customers A and B; returns every device of the tenant to connect (the
+    thermostats excepted: they connect to the device endpoint)."""
     customers = {c.title: c.id for c in (await ctx.customers.list(tenant_id, 100, 0)).data}
     for i in range(n):
         name = f"Dimmer {i + 1:03d}"
@@ -79,11 +85,15 @@ async def _fleet_devices(ctx: Any, tenant_id: str, n: int) -> list[Any]:
             continue
         customer = customers.get("Customer A") if i % 4 == 1 else customers.get("Customer B") if i % 7 == 3 else None
         await ctx.devices.create(tenant_id, name, type="dimmer", label=ROOMS[i % len(ROOMS)], customer_id=customer)
+    for i in range(THERMOSTATS):
+        name = f"Thermostat {i + 1}"
+        if await ctx.devices.by_name(tenant_id, name) is None:
+            await ctx.devices.create(tenant_id, name, type="thermostat", label=ROOMS[i % len(ROOMS)])
     found: list[Any] = []
     page = 0
     while True:
         batch = await ctx.devices.list(tenant_id, 1000, page)
-        found.extend(batch.data)
+        found.extend(d for d in batch.data if d.type != "thermostat")
         if not batch.has_next:
             return found
         page += 1
@@ -115,6 +125,30 @@ async def _connect(ctx: Any, devices: list[Any], url: str, version: int) -> dict
     return fleet
 
 
+async def _connect_thermostats(ctx: Any, tenant_id: str) -> dict[str, Any]:
+    """The thermostats run ThingsBoard firmware: they log in to the device
+    endpoint with their access tokens and speak ThingsBoard's topics."""
+    from .sim.thingsboard import ThingsBoardDevice
+
+    port = ctx.endpoint.ports["tcp"]
+    found: dict[str, Any] = {}
+    for i in range(THERMOSTATS):
+        device = await ctx.devices.by_name(tenant_id, f"Thermostat {i + 1}")
+        creds = await ctx.devices.credentials(tenant_id, device.id)
+        state = {"target": 21.0}
+
+        def set_target(params: Any, state: dict = state) -> dict:
+            state["target"] = float(params)
+            return state
+
+        handlers = {"getValue": lambda params, state=state: state["target"], "setValue": set_target,
+                    "getTemperature": lambda params, i=i: {"celsius": 20.5 + i}}
+        dev = ThingsBoardDevice(creds.credentials_id, handlers)
+        await dev.connect("127.0.0.1", port)
+        found[device.id] = dev
+    return found
+
+
 async def _wait_online(ctx: Any, ids: list[str], timeout: float = 15.0) -> int:
     end = time.monotonic() + timeout
     while time.monotonic() < end:
@@ -126,7 +160,8 @@ async def _wait_online(ctx: Any, ids: list[str], timeout: float = 15.0) -> int:
 
 
 async def _tour(ctx: Any, rest: _Rest, fleet: dict[str, Any], devices: list[Any], offline: Any,
-                url: str, version: int, titles: dict[str, str], rows: list[tuple[str, str, str]]) -> None:
+                url: str, version: int, titles: dict[str, str], rows: list[tuple[str, str, str]],
+                thermostats: dict[str, Any]) -> None:
     """The mix of calls, each through the REST API; one row each."""
     ids = [d.id for d in devices if d.id in fleet]
     online = await _wait_online(ctx, ids)
@@ -211,6 +246,21 @@ async def _tour(ctx: Any, rest: _Rest, fleet: dict[str, Any], devices: list[Any]
     except Exception as exc:  # noqa: BLE001 - the row says what happened
         rows.append(("client-side getCurrentTime", type(exc).__name__, str(exc)))
 
+    # ThingsBoard firmware, unchanged, on the server's own device endpoint
+    if thermostats:
+        await _wait_online(ctx, list(thermostats))
+        thermostat_id, thermostat = next(iter(thermostats.items()))
+        status, body = await rest.call("POST", f"/api/rpc/twoway/{thermostat_id}",
+                                       {"method": "getTemperature", "params": {}})
+        rows.append(("ThingsBoard firmware, two-way getTemperature", f"{status}",
+                     f"{body}; ThingsBoard's topics, token as user name"))
+        try:
+            now = await thermostat.call("getCurrentTime", timeout=5)
+            rows.append(("ThingsBoard firmware, client-side getCurrentTime", str(now),
+                         "asked on v1/devices/me/rpc/request/1"))
+        except Exception as exc:  # noqa: BLE001 - the row says what happened
+            rows.append(("ThingsBoard firmware, client-side getCurrentTime", type(exc).__name__, str(exc)))
+
     # another customer's device is out of reach
     victim = next((d for d in devices if titles.get(d.customer_id) == "Customer A"), None)
     if victim is not None:
@@ -242,7 +292,8 @@ async def _churn(fleet: dict[str, Any], stop: asyncio.Event) -> None:
 
 
 @contextlib.asynccontextmanager
-async def _server(port: int, url: str | None, broker: str, data_dir: str) -> AsyncIterator[Any]:
+async def _server(port: int, url: str | None, broker: str, data_dir: str,
+                  endpoint_port: int) -> AsyncIterator[Any]:
     from .config import load_server_settings
     from .server import Server, ServerContext
 
@@ -252,6 +303,8 @@ async def _server(port: int, url: str | None, broker: str, data_dir: str) -> Asy
         "store": {"ttl_enabled": False},
         # Short timeouts answer the tour's offline call in a second.
         "dispatch": {"min_timeout_ms": 1000},
+        # ThingsBoard firmware connects here (the thermostats)
+        "endpoint": {"enabled": True, "host": "127.0.0.1", "port": endpoint_port},
     }
     if url:
         overrides["mqtt"] = {"url": url}
@@ -263,7 +316,7 @@ async def _server(port: int, url: str | None, broker: str, data_dir: str) -> Asy
 
 
 async def run_demo(devices: int = 200, *, url: str | None = None, port: int = 8080, once: bool = False,
-                   broker: str = "auto", console: Any = None) -> dict[str, str]:
+                   broker: str = "auto", console: Any = None, endpoint_port: int = 0) -> dict[str, str]:
     """Run the demonstration; returns the tour's rows ``{what: result}``."""
     from rich.console import Console
     from rich.table import Table
@@ -273,7 +326,7 @@ async def run_demo(devices: int = 200, *, url: str | None = None, port: int = 80
     console = console or Console()
     rows: list[tuple[str, str, str]] = []
     with tempfile.TemporaryDirectory(prefix="fleetrpc-demo-") as data_dir:
-        async with _server(port, url, broker, data_dir) as ctx:
+        async with _server(port, url, broker, data_dir, endpoint_port) as ctx:
             tenant = await ctx.tenants.by_title(TENANT_TITLE)
             titles = {c.id: c.title for c in (await ctx.customers.list(tenant.id, 100, 0)).data}
             registry = await _fleet_devices(ctx, tenant.id, devices)
@@ -281,15 +334,18 @@ async def run_demo(devices: int = 200, *, url: str | None = None, port: int = 80
             offline = next(d for d in registry if d.name == "Dimmer 002") if devices >= 2 else registry[0]
             broker_url, version = ctx.library.mqtt_url, ctx.library.mqtt_version
             fleet = await _connect(ctx, [d for d in registry if d.id != offline.id], broker_url, version)
+            thermostats = await _connect_thermostats(ctx, tenant.id)
             console.print(f"\n[bold green]fleetrpc is serving[/]  console: [bold]{ctx.url}/[/]   "
-                          f"API docs: {ctx.url}/api/docs   broker: {broker_url}")
+                          f"API docs: {ctx.url}/api/docs   broker: {broker_url}   "
+                          f"device endpoint: mqtt://127.0.0.1:{ctx.endpoint.ports['tcp']}")
             for email, password, what in LOGINS:
                 console.print(f"  log in as [bold]{email}[/] / [bold]{password}[/]  ({what})")
-            console.print(f"  {len(fleet)} simulated devices connected with their access tokens\n")
+            console.print(f"  {len(fleet)} simulated devices connected to the broker with their access tokens,"
+                          f" {len(thermostats)} running ThingsBoard firmware to the device endpoint\n")
             rest = _Rest(ctx.url)
             try:
                 await rest.login("tenant@thingsboard.org", "tenant")
-                await _tour(ctx, rest, fleet, registry, offline, broker_url, version, titles, rows)
+                await _tour(ctx, rest, fleet, registry, offline, broker_url, version, titles, rows, thermostats)
             finally:
                 await rest.close()
             table = Table(title="fleetrpc demo: a tour through the REST API")
@@ -304,7 +360,8 @@ async def run_demo(devices: int = 200, *, url: str | None = None, port: int = 80
 
                 with stop_on_signals(asyncio.Event()) as stop:
                     await _churn(fleet, stop)
-            await asyncio.gather(*(d.close() for d in fleet.values()), return_exceptions=True)
+            await asyncio.gather(*(d.close() for d in [*fleet.values(), *thermostats.values()]),
+                                 return_exceptions=True)
     return {r[0]: r[1] for r in rows}
 
 
@@ -315,9 +372,11 @@ async def run_demo(devices: int = 200, *, url: str | None = None, port: int = 80
 @click.option("--url", default=None, help="use this broker instead of starting one")
 @click.option("--broker", type=click.Choice(["auto", "mosquitto", "embedded"]), default="auto",
               show_default=True, help="which broker to start: Mosquitto if present, else the embedded one")
+@click.option("--endpoint-port", default=0, show_default=True, type=click.IntRange(0, 65535),
+              help="MQTT port of the device endpoint, where ThingsBoard firmware connects (0: any free port)")
 @click.option("--once", is_flag=True, help="stop after the tour instead of serving until Ctrl-C")
-def demo(devices: int, port: int, url: str | None, broker: str, once: bool) -> None:
+def demo(devices: int, port: int, url: str | None, broker: str, endpoint_port: int, once: bool) -> None:
     """Start the server with a simulated fleet, tour it, and serve the console."""
     from .runner import run
 
-    run(run_demo(devices=devices, url=url, port=port, once=once, broker=broker))
+    run(run_demo(devices=devices, url=url, port=port, once=once, broker=broker, endpoint_port=endpoint_port))
