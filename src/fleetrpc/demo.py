@@ -135,14 +135,17 @@ async def _connect_thermostats(ctx: Any, tenant_id: str) -> dict[str, Any]:
     for i in range(THERMOSTATS):
         device = await ctx.devices.by_name(tenant_id, f"Thermostat {i + 1}")
         creds = await ctx.devices.credentials(tenant_id, device.id)
-        state = {"target": 21.0}
+        state: dict[str, Any] = {"target": 21.0, "on": True}
 
-        def set_target(params: Any, state: dict = state) -> dict:
-            state["target"] = float(params)
+        def set_value(params: Any, state: dict = state) -> dict:
+            # the console's knob sends a number, its switch true or false
+            state["on" if isinstance(params, bool) else "target"] = params
             return state
 
-        handlers = {"getValue": lambda params, state=state: state["target"], "setValue": set_target,
-                    "getTemperature": lambda params, i=i: {"celsius": 20.5 + i}}
+        handlers = {"getValue": lambda params, state=state: state["target"] if state["on"] else False,
+                    "setValue": set_value, "getTemperature": lambda params, i=i: {"celsius": 20.5 + i},
+                    "rpcCommand": lambda params: {"firmware": "ThingsBoard's, unchanged"},
+                    "echo": lambda params: params}
         dev = ThingsBoardDevice(creds.credentials_id, handlers)
         await dev.connect("127.0.0.1", port)
         found[device.id] = dev

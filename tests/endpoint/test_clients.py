@@ -277,3 +277,27 @@ async def test_tls_listener(tmp_path):
                                              version=5))
         assert await call is True
         c.close()
+
+
+async def test_the_simulators_thingsboard_firmware_answers_and_calls(rig):
+    """sim.thingsboard.ThingsBoardDevice (the demo's thermostats): answers
+    what it knows, an error for what it does not or what fails, and its
+    client-side calls come back on its own response topic."""
+    from fleetrpc.sim.thingsboard import ThingsBoardDevice
+
+    def broken(params):
+        raise ValueError("no sensor")
+
+    dev = ThingsBoardDevice("token-a", {"getTemperature": lambda p: {"celsius": 21.5}, "broken": broken})
+    await dev.connect("127.0.0.1", rig.port)
+    try:
+        await rig.online("dev-a")
+        d = rig.dispatcher
+        assert await d.call("dev-a", "getTemperature", {}) == {"celsius": 21.5}
+        assert await d.call("dev-a", "nothing") == {"error": "unknown method 'nothing'"}
+        assert await d.call("dev-a", "broken") == {"error": "ValueError: no sensor"}
+        assert dev.received == ["getTemperature", "nothing", "broken"]
+        limits = await dev.call("getSessionLimits")  # answered by the endpoint itself
+        assert limits["maxPayloadSize"] == rig.endpoint.settings.max_payload
+    finally:
+        await dev.close()
