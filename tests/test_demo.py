@@ -9,6 +9,7 @@ import pytest
 from rich.console import Console
 
 from fleetrpc.demo import run_demo
+from fleetrpc.server.demo_data import DEMO_DEVICES
 
 
 @pytest.mark.mqtt
@@ -18,7 +19,8 @@ async def test_demo_tour_through_the_rest_api(mqtt_url):
     text = out.getvalue()
     assert "console: http://127.0.0.1:" in text and "tenant@thingsboard.org" in text
     online, total = rows["presence"].split()[0].split("/")
-    assert online == total and int(total) >= 12  # the dimmers and ThingsBoard's demo devices
+    # the dimmers (one kept away for the tour) and every one of ThingsBoard's demo devices
+    assert online == total and int(total) == 12 - 1 + len(DEMO_DEVICES)
     assert rows["two-way getValue x400 (REST)"].endswith("calls/s")
     assert rows["one-way setValue 80, read back"] == "200 then 80"
     assert rows["v1 two-way rpcCommand"] == "200"

@@ -37,7 +37,7 @@ LOGINS = (
 )
 ROOMS = ("kitchen", "hall", "office", "lab", "porch", "garage", "attic", "cellar")
 #: Devices running ThingsBoard firmware, connected to the device endpoint.
-THERMOSTATS = 3
+THERMOSTATS = tuple(f"Thermostat {i + 1}" for i in range(3))
 
 
 def _ms(seconds: float) -> str:
@@ -85,15 +85,14 @@ async def _fleet_devices(ctx: Any, tenant_id: str, n: int) -> list[Any]:
             continue
         customer = customers.get("Customer A") if i % 4 == 1 else customers.get("Customer B") if i % 7 == 3 else None
         await ctx.devices.create(tenant_id, name, type="dimmer", label=ROOMS[i % len(ROOMS)], customer_id=customer)
-    for i in range(THERMOSTATS):
-        name = f"Thermostat {i + 1}"
+    for i, name in enumerate(THERMOSTATS):
         if await ctx.devices.by_name(tenant_id, name) is None:
             await ctx.devices.create(tenant_id, name, type="thermostat", label=ROOMS[i % len(ROOMS)])
     found: list[Any] = []
     page = 0
     while True:
         batch = await ctx.devices.list(tenant_id, 1000, page)
-        found.extend(d for d in batch.data if d.type != "thermostat")
+        found.extend(d for d in batch.data if d.name not in THERMOSTATS)
         if not batch.has_next:
             return found
         page += 1
@@ -132,8 +131,8 @@ async def _connect_thermostats(ctx: Any, tenant_id: str) -> dict[str, Any]:
 
     port = ctx.endpoint.ports["tcp"]
     found: dict[str, Any] = {}
-    for i in range(THERMOSTATS):
-        device = await ctx.devices.by_name(tenant_id, f"Thermostat {i + 1}")
+    for i, name in enumerate(THERMOSTATS):
+        device = await ctx.devices.by_name(tenant_id, name)
         creds = await ctx.devices.credentials(tenant_id, device.id)
         state: dict[str, Any] = {"target": 21.0, "on": True}
 
