@@ -30,6 +30,27 @@ def test_online_changes_are_told_once():
     assert told == [("a", True), ("a", False)] and not reg.is_online("a")
 
 
+def test_the_node_a_device_is_connected_through_follows_its_presence():
+    reg = PresenceRegistry()
+    assert reg.set_online("a", True, "node-b.1f")
+    assert reg.get("a").via == "node-b.1f"
+    # it moves to the broker while online: no change of state is told, the path changes
+    assert not reg.set_online("a", True)
+    assert reg.get("a").via is None
+    assert not reg.set_online("a", True, "node-c.2e") and reg.get("a").via == "node-c.2e"
+    assert reg.set_online("a", False, "node-c.2e") and reg.get("a").via is None  # offline: nowhere
+
+
+async def test_the_dispatcher_reads_via_from_the_presence_it_receives():
+    hub = MemoryHub()
+    async with Dispatcher(Settings(node_id="n1"), transport=hub.transport("server")) as d:
+        node = hub.transport("node-b")
+        await node.start()
+        node.publish(presence_topic("fleetrpc", "dev-v"), b'{"status":"online","via":"node-b.1f"}')
+        await wait_until(lambda: d.is_online("dev-v"))
+        assert d.device_info("dev-v").via == "node-b.1f"
+
+
 def test_device_state_is_not_gc_tracked():
     """One per device (100,000 on a node): no GC header (16 bytes each);
     nothing in it can lead back to it (a heartbeat is decoded JSON)."""

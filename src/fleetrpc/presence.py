@@ -54,6 +54,10 @@ class DeviceState(msgspec.Struct, gc=False):
     last_heartbeat: float = 0.0
     #: Heartbeats received since it entered the registry.
     heartbeats: int = 0
+    #: While online: the server node whose device endpoint it is connected
+    #: to (its wire level, ``{node_id}.{boot}``, from the presence's
+    #: ``via``); None when it is connected to the broker itself.
+    via: str | None = None
 
 
 class PresenceStats:
@@ -134,8 +138,9 @@ class PresenceRegistry:
 
     # -- writing ------------------------------------------------------------
 
-    def set_online(self, device: str, online: bool) -> bool:
-        """Record a device's presence; returns True when its state changed."""
+    def set_online(self, device: str, online: bool, via: str | None = None) -> bool:
+        """Record a device's presence (``via``: see :attr:`DeviceState.via`);
+        returns True when its online state changed."""
         state = self._touch(device)
         if state is None:
             if self.max_unverified:
@@ -145,6 +150,7 @@ class PresenceRegistry:
                 if len(held) > self.max_unverified:
                     held.popitem(last=False)
             return False
+        state.via = via if online else None  # (a device may move while online)
         if state.since and state.online == online:
             return False  # had a presence before, and nothing changed
         now = state.last_seen

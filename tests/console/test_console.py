@@ -43,6 +43,8 @@ async def test_device_widgets_send_what_thingsboard_widgets_send(rig):
     page = await rig.page("tenant@thingsboard.org", "tenant")
     await page.goto(rig.url + f"#/device/{rig.registry['Test Device A1'].id}")
 
+    # where it is connected (DeviceInfo's connectedVia)
+    await page.locator("#connected-via", has_text="through the broker").wait_for()
     # on load: two-way getValue with params null, for the switch and the knob
     await page.locator("#round-switch .round-switch.on").wait_for()
     await page.locator('#knob input[type=range]').wait_for()

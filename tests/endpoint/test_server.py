@@ -93,7 +93,7 @@ async def test_a_device_on_one_nodes_endpoint_answers_rest_calls_made_at_another
     the second one's endpoint, the REST calls go to the first."""
     node_b = {"endpoint": ENDPOINT, "dispatch": {"node_id": "node-b"}, "server": {"data_dir": str(tmp_path / "b")}}
     async with start_server(endpoint=ENDPOINT, dispatch={"node_id": "node-a"}) as (a, api), \
-            start_server(seed=False, **node_b) as (b, _):
+            start_server(seed=False, **node_b) as (b, api_b):
         admin = await api.login(world.tenant.email)
         device_id, access_token = await _create_device(api, admin, "Pump 3")
         client = TBDeviceMqttClient("127.0.0.1", port=b.ctx.endpoint.ports["tcp"], username=access_token)
@@ -107,6 +107,9 @@ async def test_a_device_on_one_nodes_endpoint_answers_rest_calls_made_at_another
         await asyncio.to_thread(client.connect)
         try:
             await wait_until(lambda: a.ctx.dispatcher.is_online(device_id))
+            for at in (api, api_b):  # where it is connected, as either node tells
+                status, body, _ = await at.request("GET", f"/api/device/info/{device_id}", admin)
+                assert (status, json.loads(body)["connectedVia"]) == (200, "node-b")
             status, body, _ = await api.request("POST", f"/api/rpc/twoway/{device_id}", admin,
                                                 json={"method": "setSpeed", "params": {"speed": 3}})
             assert (status, json.loads(body)) == (200, {"at": "node-b", "speed": 3})
@@ -141,6 +144,8 @@ async def test_a_device_on_one_nodes_endpoint_answers_rest_calls_made_at_another
             await asyncio.to_thread(client.disconnect)
             client.stop()
         await wait_until(lambda: not a.ctx.dispatcher.is_online(device_id))
+        status, body, _ = await api.request("GET", f"/api/device/info/{device_id}", admin)
+        assert json.loads(body)["connectedVia"] is None
 
 
 async def test_share_devices_off_keeps_the_devices_to_this_node(start_server, world, mqtt_url):

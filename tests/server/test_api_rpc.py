@@ -187,6 +187,8 @@ async def test_device_online_state_and_last_activity(start_server, world, mqtt_u
             status, body, _ = await api.request("GET", path + "?keys=active,lastActivityTime", token)
             values = {kv["key"]: kv["value"] for kv in json.loads(body)}
             assert values["active"] is True and values["lastActivityTime"] > 0
+            status, body, _ = await api.request("GET", f"/api/device/info/{dev.device_id}", token)
+            assert json.loads(body)["connectedVia"] == "broker"
         finally:
             await dev.close()
         # the rules of reading a device

@@ -823,7 +823,8 @@ class Dispatcher:
             self.client_calls.on_call(msg, properties)
         elif kind == Kind.PRESENCE:
             self.stats.presence += 1
-            self.presence.set_online(msg.device, msg.body.status == "online")
+            body = msg.body
+            self.presence.set_online(msg.device, body.status == "online", body.via)
         elif kind == Kind.HEARTBEAT:
             self.stats.heartbeats += 1
             self.presence.heartbeat(msg.device, msg.body, len(payload))

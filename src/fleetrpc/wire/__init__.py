@@ -192,6 +192,7 @@ from .topics import (
     heartbeat_topic,
     is_presence_filter,
     new_boot_id,
+    node_id_of,
     node_level,
     node_presence_filter,
     node_presence_topic,
@@ -217,7 +218,7 @@ __all__ = [
     "request_topic", "reply_topic", "ack_topic", "call_topic", "return_topic",
     "presence_topic", "requests_filter", "heartbeat_topic", "elves_topic",
     "node_presence_topic", "node_presence_filter", "parse_node_presence_topic",
-    "ServerTopics", "DeviceTopics", "node_level", "new_boot_id",
+    "ServerTopics", "DeviceTopics", "node_level", "node_id_of", "new_boot_id",
     "own_answer_target", "parse_call_topic", "server_filters", "device_filters", "topic_matches", "devices_root", "device_permissions",
     "is_presence_filter", "validate_id", "validate_prefix", "is_valid_level",
 ]

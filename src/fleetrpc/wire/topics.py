@@ -119,6 +119,11 @@ def node_level(node_id: str, boot: str) -> str:
     return validate_id("node", f"{node_id}.{boot}")
 
 
+def node_id_of(level: str) -> str:
+    """The node id in a ``{node_id}.{boot}`` level (see :func:`node_level`)."""
+    return level.rpartition(".")[0]
+
+
 # -- one side's topics ----------------------------------------------------------
 
 

@@ -32,7 +32,9 @@ user its customer's (another customer's: 403); another tenant's device is
 A device's ``active`` is the dispatcher's presence now; its
 ``lastActivityTime`` the later of what the server saw since it started
 (``ctx.activity``) and what the database kept (written by the server's
-activity flush).
+activity flush).  DeviceInfo has one field ThingsBoard's has not:
+``connectedVia``, where an online device is connected (see
+:func:`connected_via`).
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ import msgspec
 from aiohttp import web
 
 from ...store.entities import NULL_UUID, CredentialsInput, DeviceInput
+from ...wire import node_id_of
 from ..auth import TENANT_ADMIN
 from ..errors import ApiError
 from ..keys import CTX, PRINCIPAL
@@ -93,6 +96,20 @@ def _online(ctx: Any, device_id: str) -> bool:
     return bool(d is not None and d.is_online(device_id))
 
 
+def connected_via(ctx: Any, device_id: str) -> str | None:
+    """Where ``device_id`` is connected, as this node knows it: ``"broker"``,
+    or the id of the node whose device endpoint has it (this one's or
+    another's, from the presence that node publishes); None while offline."""
+    d = ctx.dispatcher
+    if d is None or not d.is_online(device_id):
+        return None
+    if ctx.endpoint is not None and ctx.endpoint.reaches(device_id):
+        return d.node_id
+    state = d.device_info(device_id)
+    via = state.via if state is not None else None
+    return "broker" if via is None else node_id_of(via)
+
+
 def device_info(ctx: Any, device: Any, customer_title: str | None) -> dict[str, Any]:
     """ThingsBoard's DeviceInfo of ``device``: its Device JSON plus its
     customer's title, profile name (profiles are named after types here),
@@ -103,6 +120,7 @@ def device_info(ctx: Any, device: Any, customer_title: str | None) -> dict[str, 
     out["deviceProfileName"] = device.type
     out["active"] = _online(ctx, str(device.id))
     out["lastActivityTime"] = _last_activity(ctx, device)
+    out["connectedVia"] = connected_via(ctx, str(device.id))
     return out
 
 

@@ -12,7 +12,7 @@ the same shapes for the OpenAPI document (ThingsBoard's JSON: ids as
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 from aiohttp import web
@@ -77,13 +77,17 @@ class DeviceJson(msgspec.Struct):
 class DeviceInfoJson(DeviceJson):
     """ThingsBoard's ``DeviceInfo``: a Device plus its customer's title, its
     profile's name and whether it is connected now; plus its last activity
-    (epoch ms; null when never seen)."""
+    (epoch ms; null when never seen) and, fleetrpc's own, where it is
+    connected."""
 
     customerTitle: str | None
     customerIsPublic: bool
     deviceProfileName: str
     active: bool
     lastActivityTime: int | None
+    connectedVia: Annotated[str | None, msgspec.Meta(description=(
+        "fleetrpc's, not ThingsBoard's: where the device is connected now, \"broker\" or the id of the "
+        "node whose device endpoint has it; null while it is offline"))] = None
 
 
 class DeviceCredentialsJson(msgspec.Struct):

@@ -14,8 +14,9 @@ function errorText(err) {
 
 export function DevicePage({ id }) {
   const [device, error, reload] = useLoad(() => request("GET", `api/device/${id}`), [id]);
-  const [info] = useLoad(() => request("GET", `api/device/info/${id}`).catch(() => null), [id]);
   const [online, setOnline] = useState(null);
+  // (again when presence changes: where the device is connected, too)
+  const [info] = useLoad(() => request("GET", `api/device/info/${id}`).catch(() => null), [id, online]);
   const [last, setLast] = useState(null);
   useEffect(() => subscribe((e) => {
     if (e.type === "PRESENCE" && e.deviceId === id) { setOnline(e.online); setLast(e.ts); }
@@ -78,11 +79,19 @@ function Facts({ device, info, lastActivity, onChange }) {
         ${customers.map((c) => html`<option value=${idOf(c)} selected=${idOf(c) === customerId}>${c.title}</option>`)}
       </select>`}</dd>
     <dt>Last activity</dt><dd title=${lastActivity ? new Date(lastActivity).toLocaleString() : ""}>${fmtAgo(lastActivity)}</dd>
+    <dt>Connected</dt><dd id="connected-via">${connectedVia(info)}</dd>
     <dt>Access token</dt><dd>${token
       ? html`<code id="device-token">${token}</code><${ConnectHelp} deviceId=${id} token=${token} />`
       : html`<a href="#" onClick=${(e) => { e.preventDefault(); showToken(); }}>show</a>`}</dd>
     ${isAdmin && html`<dt></dt><dd><button class="secondary outline small" onClick=${remove}>Delete device</button></dd>`}
   </dl><${ErrorNote} error=${err} />`;
+}
+
+// DeviceInfo's connectedVia (fleetrpc's): "broker", a node id, or null.
+export function connectedVia(info) {
+  const via = info && info.connectedVia;
+  if (!via) return "—";
+  return via === "broker" ? "through the broker" : html`directly, to node <code>${via}</code>'s device endpoint`;
 }
 
 // RPC button (control_widgets.rpcbutton): method rpcCommand, params {},

@@ -81,6 +81,7 @@ from ...wire import (
     Presence,
     devices_root,
     is_presence_filter,
+    node_id_of,
     node_presence_filter,
     node_presence_topic,
     parse_node_presence_topic,
@@ -302,7 +303,7 @@ class CompositeTransport:
     def _run_ended(self, via: str) -> bool:
         """Whether the run ``via`` (another than this one) is known to have
         ended: an earlier run of this node, or one whose Will came."""
-        node_id = via.rpartition(".")[0]
+        node_id = node_id_of(via)
         return node_id == self._node_id or self._ended.get(node_id) == via
 
     def _node_will(self, node_id: str, payload: bytes) -> None:
@@ -316,7 +317,7 @@ class CompositeTransport:
             run = NODE_PRESENCE_DECODER.decode(payload)
         except msgspec.DecodeError:
             return
-        if run.node.rpartition(".")[0] != node_id:
+        if node_id_of(run.node) != node_id:
             return  # not a run of this node id
         if node_id != self._node_id:
             self._ended[node_id] = run.node
