@@ -39,6 +39,10 @@ def test_the_node_a_device_is_connected_through_follows_its_presence():
     assert reg.get("a").via is None
     assert not reg.set_online("a", True, "node-c.2e") and reg.get("a").via == "node-c.2e"
     assert reg.set_online("a", False, "node-c.2e") and reg.get("a").via is None  # offline: nowhere
+    # many devices on one node share one string, whatever their presence messages decoded to
+    for device in ("b", "c"):
+        reg.set_online(device, True, "".join(["node-d.", "3a"]))
+    assert reg.get("b").via is reg.get("c").via
 
 
 async def test_the_dispatcher_reads_via_from_the_presence_it_receives():

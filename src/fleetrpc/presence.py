@@ -30,6 +30,7 @@ online, until its next presence message.
 
 from __future__ import annotations
 
+import sys
 import time
 from collections import OrderedDict
 from typing import Any, Callable
@@ -150,7 +151,8 @@ class PresenceRegistry:
                 if len(held) > self.max_unverified:
                     held.popitem(last=False)
             return False
-        state.via = via if online else None  # (a device may move while online)
+        # (a device may move while online; one string per node, not per device)
+        state.via = sys.intern(via) if online and via is not None else None
         if state.since and state.online == online:
             return False  # had a presence before, and nothing changed
         now = state.last_seen
