@@ -186,6 +186,22 @@ def test_bench_direct_compares_the_endpoint_with_the_broker(tmp_path, mqtt_url):
     assert "direct / broker:" in result.output and " direct: " in result.output
 
 
+def test_the_endpoint_report_sets_the_servers_cpu_against_dispatcher_and_broker():
+    from fleetrpc.bench.endpoint import format_report, server_cpu_ratios
+
+    def path(rps, us, **more):
+        return {"round_trips_per_s": rps, "dispatcher_us_per_rt": us, "dispatcher_user_us_per_rt": us,
+                "dispatcher_sys_us_per_rt": 0.0, "errors": 0, **more}
+
+    results = {"broker": path(50_000, 7.5, broker_us_per_rt=17.5), "direct": path(70_000, 12.5)}
+    assert server_cpu_ratios(results) == {"direct": 0.5}  # 12.5 / (7.5 + 17.5)
+    report = {"config": {"devices": 1, "qos": 1, "concurrency": 1, "seconds": 1}, "results": results,
+              "server_cpu_ratios": server_cpu_ratios(results)}
+    assert "server-side CPU per round trip, direct / (dispatcher + broker): 0.50x" in format_report(report)
+    del results["broker"]["broker_us_per_rt"]  # a broker given with --url: not measured, no ratio
+    assert server_cpu_ratios(results) == {}
+
+
 def test_the_relayed_path_carries_calls_through_another_nodes_endpoint(mqtt_url):
     """``benchmarks/bench_endpoint.py --relayed``: the devices are on the
     endpoint of a node in a child process, the calls come through the

@@ -272,7 +272,25 @@ async def run_endpoint_bench(cfg: EndpointBenchConfig) -> dict[str, Any]:
     if broker and broker["round_trips_per_s"]:
         report["ratios"] = {name: results[name]["round_trips_per_s"] / broker["round_trips_per_s"]
                             for name in ("direct", "batched", "relayed") if name in results}
+    cpu = server_cpu_ratios(results)
+    if cpu:
+        report["server_cpu_ratios"] = cpu
     return report
+
+
+def server_cpu_ratios(results: dict[str, Any]) -> dict[str, float]:
+    """What the server side spends per round trip on each direct path
+    against the broker path's dispatcher and broker together: the fair
+    measure where the simulator shares the machine's cores (throughput
+    then depends on what the simulator costs).  Empty when the broker was
+    not this run's to measure (``--url``)."""
+    broker = results.get("broker") or {}
+    broker_cpu = broker.get("broker_us_per_rt")
+    if not broker_cpu:
+        return {}
+    served = broker["dispatcher_us_per_rt"] + broker_cpu
+    return {name: results[name]["dispatcher_us_per_rt"] / served
+            for name in ("direct", "batched") if name in results}
 
 
 def format_report(report: dict[str, Any]) -> str:
@@ -290,6 +308,8 @@ def format_report(report: dict[str, Any]) -> str:
                      f"{extra}  errors={r['errors']}")
     for name, ratio in report.get("ratios", {}).items():
         lines.append(f"{name} / broker: {ratio:.2f}x")
+    for name, ratio in report.get("server_cpu_ratios", {}).items():
+        lines.append(f"server-side CPU per round trip, {name} / (dispatcher + broker): {ratio:.2f}x")
     r = results.get("idle")
     if r is not None:
         lines.append(f"   idle: {r['connections']} connections, {r['rss_bytes_per_connection']:.0f} B RSS each "
