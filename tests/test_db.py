@@ -172,6 +172,21 @@ async def test_postgres_refuses_nul_in_jsonb_as_store_error(pg_dsn):
         await db.close()
 
 
+@pytest.mark.pg
+async def test_a_pool_with_every_connection_taken_answers_unavailable_in_bounded_time(pg_dsn):
+    """No request waits forever for a pooled connection: as long as a
+    statement may take, then StoreUnavailableError (the API's 503)."""
+    db = PostgresDatabase(pg_dsn, migrate=False, min_size=1, max_size=1, command_timeout=0.3)
+    await db.open()
+    try:
+        async with db.connection():
+            with pytest.raises(StoreUnavailableError, match="no pooled connection within 0.3 s"):
+                await db.fetchval("SELECT 1")
+        assert await db.fetchval("SELECT 1") == 1  # free again: served
+    finally:
+        await db.close()
+
+
 def test_sqlite_errors_are_classified_by_code_not_by_text():
     def err(cls, text, code, name):
         e = cls(text)

@@ -666,7 +666,14 @@ class PostgresDatabase(Database):
         if pool is None:
             raise StoreError(f"the PostgreSQL database at {self.where} is not open")
         try:
-            raw = await pool.acquire()
+            # Bounded like every statement: a pool whose connections are
+            # all taken answers "unavailable" rather than leave a request
+            # (and its caller) waiting forever.
+            raw = await pool.acquire(timeout=self.command_timeout)
+        except asyncio.TimeoutError:
+            raise StoreUnavailableError(
+                f"PostgreSQL at {self.where} is unavailable: no pooled connection within "
+                f"{self.command_timeout} s (all {self.max_size} busy, or the server does not answer)") from None
         except Exception as e:
             raise await self._error(e, "connecting") from e
         try:
