@@ -91,7 +91,7 @@ function Facts({ device, info, lastActivity, onChange }) {
 export function connectedVia(info) {
   const via = info && info.connectedVia;
   if (!via) return "—";
-  return via === "broker" ? "through the broker" : html`directly, to node <code>${via}</code>'s device endpoint`;
+  return via === "broker" ? "through the broker" : html`directly, to the device endpoint of node <code>${via}</code>`;
 }
 
 // RPC button (control_widgets.rpcbutton): method rpcCommand, params {},
