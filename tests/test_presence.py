@@ -53,6 +53,11 @@ async def test_the_dispatcher_reads_via_from_the_presence_it_receives():
         node.publish(presence_topic("fleetrpc", "dev-v"), b'{"status":"online","via":"node-b.1f"}')
         await wait_until(lambda: d.is_online("dev-v"))
         assert d.device_info("dev-v").via == "node-b.1f"
+        # a "via" no node level can be (over 128 characters) is refused, not kept per device
+        node.publish(presence_topic("fleetrpc", "dev-w"), b'{"status":"online","via":"' + b"n" * 5000 + b'"}')
+        node.publish(presence_topic("fleetrpc", "dev-x"), b'{"status":"online"}')
+        await wait_until(lambda: d.is_online("dev-x"))
+        assert not d.is_online("dev-w") and d.device_info("dev-w") is None
 
 
 def test_device_state_is_not_gc_tracked():

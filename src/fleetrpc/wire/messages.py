@@ -19,6 +19,9 @@ __all__ = [
 ]
 
 Method = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_ID_LENGTH)]
+#: A node's wire level, ``{node_id}.{boot}`` (an id: at most 128 characters;
+#: presence keeps it per device, so a longer one is refused, not stored).
+NodeLevel = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_ID_LENGTH)]
 
 
 class RpcRequest(msgspec.Struct, gc=False):
@@ -50,7 +53,7 @@ class Presence(msgspec.Struct, gc=False, omit_defaults=True):
     #: Set by a server node whose device endpoint the device is connected
     #: to directly: that node's wire level (``{node_id}.{boot}``), which
     #: takes the device's requests from the broker for it.
-    via: str | None = None
+    via: NodeLevel | None = None
 
 
 class NodePresence(msgspec.Struct, gc=False, omit_defaults=True):
@@ -60,7 +63,7 @@ class NodePresence(msgspec.Struct, gc=False, omit_defaults=True):
     status: Literal["offline"]
     #: The run: the node's wire level (``{node_id}.{boot}``), as in a
     #: device's :attr:`Presence.via`.
-    node: str
+    node: NodeLevel
 
 
 class ErrorBody(msgspec.Struct, gc=False):
