@@ -19,12 +19,14 @@ from typing import Any
 
 import msgspec
 
+from ..transport.endpoint.session import REQUEST_TOPIC, RESPONSE_TOPIC, V1
 from .leanmqtt import LeanClient
 
 __all__ = ["ThingsBoardDevice"]
 
-REQUEST = "v1/devices/me/rpc/request/"
-RESPONSE = "v1/devices/me/rpc/response/"
+# ThingsBoard's topics as the endpoint serves them (one place for them)
+REQUEST = REQUEST_TOPIC[V1]
+RESPONSE = RESPONSE_TOPIC[V1]
 
 
 class _Request(msgspec.Struct):
