@@ -256,3 +256,84 @@ async def test_gateway_sub_devices_are_registry_devices_by_name(start_server, wo
         finally:
             await asyncio.to_thread(gw.disconnect)
             gw.stop()
+
+
+async def test_only_the_tenant_administrator_makes_gateways_and_a_device_connected_itself_answers_for_itself(
+        start_server, world):
+    async with start_server(endpoint=ENDPOINT) as (server, api):
+        ctx = server.ctx
+        port = ctx.endpoint.ports["tcp"]
+        admin = await api.login(world.tenant.email)
+        customer_b = await api.login(world.customer2.email)
+        # customer B's own device: a customer user may edit it, but not turn it
+        # into a gateway (a gateway binds any device of the tenant by name)
+        status, body, _ = await api.request("GET", f"/api/device/{world.dev_c2.id}", customer_b)
+        assert status == 200, body
+        own = json.loads(body)
+        status, body, _ = await api.request("POST", "/api/device", customer_b,
+                                            json={**own, "additionalInfo": {"gateway": True}})
+        assert status == 403, body
+        status, body, _ = await api.request("GET", f"/api/device/{world.dev_c2.id}", admin)
+        assert json.loads(body)["additionalInfo"] in (None, {}), body
+        status, body, _ = await api.request("POST", "/api/device", customer_b,
+                                            json={**own, "label": "by the customer"})
+        assert status == 200 and json.loads(body)["label"] == "by the customer", body
+
+        # a gateway the tenant administrator made binds customer A's device by
+        # name; while that device is connected itself, the requests are its own
+        _, gw_token = await _create_device(api, admin, "Gateway 2", additionalInfo={"gateway": True})
+        status, body, _ = await api.request("GET", f"/api/device/{world.dev_c1.id}/credentials", admin)
+        dev_token = json.loads(body)["credentialsId"]
+        device = await raw.RawClient.open(port)
+        gw = await raw.RawClient.open(port)
+        try:
+            assert (await device.connect(dev_token, client_id="c1-itself"))[1] == b"\x00\x00"
+            assert (await gw.connect(gw_token, client_id="gateway-2"))[1] == b"\x00\x00"
+            device.send(raw.subscribe(1, ("v1/devices/me/rpc/request/+", 1)))
+            await device.read_packet()  # SUBACK
+            gw.send(raw.subscribe(1, ("v1/gateway/rpc", 1)))
+            await gw.read_packet()  # SUBACK
+            gw.send(raw.publish("v1/gateway/connect", json.dumps({"device": world.dev_c1.name}).encode(), qos=0))
+            await wait_until(lambda: len(raw_routes(ctx, world.dev_c1.id)) == 2)
+
+            call = asyncio.ensure_future(api.request("POST", f"/api/rpc/twoway/{world.dev_c1.id}", admin,
+                                                     json={"method": "whoAmI", "params": {}}))
+            topic, payload = await read_publish(device)
+            assert topic.startswith("v1/devices/me/rpc/request/") and json.loads(payload)["method"] == "whoAmI"
+            device.send(raw.publish(topic.replace("request", "response"), b'{"me": "the device"}', qos=0))
+            status, body, _ = await call
+            assert (status, json.loads(body)) == (200, {"me": "the device"})
+
+            # once the device has gone, the gateway's binding takes its requests
+            device.close()
+            await wait_until(lambda: len(raw_routes(ctx, world.dev_c1.id)) == 1)
+            call = asyncio.ensure_future(api.request("POST", f"/api/rpc/twoway/{world.dev_c1.id}", admin,
+                                                     json={"method": "whoAmI", "params": {}}))
+            topic, payload = await read_publish(gw)
+            request = json.loads(payload)
+            assert topic == "v1/gateway/rpc" and request["device"] == world.dev_c1.name
+            gw.send(raw.publish("v1/gateway/rpc", json.dumps(
+                {"device": world.dev_c1.name, "id": request["data"]["id"], "data": {"me": "the gateway"}}).encode(),
+                qos=0))
+            status, body, _ = await call
+            assert (status, json.loads(body)) == (200, {"me": "the gateway"})
+        finally:
+            device.close()
+            gw.close()
+
+
+async def read_publish(c: raw.RawClient) -> tuple[str, bytes]:
+    """The next PUBLISH (QoS 1: acknowledged): (topic, payload)."""
+    while True:
+        first, body = await c.read_packet()
+        if first >> 4 == 3:
+            topic, payload, mid = raw.publish_topic(body, (first >> 1) & 3, False)
+            if mid:
+                c.send(raw.puback(mid))
+            return topic, payload
+
+
+def raw_routes(ctx, device_id: str) -> tuple:
+    """The endpoint's routes to a device (its sessions and gateway bindings)."""
+    routes = ctx.endpoint._routes.get(device_id)
+    return () if routes is None else routes if isinstance(routes, tuple) else (routes,)

@@ -45,7 +45,7 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
-from ...store.entities import NULL_UUID, CredentialsInput, DeviceInput
+from ...store.entities import NULL_UUID, CredentialsInput, DeviceInput, is_gateway_info
 from ...wire import node_id_of
 from ..auth import TENANT_ADMIN
 from ..errors import ApiError
@@ -145,8 +145,11 @@ async def _save(ctx: Any, p: Any, inp: DeviceInput, token: str | None) -> Any:
             customer_id=None if inp.customer_id == NULL_UUID else inp.customer_id,
             access_token=token, additional_info=inp.additional_info)
     device = await device_for_write(ctx, p, inp.id)
-    if inp.customer_id != device.customer_id or token is not None:
-        require(p, TENANT_ADMIN)  # assignment and credentials: the tenant administrator's
+    if (inp.customer_id != device.customer_id or token is not None
+            or is_gateway_info(inp.additional_info) != device.is_gateway):
+        # Assignment, credentials and the gateway flag (which lets a device
+        # answer for any device of the tenant): the tenant administrator's.
+        require(p, TENANT_ADMIN)
     device = await ctx.devices.update(p.tenant_id, device.id, name=inp.name, type=inp.type, label=inp.label,
                                       additional_info=inp.additional_info)
     if inp.customer_id != device.customer_id:

@@ -30,6 +30,7 @@ from .model import (
     UserInput,
     check_token,
     check_uuid,
+    is_gateway_info,
     new_access_token,
     owner_id,
 )
@@ -63,6 +64,7 @@ __all__ = [
     "default_password_hasher",
     "check_token",
     "check_uuid",
+    "is_gateway_info",
     "owner_id",
     "new_access_token",
 ]

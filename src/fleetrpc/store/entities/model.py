@@ -27,6 +27,7 @@ from ...errors import ValidationError
 
 __all__ = [
     "NULL_UUID",
+    "is_gateway_info",
     "AUTHORITIES",
     "Authority",
     "CONTACT_FIELDS",
@@ -316,6 +317,11 @@ class User(msgspec.Struct, kw_only=True):
         return UserInput.parse(body)
 
 
+def is_gateway_info(additional_info: Any) -> bool:
+    """Whether a device's ``additionalInfo`` makes it a gateway."""
+    return isinstance(additional_info, dict) and additional_info.get("gateway") is True
+
+
 class Device(msgspec.Struct, kw_only=True):
     """A device (ThingsBoard's ``Device``).
 
@@ -333,6 +339,12 @@ class Device(msgspec.Struct, kw_only=True):
     additional_info: Any = None
     version: int = 1
     last_activity_time: int | None = None
+
+    @property
+    def is_gateway(self) -> bool:
+        """ThingsBoard's gateway flag, ``additionalInfo.gateway``: the device
+        may speak for other devices of its tenant (the gateway API)."""
+        return is_gateway_info(self.additional_info)
 
     def to_thingsboard(self) -> dict[str, Any]:
         return {

@@ -33,6 +33,7 @@ import time
 from collections import OrderedDict
 from typing import Any, Callable
 
+from ...store.entities.model import is_gateway_info
 from .server import Identity
 
 __all__ = ["DeviceDirectory"]
@@ -155,8 +156,7 @@ class DeviceDirectory:
     def _identity(self, device: Any) -> tuple[Identity | None, str | None]:
         if device is None:
             return None, None
-        info = device.additional_info
-        gateway = isinstance(info, dict) and info.get("gateway") is True
+        gateway = is_gateway_info(device.additional_info)
         if gateway:
             self._tenants[device.id] = device.tenant_id
         self._found(device.id)

@@ -143,6 +143,20 @@ def _joined(entry: Any, member: Any) -> Any:
     return member if entry is None else _members(entry) + (member,)
 
 
+def _routed_last(routes: Any, target: Any) -> Any:
+    """A device's routes with ``target`` added where requests find it: they
+    go to the last route. The device's own sessions stay after every
+    gateway's binding of it, so that while the device is connected itself
+    no gateway answers for it; among each kind, the newest is last."""
+    if target.__class__ is Session:
+        return _joined(routes, target)
+    members = _members(routes)
+    own = [m for m in members if m.__class__ is Session]
+    if not own:
+        return members + (target,)
+    return tuple(m for m in members if m.__class__ is not Session) + (target,) + tuple(own)
+
+
 def _left(entry: Any, member: Any) -> Any:
     """``entry`` without ``member``; None when nothing is left."""
     rest = tuple(m for m in _members(entry) if m is not member)
@@ -528,7 +542,7 @@ class DeviceEndpoint:
             self._routes[device] = target
             self._presence(device, True)
         elif target not in _members(routes):
-            self._routes[device] = _joined(routes, target)
+            self._routes[device] = _routed_last(routes, target)
 
     def _remove_route(self, device: str, target: Session | SubDevice) -> None:
         routes = self._routes.get(device)
