@@ -188,3 +188,30 @@ async def test_health_ready_metrics(start_server, world, mqtt_url):
                 assert name in text, name
         finally:
             await dev.close()
+
+
+async def test_a_failed_call_says_why_in_its_response(start_server, world, mqtt_url):
+    """ThingsBoard's FAILED call carries ``response.error`` (its console shows
+    it); without a reply, so does fleetrpc's."""
+    async with start_server() as (server, api):
+        ctx = server.ctx
+        tenant = await api.login(world.tenant.email)
+        dev = await _online(mqtt_url, ctx, world.dev_t1.id, nul=lambda p: "a\u0000b")
+        try:
+            status, body, _ = await api.request("POST", f"/api/rpc/twoway/{world.dev_t1.id}", tenant,
+                                                json={"method": "nul", "persistent": True})
+            rpc_id = json.loads(body)["rpcId"]
+            await ctx.engine.wait(rpc_id, 10, tenant_id=world.t1)
+            status, body, _ = await api.request("GET", f"/api/rpc/persistent/{rpc_id}", tenant)
+            rpc = json.loads(body)
+            assert (status, rpc["status"]) == (200, "FAILED")
+            assert "cannot be stored" in rpc["response"]["error"], rpc
+            # a successful call's response is the device's reply, untouched
+            status, body, _ = await api.request("POST", f"/api/rpc/twoway/{world.dev_t1.id}", tenant,
+                                                json={"method": "echo", "params": {"error": 1}, "persistent": True})
+            rpc_id = json.loads(body)["rpcId"]
+            await ctx.engine.wait(rpc_id, 10, tenant_id=world.t1)
+            status, body, _ = await api.request("GET", f"/api/rpc/persistent/{rpc_id}", tenant)
+            assert (json.loads(body)["status"], json.loads(body)["response"]) == ("SUCCESSFUL", {"error": 1})
+        finally:
+            await dev.close()

@@ -100,7 +100,10 @@ class RpcRecord(msgspec.Struct, kw_only=True, gc=False):
         /api/rpc/persistent/{rpcId}``.
 
         As in ThingsBoard, ``request.body.params`` is the parameters' JSON
-        *text* (``ToDeviceRpcRequestBody.params`` is a string there).
+        *text* (``ToDeviceRpcRequestBody.params`` is a string there), and a
+        FAILED call without a reply says why in ``response.error`` (where
+        ThingsBoard puts "There was a Timeout and all retry attempts have
+        been exhausted"; its console shows that text).
         """
         tenant = {"entityType": "TENANT", "id": self.tenant_id}
         device = {"entityType": "DEVICE", "id": self.device_id}
@@ -120,7 +123,11 @@ class RpcRecord(msgspec.Struct, kw_only=True, gc=False):
                 "persisted": self.persisted,
                 "retries": self.retries,
             },
-            "response": self.response,
+            "response": (
+                {"error": self.error}
+                if self.response is None and self.error is not None and self.status is RpcStatus.FAILED
+                else self.response
+            ),
             "status": self.status.value,
             "additionalInfo": self.additional_info,
         }
