@@ -52,3 +52,22 @@ def test_bad_offline_policy():
 def test_presence_bounds_are_checked():
     with pytest.raises(ValidationError):
         Settings(node_id="n", presence_max_devices=0)
+
+
+@pytest.mark.parametrize("days", [0.5, 1.9, -1, "7"])
+def test_ttl_days_are_whole_days(days):
+    # 0.5 used to be cut to 0 by the TTL clean-up: "keep forever"
+    with pytest.raises(ValidationError, match="ttl_days"):
+        Settings(node_id="n", ttl_days=days)
+    assert Settings(node_id="n", ttl_days=0).ttl_days == 0
+
+
+def test_the_servers_ttl_days_are_whole_days(tmp_path):
+    from fleetrpc.config.server import load_server_settings
+
+    path = tmp_path / "fleetrpc.toml"
+    path.write_text("[store]\nttl_days = 0.5\n")
+    with pytest.raises(ValidationError, match="ttl_days"):
+        load_server_settings(path, env={})
+    path.write_text("[store]\nttl_days = 2\n")
+    assert load_server_settings(path, env={}).store.ttl_days == 2

@@ -159,7 +159,8 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     #: ACTORS_RPC_MAX_RETRIES); more are capped to it.
     max_retries: int = 5
     ttl_enabled: bool = True
-    ttl_days: float = 30.0
+    #: Whole days, as ThingsBoard's "RPC TTL days" (0: keep them).
+    ttl_days: int = 30
     ttl_check_interval_s: float = 7200.0
 
     # -- HTTP ---------------------------------------------------------------
@@ -189,6 +190,9 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             raise ValidationError("read_batch_above must be >= 0 and read_batch_ms in (0, 1000]")
         if self.default_retries < 0 or self.max_retries < 0:
             raise ValidationError("default_retries and max_retries must be >= 0")
+        if type(self.ttl_days) is not int or self.ttl_days < 0:
+            # A fraction would have been cut to whole days, 0.5 to 0: kept forever.
+            raise ValidationError(f"ttl_days must be a whole number of days >= 0, not {self.ttl_days!r}")
         if not 0 < self.tick_ms <= 1000:
             raise ValidationError(f"tick_ms must be in (0, 1000], not {self.tick_ms!r}")
 

@@ -215,7 +215,7 @@ class StoreSection(_Section):
     max_retries: Annotated[int, _doc(
         "Most retries a persistent call may ask for; more are capped.", ge=0)] = 5
     ttl_enabled: Annotated[bool, _doc("Delete finished persistent calls after ttl_days.")] = True
-    ttl_days: Annotated[float, _doc("Age after which finished persistent calls are deleted.", gt=0)] = 30.0
+    ttl_days: Annotated[int, _doc("Age in whole days after which finished persistent calls are deleted.", gt=0)] = 30
     ttl_check_interval_s: Annotated[float, _doc("How often the TTL clean-up runs, seconds.", gt=0)] = 7200.0
 
 

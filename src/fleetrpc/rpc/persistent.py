@@ -1533,7 +1533,7 @@ class PersistentRpc:
 
     async def purge(self) -> int:
         """Delete finished calls older than their tenant's TTL now."""
-        n = await self.store.purge_expired(_now_ms(), int(self.settings.ttl_days))
+        n = await self.store.purge_expired(_now_ms(), self.settings.ttl_days)
         self.stats.purged += n
         return n
 
