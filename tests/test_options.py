@@ -43,6 +43,13 @@ def test_full_body():
     )
 
 
+def test_extra_info_is_the_seed_guides_name_for_additional_info():
+    assert parse_rpc_body({"method": "m", "extraInfo": {"k": 1}}).additional_info == {"k": 1}
+    # ThingsBoard's own name wins when both are there, even as null
+    assert parse_rpc_body({"method": "m", "extraInfo": 1, "additionalInfo": {"k": 2}}).additional_info == {"k": 2}
+    assert parse_rpc_body({"method": "m", "extraInfo": 1, "additionalInfo": None}).additional_info is None
+
+
 @pytest.mark.parametrize("body", [None, [], "x", 1, {"params": {}}, {"method": ""}, {"method": 5}, {"method": "x" * 129}])
 def test_bad_method_or_body(body):
     with pytest.raises(ValidationError):

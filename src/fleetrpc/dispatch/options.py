@@ -204,7 +204,10 @@ def parse_rpc_body(body: Any, *, oneway: bool | None = None) -> CallOptions:
 
     ``oneway`` comes from the URL (``/api/rpc/oneway/...``) and wins over a
     ``"oneway"`` field in the body.  Unknown fields are ignored, as
-    ThingsBoard does.  Raises :class:`ValidationError` naming the field."""
+    ThingsBoard does.  ``extraInfo`` (the name the RPC guide of a
+    ThingsBoard-derived platform gives the field) is read as
+    ``additionalInfo`` when that is absent.  Raises :class:`ValidationError`
+    naming the field."""
     if type(body) is not dict:
         raise ValidationError(f"the request body must be a JSON object, not {type(body).__name__}")
     if "method" not in body:
@@ -222,7 +225,7 @@ def parse_rpc_body(body: Any, *, oneway: bool | None = None) -> CallOptions:
         oneway=body_oneway if oneway is None else check_flag(oneway, "oneway"),
         persistent=False if persistent is None else check_flag(persistent, "persistent"),
         retries=check_retries(body.get("retries")),
-        additional_info=body.get("additionalInfo"),
+        additional_info=body["additionalInfo"] if "additionalInfo" in body else body.get("extraInfo"),
         request_uuid=check_request_uuid(body.get("requestUUID")),
     )
 
