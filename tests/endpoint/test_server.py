@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+import time
 
 import pytest
 from tb_device_mqtt import TBDeviceMqttClient
@@ -337,3 +338,73 @@ def raw_routes(ctx, device_id: str) -> tuple:
     """The endpoint's routes to a device (its sessions and gateway bindings)."""
     routes = ctx.endpoint._routes.get(device_id)
     return () if routes is None else routes if isinstance(routes, tuple) else (routes,)
+
+
+async def test_a_retry_of_a_call_thingsboard_firmware_has_not_answered_is_not_sent_twice(start_server, world):
+    """ThingsBoard firmware knows no request ids: a persistent call's retry,
+    sent as a new request, would run the command again. The endpoint keeps
+    the retry and lets the device's answer to the first copy answer it."""
+    async with start_server(endpoint=ENDPOINT) as (server, api):
+        ctx = server.ctx
+        admin = await api.login(world.tenant.email)
+        device_id, token = await _create_device(api, admin, "Valve 9")
+        c = await raw.RawClient.open(ctx.endpoint.ports["tcp"])
+        try:
+            assert (await c.connect(token, client_id="valve-9"))[1] == b"\x00\x00"
+            c.send(raw.subscribe(1, ("v1/devices/me/rpc/request/+", 1)))
+            await c.read_packet()  # SUBACK
+            await wait_until(lambda: ctx.dispatcher.is_online(device_id))
+            status, body, _ = await api.request(
+                "POST", f"/api/rpc/twoway/{device_id}", admin,
+                json={"method": "open", "params": {"turns": 1}, "persistent": True, "timeout": 300, "retries": 3,
+                      "expirationTime": int(time.time() * 1000) + 30_000})
+            assert status == 200, body
+            rpc_id = json.loads(body)["rpcId"]
+            topic, payload = await read_publish(c)
+            assert json.loads(payload)["method"] == "open"
+            # the first attempt times out (the device is slow); its retry stays here
+            await wait_until(lambda: ctx.endpoint.stats.retries_merged >= 1)
+            c.send(raw.publish(topic.replace("request", "response"), b'{"opened": true}', qos=1, mid=7))
+            record = await ctx.engine.wait(rpc_id, 10, tenant_id=world.t1)
+            assert (record.status.value, record.response) == ("SUCCESSFUL", {"opened": True})
+            assert record.attempts >= 2
+            # the device got the command once
+            with pytest.raises(asyncio.TimeoutError):
+                while True:
+                    first, _ = await c.read_packet(timeout=0.5)
+                    assert first >> 4 != 3, "the request was sent again"
+        finally:
+            c.close()
+
+
+async def test_a_gateway_gets_a_persistent_call_for_its_sub_device_once(start_server, world):
+    async with start_server(endpoint=ENDPOINT) as (server, api):
+        ctx = server.ctx
+        admin = await api.login(world.tenant.email)
+        _, gw_token = await _create_device(api, admin, "Gateway 3", additionalInfo={"gateway": True})
+        pump_id, _ = await _create_device(api, admin, "Pump G")
+        gw = await raw.RawClient.open(ctx.endpoint.ports["tcp"])
+        try:
+            assert (await gw.connect(gw_token, client_id="gateway-3"))[1] == b"\x00\x00"
+            gw.send(raw.subscribe(1, ("v1/gateway/rpc", 1)))
+            await gw.read_packet()  # SUBACK
+            gw.send(raw.publish("v1/gateway/connect", b'{"device": "Pump G"}'))
+            await wait_until(lambda: ctx.dispatcher.is_online(pump_id))
+            status, body, _ = await api.request(
+                "POST", f"/api/rpc/twoway/{pump_id}", admin,
+                json={"method": "prime", "persistent": True, "timeout": 300, "retries": 3,
+                      "expirationTime": int(time.time() * 1000) + 30_000})
+            rpc_id = json.loads(body)["rpcId"]
+            _, payload = await read_publish(gw)
+            request = json.loads(payload)
+            await wait_until(lambda: ctx.endpoint.stats.retries_merged >= 1)
+            gw.send(raw.publish("v1/gateway/rpc", json.dumps(
+                {"device": "Pump G", "id": request["data"]["id"], "data": {"primed": True}}).encode()))
+            record = await ctx.engine.wait(rpc_id, 10, tenant_id=world.t1)
+            assert (record.status.value, record.response) == ("SUCCESSFUL", {"primed": True})
+            with pytest.raises(asyncio.TimeoutError):
+                while True:
+                    first, _ = await gw.read_packet(timeout=0.5)
+                    assert first >> 4 != 3, "the request was sent again"
+        finally:
+            gw.close()

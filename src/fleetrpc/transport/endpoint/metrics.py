@@ -27,6 +27,8 @@ _COUNTERS = {
     "closed_connect_timeout": "Connections dropped without a CONNECT in time",
     "closed_other": "Connections closed for other reasons",
     "requests": "Requests sent to directly connected devices",
+    "retries_merged": ("Retries of persistent calls a ThingsBoard device had and had not answered "
+                       "(not sent again; its answer goes to the retry)"),
     "responses": "Responses from directly connected devices",
     "unknown_response": "Responses to no request of the session (dropped)",
     "client_calls": "Client-side calls from directly connected devices",

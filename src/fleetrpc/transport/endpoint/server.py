@@ -79,7 +79,7 @@ class EndpointStats:
         "accepted", "refused_max_connections", "refused_auth", "refused_unavailable", "takeovers",
         "closed_protocol", "closed_too_large", "closed_keepalive", "closed_rate_limit",
         "closed_slow_reader", "closed_connect_timeout", "closed_other",
-        "requests", "responses", "unknown_response", "client_calls", "session_limits",
+        "requests", "retries_merged", "responses", "unknown_response", "client_calls", "session_limits",
         "undeliverable", "too_large_for_device", "ignored", "refused_topic",
     )
 

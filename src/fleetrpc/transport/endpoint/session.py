@@ -125,6 +125,26 @@ class _Request(msgspec.Struct, gc=False):
     params: msgspec.Raw = msgspec.Raw(b"{}")
 
 
+class _RequestId(msgspec.Struct, gc=False):
+    id: str | None = None
+
+
+_decode_request_id = msgspec.json.Decoder(_RequestId).decode
+
+
+def _persistent_id(payload: bytes) -> str | None:
+    """The id in a persistent call's request (the same on every retry), or
+    None.  The dispatcher writes it last, as a string (Dispatcher.submit's
+    ``request_id``), so a request not ending in ``"}`` has none and costs
+    no decoding."""
+    if payload[-2:] != b'"}':
+        return None
+    try:
+        return _decode_request_id(payload).id
+    except msgspec.DecodeError:
+        return None
+
+
 class _GatewayData(msgspec.Struct, gc=False):
     id: int
     method: str
@@ -164,7 +184,7 @@ class _Extra:
     __slots__ = (
         "gateway", "subdevices", "fr_subs", "fr_req_qos", "requests", "inflight", "next_mid", "waiting", "window",
         "client_max_packet", "written", "paused_since", "calls", "session_expiry", "clean_start", "rate", "early",
-        "failure", "base",
+        "failure", "base", "rpc_ids",
     )
 
     def __init__(self, window: int) -> None:
@@ -204,6 +224,10 @@ class _Extra:
         self.failure: tuple[int, str] | None = None
         #: the session's ``base``, kept while it has traffic (see base_of)
         self.base: str | None = None
+        #: ThingsBoard forms: a persistent call's id (with the sub-device's
+        #: name, for a gateway) -> the request number it went out with (see
+        #: Session._merged_retry); entries whose number was answered are stale
+        self.rpc_ids: dict[Any, int] | None = None
 
     def base_of(self, session: "Session") -> str:
         """``session.base``, made once while this extra lives: answers and
@@ -223,11 +247,15 @@ class _Extra:
             self.waiting = None
         if not self.calls:
             self.calls = None
+        if self.rpc_ids is not None:
+            requests = self.requests or ()
+            self.rpc_ids = {k: n for k, n in self.rpc_ids.items() if n in requests} or None
         return (not self.gateway and self.subdevices is None and self.fr_subs is None and self.fr_req_qos == -1
                 and self.requests is None and self.inflight is None and self.waiting is None
                 and self.window == window and not self.client_max_packet and self.written is None
                 and not self.paused_since and self.calls is None and not self.session_expiry
-                and self.clean_start and self.rate is None and self.early is None and self.failure is None)
+                and self.clean_start and self.rate is None and self.early is None and self.failure is None
+                and self.rpc_ids is None)
 
 
 class Session(asyncio.Protocol):
@@ -723,20 +751,26 @@ class Session(asyncio.Protocol):
             if qos >= 0:
                 self._publish(topic, payload, qos, token if token >= 0 else None, props)
             return
-        n = self.next_n = self.next_n + 1 if self.next_n < 2147483647 else 1
         tail = topic[tail_at:]
         if token < 0:
             x = self.extra
             if x is None:
                 x = self._extra()
+            rpc_id = _persistent_id(payload)
+            if rpc_id is not None and self._merged_retry(x, rpc_id, tail, tail):
+                return
+            n = self.next_n = self.next_n + 1 if self.next_n < 2147483647 else 1
             requests = x.requests
             if requests is None:
                 requests = x.requests = {}
             requests[n] = tail
             if len(requests) > self.endpoint.settings.max_pending_responses:
                 del requests[next(iter(requests))]
+            if rpc_id is not None:
+                self._remember_id(x, rpc_id, n)
             self._publish(REQUEST_TOPIC[form] + str(n), payload, self.rpc_qos, tail)
         else:
+            n = self.next_n = self.next_n + 1 if self.next_n < 2147483647 else 1
             self._publish(REQUEST_TOPIC[form] + str(n), payload, self.rpc_qos, token)
 
     def _send_gateway_request(self, sub: SubDevice, tail: str, payload: bytes, token: int) -> None:
@@ -745,17 +779,52 @@ class Session(asyncio.Protocol):
         except msgspec.DecodeError:
             self.endpoint.stats.undeliverable += 1
             return
-        n = self.next_n = self.next_n + 1 if self.next_n < 2147483647 else 1
         if token < 0:
             x = self._extra()
+            rpc_id = _persistent_id(payload)
+            key = (sub.name, rpc_id)
+            if rpc_id is not None and self._merged_retry(x, key, (sub.base, tail, sub.name), (sub.base, tail)):
+                return
+            n = self.next_n = self.next_n + 1 if self.next_n < 2147483647 else 1
             requests = x.requests
             if requests is None:
                 requests = x.requests = {}
             requests[n] = (sub.base, tail, sub.name)
             if len(requests) > self.endpoint.settings.max_pending_responses:
                 del requests[next(iter(requests))]
+            if rpc_id is not None:
+                self._remember_id(x, key, n)
+        else:
+            n = self.next_n = self.next_n + 1 if self.next_n < 2147483647 else 1
         body = _json(_GatewayRequest(sub.name, _GatewayData(n, req.method, req.params)))
         self._publish(GATEWAY_RPC, body, self.granted(GATEWAY_RPC), token if token >= 0 else (sub.base, tail))
+
+    def _merged_retry(self, x: _Extra, key: Any, entry: Any, confirm: Any) -> bool:
+        """A retry of a persistent call (``key``: its id) that this
+        connection sent and the device has not answered: not sent again.
+        ThingsBoard firmware knows no ids, so a second copy would run the
+        command twice (fleetrpc's SDK answers a repeat from memory instead).
+        The device's answer to the first copy goes to the retry (``entry``
+        replaces what the request number answers), which is delivered:
+        the first copy is on this connection already."""
+        ids = x.rpc_ids
+        n = ids.get(key) if ids is not None else None
+        requests = x.requests
+        if n is None or not requests or n not in requests:
+            return False
+        requests[n] = entry
+        self.endpoint.stats.retries_merged += 1
+        self._confirm(confirm)
+        return True
+
+    def _remember_id(self, x: _Extra, key: Any, n: int) -> None:
+        ids = x.rpc_ids
+        if ids is None:
+            ids = x.rpc_ids = {}
+        ids[key] = n
+        if len(ids) > self.endpoint.settings.max_pending_responses:
+            requests = x.requests or ()
+            x.rpc_ids = {k: m for k, m in ids.items() if m in requests}
 
     def send_answer(self, topic: str, payload: bytes, qos: int, props: dict | None = None) -> None:
         """The dispatcher's answer to one of this session's client-side calls."""
