@@ -152,3 +152,23 @@ def test_broker_auth_and_client_rpc_sections(tmp_path):
         load_server_settings(env={"FLEETRPC_EMQX_SECRET": "short"})
     with pytest.raises(ValidationError, match="webhook_methods needs client_rpc.webhook_url"):
         load_server_settings(env={"FLEETRPC_CLIENT_RPC_WEBHOOK_METHODS": "*"})
+
+
+def test_thingsboards_environment_variables_set_what_fleetrpc_also_has():
+    s = load_server_settings(env={"ACTORS_RPC_MAX_RETRIES": "3", "ACTORS_RPC_SEQUENTIAL": "true",
+                                  "SQL_TTL_RPC_ENABLED": "false", "SQL_RPC_TTL_CHECKING_INTERVAL": "600000"})
+    assert (s.store.max_retries, s.dispatch.strategy, s.store.ttl_enabled, s.store.ttl_check_interval_s) == (
+        3, "SEQUENTIAL_ON_RESPONSE", False, 600.0)
+    # the newer strategy variable wins over the older switch; fleetrpc's own name over both
+    env = {"ACTORS_RPC_SEQUENTIAL": "true", "ACTORS_RPC_SUBMIT_STRATEGY_TYPE": "SEQUENTIAL_ON_ACK_FROM_DEVICE"}
+    assert load_server_settings(env=env).dispatch.strategy == "SEQUENTIAL_ON_ACK"
+    env["FLEETRPC_DISPATCH_STRATEGY"] = "BURST"
+    env["ACTORS_RPC_MAX_RETRIES"] = "2"
+    env["FLEETRPC_STORE_MAX_RETRIES"] = "4"
+    s = load_server_settings(env=env)
+    assert (s.dispatch.strategy, s.store.max_retries) == ("BURST", 4)
+    # a bad value names the variable it came from
+    for name, value in (("ACTORS_RPC_SEQUENTIAL", "sometimes"), ("ACTORS_RPC_MAX_RETRIES", "-1"),
+                        ("SQL_RPC_TTL_CHECKING_INTERVAL", "2h"), ("ACTORS_RPC_SUBMIT_STRATEGY_TYPE", "FAST")):
+        with pytest.raises(ValidationError, match=f"\\${name}"):
+            load_server_settings(env={name: value})

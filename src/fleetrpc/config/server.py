@@ -23,7 +23,7 @@ import os
 import tomllib
 import typing
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Callable, Literal
 
 import msgspec
 from msgspec import Meta
@@ -573,6 +573,53 @@ def env_name(section: str, key: str) -> str:
     return f"FLEETRPC_{section.upper()}_{key.upper()}"
 
 
+#: ThingsBoard's environment variables for what fleetrpc also has (the RPC
+#: guide names them): variable -> (section, key, its value as fleetrpc's).
+#: A ``FLEETRPC_*`` variable for the same setting wins.
+THINGSBOARD_ENV: dict[str, tuple[str, str, Callable[[str], Any]]] = {
+    "ACTORS_RPC_MAX_RETRIES": ("store", "max_retries", lambda v: v),
+    # ThingsBoard 3.3's switch: the next call once the previous one is answered
+    "ACTORS_RPC_SEQUENTIAL": ("dispatch", "strategy",
+                              lambda v: "SEQUENTIAL_ON_RESPONSE" if _truthy(v) else "BURST"),
+    "ACTORS_RPC_SUBMIT_STRATEGY_TYPE": ("dispatch", "strategy",
+                                        lambda v: v.strip().upper().removesuffix("_FROM_DEVICE")),
+    "SQL_TTL_RPC_ENABLED": ("store", "ttl_enabled", lambda v: v),
+    "SQL_RPC_TTL_CHECKING_INTERVAL": ("store", "ttl_check_interval_s", lambda v: _ms_to_s(v)),
+}
+
+
+def _truthy(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("true", "1", "yes", "on"):
+        return True
+    if value in ("false", "0", "no", "off", ""):
+        return False
+    raise ValueError(f"expected true or false, got {raw!r}")
+
+
+def _ms_to_s(raw: str) -> float:
+    try:
+        return float(raw) / 1000.0
+    except ValueError:
+        raise ValueError(f"expected milliseconds, got {raw!r}") from None
+
+
+def thingsboard_env(env: dict[str, str]) -> dict[tuple[str, str], tuple[str, Any]]:
+    """ThingsBoard's variables set in ``env``: (section, key) -> (variable,
+    value).  ACTORS_RPC_SUBMIT_STRATEGY_TYPE wins over the older
+    ACTORS_RPC_SEQUENTIAL (it comes later in THINGSBOARD_ENV)."""
+    found: dict[tuple[str, str], tuple[str, Any]] = {}
+    for name, (section, key, convert) in THINGSBOARD_ENV.items():
+        raw = env.get(name)
+        if raw is None:
+            continue
+        try:
+            found[(section, key)] = (name, convert(raw))
+        except ValueError as exc:
+            raise ValidationError(f"{section}.{key} (from ${name}): {exc}") from None
+    return found
+
+
 def _env_value(raw: str, annotation: Any) -> Any:
     """An environment string for a field: lists as JSON or comma-separated;
     everything else is converted by msgspec (strict=False)."""
@@ -637,6 +684,9 @@ def load_server_settings(
             data[section] = dict(values)
             for key in values:
                 source[(section, key)] = str(path)
+    for (section, key), (name, value) in thingsboard_env(env).items():
+        data.setdefault(section, {})[key] = value
+        source[(section, key)] = f"${name}"
     for section, cls in SECTIONS.items():
         hints = typing.get_type_hints(cls, include_extras=True)
         for field in msgspec.structs.fields(cls):
