@@ -1,6 +1,8 @@
-"""Events: every persistent-RPC status change (``RPC_QUEUED`` ...
-``RPC_DELETED``, the body is the whole record in ThingsBoard's shape) and
-every client-side call (``TO_SERVER_RPC_REQUEST``), delivered to sinks.
+"""Events: every server-side call accepted through the REST API
+(``RPC_CALL_FROM_SERVER_TO_DEVICE``), every persistent-RPC status change
+(``RPC_QUEUED`` ... ``RPC_DELETED``, the body is the whole record in
+ThingsBoard's shape) and every client-side call (``TO_SERVER_RPC_REQUEST``),
+delivered to sinks.
 
 Sinks: Python hooks, an MQTT topic, an HTTP webhook with retries.  Each sink
 has its own bounded buffer and worker, so a failing or slow sink never
@@ -19,12 +21,12 @@ from typing import Any, Callable
 
 import msgspec
 
-from .rpc.status import TO_SERVER_RPC_REQUEST, RpcStatus, event_type
+from .rpc.status import RPC_CALL_FROM_SERVER_TO_DEVICE, TO_SERVER_RPC_REQUEST, RpcStatus, event_type
 
 log = logging.getLogger("fleetrpc.events")
 
 #: Event types, as ThingsBoard names its rule-engine messages.
-EVENT_TYPES = tuple(event_type(s) for s in RpcStatus) + (TO_SERVER_RPC_REQUEST,)
+EVENT_TYPES = (RPC_CALL_FROM_SERVER_TO_DEVICE,) + tuple(event_type(s) for s in RpcStatus) + (TO_SERVER_RPC_REQUEST,)
 
 
 class Event(msgspec.Struct, frozen=True):

@@ -223,3 +223,56 @@ async def test_a_device_created_on_another_node_is_served_at_once(start_server, 
             assert made.id in ctx.registered_devices and ctx.dispatcher.is_online(made.id)
         finally:
             await dev.close()
+
+
+async def test_every_accepted_rest_call_is_announced_to_the_event_sinks(start_server, world, mqtt_url):
+    """RPC_CALL_FROM_SERVER_TO_DEVICE, as ThingsBoard's rule engine gets it:
+    lightweight calls too (they leave no other event), persistent ones once
+    stored; a refused call is not announced."""
+    import uuid
+
+    from fleetrpc.transport import MqttTransport
+
+    topic = f"events-{uuid.uuid4().hex[:8]}"
+    seen = []
+    watcher = MqttTransport(mqtt_url)
+    watcher.on_message = lambda t, payload, props: seen.append(json.loads(payload))
+    await watcher.start([(f"{topic}/RPC_CALL_FROM_SERVER_TO_DEVICE", 1)])
+    try:
+        async with start_server(events={"mqtt_topic": topic}) as (server, api):
+            ctx = server.ctx
+            token = await api.login(world.tenant.email)
+            dev = DeviceClient(world.dev_t1.id, mqtt_url)
+            dev.add_method("echo", lambda p: p)
+            await dev.connect()
+            try:
+                await wait_until(lambda: ctx.dispatcher.is_online(world.dev_t1.id))
+                status, _, _ = await api.request("POST", f"/api/rpc/twoway/{world.dev_t1.id}", token,
+                                                 json={"method": "echo", "params": {"a": 1}, "timeout": 7000})
+                assert status == 200
+                chosen = str(uuid.uuid4())
+                status, _, _ = await api.request("POST", f"/api/rpc/oneway/{world.dev_t1.id}", token,
+                                                 json={"method": "echo", "persistent": True, "requestUUID": chosen,
+                                                       "additionalInfo": {"why": "test"}})
+                assert status == 200
+                # refused: no announcement
+                other = await api.login(world.tenant2.email)
+                status, _, _ = await api.request("POST", f"/api/rpc/twoway/{world.dev_t1.id}", other,
+                                                 json={"method": "echo"})
+                assert status == 404
+                status, _, _ = await api.request("POST", f"/api/rpc/twoway/{world.dev_t1.id}", token, json={})
+                assert status == 400
+                await wait_until(lambda: len(seen) >= 2)
+                await asyncio.sleep(0.2)
+            finally:
+                await dev.close()
+    finally:
+        await watcher.close()
+    light, persistent = (e["body"] for e in seen)
+    assert len(seen) == 2 and {e["type"] for e in seen} == {"RPC_CALL_FROM_SERVER_TO_DEVICE"}
+    assert light["deviceId"] == {"entityType": "DEVICE", "id": world.dev_t1.id}
+    assert light["tenantId"] == {"entityType": "TENANT", "id": world.t1}
+    assert (light["method"], light["params"], light["oneway"], light["persistent"]) == ("echo", {"a": 1}, False, False)
+    assert uuid.UUID(light["requestUUID"]) and light["expirationTime"] > 1_600_000_000_000
+    assert (persistent["requestUUID"], persistent["oneway"], persistent["persistent"]) == (chosen, True, True)
+    assert persistent["additionalInfo"] == {"why": "test"}

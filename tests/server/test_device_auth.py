@@ -180,6 +180,7 @@ async def test_device_calls_the_server_and_a_webhook_answers_any_method(start_se
                                                      "refuse"]
             assert bodies[2]["response"] == {"answer": 42, "tenant": world.t1}
             assert "HTTP 500" in bodies[3]["error"]
+            assert len({b["requestUUID"] for b in bodies}) == 4
     finally:
         await http.close()
 

@@ -340,7 +340,7 @@ class RateLimitsSection(_Section):
 
 
 class EventsSection(_Section):
-    """Where RPC events (RPC_QUEUED ... RPC_DELETED, TO_SERVER_RPC_REQUEST) go."""
+    """Where RPC events (RPC_CALL_FROM_SERVER_TO_DEVICE, RPC_QUEUED ... RPC_DELETED, TO_SERVER_RPC_REQUEST) go."""
 
     webhook_urls: Annotated[list[str], _doc(
         "POST each batch of events as a JSON array to these URLs.")] = msgspec.field(default_factory=list)

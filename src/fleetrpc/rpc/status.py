@@ -36,6 +36,7 @@ __all__ = [
     "UNFINISHED",
     "RPC_DELETED",
     "TO_SERVER_RPC_REQUEST",
+    "RPC_CALL_FROM_SERVER_TO_DEVICE",
     "check_transition",
     "is_allowed",
     "is_terminal",
@@ -154,6 +155,9 @@ def is_terminal(status: RpcStatus | str, *, oneway: bool = False) -> bool:
 RPC_DELETED = "RPC_DELETED"
 #: Event type of a client-side RPC (device -> platform).
 TO_SERVER_RPC_REQUEST = "TO_SERVER_RPC_REQUEST"
+#: Event type of a server-side RPC accepted through the REST API,
+#: lightweight or persistent (ThingsBoard's rule-engine message type).
+RPC_CALL_FROM_SERVER_TO_DEVICE = "RPC_CALL_FROM_SERVER_TO_DEVICE"
 
 _EVENT_TYPES = {s: f"RPC_{s.value}" for s in RpcStatus}
 

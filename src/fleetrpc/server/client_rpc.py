@@ -40,6 +40,7 @@ import importlib.metadata
 import inspect
 import logging
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -188,6 +189,8 @@ class ClientRpc:
             return
         self.bus.emit(TO_SERVER_RPC_REQUEST, {
             "deviceId": {"entityType": "DEVICE", "id": device},
+            # one per call: a sink that gets an event twice (a webhook retried) knows it
+            "requestUUID": str(uuid.uuid4()),
             "method": method,
             "params": params,
             **outcome,

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from typing import Any
 
 import msgspec
@@ -57,7 +58,8 @@ from ..errors import ApiError, ErrorCode, empty, error_response
 from ..metrics import RpcStats
 from ..openapi import operation
 from .access import check_uuid, device_for_rpc
-from ...dispatch.options import CallOptions, parse_rpc_body
+from ...dispatch.options import CallOptions, effective_timeout_ms, parse_rpc_body
+from ...rpc.status import RPC_CALL_FROM_SERVER_TO_DEVICE
 from ..keys import PRINCIPAL
 
 __all__ = ["setup", "RpcRequest", "RpcId"]
@@ -210,6 +212,26 @@ async def _lightweight(ctx: Any, device_id: str, opts: CallOptions, timeout_stat
     return web.Response(body=_encode(result), headers=_JSON)
 
 
+def _announce(ctx: Any, device_id: str, tenant_id: str, opts: CallOptions, request_uuid: str) -> None:
+    """RPC_CALL_FROM_SERVER_TO_DEVICE for a call the REST API accepted (a
+    persistent one once it is stored), as ThingsBoard's rule engine gets it:
+    lightweight calls leave no other trace for the sinks."""
+    expiration = opts.expiration_time
+    if expiration is None:
+        expiration = int(time.time() * 1000) + effective_timeout_ms(opts.timeout_ms, ctx.library)
+    ctx.bus.emit(RPC_CALL_FROM_SERVER_TO_DEVICE, {
+        "deviceId": {"entityType": "DEVICE", "id": device_id},
+        "tenantId": {"entityType": "TENANT", "id": tenant_id},
+        "requestUUID": request_uuid,
+        "method": opts.method,
+        "params": opts.params,
+        "oneway": opts.oneway,
+        "persistent": opts.persistent,
+        "expirationTime": expiration,
+        "additionalInfo": opts.additional_info,
+    })
+
+
 async def _persistent(ctx: Any, device: Any, opts: CallOptions, tenant_id: str) -> web.Response:
     started = time.perf_counter()
     try:
@@ -232,6 +254,8 @@ async def _persistent(ctx: Any, device: Any, opts: CallOptions, tenant_id: str) 
         ctx.metrics.rpc_done("persistent", "store_unavailable", started, tenant_id)
         return error_response(503, "The database is unavailable: the call was not stored", ErrorCode.GENERAL)
     ctx.metrics.rpc_done("persistent", "queued", started, tenant_id)
+    if ctx.bus is not None and ctx.bus.sinks:
+        _announce(ctx, str(device.id), tenant_id, opts, rpc_id)
     return web.Response(status=200, body=b'{"rpcId":"' + rpc_id.encode() + b'"}', content_type="application/json")
 
 
@@ -253,6 +277,8 @@ def _handler(ctx: Any, oneway: bool, timeout_status: int, offline_status: int):
         device = await device_for_rpc(ctx, p, check_uuid(request.match_info["deviceId"]))
         if opts.persistent:
             return await _persistent(ctx, device, opts, p.tenant_id)
+        if ctx.bus is not None and ctx.bus.sinks:
+            _announce(ctx, str(device.id), p.tenant_id, opts, opts.request_uuid or str(uuid.uuid4()))
         return await _lightweight(ctx, str(device.id), opts, timeout_status, offline_status,
                                   rpc_stats(kind, p.tenant_id))
 
