@@ -802,3 +802,27 @@ async def test_call_many_stores_the_good_calls_and_names_each_refusal(mqtt_url, 
         assert (await r.engine.list_by_device(a.device_id)).total_elements == 1
     finally:
         await r.stop()
+
+
+async def test_the_ttl_clean_up_runs_by_itself(mqtt_url, store_url):
+    """ttl_enabled: the engine's own loop deletes finished calls older than
+    ttl_days (every ttl_check_interval_s), and leaves unfinished ones."""
+    from fleetrpc.store.base import RpcRecord
+
+    day = 86_400_000
+    now = int(time.time() * 1000)
+    rig = await Rig(mqtt_url, store_url, ttl_enabled=True, ttl_days=1, ttl_check_interval_s=0.05).start()
+    try:
+        def old(rid: str, status: RpcStatus, age_days: float) -> RpcRecord:
+            created = now - int(age_days * day)
+            return RpcRecord(id=rid, device_id="ttl-dev", created_time=created, expiration_time=created + 10_000,
+                             method="m", status=status, tenant_id="default")
+
+        await rig.store.insert_many([old("gone", RpcStatus.SUCCESSFUL, 2), old("young", RpcStatus.FAILED, 0.5),
+                                     old("unfinished", RpcStatus.SENT, 2)])
+        await _wait(lambda: rig.engine.stats.purged >= 1)
+        assert await rig.store.get("gone", "default") is None
+        assert await rig.store.get("young", "default") is not None
+        assert await rig.store.get("unfinished", "default") is not None
+    finally:
+        await rig.stop()
