@@ -215,3 +215,20 @@ async def test_a_failed_call_says_why_in_its_response(start_server, world, mqtt_
             assert (json.loads(body)["status"], json.loads(body)["response"]) == ("SUCCESSFUL", {"error": 1})
         finally:
             await dev.close()
+
+
+async def test_metrics_ask_for_their_token_when_one_is_set(start_server, world):
+    """/metrics names tenants by id: ``http.metrics_token`` closes it to
+    whoever does not scrape with that bearer token (a tenant's JWT is not it)."""
+    secret = "scrape-me-" + uuid.uuid4().hex
+    async with start_server(http={"metrics_token": secret}) as (server, api):
+        user_jwt = await api.login(world.tenant.email)
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Bearer {user_jwt}"},
+                        {"Authorization": secret}, {"X-Authorization": f"Bearer {secret}"}):
+            status, body, r = await api.request("GET", "/metrics", headers=headers)
+            assert status == 401 and b"fleetrpc_" not in body, headers
+            assert r.headers["WWW-Authenticate"].startswith("Bearer")
+        status, body, _ = await api.request("GET", "/metrics", headers={"Authorization": f"Bearer {secret}"})
+        assert status == 200 and b"fleetrpc_devices_online" in body
+        # health checks stay open for the load balancer
+        assert (await api.request("GET", "/healthz"))[0] == 200

@@ -15,6 +15,7 @@ engine and the stores already count is read at scrape time too.
 
 from __future__ import annotations
 
+import hmac
 import logging
 import time
 from bisect import bisect_left
@@ -237,6 +238,12 @@ def route_name(request: web.Request) -> str:
 
 async def metrics_page(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
+    token = ctx.settings.http.metrics_token
+    if token is not None:
+        given = request.headers.get("Authorization", "")
+        if not hmac.compare_digest(given.encode(), b"Bearer " + token.encode()):
+            return web.Response(status=401, text="metrics need Authorization: Bearer <http.metrics_token>",
+                                headers={"WWW-Authenticate": 'Bearer realm="metrics"'})
     body = ctx.metrics.render()
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 

@@ -287,6 +287,10 @@ class HttpSection(_Section):
         "(ThingsBoard: 16 MiB).", ge=1)] = 16 * MiB
     access_log: Annotated[bool, _doc("Log one line per request.")] = True
     docs: Annotated[bool, _doc("Serve /api/openapi.json and the docs page /api/docs.")] = True
+    metrics_token: Annotated[str | None, _doc(
+        "Bearer token GET /metrics asks for (Prometheus' authorization.credentials); its "
+        "series name tenants by id. Unset: /metrics is open to whoever reaches this port.",
+        extra=SECRET)] = None
 
 
 class JwtSection(_Section):
