@@ -76,8 +76,11 @@ async def test_property_based_from_openapi(start_server, world):
     """Every operation, as each role (the entity endpoints do different
     things for each), on both databases (PostgreSQL refuses more values
     than SQLite: NUL characters, out-of-range integers)."""
-    # Short timeouts: generated calls to offline devices answer quickly.
-    async with start_server(rpc={"offline_fail_fast": True}) as (server, api):
+    # Short timeouts: generated calls to offline devices answer quickly. The
+    # device endpoint is on, so that ThingsBoard's device API (/api/v1) is
+    # fuzzed past its "not enabled" answer.
+    async with start_server(rpc={"offline_fail_fast": True},
+                            endpoint={"enabled": True, "host": "127.0.0.1", "port": 0}) as (server, api):
         _, body, _ = await api.request("GET", "/api/openapi.json")
         doc = json.loads(body)
         # FLEETRPC_OPENAPI_EXAMPLES=N multiplies the examples for a deep run.

@@ -133,11 +133,21 @@ def request_middleware(ctx: Any):
             stats.done(status, seconds)
             if access_log and log.isEnabledFor(logging.INFO):
                 p = request.get(PRINCIPAL)
-                log.info("%s %s %d %.1fms", request.method, request.path_qs[:200], status, seconds * 1000,
+                log.info("%s %s %d %.1fms", request.method, _loggable(request.path_qs)[:200], status, seconds * 1000,
                          extra={"remote": request.remote, "status": status, "user": p.user_id if p else None,
                                 "ms": round(seconds * 1000, 2)})
 
     return middleware
+
+
+def _loggable(path: str) -> str:
+    """``path`` without a device's access token: ThingsBoard's device API
+    carries it in the path (``/api/v1/{token}/...``), and a log is read by
+    more people than the token's owner."""
+    if not path.startswith("/api/v1/"):
+        return path
+    end = path.find("/", 8)
+    return "/api/v1/***" + (path[end:] if end > 0 else "")
 
 
 def _label(request: web.Request) -> str:

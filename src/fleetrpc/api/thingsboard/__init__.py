@@ -10,7 +10,7 @@ from aiohttp import web
 
 
 def setup(app: web.Application, ctx: Any) -> None:
-    from . import devices, persistent, rpc, tenants, users
+    from . import device_api, devices, persistent, rpc, tenants, users
     from .access import DeviceCache
 
     # The RPC path's access checks (access.device_for_rpc) read through it.
@@ -26,3 +26,4 @@ def setup(app: web.Application, ctx: Any) -> None:
     tenants.setup(app, ctx)
     users.setup(app, ctx)
     devices.setup(app, ctx)
+    device_api.setup(app, ctx)

@@ -58,6 +58,9 @@ class EndpointCollector:
         yield GaugeMetricFamily("fleetrpc_endpoint_reachable_devices",
                                 "Devices (and gateways' sub-devices) subscribed to their RPC topic on the endpoint",
                                 value=len(ep._routes))
+        yield GaugeMetricFamily("fleetrpc_endpoint_http_devices",
+                                "Devices using ThingsBoard's HTTP device API (polling, or answers awaited)",
+                                value=len(ep.http))
         stats = ep.stats
         for name, text in _COUNTERS.items():
             yield CounterMetricFamily(f"fleetrpc_endpoint_{name}", text, value=getattr(stats, name))

@@ -45,6 +45,7 @@ from ...wire import devices_root, validate_id, validate_prefix
 from ...wire.topics import presence_topic
 from . import packets as P
 from .limits import RateLimit, parse_rate_limits
+from .http import HttpDevices
 from .session import CLOSED, CONNECTED, Session, SubDevice
 from .settings import EndpointSettings
 
@@ -199,6 +200,8 @@ class DeviceEndpoint:
         self._max_packet = s.max_packet
         self._rate_spec = parse_rate_limits(s.rate_limit)
         self.stats = EndpointStats()
+        #: devices on ThingsBoard's HTTP device API (see http.py)
+        self.http = HttpDevices(self)
         #: Connections refused because the device registry could not be read
         #: (a database outage): counted, logged in summaries, not one
         #: traceback per device of a reconnect storm.
@@ -312,6 +315,7 @@ class DeviceEndpoint:
         if self._closing:
             return
         self._closing = True
+        self.http.close()
         for server in self._servers:
             server.close()
         for session in self._open_sessions():

@@ -1,0 +1,151 @@
+"""ThingsBoard's HTTP device API for RPC (``/api/v1/{token}/rpc``) through
+``fleetrpc serve`` with the device endpoint: ThingsBoard's own HTTP device
+SDK (tb_device_http, from tb-mqtt-client) unchanged, then the edges with
+plain requests: wrong token, poll timeout, a call made between two polls,
+presence while polling, another device's request ids, oversized bodies, the
+endpoint disabled."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+from tb_device_http import TBHTTPDevice
+
+from tests.helpers.waiting import wait_until
+from tests.server.conftest import sqlite_url, start_server, store_url, world  # noqa: F401 (fixtures)
+
+from .test_server import ENDPOINT, _create_device
+
+pytestmark = pytest.mark.mqtt
+
+
+async def test_thingsboards_http_device_sdk_answers_rest_calls_and_calls_the_server(start_server, world):
+    async with start_server(endpoint=ENDPOINT) as (server, api):
+        ctx = server.ctx
+        admin = await api.login(world.tenant.email)
+        device_id, token = await _create_device(api, admin, "HTTP Meter 1")
+        device = TBHTTPDevice(ctx.url.rstrip("/"), token)
+        seen = []
+
+        def on_rpc(request):
+            seen.append(request)
+            device.send_rpc(name=request["method"], params={"reading": 42}, rpc_id=request["id"])
+
+        assert await asyncio.to_thread(device.connect)  # (its connection test posts telemetry)
+        device.subscribe("rpc", on_rpc)
+        try:
+            await wait_until(lambda: ctx.dispatcher.is_online(device_id))
+            status, body, _ = await api.request("POST", f"/api/rpc/twoway/{device_id}", admin,
+                                                json={"method": "read", "params": {"channel": 2}})
+            # the SDK answers with {"method", "params"}; ThingsBoard passes that on as the reply
+            assert (status, json.loads(body)) == (200, {"method": "read", "params": {"reading": 42}})
+            assert seen[0]["method"] == "read" and seen[0]["params"] == {"channel": 2}
+            assert isinstance(seen[0]["id"], int)
+            # a client-side call: the server's built-in answers it
+            now = await asyncio.to_thread(device.send_rpc, "getCurrentTime")
+            assert isinstance(now, int) and now > 1_600_000_000_000
+            # what the console says of where it is
+            status, body, _ = await api.request("GET", f"/api/device/info/{device_id}", admin)
+            info = json.loads(body)
+            assert info["active"] is True and info["connectedVia"] == ctx.dispatcher.node_id
+        finally:
+            device.unsubscribe("rpc")
+            device.stop_publish_worker()
+
+
+async def test_http_polling_edges(start_server, world):
+    async with start_server(endpoint=ENDPOINT) as (server, api):
+        ctx = server.ctx
+        ctx.endpoint.http.grace = 0.3
+        admin = await api.login(world.tenant.email)
+        a_id, a_token = await _create_device(api, admin, "HTTP A")
+        _, b_token = await _create_device(api, admin, "HTTP B")
+
+        async def poll(token: str, timeout_ms: int = 5000):
+            status, body, _ = await api.request("GET", f"/api/v1/{token}/rpc?timeout={timeout_ms}")
+            return status, (json.loads(body) if body else None)
+
+        # a wrong token is 401, ThingsBoard's error body; nothing is online
+        status, body, _ = await api.request("GET", "/api/v1/no-such-token/rpc?timeout=100")
+        assert status == 401 and json.loads(body)["errorCode"] == 10
+        assert (await api.request("POST", "/api/v1/no-such-token/rpc", json={"method": "m"}))[0] == 401
+        # no call within the poll's timeout: 408; the device was online while it polled
+        assert await poll(a_token, 200) == (408, None)
+        assert ctx.dispatcher.is_online(a_id)
+        # ... and goes offline once it stops polling (after the grace)
+        await wait_until(lambda: not ctx.dispatcher.is_online(a_id))
+        # a bad timeout is a clear 400
+        assert (await api.request("GET", f"/api/v1/{a_token}/rpc?timeout=soon"))[0] == 400
+
+        # a call made while the device is online but between two polls waits for the next poll
+        waiting = asyncio.ensure_future(poll(a_token, 200))
+        await wait_until(lambda: ctx.dispatcher.is_online(a_id))
+        assert (await waiting)[0] == 408
+        call = asyncio.ensure_future(api.request("POST", f"/api/rpc/twoway/{a_id}", admin,
+                                                 json={"method": "open", "params": [1]}))
+        await asyncio.sleep(0.1)
+        status, request = await poll(a_token)
+        assert status == 200 and (request["method"], request["params"]) == ("open", [1])
+        # another device cannot answer it: its request ids are its own
+        assert (await api.request("POST", f"/api/v1/{b_token}/rpc/{request['id']}", json={"by": "B"}))[0] == 200
+        assert not call.done()
+        assert (await api.request("POST", f"/api/v1/{a_token}/rpc/{request['id']}", json={"by": "A"}))[0] == 200
+        status, body, _ = await call
+        assert (status, json.loads(body)) == (200, {"by": "A"})
+        # answering it again changes nothing
+        assert (await api.request("POST", f"/api/v1/{a_token}/rpc/{request['id']}", json={"by": "A"}))[0] == 200
+        assert (await api.request("POST", f"/api/v1/{a_token}/rpc/x", json={}))[0] == 400
+
+        # a one-way call ends when a poll takes it
+        polling = asyncio.ensure_future(poll(a_token))
+        await wait_until(lambda: ctx.dispatcher.is_online(a_id))
+        status, _, _ = await api.request("POST", f"/api/rpc/oneway/{a_id}", admin, json={"method": "beep"})
+        assert status == 200
+        assert (await polling)[1]["method"] == "beep"
+
+        # oversized and malformed bodies: clear errors, the server stays up
+        big = {"x": "y" * (ctx.endpoint.settings.max_payload + 1)}
+        assert (await api.request("POST", f"/api/v1/{a_token}/rpc", json=big))[0] == 413
+        assert (await api.request("POST", f"/api/v1/{a_token}/rpc", data=b"[1,2"))[0] == 400
+        assert (await api.request("POST", f"/api/v1/{a_token}/telemetry", json={"t": 1}))[0] == 200
+        assert ctx.endpoint.stats.unknown_response >= 2
+
+
+async def test_a_persistent_call_waits_for_an_http_device_to_poll(start_server, world):
+    async with start_server(endpoint=ENDPOINT) as (server, api):
+        ctx = server.ctx
+        admin = await api.login(world.tenant.email)
+        device_id, token = await _create_device(api, admin, "HTTP Valve")
+        status, body, _ = await api.request("POST", f"/api/rpc/twoway/{device_id}", admin,
+                                            json={"method": "close", "persistent": True, "timeout": 20000})
+        rpc_id = json.loads(body)["rpcId"]
+        status, body, _ = await api.request("GET", f"/api/v1/{token}/rpc?timeout=10000")
+        request = json.loads(body)
+        assert status == 200 and request["method"] == "close"
+        await wait_until(lambda: ctx.engine._live[rpc_id].record.status.value == "DELIVERED")
+        await api.request("POST", f"/api/v1/{token}/rpc/{request['id']}", json={"closed": True})
+        record = await ctx.engine.wait(rpc_id, 10, tenant_id=world.t1)
+        assert (record.status.value, record.response) == ("SUCCESSFUL", {"closed": True})
+
+
+async def test_without_the_endpoint_the_device_api_says_so(start_server, world):
+    async with start_server() as (server, api):
+        status, body, _ = await api.request("GET", "/api/v1/any-token/rpc?timeout=100")
+        assert status == 503 and b"[endpoint] enabled" in body
+
+
+
+async def test_the_access_log_never_shows_a_device_token(start_server, world, caplog):
+    import logging
+
+    async with start_server(endpoint=ENDPOINT, http={"access_log": True}) as (server, api):
+        admin = await api.login(world.tenant.email)
+        _, token = await _create_device(api, admin, "HTTP Logged")
+        with caplog.at_level(logging.INFO):
+            assert (await api.request("POST", f"/api/v1/{token}/telemetry", json={"t": 1}))[0] == 200
+            assert (await api.request("GET", f"/api/v1/{token}/rpc?timeout=50"))[0] == 408
+        lines = [r.getMessage() for r in caplog.records if "/api/v1/" in r.getMessage()]
+        assert len(lines) == 2 and all("/api/v1/***/" in line for line in lines), lines
+        assert token not in caplog.text
