@@ -34,6 +34,8 @@ async def test_demo_tour_through_the_rest_api(mqtt_url):
     assert rows["ThingsBoard firmware, two-way getTemperature"] == "200"
     assert '"celsius"' in text or "'celsius'" in text
     assert int(rows["ThingsBoard firmware, client-side getCurrentTime"]) > 1_600_000_000_000
+    # ... and over ThingsBoard's HTTP device API
+    assert rows["ThingsBoard HTTP firmware, two-way getTemperature"] == "200"
 
 
 async def test_demo_on_the_embedded_broker():

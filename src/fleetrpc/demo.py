@@ -8,7 +8,8 @@ one) with ThingsBoard's demo accounts, adds a fleet of simulated dimmers
 switch and knob) connected to the broker with their own access tokens, and a
 few thermostats running ThingsBoard firmware unchanged
 (:class:`~fleetrpc.sim.thingsboard.ThingsBoardDevice`) connected to the
-server's own device endpoint, prints the console's address and the logins,
+server's own device endpoint (the last one over ThingsBoard's HTTP device
+API, :class:`~fleetrpc.sim.thingsboard.ThingsBoardHttpDevice`), prints the console's address and the logins,
 makes a mix of calls through the REST API as any client would, prints what
 happened, and keeps serving -- devices now and
 then dropping off and coming back, so presence changes live -- until Ctrl-C
@@ -36,7 +37,8 @@ LOGINS = (
     ("sysadmin@thingsboard.org", "sysadmin", "system administrator: tenants"),
 )
 ROOMS = ("kitchen", "hall", "office", "lab", "porch", "garage", "attic", "cellar")
-#: Devices running ThingsBoard firmware, connected to the device endpoint.
+#: Devices running ThingsBoard firmware, connected to the device endpoint
+#: (over MQTT; the last one polls over HTTP).
 THERMOSTATS = tuple(f"Thermostat {i + 1}" for i in range(3))
 
 
@@ -126,8 +128,9 @@ async def _connect(ctx: Any, devices: list[Any], url: str, version: int) -> dict
 
 async def _connect_thermostats(ctx: Any, tenant_id: str) -> dict[str, Any]:
     """The thermostats run ThingsBoard firmware: they log in to the device
-    endpoint with their access tokens and speak ThingsBoard's topics."""
-    from .sim.thingsboard import ThingsBoardDevice
+    endpoint with their access tokens and speak ThingsBoard's topics; the
+    last one uses ThingsBoard's HTTP device API instead."""
+    from .sim.thingsboard import ThingsBoardDevice, ThingsBoardHttpDevice
 
     port = ctx.endpoint.ports["tcp"]
     found: dict[str, Any] = {}
@@ -145,8 +148,12 @@ async def _connect_thermostats(ctx: Any, tenant_id: str) -> dict[str, Any]:
                     "setValue": set_value, "getTemperature": lambda params, i=i: {"celsius": 20.5 + i},
                     "rpcCommand": lambda params: {"firmware": "ThingsBoard's, unchanged"},
                     "echo": lambda params: params}
-        dev = ThingsBoardDevice(creds.credentials_id, handlers)
-        await dev.connect("127.0.0.1", port)
+        if name == THERMOSTATS[-1]:
+            dev = ThingsBoardHttpDevice(ctx.url, creds.credentials_id, handlers)
+            await dev.connect()
+        else:
+            dev = ThingsBoardDevice(creds.credentials_id, handlers)
+            await dev.connect("127.0.0.1", port)
         found[device.id] = dev
     return found
 
@@ -262,6 +269,11 @@ async def _tour(ctx: Any, rest: _Rest, fleet: dict[str, Any], devices: list[Any]
                          "asked on v1/devices/me/rpc/request/1"))
         except Exception as exc:  # noqa: BLE001 - the row says what happened
             rows.append(("ThingsBoard firmware, client-side getCurrentTime", type(exc).__name__, str(exc)))
+        http_id = list(thermostats)[-1]
+        status, body = await rest.call("POST", f"/api/rpc/twoway/{http_id}",
+                                       {"method": "getTemperature", "params": {}})
+        rows.append(("ThingsBoard HTTP firmware, two-way getTemperature", f"{status}",
+                     f"{body}; long-polls GET /api/v1/{{token}}/rpc"))
 
     # another customer's device is out of reach
     victim = next((d for d in devices if titles.get(d.customer_id) == "Customer A"), None)

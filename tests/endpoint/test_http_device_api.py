@@ -149,3 +149,22 @@ async def test_the_access_log_never_shows_a_device_token(start_server, world, ca
         lines = [r.getMessage() for r in caplog.records if "/api/v1/" in r.getMessage()]
         assert len(lines) == 2 and all("/api/v1/***/" in line for line in lines), lines
         assert token not in caplog.text
+
+
+async def test_stopping_the_server_ends_the_long_polls_at_once(start_server, world, caplog):
+    """A waiting poll is no work in flight: the drain answers it 408 (the
+    device polls again later) instead of waiting for it and failing it."""
+    import aiohttp
+
+    async with aiohttp.ClientSession() as device_side:  # (outlives the fixture's session)
+        async def poll(url: str) -> int:
+            async with device_side.get(url) as r:
+                return r.status
+
+        async with start_server(endpoint=ENDPOINT) as (server, api):
+            admin = await api.login(world.tenant.email)
+            device_id, token = await _create_device(api, admin, "HTTP Drained")
+            polling = asyncio.ensure_future(poll(f"{server.ctx.url}/api/v1/{token}/rpc?timeout=120000"))
+            await wait_until(lambda: server.ctx.dispatcher.is_online(device_id))
+        assert await polling == 408
+    assert "still running" not in caplog.text

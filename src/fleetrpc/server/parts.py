@@ -428,6 +428,8 @@ async def http(ctx: ServerContext) -> AsyncIterator[None]:
 
     async def drain(app: web.Application) -> None:
         ctx.draining = True
+        if ctx.endpoint is not None:
+            ctx.endpoint.http.end_polls()  # HTTP devices' long polls: nothing to wait for
         timeout = ctx.settings.server.drain_timeout_s
         if not await ctx.wait_http_idle(timeout):
             log.warning("%d requests still running after %.1f s: failing their calls",

@@ -22,7 +22,7 @@ import msgspec
 from ..transport.endpoint.session import REQUEST_TOPIC, RESPONSE_TOPIC, V1
 from .leanmqtt import LeanClient
 
-__all__ = ["ThingsBoardDevice"]
+__all__ = ["ThingsBoardDevice", "ThingsBoardHttpDevice"]
 
 # ThingsBoard's topics as the endpoint serves them (one place for them)
 REQUEST = REQUEST_TOPIC[V1]
@@ -87,3 +87,66 @@ class ThingsBoardDevice:
             except Exception as exc:  # noqa: BLE001 - firmware answers, it does not crash
                 result = {"error": f"{type(exc).__name__}: {exc}"}
             self.client.publish(RESPONSE + topic[len(REQUEST):], _encode(result), 1)
+
+
+class ThingsBoardHttpDevice:
+    """The same firmware over ThingsBoard's HTTP device API: it long-polls
+    ``GET /api/v1/{token}/rpc`` for server-side calls, answers each with
+    ``POST /api/v1/{token}/rpc/{id}``, and calls the platform with ``POST
+    /api/v1/{token}/rpc``.  ``handlers`` as :class:`ThingsBoardDevice`'s."""
+
+    def __init__(self, base_url: str, token: str, handlers: dict[str, Callable[[Any], Any]], *,
+                 poll_ms: int = 20_000) -> None:
+        self.api = f"{base_url.rstrip('/')}/api/v1/{token}/rpc"
+        self.handlers = handlers
+        self.poll_ms = poll_ms
+        self.received: list[str] = []
+        self._session: Any = None
+        self._poller: asyncio.Task | None = None
+
+    async def connect(self) -> None:
+        import aiohttp
+
+        self._session = aiohttp.ClientSession()
+        self._poller = asyncio.ensure_future(self._poll())
+
+    async def close(self) -> None:
+        if self._poller is not None:
+            self._poller.cancel()
+            await asyncio.gather(self._poller, return_exceptions=True)
+        if self._session is not None:
+            await self._session.close()
+
+    async def call(self, method: str, params: Any = None, *, timeout: float = 10.0) -> Any:
+        """A client-side call: the platform answers in the response."""
+        async with self._session.post(self.api, data=_encode({"method": method, "params": params}),
+                                      headers={"Content-Type": "application/json"}, timeout=timeout) as r:
+            r.raise_for_status()
+            return msgspec.json.decode(await r.read())
+
+    async def _poll(self) -> None:
+        import aiohttp
+
+        while True:
+            try:
+                async with self._session.get(self.api, params={"timeout": str(self.poll_ms)}) as r:
+                    if r.status == 408:
+                        continue  # nothing came: poll again
+                    r.raise_for_status()
+                    body = await r.read()
+                await self._answer(msgspec.json.decode(body))
+            except (aiohttp.ClientError, asyncio.TimeoutError, msgspec.DecodeError):
+                await asyncio.sleep(1.0)  # the server restarts, or said something odd: poll again later
+
+    async def _answer(self, request: dict) -> None:
+        method = request.get("method")
+        self.received.append(method)
+        handler = self.handlers.get(method)
+        try:
+            result = handler(request.get("params")) if handler is not None else {
+                "error": f"unknown method {method!r}"}
+        except Exception as exc:  # noqa: BLE001 - firmware answers, it does not crash
+            result = {"error": f"{type(exc).__name__}: {exc}"}
+        async with self._session.post(f"{self.api}/{request['id']}", data=_encode(result),
+                                      headers={"Content-Type": "application/json"}) as r:
+            await r.read()

@@ -231,13 +231,22 @@ class HttpDevices:
             if not hd.routed and not hd.answers and not hd.polls and not hd.requests:
                 self._devices.pop(device, None)
 
+    def end_polls(self) -> None:
+        """Answer every waiting poll with "nothing came" (408): the server is
+        draining, and a poll is no work in flight to wait for."""
+        for hd in self._devices.values():
+            for fut in hd.polls:
+                if not fut.done():
+                    fut.set_result(None)
+
     def close(self) -> None:
         """The endpoint closes: waiting polls and calls end as timed out
         (408), so that the devices poll again, elsewhere or later."""
+        self.end_polls()
         for hd in list(self._devices.values()):
             if hd.unroute_at is not None:
                 hd.unroute_at.cancel()
-            for fut in list(hd.polls) + list(hd.answers.values()):
+            for fut in hd.answers.values():
                 if not fut.done():
                     fut.set_result(None)
         self._devices.clear()
