@@ -168,3 +168,34 @@ async def test_stopping_the_server_ends_the_long_polls_at_once(start_server, wor
             await wait_until(lambda: server.ctx.dispatcher.is_online(device_id))
         assert await polling == 408
     assert "still running" not in caplog.text
+
+
+async def test_a_device_polling_one_node_answers_rest_calls_made_at_another(start_server, world, tmp_path):
+    """Two servers on one broker and one database: the device polls node B
+    over HTTP, the REST call is made at node A and relayed."""
+    node_b = {"endpoint": ENDPOINT, "dispatch": {"node_id": "node-b"}, "server": {"data_dir": str(tmp_path / "b")}}
+    async with start_server(endpoint=ENDPOINT, dispatch={"node_id": "node-a"}) as (a, api), \
+            start_server(seed=False, **node_b) as (b, api_b):
+        admin = await api.login(world.tenant.email)
+        device_id, token = await _create_device(api, admin, "HTTP Pump")
+
+        async def device() -> None:
+            while True:
+                status, body, _ = await api_b.request("GET", f"/api/v1/{token}/rpc?timeout=10000")
+                if status == 200:
+                    request = json.loads(body)
+                    await api_b.request("POST", f"/api/v1/{token}/rpc/{request['id']}",
+                                        json={"at": "node-b", "echo": request["params"]})
+
+        polling = asyncio.ensure_future(device())
+        try:
+            await wait_until(lambda: a.ctx.dispatcher.is_online(device_id))
+            status, body, _ = await api.request("GET", f"/api/device/info/{device_id}", admin)
+            assert json.loads(body)["connectedVia"] == "node-b"
+            status, body, _ = await api.request("POST", f"/api/rpc/twoway/{device_id}", admin,
+                                                json={"method": "spin", "params": {"rpm": 900}})
+            assert (status, json.loads(body)) == (200, {"at": "node-b", "echo": {"rpm": 900}})
+            assert a.ctx.endpoint.stats.requests == 0 and b.ctx.endpoint.stats.requests == 1
+        finally:
+            polling.cancel()
+            await asyncio.gather(polling, return_exceptions=True)
