@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 
 import pytest
 from tb_device_http import TBHTTPDevice
@@ -199,3 +200,26 @@ async def test_a_device_polling_one_node_answers_rest_calls_made_at_another(star
         finally:
             polling.cancel()
             await asyncio.gather(polling, return_exceptions=True)
+
+
+async def test_a_retry_of_a_call_an_http_device_has_not_answered_is_not_sent_twice(start_server, world):
+    async with start_server(endpoint=ENDPOINT) as (server, api):
+        ctx = server.ctx
+        admin = await api.login(world.tenant.email)
+        device_id, token = await _create_device(api, admin, "HTTP Slow")
+        polling = asyncio.ensure_future(api.request("GET", f"/api/v1/{token}/rpc?timeout=10000"))
+        await wait_until(lambda: ctx.dispatcher.is_online(device_id))
+        status, body, _ = await api.request(
+            "POST", f"/api/rpc/twoway/{device_id}", admin,
+            json={"method": "open", "persistent": True, "timeout": 300, "retries": 3,
+                  "expirationTime": int(time.time() * 1000) + 30_000})
+        rpc_id = json.loads(body)["rpcId"]
+        status, body, _ = await polling
+        request = json.loads(body)
+        # slow to answer: the attempt times out and is retried, but not sent again
+        await wait_until(lambda: ctx.endpoint.stats.retries_merged >= 1)
+        status, _, _ = await api.request("GET", f"/api/v1/{token}/rpc?timeout=300")
+        assert status == 408
+        await api.request("POST", f"/api/v1/{token}/rpc/{request['id']}", json={"opened": True})
+        record = await ctx.engine.wait(rpc_id, 10, tenant_id=world.t1)
+        assert (record.status.value, record.response) == ("SUCCESSFUL", {"opened": True})

@@ -30,7 +30,7 @@ from typing import Any
 import msgspec
 
 from ...wire import REQUEST_DECODER
-from .session import _request_parts
+from .session import _persistent_id, _request_parts, merged_retry, remember_id
 
 __all__ = ["HttpDevice", "HttpDevices", "POLL_DEFAULT_MS", "POLL_MAX_MS", "CALL_TIMEOUT_S"]
 
@@ -59,8 +59,8 @@ class HttpDevice:
     route's ``send_request``) and the answer target of its client-side
     calls (``send_answer``)."""
 
-    __slots__ = ("owner", "device", "base", "polls", "queued", "requests", "next_n", "answers", "routed",
-                 "unroute_at")
+    __slots__ = ("owner", "device", "base", "polls", "queued", "requests", "rpc_ids", "next_n", "answers",
+                 "routed", "unroute_at")
 
     #: (a Session's ids of client-side calls in flight: this one's are ``answers``)
     calls = None
@@ -75,6 +75,8 @@ class HttpDevice:
         self.queued: deque[tuple[bytes, Any]] = deque()
         #: request number awaiting the device's answer -> the REQUEST's ``{node}/{rid}``
         self.requests: dict[int, str] = {}
+        #: a persistent call's id -> its request number (see session.merged_retry)
+        self.rpc_ids: dict[str, int] | None = None
         self.next_n = 0
         #: client-side calls awaiting the dispatcher's answer: key -> future
         self.answers: dict[str, asyncio.Future] = {}
@@ -90,14 +92,29 @@ class HttpDevice:
         except msgspec.DecodeError:
             ep.stats.undeliverable += 1
             return
-        self.next_n = n = self.next_n + 1
+        limit = ep.settings.max_pending_responses
         if token < 0:
             tail = topic[tail_at:]
+            rpc_id = _persistent_id(payload)
+            old = merged_retry(self.requests, self.rpc_ids, rpc_id, tail) if rpc_id is not None else None
+            if old is not None:
+                # the device has it, or gets it with its next poll: not twice
+                ep.stats.retries_merged += 1
+                for i, (body, confirm) in enumerate(self.queued):
+                    if confirm == old:  # not polled yet: delivered when it is
+                        self.queued[i] = (body, tail)
+                        return
+                self._confirm(tail)
+                return
+            n = self._next()
             self.requests[n] = tail
-            if len(self.requests) > ep.settings.max_pending_responses:
+            if len(self.requests) > limit:
                 del self.requests[next(iter(self.requests))]
+            if rpc_id is not None:
+                self.rpc_ids = remember_id(self.rpc_ids, self.requests, rpc_id, n, limit)
             confirm: Any = tail
         else:
+            n = self._next()
             confirm = token
         body = _encode(_TbHttpRequest(n, req.method, req.params))
         while self.polls:
@@ -110,6 +127,11 @@ class HttpDevice:
         if len(self.queued) > ep.settings.max_pending_responses:
             self.queued.popleft()  # its call times out
             ep.stats.undeliverable += 1
+
+    def _next(self) -> int:
+        # ThingsBoard's request ids are 32-bit ints, as the MQTT sessions' are
+        self.next_n = n = self.next_n + 1 if self.next_n < 2147483647 else 1
+        return n
 
     def send_answer(self, topic: str, payload: bytes, qos: int, props: dict | None = None) -> None:
         fut = self.answers.pop(topic, None)

@@ -145,6 +145,33 @@ def _persistent_id(payload: bytes) -> str | None:
         return None
 
 
+def merged_retry(requests: dict | None, ids: dict | None, key: Any, entry: Any) -> Any:
+    """A retry of a persistent call (``key``: its id) that went out as a
+    request still unanswered: the device's answer to that request now
+    answers the retry (``entry`` replaces what its number answers), and the
+    replaced entry is returned; None when there is no such request.
+    ThingsBoard firmware knows no ids, so a second copy would run the
+    command twice (fleetrpc's SDK answers a repeat from memory instead)."""
+    n = ids.get(key) if ids else None
+    if n is None or not requests or n not in requests:
+        return None
+    old = requests[n]
+    requests[n] = entry
+    return old
+
+
+def remember_id(ids: dict | None, requests: dict | None, key: Any, n: int, limit: int) -> dict:
+    """``ids`` with ``key`` (a persistent call's id) sent as request ``n``;
+    past ``limit`` entries, those whose request was answered are dropped."""
+    if ids is None:
+        ids = {}
+    ids[key] = n
+    if len(ids) > limit:
+        live = requests or ()
+        ids = {k: m for k, m in ids.items() if m in live}
+    return ids
+
+
 class _GatewayData(msgspec.Struct, gc=False):
     id: int
     method: str
@@ -800,31 +827,16 @@ class Session(asyncio.Protocol):
         self._publish(GATEWAY_RPC, body, self.granted(GATEWAY_RPC), token if token >= 0 else (sub.base, tail))
 
     def _merged_retry(self, x: _Extra, key: Any, entry: Any, confirm: Any) -> bool:
-        """A retry of a persistent call (``key``: its id) that this
-        connection sent and the device has not answered: not sent again.
-        ThingsBoard firmware knows no ids, so a second copy would run the
-        command twice (fleetrpc's SDK answers a repeat from memory instead).
-        The device's answer to the first copy goes to the retry (``entry``
-        replaces what the request number answers), which is delivered:
-        the first copy is on this connection already."""
-        ids = x.rpc_ids
-        n = ids.get(key) if ids is not None else None
-        requests = x.requests
-        if n is None or not requests or n not in requests:
+        """See :func:`merged_retry`; the retry is delivered (the first copy
+        is on this connection already)."""
+        if merged_retry(x.requests, x.rpc_ids, key, entry) is None:
             return False
-        requests[n] = entry
         self.endpoint.stats.retries_merged += 1
         self._confirm(confirm)
         return True
 
     def _remember_id(self, x: _Extra, key: Any, n: int) -> None:
-        ids = x.rpc_ids
-        if ids is None:
-            ids = x.rpc_ids = {}
-        ids[key] = n
-        if len(ids) > self.endpoint.settings.max_pending_responses:
-            requests = x.requests or ()
-            x.rpc_ids = {k: m for k, m in ids.items() if m in requests}
+        x.rpc_ids = remember_id(x.rpc_ids, x.requests, key, n, self.endpoint.settings.max_pending_responses)
 
     def send_answer(self, topic: str, payload: bytes, qos: int, props: dict | None = None) -> None:
         """The dispatcher's answer to one of this session's client-side calls."""
