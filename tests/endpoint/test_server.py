@@ -408,3 +408,48 @@ async def test_a_gateway_gets_a_persistent_call_for_its_sub_device_once(start_se
                     assert first >> 4 != 3, "the request was sent again"
         finally:
             gw.close()
+
+
+async def test_a_gateway_announcing_an_unknown_name_creates_that_device(start_server, world):
+    """ThingsBoard creates the sub-devices a gateway announces (the IoT
+    Gateway's Modbus or OPC-UA devices appear this way): in the gateway's
+    tenant, for the gateway's customer; a name the registry refuses is
+    ignored."""
+    async with start_server(endpoint=ENDPOINT) as (server, api):
+        ctx = server.ctx
+        admin = await api.login(world.tenant.email)
+        gw_id, gw_token = await _create_device(api, admin, "Gateway 4", additionalInfo={"gateway": True})
+        status, _, _ = await api.request("POST", f"/api/customer/{world.c1}/device/{gw_id}", admin)
+        assert status == 200
+        gw = TBGatewayMqttClient("127.0.0.1", port=ctx.endpoint.ports["tcp"], username=gw_token)
+        gw.gw_set_server_side_rpc_request_handler(
+            lambda gateway, request: gateway.gw_send_rpc_reply(request["device"], request["data"]["id"], {"ok": 1}))
+        await asyncio.to_thread(gw.connect)
+        try:
+            await asyncio.to_thread(gw.gw_connect_device, "Modbus Meter 17")
+            await asyncio.to_thread(gw.gw_connect_device, "x" * 300)  # too long a name: ignored
+            found = {}
+
+            async def created() -> bool:
+                status, body, _ = await api.request("GET", "/api/tenant/devices?deviceName=Modbus%20Meter%2017", admin)
+                if status == 200:
+                    found.update(json.loads(body))
+                return status == 200
+
+            for _ in range(400):  # (a busy machine: up to 20 s)
+                if await created():
+                    break
+                await asyncio.sleep(0.05)
+            assert found["type"] == "default" and found["customerId"]["id"] == world.c1
+            assert found["additionalInfo"] == {"lastConnectedGateway": gw_id}
+            device_id = found["id"]["id"]
+            await wait_until(lambda: ctx.dispatcher.is_online(device_id))
+            # the gateway's customer sees it, and calls it through the gateway
+            customer = await api.login(world.customer.email)
+            status, body, _ = await api.request("POST", f"/api/rpc/twoway/{device_id}", customer,
+                                                json={"method": "read", "params": {}})
+            assert (status, json.loads(body)) == (200, {"ok": 1})
+            assert ctx.endpoint_directory.created == 1
+        finally:
+            await asyncio.to_thread(gw.disconnect)
+            gw.stop()

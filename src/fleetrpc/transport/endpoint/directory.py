@@ -19,7 +19,10 @@ registry's :class:`~fleetrpc.store.entities.DeviceRepository`:
   device becomes a gateway, so that flag is at most ``ttl`` old.
 - ``resolve_subdevice(gateway_id, name)``: the device named ``name`` in the
   gateway's tenant (ThingsBoard's rule: a gateway's sub-devices are devices
-  of its tenant, by name), or None.
+  of its tenant, by name).  A name the tenant has no device of is created,
+  as ThingsBoard does: type "default", the gateway's customer, and
+  ``additionalInfo.lastConnectedGateway``; None when it cannot be (a name
+  the registry refuses).
 
 Gateways are devices whose ``additional_info`` has ``"gateway": true``, as
 ThingsBoard marks them.
@@ -33,7 +36,8 @@ import time
 from collections import OrderedDict
 from typing import Any, Callable
 
-from ...store.entities.model import is_gateway_info
+from ...errors import AlreadyExistsError, ValidationError
+from ...store.entities.model import NULL_UUID, is_gateway_info
 from .server import Identity
 
 __all__ = ["DeviceDirectory"]
@@ -69,6 +73,8 @@ class DeviceDirectory:
         self._on_found = on_found
         self.hits = 0
         self.misses = 0
+        #: sub-devices created for gateways that announced them
+        self.created = 0
         self._listener = devices.add_listener(self._changed)
 
     def close(self) -> None:
@@ -111,9 +117,28 @@ class DeviceDirectory:
             tenant = gateway.tenant_id
         device = await self.devices.by_name(tenant, name)
         if device is None:
-            return None
+            device = await self._create_subdevice(gateway_id, tenant, name)
+            if device is None:
+                return None
         self._found(device.id)
         return device.id
+
+    async def _create_subdevice(self, gateway_id: str, tenant: str, name: str) -> Any:
+        gateway = await self.devices.get_by_id(gateway_id)
+        if gateway is None:
+            return None
+        customer = gateway.customer_id if gateway.customer_id != NULL_UUID else None
+        try:
+            device = await self.devices.create(tenant, name, customer_id=customer,
+                                               additional_info={"lastConnectedGateway": gateway_id})
+        except AlreadyExistsError:  # another gateway (or node) made it meanwhile
+            return await self.devices.by_name(tenant, name)
+        except ValidationError as exc:
+            log.warning("gateway %s announced a device the registry refuses (%r): %s", gateway_id, name, exc)
+            return None
+        self.created += 1
+        log.info("gateway %s announced %r: created device %s", gateway_id, name, device.id)
+        return device
 
     def _found(self, device_id: str) -> None:
         if self._on_found is not None:
