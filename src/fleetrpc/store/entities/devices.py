@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Collection, Iterable
 from typing import Any, Literal
 
 import msgspec
@@ -317,13 +317,20 @@ class DeviceRepository:
         text_search: str | None = None,
         sort_property: str | None = None,
         sort_order: str | None = None,
+        *,
+        among: Collection[str] | None = None,
+        not_among: Collection[str] | None = None,
     ) -> PageData:
         """One page of a tenant's devices (of one customer, of one type;
         ``customer_id`` None: every device of the tenant, :data:`NULL_UUID`:
         the unassigned ones, as ThingsBoard stores them).
         ``text_search``: a case-insensitive substring of the name or label.
         ``sort_property``: createdTime (default), name, type,
-        deviceProfileName (= type), label, customerTitle."""
+        deviceProfileName (= type), label, customerTitle.
+        ``among`` / ``not_among``: only the devices whose id is (is not) in
+        that set, counted and paged in SQL (DeviceInfo's ``active`` filter:
+        the ids online now, which only the server's memory knows); one
+        parameter whatever the set's size."""
         page_size, page = check_paging(page_size, page)
         q = ListQuery(self.db.dialect)
         q.equals("d.tenant_id", check_uuid("tenant id", tenant_id))
@@ -331,11 +338,59 @@ class DeviceRepository:
             q.equals("d.customer_id", check_uuid("customer id", customer_id))
         if type is not None and type != "":
             q.equals("d.type", _check_type(type))
+        if among is not None:
+            q.where.append(self._id_in(q, among, negate=False))
+        if not_among is not None:
+            q.where.append(self._id_in(q, not_among, negate=True))
         q.search(("d.name", "d.label"), text_search)
         order = q.order_sql(sort_property, sort_order, _SORT, "createdTime", "d.id", unique=("name",))
         join = (" LEFT JOIN customer cu ON cu.id = d.customer_id AND cu.tenant_id = d.tenant_id"
                 if "cu." in order else "")
         return await q.fetch_page(self.db, "device d", _DEVICE_COLUMNS, order, page_size, page, _device, join)
+
+    def _id_in(self, q: ListQuery, ids: Collection[str], *, negate: bool) -> str:
+        """``d.id [NOT] IN <ids>`` with the set bound as one parameter (an
+        array on PostgreSQL, JSON text on SQLite): no limit on its size,
+        and one statement text whatever it is, so it stays cached."""
+        values = [i for i in ids if isinstance(i, str) and findable(i)]
+        not_ = "NOT " if negate else ""
+        if self.db.dialect == "postgresql":
+            return f"d.id {not_}IN (SELECT unnest({q.arg(values)}::text[]))"
+        return f"d.id {not_}IN (SELECT value FROM json_each({q.arg(encode_json(values))}))"
+
+    async def types(self, tenant_id: str) -> list[str]:
+        """The distinct types of the tenant's devices, sorted (ThingsBoard's
+        ``GET /api/device/types``: the profiles its devices use; profiles
+        are named after types here)."""
+        rows = await self.db.fetch("SELECT DISTINCT type FROM device WHERE tenant_id = $1",
+                                   check_uuid("tenant id", tenant_id))
+        return sorted(r["type"] for r in rows)
+
+    async def by_ids(self, tenant_id: str, device_ids: Iterable[str], *, customer_id: str | None = None,
+                     chunk: int = 500) -> list[Device]:
+        """The devices of the tenant (of one customer when ``customer_id``
+        is given) among ``device_ids``, in the order asked, each once; ids
+        of other tenants' devices, unknown ids and ids that are not UUIDs
+        are left out (ThingsBoard's ``GET /api/devices?deviceIds=``)."""
+        tenant_id = check_uuid("tenant id", tenant_id)
+        extra, args = "", [tenant_id]
+        if customer_id is not None:
+            extra, args = " AND d.customer_id = $2", [tenant_id, check_uuid("customer id", customer_id)]
+        valid = []
+        for device_id in dict.fromkeys(device_ids):
+            try:
+                valid.append(check_uuid("device id", device_id))
+            except ValidationError:
+                pass
+        found: dict[str, Device] = {}
+        for k in range(0, len(valid), chunk):
+            part = valid[k:k + chunk]
+            rows = await self.db.fetch(
+                f"SELECT {_DEVICE_COLUMNS} FROM device d WHERE d.tenant_id = $1{extra} "
+                f"AND d.id IN ({placeholders(len(args) + 1, len(part))})", *args, *part,
+            )
+            found.update((r["id"], _device(r)) for r in rows)
+        return [found[i] for i in valid if i in found]
 
     async def count(self, tenant_id: str, customer_id: str | None = None) -> int:
         """How many devices the tenant (or one customer of it; the null UUID:

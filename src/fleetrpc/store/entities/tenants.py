@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ...errors import AlreadyExistsError, EntityNotFoundError, ValidationError
+from ..base import UNFINISHED_SQL
 from ..db import Database
 from .model import (
     CONTACT_FIELDS as _CONTACT,
@@ -138,9 +139,22 @@ class TenantRepository:
         order = q.order_sql(sort_property, sort_order, _TITLE_SORT, "createdTime", "id")
         return await q.fetch_page(self.db, "tenant", _TENANT_COLUMNS, order, page_size, page, _tenant)
 
+    async def unfinished_rpc_ids(self, tenant_id: str) -> list[str]:
+        """The ids of the tenant's persistent calls that can still change
+        (what must be stopped, not just forgotten, before the tenant is
+        deleted: the RPC engine may hold them in memory)."""
+        rows = await self.db.fetch(f"SELECT id FROM rpc WHERE tenant_id = $1 AND {UNFINISHED_SQL}",
+                                   check_uuid("tenant id", tenant_id))
+        return [r["id"] for r in rows]
+
     async def delete(self, tenant_id: str) -> None:
         """Delete a tenant and everything it owns: customers, users, devices
-        and their credentials (ThingsBoard does the same)."""
+        and their credentials, its persistent calls and its RPC settings
+        (ThingsBoard's ``TenantServiceImpl.deleteTenant`` removes the same
+        kinds, RPC included).  Calls still in flight should be stopped
+        first (:meth:`unfinished_rpc_ids`, the engine's ``delete``): this
+        only removes rows.  Fleet jobs and the Elves tables keep their rows
+        (their engines own them)."""
         tenant_id = check_uuid("tenant id", tenant_id)
         async with self.db.transaction() as conn:
             if not await conn.fetchval("SELECT 1 FROM tenant WHERE id = $1", tenant_id):
@@ -148,6 +162,8 @@ class TenantRepository:
             removed = await delete_devices(conn, tenant_id)
             await conn.execute("DELETE FROM tb_user WHERE tenant_id = $1", tenant_id)
             await conn.execute("DELETE FROM customer WHERE tenant_id = $1", tenant_id)
+            await conn.execute("DELETE FROM rpc WHERE tenant_id = $1", tenant_id)
+            await conn.execute("DELETE FROM tenant_settings WHERE tenant_id = $1", tenant_id)
             await conn.execute("DELETE FROM tenant WHERE id = $1", tenant_id)
         if self._devices is not None and removed:
             await self._devices._notify_deleted(removed)
