@@ -14,11 +14,17 @@ endpoint                                                        who             
 ``GET /api/device/info/{deviceId}``                             read rule                     DeviceInfo
 ``GET /api/tenant/devices?pageSize&page[&type]...``             TENANT_ADMIN                  PageData<Device>
 ``GET /api/tenant/devices?deviceName=``                         TENANT_ADMIN                  Device
+``GET /api/tenant/device?deviceName=``                          TENANT_ADMIN                  Device
 ``GET /api/tenant/deviceInfos?pageSize&page[&type]...``         TENANT_ADMIN                  PageData<DeviceInfo>
+``GET /api/deviceInfos/all?pageSize&page[&includeCustomers]``   TENANT_ADMIN, CUSTOMER_USER   PageData<DeviceInfo>
 ``GET /api/customer/{customerId}/devices?...``                  customer read rule            PageData<Device>
 ``GET /api/customer/{customerId}/deviceInfos?...``              customer read rule            PageData<DeviceInfo>
+``GET /api/devices?deviceIds=a,b``                              TENANT_ADMIN, CUSTOMER_USER   [Device] (readable only)
+``GET /api/device/types``                                       TENANT_ADMIN, CUSTOMER_USER   [EntitySubtype]
 ``POST /api/customer/{customerId}/device/{deviceId}``           TENANT_ADMIN                  Device
 ``DELETE /api/customer/device/{deviceId}``                      TENANT_ADMIN                  Device
+``POST /api/owner/CUSTOMER/{customerId}/DEVICE/{deviceId}``     TENANT_ADMIN                  empty 200
+``POST /api/owner/TENANT/{tenantId}/DEVICE/{deviceId}``         TENANT_ADMIN                  empty 200
 ``GET /api/device/{deviceId}/credentials``                      read rule                     DeviceCredentials
 ``POST /api/device/credentials``                                TENANT_ADMIN                  DeviceCredentials
 ``GET /api/plugins/telemetry/DEVICE/{id}/values/attributes/``   read rule                     ``[{lastUpdateTs,
@@ -28,6 +34,18 @@ endpoint                                                        who             
 Read rule: a tenant administrator reads its tenant's devices, a customer
 user its customer's (another customer's: 403); another tenant's device is
 404 as an unknown one (:mod:`.access`).
+
+The DeviceInfo pages take ThingsBoard's filters ``active`` (online now or
+not: the ids online are handed to the query, so counts and pages stay
+right), ``deviceProfileId`` (profiles are one per type here: the type whose
+derived profile id it is; ignored when ``type`` is given, as there) and, on
+``/api/deviceInfos/all`` (Professional Edition's, which tb-rest-client
+calls), ``includeCustomers``: a tenant administrator sees the devices the
+tenant holds itself, or with it true every device; a customer user its
+customer's.  ``/api/owner/...`` (also Professional Edition's, tb-rest-client's
+``assign_device_to_customer`` / ``unassign_device_from_customer``) does
+what the assignment routes do for DEVICE and answers 400 for other entity
+types; moving a device to the owner it has already is a no-op.
 
 A device's ``active`` is the dispatcher's presence now; its
 ``lastActivityTime`` the later of what the server saw since it started
@@ -46,8 +64,9 @@ import msgspec
 from aiohttp import web
 
 from ...store.entities import NULL_UUID, CredentialsInput, DeviceInput, is_gateway_info
+from ...store.entities.model import device_profile_id
 from ...wire import node_id_of
-from ..auth import TENANT_ADMIN
+from ..auth import CUSTOMER_USER, TENANT_ADMIN
 from ..errors import ApiError
 from ..keys import CTX, PRINCIPAL
 from ..openapi import Param, operation
@@ -68,10 +87,11 @@ from .entities import (
     DeviceJson,
     DevicePage,
     DeviceWithCredentialsBody,
+    EntitySubtypeJson,
     json_reply,
     read_body,
 )
-from .paging import PageQuery, page_params, page_query
+from .paging import PageQuery, bool_param, page_params, page_query, required_param
 
 __all__ = ["setup", "device_info"]
 
@@ -217,10 +237,60 @@ def _type(request: web.Request) -> str | None:
     return request.query.get("type") or None
 
 
-async def _list(ctx: Any, tenant_id: str, q: PageQuery, customer_id: str | None, type_: str | None) -> Any:
+async def _list(ctx: Any, tenant_id: str, q: PageQuery, customer_id: str | None, type_: str | None,
+                **filters: Any) -> Any:
     return await ctx.devices.list(tenant_id, q.page_size, q.page, customer_id=customer_id, type=type_,
                                   text_search=q.text_search, sort_property=q.sort_property,
-                                  sort_order=q.sort_order)
+                                  sort_order=q.sort_order, **filters)
+
+
+def _online_ids(ctx: Any) -> frozenset[str] | None:
+    """The ids online now, as ``active`` in DeviceInfo says; None when
+    every device counts as online (presence is off: the dispatcher then
+    calls every device)."""
+    d = ctx.dispatcher
+    if d is None:
+        return frozenset()
+    if not d.settings.presence:
+        return None
+    return d.online_devices
+
+
+async def _info_filters(ctx: Any, request: web.Request, tenant_id: str) -> tuple[str | None, dict[str, Any]]:
+    """A DeviceInfo page's ``type`` and the repository filters of its
+    ``deviceProfileId`` and ``active`` (ThingsBoard's DeviceInfoFilter).
+    Everything is checked before anything is read."""
+    type_ = _type(request)
+    if type_ is not None and not type_.strip():
+        type_ = None
+    raw_profile = request.query.get("deviceProfileId") or None
+    profile = check_uuid(raw_profile) if raw_profile is not None and type_ is None else None
+    active = bool_param(request, "active")
+    filters: dict[str, Any] = {}
+    if profile is not None:
+        # No profile table: the profile is the type whose derived id it is
+        # (none: an unknown profile, an empty page).
+        type_ = next((t for t in await ctx.devices.types(tenant_id) if device_profile_id(tenant_id, t) == profile),
+                     None)
+        if type_ is None:
+            filters["among"] = ()
+    if active is not None:
+        online = _online_ids(ctx)
+        if online is None:
+            if not active:
+                filters["among"] = ()
+        elif active:
+            filters["among"] = online if "among" not in filters else ()
+        else:
+            filters["not_among"] = online
+    return type_, filters
+
+
+async def _tenant_device_by_name(ctx: Any, p: Any, name: str) -> web.Response:
+    device = await ctx.devices.by_name(p.tenant_id, name)
+    if device is None:
+        raise ApiError.not_found("Requested item wasn't found!")
+    return json_reply(device.to_thingsboard())
 
 
 async def tenant_devices(request: web.Request) -> web.Response:
@@ -229,20 +299,69 @@ async def tenant_devices(request: web.Request) -> web.Response:
     require(p, TENANT_ADMIN)
     name = request.query.get("deviceName")
     if name is not None:
-        device = await ctx.devices.by_name(p.tenant_id, name)
-        if device is None:
-            raise ApiError.not_found("Requested item wasn't found!")
-        return json_reply(device.to_thingsboard())
+        return await _tenant_device_by_name(ctx, p, name)
     page = await _list(ctx, p.tenant_id, page_query(request, SORT), None, _type(request))
     return json_reply(page.to_thingsboard())
+
+
+async def tenant_device(request: web.Request) -> web.Response:
+    ctx = request.app[CTX]
+    p = request[PRINCIPAL]
+    require(p, TENANT_ADMIN)
+    return await _tenant_device_by_name(ctx, p, required_param(request, "deviceName"))
 
 
 async def tenant_device_infos(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
     p = request[PRINCIPAL]
     require(p, TENANT_ADMIN)
-    page = await _list(ctx, p.tenant_id, page_query(request, SORT), None, _type(request))
+    q = page_query(request, SORT)
+    type_, filters = await _info_filters(ctx, request, p.tenant_id)
+    page = await _list(ctx, p.tenant_id, q, None, type_, **filters)
     return json_reply(await _infos(ctx, p.tenant_id, page))
+
+
+async def all_device_infos(request: web.Request) -> web.Response:
+    """Professional Edition's ``/api/deviceInfos/all``: a tenant
+    administrator's own devices (every device with ``includeCustomers``),
+    a customer user's customer's."""
+    ctx = request.app[CTX]
+    p = request[PRINCIPAL]
+    require(p, TENANT_ADMIN, CUSTOMER_USER)
+    q = page_query(request, SORT)
+    include_customers = bool_param(request, "includeCustomers")
+    type_, filters = await _info_filters(ctx, request, p.tenant_id)
+    if p.is_customer_user:
+        customer_id: str | None = p.customer_id
+    else:
+        customer_id = None if include_customers else NULL_UUID
+    page = await _list(ctx, p.tenant_id, q, customer_id, type_, **filters)
+    return json_reply(await _infos(ctx, p.tenant_id, page))
+
+
+async def devices_by_ids(request: web.Request) -> web.Response:
+    """The devices of ``deviceIds`` the caller may read; the others
+    (another customer's, another tenant's, unknown) are left out."""
+    ctx = request.app[CTX]
+    p = request[PRINCIPAL]
+    require(p, TENANT_ADMIN, CUSTOMER_USER)
+    if "deviceIds" not in request.query:
+        required_param(request, "deviceIds", "String[]")
+    ids = [part.strip() for raw in request.query.getall("deviceIds") for part in raw.split(",")]
+    if not any(ids):
+        raise ApiError.bad_request("Parameter 'deviceIds' can't be empty!")
+    ids = [check_uuid(i) for i in ids]
+    devices = await ctx.devices.by_ids(p.tenant_id, ids, customer_id=p.customer_id if p.is_customer_user else None)
+    return json_reply([d.to_thingsboard() for d in devices])
+
+
+async def device_types(request: web.Request) -> web.Response:
+    ctx = request.app[CTX]
+    p = request[PRINCIPAL]
+    require(p, TENANT_ADMIN, CUSTOMER_USER)
+    tenant = {"entityType": "TENANT", "id": p.tenant_id}
+    return json_reply([{"tenantId": tenant, "entityType": "DEVICE", "type": t}
+                       for t in await ctx.devices.types(p.tenant_id)])
 
 
 async def customer_devices(request: web.Request) -> web.Response:
@@ -257,7 +376,9 @@ async def customer_device_infos(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
     p = request[PRINCIPAL]
     customer = await customer_for_read(ctx, p, check_uuid(request.match_info["customerId"]))
-    page = await _list(ctx, p.tenant_id, page_query(request, SORT), customer.id, _type(request))
+    q = page_query(request, SORT)
+    type_, filters = await _info_filters(ctx, request, p.tenant_id)
+    page = await _list(ctx, p.tenant_id, q, customer.id, type_, **filters)
     return json_reply(await _infos(ctx, p.tenant_id, page))
 
 
@@ -283,6 +404,48 @@ async def unassign_device(request: web.Request) -> web.Response:
         raise ApiError.bad_request(NOT_ASSIGNED)
     device = await ctx.devices.assign(p.tenant_id, device.id, None)
     return json_reply(device.to_thingsboard())
+
+
+#: The one entity type whose owner ``/api/owner/...`` changes here.
+OWNER_ENTITY = "DEVICE"
+
+
+def _owned_entity(request: web.Request) -> str:
+    """The entity id of an ``/api/owner/...`` path; 400 unless it names a
+    DEVICE."""
+    entity_type = request.match_info["entityType"]
+    if entity_type != OWNER_ENTITY:
+        raise ApiError.bad_request(
+            f"Changing the owner of entity type '{entity_type[:32]}' is not supported: only DEVICE")
+    return check_uuid(request.match_info["entityId"])
+
+
+async def owner_to_customer(request: web.Request) -> web.Response:
+    ctx = request.app[CTX]
+    p = request[PRINCIPAL]
+    require(p, TENANT_ADMIN)
+    customer_id = check_uuid(request.match_info["ownerId"])
+    device = await device_for_tenant_admin(ctx, p, _owned_entity(request))
+    if await ctx.customers.get(p.tenant_id, customer_id) is None:
+        raise ApiError.not_found(f"Customer with id [{customer_id}] is not found")
+    if device.customer_id != customer_id:
+        await ctx.devices.assign(p.tenant_id, device.id, customer_id)
+    return web.Response(status=200)
+
+
+async def owner_to_tenant(request: web.Request) -> web.Response:
+    ctx = request.app[CTX]
+    p = request[PRINCIPAL]
+    require(p, TENANT_ADMIN)
+    tenant_id = check_uuid(request.match_info["ownerId"])
+    device_id = _owned_entity(request)
+    if tenant_id != p.tenant_id:
+        # Another tenant (ThingsBoard: no permission on it, whether it exists or not).
+        raise ApiError.forbidden()
+    device = await device_for_tenant_admin(ctx, p, device_id)
+    if device.customer_id != NULL_UUID:
+        await ctx.devices.assign(p.tenant_id, device.id, None)
+    return web.Response(status=200)
 
 
 # -- credentials ----------------------------------------------------------------------------
@@ -360,18 +523,41 @@ def setup(app: web.Application, ctx: Any) -> None:
     operation(app, r.add_get("/api/tenant/devices", tenant_devices), tag="devices", response=DevicePage,
               summary="The tenant's devices, one page (or the one named deviceName)",
               query=(*listing, Param("deviceName", str, False, "Answer this one device instead of a page")))
+    operation(app, r.add_get("/api/tenant/device", tenant_device), tag="devices", response=DeviceJson,
+              summary="The tenant's device of this name",
+              query=(Param("deviceName", str, True, "The device's name"),),
+              statuses={404: "No device of this name in the tenant"})
+    info_listing = (*listing,
+                    Param("deviceProfileId", str, False, "Only devices of this profile (ignored with type)"),
+                    Param("active", bool, False, "Only devices online now (true) or not (false)"))
     operation(app, r.add_get("/api/tenant/deviceInfos", tenant_device_infos), tag="devices",
               response=DeviceInfoPage, summary="The tenant's devices with customer, online state, last activity",
-              query=listing)
+              query=info_listing)
+    operation(app, r.add_get("/api/deviceInfos/all", all_device_infos), tag="devices", response=DeviceInfoPage,
+              summary="The tenant's own devices (every device with includeCustomers), or a customer user's "
+                      "customer's, with online state and last activity",
+              query=(*info_listing, Param("includeCustomers", bool, False,
+                                          "A tenant administrator: also the devices assigned to customers")))
     operation(app, r.add_get("/api/customer/{customerId}/devices", customer_devices), tag="devices",
               response=DevicePage, summary="A customer's devices, one page", query=listing, statuses=nf)
     operation(app, r.add_get("/api/customer/{customerId}/deviceInfos", customer_device_infos), tag="devices",
-              response=DeviceInfoPage, query=listing, statuses=nf,
+              response=DeviceInfoPage, query=info_listing, statuses=nf,
               summary="A customer's devices with online state and last activity")
+    operation(app, r.add_get("/api/devices", devices_by_ids), tag="devices", response=list[DeviceJson],
+              summary="The devices of these ids the caller may read (the others are left out)",
+              query=(Param("deviceIds", str, True, "Device ids, comma-separated"),))
+    operation(app, r.add_get("/api/device/types", device_types), tag="devices", response=list[EntitySubtypeJson],
+              summary="The distinct types of the tenant's devices")
     operation(app, r.add_post("/api/customer/{customerId}/device/{deviceId}", assign_device), tag="devices",
               response=DeviceJson, summary="Assign a device to a customer", statuses=nf)
     operation(app, r.add_delete("/api/customer/device/{deviceId}", unassign_device), tag="devices",
               response=DeviceJson, summary="Unassign a device from its customer", statuses=nf)
+    operation(app, r.add_post("/api/owner/CUSTOMER/{ownerId}/{entityType}/{entityId}", owner_to_customer),
+              tag="devices", summary="Make a customer the owner of a device (entityType DEVICE only): assign it",
+              statuses=nf)
+    operation(app, r.add_post("/api/owner/TENANT/{ownerId}/{entityType}/{entityId}", owner_to_tenant),
+              tag="devices", statuses=nf,
+              summary="Make the caller's tenant the owner of a device (entityType DEVICE only): unassign it")
     operation(app, r.add_get("/api/device/{deviceId}/credentials", get_credentials), tag="devices",
               response=DeviceCredentialsJson, summary="A device's credentials (its access token)", statuses=nf)
     operation(app, r.add_post("/api/device/credentials", save_credentials), tag="devices", body=CredentialsBody,

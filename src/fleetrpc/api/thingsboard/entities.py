@@ -128,6 +128,29 @@ class CustomerJson(Contact, kw_only=True):
     version: int
 
 
+class TenantInfoJson(TenantJson, kw_only=True):
+    """ThingsBoard's ``TenantInfo``: a Tenant plus its profile's name (one
+    profile here, "Default")."""
+
+    tenantProfileName: str
+
+
+class CustomerShortInfoJson(msgspec.Struct):
+    """``GET /api/customer/{id}/shortInfo``: the title and whether it is
+    the public customer (never, here)."""
+
+    title: str
+    isPublic: bool
+
+
+class EntitySubtypeJson(msgspec.Struct):
+    """ThingsBoard's ``EntitySubtype``: one device type of a tenant."""
+
+    tenantId: EntityId
+    entityType: str
+    type: str
+
+
 class UserJson(msgspec.Struct):
     """ThingsBoard's ``User``."""
 
@@ -161,6 +184,10 @@ class DeviceInfoPage(_Page):
 
 class TenantPage(_Page):
     data: list[TenantJson]
+
+
+class TenantInfoPage(_Page):
+    data: list[TenantInfoJson]
 
 
 class CustomerPage(_Page):

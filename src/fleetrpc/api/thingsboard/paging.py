@@ -10,7 +10,7 @@ from aiohttp import web
 from ..errors import ApiError
 from ..openapi import Param
 
-__all__ = ["PageQuery", "page_args", "page_query", "sort_order", "page_params"]
+__all__ = ["PageQuery", "page_args", "page_query", "sort_order", "page_params", "bool_param", "required_param"]
 
 MAX_PAGE_SIZE = 10_000
 
@@ -73,3 +73,32 @@ def page_params(sort_properties: tuple[str, ...], search: str) -> tuple[Param, .
         Param("sortProperty", str, False, "Sort key", sort_properties),
         Param("sortOrder", str, False, "ASC or DESC", ("ASC", "DESC")),
     )
+
+
+#: What Spring's StringToBooleanConverter reads as a Boolean (any case).
+_TRUE = ("true", "on", "yes", "1")
+_FALSE = ("false", "off", "no", "0")
+
+
+def bool_param(request: web.Request, name: str) -> bool | None:
+    """An optional Boolean query parameter as ThingsBoard (Spring) reads
+    it: absent or empty -> None; true/false, on/off, yes/no, 1/0 in any
+    case; anything else a 400."""
+    raw = request.query.get(name)
+    if raw is None or raw.strip() == "":
+        return None
+    value = raw.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ApiError.bad_request(f"Parameter '{name}' must be true or false, not {raw[:32]!r}")
+
+
+def required_param(request: web.Request, name: str, java_type: str = "String") -> str:
+    """A required query parameter; absent: Spring's 400."""
+    raw = request.query.get(name)
+    if raw is None:
+        raise ApiError.bad_request(
+            f"Required request parameter '{name}' for method parameter type {java_type} is not present")
+    return raw
