@@ -13,11 +13,25 @@ Lockout: the server calls :meth:`~UserRepository.record_failed_login` after
 a wrong password and :meth:`~UserRepository.reset_failed_logins` after a
 right one, and refuses a user while :meth:`User.is_locked`; the counting
 is one atomic UPDATE, so concurrent failures are all counted.
+
+Token revocation (ThingsBoard's TokenOutdatingService): deleting a user,
+disabling it or changing its password records, in the same transaction,
+"tokens issued before now are void" (``user_token_revocation``, epoch ms);
+the API keeps that table in memory (``api/auth.py``).  Listeners
+(:meth:`~UserRepository.add_revocation_listener`) hear this node's
+revocations after the commit; other nodes hear them through a PostgreSQL
+notification sent by the same transaction (:meth:`~UserRepository.follow_revocations`),
+and every node also reads the table now and then, so a lost notification
+or another process's change (``fleetrpc admin set-password``) is caught
+up with too.
 """
 
 from __future__ import annotations
 
 import asyncio
+import inspect
+import logging
+from collections.abc import Callable
 from typing import Any
 
 from argon2 import PasswordHasher
@@ -42,7 +56,19 @@ from .model import (
 )
 from .paging import ListQuery, PageData, check_paging
 
-__all__ = ["UserRepository", "default_password_hasher", "MAX_PASSWORD"]
+__all__ = ["UserRepository", "default_password_hasher", "MAX_PASSWORD", "revocation_channel"]
+
+log = logging.getLogger("fleetrpc.store.users")
+
+#: ``fn(user_id, valid_since_ms)``: the user's tokens issued before are void.
+RevocationListener = Callable[[str, int], Any]
+#: Slack for the revoking nodes' clocks when asking what was revoked since.
+_CLOCK_SLACK_MS = 60_000
+
+
+def revocation_channel(schema: str | None) -> str:
+    """The PostgreSQL channel of token revocations (one per schema)."""
+    return "fleetrpc_users" if not schema else f"fleetrpc_users_{schema}"[:63]
 
 #: Longest password accepted (hashing cost grows with length).
 MAX_PASSWORD = 1024
@@ -87,6 +113,139 @@ class UserRepository:
         self.db = db
         self.hasher = hasher or default_password_hasher()
         self._dummy_hash: str | None = None
+        self._revocation_listeners: list[RevocationListener] = []
+
+    # -- token revocation -------------------------------------------------------
+
+    def add_revocation_listener(self, fn: RevocationListener) -> RevocationListener:
+        """Call ``fn(user_id, valid_since_ms)`` (plain or async) after this
+        node committed a revocation.  A failing listener is logged."""
+        self._revocation_listeners.append(fn)
+        return fn
+
+    def remove_revocation_listener(self, fn: RevocationListener) -> None:
+        self._revocation_listeners.remove(fn)
+
+    async def _revoked(self, user_id: str, since: int) -> None:
+        for fn in self._revocation_listeners:
+            try:
+                result = fn(user_id, since)
+                if inspect.isawaitable(result):
+                    await result
+            except Exception:
+                log.exception("revocation listener %r failed", fn)
+
+    async def _revoke(self, conn: Any, user_id: str) -> int:
+        """Inside the caller's transaction: the user's tokens issued before
+        now are void (a later time already recorded stays).  On PostgreSQL
+        the other nodes are notified when the transaction commits."""
+        since = now_ms()
+        await conn.execute(
+            "INSERT INTO user_token_revocation (user_id, valid_since) VALUES ($1, $2) "
+            "ON CONFLICT (user_id) DO UPDATE SET valid_since = CASE WHEN excluded.valid_since > "
+            "user_token_revocation.valid_since THEN excluded.valid_since ELSE user_token_revocation.valid_since END",
+            user_id, since,
+        )
+        if self.db.dialect == "postgresql":
+            await conn.execute("SELECT pg_notify($1, $2)", revocation_channel(getattr(self.db, "schema", None)),
+                               f"{user_id}:{since}")
+        return since
+
+    async def revoke_tokens(self, user_id: str) -> int:
+        """Void every token issued to ``user_id`` until now; returns that
+        time (epoch ms).  The user need not exist (any more)."""
+        user_id = check_uuid("user id", user_id)
+        async with self.db.transaction() as conn:
+            since = await self._revoke(conn, user_id)
+        await self._revoked(user_id, since)
+        return since
+
+    async def revocations(self, since_ms: int = 0) -> dict[str, int]:
+        """``{user id: valid since}`` of the revocations recorded at or
+        after ``since_ms`` (epoch ms)."""
+        rows = await self.db.fetch(
+            "SELECT user_id, valid_since FROM user_token_revocation WHERE valid_since >= $1", int(since_ms))
+        return {r["user_id"]: int(r["valid_since"]) for r in rows}
+
+    async def purge_revocations(self, before_ms: int) -> int:
+        """Forget revocations older than ``before_ms``: every token they
+        void has expired by then."""
+        return await self.db.execute("DELETE FROM user_token_revocation WHERE valid_since < $1", int(before_ms))
+
+    async def follow_revocations(self, on_revoked: RevocationListener, *, poll_interval_s: float,
+                                 since_ms: int) -> None:
+        """Run until cancelled: call ``on_revoked(user_id, valid_since)`` for
+        the revocations of every node.  On PostgreSQL a LISTEN connection
+        hears them as their transactions commit; on every backend the table
+        is read every ``poll_interval_s`` (from ``since_ms`` on, less a slack
+        for the nodes' clocks), which catches what a notification missed
+        (a reconnect, another process such as ``fleetrpc admin``)."""
+        listen = None
+        if self.db.dialect == "postgresql" and getattr(self.db, "dsn", None):
+            listen = asyncio.ensure_future(self._listen_revocations(on_revoked))
+        store_down = False
+        try:
+            while True:
+                await asyncio.sleep(poll_interval_s)  # a period, not a synchronisation
+                started = now_ms()
+                try:
+                    for user_id, since in (await self.revocations(since_ms - _CLOCK_SLACK_MS)).items():
+                        on_revoked(user_id, since)
+                    since_ms = started
+                    if store_down:
+                        log.info("reading token revocations again")
+                        store_down = False
+                except asyncio.CancelledError:
+                    raise
+                except Exception as e:
+                    if not store_down:
+                        log.warning("cannot read token revocations (%s); trying every %g s", e, poll_interval_s)
+                        store_down = True
+        finally:
+            if listen is not None:
+                listen.cancel()
+                await asyncio.gather(listen, return_exceptions=True)
+
+    async def _listen_revocations(self, on_revoked: RevocationListener) -> None:
+        import asyncpg
+
+        channel = revocation_channel(getattr(self.db, "schema", None))
+
+        def received(_conn: Any, _pid: int, _channel: str, payload: str) -> None:
+            user_id, _, since = payload.rpartition(":")
+            try:
+                on_revoked(user_id, int(since))
+            except Exception:
+                log.exception("handling a token revocation %r failed", payload)
+
+        delay = 0.2
+        while True:
+            conn = None
+            lost = asyncio.get_running_loop().create_future()
+            try:
+                conn = await asyncpg.connect(self.db.dsn, timeout=5,
+                                             server_settings={"application_name": "fleetrpc-listen-users"})
+                conn.add_termination_listener(lambda c: lost.done() or lost.set_result(None))
+                await conn.add_listener(channel, received)
+                delay = 0.2
+                # What was revoked while not listening: read it now, not at the next poll.
+                for user_id, since in (await self.revocations(now_ms() - 2 * _CLOCK_SLACK_MS)).items():
+                    on_revoked(user_id, since)
+                while not lost.done():
+                    try:
+                        await asyncio.wait_for(asyncio.shield(lost), 5.0)
+                    except asyncio.TimeoutError:
+                        await asyncio.wait_for(conn.fetchval("SELECT 1"), 5.0)  # a dead server shows on a query
+            except asyncio.CancelledError:
+                if conn is not None:
+                    conn.terminate()
+                raise
+            except Exception as e:
+                log.warning("token revocation listener: %s: %s; reconnecting", type(e).__name__, e)
+            if conn is not None:
+                conn.terminate()
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
 
     async def _hash(self, password: str) -> str:
         return await asyncio.to_thread(self.hasher.hash, password)
@@ -162,19 +321,47 @@ class UserRepository:
         enabled: bool | None = None,
     ) -> User:
         """Replace a user's names, phone and additional info (and, when
-        given, ``enabled``); email, authority, tenant and customer stay."""
+        given, ``enabled``); email, authority, tenant and customer stay.
+        Disabling voids the user's tokens (:meth:`set_enabled`)."""
         user_id = check_uuid("user id", user_id)
-        n = await self.db.execute(
-            "UPDATE tb_user SET first_name = $2, last_name = $3, phone = $4, additional_info = $5, "
-            "enabled = COALESCE($6, enabled), version = version + 1 WHERE id = $1",
+        args = (
             user_id, _check_text("firstName", first_name, required=False),
             _check_text("lastName", last_name, required=False), _check_text("phone", phone, required=False),
             encode_json(_check_json("additionalInfo", additional_info)), enabled,
         )
+        since = None
+        async with self.db.transaction() as conn:
+            n = await conn.execute(
+                "UPDATE tb_user SET first_name = $2, last_name = $3, phone = $4, additional_info = $5, "
+                "enabled = COALESCE($6, enabled), version = version + 1 WHERE id = $1", *args)
+            if n and enabled is False:
+                since = await self._revoke(conn, user_id)
         if not n:
             raise EntityNotFoundError(f"User with id [{user_id}] is not found")
+        if since is not None:
+            await self._revoked(user_id, since)
         user = await self.get(user_id)
         assert user is not None
+        return user
+
+    async def set_enabled(self, user_id: str, enabled: bool) -> User:
+        """Enable or disable a user (ThingsBoard's ``userCredentialsEnabled``).
+        Disabling voids every token issued to it so far, in the same
+        transaction; enabling again does not bring them back."""
+        user_id = check_uuid("user id", user_id)
+        since = None
+        async with self.db.transaction() as conn:
+            n = await conn.execute("UPDATE tb_user SET enabled = $2, version = version + 1 WHERE id = $1",
+                                   user_id, bool(enabled))
+            if n and not enabled:
+                since = await self._revoke(conn, user_id)
+        if not n:
+            raise EntityNotFoundError(f"User with id [{user_id}] is not found")
+        if since is not None:
+            await self._revoked(user_id, since)
+        user = await self.get(user_id)
+        if user is None:
+            raise EntityNotFoundError(f"User with id [{user_id}] is not found")
         return user
 
     async def get(self, user_id: str) -> User | None:
@@ -198,15 +385,32 @@ class UserRepository:
         return await self.db.fetchval("SELECT count(*) FROM tb_user WHERE authority = $1", check_authority(authority))
 
     async def set_password(self, user_id: str, password: str) -> None:
-        """Set (or replace) a user's password; also clears a lockout."""
+        """Set (or replace) a user's password; also clears a lockout and
+        voids every token issued to the user so far (a first password
+        has none to void)."""
         user_id = check_uuid("user id", user_id)
         password_hash = await self._hash(_check_password(password))
-        n = await self.db.execute(
-            "UPDATE tb_user SET password_hash = $2, failed_login_attempts = 0, locked_until = 0 WHERE id = $1",
-            user_id, password_hash,
-        )
+        async with self.db.transaction() as conn:
+            n = await conn.execute(
+                "UPDATE tb_user SET password_hash = $2, failed_login_attempts = 0, locked_until = 0 WHERE id = $1",
+                user_id, password_hash,
+            )
+            since = await self._revoke(conn, user_id) if n else None
         if not n:
             raise EntityNotFoundError(f"User with id [{user_id}] is not found")
+        assert since is not None
+        await self._revoked(user_id, since)
+
+    async def check_password(self, user_id: str, password: str) -> bool:
+        """Whether ``password`` is the user's (False without a password or
+        user); hashing runs in a worker thread."""
+        if not isinstance(password, str) or len(password) > MAX_PASSWORD:
+            return False
+        stored = await self.db.fetchval("SELECT password_hash FROM tb_user WHERE id = $1",
+                                        check_uuid("user id", user_id))
+        if stored is None:
+            return False
+        return await asyncio.to_thread(self._check, stored, password)
 
     async def verify(self, email: str, password: str) -> User | None:
         """The user when ``password`` is theirs, else None (unknown email,
@@ -298,14 +502,24 @@ class UserRepository:
         order = q.order_sql(sort_property, sort_order, _SORT, "createdTime", "id", unique=("email",))
         return await q.fetch_page(self.db, "tb_user", _USER_COLUMNS, order, page_size, page, _user)
 
+    async def count_tenant_admins(self, tenant_id: str) -> int:
+        """How many tenant administrators ``tenant_id`` has."""
+        return await self.db.fetchval(
+            "SELECT count(*) FROM tb_user WHERE tenant_id = $1 AND authority = 'TENANT_ADMIN'",
+            check_uuid("tenant id", tenant_id))
+
     async def delete(self, user_id: str, *, tenant_id: str | None = None) -> None:
         """Delete a user (of ``tenant_id`` when given: another tenant's user
-        is not found)."""
+        is not found); every token issued to it is void from now on."""
         user_id = check_uuid("user id", user_id)
-        if tenant_id is None:
-            n = await self.db.execute("DELETE FROM tb_user WHERE id = $1", user_id)
-        else:
-            n = await self.db.execute("DELETE FROM tb_user WHERE id = $1 AND tenant_id = $2",
-                                      user_id, check_uuid("tenant id", tenant_id))
+        async with self.db.transaction() as conn:
+            if tenant_id is None:
+                n = await conn.execute("DELETE FROM tb_user WHERE id = $1", user_id)
+            else:
+                n = await conn.execute("DELETE FROM tb_user WHERE id = $1 AND tenant_id = $2",
+                                       user_id, check_uuid("tenant id", tenant_id))
+            since = await self._revoke(conn, user_id) if n else None
         if not n:
             raise EntityNotFoundError(f"User with id [{user_id}] is not found")
+        assert since is not None
+        await self._revoked(user_id, since)
