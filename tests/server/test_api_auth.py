@@ -58,11 +58,12 @@ async def test_login_token_claims_user_refresh_logout(start_server, world):
         # a refresh token is no access token
         status, e = await _error(api, "GET", "/api/auth/user", pair["refreshToken"])
         assert (status, e["errorCode"]) == (401, 10)
-        # a disabled user cannot refresh
+        assert (await api.request("POST", "/api/auth/logout", fresh["token"]))[0] == 200
+        # a disabled user cannot refresh, and its tokens stop working (test_user_lifecycle.py)
         await server.ctx.users.update(world.customer.id, enabled=False)
         status, e = await _error(api, "POST", "/api/auth/token", json={"refreshToken": pair["refreshToken"]})
         assert (status, e["errorCode"], e["message"]) == (401, 10, "User account is not active")
-        assert (await api.request("POST", "/api/auth/logout", fresh["token"]))[0] == 200
+        assert (await api.request("POST", "/api/auth/logout", fresh["token"]))[0] == 401
 
 
 async def test_token_errors_keep_10_and_11_apart(start_server, world):

@@ -33,6 +33,22 @@ locked account                              10      User account is locked due t
 
 Validated access tokens are cached (decoding one costs ~60 us): a hit is
 one dict lookup and an expiry check.
+
+Revocation (ThingsBoard's TokenOutdatingService): deleting a user,
+disabling it or changing its password voids every access and refresh
+token issued to it before that moment.  :class:`TokenService` keeps, per
+revoked user, the time its tokens are valid since (``_valid_since``, from
+the ``user_token_revocation`` table); a token issued earlier is refused
+like an expired one (401, errorCode 11; a refresh token: "Token is
+outdated", errorCode 10, as ThingsBoard answers).  The check costs one more
+dict lookup per request.  The table reaches the dictionary at once for
+this node's changes, through a PostgreSQL notification for the other
+nodes' (milliseconds), and by reading the table every
+``cluster.poll_interval_s`` for anything a notification missed
+(:func:`setup` starts that).  A token's issue time is in milliseconds (the
+private ``iatMs`` claim; ThingsBoard's own ``iat`` is in whole seconds, too
+coarse to tell a token issued just before a password change from the pair
+that change returns).
 """
 
 from __future__ import annotations
@@ -42,6 +58,7 @@ import logging
 import os
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import jwt
@@ -81,6 +98,7 @@ EXPIRED = "Token has expired"
 AUTH_FAILED = "Authentication failed"
 NOT_ACTIVE = "User account is not active"
 LOCKED = "User account is locked due to security policy"
+OUTDATED = "Token is outdated"
 
 
 def public(handler):
@@ -102,6 +120,8 @@ class Principal(msgspec.Struct, frozen=True, gc=False):
     session_id: str = ""
     #: epoch seconds when the token stops being valid
     expires: float = 0.0
+    #: epoch ms when the token was issued (revocation compares it)
+    issued_ms: int = 0
 
     @property
     def is_sysadmin(self) -> bool:
@@ -155,13 +175,64 @@ class TokenService:
         self._cache_size = settings.cache_size
         self.cache_hits = 0
         self.decodes = 0
+        # user id -> epoch ms: the user's tokens issued before are void
+        self._valid_since: dict[str, int] = {}
+        self._revocation_listeners: list[Callable[[str, int], Any]] = []
+        #: Revocations learnt (of this node and others), for metrics and tests.
+        self.revocations = 0
+
+    # -- revocation --
+
+    def revoke(self, user_id: str, valid_since_ms: int) -> None:
+        """The user's tokens issued before ``valid_since_ms`` are void (an
+        earlier time than one already known changes nothing).  Listeners
+        (:meth:`on_revoked`: the console's open streams) hear each change."""
+        if valid_since_ms <= self._valid_since.get(user_id, 0):
+            return
+        self._valid_since[user_id] = valid_since_ms
+        self.revocations += 1
+        for fn in self._revocation_listeners:
+            try:
+                fn(user_id, valid_since_ms)
+            except Exception:
+                log.exception("revocation listener %r failed", fn)
+
+    def forget_revocations(self, before_ms: int) -> None:
+        """Drop what voids only tokens that have expired anyway."""
+        for user_id in [u for u, t in self._valid_since.items() if t < before_ms]:
+            del self._valid_since[user_id]
+
+    def on_revoked(self, fn: Callable[[str, int], Any]) -> Callable[[str, int], Any]:
+        """Call ``fn(user_id, valid_since_ms)`` on every revocation learnt."""
+        self._revocation_listeners.append(fn)
+        return fn
+
+    def remove_revocation_listener(self, fn: Callable[[str, int], Any]) -> None:
+        self._revocation_listeners.remove(fn)
+
+    def is_outdated(self, user_id: str, issued_ms: int) -> bool:
+        """Whether a token of ``user_id`` issued at ``issued_ms`` was revoked."""
+        since = self._valid_since.get(user_id)
+        return since is not None and issued_ms < since
+
+    def still_valid(self, p: Principal) -> bool:
+        """Whether ``p``'s token is neither expired nor revoked (an open
+        stream asks now and then)."""
+        return self._clock() < p.expires and not self.is_outdated(p.user_id, p.issued_ms)
+
+    @property
+    def horizon_s(self) -> int:
+        """The longest a token lives: older revocations void nothing."""
+        return max(self.settings.access_ttl_s, self.settings.refresh_ttl_s)
 
     # -- issuing --
 
     def issue(self, user: Any) -> dict[str, str]:
         """``{"token": ..., "refreshToken": ...}`` for ``user`` (a new session)."""
         s = self.settings
-        now = int(self._clock())
+        now_s = self._clock()
+        now = int(now_s)
+        issued_ms = int(now_s * 1000)
         session = str(uuid.uuid4())
         authority = str(getattr(user.authority, "value", user.authority))
         access = {
@@ -177,6 +248,7 @@ class TokenService:
             "customerId": str(user.customer_id or NULL_UUID),
             "iss": s.issuer,
             "iat": now,
+            "iatMs": issued_ms,
             "exp": now + s.access_ttl_s,
         }
         refresh = {
@@ -188,6 +260,7 @@ class TokenService:
             "jti": str(uuid.uuid4()),
             "iss": s.issuer,
             "iat": now,
+            "iatMs": issued_ms,
             "exp": now + s.refresh_ttl_s,
         }
         return {
@@ -226,8 +299,10 @@ class TokenService:
         p = self._cache.get(token)
         if p is not None:
             if self._clock() < p.expires:
-                self.cache_hits += 1
-                return p
+                since = self._valid_since.get(p.user_id)
+                if since is None or p.issued_ms >= since:
+                    self.cache_hits += 1
+                    return p
             del self._cache[token]
             raise ApiError.unauthorized(EXPIRED, ErrorCode.JWT_TOKEN_EXPIRED)
         claims = self._claims(token)
@@ -246,7 +321,11 @@ class TokenService:
             user_id=claims["userId"], tenant_id=tenant, customer_id=customer, authority=authority,
             email=str(claims["sub"]), first_name=claims.get("firstName"), last_name=claims.get("lastName"),
             session_id=str(claims.get("sessionId", "")), expires=float(claims["exp"]),
+            issued_ms=_issued_ms(claims),
         )
+        if self.is_outdated(p.user_id, p.issued_ms):
+            # ThingsBoard: JwtExpiredTokenException("Token is outdated") -> "Token has expired", 11
+            raise ApiError.unauthorized(EXPIRED, ErrorCode.JWT_TOKEN_EXPIRED)
         if self._cache_size:
             if len(self._cache) >= self._cache_size:
                 del self._cache[next(iter(self._cache))]  # the oldest entry
@@ -275,11 +354,26 @@ class TokenService:
         return claims["userId"]
 
     def refresh_subject(self, token: str) -> str:
-        """The user id of a valid refresh token; raises ApiError 401."""
+        """The user id of a valid refresh token; raises ApiError 401.  Says
+        nothing about revocation: see :meth:`refresh_claims`."""
+        return self.refresh_claims(token)[0]
+
+    def refresh_claims(self, token: str) -> tuple[str, int]:
+        """(user id, issued at in epoch ms) of a valid refresh token; raises ApiError 401."""
         claims = self._claims(token)
         if claims["scopes"] != [REFRESH_TOKEN] or not isinstance(claims["userId"], str):
             raise ApiError.unauthorized(AUTH_FAILED)
-        return claims["userId"]
+        return claims["userId"], _issued_ms(claims)
+
+
+def _issued_ms(claims: dict[str, Any]) -> int:
+    """When a token was issued, in epoch ms: ``iatMs``; ``iat`` (seconds)
+    for a token without it (issued before revocation existed)."""
+    ms = claims.get("iatMs")
+    if isinstance(ms, int) and not isinstance(ms, bool):
+        return ms
+    iat = claims["iat"]
+    return int(iat * 1000) if isinstance(iat, (int, float)) and not isinstance(iat, bool) else 0
 
 
 def load_or_create_secret(data_dir: str | os.PathLike) -> str:
@@ -432,12 +526,15 @@ async def refresh(request: web.Request) -> web.Response:
     token = body.get("refreshToken") if body is not None else None
     if not isinstance(token, str) or not token:
         raise ApiError.unauthorized(AUTH_FAILED)  # "Refresh token is not provided"
-    user_id = ctx.tokens.refresh_subject(token)
+    user_id, issued_ms = ctx.tokens.refresh_claims(token)
     user = await ctx.users.by_id(user_id)
     if user is None:
         raise ApiError.unauthorized(BAD_CREDENTIALS)
     if not getattr(user, "enabled", True):
         raise ApiError.unauthorized(NOT_ACTIVE)
+    if ctx.tokens.is_outdated(user_id, issued_ms):
+        # ThingsBoard's RefreshTokenAuthenticationProvider: CredentialsExpiredException
+        raise ApiError.unauthorized(OUTDATED)
     return web.json_response(ctx.tokens.issue(user))
 
 
@@ -459,8 +556,59 @@ async def logout(request: web.Request) -> web.Response:
     return web.Response(status=200)
 
 
+#: How often revocations older than the longest token lifetime are purged.
+_PURGE_EVERY_S = 3600.0
+
+
+async def _keep_revocations(app: web.Application) -> Any:
+    """The application's lifetime: ``ctx.tokens`` learns every revocation
+    (this node's at once, the others' by notification and by reading the
+    table, see the module docstring); old ones are purged hourly.  A users'
+    repository that records none (the REST bench's stand-in) is left out."""
+    ctx = app[CTX]
+    users, tokens = getattr(ctx, "users", None), getattr(ctx, "tokens", None)
+    if tokens is None or not hasattr(users, "follow_revocations"):
+        yield
+        return
+    users.add_revocation_listener(tokens.revoke)  # first: nothing revoked meanwhile is missed
+    started = int(time.time() * 1000)
+    horizon_ms = tokens.horizon_s * 1000
+    try:
+        await users.purge_revocations(started - horizon_ms)
+        for user_id, since in (await users.revocations(started - horizon_ms)).items():
+            tokens.revoke(user_id, since)
+    except Exception:
+        users.remove_revocation_listener(tokens.revoke)
+        raise
+    cluster = getattr(ctx.settings, "cluster", None)
+    poll_s = getattr(cluster, "poll_interval_s", 5.0)
+
+    async def purge() -> None:
+        while True:
+            await asyncio.sleep(_PURGE_EVERY_S)  # a period, not a synchronisation
+            before = int(time.time() * 1000) - horizon_ms
+            tokens.forget_revocations(before)
+            try:
+                await users.purge_revocations(before)
+            except Exception as e:
+                log.warning("could not purge old token revocations: %s", e)
+
+    tasks = [asyncio.ensure_future(users.follow_revocations(tokens.revoke, poll_interval_s=poll_s,
+                                                            since_ms=started)),
+             asyncio.ensure_future(purge())]
+    try:
+        yield
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        users.remove_revocation_listener(tokens.revoke)
+
+
 def setup(app: web.Application, ctx: Any) -> None:
     from .openapi import operation
+
+    app.cleanup_ctx.append(_keep_revocations)
 
     r = app.router
     operation(app, r.add_post("/api/auth/login", login), tag="auth", body=LoginRequest, response=JwtPair,
