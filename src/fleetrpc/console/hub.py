@@ -10,8 +10,11 @@ dropped and the browser is told how many, so a slow or stalled tab never
 grows the server's memory.
 
 The stream authenticates with ``?token=<jwt>`` (an ``EventSource`` cannot
-set headers; ThingsBoard's WebSocket API does the same).  An expired token
-closes the stream with a 401; the console refreshes and reconnects.
+set headers; ThingsBoard's WebSocket API does the same).  A stream ends when
+its token is revoked (its user deleted, disabled or given a new password,
+on any node: ``TokenService.on_revoked``), at once, and when its token
+expires, at the next keep-alive; reconnecting with that token gets a 401
+(errorCode 11), on which the console refreshes and reconnects.
 """
 
 from __future__ import annotations
@@ -48,13 +51,15 @@ def _id(entity_id: Any) -> str | None:
 class _Stream:
     """One browser's connection: who it is, and what it has not read yet."""
 
-    __slots__ = ("principal", "queue", "dropped", "wake")
+    __slots__ = ("principal", "queue", "dropped", "wake", "revoked")
 
     def __init__(self, principal: Any, buffer: int) -> None:
         self.principal = principal
         self.queue: deque[bytes] = deque(maxlen=buffer)
         self.dropped = 0
         self.wake = asyncio.Event()
+        #: Its token was revoked: the stream ends.
+        self.revoked = False
 
     def may_see(self, tenant_id: str | None, customer_id: str | None) -> bool:
         p = self.principal
@@ -90,6 +95,18 @@ class EventHub:
         ctx = self.ctx
         ctx.bus.add(HookSink(self._on_bus_event, name="console"))
         ctx.dispatcher.on_presence(self._on_presence)
+        tokens = getattr(ctx, "tokens", None)
+        if tokens is not None and hasattr(tokens, "on_revoked"):
+            tokens.on_revoked(self.revoked)
+
+    def revoked(self, user_id: str, valid_since_ms: int) -> None:
+        """A user's tokens issued before ``valid_since_ms`` were revoked:
+        end the streams opened with one of them."""
+        for s in self.streams:
+            p = s.principal
+            if p.user_id == user_id and getattr(p, "issued_ms", 0) < valid_since_ms:
+                s.revoked = True
+                s.wake.set()
 
     def end_streams(self) -> None:
         """End every open stream now (the server is shutting down)."""
@@ -100,6 +117,12 @@ class EventHub:
     async def close(self) -> None:
         for task in list(self._tasks):
             task.cancel()
+        tokens = getattr(self.ctx, "tokens", None)
+        if tokens is not None and hasattr(tokens, "remove_revocation_listener"):
+            try:
+                tokens.remove_revocation_listener(self.revoked)
+            except ValueError:
+                pass
         self.end_streams()
 
     # -- sources ----------------------------------------------------------------
@@ -188,16 +211,21 @@ async def events_stream(request: web.Request, hub: EventHub) -> web.StreamRespon
     await resp.prepare(request)
     stream = _Stream(principal, hub.buffer)
     hub.streams.add(stream)
+    if not ctx.tokens.still_valid(principal):  # revoked while the response was being prepared
+        stream.revoked = True
+        stream.wake.set()
     try:
         await resp.write(b": connected\n\n")
         while True:
             try:
                 await asyncio.wait_for(stream.wake.wait(), _KEEPALIVE_S)
             except asyncio.TimeoutError:
+                if not ctx.tokens.still_valid(principal):
+                    break  # expired (or revoked while this node missed it): the console logs in again
                 await resp.write(b": keepalive\n\n")
                 continue
             stream.wake.clear()
-            if hub.closing:
+            if hub.closing or stream.revoked:
                 break
             if stream.dropped:
                 n, stream.dropped = stream.dropped, 0
