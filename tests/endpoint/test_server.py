@@ -334,6 +334,15 @@ async def read_publish(c: raw.RawClient) -> tuple[str, bytes]:
             return topic, payload
 
 
+async def no_more_publishes(c: raw.RawClient, quiet: float = 0.5) -> None:
+    """Nothing but non-PUBLISH packets arrives until ``quiet`` s of silence:
+    a request was not sent again."""
+    with pytest.raises(asyncio.TimeoutError):
+        while True:
+            first, _ = await c.read_packet(timeout=quiet)
+            assert first >> 4 != 3, "the request was sent again"
+
+
 def raw_routes(ctx, device_id: str) -> tuple:
     """The endpoint's routes to a device (its sessions and gateway bindings)."""
     routes = ctx.endpoint._routes.get(device_id)
@@ -368,11 +377,7 @@ async def test_a_retry_of_a_call_thingsboard_firmware_has_not_answered_is_not_se
             record = await ctx.engine.wait(rpc_id, 10, tenant_id=world.t1)
             assert (record.status.value, record.response) == ("SUCCESSFUL", {"opened": True})
             assert record.attempts >= 2
-            # the device got the command once
-            with pytest.raises(asyncio.TimeoutError):
-                while True:
-                    first, _ = await c.read_packet(timeout=0.5)
-                    assert first >> 4 != 3, "the request was sent again"
+            await no_more_publishes(c)  # the device got the command once
         finally:
             c.close()
 
@@ -402,10 +407,7 @@ async def test_a_gateway_gets_a_persistent_call_for_its_sub_device_once(start_se
                 {"device": "Pump G", "id": request["data"]["id"], "data": {"primed": True}}).encode()))
             record = await ctx.engine.wait(rpc_id, 10, tenant_id=world.t1)
             assert (record.status.value, record.response) == ("SUCCESSFUL", {"primed": True})
-            with pytest.raises(asyncio.TimeoutError):
-                while True:
-                    first, _ = await gw.read_packet(timeout=0.5)
-                    assert first >> 4 != 3, "the request was sent again"
+            await no_more_publishes(gw)
         finally:
             gw.close()
 

@@ -13,6 +13,7 @@ import pytest
 
 from fleetrpc.device import DeviceClient
 from fleetrpc.store.entities import NULL_UUID
+from tests.helpers.rest import Client
 from tests.helpers.waiting import wait_until
 
 pytestmark = pytest.mark.mqtt
@@ -22,29 +23,6 @@ UNKNOWN = "8a7e4f10-0000-4000-8000-000000000000"
 
 def ref(entity_type: str, id_: str) -> dict:
     return {"entityType": entity_type, "id": id_}
-
-
-class Client:
-    """One user's session: ``await c.get(path)`` -> (status, decoded body)."""
-
-    def __init__(self, api, token: str) -> None:
-        self.api = api
-        self.token = token
-
-    async def call(self, method: str, path: str, body=None):
-        status, raw, r = await self.api.request(method, path, self.token, json=body)
-        if r.content_type == "application/json" and raw:
-            return status, json.loads(raw)
-        return status, raw.decode()
-
-    async def get(self, path):
-        return await self.call("GET", path)
-
-    async def post(self, path, body=None):
-        return await self.call("POST", path, body)
-
-    async def delete(self, path):
-        return await self.call("DELETE", path)
 
 
 async def sessions(api, world) -> dict[str, Client]:

@@ -20,9 +20,9 @@ from fleetrpc.broker import start_broker
 from fleetrpc.broker_auth.dynsec import DynsecAccounts
 from fleetrpc.device import DeviceClient
 from fleetrpc.errors import RemoteError
+from tests.helpers.rest import Client
 from tests.helpers.waiting import wait_until
 
-from .test_api_entities import Client
 
 pytestmark = pytest.mark.mqtt
 

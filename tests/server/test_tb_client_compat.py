@@ -22,6 +22,7 @@ from fleetrpc.device import DeviceClient
 from fleetrpc.errors import RpcNotFoundError
 from fleetrpc.store.entities import NULL_UUID
 from fleetrpc.store.entities.model import device_profile_id
+from tests.helpers.rest import Client as Http
 from tests.helpers.waiting import wait_until
 
 pytestmark = pytest.mark.mqtt
@@ -32,22 +33,6 @@ PAGE = "pageSize=10&page=0"
 
 # -- helpers ----------------------------------------------------------------------------------
 
-
-class Http:
-    """One user's plain-HTTP session: ``await c.call(method, path)`` -> (status, body)."""
-
-    def __init__(self, api, token: str) -> None:
-        self.api = api
-        self.token = token
-
-    async def call(self, method: str, path: str, body=None):
-        status, raw, r = await self.api.request(method, path, self.token, json=body)
-        if r.content_type == "application/json" and raw:
-            return status, json.loads(raw)
-        return status, raw.decode()
-
-    async def get(self, path):
-        return await self.call("GET", path)
 
 
 async def sessions(api, world) -> dict[str, Http]:
