@@ -416,3 +416,21 @@ async def test_a_node_started_later_knows_earlier_revocations(start_server, worl
     async with start_server(seed=False) as (server, api):
         assert _err((await api.request("GET", "/api/auth/user", victim["token"]))[1]) == EXPIRED
         assert server.ctx.tokens.cache_hits == 0
+
+
+async def test_guessing_the_current_password_locks_the_account_as_logins_do(start_server, world):
+    """A stolen access token must not become a way to guess the password:
+    wrong current passwords count towards auth.max_failed_logins."""
+    async with start_server(auth={"failed_login_delay_ms": 0, "max_failed_logins": 3}) as (server, api):
+        token = await api.login(world.customer.email)
+        for _ in range(3):
+            status, body, _ = await api.request("POST", "/api/auth/changePassword", token,
+                                                json={"currentPassword": "guess", "newPassword": "new-secret"})
+            assert _err(body) == (400, "Current password doesn't match!", 31)
+        # locked now: even the right password is refused, here and at login
+        status, body, _ = await api.request("POST", "/api/auth/changePassword", token,
+                                            json={"currentPassword": PASSWORD, "newPassword": "new-secret"})
+        assert status == 400 and "locked" in _err(body)[1].lower()
+        status, body, _ = await api.request("POST", "/api/auth/login",
+                                            json={"username": world.customer.email, "password": PASSWORD})
+        assert status == 401 and "locked" in json.loads(body)["message"].lower()

@@ -34,6 +34,7 @@ Deleting, disabling and a new password void every token the user had
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import msgspec
@@ -42,7 +43,7 @@ from yarl import URL
 
 from ...store.entities import UserInput
 from ...store.entities.users import MAX_PASSWORD
-from ..auth import CUSTOMER_USER, SYS_ADMIN, TENANT_ADMIN, JwtPair, public
+from ..auth import BAD_CREDENTIALS, CUSTOMER_USER, SYS_ADMIN, TENANT_ADMIN, JwtPair, LoginRefused, public
 from ..errors import ApiError, ErrorCode
 from ..keys import CTX, PRINCIPAL
 from ..openapi import Param, operation
@@ -227,8 +228,15 @@ async def change_password(request: web.Request) -> web.Response:
     new = body.get("newPassword") if isinstance(body, dict) else None
     if not isinstance(current, str) or not isinstance(new, str):
         raise ApiError.bad_request("currentPassword and newPassword should be specified!")
-    if not await ctx.users.check_password(p.user_id, current):
-        raise ApiError.bad_request("Current password doesn't match!")
+    try:
+        # As a login: a wrong current password counts towards the lockout and
+        # is answered late, so a stolen access token cannot guess the password.
+        await ctx.users.authenticate(p.email, current)
+    except LoginRefused as exc:
+        if exc.delay:
+            await asyncio.sleep(exc.delay)
+        raise ApiError.bad_request("Current password doesn't match!" if str(exc) == BAD_CREDENTIALS
+                                   else str(exc)) from None
     check_new_password(new)
     if new == current:
         raise ApiError.bad_request("New password should be different from existing!")
