@@ -24,6 +24,7 @@ whether it is public -- is worked out once per route and kept.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from typing import Any
 
@@ -140,14 +141,21 @@ def request_middleware(ctx: Any):
     return middleware
 
 
+_TOKEN_IN_QUERY = re.compile(r"([?&](?:token|accessToken)=)[^&]*")
+
+
 def _loggable(path: str) -> str:
-    """``path`` without a device's access token: ThingsBoard's device API
-    carries it in the path (``/api/v1/{token}/...``), and a log is read by
-    more people than the token's owner."""
-    if not path.startswith("/api/v1/"):
-        return path
-    end = path.find("/", 8)
-    return "/api/v1/***" + (path[end:] if end > 0 else "")
+    """``path`` without the secrets some requests carry in it: ThingsBoard's
+    device API has the device's access token in the path
+    (``/api/v1/{token}/...``), the console's event stream a JWT in
+    ``?token=`` (EventSource sets no headers); a log is read by more people
+    than the token's owner."""
+    if path.startswith("/api/v1/"):
+        end = path.find("/", 8)
+        path = "/api/v1/***" + (path[end:] if end > 0 else "")
+    if "token=" in path or "Token=" in path:
+        path = _TOKEN_IN_QUERY.sub(r"\1***", path)
+    return path
 
 
 def _label(request: web.Request) -> str:
