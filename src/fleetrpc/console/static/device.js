@@ -33,9 +33,10 @@ export function DevicePage({ id }) {
     <${Facts} device=${device} info=${info} lastActivity=${lastActivity} onChange=${reload} />
     <h3>Control</h3>
     <div class="widgets">
-      <${RpcButton} id=${id} />
-      <${RoundSwitch} id=${id} />
-      <${Knob} id=${id} />
+      <${RpcButton} id=${id} type=${device.type} />
+      <${RoundSwitch} id=${id} type=${device.type} />
+      <${SwitchControl} id=${id} type=${device.type} />
+      <${Knob} id=${id} type=${device.type} />
       <${PersistentCall} id=${id} />
     </div>
     <${Terminal} id=${id} />
@@ -94,17 +95,237 @@ export function connectedVia(info) {
   return via === "broker" ? "through the broker" : html`directly, to the device endpoint of node <code>${via}</code>`;
 }
 
-// RPC button (control_widgets.rpcbutton): method rpcCommand, params {},
-// one-way by default, requestTimeout 5000.
-function RpcButton({ id }) {
-  const [twoWay, setTwoWay] = useState(false);
+// -- widget settings -----------------------------------------------------------
+// What ThingsBoard keeps in each control widget's advanced settings, under its
+// names.  Here they are kept per device type in the browser's localStorage: a
+// fleet has many devices of one type, answering the same methods.  Only
+// settings the form accepted are stored, and stored ones are checked again on
+// load, so what a widget sends is always well formed.
+
+const SETTINGS_KEY = "fleetrpc.widgets.";
+
+// switchRpcDefaultSettings() (round_switch.json, switch_control.json); the
+// parse and convert functions in their plain forms: the reply key read (empty:
+// the reply itself, as `data ? true : false`) and a params template ($value:
+// the boolean, as `return value;`).
+const SWITCH_DEFAULTS = {
+  retrieveValueMethod: "rpc", getValueMethod: "getValue", parseValueKey: "",
+  setValueMethod: "setValue", convertValueTemplate: "$value", requestTimeout: 500,
+};
+
+const WIDGET_DEFAULTS = {
+  rpcButton: { methodName: "rpcCommand", methodParams: "{}", oneWayElseTwoWay: true, requestTimeout: 5000 },
+  roundSwitch: SWITCH_DEFAULTS,
+  switchControl: SWITCH_DEFAULTS,
+  // knob.component.models.ts: initial value 50, one-way setValue
+  knob: { getValueMethod: "getValue", setValueMethod: "setValue", minValue: 0, maxValue: 100, requestTimeout: 5000 },
+};
+
+const METHOD_FIELDS = ["methodName", "getValueMethod", "setValueMethod"];
+
+// The params the switch sends for `value`: the template with $value replaced.
+function convertSwitchValue(template, value) {
+  return JSON.parse(template.split("$value").join(JSON.stringify(!!value)));
+}
+
+// The switch's state from a reply: the key's value (a dotted path), truthy or not.
+function parseSwitchValue(reply, key) {
+  let v = reply;
+  for (const part of key ? key.split(".") : []) v = v != null && typeof v === "object" ? v[part] : undefined;
+  return !!v;
+}
+
+// Draft (form strings or stored values) -> { settings, errors } for `widget`.
+function checkSettings(widget, draft) {
+  const settings = {};
+  const errors = {};
+  for (const [name, def] of Object.entries(WIDGET_DEFAULTS[widget])) {
+    const raw = draft[name];
+    if (typeof def === "boolean") {
+      settings[name] = raw === true || raw === "true";
+    } else if (typeof def === "number") {
+      const n = typeof raw === "string" && raw.trim() === "" ? NaN : Number(raw);
+      if (!Number.isFinite(n)) errors[name] = "Enter a number.";
+      settings[name] = n;
+    } else {
+      settings[name] = typeof raw === "string" ? raw.trim() : "";
+    }
+  }
+  for (const name of METHOD_FIELDS) {
+    if (name in settings && !settings[name]) errors[name] = "Enter a method name.";
+  }
+  if ("methodParams" in settings) {
+    try { JSON.parse(settings.methodParams); }
+    catch (e) { errors.methodParams = `Not valid JSON, so it is not sent (${e.message}).`; }
+  }
+  if ("convertValueTemplate" in settings) {
+    for (const v of [true, false]) {
+      try { convertSwitchValue(settings.convertValueTemplate, v); }
+      catch (e) { errors.convertValueTemplate = `With $value as ${v} this is not valid JSON (${e.message}).`; break; }
+    }
+  }
+  if ("retrieveValueMethod" in settings && !["rpc", "none"].includes(settings.retrieveValueMethod)) {
+    errors.retrieveValueMethod = "Choose rpc or none.";
+  }
+  if (!errors.requestTimeout && !(Number.isInteger(settings.requestTimeout) && settings.requestTimeout >= 0)) {
+    errors.requestTimeout = "Enter whole milliseconds, 0 or more.";
+  }
+  if ("maxValue" in settings && !errors.minValue && !errors.maxValue && settings.maxValue <= settings.minValue) {
+    errors.maxValue = "Must be more than the minimum.";
+  }
+  return { settings, errors };
+}
+
+function readStore(type) {
+  try { return JSON.parse(localStorage.getItem(SETTINGS_KEY + type)) || {}; } catch (e) { return {}; }
+}
+
+function loadSettings(type, widget) {
+  const stored = readStore(type)[widget];
+  if (!stored) return WIDGET_DEFAULTS[widget];
+  const { settings, errors } = checkSettings(widget, { ...WIDGET_DEFAULTS[widget], ...stored });
+  return Object.keys(errors).length ? WIDGET_DEFAULTS[widget] : settings; // a damaged entry: defaults
+}
+
+function storeSettings(type, widget, settings) {
+  const all = readStore(type);
+  if (settings) all[widget] = settings; else delete all[widget];
+  if (Object.keys(all).length) localStorage.setItem(SETTINGS_KEY + type, JSON.stringify(all));
+  else localStorage.removeItem(SETTINGS_KEY + type);
+}
+
+// [settings, save, reset] for one widget on devices of `type`.
+function useWidgetSettings(type, widget) {
+  const [settings, setSettings] = useState(() => loadSettings(type, widget));
+  const save = (s) => { storeSettings(type, widget, s); setSettings(s); };
+  const reset = () => { storeSettings(type, widget, null); setSettings(WIDGET_DEFAULTS[widget]); };
+  return [settings, save, reset];
+}
+
+const CALL_OPTIONS = [["true", "one-way"], ["false", "two-way (waits for the reply)"]];
+const RETRIEVE_OPTIONS = [["rpc", "rpc: get value method on load"], ["none", "none: start off"]];
+const TIMEOUT_HINT = "ms; the server raises it to its minimum";
+
+// [name, label, kind, options or hint]
+const FIELDS = {
+  rpcButton: [
+    ["methodName", "Method", "text"],
+    ["methodParams", "Params (JSON)", "json", "sent as parsed JSON"],
+    ["oneWayElseTwoWay", "Call", "select", CALL_OPTIONS],
+    ["requestTimeout", "Request timeout", "number", TIMEOUT_HINT],
+  ],
+  switch: [
+    ["retrieveValueMethod", "Retrieve value", "select", RETRIEVE_OPTIONS],
+    ["getValueMethod", "Get value method", "text"],
+    ["parseValueKey", "Parse value: key of the reply", "text", "empty: the whole reply; on when truthy"],
+    ["setValueMethod", "Set value method", "text"],
+    ["convertValueTemplate", "Convert value: params", "json", "JSON; $value becomes true or false"],
+    ["requestTimeout", "Request timeout", "number", TIMEOUT_HINT],
+  ],
+  knob: [
+    ["getValueMethod", "Get value method", "text"],
+    ["setValueMethod", "Set value method", "text"],
+    ["minValue", "Minimum", "number"],
+    ["maxValue", "Maximum", "number"],
+    ["requestTimeout", "Request timeout", "number", TIMEOUT_HINT],
+  ],
+};
+
+function toDraft(settings) {
+  return Object.fromEntries(Object.entries(settings).map(([k, v]) => [k, String(v)]));
+}
+
+// The form behind a widget's settings toggle.  Nothing is stored (and so
+// nothing sent) until every field is valid.
+function SettingsPanel({ widget, fields, type, settings, onSave, onReset, onClose }) {
+  const [draft, setDraft] = useState(() => toDraft(settings));
+  const [tried, setTried] = useState(false);
+  const [note, setNote] = useState(null);
+  const { errors } = checkSettings(widget, draft);
+  const shown = tried ? errors : {};
+  const set = (name, value) => { setDraft((d) => ({ ...d, [name]: value })); setNote(null); };
+  const submit = (e) => {
+    e.preventDefault();
+    setTried(true);
+    const checked = checkSettings(widget, draft);
+    if (Object.keys(checked.errors).length) return;
+    onSave(checked.settings);
+    onClose();
+  };
+  const reset = () => {
+    onReset();
+    setDraft(toDraft(WIDGET_DEFAULTS[widget]));
+    setTried(false);
+    setNote("ThingsBoard's defaults restored.");
+  };
+  const noRetrieve = draft.retrieveValueMethod === "none";
+  const field = ([name, label, kind, extra]) => {
+    const err = shown[name];
+    const errId = `${widget}-${name}-error`;
+    const common = {
+      name, "aria-invalid": err ? "true" : undefined, "aria-describedby": err ? errId : undefined,
+      disabled: noRetrieve && (name === "getValueMethod" || name === "parseValueKey"),
+    };
+    const input = kind === "select"
+      ? html`<select ...${common} value=${draft[name]} onChange=${(e) => set(name, e.target.value)}>
+          ${extra.map(([v, text]) => html`<option value=${v}>${text}</option>`)}</select>`
+      : html`<input ...${common} type=${kind === "number" ? "number" : "text"} value=${draft[name]}
+          class=${kind === "json" ? "mono" : ""} autocomplete="off" spellcheck="false"
+          onInput=${(e) => set(name, e.target.value)} />`;
+    return html`<label>${label}${kind !== "select" && extra ? html` <small class="muted">(${extra})</small>` : ""}
+      ${input}
+      ${err && html`<small class="error" id=${errId} role="alert">${err}</small>`}</label>`;
+  };
+  return html`<form class="widget-settings" onSubmit=${submit} novalidate>
+    <p class="muted settings-scope">For every device of type <strong>${type}</strong>, in this browser.</p>
+    ${fields.map(field)}
+    ${tried && Object.keys(errors).length > 0 && html`<p class="error" role="alert">Not saved: correct the fields marked.</p>`}
+    ${note && html`<p class="muted" role="status">${note}</p>`}
+    <div class="settings-actions">
+      <button type="submit" class="small">Save</button>
+      <button type="button" class="secondary outline small" onClick=${onClose}>Cancel</button>
+    </div>
+    <button type="button" class="secondary outline small reset-defaults" onClick=${reset}>Reset to ThingsBoard's defaults</button>
+  </form>`;
+}
+
+// A "settings" icon (sliders), drawn so it needs no icon font.
+const SETTINGS_ICON = html`<svg viewBox="0 0 24 24" width="18" height="18" aria-hidden="true" focusable="false">
+  <path d="M4 6h16M4 12h16M4 18h16" stroke="currentColor" stroke-width="2" stroke-linecap="round" fill="none" />
+  <circle cx="9" cy="6" r="2.6" /><circle cx="15" cy="12" r="2.6" /><circle cx="7" cy="18" r="2.6" /></svg>`;
+
+// A control widget's card: its body, or its settings form while the toggle is
+// on.  The toggle comes after the body in the page (it is drawn in the
+// header's corner), so the widget's own control stays its first button.
+function Widget({ domId, title, widget, fields, type, settingsState, children }) {
+  const [open, setOpen] = useState(false);
+  const [settings, save, reset] = settingsState;
+  return html`<article class=${"widget" + (open ? " configuring" : "")} id=${domId}>
+    <header>${title}</header>
+    ${open
+      ? html`<${SettingsPanel} widget=${widget} fields=${fields} type=${type} settings=${settings}
+               onSave=${save} onReset=${reset} onClose=${() => setOpen(false)} />`
+      : children}
+    <button type="button" class="widget-gear" aria-label=${`${title} settings`} title="Settings"
+            aria-expanded=${open ? "true" : "false"} onClick=${() => setOpen(!open)}>${SETTINGS_ICON}</button>
+  </article>`;
+}
+
+// -- the control widgets ---------------------------------------------------------
+
+// RPC button (control_widgets.rpcbutton): by default method rpcCommand,
+// params {}, one-way, requestTimeout 5000.
+function RpcButton({ id, type }) {
+  const state = useWidgetSettings(type, "rpcButton");
+  const s = state[0];
   const [persistent, setPersistent] = useState(false);
   const [out, setOut] = useState(null);
   const [busy, setBusy] = useState(false);
+  const oneway = s.oneWayElseTwoWay;
   const press = async () => {
     setBusy(true);
     setOut(null);
-    const call = { oneway: !twoWay, method: "rpcCommand", params: {}, timeout: 5000 };
+    const call = { oneway, method: s.methodName, params: JSON.parse(s.methodParams), timeout: s.requestTimeout };
     try {
       if (persistent) {
         const rpc = await sendPersistent(id, call, { onStatus: (r) => setOut({ text: r.status }) });
@@ -113,7 +334,7 @@ function RpcButton({ id }) {
           : { text: `${rpc.status}${rpc.response ? ": " + fmtJson(rpc.response) : ""}` });
       } else {
         const reply = await sendRpc(id, call);
-        setOut({ text: twoWay ? fmtJson(reply) : "sent" });
+        setOut({ text: oneway ? "sent" : fmtJson(reply) });
       }
     } catch (err) {
       setOut({ error: errorText(err) });
@@ -121,78 +342,123 @@ function RpcButton({ id }) {
       setBusy(false);
     }
   };
-  return html`<article class="widget" id="rpc-button">
-    <header>RPC button</header>
+  return html`<${Widget} domId="rpc-button" title="RPC button" widget="rpcButton" fields=${FIELDS.rpcButton}
+                         type=${type} settingsState=${state}>
     <button onClick=${press} aria-busy=${busy} disabled=${busy}>Send RPC</button>
-    <label><input type="checkbox" role="switch" checked=${twoWay} onChange=${(e) => setTwoWay(e.target.checked)} /> two-way</label>
+    <small class="call-summary" title="what the button sends">
+      <code>${s.methodName} ${s.methodParams}</code> · ${oneway ? "one-way" : "two-way"}</small>
     <label><input type="checkbox" role="switch" checked=${persistent} onChange=${(e) => setPersistent(e.target.checked)} /> persistent</label>
     <output class=${out && out.error ? "error" : ""}>${out ? out.error || out.text : ""}</output>
-  </article>`;
+  <//>`;
 }
 
-// Round switch: on load a two-way getValue with params null, the reply read
-// as `data ? true : false`; on change a one-way setValue with the bare boolean.
-function RoundSwitch({ id }) {
+// The switches' RPC (switch.component.ts, round-switch.component.ts): with
+// retrieveValueMethod "rpc", on load a two-way get value call with params
+// null, the reply parsed to on or off; on change a one-way set value call
+// with the converted boolean.
+function useSwitchRpc(id, s) {
   const [value, setValue] = useState(null);
   const [err, setErr] = useState(null);
   const load = async () => {
-    try { setValue(!!(await sendRpc(id, { oneway: false, method: "getValue", params: null, timeout: 500 }))); setErr(null); }
-    catch (e) { setErr(errorText(e)); }
+    if (s.retrieveValueMethod === "none") { setValue(false); setErr(null); return; } // initialValue false
+    try {
+      const reply = await sendRpc(id, { oneway: false, method: s.getValueMethod, params: null, timeout: s.requestTimeout });
+      setValue(parseSwitchValue(reply, s.parseValueKey));
+      setErr(null);
+    } catch (e) { setErr(errorText(e)); }
   };
-  useEffect(() => { load(); }, [id]);
+  useEffect(() => { load(); }, [id, s]);
   const toggle = async () => {
     const next = !value;
     setValue(next);
-    try { await sendRpc(id, { oneway: true, method: "setValue", params: next, timeout: 500 }); setErr(null); }
-    catch (e) { setValue(!next); setErr(errorText(e)); }
+    try {
+      await sendRpc(id, { oneway: true, method: s.setValueMethod, params: convertSwitchValue(s.convertValueTemplate, next),
+                          timeout: s.requestTimeout });
+      setErr(null);
+    } catch (e) { setValue(!next); setErr(errorText(e)); }
   };
-  return html`<article class="widget" id="round-switch">
-    <header>Round switch</header>
+  const readBack = s.retrieveValueMethod === "none" ? null
+    : html`<small><a href="#" onClick=${(e) => { e.preventDefault(); load(); }}>read back</a></small>`;
+  return { value, err, toggle, readBack };
+}
+
+// Round switch: by default getValue (reply read as `data ? true : false`)
+// and setValue with the bare boolean, requestTimeout 500.
+function RoundSwitch({ id, type }) {
+  const state = useWidgetSettings(type, "roundSwitch");
+  const { value, err, toggle, readBack } = useSwitchRpc(id, state[0]);
+  return html`<${Widget} domId="round-switch" title="Round switch" widget="roundSwitch" fields=${FIELDS.switch}
+                         type=${type} settingsState=${state}>
     <button class=${"round-switch " + (value ? "on" : "off")} aria-pressed=${!!value} onClick=${toggle}
-            disabled=${value === null && !err} title="setValue">
+            disabled=${value === null && !err} title=${state[0].setValueMethod}>
       <span>${value === null ? "…" : value ? "ON" : "OFF"}</span>
     </button>
-    <small><a href="#" onClick=${(e) => { e.preventDefault(); load(); }}>read back</a></small>
+    ${readBack}
     ${err && html`<output class="error">${err}</output>`}
-  </article>`;
+  <//>`;
+}
+
+// Switch control (control_widgets.switch_control): a slide toggle with OFF
+// and ON labels; the same RPC as the round switch.
+function SwitchControl({ id, type }) {
+  const state = useWidgetSettings(type, "switchControl");
+  const { value, err, toggle, readBack } = useSwitchRpc(id, state[0]);
+  return html`<${Widget} domId="switch-control" title="Switch control" widget="switchControl" fields=${FIELDS.switch}
+                         type=${type} settingsState=${state}>
+    <div class="slide-row">
+      <span class=${value ? "muted" : ""}>OFF</span>
+      <button type="button" role="switch" class="slide-toggle" aria-checked=${value ? "true" : "false"}
+              aria-label="Switch control" onClick=${toggle} disabled=${value === null && !err}
+              title=${state[0].setValueMethod}><span class="thumb"></span></button>
+      <span class=${value ? "" : "muted"}>ON</span>
+    </div>
+    ${readBack}
+    ${err && html`<output class="error">${err}</output>`}
+  <//>`;
 }
 
 // Knob control: getValue (two-way, params null) on load, default 50; each
 // settled change sends a one-way setValue with the number.
-function Knob({ id }) {
+function Knob({ id, type }) {
+  const state = useWidgetSettings(type, "knob");
+  const s = state[0];
+  const { minValue: min, maxValue: max } = s;
   const [value, setValue] = useState(50);
   const [sent, setSent] = useState(null);
   const [err, setErr] = useState(null);
   const timer = useRef(null);
   const load = async () => {
     try {
-      const v = await sendRpc(id, { oneway: false, method: "getValue", params: null, timeout: 5000 });
+      const v = await sendRpc(id, { oneway: false, method: s.getValueMethod, params: null, timeout: s.requestTimeout });
       if (typeof v === "number") setValue(v);
       setErr(null);
     } catch (e) { setErr(errorText(e)); }
   };
-  useEffect(() => { load(); }, [id]);
+  useEffect(() => { load(); }, [id, s]);
   const change = (v) => {
     setValue(v);
     clearTimeout(timer.current);
     timer.current = setTimeout(async () => {
-      try { await sendRpc(id, { oneway: true, method: "setValue", params: v, timeout: 5000 }); setSent(v); setErr(null); }
-      catch (e) { setErr(errorText(e)); }
+      try {
+        await sendRpc(id, { oneway: true, method: s.setValueMethod, params: v, timeout: s.requestTimeout });
+        setSent(v);
+        setErr(null);
+      } catch (e) { setErr(errorText(e)); }
     }, 200);
   };
-  const angle = -135 + (value / 100) * 270;
-  return html`<article class="widget" id="knob">
-    <header>Knob</header>
+  const shown = Math.min(max, Math.max(min, value));
+  const angle = -135 + ((shown - min) / (max - min)) * 270;
+  return html`<${Widget} domId="knob" title="Knob" widget="knob" fields=${FIELDS.knob} type=${type} settingsState=${state}>
     <svg viewBox="0 0 100 100" class="knob" aria-hidden="true">
       <circle cx="50" cy="50" r="40" class="knob-face" />
       <line x1="50" y1="50" x2="50" y2="16" class="knob-needle" transform=${`rotate(${angle} 50 50)`} />
       <text x="50" y="92" text-anchor="middle" class="knob-value">${value}</text>
     </svg>
-    <input type="range" min="0" max="100" value=${value} aria-label="Knob value"
+    <input type="range" min=${min} max=${max} value=${shown} aria-label="Knob value"
            onInput=${(e) => change(Number(e.target.value))} />
     <small>${sent !== null ? `set to ${sent}` : ""} <a href="#" onClick=${(e) => { e.preventDefault(); load(); }}>read back</a></small>
     ${err && html`<output class="error">${err}</output>`}
-  </article>`;
+  <//>`;
 }
 
 // A persistent call of any method, followed by polling its record.
