@@ -65,6 +65,7 @@ async def test_rpc_button_sends_the_method_and_params_set_in_its_settings(rig):
     await page.click("#rpc-button button:has-text('Send RPC')")
     await page.locator("#rpc-button output", has_text='{"led":[1,2],"on":true}').wait_for()  # two-way: the reply
     assert _calls(dev, "echo") == [{"led": [1, 2], "on": True}]
+    await wait_until(lambda: any(body["method"] == "echo" for kind, body in posts))
     sent = [body for kind, body in posts if body["method"] == "echo"]
     assert sent == [{"method": "echo", "params": {"led": [1, 2], "on": True}, "persistent": False, "timeout": 7000}]
     assert [kind for kind, body in posts if body["method"] == "echo"] == ["twoway"]
@@ -90,7 +91,8 @@ async def test_switch_control_reads_and_sets_with_custom_methods(rig):
     toggle = page.locator("#switch-control .slide-toggle")
     # by default what ThingsBoard's switch control sends: getValue, params null
     await page.locator('#switch-control .slide-toggle[aria-checked="true"]').wait_for()  # level 50: on
-    assert ("twoway", {"method": "getValue", "params": None, "persistent": False, "timeout": 500}) in posts
+    await wait_until(lambda: ("twoway", {"method": "getValue", "params": None, "persistent": False,
+                                         "timeout": 500}) in posts)
 
     await page.click("#switch-control .widget-gear")
     panel = page.locator("#switch-control form.widget-settings")
@@ -110,7 +112,9 @@ async def test_switch_control_reads_and_sets_with_custom_methods(rig):
     await page.locator('#switch-control .slide-toggle[aria-checked="false"]').wait_for()
     await wait_until(lambda: _calls(dev, "setRelay") == [{"on": False}])
     assert relay == {"on": False}
-    assert ("oneway", {"method": "setRelay", "params": {"on": False}, "persistent": False, "timeout": 500}) in posts
+    # (the page's request event may reach the test after the device got the call)
+    await wait_until(lambda: ("oneway", {"method": "setRelay", "params": {"on": False}, "persistent": False,
+                                         "timeout": 500}) in posts)
     # read back: the device's state, through the custom get method
     await page.click("#switch-control a:has-text('read back')")
     await wait_until(lambda: len(_calls(dev, "getRelay")) == 2)
@@ -167,6 +171,7 @@ async def test_bad_json_is_refused_and_never_sent(rig):
     page, posts = await _open_device(rig, A1)
     await page.locator("#round-switch .round-switch.on").wait_for()  # the loads are done
     await page.locator('#switch-control .slide-toggle[aria-checked="true"]').wait_for()
+    await wait_until(lambda: len(posts) == 3)  # getValue: round switch, switch control, knob
     loaded = len(posts)
 
     await page.click("#rpc-button .widget-gear")
@@ -243,5 +248,6 @@ async def test_knob_settings_and_a_narrow_screen(rig):
     dev.client.add_method("setLevel", lambda p: dev.received.append(("setLevel", p)) or {})
     await knob.fill("33")
     await wait_until(lambda: _calls(dev, "setLevel") == [33])
-    assert ("oneway", {"method": "setLevel", "params": 33, "persistent": False, "timeout": 5000}) in posts
+    await wait_until(lambda: ("oneway", {"method": "setLevel", "params": 33, "persistent": False,
+                                         "timeout": 5000}) in posts)
     assert page.errors == []
