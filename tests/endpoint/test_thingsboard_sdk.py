@@ -89,6 +89,23 @@ async def test_client_side_call_from_the_sdk(rig, tb_device):
     assert rig.endpoint.tracked()["calls"] == 0
 
 
+async def test_an_attribute_request_is_answered_with_none(rig, tb_device):
+    """fleetrpc keeps no attributes; firmware that asks for its shared
+    attributes at boot gets an empty answer instead of waiting forever."""
+    await rig.online("dev-a")
+    done = threading.Event()
+    got = {}
+
+    def callback(content, exception):
+        got["content"], got["exception"] = content, exception
+        done.set()
+
+    tb_device.request_attributes(client_keys=["mode"], shared_keys=["fw_version"], callback=callback)
+    await wait_thread_event(done)
+    assert got == {"content": {}, "exception": None}
+    assert rig.endpoint.stats.attribute_requests >= 1
+
+
 async def test_sdk_disconnect_makes_the_device_offline(rig):
     client = TBDeviceMqttClient("127.0.0.1", port=rig.port, username="token-a")
     await asyncio.to_thread(client.connect)

@@ -81,7 +81,7 @@ class EndpointStats:
         "closed_protocol", "closed_too_large", "closed_keepalive", "closed_rate_limit",
         "closed_slow_reader", "closed_connect_timeout", "closed_other",
         "requests", "retries_merged", "responses", "unknown_response", "client_calls", "session_limits",
-        "undeliverable", "too_large_for_device", "ignored", "refused_topic",
+        "undeliverable", "too_large_for_device", "ignored", "attribute_requests", "refused_topic",
     )
 
     def __init__(self) -> None:

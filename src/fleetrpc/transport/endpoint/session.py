@@ -103,6 +103,8 @@ _RPC_BITS = sum(_KNOWN_BIT[topic] for topic in RPC_SUBSCRIPTIONS)
 _GATEWAY_BIT = _KNOWN_BIT[GATEWAY_RPC]
 
 _SESSION_LIMITS = "getSessionLimits"
+_ATTRIBUTES_REQUEST = "v1/devices/me/attributes/request/"
+ATTRIBUTES_RESPONSE = "v1/devices/me/attributes/response/"
 
 _MISSING = object()
 
@@ -1163,6 +1165,11 @@ class Session(asyncio.Protocol):
                     ep.stats.ignored += 1
             elif topic.startswith("v1/gateway/"):
                 self._on_gateway_publish(topic[11:], payload)
+            elif topic.startswith(_ATTRIBUTES_REQUEST):
+                self._no_attributes(ATTRIBUTES_RESPONSE + topic[len(_ATTRIBUTES_REQUEST):],
+                                    ATTRIBUTES_RESPONSE + "+")
+            elif topic.startswith("v2/a/req/"):
+                self._no_attributes("v2/a/res/" + topic[9:], "v2/a/res/+")
             elif not topic:
                 raise P.ProtocolError("PUBLISH with an empty topic", P.TOPIC_NAME_INVALID)
             else:
@@ -1170,6 +1177,16 @@ class Session(asyncio.Protocol):
                 ep.stats.ignored += 1
         except Exception as exc:  # the reader would swallow it: see _new_reader
             self._failed(exc)
+
+    def _no_attributes(self, answer: str, subscription: str) -> None:
+        """An attribute request: fleetrpc keeps no attributes, so the answer
+        is none (``{}``), rather than silence.  Firmware commonly asks for
+        its shared attributes at boot and waits for the answer."""
+        ep = self.endpoint
+        ep.stats.attribute_requests += 1
+        qos = self.granted(subscription)
+        if qos >= 0:
+            self._publish(answer, b"{}", qos, None)
 
     def _on_response(self, n_text: str, payload: bytes) -> None:
         ep = self.endpoint
