@@ -225,3 +225,18 @@ async def test_a_retry_of_a_call_an_http_device_has_not_answered_is_not_sent_twi
         await api.request("POST", f"/api/v1/{token}/rpc/{request['id']}", json={"opened": True})
         record = await ctx.engine.wait(rpc_id, 10, tenant_id=world.t1)
         assert (record.status.value, record.response) == ("SUCCESSFUL", {"opened": True})
+
+
+async def test_attributes_over_http_are_none(start_server, world):
+    """fleetrpc keeps no attributes: a device asking gets none, one waiting
+    for updates gets 408 after its timeout, as ThingsBoard answers when
+    nothing changed; neither makes the device reachable for RPC."""
+    async with start_server(endpoint=ENDPOINT) as (server, api):
+        admin = await api.login(world.tenant.email)
+        device_id, token = await _create_device(api, admin, "HTTP Attributes")
+        device = TBHTTPDevice(server.ctx.url.rstrip("/"), token)
+        assert await asyncio.to_thread(device.request_attributes, ["mode"], ["fw_version"]) == {}
+        status, _, _ = await api.request("GET", f"/api/v1/{token}/attributes/updates?timeout=100")
+        assert status == 408 and not server.ctx.dispatcher.is_online(device_id)
+        assert (await api.request("GET", "/api/v1/wrong-token/attributes"))[0] == 401
+        assert (await api.request("GET", f"/api/v1/{token}/attributes/updates?timeout=-1"))[0] == 400

@@ -8,6 +8,8 @@ in the path, served by the device endpoint (``transport/endpoint/http.py``).
 ``POST /api/v1/{token}/rpc/{id}``                      the answer to request ``id``: 200
 ``POST /api/v1/{token}/rpc`` ``{"method","params"}``   client-side call: 200 with the answer, 408
 ``POST /api/v1/{token}/telemetry``, ``/attributes``    200, ignored (not fleetrpc's business)
+``GET /api/v1/{token}/attributes``                     200 ``{}``: fleetrpc keeps no attributes
+``GET /api/v1/{token}/attributes/updates?timeout=ms``  408 after the timeout: there are none
 =====================================================  ==========================================
 
 A wrong token is 401, as in ThingsBoard; a body over ``endpoint.max_payload``
@@ -78,16 +80,9 @@ def _endpoint_needed(handler):
 
 @_endpoint_needed
 async def subscribe_to_rpc(request: web.Request) -> web.Response:
-    raw = request.query.get("timeout", "0")
-    try:
-        timeout_ms = int(raw)
-    except ValueError:
-        raise ApiError.bad_request(f"timeout must be a whole number of milliseconds, not {raw!r}") from None
-    if timeout_ms < 0:
-        raise ApiError.bad_request("timeout must be >= 0")
-    timeout_ms = min(timeout_ms or POLL_DEFAULT_MS, POLL_MAX_MS)
+    timeout = _poll_timeout(request)
     ep, device = await _device(request)
-    body = await ep.http.poll(device, timeout_ms / 1000.0)
+    body = await ep.http.poll(device, timeout)
     if body is None:
         return web.Response(status=408)
     return web.Response(body=body, headers=_JSON)
@@ -121,6 +116,36 @@ async def client_rpc(request: web.Request) -> web.Response:
     return web.Response(body=answer, headers=_JSON)
 
 
+def _poll_timeout(request: web.Request) -> float:
+    """A long poll's ``timeout`` query parameter, in seconds (ThingsBoard's
+    default when 0 or absent, capped at its maximum)."""
+    raw = request.query.get("timeout", "0")
+    try:
+        timeout_ms = int(raw)
+    except ValueError:
+        raise ApiError.bad_request(f"timeout must be a whole number of milliseconds, not {raw!r}") from None
+    if timeout_ms < 0:
+        raise ApiError.bad_request("timeout must be >= 0")
+    return min(timeout_ms or POLL_DEFAULT_MS, POLL_MAX_MS) / 1000.0
+
+
+@_endpoint_needed
+async def no_attributes(request: web.Request) -> web.Response:
+    """fleetrpc keeps no attributes: none, as ThingsBoard answers for a device without any."""
+    ep, _ = await _device(request)
+    ep.stats.attribute_requests += 1
+    return web.Response(body=b"{}", headers=_JSON)
+
+
+@_endpoint_needed
+async def no_attribute_updates(request: web.Request) -> web.Response:
+    """Nothing ever changes: the poll ends as timed out (firmware polls again)."""
+    timeout = _poll_timeout(request)
+    ep, _ = await _device(request)
+    await ep.http.idle(timeout)
+    return web.Response(status=408)
+
+
 @_endpoint_needed
 async def ignored(request: web.Request) -> web.Response:
     ep, _ = await _device(request)
@@ -144,6 +169,13 @@ def setup(app: web.Application, ctx: Any) -> None:
               summary="A device calls the server (client-side RPC)", body=dict, response=dict,
               statuses={**common, 400: "Body not a {method, params} object", 408: "No answer in time (empty)",
                         413: "Body over endpoint.max_payload", 429: "Too many calls of this device awaiting answers"})
+    operation(app, r.add_get("/api/v1/{token}/attributes", no_attributes), tag="device-api",
+              summary="A device's attributes: none (fleetrpc keeps no attributes)", response=dict,
+              statuses=common)
+    operation(app, r.add_get("/api/v1/{token}/attributes/updates", no_attribute_updates), tag="device-api",
+              summary="A device waits for attribute updates: none come (408 after the timeout)",
+              query=(Param("timeout", int, description="ms; 0 or absent: 60000, at most 300000"),),
+              statuses={**common, 400: "timeout not a whole number >= 0", 408: "No update (empty)"})
     for kind in ("telemetry", "attributes"):
         operation(app, r.add_post(f"/api/v1/{{token}}/{kind}", ignored), tag="device-api",
                   summary=f"A device's {kind}: accepted and ignored (fleetrpc keeps no {kind})", body=dict,

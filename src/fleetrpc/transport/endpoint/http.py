@@ -155,6 +155,8 @@ class HttpDevices:
         self.grace = grace
         self._devices: dict[str, HttpDevice] = {}
         self._keys = itertools.count(1)
+        #: polls that wait for nothing (see idle)
+        self._idlers: set[asyncio.Future] = set()
 
     def __len__(self) -> int:
         return len(self._devices)
@@ -215,6 +217,20 @@ class HttpDevices:
                 pass  # taken by send_request
             self._release(hd)
 
+    async def idle(self, timeout: float) -> None:
+        """A poll nothing will answer (attribute updates: fleetrpc keeps
+        none): it waits out ``timeout``, or less when the server drains.
+        It does not make the device reachable for RPC (nor does it in
+        ThingsBoard)."""
+        fut = asyncio.get_running_loop().create_future()
+        self._idlers.add(fut)
+        try:
+            await asyncio.wait_for(fut, timeout)
+        except asyncio.TimeoutError:
+            pass
+        finally:
+            self._idlers.discard(fut)
+
     def answer(self, device: str, n: int, payload: bytes) -> bool:
         """The device's answer to request ``n``; False when no such request
         awaits one (answered already, or forgotten)."""
@@ -256,10 +272,9 @@ class HttpDevices:
     def end_polls(self) -> None:
         """Answer every waiting poll with "nothing came" (408): the server is
         draining, and a poll is no work in flight to wait for."""
-        for hd in self._devices.values():
-            for fut in hd.polls:
-                if not fut.done():
-                    fut.set_result(None)
+        for fut in [*self._idlers, *(f for hd in self._devices.values() for f in hd.polls)]:
+            if not fut.done():
+                fut.set_result(None)
 
     def close(self) -> None:
         """The endpoint closes: waiting polls and calls end as timed out
