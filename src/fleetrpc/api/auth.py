@@ -45,7 +45,24 @@ dict lookup per request.  The table reaches the dictionary at once for
 this node's changes, through a PostgreSQL notification for the other
 nodes' (milliseconds), and by reading the table every
 ``cluster.poll_interval_s`` for anything a notification missed
-(:func:`setup` starts that).  A token's issue time is in milliseconds (the
+(:func:`setup` starts that).
+
+API keys (ThingsBoard 4.3, ``X-Authorization: ApiKey <value>``, or
+``Authorization:``): :class:`ApiKeyAuth`.  A key stands for its user, with
+the user's authority, tenant and customer, while the key exists, is enabled
+and not expired and the user exists and is enabled.  Only the value's
+SHA-256 is stored (``store/entities/api_keys.py``); a verified key is kept
+in memory by that digest, so a request costs one SHA-256 of ~90 bytes
+(about a microsecond) and a dict lookup; a key not in memory costs two
+indexed reads (the key, its user).  A cached key is dropped at once when
+it is disabled or deleted on this node (a listener), on another node (a
+PostgreSQL notification), or when its user is revoked anywhere (the
+revocations above); and it is read again every ``cluster.poll_interval_s``
+whatever happens, which catches a lost notification or a change made by
+another process.  Refusals, as ThingsBoard's ``ApiKeyAuthenticationProvider``
+answers them (all errorCode 10): unknown key or user "Invalid username or
+password", disabled key or user "User account is not active", expired key
+"API key is expired".  A token's issue time is in milliseconds (the
 private ``iatMs`` claim; ThingsBoard's own ``iat`` is in whole seconds, too
 coarse to tell a token issued just before a password change from the pair
 that change returns).
@@ -58,7 +75,7 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 import jwt
@@ -74,6 +91,7 @@ __all__ = [
     "NULL_UUID",
     "AUTHORITIES",
     "LoginRefused",
+    "ApiKeyAuth",
     "Principal",
     "TokenService",
     "RateLimiter",
@@ -99,6 +117,7 @@ AUTH_FAILED = "Authentication failed"
 NOT_ACTIVE = "User account is not active"
 LOCKED = "User account is locked due to security policy"
 OUTDATED = "Token is outdated"
+API_KEY_EXPIRED = "API key is expired"
 
 
 def public(handler):
@@ -395,6 +414,104 @@ def load_or_create_secret(data_dir: str | os.PathLike) -> str:
     return secret
 
 
+# -- API keys ------------------------------------------------------------------------
+
+
+class _CachedKey:
+    __slots__ = ("principal", "key_id", "deadline")
+
+    def __init__(self, principal: Principal, key_id: str, deadline: float) -> None:
+        self.principal = principal
+        self.key_id = key_id
+        #: epoch seconds: read the key again after (its expiry, or the next re-read)
+        self.deadline = deadline
+
+
+class ApiKeyAuth:
+    """Verifies ``ApiKey`` credentials (see the module docstring): a
+    bounded cache of verified keys by the value's digest in front of the
+    keys' repository (``store/entities/api_keys.py``) and the users'."""
+
+    def __init__(self, keys: Any, users: Any, *, recheck_s: float, cache_size: int, clock=time.time) -> None:
+        from ..store.entities.api_keys import hash_value
+
+        self._hash = hash_value
+        self.keys = keys
+        self.users = users
+        self._recheck_s = recheck_s
+        self._cache_size = cache_size
+        self._clock = clock
+        self._cache: dict[str, _CachedKey] = {}
+        # Bumped by every eviction: a verification that started before one
+        # does not cache what it read (it may predate the change).
+        self._generation = 0
+        self.cache_hits = 0
+        self.lookups = 0
+
+    def cached(self, value: str) -> Principal | None:
+        """The principal of a key verified lately, else None (the caller
+        then awaits :meth:`verify`)."""
+        digest = self._hash(value)
+        entry = self._cache.get(digest)
+        if entry is None:
+            return None
+        if self._clock() < entry.deadline:
+            self.cache_hits += 1
+            return entry.principal
+        del self._cache[digest]
+        return None
+
+    async def verify(self, value: str) -> Principal:
+        """Read the key and its user; raises ApiError 401 (errorCode 10)."""
+        generation = self._generation
+        self.lookups += 1
+        if not value:
+            raise ApiError.unauthorized(BAD_CREDENTIALS)  # ThingsBoard: "Empty API key"
+        key = await self.keys.by_value(value)
+        if key is None:
+            raise ApiError.unauthorized(BAD_CREDENTIALS)
+        if not key.enabled:
+            raise ApiError.unauthorized(NOT_ACTIVE)
+        now = self._clock()
+        if key.expired(int(now * 1000)):
+            raise ApiError.unauthorized(API_KEY_EXPIRED)
+        user = await self.users.by_id(key.user_id)
+        if user is None or str(user.tenant_id or NULL_UUID) != key.tenant_id:
+            raise ApiError.unauthorized(BAD_CREDENTIALS)
+        if not getattr(user, "enabled", True):
+            raise ApiError.unauthorized(NOT_ACTIVE)
+        expires = key.expiration_time / 1000 if key.expiration_time else float("inf")
+        p = Principal(
+            user_id=str(user.id), tenant_id=str(user.tenant_id or NULL_UUID),
+            customer_id=str(user.customer_id or NULL_UUID),
+            authority=str(getattr(user.authority, "value", user.authority)), email=user.email,
+            first_name=getattr(user, "first_name", None), last_name=getattr(user, "last_name", None),
+            session_id=f"apiKey:{key.id}", expires=expires, issued_ms=int(now * 1000),
+        )
+        if self._cache_size and generation == self._generation:
+            if len(self._cache) >= self._cache_size:
+                del self._cache[next(iter(self._cache))]  # the oldest entry
+            self._cache[self._hash(value)] = _CachedKey(p, key.id, min(expires, now + self._recheck_s))
+        return p
+
+    def _evict(self, test: Callable[[_CachedKey], bool]) -> None:
+        self._generation += 1
+        for digest in [d for d, e in self._cache.items() if test(e)]:
+            del self._cache[digest]
+
+    def key_changed(self, key_id: str, user_id: str = "") -> None:
+        """A key was disabled or deleted (here or on another node)."""
+        self._evict(lambda e: e.key_id == key_id)
+
+    def user_revoked(self, user_id: str, valid_since_ms: int = 0) -> None:
+        """A user was disabled, deleted or changed password: read its keys
+        again (a new password leaves them valid, as in ThingsBoard)."""
+        self._evict(lambda e: e.principal.user_id == user_id)
+
+    def clear(self) -> None:
+        self._evict(lambda e: True)
+
+
 # -- rate limits -----------------------------------------------------------------------
 
 
@@ -456,14 +573,41 @@ def bearer_token(request: web.Request) -> str | None:
     return header[7:].strip() or None
 
 
-def authenticate_request(ctx: Any, request: web.Request) -> Principal:
+_API_KEY = "ApiKey "
+
+
+def authenticate_request(ctx: Any, request: web.Request) -> Principal | Awaitable[Principal]:
     """The caller of a non-public /api request (the request middleware,
     ``api/middleware.py``, sets it as ``request[PRINCIPAL]`` (api/keys.py)); raises
-    ApiError 401, or 429 (errorCode 33) over a rate limit."""
-    token = bearer_token(request)
-    if token is None:
+    ApiError 401, or 429 (errorCode 33) over a rate limit.  An API key not
+    in memory gives an awaitable instead (it is read from the database)."""
+    headers = request.headers
+    header = headers.get(_X_AUTHORIZATION) or headers.get(_AUTHORIZATION)
+    if header is None or not header.startswith("Bearer "):
+        if header is not None and header.startswith(_API_KEY):
+            return _api_key_principal(ctx, header[7:].strip())
         raise ApiError.unauthorized(AUTH_FAILED)
-    principal = ctx.tokens.authenticate(token)
+    token = header[7:].strip()
+    if not token:
+        raise ApiError.unauthorized(AUTH_FAILED)
+    return _rate_limited(ctx, ctx.tokens.authenticate(token))
+
+
+def _api_key_principal(ctx: Any, value: str) -> Principal | Awaitable[Principal]:
+    keys: ApiKeyAuth | None = getattr(ctx, "api_key_auth", None)
+    if keys is None:
+        raise ApiError.unauthorized(AUTH_FAILED)
+    principal = keys.cached(value) if value else None
+    if principal is None:
+        return _verified(ctx, keys, value)
+    return _rate_limited(ctx, principal)
+
+
+async def _verified(ctx: Any, keys: ApiKeyAuth, value: str) -> Principal:
+    return _rate_limited(ctx, await keys.verify(value))
+
+
+def _rate_limited(ctx: Any, principal: Principal) -> Principal:
     limiter = ctx.rate_limiter
     if limiter.enabled:
         message = limiter.check(principal)
@@ -605,10 +749,39 @@ async def _keep_revocations(app: web.Application) -> Any:
         users.remove_revocation_listener(tokens.revoke)
 
 
+async def _keep_api_keys(app: web.Application) -> Any:
+    """The application's lifetime: ``ctx.api_keys`` (the repository) and
+    ``ctx.api_key_auth`` (the verifier), kept right as the module docstring
+    says.  Without a database-backed users' repository there are no keys."""
+    from ..store.entities.api_keys import ApiKeyRepository
+
+    ctx = app[CTX]
+    users, tokens = getattr(ctx, "users", None), getattr(ctx, "tokens", None)
+    db = getattr(users, "db", None)
+    if tokens is None or db is None or not hasattr(users, "follow_revocations"):
+        yield
+        return
+    cluster = getattr(ctx.settings, "cluster", None)
+    poll_s = getattr(cluster, "poll_interval_s", 5.0)
+    ctx.api_keys = keys = ApiKeyRepository(db)
+    ctx.api_key_auth = auth = ApiKeyAuth(keys, users, recheck_s=poll_s, cache_size=tokens.settings.cache_size)
+    keys.add_change_listener(auth.key_changed)
+    tokens.on_revoked(auth.user_revoked)
+    task = asyncio.ensure_future(keys.follow_changes(auth.key_changed, auth.clear))
+    try:
+        yield
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        tokens.remove_revocation_listener(auth.user_revoked)
+        keys.remove_change_listener(auth.key_changed)
+
+
 def setup(app: web.Application, ctx: Any) -> None:
     from .openapi import operation
 
     app.cleanup_ctx.append(_keep_revocations)
+    app.cleanup_ctx.append(_keep_api_keys)
 
     r = app.router
     operation(app, r.add_post("/api/auth/login", login), tag="auth", body=LoginRequest, response=JwtPair,

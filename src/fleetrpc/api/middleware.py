@@ -30,7 +30,7 @@ from typing import Any
 
 from aiohttp import web
 
-from .auth import authenticate_request
+from .auth import Principal, authenticate_request
 from .errors import ApiError, answer_for, too_large
 from .metrics import HttpStats
 from .keys import PRINCIPAL
@@ -114,7 +114,10 @@ def request_middleware(ctx: Any):
                         response = too_large(limit)
                     else:
                         if not info.public:
-                            request[PRINCIPAL] = authenticate_request(ctx, request)
+                            principal = authenticate_request(ctx, request)
+                            if principal.__class__ is not Principal:  # an API key read from the database
+                                principal = await principal
+                            request[PRINCIPAL] = principal
                         response = await handler(request)
             except ApiError as exc:
                 response = exc.response()

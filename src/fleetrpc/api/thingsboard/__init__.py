@@ -10,7 +10,7 @@ from aiohttp import web
 
 
 def setup(app: web.Application, ctx: Any) -> None:
-    from . import device_api, devices, persistent, rpc, tenants, users
+    from . import api_keys, device_api, devices, persistent, rpc, tenants, users
     from .access import DeviceCache
 
     # The RPC path's access checks (access.device_for_rpc) read through it.
@@ -25,5 +25,6 @@ def setup(app: web.Application, ctx: Any) -> None:
     persistent.setup(app, ctx)
     tenants.setup(app, ctx)
     users.setup(app, ctx)
+    api_keys.setup(app, ctx)
     devices.setup(app, ctx)
     device_api.setup(app, ctx)
