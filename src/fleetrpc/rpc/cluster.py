@@ -29,6 +29,8 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+from ..store.db import listen
+
 log = logging.getLogger("fleetrpc.rpc.cluster")
 
 __all__ = ["NotifyLink", "WAKE", "announce_leave", "channel_name"]
@@ -67,7 +69,6 @@ class NotifyLink:
         self._outbox: list[str] = []
         self._flushing: asyncio.Task | None = None
         self._listener: asyncio.Task | None = None
-        self._conn: Any = None
         self._closed = False
         self.sent = 0
         self.received = 0
@@ -81,12 +82,6 @@ class NotifyLink:
             if task is not None:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
-        if self._conn is not None:
-            try:
-                await self._conn.close(timeout=2)
-            except Exception:
-                self._conn.terminate()
-            self._conn = None
 
     # -- sending ------------------------------------------------------------
 
@@ -122,7 +117,7 @@ class NotifyLink:
 
     # -- receiving ----------------------------------------------------------
 
-    def _received(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
+    def _received(self, payload: str) -> None:
         self.received += 1
         if payload == WAKE:
             if self._on_wake is not None:
@@ -141,34 +136,4 @@ class NotifyLink:
                 log.exception("handling a cluster notification failed")
 
     async def _listen(self) -> None:
-        import asyncpg
-
-        delay = 0.2
-        while not self._closed:
-            lost = asyncio.get_running_loop().create_future()
-            try:
-                settings = {"application_name": "fleetrpc-listen"}
-                if getattr(self.db, "schema", None):
-                    settings["search_path"] = self.db.schema
-                conn = await asyncpg.connect(self.db.dsn, timeout=5, server_settings=settings)
-                self._conn = conn
-                conn.add_termination_listener(lambda c: lost.done() or lost.set_result(None))
-                await conn.add_listener(self.channel, self._received)
-                delay = 0.2
-                self._on_connected()
-                while not lost.done():
-                    # A dead server is noticed by a query, not by waiting.
-                    try:
-                        await asyncio.wait_for(asyncio.shield(lost), 5.0)
-                    except asyncio.TimeoutError:
-                        await asyncio.wait_for(conn.fetchval("SELECT 1"), 5.0)
-            except asyncio.CancelledError:
-                raise
-            except Exception as e:
-                log.warning("cluster listener: %s: %s; reconnecting", type(e).__name__, e)
-            conn, self._conn = self._conn, None
-            if conn is not None:
-                conn.terminate()
-            if not self._closed:
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+        await listen(self.db, self.channel, self._received, name="cluster", on_connected=self._on_connected)

@@ -48,10 +48,12 @@ from __future__ import annotations
 import abc
 import asyncio
 import contextlib
+import inspect
+import logging
 import re
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from typing import Any, Protocol
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -64,6 +66,8 @@ from ..errors import (
     ValueRefusedError,
 )
 from . import migrations
+
+_log = logging.getLogger("fleetrpc.store")
 
 __all__ = [
     "Conn",
@@ -732,6 +736,55 @@ async def _keep_session(conn: Any) -> None:
     Repositories leave no session state behind (no session advisory locks,
     cursors, LISTEN or SET; the schema is a startup setting), and asyncpg
     still rolls back an open transaction before calling this."""
+
+
+async def listen(db: Any, channel: str, on_payload: Callable[[str], Any], *, name: str,
+                 on_connected: Callable[[], Any] | None = None) -> None:
+    """Run until cancelled (PostgreSQL): LISTEN on ``channel`` over a
+    connection of its own and hand each notification's payload to
+    ``on_payload`` (what it raises is logged).  A lost connection is made
+    again, 0.2 s later doubling to 5 s; after each (re)connection
+    ``on_connected()`` runs (awaited when it returns an awaitable):
+    notifications sent meanwhile were missed.  A dead server is noticed by a
+    query every 5 s, not by waiting."""
+    import asyncpg
+
+    def received(_conn: Any, _pid: int, _channel: str, payload: str) -> None:
+        try:
+            on_payload(payload)
+        except Exception:
+            _log.exception("handling a notification on %s failed: %r", channel, payload[:200])
+
+    settings = {"application_name": f"fleetrpc-listen-{name}"}
+    if getattr(db, "schema", None):
+        settings["search_path"] = db.schema
+    delay = 0.2
+    while True:
+        conn = None
+        lost = asyncio.get_running_loop().create_future()
+        try:
+            conn = await asyncpg.connect(db.dsn, timeout=5, server_settings=settings)
+            conn.add_termination_listener(lambda c: lost.done() or lost.set_result(None))
+            await conn.add_listener(channel, received)
+            delay = 0.2
+            if on_connected is not None:
+                result = on_connected()
+                if inspect.isawaitable(result):
+                    await result
+            while not lost.done():
+                try:
+                    await asyncio.wait_for(asyncio.shield(lost), 5.0)
+                except asyncio.TimeoutError:
+                    await asyncio.wait_for(conn.fetchval("SELECT 1"), 5.0)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            _log.warning("%s listener: %s: %s; reconnecting", name, type(e).__name__, e)
+        finally:
+            if conn is not None:
+                conn.terminate()
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 5.0)
 
 
 def _describe(dsn: str) -> str:

@@ -19,7 +19,6 @@ notification and another process's change (``api/auth.py``).
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
 import inspect
@@ -31,7 +30,7 @@ from typing import Any
 import msgspec
 
 from ...errors import EntityNotFoundError, ValidationError
-from ..db import Database
+from ..db import Database, listen
 from .model import NULL_UUID, check_uuid, new_id, now_ms
 from .paging import ListQuery, PageData, check_paging
 
@@ -247,40 +246,10 @@ class ApiKeyRepository:
         may have been missed.  Elsewhere there is only one node: return."""
         if self.db.dialect != "postgresql" or not getattr(self.db, "dsn", None):
             return
-        import asyncpg
 
-        channel = api_key_channel(getattr(self.db, "schema", None))
-
-        def received(_conn: Any, _pid: int, _channel: str, payload: str) -> None:
+        def received(payload: str) -> None:
             key_id, _, user_id = payload.partition(":")
-            try:
-                on_change(key_id, user_id)
-            except Exception:
-                log.exception("handling an API key change %r failed", payload)
+            on_change(key_id, user_id)
 
-        delay = 0.2
-        while True:
-            conn = None
-            lost = asyncio.get_running_loop().create_future()
-            try:
-                conn = await asyncpg.connect(self.db.dsn, timeout=5,
-                                             server_settings={"application_name": "fleetrpc-listen-api-keys"})
-                conn.add_termination_listener(lambda c: lost.done() or lost.set_result(None))
-                await conn.add_listener(channel, received)
-                delay = 0.2
-                on_reconnect()
-                while not lost.done():
-                    try:
-                        await asyncio.wait_for(asyncio.shield(lost), 5.0)
-                    except asyncio.TimeoutError:
-                        await asyncio.wait_for(conn.fetchval("SELECT 1"), 5.0)  # a dead server shows on a query
-            except asyncio.CancelledError:
-                if conn is not None:
-                    conn.terminate()
-                raise
-            except Exception as e:
-                log.warning("API key listener: %s: %s; reconnecting", type(e).__name__, e)
-            if conn is not None:
-                conn.terminate()
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
+        await listen(self.db, api_key_channel(getattr(self.db, "schema", None)), received,
+                     name="api-keys", on_connected=on_reconnect)

@@ -38,7 +38,7 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
 from ...errors import AlreadyExistsError, EntityNotFoundError, ValidationError
-from ..db import Database
+from ..db import Database, listen
 from .model import (
     User,
     _check_json,
@@ -180,9 +180,9 @@ class UserRepository:
         is read every ``poll_interval_s`` (from ``since_ms`` on, less a slack
         for the nodes' clocks), which catches what a notification missed
         (a reconnect, another process such as ``fleetrpc admin``)."""
-        listen = None
+        listening = None
         if self.db.dialect == "postgresql" and getattr(self.db, "dsn", None):
-            listen = asyncio.ensure_future(self._listen_revocations(on_revoked))
+            listening = asyncio.ensure_future(self._listen_revocations(on_revoked))
         store_down = False
         try:
             while True:
@@ -202,50 +202,22 @@ class UserRepository:
                         log.warning("cannot read token revocations (%s); trying every %g s", e, poll_interval_s)
                         store_down = True
         finally:
-            if listen is not None:
-                listen.cancel()
-                await asyncio.gather(listen, return_exceptions=True)
+            if listening is not None:
+                listening.cancel()
+                await asyncio.gather(listening, return_exceptions=True)
 
     async def _listen_revocations(self, on_revoked: RevocationListener) -> None:
-        import asyncpg
-
-        channel = revocation_channel(getattr(self.db, "schema", None))
-
-        def received(_conn: Any, _pid: int, _channel: str, payload: str) -> None:
+        def received(payload: str) -> None:
             user_id, _, since = payload.rpartition(":")
-            try:
-                on_revoked(user_id, int(since))
-            except Exception:
-                log.exception("handling a token revocation %r failed", payload)
+            on_revoked(user_id, int(since))
 
-        delay = 0.2
-        while True:
-            conn = None
-            lost = asyncio.get_running_loop().create_future()
-            try:
-                conn = await asyncpg.connect(self.db.dsn, timeout=5,
-                                             server_settings={"application_name": "fleetrpc-listen-users"})
-                conn.add_termination_listener(lambda c: lost.done() or lost.set_result(None))
-                await conn.add_listener(channel, received)
-                delay = 0.2
-                # What was revoked while not listening: read it now, not at the next poll.
-                for user_id, since in (await self.revocations(now_ms() - 2 * _CLOCK_SLACK_MS)).items():
-                    on_revoked(user_id, since)
-                while not lost.done():
-                    try:
-                        await asyncio.wait_for(asyncio.shield(lost), 5.0)
-                    except asyncio.TimeoutError:
-                        await asyncio.wait_for(conn.fetchval("SELECT 1"), 5.0)  # a dead server shows on a query
-            except asyncio.CancelledError:
-                if conn is not None:
-                    conn.terminate()
-                raise
-            except Exception as e:
-                log.warning("token revocation listener: %s: %s; reconnecting", type(e).__name__, e)
-            if conn is not None:
-                conn.terminate()
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
+        async def connected() -> None:
+            # What was revoked while not listening: read it now, not at the next poll.
+            for user_id, since in (await self.revocations(now_ms() - 2 * _CLOCK_SLACK_MS)).items():
+                on_revoked(user_id, since)
+
+        await listen(self.db, revocation_channel(getattr(self.db, "schema", None)), received,
+                     name="users", on_connected=connected)
 
     async def _hash(self, password: str) -> str:
         return await asyncio.to_thread(self.hasher.hash, password)
