@@ -80,6 +80,68 @@ async def test_write_coalescing_under_load_delivers_every_request():
         await assert_nothing_left(rig)
 
 
+class _CountingTransport:
+    """A session's transport, with every write kept (the rest is the real one's)."""
+
+    def __init__(self, transport) -> None:
+        self._transport = transport
+        self.writes: list[bytes] = []
+
+    def write(self, data) -> None:
+        self.writes.append(bytes(data))
+        self._transport.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self._transport, name)
+
+
+async def test_a_puback_and_the_next_request_it_woke_leave_in_one_send():
+    """A device answers at QoS 1; the caller, woken by the answer, calls the
+    same device again at once: the endpoint's PUBACK and that request go out
+    in one write, even when another connection's output had already asked
+    for this iteration's flush (the flush runs after the wakeups)."""
+    async with make_rig() as rig:
+        clients = {}
+        for token, device in (("token-a", "dev-a"), ("token-b", "dev-b")):
+            c = clients[device] = await raw.RawClient.open(rig.port)
+            await c.connect(token, client_id=device)
+            c.send(raw.subscribe(1, ("v1/devices/me/rpc/request/+", 1)))
+            await c.read_packet()
+            await rig.online(device)
+        c = clients["dev-a"]
+        s = _session(rig, "dev-a")
+        counting = s.transport = _CountingTransport(s.transport)
+
+        async def two_calls() -> list:
+            first = await rig.dispatcher.call("dev-a", "echo", {"i": 1})
+            return [first, await rig.dispatcher.call("dev-a", "echo", {"i": 2})]
+
+        calls = asyncio.ensure_future(two_calls())
+        first, body = await c.read_packet()
+        topic, payload, mid = raw.publish_topic(body, 1, False)
+        c.send(raw.puback(mid))
+        await _until(lambda: not s.extra or not s.extra.inflight)
+        sent = len(counting.writes)
+        # One iteration, as when both devices' bytes come out of one poll:
+        # dev-b's output first (a PINGRESP), then dev-a's answer.
+        _session(rig, "dev-b")._write(b"\xd0\x00")
+        s.data_received(raw.publish("v1/devices/me/rpc/response/" + topic.rsplit("/", 1)[1], b'{"i": 1}', 1, 7))
+        await _until(lambda: len(counting.writes) > sent)
+        await asyncio.sleep(0.05)  # (a second send would have followed by now)
+        (write,) = counting.writes[sent:]
+        assert write.startswith(raw.puback(7) + b"\x32"), write  # PUBACK, then a QoS 1 PUBLISH
+        assert (await c.read_packet()) == (0x40, b"\x00\x07")
+        first, body = await c.read_packet()
+        topic, payload, mid = raw.publish_topic(body, 1, False)
+        c.send(raw.puback(mid) + raw.publish("v1/devices/me/rpc/response/" + topic.rsplit("/", 1)[1], 
+                                             json.dumps(json.loads(payload)["params"]).encode()))
+        assert await calls == [{"i": 1}, {"i": 2}]
+        assert (await clients["dev-b"].read_packet()) == (0xD0, b"")
+        for c in clients.values():
+            c.close()
+        await assert_nothing_left(rig)
+
+
 async def test_nothing_after_a_failing_packet_is_handled():
     async with make_rig(max_payload=1024) as rig:
         c = await raw.RawClient.open(rig.port)
@@ -328,7 +390,8 @@ async def test_idle_connection_memory_budget():
                 s.connection_made(transports[i])
                 s.data_received(hello[i])
             del s
-            await asyncio.sleep(0)  # the endpoint's flush: CONNACK and SUBACK written
+            for _ in range(2):  # the endpoint's flush (one hop after the wakeups): CONNACK and SUBACK written
+                await asyncio.sleep(0)
             assert len(dispatcher.presence.online) == n
             for s in sessions:
                 s._check(s.last_in + IDLE_TRIM + 0.5)

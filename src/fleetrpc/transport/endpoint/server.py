@@ -616,7 +616,12 @@ class DeviceEndpoint:
             if above and self.awaiting() >= above:
                 self._loop.call_later(self.settings.write_batch_delay, self._flush)
             else:
-                self._loop.call_soon(self._flush)
+                self._loop.call_soon(self._flush_after_wakeups)
+
+    def _flush_after_wakeups(self) -> None:
+        # One hop more: the callers that this iteration's answers woke run
+        # first, so a device's PUBACK and its next request leave in one send.
+        self._loop.call_soon(self._flush)
 
     def _flush(self) -> None:
         self._flush_scheduled = False

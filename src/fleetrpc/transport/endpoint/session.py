@@ -6,7 +6,7 @@ the compiled :class:`~fleetrpc._core.MqttReader`, which hands over PUBLISH
 and PUBACK and queues the PUBACKs the session owes; every other packet comes
 to :meth:`Session._on_packet` (``packets.py`` parses it).  Output is
 collected per session and written once per event-loop iteration by the
-endpoint's flusher.
+endpoint's flusher, after the callers this iteration's answers woke.
 
 What a device may do, by the topics it uses (its "form"):
 
