@@ -301,38 +301,33 @@ class UserRepository:
             _check_text("lastName", last_name, required=False), _check_text("phone", phone, required=False),
             encode_json(_check_json("additionalInfo", additional_info)), enabled,
         )
-        since = None
-        async with self.db.transaction() as conn:
-            n = await conn.execute(
-                "UPDATE tb_user SET first_name = $2, last_name = $3, phone = $4, additional_info = $5, "
-                "enabled = COALESCE($6, enabled), version = version + 1 WHERE id = $1", *args)
-            if n and enabled is False:
-                since = await self._revoke(conn, user_id)
-        if not n:
-            raise EntityNotFoundError(f"User with id [{user_id}] is not found")
-        if since is not None:
-            await self._revoked(user_id, since)
-        user = await self.get(user_id)
-        assert user is not None
-        return user
+        return await self._update(
+            "UPDATE tb_user SET first_name = $2, last_name = $3, phone = $4, additional_info = $5, "
+            "enabled = COALESCE($6, enabled), version = version + 1 WHERE id = $1", args, enabled is False)
 
     async def set_enabled(self, user_id: str, enabled: bool) -> User:
         """Enable or disable a user (ThingsBoard's ``userCredentialsEnabled``).
         Disabling voids every token issued to it so far, in the same
         transaction; enabling again does not bring them back."""
         user_id = check_uuid("user id", user_id)
+        return await self._update("UPDATE tb_user SET enabled = $2, version = version + 1 WHERE id = $1",
+                                  (user_id, bool(enabled)), not enabled)
+
+    async def _update(self, sql: str, args: tuple, disabling: bool) -> User:
+        """One UPDATE of the user ``args[0]``; when it disables the user, its
+        tokens are voided in the same transaction (then announced)."""
+        user_id = args[0]
         since = None
         async with self.db.transaction() as conn:
-            n = await conn.execute("UPDATE tb_user SET enabled = $2, version = version + 1 WHERE id = $1",
-                                   user_id, bool(enabled))
-            if n and not enabled:
+            n = await conn.execute(sql, *args)
+            if n and disabling:
                 since = await self._revoke(conn, user_id)
         if not n:
             raise EntityNotFoundError(f"User with id [{user_id}] is not found")
         if since is not None:
             await self._revoked(user_id, since)
         user = await self.get(user_id)
-        if user is None:
+        if user is None:  # deleted meanwhile
             raise EntityNotFoundError(f"User with id [{user_id}] is not found")
         return user
 
