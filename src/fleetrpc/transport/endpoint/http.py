@@ -6,9 +6,10 @@ topic: an :class:`HttpDevice` is one of the endpoint's routes of the device
 (``DeviceEndpoint._routes``), so presence, the composite transport, other
 nodes' relayed calls and persistent RPC treat it alike.
 
-- A request goes to the poll waiting for it, as ThingsBoard's body
-  ``{"id": n, "method", "params"}``, and is DELIVERED then (a one-way call
-  ends there); with no poll waiting it waits for the next one.
+- A request goes to the oldest poll waiting for it whose client is still
+  there, as ThingsBoard's body ``{"id": n, "method", "params"}``, and is
+  DELIVERED then (a one-way call ends there); with no poll waiting it
+  waits for the next one.
 - The device stays routed (online) while it polls and ``grace`` seconds
   after a poll ends, so that re-polling does not make it blink offline; a
   call made between two polls is queued for the next.
@@ -16,7 +17,7 @@ nodes' relayed calls and persistent RPC treat it alike.
   ``POST /api/v1/{token}/rpc`` ``{"method", "params"}`` is a client-side
   call, answered in the response body.
 
-The HTTP handlers are in ``api/thingsboard/device_http.py``; this module
+The HTTP handlers are in ``api/thingsboard/device_api.py``; this module
 keeps no HTTP objects, only futures.
 """
 
