@@ -12,8 +12,9 @@ in the path, served by the device endpoint (``transport/endpoint/http.py``).
 ``GET /api/v1/{token}/attributes/updates?timeout=ms``  408 after the timeout: there are none
 =====================================================  ==========================================
 
-A wrong token is 401, as in ThingsBoard; a body over ``endpoint.max_payload``
-is 413.  Without ``[endpoint] enabled`` these answer 503.
+A wrong token is 401 with an empty body, as in ThingsBoard (checked before
+the other parameters); a body over ``endpoint.max_payload`` is 413.  Without
+``[endpoint] enabled`` these answer 503.
 """
 
 from __future__ import annotations
@@ -38,17 +39,29 @@ class _NoEndpoint(Exception):
     pass
 
 
+class _UnknownToken(Exception):
+    pass
+
+
 async def _device(request: web.Request) -> tuple[Any, str]:
-    """(the endpoint, the device id of the path's token); raises ApiError 401
-    for a token nobody has."""
+    """(the endpoint, the device id of the path's token); raises
+    _UnknownToken (401) for a token nobody has."""
     ep = request.app[CTX].endpoint
     if ep is None:
         raise _NoEndpoint()
     identity = ep._identity(await _maybe_await(ep._authenticate(request.match_info["token"], None, "")))
     if identity is None:
-        raise ApiError(401, "Authentication failed: unknown or invalid device access token",
-                       ErrorCode.AUTHENTICATION)
+        raise _UnknownToken()
     return ep, identity.device_id
+
+
+def _client_there(request: web.Request):
+    """Whether the request's client is still connected (aiohttp does not
+    cancel a handler whose client has gone)."""
+    def alive() -> bool:
+        transport = request.transport
+        return transport is not None and not transport.is_closing()
+    return alive
 
 
 async def _maybe_await(value: Any) -> Any:
@@ -59,10 +72,13 @@ async def _body(request: web.Request, ep: Any) -> bytes:
     limit = ep.settings.max_payload
     if request.content_length is not None and request.content_length > limit:
         raise ApiError(413, f"request body over the device payload limit of {limit} bytes", ErrorCode.BAD_REQUEST_PARAMS)
-    body = await request.content.read(limit + 1)
-    if len(body) > limit:
-        raise ApiError(413, f"request body over the device payload limit of {limit} bytes", ErrorCode.BAD_REQUEST_PARAMS)
-    return body
+    body = bytearray()
+    async for chunk in request.content.iter_any():  # (a body may come in several segments)
+        body += chunk
+        if len(body) > limit:
+            raise ApiError(413, f"request body over the device payload limit of {limit} bytes",
+                           ErrorCode.BAD_REQUEST_PARAMS)
+    return bytes(body)
 
 
 def _endpoint_needed(handler):
@@ -72,6 +88,8 @@ def _endpoint_needed(handler):
         except _NoEndpoint:
             return error_response(503, "ThingsBoard's device API is served by the device endpoint: "
                                        "set [endpoint] enabled = true", ErrorCode.GENERAL)
+        except _UnknownToken:
+            return web.Response(status=401)  # (ThingsBoard's DeviceApiController: no body)
 
     handle.__name__ = handler.__name__
     handle.__doc__ = handler.__doc__
@@ -80,9 +98,8 @@ def _endpoint_needed(handler):
 
 @_endpoint_needed
 async def subscribe_to_rpc(request: web.Request) -> web.Response:
-    timeout = _poll_timeout(request)
     ep, device = await _device(request)
-    body = await ep.http.poll(device, timeout)
+    body = await ep.http.poll(device, _poll_timeout(request), _client_there(request))
     if body is None:
         return web.Response(status=408)
     return web.Response(body=body, headers=_JSON)
@@ -90,13 +107,15 @@ async def subscribe_to_rpc(request: web.Request) -> web.Response:
 
 @_endpoint_needed
 async def reply_to_rpc(request: web.Request) -> web.Response:
+    ep, device = await _device(request)
     raw = request.match_info["requestId"]
     try:
         n = int(raw)
     except ValueError:
         raise ApiError.bad_request(f"requestId must be the request's number, not {raw!r}") from None
-    ep, device = await _device(request)
     body = await _body(request, ep)
+    if not body.strip():
+        raise ApiError.bad_request("the answer is the request body: it is empty")
     ep.http.answer(device, n, body)  # (an unknown one is counted and dropped, as ThingsBoard does)
     return web.Response(status=200)
 
@@ -140,9 +159,8 @@ async def no_attributes(request: web.Request) -> web.Response:
 @_endpoint_needed
 async def no_attribute_updates(request: web.Request) -> web.Response:
     """Nothing ever changes: the poll ends as timed out (firmware polls again)."""
-    timeout = _poll_timeout(request)
     ep, _ = await _device(request)
-    await ep.http.idle(timeout)
+    await ep.http.idle(_poll_timeout(request))
     return web.Response(status=408)
 
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections import deque
-from typing import Any
+from typing import Any, Callable
 
 import msgspec
 
@@ -44,6 +44,10 @@ POLL_MAX_MS = 300_000
 CALL_TIMEOUT_S = 60.0
 #: How long a device stays reachable after its last poll ended, seconds.
 GRACE_S = 10.0
+#: How long an unrouted device's unanswered requests still take an answer, seconds.
+LATE_ANSWER_S = 300.0
+#: Polls one device may have waiting; a new one beyond ends the oldest (408).
+MAX_POLLS = 8
 
 
 class _TbHttpRequest(msgspec.Struct, gc=False):
@@ -55,13 +59,18 @@ class _TbHttpRequest(msgspec.Struct, gc=False):
 _encode = msgspec.json.Encoder().encode
 
 
+def _expire(fut: asyncio.Future) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
 class HttpDevice:
     """One device polling over HTTP: a route of the endpoint (it has the
     route's ``send_request``) and the answer target of its client-side
     calls (``send_answer``)."""
 
     __slots__ = ("owner", "device", "base", "polls", "queued", "requests", "rpc_ids", "next_n", "answers",
-                 "routed", "unroute_at")
+                 "routed", "timer")
 
     #: (a Session's ids of client-side calls in flight: this one's are ``answers``)
     calls = None
@@ -70,10 +79,10 @@ class HttpDevice:
         self.owner = owner
         self.device = device
         self.base = owner.endpoint._dev_prefix + device
-        #: polls waiting, oldest first
-        self.polls: deque[asyncio.Future] = deque()
-        #: requests no poll has taken yet: (body, confirm)
-        self.queued: deque[tuple[bytes, Any]] = deque()
+        #: polls waiting, oldest first: (future, is its client still there?)
+        self.polls: deque[tuple[asyncio.Future, Callable[[], bool] | None]] = deque()
+        #: requests no poll has taken yet: (number, body, confirm)
+        self.queued: deque[tuple[int, bytes, Any]] = deque()
         #: request number awaiting the device's answer -> the REQUEST's ``{node}/{rid}``
         self.requests: dict[int, str] = {}
         #: a persistent call's id -> its request number (see session.merged_retry)
@@ -82,7 +91,8 @@ class HttpDevice:
         #: client-side calls awaiting the dispatcher's answer: key -> future
         self.answers: dict[str, asyncio.Future] = {}
         self.routed = False
-        self.unroute_at: asyncio.TimerHandle | None = None
+        #: the grace after the last poll, or (unrouted) how long late answers count
+        self.timer: asyncio.TimerHandle | None = None
 
     # -- the endpoint's side ----------------------------------------------------
 
@@ -101,9 +111,9 @@ class HttpDevice:
             if old is not None:
                 # the device has it, or gets it with its next poll: not twice
                 ep.stats.retries_merged += 1
-                for i, (body, confirm) in enumerate(self.queued):
+                for i, (n, body, confirm) in enumerate(self.queued):
                     if confirm == old:  # not polled yet: delivered when it is
-                        self.queued[i] = (body, tail)
+                        self.queued[i] = (n, body, tail)
                         return
                 self._confirm(tail)
                 return
@@ -117,17 +127,36 @@ class HttpDevice:
         else:
             n = self._next()
             confirm = token
-        body = _encode(_TbHttpRequest(n, req.method, req.params))
-        while self.polls:
-            poll = self.polls.popleft()
-            if not poll.done():
-                poll.set_result(body)
-                self._confirm(confirm)
-                return
-        self.queued.append((body, confirm))
-        if len(self.queued) > ep.settings.max_pending_responses:
-            self.queued.popleft()  # its call times out
-            ep.stats.undeliverable += 1
+        self._offer((n, _encode(_TbHttpRequest(n, req.method, req.params)), confirm))
+
+    def _offer(self, entry: tuple[int, bytes, Any], first: bool = False) -> None:
+        """Hand a request to the oldest poll whose client is still there
+        (the others end), or queue it for the next poll (``first``: ahead
+        of the queue, as a request given back)."""
+        polls = self.polls
+        while polls:
+            fut, alive = polls.popleft()
+            if fut.done():
+                continue
+            if alive is not None and not alive():
+                fut.set_result(None)  # its client has gone: not this one
+                continue
+            fut.set_result(entry)
+            return
+        if first:
+            self.queued.appendleft(entry)
+            return
+        self.queued.append(entry)
+        if len(self.queued) > self.owner.endpoint.settings.max_pending_responses:
+            self._drop(self.queued.popleft())  # its call times out
+            self.owner.endpoint.stats.undeliverable += 1
+
+    def _drop(self, entry: tuple[int, bytes, Any]) -> None:
+        """A request the device never got: no answer is awaited for it, and
+        a persistent call's retry goes out as a new request."""
+        n = entry[0]
+        if self.requests.pop(n, None) is not None and self.rpc_ids:
+            self.rpc_ids = {k: m for k, m in self.rpc_ids.items() if m != n} or None
 
     def _next(self) -> int:
         # ThingsBoard's request ids are 32-bit ints, as the MQTT sessions' are
@@ -147,6 +176,9 @@ class HttpDevice:
         else:
             ep._deliver(self.base + "/ack/" + confirm, b"")
 
+    def _unused(self) -> bool:
+        return not (self.routed or self.polls or self.requests or self.answers)
+
 
 class HttpDevices:
     """The devices of one endpoint that use the HTTP API."""
@@ -158,9 +190,16 @@ class HttpDevices:
         self._keys = itertools.count(1)
         #: polls that wait for nothing (see idle)
         self._idlers: set[asyncio.Future] = set()
+        #: the server drains: polls end at once
+        self.draining = False
+        #: seconds an unrouted device's unanswered requests still take an answer
+        self.late_answers = LATE_ANSWER_S
 
     def __len__(self) -> int:
         return len(self._devices)
+
+    def polls_waiting(self) -> int:
+        return len(self._idlers) + sum(len(hd.polls) for hd in self._devices.values())
 
     def _get(self, device: str) -> HttpDevice:
         hd = self._devices.get(device)
@@ -169,67 +208,99 @@ class HttpDevices:
         return hd
 
     def _route(self, hd: HttpDevice) -> None:
-        if hd.unroute_at is not None:
-            hd.unroute_at.cancel()
-            hd.unroute_at = None
+        if hd.timer is not None:
+            hd.timer.cancel()
+            hd.timer = None
         if not hd.routed:
             hd.routed = True
             self.endpoint._add_route(hd.device, hd)
 
     def _release(self, hd: HttpDevice) -> None:
         """A poll ended: unroute the device after the grace, unless it polls again."""
-        if hd.polls or hd.unroute_at is not None:
+        if hd.polls or hd.timer is not None or not hd.routed:
             return
-        hd.unroute_at = asyncio.get_running_loop().call_later(self.grace, self._unroute, hd)
+        hd.timer = asyncio.get_running_loop().call_later(self.grace, self._unroute, hd)
 
     def _unroute(self, hd: HttpDevice) -> None:
-        hd.unroute_at = None
+        hd.timer = None
         if hd.polls:
             return
         if hd.routed:
             hd.routed = False
             self.endpoint._remove_route(hd.device, hd)
-        hd.queued.clear()  # their calls time out (a persistent one is retried)
-        if not hd.answers and not hd.requests:
-            # (With requests unanswered it stays: a device may answer a long
-            # command after the grace, then poll again.)
-            self._devices.pop(hd.device, None)
+        while hd.queued:  # their calls time out (a persistent one is sent again)
+            hd._drop(hd.queued.popleft())
+        hd.rpc_ids = None  # as after an MQTT reconnect: a retry is a new request
+        if hd.requests or hd.answers:
+            # a device may answer a long command after the grace (then poll again)
+            hd.timer = asyncio.get_running_loop().call_later(self.late_answers, self._forget, hd)
+        else:
+            self._forget(hd)
 
-    async def poll(self, device: str, timeout: float) -> bytes | None:
+    def _forget(self, hd: HttpDevice) -> None:
+        """Drop an unrouted device (its unanswered requests with it)."""
+        if hd.timer is not None:
+            hd.timer.cancel()
+            hd.timer = None
+        if not hd.routed and not hd.polls and self._devices.get(hd.device) is hd:
+            del self._devices[hd.device]
+
+    async def poll(self, device: str, timeout: float, alive: Callable[[], bool] | None = None) -> bytes | None:
         """The next request for ``device`` (ThingsBoard's JSON), or None when
-        none came within ``timeout`` seconds."""
+        none came within ``timeout`` seconds.  ``alive()`` says whether the
+        poll's client is still there: a request is never handed to a poll
+        whose client has gone (it goes to the next poll instead)."""
+        if self.draining:
+            return None
         hd = self._get(device)
         self._route(hd)
-        if hd.queued:
-            body, confirm = hd.queued.popleft()
+        if hd.queued and (alive is None or alive()):
+            _, body, confirm = hd.queued.popleft()
             hd._confirm(confirm)
             self._release(hd)
             return body
-        fut = asyncio.get_running_loop().create_future()
-        hd.polls.append(fut)
+        if len(hd.polls) >= MAX_POLLS:
+            _expire(hd.polls.popleft()[0])  # the oldest ends (408): polls are bounded per device
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        timer = loop.call_later(timeout, _expire, fut)
+        hd.polls.append((fut, alive))
         try:
-            return await asyncio.wait_for(fut, timeout)
-        except asyncio.TimeoutError:
-            return None
+            entry = await fut
+        except asyncio.CancelledError:  # its handler was cancelled
+            if fut.done() and not fut.cancelled() and fut.result() is not None:
+                hd._offer(fut.result(), first=True)  # handed over just before: not lost
+            raise
         finally:
-            try:
-                hd.polls.remove(fut)
-            except ValueError:
-                pass  # taken by send_request
+            timer.cancel()
+            for i, (f, _) in enumerate(hd.polls):
+                if f is fut:
+                    del hd.polls[i]
+                    break
             self._release(hd)
+        if entry is None:
+            return None
+        if alive is not None and not alive():
+            hd._offer(entry, first=True)
+            return None
+        hd._confirm(entry[2])
+        return entry[1]
 
     async def idle(self, timeout: float) -> None:
         """A poll nothing will answer (attribute updates: fleetrpc keeps
         none): it waits out ``timeout``, or less when the server drains.
         It does not make the device reachable for RPC (nor does it in
         ThingsBoard)."""
-        fut = asyncio.get_running_loop().create_future()
+        if self.draining:
+            return
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        timer = loop.call_later(timeout, _expire, fut)
         self._idlers.add(fut)
         try:
-            await asyncio.wait_for(fut, timeout)
-        except asyncio.TimeoutError:
-            pass
+            await fut
         finally:
+            timer.cancel()
             self._idlers.discard(fut)
 
     def answer(self, device: str, n: int, payload: bytes) -> bool:
@@ -243,6 +314,8 @@ class HttpDevices:
             return False
         ep.stats.responses += 1
         ep._deliver(hd.base + "/res/" + tail, payload)
+        if hd._unused():
+            self._forget(hd)  # the last late answer of an unrouted device
         return True
 
     async def call(self, device: str, payload: bytes, timeout: float = CALL_TIMEOUT_S) -> bytes | None:
@@ -267,24 +340,23 @@ class HttpDevices:
         finally:
             hd.answers.pop(key, None)
             ep._calls.pop(cid, None)
-            if not hd.routed and not hd.answers and not hd.polls and not hd.requests:
-                self._devices.pop(device, None)
+            if hd._unused():
+                self._forget(hd)
 
     def end_polls(self) -> None:
         """Answer every waiting poll with "nothing came" (408): the server is
         draining, and a poll is no work in flight to wait for."""
-        for fut in [*self._idlers, *(f for hd in self._devices.values() for f in hd.polls)]:
-            if not fut.done():
-                fut.set_result(None)
+        self.draining = True  # (and the polls that start from now on end at once)
+        for fut in [*self._idlers, *(f for hd in self._devices.values() for f, _ in hd.polls)]:
+            _expire(fut)
 
     def close(self) -> None:
         """The endpoint closes: waiting polls and calls end as timed out
         (408), so that the devices poll again, elsewhere or later."""
         self.end_polls()
         for hd in list(self._devices.values()):
-            if hd.unroute_at is not None:
-                hd.unroute_at.cancel()
+            if hd.timer is not None:
+                hd.timer.cancel()
             for fut in hd.answers.values():
-                if not fut.done():
-                    fut.set_result(None)
+                _expire(fut)
         self._devices.clear()

@@ -146,16 +146,17 @@ def _joined(entry: Any, member: Any) -> Any:
 
 def _routed_last(routes: Any, target: Any) -> Any:
     """A device's routes with ``target`` added where requests find it: they
-    go to the last route. The device's own sessions stay after every
-    gateway's binding of it, so that while the device is connected itself
-    no gateway answers for it; among each kind, the newest is last."""
-    if target.__class__ is Session:
+    go to the last route. The device's own routes (its MQTT sessions, its
+    HTTP polls) stay after every gateway's binding of it, so that while the
+    device is connected itself no gateway answers for it; among each kind,
+    the newest is last."""
+    if target.__class__ is not SubDevice:
         return _joined(routes, target)
     members = _members(routes)
-    own = [m for m in members if m.__class__ is Session]
+    own = [m for m in members if m.__class__ is not SubDevice]
     if not own:
         return members + (target,)
-    return tuple(m for m in members if m.__class__ is not Session) + (target,) + tuple(own)
+    return tuple(m for m in members if m.__class__ is SubDevice) + (target,) + tuple(own)
 
 
 def _left(entry: Any, member: Any) -> Any:
@@ -384,6 +385,8 @@ class DeviceEndpoint:
             "paused": len(self._paused),
             "dirty": len(self._dirty),
             "tasks": len(self._tasks),
+            "http_devices": len(self.http),
+            "http_polls": self.http.polls_waiting(),
             # sessions in the sweep's buckets, closed ones too: a closed
             # connection must not be kept alive by its bucket
             "checks": sum(1 for items in self._checks.values() for s in items if isinstance(s, Session)),

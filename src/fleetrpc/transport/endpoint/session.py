@@ -1168,6 +1168,8 @@ class Session(asyncio.Protocol):
             elif topic.startswith(_ATTRIBUTES_REQUEST):
                 self._no_attributes(ATTRIBUTES_RESPONSE + topic[len(_ATTRIBUTES_REQUEST):],
                                     ATTRIBUTES_RESPONSE + "+")
+            elif topic.startswith("v2/a/req/j/"):
+                self._no_attributes("v2/a/res/j/" + topic[11:], "v2/a/res/j/+")
             elif topic.startswith("v2/a/req/"):
                 self._no_attributes("v2/a/res/" + topic[9:], "v2/a/res/+")
             elif not topic:
