@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 
 import aiohttp
 import pytest
@@ -19,6 +20,7 @@ from tb_rest_client.rest import ApiException
 from tb_rest_client.rest_client import RestClient
 
 from fleetrpc.server import Server, ServerContext
+from fleetrpc.store.entities import UserRepository
 from tests.entities_fixtures import CHEAP_HASHER
 from tests.helpers.waiting import wait_until
 from tests.server.conftest import PASSWORD, Api, server_settings
@@ -312,6 +314,82 @@ async def test_change_password_returns_a_new_pair_and_voids_the_old(start_server
         status, body, _ = await api.request("POST", "/api/auth/changePassword",
                                             json={"currentPassword": "new-secret", "newPassword": "x" * 10})
         assert _err(body) == (401, "Authentication failed", 10)
+
+
+def _next_millisecond() -> None:
+    """Let the clock leave the current millisecond: a revocation made after
+    this is recorded later than any token issued before."""
+    now = int(time.time() * 1000)
+    while int(time.time() * 1000) <= now:
+        time.sleep(0.0001)
+
+
+async def test_a_password_change_during_a_login_voids_the_pair_it_returns(start_server, world):
+    """A login verifies the old password, then the password changes (or the
+    user is disabled or deleted) before the pair is signed: the pair must
+    be void like any other token from before the change."""
+    async with start_server() as (server, api):
+        users = server.ctx.users
+        reached, release = asyncio.Event(), asyncio.Event()
+        reset = users.reset_failed_logins
+
+        async def held_reset(user_id, **kw):  # after the password is verified, before the pair
+            if user_id == world.customer.id and not release.is_set():
+                reached.set()
+                await release.wait()
+            return await reset(user_id, **kw)
+
+        users.reset_failed_logins = held_reset
+        login = asyncio.ensure_future(_pair(api, world.customer.email))
+        await reached.wait()
+        _next_millisecond()
+        await users.set_password(world.customer.id, "changed-meanwhile")
+        release.set()
+        pair = await login  # 200: it had verified the old password in time
+        users.reset_failed_logins = reset
+        assert _err((await api.request("GET", "/api/auth/user", pair["token"]))[1]) == EXPIRED
+        assert _err((await _refresh(api, pair["refreshToken"]))[1]) == (401, "Token is outdated", 10)
+        token = await api.login(world.customer.email, "changed-meanwhile")
+        assert (await api.request("GET", "/api/auth/user", token))[0] == 200
+
+
+@pytest.mark.parametrize("store_url", ["sqlite"], indirect=True)
+async def test_a_password_change_elsewhere_during_a_refresh_voids_the_pair_it_returns(start_server, world):
+    """A refresh reads the user; another process (``fleetrpc admin
+    set-password``) changes the password before the pair is signed; this
+    node hears of it at its next reading of the revocations, after it
+    checked the refresh token: the new pair must be void then.  (SQLite:
+    on PostgreSQL the node's LISTEN would hear of it at once.)"""
+    async with start_server(cluster={"poll_interval_s": 3600}) as (server, api):
+        users, tokens = server.ctx.users, server.ctx.tokens
+        elsewhere = UserRepository(server.ctx.db, hasher=CHEAP_HASHER)  # no listener of this node's
+        old = await _pair(api, world.customer.email)
+        reached, release = asyncio.Event(), asyncio.Event()
+        by_id = users.by_id
+
+        async def held_by_id(user_id):  # after the user is read, before the pair
+            user = await by_id(user_id)
+            if user_id == world.customer.id and not release.is_set():
+                reached.set()
+                await release.wait()
+            return user
+
+        users.by_id = held_by_id
+        refreshing = asyncio.ensure_future(_refresh(api, old["refreshToken"]))
+        await reached.wait()
+        _next_millisecond()
+        await elsewhere.set_password(world.customer.id, "changed-elsewhere")
+        release.set()
+        status, body = await refreshing
+        users.by_id = by_id
+        assert status == 200, body  # the node did not know yet
+        for user_id, since in (await users.revocations()).items():
+            tokens.revoke(user_id, since)  # what its next reading of the table does
+        fresh = json.loads(body)
+        assert _err((await api.request("GET", "/api/auth/user", fresh["token"]))[1]) == EXPIRED
+        assert _err((await _refresh(api, fresh["refreshToken"]))[1]) == (401, "Token is outdated", 10)
+        token = await api.login(world.customer.email, "changed-elsewhere")
+        assert (await api.request("GET", "/api/auth/user", token))[0] == 200
 
 
 # -- the console's event stream ----------------------------------------------------------

@@ -40,12 +40,14 @@ token issued to it before that moment.  :class:`TokenService` keeps, per
 revoked user, the time its tokens are valid since (``_valid_since``, from
 the ``user_token_revocation`` table); a token issued earlier is refused
 like an expired one (401, errorCode 11; a refresh token: "Token is
-outdated", errorCode 10, as ThingsBoard answers).  The check costs one more
-dict lookup per request.  The table reaches the dictionary at once for
-this node's changes, through a PostgreSQL notification for the other
-nodes' (milliseconds), and by reading the table every
-``cluster.poll_interval_s`` for anything a notification missed
-(:func:`setup` starts that).
+outdated", errorCode 10, as ThingsBoard answers).  A login's or a
+refresh's tokens count as issued when it began reading the user (before
+the password is verified), so a revocation committed while it runs voids
+them too.  The check costs one more dict lookup per request.  The table
+reaches the dictionary at once for this node's changes, through a
+PostgreSQL notification for the other nodes' (milliseconds), and by
+reading the table every ``cluster.poll_interval_s`` for anything a
+notification missed (:func:`setup` starts that).
 
 API keys (ThingsBoard 4.3, ``X-Authorization: ApiKey <value>``, or
 ``Authorization:``): :class:`ApiKeyAuth`.  A key stands for its user, with
@@ -246,10 +248,24 @@ class TokenService:
 
     # -- issuing --
 
-    def issue(self, user: Any) -> dict[str, str]:
-        """``{"token": ..., "refreshToken": ...}`` for ``user`` (a new session)."""
+    def issue_time(self) -> float:
+        """Now, for :meth:`issue`: read it *before* reading the user the
+        tokens are for (see there)."""
+        return self._clock()
+
+    def issue(self, user: Any, issued_at: float | None = None) -> dict[str, str]:
+        """``{"token": ..., "refreshToken": ...}`` for ``user`` (a new session).
+
+        ``issued_at`` (epoch seconds, from :meth:`issue_time`): when the
+        caller started reading ``user``; the tokens say they were issued
+        then (``iat``, ``iatMs``; ``exp`` counts from it).  A revocation
+        (password change, disabling, deletion) that commits after that read
+        began records a later time, so it voids these tokens too; with the
+        time of this call instead, one committing while the password was
+        being verified would record an earlier time than the tokens' and
+        leave them valid.  None: now (a user read after its own revocation)."""
         s = self.settings
-        now_s = self._clock()
+        now_s = self._clock() if issued_at is None else issued_at
         now = int(now_s)
         issued_ms = int(now_s * 1000)
         session = str(uuid.uuid4())
@@ -652,13 +668,16 @@ async def login(request: web.Request) -> web.Response:
     email, password = body.get("username"), body.get("password")
     if not isinstance(email, str) or not isinstance(password, str) or not email or not password:
         raise ApiError.unauthorized(AUTH_FAILED)  # "Username or Password not provided"
+    # Before the user is read: a revocation committed while the password is
+    # verified must void the tokens this returns (TokenService.issue).
+    issued_at = ctx.tokens.issue_time()
     try:
         user = await ctx.users.authenticate(email, password)
     except LoginRefused as exc:
         if exc.delay:
             await asyncio.sleep(exc.delay)  # slows guessing; a response delay, not synchronisation
         raise ApiError.unauthorized(str(exc)) from None
-    return web.json_response(ctx.tokens.issue(user))
+    return web.json_response(ctx.tokens.issue(user, issued_at))
 
 
 @public
@@ -671,6 +690,7 @@ async def refresh(request: web.Request) -> web.Response:
     if not isinstance(token, str) or not token:
         raise ApiError.unauthorized(AUTH_FAILED)  # "Refresh token is not provided"
     user_id, issued_ms = ctx.tokens.refresh_claims(token)
+    issued_at = ctx.tokens.issue_time()  # before the user is read, as in login
     user = await ctx.users.by_id(user_id)
     if user is None:
         raise ApiError.unauthorized(BAD_CREDENTIALS)
@@ -679,7 +699,7 @@ async def refresh(request: web.Request) -> web.Response:
     if ctx.tokens.is_outdated(user_id, issued_ms):
         # ThingsBoard's RefreshTokenAuthenticationProvider: CredentialsExpiredException
         raise ApiError.unauthorized(OUTDATED)
-    return web.json_response(ctx.tokens.issue(user))
+    return web.json_response(ctx.tokens.issue(user, issued_at))
 
 
 async def current_user(request: web.Request) -> web.Response:

@@ -122,7 +122,14 @@ async def activate(request: web.Request) -> web.Response:
     if len(password) < MIN_PASSWORD:
         raise ApiError.bad_request(f"Password must be {MIN_PASSWORD} or more characters in length.")
     await ctx.users.set_password(user.id, password)
-    return json_reply(ctx.tokens.issue(user))
+    # The user as it is now (not as read before the password was set), and
+    # the issue time taken first: a disabling or deletion committed
+    # meanwhile shows in the claims or voids the pair (TokenService.issue).
+    issued_at = ctx.tokens.issue_time()
+    user = await ctx.users.by_id(user.id)
+    if user is None:  # deleted meanwhile
+        raise ApiError.unauthorized()
+    return json_reply(ctx.tokens.issue(user, issued_at))
 
 
 class UserPage(_Page):
@@ -241,10 +248,12 @@ async def change_password(request: web.Request) -> web.Response:
     if new == current:
         raise ApiError.bad_request("New password should be different from existing!")
     await ctx.users.set_password(p.user_id, new)
+    # After this password's revocation, before the user is read (TokenService.issue).
+    issued_at = ctx.tokens.issue_time()
     user = await ctx.users.by_id(p.user_id)
     if user is None:  # deleted meanwhile
         raise ApiError.unauthorized()
-    return json_reply(ctx.tokens.issue(user))
+    return json_reply(ctx.tokens.issue(user, issued_at))
 
 
 def setup(app: web.Application, ctx: Any) -> None:
