@@ -3,8 +3,10 @@ through real HTTP."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
+from urllib.parse import urlsplit
 
 import jwt
 import pytest
@@ -136,3 +138,37 @@ async def test_rate_limits(start_server, world):
         assert (status, e["errorCode"], e["message"]) == (429, 33, "Too many requests for current tenant!")
         # another tenant has its own bucket
         assert (await api.request("GET", "/api/auth/user", await api.login(world.tenant2.email)))[0] == 200
+
+
+async def _raw_get(url: str, path: str, header: bytes) -> tuple[int, bytes]:
+    """GET with a header as raw bytes (aiohttp's client sends no invalid UTF-8)."""
+    u = urlsplit(url)
+    reader, writer = await asyncio.open_connection(u.hostname, u.port)
+    try:
+        writer.write(b"GET " + path.encode() + b" HTTP/1.1\r\nHost: x\r\n" + header + b"\r\nConnection: close\r\n\r\n")
+        await writer.drain()
+        answer = await asyncio.wait_for(reader.read(), 10)
+    finally:
+        writer.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1]), body
+
+
+async def test_non_utf8_auth_headers_are_refused_not_a_500(start_server, world):
+    """aiohttp decodes header bytes that are no UTF-8 to lone surrogates; a
+    token or metrics token made of them is a 401 in ThingsBoard's shape."""
+    async with start_server(http={"metrics_token": "scrape-" + "m" * 20}) as (server, api):
+        url = server.ctx.url
+        for path, header, message in (
+            ("/metrics", b"Authorization: Bearer \xff\xfe", "metrics need Authorization: Bearer <http.metrics_token>"),
+            ("/metrics", b"Authorization: \xc3\x28", "metrics need Authorization: Bearer <http.metrics_token>"),
+            ("/api/auth/user", b"X-Authorization: Bearer \xff\xfe", "Invalid username or password"),
+            ("/api/auth/user", b"Authorization: Bearer a\xed\xa0\x80.b.c", "Invalid username or password"),
+            ("/api/auth/user", b"X-Authorization: ApiKey \xff\xfe", "Invalid username or password"),
+        ):
+            status, body = await _raw_get(url, path, header)
+            e = json.loads(body)
+            assert (status, e["errorCode"], e["message"]) == (401, 10, message), header
+        # still served to the right token
+        status, body, _ = await api.request("GET", "/metrics", headers={"Authorization": "Bearer scrape-" + "m" * 20})
+        assert status == 200 and b"fleetrpc_" in body

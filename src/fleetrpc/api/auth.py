@@ -321,7 +321,9 @@ class TokenService:
             except jwt.ExpiredSignatureError:
                 expired = True
                 break
-            except jwt.PyJWTError:
+            except (jwt.PyJWTError, UnicodeError):
+                # UnicodeError: non-UTF-8 bytes in the header (aiohttp decodes
+                # them to lone surrogates, which PyJWT cannot encode): no JWT.
                 raise ApiError.unauthorized(BAD_CREDENTIALS) from None
         # Expired, or a signature no key matches: ThingsBoard answers both as
         # an expired token (JwtTokenFactory maps SignatureException so).

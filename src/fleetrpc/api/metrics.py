@@ -27,6 +27,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.utils import floatToGoString
 
+from .errors import ErrorCode, error_response
 from .keys import CTX
 
 __all__ = ["HttpStats", "LoopHistogram", "Metrics", "RpcStats", "route_name", "setup"]
@@ -236,14 +237,30 @@ def route_name(request: web.Request) -> str:
     return resource.canonical
 
 
+#: The refusal of /metrics (401, ThingsBoard's JSON error, errorCode 10).
+METRICS_REFUSED = "metrics need Authorization: Bearer <http.metrics_token>"
+
+
+def _bearer_is(header: str, token: str) -> bool:
+    """Whether ``header`` is ``Bearer <token>``, compared in constant time.
+    aiohttp decodes a header's bytes as UTF-8 with ``surrogateescape``:
+    encoding it back the same way gives those bytes, whatever they are (a
+    plain ``encode()`` raised on non-UTF-8 bytes: a 500)."""
+    try:
+        given = header.encode("utf-8", "surrogateescape")
+    except UnicodeError:  # a lone surrogate no decoding made: not the token
+        return False
+    return hmac.compare_digest(given, b"Bearer " + token.encode())
+
+
 async def metrics_page(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
     token = ctx.settings.http.metrics_token
     if token is not None:
-        given = request.headers.get("Authorization", "")
-        if not hmac.compare_digest(given.encode(), b"Bearer " + token.encode()):
-            return web.Response(status=401, text="metrics need Authorization: Bearer <http.metrics_token>",
-                                headers={"WWW-Authenticate": 'Bearer realm="metrics"'})
+        if not _bearer_is(request.headers.get("Authorization", ""), token):
+            refused = error_response(401, METRICS_REFUSED, ErrorCode.AUTHENTICATION)
+            refused.headers["WWW-Authenticate"] = 'Bearer realm="metrics"'
+            return refused
     body = ctx.metrics.render()
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
