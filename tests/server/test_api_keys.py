@@ -195,6 +195,33 @@ async def test_disabled_deleted_expired_keys_and_users_are_refused_at_once(start
         assert rows == []  # the user's keys went with it
 
 
+async def test_a_key_of_a_user_not_activated_yet_is_refused_until_activation(start_server, world):
+    """A user created without a password (userCredentialsEnabled false) is
+    not active: ThingsBoard refuses its keys (DisabledException) as it
+    refuses a disabled user's, until the user sets its first password."""
+    async with start_server() as (server, api):
+        tenant = await api.login(world.tenant.email)
+        status, body, _ = await api.request("POST", "/api/user?sendActivationMail=false", tenant, json={
+            "email": "not-yet@example.com", "authority": "CUSTOMER_USER",
+            "customerId": {"entityType": "CUSTOMER", "id": world.c1}})
+        assert status == 200, body
+        user = json.loads(body)
+        assert user["additionalInfo"]["userCredentialsEnabled"] is False
+        uid = user["id"]["id"]
+        key = await _new_key(api, tenant, uid)
+        for path in ("/api/auth/user", f"/api/customer/{world.c1}/devices?pageSize=10&page=0"):
+            assert _err((await _as_key(api, key["value"], path))[1]) == NOT_ACTIVE, path
+        # activated: the key works from then on
+        status, link, _ = await api.request("GET", f"/api/user/{uid}/activationLink", tenant)
+        assert status == 200
+        activate_token = link.decode().split("activateToken=", 1)[1]
+        status, body, _ = await api.request("POST", "/api/noauth/activate",
+                                            json={"activateToken": activate_token, "password": "first-password"})
+        assert status == 200, body
+        status, body = await _as_key(api, key["value"])
+        assert status == 200 and json.loads(body)["email"] == "not-yet@example.com"
+
+
 async def test_nobody_reaches_someone_elses_keys(start_server, world):
     async with start_server() as (server, api):
         tenant = await api.login(world.tenant.email)

@@ -52,7 +52,8 @@ notification missed (:func:`setup` starts that).
 API keys (ThingsBoard 4.3, ``X-Authorization: ApiKey <value>``, or
 ``Authorization:``): :class:`ApiKeyAuth`.  A key stands for its user, with
 the user's authority, tenant and customer, while the key exists, is enabled
-and not expired and the user exists and is enabled.  Only the value's
+and not expired and the user exists, is enabled and has been activated (has
+a password: ThingsBoard's ``userCredentialsEnabled``).  Only the value's
 SHA-256 is stored (``store/entities/api_keys.py``); a verified key is kept
 in memory by that digest, so a request costs one SHA-256 of ~90 bytes
 (about a microsecond) and a dict lookup; a key not in memory costs two
@@ -63,8 +64,8 @@ revocations above); and it is read again every ``cluster.poll_interval_s``
 whatever happens, which catches a lost notification or a change made by
 another process.  Refusals, as ThingsBoard's ``ApiKeyAuthenticationProvider``
 answers them (all errorCode 10): unknown key or user "Invalid username or
-password", disabled key or user "User account is not active", expired key
-"API key is expired".  A token's issue time is in milliseconds (the
+password", disabled key, disabled or not yet activated user "User account
+is not active", expired key "API key is expired".  A token's issue time is in milliseconds (the
 private ``iatMs`` claim; ThingsBoard's own ``iat`` is in whole seconds, too
 coarse to tell a token issued just before a password change from the pair
 that change returns).
@@ -496,7 +497,10 @@ class ApiKeyAuth:
         user = await self.users.by_id(key.user_id)
         if user is None or str(user.tenant_id or NULL_UUID) != key.tenant_id:
             raise ApiError.unauthorized(BAD_CREDENTIALS)
-        if not getattr(user, "enabled", True):
+        # ThingsBoard refuses a user whose credentials are not enabled: one
+        # disabled, or one never activated (no password yet), as
+        # userCredentialsEnabled says (DisabledException).
+        if not getattr(user, "enabled", True) or not getattr(user, "has_password", True):
             raise ApiError.unauthorized(NOT_ACTIVE)
         expires = key.expiration_time / 1000 if key.expiration_time else float("inf")
         p = Principal(
