@@ -172,3 +172,29 @@ async def test_non_utf8_auth_headers_are_refused_not_a_500(start_server, world):
         # still served to the right token
         status, body, _ = await api.request("GET", "/metrics", headers={"Authorization": "Bearer scrape-" + "m" * 20})
         assert status == 200 and b"fleetrpc_" in body
+
+
+async def test_the_error_log_never_shows_a_device_token(start_server, world, caplog, monkeypatch):
+    """A request to ThingsBoard's device API (/api/v1/{token}/...) that fails
+    unexpectedly is logged with its path, the token masked as in the access log."""
+    import logging
+
+    from fleetrpc.errors import StoreError
+
+    from tests.endpoint.test_server import ENDPOINT
+
+    token = "device-secret-" + "q" * 12
+    async with start_server(endpoint=ENDPOINT) as (server, api):
+        ep = server.ctx.endpoint
+        for exc in (StoreError("the database is down"), RuntimeError("a bug")):  # (both end as a 500)
+            def authenticate(username, password, client_id, exc=exc):
+                raise exc
+
+            monkeypatch.setattr(ep, "_authenticate", authenticate)
+            caplog.clear()
+            with caplog.at_level(logging.ERROR, logger="fleetrpc.api"):
+                assert (await api.request("GET", f"/api/v1/{token}/rpc?timeout=50"))[0] == 500
+                assert (await api.request("POST", f"/api/v1/{token}/telemetry", json={"t": 1}))[0] == 500
+            lines = [r.getMessage() for r in caplog.records if r.name == "fleetrpc.api"]
+            assert len(lines) == 2 and all("/api/v1/***/" in line for line in lines), lines
+            assert token not in caplog.text

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import re
 import time
 
 import msgspec
@@ -33,6 +34,7 @@ __all__ = [
     "empty",
     "answer_for",
     "error_response",
+    "loggable_path",
     "TOO_LARGE",
     "DEVICE_NOT_FOUND",
     "NO_PERMISSION",
@@ -142,6 +144,24 @@ def too_large(limit: int) -> web.Response:
 TOO_LARGE = too_large
 
 
+_TOKEN_IN_QUERY = re.compile(r"([?&](?:token|accessToken)=)[^&]*")
+
+
+def loggable_path(path: str) -> str:
+    """``path`` without the secrets some requests carry in it: ThingsBoard's
+    device API has the device's access token in the path
+    (``/api/v1/{token}/...``), the console's event stream a JWT in
+    ``?token=`` (EventSource sets no headers); a log is read by more people
+    than the token's owner.  Every path this package logs goes through it
+    (the access log, :func:`answer_for`'s error log)."""
+    if path.startswith("/api/v1/"):
+        end = path.find("/", 8)
+        path = "/api/v1/***" + (path[end:] if end > 0 else "")
+    if "token=" in path or "Token=" in path:
+        path = _TOKEN_IN_QUERY.sub(r"\1***", path)
+    return path
+
+
 def answer_for(request: web.Request, exc: Exception, limit: int) -> web.Response:
     """The answer to an exception a handler raised (the request middleware,
     ``api/middleware.py``, calls this): ApiError -> its shape; aiohttp's own
@@ -162,7 +182,7 @@ def answer_for(request: web.Request, exc: Exception, limit: int) -> web.Response
     if isinstance(exc, EntityNotFoundError):
         return error_response(404, str(exc), ErrorCode.ITEM_NOT_FOUND)
     if isinstance(exc, StoreError):
-        log.error("database error in %s %s", request.method, request.path, exc_info=exc)
+        log.error("database error in %s %s", request.method, loggable_path(request.path), exc_info=exc)
         return error_response(500, "Database error", ErrorCode.DATABASE)
     if isinstance(exc, web.HTTPRequestEntityTooLarge):
         # A body without Content-Length (chunked) that grew past the limit.
@@ -175,5 +195,5 @@ def answer_for(request: web.Request, exc: Exception, limit: int) -> web.Response
         if exc.status >= 500:
             code = ErrorCode.GENERAL
         return error_response(exc.status, exc.reason or "error", code)
-    log.error("unhandled error in %s %s", request.method, request.path, exc_info=exc)
+    log.error("unhandled error in %s %s", request.method, loggable_path(request.path), exc_info=exc)
     return error_response(500, "Internal server error", ErrorCode.GENERAL)

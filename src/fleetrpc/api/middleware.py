@@ -24,14 +24,13 @@ whether it is public -- is worked out once per route and kept.
 from __future__ import annotations
 
 import logging
-import re
 import time
 from typing import Any
 
 from aiohttp import web
 
 from .auth import Principal, authenticate_request
-from .errors import ApiError, answer_for, too_large
+from .errors import ApiError, answer_for, loggable_path, too_large
 from .metrics import HttpStats
 from .keys import PRINCIPAL
 
@@ -137,28 +136,11 @@ def request_middleware(ctx: Any):
             stats.done(status, seconds)
             if access_log and log.isEnabledFor(logging.INFO):
                 p = request.get(PRINCIPAL)
-                log.info("%s %s %d %.1fms", request.method, _loggable(request.path_qs)[:200], status, seconds * 1000,
+                log.info("%s %s %d %.1fms", request.method, loggable_path(request.path_qs)[:200], status, seconds * 1000,
                          extra={"remote": request.remote, "status": status, "user": p.user_id if p else None,
                                 "ms": round(seconds * 1000, 2)})
 
     return middleware
-
-
-_TOKEN_IN_QUERY = re.compile(r"([?&](?:token|accessToken)=)[^&]*")
-
-
-def _loggable(path: str) -> str:
-    """``path`` without the secrets some requests carry in it: ThingsBoard's
-    device API has the device's access token in the path
-    (``/api/v1/{token}/...``), the console's event stream a JWT in
-    ``?token=`` (EventSource sets no headers); a log is read by more people
-    than the token's owner."""
-    if path.startswith("/api/v1/"):
-        end = path.find("/", 8)
-        path = "/api/v1/***" + (path[end:] if end > 0 else "")
-    if "token=" in path or "Token=" in path:
-        path = _TOKEN_IN_QUERY.sub(r"\1***", path)
-    return path
 
 
 def _label(request: web.Request) -> str:
