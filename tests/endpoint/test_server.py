@@ -204,6 +204,55 @@ async def test_wrong_and_replaced_tokens_are_refused(start_server, world):
         assert ctx.endpoint.stats.refused_auth == 2
 
 
+async def test_a_deleted_device_or_one_given_new_credentials_is_disconnected(start_server, world):
+    """As ThingsBoard's transports do: the open connections of a device the
+    registry deleted or gave a new token close (MQTT 5 hears "not
+    authorized"), a gateway stops answering for a deleted sub-device, an
+    HTTP poll of a deleted device ends; a deleted tenant's devices too."""
+    async with start_server(endpoint=ENDPOINT) as (server, api):
+        ctx = server.ctx
+        port = ctx.endpoint.ports["tcp"]
+        admin = await api.login(world.tenant.email)
+        replaced_id, replaced_token = await _create_device(api, admin, "Meter R")
+        deleted_id, deleted_token = await _create_device(api, admin, "Meter D")
+        polled_id, polled_token = await _create_device(api, admin, "Meter H")
+        _, gw_token = await _create_device(api, admin, "Gateway D", additionalInfo={"gateway": True})
+        sub_id, _ = await _create_device(api, admin, "Pump D")
+        sysadmin = await api.login(world.sysadmin.email)
+        other = await api.login(world.tenant2.email)
+        foreign_id, foreign_token = await _create_device(api, other, "Meter T2")
+
+        clients = {}
+        for name, token, version in (("replaced", replaced_token, 5), ("deleted", deleted_token, 4),
+                                     ("gateway", gw_token, 4), ("foreign", foreign_token, 4)):
+            c = clients[name] = await raw.RawClient.open(port)
+            assert (await c.connect(token, client_id=name, version=version))[1][1:2] == b"\x00"
+            topic = "v1/gateway/rpc" if name == "gateway" else "v1/devices/me/rpc/request/+"
+            c.send(raw.subscribe(1, (topic, 1), version=version))
+            await c.read_packet()
+        clients["gateway"].send(raw.publish("v1/gateway/connect", b'{"device": "Pump D"}'))
+        poll = asyncio.ensure_future(api.request("GET", f"/api/v1/{polled_token}/rpc?timeout=30000"))
+        for device in (replaced_id, deleted_id, sub_id, polled_id, foreign_id):
+            await wait_until(lambda: ctx.dispatcher.is_online(device))
+
+        status, body, _ = await api.request("GET", f"/api/device/{replaced_id}/credentials", admin)
+        creds = {**json.loads(body), "credentialsId": "replacement-token-2"}
+        assert (await api.request("POST", "/api/device/credentials", admin, json=creds))[0] == 200
+        assert (await clients["replaced"].closed())[:3] == b"\xe0\x02\x87"  # DISCONNECT, not authorized
+        for device in (deleted_id, sub_id, polled_id):
+            assert (await api.request("DELETE", f"/api/device/{device}", admin))[0] == 200
+        assert await clients["deleted"].closed() == b""
+        assert (await poll)[0] == 408
+        await wait_until(lambda: not ctx.endpoint.reaches(sub_id))
+        assert not ctx.endpoint.sessions_of(replaced_id) and not ctx.endpoint.sessions_of(deleted_id)
+        # the gateway itself stays connected; the deleted tenant's device does not
+        assert ctx.endpoint.reaches(foreign_id)
+        assert (await api.request("DELETE", f"/api/tenant/{world.t2}", sysadmin))[0] == 200
+        assert await clients["foreign"].closed() == b""
+        assert not ctx.endpoint.reaches(foreign_id) and len(ctx.endpoint.http) == 0
+        clients["gateway"].close()
+
+
 async def test_a_device_created_on_another_node_is_online_as_soon_as_it_connects(start_server, world):
     """Presence keeps state for registered devices only; a device another
     node created is not in this node's view yet, but the token check that

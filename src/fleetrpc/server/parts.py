@@ -321,6 +321,7 @@ def _with_endpoint(ctx: ServerContext, registered: Any = None) -> Callable[[Any]
                                 on_found=registered.confirm if registered is not None else None)
     endpoint = DeviceEndpoint(s.endpoint_settings(), authenticate=directory.authenticate,
                               resolve_subdevice=directory.resolve_subdevice)
+    directory.on_gone = endpoint.disconnect_device
     ctx.endpoint = endpoint
     ctx.endpoint_directory = directory
     ctx.metrics.registry.register(EndpointCollector(endpoint))

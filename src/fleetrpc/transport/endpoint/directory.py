@@ -14,7 +14,9 @@ registry's :class:`~fleetrpc.store.entities.DeviceRepository`:
   a wrong token retrying fast does not reach the database each time).
 - The repository's change listener drops the cached entry of every token
   that was created, replaced or deleted, so a new token works at once and
-  a revoked one stops working for new connections at once.  Entries also
+  a revoked one stops working for new connections at once; the open
+  connections of a device deleted or given new credentials are closed
+  (``on_gone``: the endpoint's ``disconnect_device``).  Entries also
   expire after ``ttl`` seconds: the registry tells no listener when a
   device becomes a gateway, so that flag is at most ``ttl`` old.
 - ``resolve_subdevice(gateway_id, name)``: the device named ``name`` in the
@@ -75,6 +77,9 @@ class DeviceDirectory:
         self.misses = 0
         #: sub-devices created for gateways that announced them
         self.created = 0
+        #: told the id of a device deleted or given new credentials, so
+        #: that its open connections close (the endpoint's disconnect_device)
+        self.on_gone: Callable[[str, str], Any] | None = None
         self._listener = devices.add_listener(self._changed)
 
     def close(self) -> None:
@@ -207,3 +212,6 @@ class DeviceDirectory:
                     self._lookups.pop(token, None)  # a query under way may predate the change
             if change.kind == "deleted":
                 self._tenants.pop(change.device.id, None)
+            if self.on_gone is not None and (
+                    change.kind == "deleted" or (change.kind == "credentials" and change.old_token != change.token)):
+                self.on_gone(str(change.device.id), f"device {change.kind}")

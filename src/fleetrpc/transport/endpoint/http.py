@@ -245,6 +245,22 @@ class HttpDevices:
         if not hd.routed and not hd.polls and self._devices.get(hd.device) is hd:
             del self._devices[hd.device]
 
+    def forget_device(self, device: str) -> None:
+        """``device`` is no longer what its token named (deleted, or new
+        credentials): its polls end (408), it is unrouted and forgotten."""
+        hd = self._devices.get(device)
+        if hd is None:
+            return
+        for fut, _ in hd.polls:
+            _expire(fut)
+        hd.polls.clear()
+        for fut in hd.answers.values():
+            _expire(fut)
+        hd.requests.clear()
+        if hd.timer is not None:
+            hd.timer.cancel()
+        self._unroute(hd)
+
     async def poll(self, device: str, timeout: float, alive: Callable[[], bool] | None = None) -> bytes | None:
         """The next request for ``device`` (ThingsBoard's JSON), or None when
         none came within ``timeout`` seconds.  ``alive()`` says whether the

@@ -343,6 +343,22 @@ class DeviceEndpoint:
         to its RPC topic here."""
         return device in self._routes
 
+    def disconnect_device(self, device: str, why: str) -> int:
+        """The registry deleted ``device`` or replaced its credentials: its
+        connections close (MQTT 5 ones hear "not authorized"), no gateway
+        answers for it any more and its HTTP polls end, as ThingsBoard's
+        transports close such sessions; it must authenticate again.
+        Returns the number of connections closed."""
+        sessions = self.sessions_of(device)
+        for session in sessions:
+            session._fail(P.NOT_AUTHORIZED, why)
+        routes = self._routes.get(device)
+        for member in _members(routes) if routes is not None else ():
+            if member.__class__ is SubDevice:
+                member.session.drop_subdevice(member.name)
+        self.http.forget_device(device)
+        return len(sessions)
+
     def sessions_of(self, device: str) -> tuple[Session, ...]:
         """The authenticated connections of ``device``, oldest first."""
         entry = self._sessions.get(device)

@@ -1319,11 +1319,15 @@ class Session(asyncio.Protocol):
             except msgspec.DecodeError:
                 ep.stats.ignored += 1
                 return
-            sub = (self.subdevices or {}).pop(name, None)
-            if sub is not None:
-                ep._remove_route(sub.device, sub)
+            self.drop_subdevice(name)
         else:
             ep.stats.ignored += 1  # telemetry, attributes, claims
+
+    def drop_subdevice(self, name: str) -> None:
+        """The gateway no longer answers for its sub-device ``name``."""
+        sub = (self.subdevices or {}).pop(name, None)
+        if sub is not None:
+            self.endpoint._remove_route(sub.device, sub)
 
     def add_subdevice(self, name: str, device: str) -> None:
         """The gateway's announced sub-device ``name`` is registry device ``device``."""
