@@ -23,7 +23,7 @@ from fleetrpc.server import Server, ServerContext
 from fleetrpc.store.entities import UserRepository
 from tests.entities_fixtures import CHEAP_HASHER
 from tests.helpers.waiting import wait_until
-from tests.server.conftest import PASSWORD, Api, server_settings
+from tests.server.conftest import PASSWORD, SECRET, Api, server_settings
 
 pytestmark = pytest.mark.mqtt
 
@@ -314,6 +314,25 @@ async def test_change_password_returns_a_new_pair_and_voids_the_old(start_server
         status, body, _ = await api.request("POST", "/api/auth/changePassword",
                                             json={"currentPassword": "new-secret", "newPassword": "x" * 10})
         assert _err(body) == (401, "Authentication failed", 10)
+
+
+async def test_change_password_needs_the_tokens_own_user(start_server, world):
+    """changePassword checks the current password of the token's email and
+    sets the password of the token's user id: a token whose email is
+    another user's than its id is refused (401), and changes no one's
+    password (before: the email's password set the id's)."""
+    import jwt
+
+    async with start_server() as (server, api):
+        real = await api.login(world.customer.email)
+        claims = jwt.decode(real, options={"verify_signature": False})
+        mixed = jwt.encode({**claims, "sub": world.customer2.email}, SECRET, algorithm="HS512")
+        status, body, _ = await api.request("POST", "/api/auth/changePassword", mixed,
+                                            json={"currentPassword": PASSWORD, "newPassword": "taken-over"})
+        assert _err(body) == (401, "Authentication failed", 10)
+        for email in (world.customer.email, world.customer2.email):  # both passwords unchanged
+            await api.login(email)
+        assert (await api.request("GET", "/api/auth/user", real))[0] == 200  # nothing revoked either
 
 
 def _next_millisecond() -> None:

@@ -238,12 +238,16 @@ async def change_password(request: web.Request) -> web.Response:
     try:
         # As a login: a wrong current password counts towards the lockout and
         # is answered late, so a stolen access token cannot guess the password.
-        await ctx.users.authenticate(p.email, current)
+        user = await ctx.users.authenticate(p.email, current)
     except LoginRefused as exc:
         if exc.delay:
             await asyncio.sleep(exc.delay)
         raise ApiError.bad_request("Current password doesn't match!" if str(exc) == BAD_CREDENTIALS
                                    else str(exc)) from None
+    if user.id != p.user_id:
+        # The token's email is another user's than its id: that user's
+        # password must not set this one's.
+        raise ApiError.unauthorized()
     check_new_password(new)
     if new == current:
         raise ApiError.bad_request("New password should be different from existing!")
