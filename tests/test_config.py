@@ -71,3 +71,5 @@ def test_the_servers_ttl_days_are_whole_days(tmp_path):
         load_server_settings(path, env={})
     path.write_text("[store]\nttl_days = 2\n")
     assert load_server_settings(path, env={}).store.ttl_days == 2
+    path.write_text("[store]\nttl_days = 0\n")  # keep them, as the library's Settings
+    assert load_server_settings(path, env={}).store.ttl_days == 0

@@ -153,7 +153,9 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # -- persistent RPC -----------------------------------------------------
     store_url: str = "sqlite:///fleetrpc.db"
     #: Retries of a persistent call that names none (REST ``retries``
-    #: absent, null or ""): 0, as in ThingsBoard, which retries only when asked.
+    #: absent, null or ""): 0, as ThingsBoard's RPC guide says ("by default
+    #: the platform does not retry"); its code retries ACTORS_RPC_MAX_RETRIES
+    #: times then: set this to max_retries for that.
     default_retries: int = 0
     #: The most retries a persistent call may ask for (ThingsBoard's
     #: ACTORS_RPC_MAX_RETRIES); more are capped to it.

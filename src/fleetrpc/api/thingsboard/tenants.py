@@ -232,7 +232,7 @@ def setup(app: web.Application, ctx: Any) -> None:
               summary="A tenant with its profile's name (a tenant administrator: its own)")
     operation(app, r.add_delete("/api/tenant/{tenantId}", delete_tenant), tag="tenants", statuses=not_found,
               summary="Delete a tenant with its customers, users, devices and persistent RPCs "
-                      "(a tenant administrator: its own)")
+                      "(the system administrator)")
     operation(app, r.add_post("/api/customer", save_customer), tag="customers", body=CustomerBody,
               response=CustomerJson, statuses=not_found,
               summary="Create a customer of the caller's tenant, or update the one named by id")
