@@ -198,3 +198,19 @@ async def test_the_error_log_never_shows_a_device_token(start_server, world, cap
             lines = [r.getMessage() for r in caplog.records if r.name == "fleetrpc.api"]
             assert len(lines) == 2 and all("/api/v1/***/" in line for line in lines), lines
             assert token not in caplog.text
+
+
+@pytest.mark.parametrize("token", ["", "  ", " scrape-me", "scrape-me\n"])
+def test_a_metrics_token_no_header_can_carry_is_refused_at_start(tmp_path, token):
+    """An empty http.metrics_token (or spaces around one) would refuse every
+    scrape: the server does not start with it, and says why."""
+    from fleetrpc.config import load_server_settings
+    from fleetrpc.errors import ValidationError
+
+    path = tmp_path / "fleetrpc.toml"
+    path.write_text(f"[http]\nmetrics_token = {json.dumps(token)}\n")
+    with pytest.raises(ValidationError, match="http.metrics_token must not be empty"):
+        load_server_settings(path, env={})
+    with pytest.raises(ValidationError, match="http.metrics_token must not be empty"):
+        load_server_settings(env={}, overrides={"http": {"metrics_token": token}})
+    assert load_server_settings(env={}, overrides={"http": {"metrics_token": "scrape-me"}}).http.metrics_token

@@ -288,8 +288,9 @@ class HttpSection(_Section):
     access_log: Annotated[bool, _doc("Log one line per request.")] = True
     docs: Annotated[bool, _doc("Serve /api/openapi.json and the docs page /api/docs.")] = True
     metrics_token: Annotated[str | None, _doc(
-        "Bearer token GET /metrics asks for (Prometheus' authorization.credentials); its "
-        "series name tenants by id. Unset: /metrics is open to whoever reaches this port.",
+        "Bearer token GET /metrics asks for (Prometheus' authorization.credentials; not empty, "
+        "no surrounding spaces); its series name tenants by id. Unset: /metrics is open to whoever "
+        "reaches this port.",
         extra=SECRET)] = None
 
 
@@ -489,6 +490,13 @@ class ServerSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             path = getattr(self.http, key)
             if path is not None and not os.path.isfile(path):
                 raise ValidationError(f"http.{key}: no such file {path!r}")
+        token = self.http.metrics_token
+        if token is not None and (not token.strip() or token != token.strip()):
+            # "" would refuse every scrape ("Bearer " arrives as "Bearer"),
+            # and so would spaces around a token: a header loses its own.
+            raise ValidationError(
+                "http.metrics_token must not be empty nor begin or end with whitespace "
+                "(leave it unset to serve /metrics without a token)")
         if self.jwt.access_ttl_s >= self.jwt.refresh_ttl_s:
             raise ValidationError("jwt.access_ttl_s must be shorter than jwt.refresh_ttl_s")
         for key, value in (("jwt.secret", self.jwt.secret), *(
