@@ -211,11 +211,13 @@ class StoreSection(_Section):
         "Unset: SQLite in server.data_dir.", extra=SECRET)] = None
     default_retries: Annotated[int, _doc(
         "Retries of a persistent call that names none (retries absent, null or \"\"): 0, as "
-        "ThingsBoard, which retries only when asked.", ge=0)] = 0
+        "ThingsBoard's RPC guide says; ThingsBoard's code retries max_retries times then (set "
+        "this to max_retries for that).", ge=0)] = 0
     max_retries: Annotated[int, _doc(
         "Most retries a persistent call may ask for; more are capped.", ge=0)] = 5
     ttl_enabled: Annotated[bool, _doc("Delete finished persistent calls after ttl_days.")] = True
-    ttl_days: Annotated[int, _doc("Age in whole days after which finished persistent calls are deleted.", gt=0)] = 30
+    ttl_days: Annotated[int, _doc("Age in whole days after which finished persistent calls are deleted "
+                                  "(0: keep them, as ThingsBoard's RPC TTL days).", ge=0)] = 30
     ttl_check_interval_s: Annotated[float, _doc("How often the TTL clean-up runs, seconds.", gt=0)] = 7200.0
 
 
