@@ -4,7 +4,15 @@ The hub hears every event once -- RPC status events and job events from the
 event bus, presence changes from the dispatcher -- and offers each to the
 connections whose user may see it: the same tenant, and for a customer user
 the same customer (a device's tenant and customer are looked up in the
-device registry, through a small bounded cache).  Each connection has a
+device registry, through a small bounded cache).  That cache follows the
+device repository's listener: a device assigned to another customer,
+unassigned (by hand, or because its customer was deleted), renamed or
+deleted on this node is looked up again at its next event, so the old
+customer's users get none of its events from then on.  Other nodes' changes
+are not announced to this one (a cluster shares only the database): an
+entry is also read again once it is :data:`OWNER_TTL_S` old, the same bound
+as the RPC path's device cache (``api/thingsboard/access.DeviceCache``).
+Each connection has a
 bounded buffer: when a browser reads slower than events come, the oldest are
 dropped and the browser is told how many, so a slow or stalled tab never
 grows the server's memory.
@@ -23,6 +31,7 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict, deque
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -39,6 +48,9 @@ _encode = msgspec.json.Encoder().encode
 _KEEPALIVE_S = 15.0
 #: Devices whose owner (tenant, customer, name) is remembered.
 _OWNER_CACHE = 50_000
+#: How long (s) a remembered owner is trusted without asking the registry
+#: again: how late a device moved by another node reaches this node's streams.
+OWNER_TTL_S = 5.0
 #: Most event streams open at once (each holds a connection and a buffer).
 MAX_STREAMS = 1000
 _UNKNOWN = object()
@@ -77,13 +89,21 @@ class _Stream:
 class EventHub:
     """Fans events out to the open streams, each filtered by its user."""
 
-    def __init__(self, ctx: Any, *, buffer: int = 1000) -> None:
+    def __init__(self, ctx: Any, *, buffer: int = 1000, owner_ttl_s: float = OWNER_TTL_S,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.ctx = ctx
         self.buffer = buffer
+        self.owner_ttl_s = owner_ttl_s
+        self._clock = clock
         self.streams: set[_Stream] = set()
-        # device -> (tenant, customer, name), or _UNKNOWN for an id that is
-        # not in the registry (so a flood of made-up ids costs one query each)
-        self._owners: OrderedDict[str, Any] = OrderedDict()
+        # device -> ((tenant, customer, name), or _UNKNOWN for an id that is
+        # not in the registry (so a flood of made-up ids costs one query
+        # each); until when it is trusted)
+        self._owners: OrderedDict[str, tuple[Any, float]] = OrderedDict()
+        # bumped by every device change heard: a lookup under way across
+        # one is used once, not remembered (it may predate the change)
+        self._generation = 0
+        self._devices: Any = None  # the repository whose listener the hub is
         self._online: dict[str, set[str]] = {}  # tenant -> its devices online
         self._tasks: set[asyncio.Task] = set()
         self.sent = 0
@@ -98,6 +118,22 @@ class EventHub:
         tokens = getattr(ctx, "tokens", None)
         if tokens is not None and hasattr(tokens, "on_revoked"):
             tokens.on_revoked(self.revoked)
+        devices = getattr(ctx, "devices", None)
+        if devices is not None and hasattr(devices, "add_listener"):
+            self._devices = devices
+            devices.add_listener(self.devices_changed)
+
+    def devices_changed(self, changes: list[Any]) -> None:
+        """The device repository's listener: a device assigned, unassigned,
+        renamed or deleted is looked up again at its next event."""
+        self._generation += 1
+        for change in changes:
+            if change.kind == "credentials":  # a new token moves nothing
+                continue
+            device = str(change.device.id)
+            self._owners.pop(device, None)
+            if change.kind == "deleted":
+                self._online.get(str(change.device.tenant_id), set()).discard(device)
 
     def revoked(self, user_id: str, valid_since_ms: int) -> None:
         """A user's tokens issued before ``valid_since_ms`` were revoked:
@@ -121,6 +157,12 @@ class EventHub:
         if tokens is not None and hasattr(tokens, "remove_revocation_listener"):
             try:
                 tokens.remove_revocation_listener(self.revoked)
+            except ValueError:
+                pass
+        devices, self._devices = self._devices, None
+        if devices is not None:
+            try:
+                devices.remove_listener(self.devices_changed)
             except ValueError:
                 pass
         self.end_streams()
@@ -159,18 +201,24 @@ class EventHub:
                           owner[0], owner[1])
 
     async def _owner(self, device_id: str) -> tuple[str, str | None, str] | None:
-        owner = self._owners.get(device_id)
-        if owner is not None:
-            self._owners.move_to_end(device_id)
-            return None if owner is _UNKNOWN else owner
+        entry = self._owners.get(device_id)
+        if entry is not None:
+            owner, until = entry
+            if self._clock() < until:
+                self._owners.move_to_end(device_id)
+                return None if owner is _UNKNOWN else owner
+            del self._owners[device_id]  # perhaps changed by another node: ask again
+        generation = self._generation
         try:
             device = await self.ctx.devices.get_by_id(device_id)
         except Exception:  # a malformed id, or the database is down: ask again next time
             return None
         owner = _UNKNOWN if device is None else (device.tenant_id, device.customer_id, device.name)
-        self._owners[device_id] = owner
-        if len(self._owners) > _OWNER_CACHE:
-            self._owners.popitem(last=False)
+        if generation == self._generation:
+            self._owners[device_id] = (owner, self._clock() + self.owner_ttl_s)
+            self._owners.move_to_end(device_id)
+            if len(self._owners) > _OWNER_CACHE:
+                self._owners.popitem(last=False)
         return None if owner is _UNKNOWN else owner
 
     def online_count(self, tenant_id: str) -> int:
@@ -178,10 +226,12 @@ class EventHub:
         return len(self._online.get(tenant_id, ()))
 
     def forget(self, device_id: str) -> None:
-        """A device was deleted or reassigned: look its owner up again."""
-        owner = self._owners.pop(device_id, None)
-        if owner is not None and owner is not _UNKNOWN:
-            self._online.get(owner[0], set()).discard(device_id)
+        """A device was deleted: look its owner up again, and count it
+        online no more.  (:meth:`devices_changed` does this for the
+        repository's changes.)"""
+        entry = self._owners.pop(device_id, None)
+        if entry is not None and entry[0] is not _UNKNOWN:
+            self._online.get(entry[0][0], set()).discard(device_id)
 
     def _publish(self, event: dict, tenant_id: str | None, customer_id: str | None) -> None:
         data = b"data: " + _encode(event) + b"\n\n"

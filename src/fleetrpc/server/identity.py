@@ -224,7 +224,7 @@ async def open_repositories(ctx: ServerContext) -> Callable[[], Awaitable[None]]
     db = ctx.db
     ctx.devices = DeviceRepository(db)
     ctx.tenants = TenantRepository(db, devices=ctx.devices)
-    ctx.customers = ServerCustomers(db)
+    ctx.customers = ServerCustomers(db, devices=ctx.devices)
     ctx.users = ServerUsers(db, ctx.settings.auth, hasher=ctx.password_hasher)
     if ctx.demo:
         from .demo_data import demo_repositories, load_demo_data

@@ -81,11 +81,12 @@ class DeviceCache:
     not kept, so nobody can fill it with guesses.  It stays right:
 
     - this node's changes: the repository's listeners (created,
-      re-tokened, assigned to a customer, deleted) drop the device at once;
-      a lookup that was in flight across a change is not kept;
-    - other nodes' changes (a cluster shares one database) and the bulk
-      unassignment when a customer is deleted reach it after ``ttl`` at
-      most.
+      re-tokened, updated, assigned to a customer or unassigned -- all of
+      a customer's devices when it is deleted --, deleted; a tenant's
+      deletion announces its devices) drop the device at once; a lookup
+      that was in flight across a change is not kept;
+    - other nodes' changes (a cluster shares one database) reach it after
+      ``ttl`` at most.
 
     ``size`` bounds it; the oldest entry goes first.  Used by
     :func:`device_for_rpc` only: the callers of the entity endpoints read

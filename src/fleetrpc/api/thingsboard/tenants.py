@@ -68,14 +68,6 @@ TENANT_PROFILE_NAME = "Default"
 log = logging.getLogger("fleetrpc.api.tenants")
 
 
-def _drop_cached_devices(ctx: Any) -> None:
-    """Devices changed in bulk (a customer's unassigned): the RPC path's
-    cache of devices must not keep the old owners (access.DeviceCache)."""
-    cache = getattr(ctx, "device_cache", None)
-    if cache is not None:
-        cache.clear()
-
-
 def tenant_info(tenant: Any) -> dict[str, Any]:
     out = tenant.to_thingsboard()
     out["tenantProfileName"] = TENANT_PROFILE_NAME
@@ -146,7 +138,6 @@ async def delete_tenant(request: web.Request) -> web.Response:
             except RpcNotFoundError:
                 pass  # finished and gone meanwhile
     await ctx.tenants.delete(tenant.id)
-    _drop_cached_devices(ctx)
     log.info("tenant %s deleted", tenant.id)
     return web.Response(status=200)
 
@@ -210,7 +201,6 @@ async def delete_customer(request: web.Request) -> web.Response:
     p = request[PRINCIPAL]
     require(p, TENANT_ADMIN)
     await ctx.customers.delete(p.tenant_id, check_uuid(request.match_info["customerId"]))
-    _drop_cached_devices(ctx)
     return web.Response(status=200)
 
 

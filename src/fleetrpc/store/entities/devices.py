@@ -9,10 +9,12 @@ token a device presents to the broker) and
 :meth:`~DeviceRepository.all_credentials` (the broker's full resync).
 
 Listeners (:meth:`~DeviceRepository.add_listener`) hear about every device
-created, re-tokened, assigned to a customer or deleted, after the change is
-committed; the broker provisioning (``fleetrpc.broker_auth``) and the API's
-cache of the devices it checks calls against (``api/thingsboard/access.py``)
-stand on them.
+created, re-tokened, updated (renamed...), assigned to a customer or
+unassigned (one by one, or all of a customer's when it is deleted) or
+deleted, after the change is committed; the broker provisioning
+(``fleetrpc.broker_auth``), the API's cache of the devices it checks calls
+against (``api/thingsboard/access.py``) and the console's event hub (which
+customer sees a device's events) stand on them.
 """
 
 from __future__ import annotations
@@ -79,11 +81,13 @@ UNSET: Any = _Unset()
 
 class DeviceChange(msgspec.Struct, frozen=True):
     """What a listener hears: ``kind`` "created", "credentials" (the token
-    changed), "assigned" (its customer changed; ``token`` None: unchanged,
-    not read) or "deleted"; ``token`` is the current token (None when
-    deleted), ``old_token`` the one it replaced or that was deleted."""
+    changed), "updated" (its name, type, label or additional info: what
+    :meth:`DeviceRepository.update` changes), "assigned" (its customer
+    changed, unassigned included) or "deleted"; ``token`` is the current
+    token (None when deleted, and for "updated" and "assigned": unchanged,
+    not read), ``old_token`` the one it replaced or that was deleted."""
 
-    kind: Literal["created", "credentials", "assigned", "deleted"]
+    kind: Literal["created", "credentials", "updated", "assigned", "deleted"]
     device: Device
     token: str | None
     old_token: str | None = None
@@ -139,6 +143,18 @@ async def delete_devices(conn: Any, tenant_id: str, device_id: str | None = None
     return [(_device(r), r["token"]) for r in rows]
 
 
+async def unassign_devices(conn: Any, tenant_id: str, customer_id: str) -> list[Device]:
+    """Leave every device of a customer with its tenant, unassigned, inside
+    the caller's transaction; returns the devices as they are now (for
+    the "assigned" changes the caller announces after the commit)."""
+    rows = await conn.fetch(
+        "UPDATE device SET customer_id = $3, version = version + 1 WHERE tenant_id = $1 AND customer_id = $2 "
+        f"RETURNING {_DEVICE_COLUMNS.replace('d.', '')}",
+        tenant_id, customer_id, NULL_UUID,
+    )
+    return [_device(r) for r in rows]
+
+
 class DeviceRepository:
     """A tenant's devices and their access tokens."""
 
@@ -170,6 +186,11 @@ class DeviceRepository:
 
     async def _notify_deleted(self, removed: Iterable[tuple[Device, str | None]]) -> None:
         changes = [DeviceChange("deleted", device, None, token) for device, token in removed]
+        if changes:
+            await self._notify(changes)
+
+    async def _notify_assigned(self, devices: Iterable[Device]) -> None:
+        changes = [DeviceChange("assigned", device, None) for device in devices]
         if changes:
             await self._notify(changes)
 
@@ -446,6 +467,7 @@ class DeviceRepository:
             raise EntityNotFoundError(f"Device with id [{device_id}] is not found")
         device = await self.get(tenant_id, device_id)
         assert device is not None
+        await self._notify([DeviceChange("updated", device, None)])
         return device
 
     async def assign(self, tenant_id: str, device_id: str, customer_id: str | None) -> Device:

@@ -9,7 +9,6 @@ from ..base import UNFINISHED_SQL
 from ..db import Database
 from .model import (
     CONTACT_FIELDS as _CONTACT,
-    NULL_UUID,
     Customer,
     Tenant,
     _check_json,
@@ -22,7 +21,7 @@ from .model import (
     now_ms,
 )
 from .paging import ListQuery, PageData, check_paging
-from .devices import delete_devices
+from .devices import delete_devices, unassign_devices
 
 if TYPE_CHECKING:
     from .devices import DeviceRepository
@@ -170,10 +169,16 @@ class TenantRepository:
 
 
 class CustomerRepository:
-    """A tenant's customers; every method is scoped by ``tenant_id``."""
+    """A tenant's customers; every method is scoped by ``tenant_id``.
 
-    def __init__(self, db: Database) -> None:
+    ``devices``: the :class:`DeviceRepository` whose listeners hear about
+    the devices a customer's deletion leaves unassigned (the RPC path's
+    device cache and the console's event hub must not keep the old owner).
+    """
+
+    def __init__(self, db: Database, *, devices: DeviceRepository | None = None) -> None:
         self.db = db
+        self._devices = devices
 
     async def create(self, tenant_id: str, title: str, *, id: str | None = None, **fields: Any) -> Customer:
         """A new customer of ``tenant_id`` (which must exist).  ``fields``:
@@ -256,14 +261,14 @@ class CustomerRepository:
 
     async def delete(self, tenant_id: str, customer_id: str) -> None:
         """Delete a customer and its users; its devices stay with the tenant,
-        unassigned (ThingsBoard does the same)."""
+        unassigned (ThingsBoard does the same), each announced to the
+        device listeners as "assigned" after the commit."""
         tenant_id = check_uuid("tenant id", tenant_id)
         customer_id = check_uuid("customer id", customer_id)
         async with self.db.transaction() as conn:
             if not await conn.execute("DELETE FROM customer WHERE id = $1 AND tenant_id = $2", customer_id, tenant_id):
                 raise EntityNotFoundError(f"Customer with id [{customer_id}] is not found")
-            await conn.execute(
-                "UPDATE device SET customer_id = $3, version = version + 1 "
-                "WHERE tenant_id = $1 AND customer_id = $2", tenant_id, customer_id, NULL_UUID,
-            )
+            unassigned = await unassign_devices(conn, tenant_id, customer_id)
             await conn.execute("DELETE FROM tb_user WHERE tenant_id = $1 AND customer_id = $2", tenant_id, customer_id)
+        if self._devices is not None and unassigned:
+            await self._devices._notify_assigned(unassigned)
