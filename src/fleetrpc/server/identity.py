@@ -223,9 +223,9 @@ async def open_repositories(ctx: ServerContext) -> Callable[[], Awaitable[None]]
         return await ctx.open_repositories(ctx)
     db = ctx.db
     ctx.devices = DeviceRepository(db)
-    ctx.tenants = TenantRepository(db, devices=ctx.devices)
-    ctx.customers = ServerCustomers(db, devices=ctx.devices)
     ctx.users = ServerUsers(db, ctx.settings.auth, hasher=ctx.password_hasher)
+    ctx.tenants = TenantRepository(db, devices=ctx.devices, users=ctx.users)
+    ctx.customers = ServerCustomers(db, devices=ctx.devices, users=ctx.users)
     if ctx.demo:
         from .demo_data import demo_repositories, load_demo_data
 

@@ -25,6 +25,7 @@ from .devices import delete_devices, unassign_devices
 
 if TYPE_CHECKING:
     from .devices import DeviceRepository
+    from .users import UserRepository
 
 __all__ = ["TenantRepository", "CustomerRepository"]
 
@@ -61,17 +62,41 @@ def _customer(row: Any) -> Customer:
     )
 
 
+async def _delete_users(conn: Any, users: UserRepository | None, where: str, *args: Any) -> list[tuple[str, int]]:
+    """Delete the users ``where`` says, inside the caller's transaction;
+    with ``users``, each one's tokens are revoked in it too (the database's
+    trigger records that as well, but tells nobody: the other nodes hear it
+    at the commit, through the notification this sends).  Returns each
+    (user id, valid since) for :func:`_users_revoked` after the commit."""
+    rows = await conn.fetch(f"DELETE FROM tb_user WHERE {where} RETURNING id", *args)
+    if users is None:
+        return []
+    return [(r["id"], await users._revoke(conn, r["id"])) for r in rows]
+
+
+async def _users_revoked(users: UserRepository | None, revoked: list[tuple[str, int]]) -> None:
+    """After the commit: this node stops the deleted users' tokens now,
+    not at its next read of the revocations' table."""
+    if users is not None:
+        for user_id, since in revoked:
+            await users._revoked(user_id, since)
+
+
 class TenantRepository:
     """Tenants.  System-administrator data: these methods take no tenant
     scope, the API lets only SYS_ADMIN reach them.
 
     ``devices``: the :class:`DeviceRepository` whose listeners hear about
-    the devices a tenant's deletion removes (the broker must forget them).
+    the devices a tenant's deletion removes (the broker must forget them);
+    ``users``: the :class:`UserRepository` whose revocation listeners (and
+    the other nodes) hear at once that the users it deletes are gone.
     """
 
-    def __init__(self, db: Database, *, devices: DeviceRepository | None = None) -> None:
+    def __init__(self, db: Database, *, devices: DeviceRepository | None = None,
+                 users: UserRepository | None = None) -> None:
         self.db = db
         self._devices = devices
+        self._users = users
 
     async def create(self, title: str, *, id: str | None = None, **fields: Any) -> Tenant:
         """A new tenant.  ``fields``: region, country, state, city, address,
@@ -159,11 +184,12 @@ class TenantRepository:
             if not await conn.fetchval("SELECT 1 FROM tenant WHERE id = $1", tenant_id):
                 raise EntityNotFoundError(f"Tenant with id [{tenant_id}] is not found")
             removed = await delete_devices(conn, tenant_id)
-            await conn.execute("DELETE FROM tb_user WHERE tenant_id = $1", tenant_id)
+            revoked = await _delete_users(conn, self._users, "tenant_id = $1", tenant_id)
             await conn.execute("DELETE FROM customer WHERE tenant_id = $1", tenant_id)
             await conn.execute("DELETE FROM rpc WHERE tenant_id = $1", tenant_id)
             await conn.execute("DELETE FROM tenant_settings WHERE tenant_id = $1", tenant_id)
             await conn.execute("DELETE FROM tenant WHERE id = $1", tenant_id)
+        await _users_revoked(self._users, revoked)
         if self._devices is not None and removed:
             await self._devices._notify_deleted(removed)
 
@@ -173,12 +199,16 @@ class CustomerRepository:
 
     ``devices``: the :class:`DeviceRepository` whose listeners hear about
     the devices a customer's deletion leaves unassigned (the RPC path's
-    device cache and the console's event hub must not keep the old owner).
+    device cache and the console's event hub must not keep the old owner);
+    ``users``: the :class:`UserRepository` whose revocation listeners (and
+    the other nodes) hear at once that the customer's users are gone.
     """
 
-    def __init__(self, db: Database, *, devices: DeviceRepository | None = None) -> None:
+    def __init__(self, db: Database, *, devices: DeviceRepository | None = None,
+                 users: UserRepository | None = None) -> None:
         self.db = db
         self._devices = devices
+        self._users = users
 
     async def create(self, tenant_id: str, title: str, *, id: str | None = None, **fields: Any) -> Customer:
         """A new customer of ``tenant_id`` (which must exist).  ``fields``:
@@ -260,15 +290,18 @@ class CustomerRepository:
         return await q.fetch_page(self.db, "customer", _CUSTOMER_COLUMNS, order, page_size, page, _customer)
 
     async def delete(self, tenant_id: str, customer_id: str) -> None:
-        """Delete a customer and its users; its devices stay with the tenant,
-        unassigned (ThingsBoard does the same), each announced to the
-        device listeners as "assigned" after the commit."""
+        """Delete a customer and its users (their tokens void at once with
+        ``users``); its devices stay with the tenant, unassigned
+        (ThingsBoard does the same), each announced to the device listeners
+        as "assigned" after the commit."""
         tenant_id = check_uuid("tenant id", tenant_id)
         customer_id = check_uuid("customer id", customer_id)
         async with self.db.transaction() as conn:
             if not await conn.execute("DELETE FROM customer WHERE id = $1 AND tenant_id = $2", customer_id, tenant_id):
                 raise EntityNotFoundError(f"Customer with id [{customer_id}] is not found")
             unassigned = await unassign_devices(conn, tenant_id, customer_id)
-            await conn.execute("DELETE FROM tb_user WHERE tenant_id = $1 AND customer_id = $2", tenant_id, customer_id)
+            revoked = await _delete_users(conn, self._users, "tenant_id = $1 AND customer_id = $2",
+                                          tenant_id, customer_id)
+        await _users_revoked(self._users, revoked)
         if self._devices is not None and unassigned:
             await self._devices._notify_assigned(unassigned)
