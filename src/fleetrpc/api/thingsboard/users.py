@@ -122,11 +122,16 @@ async def activate(request: web.Request) -> web.Response:
     if len(password) < MIN_PASSWORD:
         raise ApiError.bad_request(f"Password must be {MIN_PASSWORD} or more characters in length.")
     await ctx.users.set_password(user.id, password)
-    # The user as it is now (not as read before the password was set), and
-    # the issue time taken first: a disabling or deletion committed
-    # meanwhile shows in the claims or voids the pair (TokenService.issue).
+    return await _pair_after_new_password(ctx, user.id)
+
+
+async def _pair_after_new_password(ctx: Any, user_id: str) -> web.Response:
+    """The token pair a new password is answered with: the issue time taken
+    after that password's revocation and before the user is read again (as
+    it is now), so a disabling or deletion committed meanwhile shows in the
+    claims or voids the pair (TokenService.issue)."""
     issued_at = ctx.tokens.issue_time()
-    user = await ctx.users.by_id(user.id)
+    user = await ctx.users.by_id(user_id)
     if user is None:  # deleted meanwhile
         raise ApiError.unauthorized()
     return json_reply(ctx.tokens.issue(user, issued_at))
@@ -252,12 +257,7 @@ async def change_password(request: web.Request) -> web.Response:
     if new == current:
         raise ApiError.bad_request("New password should be different from existing!")
     await ctx.users.set_password(p.user_id, new)
-    # After this password's revocation, before the user is read (TokenService.issue).
-    issued_at = ctx.tokens.issue_time()
-    user = await ctx.users.by_id(p.user_id)
-    if user is None:  # deleted meanwhile
-        raise ApiError.unauthorized()
-    return json_reply(ctx.tokens.issue(user, issued_at))
+    return await _pair_after_new_password(ctx, p.user_id)
 
 
 def setup(app: web.Application, ctx: Any) -> None:
