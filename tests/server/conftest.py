@@ -173,3 +173,29 @@ def start_server(mqtt_url, store_url, tmp_path, world):
             await server.stop()
 
     return start
+
+
+@contextlib.asynccontextmanager
+async def cluster_nodes(mqtt_url: str, store_url: str, tmp_path, world, n: int = 2,
+                        poll_interval_s: float = 30.0, **sections):
+    """``n`` servers (nodes of a cluster) on one database: their Api
+    clients and the servers.  ``poll_interval_s``: the cluster's poll,
+    long by default so that what a test sees came by notification."""
+    await world.seed(store_url)
+    servers: list[Server] = []
+    try:
+        for k in range(n):
+            settings = server_settings(mqtt_url, store_url, tmp_path / f"node{k}",
+                                       cluster={"lease_ttl_s": 2.0, "partitions": 16,
+                                                "poll_interval_s": poll_interval_s},
+                                       **sections)
+            ctx = ServerContext(settings)
+            ctx.password_hasher = CHEAP_HASHER
+            server = Server(settings, ctx=ctx)
+            await server.start()
+            servers.append(server)
+        async with aiohttp.ClientSession() as session:
+            yield [Api(s.ctx.url, session) for s in servers], servers
+    finally:
+        for server in reversed(servers):
+            await server.stop()

@@ -7,16 +7,12 @@ hour here so that only the immediate paths can pass)."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import time
 
-import aiohttp
 import pytest
 
-from fleetrpc.server import Server, ServerContext
-from tests.entities_fixtures import CHEAP_HASHER
-from tests.server.conftest import Api, server_settings
+from tests.server.conftest import Api, cluster_nodes
 
 pytestmark = pytest.mark.mqtt
 
@@ -66,29 +62,9 @@ async def test_a_deleted_tenant_s_users_tokens_stop_at_once(start_server, world)
         assert (await api.request("GET", "/api/auth/user", tenant1))[0] == 200
 
 
-@contextlib.asynccontextmanager
-async def _two_nodes(mqtt_url: str, store_url: str, tmp_path, world):
-    await world.seed(store_url)
-    servers: list[Server] = []
-    try:
-        for k in range(2):
-            settings = server_settings(mqtt_url, store_url, tmp_path / f"node{k}",
-                                       cluster={"lease_ttl_s": 2.0, "partitions": 16, **NO_POLL})
-            ctx = ServerContext(settings)
-            ctx.password_hasher = CHEAP_HASHER
-            server = Server(settings, ctx=ctx)
-            await server.start()
-            servers.append(server)
-        async with aiohttp.ClientSession() as session:
-            yield [Api(s.ctx.url, session) for s in servers]
-    finally:
-        for server in reversed(servers):
-            await server.stop()
-
-
 @pytest.mark.pg
 async def test_the_other_node_refuses_them_at_once(mqtt_url, fresh_pg_db, tmp_path, world):
-    async with _two_nodes(mqtt_url, fresh_pg_db, tmp_path, world) as (a, b):
+    async with cluster_nodes(mqtt_url, fresh_pg_db, tmp_path, world, **NO_POLL) as ((a, b), _):
         customer = await b.login(world.customer.email)
         admin2 = await b.login(world.tenant2.email)
         for token in (customer, admin2):

@@ -9,21 +9,18 @@ database, and for an open console event stream."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import time
 
-import aiohttp
 import pytest
 from tb_rest_client.models.change_password_request import ChangePasswordRequest
 from tb_rest_client.rest import ApiException
 from tb_rest_client.rest_client import RestClient
 
-from fleetrpc.server import Server, ServerContext
 from fleetrpc.store.entities import UserRepository
 from tests.entities_fixtures import CHEAP_HASHER
 from tests.helpers.waiting import wait_until
-from tests.server.conftest import PASSWORD, SECRET, Api, server_settings
+from tests.server.conftest import PASSWORD, SECRET, Api, cluster_nodes
 
 pytestmark = pytest.mark.mqtt
 
@@ -441,34 +438,12 @@ async def test_console_stream_of_a_disabled_user_ends(start_server, world):
 # -- several nodes on one database ---------------------------------------------------------
 
 
-@contextlib.asynccontextmanager
-async def _nodes(mqtt_url: str, store_url: str, tmp_path, world, n: int = 2, **sections):
-    """``n`` servers (nodes of a cluster) on one database."""
-    await world.seed(store_url)
-    servers: list[Server] = []
-    try:
-        for k in range(n):
-            settings = server_settings(mqtt_url, store_url, tmp_path / f"node{k}",
-                                       cluster={"lease_ttl_s": 2.0, "partitions": 16, "poll_interval_s": 30.0},
-                                       **sections)
-            ctx = ServerContext(settings)
-            ctx.password_hasher = CHEAP_HASHER
-            server = Server(settings, ctx=ctx)
-            await server.start()
-            servers.append(server)
-        async with aiohttp.ClientSession() as session:
-            yield [Api(s.ctx.url, session) for s in servers], servers
-    finally:
-        for server in reversed(servers):
-            await server.stop()
-
-
 @pytest.mark.pg
 async def test_revocation_reaches_the_other_node_at_once(mqtt_url, fresh_pg_db, tmp_path, world):
     """Disabled on node A: node B refuses the user's token -- through the
     database's notification, well before node B's next look at the table
     (``poll_interval_s`` is 30 s here)."""
-    async with _nodes(mqtt_url, fresh_pg_db, tmp_path, world) as ((a, b), servers):
+    async with cluster_nodes(mqtt_url, fresh_pg_db, tmp_path, world) as ((a, b), servers):
         victim = await _pair(b, world.customer.email)
         other = await b.login(world.customer2.email)
         assert (await b.request("GET", "/api/auth/user", victim["token"]))[0] == 200  # cached on B now
