@@ -9,9 +9,12 @@ device repository's listener: a device assigned to another customer,
 unassigned (by hand, or because its customer was deleted), renamed or
 deleted on this node is looked up again at its next event, so the old
 customer's users get none of its events from then on.  Other nodes' changes
-are not announced to this one (a cluster shares only the database): an
-entry is also read again once it is :data:`OWNER_TTL_S` old, the same bound
-as the RPC path's device cache (``api/thingsboard/access.DeviceCache``).
+reach it the same way, a moment after their commit, through the
+repository's PostgreSQL notifications (``add_listener(...,
+other_nodes=True)``); one missed (a lost LISTEN connection) is caught by
+the entry's age: it is read again once it is :data:`OWNER_TTL_S` old, the
+same bound as the RPC path's device cache
+(``api/thingsboard/access.DeviceCache``).
 Each connection has a
 bounded buffer: when a browser reads slower than events come, the oldest are
 dropped and the browser is told how many, so a slow or stalled tab never
@@ -39,6 +42,7 @@ from aiohttp import web
 
 from ..api.keys import CTX
 from ..events import HookSink
+from ..store.entities.devices import add_cache_listener
 
 __all__ = ["EventHub", "events_stream"]
 
@@ -121,7 +125,7 @@ class EventHub:
         devices = getattr(ctx, "devices", None)
         if devices is not None and hasattr(devices, "add_listener"):
             self._devices = devices
-            devices.add_listener(self.devices_changed)
+            add_cache_listener(devices, self.devices_changed)  # other nodes' changes too
 
     def devices_changed(self, changes: list[Any]) -> None:
         """The device repository's listener: a device assigned, unassigned,

@@ -26,6 +26,7 @@ when none exists.  A database without any user and nothing configured:
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import secrets
@@ -209,10 +210,6 @@ async def generate_sysadmin(users: ServerUsers, data_dir: str | os.PathLike) -> 
     return user
 
 
-async def _nothing() -> None:
-    return None
-
-
 async def open_repositories(ctx: ServerContext) -> Callable[[], Awaitable[None]]:
     """Fill ``ctx.devices``, ``ctx.users``, ``ctx.tenants``, ``ctx.customers``
     on ``ctx.db``; load the demo data (``ctx.demo``); make sure a system
@@ -226,9 +223,21 @@ async def open_repositories(ctx: ServerContext) -> Callable[[], Awaitable[None]]
     ctx.users = ServerUsers(db, ctx.settings.auth, hasher=ctx.password_hasher)
     ctx.tenants = TenantRepository(db, devices=ctx.devices, users=ctx.users)
     ctx.customers = ServerCustomers(db, devices=ctx.devices, users=ctx.users)
-    if ctx.demo:
-        from .demo_data import demo_repositories, load_demo_data
+    # Other nodes' device changes, for the caches that listen to them
+    # (PostgreSQL; on SQLite this returns at once: one process).
+    following = asyncio.ensure_future(ctx.devices.follow_other_nodes())
 
-        await load_demo_data(**demo_repositories(ctx))
-    await first_sysadmin(ctx.users, ctx.settings.auth, dialect=db.dialect, data_dir=ctx.settings.data_dir)
-    return _nothing
+    async def close() -> None:
+        following.cancel()
+        await asyncio.gather(following, return_exceptions=True)
+
+    try:
+        if ctx.demo:
+            from .demo_data import demo_repositories, load_demo_data
+
+            await load_demo_data(**demo_repositories(ctx))
+        await first_sysadmin(ctx.users, ctx.settings.auth, dialect=db.dialect, data_dir=ctx.settings.data_dir)
+    except BaseException:
+        await close()
+        raise
+    return close

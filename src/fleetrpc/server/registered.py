@@ -10,11 +10,13 @@ step by
 
 - the device repository's listeners, for what this node creates and
   deletes (at once, before the device can connect: its broker account is
-  provisioned by a listener too);
-- on a cluster, a look every ``cluster.poll_interval_s`` at the devices
-  created since the last one (on any node; a minute of slack for the nodes'
-  clocks), and a full reload every ``full_reload_s`` for those deleted on
-  another node; a device an API call finds in the database is known at
+  provisioned by a listener too), and what the other nodes sharing a
+  PostgreSQL database create and delete (a moment after their commit:
+  the set is a pure cache, so it listens with ``other_nodes=True``);
+- on a cluster, in case a notification was missed, a look every
+  ``cluster.poll_interval_s`` at the devices created since the last one
+  (on any node; a minute of slack for the nodes' clocks), and a full
+  reload every ``full_reload_s`` for those deleted on another node; a device an API call finds in the database is known at
   once (:meth:`RegisteredDevices.confirm`).  A device created on another node that connects before this
   node has looked is held aside by presence and promoted when it is found.
 
@@ -30,6 +32,7 @@ import time
 from typing import Any
 
 from ..errors import StoreUnavailableError
+from ..store.entities.devices import add_cache_listener
 
 __all__ = ["RegisteredDevices"]
 
@@ -89,7 +92,8 @@ class RegisteredDevices:
         """Keep ``presence`` in step with the repository's changes."""
         self._presence = presence
         if self._listener is None and hasattr(self._devices, "add_listener"):
-            self._listener = self._devices.add_listener(self.changed)
+            # A pure cache of ids: other nodes' creations and deletions too.
+            self._listener = add_cache_listener(self._devices, self.changed)
 
     def detach(self) -> None:
         if self._listener is not None:
@@ -108,7 +112,9 @@ class RegisteredDevices:
                 self._ids.discard(device)
                 if presence is not None:
                     presence.forget(device)
-            elif device not in self._ids:
+            elif device not in self._ids and (change.kind == "created" or not getattr(change, "remote", False)):
+                # Another node's "updated" or "assigned" may arrive after a
+                # third node's "deleted" of that device: only "created" adds.
                 self._ids.add(device)
                 if presence is not None:
                     presence.promote(device)

@@ -30,6 +30,7 @@ from typing import Any
 
 from ..auth import CUSTOMER_USER, NULL_UUID, SYS_ADMIN, TENANT_ADMIN, Principal
 from ..errors import DEVICE_NOT_FOUND, NO_PERMISSION, SYSADMIN_NOT_ALLOWED, ApiError
+from ...store.entities.devices import add_cache_listener
 
 __all__ = [
     "check_uuid",
@@ -85,8 +86,9 @@ class DeviceCache:
       a customer's devices when it is deleted --, deleted; a tenant's
       deletion announces its devices) drop the device at once; a lookup
       that was in flight across a change is not kept;
-    - other nodes' changes (a cluster shares one database) reach it after
-      ``ttl`` at most.
+    - other nodes' changes (a cluster shares one PostgreSQL database):
+      the same, when their notification arrives (a moment after their
+      commit); one missed (a lost LISTEN connection) after ``ttl`` at most.
 
     ``size`` bounds it; the oldest entry goes first.  Used by
     :func:`device_for_rpc` only: the callers of the entity endpoints read
@@ -138,9 +140,8 @@ class DeviceCache:
     def _watch(self, devices: Any) -> None:
         self.close()
         self._entries.clear()
-        add = getattr(devices, "add_listener", None)
-        if add is not None:
-            add(self.changed)
+        if hasattr(devices, "add_listener"):
+            add_cache_listener(devices, self.changed)  # other nodes' changes too
         self._watched = devices
 
     def changed(self, changes: list[Any]) -> None:

@@ -15,19 +15,37 @@ deleted, after the change is committed; the broker provisioning
 (``fleetrpc.broker_auth``), the API's cache of the devices it checks calls
 against (``api/thingsboard/access.py``) and the console's event hub (which
 customer sees a device's events) stand on them.
+
+On PostgreSQL several nodes may share the database; each change is also
+announced to the other nodes by a notification on :func:`device_channel`
+(sent after the commit, by the node that made the change), and
+:meth:`~DeviceRepository.follow_other_nodes` hands those to the listeners
+that asked for them (``add_listener(fn, other_nodes=True)``): pure caches
+(the endpoint's token directory, the API's device cache, the console hub's
+owners, the registered-device ids), never a listener with side effects
+that must happen once (the broker provisioning acts on the shared broker,
+done by the node of the change).  A node ignores its own notifications
+(:attr:`DeviceRepository.origin`, one per
+:class:`~fleetrpc.store.db.Database` handle).  A notification missed (the
+LISTEN connection lost, a node that crashed between its commit and its
+notification) is not replayed: each cache's own expiry stays the bound of
+how long it can be wrong.
 """
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
+import secrets
+import weakref
 from collections.abc import AsyncIterator, Callable, Collection, Iterable
 from typing import Any, Literal
 
 import msgspec
 
 from ...errors import AlreadyExistsError, EntityNotFoundError, ValidationError
-from ..db import Database, placeholders
+from ..db import Database, listen, placeholders
 from .model import (
     Device,
     DeviceCredentials,
@@ -46,7 +64,8 @@ from .model import (
 )
 from .paging import ListQuery, PageData, check_paging
 
-__all__ = ["DeviceRepository", "DeviceChange", "DEVICE_NAME_TAKEN", "TOKEN_TAKEN"]
+__all__ = ["DeviceRepository", "DeviceChange", "DEVICE_NAME_TAKEN", "TOKEN_TAKEN", "device_channel",
+           "add_cache_listener"]
 
 log = logging.getLogger("fleetrpc.store.devices")
 
@@ -91,9 +110,97 @@ class DeviceChange(msgspec.Struct, frozen=True):
     device: Device
     token: str | None
     old_token: str | None = None
+    #: Made on another node (heard through PostgreSQL, see the module
+    #: docstring).  Then ``device`` is a sketch: only ``id``, ``tenant_id``
+    #: and ``customer_id`` are the device's (its name, type... are not sent;
+    #: a listener that needs them reads the device by id).
+    remote: bool = False
 
 
 Listener = Callable[[list[DeviceChange]], Any]
+
+_KINDS = ("created", "credentials", "updated", "assigned", "deleted")
+
+#: Largest notification payload sent (PostgreSQL refuses more than 8000
+#: bytes); a batch of changes (a tenant's devices deleted) is split.
+_MAX_PAYLOAD = 7000
+
+
+#: One origin per Database handle, i.e. per node (a process's pool): every
+#: repository on it ignores what any of them sent.  (A second repository on
+#: the same handle is no other node; tests use one to stand for a node whose
+#: notifications this one missed.)
+_ORIGINS: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
+
+
+def _origin(db: Any) -> str:
+    try:
+        return _ORIGINS.setdefault(db, secrets.token_hex(8))
+    except TypeError:  # not weakly referable: an origin of its own
+        return secrets.token_hex(8)
+
+
+def device_channel(schema: str | None) -> str:
+    """The PostgreSQL channel of device changes (one per schema)."""
+    return "fleetrpc_devices" if not schema else f"fleetrpc_devices_{schema}"[:63]
+
+
+def add_cache_listener(devices: Any, fn: Listener) -> Listener:
+    """``devices.add_listener(fn, other_nodes=True)``: ``fn`` is a pure
+    cache's listener, told other nodes' changes too.  A stand-in repository
+    (a test's, the REST bench's) that has no such option is asked plainly:
+    it knows one node only."""
+    add = devices.add_listener
+    try:
+        takes = "other_nodes" in inspect.signature(add).parameters
+    except (TypeError, ValueError):
+        takes = False
+    return add(fn, other_nodes=True) if takes else add(fn)
+
+
+def _encode_changes(origin: str, changes: list[DeviceChange]) -> list[str]:
+    """The notification payloads announcing ``changes``: JSON
+    ``{"o": origin, "c": [[kind, device id, tenant id, customer id, token,
+    old token], ...]}``, as many as needed to stay under _MAX_PAYLOAD.
+
+    The tokens are sent (not only the device id) because the endpoint's
+    directory is keyed by token: a token created or replaced elsewhere may
+    sit in its cache as *unknown*, and only the token itself names that
+    entry (a device -> tokens index could not).  Sending them exposes
+    nothing new: they are stored in clear in ``device_credentials`` of this
+    same database (as ThingsBoard stores them), a notification reaches only
+    sessions of that database that LISTEN, and PostgreSQL logs a payload
+    only where it also logs every statement's parameters -- the credentials'
+    INSERT/UPDATE with the token among them."""
+    head = f'{{"o":{msgspec.json.encode(origin).decode()},"c":['
+    out: list[str] = []
+    items: list[str] = []
+    size = len(head)
+    for c in changes:
+        d = c.device
+        item = msgspec.json.encode([c.kind, d.id, d.tenant_id, d.customer_id, c.token, c.old_token]).decode()
+        if items and size + len(item.encode()) + 1 > _MAX_PAYLOAD:
+            out.append(head + ",".join(items) + "]}")
+            items, size = [], len(head)
+        items.append(item)
+        size += len(item.encode()) + 1
+    if items:
+        out.append(head + ",".join(items) + "]}")
+    return out
+
+
+def _decode_changes(payload: str) -> tuple[str, list[DeviceChange]]:
+    """(origin, changes) of a payload of :func:`_encode_changes`; the
+    devices are sketches (see :attr:`DeviceChange.remote`)."""
+    data = msgspec.json.decode(payload)
+    changes = []
+    for kind, device_id, tenant_id, customer_id, token, old_token in data["c"]:
+        if kind not in _KINDS:
+            continue
+        device = Device(id=device_id, tenant_id=tenant_id, customer_id=customer_id or NULL_UUID,
+                        created_time=0, name="")
+        changes.append(DeviceChange(kind, device, token, old_token, remote=True))
+    return data["o"], changes
 
 
 def _device(row: Any) -> Device:
@@ -161,21 +268,40 @@ class DeviceRepository:
     def __init__(self, db: Database) -> None:
         self.db = db
         self._listeners: list[Listener] = []
+        #: those of _listeners also told other nodes' changes
+        self._other_nodes: list[Listener] = []
+        #: this node's mark on the notifications it sends (it ignores them
+        #: when they come back: its listeners heard the change already)
+        self.origin = _origin(db)
+        #: other nodes' batches of changes heard (tests, diagnostics)
+        self.heard = 0
+        self._pending: set[asyncio.Future] = set()
 
     # -- listeners -------------------------------------------------------------
 
-    def add_listener(self, fn: Listener) -> Listener:
+    def add_listener(self, fn: Listener, *, other_nodes: bool = False) -> Listener:
         """Call ``fn(changes)`` (plain or async; awaited) after every
         committed change of devices or tokens.  A failing listener is
         logged, never undoes the change nor fails the caller: the database
-        is the truth, and listeners resync from it (``all_credentials``)."""
+        is the truth, and listeners resync from it (``all_credentials``).
+
+        ``other_nodes``: also call it with the changes other nodes sharing
+        the PostgreSQL database announce (:meth:`follow_other_nodes`;
+        ``DeviceChange.remote`` is then true and the device a sketch).  For
+        pure caches only: a listener that acts on something shared (the
+        broker's accounts) must run once, on the node of the change."""
         self._listeners.append(fn)
+        if other_nodes:
+            self._other_nodes.append(fn)
         return fn
 
     def remove_listener(self, fn: Listener) -> None:
         self._listeners.remove(fn)
+        if fn in self._other_nodes:
+            self._other_nodes.remove(fn)
 
     async def _notify(self, changes: list[DeviceChange]) -> None:
+        await self._announce(changes)
         for fn in self._listeners:
             try:
                 result = fn(changes)
@@ -183,6 +309,49 @@ class DeviceRepository:
                     await result
             except Exception:
                 log.exception("device listener %r failed on %d changes", fn, len(changes))
+
+    async def _announce(self, changes: list[DeviceChange]) -> None:
+        """Tell the other nodes (PostgreSQL), after the commit.  A failure
+        is logged: their caches expire anyway (see the module docstring)."""
+        if self.db.dialect != "postgresql":
+            return
+        try:
+            await self.db.execute("SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p",
+                                  device_channel(getattr(self.db, "schema", None)),
+                                  _encode_changes(self.origin, changes))
+        except Exception as e:
+            log.warning("could not announce %d device changes to the other nodes: %s", len(changes), e)
+
+    def _heard(self, payload: str) -> None:
+        """A notification: another node's changes, to the listeners that
+        asked for them (in order; an async one runs as a task)."""
+        origin, changes = _decode_changes(payload)
+        if origin == self.origin or not changes:
+            return
+        self.heard += 1
+        for fn in list(self._other_nodes):
+            try:
+                result = fn(changes)
+                if inspect.isawaitable(result):
+                    fut = asyncio.ensure_future(result)
+                    self._pending.add(fut)
+                    fut.add_done_callback(self._done)
+            except Exception:
+                log.exception("device listener %r failed on %d changes of another node", fn, len(changes))
+
+    def _done(self, fut: asyncio.Future) -> None:
+        self._pending.discard(fut)
+        if not fut.cancelled() and fut.exception() is not None:
+            log.error("device listener failed on changes of another node", exc_info=fut.exception())
+
+    async def follow_other_nodes(self) -> None:
+        """Run until cancelled: on PostgreSQL, hand the changes other nodes
+        announce to the listeners added with ``other_nodes=True``.  What is
+        missed while the connection is down is not replayed (the caches'
+        expiry is the bound).  Elsewhere there is only one node: return."""
+        if self.db.dialect != "postgresql" or not getattr(self.db, "dsn", None):
+            return
+        await listen(self.db, device_channel(getattr(self.db, "schema", None)), self._heard, name="devices")
 
     async def _notify_deleted(self, removed: Iterable[tuple[Device, str | None]]) -> None:
         changes = [DeviceChange("deleted", device, None, token) for device, token in removed]

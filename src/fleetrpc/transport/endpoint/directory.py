@@ -16,9 +16,13 @@ registry's :class:`~fleetrpc.store.entities.DeviceRepository`:
   that was created, replaced or deleted, so a new token works at once and
   a revoked one stops working for new connections at once; the open
   connections of a device deleted or given new credentials are closed
-  (``on_gone``: the endpoint's ``disconnect_device``).  Entries also
-  expire after ``ttl`` seconds: the registry tells no listener when a
-  device becomes a gateway, so that flag is at most ``ttl`` old.
+  (``on_gone``: the endpoint's ``disconnect_device``).  It hears the
+  changes of the other nodes sharing a PostgreSQL database too (their
+  notifications carry the tokens), within a moment of their commit.
+  Entries also expire after ``ttl`` seconds: the registry tells no
+  listener when a device becomes a gateway, so that flag is at most
+  ``ttl`` old, and a notification missed (a lost LISTEN connection) is
+  wrong here at most that long.
 - ``resolve_subdevice(gateway_id, name)``: the device named ``name`` in the
   gateway's tenant (ThingsBoard's rule: a gateway's sub-devices are devices
   of its tenant, by name).  A name the tenant has no device of is created,
@@ -39,6 +43,7 @@ from collections import OrderedDict
 from typing import Any, Callable
 
 from ...errors import AlreadyExistsError, ValidationError
+from ...store.entities.devices import add_cache_listener
 from ...store.entities.model import NULL_UUID, is_gateway_info
 from .server import Identity
 
@@ -80,7 +85,8 @@ class DeviceDirectory:
         #: told the id of a device deleted or given new credentials, so
         #: that its open connections close (the endpoint's disconnect_device)
         self.on_gone: Callable[[str, str], Any] | None = None
-        self._listener = devices.add_listener(self._changed)
+        # A pure cache: other nodes' changes too (add_cache_listener).
+        self._listener = add_cache_listener(devices, self._changed)
 
     def close(self) -> None:
         """Stop listening to the repository (and looking tokens up)."""
