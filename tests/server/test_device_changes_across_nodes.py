@@ -133,6 +133,10 @@ async def test_only_the_listeners_that_asked_hear_other_nodes_and_never_their_ow
             assert {c.kind for c in caches} == {"deleted"}
             assert len({c.old_token for c in caches}) == 120
             assert len(own) == 3 + 240
+            # what is not such a notification is ignored, without its text in the log
+            for junk in ("", "{", '{"o": "x"}', '{"o": "x", "c": [[1]]}', '{"o":"x","c":[["deleted",1,2,3,"secret-tok",null]]}'):
+                node_b._heard(junk)
+            assert len(caches) == 120
         finally:
             for f in followers:
                 f.cancel()
