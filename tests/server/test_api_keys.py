@@ -20,8 +20,7 @@ from tb_rest_client.rest_client import RestClient
 
 from fleetrpc.device import DeviceClient
 from tests.helpers.waiting import wait_until
-from tests.server.conftest import PASSWORD, Api
-from tests.server.test_user_lifecycle import _nodes
+from tests.server.conftest import PASSWORD, Api, cluster_nodes
 
 pytestmark = pytest.mark.mqtt
 
@@ -325,7 +324,7 @@ async def test_a_key_stopped_on_one_node_is_refused_on_the_other(mqtt_url, fresh
     """Disabled (or its user disabled) on node A: node B, which had the key
     in memory, refuses it -- through the database's notification, well
     before its next re-read (``poll_interval_s`` is 30 s here)."""
-    async with _nodes(mqtt_url, fresh_pg_db, tmp_path, world) as ((a, b), servers):
+    async with cluster_nodes(mqtt_url, fresh_pg_db, tmp_path, world) as ((a, b), servers):
         tenant = await a.login(world.tenant.email)
         key = await _new_key(a, tenant, world.customer.id)
         other = await _new_key(a, tenant, world.customer2.id)
