@@ -59,8 +59,8 @@ class HeldRepo:
         self.fail: Exception | None = None
         self.listeners = []
 
-    def add_listener(self, fn):
-        self.listeners.append(fn)
+    def add_listener(self, fn, other_nodes: bool = False):
+        self.listeners.append(fn)  # (one node: there are no others)
         return fn
 
     def remove_listener(self, fn):

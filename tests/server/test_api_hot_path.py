@@ -83,8 +83,8 @@ class _Repo:
         self.listeners: list = []
         self.gate: asyncio.Event | None = None
 
-    def add_listener(self, fn) -> None:
-        self.listeners.append(fn)
+    def add_listener(self, fn, other_nodes: bool = False) -> None:
+        self.listeners.append(fn)  # (one node: there are no others)
 
     def remove_listener(self, fn) -> None:
         self.listeners.remove(fn)

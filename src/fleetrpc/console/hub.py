@@ -42,7 +42,6 @@ from aiohttp import web
 
 from ..api.keys import CTX
 from ..events import HookSink
-from ..store.entities.devices import add_cache_listener
 
 __all__ = ["EventHub", "events_stream"]
 
@@ -125,7 +124,7 @@ class EventHub:
         devices = getattr(ctx, "devices", None)
         if devices is not None and hasattr(devices, "add_listener"):
             self._devices = devices
-            add_cache_listener(devices, self.devices_changed)  # other nodes' changes too
+            devices.add_listener(self.devices_changed, other_nodes=True)  # other nodes' changes too
 
     def devices_changed(self, changes: list[Any]) -> None:
         """The device repository's listener: a device assigned, unassigned,

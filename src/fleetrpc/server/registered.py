@@ -32,7 +32,6 @@ import time
 from typing import Any
 
 from ..errors import StoreUnavailableError
-from ..store.entities.devices import add_cache_listener
 
 __all__ = ["RegisteredDevices"]
 
@@ -93,7 +92,7 @@ class RegisteredDevices:
         self._presence = presence
         if self._listener is None and hasattr(self._devices, "add_listener"):
             # A pure cache of ids: other nodes' creations and deletions too.
-            self._listener = add_cache_listener(self._devices, self.changed)
+            self._listener = self._devices.add_listener(self.changed, other_nodes=True)
 
     def detach(self) -> None:
         if self._listener is not None:

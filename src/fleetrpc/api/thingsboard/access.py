@@ -30,7 +30,6 @@ from typing import Any
 
 from ..auth import CUSTOMER_USER, NULL_UUID, SYS_ADMIN, TENANT_ADMIN, Principal
 from ..errors import DEVICE_NOT_FOUND, NO_PERMISSION, SYSADMIN_NOT_ALLOWED, ApiError
-from ...store.entities.devices import add_cache_listener
 
 __all__ = [
     "check_uuid",
@@ -141,7 +140,7 @@ class DeviceCache:
         self.close()
         self._entries.clear()
         if hasattr(devices, "add_listener"):
-            add_cache_listener(devices, self.changed)  # other nodes' changes too
+            devices.add_listener(self.changed, other_nodes=True)  # other nodes' changes too
         self._watched = devices
 
     def changed(self, changes: list[Any]) -> None:

@@ -64,8 +64,7 @@ from .model import (
 )
 from .paging import ListQuery, PageData, check_paging
 
-__all__ = ["DeviceRepository", "DeviceChange", "DEVICE_NAME_TAKEN", "TOKEN_TAKEN", "device_channel",
-           "add_cache_listener"]
+__all__ = ["DeviceRepository", "DeviceChange", "DEVICE_NAME_TAKEN", "TOKEN_TAKEN", "device_channel"]
 
 log = logging.getLogger("fleetrpc.store.devices")
 
@@ -143,19 +142,6 @@ def _origin(db: Any) -> str:
 def device_channel(schema: str | None) -> str:
     """The PostgreSQL channel of device changes (one per schema)."""
     return "fleetrpc_devices" if not schema else f"fleetrpc_devices_{schema}"[:63]
-
-
-def add_cache_listener(devices: Any, fn: Listener) -> Listener:
-    """``devices.add_listener(fn, other_nodes=True)``: ``fn`` is a pure
-    cache's listener, told other nodes' changes too.  A stand-in repository
-    (a test's, the REST bench's) that has no such option is asked plainly:
-    it knows one node only."""
-    add = devices.add_listener
-    try:
-        takes = "other_nodes" in inspect.signature(add).parameters
-    except (TypeError, ValueError):
-        takes = False
-    return add(fn, other_nodes=True) if takes else add(fn)
 
 
 def _encode_changes(origin: str, changes: list[DeviceChange]) -> list[str]:

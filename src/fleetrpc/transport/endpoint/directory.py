@@ -43,7 +43,6 @@ from collections import OrderedDict
 from typing import Any, Callable
 
 from ...errors import AlreadyExistsError, ValidationError
-from ...store.entities.devices import add_cache_listener
 from ...store.entities.model import NULL_UUID, is_gateway_info
 from .server import Identity
 
@@ -85,8 +84,8 @@ class DeviceDirectory:
         #: told the id of a device deleted or given new credentials, so
         #: that its open connections close (the endpoint's disconnect_device)
         self.on_gone: Callable[[str, str], Any] | None = None
-        # A pure cache: other nodes' changes too (add_cache_listener).
-        self._listener = add_cache_listener(devices, self._changed)
+        # A pure cache: other nodes' changes too.
+        self._listener = devices.add_listener(self._changed, other_nodes=True)
 
     def close(self) -> None:
         """Stop listening to the repository (and looking tokens up)."""
