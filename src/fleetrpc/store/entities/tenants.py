@@ -25,7 +25,7 @@ from .devices import delete_devices, unassign_devices
 
 if TYPE_CHECKING:
     from .devices import DeviceRepository
-    from .users import UserRepository
+    from .users import Revoked, UserRepository
 
 __all__ = ["TenantRepository", "CustomerRepository"]
 
@@ -62,24 +62,14 @@ def _customer(row: Any) -> Customer:
     )
 
 
-async def _delete_users(conn: Any, users: UserRepository | None, where: str, *args: Any) -> list[tuple[str, int]]:
+async def _delete_users(conn: Any, users: UserRepository | None, where: str, *args: Any) -> Revoked:
     """Delete the users ``where`` says, inside the caller's transaction;
     with ``users``, each one's tokens are revoked in it too (the database's
     trigger records that as well, but tells nobody: the other nodes hear it
-    at the commit, through the notification this sends).  Returns each
-    (user id, valid since) for :func:`_users_revoked` after the commit."""
+    at the commit, through the notification this sends).  The caller hands
+    the result to ``users.announce_revoked`` after the commit."""
     rows = await conn.fetch(f"DELETE FROM tb_user WHERE {where} RETURNING id", *args)
-    if users is None:
-        return []
-    return [(r["id"], await users._revoke(conn, r["id"])) for r in rows]
-
-
-async def _users_revoked(users: UserRepository | None, revoked: list[tuple[str, int]]) -> None:
-    """After the commit: this node stops the deleted users' tokens now,
-    not at its next read of the revocations' table."""
-    if users is not None:
-        for user_id, since in revoked:
-            await users._revoked(user_id, since)
+    return await users.revoke_in(conn, [r["id"] for r in rows]) if users is not None else []
 
 
 class TenantRepository:
@@ -189,7 +179,8 @@ class TenantRepository:
             await conn.execute("DELETE FROM rpc WHERE tenant_id = $1", tenant_id)
             await conn.execute("DELETE FROM tenant_settings WHERE tenant_id = $1", tenant_id)
             await conn.execute("DELETE FROM tenant WHERE id = $1", tenant_id)
-        await _users_revoked(self._users, revoked)
+        if self._users is not None:
+            await self._users.announce_revoked(revoked)
         if self._devices is not None and removed:
             await self._devices._notify_deleted(removed)
 
@@ -302,6 +293,7 @@ class CustomerRepository:
             unassigned = await unassign_devices(conn, tenant_id, customer_id)
             revoked = await _delete_users(conn, self._users, "tenant_id = $1 AND customer_id = $2",
                                           tenant_id, customer_id)
-        await _users_revoked(self._users, revoked)
+        if self._users is not None:
+            await self._users.announce_revoked(revoked)
         if self._devices is not None and unassigned:
             await self._devices._notify_assigned(unassigned)

@@ -31,7 +31,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from argon2 import PasswordHasher
@@ -62,6 +62,8 @@ log = logging.getLogger("fleetrpc.store.users")
 
 #: ``fn(user_id, valid_since_ms)``: the user's tokens issued before are void.
 RevocationListener = Callable[[str, int], Any]
+#: (user id, valid since in epoch ms) of each user whose tokens a transaction voided
+Revoked = list[tuple[str, int]]
 #: Slack for the revoking nodes' clocks when asking what was revoked since.
 _CLOCK_SLACK_MS = 60_000
 
@@ -126,39 +128,50 @@ class UserRepository:
     def remove_revocation_listener(self, fn: RevocationListener) -> None:
         self._revocation_listeners.remove(fn)
 
-    async def _revoked(self, user_id: str, since: int) -> None:
-        for fn in self._revocation_listeners:
-            try:
-                result = fn(user_id, since)
-                if inspect.isawaitable(result):
-                    await result
-            except Exception:
-                log.exception("revocation listener %r failed", fn)
-
-    async def _revoke(self, conn: Any, user_id: str) -> int:
-        """Inside the caller's transaction: the user's tokens issued before
-        now are void (a later time already recorded stays).  On PostgreSQL
-        the other nodes are notified when the transaction commits."""
+    async def revoke_in(self, conn: Any, user_ids: Iterable[str]) -> Revoked:
+        """Inside the caller's transaction: void the tokens of ``user_ids``
+        issued before now (a later time already recorded stays), e.g. of
+        users the transaction deletes or disables.  On PostgreSQL the other
+        nodes are notified when the transaction commits; this node's
+        listeners hear it from :meth:`announce_revoked`, which the caller
+        calls with the result after the commit."""
         since = now_ms()
-        await conn.execute(
-            "INSERT INTO user_token_revocation (user_id, valid_since) VALUES ($1, $2) "
-            "ON CONFLICT (user_id) DO UPDATE SET valid_since = CASE WHEN excluded.valid_since > "
-            "user_token_revocation.valid_since THEN excluded.valid_since ELSE user_token_revocation.valid_since END",
-            user_id, since,
-        )
-        if self.db.dialect == "postgresql":
-            await conn.execute("SELECT pg_notify($1, $2)", revocation_channel(getattr(self.db, "schema", None)),
-                               f"{user_id}:{since}")
-        return since
+        revoked: Revoked = []
+        channel = revocation_channel(getattr(self.db, "schema", None)) if self.db.dialect == "postgresql" else None
+        for user_id in user_ids:
+            await conn.execute(
+                "INSERT INTO user_token_revocation (user_id, valid_since) VALUES ($1, $2) "
+                "ON CONFLICT (user_id) DO UPDATE SET valid_since = CASE WHEN excluded.valid_since > "
+                "user_token_revocation.valid_since THEN excluded.valid_since "
+                "ELSE user_token_revocation.valid_since END",
+                user_id, since,
+            )
+            if channel is not None:
+                await conn.execute("SELECT pg_notify($1, $2)", channel, f"{user_id}:{since}")
+            revoked.append((user_id, since))
+        return revoked
+
+    async def announce_revoked(self, revoked: Revoked) -> None:
+        """After the commit of :meth:`revoke_in`: call this node's listeners
+        (``fn(user_id, valid_since_ms)``) for each revocation, so it stops
+        the tokens now rather than at its next read of the table."""
+        for user_id, since in revoked:
+            for fn in self._revocation_listeners:
+                try:
+                    result = fn(user_id, since)
+                    if inspect.isawaitable(result):
+                        await result
+                except Exception:
+                    log.exception("revocation listener %r failed", fn)
 
     async def revoke_tokens(self, user_id: str) -> int:
         """Void every token issued to ``user_id`` until now; returns that
         time (epoch ms).  The user need not exist (any more)."""
         user_id = check_uuid("user id", user_id)
         async with self.db.transaction() as conn:
-            since = await self._revoke(conn, user_id)
-        await self._revoked(user_id, since)
-        return since
+            revoked = await self.revoke_in(conn, (user_id,))
+        await self.announce_revoked(revoked)
+        return revoked[0][1]
 
     async def revocations(self, since_ms: int = 0) -> dict[str, int]:
         """``{user id: valid since}`` of the revocations recorded at or
@@ -317,15 +330,12 @@ class UserRepository:
         """One UPDATE of the user ``args[0]``; when it disables the user, its
         tokens are voided in the same transaction (then announced)."""
         user_id = args[0]
-        since = None
         async with self.db.transaction() as conn:
             n = await conn.execute(sql, *args)
-            if n and disabling:
-                since = await self._revoke(conn, user_id)
+            revoked = await self.revoke_in(conn, (user_id,) if n and disabling else ())
         if not n:
             raise EntityNotFoundError(f"User with id [{user_id}] is not found")
-        if since is not None:
-            await self._revoked(user_id, since)
+        await self.announce_revoked(revoked)
         user = await self.get(user_id)
         if user is None:  # deleted meanwhile
             raise EntityNotFoundError(f"User with id [{user_id}] is not found")
@@ -362,11 +372,10 @@ class UserRepository:
                 "UPDATE tb_user SET password_hash = $2, failed_login_attempts = 0, locked_until = 0 WHERE id = $1",
                 user_id, password_hash,
             )
-            since = await self._revoke(conn, user_id) if n else None
+            revoked = await self.revoke_in(conn, (user_id,) if n else ())
         if not n:
             raise EntityNotFoundError(f"User with id [{user_id}] is not found")
-        assert since is not None
-        await self._revoked(user_id, since)
+        await self.announce_revoked(revoked)
 
     async def check_password(self, user_id: str, password: str) -> bool:
         """Whether ``password`` is the user's (False without a password or
@@ -485,8 +494,7 @@ class UserRepository:
             else:
                 n = await conn.execute("DELETE FROM tb_user WHERE id = $1 AND tenant_id = $2",
                                        user_id, check_uuid("tenant id", tenant_id))
-            since = await self._revoke(conn, user_id) if n else None
+            revoked = await self.revoke_in(conn, (user_id,) if n else ())
         if not n:
             raise EntityNotFoundError(f"User with id [{user_id}] is not found")
-        assert since is not None
-        await self._revoked(user_id, since)
+        await self.announce_revoked(revoked)
