@@ -1,0 +1,12 @@
+-- The trigger functions of 0102 and 0103 name their tables unqualified, and
+-- a trigger runs with the search_path of the session that fires it: only
+-- fleetrpc's own connections have the configured schema on their path.  A
+-- user deleted from any other session (psql, another tool) failed
+-- ("relation api_key does not exist") or wrote into a same-named table of
+-- that session's schema.  Pin each function's path to the schema it lives
+-- in (where its tables are: created by the same migration), with pg_temp
+-- last so that a session's temporary table of the same name is not found
+-- first.  The schema is read from the catalog, never spelt here: it is the
+-- configured one, or the server's default when none is configured.  (No
+-- SQLite twin: SQLite has no schemas, and numbers may leave gaps.)
+DO $$ DECLARE f record; BEGIN FOR f IN SELECT p.oid::regprocedure AS sig, n.nspname AS nsp FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace WHERE p.oid IN ('user_token_revocation_on_delete()'::regprocedure, 'api_key_on_user_delete()'::regprocedure) LOOP EXECUTE format('ALTER FUNCTION %s SET search_path = %I, pg_temp', f.sig, f.nsp); END LOOP; END $$;
