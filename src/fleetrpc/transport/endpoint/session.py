@@ -21,8 +21,9 @@ FLEETRPC   ``{p}/d/{its id}/req/#`` (and ``ret/+``)    the dispatcher's topic, u
 =========  ==========================================  =======================================
 
 ``{n}`` is a per-session integer, as ThingsBoard's ``rpcSeq``.  Attribute
-and telemetry topics are acknowledged and ignored (counted in
-``stats.ignored``); subscriptions to ThingsBoard's other known topics are
+requests (a gateway's too) are answered with no attribute (fleetrpc keeps
+none); other attribute and telemetry topics are acknowledged and ignored
+(counted in ``stats.ignored``); subscriptions to ThingsBoard's other known topics are
 granted and never receive anything; any other topic filter is refused.
 """
 
@@ -32,7 +33,7 @@ import asyncio
 import inspect
 import logging
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import msgspec
 
@@ -73,13 +74,15 @@ RESPONSE_TOPIC = {V1: "v1/devices/me/rpc/response/", V2: "v2/r/res/", V2J: "v2/r
 RESPONSE_SUBSCRIPTION = {V1: "v1/devices/me/rpc/response/+", V2: "v2/r/res/+", V2J: "v2/r/res/j/+"}
 
 GATEWAY_RPC = "v1/gateway/rpc"
+#: where ThingsBoard answers a gateway's ``v1/gateway/attributes/request``
+GATEWAY_ATTRIBUTES_RESPONSE = "v1/gateway/attributes/response"
 #: Other ThingsBoard topics a device may subscribe to: granted (the SDK
 #: subscribes to the attribute topics on every connect), never published.
 OTHER_SUBSCRIPTIONS = frozenset({
     "v1/devices/me/rpc/response/+", "v2/r/res/+", "v2/r/res/j/+",
     "v1/devices/me/attributes", "v1/devices/me/attributes/response/+",
     "v2/a", "v2/a/j", "v2/a/res/+", "v2/a/res/j/+",
-    "v1/gateway/attributes", "v1/gateway/attributes/response",
+    "v1/gateway/attributes", GATEWAY_ATTRIBUTES_RESPONSE,
     "v2/fw/response/+", "v2/fw/error", "v2/sw/response/+", "v2/sw/error",
 })
 #: form -> the subscription that chooses it
@@ -174,6 +177,24 @@ def remember_id(ids: dict | None, requests: dict | None, key: Any, n: int, limit
     return ids
 
 
+class _GatewayAttributesRequest(msgspec.Struct, gc=False):
+    """``v1/gateway/attributes/request``, as ThingsBoard reads it
+    (``AbstractGatewaySessionHandler.onDeviceAttributesRequestJson``): all
+    of ``id`` (a Java int: its answer carries it back), ``device`` and
+    ``client`` required, and ``key`` or ``keys``."""
+
+    id: Annotated[int, msgspec.Meta(ge=-2**31, le=2**31 - 1)]
+    device: str
+    client: bool
+    key: str | None = None
+    keys: list[str] | None = None
+
+
+class _GatewayAttributesAnswer(msgspec.Struct, gc=False):
+    id: int
+    device: str
+
+
 class _GatewayData(msgspec.Struct, gc=False):
     id: int
     method: str
@@ -186,6 +207,7 @@ class _GatewayRequest(msgspec.Struct, gc=False):
 
 
 _gateway_reply = msgspec.json.Decoder(_GatewayReply).decode
+_gateway_attributes_request = msgspec.json.Decoder(_GatewayAttributesRequest).decode
 _device_name = msgspec.json.Decoder(_DeviceName).decode
 _request_parts = msgspec.json.Decoder(_Request).decode
 
@@ -1320,8 +1342,33 @@ class Session(asyncio.Protocol):
                 ep.stats.ignored += 1
                 return
             self.drop_subdevice(name)
+        elif what == "attributes/request":
+            self._gateway_attributes_request(payload)
         else:
             ep.stats.ignored += 1  # telemetry, attributes, claims
+
+    def _gateway_attributes_request(self, payload: bytes) -> None:
+        """A gateway asks for a sub-device's attributes.  ThingsBoard answers
+        on ``v1/gateway/attributes/response`` with ``{"id", "device"}`` and
+        ``"value"`` (one key asked) or ``"values"`` (several) for the keys
+        that have one (``JsonConverter.getJsonObjectForGateway``); fleetrpc
+        keeps none, so the answer is ``{"id", "device"}`` alone, which
+        ThingsBoard's gateway SDK hands to the waiting callback.  A request
+        ThingsBoard could not read is ignored (counted)."""
+        ep = self.endpoint
+        try:
+            request = _gateway_attributes_request(payload)
+        except msgspec.DecodeError:
+            ep.stats.ignored += 1
+            return
+        if not request.device or (request.key is None and request.keys is None):
+            ep.stats.ignored += 1
+            return
+        ep.stats.attribute_requests += 1
+        qos = self.granted(GATEWAY_ATTRIBUTES_RESPONSE)
+        if qos >= 0:
+            self._publish(GATEWAY_ATTRIBUTES_RESPONSE,
+                          _json(_GatewayAttributesAnswer(request.id, request.device)), qos, None)
 
     def drop_subdevice(self, name: str) -> None:
         """The gateway no longer answers for its sub-device ``name``."""
