@@ -194,6 +194,25 @@ async def test_disabled_deleted_expired_keys_and_users_are_refused_at_once(start
         assert rows == []  # the user's keys went with it
 
 
+async def test_unknown_values_cost_one_query_and_a_new_key_works_at_once(start_server, world, monkeypatch):
+    """An unknown value asked again and again is read once (then refused
+    from memory); a key created on this node with a value refused a moment
+    before works at once."""
+    async with start_server() as (server, api):
+        tenant = await api.login(world.tenant.email)
+        auth = server.ctx.api_key_auth
+        value = "tb_" + "Z" * 86
+        lookups = auth.lookups
+        for _ in range(20):
+            assert _err((await _as_key(api, value))[1]) == BAD
+        assert auth.lookups == lookups + 1
+        monkeypatch.setattr("fleetrpc.store.entities.api_keys.new_value", lambda: value)
+        made = await _new_key(api, tenant, world.customer.id)
+        assert made["value"] == value
+        status, body = await _as_key(api, value)
+        assert status == 200 and json.loads(body)["email"] == world.customer.email
+
+
 async def test_a_key_of_a_user_not_activated_yet_is_refused_until_activation(start_server, world):
     """A user created without a password (userCredentialsEnabled false) is
     not active: ThingsBoard refuses its keys (DisabledException) as it

@@ -62,8 +62,12 @@ it is disabled or deleted on this node (a listener), on another node (a
 PostgreSQL notification), or when its user is revoked anywhere (the
 revocations above); and it is read again every ``cluster.poll_interval_s``
 whatever happens, which catches a lost notification or a change made by
-another process.  Refusals, as ThingsBoard's ``ApiKeyAuthenticationProvider``
-answers them (all errorCode 10): unknown key or user "Invalid username or
+another process.  A value that matches no key is remembered too (by its
+digest, for ``UNKNOWN_KEY_TTL_S``, at most ``UNKNOWN_KEY_CACHE_SIZE`` of
+them): a client repeating one costs no query; a key created on this node
+is usable at once (its creation clears them), one created on another node
+after ``UNKNOWN_KEY_TTL_S`` at worst.  Refusals, as ThingsBoard's
+``ApiKeyAuthenticationProvider`` answers them (all errorCode 10): unknown key or user "Invalid username or
 password", disabled key, disabled or not yet activated user "User account
 is not active", expired key "API key is expired".  A token's issue time is in milliseconds (the
 private ``iatMs`` claim; ThingsBoard's own ``iat`` is in whole seconds, too
@@ -436,6 +440,13 @@ def load_or_create_secret(data_dir: str | os.PathLike) -> str:
 # -- API keys ------------------------------------------------------------------------
 
 
+#: How long a value that matched no key is refused without asking the
+#: database again (seconds): what a key created on another node may wait.
+UNKNOWN_KEY_TTL_S = 3.0
+#: The most such values remembered (the oldest go first).
+UNKNOWN_KEY_CACHE_SIZE = 4096
+
+
 class _CachedKey:
     __slots__ = ("principal", "key_id", "deadline")
 
@@ -451,7 +462,9 @@ class ApiKeyAuth:
     bounded cache of verified keys by the value's digest in front of the
     keys' repository (``store/entities/api_keys.py``) and the users'."""
 
-    def __init__(self, keys: Any, users: Any, *, recheck_s: float, cache_size: int, clock=time.time) -> None:
+    def __init__(self, keys: Any, users: Any, *, recheck_s: float, cache_size: int, clock=time.time,
+                 unknown_ttl_s: float = UNKNOWN_KEY_TTL_S,
+                 unknown_cache_size: int = UNKNOWN_KEY_CACHE_SIZE) -> None:
         from ..store.entities.api_keys import hash_value
 
         self._hash = hash_value
@@ -461,10 +474,17 @@ class ApiKeyAuth:
         self._cache_size = cache_size
         self._clock = clock
         self._cache: dict[str, _CachedKey] = {}
-        # Bumped by every eviction: a verification that started before one
-        # does not cache what it read (it may predate the change).
+        # digest of a value that matched no key -> epoch seconds until which
+        # it is refused without a query; in insertion order, which is the
+        # order of the deadlines (all live as long)
+        self._unknown: dict[str, float] = {}
+        self._unknown_ttl_s = unknown_ttl_s
+        self._unknown_size = unknown_cache_size if unknown_ttl_s > 0 else 0
+        # Bumped by every eviction and creation: a verification that started
+        # before one does not cache what it read (it may predate the change).
         self._generation = 0
         self.cache_hits = 0
+        self.unknown_hits = 0
         self.lookups = 0
 
     def cached(self, value: str) -> Principal | None:
@@ -483,11 +503,20 @@ class ApiKeyAuth:
     async def verify(self, value: str) -> Principal:
         """Read the key and its user; raises ApiError 401 (errorCode 10)."""
         generation = self._generation
-        self.lookups += 1
         if not value:
             raise ApiError.unauthorized(BAD_CREDENTIALS)  # ThingsBoard: "Empty API key"
+        digest = self._hash(value)
+        deadline = self._unknown.get(digest)
+        if deadline is not None:
+            if self._clock() < deadline:
+                self.unknown_hits += 1
+                raise ApiError.unauthorized(BAD_CREDENTIALS)
+            del self._unknown[digest]
+        self.lookups += 1
         key = await self.keys.by_value(value)
         if key is None:
+            if self._unknown_size and generation == self._generation:
+                self._remember_unknown(digest)
             raise ApiError.unauthorized(BAD_CREDENTIALS)
         if not key.enabled:
             raise ApiError.unauthorized(NOT_ACTIVE)
@@ -513,8 +542,25 @@ class ApiKeyAuth:
         if self._cache_size and generation == self._generation:
             if len(self._cache) >= self._cache_size:
                 del self._cache[next(iter(self._cache))]  # the oldest entry
-            self._cache[self._hash(value)] = _CachedKey(p, key.id, min(expires, now + self._recheck_s))
+            self._cache[digest] = _CachedKey(p, key.id, min(expires, now + self._recheck_s))
         return p
+
+    def _remember_unknown(self, digest: str) -> None:
+        now = self._clock()
+        unknown = self._unknown
+        # Drop the expired ones from the front, and the oldest when full.
+        while unknown:
+            oldest = next(iter(unknown))
+            if len(unknown) < self._unknown_size and unknown[oldest] > now:
+                break
+            del unknown[oldest]
+        unknown[digest] = now + self._unknown_ttl_s
+
+    def key_created(self, key_id: str = "", user_id: str = "") -> None:
+        """A key was created on this node: no value is unknown any more
+        (its value may have been tried before it existed)."""
+        self._generation += 1
+        self._unknown.clear()
 
     def _evict(self, test: Callable[[_CachedKey], bool]) -> None:
         self._generation += 1
@@ -532,6 +578,7 @@ class ApiKeyAuth:
 
     def clear(self) -> None:
         self._evict(lambda e: True)
+        self._unknown.clear()
 
 
 # -- rate limits -----------------------------------------------------------------------
@@ -792,6 +839,7 @@ async def _keep_api_keys(app: web.Application) -> Any:
     ctx.api_keys = keys = ApiKeyRepository(db)
     ctx.api_key_auth = auth = ApiKeyAuth(keys, users, recheck_s=poll_s, cache_size=tokens.settings.cache_size)
     keys.add_change_listener(auth.key_changed)
+    keys.add_create_listener(auth.key_created)
     tokens.on_revoked(auth.user_revoked)
     task = asyncio.ensure_future(keys.follow_changes(auth.key_changed, auth.clear))
     try:
@@ -800,6 +848,7 @@ async def _keep_api_keys(app: web.Application) -> Any:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
         tokens.remove_revocation_listener(auth.user_revoked)
+        keys.remove_create_listener(auth.key_created)
         keys.remove_change_listener(auth.key_changed)
 
 

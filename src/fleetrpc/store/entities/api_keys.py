@@ -10,7 +10,9 @@ fast hash is the standard answer for high-entropy secrets (GitHub's tokens,
 RFC 6819 5.1.4.1.3).  Whoever reads the table learns no usable key.
 
 Changes that stop a key (disabled, deleted) are told to listeners on this
-node after the commit (:meth:`ApiKeyRepository.add_change_listener`) and to
+node after the commit (:meth:`ApiKeyRepository.add_change_listener`; new
+keys to :meth:`ApiKeyRepository.add_create_listener`'s, so that the API,
+which remembers values that matched no key for a few seconds, forgets them) and to
 the other nodes through a PostgreSQL notification sent by the same
 transaction (:meth:`ApiKeyRepository.follow_changes`); the API re-reads a
 cached key every ``cluster.poll_interval_s`` anyway, which catches a lost
@@ -51,7 +53,8 @@ _COLUMNS = "id, tenant_id, user_id, created_time, expiration_time, description, 
 _SORT = {"createdTime": "created_time", "expirationTime": "expiration_time", "description": "description",
          "enabled": "enabled"}
 
-#: ``fn(key_id, user_id)``: that key was disabled or deleted.
+#: ``fn(key_id, user_id)``: that key was disabled or deleted (or, for a
+#: create listener, created).
 ChangeListener = Callable[[str, str], Any]
 
 
@@ -133,6 +136,7 @@ class ApiKeyRepository:
     def __init__(self, db: Database) -> None:
         self.db = db
         self._listeners: list[ChangeListener] = []
+        self._create_listeners: list[ChangeListener] = []
 
     # -- changes ----------------------------------------------------------------
 
@@ -145,8 +149,17 @@ class ApiKeyRepository:
     def remove_change_listener(self, fn: ChangeListener) -> None:
         self._listeners.remove(fn)
 
-    async def _changed(self, key_id: str, user_id: str) -> None:
-        for fn in self._listeners:
+    def add_create_listener(self, fn: ChangeListener) -> ChangeListener:
+        """Call ``fn(key_id, user_id)`` (plain or async) after this node
+        committed a new key (other nodes are not told)."""
+        self._create_listeners.append(fn)
+        return fn
+
+    def remove_create_listener(self, fn: ChangeListener) -> None:
+        self._create_listeners.remove(fn)
+
+    async def _changed(self, key_id: str, user_id: str, listeners: list[ChangeListener] | None = None) -> None:
+        for fn in self._listeners if listeners is None else listeners:
             try:
                 result = fn(key_id, user_id)
                 if inspect.isawaitable(result):
@@ -207,6 +220,7 @@ class ApiKeyRepository:
                 "value_hash) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
                 key.id, key.tenant_id, key.user_id, key.created_time, key.expiration_time, key.description,
                 key.enabled, hash_value(value))
+        await self._changed(key.id, key.user_id, self._create_listeners)
         return key, value
 
     async def update(self, key_id: str, *, description: object = None, enabled: bool | None = None) -> ApiKey:
