@@ -64,6 +64,12 @@ async def test_an_unknown_value_costs_one_query_per_ttl():
     for _ in range(50):
         assert await _refused(auth, value) == first  # the same refusal, from memory
     assert keys.queries == 1 and auth.unknown_hits == 50
+    # stopped keys and a reconnected listener (missed stops) leave it unknown
+    auth.key_changed("k", "u")
+    auth.user_revoked("u", 1)
+    auth.clear()
+    await _refused(auth, value)
+    assert keys.queries == 1
     # another unknown value is asked for itself
     await _refused(auth, "tb_" + "B" * 86)
     assert keys.queries == 2

@@ -480,9 +480,12 @@ class ApiKeyAuth:
         self._unknown: dict[str, float] = {}
         self._unknown_ttl_s = unknown_ttl_s
         self._unknown_size = unknown_cache_size if unknown_ttl_s > 0 else 0
-        # Bumped by every eviction and creation: a verification that started
-        # before one does not cache what it read (it may predate the change).
+        # Bumped by every eviction: a verification that started before one
+        # does not cache what it read (it may predate the change).
         self._generation = 0
+        # Bumped by every creation on this node: a lookup that started
+        # before one does not remember its value as unknown.
+        self._creations = 0
         self.cache_hits = 0
         self.unknown_hits = 0
         self.lookups = 0
@@ -502,7 +505,7 @@ class ApiKeyAuth:
 
     async def verify(self, value: str) -> Principal:
         """Read the key and its user; raises ApiError 401 (errorCode 10)."""
-        generation = self._generation
+        generation, creations = self._generation, self._creations
         if not value:
             raise ApiError.unauthorized(BAD_CREDENTIALS)  # ThingsBoard: "Empty API key"
         digest = self._hash(value)
@@ -515,7 +518,7 @@ class ApiKeyAuth:
         self.lookups += 1
         key = await self.keys.by_value(value)
         if key is None:
-            if self._unknown_size and generation == self._generation:
+            if self._unknown_size and creations == self._creations:
                 self._remember_unknown(digest)
             raise ApiError.unauthorized(BAD_CREDENTIALS)
         if not key.enabled:
@@ -559,7 +562,7 @@ class ApiKeyAuth:
     def key_created(self, key_id: str = "", user_id: str = "") -> None:
         """A key was created on this node: no value is unknown any more
         (its value may have been tried before it existed)."""
-        self._generation += 1
+        self._creations += 1
         self._unknown.clear()
 
     def _evict(self, test: Callable[[_CachedKey], bool]) -> None:
@@ -577,8 +580,9 @@ class ApiKeyAuth:
         self._evict(lambda e: e.principal.user_id == user_id)
 
     def clear(self) -> None:
+        """Forget every verified key (notifications may have been missed;
+        the unknown values stay: a missed stop leaves them unknown)."""
         self._evict(lambda e: True)
-        self._unknown.clear()
 
 
 # -- rate limits -----------------------------------------------------------------------
