@@ -273,6 +273,25 @@ async def test_open_applies_every_migration_once(make_db):
         await d.close()
 
 
+@pytest.mark.pg
+async def test_a_mixed_case_schema_holds_the_tables(pg_dsn):
+    """The schema is created quoted; the connections' search_path must
+    name it quoted too, or PostgreSQL folds it to lower case and the first
+    migration finds no schema to create its tables in."""
+    schema = f"Mixed_{uuid.uuid4().hex[:12]}"
+    d = PostgresDatabase(pg_dsn, schema=schema, max_size=2)
+    try:
+        await d.open()
+        try:
+            assert await d.applied_migrations() == [m.version for m in migrations.load("postgresql")]
+            assert await d.fetchval("SELECT current_schema()") == schema
+            assert await d.fetchval("SELECT count(*) FROM pg_tables WHERE schemaname = $1", schema) > 10
+        finally:
+            await d.close()
+    finally:
+        drop_pg_schema(pg_dsn, schema)
+
+
 async def test_empty_database_has_version_zero(make_db):
     d = make_db(migrate=False)
     await d.open()

@@ -479,6 +479,13 @@ class SqliteDatabase(Database):
 # -- PostgreSQL -----------------------------------------------------------------------
 
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+
+
+def _quoted(ident: str) -> str:
+    """An :data:`_IDENT` as a quoted identifier: the schema is created
+    quoted, so ``search_path`` must name it quoted too (unquoted,
+    PostgreSQL folds ``MixedCase`` to ``mixedcase`` and finds no schema)."""
+    return f'"{ident}"'
 # SQLSTATE classes that mean "not now": 08 connection exception, 40
 # transaction rollback (serialization failure, deadlock), 53 insufficient
 # resources, 57 operator intervention (shutdown, cannot connect now), 58
@@ -628,7 +635,7 @@ class PostgresDatabase(Database):
 
         settings = {"application_name": "fleetrpc"}
         if self.schema:
-            settings["search_path"] = self.schema
+            settings["search_path"] = _quoted(self.schema)
         try:
             self._pool = await asyncpg.create_pool(
                 self.dsn,
@@ -757,7 +764,7 @@ async def listen(db: Any, channel: str, on_payload: Callable[[str], Any], *, nam
 
     settings = {"application_name": f"fleetrpc-listen-{name}"}
     if getattr(db, "schema", None):
-        settings["search_path"] = db.schema
+        settings["search_path"] = _quoted(db.schema)
     delay = 0.2
     while True:
         conn = None
