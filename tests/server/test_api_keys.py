@@ -169,9 +169,12 @@ async def test_disabled_deleted_expired_keys_and_users_are_refused_at_once(start
         gone = await _new_key(api, tenant, world.customer.id, expiration=1)
         assert gone["expired"] is True
         assert _err((await _as_key(api, gone["value"]))[1]) == KEY_EXPIRED
-        soon = await _new_key(api, tenant, world.customer.id, expiration=int(time.time() * 1000) + 1500)
+        # (3 s of validity: room for a loaded machine between the creation
+        # and the first use; then wait for that moment itself, not a guess)
+        expires_ms = int(time.time() * 1000) + 3000
+        soon = await _new_key(api, tenant, world.customer.id, expiration=expires_ms)
         assert (await _as_key(api, soon["value"]))[0] == 200  # in memory, until it expires
-        await asyncio.sleep(1.6)
+        await asyncio.sleep(max(0.0, expires_ms / 1000 - time.time()) + 0.1)
         assert _err((await _as_key(api, soon["value"]))[1]) == KEY_EXPIRED
 
         # unknown, empty and garbage values
