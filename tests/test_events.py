@@ -116,15 +116,27 @@ async def test_mqtt_sink_and_client_side_requests(mqtt_url):
     await listener.connect()
     original = listener._transport.on_message
 
+    probe = "fleetrpc/events/_probe"
+    probes = []
+
     def on_message(topic, payload, props):
-        if topic.startswith("fleetrpc/events/"):
+        if topic == probe:
+            probes.append(payload)
+        elif topic.startswith("fleetrpc/events/"):
             got.append((topic, msgspec.json.decode(payload)))
         else:
             original(topic, payload, props)
 
     listener._transport.on_message = on_message
     listener._transport.subscribe([("fleetrpc/events/#", 1)])
-    await asyncio.sleep(0.2)
+    # The subscription is in force once a message sent under it comes back
+    # (not after a guessed time: an event sent before would be missed).
+    for _ in range(200):
+        listener._transport.publish(probe, b"", 1, False)
+        await asyncio.sleep(0.05)
+        if probes:
+            break
+    assert probes, "the events subscription was not granted in 10 s"
     try:
         assert await listener.call("getCurrentTime") == 1
         await _wait(lambda: got)
