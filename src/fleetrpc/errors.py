@@ -162,3 +162,17 @@ class EntityNotFoundError(FleetRpcError, LookupError):
     """No tenant, customer, user or device with that id (for that tenant:
     another tenant's entity is "not found" too, never "forbidden").  The
     message is ThingsBoard's (``Device with id [<uuid>] is not found``)."""
+
+
+class EntitiesLimitExceededError(ValidationError):
+    """The tenant has as many entities of that type as it may have
+    (``store.max_devices_per_tenant``); nothing was created.  ThingsBoard's
+    EntitiesLimitExceededException (a DataValidationException), with its
+    message ("Devices limit reached"); its API answers 403, errorCode 41,
+    with ``entityType`` and ``limit``."""
+
+    def __init__(self, entity_type: str, limit: int) -> None:
+        #: the ThingsBoard entity type: "DEVICE"
+        self.entity_type = entity_type
+        self.limit = limit
+        super().__init__(f"{entity_type.replace('_', ' ').capitalize()}s limit reached")

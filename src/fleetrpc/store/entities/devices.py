@@ -44,7 +44,7 @@ from typing import Any, Literal
 
 import msgspec
 
-from ...errors import AlreadyExistsError, EntityNotFoundError, ValidationError
+from ...errors import AlreadyExistsError, EntitiesLimitExceededError, EntityNotFoundError, ValidationError
 from ..db import Database, listen, placeholders
 from .model import (
     Device,
@@ -257,10 +257,18 @@ async def unassign_devices(conn: Any, tenant_id: str, customer_id: str) -> list[
 
 
 class DeviceRepository:
-    """A tenant's devices and their access tokens."""
+    """A tenant's devices and their access tokens.
 
-    def __init__(self, db: Database) -> None:
+    ``max_devices_per_tenant``: most devices one tenant may have (0: no
+    limit, as ThingsBoard's default tenant profile's ``maxDevices``).
+    :meth:`create` is where every device is made (the REST API, a gateway's
+    announcement, the demo data), so the limit holds whatever the path."""
+
+    def __init__(self, db: Database, *, max_devices_per_tenant: int = 0) -> None:
+        if type(max_devices_per_tenant) is not int or max_devices_per_tenant < 0:
+            raise ValueError(f"max_devices_per_tenant must be an int >= 0, not {max_devices_per_tenant!r}")
         self.db = db
+        self.max_devices_per_tenant = max_devices_per_tenant
         self._listeners: list[Listener] = []
         #: those of _listeners also told other nodes' changes
         self._other_nodes: list[Listener] = []
@@ -380,7 +388,10 @@ class DeviceRepository:
         access-token credential: ``access_token``, or a random one.  A name
         taken in the tenant raises AlreadyExistsError(DEVICE_NAME_TAKEN); a
         token taken by any device, AlreadyExistsError(TOKEN_TAKEN); a
-        ``customer_id`` not of this tenant, EntityNotFoundError."""
+        ``customer_id`` not of this tenant, EntityNotFoundError; a tenant
+        that has ``max_devices_per_tenant`` devices already,
+        EntitiesLimitExceededError (ThingsBoard's DeviceDataValidator checks
+        the count likewise before it saves a new device)."""
         tenant_id = check_uuid("tenant id", tenant_id)
         customer_id = owner_id("customer id", customer_id)
         name = _check_name(name)
@@ -391,10 +402,22 @@ class DeviceRepository:
         device_id = check_uuid("device id", id) if id is not None else new_id()
         created = now_ms()
         step = DEVICE_NAME_TAKEN
+        limit = self.max_devices_per_tenant
+        # With a limit, creates in one tenant take turns: on PostgreSQL the
+        # tenant's row is locked until the commit (NO KEY UPDATE: against
+        # each other only), so each counts the devices of the creates before
+        # it (READ COMMITTED: a statement sees what committed before it
+        # began) and two cannot both take the last place.  SQLite has one
+        # writer at a time (BEGIN IMMEDIATE) already.
+        lock = " FOR NO KEY UPDATE" if limit and self.db.dialect == "postgresql" else ""
         try:
             async with self.db.transaction() as conn:
-                if not await conn.fetchval("SELECT 1 FROM tenant WHERE id = $1", tenant_id):
+                if not await conn.fetchval(f"SELECT 1 FROM tenant WHERE id = $1{lock}", tenant_id):
                     raise EntityNotFoundError(f"Tenant with id [{tenant_id}] is not found")
+                if limit and await conn.fetchval(
+                    "SELECT count(*) FROM device WHERE tenant_id = $1", tenant_id
+                ) >= limit:
+                    raise EntitiesLimitExceededError("DEVICE", limit)
                 if customer_id != NULL_UUID and not await conn.fetchval(
                     "SELECT 1 FROM customer WHERE id = $1 AND tenant_id = $2", customer_id, tenant_id
                 ):
