@@ -219,7 +219,7 @@ async def open_repositories(ctx: ServerContext) -> Callable[[], Awaitable[None]]
     if ctx.open_repositories is not None:
         return await ctx.open_repositories(ctx)
     db = ctx.db
-    ctx.devices = DeviceRepository(db)
+    ctx.devices = DeviceRepository(db, max_devices_per_tenant=ctx.settings.store.max_devices_per_tenant)
     ctx.users = ServerUsers(db, ctx.settings.auth, hasher=ctx.password_hasher)
     ctx.tenants = TenantRepository(db, devices=ctx.devices, users=ctx.users)
     ctx.customers = ServerCustomers(db, devices=ctx.devices, users=ctx.users)
