@@ -25,7 +25,7 @@ import time
 import msgspec
 from aiohttp import web
 
-from ..errors import AlreadyExistsError, EntityNotFoundError, StoreError, ValidationError
+from ..errors import AlreadyExistsError, EntitiesLimitExceededError, EntityNotFoundError, StoreError, ValidationError
 
 __all__ = [
     "ApiError",
@@ -62,6 +62,7 @@ class ErrorCode(enum.IntEnum):
     ITEM_NOT_FOUND = 32
     TOO_MANY_REQUESTS = 33
     VERSION_CONFLICT = 35
+    ENTITIES_LIMIT_EXCEEDED = 41
     DATABASE = 46
 
 
@@ -72,6 +73,14 @@ class ErrorBody(msgspec.Struct):
     message: str
     errorCode: int
     timestamp: int
+
+
+class EntitiesLimitBody(ErrorBody):
+    """ThingsBoard's ThingsboardEntitiesLimitExceededResponse: the error
+    body with the entity type and the limit reached."""
+
+    entityType: str
+    limit: int
 
 
 _encode = msgspec.json.Encoder().encode
@@ -124,6 +133,14 @@ def error_response(status: int, message: str, code: ErrorCode | int) -> web.Resp
     return web.Response(status=status, body=_encode(body), content_type="application/json")
 
 
+def entities_limit_response(exc: EntitiesLimitExceededError) -> web.Response:
+    """ThingsBoard's answer to EntitiesLimitExceededException
+    (ThingsboardErrorResponseHandler): 403, errorCode 41."""
+    body = EntitiesLimitBody(403, str(exc), int(ErrorCode.ENTITIES_LIMIT_EXCEEDED), int(time.time() * 1000),
+                             exc.entity_type, exc.limit)
+    return web.Response(status=403, body=_encode(body), content_type="application/json")
+
+
 def bare_text(status: int, text: str) -> web.Response:
     """A text body without JSON quoting (ThingsBoard's AccessDeniedException
     and EntityNotFoundException on the RPC path)."""
@@ -173,10 +190,15 @@ def answer_for(request: web.Request, exc: Exception, limit: int) -> web.Response
     The repositories' errors become what ThingsBoard's BaseController makes
     of its own: a bad value (ValidationError) or a taken name
     (AlreadyExistsError: "Device with such name already exists!") -> 400,
-    errorCode 31; an entity that is not there (in the caller's tenant) ->
-    404, errorCode 32; another database failure -> 500, errorCode 46."""
+    errorCode 31; a tenant at its limit of devices
+    (EntitiesLimitExceededError: "Devices limit reached") -> 403, errorCode
+    41, with ``entityType`` and ``limit``; an entity that is not there (in
+    the caller's tenant) -> 404, errorCode 32; another database failure ->
+    500, errorCode 46."""
     if isinstance(exc, ApiError):
         return exc.response()
+    if isinstance(exc, EntitiesLimitExceededError):
+        return entities_limit_response(exc)
     if isinstance(exc, (ValidationError, AlreadyExistsError)):
         return error_response(400, str(exc), ErrorCode.BAD_REQUEST_PARAMS)
     if isinstance(exc, EntityNotFoundError):

@@ -28,7 +28,10 @@ registry's :class:`~fleetrpc.store.entities.DeviceRepository`:
   of its tenant, by name).  A name the tenant has no device of is created,
   as ThingsBoard does: type "default", the gateway's customer, and
   ``additionalInfo.lastConnectedGateway``; None when it cannot be (a name
-  the registry refuses).
+  the registry refuses, or a tenant at its limit of devices,
+  ``store.max_devices_per_tenant``: ThingsBoard then refuses the
+  announcement, "Maximum number of devices reached!"), logged once per
+  refused announcement; the name is then not bound to the gateway.
 
 Gateways are devices whose ``additional_info`` has ``"gateway": true``, as
 ThingsBoard marks them.
@@ -42,7 +45,7 @@ import time
 from collections import OrderedDict
 from typing import Any, Callable
 
-from ...errors import AlreadyExistsError, ValidationError
+from ...errors import AlreadyExistsError, EntitiesLimitExceededError, ValidationError
 from ...store.entities.model import NULL_UUID, is_gateway_info
 from .server import Identity
 
@@ -81,6 +84,8 @@ class DeviceDirectory:
         self.misses = 0
         #: sub-devices created for gateways that announced them
         self.created = 0
+        #: announced names not created: the tenant was at its limit of devices
+        self.over_limit = 0
         #: told the id of a device deleted or given new credentials, so
         #: that its open connections close (the endpoint's disconnect_device)
         self.on_gone: Callable[[str, str], Any] | None = None
@@ -143,6 +148,11 @@ class DeviceDirectory:
                                                additional_info={"lastConnectedGateway": gateway_id})
         except AlreadyExistsError:  # another gateway (or node) made it meanwhile
             return await self.devices.by_name(tenant, name)
+        except EntitiesLimitExceededError as exc:
+            self.over_limit += 1
+            log.warning("gateway %s announced %r: not created, its tenant %s has reached its limit of %d devices",
+                        gateway_id, name, tenant, exc.limit)
+            return None
         except ValidationError as exc:
             log.warning("gateway %s announced a device the registry refuses (%r): %s", gateway_id, name, exc)
             return None
