@@ -230,7 +230,7 @@ async def test_bad_input_is_a_400_that_names_the_problem(start_server, world):
             ({"targets": {"deviceIds": []}, **call}, "targets.deviceIds is empty"),
             ({"targets": {"deviceType": " "}, **call}, "targets.deviceType is empty"),
             ({"targets": {"all": True}, **call, "rollout": {"maxPerMinute": 0}},
-             "rollout.maxPerMinute must be in (0, 6000000], not 0"),
+             "rollout.maxPerMinute must be in [0.001, 6000000], not 0"),
             ({"targets": {"all": True}, **call, "abort": [{"failureType": "ALL", "thresholdPercentage": 101}]},
              "abort[0].thresholdPercentage must be in [0, 100], not 101"),
             ({"targets": {"all": True}, **call, "abort": [{"failureType": "SOMETIMES"}]}, "`$.abort[0].failureType`"),

@@ -112,6 +112,8 @@ async def create(request: web.Request) -> web.Response:
     if request.content_length is not None and request.content_length > _MAX_BODY:
         raise ApiError.bad_request("job body too large")
     body = await request.read()
+    if len(body) > _MAX_BODY:  # a chunked body has no Content-Length to check first
+        raise ApiError.bad_request("job body too large")
     try:
         spec = parse_spec(body)
         await ctx.job_targets.check_access(p.tenant_id, _customer_scope(p), spec.targets)

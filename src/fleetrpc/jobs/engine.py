@@ -115,6 +115,10 @@ def _rpc_id(namespace: bytes, device_id: str) -> str:
     return f"{x[:8]}-{x[8:12]}-{x[12:16]}-{x[16:20]}-{x[20:]}"
 
 
+#: An RPC id as long as a job's (uuid5), to size a persistent request.
+_SAMPLE_RPC_ID = str(uuid.UUID(int=0))
+
+
 def _now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -319,6 +323,12 @@ class JobEngine:
             created_by=created_by, spec=spec, created_time=_now_ms(),
         )
         self._targets(job)  # an unsupported selector fails here, before storing
+        request_payload = getattr(self.dispatcher, "request_payload", None)
+        if request_payload is not None:
+            # A request over the transport's max_payload (or params that are
+            # not JSON) is refused now, not by every device's call: a
+            # persistent call carries its id in the request too.
+            request_payload(spec.method, spec.params, _SAMPLE_RPC_ID if spec.persistent else None)
         await self.repo.insert(job)
         if self._leases is not None and not await self._leases.acquire_named(_lease(job.id)):
             return _copy(job)  # QUEUED: a node that can take its lease runs it

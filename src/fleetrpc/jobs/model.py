@@ -20,7 +20,9 @@ from typing import Any
 
 import msgspec
 
+from ..dispatch.options import MAX_EPOCH_MS, MAX_TIMEOUT_MS
 from ..errors import ValidationError
+from ..store.base import storable_problem, text_problem
 
 __all__ = [
     "JobStatus",
@@ -175,6 +177,21 @@ class JobSpec(msgspec.Struct, kw_only=True, omit_defaults=True, rename="camel", 
 
 _SPEC_DECODER = msgspec.json.Decoder(JobSpec)
 
+#: The longest type, label, name pattern, customer id, device id or job
+#: name: a device's name, type and label hold at most 255 characters (the
+#: registry's limit), so a longer selector matches nothing -- and SQLite
+#: fails a GLOB pattern over 50,000 bytes, which failed the job.
+MAX_TEXT = 255
+#: The slowest rate (devices per minute), one start in about 17 hours:
+#: a smaller one is a mistake, and 5e-324 made the rate per second 0.0 (the
+#: pacer divided by it and the job failed).
+MIN_PER_MINUTE = 0.001
+#: A persistent call's timeout is stored in a 32-bit column (the rpc table,
+#: PostgreSQL ``integer``): a longer one failed every device's call with a
+#: database error (about 24.8 days).
+MAX_PERSISTENT_TIMEOUT_MS = 2**31 - 1
+MAX_PER_MINUTE = 6_000_000
+
 
 def parse_spec(body: bytes | dict) -> JobSpec:
     """Validate a job specification (JSON bytes or a decoded dict).
@@ -188,38 +205,67 @@ def parse_spec(body: bytes | dict) -> JobSpec:
         raise ValidationError(f"invalid job: {exc}") from None
     except msgspec.DecodeError:
         raise ValidationError("invalid job: the body is not valid JSON") from None
+    except RecursionError:  # params nested thousands deep: msgspec gives up
+        raise ValidationError("invalid job: the JSON is nested too deeply") from None
     check_spec(spec)
     return spec
 
 
 def check_spec(spec: JobSpec) -> None:
-    """The rules msgspec's types cannot say; raises ValidationError."""
+    """The rules msgspec's types cannot say; raises ValidationError.
+    A call's options follow the RPC API's rules (fleetrpc.dispatch.options):
+    what a single call would refuse is refused here, with a 400, instead of
+    a job that fails every device with the same error."""
     kind, value = spec.targets.selector()
     if kind == "deviceIds":
         if not value:
             raise ValidationError("targets.deviceIds is empty")
         if len(value) > 100_000:
             raise ValidationError("targets.deviceIds lists more than 100000 devices; select by type, label or customer")
+        if any(len(v) > MAX_TEXT for v in value):
+            raise ValidationError(f"targets.deviceIds holds an id longer than {MAX_TEXT} characters")
     elif kind != "all" and (not isinstance(value, str) or not value.strip()):
         raise ValidationError(f"targets.{kind} is empty")
+    elif kind != "all" and len(value) > MAX_TEXT:
+        raise ValidationError(f"targets.{kind} is longer than {MAX_TEXT} characters")
     if any("\x00" in v for v in (value if kind == "deviceIds" else [value]) if isinstance(v, str)):
         # No stored name, type or id holds NUL; PostgreSQL fails the query.
         raise ValidationError(f"targets.{kind} must not contain the NUL character")
     if not spec.method or len(spec.method) > 128:
         raise ValidationError("method must be 1-128 characters")
-    if spec.timeout is not None and spec.timeout <= 0:
-        raise ValidationError(f"timeout must be a positive number of milliseconds, not {spec.timeout}")
-    if spec.retries is not None and spec.retries < 0:
-        raise ValidationError(f"retries must be >= 0, not {spec.retries}")
+    if spec.name is not None and len(spec.name) > MAX_TEXT:
+        raise ValidationError(f"name is longer than {MAX_TEXT} characters")
+    if spec.timeout is not None and not 0 < spec.timeout <= MAX_TIMEOUT_MS:
+        raise ValidationError(f"timeout must be a positive number of milliseconds up to {MAX_TIMEOUT_MS}, "
+                              f"not {spec.timeout}")
+    if spec.retries is not None and not 0 <= spec.retries <= 1_000_000:
+        raise ValidationError(f"retries must be in [0, 1000000], not {spec.retries}")
+    if spec.expiration_time is not None and not 0 <= spec.expiration_time <= MAX_EPOCH_MS:
+        raise ValidationError(f"expirationTime must be epoch milliseconds in [0, {MAX_EPOCH_MS}], "
+                              f"not {spec.expiration_time}")
+    if spec.persistent:
+        # Stored with every call: what the database cannot store fails the calls.
+        if spec.timeout is not None and spec.timeout > MAX_PERSISTENT_TIMEOUT_MS:
+            raise ValidationError(f"timeout of a persistent job must be at most {MAX_PERSISTENT_TIMEOUT_MS} "
+                                  f"milliseconds, not {spec.timeout}")
+        problem = text_problem(spec.method)
+        if problem is not None:
+            raise ValidationError(f"method cannot be stored: {problem}")
+        problem = storable_problem({} if spec.params is msgspec.UNSET else spec.params)
+        if problem is not None:
+            raise ValidationError(f"params cannot be stored: {problem}")
     r = spec.rollout
-    if r.max_per_minute is not None and not (0 < r.max_per_minute <= 6_000_000 and math.isfinite(r.max_per_minute)):
-        raise ValidationError(f"rollout.maxPerMinute must be in (0, 6000000], not {r.max_per_minute}")
+    if r.max_per_minute is not None and not (
+            MIN_PER_MINUTE <= r.max_per_minute <= MAX_PER_MINUTE and math.isfinite(r.max_per_minute)):
+        raise ValidationError(
+            f"rollout.maxPerMinute must be in [{MIN_PER_MINUTE:g}, {MAX_PER_MINUTE}], not {r.max_per_minute}")
     if not 1 <= r.max_in_flight <= 1_000_000:
         raise ValidationError(f"rollout.maxInFlight must be in [1, 1000000], not {r.max_in_flight}")
     e = r.exponential_rate
     if e is not None:
-        if not (0 < e.base_per_minute <= 6_000_000 and math.isfinite(e.base_per_minute)):
-            raise ValidationError("rollout.exponentialRate.basePerMinute must be in (0, 6000000]")
+        if not (MIN_PER_MINUTE <= e.base_per_minute <= MAX_PER_MINUTE and math.isfinite(e.base_per_minute)):
+            raise ValidationError(
+                f"rollout.exponentialRate.basePerMinute must be in [{MIN_PER_MINUTE:g}, {MAX_PER_MINUTE}]")
         if not (1 < e.increment_factor <= 5 and math.isfinite(e.increment_factor)):
             raise ValidationError("rollout.exponentialRate.incrementFactor must be in (1, 5]")
         if e.every_succeeded < 1:

@@ -1,0 +1,76 @@
+"""The jobs REST API at its limits: input a single RPC would refuse, input
+too large or too deep.  Each case is a 400 that names the problem and
+stores nothing -- not a job accepted and then failed device by device, not
+a 500."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+from tests.jobs.fleet import until
+from tests.jobs.test_api import refused, rows, submit
+
+pytestmark = pytest.mark.mqtt
+
+
+async def test_what_a_call_or_the_registry_would_refuse_is_a_400_and_stores_nothing(start_server, world):
+    async with start_server() as (server, api):
+        token = await api.login(world.tenant.email)
+        dev = world.dev_t1.id
+        call = {"targets": {"deviceIds": [dev]}, "method": "getVersion"}
+        persistent = {**call, "persistent": True}
+        cases = [
+            # the RPC API's limits on a call's options (every device failed with them)
+            ({**call, "timeout": 10**13}, "timeout must be a positive number of milliseconds up to"),
+            ({**persistent, "timeout": 10**13}, "timeout must be a positive number of milliseconds up to"),
+            # the rpc table keeps a timeout in 32 bits (PostgreSQL: every device failed)
+            ({**persistent, "timeout": 2**31}, "timeout of a persistent job must be at most 2147483647"),
+            ({**persistent, "retries": 10**7}, "retries must be in [0, 1000000]"),
+            ({**persistent, "expirationTime": -5}, "expirationTime must be epoch milliseconds"),
+            ({**persistent, "expirationTime": 10**16}, "expirationTime must be epoch milliseconds"),
+            ({**persistent, "method": "get\x00Version"}, "method cannot be stored: it contains the character U+0000"),
+            ({**persistent, "params": {"a": "b\x00"}}, "params cannot be stored: it contains the character U+0000"),
+            ({**call, "params": "x" * 300_000}, "over the limit of 262144 (max_payload)"),
+            ({**persistent, "params": "x" * 300_000}, "over the limit of 262144 (max_payload)"),
+            # a rate whose per-second value is 0.0: the pacer divided by it (job FAILED)
+            ({**call, "rollout": {"maxPerMinute": 5e-324}}, "rollout.maxPerMinute must be in [0.001, 6000000]"),
+            ({**call, "rollout": {"exponentialRate": {"basePerMinute": 5e-324, "incrementFactor": 2,
+                                                      "everySucceeded": 1}}},
+             "rollout.exponentialRate.basePerMinute must be in [0.001, 6000000]"),
+            # selectors longer than any name, type or label (SQLite: GLOB pattern too complex, job FAILED)
+            ({**call, "targets": {"namePattern": "*a" * 30_000}}, "targets.namePattern is longer than 255"),
+            ({**call, "targets": {"deviceType": "t" * 256}}, "targets.deviceType is longer than 255"),
+            ({**call, "targets": {"deviceIds": [dev, "d" * 256]}}, "targets.deviceIds holds an id longer than 255"),
+            ({**call, "name": "n" * 256}, "name is longer than 255"),
+        ]
+        for body, fragment in cases:
+            message = await refused(api, token, 400, body)
+            assert fragment in message, (str(body)[:200], message)
+        # params nested thousands deep: msgspec's RecursionError was a 500
+        deep = (b'{"targets": {"deviceIds": ["%s"]}, "method": "getVersion", "params": ' % dev.encode()
+                + b"[" * 5000 + b"]" * 5000 + b"}")
+        assert await refused(api, token, 400, data=deep) == "invalid job: the JSON is nested too deeply"
+
+        # a chunked body (no Content-Length) over the jobs' 8 MiB limit
+        async def chunked():
+            yield b'{"targets": {"deviceIds": ["%s"]}, "method": "getVersion", "params": "' % dev.encode()
+            for _ in range(9):
+                yield b"x" * (1 << 20)
+            yield b'"}'
+
+        assert await refused(api, token, 400, data=chunked()) == "job body too large"
+        status, raw, _ = await api.request("GET", "/api/jobs?pageSize=10&page=0", token)
+        assert (status, json.loads(raw)["totalElements"]) == (200, 0)
+        # the limits themselves are accepted, and the call is stored and waits
+        job = await submit(api, token, {**persistent, "timeout": 2**31 - 1, "retries": 1_000_000,
+                                        "expirationTime": 10**15, "name": "n" * 255,
+                                        "rollout": {"maxPerMinute": 0.001}})
+        job = await until(api, token, job["id"]["id"], lambda j: j["result"]["counts"]["inProgress"] == 1)
+        page = await rows(api, token, job["id"]["id"], "pageSize=10&page=0&status=IN_PROGRESS")
+        assert [r["deviceId"]["id"] for r in page["data"]] == [dev]
+        await submit(api, token, {**call, "timeout": 10**12})
+        status, raw, _ = await api.request("GET", "/api/jobs?pageSize=10&page=0", token)
+        assert (status, json.loads(raw)["totalElements"]) == (200, 2)
