@@ -13,7 +13,7 @@ from fleetrpc.errors import ValidationError
 from fleetrpc.jobs import JobStatus, parse_rate, parse_spec
 from fleetrpc.jobs.aggregate import MAX_DISTINCT, add_reply
 from fleetrpc.jobs.engine import Pacer, classify
-from fleetrpc.jobs.model import ExponentialRate, Job, JobCounts, Rollout
+from fleetrpc.jobs.model import MAX_PER_MINUTE, ExponentialRate, Job, JobCounts, Rollout
 from fleetrpc.errors import DeviceOfflineError, RpcTimeoutError
 
 
@@ -169,6 +169,23 @@ def test_pacer_exponential_ramp_speeds_up_with_successes_and_respects_the_cap():
     p = Pacer(Rollout(max_per_minute=600, exponential_rate=ramp), FakeClock())
     assert p.rate(0) == 1.0 and p.rate(10) == 2.0 and p.rate(25) == 4.0
     assert p.rate(1000) == 10.0  # capped by maxPerMinute
+
+
+def test_pacer_exponential_ramp_stops_at_the_highest_rate_instead_of_overflowing():
+    # factor 2 every 10 successes: 2 ** 1024 is past a float, and the
+    # OverflowError failed the job after its 10,240th success
+    ramp = ExponentialRate(base_per_minute=60, increment_factor=2, every_succeeded=10)
+    clock = FakeClock()
+    p = Pacer(Rollout(exponential_rate=ramp), clock)
+    assert p.rate(10_240) == p.rate(10**9) == MAX_PER_MINUTE / 60
+    assert p.take(1000, 10_240) == 1
+    clock.t += 1
+    assert p.take(1000, 10_240) == 1000 and p.delay(10_240, 1000) > 0
+    capped = Pacer(Rollout(max_per_minute=600, exponential_rate=ramp), FakeClock())
+    assert capped.rate(10_240) == 10.0
+    # a product past a float is inf, not an error: capped too
+    steep = ExponentialRate(base_per_minute=MAX_PER_MINUTE, increment_factor=5, every_succeeded=1)
+    assert Pacer(Rollout(exponential_rate=steep), FakeClock()).rate(440) == MAX_PER_MINUTE / 60
 
 
 def test_classify_outcomes():

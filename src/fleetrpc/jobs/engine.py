@@ -64,6 +64,7 @@ from ..errors import (
 )
 from .aggregate import add_reply
 from .model import (
+    MAX_PER_MINUTE,
     TERMINAL_JOB,
     DeviceOutcome,
     Job,
@@ -163,9 +164,14 @@ class Pacer:
         """Devices per second now (``succeeded`` drives the exponential ramp)."""
         exp = self._exp
         if exp is not None:
-            per_min = exp.base_per_minute * exp.increment_factor ** (succeeded // exp.every_succeeded)
-            if self._max is not None:
-                per_min = min(per_min, self._max)
+            # The ramp stops at maxPerMinute, else at the highest rate a spec
+            # may ask for: uncapped, factor 2 every 10 devices overflowed a
+            # float after 10,240 successes (OverflowError) and failed the job.
+            cap = self._max if self._max is not None else MAX_PER_MINUTE
+            try:
+                per_min = min(exp.base_per_minute * exp.increment_factor ** (succeeded // exp.every_succeeded), cap)
+            except OverflowError:
+                per_min = cap
             return per_min / 60.0
         return None if self._max is None else self._max / 60.0
 
