@@ -1,7 +1,8 @@
 """The jobs REST API at its limits: input a single RPC would refuse, input
-too large or too deep.  Each case is a 400 that names the problem and
-stores nothing -- not a job accepted and then failed device by device, not
-a 500."""
+too large or too deep, and a cancel while calls are still in flight.  Each
+case is a 400 that names the problem and stores nothing -- not a job
+accepted and then failed device by device, not a 500, not a request that
+hangs."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import json
 
 import pytest
 
-from tests.jobs.fleet import until
+from fleetrpc.jobs import engine as engine_module
+from tests.jobs.fleet import until, until_finished
 from tests.jobs.test_api import refused, rows, submit
 
 pytestmark = pytest.mark.mqtt
@@ -74,3 +76,28 @@ async def test_what_a_call_or_the_registry_would_refuse_is_a_400_and_stores_noth
         await submit(api, token, {**call, "timeout": 10**12})
         status, raw, _ = await api.request("GET", "/api/jobs?pageSize=10&page=0", token)
         assert (status, json.loads(raw)["totalElements"]) == (200, 2)
+
+
+async def test_cancel_answers_while_a_call_waits_for_an_offline_device(fleet_server, world, monkeypatch):
+    monkeypatch.setattr(engine_module, "CANCEL_WAIT_S", 0.5)
+    async with fleet_server() as (server, api, fleet):
+        ids = fleet.ids
+        token = await api.login(world.tenant.email)
+        job = await submit(api, token, {"targets": {"deviceType": "pump"}, "method": "getVersion",
+                                        "persistent": True, "timeout": 60_000})
+        job_id = job["id"]["id"]
+        # the two connected pumps answer; pump-3's call waits for it (up to a minute)
+        await until(api, token, job_id, lambda j: j["result"]["counts"]["succeeded"] == 2)
+        # the cancel answers (it waited for that call until it expired)
+        status, raw, _ = await asyncio.wait_for(api.request("POST", f"/api/job/{job_id}/cancel", token), 10)
+        assert status == 200, raw
+        job = json.loads(raw)
+        assert job["status"] == "RUNNING" and job["result"]["cancellationTs"] is not None
+        assert job["result"]["counts"]["inProgress"] == 1
+        # the call in flight ends as it would have, then the job is CANCELLED
+        await fleet.connect(ids["pump-3"], {"fw": "2.1"})
+        job = await until_finished(api, token, job_id)
+        assert job["status"] == "CANCELLED"
+        assert job["result"]["counts"]["succeeded"] == 3 and job["result"]["counts"]["skipped"] == 0
+        page = await rows(api, token, job_id)
+        assert {r["status"] for r in page["data"]} == {"SUCCEEDED"} and len(page["data"]) == 3

@@ -364,11 +364,20 @@ class JobEngine:
     async def cancel(self, tenant_id: str, job_id: str) -> Job:
         """Cancel a job: targets not started are skipped; in-flight calls
         finish (or are cancelled with ``cancelInFlight``).  Returns the job
-        once it has stopped.  A finished job is returned unchanged."""
+        once it has stopped, or after :data:`CANCEL_WAIT_S` still RUNNING
+        (its calls in flight end, then it ends CANCELLED).  A finished job
+        is returned unchanged."""
         run = self._runs.get(job_id)
         if run is not None and run.job.tenant_id == tenant_id:
             run.stop(JobStatus.CANCELLED, None)
-            await asyncio.shield(run.task)
+            # Calls in flight end first (a persistent one waiting for an
+            # offline device: when it expires), so the wait is bounded: the
+            # job is then returned RUNNING, with its cancellationTs, and ends
+            # CANCELLED by itself.  (Unbounded, the request hung that long.)
+            try:
+                await asyncio.wait_for(asyncio.shield(run.task), CANCEL_WAIT_S)
+            except asyncio.TimeoutError:
+                pass
             return _copy(run.job)
         job = await self.get(tenant_id, job_id)
         if self._leases is not None and job.status not in TERMINAL_JOB:
@@ -443,7 +452,8 @@ class JobEngine:
                 log.exception("job event sink failed")
 
 
-#: How long cancel() waits for another node to stop a job it runs (s).
+#: How long cancel() waits for a job to stop (s): for its calls in flight to
+#: end, or for another node that runs it to stop it.
 CANCEL_WAIT_S = 30.0
 
 
