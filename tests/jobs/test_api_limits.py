@@ -11,7 +11,9 @@ import json
 
 import pytest
 
+from fleetrpc.errors import StoreUnavailableError
 from fleetrpc.jobs import engine as engine_module
+from tests.helpers.waiting import wait_until
 from tests.jobs.fleet import until, until_finished
 from tests.jobs.test_api import refused, rows, submit
 
@@ -101,3 +103,43 @@ async def test_cancel_answers_while_a_call_waits_for_an_offline_device(fleet_ser
         assert job["result"]["counts"]["succeeded"] == 3 and job["result"]["counts"]["skipped"] == 0
         page = await rows(api, token, job_id)
         assert {r["status"] for r in page["data"]} == {"SUCCEEDED"} and len(page["data"]) == 3
+
+
+async def test_a_job_whose_end_could_not_be_stored_is_not_left_running(fleet_server, world, monkeypatch):
+    monkeypatch.setattr(engine_module, "CANCEL_WAIT_S", 0.5)
+    async with fleet_server() as (server, api, fleet):
+        token = await api.login(world.tenant.email)
+        repo = server.ctx.jobs.repo
+        down = True
+
+        def failing(method):
+            async def write(*args, **kwargs):
+                if down:
+                    raise StoreUnavailableError("the database is down (test)")
+                return await method(*args, **kwargs)
+            return write
+
+        # one device a minute: the first starts, the others wait
+        job = await submit(api, token, {"targets": {"all": True}, "method": "getVersion",
+                                        "rollout": {"maxPerMinute": 1}})
+        job_id = job["id"]["id"]
+        await until(api, token, job_id, lambda j: j["result"]["counts"]["queued"] == 7
+                    and j["result"]["counts"]["inProgress"] == 0)
+        # the database goes down as the job is cancelled: its end cannot be stored
+        monkeypatch.setattr(repo, "record", failing(repo.record))
+        monkeypatch.setattr(repo, "save", failing(repo.save))
+        status, raw, _ = await asyncio.wait_for(api.request("POST", f"/api/job/{job_id}/cancel", token), 10)
+        assert status == 200, raw
+        await asyncio.sleep(0.3)
+        down = False
+        # once it is back, the job's end is stored (it was left RUNNING in the
+        # store, with nothing running it, and could be neither cancelled nor
+        # deleted until a restart)
+        tenant_id = job["tenantId"]["id"]
+        await wait_until(lambda: server.ctx.jobs._runs == {}, timeout=10)
+        stored = await repo.get(tenant_id, job_id)
+        assert stored.status.value == "CANCELLED" and stored.counts.skipped == 7
+        job = await until_finished(api, token, job_id)
+        assert job["status"] == "CANCELLED" and job["result"]["counts"]["skipped"] == 7
+        status, raw, _ = await api.request("DELETE", f"/api/job/{job_id}", token)
+        assert status == 200, raw

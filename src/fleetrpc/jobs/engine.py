@@ -683,7 +683,7 @@ class _Run:
             if self._halted:
                 await self.flush()
                 return
-            await self._finish(self.stop_status or JobStatus.COMPLETED)
+            await self._end(self.stop_status or JobStatus.COMPLETED)
         except asyncio.CancelledError:
             raise
         except LeaseLostError:
@@ -695,12 +695,37 @@ class _Run:
             log.exception("job %s failed", job.id)
             job.general_error = f"{type(exc).__name__}: {exc}"
             try:
-                await self._finish(JobStatus.FAILED)
+                await self._end(JobStatus.FAILED)
             except Exception:
                 log.exception("job %s: could not store its failure", job.id)
         finally:
             for task in list(self._tasks):
                 task.cancel()
+
+    async def _end(self, status: JobStatus) -> None:
+        """:meth:`_finish`, retried while the database refuses the write
+        (backing off up to 30 s) until it is stored or the engine closes
+        (then the job is resumed on the next start).  Given up at once,
+        the job stayed RUNNING in the store with nothing running it: it
+        could be neither cancelled nor deleted until a restart."""
+        delay = 0.5
+        while True:
+            try:
+                await self._finish(status)
+                return
+            except LeaseLostError:
+                raise
+            except Exception as exc:
+                if self._halted or self._abandoned:
+                    raise
+                log.warning("job %s: storing its end (%s) failed (%s); retrying in %.1f s",
+                            self.job.id, status.value, exc, delay)
+            self.wake.clear()
+            try:
+                await asyncio.wait_for(self.wake.wait(), delay)  # halt() wakes it
+            except asyncio.TimeoutError:
+                pass
+            delay = min(delay * 2, 30.0)
 
     async def _roll_out(self, targets: TargetSource) -> None:
         job = self.job
