@@ -143,3 +143,17 @@ async def test_a_job_whose_end_could_not_be_stored_is_not_left_running(fleet_ser
         assert job["status"] == "CANCELLED" and job["result"]["counts"]["skipped"] == 7
         status, raw, _ = await api.request("DELETE", f"/api/job/{job_id}", token)
         assert status == 200, raw
+
+
+async def test_the_openapi_document_says_what_the_job_routes_answer(start_server, world):
+    async with start_server() as (server, api):
+        status, raw, _ = await api.request("GET", "/api/openapi.json")
+        assert status == 200, raw
+        paths = json.loads(raw)["paths"]
+        for path, method in (("/api/job/{job_id}", "get"), ("/api/job/{job_id}", "delete"),
+                             ("/api/job/{job_id}/cancel", "post"), ("/api/job/{job_id}/devices", "get")):
+            assert "404" in paths[path][method]["responses"], (path, method)
+        size = next(p for p in paths["/api/job/{job_id}/devices"]["get"]["parameters"] if p["name"] == "pageSize")
+        assert size["description"] == "Rows per page (1-10000)"
+        targets = json.loads(raw)["components"]["schemas"]["Targets"]["description"]
+        assert "SQL" not in targets and "every other character matches" in targets

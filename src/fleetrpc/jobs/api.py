@@ -184,6 +184,8 @@ def setup(app: web.Application, ctx: Any) -> None:
     the registry-backed target resolver)."""
     r = app.router
     paging = (Param("pageSize", int, True, "Jobs per page (1-10000)"), Param("page", int, True, "Page, from 0"))
+    row_paging = (Param("pageSize", int, True, "Rows per page (1-10000)"), paging[1])
+    not_found = {404: "No such job in this tenant"}
     operation(app, r.add_post("/api/jobs", create), tag="jobs", body=JobSpec, response=JobView,
               summary="Create and start a job: one RPC to many devices",
               statuses={400: "Bad job (the message names the field)", 403: "A target the user may not reach"})
@@ -192,12 +194,16 @@ def setup(app: web.Application, ctx: Any) -> None:
               query=paging + (Param("statuses", str, False, "Comma-separated job statuses"),))
     operation(app, r.add_get("/api/job/{job_id}", get), tag="jobs", response=JobView,
               summary="A job: status, counts per outcome, aggregate of the replies",
-              statuses={404: "No such job in this tenant"})
+              statuses=not_found)
     operation(app, r.add_post("/api/job/{job_id}/cancel", cancel), tag="jobs", response=JobView,
-              summary="Cancel a job: devices not started are skipped", statuses={404: "No such job"})
+              summary="Cancel a job: devices not started are skipped (answers within 30 s; a job "
+                      "with calls still in flight comes back RUNNING, with its cancellationTs)",
+              statuses=not_found)
     operation(app, r.add_delete("/api/job/{job_id}", delete), tag="jobs", response_kind="empty",
-              summary="Delete a finished job (tenant administrator)", statuses={400: "The job is still running"})
+              summary="Delete a finished job (tenant administrator)",
+              statuses={400: "The job is still running", **not_found})
     operation(app, r.add_get("/api/job/{job_id}/devices", devices), tag="jobs", response=JobDevicePage,
               summary="A job's per-device results, in device order",
-              query=paging + (Param("status", str, False, "One device outcome",
+              statuses=not_found,
+              query=row_paging + (Param("status", str, False, "One device outcome",
                                     tuple(o.value for o in DeviceOutcome)),))

@@ -91,9 +91,10 @@ class FailureType(str, enum.Enum):
 class Targets(msgspec.Struct, kw_only=True, omit_defaults=True, rename="camel", forbid_unknown_fields=True):
     """Which devices a job reaches: exactly one selector.
 
-    ``device_ids`` (a list), ``device_type``, ``label``, ``name_pattern``
-    (SQL ``LIKE`` with ``*`` as the wildcard), ``customer_id``, or ``all``
-    (every device of the tenant).
+    ``device_ids`` (a list, at most 100,000), ``device_type``, ``label``,
+    ``name_pattern`` (``*`` is the wildcard, every other character matches
+    itself, case-sensitively), ``customer_id``, or ``all`` (every device of
+    the tenant).  Each string is at most 255 characters.
     """
 
     device_ids: list[str] | None = None
