@@ -232,3 +232,24 @@ async def test_metrics_ask_for_their_token_when_one_is_set(start_server, world):
         assert status == 200 and b"fleetrpc_devices_online" in body
         # health checks stay open for the load balancer
         assert (await api.request("GET", "/healthz"))[0] == 200
+
+
+async def test_the_longest_timeout_is_stored_on_both_stores(start_server, world, mqtt_url):
+    """Every timeout REST accepts (up to ``MAX_TIMEOUT_MS``) is stored with a
+    persistent call: PostgreSQL's 32-bit column answered 500 past 24.8 days
+    while SQLite stored it."""
+    from fleetrpc.dispatch.options import MAX_TIMEOUT_MS
+
+    async with start_server() as (server, api):
+        tenant = await api.login(world.tenant.email)
+        for timeout in (2**31, MAX_TIMEOUT_MS):
+            status, body, _ = await api.request("POST", f"/api/rpc/twoway/{world.dev_t1.id}", tenant,
+                                                json={"method": "echo", "persistent": True, "timeout": timeout})
+            assert status == 200, body
+            rpc_id = json.loads(body)["rpcId"]
+            status, body, _ = await api.request("GET", f"/api/rpc/persistent/{rpc_id}", tenant)
+            assert status == 200 and json.loads(body)["status"] == "QUEUED", body
+            assert (await server.ctx.store.get(rpc_id, world.t1)).timeout_ms == timeout
+        status, body, _ = await api.request("POST", f"/api/rpc/twoway/{world.dev_t1.id}", tenant,
+                                            json={"method": "echo", "persistent": True, "timeout": MAX_TIMEOUT_MS + 1})
+        assert status == 400 and b"timeout" in body

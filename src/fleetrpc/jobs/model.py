@@ -187,10 +187,6 @@ MAX_TEXT = 255
 #: a smaller one is a mistake, and 5e-324 made the rate per second 0.0 (the
 #: pacer divided by it and the job failed).
 MIN_PER_MINUTE = 0.001
-#: A persistent call's timeout is stored in a 32-bit column (the rpc table,
-#: PostgreSQL ``integer``): a longer one failed every device's call with a
-#: database error (about 24.8 days).
-MAX_PERSISTENT_TIMEOUT_MS = 2**31 - 1
 MAX_PER_MINUTE = 6_000_000
 
 
@@ -246,9 +242,6 @@ def check_spec(spec: JobSpec) -> None:
                               f"not {spec.expiration_time}")
     if spec.persistent:
         # Stored with every call: what the database cannot store fails the calls.
-        if spec.timeout is not None and spec.timeout > MAX_PERSISTENT_TIMEOUT_MS:
-            raise ValidationError(f"timeout of a persistent job must be at most {MAX_PERSISTENT_TIMEOUT_MS} "
-                                  f"milliseconds, not {spec.timeout}")
         problem = text_problem(spec.method)
         if problem is not None:
             raise ValidationError(f"method cannot be stored: {problem}")

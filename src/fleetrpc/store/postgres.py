@@ -67,7 +67,7 @@ _PG_TYPES = {
     "oneway": "boolean",
     "persisted": "boolean",
     "retries": "integer",
-    "timeout_ms": "integer",
+    "timeout_ms": "bigint",  # migration 0004
     "attempts": "integer",
     "lease_until": "bigint",
 }
