@@ -360,12 +360,17 @@ class DeviceRepository:
             return
         await listen(self.db, device_channel(getattr(self.db, "schema", None)), self._heard, name="devices")
 
-    async def _notify_deleted(self, removed: Iterable[tuple[Device, str | None]]) -> None:
+    async def announce_deleted(self, removed: Iterable[tuple[Device, str | None]]) -> None:
+        """After the commit of a caller's transaction that deleted devices
+        (:func:`delete_devices`, e.g. with their tenant): tell the listeners
+        of this node and the others, as :meth:`delete` does."""
         changes = [DeviceChange("deleted", device, None, token) for device, token in removed]
         if changes:
             await self._notify(changes)
 
-    async def _notify_assigned(self, devices: Iterable[Device]) -> None:
+    async def announce_assigned(self, devices: Iterable[Device]) -> None:
+        """After the commit of a caller's transaction that changed devices'
+        customer (:func:`unassign_devices`, e.g. with their customer)."""
         changes = [DeviceChange("assigned", device, None) for device in devices]
         if changes:
             await self._notify(changes)
@@ -691,7 +696,7 @@ class DeviceRepository:
             removed = await delete_devices(conn, tenant_id, device_id)
         if not removed:
             raise EntityNotFoundError(f"Device with id [{device_id}] is not found")
-        await self._notify_deleted(removed)
+        await self.announce_deleted(removed)
 
     # -- credentials -----------------------------------------------------------
 

@@ -182,7 +182,7 @@ class TenantRepository:
         if self._users is not None:
             await self._users.announce_revoked(revoked)
         if self._devices is not None and removed:
-            await self._devices._notify_deleted(removed)
+            await self._devices.announce_deleted(removed)
 
 
 class CustomerRepository:
@@ -296,4 +296,4 @@ class CustomerRepository:
         if self._users is not None:
             await self._users.announce_revoked(revoked)
         if self._devices is not None and unassigned:
-            await self._devices._notify_assigned(unassigned)
+            await self._devices.announce_assigned(unassigned)
