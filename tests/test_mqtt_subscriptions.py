@@ -17,21 +17,35 @@ async def _publisher(mqtt_url: str) -> MqttTransport:
     return t
 
 
+async def _barrier(t: MqttTransport, pub: MqttTransport, barriers: list[str], topic: str) -> None:
+    """Return once the broker has handled every (un)subscription ``t`` sent
+    before: Mosquitto takes one connection's packets in order, so a message
+    under a filter subscribed last arriving means the earlier ones hold (a
+    guessed sleep lost messages on a loaded machine)."""
+    t.subscribe([(topic, 1)])
+    for _ in range(200):
+        pub.publish(topic, b"", 1)
+        await asyncio.sleep(0.05)
+        if topic in barriers:
+            return
+    raise AssertionError(f"{topic} was not subscribed in 10 s")
+
+
 async def test_subscriptions_follow_every_change_and_every_reconnect(mqtt_url):
     root = f"subs{uuid.uuid4().hex[:8]}"
     got: list[str] = []
+    barriers: list[str] = []
     t = MqttTransport(mqtt_url, reconnect_delay=0.05)
-    t.on_message = lambda topic, payload, props: got.append(topic)
+    t.on_message = lambda topic, payload, props: (barriers if "/barrier/" in topic else got).append(topic)
     t.subscribe([(f"{root}/before", 1), (f"{root}/dropped-before", 1)])
     t.unsubscribe([f"{root}/dropped-before"])
     await t.start([(f"{root}/start", 1)])
     many = [(f"{root}/many/{i}", 1) for i in range(SUBSCRIBE_CHUNK + 7)]  # two packets
     t.subscribe(many + [(f"{root}/dropped", 1)])
-    await asyncio.sleep(0.2)
     t.unsubscribe([f"{root}/dropped"])
     pub = await _publisher(mqtt_url)
     try:
-        await asyncio.sleep(0.2)
+        await _barrier(t, pub, barriers, f"{root}/barrier/1")
         wanted = {f"{root}/before", f"{root}/start", f"{root}/many/0", f"{root}/many/{SUBSCRIBE_CHUNK + 6}"}
         for topic in sorted(wanted | {f"{root}/dropped-before", f"{root}/dropped"}):
             pub.publish(topic, b"1", 1)
@@ -45,7 +59,7 @@ async def test_subscriptions_follow_every_change_and_every_reconnect(mqtt_url):
         t.subscribe([(f"{root}/while-down", 1)])
         t.unsubscribe([f"{root}/before"])
         await wait_until(lambda: t.reconnects == 1 and t._up)
-        await asyncio.sleep(0.2)
+        await _barrier(t, pub, barriers, f"{root}/barrier/2")
         wanted = {f"{root}/while-down", f"{root}/start", f"{root}/many/{SUBSCRIBE_CHUNK}"}
         for topic in sorted(wanted | {f"{root}/before"}):
             pub.publish(topic, b"2", 1)
