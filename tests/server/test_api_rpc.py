@@ -214,7 +214,7 @@ async def test_a_device_created_on_another_node_is_served_at_once(start_server, 
         dev.add_method("echo", lambda p: p)
         await dev.connect()
         try:
-            await asyncio.sleep(0.3)  # its presence has arrived, and was held
+            await wait_until(lambda: made.id in ctx.dispatcher.presence._unverified)  # arrived, and held
             assert made.id not in ctx.registered_devices and not ctx.dispatcher.is_online(made.id)
             token = await api.login(world.tenant.email)
             status, body, _ = await api.request("POST", f"{V2}/twoway/{made.id}", token,
