@@ -176,3 +176,14 @@ class EntitiesLimitExceededError(ValidationError):
         self.entity_type = entity_type
         self.limit = limit
         super().__init__(f"{entity_type.replace('_', ' ').capitalize()}s limit reached")
+
+
+class BusyError(FleetRpcError):
+    """More work of one kind is waiting than the server takes at once (the
+    password checks of a burst of logins); nothing was done.  The REST API
+    answers 429 with ``Retry-After``."""
+
+    def __init__(self, message: str, retry_after_s: int = 1) -> None:
+        super().__init__(message)
+        #: seconds after which trying again is sensible
+        self.retry_after_s = retry_after_s

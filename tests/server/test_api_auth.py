@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
 from urllib.parse import urlsplit
 
@@ -12,6 +13,8 @@ import jwt
 import pytest
 
 from fleetrpc.api.auth import NULL_UUID
+
+from tests.helpers.waiting import wait_until
 
 from .conftest import SECRET
 
@@ -138,6 +141,49 @@ async def test_rate_limits(start_server, world):
         assert (status, e["errorCode"], e["message"]) == (429, 33, "Too many requests for current tenant!")
         # another tenant has its own bucket
         assert (await api.request("GET", "/api/auth/user", await api.login(world.tenant2.email)))[0] == 200
+
+
+class _GatedHasher:
+    """A password hasher whose checks wait for ``gate``: logins that pile
+    up while the hashing threads are busy."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+        self.gate = threading.Event()
+        self.checking = 0
+
+    def verify(self, stored, password):
+        self.checking += 1
+        self.gate.wait(30)
+        return self.inner.verify(stored, password)
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+async def test_a_burst_of_logins_is_bounded_and_keeps_the_default_executor_free(start_server, world):
+    """Password checks run on threads of their own: a burst of logins never
+    holds the loop's default executor (host name lookups of reconnects),
+    and past ``max_waiting_hashes`` a login is answered 429 at once."""
+    async with start_server() as (server, api):
+        users = server.ctx.users
+        users.hasher = gated = _GatedHasher(users.hasher)
+        users.max_waiting_hashes = 8
+        login = {"username": world.tenant.email, "password": "secret"}
+        try:
+            waiting = [asyncio.ensure_future(api.request("POST", "/api/auth/login", json=login)) for _ in range(8)]
+            await wait_until(lambda: gated.checking >= 2)
+            # more logins wait than the default executor has threads, yet it answers
+            assert await asyncio.wait_for(asyncio.to_thread(lambda: "free"), 5) == "free"
+            await wait_until(lambda: users._waiting_hashes == 8)
+            status, e = await _error(api, "POST", "/api/auth/login", json=login)
+            assert (status, e["errorCode"], e["message"]) == (429, 33, "Too many logins at once: try again in a moment")
+            assert (await api.request("POST", "/api/auth/login", json=login))[2].headers["Retry-After"] == "1"
+        finally:
+            gated.gate.set()
+        assert [r[0] for r in await asyncio.gather(*waiting)] == [200] * 8
+        assert users._waiting_hashes == 0
+        await api.login(world.tenant.email)
 
 
 async def _raw_get(url: str, path: str, header: bytes) -> tuple[int, bytes]:

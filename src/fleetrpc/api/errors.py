@@ -25,7 +25,14 @@ import time
 import msgspec
 from aiohttp import web
 
-from ..errors import AlreadyExistsError, EntitiesLimitExceededError, EntityNotFoundError, StoreError, ValidationError
+from ..errors import (
+    AlreadyExistsError,
+    BusyError,
+    EntitiesLimitExceededError,
+    EntityNotFoundError,
+    StoreError,
+    ValidationError,
+)
 
 __all__ = [
     "ApiError",
@@ -193,8 +200,9 @@ def answer_for(request: web.Request, exc: Exception, limit: int) -> web.Response
     errorCode 31; a tenant at its limit of devices
     (EntitiesLimitExceededError: "Devices limit reached") -> 403, errorCode
     41, with ``entityType`` and ``limit``; an entity that is not there (in
-    the caller's tenant) -> 404, errorCode 32; another database failure ->
-    500, errorCode 46."""
+    the caller's tenant) -> 404, errorCode 32; too much of one kind of work
+    at once (BusyError: a burst of logins) -> 429, errorCode 33, with
+    ``Retry-After``; another database failure -> 500, errorCode 46."""
     if isinstance(exc, ApiError):
         return exc.response()
     if isinstance(exc, EntitiesLimitExceededError):
@@ -203,6 +211,10 @@ def answer_for(request: web.Request, exc: Exception, limit: int) -> web.Response
         return error_response(400, str(exc), ErrorCode.BAD_REQUEST_PARAMS)
     if isinstance(exc, EntityNotFoundError):
         return error_response(404, str(exc), ErrorCode.ITEM_NOT_FOUND)
+    if isinstance(exc, BusyError):
+        response = error_response(429, str(exc), ErrorCode.TOO_MANY_REQUESTS)
+        response.headers["Retry-After"] = str(exc.retry_after_s)
+        return response
     if isinstance(exc, StoreError):
         log.error("database error in %s %s", request.method, loggable_path(request.path), exc_info=exc)
         return error_response(500, "Database error", ErrorCode.DATABASE)

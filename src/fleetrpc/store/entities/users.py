@@ -5,7 +5,11 @@ profile as that library defaults it): memory-hard, so a stolen table is
 expensive to guess through on GPUs, and without bcrypt's silent 72-byte
 truncation.  Hashing takes tens of milliseconds of CPU on purpose, so it
 runs in a worker thread (argon2-cffi releases the GIL), never on the event
-loop.  :meth:`UserRepository.verify` costs the same whether or not the
+loop: on threads of its own, one per core, so that a burst of logins never
+holds the loop's default executor (which also resolves host names when the
+broker connection comes back); past ``max_waiting_hashes`` checks at once
+a login is refused at once (:class:`~fleetrpc.errors.BusyError`, REST 429)
+instead of queueing behind seconds of others' hashing.  :meth:`UserRepository.verify` costs the same whether or not the
 email exists (a dummy hash is checked for unknown emails), so timing does
 not tell which accounts exist.
 
@@ -31,13 +35,15 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Iterable
 from typing import Any
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
-from ...errors import AlreadyExistsError, EntityNotFoundError, ValidationError
+from ...errors import AlreadyExistsError, BusyError, EntityNotFoundError, ValidationError
 from ..db import Database, listen
 from .model import (
     User,
@@ -83,6 +89,18 @@ _USER_COLUMNS = (
 _SORT = {"createdTime": "created_time", "email": "email", "firstName": "first_name", "lastName": "last_name"}
 
 
+#: The threads password hashes run on (made on first use, one per core:
+#: Argon2 is CPU-bound and takes 64 MiB per hash, more threads only cost memory).
+_hash_pool: ThreadPoolExecutor | None = None
+
+
+def _hash_threads() -> ThreadPoolExecutor:
+    global _hash_pool
+    if _hash_pool is None:
+        _hash_pool = ThreadPoolExecutor(max(2, os.cpu_count() or 2), thread_name_prefix="fleetrpc-argon2")
+    return _hash_pool
+
+
 def default_password_hasher() -> PasswordHasher:
     """argon2-cffi's defaults (Argon2id, RFC 9106 low-memory profile)."""
     return PasswordHasher()
@@ -116,6 +134,11 @@ class UserRepository:
         self.hasher = hasher or default_password_hasher()
         self._dummy_hash: str | None = None
         self._revocation_listeners: list[RevocationListener] = []
+        #: Most password hashes and checks waiting or running at once (about
+        #: 50 ms of a core each: 128 is ~3 s of work on two cores); more
+        #: are refused with BusyError.
+        self.max_waiting_hashes = 128
+        self._waiting_hashes = 0
 
     # -- token revocation -------------------------------------------------------
 
@@ -233,7 +256,19 @@ class UserRepository:
                      name="users", on_connected=connected)
 
     async def _hash(self, password: str) -> str:
-        return await asyncio.to_thread(self.hasher.hash, password)
+        return await self._in_hash_threads(self.hasher.hash, password)
+
+    async def _in_hash_threads(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn(*args)`` on the hashing threads, or BusyError when
+        ``max_waiting_hashes`` are already waiting.  A caller cancelled
+        while its hash waits takes it out of the queue."""
+        if self._waiting_hashes >= self.max_waiting_hashes:
+            raise BusyError("Too many logins at once: try again in a moment")
+        self._waiting_hashes += 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(_hash_threads(), fn, *args)
+        finally:
+            self._waiting_hashes -= 1
 
     async def create(
         self,
@@ -386,7 +421,7 @@ class UserRepository:
                                         check_uuid("user id", user_id))
         if stored is None:
             return False
-        return await asyncio.to_thread(self._check, stored, password)
+        return await self._in_hash_threads(self._check, stored, password)
 
     async def verify(self, email: str, password: str) -> User | None:
         """The user when ``password`` is theirs, else None (unknown email,
@@ -407,7 +442,7 @@ class UserRepository:
             if self._dummy_hash is None:
                 self._dummy_hash = await self._hash("fleetrpc: no such user")
             stored = self._dummy_hash
-        ok = await asyncio.to_thread(self._check, stored, password)
+        ok = await self._in_hash_threads(self._check, stored, password)
         if not ok or row is None or row["password_hash"] is None:
             return None
         if self.hasher.check_needs_rehash(stored):
