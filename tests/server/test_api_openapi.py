@@ -93,3 +93,40 @@ async def test_property_based_from_openapi(start_server, world):
         token = await api.login(world.tenant2.email)
         status, body, _ = await api.request("GET", "/api/tenant/devices?pageSize=10&page=0", token)
         assert status == 200 and [d["name"] for d in json.loads(body)["data"]] == [world.dev_t2.name]
+
+
+def _answer_schema(doc: dict, path: str, method: str, status: int) -> dict:
+    """The JSON schema of one described answer, with the components its
+    $refs point at (OpenAPI 3.0's schemas are draft 4's, near enough)."""
+    answer = doc["paths"][path][method]["responses"][str(status)]
+    return {**answer["content"]["application/json"]["schema"], "components": doc["components"]}
+
+
+async def test_routes_creating_devices_describe_the_device_limit_403(start_server, world):
+    """POST /api/device and /api/device-with-credentials answer ThingsBoard's
+    403 errorCode 41 (with entityType and limit) at store.max_devices_per_tenant;
+    the document says so, and the real answer fits what it describes.  A
+    route that creates nothing keeps the plain 403 (errorCode 20)."""
+    import jsonschema_rs
+
+    async with start_server(store={"max_devices_per_tenant": 3}) as (server, api):  # the world's three
+        _, body, _ = await api.request("GET", "/api/openapi.json")
+        doc = json.loads(body)
+        admin = await api.login(world.tenant.email)
+        for path, payload in (("/api/device", {"name": "Fourth"}),
+                              ("/api/device-with-credentials",
+                               {"device": {"name": "Fourth"},
+                                "credentials": {"credentialsType": "ACCESS_TOKEN", "credentialsId": "fourth"}})):
+            described = doc["paths"][path]["post"]["responses"]["403"]
+            assert "errorCode 41" in described["description"], described
+            assert "errorCode 20" in described["description"], described  # a customer user still gets that
+            schema = _answer_schema(doc, path, "post", 403)
+            status, body, _ = await api.request("POST", path, admin, json=payload)
+            assert status == 403 and json.loads(body)["errorCode"] == 41, body
+            jsonschema_rs.Draft4Validator(schema).validate(json.loads(body))
+            # the limit's fields are described, not merely allowed
+            assert "EntitiesLimitBody" in json.dumps(schema["anyOf"])
+            assert set(doc["components"]["schemas"]["EntitiesLimitBody"]["required"]) >= {"entityType", "limit"}
+        plain = doc["paths"]["/api/device/{deviceId}"]["get"]["responses"]["403"]
+        assert plain == {"description": "Permission denied (errorCode 20)",
+                         "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}}

@@ -19,7 +19,7 @@ from aiohttp import web
 from .errors import ErrorBody
 from .keys import OPERATIONS
 
-__all__ = ["Operation", "Param", "operation", "openapi_document", "setup"]
+__all__ = ["Answer", "Operation", "Param", "operation", "openapi_document", "setup"]
 
 
 class Param(msgspec.Struct, frozen=True):
@@ -32,6 +32,17 @@ class Param(msgspec.Struct, frozen=True):
     enum: tuple[str, ...] = ()
 
 
+class Answer(msgspec.Struct, frozen=True):
+    """An extra status whose JSON body is not the plain error body (a
+    route's ``statuses`` give others as a bare description).  When the
+    status is one every authenticated route answers already (403: errorCode
+    20), the two are described together: both descriptions, either body."""
+
+    description: str
+    #: the msgspec type of the answer's JSON body
+    body: Any
+
+
 class Operation(msgspec.Struct, frozen=True):
     method: str
     path: str
@@ -42,8 +53,8 @@ class Operation(msgspec.Struct, frozen=True):
     #: the answer is not JSON: "text" (bare text) or "empty"
     response_kind: str = "json"
     query: tuple[Param, ...] = ()
-    #: extra statuses -> description
-    statuses: dict[int, str] = {}
+    #: extra statuses -> a description, or an Answer (a description and a body)
+    statuses: dict[int, str | Answer] = {}
     public: bool = False
 
 
@@ -57,7 +68,7 @@ def operation(
     response: Any = None,
     response_kind: str = "json",
     query: tuple[Param, ...] | list[Param] = (),
-    statuses: dict[int, str] | None = None,
+    statuses: dict[int, str | Answer] | None = None,
 ) -> web.AbstractRoute:
     """Record ``route`` in the API description (returns it)."""
     info = route.resource.get_info() if route.resource is not None else {}
@@ -87,7 +98,8 @@ def openapi_document(app: web.Application, *, title: str = "fleetrpc", version: 
     ops: list[Operation] = app[OPERATIONS]
     types: list[Any] = [ErrorBody]
     for op in ops:
-        for t in (op.body, op.response):
+        answers = [a.body for a in op.statuses.values() if isinstance(a, Answer)]
+        for t in (op.body, op.response, *answers):
             if t is not None and t not in types:
                 types.append(t)
     schemas, components = msgspec.json.schema_components(types, ref_template="#/components/schemas/{name}")
@@ -119,7 +131,17 @@ def openapi_document(app: web.Application, *, title: str = "fleetrpc", version: 
             for status, text in _STD_ERRORS.items():
                 responses[str(status)] = {"description": text, **error}
         for status, text in op.statuses.items():
-            responses[str(status)] = {"description": text}
+            if not isinstance(text, Answer):
+                responses[str(status)] = {"description": text}
+                continue
+            schema = ref[text.body]
+            description = text.description
+            std = responses.get(str(status))
+            if std is not None and "content" in std:
+                description = f"{std['description']}; or {description}"
+                schema = {"anyOf": [ref[ErrorBody], schema]}
+            responses[str(status)] = {"description": description,
+                                      "content": {"application/json": {"schema": schema}}}
         spec: dict[str, Any] = {
             "tags": [op.tag], "summary": op.summary, "operationId": _operation_id(op),
             "parameters": params, "responses": responses,

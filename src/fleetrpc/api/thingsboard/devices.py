@@ -67,9 +67,9 @@ from ...store.entities import NULL_UUID, CredentialsInput, DeviceInput, is_gatew
 from ...store.entities.model import device_profile_id
 from ...wire import node_id_of
 from ..auth import CUSTOMER_USER, TENANT_ADMIN
-from ..errors import ApiError
+from ..errors import ApiError, EntitiesLimitBody
 from ..keys import CTX, PRINCIPAL
-from ..openapi import Param, operation
+from ..openapi import Answer, Param, operation
 from .access import (
     check_uuid,
     customer_for_read,
@@ -507,11 +507,14 @@ def setup(app: web.Application, ctx: Any) -> None:
     nf = {404: "No such device (or customer) in the caller's tenant"}
     listing = (*page_params(SORT, "Substring of the name or label, case-insensitive"),
                Param("type", str, False, "Only devices of this type"))
+    # the routes that create devices: DeviceRepository.create's limit
+    creating = {**nf, 403: Answer("Devices limit reached: the tenant has store.max_devices_per_tenant "
+                                  "devices already (errorCode 41, with entityType and limit)", EntitiesLimitBody)}
     operation(app, r.add_post("/api/device", save_device), tag="devices", body=DeviceBody, response=DeviceJson,
               summary="Create a device (a random access token unless accessToken), or update the one named by id",
-              query=(Param("accessToken", str, False, "The new device's access token"),), statuses=nf)
+              query=(Param("accessToken", str, False, "The new device's access token"),), statuses=creating)
     operation(app, r.add_post("/api/device-with-credentials", save_device_with_credentials), tag="devices",
-              body=DeviceWithCredentialsBody, response=DeviceJson, statuses=nf,
+              body=DeviceWithCredentialsBody, response=DeviceJson, statuses=creating,
               summary="Create (or update) a device with the given access token")
     operation(app, r.add_get("/api/device/{deviceId}", get_device), tag="devices", response=DeviceJson,
               summary="A device", statuses=nf)
