@@ -402,11 +402,27 @@ class JobEngine:
         return job
 
     async def delete(self, tenant_id: str, job_id: str) -> None:
-        """Delete a finished job and its per-device rows (cancel it first)."""
+        """Delete a finished job and its per-device rows (cancel it first).
+
+        A job reads finished as soon as its run decides so, before its last
+        outcomes and its end are stored: the delete waits for that write
+        (:data:`DELETE_WAIT_S` at most: the database may be refusing it),
+        and a run still there afterwards stops without writing anything
+        more (the repository also refuses rows for a job that is gone)."""
         job = await self.get(tenant_id, job_id)
         if job.status not in TERMINAL_JOB:
             raise ValidationError("cancel the job before deleting it")
+        run = self._runs.get(job_id)
+        if run is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(run.task), DELETE_WAIT_S)
+            except asyncio.TimeoutError:
+                pass
         await self.repo.delete(tenant_id, job_id)
+        run = self._runs.get(job_id)
+        if run is not None:
+            log.info("job %s: deleted before its end was stored; its run stops", job_id)
+            run.abandon()
 
     async def wait(self, tenant_id: str, job_id: str, timeout: float | None = None) -> Job:
         """Wait until the job has finished; returns it."""
@@ -455,6 +471,8 @@ class JobEngine:
 #: How long cancel() waits for a job to stop (s): for its calls in flight to
 #: end, or for another node that runs it to stop it.
 CANCEL_WAIT_S = 30.0
+#: How long delete() waits for a finished job's last write (s).
+DELETE_WAIT_S = 5.0
 
 
 def _lease(job_id: str) -> str:
@@ -606,7 +624,7 @@ class _Run:
             await self.engine.repo.record(snapshot, rows, self.fence)
             for batch in marked:
                 batch.devices = ()  # their rows are written: only the counts are needed now
-        except LeaseLostError:
+        except (LeaseLostError, JobNotFoundError):  # taken over, or deleted: write nothing more
             self.abandon()
             raise
         except BaseException:
@@ -689,6 +707,9 @@ class _Run:
         except LeaseLostError:
             self._abandoned = True
             log.warning("job %s: lease lost; the node that took it over resumes it", job.id)
+        except JobNotFoundError:
+            self._abandoned = True
+            log.info("job %s: deleted; its run stops", job.id)
         except Exception as exc:
             if self._abandoned:
                 return
@@ -713,7 +734,7 @@ class _Run:
             try:
                 await self._finish(status)
                 return
-            except LeaseLostError:
+            except (LeaseLostError, JobNotFoundError):
                 raise
             except Exception as exc:
                 if self._halted or self._abandoned:
@@ -942,7 +963,7 @@ class _Run:
                     # Shielded: the run cancels this loop when it ends, and a
                     # write is finished, not cut (the run's last flush waits).
                     await asyncio.shield(self.flush())
-                except LeaseLostError:
+                except (LeaseLostError, JobNotFoundError):
                     return
                 except Exception as exc:  # the database is down: keep the rows, retry
                     log.warning("job %s: writing outcomes failed (%s); will retry", self.job.id, exc)

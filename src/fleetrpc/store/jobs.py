@@ -9,6 +9,13 @@ Writes are batched by the engine: each is one transaction holding the job
 recorded since the last one.  A device's row is written once, with its
 outcome; a call in flight for longer than a second gets an IN_PROGRESS row
 first, which its outcome then replaces.
+
+A write never brings back a deleted job, nor stores rows for one: the job
+row is updated first and the rows only if it was there
+(:class:`~fleetrpc.jobs.engine.JobNotFoundError` otherwise).  On
+PostgreSQL that update locks the row, so a concurrent ``DELETE`` either
+waits for the write and then deletes its rows too, or commits first and
+the write finds no job.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from typing import Any
 import msgspec
 
 from ..errors import LeaseLostError
+from ..jobs.engine import JobNotFoundError
 from ..jobs.model import DeviceOutcome, Job, JobCounts, JobDevice, JobSpec, JobStatus
 from .base import storable_text
 
@@ -152,7 +160,8 @@ class JobRepository:
         return [_job(r) for r in rows]
 
     async def save(self, job: Job, fence: tuple[str, int] | None = None) -> None:
-        """The job's status, counts, aggregate, cursor and times."""
+        """The job's status, counts, aggregate, cursor and times
+        (:class:`JobNotFoundError` when it was deleted)."""
         if fence is None:
             await self._save(self.db, job)
             return
@@ -162,23 +171,27 @@ class JobRepository:
 
     @staticmethod
     async def _save(conn: Any, job: Job) -> None:
-        await conn.execute(
+        n = await conn.execute(
             "UPDATE job SET status = $2, counts = $3, aggregate = $4, cursor = $5, start_ts = $6, "
             "finish_ts = $7, cancellation_ts = $8, general_error = $9, settled_through = $10 WHERE id = $1",
             job.id, job.status.value, _text(job.counts), _text(job.aggregate), job.cursor,
             job.start_ts, job.finish_ts, job.cancellation_ts, job.general_error, job.settled_through,
         )
+        if not n:
+            raise JobNotFoundError(f"job {job.id} was deleted")
 
     async def record(self, job: Job, rows: Sequence[JobDevice] = (), fence: tuple[str, int] | None = None) -> None:
         """Store per-device rows with the job as it is now, in one
         transaction (the stored counts always match the stored rows).
         A row with an outcome replaces the device's IN_PROGRESS row; an
-        IN_PROGRESS row never replaces an outcome."""
+        IN_PROGRESS row never replaces an outcome.  The job first: rows
+        written for a job deleted meanwhile would stay, orphans nobody can
+        list or delete (:class:`JobNotFoundError`, nothing stored)."""
         async with self.db.transaction() as conn:
             await _check_fence(conn, fence)
+            await self._save(conn, job)
             if rows:
                 await self._upsert_rows(conn, rows)
-            await self._save(conn, job)
 
     async def _upsert_rows(self, conn: Any, rows: Sequence[JobDevice]) -> None:
         # One statement for the batch, its rows one JSON array, on both
