@@ -44,3 +44,38 @@ async def test_demo_on_the_embedded_broker():
     assert rows["persistent call, device online"] == "SUCCESSFUL"
     assert rows["job: setValue 50 to every dimmer"] == "4/4 ok"
     assert rows["ThingsBoard firmware, two-way getTemperature"] == "200"
+
+
+@pytest.mark.parametrize("limit, devices, advice", [
+    # ThingsBoard's 9 demo devices, 3 thermostats and 4 dimmers: 16 needed
+    (15, 4, "--devices 3 or fewer"),
+    # not even the fewest dimmers (2) fit: only the setting can change
+    (13, 4, "at least 16"),
+])
+def test_demo_over_the_device_limit_fails_with_one_clear_message(tmp_path, monkeypatch, limit, devices, advice):
+    """The demo reads ./fleetrpc.toml; a store.max_devices_per_tenant lower
+    than the devices the demo makes stops it before anything starts, with
+    one line naming the setting and what to do (not a traceback)."""
+    from click.testing import CliRunner
+
+    from fleetrpc.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "fleetrpc.toml").write_text(f"[store]\nmax_devices_per_tenant = {limit}\n")
+    result = CliRunner().invoke(main, ["demo", "--once", "--port", "0", "--devices", str(devices),
+                                       "--url", "mqtt://127.0.0.1:1"])
+    assert result.exit_code == 2, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exc_info
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("fleetrpc demo: "), result.output
+    assert "Traceback" not in result.output
+    assert f"store.max_devices_per_tenant is {limit}" in lines[0] and "fleetrpc.toml" in lines[0]
+    assert "16 devices" in lines[0] and advice in lines[0]
+
+
+@pytest.mark.mqtt
+async def test_demo_runs_at_a_limit_it_fits_in(mqtt_url, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "fleetrpc.toml").write_text("[store]\nmax_devices_per_tenant = 16\n")
+    rows = await run_demo(devices=4, url=mqtt_url, port=0, once=True, console=Console(file=io.StringIO()))
+    assert rows["job: setValue 50 to every dimmer"] == "4/4 ok"

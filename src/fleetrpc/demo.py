@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import random
+import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator
@@ -40,6 +42,8 @@ ROOMS = ("kitchen", "hall", "office", "lab", "porch", "garage", "attic", "cellar
 #: Devices running ThingsBoard firmware, connected to the device endpoint
 #: (over MQTT; the last one polls over HTTP).
 THERMOSTATS = tuple(f"Thermostat {i + 1}" for i in range(3))
+#: The fewest dimmers: one stays away for the tour's offline calls.
+MIN_DIMMERS = 2
 
 
 def _ms(seconds: float) -> str:
@@ -305,11 +309,10 @@ async def _churn(fleet: dict[str, Any], stop: asyncio.Event) -> None:
             await dev.connect()
 
 
-@contextlib.asynccontextmanager
-async def _server(port: int, url: str | None, broker: str, data_dir: str,
-                  endpoint_port: int) -> AsyncIterator[Any]:
+def _settings(port: int, url: str | None, broker: str, data_dir: str, endpoint_port: int) -> Any:
+    """The server's settings: embedded defaults, ./fleetrpc.toml when
+    present (the environment is not read), the demo's own overrides."""
     from .config import load_server_settings
-    from .server import Server, ServerContext
 
     overrides: dict[str, dict[str, Any]] = {
         "server": {"data_dir": data_dir, "broker": broker, "drain_timeout_s": 2.0},
@@ -322,7 +325,35 @@ async def _server(port: int, url: str | None, broker: str, data_dir: str,
     }
     if url:
         overrides["mqtt"] = {"url": url}
-    settings = load_server_settings(env={}, overrides=overrides)
+    return load_server_settings(env={}, overrides=overrides)
+
+
+def _check_device_limit(limit: int, dimmers: int) -> None:
+    """Refuse, before anything starts, a ``store.max_devices_per_tenant``
+    the demo's tenant cannot fit in: its tour needs every device it makes
+    (the job's count, the offline dimmer, the thermostats), so making fewer
+    would show something else than it says."""
+    from .errors import EntitiesLimitExceededError
+    from .server.demo_data import DEMO_DEVICES
+
+    fixed = len(DEMO_DEVICES) + len(THERMOSTATS)
+    needed = fixed + dimmers
+    if not limit or limit >= needed:
+        return
+    where = " (set in ./fleetrpc.toml)" if os.path.exists("fleetrpc.toml") else ""
+    fit = limit - fixed
+    advice = (f"run it with --devices {fit} or fewer, or raise the setting to {needed} or more (0: no limit)"
+              if fit >= MIN_DIMMERS else f"raise the setting to at least {needed} (0: no limit)")
+    raise EntitiesLimitExceededError("DEVICE", limit, message=(
+        f"store.max_devices_per_tenant is {limit}{where}, but the demo makes {needed} devices in its "
+        f"tenant ({len(DEMO_DEVICES)} of ThingsBoard's demo devices, {len(THERMOSTATS)} thermostats, "
+        f"{dimmers} dimmers): {advice}"))
+
+
+@contextlib.asynccontextmanager
+async def _server(settings: Any) -> AsyncIterator[Any]:
+    from .server import Server, ServerContext
+
     ctx = ServerContext(settings)
     ctx.demo = True
     async with Server(settings, ctx=ctx) as server:
@@ -340,7 +371,9 @@ async def run_demo(devices: int = 200, *, url: str | None = None, port: int = 80
     console = console or Console()
     rows: list[tuple[str, str, str]] = []
     with tempfile.TemporaryDirectory(prefix="fleetrpc-demo-") as data_dir:
-        async with _server(port, url, broker, data_dir, endpoint_port) as ctx:
+        settings = _settings(port, url, broker, data_dir, endpoint_port)
+        _check_device_limit(settings.store.max_devices_per_tenant, devices)
+        async with _server(settings) as ctx:
             tenant = await ctx.tenants.by_title(TENANT_TITLE)
             titles = {c.id: c.title for c in (await ctx.customers.list(tenant.id, 100, 0)).data}
             registry = await _fleet_devices(ctx, tenant.id, devices)
@@ -380,7 +413,8 @@ async def run_demo(devices: int = 200, *, url: str | None = None, port: int = 80
 
 
 @click.command()
-@click.option("--devices", default=200, show_default=True, type=click.IntRange(min=2), help="simulated dimmers")
+@click.option("--devices", default=200, show_default=True, type=click.IntRange(min=MIN_DIMMERS),
+              help="simulated dimmers")
 @click.option("--port", default=8080, show_default=True, type=click.IntRange(0, 65535),
               help="HTTP port of the console and the API (0: any free port)")
 @click.option("--url", default=None, help="use this broker instead of starting one")
@@ -391,6 +425,11 @@ async def run_demo(devices: int = 200, *, url: str | None = None, port: int = 80
 @click.option("--once", is_flag=True, help="stop after the tour instead of serving until Ctrl-C")
 def demo(devices: int, port: int, url: str | None, broker: str, endpoint_port: int, once: bool) -> None:
     """Start the server with a simulated fleet, tour it, and serve the console."""
+    from .errors import ValidationError
     from .runner import run
 
-    run(run_demo(devices=devices, url=url, port=port, once=once, broker=broker, endpoint_port=endpoint_port))
+    try:
+        run(run_demo(devices=devices, url=url, port=port, once=once, broker=broker, endpoint_port=endpoint_port))
+    except ValidationError as exc:  # the settings (./fleetrpc.toml), the device limit among them
+        click.echo(f"fleetrpc demo: {exc}", err=True)
+        sys.exit(2)

@@ -171,11 +171,12 @@ class EntitiesLimitExceededError(ValidationError):
     message ("Devices limit reached"); its API answers 403, errorCode 41,
     with ``entityType`` and ``limit``."""
 
-    def __init__(self, entity_type: str, limit: int) -> None:
+    def __init__(self, entity_type: str, limit: int, *, message: str | None = None) -> None:
         #: the ThingsBoard entity type: "DEVICE"
         self.entity_type = entity_type
         self.limit = limit
-        super().__init__(f"{entity_type.replace('_', ' ').capitalize()}s limit reached")
+        # ``message``: a command's own explanation, in place of ThingsBoard's
+        super().__init__(message or f"{entity_type.replace('_', ' ').capitalize()}s limit reached")
 
 
 class BusyError(FleetRpcError):
