@@ -118,3 +118,67 @@ def test_admin_command(tmp_path):
     from tests.services import run_async
 
     assert run_async(check) == 3  # root, x, and the demo's sysadmin
+
+
+async def test_demo_data_stops_at_the_device_limit_naming_the_setting(repos):
+    """``fleetrpc serve --demo`` and ``fleetrpc admin load-demo`` load
+    through the repository the server uses: its limit holds, and the
+    refusal says which setting to raise rather than ThingsBoard's bare
+    "Devices limit reached"."""
+    from fleetrpc.errors import EntitiesLimitExceededError
+
+    repos.devices.max_devices_per_tenant = 5
+    with pytest.raises(EntitiesLimitExceededError, match=r"store\.max_devices_per_tenant is 5") as caught:
+        await load_demo_data(**demo_repositories(repos))
+    assert "4 of ThingsBoard's 9 demo devices were not created" in str(caught.value)
+    tenant = await repos.tenants.by_title("Tenant")
+    assert await repos.devices.count(tenant.id) == 5
+    # raised: loading again completes it
+    repos.devices.max_devices_per_tenant = 9
+    again = await load_demo_data(**demo_repositories(repos))
+    assert again.created == 4 and len(again.devices) == len(DEMO_DEVICES)
+
+
+def test_admin_load_demo_honours_the_device_limit(tmp_path, monkeypatch):
+    """The admin command reads the limit as ``fleetrpc serve`` does
+    (--config, $FLEETRPC_CONFIG, ./fleetrpc.toml, then
+    $FLEETRPC_STORE_MAX_DEVICES_PER_TENANT) and refuses with one clear line."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("FLEETRPC_CONFIG", raising=False)
+    monkeypatch.delenv("FLEETRPC_STORE_MAX_DEVICES_PER_TENANT", raising=False)
+    db = f"sqlite:///{tmp_path / 'server.db'}"
+    runner = CliRunner()
+
+    def devices() -> int:
+        async def count():
+            from fleetrpc.store.db import open_database
+            from fleetrpc.store.entities import DeviceRepository, TenantRepository
+
+            database = await open_database(db)
+            try:
+                tenant = await TenantRepository(database).by_title("Tenant")
+                return await DeviceRepository(database).count(tenant.id)
+            finally:
+                await database.close()
+
+        from tests.services import run_async
+
+        return run_async(count)
+
+    r = runner.invoke(admin, ["load-demo", "--db", db], env={"FLEETRPC_STORE_MAX_DEVICES_PER_TENANT": "5"})
+    assert r.exit_code == 1, r.output
+    assert "Traceback" not in r.output and r.output.count("\n") == 1, r.output
+    assert "store.max_devices_per_tenant is 5" in r.output
+    assert devices() == 5
+    (tmp_path / "fleetrpc.toml").write_text("[store]\nmax_devices_per_tenant = 7\n")
+    r = runner.invoke(admin, ["load-demo", "--db", db])
+    assert r.exit_code == 1 and "store.max_devices_per_tenant is 7" in r.output, r.output
+    assert devices() == 7
+    other = tmp_path / "other.toml"
+    other.write_text("[store]\nmax_devices_per_tenant = 0\n")
+    r = runner.invoke(admin, ["load-demo", "--db", db, "--config", str(other)])
+    assert r.exit_code == 0 and "2 entities created" in r.output, r.output
+    assert devices() == len(DEMO_DEVICES)
+    # a bad setting is a clear error too
+    r = runner.invoke(admin, ["load-demo", "--db", db], env={"FLEETRPC_STORE_MAX_DEVICES_PER_TENANT": "-1"})
+    assert r.exit_code == 1 and "store.max_devices_per_tenant" in r.output and "Traceback" not in r.output

@@ -12,7 +12,10 @@ starts and finds none) or from this command::
 ``--password-file -`` reads the password from standard input; without
 ``--password-file`` the password is asked for (twice) on a terminal.  The
 database URL comes from ``--db`` or ``$FLEETRPC_STORE_URL`` (the variable
-``fleetrpc serve`` reads for ``store.url``).
+``fleetrpc serve`` reads for ``store.url``).  ``load-demo`` creates devices
+within the server's ``store.max_devices_per_tenant``, read as the server
+reads it (``--config``, ``$FLEETRPC_CONFIG`` or ./fleetrpc.toml, then
+``$FLEETRPC_STORE_MAX_DEVICES_PER_TENANT``).
 """
 
 from __future__ import annotations
@@ -97,13 +100,13 @@ def _read_password(password_file: str | None) -> str:
     return text.rstrip("\r\n")
 
 
-async def _with_repos(db_url: str, fn) -> Any:
+async def _with_repos(db_url: str, fn, max_devices_per_tenant: int = 0) -> Any:
     from .store.db import open_database
     from .store.entities import CustomerRepository, DeviceRepository, TenantRepository, UserRepository
 
     db = await open_database(db_url)
     try:
-        devices = DeviceRepository(db)
+        devices = DeviceRepository(db, max_devices_per_tenant=max_devices_per_tenant)
         return await fn(
             tenants=TenantRepository(db, devices=devices), customers=CustomerRepository(db),
             users=UserRepository(db), devices=devices,
@@ -112,11 +115,23 @@ async def _with_repos(db_url: str, fn) -> Any:
         await db.close()
 
 
-def _run(db_url: str, fn) -> Any:
+def _run(db_url: str, fn, max_devices_per_tenant: int = 0) -> Any:
     try:
-        return asyncio.run(_with_repos(db_url, fn))
+        return asyncio.run(_with_repos(db_url, fn, max_devices_per_tenant))
     except FleetRpcError as e:
         raise click.ClickException(str(e)) from None
+
+
+def _device_limit(config_path: str | None) -> int:
+    """``store.max_devices_per_tenant`` as ``fleetrpc serve`` reads it (the
+    file, then the environment), so that a command creating devices is held
+    to the server's limit."""
+    from .config import load_server_settings
+
+    try:
+        return load_server_settings(config_path).store.max_devices_per_tenant
+    except ValidationError as e:
+        raise click.ClickException(f"configuration error: {e}") from None
 
 
 _db_option = click.option(
@@ -176,9 +191,13 @@ def set_password_command(db_url: str, email: str, password_file: str | None) -> 
 
 @admin.command("load-demo")
 @_db_option
-def load_demo_command(db_url: str) -> None:
-    """Load ThingsBoard's demo accounts and devices (public passwords!)."""
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
+              help="The server's TOML settings, for store.max_devices_per_tenant "
+                   "(default: $FLEETRPC_CONFIG, else ./fleetrpc.toml if present)")
+def load_demo_command(db_url: str, config_path: str | None) -> None:
+    """Load ThingsBoard's demo accounts and devices (public passwords!),
+    within the server's store.max_devices_per_tenant."""
     from .server.demo_data import load_demo_data
 
-    demo = _run(db_url, load_demo_data)
+    demo = _run(db_url, load_demo_data, _device_limit(config_path))
     click.echo(f"demo data: {demo.created} entities created, tenant {demo.tenant_id}")

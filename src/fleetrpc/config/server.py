@@ -221,7 +221,8 @@ class StoreSection(_Section):
     ttl_check_interval_s: Annotated[float, _doc("How often the TTL clean-up runs, seconds.", gt=0)] = 7200.0
     max_devices_per_tenant: Annotated[int, _doc(
         "Most devices one tenant may have, however they are created (REST API, a gateway "
-        "announcing a new name on the device endpoint); creating one more answers 403 "
+        "announcing a new name on the device endpoint, the demo data of serve --demo and "
+        "admin load-demo); creating one more answers 403 "
         "\"Devices limit reached\" (errorCode 41), as ThingsBoard's tenant profile maxDevices "
         "does. 0: no limit (ThingsBoard's default profile).", ge=0)] = 0
 

@@ -34,7 +34,7 @@ from typing import Any
 
 import msgspec
 
-from ..errors import AlreadyExistsError
+from ..errors import AlreadyExistsError, EntitiesLimitExceededError
 from ..store.entities import (
     NULL_UUID,
     CustomerRepository,
@@ -124,7 +124,7 @@ async def load_demo_data(
         user_ids[email] = user.id
 
     made: dict[str, Device] = {}
-    for name, type_, token, customer_title, description in DEMO_DEVICES:
+    for k, (name, type_, token, customer_title, description) in enumerate(DEMO_DEVICES):
         device = await devices.by_name(tenant.id, name)
         if device is None:
             try:
@@ -134,6 +134,8 @@ async def load_demo_data(
                     additional_info={"description": description} if description else None,
                 )
                 created += 1
+            except EntitiesLimitExceededError as exc:
+                raise await _over_limit(devices, tenant.id, exc, DEMO_DEVICES[k:]) from None
             except AlreadyExistsError:
                 device = await devices.by_name(tenant.id, name)
                 if device is None:  # the token is another tenant's device's
@@ -147,6 +149,21 @@ async def load_demo_data(
         )
     return DemoData(tenant_id=tenant.id, customer_ids=customer_ids, user_ids=user_ids, devices=made,
                     created=created)
+
+
+async def _over_limit(devices: DeviceRepository, tenant_id: str, exc: EntitiesLimitExceededError,
+                      rest: tuple[tuple[Any, ...], ...]) -> EntitiesLimitExceededError:
+    """The repository's refusal, saying which setting refused it and what
+    is missing: whoever loads the demo data (``fleetrpc serve --demo``,
+    ``fleetrpc admin load-demo``) is not making one device of their own."""
+    missing = 0
+    for name, *_ in rest:
+        if await devices.by_name(tenant_id, name) is None:
+            missing += 1
+    return EntitiesLimitExceededError("DEVICE", exc.limit, message=(
+        f"store.max_devices_per_tenant is {exc.limit}: tenant {TENANT_TITLE!r} has "
+        f"{await devices.count(tenant_id)} devices, and {missing} of ThingsBoard's {len(DEMO_DEVICES)} "
+        f"demo devices were not created; raise the setting (0: no limit) and load again"))
 
 
 def demo_repositories(ctx: Any) -> dict[str, Any]:
