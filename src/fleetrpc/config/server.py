@@ -44,6 +44,7 @@ __all__ = [
     "EmqxSection",
     "EventsSection",
     "HttpSection",
+    "JobsSection",
     "JwtSection",
     "MqttSection",
     "RateLimitsSection",
@@ -236,6 +237,15 @@ class RpcSection(_Section):
         "and is delivered if the device connects meanwhile.")] = False
 
 
+class JobsSection(_Section):
+    """Fleet jobs: one RPC to many devices (docs/jobs.md)."""
+
+    ttl_days: Annotated[int, _doc(
+        "Age in whole days after which finished jobs (completed, aborted, cancelled, failed) are "
+        "deleted with their per-device results, checked every store.ttl_check_interval_s "
+        "(0: keep them).", ge=0)] = 30
+
+
 #: ``client_rpc.webhook_methods`` entry that sends every method nobody else
 #: answers to the webhook.
 EVERY_METHOD = "*"
@@ -406,6 +416,7 @@ SECTIONS: dict[str, type[_Section]] = {
     "dispatch": DispatchSection,
     "store": StoreSection,
     "rpc": RpcSection,
+    "jobs": JobsSection,
     "client_rpc": ClientRpcSection,
     "http": HttpSection,
     "jwt": JwtSection,
@@ -480,6 +491,7 @@ class ServerSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     dispatch: DispatchSection = msgspec.field(default_factory=DispatchSection)
     store: StoreSection = msgspec.field(default_factory=StoreSection)
     rpc: RpcSection = msgspec.field(default_factory=RpcSection)
+    jobs: JobsSection = msgspec.field(default_factory=JobsSection)
     client_rpc: ClientRpcSection = msgspec.field(default_factory=ClientRpcSection)
     http: HttpSection = msgspec.field(default_factory=HttpSection)
     jwt: JwtSection = msgspec.field(default_factory=JwtSection)

@@ -39,6 +39,11 @@ above).
 Outcomes are written in batches (every ``flush_interval`` seconds) together
 with the job's counts and aggregate, so the stored counts always match the
 stored rows.
+
+Retention (``ttl_days``, the server's ``jobs.ttl_days``): every
+``ttl_check_interval_s`` the jobs that finished over ``ttl_days`` days ago
+are deleted with their rows; in a cluster by the node holding the named
+lease ``jobs:ttl`` only, as persistent calls' ``rpc:ttl``.
 """
 
 from __future__ import annotations
@@ -211,6 +216,8 @@ class JobEngine:
     ``targets(job)`` returns the :class:`TargetSource` of a job; by default
     only ``deviceIds`` targets are supported (the server plugs its device
     registry in).  ``emit(event_type, body)`` receives every job event.
+    ``ttl_days`` (0: keep them) deletes the jobs that finished longer ago,
+    with their rows, every ``ttl_check_interval_s`` seconds.
     """
 
     def __init__(
@@ -225,6 +232,8 @@ class JobEngine:
         progress_interval: float = 1.0,
         flush_interval: float = 0.05,
         leases: Any = None,
+        ttl_days: int = 0,
+        ttl_check_interval_s: float = 7200.0,
     ) -> None:
         self.dispatcher = dispatcher
         self.repo = repo
@@ -239,6 +248,13 @@ class JobEngine:
         self._closed = False
         self._leases = leases if leases is not None and not leases.single_node else None
         self._watcher: asyncio.Task | None = None
+        if type(ttl_days) is not int or ttl_days < 0:
+            raise ValidationError(f"ttl_days must be a whole number of days >= 0, not {ttl_days!r}")
+        self.ttl_days = ttl_days
+        self.ttl_check_interval_s = ttl_check_interval_s
+        self._ttl_task: asyncio.Task | None = None
+        #: finished jobs deleted by the retention since the start
+        self.purged = 0
 
     # -- lifecycle ----------------------------------------------------------
 
@@ -246,6 +262,8 @@ class JobEngine:
         """Resume every job a restart left QUEUED or RUNNING; returns how many.
         In a cluster: those whose lease this node takes, and from now on
         every unfinished job whose runner is gone."""
+        if self.ttl_days > 0 and self.ttl_check_interval_s > 0:
+            self._ttl_task = asyncio.ensure_future(self._ttl_loop())
         if self._leases is not None:
             self._leases.on_named_lost(self._leases_lost)
             n = await self._adopt()
@@ -255,6 +273,27 @@ class JobEngine:
         for job in jobs:
             self._launch(job)
         return len(jobs)
+
+    async def purge(self) -> int:
+        """Delete the jobs that finished over ``ttl_days`` days ago and their
+        per-device rows (none when ``ttl_days`` is 0); returns how many jobs."""
+        if self.ttl_days <= 0:
+            return 0
+        n = await self.repo.purge_finished(_now_ms() - self.ttl_days * 86_400_000)
+        self.purged += n
+        return n
+
+    async def _ttl_loop(self) -> None:
+        while not self._closed:
+            try:
+                # One node of a cluster purges (the lease moves on failure).
+                if self._leases is None or await self._leases.acquire_named("jobs:ttl"):
+                    n = await self.purge()
+                    if n:
+                        log.info("jobs TTL clean-up removed %d finished jobs", n)
+            except FleetRpcError as e:
+                log.warning("jobs TTL clean-up failed: %s", e)
+            await asyncio.sleep(self.ttl_check_interval_s)
 
     async def _adopt(self) -> int:
         """Run the unfinished jobs whose lease this node can take."""
@@ -300,8 +339,9 @@ class JobEngine:
         """Stop running jobs; they stay RUNNING in the store and resume on
         the next start (in-flight devices then count as interrupted)."""
         self._closed = True
-        if self._watcher is not None:
-            self._watcher.cancel()
+        for task in (self._watcher, self._ttl_task):
+            if task is not None:
+                task.cancel()
         runs = list(self._runs.values())
         for run in runs:
             run.halt()

@@ -387,7 +387,9 @@ async def jobs(ctx: ServerContext) -> AsyncIterator[None]:
 
     ctx.job_targets = JobTargets(ctx.db)
     engine = JobEngine(ctx.dispatcher, JobRepository(ctx.db), persistent=ctx.engine,
-                       targets=ctx.job_targets, emit=ctx.bus.emit, leases=ctx.leases)
+                       targets=ctx.job_targets, emit=ctx.bus.emit, leases=ctx.leases,
+                       ttl_days=ctx.settings.jobs.ttl_days,
+                       ttl_check_interval_s=ctx.settings.store.ttl_check_interval_s)
     resumed = await engine.start()
     if resumed:
         log.info("resumed %d fleet jobs", resumed)

@@ -42,6 +42,8 @@ _JOB_COLUMNS = (
     "created_time, start_ts, finish_ts, cancellation_ts, general_error, settled_through"
 )
 _DEVICE_COLUMNS = "job_id, device_id, outcome, result, error, rpc_id, start_ts, finish_ts"
+#: A job in a final state (the condition of the index of migration 0206, word for word).
+_FINISHED = "status IN ('COMPLETED', 'ABORTED', 'CANCELLED', 'FAILED')"
 
 
 #: Rows written by one statement (a flush may hold more: several statements).
@@ -151,6 +153,25 @@ class JobRepository:
             if n:
                 await conn.execute("DELETE FROM job_device WHERE job_id = $1", job_id)
         return bool(n)
+
+    async def purge_finished(self, before_ms: int, batch: int = 100) -> int:
+        """Delete the jobs that finished (COMPLETED, ABORTED, CANCELLED,
+        FAILED) before ``before_ms`` and their per-device rows; returns how
+        many jobs.  One transaction per job: a job's rows may be 100,000
+        (a transaction for many jobs would hold millions)."""
+        n = 0
+        while True:
+            ids = [r[0] for r in await self.db.fetch(
+                f"SELECT id FROM job WHERE {_FINISHED} AND finish_ts < $1 ORDER BY finish_ts LIMIT $2",
+                before_ms, batch)]
+            for job_id in ids:
+                async with self.db.transaction() as conn:
+                    # The status again: only a finished job's rows can no longer change.
+                    if await conn.execute(f"DELETE FROM job WHERE id = $1 AND {_FINISHED}", job_id):
+                        await conn.execute("DELETE FROM job_device WHERE job_id = $1", job_id)
+                        n += 1
+            if len(ids) < batch:
+                return n
 
     async def load_unfinished(self) -> list[Job]:
         """Every QUEUED or RUNNING job of every tenant (the engine resumes them)."""
