@@ -15,7 +15,7 @@ from tb_gateway_mqtt import TBGatewayMqttClient
 
 from tests.helpers.waiting import wait_until
 
-from .conftest import wait_thread_event
+from .conftest import make_rig, wait_thread_event
 from .test_clients import Paho
 
 RESPONSE = "v1/gateway/attributes/response"
@@ -125,3 +125,54 @@ async def test_thingsboard_gateway_sdk_gets_its_attribute_answers(rig):
     finally:
         await asyncio.to_thread(gw.disconnect)
         gw.stop()
+
+
+@pytest.mark.parametrize("resolver", ["sync", "async"])
+async def test_a_name_is_answered_only_once_bound_to_the_gateway(resolver):
+    """ThingsBoard treats a request for a name the gateway never announced
+    as its announcement (AbstractGatewaySessionHandler.process ->
+    onDeviceConnect: get or create the device, then answer from it).  The
+    endpoint does the same through resolve_subdevice, and answers only a
+    name now bound to the gateway: one the resolver refuses (another
+    tenant's, a tenant at its device limit, a refused name) gets no answer,
+    and is not bound."""
+    known = {"Pump A": "dev-pump-a", "Pump B": "dev-pump-b"}
+    asked: list[str] = []
+
+    def resolve(gateway: str, name: str):
+        asked.append(name)
+        found = known.get(name) if gateway == "gw-1" else None
+        if resolver == "sync":
+            return found
+
+        async def later():
+            await asyncio.sleep(0.05)
+            return found
+        return later()
+
+    async with make_rig(resolve_subdevice=resolve) as rig:
+        gw = Paho(rig.port, "token-gw", 5)
+        assert await gw.start() == 0
+        await gw.subscribe(RESPONSE, 1)
+        session = rig.endpoint.sessions_of("gw-1")[0]
+        await _request(gw, b'{"id": 1, "device": "Stranger", "client": false, "key": "fw_version"}')
+        await _request(gw, b'{"id": 2, "device": "Pump A", "client": false, "key": "fw_version"}')
+        # the first answer is the bound name's: none came for the stranger
+        assert await gw.next_message() == (RESPONSE, b'{"id":2,"device":"Pump A"}', 1)
+        assert set(session.subdevices) == {"Pump A"}
+        assert session.subdevices["Pump A"].device == "dev-pump-a"
+        # bound now: asked again, answered without resolving again
+        await _request(gw, b'{"id": 3, "device": "Pump A", "client": true, "keys": ["a"]}')
+        assert await gw.next_message() == (RESPONSE, b'{"id":3,"device":"Pump A"}', 1)
+        assert asked == ["Stranger", "Pump A"]
+        # announced first: answered at once
+        gw.client.publish("v1/gateway/connect", b'{"device": "Pump B"}', qos=1)
+        await wait_until(lambda: "Pump B" in (session.subdevices or {}))
+        await _request(gw, b'{"id": 4, "device": "Pump B", "client": false, "key": "k"}')
+        assert await gw.next_message() == (RESPONSE, b'{"id":4,"device":"Pump B"}', 1)
+        await _request(gw, b'{"id": 5, "device": "Stranger", "client": false, "key": "k"}')
+        await asyncio.sleep(0.3)
+        assert gw.messages.empty()
+        assert "Stranger" not in session.subdevices
+        assert rig.endpoint.stats.attribute_requests == 5
+        await gw.stop()

@@ -173,3 +173,54 @@ async def test_a_gateway_cannot_create_devices_past_the_limit(start_server, worl
             assert json.loads(body)["totalElements"] == 5
         finally:
             gw.close()
+
+
+async def _answer(client: raw.RawClient) -> tuple[str, bytes]:
+    """The next PUBLISH (QoS 0, MQTT 3.1.1): its topic and payload."""
+    first, body = await client.read_packet(timeout=20)
+    assert first >> 4 == 3, (first, body)
+    topic, payload, _ = raw.publish_topic(body, 0, False)
+    return topic, payload
+
+
+@pytest.mark.mqtt
+async def test_a_gateways_attribute_request_is_an_announcement_held_to_the_limit(start_server, world):
+    """ThingsBoard gets or creates the device a gateway asks attributes of
+    (its onDeviceConnect); at the tenant's limit nothing is created, nothing
+    bound, and no answer comes: never one for a name the gateway does not
+    hold."""
+    async with start_server(endpoint=ENDPOINT, store={"max_devices_per_tenant": 5}) as (server, api):
+        ctx = server.ctx
+        admin = await api.login(world.tenant.email)
+        status, body, _ = await api.request("POST", "/api/device", admin,
+                                            json={"name": "Gateway A", "additionalInfo": {"gateway": True}})
+        assert status == 200, body
+        gw_id = json.loads(body)["id"]["id"]
+        status, body, _ = await api.request("GET", f"/api/device/{gw_id}/credentials", admin)
+        gw = await raw.RawClient.open(ctx.endpoint.ports["tcp"])
+        try:
+            assert (await gw.connect(json.loads(body)["credentialsId"], client_id="gateway-a"))[1] == b"\x00\x00"
+            gw.send(raw.subscribe(1, ("v1/gateway/attributes/response", 0)))
+            await gw.read_packet()  # SUBACK
+            session = ctx.endpoint.sessions_of(gw_id)[0]
+            directory = ctx.endpoint_directory
+            # room for one: created, bound, answered
+            gw.send(raw.publish("v1/gateway/attributes/request",
+                                b'{"id": 1, "device": "Meter 1", "client": false, "key": "k"}'))
+            topic, payload = await _answer(gw)
+            assert (topic, json.loads(payload)) == ("v1/gateway/attributes/response", {"id": 1, "device": "Meter 1"})
+            assert "Meter 1" in session.subdevices and directory.created == 1
+            # at the limit: a new name is refused, silently for the gateway
+            gw.send(raw.publish("v1/gateway/attributes/request",
+                                b'{"id": 2, "device": "Meter 2", "client": false, "key": "k"}'))
+            await wait_until(lambda: directory.over_limit == 1, timeout=20)
+            # the next answer is for a name it holds: none came for Meter 2
+            gw.send(raw.publish("v1/gateway/attributes/request",
+                                b'{"id": 3, "device": "Meter 1", "client": false, "key": "k"}'))
+            topic, payload = await _answer(gw)
+            assert json.loads(payload) == {"id": 3, "device": "Meter 1"}
+            assert set(session.subdevices) == {"Meter 1"}
+            status, _, _ = await api.request("GET", "/api/tenant/device?deviceName=Meter%202", admin)
+            assert status == 404
+        finally:
+            gw.close()

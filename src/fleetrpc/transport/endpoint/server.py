@@ -598,27 +598,38 @@ class DeviceEndpoint:
             limit = self._limits[device] = RateLimit(self._rate_spec, self._loop.time())
         return limit
 
-    def _resolve_subdevice(self, session: Session, name: str) -> None:
+    def _resolve_subdevice(self, session: Session, name: str,
+                           bound: Callable[[], None] | None = None) -> None:
+        """Bind ``name`` to the gateway ``session`` as ``resolve_subdevice``
+        says; then ``bound()``, only if the name is bound (the resolver may
+        refuse it, the session may have closed meanwhile)."""
         try:
             result = self._resolve_cb(session.device, name)
         except Exception:
             log.exception("resolve_subdevice(%r, %r) failed", session.device, name)
             return
         if inspect.isawaitable(result):
-            self._spawn(self._await_subdevice(session, name, result))
+            self._spawn(self._await_subdevice(session, name, result, bound))
         elif result is not None:
-            session.add_subdevice(name, result)
+            self._bind_subdevice(session, name, result, bound)
         else:
             self.stats.ignored += 1
 
-    async def _await_subdevice(self, session: Session, name: str, awaitable) -> None:
+    async def _await_subdevice(self, session: Session, name: str, awaitable,
+                               bound: Callable[[], None] | None) -> None:
         try:
             device = await awaitable
         except Exception:
             log.exception("resolve_subdevice(%r, %r) failed", session.device, name)
             return
         if device is not None:
-            session.add_subdevice(name, device)
+            self._bind_subdevice(session, name, device, bound)
+
+    @staticmethod
+    def _bind_subdevice(session: Session, name: str, device: str, bound: Callable[[], None] | None) -> None:
+        session.add_subdevice(name, device)
+        if bound is not None and name in (session.subdevices or ()):
+            bound()
 
     def _spawn(self, coro) -> None:
         task = asyncio.ensure_future(coro)

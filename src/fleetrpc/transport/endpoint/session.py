@@ -30,6 +30,7 @@ granted and never receive anything; any other topic filter is refused.
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import logging
 from collections import deque
@@ -1354,7 +1355,16 @@ class Session(asyncio.Protocol):
         that have one (``JsonConverter.getJsonObjectForGateway``); fleetrpc
         keeps none, so the answer is ``{"id", "device"}`` alone, which
         ThingsBoard's gateway SDK hands to the waiting callback.  A request
-        ThingsBoard could not read is ignored (counted)."""
+        ThingsBoard could not read is ignored (counted).
+
+        Only a name bound to this gateway is answered.  ThingsBoard takes a
+        request for a name the gateway never announced as its announcement
+        (``AbstractGatewaySessionHandler.process`` -> ``onDeviceConnect``:
+        get or create the device in the gateway's tenant, then answer from
+        it); so does the endpoint, through ``resolve_subdevice`` as
+        ``v1/gateway/connect`` (the tenant's rule, the device limit), and it
+        answers once the name is bound.  A name that cannot be bound gets no
+        answer, as ThingsBoard sends none when its connect fails."""
         ep = self.endpoint
         try:
             request = _gateway_attributes_request(payload)
@@ -1365,10 +1375,19 @@ class Session(asyncio.Protocol):
             ep.stats.ignored += 1
             return
         ep.stats.attribute_requests += 1
+        answer = _GatewayAttributesAnswer(request.id, request.device)
+        subdevices = self.subdevices
+        if subdevices and request.device in subdevices:
+            self._answer_attributes(answer)
+        else:
+            ep._resolve_subdevice(self, request.device, functools.partial(self._answer_attributes, answer))
+
+    def _answer_attributes(self, answer: _GatewayAttributesAnswer) -> None:
+        """Send ``answer`` (its device bound to this gateway), at the QoS of
+        the gateway's subscription to the answers, if it has one now."""
         qos = self.granted(GATEWAY_ATTRIBUTES_RESPONSE)
-        if qos >= 0:
-            self._publish(GATEWAY_ATTRIBUTES_RESPONSE,
-                          _json(_GatewayAttributesAnswer(request.id, request.device)), qos, None)
+        if qos >= 0 and self.state == CONNECTED:
+            self._publish(GATEWAY_ATTRIBUTES_RESPONSE, _json(answer), qos, None)
 
     def drop_subdevice(self, name: str) -> None:
         """The gateway no longer answers for its sub-device ``name``."""
