@@ -253,8 +253,8 @@ async def test_bad_input_is_a_400_that_names_the_problem(start_server, world):
         message = await refused(api, token, 400, data=b'{"targets": {"all": true}, "method": ')
         assert message == "invalid job: the body is not valid JSON"
         # query parameters of the lists
-        for path, fragment in (("/api/jobs?page=0", "'pageSize' is not present"),
-                               ("/api/jobs?pageSize=x&page=0", "pageSize must be an integer"),
+        for path, fragment in (("/api/jobs?page=0", "'pageSize' for method parameter type int is not present"),
+                               ("/api/jobs?pageSize=x&page=0", "'pageSize' must be an integer"),
                                ("/api/jobs?pageSize=10&page=0&statuses=RUNNING,DONE", "unknown job status 'DONE'")):
             assert fragment in await refused(api, token, 400, method="GET", path=path)
         # no job was stored by any of these

@@ -25,6 +25,7 @@ from ..api.errors import ApiError
 from ..api.keys import CTX, PRINCIPAL
 from ..api.openapi import Param, operation
 from ..api.thingsboard.access import check_uuid
+from ..api.thingsboard.paging import MAX_PAGE_SIZE, page_args
 from ..errors import ValidationError
 from .engine import JobNotFoundError
 from .model import DeviceOutcome, JobDeviceView, JobSpec, JobStatus, JobView, parse_spec
@@ -43,21 +44,6 @@ def _principal(request: web.Request) -> Any:
 
 def _customer_scope(p: Any) -> str | None:
     return p.customer_id if p.authority == "CUSTOMER_USER" else None
-
-
-def _int_arg(request: web.Request, name: str, default: int | None, lo: int, hi: int) -> int:
-    raw = request.query.get(name)
-    if raw is None:
-        if default is None:
-            raise ApiError.bad_request(f"Required request parameter '{name}' is not present")
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ApiError.bad_request(f"{name} must be an integer, not {raw!r}") from None
-    if not lo <= value <= hi:
-        raise ApiError.bad_request(f"{name} must be between {lo} and {hi}")
-    return value
 
 
 class JobPage(msgspec.Struct, rename="camel"):
@@ -132,8 +118,10 @@ async def get(request: web.Request) -> web.Response:
 
 async def list_jobs(request: web.Request) -> web.Response:
     p = _principal(request)
-    page_size = _int_arg(request, "pageSize", None, 1, 10_000)
-    page = _int_arg(request, "page", None, 0, 10_000_000)
+    # pageSize and page as in every other listing (1-10,000); each listed
+    # job is abridged past a few KiB (model.abridge_job): its params alone
+    # may be max_payload, its deviceIds 100,000 ids.
+    page_size, page = page_args(request)
     statuses = []
     for name in filter(None, request.query.get("statuses", "").split(",")):
         try:
@@ -165,8 +153,7 @@ async def delete(request: web.Request) -> web.Response:
 
 async def devices(request: web.Request) -> web.Response:
     p, job = await _job_of(request)
-    page_size = _int_arg(request, "pageSize", None, 1, 10_000)
-    page = _int_arg(request, "page", None, 0, 10_000_000)
+    page_size, page = page_args(request)
     outcome = None
     if "status" in request.query:
         try:
@@ -183,14 +170,16 @@ def setup(app: web.Application, ctx: Any) -> None:
     """Add the jobs routes (``ctx.jobs`` is the JobEngine, ``ctx.job_targets``
     the registry-backed target resolver)."""
     r = app.router
-    paging = (Param("pageSize", int, True, "Jobs per page (1-10000)"), Param("page", int, True, "Page, from 0"))
-    row_paging = (Param("pageSize", int, True, "Rows per page (1-10000)"), paging[1])
+    paging = (Param("pageSize", int, True, f"Jobs per page (1-{MAX_PAGE_SIZE})"), Param("page", int, True, "Page, from 0"))
+    row_paging = (Param("pageSize", int, True, f"Rows per page (1-{MAX_PAGE_SIZE})"), paging[1])
     not_found = {404: "No such job in this tenant"}
     operation(app, r.add_post("/api/jobs", create), tag="jobs", body=JobSpec, response=JobView,
               summary="Create and start a job: one RPC to many devices",
               statuses={400: "Bad job (the message names the field)", 403: "A target the user may not reach"})
     operation(app, r.add_get("/api/jobs", list_jobs), tag="jobs", response=JobPage,
-              summary="The tenant's jobs, newest first (a customer user's: its customer's)",
+              summary="The tenant's jobs, newest first (a customer user's: its customer's); a "
+                      "large job's params, deviceIds, abort and aggregate are left out or cut "
+                      "(its abridged field says which)",
               query=paging + (Param("statuses", str, False, "Comma-separated job statuses"),))
     operation(app, r.add_get("/api/job/{job_id}", get), tag="jobs", response=JobView,
               summary="A job: status, counts per outcome, aggregate of the replies",

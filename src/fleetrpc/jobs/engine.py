@@ -77,6 +77,7 @@ from .model import (
     JobSpec,
     JobStatus,
     Rollout,
+    abridge_job,
     check_spec,
 )
 from .targets import PAGE_SIZE, ListTargets, TargetSource
@@ -391,6 +392,8 @@ class JobEngine:
         return job
 
     async def list(self, tenant_id: str, page_size: int, page: int, **query: Any) -> tuple[list[Job], int]:
+        """A page of jobs as a listing shows them: large parts left out or
+        cut (:func:`~fleetrpc.jobs.model.abridge_job`, the ``abridged`` field)."""
         jobs, total = await self.repo.list(tenant_id, page_size, page, **query)
         return [self._live_view(j) for j in jobs], total
 
@@ -475,7 +478,7 @@ class JobEngine:
 
     def _live_view(self, job: Job) -> Job:
         run = self._runs.get(job.id)
-        return _copy(run.job) if run is not None else job
+        return abridge_job(_copy(run.job)) if run is not None else job
 
     def _launch(self, job: Job) -> None:
         run = _Run(self, job)

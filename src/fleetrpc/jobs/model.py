@@ -43,6 +43,8 @@ __all__ = [
     "JobResult",
     "JobView",
     "JobDeviceView",
+    "abridge_job",
+    "abridge_spec",
 ]
 
 
@@ -348,6 +350,8 @@ class Job(msgspec.Struct, kw_only=True):
     finish_ts: int | None = None
     cancellation_ts: int | None = None
     general_error: str | None = None
+    #: What a listing left out of this job (see :func:`abridge_job`); not stored.
+    abridged: tuple[str, ...] = ()
 
     def to_json(self) -> JobView:
         """The job as the REST API shows it (ThingsBoard's Job shape)."""
@@ -372,7 +376,62 @@ class Job(msgspec.Struct, kw_only=True):
                 finish_ts=self.finish_ts,
                 cancellation_ts=self.cancellation_ts,
             ),
+            abridged=list(self.abridged) if self.abridged else msgspec.UNSET,
         )
+
+
+# -- listings -------------------------------------------------------------------
+#
+# A job may be large: params up to the transport's max_payload, 100,000
+# device ids, a long list of abort criteria, an aggregate of 16 fields of 32
+# values.  GET /api/jobs shows up to 10,000 jobs a page (the limit of every
+# other listing), so a listed job shows these parts only while they are
+# small; GET /api/job/{id} shows the whole job.
+
+#: A part of a listed job larger than this (bytes of JSON) is left out or cut.
+LISTED_PART_BYTES = 4096
+#: The device ids a listed job shows of a longer ``deviceIds`` list.
+LISTED_DEVICE_IDS = 10
+#: The abort criteria a listed job shows of a longer list.
+LISTED_ABORT = 10
+
+_encode_part = msgspec.json.Encoder().encode
+
+
+def abridge_spec(spec: JobSpec) -> tuple[JobSpec, list[str]]:
+    """``spec`` as a listing shows it, and the parts it left out or cut
+    (``configuration.params``, ``configuration.targets.deviceIds``,
+    ``configuration.abort``)."""
+    cut: list[str] = []
+    params = spec.params
+    if params is not msgspec.UNSET and len(_encode_part(params)) > LISTED_PART_BYTES:
+        params = msgspec.UNSET
+        cut.append("configuration.params")
+    targets = spec.targets
+    ids = targets.device_ids
+    if ids is not None and len(ids) > LISTED_DEVICE_IDS and len(_encode_part(ids)) > LISTED_PART_BYTES:
+        targets = msgspec.structs.replace(targets, device_ids=ids[:LISTED_DEVICE_IDS])
+        cut.append("configuration.targets.deviceIds")
+    abort = spec.abort
+    if len(abort) > LISTED_ABORT:
+        abort = abort[:LISTED_ABORT]
+        cut.append("configuration.abort")
+    if not cut:
+        return spec, cut
+    return msgspec.structs.replace(spec, params=params, targets=targets, abort=abort), cut
+
+
+def abridge_job(job: Job) -> Job:
+    """``job`` as a listing shows it: see :func:`abridge_spec`; an
+    aggregate over :data:`LISTED_PART_BYTES` is left out too (``{}``)."""
+    spec, cut = abridge_spec(job.spec)
+    aggregate = job.aggregate
+    if len(_encode_part(aggregate)) > LISTED_PART_BYTES:
+        aggregate = {}
+        cut.append("result.aggregate")
+    if not cut:
+        return job
+    return msgspec.structs.replace(job, spec=spec, aggregate=aggregate, abridged=tuple(job.abridged) + tuple(cut))
 
 
 class EntityRef(msgspec.Struct, gc=False):
@@ -410,6 +469,11 @@ class JobView(msgspec.Struct, kw_only=True, rename="camel"):
     status: JobStatus
     configuration: JobSpec
     result: JobResult
+    #: In a listing only, when it left parts of a large job out or cut them
+    #: (``configuration.params``, ``configuration.targets.deviceIds`` (its
+    #: first 10 ids), ``configuration.abort`` (its first 10),
+    #: ``result.aggregate``): GET /api/job/{id} shows them whole.
+    abridged: list[str] | msgspec.UnsetType = msgspec.UNSET
 
 
 class JobDevice(msgspec.Struct, kw_only=True):

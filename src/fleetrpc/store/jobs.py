@@ -27,7 +27,7 @@ import msgspec
 
 from ..errors import LeaseLostError
 from ..jobs.engine import JobNotFoundError
-from ..jobs.model import DeviceOutcome, Job, JobCounts, JobDevice, JobSpec, JobStatus
+from ..jobs.model import LISTED_PART_BYTES, DeviceOutcome, Job, JobCounts, JobDevice, JobSpec, JobStatus, abridge_job
 from .base import storable_text
 
 __all__ = ["JobRepository"]
@@ -41,6 +41,11 @@ _JOB_COLUMNS = (
     "id, tenant_id, customer_id, created_by, spec, status, counts, aggregate, cursor, "
     "created_time, start_ts, finish_ts, cancellation_ts, general_error, settled_through"
 )
+#: The job's columns for a listing: a spec or aggregate over ``{limit}``
+#: characters comes back NULL (PostgreSQL's length() counts characters).
+_LISTED_COLUMNS = _JOB_COLUMNS.replace(
+    "spec,", "CASE WHEN length(spec) <= {limit} THEN spec END,").replace(
+    "aggregate,", "CASE WHEN length(aggregate) <= {limit} THEN aggregate END,")
 _DEVICE_COLUMNS = "job_id, device_id, outcome, result, error, rpc_id, start_ts, finish_ts"
 #: A job in a final state (the condition of the index of migration 0206, word for word).
 _FINISHED = "status IN ('COMPLETED', 'ABORTED', 'CANCELLED', 'FAILED')"
@@ -126,7 +131,12 @@ class JobRepository:
         customer_id: str | None = None, statuses: Sequence[JobStatus] = (),
     ) -> tuple[list[Job], int]:
         """A page of the tenant's jobs, newest first (a customer user sees
-        its customer's jobs only), and how many there are in all."""
+        its customer's jobs only), and how many there are in all.
+
+        Each job as a listing shows it (:func:`~fleetrpc.jobs.model.abridge_job`):
+        a page holds up to 10,000 jobs, and a job's spec may be megabytes.
+        A spec over :data:`LISTED_PART_BYTES` is read on its own, and cut,
+        one at a time; a larger aggregate is not read at all."""
         where = ["tenant_id = $1"]
         args: list[Any] = [tenant_id]
         if customer_id is not None:
@@ -140,12 +150,27 @@ class JobRepository:
             where.append(f"status IN ({', '.join(marks)})")
         cond = " AND ".join(where)
         total = await self.db.fetchval(f"SELECT count(*) FROM job WHERE {cond}", *args)
+        n = len(args)
         rows = await self.db.fetch(
-            f"SELECT {_JOB_COLUMNS} FROM job WHERE {cond} ORDER BY created_time DESC, id "
-            f"LIMIT ${len(args) + 1} OFFSET ${len(args) + 2}",
-            *args, page_size, page * page_size,
+            f"SELECT {_LISTED_COLUMNS.format(limit=f'${n + 3}')} FROM job WHERE {cond} "
+            f"ORDER BY created_time DESC, id LIMIT ${n + 1} OFFSET ${n + 2}",
+            *args, page_size, page * page_size, LISTED_PART_BYTES,
         )
-        return [_job(r) for r in rows], int(total)
+        jobs = []
+        for r in rows:
+            r = list(r)
+            cut: tuple[str, ...] = ()
+            if r[4] is None:  # a large spec: alone, and cut at once
+                r[4] = await self.db.fetchval("SELECT spec FROM job WHERE id = $1", r[0])
+                if r[4] is None:
+                    continue  # deleted meanwhile
+            if r[7] is None:
+                r[7] = "{}"
+                cut = ("result.aggregate",)
+            job = _job(r)
+            job.abridged = cut
+            jobs.append(abridge_job(job))
+        return jobs, int(total)
 
     async def delete(self, tenant_id: str, job_id: str) -> bool:
         async with self.db.transaction() as conn:
