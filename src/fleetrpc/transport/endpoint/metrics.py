@@ -36,7 +36,8 @@ _COUNTERS = {
     "undeliverable": "Messages for devices not connected here",
     "too_large_for_device": "Requests over a device's Maximum Packet Size (not sent)",
     "ignored": "Telemetry, attributes and other topics acknowledged and ignored",
-    "attribute_requests": "Attribute requests, answered with no attribute (fleetrpc keeps none); a gateway's once its sub-device is bound",
+    "attribute_requests": ("Attribute requests, answered with no attribute (fleetrpc keeps none); "
+                           "a gateway's once its sub-device is bound"),
     "refused_topic": "Publishes on topics that are not the device's own (dropped)",
 }
 
