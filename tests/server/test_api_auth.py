@@ -184,6 +184,9 @@ async def test_a_burst_of_logins_is_bounded_and_keeps_the_default_executor_free(
         assert [r[0] for r in await asyncio.gather(*waiting)] == [200] * 8
         assert users._waiting_hashes == 0
         await api.login(world.tenant.email)
+        # the API's description says so (a client generated from it expects it)
+        answers = json.loads((await api.request("GET", "/api/openapi.json"))[1])["paths"]["/api/auth/login"]["post"]
+        assert {"401", "429"} <= answers["responses"].keys()
 
 
 async def _raw_get(url: str, path: str, header: bytes) -> tuple[int, bytes]:

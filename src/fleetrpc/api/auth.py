@@ -91,7 +91,7 @@ from aiohttp import web
 from multidict import istr
 
 from ..config.server import AuthSection, JwtSection, RateLimitsSection
-from .errors import ApiError, ErrorCode
+from .errors import ApiError, ErrorBody, ErrorCode
 from .keys import CTX, PRINCIPAL
 
 __all__ = [
@@ -857,14 +857,17 @@ async def _keep_api_keys(app: web.Application) -> Any:
 
 
 def setup(app: web.Application, ctx: Any) -> None:
-    from .openapi import operation
+    from .openapi import Answer, operation
 
     app.cleanup_ctx.append(_keep_revocations)
     app.cleanup_ctx.append(_keep_api_keys)
 
     r = app.router
     operation(app, r.add_post("/api/auth/login", login), tag="auth", body=LoginRequest, response=JwtPair,
-              summary="Log in; returns an access and a refresh token")
+              summary="Log in; returns an access and a refresh token",
+              statuses={401: Answer("Wrong credentials, a locked or inactive account (errorCode 10)", ErrorBody),
+                        429: Answer("Too many logins at once (errorCode 33); try again after Retry-After",
+                                    ErrorBody)})
     operation(app, r.add_post("/api/auth/token", refresh), tag="auth", body=RefreshTokenRequest,
               response=JwtPair, summary="Exchange a refresh token for a new pair")
     operation(app, r.add_get("/api/auth/user", current_user), tag="auth", response=dict,
