@@ -11,7 +11,7 @@ from hypothesis import given, settings, strategies as st
 
 from fleetrpc.errors import ValidationError
 from fleetrpc.jobs import JobStatus, parse_rate, parse_spec
-from fleetrpc.jobs.aggregate import MAX_DISTINCT, add_reply
+from fleetrpc.jobs.aggregate import MAX_DISTINCT, MAX_FIELDS, add_reply
 from fleetrpc.jobs.engine import Pacer, classify
 from fleetrpc.jobs.model import MAX_PER_MINUTE, ExponentialRate, Job, JobCounts, Rollout
 from fleetrpc.errors import DeviceOfflineError, RpcTimeoutError
@@ -116,6 +116,29 @@ def test_aggregate_overflows_past_max_distinct_but_keeps_numbers():
     assert entry["numeric"]["min"] == 0 and entry["numeric"]["max"] == MAX_DISTINCT + 4
 
 
+def test_aggregate_keys_and_numbers_are_bounded():
+    """A device's reply decides the aggregate's keys: a key (a field's name
+    or a value's text) over 64 characters is not counted, as a string
+    value over 64 characters never was.  A 100,000-character key was kept
+    as a field, and an integer of 4,300 digits as a value's key, in every
+    write of the job and in every view of it."""
+    state: dict = {}
+    add_reply(state, {"k" * 65: 1, "ok": 1, "n": 10 ** 70, "m": -(10 ** 64), "edge": 10 ** 63})
+    add_reply(state, 10 ** 64)
+    add_reply(state, {"k" * 100_000: "v"})
+    assert set(state) == {"ok", "edge"}
+    assert state["edge"]["values"] == {str(10 ** 63): 1}
+    # however the devices answer, the aggregate stays small
+    state = {}
+    for i in range(2000):  # the most there can be: MAX_DISTINCT values of 64 characters a field
+        add_reply(state, {f"{j:02d}" + "k" * 70 * (i % 2) + "x" * 62: "v" * 65 + str(i) for j in range(20)})
+        add_reply(state, {f"{j:02d}" + "y" * 62: str(i % MAX_DISTINCT).rjust(64, "0") for j in range(20)})
+        add_reply(state, 10 ** 63 + i % MAX_DISTINCT)
+    assert len(state) == MAX_FIELDS + 1  # and "$", the scalar replies
+    assert all(len(e["values"]) == MAX_DISTINCT for e in state.values())
+    assert len(msgspec.json.encode(state)) < 48 * 1024
+
+
 def test_job_json_has_thingsboard_counters():
     job = Job(id="j", tenant_id="t", customer_id=None, created_by=None, spec=parse_spec(spec()),
               status=JobStatus.RUNNING, counts=JobCounts(total=10, succeeded=4, failed=1, timed_out=1,
@@ -212,6 +235,8 @@ def _aggregate_reference(state: dict, reply) -> None:
     def scalar(v):
         if isinstance(v, str):
             return len(v) <= 64
+        if isinstance(v, int) and not isinstance(v, bool):
+            return len(str(v)) <= 64
         return isinstance(v, (bool, int, float)) and v == v
 
     def add(field, v):
@@ -237,15 +262,16 @@ def _aggregate_reference(state: dict, reply) -> None:
 
     if isinstance(reply, dict):
         for k, v in reply.items():
-            if scalar(v) and (k in state or len(state) < 16):
+            if len(k) <= 64 and scalar(v) and (k in state or len(state) < 16):
                 add(k, v)
     elif scalar(reply):
         add("$", reply)
 
 
 _scalars = st.one_of(st.booleans(), st.integers(-5, 5), st.floats(allow_infinity=False),
-                     st.sampled_from(["a", "b", "1.2", "x" * 65]), st.none())
-_replies = st.one_of(_scalars, st.dictionaries(st.sampled_from([f"k{i}" for i in range(20)]),
+                     st.sampled_from(["a", "b", "1.2", "x" * 65, 10 ** 63, -(10 ** 63), 10 ** 64, -(10 ** 64)]),
+                     st.none())
+_replies = st.one_of(_scalars, st.dictionaries(st.sampled_from([f"k{i}" for i in range(20)] + ["k" * 65]),
                                                st.one_of(_scalars, st.lists(st.integers(), max_size=2))))
 
 

@@ -8,6 +8,14 @@ at most ``MAX_DISTINCT`` of them (small enums: firmware versions, states);
 numbers also keep count, min, max and sum, so a field with many distinct
 numeric values still says something.  The state is a plain JSON object,
 stored with the job and shown as is.
+
+The devices' replies decide its keys, so every key is bounded: a field
+whose name is over ``MAX_VALUE_LENGTH`` characters is not counted, nor is
+a value whose text is (a long string, an integer of more than 64 digits).
+Truncated, distinct keys would have been counted as one.  The state is
+then at most ``MAX_FIELDS`` x ``MAX_DISTINCT`` keys of 64 characters
+(about 40 KiB), whatever the devices answer; unbounded, one device's
+100,000-character key was written with every outcome batch of the job.
 """
 
 from __future__ import annotations
@@ -18,7 +26,8 @@ __all__ = ["add_reply", "MAX_DISTINCT", "MAX_FIELDS", "MAX_VALUE_LENGTH"]
 
 MAX_DISTINCT = 32
 MAX_FIELDS = 16
-#: Longer strings are not counted (they are not enum values).
+#: Longer strings are not counted (they are not enum values), nor fields
+#: with a longer name, nor integers with a longer text.
 MAX_VALUE_LENGTH = 64
 
 
@@ -30,7 +39,7 @@ def add_reply(state: dict, reply: Any) -> None:
     if type(reply) is dict or isinstance(reply, dict):
         for key, value in reply.items():
             entry = state.get(key)
-            if entry is None and len(state) >= MAX_FIELDS:
+            if entry is None and (len(state) >= MAX_FIELDS or len(key) > MAX_VALUE_LENGTH):
                 continue
             _add(state, entry, key, value)
     else:
@@ -49,6 +58,8 @@ def _add(state: dict, entry: dict | None, field: str, value: Any) -> None:
         numeric, key = False, value
     elif t is int:
         numeric, key = True, str(value)
+        if len(key) > MAX_VALUE_LENGTH:
+            return
     elif t is bool:
         numeric, key = False, "true" if value else "false"
     elif t is float:
@@ -63,6 +74,8 @@ def _add(state: dict, entry: dict | None, field: str, value: Any) -> None:
         if value != value:
             return
         numeric, key = True, repr(float(value)) if isinstance(value, float) else str(int(value))
+        if len(key) > MAX_VALUE_LENGTH:
+            return
     else:
         return  # not a scalar: not counted
     if entry is None:
