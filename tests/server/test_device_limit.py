@@ -133,24 +133,29 @@ async def test_rest_creation_past_the_limit_answers_thingsboards_403(start_serve
 ENDPOINT = {"enabled": True, "host": "127.0.0.1", "port": 0}
 
 
+async def _gateway(api, admin: str, ctx, name: str, subscription: tuple[str, int]):
+    """A gateway device made through REST, connected to the endpoint and
+    subscribed to ``subscription``: its client and its session."""
+    status, body, _ = await api.request("POST", "/api/device", admin,
+                                        json={"name": name, "additionalInfo": {"gateway": True}})
+    assert status == 200, body
+    gw_id = json.loads(body)["id"]["id"]
+    status, body, _ = await api.request("GET", f"/api/device/{gw_id}/credentials", admin)
+    gw = await raw.RawClient.open(ctx.endpoint.ports["tcp"])
+    assert (await gw.connect(json.loads(body)["credentialsId"], client_id=name))[1] == b"\x00\x00"
+    gw.send(raw.subscribe(1, subscription))
+    await gw.read_packet()  # SUBACK
+    return gw, ctx.endpoint.sessions_of(gw_id)[0]
+
+
 @pytest.mark.mqtt
 async def test_a_gateway_cannot_create_devices_past_the_limit(start_server, world, caplog):
     # tenant 1: the world's three devices, the gateway, and room for one more
     async with start_server(endpoint=ENDPOINT, store={"max_devices_per_tenant": 5}) as (server, api):
         ctx = server.ctx
         admin = await api.login(world.tenant.email)
-        status, body, _ = await api.request("POST", "/api/device", admin,
-                                            json={"name": "Gateway L", "additionalInfo": {"gateway": True}})
-        assert status == 200, body
-        gw_id = json.loads(body)["id"]["id"]
-        status, body, _ = await api.request("GET", f"/api/device/{gw_id}/credentials", admin)
-        gw_token = json.loads(body)["credentialsId"]
-        gw = await raw.RawClient.open(ctx.endpoint.ports["tcp"])
+        gw, session = await _gateway(api, admin, ctx, "Gateway L", ("v1/gateway/rpc", 1))
         try:
-            assert (await gw.connect(gw_token, client_id="gateway-l"))[1] == b"\x00\x00"
-            gw.send(raw.subscribe(1, ("v1/gateway/rpc", 1)))
-            await gw.read_packet()  # SUBACK
-            session = ctx.endpoint.sessions_of(gw_id)[0]
             directory = ctx.endpoint_directory
             gw.send(raw.publish("v1/gateway/connect", b'{"device": "Meter 1"}'))
             await wait_until(lambda: "Meter 1" in (session.subdevices or {}), timeout=20)
@@ -192,17 +197,8 @@ async def test_a_gateways_attribute_request_is_an_announcement_held_to_the_limit
     async with start_server(endpoint=ENDPOINT, store={"max_devices_per_tenant": 5}) as (server, api):
         ctx = server.ctx
         admin = await api.login(world.tenant.email)
-        status, body, _ = await api.request("POST", "/api/device", admin,
-                                            json={"name": "Gateway A", "additionalInfo": {"gateway": True}})
-        assert status == 200, body
-        gw_id = json.loads(body)["id"]["id"]
-        status, body, _ = await api.request("GET", f"/api/device/{gw_id}/credentials", admin)
-        gw = await raw.RawClient.open(ctx.endpoint.ports["tcp"])
+        gw, session = await _gateway(api, admin, ctx, "Gateway A", ("v1/gateway/attributes/response", 0))
         try:
-            assert (await gw.connect(json.loads(body)["credentialsId"], client_id="gateway-a"))[1] == b"\x00\x00"
-            gw.send(raw.subscribe(1, ("v1/gateway/attributes/response", 0)))
-            await gw.read_packet()  # SUBACK
-            session = ctx.endpoint.sessions_of(gw_id)[0]
             directory = ctx.endpoint_directory
             # room for one: created, bound, answered
             gw.send(raw.publish("v1/gateway/attributes/request",
