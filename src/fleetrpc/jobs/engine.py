@@ -74,6 +74,7 @@ from .model import (
     DeviceOutcome,
     Job,
     JobDevice,
+    JobNotFoundError,
     JobSpec,
     JobStatus,
     Rollout,
@@ -99,10 +100,6 @@ _FINAL_EVENT = {
 #: device has left the job's targets meanwhile.
 IN_PROGRESS_AFTER_S = 1.0
 _INTERRUPTED = "interrupted by a server restart; not sent again (it may or may not have reached the device)"
-
-
-class JobNotFoundError(FleetRpcError, LookupError):
-    """No job with that id for that tenant."""
 
 
 def job_rpc_id(job_id: str, device_id: str) -> str:

@@ -21,10 +21,11 @@ from typing import Any
 import msgspec
 
 from ..dispatch.options import MAX_EPOCH_MS, MAX_TIMEOUT_MS
-from ..errors import ValidationError
+from ..errors import FleetRpcError, ValidationError
 from ..store.base import storable_problem, text_problem
 
 __all__ = [
+    "JobNotFoundError",
     "JobStatus",
     "DeviceOutcome",
     "FailureType",
@@ -46,6 +47,10 @@ __all__ = [
     "abridge_job",
     "abridge_spec",
 ]
+
+
+class JobNotFoundError(FleetRpcError, LookupError):
+    """No job with that id for that tenant (or no more: deleted)."""
 
 
 class JobStatus(str, enum.Enum):
