@@ -31,6 +31,8 @@ async def test_what_a_call_or_the_registry_would_refuse_is_a_400_and_stores_noth
             ({**call, "timeout": 10**13}, "timeout must be a positive number of milliseconds up to"),
             ({**persistent, "timeout": 10**13}, "timeout must be a positive number of milliseconds up to"),
             ({**persistent, "retries": 10**7}, "retries must be in [0, 1000000]"),
+            # every outcome is checked against every criterion
+            ({**call, "abort": [{"thresholdPercentage": 50}] * 11}, "abort holds at most 10 criteria, not 11"),
             ({**persistent, "expirationTime": -5}, "expirationTime must be epoch milliseconds"),
             ({**persistent, "expirationTime": 10**16}, "expirationTime must be epoch milliseconds"),
             ({**persistent, "method": "get\x00Version"}, "method cannot be stored: it contains the character U+0000"),

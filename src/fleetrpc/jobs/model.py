@@ -195,6 +195,10 @@ MAX_TEXT = 255
 #: pacer divided by it and the job failed).
 MIN_PER_MINUTE = 0.001
 MAX_PER_MINUTE = 6_000_000
+#: The most abort criteria: every outcome is checked against each (a list
+#: of 100,000, as the body limit allowed, made a job's run quadratic), and
+#: four failure types need no more than a few thresholds each.
+MAX_ABORT_CRITERIA = 10
 
 
 def parse_spec(body: bytes | dict) -> JobSpec:
@@ -271,6 +275,8 @@ def check_spec(spec: JobSpec) -> None:
             raise ValidationError("rollout.exponentialRate.incrementFactor must be in (1, 5]")
         if e.every_succeeded < 1:
             raise ValidationError("rollout.exponentialRate.everySucceeded must be >= 1")
+    if len(spec.abort) > MAX_ABORT_CRITERIA:
+        raise ValidationError(f"abort holds at most {MAX_ABORT_CRITERIA} criteria, not {len(spec.abort)}")
     for i, c in enumerate(spec.abort):
         if not (0 <= c.threshold_percentage <= 100 and math.isfinite(c.threshold_percentage)):
             raise ValidationError(f"abort[{i}].thresholdPercentage must be in [0, 100], not {c.threshold_percentage}")
@@ -388,8 +394,7 @@ class Job(msgspec.Struct, kw_only=True):
 # -- listings -------------------------------------------------------------------
 #
 # A job may be large: params up to the transport's max_payload, 100,000
-# device ids, a long list of abort criteria, an aggregate of 16 fields of 32
-# values.  GET /api/jobs shows up to 10,000 jobs a page (the limit of every
+# device ids, an aggregate of 16 fields of 32 values.  GET /api/jobs shows up to 10,000 jobs a page (the limit of every
 # other listing), so a listed job shows these parts only while they are
 # small; GET /api/job/{id} shows the whole job.
 
@@ -397,16 +402,13 @@ class Job(msgspec.Struct, kw_only=True):
 LISTED_PART_BYTES = 4096
 #: The device ids a listed job shows of a longer ``deviceIds`` list.
 LISTED_DEVICE_IDS = 10
-#: The abort criteria a listed job shows of a longer list.
-LISTED_ABORT = 10
 
 _encode_part = msgspec.json.Encoder().encode
 
 
 def abridge_spec(spec: JobSpec) -> tuple[JobSpec, list[str]]:
     """``spec`` as a listing shows it, and the parts it left out or cut
-    (``configuration.params``, ``configuration.targets.deviceIds``,
-    ``configuration.abort``)."""
+    (``configuration.params``, ``configuration.targets.deviceIds``)."""
     cut: list[str] = []
     params = spec.params
     if params is not msgspec.UNSET and len(_encode_part(params)) > LISTED_PART_BYTES:
@@ -417,13 +419,9 @@ def abridge_spec(spec: JobSpec) -> tuple[JobSpec, list[str]]:
     if ids is not None and len(ids) > LISTED_DEVICE_IDS and len(_encode_part(ids)) > LISTED_PART_BYTES:
         targets = msgspec.structs.replace(targets, device_ids=ids[:LISTED_DEVICE_IDS])
         cut.append("configuration.targets.deviceIds")
-    abort = spec.abort
-    if len(abort) > LISTED_ABORT:
-        abort = abort[:LISTED_ABORT]
-        cut.append("configuration.abort")
     if not cut:
         return spec, cut
-    return msgspec.structs.replace(spec, params=params, targets=targets, abort=abort), cut
+    return msgspec.structs.replace(spec, params=params, targets=targets), cut
 
 
 def abridge_job(job: Job) -> Job:
@@ -476,8 +474,7 @@ class JobView(msgspec.Struct, kw_only=True, rename="camel"):
     result: JobResult
     #: In a listing only, when it left parts of a large job out or cut them
     #: (``configuration.params``, ``configuration.targets.deviceIds`` (its
-    #: first 10 ids), ``configuration.abort`` (its first 10),
-    #: ``result.aggregate``): GET /api/job/{id} shows them whole.
+    #: first 10 ids), ``result.aggregate``): GET /api/job/{id} shows them whole.
     abridged: list[str] | msgspec.UnsetType = msgspec.UNSET
 
 
