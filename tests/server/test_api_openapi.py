@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
+import uuid
 
 import pytest
 import schemathesis
@@ -130,3 +132,41 @@ async def test_routes_creating_devices_describe_the_device_limit_403(start_serve
         plain = doc["paths"]["/api/device/{deviceId}"]["get"]["responses"]["403"]
         assert plain == {"description": "Permission denied (errorCode 20)",
                          "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}}
+
+
+async def test_bodies_nested_too_deeply_are_a_400(start_server, world):
+    """A JSON body nested deeper than the interpreter's recursion limit
+    (msgspec raises RecursionError there, not DecodeError) is a 4xx on
+    every POST / PUT route of the document, as each role, with the path's
+    ids naming entities that exist (so the handlers get as far as the
+    body), and the server still answers afterwards."""
+    deep = 100_000
+    bodies = (b"[" * deep + b"]" * deep,
+              b'{"a":' * deep + b"1" + b"}" * deep,
+              b'{"method":"m","name":"n","params":' + b"[" * 5000 + b"]" * 5000 + b"}")
+    async with start_server(endpoint={"enabled": True, "host": "127.0.0.1", "port": 0}) as (server, api):
+        _, body, _ = await api.request("GET", "/api/openapi.json")
+        doc = json.loads(body)
+        admin = await api.login(world.tenant.email)
+        _, creds, _ = await api.request("GET", f"/api/device/{world.dev_c1.id}/credentials", admin)
+        _, key, _ = await api.request("POST", "/api/apiKey", admin, json={
+            "userId": {"entityType": "USER", "id": world.tenant.id}, "description": "k", "enabled": True})
+        ids = {"id": json.loads(key)["id"]["id"], "deviceId": world.dev_c1.id, "customerId": world.c1, "tenantId": world.t1,
+               "userId": world.customer.id, "ownerId": world.c1, "entityType": "DEVICE",
+               "entityId": world.dev_t1.id, "token": json.loads(creds)["credentialsId"], "enabledValue": "true"}
+        routes = [(method.upper(), path) for path, item in doc["paths"].items() for method in item
+                  if method in ("post", "put") and path not in ("/api/auth/logout",)]
+        assert ("POST", "/api/rpc/twoway/{deviceId}") in routes
+        failures = []
+        for who in (world.tenant, world.customer, world.sysadmin):
+            token = await api.login(who.email)
+            for method, path in routes:
+                url = re.sub(r"\{(\w+)\}", lambda m: ids.get(m.group(1), str(uuid.uuid4())), path)
+                for raw in bodies:
+                    status, answer, _ = await api.request(method, url, token, data=raw,
+                                                          headers={"Content-Type": "application/json"})
+                    if status >= 500:
+                        failures.append((who.email, method, path, raw[:12], status, answer[:100]))
+        assert failures == []
+        status, _, _ = await api.request("GET", "/api/auth/user", admin)
+        assert status == 200

@@ -697,7 +697,7 @@ _decode_obj = msgspec.json.Decoder(dict).decode
 async def _json_object(request: web.Request) -> dict | None:
     try:
         return _decode_obj(await request.read())
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):  # RecursionError: nested too deeply for msgspec
         return None
 
 

@@ -178,7 +178,7 @@ async def update_description(request: web.Request) -> web.Response:
         raise ApiError.bad_request("The description must be UTF-8 text") from None
     try:
         decoded = msgspec.json.decode(raw)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):  # RecursionError: nested too deeply for msgspec
         decoded = None
     description = decoded if isinstance(decoded, str) else text
     key = await ctx.api_keys.update(key.id, description=_description(description))

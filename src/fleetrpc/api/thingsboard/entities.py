@@ -35,7 +35,7 @@ async def read_body(request: web.Request) -> Any:
 
     try:
         return _decode(await request.read())
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):  # RecursionError: nested too deeply for msgspec
         raise ApiError.bad_request("Invalid request body") from None
 
 

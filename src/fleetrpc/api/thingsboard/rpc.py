@@ -268,7 +268,7 @@ def _handler(ctx: Any, oneway: bool, timeout_status: int, offline_status: int):
         raw = await request.read()
         try:
             body = _decode(raw)
-        except msgspec.DecodeError:
+        except (msgspec.DecodeError, RecursionError):  # RecursionError: nested too deeply for msgspec
             raise ApiError.bad_request("Invalid request body") from None
         try:
             opts = parse_rpc_body(body, oneway=oneway)

@@ -149,7 +149,7 @@ def parse_envelope(body: bytes | str | dict) -> Envelope:
             body = _decode_object(body)
         except msgspec.ValidationError:
             raise ElvesError(Code.MALFORMED, "Malformed Envelope: not a JSON object") from None
-        except (msgspec.DecodeError, TypeError) as exc:
+        except (msgspec.DecodeError, TypeError, RecursionError) as exc:  # RecursionError: nested too deeply
             raise ElvesError(Code.MALFORMED, f"Malformed Envelope: not JSON ({exc})") from None
     try:
         head = msgspec.convert(body, _Head)

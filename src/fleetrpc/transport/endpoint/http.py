@@ -338,7 +338,10 @@ class HttpDevices:
         """A client-side call ``{"method", "params"}`` of ``device``: the
         dispatcher's answer, or None when none came within ``timeout``.
         Raises msgspec.DecodeError for a body that is not such an object."""
-        REQUEST_DECODER.decode(payload)
+        try:
+            REQUEST_DECODER.decode(payload)
+        except RecursionError:  # nested deeper than msgspec recurses
+            raise msgspec.DecodeError("JSON nested too deeply") from None
         ep = self.endpoint
         hd = self._get(device)
         if len(hd.answers) >= ep.settings.max_client_calls:
