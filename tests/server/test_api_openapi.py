@@ -170,3 +170,49 @@ async def test_bodies_nested_too_deeply_are_a_400(start_server, world):
         assert failures == []
         status, _, _ = await api.request("GET", "/api/auth/user", admin)
         assert status == 200
+
+
+def _fits(doc: dict, path: str, method: str, status: int, content_type: str, body: bytes) -> None:
+    """The answer's status is described for the operation, and when the
+    description gives a body, the answer is JSON of that schema."""
+    import jsonschema_rs
+
+    described = doc["paths"][path][method]["responses"].get(str(status))
+    assert described is not None, (method, path, status, body)
+    content = described.get("content")
+    if content is None:
+        return
+    assert content_type in content, (method, path, status, content_type, body)
+    schema = {**content[content_type]["schema"], "components": doc["components"]}
+    jsonschema_rs.Draft4Validator(schema).validate(json.loads(body))
+
+
+async def test_error_answers_fit_the_document(start_server, world):
+    """Answers a deep run from the document found undescribed: a refused
+    refresh token and console stream (401), a deviceName that is no device
+    (404), Elves' error envelopes (400 / 403), the RPC path's bare-text 403."""
+    async with start_server(rpc={"offline_fail_fast": True}) as (server, api):
+        _, body, _ = await api.request("GET", "/api/openapi.json")
+        doc = json.loads(body)
+        admin = await api.login(world.tenant.email)
+        customer = await api.login(world.customer.email)
+        sysadmin = await api.login(world.sysadmin.email)
+        cases = [
+            (None, "POST", "/api/auth/token", "/api/auth/token", {"refreshToken": "not-a-token"}, None, 401),
+            (None, "GET", "/api/console/events", "/api/console/events?token=not-a-token", None, None, 401),
+            (admin, "GET", "/api/tenant/devices", "/api/tenant/devices?deviceName=nothing", None, None, 404),
+            (admin, "POST", "/api/elves", "/api/elves", {"mqt": 1}, None, 400),
+            (admin, "POST", "/api/elves/cmdb", "/api/elves/cmdb", None, b"\xff\xfe", 400),
+            (customer, "POST", "/api/elves/cmdb", "/api/elves/cmdb", None, b"a,b\n", 403),
+            (customer, "GET", "/api/rpc/persistent/device/{deviceId}",
+             f"/api/rpc/persistent/device/{world.dev_c2.id}?pageSize=1&page=0", None, None, 403),
+        ]
+        for prefix in ("/api/plugins/rpc", "/api/rpc"):
+            for kind in ("oneway", "twoway"):
+                path = f"{prefix}/{kind}/{{deviceId}}"
+                cases.append((sysadmin, "POST", path, path.format(deviceId=world.dev_c1.id), {"method": "m"}, None, 403))
+                cases.append((customer, "POST", path, path.format(deviceId=world.dev_c2.id), {"method": "m"}, None, 403))
+        for token, method, path, url, payload, raw, expected in cases:
+            status, answer, r = await api.request(method, url, token, json=payload, data=raw)
+            assert status == expected, (method, url, status, answer)
+            _fits(doc, path, method.lower(), status, r.content_type, answer)

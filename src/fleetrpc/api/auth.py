@@ -869,7 +869,9 @@ def setup(app: web.Application, ctx: Any) -> None:
                         429: Answer("Too many logins at once (errorCode 33); try again after Retry-After",
                                     ErrorBody)})
     operation(app, r.add_post("/api/auth/token", refresh), tag="auth", body=RefreshTokenRequest,
-              response=JwtPair, summary="Exchange a refresh token for a new pair")
+              response=JwtPair, summary="Exchange a refresh token for a new pair",
+              statuses={401: Answer("No, a bad or an expired refresh token; a disabled or deleted user "
+                                    "(errorCode 10 or 11)", ErrorBody)})
     operation(app, r.add_get("/api/auth/user", current_user), tag="auth", response=dict,
               summary="The current user")
     operation(app, r.add_post("/api/auth/logout", logout), tag="auth", summary="Log out (the client drops its token)")

@@ -24,8 +24,9 @@ from typing import Any
 from aiohttp import web
 
 from ..api.auth import public
+from ..api.errors import ErrorBody
 from ..api.keys import CTX as _CTX
-from ..api.openapi import Param, operation
+from ..api.openapi import Answer, Param, operation
 from .hub import EventHub, events_stream
 from .stats import stats
 
@@ -85,7 +86,11 @@ def setup(app: web.Application, ctx: Any) -> None:
 
     operation(app, app.router.add_get("/api/console/events", events), tag="console", response_kind="empty",
               summary="The user's live events as Server-Sent Events (RPC status, presence, jobs)",
-              query=(Param("token", str, True, "An access token (EventSource cannot send headers)"),))
+              query=(Param("token", str, True, "An access token (EventSource cannot send headers)"),),
+              statuses={401: Answer("No, a bad or an expired token (errorCode 10 or 11)", ErrorBody),
+                        403: Answer("Not a user of the console (errorCode 20)", ErrorBody),
+                        429: Answer("Too many open event streams (errorCode 33)", ErrorBody),
+                        503: "Server shutting down"})
     async def info(request: web.Request) -> web.Response:
         return web.json_response(device_urls(request))
 

@@ -525,7 +525,8 @@ def setup(app: web.Application, ctx: Any) -> None:
               statuses=nf)
     operation(app, r.add_get("/api/tenant/devices", tenant_devices), tag="devices", response=DevicePage,
               summary="The tenant's devices, one page (or the one named deviceName)",
-              query=(*listing, Param("deviceName", str, False, "Answer this one device instead of a page")))
+              query=(*listing, Param("deviceName", str, False, "Answer this one device instead of a page")),
+              statuses={404: "No device of this name in the tenant (deviceName)"})
     operation(app, r.add_get("/api/tenant/device", tenant_device), tag="devices", response=DeviceJson,
               summary="The tenant's device of this name",
               query=(Param("deviceName", str, True, "The device's name"),),

@@ -131,5 +131,6 @@ def setup(app: web.Application, ctx: Any) -> None:
             Param("sortProperty", str, False, "Sort key", SORT_PROPERTIES),
             Param("sortOrder", str, False, "ASC or DESC", ("ASC", "DESC")),
         ),
-        statuses={404: "Device with requested id wasn't found! (bare text)"},
+        statuses={403: "Another customer's device (bare text); a system administrator (errorCode 20)",
+                  404: "Device with requested id wasn't found! (bare text)"},
     )

@@ -293,6 +293,7 @@ def setup(app: web.Application, ctx: Any) -> None:
     ):
         for kind in ("oneway", "twoway"):
             statuses = {
+                403: "Another customer's device, or a system administrator (bare text)",
                 404: "Device with requested id wasn't found! (bare text)",
                 406: "The device's reply is not JSON (empty)",
                 413: "Request body over http.max_body_bytes",

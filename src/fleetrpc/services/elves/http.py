@@ -120,7 +120,7 @@ def _describe(app: web.Application) -> None:
     """Record the Elves routes in the server's OpenAPI document (an
     application made without ``create_app`` has none)."""
     from ...api.keys import OPERATIONS
-    from ...api.openapi import Param, operation
+    from ...api.openapi import Answer, Param, operation
 
     if OPERATIONS not in app:
         return
@@ -134,11 +134,14 @@ def _describe(app: web.Application) -> None:
         if path == "/api/elves":
             operation(app, route, tag="elves", summary="Call an Elves function (the envelope, as over MQTT)",
                       body=EnvelopeBody, response=EnvelopeReply,
-                      statuses={403: "Not a tenant administrator ([401.6])"})
+                      statuses={400: Answer("Not an envelope: the error envelope", EnvelopeReply),
+                                403: Answer("Not a tenant administrator: the error envelope", EnvelopeReply)})
         elif path == "/api/elves/cmdb":
             operation(app, route, tag="elves", summary="Import the CMDB from a CSV body (text/csv)",
                       response=V2Answer, query=[Param("replace", bool, description="replace the whole table")],
-                      statuses={413: "CSV too large"})
+                      statuses={400: Answer("Bad CSV (flag false, error)", V2Answer),
+                                403: Answer("Not a tenant administrator (flag false, error)", V2Answer),
+                                413: "CSV too large"})
         elif path in _V2_PARAMS:
             params = [Param(n, required=True, description="signature (docs/elves-cron.md)") for n in _SIGNED]
             params += [Param(n) for n in _V2_PARAMS[path]]
