@@ -242,3 +242,29 @@ async def test_session_expiry_is_capped_and_reported():
         first, body = await c.connect("token-a", client_id="k", version=5, clean=False, props={0x11: 3600})
         assert b"\x11\x00\x00\x00\x0a" in body  # Session Expiry Interval: 10
         c.close()
+
+
+async def test_subscriptions_in_its_own_namespace_are_capped():
+    """Found by fuzzing: a device could subscribe to any number of distinct
+    filters under its own ``{p}/d/{id}/``, each kept, and each SUBSCRIBE
+    re-reading all of them: 8,000 filters held the event loop (every
+    device) for minutes.  Past the cap a new filter is refused (0x97);
+    one already held can still be subscribed to again."""
+    from fleetrpc.transport.endpoint.session import MAX_FLEETRPC_FILTERS
+
+    async with make_rig() as rig:
+        c = await raw.RawClient.open(rig.port)
+        assert (await c.connect("token-a", version=5, client_id="many"))[1][:2] == b"\x00\x00"
+        filters = [(f"fleetrpc/d/dev-a/x/{i}", 1) for i in range(MAX_FLEETRPC_FILTERS + 50)]
+        c.send(raw.subscribe(1, *filters, version=5))
+        first, body = await c.read_packet()
+        assert first == 0x90
+        codes = body[3:]
+        assert codes == b"\x01" * MAX_FLEETRPC_FILTERS + b"\x97" * 50
+        c.send(raw.subscribe(2, ("fleetrpc/d/dev-a/x/0", 0), ("fleetrpc/d/dev-a/req/#", 1), version=5))
+        assert (await c.read_packet())[1][3:] == b"\x00\x97"
+        (session,) = rig.endpoint.sessions_of("dev-a")
+        assert len(session.extra.fr_subs) == MAX_FLEETRPC_FILTERS
+        await assert_still_serving(rig)
+        c.close()
+        await assert_nothing_left(rig)

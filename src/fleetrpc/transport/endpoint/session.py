@@ -115,6 +115,12 @@ _MISSING = object()
 #: seconds of silence after which a connection's reader is dropped (see Session._check)
 IDLE_TRIM = 5
 
+#: Most filters a session may hold under its own ``{p}/d/{id}/`` (the
+#: FLEETRPC form needs two or three); a new one past it is refused with
+#: 0x97.  Unbounded, one connection's subscriptions took memory without
+#: limit, and the event loop: each SUBSCRIBE re-reads all of them.
+MAX_FLEETRPC_FILTERS = 64
+
 
 class _GatewayReply(msgspec.Struct, gc=False):
     device: str
@@ -1108,6 +1114,10 @@ class Session(asyncio.Protocol):
             return q
         base = self.base
         if topic.startswith(base) and topic[len(base):len(base) + 1] in ("/", ""):
+            x = self.extra
+            fr = x.fr_subs if x is not None else None
+            if fr is not None and len(fr) >= MAX_FLEETRPC_FILTERS and topic not in fr:
+                return P.QUOTA_EXCEEDED
             self._grant(topic, q)
             self._fr_filters_changed()
             rest = topic[len(base) + 1:].split("/") if len(topic) > len(base) else []
