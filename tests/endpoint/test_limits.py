@@ -268,3 +268,35 @@ async def test_subscriptions_in_its_own_namespace_are_capped():
         await assert_still_serving(rig)
         c.close()
         await assert_nothing_left(rig)
+
+
+async def test_requests_waiting_for_a_device_that_never_acknowledges_are_bounded():
+    """Found by fuzzing: past the session's window, requests to a device that
+    never sends PUBACK (but keeps its connection) waited without bound; the
+    dispatcher's window per device is larger, and each call that timed out
+    made room for more.  The oldest beyond max_pending_responses is dropped
+    (its call times out, as a forgotten request's does)."""
+    async with make_rig(max_inflight=2, max_pending_responses=20) as rig:
+        c = await raw.RawClient.open(rig.port)
+        await c.connect("token-a", client_id="deaf")
+        c.send(raw.subscribe(1, ("v1/devices/me/rpc/request/+", 1)))
+        await c.read_packet()
+        await rig.online("dev-a")
+        ep = rig.endpoint
+        undeliverable = ep.stats.undeliverable
+        for i in range(1, 201):
+            ep.publish(f"{ep._dev_prefix}dev-a/req/n9/{i}", b'{"method":"m","params":{}}', 1, False, -1)
+        (session,) = ep.sessions_of("dev-a")
+        assert len(session.extra.inflight) == 2
+        assert len(session.extra.waiting) == 20
+        assert ep.stats.undeliverable - undeliverable == 200 - 2 - 20
+        # the newest wait: acknowledging the two in flight sends the next ones
+        for _ in range(2):
+            first, body = await c.read_packet()
+            c.send(raw.puback(raw.publish_topic(body, 1, False)[2]))
+        for _ in range(2):
+            first, body = await c.read_packet()
+            assert body[2:].startswith(b"v1/devices/me/rpc/request/")
+        assert [w[2] for w in session.extra.waiting][0] == "n9/183"
+        c.close()
+        await assert_nothing_left(rig)

@@ -749,9 +749,15 @@ class Session(asyncio.Protocol):
             if inflight is None:
                 inflight = x.inflight = {}
             elif len(inflight) >= x.window:
-                if x.waiting is None:
-                    x.waiting = deque()
-                x.waiting.append((topic, payload, confirm, props))
+                waiting = x.waiting
+                if waiting is None:
+                    waiting = x.waiting = deque()
+                elif len(waiting) >= self.endpoint.settings.max_pending_responses:
+                    # A device that never acknowledges must not hold requests
+                    # without bound: the oldest goes (its call times out).
+                    waiting.popleft()
+                    self.endpoint.stats.undeliverable += 1
+                waiting.append((topic, payload, confirm, props))
                 return
             mid = x.next_mid
             while True:
