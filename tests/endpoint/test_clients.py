@@ -301,3 +301,46 @@ async def test_the_simulators_thingsboard_firmware_answers_and_calls(rig):
         assert limits["maxPayloadSize"] == rig.endpoint.settings.max_payload
     finally:
         await dev.close()
+
+
+async def test_a_client_call_nested_too_deeply_is_answered_invalid_not_fatal(rig):
+    """A device's own call (``v1/devices/me/rpc/request/N``) whose params
+    nest deeper than msgspec recurses (RecursionError, not DecodeError) is
+    answered INVALID_REQUEST; the session stays up."""
+    c = await raw.RawClient.open(rig.port)
+    try:
+        assert (await c.connect("token-a"))[1] == b"\x00\x00"
+        c.send(raw.subscribe(1, ("v1/devices/me/rpc/request/+", 1), ("v1/devices/me/rpc/response/+", 1)))
+        await c.read_packet()  # SUBACK
+        await rig.online("dev-a")
+        deep = b'{"method":"m","params":' + b"[" * 2000 + b"]" * 2000 + b"}"
+        c.send(raw.publish("v1/devices/me/rpc/request/1", deep, qos=1, mid=5))
+        answers = {}
+        while len(answers) < 2:
+            first, body = await c.read_packet()
+            answers[first & 0xF0] = body
+        assert answers[0x40] == b"\x00\x05"  # PUBACK
+        topic, payload, _ = raw.publish_topic(answers[0x30], 1, False)
+        assert topic == "v1/devices/me/rpc/response/1"
+        assert json.loads(payload)["error"]["code"] == "INVALID_REQUEST"
+        assert rig.dispatcher.is_online("dev-a")
+    finally:
+        c.close()
+
+
+@pytest.mark.parametrize("topic", ["v1/gateway/connect", "v1/gateway/disconnect", "v1/gateway/rpc",
+                                   "v1/gateway/attributes/request"])
+async def test_a_gateway_message_nested_too_deeply_is_ignored_not_fatal(rig, topic):
+    """A gateway's message with a field nested deeper than msgspec recurses
+    (even an unknown one: skipping it recurses too) is ignored; the session
+    stays up."""
+    c = await raw.RawClient.open(rig.port)
+    try:
+        assert (await c.connect("token-gw"))[1] == b"\x00\x00"
+        deep = b'{"device":"s1","id":1,"junk":' + b"[" * 2000 + b"]" * 2000 + b"}"
+        c.send(raw.publish(topic, deep, qos=1, mid=5))
+        assert await c.read_packet() == (0x40, b"\x00\x05")  # PUBACK
+        c.send(b"\xc0\x00")  # PINGREQ
+        assert await c.read_packet() == (0xD0, b"")  # PINGRESP: still connected
+    finally:
+        c.close()
