@@ -191,7 +191,8 @@ def _fits(doc: dict, path: str, method: str, status: int, content_type: str, bod
 async def test_error_answers_fit_the_document(start_server, world):
     """Answers a deep run from the document found undescribed: a refused
     refresh token and console stream (401), a deviceName that is no device
-    (404), Elves' error envelopes (400 / 403), the RPC path's bare-text 403."""
+    (404), Elves' error envelopes (400 / 403), the RPC path's bare-text 403,
+    and the one device (not a page) GET /api/tenant/devices?deviceName= answers."""
     async with start_server(rpc={"offline_fail_fast": True}) as (server, api):
         _, body, _ = await api.request("GET", "/api/openapi.json")
         doc = json.loads(body)
@@ -202,6 +203,9 @@ async def test_error_answers_fit_the_document(start_server, world):
             (None, "POST", "/api/auth/token", "/api/auth/token", {"refreshToken": "not-a-token"}, None, 401),
             (None, "GET", "/api/console/events", "/api/console/events?token=not-a-token", None, None, 401),
             (admin, "GET", "/api/tenant/devices", "/api/tenant/devices?deviceName=nothing", None, None, 404),
+            # with deviceName, the device itself (not a page)
+            (admin, "GET", "/api/tenant/devices", "/api/tenant/devices?deviceName=Device%20T1", None, None, 200),
+            (admin, "GET", "/api/tenant/devices", "/api/tenant/devices?pageSize=1&page=0", None, None, 200),
             (admin, "POST", "/api/elves", "/api/elves", {"mqt": 1}, None, 400),
             (admin, "POST", "/api/elves/cmdb", "/api/elves/cmdb", None, b"\xff\xfe", 400),
             (customer, "POST", "/api/elves/cmdb", "/api/elves/cmdb", None, b"a,b\n", 403),

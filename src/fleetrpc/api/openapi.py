@@ -49,6 +49,8 @@ class Operation(msgspec.Struct, frozen=True):
     tag: str
     summary: str
     body: Any = None
+    #: the msgspec type of the 200's JSON body, or a tuple of types: any one
+    #: of them (msgspec describes no union of untagged Structs)
     response: Any = None
     #: the answer is not JSON: "text" (bare text) or "empty"
     response_kind: str = "json"
@@ -99,7 +101,8 @@ def openapi_document(app: web.Application, *, title: str = "fleetrpc", version: 
     types: list[Any] = [ErrorBody]
     for op in ops:
         answers = [a.body for a in op.statuses.values() if isinstance(a, Answer)]
-        for t in (op.body, op.response, *answers):
+        shapes = op.response if isinstance(op.response, tuple) else (op.response,)
+        for t in (op.body, *shapes, *answers):
             if t is not None and t not in types:
                 types.append(t)
     schemas, components = msgspec.json.schema_components(types, ref_template="#/components/schemas/{name}")
@@ -122,7 +125,9 @@ def openapi_document(app: web.Application, *, title: str = "fleetrpc", version: 
                            "description": q.description})
         responses: dict[str, Any] = {}
         if op.response_kind == "json" and op.response is not None:
-            responses["200"] = {"description": "OK", "content": {"application/json": {"schema": ref[op.response]}}}
+            schema = ({"anyOf": [ref[t] for t in op.response]} if isinstance(op.response, tuple)
+                      else ref[op.response])
+            responses["200"] = {"description": "OK", "content": {"application/json": {"schema": schema}}}
         else:
             responses["200"] = {"description": "OK" if op.response_kind != "rpc" else
                                 "The device's reply (any JSON; empty when the reply is empty)"}

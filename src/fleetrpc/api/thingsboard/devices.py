@@ -523,7 +523,8 @@ def setup(app: web.Application, ctx: Any) -> None:
     operation(app, r.add_get("/api/device/info/{deviceId}", get_device_info), tag="devices",
               response=DeviceInfoJson, summary="A device with its customer, online state and last activity",
               statuses=nf)
-    operation(app, r.add_get("/api/tenant/devices", tenant_devices), tag="devices", response=DevicePage,
+    operation(app, r.add_get("/api/tenant/devices", tenant_devices), tag="devices",
+              response=(DevicePage, DeviceJson),
               summary="The tenant's devices, one page (or the one named deviceName)",
               query=(*listing, Param("deviceName", str, False, "Answer this one device instead of a page")),
               statuses={404: "No device of this name in the tenant (deviceName)"})
