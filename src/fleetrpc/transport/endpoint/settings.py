@@ -71,8 +71,9 @@ class EndpointSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True)
         "ThingsBoard's MQTT_BASIC credentials: connections without a user name are checked "
         "too (client id and password) instead of being refused.")] = False
     max_pending_responses: Annotated[int, _doc(
-        "Two-way requests remembered per session awaiting their response (the oldest is "
-        "forgotten beyond; its call times out).", gt=0)] = 10_000
+        "Two-way requests remembered per session awaiting their response, and requests "
+        "waiting for room in the window of a device that does not acknowledge (the oldest "
+        "is forgotten beyond; its call times out).", gt=0)] = 10_000
     max_client_calls: Annotated[int, _doc(
         "Client-side calls of one session awaiting the dispatcher's answer; more are answered "
         "with an error at once.", gt=0)] = 100
