@@ -91,6 +91,7 @@ from aiohttp import web
 from multidict import istr
 
 from ..config.server import AuthSection, JwtSection, RateLimitsSection
+from ..wire import BAD_JSON
 from .errors import ApiError, ErrorBody, ErrorCode
 from .keys import CTX, PRINCIPAL
 
@@ -697,7 +698,7 @@ _decode_obj = msgspec.json.Decoder(dict).decode
 async def _json_object(request: web.Request) -> dict | None:
     try:
         return _decode_obj(await request.read())
-    except (msgspec.DecodeError, RecursionError):  # RecursionError: nested too deeply for msgspec
+    except BAD_JSON:
         return None
 
 

@@ -162,6 +162,7 @@ from .constants import (
 from .ids import is_valid_level, validate_id, validate_prefix
 from .messages import (
     ANY_DECODER,
+    BAD_JSON,
     INTERNAL_ERROR,
     INVALID_PARAMS,
     JSON_ENCODER,
@@ -214,7 +215,7 @@ __all__ = [
     "METHOD_NOT_FOUND", "INVALID_PARAMS", "INTERNAL_ERROR",
     "error_reply", "error_value", "as_error",
     "JSON_ENCODER", "ANY_DECODER", "REQUEST_DECODER", "PRESENCE_DECODER", "NODE_PRESENCE_DECODER",
-    "OBJECT_DECODER",
+    "OBJECT_DECODER", "BAD_JSON",
     "request_topic", "reply_topic", "ack_topic", "call_topic", "return_topic",
     "presence_topic", "requests_filter", "heartbeat_topic", "elves_topic",
     "node_presence_topic", "node_presence_filter", "parse_node_presence_topic",

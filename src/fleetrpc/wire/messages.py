@@ -15,7 +15,7 @@ __all__ = [
     "METHOD_NOT_FOUND", "INVALID_PARAMS", "INTERNAL_ERROR",
     "error_reply", "error_value", "as_error",
     "JSON_ENCODER", "ANY_DECODER", "REQUEST_DECODER", "PRESENCE_DECODER", "NODE_PRESENCE_DECODER",
-    "OBJECT_DECODER",
+    "OBJECT_DECODER", "BAD_JSON",
 ]
 
 Method = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_ID_LENGTH)]
@@ -117,6 +117,11 @@ INTERNAL_ERROR = ErrorCode.INTERNAL_ERROR.value
 # Decoder per type.  They hold no per-call state, so sharing them is safe.
 #: Encodes any supported value (Structs included) to JSON bytes.
 JSON_ENCODER = msgspec.json.Encoder()
+#: What decoding raises for bytes that are not the JSON expected: msgspec
+#: raises RecursionError, not DecodeError, for JSON nested deeper than it
+#: recurses (about 1,000 levels).  Whatever arrives from the network or over
+#: HTTP is decoded under ``except BAD_JSON``.
+BAD_JSON = (msgspec.DecodeError, RecursionError)
 #: Any JSON value (REPLY, RETURN).
 ANY_DECODER = msgspec.json.Decoder()
 #: :class:`RpcRequest` (REQUEST, CALL).

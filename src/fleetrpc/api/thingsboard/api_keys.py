@@ -31,6 +31,7 @@ import msgspec
 from aiohttp import web
 
 from ..auth import Principal
+from ...wire import BAD_JSON
 from ..errors import ApiError
 from ..keys import CTX, PRINCIPAL
 from ..openapi import operation
@@ -178,7 +179,7 @@ async def update_description(request: web.Request) -> web.Response:
         raise ApiError.bad_request("The description must be UTF-8 text") from None
     try:
         decoded = msgspec.json.decode(raw)
-    except (msgspec.DecodeError, RecursionError):  # RecursionError: nested too deeply for msgspec
+    except BAD_JSON:
         decoded = None
     description = decoded if isinstance(decoded, str) else text
     key = await ctx.api_keys.update(key.id, description=_description(description))

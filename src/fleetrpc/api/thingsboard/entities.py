@@ -18,6 +18,7 @@ import msgspec
 from aiohttp import web
 
 from ...store.entities.model import Contact
+from ...wire import BAD_JSON
 
 __all__ = ["json_reply", "read_body"]
 
@@ -35,7 +36,7 @@ async def read_body(request: web.Request) -> Any:
 
     try:
         return _decode(await request.read())
-    except (msgspec.DecodeError, RecursionError):  # RecursionError: nested too deeply for msgspec
+    except BAD_JSON:
         raise ApiError.bad_request("Invalid request body") from None
 
 

@@ -21,6 +21,7 @@ from typing import Any
 
 import msgspec
 
+from ...wire import BAD_JSON
 from .errors import Code, ElvesError
 
 __all__ = [
@@ -149,7 +150,7 @@ def parse_envelope(body: bytes | str | dict) -> Envelope:
             body = _decode_object(body)
         except msgspec.ValidationError:
             raise ElvesError(Code.MALFORMED, "Malformed Envelope: not a JSON object") from None
-        except (msgspec.DecodeError, TypeError, RecursionError) as exc:  # RecursionError: nested too deeply
+        except (*BAD_JSON, TypeError) as exc:
             raise ElvesError(Code.MALFORMED, f"Malformed Envelope: not JSON ({exc})") from None
     try:
         head = msgspec.convert(body, _Head)

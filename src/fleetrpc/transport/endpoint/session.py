@@ -40,7 +40,7 @@ import msgspec
 
 from ... import _core
 from ...errors import CodecError, StoreError
-from ...wire import REQUEST_DECODER, error_reply, validate_id
+from ...wire import BAD_JSON, REQUEST_DECODER, error_reply, validate_id
 from ...wire.topics import levels_match, return_topic
 from . import packets as P
 
@@ -142,10 +142,6 @@ class _RequestId(msgspec.Struct, gc=False):
 
 
 _decode_request_id = msgspec.json.Decoder(_RequestId).decode
-#: What decoding a payload raises when it is not the JSON expected: msgspec
-#: raises RecursionError, not DecodeError, for one nested deeper than it
-#: recurses (a device's payload must never fail the session's packet handler).
-_BAD_JSON = (msgspec.DecodeError, RecursionError)
 
 
 def _persistent_id(payload: bytes) -> str | None:
@@ -157,7 +153,7 @@ def _persistent_id(payload: bytes) -> str | None:
         return None
     try:
         return _decode_request_id(payload).id
-    except _BAD_JSON:
+    except BAD_JSON:
         return None
 
 
@@ -844,7 +840,7 @@ class Session(asyncio.Protocol):
     def _send_gateway_request(self, sub: SubDevice, tail: str, payload: bytes, token: int) -> None:
         try:
             req = _request_parts(payload)
-        except _BAD_JSON:
+        except BAD_JSON:
             self.endpoint.stats.undeliverable += 1
             return
         if token < 0:
@@ -1257,7 +1253,7 @@ class Session(asyncio.Protocol):
         qos = max(self.granted(RESPONSE_SUBSCRIPTION[form]), 0)
         try:
             request = REQUEST_DECODER.decode(payload)
-        except _BAD_JSON as exc:
+        except BAD_JSON as exc:
             self.send_answer(answer, error_reply("INVALID_REQUEST", f"not a {{method, params}} object: {exc}"), qos)
             return
         if request.method == _SESSION_LIMITS:
@@ -1337,7 +1333,7 @@ class Session(asyncio.Protocol):
         if what == "rpc":
             try:
                 reply = _gateway_reply(payload)
-            except _BAD_JSON:
+            except BAD_JSON:
                 ep.stats.unknown_response += 1
                 return
             requests = self.extra.requests  # (a gateway session has its extra)
@@ -1351,7 +1347,7 @@ class Session(asyncio.Protocol):
         elif what == "connect":
             try:
                 name = _device_name(payload).device
-            except _BAD_JSON:
+            except BAD_JSON:
                 ep.stats.ignored += 1
                 return
             if not (self.subdevices and name in self.subdevices):
@@ -1359,7 +1355,7 @@ class Session(asyncio.Protocol):
         elif what == "disconnect":
             try:
                 name = _device_name(payload).device
-            except _BAD_JSON:
+            except BAD_JSON:
                 ep.stats.ignored += 1
                 return
             self.drop_subdevice(name)
@@ -1388,7 +1384,7 @@ class Session(asyncio.Protocol):
         ep = self.endpoint
         try:
             request = _gateway_attributes_request(payload)
-        except _BAD_JSON:
+        except BAD_JSON:
             ep.stats.ignored += 1
             return
         if not request.device or (request.key is None and request.keys is None):
