@@ -170,7 +170,8 @@ def setup(app: web.Application, ctx: Any) -> None:
     """Add the jobs routes (``ctx.jobs`` is the JobEngine, ``ctx.job_targets``
     the registry-backed target resolver)."""
     r = app.router
-    paging = (Param("pageSize", int, True, f"Jobs per page (1-{MAX_PAGE_SIZE})"), Param("page", int, True, "Page, from 0"))
+    paging = (Param("pageSize", int, True, f"Jobs per page (1-{MAX_PAGE_SIZE})"),
+              Param("page", int, True, "Page, from 0"))
     row_paging = (Param("pageSize", int, True, f"Rows per page (1-{MAX_PAGE_SIZE})"), paging[1])
     not_found = {404: "No such job in this tenant"}
     operation(app, r.add_post("/api/jobs", create), tag="jobs", body=JobSpec, response=JobView,
@@ -178,7 +179,7 @@ def setup(app: web.Application, ctx: Any) -> None:
               statuses={400: "Bad job (the message names the field)", 403: "A target the user may not reach"})
     operation(app, r.add_get("/api/jobs", list_jobs), tag="jobs", response=JobPage,
               summary="The tenant's jobs, newest first (a customer user's: its customer's); a "
-                      "large job's params, deviceIds, abort and aggregate are left out or cut "
+                      "large job's params, deviceIds and aggregate are left out or cut "
                       "(its abridged field says which)",
               query=paging + (Param("statuses", str, False, "Comma-separated job statuses"),))
     operation(app, r.add_get("/api/job/{job_id}", get), tag="jobs", response=JobView,

@@ -12,7 +12,7 @@ first, which its outcome then replaces.
 
 A write never brings back a deleted job, nor stores rows for one: the job
 row is updated first and the rows only if it was there
-(:class:`~fleetrpc.jobs.engine.JobNotFoundError` otherwise).  On
+(:class:`~fleetrpc.jobs.model.JobNotFoundError` otherwise).  On
 PostgreSQL that update locks the row, so a concurrent ``DELETE`` either
 waits for the write and then deletes its rows too, or commits first and
 the write finds no job.
@@ -26,8 +26,17 @@ from typing import Any
 import msgspec
 
 from ..errors import LeaseLostError
-from ..jobs.engine import JobNotFoundError
-from ..jobs.model import LISTED_PART_BYTES, DeviceOutcome, Job, JobCounts, JobDevice, JobSpec, JobStatus, abridge_job
+from ..jobs.model import (
+    LISTED_PART_BYTES,
+    DeviceOutcome,
+    Job,
+    JobCounts,
+    JobDevice,
+    JobNotFoundError,
+    JobSpec,
+    JobStatus,
+    abridge_job,
+)
 from .base import storable_text
 
 __all__ = ["JobRepository"]
