@@ -394,9 +394,10 @@ class Job(msgspec.Struct, kw_only=True):
 # -- listings -------------------------------------------------------------------
 #
 # A job may be large: params up to the transport's max_payload, 100,000
-# device ids, an aggregate of 16 fields of 32 values.  GET /api/jobs shows up to 10,000 jobs a page (the limit of every
-# other listing), so a listed job shows these parts only while they are
-# small; GET /api/job/{id} shows the whole job.
+# device ids, an aggregate of 16 fields of 32 values.  GET /api/jobs shows
+# up to 10,000 jobs a page (the limit of every other listing), so a listed
+# job shows these parts only while they are small; GET /api/job/{id} shows
+# the whole job.
 
 #: A part of a listed job larger than this (bytes of JSON) is left out or cut.
 LISTED_PART_BYTES = 4096

@@ -182,8 +182,13 @@ class JobRepository:
         return jobs, int(total)
 
     async def delete(self, tenant_id: str, job_id: str) -> bool:
+        return await self._delete(job_id, "tenant_id = $2", tenant_id)
+
+    async def _delete(self, job_id: str, condition: str, *args: Any) -> bool:
+        """Delete the job if ``condition`` holds, and then its per-device
+        rows, in one transaction; whether it was there."""
         async with self.db.transaction() as conn:
-            n = await conn.execute("DELETE FROM job WHERE id = $1 AND tenant_id = $2", job_id, tenant_id)
+            n = await conn.execute(f"DELETE FROM job WHERE id = $1 AND {condition}", job_id, *args)
             if n:
                 await conn.execute("DELETE FROM job_device WHERE job_id = $1", job_id)
         return bool(n)
@@ -199,11 +204,8 @@ class JobRepository:
                 f"SELECT id FROM job WHERE {_FINISHED} AND finish_ts < $1 ORDER BY finish_ts LIMIT $2",
                 before_ms, batch)]
             for job_id in ids:
-                async with self.db.transaction() as conn:
-                    # The status again: only a finished job's rows can no longer change.
-                    if await conn.execute(f"DELETE FROM job WHERE id = $1 AND {_FINISHED}", job_id):
-                        await conn.execute("DELETE FROM job_device WHERE job_id = $1", job_id)
-                        n += 1
+                # The status again: only a finished job's rows can no longer change.
+                n += await self._delete(job_id, _FINISHED)
             if len(ids) < batch:
                 return n
 
