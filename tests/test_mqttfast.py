@@ -48,6 +48,21 @@ def test_properties_go_to_on_props(fast):
     assert got == [("props", "t", b"x", b"\x08\x00\x03r/t\x09\x00\x0217")]
 
 
+@pytest.mark.parametrize("which", ["response_topic", "correlation_data"])
+def test_properties_over_two_bytes_of_length_are_refused(fast, which):
+    # A two-byte length prefix cannot say 65,536: the compiled encoder once
+    # wrote the low 16 bits and a property the reader would misframe.
+    Reader, encode = fast
+    kwargs = {"response_topic": "r" * 65535, "correlation_data": b"c" * 65535}
+    pkt = encode("t", b"x", 1, 1, False, True, **{which: kwargs[which]})
+    r, got = _reader(Reader)
+    r.feed(pkt)
+    assert len(got) == 1 and got[0][0] == "props"
+    too_long = {"response_topic": "r" * 65536, "correlation_data": b"c" * 65536}[which]
+    with pytest.raises(CodecError, match="longer than 65535 bytes"):
+        encode("t", b"x", 1, 1, False, True, **{which: too_long})
+
+
 def test_puback_and_other_packets(fast):
     Reader, _ = fast
     r, got = _reader(Reader)

@@ -229,9 +229,13 @@ def encode_publish(str topic, payload, int qos, int mid, retain=False, v5=True,
     if is_v5:
         if response_topic is not None:
             rt = response_topic.encode()
+            if len(rt) > 65535:
+                raise CodecError("response topic longer than 65535 bytes")
             props_len += 3 + len(rt)
         if correlation_data is not None:
             cd = bytes(correlation_data)
+            if len(cd) > 65535:
+                raise CodecError("correlation data longer than 65535 bytes")
             props_len += 3 + len(cd)
         pn = _varint_into(pv, props_len)
     remaining = 2 + tlen + (2 if qos else 0) + (pn + props_len if is_v5 else 0) + plen

@@ -247,8 +247,12 @@ def encode_publish(
         props = b""
         if response_topic is not None:
             rt = response_topic.encode()
+            if len(rt) > 65535:
+                raise CodecError("response topic longer than 65535 bytes")
             props += b"\x08" + len(rt).to_bytes(2, "big") + rt
         if correlation_data is not None:
+            if len(correlation_data) > 65535:
+                raise CodecError("correlation data longer than 65535 bytes")
             props += b"\x09" + len(correlation_data).to_bytes(2, "big") + correlation_data
         variable += _varint(len(props)) + props
     remaining = len(variable) + len(payload)
