@@ -344,3 +344,18 @@ async def test_a_gateway_message_nested_too_deeply_is_ignored_not_fatal(rig, top
         assert await c.read_packet() == (0xD0, b"")  # PINGRESP: still connected
     finally:
         c.close()
+
+
+async def test_a_disconnect_from_an_mqtt5_client_is_not_answered_with_a_disconnect(rig):
+    """MQTT 5, 4.13 and 3.14: the server must not send DISCONNECT after the
+    client's own; it just closes.  (It used to answer with one, reason 0.)"""
+    c = await raw.RawClient.open(rig.port)
+    assert (await c.connect("token-a", client_id="bye", version=5))[1][:2] == b"\x00\x00"
+    c.send(raw.subscribe(1, ("v1/devices/me/rpc/request/+", 1), version=5))
+    await c.read_packet()  # SUBACK
+    await rig.online("dev-a")
+    c.send(b"\xe0\x00")  # DISCONNECT, normal disconnection
+    assert await c.closed() == b""
+    await rig.offline("dev-a")
+    assert rig.endpoint.stats.closed_other == 0
+    c.close()

@@ -628,13 +628,14 @@ class Session(asyncio.Protocol):
         log.info("device session %s closed: %s (0x%02x)", self._who(), why, reason)
         self.close(reason)
 
-    def close(self, reason: int = P.SUCCESS) -> None:
+    def close(self, reason: int = P.SUCCESS, tell: bool = True) -> None:
         """Close the connection; a connected MQTT 5 session gets a DISCONNECT
-        with ``reason`` first (3.1.1 servers can only close)."""
+        with ``reason`` first (3.1.1 servers can only close), unless ``tell``
+        is False (the device disconnected itself)."""
         transport = self.transport
         if transport is None or self.state == CLOSED:
             return
-        if self.v5 and self.state == CONNECTED:
+        if tell and self.v5 and self.state == CONNECTED:
             self._write(P.disconnect(reason))
         self._flush()
         self.state = CLOSED
@@ -945,7 +946,8 @@ class Session(asyncio.Protocol):
                     raise P.ProtocolError("session expiry raised from 0 at DISCONNECT", P.PROTOCOL_ERROR)
                 if expiry or self.extra is not None:
                     self._extra().session_expiry = min(expiry, self.endpoint.settings.max_session_expiry)
-            self.close()
+            # MQTT 5 (3.14): the server sends no DISCONNECT after the client's own
+            self.close(tell=False)
         elif kind == 0x30:  # QoS 2 (the reader takes QoS 0 and 1)
             raise P.ProtocolError("QoS 2 is not supported", P.QOS_NOT_SUPPORTED)
         elif kind == 0x10:
