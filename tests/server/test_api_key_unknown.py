@@ -1,15 +1,17 @@
-"""API keys that match no key (api/auth.py's ApiKeyAuth): a client repeating
-an unknown value costs one database query per ``UNKNOWN_KEY_TTL_S``, not one
-per request; a key created on this node works at once all the same; the
-values remembered stay few however many distinct ones a client sends."""
+"""Refused API key values (api/auth.py's ApiKeyAuth): a client repeating a
+value that matches no key, or a disabled or expired key's, costs one database
+query per ``UNKNOWN_KEY_TTL_S``, not one per request; a key created or enabled
+on this node works at once all the same; the values remembered stay few
+however many distinct ones a client sends."""
 
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
-from fleetrpc.api.auth import UNKNOWN_KEY_TTL_S, ApiKeyAuth
+from fleetrpc.api.auth import API_KEY_EXPIRED, NOT_ACTIVE, UNKNOWN_KEY_TTL_S, ApiKeyAuth
 from fleetrpc.api.errors import ApiError
 from fleetrpc.store.entities.api_keys import ApiKeyRepository
 
@@ -118,7 +120,7 @@ async def test_the_unknown_values_remembered_stay_bounded():
     auth = ApiKeyAuth(keys, None, recheck_s=5.0, cache_size=100, clock=clock, unknown_cache_size=64)
     for i in range(1000):
         await _refused(auth, f"tb_{i}")
-    assert keys.queries == 1000 and len(auth._unknown) == 64
+    assert keys.queries == 1000 and len(auth._refused) == 64
     # the newest are the ones kept
     await _refused(auth, "tb_999")
     assert keys.queries == 1000
@@ -127,4 +129,45 @@ async def test_the_unknown_values_remembered_stay_bounded():
     # the expired ones go as soon as another is remembered
     clock.now += UNKNOWN_KEY_TTL_S
     await _refused(auth, "tb_new")
-    assert len(auth._unknown) == 1
+    assert len(auth._refused) == 1
+
+
+async def _key_of(repos, monkeypatch, value: str, **kw):
+    t = await repos.tenants.create("T")
+    u = await repos.users.create(t.id, None, "admin@example.com", "TENANT_ADMIN", password="pw")
+    repo = ApiKeyRepository(repos.db)
+    monkeypatch.setattr("fleetrpc.store.entities.api_keys.new_value", lambda: value)
+    key, _ = await repo.create(t.id, u.id, "a key", **kw)
+    return repo, key, u
+
+
+async def test_a_disabled_key_costs_one_query_per_ttl_until_enabled_here(repos, monkeypatch):
+    """A client repeating a disabled key's value is refused from memory (the
+    same refusal); enabling the key on this node makes it work at once."""
+    value = "tb_" + "D" * 86
+    repo, key, u = await _key_of(repos, monkeypatch, value, enabled=False)
+    keys, clock = _Counting(repo), _Clock()
+    clock.now = time.time()
+    auth = ApiKeyAuth(keys, _Users(repos.users), recheck_s=5.0, cache_size=100, clock=clock)
+    repo.add_create_listener(auth.key_created)  # as the server wires it (api/auth.py's _keep_api_keys)
+    first = await _refused(auth, value)
+    assert first == NOT_ACTIVE
+    for _ in range(20):
+        assert await _refused(auth, value) == first
+    assert keys.queries == 1
+    clock.now += UNKNOWN_KEY_TTL_S
+    assert await _refused(auth, value) == first
+    assert keys.queries == 2
+    await repo.update(key.id, enabled=True)
+    assert (await auth.verify(value)).user_id == u.id
+    assert keys.queries == 3
+
+
+async def test_an_expired_key_costs_one_query_per_ttl(repos, monkeypatch):
+    value = "tb_" + "E" * 86
+    repo, _, _ = await _key_of(repos, monkeypatch, value, enabled=True, expiration_time=int(time.time() * 1000) - 1)
+    keys = _Counting(repo)
+    auth = ApiKeyAuth(keys, _Users(repos.users), recheck_s=5.0, cache_size=100)
+    for _ in range(20):
+        assert await _refused(auth, value) == API_KEY_EXPIRED
+    assert keys.queries == 1

@@ -62,11 +62,14 @@ it is disabled or deleted on this node (a listener), on another node (a
 PostgreSQL notification), or when its user is revoked anywhere (the
 revocations above); and it is read again every ``cluster.poll_interval_s``
 whatever happens, which catches a lost notification or a change made by
-another process.  A value that matches no key is remembered too (by its
-digest, for ``UNKNOWN_KEY_TTL_S``, at most ``UNKNOWN_KEY_CACHE_SIZE`` of
-them): a client repeating one costs no query; a key created on this node
-is usable at once (its creation clears them), one created on another node
-after ``UNKNOWN_KEY_TTL_S`` at worst.  Refusals, as ThingsBoard's
+another process.  A refused value is remembered too, with its refusal
+(by its digest, for ``UNKNOWN_KEY_TTL_S``, at most ``UNKNOWN_KEY_CACHE_SIZE``
+of them): one that matches no key, or a key that is disabled or expired; a
+client repeating one costs no query.  A key created or enabled on this node
+is usable at once (that clears them), one created or enabled on another node
+after ``UNKNOWN_KEY_TTL_S`` at worst.  (A refusal for the key's user, disabled
+or not activated, is not remembered: nothing tells this node when a user is
+enabled again.)  Refusals, as ThingsBoard's
 ``ApiKeyAuthenticationProvider`` answers them (all errorCode 10): unknown key or user "Invalid username or
 password", disabled key, disabled or not yet activated user "User account
 is not active", expired key "API key is expired".  A token's issue time is in milliseconds (the
@@ -441,8 +444,9 @@ def load_or_create_secret(data_dir: str | os.PathLike) -> str:
 # -- API keys ------------------------------------------------------------------------
 
 
-#: How long a value that matched no key is refused without asking the
-#: database again (seconds): what a key created on another node may wait.
+#: How long a value that matched no key, or a disabled or expired key, is
+#: refused without asking the database again (seconds): what a key created
+#: or enabled on another node may wait.
 UNKNOWN_KEY_TTL_S = 3.0
 #: The most such values remembered (the oldest go first).
 UNKNOWN_KEY_CACHE_SIZE = 4096
@@ -475,17 +479,18 @@ class ApiKeyAuth:
         self._cache_size = cache_size
         self._clock = clock
         self._cache: dict[str, _CachedKey] = {}
-        # digest of a value that matched no key -> epoch seconds until which
-        # it is refused without a query; in insertion order, which is the
-        # order of the deadlines (all live as long)
-        self._unknown: dict[str, float] = {}
+        # digest of a refused value (no key, a disabled or expired key) ->
+        # (epoch seconds until which it is refused without a query, the
+        # refusal); in insertion order, which is the order of the deadlines
+        # (all live as long)
+        self._refused: dict[str, tuple[float, str]] = {}
         self._unknown_ttl_s = unknown_ttl_s
         self._unknown_size = unknown_cache_size if unknown_ttl_s > 0 else 0
         # Bumped by every eviction: a verification that started before one
         # does not cache what it read (it may predate the change).
         self._generation = 0
-        # Bumped by every creation on this node: a lookup that started
-        # before one does not remember its value as unknown.
+        # Bumped by every creation or enabling on this node: a lookup that
+        # started before one does not remember its refusal.
         self._creations = 0
         self.cache_hits = 0
         self.unknown_hits = 0
@@ -510,23 +515,22 @@ class ApiKeyAuth:
         if not value:
             raise ApiError.unauthorized(BAD_CREDENTIALS)  # ThingsBoard: "Empty API key"
         digest = self._hash(value)
-        deadline = self._unknown.get(digest)
-        if deadline is not None:
-            if self._clock() < deadline:
+        refused = self._refused.get(digest)
+        if refused is not None:
+            if self._clock() < refused[0]:
                 self.unknown_hits += 1
-                raise ApiError.unauthorized(BAD_CREDENTIALS)
-            del self._unknown[digest]
+                raise ApiError.unauthorized(refused[1])
+            del self._refused[digest]
         self.lookups += 1
         key = await self.keys.by_value(value)
-        if key is None:
-            if self._unknown_size and creations == self._creations:
-                self._remember_unknown(digest)
-            raise ApiError.unauthorized(BAD_CREDENTIALS)
-        if not key.enabled:
-            raise ApiError.unauthorized(NOT_ACTIVE)
         now = self._clock()
-        if key.expired(int(now * 1000)):
-            raise ApiError.unauthorized(API_KEY_EXPIRED)
+        refusal = (BAD_CREDENTIALS if key is None else NOT_ACTIVE if not key.enabled
+                   else API_KEY_EXPIRED if key.expired(int(now * 1000)) else None)
+        if refusal is not None:
+            if self._unknown_size and creations == self._creations:
+                self._remember_refused(digest, refusal)
+            raise ApiError.unauthorized(refusal)
+        assert key is not None
         user = await self.users.by_id(key.user_id)
         if user is None or str(user.tenant_id or NULL_UUID) != key.tenant_id:
             raise ApiError.unauthorized(BAD_CREDENTIALS)
@@ -549,22 +553,22 @@ class ApiKeyAuth:
             self._cache[digest] = _CachedKey(p, key.id, min(expires, now + self._recheck_s))
         return p
 
-    def _remember_unknown(self, digest: str) -> None:
+    def _remember_refused(self, digest: str, refusal: str) -> None:
         now = self._clock()
-        unknown = self._unknown
+        refused = self._refused
         # Drop the expired ones from the front, and the oldest when full.
-        while unknown:
-            oldest = next(iter(unknown))
-            if len(unknown) < self._unknown_size and unknown[oldest] > now:
+        while refused:
+            oldest = next(iter(refused))
+            if len(refused) < self._unknown_size and refused[oldest][0] > now:
                 break
-            del unknown[oldest]
-        unknown[digest] = now + self._unknown_ttl_s
+            del refused[oldest]
+        refused[digest] = (now + self._unknown_ttl_s, refusal)
 
     def key_created(self, key_id: str = "", user_id: str = "") -> None:
-        """A key was created on this node: no value is unknown any more
-        (its value may have been tried before it existed)."""
+        """A key was created or enabled on this node: forget every refusal
+        (its value may have been tried before it existed, or while disabled)."""
         self._creations += 1
-        self._unknown.clear()
+        self._refused.clear()
 
     def _evict(self, test: Callable[[_CachedKey], bool]) -> None:
         self._generation += 1
@@ -582,7 +586,7 @@ class ApiKeyAuth:
 
     def clear(self) -> None:
         """Forget every verified key (notifications may have been missed;
-        the unknown values stay: a missed stop leaves them unknown)."""
+        the refusals stay: a missed stop leaves them refused)."""
         self._evict(lambda e: True)
 
 

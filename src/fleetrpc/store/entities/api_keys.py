@@ -11,8 +11,9 @@ RFC 6819 5.1.4.1.3).  Whoever reads the table learns no usable key.
 
 Changes that stop a key (disabled, deleted) are told to listeners on this
 node after the commit (:meth:`ApiKeyRepository.add_change_listener`; new
-keys to :meth:`ApiKeyRepository.add_create_listener`'s, so that the API,
-which remembers values that matched no key for a few seconds, forgets them) and to
+and enabled keys to :meth:`ApiKeyRepository.add_create_listener`'s, so that
+the API, which remembers refused values (no key, a disabled or expired key)
+for a few seconds, forgets them) and to
 the other nodes through a PostgreSQL notification sent by the same
 transaction (:meth:`ApiKeyRepository.follow_changes`); the API re-reads a
 cached key every ``cluster.poll_interval_s`` anyway, which catches a lost
@@ -54,7 +55,7 @@ _SORT = {"createdTime": "created_time", "expirationTime": "expiration_time", "de
          "enabled": "enabled"}
 
 #: ``fn(key_id, user_id)``: that key was disabled or deleted (or, for a
-#: create listener, created).
+#: create listener, created or enabled).
 ChangeListener = Callable[[str, str], Any]
 
 
@@ -151,7 +152,7 @@ class ApiKeyRepository:
 
     def add_create_listener(self, fn: ChangeListener) -> ChangeListener:
         """Call ``fn(key_id, user_id)`` (plain or async) after this node
-        committed a new key (other nodes are not told)."""
+        committed a new key or enabled one (other nodes are not told)."""
         self._create_listeners.append(fn)
         return fn
 
@@ -225,7 +226,7 @@ class ApiKeyRepository:
 
     async def update(self, key_id: str, *, description: object = None, enabled: bool | None = None) -> ApiKey:
         """Change a key's description and/or ``enabled``; disabling stops it
-        on every node."""
+        on every node, enabling tells the create listeners."""
         key_id = check_uuid("API key id", key_id)
         if description is not None:
             description = check_description(description)
@@ -240,6 +241,8 @@ class ApiKeyRepository:
                 await self._notify(conn, key.id, key.user_id)
         if enabled is False:
             await self._changed(key.id, key.user_id)
+        elif enabled:
+            await self._changed(key.id, key.user_id, self._create_listeners)
         return key
 
     async def delete(self, key_id: str) -> None:
