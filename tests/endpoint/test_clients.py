@@ -359,3 +359,52 @@ async def test_a_disconnect_from_an_mqtt5_client_is_not_answered_with_a_disconne
     await rig.offline("dev-a")
     assert rig.endpoint.stats.closed_other == 0
     c.close()
+
+
+def unsubscribe(mid: int, *filters: str) -> bytes:
+    return raw.packet(0xA2, mid.to_bytes(2, "big") + b"".join(raw.mstr(f) for f in filters))
+
+
+async def _call_arrives_on(rig, c: raw.RawClient, prefix: str) -> None:
+    """A one-way call to dev-a reaches ``c`` on a topic starting ``prefix``."""
+    call = asyncio.ensure_future(rig.dispatcher.call("dev-a", "m", {}, oneway=True))
+    first, body = await c.read_packet()
+    topic, payload, mid = raw.publish_topic(body, 1, False)
+    assert topic.startswith(prefix), topic
+    c.send(raw.puback(mid))
+    await call
+
+
+async def test_a_device_stays_reachable_while_any_request_subscription_remains(rig):
+    """Unsubscribing one RPC form's request topic while another's is held
+    used to make the device offline (the v1 topic dropped while holding
+    ``{p}/d/{id}/req/#``), or left it "reachable" with no request
+    subscription at all (only ``ret/+`` left): requests went nowhere."""
+    v1, fr = "v1/devices/me/rpc/request/+", "fleetrpc/d/dev-a/req/#"
+    c = await raw.RawClient.open(rig.port)
+    assert (await c.connect("token-a", client_id="both"))[1] == b"\x00\x00"
+    offline = []
+    rig.dispatcher.on_presence(lambda device, online: online or offline.append(device))
+    for first_sub, second_sub in ((fr, v1), (v1, fr)):
+        # both held; the last subscribed chose the form; drop it: the other takes over
+        c.send(raw.subscribe(1, (first_sub, 1)) + raw.subscribe(2, (second_sub, 1)))
+        await c.read_packet(), await c.read_packet()
+        await rig.online("dev-a")
+        await _call_arrives_on(rig, c, "v1/" if second_sub == v1 else "fleetrpc/")
+        c.send(unsubscribe(3, second_sub))
+        assert (await c.read_packet())[0] == 0xB0
+        assert rig.endpoint.reaches("dev-a") and offline == []
+        await _call_arrives_on(rig, c, "v1/" if first_sub == v1 else "fleetrpc/")
+        c.send(unsubscribe(4, first_sub))
+        assert (await c.read_packet())[0] == 0xB0
+        await rig.offline("dev-a")
+        offline.clear()
+    # a fleetrpc filter that matches no request does not keep the device reachable
+    c.send(raw.subscribe(5, (fr, 1), ("fleetrpc/d/dev-a/ret/+", 1)))
+    await c.read_packet()
+    await rig.online("dev-a")
+    c.send(unsubscribe(6, fr))
+    assert (await c.read_packet())[0] == 0xB0
+    await rig.offline("dev-a")
+    assert not rig.endpoint.reaches("dev-a")
+    c.close()

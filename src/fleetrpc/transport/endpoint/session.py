@@ -1128,8 +1128,7 @@ class Session(asyncio.Protocol):
                 return P.QUOTA_EXCEEDED
             self._grant(topic, q)
             self._fr_filters_changed()
-            rest = topic[len(base) + 1:].split("/") if len(topic) > len(base) else []
-            if not rest or rest[0] in ("req", "+", "#"):
+            if _takes_requests(base, topic):
                 self.form = FLEETRPC
                 ep._add_route(self.device, self)
             return q
@@ -1148,15 +1147,39 @@ class Session(asyncio.Protocol):
             for sub in (self.subdevices or {}).values():
                 ep._remove_route(sub.device, sub)
         elif topic in RPC_SUBSCRIPTIONS:
-            if not self.known & _RPC_BITS:
-                self.form = -1
-                ep._remove_route(self.device, self)
+            self._form_after_unsubscribe()
         elif topic.startswith(self.base):
             self._fr_filters_changed()
-            if self.form == FLEETRPC and not self._fr_filters():
-                self.form = -1
-                ep._remove_route(self.device, self)
+            self._form_after_unsubscribe()
         return P.SUCCESS
+
+    def _form_after_unsubscribe(self) -> None:
+        """A request subscription went: the session keeps its form while that
+        form's subscription is held, else takes another form whose request
+        subscription it still holds (a device may hold ThingsBoard's and
+        fleetrpc's at once); with none left it is no longer reachable."""
+        form = self.form
+        if form == FLEETRPC:
+            if self._fr_takes_requests():
+                return
+        elif form >= 0 and self.known & _KNOWN_BIT[RPC_FILTER[form]]:
+            return
+        for topic, other in RPC_SUBSCRIPTIONS.items():
+            q = self.granted(topic)
+            if q >= 0:
+                self.form = other
+                self.rpc_qos = q
+                return
+        if self._fr_takes_requests():
+            self.form = FLEETRPC
+            return
+        self.form = -1
+        self.endpoint._remove_route(self.device, self)
+
+    def _fr_takes_requests(self) -> bool:
+        """Some FLEETRPC-form filter held matches this device's REQUEST topics."""
+        base = self.base
+        return any(_takes_requests(base, f) for f, _ in self._fr_filters())
 
     # -- inbound PUBLISH -------------------------------------------------------------
 
@@ -1427,6 +1450,13 @@ class Session(asyncio.Protocol):
         x.subdevices[name] = sub
         if self.known & _GATEWAY_BIT:
             self.endpoint._add_route(device, sub)
+
+
+def _takes_requests(base: str, topic: str) -> bool:
+    """``topic`` (a filter under ``base``, the session's ``{p}/d/{id}``) may
+    match the device's REQUEST topics ``{base}/req/{node}/{rid}``."""
+    rest = topic[len(base) + 1:].split("/") if len(topic) > len(base) else []
+    return not rest or rest[0] in ("req", "+", "#")
 
 
 def _number(text: str) -> int | None:
