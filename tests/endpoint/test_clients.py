@@ -408,3 +408,26 @@ async def test_a_device_stays_reachable_while_any_request_subscription_remains(r
     await rig.offline("dev-a")
     assert not rig.endpoint.reaches("dev-a")
     c.close()
+
+
+@pytest.mark.parametrize("prefix", ["v1/devices/me/attributes/request/", "v2/a/req/", "v2/a/req/j/"])
+@pytest.mark.parametrize("suffix", ["x" * (65535 - 33), "abc", "", "12345678901"])
+async def test_an_attribute_request_without_an_integer_id_is_ignored_not_fatal(rig, prefix, suffix):
+    """ThingsBoard reads the request id as an integer; a topic whose id is
+    none is ignored (counted), as a client-side call's is.  An id of 65,000
+    characters used to close the connection as malformed: its answer topic
+    was longer than MQTT allows."""
+    c = await raw.RawClient.open(rig.port)
+    assert (await c.connect("token-a", client_id="attrs"))[1] == b"\x00\x00"
+    c.send(raw.subscribe(1, (prefix.replace("request", "response").replace("req", "res") + "+", 0)))
+    await c.read_packet()  # SUBACK
+    topic = (prefix + suffix)[:65535]
+    c.send(raw.publish(topic, b'{"sharedKeys": "a"}', 1, 7))
+    assert await c.read_packet() == (0x40, b"\x00\x07")  # PUBACK, and no answer before it
+    c.send(raw.publish(prefix + "8", b'{"sharedKeys": "a"}', 0))  # a barrier: this one is answered
+    first, body = await c.read_packet()
+    assert raw.publish_topic(body, 0, False) == (prefix.replace("request", "response").replace("req", "res") + "8",
+                                                 b"{}", 0)
+    assert rig.endpoint.stats.ignored == 1 and rig.endpoint.stats.attribute_requests == 1
+    assert rig.endpoint.stats.closed_protocol == 0
+    c.close()

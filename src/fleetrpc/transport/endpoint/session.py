@@ -1230,12 +1230,11 @@ class Session(asyncio.Protocol):
             elif topic.startswith("v1/gateway/"):
                 self._on_gateway_publish(topic[11:], payload)
             elif topic.startswith(_ATTRIBUTES_REQUEST):
-                self._no_attributes(ATTRIBUTES_RESPONSE + topic[len(_ATTRIBUTES_REQUEST):],
-                                    ATTRIBUTES_RESPONSE + "+")
+                self._no_attributes(topic[len(_ATTRIBUTES_REQUEST):], ATTRIBUTES_RESPONSE)
             elif topic.startswith("v2/a/req/j/"):
-                self._no_attributes("v2/a/res/j/" + topic[11:], "v2/a/res/j/+")
+                self._no_attributes(topic[11:], "v2/a/res/j/")
             elif topic.startswith("v2/a/req/"):
-                self._no_attributes("v2/a/res/" + topic[9:], "v2/a/res/+")
+                self._no_attributes(topic[9:], "v2/a/res/")
             elif not topic:
                 raise P.ProtocolError("PUBLISH with an empty topic", P.TOPIC_NAME_INVALID)
             else:
@@ -1244,15 +1243,21 @@ class Session(asyncio.Protocol):
         except Exception as exc:  # the reader would swallow it: see _new_reader
             self._failed(exc)
 
-    def _no_attributes(self, answer: str, subscription: str) -> None:
-        """An attribute request: fleetrpc keeps no attributes, so the answer
-        is none (``{}``), rather than silence.  Firmware commonly asks for
-        its shared attributes at boot and waits for the answer."""
+    def _no_attributes(self, n_text: str, answers: str) -> None:
+        """An attribute request ``.../{n_text}``: fleetrpc keeps no
+        attributes, so the answer is none (``{}`` on ``{answers}{n}``),
+        rather than silence.  Firmware commonly asks for its shared
+        attributes at boot and waits for the answer.  ThingsBoard reads the
+        id as an integer: a request without one is ignored, as a client-side
+        call's is (its answer topic could even exceed MQTT's 65,535 bytes)."""
         ep = self.endpoint
+        if _number(n_text) is None:
+            ep.stats.ignored += 1
+            return
         ep.stats.attribute_requests += 1
-        qos = self.granted(subscription)
+        qos = self.granted(answers + "+")
         if qos >= 0:
-            self._publish(answer, b"{}", qos, None)
+            self._publish(answers + n_text, b"{}", qos, None)
 
     def _on_response(self, n_text: str, payload: bytes) -> None:
         ep = self.endpoint
