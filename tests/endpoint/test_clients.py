@@ -431,3 +431,23 @@ async def test_an_attribute_request_without_an_integer_id_is_ignored_not_fatal(r
     assert rig.endpoint.stats.ignored == 1 and rig.endpoint.stats.attribute_requests == 1
     assert rig.endpoint.stats.closed_protocol == 0
     c.close()
+
+
+async def test_publishes_on_another_devices_topics_are_counted_and_logged_in_summaries(rig, caplog):
+    """A device publishing on another device's fleetrpc topics is refused
+    each time (``refused_topic``), but the log gets one line at once and
+    then summaries, not a WARNING per message: one device could bury the
+    log (it used to get a line each)."""
+    import logging
+
+    caplog.set_level(logging.INFO, logger="fleetrpc.endpoint")
+    b = await raw.RawClient.open(rig.port)
+    assert (await b.connect("token-b", client_id="b"))[1] == b"\x00\x00"
+    for i in range(1, 201):
+        b.send(raw.publish(f"fleetrpc/d/dev-a/res/n1/{i}", b'"forged"', 1, i))
+    for i in range(1, 201):
+        assert await b.read_packet() == (0x40, i.to_bytes(2, "big"))  # each acknowledged, none fatal
+    assert rig.endpoint.stats.refused_topic == 200
+    lines = [r.getMessage() for r in caplog.records if r.name == "fleetrpc.endpoint" and "dev-a" in r.getMessage()]
+    assert len(lines) == 1 and "dev-b" in lines[0] and "fleetrpc/d/dev-a/res/n1/1" in lines[0], lines
+    b.close()

@@ -207,6 +207,9 @@ class DeviceEndpoint:
         #: (a database outage): counted, logged in summaries, not one
         #: traceback per device of a reconnect storm.
         self.auth_failures = RejectLog(log, 10.0)
+        #: Publishes refused (another device's topics): counted in ``stats``,
+        #: logged in summaries (one device could otherwise bury the log).
+        self.refusals = RejectLog(log, 10.0)
 
         #: Set by the owner: on_message(topic, payload, properties).
         self.on_message: Callable[[str, bytes, "dict | None"], None] = lambda t, p, props: None
@@ -317,6 +320,8 @@ class DeviceEndpoint:
             return
         self._closing = True
         self.http.close()
+        self.auth_failures.close()
+        self.refusals.close()
         for server in self._servers:
             server.close()
         for session in self._open_sessions():

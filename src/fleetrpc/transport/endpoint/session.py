@@ -1310,7 +1310,8 @@ class Session(asyncio.Protocol):
         n = i + len(device)
         if not (topic.startswith(device, i) and topic[n:n + 1] == "/"):
             ep.stats.refused_topic += 1
-            log.warning("device %s published on %r, which is not its own: dropped", self.device, topic)
+            ep.refusals.note("refused_topic", "device %s published on %r, which is not its own: dropped",
+                             self.device, topic)
             return
         j = topic.find("/", n + 1)
         kind = topic[n + 1:j] if j > 0 else topic[n + 1:]
