@@ -130,3 +130,39 @@ async def test_json_logs(start_server, world, capsys):
     assert (boom["level"], boom["message"], boom["device"]) == ("ERROR", "boom", "d1")
     assert "ValueError: bad" in boom["exception"]
     assert any(r["logger"] == "fleetrpc.server" and "HTTP API at" in r["message"] for r in records)
+
+
+async def test_an_oversized_header_is_a_400_not_an_error_log(start_server, caplog):
+    """A header line over aiohttp's 8,190 bytes is the client's bad input:
+    400, and a line at INFO, not an ERROR with a traceback."""
+    caplog.set_level(logging.DEBUG)
+    async with start_server(http={"access_log": True}) as (server, api):
+        host, port = server.ctx.url.removeprefix("http://").rsplit(":", 1)
+        reader, writer = await asyncio.open_connection(host, int(port))
+        try:
+            writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 20_000 + b"\r\n\r\n")
+            await writer.drain()
+            answer = await asyncio.wait_for(reader.read(), 10)
+        finally:
+            writer.close()
+    assert answer.startswith(b"HTTP/1.0 400 ") or answer.startswith(b"HTTP/1.1 400 "), answer[:200]
+    assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
+    refused = [r for r in caplog.records if "Got more than 8190 bytes" in r.getMessage()]
+    assert [(r.levelno, r.exc_info) for r in refused] == [(logging.INFO, None)]
+
+
+def test_the_http_server_log_keeps_the_servers_own_errors(caplog):
+    """Only a malformed request is lowered; a handler's crash stays ERROR."""
+    from aiohttp.http_exceptions import BadStatusLine
+
+    from fleetrpc.server.logs import HttpServerLog
+
+    log = HttpServerLog(logging.getLogger("aiohttp.server"))
+    caplog.set_level(logging.DEBUG, "aiohttp.server")
+    crash = ValueError("bug")
+    log.exception("Error handling request from %s", "1.2.3.4", exc_info=crash)
+    log.exception("Error handling request from %s", "1.2.3.4", exc_info=BadStatusLine("GARBAGE"))
+    (a, b) = caplog.records
+    assert (a.levelno, a.exc_info[1], a.getMessage()) == (logging.ERROR, crash, "Error handling request from 1.2.3.4")
+    assert (b.levelno, b.exc_info) == (logging.INFO, None)
+    assert b.getMessage().startswith("Error handling request from 1.2.3.4: Bad status line")

@@ -7,7 +7,7 @@ import logging
 import sys
 import time
 
-__all__ = ["JsonFormatter", "configure_logging"]
+__all__ = ["JsonFormatter", "HttpServerLog", "configure_logging"]
 
 # Attributes every LogRecord has; anything else came in ``extra=`` and is a field.
 _STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime", "taskName"}
@@ -29,6 +29,33 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info:
             out["exception"] = self.formatException(record.exc_info)
         return json.dumps(out, default=str)
+
+
+class HttpServerLog(logging.LoggerAdapter):
+    """aiohttp's server logger (``AppRunner(logger=...)``) with the client's
+    malformed requests told apart from the server's errors.
+
+    aiohttp answers a request it cannot parse (a header line over its 8,190
+    bytes, a bad request line, an invalid header) with 400 and logs it at
+    ERROR with a traceback, as it does a handler's crash.  Bad input from the
+    network is not a server error: such a record becomes one line at
+    ``client_level`` (INFO: it stands in for the access line these requests
+    never get, as they never reach the middleware), without the traceback.
+    Everything else passes unchanged.
+    """
+
+    def __init__(self, logger: logging.Logger, client_level: int = logging.INFO) -> None:
+        super().__init__(logger, {})
+        self.client_level = client_level
+
+    def log(self, level: int, msg: object, *args: object, **kwargs: object) -> None:
+        from aiohttp.http_exceptions import BadHttpMessage
+
+        exc = kwargs.get("exc_info")
+        if level >= logging.ERROR and isinstance(exc, BadHttpMessage):
+            kwargs["exc_info"] = None
+            level, msg, args = self.client_level, f"{msg}: %s", (*args, exc.message)
+        super().log(level, msg, *args, **kwargs)  # type: ignore[arg-type]
 
 
 def configure_logging(level: str = "INFO", fmt: str = "text") -> None:

@@ -41,6 +41,7 @@ from ..api.auth import TokenService, load_or_create_secret
 from ..errors import StoreUnavailableError
 from .context import ServerContext
 from .device_auth import provisioning
+from .logs import HttpServerLog
 
 __all__ = ["PARTS", "Part"]
 
@@ -443,9 +444,13 @@ async def http(ctx: ServerContext) -> AsyncIterator[None]:
             await ctx.wait_http_idle(5.0)
 
     app.on_shutdown.append(drain)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=5.0)
-    await runner.setup()
     h = ctx.settings.http
+    # aiohttp's own access log is off (api/middleware.py writes ours); a
+    # request it cannot parse is logged as the client's fault (server/logs.py).
+    server_log = HttpServerLog(logging.getLogger("aiohttp.server"),
+                               logging.INFO if h.access_log else logging.DEBUG)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=5.0, logger=server_log)
+    await runner.setup()
     sc = _ssl_context(ctx)
     site = web.TCPSite(runner, h.host, h.port, ssl_context=sc)
     await site.start()
