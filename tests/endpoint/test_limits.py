@@ -300,3 +300,30 @@ async def test_requests_waiting_for_a_device_that_never_acknowledges_are_bounded
         assert [w[2] for w in session.extra.waiting][0] == "n9/183"
         c.close()
         await assert_nothing_left(rig)
+
+
+@pytest.mark.parametrize("version, refusal", [(4, b"\x00\x03"), (5, b"\x00\x88")])
+async def test_an_authentication_that_never_answers_times_out_as_server_unavailable(version, refusal):
+    """authenticate() whose answer never comes (a registry query hung): the
+    CONNECT is refused with "server unavailable" after auth_timeout and the
+    connection closes; nothing waits for that answer any more.  (It used to
+    wait forever: the connection was dropped at its connect timeout without
+    a CONNACK, and the task awaiting the answer stayed.)"""
+    hung: list[asyncio.Future] = []
+
+    def authenticate(username, password, client_id):
+        if username != "token-hangs":
+            return {"token-a": "dev-a", "token-b": "dev-b"}.get(username)
+        hung.append(asyncio.get_running_loop().create_future())
+        return hung[-1]
+
+    async with make_rig(auth=authenticate, auth_timeout=0.2, connect_timeout=30) as rig:
+        c = await raw.RawClient.open(rig.port)
+        c.send(raw.connect("token-hangs", client_id="h", version=version))
+        first, body = await c.read_packet(timeout=5)
+        assert first == 0x20 and body[:2] == refusal
+        assert await c.closed() == b""
+        assert rig.endpoint.stats.refused_unavailable == 1
+        assert hung and hung[0].cancelled()
+        await assert_still_serving(rig)
+        await assert_nothing_left(rig)

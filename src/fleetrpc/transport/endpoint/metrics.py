@@ -17,7 +17,8 @@ _COUNTERS = {
     "accepted": "Device connections accepted",
     "refused_max_connections": "Connections closed at once: endpoint.max_connections reached",
     "refused_auth": "CONNECTs refused: no, empty or unknown access token",
-    "refused_unavailable": "CONNECTs refused with 'server unavailable': the device registry could not be read",
+    "refused_unavailable": ("CONNECTs refused with 'server unavailable': the device registry could not be read, "
+                            "or did not answer within endpoint.auth_timeout"),
     "takeovers": "Sessions taken over by a new connection with the same client id",
     "closed_protocol": "Connections closed for a malformed or illegal packet",
     "closed_too_large": "Connections closed for a packet over endpoint.max_payload",

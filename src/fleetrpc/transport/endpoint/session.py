@@ -1011,6 +1011,9 @@ class Session(asyncio.Protocol):
         if inspect.isawaitable(result):
             self.transport.pause_reading()  # what comes meanwhile waits in the socket
             ep._spawn(self._await_identity(result, c))
+            # the answer's own time (auth_timeout) replaces what was left of
+            # the connect timeout; this check is only the backstop
+            ep._check_at(self, self.last_in + s.auth_timeout + 1)
             return
         self._connected(result, c)
 
@@ -1028,8 +1031,19 @@ class Session(asyncio.Protocol):
         self._refuse(P.SERVER_UNAVAILABLE)
 
     async def _await_identity(self, awaitable, c: P.Connect) -> None:
+        ep = self.endpoint
         try:
-            result = await awaitable
+            result = await asyncio.wait_for(awaitable, ep.settings.auth_timeout)
+        except asyncio.TimeoutError:
+            # A lookup that never answers (a hung registry query) must not keep
+            # the connection, nor this task, forever: "server unavailable", as
+            # for a registry that cannot be read.
+            if self.state == AUTHENTICATING:
+                ep.stats.refused_unavailable += 1
+                ep.auth_failures.note("registry_timeout", "connection from %s: the device registry did not "
+                                      "answer within auth_timeout (%g s)", self._who(), ep.settings.auth_timeout)
+                self._refuse(P.SERVER_UNAVAILABLE)
+            return
         except Exception as exc:
             if self.state == AUTHENTICATING:
                 self._authenticate_failed(exc)

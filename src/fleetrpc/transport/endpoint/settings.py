@@ -53,6 +53,11 @@ class EndpointSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True)
         "unset or empty: none. A device over its limit is disconnected, as ThingsBoard does.")] = None
     connect_timeout: Annotated[float, _doc(
         "Seconds a new connection has to complete CONNECT (and TLS).", gt=0)] = 10.0
+    auth_timeout: Annotated[float, _doc(
+        "Seconds authenticate (the access token's check against the device registry) may take; "
+        "past it the CONNECT is refused with \"server unavailable\" (3.1.1 return code 3, MQTT 5 "
+        "0x88) and the connection closes. It also extends connect_timeout for a connection "
+        "waiting for it.", gt=0)] = 5.0
     max_keepalive: Annotated[int, _doc(
         "Longest keepalive accepted, seconds; a device asking for more (or for 0, \"never\") gets "
         "this one (MQTT 5: Server Keep Alive), so that a half-open connection always ends. A "
