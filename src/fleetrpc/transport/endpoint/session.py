@@ -276,7 +276,7 @@ class _Extra:
         self.clean_start = True
         self.rate = None
         #: bytes received before CONNACK that are not yet handled (see _before_connack)
-        self.early: bytes | None = None
+        self.early: bytearray | None = None
         #: (reason code, why) once a packet handler found the stream
         #: unacceptable (see Session._failed)
         self.failure: tuple[int, str] | None = None
@@ -395,7 +395,7 @@ class Session(asyncio.Protocol):
         return None if x is None else x.subdevices
 
     @property
-    def early(self) -> bytes | None:
+    def early(self) -> bytearray | None:
         x = self.extra
         return None if x is None else x.early
 
@@ -521,13 +521,17 @@ class Session(asyncio.Protocol):
         CONNECT; what follows it waits in ``early`` until authentication
         has answered (reading is paused meanwhile)."""
         x = self.extra
-        early = x.early if x is not None else None
-        buf = early + data if early else bytes(data)
-        if early is not None:
+        buf = x.early if x is not None else None
+        if buf is not None:
+            # grown in place: joined anew with each piece, a CONNECT sent a
+            # byte at a time cost its size squared in copying
+            buf += data
             x.early = None
+        else:
+            buf = data
         ep = self.endpoint
         if self.state == AUTHENTICATING:
-            self._extra().early = buf
+            self._keep_early(buf)
             if len(buf) > ep._max_packet:
                 self._fail(P.PACKET_TOO_LARGE, f"{len(buf)} bytes sent before CONNACK")
             return
@@ -539,7 +543,7 @@ class Session(asyncio.Protocol):
         while True:
             if i >= n:
                 if buf:
-                    self._extra().early = buf
+                    self._keep_early(buf)
                 return
             b = buf[i]
             length += (b & 0x7F) * mult
@@ -555,17 +559,22 @@ class Session(asyncio.Protocol):
             return
         end = i + length
         if end > n:
-            self._extra().early = buf
+            self._keep_early(buf)
             return
         if end < n:
-            self._extra().early = buf[end:]
+            self._keep_early(buf[end:])
         try:
-            self._on_connect(buf[0] & 0x0F, buf[i:end])
+            self._on_connect(buf[0] & 0x0F, bytes(buf[i:end]))
         except CodecError as exc:
             self._fail(exc.reason if isinstance(exc, P.ProtocolError) else P.MALFORMED_PACKET, str(exc))
             return
         if self.state == CONNECTED:
             self._after_connack()
+
+    def _keep_early(self, data: bytes | bytearray) -> None:
+        """Keep ``data`` (bytes before CONNACK) until more come or the
+        session is connected, in a buffer that grows in place."""
+        self._extra().early = data if data.__class__ is bytearray else bytearray(data)
 
     def _after_connack(self) -> None:
         """Handle what the device sent after CONNECT, now that it is connected."""
@@ -574,7 +583,7 @@ class Session(asyncio.Protocol):
             return
         early, x.early = x.early, None
         if early:
-            self.data_received(early)
+            self.data_received(bytes(early))
 
     def _failed(self, exc: BaseException) -> None:
         """A packet handler's error: the connection closes once the reader
