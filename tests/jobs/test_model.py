@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import msgspec
 
@@ -139,6 +140,21 @@ def test_aggregate_keys_and_numbers_are_bounded():
     assert len(msgspec.json.encode(state)) < 48 * 1024
 
 
+def test_aggregate_sum_past_the_largest_float_is_null_and_stays_null():
+    """Two devices answering 1.7e308 made the sum infinity, which JSON has
+    not: stored as null, and the next number after a restart (the state
+    read back) failed the job with a TypeError.  Such a sum is null, in
+    memory and stored, and stays null; count, min and max go on."""
+    state: dict = {}
+    add_reply(state, {"t": 1.7e308})
+    add_reply(state, {"t": 1.7e308})
+    assert state["t"]["numeric"]["sum"] is None
+    state = msgspec.json.decode(msgspec.json.encode(state))  # stored and read back
+    add_reply(state, {"t": -1.0})
+    add_reply(state, {"t": 2})
+    assert state["t"]["numeric"] == {"count": 4, "min": -1.0, "max": 1.7e308, "sum": None}
+
+
 def test_job_json_has_thingsboard_counters():
     job = Job(id="j", tenant_id="t", customer_id=None, created_by=None, spec=parse_spec(spec()),
               status=JobStatus.RUNNING, counts=JobCounts(total=10, succeeded=4, failed=1, timed_out=1,
@@ -248,7 +264,11 @@ def _aggregate_reference(state: dict, reply) -> None:
                 e["numeric"] = {"count": 1, "min": v, "max": v, "sum": v}
             else:
                 n["count"] += 1
-                n["min"], n["max"], n["sum"] = min(n["min"], v), max(n["max"], v), n["sum"] + v
+                n["min"], n["max"] = min(n["min"], v), max(n["max"], v)
+                if n["sum"] is not None:
+                    n["sum"] += v
+                    if n["sum"] in (math.inf, -math.inf):
+                        n["sum"] = None
         if e["overflow"]:
             return
         key = v if isinstance(v, str) else ("true" if v is True else "false" if v is False
@@ -269,7 +289,8 @@ def _aggregate_reference(state: dict, reply) -> None:
 
 
 _scalars = st.one_of(st.booleans(), st.integers(-5, 5), st.floats(allow_infinity=False),
-                     st.sampled_from(["a", "b", "1.2", "x" * 65, 10 ** 63, -(10 ** 63), 10 ** 64, -(10 ** 64)]),
+                     st.sampled_from(["a", "b", "1.2", "x" * 65, 10 ** 63, -(10 ** 63), 10 ** 64, -(10 ** 64),
+                                     1.7e308, -1.7e308]),
                      st.none())
 _replies = st.one_of(_scalars, st.dictionaries(st.sampled_from([f"k{i}" for i in range(20)] + ["k" * 65]),
                                                st.one_of(_scalars, st.lists(st.integers(), max_size=2))))

@@ -6,16 +6,21 @@ of its top-level keys whose value is such a scalar (at most ``MAX_FIELDS``
 keys).  Per field, the count of each distinct value is kept while there are
 at most ``MAX_DISTINCT`` of them (small enums: firmware versions, states);
 numbers also keep count, min, max and sum, so a field with many distinct
-numeric values still says something.  The state is a plain JSON object,
-stored with the job and shown as is.
+numeric values still says something.  A sum past the largest float is
+``None`` (JSON has no infinity: it was stored as null, and read back it
+failed the next addition) and stays ``None``.  The state is a plain JSON
+object, stored with the job and shown as is.
 
 The devices' replies decide its keys, so every key is bounded: a field
 whose name is over ``MAX_VALUE_LENGTH`` characters is not counted, nor is
 a value whose text is (a long string, an integer of more than 64 digits).
 Truncated, distinct keys would have been counted as one.  The state is
-then at most ``MAX_FIELDS`` x ``MAX_DISTINCT`` keys of 64 characters
-(about 40 KiB), whatever the devices answer; unbounded, one device's
-100,000-character key was written with every outcome batch of the job.
+then at most ``MAX_FIELDS`` fields, and ``"$"`` (which is one field however
+many scalar replies come, bounded like the others by ``MAX_DISTINCT``), of
+``MAX_DISTINCT`` keys of 64 characters: about 40 KiB of JSON, 200 KiB if
+every character needs a JSON escape (``\\u0001``), whatever the devices answer;
+unbounded, one device's 100,000-character key was written with every
+outcome batch of the job.
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ from __future__ import annotations
 from typing import Any
 
 __all__ = ["add_reply", "MAX_DISTINCT", "MAX_FIELDS", "MAX_VALUE_LENGTH"]
+
+_INFINITIES = (float("inf"), float("-inf"))
 
 MAX_DISTINCT = 32
 MAX_FIELDS = 16
@@ -91,7 +98,10 @@ def _add(state: dict, entry: dict | None, field: str, value: Any) -> None:
                 num["min"] = value
             if value > num["max"]:
                 num["max"] = value
-            num["sum"] += value
+            total = num["sum"]
+            if total is not None:
+                total += value
+                num["sum"] = None if total in _INFINITIES else total
     if entry["overflow"]:
         return
     values = entry["values"]

@@ -121,7 +121,7 @@ export function JobPage({ id }) {
         <header>${field === "$" ? "reply" : field}</header>
         ${a.overflow ? html`<small class="muted">too many distinct values</small>` : html`<ul>
           ${Object.entries(a.values).sort((x, y) => y[1] - x[1]).map(([v, n]) => html`<li><code>${v}</code>: ${n}</li>`)}</ul>`}
-        ${a.numeric && html`<small>min ${a.numeric.min} · max ${a.numeric.max} · mean ${(a.numeric.sum / a.numeric.count).toFixed(2)}</small>`}
+        ${a.numeric && html`<small>min ${a.numeric.min} · max ${a.numeric.max} · mean ${a.numeric.sum === null ? "(past the largest number)" : (a.numeric.sum / a.numeric.count).toFixed(2)}</small>`}
       </article>`)}</div>`}
     <h3>Devices</h3>
     <select aria-label="Filter by outcome" value=${status} onChange=${(e) => { setPage(0); setStatus(e.target.value); }}>
