@@ -366,3 +366,53 @@ def test_a_connect_in_many_small_pieces_is_gathered_in_place_and_still_bounded()
         assert transport.closed
     finally:
         loop.close()
+
+
+@pytest.mark.parametrize("resolver", ["default", "async"])
+async def test_a_gateways_sub_devices_are_bounded(resolver, caplog):
+    """A gateway session binds at most max_subdevices names; further
+    announcements (connect or attribute request) are refused, counted and
+    logged in summaries, and the resolver is not even asked.  With the
+    library's default resolver (the name is the id) a gateway could bind
+    any number of names, each kept with a route, for as long as it stayed
+    connected."""
+    import logging
+
+    asked: list[str] = []
+
+    async def resolve(gateway, name):
+        asked.append(name)
+        await asyncio.sleep(0)
+        return name
+
+    caplog.set_level(logging.INFO, logger="fleetrpc.endpoint")
+    async with make_rig(max_subdevices=3, resolve_subdevice=resolve if resolver == "async" else None) as rig:
+        gw = await raw.RawClient.open(rig.port)
+        assert (await gw.connect("token-gw", client_id="gw"))[1] == b"\x00\x00"
+        gw.send(raw.subscribe(1, ("v1/gateway/rpc", 1)))
+        await gw.read_packet()
+        for i in range(50):
+            gw.send(raw.publish("v1/gateway/connect", json.dumps({"device": f"sub-{i}"}).encode()))
+            if i < 3:
+                await rig.online(f"sub-{i}")
+        gw.send(raw.publish("v1/gateway/attributes/request",
+                            b'{"id": 1, "device": "sub-99", "client": false, "key": "k"}'))
+        gw.send(b"\xc0\x00")  # PINGREQ: its PINGRESP comes after all of the above was read
+        assert await gw.read_packet() == (0xD0, b"")
+        await asyncio.sleep(0)  # (the async resolver's bindings)
+        (session,) = rig.endpoint.sessions_of("gw-1")
+        assert sorted(session.subdevices) == ["sub-0", "sub-1", "sub-2"]
+        assert rig.endpoint.stats.refused_subdevices == 48
+        assert all(not rig.endpoint.reaches(f"sub-{i}") for i in range(3, 50))
+        if resolver == "async":
+            assert asked == ["sub-0", "sub-1", "sub-2"]
+        lines = [r.getMessage() for r in caplog.records if "max_subdevices" in r.getMessage()]
+        assert len(lines) == 1 and "gw-1" in lines[0] and "sub-3" in lines[0], lines
+        # one announced again is no new one; one gone makes room
+        gw.send(raw.publish("v1/gateway/connect", b'{"device": "sub-1"}'))
+        gw.send(raw.publish("v1/gateway/disconnect", b'{"device": "sub-0"}'))
+        gw.send(raw.publish("v1/gateway/connect", b'{"device": "sub-7"}'))
+        await rig.online("sub-7")
+        assert rig.endpoint.stats.refused_subdevices == 48
+        gw.close()
+        await assert_nothing_left(rig)

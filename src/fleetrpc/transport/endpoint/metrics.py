@@ -40,6 +40,7 @@ _COUNTERS = {
     "attribute_requests": ("Attribute requests, answered with no attribute (fleetrpc keeps none); "
                            "a gateway's once its sub-device is bound"),
     "refused_topic": "Publishes on topics that are not the device's own (dropped)",
+    "refused_subdevices": "Sub-device names a gateway announced beyond endpoint.max_subdevices (ignored)",
 }
 
 

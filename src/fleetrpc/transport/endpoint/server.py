@@ -82,6 +82,7 @@ class EndpointStats:
         "closed_slow_reader", "closed_connect_timeout", "closed_other",
         "requests", "retries_merged", "responses", "unknown_response", "client_calls", "session_limits",
         "undeliverable", "too_large_for_device", "ignored", "attribute_requests", "refused_topic",
+        "refused_subdevices",
     )
 
     def __init__(self) -> None:
@@ -607,7 +608,10 @@ class DeviceEndpoint:
                            bound: Callable[[], None] | None = None) -> None:
         """Bind ``name`` to the gateway ``session`` as ``resolve_subdevice``
         says; then ``bound()``, only if the name is bound (the resolver may
-        refuse it, the session may have closed meanwhile)."""
+        refuse it, the session may have closed meanwhile, the gateway may
+        have max_subdevices already)."""
+        if not self._room_for_subdevice(session, name):
+            return
         try:
             result = self._resolve_cb(session.device, name)
         except Exception:
@@ -630,11 +634,26 @@ class DeviceEndpoint:
         if device is not None:
             self._bind_subdevice(session, name, device, bound)
 
-    @staticmethod
-    def _bind_subdevice(session: Session, name: str, device: str, bound: Callable[[], None] | None) -> None:
+    def _bind_subdevice(self, session: Session, name: str, device: str, bound: Callable[[], None] | None) -> None:
+        if not self._room_for_subdevice(session, name):  # (others were bound while this one resolved)
+            return
         session.add_subdevice(name, device)
         if bound is not None and name in (session.subdevices or ()):
             bound()
+
+    def _room_for_subdevice(self, session: Session, name: str) -> bool:
+        """The gateway ``session`` may bind ``name``: it has it already, or
+        fewer than max_subdevices.  Otherwise the name is refused, counted
+        and logged in summaries (a gateway announcing name after name must
+        neither grow without bound nor bury the log)."""
+        subdevices = session.subdevices
+        limit = self.settings.max_subdevices
+        if subdevices is None or len(subdevices) < limit or name in subdevices:
+            return True
+        self.stats.refused_subdevices += 1
+        self.refusals.note("refused_subdevices", "gateway %s announced sub-device %r beyond max_subdevices "
+                           "(%d): ignored", session.device, name, limit)
+        return False
 
     def _spawn(self, coro) -> None:
         task = asyncio.ensure_future(coro)

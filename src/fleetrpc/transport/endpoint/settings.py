@@ -79,6 +79,10 @@ class EndpointSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True)
         "Two-way requests remembered per session awaiting their response, and requests "
         "waiting for room in the window of a device that does not acknowledge (the oldest "
         "is forgotten beyond; its call times out).", gt=0)] = 10_000
+    max_subdevices: Annotated[int, _doc(
+        "Sub-devices one gateway connection may have announced at once (v1/gateway/connect, or an "
+        "attribute request for a new name); further names are refused, counted and logged until "
+        "it disconnects some.", gt=0)] = 10_000
     max_client_calls: Annotated[int, _doc(
         "Client-side calls of one session awaiting the dispatcher's answer; more are answered "
         "with an error at once.", gt=0)] = 100
