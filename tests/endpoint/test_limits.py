@@ -416,3 +416,33 @@ async def test_a_gateways_sub_devices_are_bounded(resolver, caplog):
         assert rig.endpoint.stats.refused_subdevices == 48
         gw.close()
         await assert_nothing_left(rig)
+
+
+async def test_stored_sessions_are_bounded_the_one_stored_longest_ago_goes():
+    """With max_session_expiry above 0, every disconnected persistent
+    session was kept for its interval, without bound (a device choosing a
+    new client id per connection made one each).  Past max_stored_sessions
+    the one stored longest ago is forgotten: that device reconnects without
+    its session (session present 0) and subscribes again."""
+    async with make_rig(max_session_expiry=60, max_stored_sessions=2) as rig:
+        for cid in ("k1", "k2", "k3", "k2"):  # k2 stored again: now the newest
+            c = await raw.RawClient.open(rig.port)
+            await c.connect("token-a", client_id=cid, version=5, clean=False, props={0x11: 60})
+            c.send(raw.subscribe(1, ("v1/devices/me/rpc/request/+", 1), version=5))
+            await c.read_packet()
+            c.close()
+            await _until(lambda: not rig.endpoint.sessions_of("dev-a"))
+            assert len(rig.endpoint._stored) <= 2
+        assert [key[1] for key in rig.endpoint._stored] == ["k3", "k2"]
+        for cid, present in (("k3", 1), ("k2", 1), ("k1", 0)):  # (each stored again as it goes)
+            c = await raw.RawClient.open(rig.port)
+            first, body = await c.connect("token-a", client_id=cid, version=5, clean=False, props={0x11: 60})
+            assert body[:2] == bytes((present, 0)), cid
+            c.close()
+            await _until(lambda: not rig.endpoint.sessions_of("dev-a"))
+        assert [key[1] for key in rig.endpoint._stored] == ["k2", "k1"]
+        assert rig.endpoint.stats.stored_sessions_dropped == 2
+        # what was forgotten is not kept alive by the sweep's buckets either
+        stored = [obj for bucket in rig.endpoint._checks.values() for obj in bucket
+                  if obj.__class__.__name__ == "_StoredSession"]
+        assert len(stored) == 2

@@ -40,6 +40,8 @@ _COUNTERS = {
     "attribute_requests": ("Attribute requests, answered with no attribute (fleetrpc keeps none); "
                            "a gateway's once its sub-device is bound"),
     "refused_topic": "Publishes on topics that are not the device's own (dropped)",
+    "stored_sessions_dropped": ("Disconnected sessions forgotten before their expiry: "
+                                "endpoint.max_stored_sessions reached"),
     "refused_subdevices": "Sub-device names a gateway announced beyond endpoint.max_subdevices (ignored)",
 }
 

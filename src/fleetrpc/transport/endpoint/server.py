@@ -82,7 +82,7 @@ class EndpointStats:
         "closed_slow_reader", "closed_connect_timeout", "closed_other",
         "requests", "retries_merged", "responses", "unknown_response", "client_calls", "session_limits",
         "undeliverable", "too_large_for_device", "ignored", "attribute_requests", "refused_topic",
-        "refused_subdevices",
+        "refused_subdevices", "stored_sessions_dropped",
     )
 
     def __init__(self) -> None:
@@ -517,12 +517,32 @@ class DeviceEndpoint:
                 old.close(P.SESSION_TAKEN_OVER)  # (which takes it out of _sessions)
         self._sessions[device] = _joined(self._sessions.get(device), session)
         if session.clean_start:
-            self._stored.pop(key, None)
+            self._unstore(key)
             return False
         return key in self._stored
 
+    def _unstore(self, key: tuple[str, str]) -> "_StoredSession | None":
+        """Forget the stored session ``key`` (its sweep check too)."""
+        stored = self._stored.pop(key, None)
+        if stored is not None:
+            self._uncheck(stored)
+        return stored
+
+    def _store(self, stored: "_StoredSession") -> None:
+        """Keep ``stored`` until its deadline; past max_stored_sessions the
+        one stored longest ago (the dict's first: a key stored again moves
+        last) is forgotten first."""
+        stored_map = self._stored
+        self._unstore(stored.key)
+        limit = self.settings.max_stored_sessions
+        while len(stored_map) >= limit:
+            self._unstore(next(iter(stored_map)))
+            self.stats.stored_sessions_dropped += 1
+        stored_map[stored.key] = stored
+        self._check_at(stored, stored.deadline)
+
     def _restore(self, session: Session) -> None:
-        stored = self._stored.pop((session.device, session.client_id), None)
+        stored = self._unstore((session.device, session.client_id))
         if stored is not None:
             for topic, qos in stored.subs.items():
                 session.subscribe(topic, qos)
@@ -554,9 +574,7 @@ class DeviceEndpoint:
         if x.session_expiry and not self._closing and all(
                 s.client_id != client_id for s in (() if rest is None else _members(rest))):
             key = (device, client_id)
-            stored = _StoredSession(self, key, session.subscriptions(), self._loop.time() + x.session_expiry)
-            self._stored[key] = stored
-            self._check_at(stored, stored.deadline)
+            self._store(_StoredSession(self, key, session.subscriptions(), self._loop.time() + x.session_expiry))
 
     def _lost(self, session: Session) -> None:
         self._detach(session)

@@ -66,6 +66,10 @@ class EndpointSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True)
         "Longest session expiry granted, seconds. 0: a session ends with its connection. Above "
         "0, a device that reconnects with clean start off within the interval gets its "
         "subscriptions back (not its unacknowledged messages).", ge=0)] = 0
+    max_stored_sessions: Annotated[int, _doc(
+        "Disconnected sessions kept for their expiry interval (max_session_expiry above 0); past "
+        "it the one stored longest ago is forgotten (its device reconnects without a session).",
+        gt=0)] = 100_000
     write_high_water: Annotated[int, _doc(
         "Write buffer size (bytes) of one connection above which it counts as a slow reader.", gt=0)] = 64 * 1024
     slow_reader_grace: Annotated[float, _doc(
