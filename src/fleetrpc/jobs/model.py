@@ -395,13 +395,14 @@ class Job(msgspec.Struct, kw_only=True):
 #
 # A job may be large: params up to the transport's max_payload, 100,000
 # device ids, an aggregate of 16 fields of 32 values.  GET /api/jobs shows
-# up to 10,000 jobs a page (the limit of every other listing), so a listed
-# job shows these parts only while they are small; GET /api/job/{id} shows
-# the whole job.
+# up to 1,000 jobs a page (jobs/api.py's MAX_LISTED_JOBS), so a listed job
+# shows these parts only while they are small (about 20 KiB at most in
+# all); GET /api/job/{id} shows the whole job.
 
 #: A part of a listed job larger than this (bytes of JSON) is left out or cut.
 LISTED_PART_BYTES = 4096
-#: The device ids a listed job shows of a longer ``deviceIds`` list.
+#: The most device ids a listed job shows of a ``deviceIds`` list over
+#: :data:`LISTED_PART_BYTES` (fewer when these are larger).
 LISTED_DEVICE_IDS = 10
 
 _encode_part = msgspec.json.Encoder().encode
@@ -417,8 +418,13 @@ def abridge_spec(spec: JobSpec) -> tuple[JobSpec, list[str]]:
         cut.append("configuration.params")
     targets = spec.targets
     ids = targets.device_ids
-    if ids is not None and len(ids) > LISTED_DEVICE_IDS and len(_encode_part(ids)) > LISTED_PART_BYTES:
-        targets = msgspec.structs.replace(targets, device_ids=ids[:LISTED_DEVICE_IDS])
+    if ids is not None and len(_encode_part(ids)) > LISTED_PART_BYTES:
+        # Its first ids, at most 10, within the bound: ten ids of 255
+        # characters that JSON escapes are 15 KiB (a list of 10 was kept whole).
+        shown = ids[:LISTED_DEVICE_IDS]
+        while len(shown) > 1 and len(_encode_part(shown)) > LISTED_PART_BYTES:
+            shown = shown[:-1]
+        targets = msgspec.structs.replace(targets, device_ids=shown)
         cut.append("configuration.targets.deviceIds")
     if not cut:
         return spec, cut

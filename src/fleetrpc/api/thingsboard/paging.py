@@ -25,8 +25,8 @@ class PageQuery(msgspec.Struct, frozen=True):
     sort_order: str | None = None
 
 
-def page_args(request: web.Request) -> tuple[int, int]:
-    """The required ``pageSize`` and ``page`` query parameters."""
+def page_args(request: web.Request, max_page_size: int = MAX_PAGE_SIZE) -> tuple[int, int]:
+    """The required ``pageSize`` (at most ``max_page_size``) and ``page`` query parameters."""
     q = request.query
     out = []
     for name, low in (("pageSize", 1), ("page", 0)):
@@ -40,8 +40,8 @@ def page_args(request: web.Request) -> tuple[int, int]:
         if value < low or value > 10_000_000:
             raise ApiError.bad_request(f"Parameter '{name}' must be >= {low}")
         out.append(value)
-    if out[0] > MAX_PAGE_SIZE:
-        raise ApiError.bad_request(f"Parameter 'pageSize' must be at most {MAX_PAGE_SIZE}")
+    if out[0] > max_page_size:
+        raise ApiError.bad_request(f"Parameter 'pageSize' must be at most {max_page_size}")
     return out[0], out[1]
 
 
