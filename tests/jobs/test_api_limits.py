@@ -154,6 +154,6 @@ async def test_the_openapi_document_says_what_the_job_routes_answer(start_server
                              ("/api/job/{job_id}/cancel", "post"), ("/api/job/{job_id}/devices", "get")):
             assert "404" in paths[path][method]["responses"], (path, method)
         size = next(p for p in paths["/api/job/{job_id}/devices"]["get"]["parameters"] if p["name"] == "pageSize")
-        assert size["description"] == "Rows per page (1-10000)"
+        assert size["description"] == "Rows per page (1-1000)"
         targets = json.loads(raw)["components"]["schemas"]["Targets"]["description"]
         assert "SQL" not in targets and "every other character matches" in targets

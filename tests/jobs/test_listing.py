@@ -16,7 +16,7 @@ import pytest
 
 from fleetrpc.jobs import JobStatus
 from fleetrpc.jobs.aggregate import MAX_DISTINCT, MAX_FIELDS, add_reply
-from fleetrpc.jobs.api import MAX_LISTED_JOBS
+from fleetrpc.jobs.api import MAX_DEVICE_ROWS, MAX_LISTED_JOBS
 from fleetrpc.jobs.model import LISTED_PART_BYTES, AbortCriterion, Job, JobSpec, Targets, abridge_job
 from fleetrpc.store.db import open_database
 from fleetrpc.store.jobs import JobRepository
@@ -33,13 +33,14 @@ LISTED_JOB_MAX = 6 * LISTED_PART_BYTES
 async def test_the_page_size_is_bounded(start_server, world):
     """1-10,000 as in every other listing; the jobs listing 1-1,000: a
     listed job may weigh LISTED_JOB_MAX, and 10,000 of them were a page of
-    over 100 MiB."""
+    over 100 MiB; a job's device rows 1-1,000: a row holds its device's
+    whole reply (max_payload)."""
     async with start_server() as (server, api):
         token = await api.login(world.tenant.email)
         job = await submit(api, token, {"targets": {"deviceIds": [world.dev_t1.id]}, "method": "getVersion"})
         job_id = job["id"]["id"]
         for path, most in (("/api/tenant/devices", 10_000), ("/api/jobs", MAX_LISTED_JOBS),
-                           (f"/api/job/{job_id}/devices", 10_000)):
+                           (f"/api/job/{job_id}/devices", MAX_DEVICE_ROWS)):
             status, raw, _ = await api.request("GET", f"{path}?pageSize={most + 1}&page=0", token)
             assert status == 400 and json.loads(raw)["message"] == f"Parameter 'pageSize' must be at most {most}", path
             status, raw, _ = await api.request("GET", f"{path}?pageSize={most}&page=0", token)

@@ -25,7 +25,7 @@ from ..api.errors import ApiError
 from ..api.keys import CTX, PRINCIPAL
 from ..api.openapi import Param, operation
 from ..api.thingsboard.access import check_uuid
-from ..api.thingsboard.paging import MAX_PAGE_SIZE, page_args
+from ..api.thingsboard.paging import page_args
 from ..errors import ValidationError
 from .engine import JobNotFoundError
 from .model import DeviceOutcome, JobDeviceView, JobSpec, JobStatus, JobView, parse_spec
@@ -40,6 +40,12 @@ _MAX_BODY = 8 * 1024 * 1024
 #: were a page of 170 MiB, built in memory at once; 1,000 are 17 MiB at
 #: worst, 8 MiB with 4 KiB params each, under 1 MiB for ordinary jobs.
 MAX_LISTED_JOBS = 1000
+
+#: The most rows a page of ``GET /api/job/{id}/devices`` holds.  A row
+#: carries its device's whole reply, up to max_payload (64 KiB by default):
+#: 10,000 rows were a page of up to 640 MiB built in memory; 1,000 are
+#: 64 MiB at worst, a few hundred KiB for ordinary replies.
+MAX_DEVICE_ROWS = 1000
 
 
 def _principal(request: web.Request) -> Any:
@@ -160,7 +166,7 @@ async def delete(request: web.Request) -> web.Response:
 
 async def devices(request: web.Request) -> web.Response:
     p, job = await _job_of(request)
-    page_size, page = page_args(request)
+    page_size, page = page_args(request, MAX_DEVICE_ROWS)
     outcome = None
     if "status" in request.query:
         try:
@@ -179,7 +185,7 @@ def setup(app: web.Application, ctx: Any) -> None:
     r = app.router
     paging = (Param("pageSize", int, True, f"Jobs per page (1-{MAX_LISTED_JOBS})"),
               Param("page", int, True, "Page, from 0"))
-    row_paging = (Param("pageSize", int, True, f"Rows per page (1-{MAX_PAGE_SIZE})"), paging[1])
+    row_paging = (Param("pageSize", int, True, f"Rows per page (1-{MAX_DEVICE_ROWS})"), paging[1])
     not_found = {404: "No such job in this tenant"}
     operation(app, r.add_post("/api/jobs", create), tag="jobs", body=JobSpec, response=JobView,
               summary="Create and start a job: one RPC to many devices",
