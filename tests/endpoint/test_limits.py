@@ -446,3 +446,46 @@ async def test_stored_sessions_are_bounded_the_one_stored_longest_ago_goes():
         stored = [obj for bucket in rig.endpoint._checks.values() for obj in bucket
                   if obj.__class__.__name__ == "_StoredSession"]
         assert len(stored) == 2
+
+
+async def test_sub_device_lookups_in_flight_are_bounded_and_time_out(caplog):
+    """A registry that does not answer: each name is looked up once however
+    often the gateway announces it, lookups in flight count against
+    max_subdevices, and each ends after auth_timeout (logged in a summary,
+    not a traceback per name).  Before, a gateway could start a lookup per
+    message and every one waited for ever."""
+    import logging
+
+    asked: list[str] = []
+    hang = asyncio.Event()
+
+    async def resolve(gateway, name):
+        asked.append(name)
+        await hang.wait()
+        return name
+
+    caplog.set_level(logging.INFO, logger="fleetrpc.endpoint")
+    async with make_rig(max_subdevices=3, auth_timeout=0.5, resolve_subdevice=resolve) as rig:
+        gw = await raw.RawClient.open(rig.port)
+        assert (await gw.connect("token-gw", client_id="gw"))[1] == b"\x00\x00"
+        gw.send(raw.subscribe(1, ("v1/gateway/rpc", 1)))
+        await gw.read_packet()
+        for _ in range(20):
+            for i in range(10):
+                gw.send(raw.publish("v1/gateway/connect", json.dumps({"device": f"sub-{i}"}).encode()))
+        gw.send(b"\xc0\x00")  # PINGREQ: its PINGRESP comes after all of the above was read
+        assert await gw.read_packet() == (0xD0, b"")
+        await asyncio.sleep(0)
+        assert asked == ["sub-0", "sub-1", "sub-2"]
+        assert rig.endpoint.stats.refused_subdevices == 20 * 10 - 20 * 3
+        await _until(lambda: not rig.endpoint._resolving)  # auth_timeout has passed
+        assert rig.endpoint.stats.ignored >= 3
+        assert not any(r.exc_info for r in caplog.records), "a traceback per failed lookup"
+        assert any("sub-device" in r.getMessage() and "auth_timeout" in r.getMessage() for r in caplog.records)
+        # the places are free again: the registry answers now
+        hang.set()
+        gw.send(raw.publish("v1/gateway/connect", b'{"device": "sub-5"}'))
+        await rig.online("sub-5")
+        assert asked[-1] == "sub-5"
+        gw.close()
+        await assert_nothing_left(rig)

@@ -256,6 +256,10 @@ class DeviceEndpoint:
         self._sweeper: asyncio.TimerHandle | None = None
         self._last_purge = 0.0
         self._tasks: set[asyncio.Task] = set()
+        #: gateway session -> sub-device name -> what waits for its lookup
+        #: (``bound`` callbacks): one lookup per name at a time, counted
+        #: against max_subdevices while it runs
+        self._resolving: dict[Session, dict[str, list[Callable[[], None]]]] = {}
         self._closing = False
         limits: dict[str, Any] = {"messages": s.rate_limit or "", "telemetryMessages": s.rate_limit or "",
                                   "telemetryDataPoints": ""}
@@ -630,48 +634,80 @@ class DeviceEndpoint:
         have max_subdevices already)."""
         if not self._room_for_subdevice(session, name):
             return
+        resolving = self._resolving.get(session)
+        if resolving is not None and name in resolving:  # announced again meanwhile: one lookup
+            if bound is not None:
+                resolving[name].append(bound)
+            return
         try:
             result = self._resolve_cb(session.device, name)
-        except Exception:
-            log.exception("resolve_subdevice(%r, %r) failed", session.device, name)
+        except Exception as exc:
+            self._lookup_failed(session, name, exc)
             return
         if inspect.isawaitable(result):
-            self._spawn(self._await_subdevice(session, name, result, bound))
+            if resolving is None:
+                resolving = self._resolving[session] = {}
+            resolving[name] = [] if bound is None else [bound]
+            self._spawn(self._await_subdevice(session, name, result))
         elif result is not None:
             self._bind_subdevice(session, name, result, bound)
         else:
             self.stats.ignored += 1
 
-    async def _await_subdevice(self, session: Session, name: str, awaitable,
-                               bound: Callable[[], None] | None) -> None:
+    async def _await_subdevice(self, session: Session, name: str, awaitable) -> None:
+        # The lookup has auth_timeout, as a token's check has: one that never
+        # answers must not hold its place under max_subdevices for ever.
+        device = None
         try:
-            device = await awaitable
-        except Exception:
-            log.exception("resolve_subdevice(%r, %r) failed", session.device, name)
-            return
+            device = await asyncio.wait_for(awaitable, self.settings.auth_timeout)
+        except Exception as exc:
+            self._lookup_failed(session, name, exc)
+        finally:
+            resolving = self._resolving.get(session)
+            waiting = resolving.pop(name, ()) if resolving is not None else ()
+            if resolving is not None and not resolving:
+                del self._resolving[session]
         if device is not None:
-            self._bind_subdevice(session, name, device, bound)
+            self._bind_subdevice(session, name, device, None)
+            if name in (session.subdevices or ()):
+                for bound in waiting:
+                    bound()
+
+    def _lookup_failed(self, session: Session, name: str, exc: BaseException) -> None:
+        # in summaries: a gateway that reconnects during a registry outage
+        # announces all its sub-devices at once
+        self.stats.ignored += 1
+        why = "no answer within auth_timeout" if isinstance(exc, asyncio.TimeoutError) else repr(exc)
+        self.auth_failures.note("subdevice_lookup", "gateway %s: sub-device %r not bound, its lookup failed: %s",
+                                session.device, name, why)
 
     def _bind_subdevice(self, session: Session, name: str, device: str, bound: Callable[[], None] | None) -> None:
-        if not self._room_for_subdevice(session, name):  # (others were bound while this one resolved)
+        subdevices = session.subdevices or ()
+        if name not in subdevices and len(subdevices) >= self.settings.max_subdevices:
+            self._refuse_subdevice(session, name)  # (a safeguard: a lookup holds its place meanwhile)
             return
         session.add_subdevice(name, device)
         if bound is not None and name in (session.subdevices or ()):
             bound()
 
     def _room_for_subdevice(self, session: Session, name: str) -> bool:
-        """The gateway ``session`` may bind ``name``: it has it already, or
-        fewer than max_subdevices.  Otherwise the name is refused, counted
-        and logged in summaries (a gateway announcing name after name must
-        neither grow without bound nor bury the log)."""
-        subdevices = session.subdevices
+        """The gateway ``session`` may bind ``name``: it has it already (or
+        its lookup runs), or fewer than max_subdevices bound and being looked
+        up.  Otherwise the name is refused, counted and logged in summaries
+        (a gateway announcing name after name must neither grow without
+        bound nor bury the log)."""
+        subdevices = session.subdevices or ()
+        resolving = self._resolving.get(session) or ()
         limit = self.settings.max_subdevices
-        if subdevices is None or len(subdevices) < limit or name in subdevices:
+        if len(subdevices) + len(resolving) < limit or name in subdevices or name in resolving:
             return True
+        self._refuse_subdevice(session, name)
+        return False
+
+    def _refuse_subdevice(self, session: Session, name: str) -> None:
         self.stats.refused_subdevices += 1
         self.refusals.note("refused_subdevices", "gateway %s announced sub-device %r beyond max_subdevices "
-                           "(%d): ignored", session.device, name, limit)
-        return False
+                           "(%d): ignored", session.device, name, self.settings.max_subdevices)
 
     def _spawn(self, coro) -> None:
         task = asyncio.ensure_future(coro)

@@ -57,7 +57,8 @@ class EndpointSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True)
         "Seconds authenticate (the access token's check against the device registry) may take; "
         "past it the CONNECT is refused with \"server unavailable\" (3.1.1 return code 3, MQTT 5 "
         "0x88) and the connection closes. It also extends connect_timeout for a connection "
-        "waiting for it.", gt=0)] = 5.0
+        "waiting for it, and bounds a gateway's sub-device lookup (the name is then not bound).",
+        gt=0)] = 5.0
     max_keepalive: Annotated[int, _doc(
         "Longest keepalive accepted, seconds; a device asking for more (or for 0, \"never\") gets "
         "this one (MQTT 5: Server Keep Alive), so that a half-open connection always ends. A "
@@ -85,7 +86,7 @@ class EndpointSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True)
         "is forgotten beyond; its call times out).", gt=0)] = 10_000
     max_subdevices: Annotated[int, _doc(
         "Sub-devices one gateway connection may have announced at once (v1/gateway/connect, or an "
-        "attribute request for a new name); further names are refused, counted and logged until "
+        "attribute request for a new name), bound or being looked up; further names are refused, counted and logged until "
         "it disconnects some.", gt=0)] = 10_000
     max_client_calls: Annotated[int, _doc(
         "Client-side calls of one session awaiting the dispatcher's answer; more are answered "
