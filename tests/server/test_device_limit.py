@@ -167,9 +167,16 @@ async def test_a_gateway_cannot_create_devices_past_the_limit(start_server, worl
                 # a device that exists is bound at the limit too: no create
                 gw.send(raw.publish("v1/gateway/connect", json.dumps({"device": world.dev_t1.name}).encode()))
                 await wait_until(lambda: world.dev_t1.name in (session.subdevices or {}), timeout=20)
-            refusals = [r for r in caplog.records if "Meter 2" in r.getMessage()]
+                # many names past the limit (a gateway reconnecting with its
+                # fleet): refused alike, but logged in a summary, not a line each
+                for i in range(3, 40):
+                    gw.send(raw.publish("v1/gateway/connect", json.dumps({"device": f"Meter {i}"}).encode()))
+                await wait_until(lambda: directory.over_limit == 38, timeout=20)
+            refusals = [r for r in caplog.records if "'Meter 2'" in r.getMessage()]
             assert [r.levelno for r in refusals] == [logging.WARNING], refusals
             assert "limit of 5 devices" in refusals[0].getMessage()
+            lines = [r for r in caplog.records if "limit of 5 devices" in r.getMessage()]
+            assert len(lines) == 1, [r.getMessage() for r in lines]
             assert set(session.subdevices) == {"Meter 1", world.dev_t1.name}
             assert directory.created == 1
             status, _, _ = await api.request("GET", "/api/tenant/device?deviceName=Meter%202", admin)

@@ -45,6 +45,7 @@ import time
 from collections import OrderedDict
 from typing import Any, Callable
 
+from ...dispatch.rejects import RejectLog
 from ...errors import AlreadyExistsError, EntitiesLimitExceededError, ValidationError
 from ...store.entities.model import NULL_UUID, is_gateway_info
 from .server import Identity
@@ -86,6 +87,10 @@ class DeviceDirectory:
         self.created = 0
         #: announced names not created: the tenant was at its limit of devices
         self.over_limit = 0
+        #: refused announcements (tenant at its limit, a name the registry
+        #: refuses) in summaries: a gateway reconnecting announces all its
+        #: sub-devices at once, again on each reconnect
+        self.refusals = RejectLog(log, 10.0)
         #: told the id of a device deleted or given new credentials, so
         #: that its open connections close (the endpoint's disconnect_device)
         self.on_gone: Callable[[str, str], Any] | None = None
@@ -95,6 +100,7 @@ class DeviceDirectory:
     def close(self) -> None:
         """Stop listening to the repository (and looking tokens up)."""
         self.devices.remove_listener(self._listener)
+        self.refusals.close()
         if self._batcher is not None:
             self._batcher.cancel()
 
@@ -150,11 +156,12 @@ class DeviceDirectory:
             return await self.devices.by_name(tenant, name)
         except EntitiesLimitExceededError as exc:
             self.over_limit += 1
-            log.warning("gateway %s announced %r: not created, its tenant %s has reached its limit of %d devices",
-                        gateway_id, name, tenant, exc.limit)
+            self.refusals.note("over_limit", "gateway %s announced %r: not created, its tenant %s has reached its "
+                               "limit of %d devices", gateway_id, name, tenant, exc.limit)
             return None
         except ValidationError as exc:
-            log.warning("gateway %s announced a device the registry refuses (%r): %s", gateway_id, name, exc)
+            self.refusals.note("refused_name", "gateway %s announced a device the registry refuses (%r): %s",
+                               gateway_id, name, exc)
             return None
         self.created += 1
         log.info("gateway %s announced %r: created device %s", gateway_id, name, device.id)
