@@ -337,3 +337,26 @@ async def test_bodies_in_several_segments_are_read_whole(start_server, world):
             status, body, _ = await api.request("POST", f"/api/rpc/twoway/{device_id}", admin, json={"method": "read"})
             assert (status, json.loads(body)) == (200, {"temperature": 21.5, "unit": "C"})
             await answering
+
+
+async def test_attribute_update_polls_per_device_are_bounded(start_server, world):
+    """A device (or whoever has its token) that opens attribute-update polls
+    and drops them at once leaves each waiting its whole timeout (aiohttp
+    does not cancel a handler whose client has gone): they are bounded per
+    device as the RPC polls are, the oldest ending (408)."""
+    import aiohttp
+
+    from fleetrpc.transport.endpoint.http import MAX_POLLS
+
+    async with start_server(endpoint=ENDPOINT) as (server, api):
+        ctx = server.ctx
+        admin = await api.login(world.tenant.email)
+        _, token = await _create_device(api, admin, "HTTP Idler")
+        url = f"{ctx.url}/api/v1/{token}/attributes/updates?timeout=300000"
+        async with aiohttp.ClientSession() as device_side:
+            for _ in range(MAX_POLLS + 5):
+                with pytest.raises(asyncio.TimeoutError):
+                    async with device_side.get(url, timeout=aiohttp.ClientTimeout(total=0.05)) as r:
+                        await r.read()
+            await asyncio.sleep(0.2)  # (the last ones reach the server)
+            assert ctx.endpoint.http.polls_waiting() == MAX_POLLS

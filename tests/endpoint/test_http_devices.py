@@ -84,7 +84,7 @@ async def test_once_draining_a_new_poll_ends_at_once():
         http = rig.endpoint.http
         http.end_polls()
         assert await asyncio.wait_for(http.poll("dev-a", 300.0), 1) is None
-        await asyncio.wait_for(http.idle(300.0), 1)
+        await asyncio.wait_for(http.idle("dev-a", 300.0), 1)
         assert not rig.dispatcher.is_online("dev-a") and len(http) == 0
 
 

@@ -159,8 +159,8 @@ async def no_attributes(request: web.Request) -> web.Response:
 @_endpoint_needed
 async def no_attribute_updates(request: web.Request) -> web.Response:
     """Nothing ever changes: the poll ends as timed out (firmware polls again)."""
-    ep, _ = await _device(request)
-    await ep.http.idle(_poll_timeout(request))
+    ep, device = await _device(request)
+    await ep.http.idle(device, _poll_timeout(request))
     return web.Response(status=408)
 
 

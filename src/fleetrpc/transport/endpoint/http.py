@@ -47,6 +47,7 @@ GRACE_S = 10.0
 #: How long an unrouted device's unanswered requests still take an answer, seconds.
 LATE_ANSWER_S = 300.0
 #: Polls one device may have waiting; a new one beyond ends the oldest (408).
+#: (RPC polls and attribute-update polls each.)
 MAX_POLLS = 8
 
 
@@ -188,8 +189,8 @@ class HttpDevices:
         self.grace = grace
         self._devices: dict[str, HttpDevice] = {}
         self._keys = itertools.count(1)
-        #: polls that wait for nothing (see idle)
-        self._idlers: set[asyncio.Future] = set()
+        #: polls that wait for nothing (see idle), per device, oldest first
+        self._idlers: dict[str, deque[asyncio.Future]] = {}
         #: the server drains: polls end at once
         self.draining = False
         #: seconds an unrouted device's unanswered requests still take an answer
@@ -199,7 +200,7 @@ class HttpDevices:
         return len(self._devices)
 
     def polls_waiting(self) -> int:
-        return len(self._idlers) + sum(len(hd.polls) for hd in self._devices.values())
+        return sum(map(len, self._idlers.values())) + sum(len(hd.polls) for hd in self._devices.values())
 
     def _get(self, device: str) -> HttpDevice:
         hd = self._devices.get(device)
@@ -302,22 +303,35 @@ class HttpDevices:
         hd._confirm(entry[2])
         return entry[1]
 
-    async def idle(self, timeout: float) -> None:
+    async def idle(self, device: str, timeout: float) -> None:
         """A poll nothing will answer (attribute updates: fleetrpc keeps
-        none): it waits out ``timeout``, or less when the server drains.
-        It does not make the device reachable for RPC (nor does it in
-        ThingsBoard)."""
+        none): it waits out ``timeout``, or less when the server drains or
+        ``device`` opens more than :data:`MAX_POLLS` of them (the oldest
+        ends: aiohttp does not end a handler whose client has gone, so
+        polls dropped at once would otherwise pile up for their whole
+        timeout).  It does not make the device reachable for RPC (nor does
+        it in ThingsBoard)."""
         if self.draining:
             return
         loop = asyncio.get_running_loop()
         fut = loop.create_future()
         timer = loop.call_later(timeout, _expire, fut)
-        self._idlers.add(fut)
+        idlers = self._idlers.get(device)
+        if idlers is None:
+            idlers = self._idlers[device] = deque()
+        elif len(idlers) >= MAX_POLLS:
+            _expire(idlers.popleft())
+        idlers.append(fut)
         try:
             await fut
         finally:
             timer.cancel()
-            self._idlers.discard(fut)
+            try:
+                idlers.remove(fut)
+            except ValueError:
+                pass  # (ended as the oldest)
+            if not idlers and self._idlers.get(device) is idlers:
+                del self._idlers[device]
 
     def answer(self, device: str, n: int, payload: bytes) -> bool:
         """The device's answer to request ``n``; False when no such request
@@ -366,7 +380,8 @@ class HttpDevices:
         """Answer every waiting poll with "nothing came" (408): the server is
         draining, and a poll is no work in flight to wait for."""
         self.draining = True  # (and the polls that start from now on end at once)
-        for fut in [*self._idlers, *(f for hd in self._devices.values() for f, _ in hd.polls)]:
+        idlers = (f for waiting in self._idlers.values() for f in waiting)
+        for fut in [*idlers, *(f for hd in self._devices.values() for f, _ in hd.polls)]:
             _expire(fut)
 
     def close(self) -> None:
