@@ -18,7 +18,12 @@ same bound as the RPC path's device cache
 Each connection has a
 bounded buffer: when a browser reads slower than events come, the oldest are
 dropped and the browser is told how many, so a slow or stalled tab never
-grows the server's memory.
+grows the server's memory.  A tab that stops reading altogether (its
+socket open, its window full) is dropped once a write has waited
+:data:`WRITE_TIMEOUT_S`: it would otherwise hold its slot, and what its
+transport buffered, for good.  One user has at most
+:data:`MAX_STREAMS_PER_USER` streams, so that no one token can take every
+slot of :data:`MAX_STREAMS` from the other tenants.
 
 The stream authenticates with ``?token=<jwt>`` (an ``EventSource`` cannot
 set headers; ThingsBoard's WebSocket API does the same).  A stream ends when
@@ -56,6 +61,12 @@ _OWNER_CACHE = 50_000
 OWNER_TTL_S = 5.0
 #: Most event streams open at once (each holds a connection and a buffer).
 MAX_STREAMS = 1000
+#: Most event streams one user may have open (a browser over HTTP/1.1 opens
+#: at most six connections to a host, so this is several browsers' worth).
+MAX_STREAMS_PER_USER = 16
+#: How long (s) one write to a browser may wait for it to read: a stalled
+#: tab's stream ends then.
+WRITE_TIMEOUT_S = 30.0
 _UNKNOWN = object()
 
 
@@ -97,6 +108,8 @@ class EventHub:
         self.ctx = ctx
         self.buffer = buffer
         self.owner_ttl_s = owner_ttl_s
+        self.write_timeout_s = WRITE_TIMEOUT_S
+        self.max_streams_per_user = MAX_STREAMS_PER_USER
         self._clock = clock
         self.streams: set[_Stream] = set()
         # device -> ((tenant, customer, name), or _UNKNOWN for an id that is
@@ -258,6 +271,9 @@ async def events_stream(request: web.Request, hub: EventHub) -> web.StreamRespon
         raise ApiError(503, "Server is shutting down", ErrorCode.GENERAL)
     if len(hub.streams) >= MAX_STREAMS:
         raise ApiError(429, "Too many open event streams", ErrorCode.TOO_MANY_REQUESTS)
+    if sum(s.principal.user_id == principal.user_id for s in hub.streams) >= hub.max_streams_per_user:
+        raise ApiError(429, f"Too many open event streams of this user (at most {hub.max_streams_per_user})",
+                       ErrorCode.TOO_MANY_REQUESTS)
     resp = web.StreamResponse(headers={
         "Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no",
     })
@@ -267,15 +283,21 @@ async def events_stream(request: web.Request, hub: EventHub) -> web.StreamRespon
     if not ctx.tokens.still_valid(principal):  # revoked while the response was being prepared
         stream.revoked = True
         stream.wake.set()
+
+    async def write(data: bytes) -> None:
+        # waits while the browser is slow (the deque bounds what piles up
+        # meanwhile); one that does not read at all is let go
+        await asyncio.wait_for(resp.write(data), hub.write_timeout_s)
+
     try:
-        await resp.write(b": connected\n\n")
+        await write(b": connected\n\n")
         while True:
             try:
                 await asyncio.wait_for(stream.wake.wait(), _KEEPALIVE_S)
             except asyncio.TimeoutError:
                 if not ctx.tokens.still_valid(principal):
                     break  # expired (or revoked while this node missed it): the console logs in again
-                await resp.write(b": keepalive\n\n")
+                await write(b": keepalive\n\n")
                 continue
             stream.wake.clear()
             if hub.closing or stream.revoked:
@@ -283,15 +305,20 @@ async def events_stream(request: web.Request, hub: EventHub) -> web.StreamRespon
             if stream.dropped:
                 n, stream.dropped = stream.dropped, 0
                 hub.dropped += n
-                await resp.write(b"data: " + _encode({"type": "DROPPED", "count": n}) + b"\n\n")
+                await write(b"data: " + _encode({"type": "DROPPED", "count": n}) + b"\n\n")
             while stream.queue:
                 chunk = b"".join(stream.queue)
                 n = len(stream.queue)
                 stream.queue.clear()
-                await resp.write(chunk)  # waits while the browser is slow: the deque bounds what piles up
+                await write(chunk)
                 hub.sent += n
             if request.transport is None or request.transport.is_closing():
                 break
+    except asyncio.TimeoutError:
+        # it stopped reading: drop the connection and the bytes its
+        # transport holds (closing would wait for them to be read)
+        if request.transport is not None:
+            request.transport.abort()
     except (ConnectionResetError, asyncio.CancelledError):
         pass
     finally:
