@@ -194,3 +194,30 @@ async def test_queue_over_http(rig):
         r = await watch.until(check)
         assert r["result"][b["id"]]["worker_message"] == "hello q"
         assert (await post("create", app="ghost"))["error"].startswith("[413.2]")
+
+
+async def test_a_large_queue_is_not_read_whole_at_every_task_end(rig):
+    """Each task's end looked for its children and for the queue's end by
+    reading every task of the queue, twice: a queue of MAX_TASKS (10,000)
+    tasks read 2 x 10,000^2 rows while it ran.  The rows read stay linear."""
+    n = 150
+    queue = rig.elves.queue
+    r = await rig.app.call("queue", "createQueue", app="ops")
+    qid = r["id"]
+    for i in range(n):  # on an IP without an agent: each fails at once
+        t = await rig.app.call("queue", "addTask", queue_id=qid, ip="10.0.0.3", func="echo", param=str(i),
+                               proxy=PROXY)
+        assert t["flag"] == "true", t
+    read = [0]
+    tasks = queue.repo.tasks
+
+    async def counted(tenant_id, queue_id):
+        rows = await tasks(tenant_id, queue_id)
+        read[0] += len(rows)
+        return rows
+
+    queue.repo.tasks = counted
+    assert (await rig.app.call("queue", "commit", queue_id=qid))["flag"] == "true"
+    r = await Watch(rig).until(finished(rig.app, qid))
+    assert r["status"] == "finished" and {t["status"] for t in r["result"].values()} == {"failed"}
+    assert read[0] <= 5 * n, read[0]  # (the commit reads them once, queueResult once per look)

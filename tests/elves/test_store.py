@@ -83,7 +83,7 @@ def test_elves_tables_are_store_migrations_that_ship():
     for dialect in ("sqlite", "postgresql"):
         elves = [m for m in migrations.load(dialect) if 300 <= m.version < 400]
         assert [m.name for m in elves] == [
-            "elves_supervisor", "elves_tasklog", "elves_cron", "elves_queue", "elves_cmdb"]
+            "elves_supervisor", "elves_tasklog", "elves_cron", "elves_queue", "elves_cmdb", "elves_queue_children"]
     root = Path(__file__).resolve().parents[2]
     package = root / "src" / "fleetrpc"
     patterns = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["fleetrpc"]

@@ -115,6 +115,19 @@ class QueueRepository:
             "ORDER BY create_time, id", tenant_id, queue_id)
         return [_task(r) for r in rows]
 
+    async def children(self, tenant_id: str, queue_id: str, parent: str) -> list[QueueTask]:
+        """The pending tasks that depend on ``parent``."""
+        rows = await self.db.fetch(
+            f"SELECT {_TASK_SELECT} FROM elves_queue_task WHERE tenant_id = $1 AND queue_id = $2 "
+            "AND depend_task_id = $3 AND status = $4 ORDER BY create_time, id", tenant_id, queue_id, parent, PENDING)
+        return [_task(r) for r in rows]
+
+    async def unfinished(self, tenant_id: str, queue_id: str) -> bool:
+        """Whether a task of the queue is still pending or running."""
+        return await self.db.fetchval(
+            "SELECT 1 FROM elves_queue_task WHERE tenant_id = $1 AND queue_id = $2 AND status IN ($3, $4) LIMIT 1",
+            tenant_id, queue_id, PENDING, RUNNING) is not None
+
     async def count(self, tenant_id: str, queue_id: str) -> int:
         return int(await self.db.fetchval(
             "SELECT COUNT(*) FROM elves_queue_task WHERE tenant_id = $1 AND queue_id = $2", tenant_id, queue_id))
@@ -316,33 +329,28 @@ class QueueService:
         if not await self.repo.end(tenant_id, task.id, FINISH if ok else FAILED, from_status=RUNNING, error=error,
                                    worker_flag=worker_flag, message=message, cost=cost):
             return  # already ended (the result came twice, or by both paths)
-        tasks = await self.repo.tasks(tenant_id, task.queue_id)
-        children = [t for t in tasks if t.depend_task_id == task.id and t.status == PENDING]
+        # (the children, and whether the queue is done, are asked of the
+        # database: reading the whole queue at every task's end made a
+        # queue of n tasks read n^2 rows)
         if ok:
             queue = await self.repo.get(tenant_id, task.queue_id)
             if queue is not None and queue[1] == RUNNING:
-                await self._run(tenant_id, queue[0], children)
+                await self._run(tenant_id, queue[0], await self.repo.children(tenant_id, task.queue_id, task.id))
         else:
-            await self._fail_descendants(tenant_id, tasks, task.id)
+            await self._fail_descendants(tenant_id, task.queue_id, task.id)
         await self._maybe_finished(tenant_id, task.queue_id)
 
-    async def _fail_descendants(self, tenant_id: str, tasks: list[QueueTask], parent: str) -> None:
-        children: dict[str, list[QueueTask]] = {}
-        for t in tasks:
-            if t.depend_task_id is not None:
-                children.setdefault(t.depend_task_id, []).append(t)
-        stack = [(parent, c) for c in children.get(parent, [])]
+    async def _fail_descendants(self, tenant_id: str, queue_id: str, parent: str) -> None:
+        stack = [parent]
         while stack:
-            failed_parent, t = stack.pop()
-            if t.status == PENDING and await self.repo.end(
-                tenant_id, t.id, FAILED, from_status=PENDING,
-                error=f"[{DEPEND_FAILED}]Depend Task Failed: {failed_parent}",
-            ):
-                stack.extend((t.id, c) for c in children.get(t.id, []))
+            failed_parent = stack.pop()
+            for t in await self.repo.children(tenant_id, queue_id, failed_parent):
+                if await self.repo.end(tenant_id, t.id, FAILED, from_status=PENDING,
+                                       error=f"[{DEPEND_FAILED}]Depend Task Failed: {failed_parent}"):
+                    stack.append(t.id)
 
     async def _maybe_finished(self, tenant_id: str, queue_id: str) -> None:
-        tasks = await self.repo.tasks(tenant_id, queue_id)
-        if all(t.status not in (PENDING, RUNNING) for t in tasks):
+        if not await self.repo.unfinished(tenant_id, queue_id):
             await self.repo.set_status(tenant_id, queue_id, FINISHED, only_if=RUNNING)
 
 
