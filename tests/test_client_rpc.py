@@ -216,3 +216,36 @@ def test_bad_settings_are_named():
     with pytest.raises(ValidationError, match="both in handlers and webhook_methods"):
         ClientRpcSection(handlers={"a": "m:f"}, webhook_url="http://x", webhook_methods=["a"])
     assert ClientRpc(ClientRpcSection(builtins=False)).methods == {}
+
+
+async def test_webhook_calls_in_flight_are_bounded(mqtt_url, webhook):
+    """Each client-side call for the webhook was a task and a request to the
+    webhook, however many a device had in flight: a device sending calls
+    faster than the webhook answers piled them up without limit (and on the
+    webhook).  A device has at most ``max_inflight`` (what getSessionLimits
+    tells it) in flight, the server ``webhook_max_inflight``; beyond, the
+    call gets a clear error at once."""
+    url, seen = webhook
+    dispatcher = Dispatcher(Settings(mqtt_url=mqtt_url, node_id=f"w{uuid.uuid4().hex[:6]}", min_timeout_ms=0))
+    client_rpc = ClientRpc(ClientRpcSection(webhook_url=str(url), webhook_methods=["hangs"], webhook_timeout_s=1.0,
+                                            webhook_max_inflight=15), max_inflight=10)
+    client_rpc.install(dispatcher)
+    await dispatcher.start()
+    devices = [DeviceClient(str(uuid.uuid4()), mqtt_url) for _ in range(2)]
+    try:
+        for device in devices:
+            await device.connect()
+        calls = [device.call("hangs", i, timeout=5) for device in devices for i in range(20)]
+        outcomes = await asyncio.gather(*calls, return_exceptions=True)
+        assert all(isinstance(o, RemoteError) for o in outcomes), outcomes
+        busy = [str(o) for o in outcomes if "in flight" in str(o)]
+        per_device = {d.device_id: sum(body["deviceId"] == d.device_id for _, body in seen) for d in devices}
+        assert len(seen) <= 15 and max(per_device.values()) <= 10, per_device
+        assert len(busy) == 40 - len(seen)
+        # once they are answered, the device has room again
+        assert client_rpc.inflight == 0
+    finally:
+        for device in devices:
+            await device.close()
+        await dispatcher.close()
+        await client_rpc.close()

@@ -271,6 +271,10 @@ class ClientRpcSection(_Section):
     webhook_headers: Annotated[dict[str, str], _doc(
         "Extra headers of every webhook request (e.g. a shared secret).", extra=SECRET)] = \
         msgspec.field(default_factory=dict)
+    webhook_max_inflight: Annotated[int, _doc(
+        "Most webhook calls waiting for their answer at once, all devices together; beyond, a "
+        "device's call gets an error reply at once (a device has at most its maxInflightMessages "
+        "in flight).", ge=1)] = 1000
     rate_limit_messages: Annotated[str | None, _doc(
         "getSessionLimits' rateLimits.messages (ThingsBoard's capacity:seconds,... syntax).")] = \
         "200:1,6000:60,14000:3600"

@@ -22,6 +22,10 @@ serve`` answers them from its settings (``[client_rpc]``,
   otherwise).  A webhook that fails, answers non-2xx or does not answer
   within ``webhook_timeout_s`` gives the device a clear error reply
   (``{"error": {"code": "APPLICATION_ERROR", "message": "webhook ..."}}``).
+  A device has at most ``max_inflight`` calls waiting for the webhook
+  (getSessionLimits' ``maxInflightMessages``), the server
+  ``webhook_max_inflight``; a call beyond gets that error at once, so a
+  device calling faster than the webhook answers piles nothing up.
 
 Every client-side call emits ``TO_SERVER_RPC_REQUEST`` on the event bus
 once, with the answer (``response``) or the error (``error``); a method
@@ -108,6 +112,9 @@ class ClientRpc:
         self._clock = clock
         self._session: Any = None
         self._encode = msgspec.json.Encoder().encode
+        #: webhook calls waiting for their answer: in all, and per device
+        self.inflight = 0
+        self._inflight: dict[str, int] = {}
         self.methods: dict[str, Handler] = {}
         if section.builtins:
             self.methods["getCurrentTime"] = self.get_current_time
@@ -207,6 +214,24 @@ class ClientRpc:
     async def forward(self, device: str, method: str, params: Any) -> Any:
         """POST the call to the webhook; its body is the answer.  Raises
         RemoteError (the device's error reply) when it fails."""
+        mine = self._inflight.get(device, 0)
+        if mine >= self.max_inflight:
+            raise RemoteError(f"webhook for {method!r}: {mine} calls of this device in flight already "
+                              f"(at most {self.max_inflight})")
+        if self.inflight >= self.section.webhook_max_inflight:
+            raise RemoteError(f"webhook for {method!r}: {self.inflight} calls in flight already, "
+                              f"the server's most (webhook_max_inflight)")
+        self.inflight += 1
+        self._inflight[device] = mine + 1
+        try:
+            return await self._forward(device, method, params)
+        finally:
+            self.inflight -= 1
+            left = self._inflight.pop(device) - 1
+            if left:
+                self._inflight[device] = left
+
+    async def _forward(self, device: str, method: str, params: Any) -> Any:
         import aiohttp
 
         url = self.section.webhook_url
