@@ -79,3 +79,33 @@ async def test_one_user_cannot_take_every_stream(start_server, world):
         finally:
             for r in opened:
                 r.close()
+
+
+@pytest.mark.parametrize("store_url", ["sqlite"], indirect=True)
+async def test_a_device_s_presence_changes_keep_their_order_while_its_owner_is_looked_up(start_server, world):
+    """Each presence change looked the device's owner up on its own: a
+    device connecting and dropping at once (or flapping while the database
+    is slow) started a query per change, and on a pool of connections the
+    answers could come back in another order, leaving the device counted
+    online once it was gone.  Changes of one device share one lookup and
+    are applied in order."""
+    async with start_server() as (server, api):
+        ctx = server.ctx
+        hub = ctx.console_hub
+        dev = world.dev_c1.id
+        get_by_id = ctx.devices.get_by_id
+        delays = [0.3, 0.0]  # the first query answers last, as a pool may
+        asked = []
+
+        async def slow_get_by_id(device_id):
+            asked.append(device_id)
+            await asyncio.sleep(delays.pop(0) if delays else 0)
+            return await get_by_id(device_id)
+
+        ctx.devices.get_by_id = slow_get_by_id
+        hub.forget(dev)
+        hub._on_presence(dev, True)
+        hub._on_presence(dev, False)
+        await wait_until(lambda: not hub._tasks)
+        assert hub.online_count(str(world.t1)) == 0
+        assert asked == [dev]

@@ -119,6 +119,11 @@ class EventHub:
         # bumped by every device change heard: a lookup under way across
         # one is used once, not remembered (it may predate the change)
         self._generation = 0
+        # device -> its owner's lookup under way: the events of one device
+        # share it, so that they are applied in their order (separate
+        # queries on a pool may answer in any order) and a flapping device
+        # costs one query, not one per change
+        self._lookups: dict[str, asyncio.Future] = {}
         self._devices: Any = None  # the repository whose listener the hub is
         self._online: dict[str, set[str]] = {}  # tenant -> its devices online
         self._tasks: set[asyncio.Task] = set()
@@ -148,6 +153,7 @@ class EventHub:
                 continue
             device = str(change.device.id)
             self._owners.pop(device, None)
+            self._lookups.pop(device, None)  # (one under way may predate the change: not shared from now on)
             if change.kind == "deleted":
                 self._online.get(str(change.device.tenant_id), set()).discard(device)
 
@@ -167,7 +173,7 @@ class EventHub:
             s.wake.set()
 
     async def close(self) -> None:
-        for task in list(self._tasks):
+        for task in [*self._tasks, *self._lookups.values()]:
             task.cancel()
         tokens = getattr(self.ctx, "tokens", None)
         if tokens is not None and hasattr(tokens, "remove_revocation_listener"):
@@ -224,6 +230,16 @@ class EventHub:
                 self._owners.move_to_end(device_id)
                 return None if owner is _UNKNOWN else owner
             del self._owners[device_id]  # perhaps changed by another node: ask again
+        lookup = self._lookups.get(device_id)
+        if lookup is None:
+            lookup = self._lookups[device_id] = asyncio.ensure_future(self._look_up(device_id))
+            lookup.add_done_callback(lambda f: self._lookups.pop(device_id, None) if self._lookups.get(device_id) is f
+                                     else None)
+        # (shielded: one waiter cancelled does not cancel the others' lookup;
+        # the waiters resume in the order they began to wait)
+        return await asyncio.shield(lookup)
+
+    async def _look_up(self, device_id: str) -> tuple[str, str | None, str] | None:
         generation = self._generation
         try:
             device = await self.ctx.devices.get_by_id(device_id)
@@ -245,6 +261,7 @@ class EventHub:
         """A device was deleted: look its owner up again, and count it
         online no more.  (:meth:`devices_changed` does this for the
         repository's changes.)"""
+        self._lookups.pop(device_id, None)
         entry = self._owners.pop(device_id, None)
         if entry is not None and entry[0] is not _UNKNOWN:
             self._online.get(entry[0][0], set()).discard(device_id)
