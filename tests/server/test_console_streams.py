@@ -109,3 +109,28 @@ async def test_a_device_s_presence_changes_keep_their_order_while_its_owner_is_l
         await wait_until(lambda: not hub._tasks)
         assert hub.online_count(str(world.t1)) == 0
         assert asked == [dev]
+
+
+@pytest.mark.parametrize("store_url", ["sqlite"], indirect=True)
+async def test_a_slow_stream_s_buffer_is_bounded_in_bytes(start_server, world):
+    """The buffer of a tab that reads slower than events come was bounded
+    in events (1000), and an event carries its call's params and answer (up
+    to max_payload each): a slow tab could hold 1000 x 512 KiB.  It is
+    bounded in bytes too (the oldest dropped, and counted as dropped)."""
+    from fleetrpc.console.hub import MAX_BUFFER_BYTES
+
+    async with start_server() as (server, api):
+        hub = server.ctx.console_hub
+        token = await api.login(world.tenant.email)
+        reader, writer = await _stalled_stream(api.url, token)
+        try:
+            await wait_until(lambda: len(hub.streams) == 1)
+            big = {"pad": "x" * 65536}
+            for i in range(300):  # ~19 MB
+                hub._publish({"type": "TEST", "n": i, "body": big}, world.t1, None)
+                await asyncio.sleep(0)
+            (stream,) = hub.streams
+            assert sum(map(len, stream.queue)) <= MAX_BUFFER_BYTES
+            assert stream.dropped > 0
+        finally:
+            writer.close()

@@ -16,7 +16,8 @@ the entry's age: it is read again once it is :data:`OWNER_TTL_S` old, the
 same bound as the RPC path's device cache
 (``api/thingsboard/access.DeviceCache``).
 Each connection has a
-bounded buffer: when a browser reads slower than events come, the oldest are
+bounded buffer (in events, and in bytes: an event carries its call's params
+and answer): when a browser reads slower than events come, the oldest are
 dropped and the browser is told how many, so a slow or stalled tab never
 grows the server's memory.  A tab that stops reading altogether (its
 socket open, its window full) is dropped once a write has waited
@@ -67,6 +68,9 @@ MAX_STREAMS_PER_USER = 16
 #: How long (s) one write to a browser may wait for it to read: a stalled
 #: tab's stream ends then.
 WRITE_TIMEOUT_S = 30.0
+#: Most bytes of events one stream holds for its browser (an event is
+#: never dropped for being larger alone: it is sent, then the next).
+MAX_BUFFER_BYTES = 2 << 20
 _UNKNOWN = object()
 
 
@@ -77,11 +81,14 @@ def _id(entity_id: Any) -> str | None:
 class _Stream:
     """One browser's connection: who it is, and what it has not read yet."""
 
-    __slots__ = ("principal", "queue", "dropped", "wake", "revoked")
+    __slots__ = ("principal", "queue", "size", "limit", "dropped", "wake", "revoked")
 
-    def __init__(self, principal: Any, buffer: int) -> None:
+    def __init__(self, principal: Any, buffer: int, max_bytes: int = MAX_BUFFER_BYTES) -> None:
         self.principal = principal
-        self.queue: deque[bytes] = deque(maxlen=buffer)
+        self.queue: deque[bytes] = deque()
+        #: bytes in ``queue``; at most ``max_bytes`` (and ``buffer`` events)
+        self.size = 0
+        self.limit = (buffer, max_bytes)
         self.dropped = 0
         self.wake = asyncio.Event()
         #: Its token was revoked: the stream ends.
@@ -94,10 +101,23 @@ class _Stream:
         return p.authority == "TENANT_ADMIN" or (p.authority == "CUSTOMER_USER" and customer_id == p.customer_id)
 
     def offer(self, data: bytes) -> None:
-        if len(self.queue) == self.queue.maxlen:
-            self.dropped += 1  # the deque drops the oldest
-        self.queue.append(data)
+        queue = self.queue
+        events, max_bytes = self.limit
+        queue.append(data)
+        self.size += len(data)
+        while len(queue) > 1 and (len(queue) > events or self.size > max_bytes):
+            self.size -= len(queue.popleft())  # the oldest
+            self.dropped += 1
         self.wake.set()
+
+    def take(self) -> tuple[bytes, int]:
+        """Everything buffered, as one chunk, and how many events it holds."""
+        queue = self.queue
+        n = len(queue)
+        chunk = b"".join(queue)
+        queue.clear()
+        self.size = 0
+        return chunk, n
 
 
 class EventHub:
@@ -324,9 +344,7 @@ async def events_stream(request: web.Request, hub: EventHub) -> web.StreamRespon
                 hub.dropped += n
                 await write(b"data: " + _encode({"type": "DROPPED", "count": n}) + b"\n\n")
             while stream.queue:
-                chunk = b"".join(stream.queue)
-                n = len(stream.queue)
-                stream.queue.clear()
+                chunk, n = stream.take()
                 await write(chunk)
                 hub.sent += n
             if request.transport is None or request.transport.is_closing():
