@@ -1483,9 +1483,9 @@ class Session(asyncio.Protocol):
 
 def _takes_requests(base: str, topic: str) -> bool:
     """``topic`` (a filter under ``base``, the session's ``{p}/d/{id}``) may
-    match the device's REQUEST topics ``{base}/req/{node}/{rid}``."""
-    rest = topic[len(base) + 1:].split("/") if len(topic) > len(base) else []
-    return not rest or rest[0] in ("req", "+", "#")
+    match the device's REQUEST topics ``{base}/req/{node}/{rid}`` (``base``
+    itself matches only itself)."""
+    return len(topic) > len(base) and topic[len(base) + 1:].split("/", 1)[0] in ("req", "+", "#")
 
 
 def _number(text: str) -> int | None:
