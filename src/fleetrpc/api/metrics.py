@@ -110,6 +110,7 @@ class Metrics:
         self._http: dict[tuple[str, str], HttpStats] = {}
         self._http_latency: dict[str, LoopHistogram] = {}
         self._rpc: dict[tuple[str, str], RpcStats] = {}
+        self._rpc_of_tenant: dict[str, list[RpcStats]] = {}
         r.register(_RequestCollector(self))
 
     def http_stats(self, route: str, method: str) -> HttpStats:
@@ -126,7 +127,13 @@ class Metrics:
         stats = self._rpc.get((kind, tenant))
         if stats is None:
             stats = self._rpc[kind, tenant] = RpcStats(kind, tenant)
+            self._rpc_of_tenant.setdefault(tenant, []).append(stats)
         return stats
+
+    def tenant_rpc(self, tenant: str) -> list[RpcStats]:
+        """The tenant's REST RPC counters, one per kind (read without the
+        other tenants': the console's overview asks every few seconds)."""
+        return self._rpc_of_tenant.get(tenant, [])
 
     def rpc_done(self, kind: str, outcome: str, started: float, tenant: str = "") -> None:
         self.rpc_stats(kind, tenant).done(outcome, started)

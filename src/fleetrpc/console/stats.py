@@ -7,8 +7,10 @@ samples, so the server keeps no history.
 Who sees what: the system administrator sees the whole server (dispatcher
 counters, pending calls, devices online, persistent calls, REST latency).
 A tenant administrator sees its own tenant only: its REST RPC calls and
-their latency (the ``tenant`` label of ``fleetrpc_rest_rpc_*``), its
-devices and how many are online.  A customer user has no
+their latency (the ``tenant`` label of ``fleetrpc_rest_rpc_*``, read from
+its own counters: collecting the registry would cost every tenant's
+sample the series of all the others), its devices and how many are
+online.  A customer user has no
 overview.
 """
 
@@ -52,12 +54,22 @@ def _buckets(samples: dict[str, list], name: str, **labels: str) -> list[list[fl
     return [[le if le != float("inf") else None, n] for le, n in sorted(by_le.items())]
 
 
+def _tenant_buckets(rpc: list) -> list[list[float]]:
+    """:func:`_buckets` of one tenant's counters (summed over the kinds)."""
+    by_le: dict[float, float] = {}
+    for s in rpc:
+        for le, n in s.latency.buckets():
+            le = float(le)
+            by_le[le] = by_le.get(le, 0.0) + float(n)
+    return [[le if le != float("inf") else None, n] for le, n in sorted(by_le.items())]
+
+
 async def stats(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
     p = request[PRINCIPAL]
-    samples = _samples(ctx.metrics.registry)
     now = int(time.time() * 1000)
     if p.authority == "SYS_ADMIN":
+        samples = _samples(ctx.metrics.registry)
         ev = lambda name: _value(samples, "fleetrpc_dispatcher_events_total", event=name)  # noqa: E731
         body = {
             "ts": now, "scope": "server",
@@ -71,9 +83,9 @@ async def stats(request: web.Request) -> web.Response:
         }
     elif p.authority == "TENANT_ADMIN":
         t = p.tenant_id
-        total = _value(samples, "fleetrpc_rest_rpc_calls_total", tenant=t)
-        ok = _value(samples, "fleetrpc_rest_rpc_calls_total", tenant=t, outcome="ok") + _value(
-            samples, "fleetrpc_rest_rpc_calls_total", tenant=t, outcome="queued")
+        rpc = ctx.metrics.tenant_rpc(t)
+        total = float(sum(n for s in rpc for n in s.by_outcome.values()))
+        ok = float(sum(s.by_outcome.get("ok", 0) + s.by_outcome.get("queued", 0) for s in rpc))
         devices = await ctx.devices.count(t) if hasattr(ctx.devices, "count") else None
         hub = getattr(ctx, "console_hub", None)
         body = {
@@ -82,7 +94,7 @@ async def stats(request: web.Request) -> web.Response:
             "pending": None,
             "devices": {"online": hub.online_count(t) if hub is not None else None, "total": devices},
             "persistent": None,
-            "latency": _buckets(samples, "fleetrpc_rest_rpc_duration_seconds", tenant=t),
+            "latency": _tenant_buckets(rpc),
         }
     else:
         raise ApiError.forbidden()
