@@ -145,3 +145,38 @@ def test_bad_mode_and_timeout():
     for bad in ("-1", "abc", -3, True, [1]):
         with pytest.raises(ElvesError, match=r"^\[403\.8\]"):
             parse_timeout(bad)
+
+
+async def test_a_value_the_database_refuses_is_a_clear_error_not_a_bug(caplog):
+    """A handler's store refusing a value for its content (ValueRefusedError:
+    PostgreSQL and U+0000) is the caller's bad input: a 403.0 reply, and no
+    traceback at ERROR for each such call."""
+    import logging
+
+    from fleetrpc.errors import ValueRefusedError
+
+    r = ElvesRouter()
+
+    async def stores(env, call):
+        raise ValueRefusedError("a text holds a character the database cannot store (NUL) [22021]")
+
+    r.register("cron", "cronDetail", stores)
+    caplog.set_level(logging.WARNING)
+    reply = await r.dispatch({"mqt": "call", "mqs": "cron", "mqf": "cronDetail", "cron_id": "x"}, ElvesCall())
+    assert reply["flag"] == "false" and reply["error"].startswith("[403.0]Bad Argument: a text holds"), reply
+    assert not caplog.records
+
+
+async def test_a_nul_anywhere_in_a_call_is_refused_before_its_handler():
+    ran = []
+
+    async def handler(env, call):
+        ran.append(env)
+        return {}
+
+    r = ElvesRouter()
+    r.register("cron", "cronDetail", handler)
+    for body in ({"cron_id": "a\x00"}, {"ins": {"param": ["x", "\x00"]}}, {"k\x00": 1}):
+        reply = await r.dispatch({"mqt": "call", "mqs": "cron", "mqf": "cronDetail", **body}, ElvesCall())
+        assert reply["error"].startswith("[403.0]Bad Argument") and "U+0000" in reply["error"], reply
+    assert not ran

@@ -33,6 +33,7 @@ __all__ = [
     "Envelope",
     "Instruction",
     "parse_envelope",
+    "check_storable",
     "reply_envelope",
     "error_envelope",
     "normalise_mode",
@@ -162,6 +163,26 @@ def parse_envelope(body: bytes | str | dict) -> Envelope:
     if not head.mqs.strip() or not head.mqf.strip():
         raise ElvesError(Code.MALFORMED, "Malformed Envelope: mqs and mqf must not be empty")
     return Envelope(mqt, head.mqs, head.mqf, body)
+
+
+def check_storable(envelope: Envelope) -> None:
+    """Raise :class:`ElvesError` ``403.0`` when a text of the envelope (a
+    key too) holds U+0000: PostgreSQL refuses that character in every
+    text, so such a call is refused alike on both databases, before
+    anything of it is looked up or stored."""
+    if _has_nul(envelope.body):
+        raise ElvesError(Code.MALFORMED, "Bad Argument: a text holds the character U+0000, "
+                                         "which the database cannot store")
+
+
+def _has_nul(value: Any) -> bool:
+    if type(value) is str:
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_nul(v) for v in value)
+    return False
 
 
 def _clip(value: str) -> str:

@@ -121,7 +121,8 @@ class _Api:
         now = self.clock()
         if not now - TIMESTAMP_WINDOW_S < int(ts) < now + TIMESTAMP_WINDOW_S:
             raise _Refused("401.7")
-        key = await self.service.supervisor.app_by_auth_id_any_tenant(p["auth_id"])
+        # (no auth id holds U+0000, and PostgreSQL would refuse the lookup)
+        key = None if "\x00" in p["auth_id"] else await self.service.supervisor.app_by_auth_id_any_tenant(p["auth_id"])
         if key is None:
             raise _Refused(Code.AUTH_ID_NOT_FOUND, raw=f"[{Code.AUTH_ID_NOT_FOUND}]AuthId Not Found")
         expected = signature(request.raw_path.split("?", 1)[0], p, key.auth_key)

@@ -27,7 +27,8 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Iterable
 
-from .envelope import Envelope, error_envelope, parse_envelope, reply_envelope
+from ...errors import ValueRefusedError
+from .envelope import Envelope, check_storable, error_envelope, parse_envelope, reply_envelope
 from .errors import Code, ElvesError
 
 __all__ = ["Alias", "ElvesCall", "ElvesRouter", "Handler"]
@@ -164,12 +165,17 @@ class ElvesRouter:
                     "Malformed Envelope: mqt is 'back' (an answer); a call says \"mqt\": \"call\"",
                 )
             handler = self.resolve(envelope)
+            check_storable(envelope)
             for hook in self._before:
                 await hook(envelope, call)
             fields = await handler(envelope, call)
             return reply_envelope(envelope, fields)
         except ElvesError as err:
             return error_envelope(err, envelope, body)
+        except ValueRefusedError as exc:
+            # the database refused a value for its content: the caller's
+            # input, not a failure of ours (check_storable refuses NULs first)
+            return error_envelope(ElvesError(Code.MALFORMED, f"Bad Argument: {exc}"), envelope, body)
         except Exception as exc:
             log.exception("Elves handler of %r failed", envelope)
             err = ElvesError(Code.INTERNAL, f"Internal Error: {type(exc).__name__}")
