@@ -180,3 +180,27 @@ async def test_a_nul_anywhere_in_a_call_is_refused_before_its_handler():
         reply = await r.dispatch({"mqt": "call", "mqs": "cron", "mqf": "cronDetail", **body}, ElvesCall())
         assert reply["error"].startswith("[403.0]Bad Argument") and "U+0000" in reply["error"], reply
     assert not ran
+
+
+async def test_a_call_nested_as_deep_as_json_allows_is_answered(caplog):
+    """The NUL check walks the body with a stack: a body nested 900 levels
+    deep (msgspec decodes up to about 1,000) ran out of Python's recursion
+    there, a 500 reply and a traceback at ERROR."""
+    import logging
+
+    ran = []
+
+    async def handler(env, call):
+        ran.append(env)
+        return {}
+
+    r = ElvesRouter()
+    r.register("cron", "cronDetail", handler)
+    caplog.set_level(logging.WARNING)
+    deep = b"[" * 900 + b'"\\u0000"' + b"]" * 900
+    body = b'{"mqt": "call", "mqs": "cron", "mqf": "cronDetail", "cron_id": "x", "ins": ' + deep + b"}"
+    reply = await r.dispatch(body, ElvesCall())
+    assert reply["error"].startswith("[403.0]Bad Argument") and "U+0000" in reply["error"], reply
+    reply = await r.dispatch(body.replace(b'"\\u0000"', b"1"), ElvesCall())
+    assert reply["flag"] == "true", reply
+    assert len(ran) == 1 and not caplog.records
