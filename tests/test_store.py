@@ -831,3 +831,16 @@ async def test_postgres_restart_recovers(pg_server):
         assert [r.id for r in await store.load_unfinished()] == [before.id, after.id]
     finally:
         await group.close()
+
+
+def test_storable_problem_walks_values_as_deep_as_json_nests():
+    """The U+0000 walk uses a stack: params nested 900 levels deep (msgspec
+    decodes up to about 1,000) ran the recursive walk out of Python's
+    recursion, a 500 where a 400 was due."""
+    from fleetrpc.store.base import storable_problem
+
+    deep = msgspec.json.decode(b"[" * 900 + b'{"k": "a\\u0000"}' + b"]" * 900)
+    assert "U+0000" in storable_problem(deep)
+    deep = msgspec.json.decode(b"[" * 900 + b'{"k\\u0000": 1}' + b"]" * 900)
+    assert "U+0000" in storable_problem(deep)
+    assert storable_problem(msgspec.json.decode(b"[" * 900 + b'"\\\\u0000"' + b"]" * 900)) is None

@@ -544,12 +544,19 @@ def storable_text(text: str) -> str:
 
 
 def _has_nul(value: Any) -> bool:
-    if type(value) is str:
-        return "\x00" in value
-    if isinstance(value, dict):
-        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
-    if isinstance(value, (list, tuple)):
-        return any(_has_nul(v) for v in value)
+    # with a stack, not recursion: a value may nest as deep as the JSON
+    # decoder allows (about 1,000 levels), past what Python's recursion does
+    stack = [value]
+    while stack:
+        value = stack.pop()
+        if type(value) is str:
+            if "\x00" in value:
+                return True
+        elif isinstance(value, dict):
+            stack.extend(value)
+            stack.extend(value.values())
+        elif isinstance(value, (list, tuple)):
+            stack.extend(value)
     return False
 
 

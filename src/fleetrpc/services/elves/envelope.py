@@ -21,6 +21,7 @@ from typing import Any
 
 import msgspec
 
+from ...store.base import storable_problem
 from ...wire import BAD_JSON
 from .errors import Code, ElvesError
 
@@ -166,30 +167,13 @@ def parse_envelope(body: bytes | str | dict) -> Envelope:
 
 
 def check_storable(envelope: Envelope) -> None:
-    """Raise :class:`ElvesError` ``403.0`` when a text of the envelope (a
-    key too) holds U+0000: PostgreSQL refuses that character in every
-    text, so such a call is refused alike on both databases, before
-    anything of it is looked up or stored."""
-    if _has_nul(envelope.body):
-        raise ElvesError(Code.MALFORMED, "Bad Argument: a text holds the character U+0000, "
-                                         "which the database cannot store")
-
-
-def _has_nul(value: Any) -> bool:
-    # with a stack, not recursion: a body may nest as deep as the JSON
-    # decoder allows (about 1,000 levels), past what Python's recursion does
-    stack = [value]
-    while stack:
-        value = stack.pop()
-        if type(value) is str:
-            if "\x00" in value:
-                return True
-        elif isinstance(value, dict):
-            stack.extend(value)
-            stack.extend(value.values())
-        elif isinstance(value, list):
-            stack.extend(value)
-    return False
+    """Raise :class:`ElvesError` ``403.0`` when the envelope holds what the
+    databases cannot store (U+0000 in a text or a key, which PostgreSQL
+    refuses in every text), so such a call is refused alike on both
+    databases, before anything of it is looked up or stored."""
+    problem = storable_problem(envelope.body)
+    if problem is not None:
+        raise ElvesError(Code.MALFORMED, f"Bad Argument: {problem}")
 
 
 def _clip(value: str) -> str:
