@@ -167,8 +167,9 @@ async def test_a_value_the_database_refuses_is_a_clear_error_not_a_bug(caplog):
     assert not caplog.records
 
 
-async def test_a_nul_anywhere_in_a_call_is_refused_before_its_handler():
-    ran = []
+def _recording_router() -> tuple[ElvesRouter, list]:
+    """A router with one handler, cron.cronDetail, that notes each call."""
+    ran: list = []
 
     async def handler(env, call):
         ran.append(env)
@@ -176,6 +177,11 @@ async def test_a_nul_anywhere_in_a_call_is_refused_before_its_handler():
 
     r = ElvesRouter()
     r.register("cron", "cronDetail", handler)
+    return r, ran
+
+
+async def test_a_nul_anywhere_in_a_call_is_refused_before_its_handler():
+    r, ran = _recording_router()
     for body in ({"cron_id": "a\x00"}, {"ins": {"param": ["x", "\x00"]}}, {"k\x00": 1}):
         reply = await r.dispatch({"mqt": "call", "mqs": "cron", "mqf": "cronDetail", **body}, ElvesCall())
         assert reply["error"].startswith("[403.0]Bad Argument") and "U+0000" in reply["error"], reply
@@ -188,14 +194,7 @@ async def test_a_call_nested_as_deep_as_json_allows_is_answered(caplog):
     there, a 500 reply and a traceback at ERROR."""
     import logging
 
-    ran = []
-
-    async def handler(env, call):
-        ran.append(env)
-        return {}
-
-    r = ElvesRouter()
-    r.register("cron", "cronDetail", handler)
+    r, ran = _recording_router()
     caplog.set_level(logging.WARNING)
     deep = b"[" * 900 + b'"\\u0000"' + b"]" * 900
     body = b'{"mqt": "call", "mqs": "cron", "mqf": "cronDetail", "cron_id": "x", "ins": ' + deep + b"}"

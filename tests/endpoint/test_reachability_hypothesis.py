@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from fleetrpc.transport.endpoint import DeviceEndpoint, EndpointSettings
 from fleetrpc.transport.endpoint.session import RPC_SUBSCRIPTIONS, Session
+from fleetrpc.wire.topics import topic_matches
 
 from . import rawmqtt as raw
 from .test_session_hypothesis import FakeTransport
@@ -27,17 +28,6 @@ FILTERS = [
 #: ``req/n2/+``, counts as taking requests too: the session does not know
 #: which node will call; it is left out here.)
 REQUEST = "fleetrpc/d/dev-a/req/n1/"
-
-
-def matches(flt: str, topic: str) -> bool:
-    """MQTT topic filter matching (``+`` one level, ``#`` the rest)."""
-    f, t = flt.split("/"), topic.split("/")
-    for i, part in enumerate(f):
-        if part == "#":
-            return True
-        if i >= len(t) or (part != "+" and part != t[i]):
-            return False
-    return len(f) == len(t)
 
 
 def ops():
@@ -65,7 +55,7 @@ def test_reachable_exactly_while_a_request_subscription_is_held(sequence, versio
                                                  + raw.mstr(flt)))
             ep._flush()
             held = session.subscriptions()
-            reachable = any(f in RPC_SUBSCRIPTIONS or matches(f, REQUEST + "1") for f in held)
+            reachable = any(f in RPC_SUBSCRIPTIONS or topic_matches(f, REQUEST + "1") for f in held)
             assert ep.reaches("dev-a") == reachable, (held, k)
             before = len(transport.out)
             ep.publish(f"{REQUEST}{k}", b'{"method":"m","params":{}}', 1, False, -1)
