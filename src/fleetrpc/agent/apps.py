@@ -16,7 +16,9 @@ for anything else, and -1 for a system error, with Elves' messages: ``app
 output flag error : <stdout>``, ``app output result error : <stdout>``
 (Elves loses the output in the last two; here it is kept, cut to 4 KiB).
 A worker still running after the timeout (seconds, 0 = none) is killed
-with its whole process group.
+with its whole process group, and so is one that writes more than
+:data:`MAX_OUTPUT` bytes on stdout or stderr (``app exec error : more than
+... bytes of output``): a worker never makes the agent hold more.
 """
 
 from __future__ import annotations
@@ -24,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
-import re
 import signal
 import sys
 import time
@@ -34,11 +35,11 @@ import msgspec
 
 __all__ = ["WorkerResult", "run_app", "parse_output", "command_line"]
 
-_FLAG = re.compile(rb"<ElvesWFlag>(.*?)</ElvesWFlag>", re.S)
-_RESULT = re.compile(rb"<ElvesWResult>(.*?)</ElvesWResult>", re.S)
-#: Most output read from a worker (stdout and stderr each).
+#: Most output read from a worker (stdout and stderr each); a worker that
+#: writes more is killed, and its result is an error.
 MAX_OUTPUT = 4 * 1024 * 1024
 _SHOWN = 4096
+_CHUNK = 64 * 1024
 
 
 class WorkerResult(msgspec.Struct):
@@ -55,16 +56,32 @@ def _shown(data: bytes) -> str:
     return text if len(text) <= _SHOWN else text[:_SHOWN] + "..."
 
 
+def _between(data: bytes, open_tag: bytes, close_tag: bytes) -> bytes | None:
+    """What lies between the first ``open_tag`` and the next ``close_tag``
+    (as a lazy regex search finds it, but linear: a regex tried from each of
+    many unclosed opening tags scans to the end from every one of them)."""
+    start = data.find(open_tag)
+    if start < 0:
+        return None
+    start += len(open_tag)
+    end = data.find(close_tag, start)
+    return None if end < 0 else data[start:end]
+
+
+def _has_flag(stdout: bytes) -> bool:
+    return _between(stdout, b"<ElvesWFlag>", b"</ElvesWFlag>") is not None
+
+
 def parse_output(stdout: bytes) -> tuple[int, str]:
     """``(flag, result)`` from a worker's output."""
-    flag = _FLAG.search(stdout)
+    flag = _between(stdout, b"<ElvesWFlag>", b"</ElvesWFlag>")
     if flag is None:
         return -1, "app output flag error : " + _shown(stdout)
-    result = _RESULT.search(stdout)
+    result = _between(stdout, b"<ElvesWResult>", b"</ElvesWResult>")
     if result is None:
         return -1, "app output result error : " + _shown(stdout)
-    ok = flag.group(1).strip().lower() == b"true"
-    return (1 if ok else 0), result.group(1).decode("utf-8", "replace")
+    ok = flag.strip().lower() == b"true"
+    return (1 if ok else 0), result.decode("utf-8", "replace")
 
 
 def _inside(folder: Path, name: str) -> Path | None:
@@ -123,12 +140,16 @@ async def run_app(root: Path, app: str, func: str, param: str, timeout: float, p
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
             start_new_session=os.name != "nt",  # its own process group, killed as one
-            limit=MAX_OUTPUT,
+            limit=_CHUNK,  # what is buffered unread; read() takes it in chunks
         )
     except OSError as exc:
         return done(-1, f"app exec error : {exc}")
+    limit = MAX_OUTPUT
     try:
-        stdout, stderr = await asyncio.wait_for(proc.communicate(), timeout if timeout > 0 else None)
+        (stdout, over_out), (stderr, over_err) = await asyncio.wait_for(
+            asyncio.gather(_read(proc, proc.stdout, limit), _read(proc, proc.stderr, limit)),
+            timeout if timeout > 0 else None)
+        await proc.wait()
     except asyncio.TimeoutError:
         _kill(proc)
         await proc.wait()
@@ -136,9 +157,33 @@ async def run_app(root: Path, app: str, func: str, param: str, timeout: float, p
     except asyncio.CancelledError:
         _kill(proc)
         raise
-    if proc.returncode != 0 and _FLAG.search(stdout) is None:
+    if over_out or over_err:
+        which = "stdout" if over_out else "stderr"
+        return done(-1, f"app exec error : more than {limit} bytes of output on {which}, the worker was killed: "
+                        + _shown(stdout if over_out else stderr))
+    if proc.returncode != 0 and not _has_flag(stdout):
         return done(-1, f"app exec error : exit status {proc.returncode}: {_shown(stderr or stdout)}")
     return done(*parse_output(stdout))
+
+
+async def _read(proc: asyncio.subprocess.Process, stream: asyncio.StreamReader | None,
+                limit: int) -> tuple[bytes, bool]:
+    """A stream to its end, or its first ``limit`` bytes and True once the
+    worker wrote more (it is killed then: its output is read no further)."""
+    if stream is None:
+        return b"", False
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        chunk = await stream.read(_CHUNK)
+        if not chunk:
+            return b"".join(chunks), False
+        size += len(chunk)
+        if size > limit:
+            chunks.append(chunk[:len(chunk) - (size - limit)])
+            _kill(proc)
+            return b"".join(chunks), True
+        chunks.append(chunk)
 
 
 def _kill(proc: asyncio.subprocess.Process) -> None:

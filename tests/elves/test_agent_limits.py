@@ -1,0 +1,89 @@
+"""The agent against what a scheduler (or an app) can make it do: output
+without end or with a million tags, runs without a timeout, more runs than
+it has workers for.  Each must end in a clear result, in bounded memory,
+without stalling the agent's event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from fleetrpc.agent import apps
+from fleetrpc.agent.apps import parse_output, run_app
+
+WORKER = textwrap.dedent(
+    """\
+    import base64, json, os, sys, time
+    app, func, b64 = sys.argv[1], sys.argv[2], sys.argv[3]
+    param = base64.b64decode(b64).decode()
+    out = sys.stdout.buffer
+    if func == "flood":          # output without end
+        chunk = b"x" * 65536
+        while True:
+            out.write(chunk)
+    elif func == "flood_err":    # the same on stderr
+        chunk = b"x" * 65536
+        while True:
+            sys.stderr.buffer.write(chunk)
+    elif func == "big":          # a result of n bytes
+        n = int(param)
+        out.write(b"<ElvesWFlag>true</ElvesWFlag><ElvesWResult>" + b"r" * n + b"</ElvesWResult>")
+    elif func == "sleep":
+        time.sleep(float(param))
+        out.write(b"<ElvesWFlag>true</ElvesWFlag><ElvesWResult>slept</ElvesWResult>")
+    """
+)
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    folder = tmp_path / "apps" / "ops"
+    folder.mkdir(parents=True)
+    (folder / "worker.py").write_text(WORKER)
+    return tmp_path
+
+
+PROXY = f"{sys.executable}|worker.py"
+
+
+def test_parse_output_is_linear_in_unclosed_tags():
+    # An opening tag repeated without its closing tag made the lazy regex
+    # scan to the end from every one of them: 240 KB took 20 s.
+    for stdout in (b"<ElvesWFlag>" * 200_000,
+                   b"<ElvesWFlag>true</ElvesWFlag>" + b"<ElvesWResult>" * 200_000):
+        started = time.perf_counter()
+        flag, result = parse_output(stdout)
+        assert time.perf_counter() - started < 0.5
+        assert flag == -1 and len(result) < 5000
+
+
+def test_parse_output_keeps_its_answers():
+    assert parse_output(b"a<ElvesWFlag> TRUE </ElvesWFlag>b<ElvesWResult>r\ns</ElvesWResult>") == (1, "r\ns")
+    assert parse_output(b"<ElvesWResult>x</ElvesWResult><ElvesWFlag>no</ElvesWFlag>") == (0, "x")
+    assert parse_output(b"<ElvesWFlag>true</ElvesWFlag><ElvesWResult></ElvesWResult>") == (1, "")
+    assert parse_output(b"<ElvesWFlag>x<ElvesWFlag>true</ElvesWFlag><ElvesWResult>r</ElvesWResult>") == (0, "r")
+    assert parse_output(b"<ElvesWFlag>true</ElvesWFlag>")[0] == -1
+    assert parse_output(b"hello")[0] == -1
+
+
+@pytest.mark.parametrize("func", ["flood", "flood_err"])
+async def test_output_without_end_is_cut_and_the_worker_killed(root, monkeypatch, func):
+    monkeypatch.setattr(apps, "MAX_OUTPUT", 1 << 20)
+    started = time.perf_counter()
+    res = await run_app(root, "ops", func, "", 20, PROXY)
+    # Not read to the timeout (20 s, gigabytes of it held in memory).
+    assert time.perf_counter() - started < 10
+    assert res.worker_flag == -1
+    assert "output" in res.worker_result and str(1 << 20) in res.worker_result
+    assert len(res.worker_result) < 10_000
+
+
+async def test_output_under_the_limit_is_read_whole(root, monkeypatch):
+    monkeypatch.setattr(apps, "MAX_OUTPUT", 1 << 20)
+    res = await run_app(root, "ops", "big", str(500_000), 20, PROXY)
+    assert res.worker_flag == 1 and res.worker_result == "r" * 500_000
