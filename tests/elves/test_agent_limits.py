@@ -87,3 +87,54 @@ async def test_output_under_the_limit_is_read_whole(root, monkeypatch):
     monkeypatch.setattr(apps, "MAX_OUTPUT", 1 << 20)
     res = await run_app(root, "ops", "big", str(500_000), 20, PROXY)
     assert res.worker_flag == 1 and res.worker_result == "r" * 500_000
+
+
+# -- the agent: runs without end, more runs than workers, results too large ---
+
+from fleetrpc.agent import ElvesAgent  # noqa: E402
+
+
+def _agent(root: Path, **kw) -> ElvesAgent:
+    # Not connected: these tests drive its run path directly.
+    kw.setdefault("heartbeat_interval", 0)
+    return ElvesAgent("10.0.0.1", "mqtt://127.0.0.1:1", root=root, **kw)
+
+
+@pytest.mark.parametrize("timeout", [0, -1, 1e308, float("nan"), float("inf")])
+async def test_a_run_without_a_usable_timeout_ends_at_the_agents_most(root, timeout):
+    a = _agent(root, max_run_timeout=0.5)
+    started = time.perf_counter()
+    res = await a.execute("ops", "sleep", "30", timeout, PROXY)
+    assert res.worker_flag == -1 and res.worker_result == "app exec timeout"
+    assert time.perf_counter() - started < 5
+
+    async def forever(param):
+        await asyncio.Event().wait()
+
+    a.add_function("ops", "forever", forever)
+    res = await a.execute("ops", "forever", "", timeout)
+    assert res.worker_result == "app exec timeout"
+
+
+async def test_runs_beyond_workers_and_waiting_room_are_refused_at_once(root):
+    a = _agent(root, max_workers=1, max_waiting=2)
+    gate = asyncio.Event()
+
+    async def slow(param):
+        await gate.wait()
+        return True, "done"
+
+    a.add_function("ops", "slow", slow)
+    ins = {"id": "t", "app": "ops", "func": "slow", "param": "", "timeout": 60, "async": True}
+    answers = [a._on_run({**ins, "id": f"t{i}"}) for i in range(10)]
+    assert answers[:3] == [{"accepted": True}] * 3
+    for refused in answers[3:]:
+        assert refused["error"]["code"] == "APPLICATION_ERROR" and "busy" in refused["error"]["message"]
+    assert len(a._tasks) == 3
+    sync = a._on_run({**ins, "id": "s", "async": False})
+    assert isinstance(sync, dict) and "busy" in sync["error"]["message"]
+    a._report = lambda body: asyncio.sleep(0)  # not connected: nothing to report to
+    gate.set()
+    await asyncio.gather(*list(a._tasks))
+    assert a._on_run({**ins, "id": "again"}) == {"accepted": True}
+    await asyncio.gather(*list(a._tasks))

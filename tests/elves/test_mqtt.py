@@ -182,3 +182,15 @@ async def test_supervisor_functions(rig):
     assert r["auth_id"] == key.auth_id and "10.0.0.1" in r["ops"]["agent_ip_list"]
     r = await rig.app.call("supervisor", "getAppCallbackInfo", appname="nope")
     assert r["error"].startswith("[413.2]")
+
+
+async def test_a_result_larger_than_a_reply_may_carry_is_a_clear_error(rig):
+    # Published whole, it was over the server's payload limit: rejected
+    # there as malformed, and the scheduler waited for the timeout.
+    a = await rig.agent("10.0.0.1")
+    a.add_function("ops", "big", lambda param: (True, "r" * (rig.d.settings.max_payload + 1)))
+    ins = {**INS, "func": "big", "timeout": "3"}
+    reply = await asyncio.wait_for(rig.app.call("scheduler", "sendSync", agentip="10.0.0.1", ins=ins), 2.5)
+    info = reply["info"]
+    assert info["worker_flag"] == -1 and "too large" in info["worker_result"], info
+    assert len(info["worker_result"]) < 10_000

@@ -14,6 +14,13 @@ of that app and name when one is registered, else the app's worker in
 worker's result; an async one with ``{"accepted": true}`` at once, the
 result following as the client-side call ``elves.agentAsyncResult``.
 
+Bounded whatever the scheduler sends: at most ``max_workers`` workers run
+and ``max_waiting`` runs wait for one (a run beyond is refused at once,
+``agent busy``); a run lasts at most ``max_run_timeout`` seconds (its
+timeout 0, "none", included); a result larger than a reply may carry is
+an error result (``app output too large``), and a worker's output is read
+up to :data:`.apps.MAX_OUTPUT`.
+
 It keeps and runs the self crons the server pushes (``elves.setSelfCron``,
 ``elves.delSelfCron``; :mod:`.crons`), persisted in
 ``<root>/conf/cron.json``, and reports each run like an async result.
@@ -52,6 +59,10 @@ log = logging.getLogger("fleetrpc.agent")
 AGENT_VERSION = "fleetrpc-1"
 AGENT_RUN = "elves.run"
 AGENT_RESULT = "elves.agentAsyncResult"
+#: Bytes of a reply kept for what surrounds the worker's result.
+_REPLY_ROOM = 1024
+#: Characters of a too-large result shown in its error.
+_SHOWN = 4096
 
 #: ``fn(param) -> (flag, result)`` (flag True/False/"true"/"false"/1/0) or
 #: just a result (flag true); plain or async.  ``param`` is the decoded JSON
@@ -84,6 +95,8 @@ class ElvesAgent:
         device_id: str | None = None,
         heartbeat_interval: float = 60.0,
         max_workers: int = 64,
+        max_waiting: int = 1000,
+        max_run_timeout: float = 86400.0,
         result_retries: int = 3,
         clock: Any = None,
         cron_timezone: str | None = None,
@@ -97,6 +110,14 @@ class ElvesAgent:
         self.started_ms = int(time.time() * 1000)
         self._functions: dict[tuple[str, str], AppFunction] = {}
         self._workers = asyncio.Semaphore(max_workers)
+        #: Runs (sync and async) started or waiting for a worker at most.
+        self.max_runs = max_workers + max_waiting
+        self._runs_now = 0
+        #: Seconds a run may last at most, whatever its own timeout says
+        #: (0, negative or not finite: this).
+        self.max_run_timeout = max_run_timeout
+        #: Runs refused because max_workers + max_waiting were under way.
+        self.refused = 0
         self._retries = result_retries
         self._tasks: set[asyncio.Task] = set()
         self.runs = 0
@@ -191,7 +212,15 @@ class ElvesAgent:
             run = msgspec.convert(params, _Run, strict=False)
         except msgspec.ValidationError as exc:
             return {"error": {"code": "INVALID_PARAMS", "message": f"bad elves.run request: {exc}"}}
+        if self._runs_now >= self.max_runs:
+            # A scheduler sending faster than the workers finish would
+            # otherwise pile up tasks (and their params) without end.
+            self.refused += 1
+            return {"error": {"code": "APPLICATION_ERROR",
+                              "message": f"agent busy: {self._runs_now} runs under way or waiting already "
+                                         f"(at most {self.max_runs})"}}
         self.runs += 1
+        self._runs_now += 1
         if run.is_async:
             task = asyncio.ensure_future(self._run_and_report(run))
             self._tasks.add(task)
@@ -200,20 +229,44 @@ class ElvesAgent:
         return self._execute_reply(run)
 
     async def _execute_reply(self, run: _Run) -> dict[str, Any]:
-        return msgspec.structs.asdict(await self.execute(run.app, run.func, run.param, run.timeout, run.proxy))
+        try:
+            return msgspec.structs.asdict(await self.execute(run.app, run.func, run.param, run.timeout, run.proxy))
+        finally:
+            self._runs_now -= 1
 
     async def execute(self, app: str, func: str, param: str, timeout: float, proxy: str = "") -> WorkerResult:
-        """Run one function of an app: in-process when registered, else its worker."""
+        """Run one function of an app: in-process when registered, else its
+        worker.  A timeout of 0 (none), negative, not finite or above
+        ``max_run_timeout`` is ``max_run_timeout``: no run holds a worker
+        for ever.  A result too large for a reply is an error result."""
+        limit = self.max_run_timeout
+        if not 0 < timeout <= limit:  # NaN too
+            timeout = limit
         fn = self._functions.get((app, func))
         if fn is not None:
-            return await _call_function(fn, param, timeout)
+            return self._fit(await _call_function(fn, param, timeout))
         if self.root is None or not installed(self.root, app):
             return WorkerResult(-1, f"app [{app}] not install !", 0)
         async with self._workers:
-            return await run_app(self.root, app, func, param, timeout, proxy)
+            return self._fit(await run_app(self.root, app, func, param, timeout, proxy))
+
+    def _fit(self, result: WorkerResult) -> WorkerResult:
+        # Published whole, a result over the payload limit is rejected by the
+        # broker or the server as malformed, and the scheduler waits for its
+        # timeout instead of hearing why.
+        room = self.client.max_payload - _REPLY_ROOM
+        size = len(msgspec.json.encode(result.worker_result))
+        if size <= room:
+            return result
+        head = result.worker_result[:_SHOWN]
+        return WorkerResult(-1, f"app output too large : a result of {size} bytes, over the {room} a reply "
+                                f"may carry: {head}...", result.worker_costtime)
 
     async def _run_and_report(self, run: _Run) -> None:
-        result = await self.execute(run.app, run.func, run.param, run.timeout, run.proxy)
+        try:
+            result = await self.execute(run.app, run.func, run.param, run.timeout, run.proxy)
+        finally:
+            self._runs_now -= 1
         await self._report({"id": run.id, **msgspec.structs.asdict(result)})
 
     async def _run_cron(self, cron_id: str, entry: CronEntry) -> None:

@@ -27,8 +27,10 @@ def _primary_ip() -> str:
 @click.option("--heartbeat", "interval", default=60.0, show_default=True, help="Seconds between heartbeats.")
 @click.option("--username", default=None, help="MQTT user name (a device's access token).")
 @click.option("--password", default=None, help="MQTT password.")
+@click.option("--max-run-timeout", default=86400.0, show_default=True,
+              help="Seconds a run may last at most (its timeout 0, 'none', included).")
 @click.option("--cron-timezone", default=None, help="Time zone of the self crons' rules [default: the machine's local time].")
-def agent(url, ip, device_id, root, prefix, interval, username, password, cron_timezone) -> None:
+def agent(url, ip, device_id, root, prefix, interval, username, password, max_run_timeout, cron_timezone) -> None:
     """Run an Elves agent: answer the scheduler's instructions, report heartbeats."""
     from .agent import ElvesAgent
 
@@ -36,6 +38,7 @@ def agent(url, ip, device_id, root, prefix, interval, username, password, cron_t
         a = ElvesAgent(
             ip or _primary_ip(), url, root=root, device_id=device_id, heartbeat_interval=interval,
             prefix=prefix, username=username, password=password, cron_timezone=cron_timezone,
+            max_run_timeout=max_run_timeout,
         )
         with stop_on_signals(asyncio.Event()) as stop:
             await a.start()
