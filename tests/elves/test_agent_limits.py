@@ -138,3 +138,38 @@ async def test_runs_beyond_workers_and_waiting_room_are_refused_at_once(root):
     await asyncio.gather(*list(a._tasks))
     assert a._on_run({**ins, "id": "again"}) == {"accepted": True}
     await asyncio.gather(*list(a._tasks))
+
+
+async def test_a_self_cron_does_not_start_a_run_while_its_previous_one_runs():
+    # Every second, a run that lasts longer: each firing became one more
+    # task (waiting for a worker), without end.
+    from fleetrpc.agent.crons import SelfCrons
+    from fleetrpc.services.elves.clock import ManualClock
+
+    gate = asyncio.Event()
+    started = []
+
+    async def run(cron_id, entry):
+        started.append(cron_id)
+        await gate.wait()
+
+    clock = ManualClock(1.9e9)
+    crons = SelfCrons(None, run, clock=clock, timezone="UTC")
+    assert crons.on_set({"id": "c1", "cron": {"Rule": "* * * * * ?", "App": "ops", "Func": "f"}}) == {"ok": True}
+    crons.start()
+    try:
+        for _ in range(10):
+            clock.advance(1)
+            for _ in range(5):
+                await asyncio.sleep(0)
+        assert len(started) == 1 and len(crons._runs) == 1
+        assert crons.skipped >= 9
+        gate.set()
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        clock.advance(1)
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert len(started) == 2
+    finally:
+        await crons.close()

@@ -22,12 +22,14 @@ cron's id (``{"id": <run id>, "cron_id", "started", "worker_flag",
 "worker_result", "worker_costtime"}``); the server records it in the task
 log as a ``cron`` task and as the cron's last result.  A firing missed
 while the agent was down is not caught up: the schedule goes on from the
-present.
+present, and so is a firing that comes while the cron's previous run
+still goes on (counted in ``skipped``): one run per cron at a time.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import os
@@ -117,8 +119,11 @@ class SelfCrons:
         self._wake = asyncio.Event()
         self._loop: asyncio.Task | None = None
         self._runs: set[asyncio.Task] = set()
+        self._running: dict[str, asyncio.Task] = {}  # cron id -> its run under way
         #: Firings started since the agent started.
         self.fired = 0
+        #: Firings not started because the cron's previous run had not ended.
+        self.skipped = 0
 
     # -- the device methods ---------------------------------------------------
 
@@ -238,6 +243,11 @@ class SelfCrons:
         if self._runs:
             await asyncio.gather(*self._runs, return_exceptions=True)
 
+    def _run_done(self, cron_id: str, task: asyncio.Task) -> None:
+        self._runs.discard(task)
+        if self._running.get(cron_id) is task:
+            del self._running[cron_id]
+
     async def _fire_forever(self) -> None:
         while True:
             # Cleared before looking, so that a change made while this pass
@@ -251,10 +261,16 @@ class SelfCrons:
                 # From the fire time (or now, after a pause): never a burst of
                 # missed firings.
                 self._schedule(cron_id, max(when, now))
+                if cron_id in self._running:
+                    # Its previous run goes on: a cron firing faster than its
+                    # command ends would otherwise pile up runs without end.
+                    self.skipped += 1
+                    continue
                 self.fired += 1
                 task = asyncio.ensure_future(self._run(cron_id, entry))
                 self._runs.add(task)
-                task.add_done_callback(self._runs.discard)
+                self._running[cron_id] = task
+                task.add_done_callback(functools.partial(self._run_done, cron_id))
             self._wake.clear()
             earliest = min(self._next.values(), default=None)
             await self.clock.sleep_until(earliest if earliest is not None else now + 3600, self._wake)
