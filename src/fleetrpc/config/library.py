@@ -119,6 +119,10 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     device_window: int = 0
     #: Most requests in flight from this node (flow control towards the broker).
     inflight_window: int = 20_000
+    #: Most client-side calls (a device asks) whose handler is still running
+    #: on this node; one device has at most ``queue_cap`` of them (what
+    #: getSessionLimits tells it).  A call beyond gets an error at once.
+    client_call_window: int = 10_000
     #: While the broker connection is down: "wait" (the default) sends a
     #: lightweight call once the connection is back, and fails it with
     #: BrokerUnavailableError if its deadline passes first; "fail" refuses
@@ -186,8 +190,9 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             raise ValidationError("timeouts must be positive")
         if not self.reject_log_interval_s > 0:
             raise ValidationError("reject_log_interval_s must be > 0")
-        if self.queue_cap < 1 or self.inflight_window < 1 or self.device_window < 0:
-            raise ValidationError("queue_cap and inflight_window must be >= 1, device_window >= 0")
+        if self.queue_cap < 1 or self.inflight_window < 1 or self.device_window < 0 or self.client_call_window < 1:
+            raise ValidationError("queue_cap, inflight_window and client_call_window must be >= 1, "
+                                  "device_window >= 0")
         if self.read_batch_above < 0 or not 0 < self.read_batch_ms <= 1000:
             raise ValidationError("read_batch_above must be >= 0 and read_batch_ms in (0, 1000]")
         if self.default_retries < 0 or self.max_retries < 0:

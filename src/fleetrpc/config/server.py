@@ -183,6 +183,10 @@ class DispatchSection(_Section):
         "time); more wait in its queue (queue_cap). 0: a tenth of inflight_window, so that one "
         "busy or dead device never takes the node's whole window.", ge=0)] = 0
     inflight_window: Annotated[int, _doc("Most requests in flight from this node.", ge=1)] = 20_000
+    client_call_window: Annotated[int, _doc(
+        "Most client-side calls (a device asks) whose handler is still running on this node; one "
+        "device has at most queue_cap of them (getSessionLimits' maxInflightMessages). A call "
+        "beyond gets an APPLICATION_ERROR \"busy\" reply at once.", ge=1)] = 10_000
     broker_down: Annotated[Literal["wait", "fail"], _doc(
         "A lightweight call while the broker connection is down: wait (sent once the connection "
         "is back; 503 \"broker unavailable\" if its deadline passes first) or fail (503 at once). "
@@ -463,6 +467,7 @@ LIBRARY_MAP: dict[str, tuple[str, str]] = {
     "queue_cap": ("dispatch", "queue_cap"),
     "device_window": ("dispatch", "device_window"),
     "inflight_window": ("dispatch", "inflight_window"),
+    "client_call_window": ("dispatch", "client_call_window"),
     "broker_down": ("dispatch", "broker_down"),
     "reject_log_interval_s": ("dispatch", "reject_log_interval_s"),
     "presence": ("dispatch", "presence"),

@@ -6,6 +6,12 @@ Response Topic is ignored and counted (``wire.own_answer_target``), so that
 no device can make the server publish into another device's topics.  A call
 that cannot be read gets ``BAD_REQUEST``; a call is never dropped in silence
 while its topic names a valid device and call id.
+
+A handler that returns an awaitable runs as a task until it answers: at
+most ``queue_cap`` of them per device (what getSessionLimits tells a device
+as maxInflightMessages) and ``client_call_window`` per node.  A call beyond
+gets ``APPLICATION_ERROR`` ("busy") at once, so a device calling faster
+than its handlers answer piles nothing up.
 """
 
 from __future__ import annotations
@@ -42,6 +48,10 @@ class ClientCalls:
         self.handlers: dict[str, Handler] = {}
         self.default: DefaultHandler | None = None
         self._encode = msgspec.json.Encoder().encode
+        #: Handlers running (awaited) now: in all, and per device (only
+        #: devices with one running: bounded by client_call_window).
+        self.running = 0
+        self._per_device: dict[str, int] = {}
 
     def add(self, method: str, fn: Handler) -> None:
         self.handlers[method] = fn
@@ -68,7 +78,22 @@ class ClientCalls:
             self._handler_failed(topic, props, request.method, exc)
             return
         if inspect.isawaitable(result):
-            d._spawn(self._finish(topic, props, request.method, result))
+            mine = self._per_device.get(device, 0)
+            s = d.settings
+            if mine >= s.queue_cap or self.running >= s.client_call_window:
+                close = getattr(result, "close", None)
+                if close is not None:
+                    close()  # a coroutine never awaited: no "never awaited" warning
+                d.stats.client_busy += 1
+                d._rejects.note("client_busy", "device %.100r: %d of its calls running, %d on this node",
+                                device, mine, self.running)
+                self._error(topic, props, ErrorCode.APPLICATION_ERROR,
+                            f"busy: {mine} calls of this device running already (at most {s.queue_cap}), "
+                            f"{self.running} on this node (at most {s.client_call_window})")
+                return
+            self.running += 1
+            self._per_device[device] = mine + 1
+            d._spawn(self._finish(topic, props, request.method, result, device))
         else:
             self._reply(topic, props, result, request.method)
 
@@ -98,12 +123,18 @@ class ClientCalls:
 
     # -- answering ----------------------------------------------------------
 
-    async def _finish(self, topic: str, props: dict | None, method: str, awaitable: Awaitable) -> None:
+    async def _finish(self, topic: str, props: dict | None, method: str, awaitable: Awaitable,
+                      device: str) -> None:
         try:
             result = await awaitable
         except Exception as exc:
             self._handler_failed(topic, props, method, exc)
             return
+        finally:
+            self.running -= 1
+            left = self._per_device.pop(device) - 1
+            if left:
+                self._per_device[device] = left
         self._reply(topic, props, result, method)
 
     def _reply(self, topic: str, props: dict | None, result: Any, method: str) -> None:

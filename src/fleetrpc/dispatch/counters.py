@@ -42,6 +42,8 @@ class Stats(Counters):
     with an error, those answered BAD_REQUEST because they could not be read.
     foreign_response_topic: client-side calls whose Response Topic was not
     the caller's own (ignored).
+    client_busy: client-side calls refused because their device (queue_cap)
+    or the node (client_call_window) had too many handlers running.
     presence, heartbeats: presence and heartbeat messages.
     elves, elves_unrouted: Elves envelopes handed to the service router, and
     those that arrived with none registered.
@@ -55,7 +57,7 @@ class Stats(Counters):
     __slots__ = (
         "calls", "sent", "replies", "acks", "timeouts", "offline_rejected", "offline_expired",
         "queue_full", "oversize", "malformed", "unknown_request", "late_replies", "wrong_device", "not_sent",
-        "not_json", "client_calls", "client_errors", "bad_calls", "foreign_response_topic",
+        "not_json", "client_calls", "client_errors", "bad_calls", "foreign_response_topic", "client_busy",
         "presence", "heartbeats", "elves", "elves_unrouted", "unexpected",
         "window_full", "broker_unavailable",
     )
