@@ -173,3 +173,24 @@ async def test_a_self_cron_does_not_start_a_run_while_its_previous_one_runs():
         assert len(started) == 2
     finally:
         await crons.close()
+
+
+async def test_a_param_nested_too_deep_for_json_reaches_the_function_as_text(root):
+    # json.loads raised RecursionError (not a ValueError): out of execute,
+    # so an async run died with "Task exception was never retrieved" at
+    # ERROR and was never reported.
+    a = _agent(root)
+    seen = []
+    a.add_function("ops", "f", lambda param: seen.append(param) or (True, "ok"))
+    deep = "[" * 200_000
+    res = await a.execute("ops", "f", deep, 5)
+    assert (res.worker_flag, res.worker_result) == (1, "ok") and seen == [deep]
+    reported = []
+
+    async def report(body):
+        reported.append(body)
+
+    a._report = report
+    assert a._on_run({"id": "t1", "app": "ops", "func": "f", "param": deep, "async": True}) == {"accepted": True}
+    await asyncio.gather(*list(a._tasks))
+    assert reported and reported[0]["worker_flag"] == 1

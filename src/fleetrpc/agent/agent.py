@@ -298,7 +298,7 @@ async def _call_function(fn: AppFunction, param: str, timeout: float) -> WorkerR
 
     try:
         value = json.loads(param) if param else {}
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested too deep to decode
         value = param
     try:
         out = fn(value)
