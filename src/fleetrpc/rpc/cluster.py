@@ -50,7 +50,9 @@ def channel_name(schema: str | None) -> str:
     return "fleetrpc_rpc" if not schema else f"fleetrpc_rpc_{schema}"[:63]
 
 
-_ITEM = re.compile(r"^([nd])(\d+):(.+)$")
+# At most 8 digits: partitions are below MAX_PARTITIONS (2**24), and int()
+# raises on a number of more than 4300 digits anyone may NOTIFY.
+_ITEM = re.compile(r"^([nd])(\d{1,8}):(.+)$")
 
 
 class NotifyLink:
