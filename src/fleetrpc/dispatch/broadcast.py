@@ -56,7 +56,9 @@ class Broadcast:
         self._outcomes: list[Outcome] = []
         self._read = 0
         self._loop = loop
-        self._waiter: asyncio.Future | None = None
+        # One per coroutine waiting for the next outcome: every reader (an
+        # iteration, a wait()) is woken at each outcome, however many there are.
+        self._waiters: list[asyncio.Future] = []
         self._started = time.perf_counter()
         self._elapsed: float | None = None
 
@@ -71,9 +73,15 @@ class Broadcast:
             self.offline += 1
         if self.done >= self.total and self._elapsed is None:
             self._elapsed = time.perf_counter() - self._started
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def _changed(self) -> None:
+        waiter = self._loop.create_future()
+        self._waiters.append(waiter)
+        await waiter
 
     def __call__(self, rid: int, device: str, result: Any, error: BaseException | None) -> None:
         self._record(device, error is None, result, error)
@@ -86,21 +94,19 @@ class Broadcast:
         return self._iterate()
 
     async def _iterate(self) -> AsyncIterator[Outcome]:
+        # One cursor for all iterations: an iteration broken off and started
+        # again goes on where it stopped (concurrent ones share the outcomes).
         while True:
             while self._read < len(self._outcomes):
                 self._read += 1
                 yield self._outcomes[self._read - 1]
             if self.done >= self.total:
                 return
-            self._waiter = self._loop.create_future()
-            await self._waiter
-            self._waiter = None
+            await self._changed()
 
     async def wait(self) -> BroadcastSummary:
         while self.done < self.total:
-            self._waiter = self._loop.create_future()
-            await self._waiter
-            self._waiter = None
+            await self._changed()
         return BroadcastSummary(
             total=self.total,
             succeeded=self.succeeded,
