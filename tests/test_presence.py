@@ -163,6 +163,24 @@ def test_heartbeat_bodies_are_capped():
     assert reg.seen_within("a", 5) and not reg.seen_within("zzz", 5)
 
 
+def test_a_heartbeat_too_large_keeps_its_top_level_fields_that_fit():
+    # An Elves agent with 20 self crons sent 4.1 KB: its whole body was
+    # dropped, "elves" and "ts" with it, and the agent no longer counted as
+    # one (getOnlineStat), nor as online after online_interval_s.
+    import msgspec
+
+    reg = PresenceRegistry(max_heartbeat_bytes=60)
+    body = {"ts": 1, "elves": "v", "crons": ["x" * 100], "os": "Linux", "hw": {"cpus": 4}}
+    reg.heartbeat("a", body, len(msgspec.json.encode(body)))
+    kept = reg.get("a").heartbeat
+    assert kept == {"ts": 1, "elves": "v", "os": "Linux", "hw": {"cpus": 4}}
+    assert len(msgspec.json.encode(kept)) <= 60
+    assert reg.stats.heartbeats_too_large == 1
+    # Not a dict, or nothing fits: nothing kept.
+    reg.heartbeat("a", ["x" * 100], 105)
+    assert reg.get("a").heartbeat is None
+
+
 @settings(deadline=None, suppress_health_check=[HealthCheck.too_slow], max_examples=200)
 @given(st.lists(st.tuples(st.sampled_from(["on", "off", "hb", "tick"]), st.integers(0, 40)), max_size=200))
 def test_never_more_than_the_bound(ops):

@@ -20,8 +20,11 @@ Memory is bounded by configuration, never by what devices send:
   leaving first (set it above the fleet's size), and an offline id not
   heard of for ``ttl`` seconds leaves too: without a registry (library
   mode) ids nobody will call again expire;
-- a heartbeat body larger than ``max_heartbeat_bytes`` is not kept (its
-  time is; counted in ``heartbeats_too_large``).
+- of a heartbeat body larger than ``max_heartbeat_bytes`` (counted in
+  ``heartbeats_too_large``), only the top-level fields that fit in it
+  together are kept, in order, the larger ones left out: an Elves agent
+  with many self crons still says what it is, when it beat, and its
+  hardware (its ``crons`` are left out).  Its time is always kept.
 
 A device that leaves the registry while online is reported offline to the
 listeners: its calls wait (or fail) as for any device not known to be
@@ -49,7 +52,8 @@ class DeviceState(msgspec.Struct, gc=False):
     since: float
     #: When anything was last heard from it (presence or heartbeat), epoch seconds.
     last_seen: float = 0.0
-    #: Its last heartbeat body (``None`` if none, or if it was too large).
+    #: Its last heartbeat body (``None`` if none; of one too large, only
+    #: the top-level fields that fit, or ``None``).
     heartbeat: dict | None = None
     #: When its last heartbeat arrived, epoch seconds (0: never).
     last_heartbeat: float = 0.0
@@ -59,6 +63,28 @@ class DeviceState(msgspec.Struct, gc=False):
     #: to (its wire level, ``{node_id}.{boot}``, from the presence's
     #: ``via``); None when it is connected to the broker itself.
     via: str | None = None
+
+
+_encode = msgspec.json.Encoder().encode
+
+
+def _fitting(body: Any, limit: int) -> dict | None:
+    """The top-level fields of ``body`` that fit in ``limit`` bytes of JSON
+    together, in order (None: not an object, or none fits).  Linear in the
+    body's size: each value is encoded once."""
+    if not isinstance(body, dict):
+        return None
+    kept: dict = {}
+    used = 2  # {}
+    for key, value in body.items():
+        try:
+            n = len(_encode(key)) + len(_encode(value)) + 2  # : and ,
+        except (TypeError, msgspec.EncodeError):
+            continue
+        if used + n <= limit + 1:  # the last field has no comma
+            kept[key] = value
+            used += n
+    return kept or None
 
 
 class PresenceStats:
@@ -177,7 +203,7 @@ class PresenceRegistry:
         state.last_heartbeat = state.last_seen
         if size > self.max_heartbeat_bytes:
             self.stats.heartbeats_too_large += 1
-            state.heartbeat = None
+            state.heartbeat = _fitting(body, self.max_heartbeat_bytes)
         else:
             state.heartbeat = body
 

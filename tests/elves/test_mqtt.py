@@ -194,3 +194,20 @@ async def test_a_result_larger_than_a_reply_may_carry_is_a_clear_error(rig):
     info = reply["info"]
     assert info["worker_flag"] == -1 and "too large" in info["worker_result"], info
     assert len(info["worker_result"]) < 10_000
+
+
+async def test_an_agent_with_many_self_crons_still_counts_as_an_agent(rig):
+    # 20 self crons made its heartbeat larger than max_heartbeat_bytes
+    # (4096): the server kept none of it, and the agent left getOnlineStat
+    # and lost its hw and start time in getInfoByIp.
+    a = await rig.agent("10.0.0.1", heartbeat_interval=0.2)
+    for i in range(40):
+        assert a.crons.on_set({"id": f"c{i:04d}", "cron": {"Rule": "0 0 0 1 1 ? 2099", "App": "ops", "Func": "echo",
+                                                             "Param": "p" * 50}}) == {"ok": True}
+    seen = rig.d.device_info(a.client.device_id).heartbeats
+    await wait_until(lambda: rig.d.device_info(a.client.device_id).heartbeats >= seen + 2)
+    assert rig.d.presence.stats.heartbeats_too_large >= 1
+    r = await rig.app.call("heartbeat", "getOnlineStat")
+    assert r["stat"]["totalonline"] == 1, r
+    r = await rig.app.call("heartbeat", "getInfoByIp", agentip="10.0.0.1")
+    assert r["status"] == "true" and r["agent_starttime"] and r["hw_config"]["os"], r

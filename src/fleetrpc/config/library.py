@@ -142,7 +142,8 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     presence_max_devices: int = 100_000
     #: An offline device not heard of for this many seconds is forgotten.
     presence_ttl_s: float = 3600.0
-    #: Largest heartbeat body kept, in bytes (larger ones: only their time).
+    #: Largest heartbeat body kept, in bytes (of a larger one: its time, and
+    #: those of its top-level fields that fit together).
     max_heartbeat_bytes: int = 4096
     #: Resolution of the timing wheel, in milliseconds.
     tick_ms: float = 5.0

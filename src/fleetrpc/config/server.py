@@ -204,7 +204,8 @@ class DispatchSection(_Section):
     presence_ttl_s: Annotated[float, _doc(
         "An offline device not heard of for this many seconds is forgotten.", gt=0)] = 3600.0
     max_heartbeat_bytes: Annotated[int, _doc(
-        "Largest heartbeat body kept, bytes (a larger one: only its time).", ge=0)] = 4096
+        "Largest heartbeat body kept, bytes (of a larger one: its time, and those of its top-level "
+        "fields that fit together).", ge=0)] = 4096
     tick_ms: Annotated[float, _doc("Resolution of the timing wheel, ms.", gt=0, le=1000)] = 5.0
 
 

@@ -92,8 +92,8 @@ topic as its Last Will with ``"status": "offline"``; the retained message
 tells a node that starts later who is online.  Agents may add ``ip``, ``os``,
 ``version`` and ``started`` (:class:`Presence`).  Heartbeats on ``hb`` are a
 JSON object of whatever statistics the agent reports (not retained); a node
-keeps at most ``max_heartbeat_bytes`` of each (a larger one is counted and
-its body dropped).
+keeps at most ``max_heartbeat_bytes`` of each (of a larger one, counted, only
+the top-level fields that fit together).
 
 A device connected to a server node's own MQTT listener (the device
 endpoint, docs/endpoint.md) publishes nothing on the broker: the node does
