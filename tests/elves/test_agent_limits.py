@@ -194,3 +194,19 @@ async def test_a_param_nested_too_deep_for_json_reaches_the_function_as_text(roo
     assert a._on_run({"id": "t1", "app": "ops", "func": "f", "param": deep, "async": True}) == {"accepted": True}
     await asyncio.gather(*list(a._tasks))
     assert reported and reported[0]["worker_flag"] == 1
+
+
+def test_a_self_cron_entry_is_at_most_max_self_cron_bytes():
+    # 1000 entries (the most) of a payload's size each (256 KB): 256 MB kept,
+    # the whole file rewritten at every set, and listed in each heartbeat.
+    from fleetrpc.agent.crons import MAX_SELF_CRON_BYTES, SelfCrons
+
+    async def run(cron_id, entry):
+        pass
+
+    crons = SelfCrons(None, run, timezone="UTC")
+    cron = {"Rule": "0 0 0 1 1 ? 2099", "App": "ops", "Func": "f"}
+    big = crons.on_set({"id": "c1", "cron": {**cron, "Param": "p" * MAX_SELF_CRON_BYTES}})
+    assert big["error"]["code"] == "INVALID_PARAMS" and str(MAX_SELF_CRON_BYTES) in big["error"]["message"]
+    assert crons.entries == {}
+    assert crons.on_set({"id": "c1", "cron": {**cron, "Param": "p" * (MAX_SELF_CRON_BYTES - 500)}}) == {"ok": True}

@@ -6,8 +6,9 @@ The server pushes them (docs/elves-cron.md, "Self crons")::
                                       "Param", "Timeout", "Proxy", "Mode", "Rule"}}
     elves.delSelfCron {"id"}
 
-and the agent answers ``{"ok": true}`` (a bad entry: an ``INVALID_PARAMS``
-error, and nothing is kept).  The entries are kept in ``<root>/conf/cron.json``
+and the agent answers ``{"ok": true}`` (a bad entry, or one larger than
+:data:`MAX_SELF_CRON_BYTES` as JSON: an ``INVALID_PARAMS`` error, and
+nothing is kept).  The entries are kept in ``<root>/conf/cron.json``
 (``{id: entry}``, Elves' own file), written whole through a temporary file
 and a rename so that a crash never leaves half a file; an agent without a
 root keeps them in memory only.  An agent that starts reads the file and
@@ -44,7 +45,7 @@ import msgspec
 from ..services.elves.clock import Clock, SystemClock
 from ..services.elves.quartz import QuartzError, QuartzRule, parse
 
-__all__ = ["SelfCrons", "CronEntry", "SELF_CRON_SET", "SELF_CRON_DEL", "MAX_SELF_CRONS"]
+__all__ = ["SelfCrons", "CronEntry", "SELF_CRON_SET", "SELF_CRON_DEL", "MAX_SELF_CRONS", "MAX_SELF_CRON_BYTES"]
 
 log = logging.getLogger("fleetrpc.agent.crons")
 
@@ -52,6 +53,9 @@ SELF_CRON_SET = "elves.setSelfCron"
 SELF_CRON_DEL = "elves.delSelfCron"
 #: Most self crons one agent keeps (the server allows 1000 crons per agent).
 MAX_SELF_CRONS = 1000
+#: Most bytes of one entry, as JSON: all of them are kept in memory, written
+#: to the file at every change and listed in every heartbeat.
+MAX_SELF_CRON_BYTES = 16 * 1024
 
 #: ``run(cron_id, entry)``: run one firing (and report it).
 Runner = Callable[[str, "CronEntry"], Awaitable[None]]
@@ -98,6 +102,12 @@ def _check_id(value: str) -> str:
     return value
 
 
+def _check_size(entry: CronEntry) -> None:
+    size = len(msgspec.json.encode(entry))
+    if size > MAX_SELF_CRON_BYTES:
+        raise ValueError(f"a self cron of {size} bytes, over the {MAX_SELF_CRON_BYTES} one may have")
+
+
 class SelfCrons:
     """The agent's self crons: kept, persisted, fired; see the module docstring."""
 
@@ -131,6 +141,7 @@ class SelfCrons:
         try:
             args = msgspec.convert(params, _SetArgs, strict=False)
             cron_id = _check_id(args.id)
+            _check_size(args.cron)
             rule = parse(args.cron.Rule)
         except (msgspec.ValidationError, QuartzError, ValueError) as exc:
             return {"error": {"code": "INVALID_PARAMS", "message": f"bad {SELF_CRON_SET} request: {exc}"}}
@@ -186,6 +197,7 @@ class SelfCrons:
         for cron_id, raw in list(data.items())[:MAX_SELF_CRONS]:
             try:
                 entry = msgspec.convert(raw, CronEntry, strict=False)
+                _check_size(entry)
                 rule = parse(entry.Rule)
                 _check_id(cron_id)
             except (msgspec.ValidationError, QuartzError, ValueError) as exc:
