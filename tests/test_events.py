@@ -148,3 +148,26 @@ async def test_mqtt_sink_and_client_side_requests(mqtt_url):
         await bus.close()
         await listener.close()
         await d.close()
+
+
+async def test_a_hook_failing_on_every_event_is_logged_once_then_summarised(caplog):
+    # One ERROR with a traceback per event: a device sending client-side
+    # calls that a hook cannot handle flooded the log.
+    import logging
+
+    def bad(e):
+        raise ValueError("cannot handle " + str(e.body["n"]))
+
+    bus = EventBus()
+    sink = bus.add(HookSink(bad))
+    bus.start()
+    caplog.set_level(logging.WARNING, logger="fleetrpc.events")
+    for n in range(1000):
+        bus.emit("TO_SERVER_RPC_REQUEST", {"n": n})
+        if n % 100 == 0:
+            await asyncio.sleep(0)
+    await _wait(lambda: sink.failed == 1000)
+    lines = [r for r in caplog.records if r.name == "fleetrpc.events"]
+    assert len(lines) <= 2, [r.getMessage() for r in lines]
+    assert lines[0].exc_info is not None and "cannot handle 0" in lines[0].getMessage() + str(lines[0].exc_info[1])
+    await bus.close()

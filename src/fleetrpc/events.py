@@ -93,12 +93,23 @@ class Sink:
         raise NotImplementedError
 
 
+#: Seconds between two log lines of one failing hook.
+HOOK_LOG_INTERVAL = 10.0
+
+
 class HookSink(Sink):
-    """Calls ``hook(event)`` (plain or async) for every event."""
+    """Calls ``hook(event)`` (plain or async) for every event.
+
+    A hook that fails is counted (``failed``) each time and logged, with
+    its traceback, at most once per :data:`HOOK_LOG_INTERVAL`: events come
+    from devices, and a hook that cannot handle what one sends would
+    otherwise write an ERROR per message."""
 
     def __init__(self, hook: Callable[[Event], Any], **kw: Any) -> None:
         super().__init__(name=kw.pop("name", getattr(hook, "__name__", "hook")), **kw)
         self.hook = hook
+        self._quiet_until = -1.0
+        self._unlogged = 0
 
     async def deliver(self, events: list[Event]) -> None:
         for event in events:
@@ -106,9 +117,19 @@ class HookSink(Sink):
                 res = self.hook(event)
                 if inspect.isawaitable(res):
                     await res
-            except Exception:
-                self.failed += 1
-                log.exception("event hook %s failed on %s", self.name, event.type)
+            except Exception as exc:
+                self._failed(event, exc)
+
+    def _failed(self, event: Event, exc: Exception) -> None:
+        self.failed += 1
+        now = time.monotonic()
+        if now < self._quiet_until:
+            self._unlogged += 1
+            return
+        more, self._unlogged = self._unlogged, 0
+        self._quiet_until = now + HOOK_LOG_INTERVAL
+        log.error("event hook %s failed on %s%s", self.name, event.type,
+                  f" (and {more} times more since its last line)" if more else "", exc_info=exc)
 
 
 class MqttSink(Sink):
