@@ -34,7 +34,7 @@ async def test_heartbeat_and_presence_flood_of_new_ids(faults_profile, make_serv
     params = {"i": 1}
     assert await api.twoway(dev.id, params) == (200, answer(dev.id, params))
     rss_start = server.rss_kb()
-    body = b'{"ts":1,"pad":"' + b"p" * 3000 + b'"}'  # over max_heartbeat_bytes: only its time is kept
+    body = b'{"ts":1,"pad":"' + b"p" * 3000 + b'"}'  # over max_heartbeat_bytes: its time and "ts" kept
     sent = 0
     peak_devices = 0
     while sent < n:
