@@ -538,7 +538,7 @@ def test_nothing_that_arrives_breaks_the_composite(messages):
     async def run() -> None:
         ep = DeviceEndpoint(EndpointSettings(host="127.0.0.1", port=0), authenticate=authenticate)
         broker = _Broker()
-        composite = CompositeTransport(ep, broker, node="na.1")
+        composite = CompositeTransport(ep, broker, node="na.1", max_brokered=2)
         composite.on_message = lambda topic, payload, props: None
         for from_broker, topic, payload, props in messages:
             if from_broker:
@@ -551,5 +551,36 @@ def test_nothing_that_arrives_breaks_the_composite(messages):
             assert kind in ("presence", "res", "ack"), topic
             assert retain == (kind == "presence"), topic
         assert all(f.endswith("/req/+/+") for f in broker.subscriptions)
+        assert len(composite._brokered) <= 2
 
     asyncio.run(run())
+
+
+def test_the_devices_online_on_the_broker_that_a_node_follows_are_bounded(caplog):
+    """Presence for ids made up on a broker without ACLs: a node keeps at
+    most ``max_brokered`` words, the least recently heard of leaving first,
+    and what it keeps still works (a device held online by another node is
+    not said "offline" when it leaves this node)."""
+    async def run() -> None:
+        ep = DeviceEndpoint(EndpointSettings(host="127.0.0.1", port=0), authenticate=authenticate)
+        broker = _Broker()
+        composite = CompositeTransport(ep, broker, node="na.1", max_brokered=3)
+        seen = []
+        composite.on_message = lambda topic, payload, props: seen.append(topic)
+        online = json.dumps({"status": "online", "via": "nb.2"}).encode()
+        for i in range(10):
+            composite._from_broker(f"fleetrpc/d/made-up-{i}/presence", online, None)
+        # the device moved from nb.2 to here and its old connection here closed late
+        composite._from_broker("fleetrpc/d/dev-a/presence", online, None)
+        assert list(composite._brokered) == ["made-up-8", "made-up-9", "dev-a"]
+        assert composite.brokered_evicted == 8
+        assert sum("forgotten here" in r.getMessage() for r in caplog.records) == 1  # once a minute
+        composite._from_endpoint("fleetrpc/d/dev-a/presence", json.dumps({"status": "online"}).encode(), None)
+        composite._from_endpoint("fleetrpc/d/dev-a/presence", json.dumps({"status": "offline"}).encode(), None)
+        said = [json.loads(p)["status"] for t, p, _, _ in broker.published if t == "fleetrpc/d/dev-a/presence"]
+        assert "offline" not in said  # nb.2's "online" is the newest word: this node says nothing
+        await asyncio.sleep(0)
+
+    asyncio.run(run())
+    with pytest.raises(ValueError):
+        CompositeTransport(None, _Broker(), node="na.1", prefix="fleetrpc", max_brokered=0)

@@ -200,7 +200,8 @@ class DispatchSection(_Section):
     presence_max_devices: Annotated[int, _doc(
         "Most devices whose presence and heartbeats are kept (the least recently heard of leave "
         "first): set it above the fleet's size. Bounds the memory that presence and heartbeats "
-        "for made-up device ids can take.", ge=1)] = 100_000
+        "for made-up device ids can take, and the devices online on the broker that a node "
+        "sharing devices (endpoint, cluster) follows.", ge=1)] = 100_000
     presence_ttl_s: Annotated[float, _doc(
         "An offline device not heard of for this many seconds is forgotten.", gt=0)] = 3600.0
     max_heartbeat_bytes: Annotated[int, _doc(

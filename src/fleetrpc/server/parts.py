@@ -328,7 +328,8 @@ def _with_endpoint(ctx: ServerContext, registered: Any = None) -> Callable[[Any]
     ctx.metrics.registry.register(EndpointCollector(endpoint))
     share = s.endpoint.share_devices
     # beside the broker connection the dispatcher would have made itself
-    return lambda d: CompositeTransport(endpoint, d.mqtt_transport(), node=d.node if share else None)
+    return lambda d: CompositeTransport(endpoint, d.mqtt_transport(), node=d.node if share else None,
+                                        max_brokered=d.settings.presence_max_devices)
 
 
 def _following_nodes(d: Any) -> Any:
@@ -337,7 +338,8 @@ def _following_nodes(d: Any) -> Any:
     like they do (docs/endpoint.md, "Several nodes")."""
     from ..transport.endpoint import CompositeTransport
 
-    return CompositeTransport(None, d.mqtt_transport(), node=d.node, prefix=d.settings.prefix)
+    return CompositeTransport(None, d.mqtt_transport(), node=d.node, prefix=d.settings.prefix,
+                              max_brokered=d.settings.presence_max_devices)
 
 
 async def _flush_activity(ctx: ServerContext) -> None:

@@ -58,6 +58,17 @@ shows none of its devices online.  A node that does not track presence
 (no presence filter among its subscriptions) registers its Will but
 follows no other node's: it could not tell which devices a Will leaves.
 
+**Memory.**  ``_brokered`` holds a word per device that is online on the
+broker, which is the fleet, not this node's devices; anyone who may
+publish a presence (a broker without ACLs) could make ids up.  So it keeps
+at most ``max_brokered`` of them (the server passes
+``dispatch.presence_max_devices``: set it above the fleet's size), the
+least recently heard of leaving first, counted in ``brokered_evicted``.  A
+device forgotten this way is treated as if the broker had said nothing of
+it: should it connect here and leave again, this node says "offline" for
+it, and a lost node's Will no longer names it here (the other nodes that
+still remember it act on that Will as well).
+
 What is left open: a fleetrpc-SDK device
 connected to the broker and to an endpoint at once gets another node's
 requests twice (its own subscription and the node's); the SDK runs the
@@ -70,6 +81,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import OrderedDict
 from typing import Any, Callable
 
 import msgspec
@@ -105,9 +117,11 @@ class CompositeTransport:
     without an endpoint, following the others (see above)."""
 
     def __init__(self, endpoint: DeviceEndpoint | None, broker: Any, *, node: str | None = None,
-                 prefix: str | None = None) -> None:
+                 prefix: str | None = None, max_brokered: int = 100_000) -> None:
         if endpoint is None and (node is None or prefix is None):
             raise ValueError("a CompositeTransport without an endpoint needs node and prefix")
+        if max_brokered < 1:
+            raise ValueError("max_brokered must be at least 1")
         if endpoint is not None and prefix not in (None, endpoint.settings.prefix):
             raise ValueError(f"prefix {prefix!r} is not the endpoint's ({endpoint.settings.prefix!r})")
         self.endpoint = endpoint
@@ -127,8 +141,13 @@ class CompositeTransport:
         self._direct: set[str] = set()
         #: devices whose newest presence on the broker is "online", said by
         #: someone other than this node -> who: the device itself (None) or
-        #: another node (its level)
-        self._brokered: dict[str, str | None] = {}
+        #: another node (its level); least recently heard of first, at most
+        #: ``max_brokered`` (see "Memory" above)
+        self._brokered: OrderedDict[str, str | None] = OrderedDict()
+        self.max_brokered = max_brokered
+        #: words forgotten to stay within ``max_brokered``
+        self.brokered_evicted = 0
+        self._evicted_logged = 0.0
         if node is not None:
             #: ``{node}/``: where a reply or ack topic names its node
             self._node_slash = node + "/"
@@ -267,7 +286,7 @@ class CompositeTransport:
                     return None  # ours replaces it
                 status, payload = "offline", self._say(device, False)
         if status == "online":
-            self._brokered[device] = via
+            self._hold(device, via)
         elif status == "offline":
             self._brokered.pop(device, None)
             if device in self._direct:
@@ -275,6 +294,23 @@ class CompositeTransport:
                     self._say(device, True)
                 return None  # still connected directly
         return payload
+
+    def _hold(self, device: str, via: str | None) -> None:
+        """Remember that the broker's newest word on ``device`` is an
+        "online" said by ``via`` (the device itself: None), within
+        ``max_brokered``."""
+        brokered = self._brokered
+        brokered[device] = via
+        brokered.move_to_end(device)
+        if len(brokered) > self.max_brokered:
+            forgotten, _ = brokered.popitem(last=False)
+            self.brokered_evicted += 1
+            now = time.monotonic()
+            if now - self._evicted_logged >= 60.0:
+                self._evicted_logged = now
+                log.warning("more than %d devices are online on the broker: the presence of the least recently "
+                            "heard of (%r) is forgotten here (%d so far); raise dispatch.presence_max_devices "
+                            "above the fleet's size", self.max_brokered, forgotten, self.brokered_evicted)
 
     # -- sharing the endpoint's devices with the other nodes --------------------------
 
