@@ -171,3 +171,65 @@ async def test_a_hook_failing_on_every_event_is_logged_once_then_summarised(capl
     assert len(lines) <= 2, [r.getMessage() for r in lines]
     assert lines[0].exc_info is not None and "cannot handle 0" in lines[0].getMessage() + str(lines[0].exc_info[1])
     await bus.close()
+
+
+async def test_a_stalled_sink_holds_at_most_its_bytes():
+    """Large params behind a stalled sink: the buffer is bounded in bytes
+    as well as in events, the oldest leave first and are counted, and an
+    event larger than the whole buffer is dropped by itself."""
+    release = asyncio.Event()
+    got = []
+
+    async def stalled(e):
+        await release.wait()
+        got.append(e.body["n"])
+
+    bus = EventBus()
+    sink = bus.add(HookSink(stalled, buffer=10_000, buffer_bytes=100_000))
+    bus.start()
+    bus.emit("RPC_SENT", {"n": -1})
+    await asyncio.sleep(0.05)  # the worker holds that one, waiting
+    for n in range(50):
+        bus.emit("RPC_SENT", {"n": n, "params": "x" * 10_000})
+    assert sink.pending_bytes <= 100_000 and sink.pending == 9
+    assert sink.dropped == 41
+    bus.emit("RPC_SENT", {"n": 99, "params": "y" * 200_000})  # larger than the buffer
+    assert sink.dropped == 42 and sink.pending == 9
+    release.set()
+    await _wait(lambda: len(got) == 10)
+    assert got == [-1, *range(41, 50)]
+    assert sink.pending_bytes == 0
+    await bus.close()
+    with pytest.raises(ValueError):
+        HookSink(stalled, buffer_bytes=0)
+
+
+async def test_a_webhook_far_behind_posts_batches_its_receiver_accepts():
+    """3,000 events of 1 KB queued at once: they go in batches under an
+    aiohttp receiver's default 1 MiB request limit, not in one 3 MB POST
+    refused with 413 (and lost after its retries)."""
+    received, sizes = [], []
+
+    async def handle(request):
+        body = await request.json()
+        sizes.append(len(body))
+        received.extend(e["body"]["n"] for e in body)
+        return web.Response(status=204)
+
+    app = web.Application()  # client_max_size: 1 MiB
+    app.router.add_post("/hook", handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]
+    bus = EventBus()
+    sink = bus.add(WebhookSink(f"http://127.0.0.1:{port}/hook", retries=0))
+    bus.start()
+    for n in range(3000):
+        bus.emit("RPC_SENT", {"n": n, "params": "p" * 1000})
+    await _wait(lambda: len(received) == 3000 or sink.failed, timeout=20)
+    assert sink.failed == 0 and received == list(range(3000))
+    assert max(sizes) <= 500 and len(sizes) >= 6
+    await bus.close()
+    await runner.cleanup()

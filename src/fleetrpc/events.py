@@ -8,6 +8,14 @@ Sinks: Python hooks, an MQTT topic, an HTTP webhook with retries.  Each sink
 has its own bounded buffer and worker, so a failing or slow sink never
 blocks dispatch nor the other sinks; when its buffer is full the oldest
 event is dropped and counted (``sink.dropped``), never lost silently.
+
+A buffer is bounded in events (``buffer``) and in bytes (``buffer_bytes``,
+each event counted as the size of its JSON): a call's params may be as
+large as a request body, and 10,000 of them behind a stalled webhook would
+otherwise hold gigabytes.  A worker delivers at most ``MAX_BATCH`` events
+and about ``MAX_BATCH_BYTES`` at a time: one webhook POST stays under the
+request-size limit of a common receiver (aiohttp's 1 MiB) however far
+behind the sink is.
 """
 
 from __future__ import annotations
@@ -37,28 +45,79 @@ class Event(msgspec.Struct, frozen=True):
     body: dict
 
 
+#: Most events one delivery (one webhook POST) carries.
+MAX_BATCH = 500
+#: About the most bytes of events one delivery carries (at least one event).
+MAX_BATCH_BYTES = 512 * 1024
+
+_encode = msgspec.json.Encoder().encode
+
+
+def event_size(event: Event) -> int:
+    """What ``event`` counts against a sink's ``buffer_bytes``: the size
+    of its body as JSON (what a webhook or MQTT sink sends, give or take
+    its type and time); a body that is not JSON counts 1 KiB."""
+    try:
+        return len(_encode(event.body)) + 48
+    except (TypeError, msgspec.EncodeError):
+        return 1024
+
+
 class Sink:
     """Base of every sink: a bounded buffer drained by one worker task."""
 
-    def __init__(self, *, buffer: int = 10_000, name: str | None = None) -> None:
+    def __init__(self, *, buffer: int = 10_000, buffer_bytes: int = 64 << 20, name: str | None = None) -> None:
+        if buffer < 1 or buffer_bytes < 1:
+            raise ValueError("buffer and buffer_bytes must be at least 1")
         self.name = name or type(self).__name__
         self.buffer = buffer
+        self.buffer_bytes = buffer_bytes
         self.delivered = 0
         self.dropped = 0
         self.failed = 0
-        self._queue: deque[Event] = deque()
+        #: (event, its size), oldest first; ``_bytes`` is the sum of the sizes
+        self._queue: deque[tuple[Event, int]] = deque()
+        self._bytes = 0
         self._wakeup: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
 
-    def offer(self, event: Event) -> None:
-        if len(self._queue) >= self.buffer:
-            self._queue.popleft()
-            self.dropped += 1
-            if self.dropped in (1, 10, 100, 1000) or self.dropped % 10_000 == 0:
-                log.warning("event sink %s is behind: %d events dropped so far", self.name, self.dropped)
-        self._queue.append(event)
+    def offer(self, event: Event, size: int | None = None) -> None:
+        """Buffer ``event`` (``size``: its :func:`event_size`, when the
+        caller knows it), dropping the oldest beyond the bounds; an event
+        larger than ``buffer_bytes`` by itself is dropped."""
+        if size is None:
+            size = event_size(event)
+        queue = self._queue
+        if size > self.buffer_bytes:
+            self._dropped(1)
+            return
+        dropped = 0
+        while queue and (len(queue) >= self.buffer or self._bytes + size > self.buffer_bytes):
+            self._bytes -= queue.popleft()[1]
+            dropped += 1
+        if dropped:
+            self._dropped(dropped)
+        queue.append((event, size))
+        self._bytes += size
         if self._wakeup is not None:
             self._wakeup.set()
+
+    @property
+    def pending(self) -> int:
+        """Events buffered, not yet delivered."""
+        return len(self._queue)
+
+    @property
+    def pending_bytes(self) -> int:
+        """Their size, as :func:`event_size` counts it."""
+        return self._bytes
+
+    def _dropped(self, n: int) -> None:
+        before, self.dropped = self.dropped, self.dropped + n
+        # at 1, 10, 100, 1000, then every 10,000
+        if any(before < mark <= self.dropped for mark in (1, 10, 100, 1000)) \
+                or before // 10_000 != self.dropped // 10_000:
+            log.warning("event sink %s is behind: %d events dropped so far", self.name, self.dropped)
 
     def start(self) -> None:
         self._wakeup = asyncio.Event()
@@ -78,8 +137,7 @@ class Sink:
             if not self._queue:
                 self._wakeup.clear()
                 await self._wakeup.wait()
-            batch = list(self._queue)
-            self._queue.clear()
+            batch = self._take()
             try:
                 await self.deliver(batch)
                 self.delivered += len(batch)
@@ -88,6 +146,17 @@ class Sink:
             except Exception:
                 self.failed += len(batch)
                 log.exception("event sink %s failed to deliver %d events", self.name, len(batch))
+
+    def _take(self) -> list[Event]:
+        """The oldest events, at most :data:`MAX_BATCH` and about
+        :data:`MAX_BATCH_BYTES` (at least one)."""
+        queue, batch, taken = self._queue, [], 0
+        while queue and len(batch) < MAX_BATCH and (not batch or taken + queue[0][1] <= MAX_BATCH_BYTES):
+            event, size = queue.popleft()
+            batch.append(event)
+            taken += size
+        self._bytes -= taken
+        return batch
 
     async def deliver(self, events: list[Event]) -> None:
         raise NotImplementedError
@@ -212,8 +281,9 @@ class EventBus:
         if not self.sinks:
             return
         event = Event(type_, int(time.time() * 1000), body)
+        size = event_size(event)
         for sink in self.sinks:
-            sink.offer(event)
+            sink.offer(event, size)
 
     async def close(self) -> None:
         await asyncio.gather(*(s.close() for s in self.sinks), return_exceptions=True)

@@ -184,7 +184,7 @@ async def test_health_ready_metrics(start_server, world, mqtt_url):
                 assert line in text, line
             for name in ("fleetrpc_pending_calls", "fleetrpc_rest_rpc_duration_seconds_bucket",
                          "fleetrpc_store_write_duration_seconds_count", "fleetrpc_persistent_transitions_total",
-                         "fleetrpc_event_queue_depth"):
+                         "fleetrpc_event_queue_depth", "fleetrpc_event_queue_bytes"):
                 assert name in text, name
         finally:
             await dev.close()

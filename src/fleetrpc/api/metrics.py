@@ -231,9 +231,13 @@ class _PartsCollector:
             yield CounterMetricFamily("fleetrpc_events_dropped", "Events dropped by full sink buffers",
                                       value=bus.dropped)
             g = GaugeMetricFamily("fleetrpc_event_queue_depth", "Events waiting per sink", labels=["sink"])
+            b = GaugeMetricFamily("fleetrpc_event_queue_bytes", "Bytes of events waiting per sink (as JSON)",
+                                  labels=["sink"])
             for sink in bus.sinks:
-                g.add_metric([sink.name], len(sink._queue))
+                g.add_metric([sink.name], sink.pending)
+                b.add_metric([sink.name], sink.pending_bytes)
             yield g
+            yield b
 
 
 def route_name(request: web.Request) -> str:

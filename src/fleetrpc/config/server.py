@@ -380,6 +380,9 @@ class EventsSection(_Section):
     mqtt_topic: Annotated[str | None, _doc(
         "Publish each event on {mqtt_topic}/{type} through the server's broker connection.")] = None
     buffer: Annotated[int, _doc("Events buffered per sink; the oldest are dropped (and counted) beyond.", ge=1)] = 10_000
+    buffer_mib: Annotated[int, _doc(
+        "MiB of events buffered per sink (each counted as its JSON); the oldest are dropped (and "
+        "counted) beyond, and an event larger than this by itself is dropped.", ge=1)] = 64
 
 
 def _endpoint_section() -> type[_Section]:

@@ -223,13 +223,13 @@ async def events(ctx: ServerContext) -> AsyncIterator[None]:
     s = ctx.settings.events
     bus = EventBus()
     for url in s.webhook_urls:
-        bus.add(WebhookSink(url, buffer=s.buffer))
+        bus.add(WebhookSink(url, buffer=s.buffer, buffer_bytes=s.buffer_mib << 20))
     if s.mqtt_topic:
         # Published through the dispatcher's connection, once it is up.
         def publish(topic: str, payload: bytes, qos: int) -> None:
             ctx.dispatcher.publish(topic, payload, qos=qos)
 
-        bus.add(MqttSink(publish, s.mqtt_topic, buffer=s.buffer))
+        bus.add(MqttSink(publish, s.mqtt_topic, buffer=s.buffer, buffer_bytes=s.buffer_mib << 20))
     bus.start()
     ctx.bus = bus
     try:
