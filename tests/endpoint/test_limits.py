@@ -448,6 +448,32 @@ async def test_stored_sessions_are_bounded_the_one_stored_longest_ago_goes():
         assert len(stored) == 2
 
 
+async def test_one_device_cycling_client_ids_cannot_push_out_the_others_stored_sessions():
+    """A device with a good token and a new client id per connection: it
+    keeps at most MAX_STORED_PER_DEVICE stored sessions, so the endpoint's
+    bound (here 20) never forgets another device's session for it; when
+    they expire, nothing is left of them."""
+    from fleetrpc.transport.endpoint.server import MAX_STORED_PER_DEVICE
+
+    async def persistent(token: str, cid: str, expiry: int = 60) -> int:
+        c = await raw.RawClient.open(rig.port)
+        _, body = await c.connect(token, client_id=cid, version=5, clean=False, props={0x11: expiry})
+        c.close()
+        await _until(lambda: not rig.endpoint.sessions_of("dev-a") and not rig.endpoint.sessions_of("dev-b"))
+        return body[0]  # session present
+
+    async with make_rig(max_session_expiry=60, max_stored_sessions=20) as rig:
+        await persistent("token-b", "b-1")
+        for i in range(30):
+            await persistent("token-a", f"a-{i}", expiry=1)
+        ours = [cid for device, cid in rig.endpoint._stored if device == "dev-a"]
+        assert ours == [f"a-{i}" for i in range(MAX_STORED_PER_DEVICE)]
+        assert rig.endpoint.stats.stored_sessions_dropped == 30 - MAX_STORED_PER_DEVICE
+        assert await persistent("token-b", "b-1") == 1  # still there
+        await _until(lambda: all(device != "dev-a" for device, _ in rig.endpoint._stored), timeout=5)
+        assert rig.endpoint._stored_per_device == {"dev-b": 1}
+
+
 async def test_sub_device_lookups_in_flight_are_bounded_and_time_out(caplog):
     """A registry that does not answer: each name is looked up once however
     often the gateway announces it, lookups in flight count against

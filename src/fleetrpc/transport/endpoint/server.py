@@ -108,6 +108,10 @@ class EndpointStats:
         return f"EndpointStats({self.as_dict()})"
 
 
+#: Most stored sessions (distinct client ids) one device keeps at a time.
+MAX_STORED_PER_DEVICE = 16
+
+
 class _StoredSession:
     """A disconnected session kept for its expiry interval: its subscriptions."""
 
@@ -125,7 +129,7 @@ class _StoredSession:
         if ep._stored.get(self.key) is not self:
             return
         if now >= self.deadline:
-            del ep._stored[self.key]
+            ep._forget_stored(self.key)
         else:
             ep._check_at(self, self.deadline)
 
@@ -245,6 +249,8 @@ class DeviceEndpoint:
         self._cids = itertools.count(1 << 40)
         self._client_ids = itertools.count(1)
         self._stored: dict[tuple[str, str], _StoredSession] = {}
+        #: device -> how many of ``_stored`` are its (at most MAX_STORED_PER_DEVICE)
+        self._stored_per_device: dict[str, int] = {}
         self._limits: dict[str, RateLimit] = {}
         self._paused: set[Session] = set()
         self._dirty: list[Session] = []
@@ -525,9 +531,20 @@ class DeviceEndpoint:
             return False
         return key in self._stored
 
+    def _forget_stored(self, key: tuple[str, str]) -> "_StoredSession | None":
+        stored = self._stored.pop(key, None)
+        if stored is not None:
+            device = key[0]
+            n = self._stored_per_device[device] - 1
+            if n:
+                self._stored_per_device[device] = n
+            else:
+                del self._stored_per_device[device]
+        return stored
+
     def _unstore(self, key: tuple[str, str]) -> "_StoredSession | None":
         """Forget the stored session ``key`` (its sweep check too)."""
-        stored = self._stored.pop(key, None)
+        stored = self._forget_stored(key)
         if stored is not None:
             self._uncheck(stored)
         return stored
@@ -535,14 +552,22 @@ class DeviceEndpoint:
     def _store(self, stored: "_StoredSession") -> None:
         """Keep ``stored`` until its deadline; past max_stored_sessions the
         one stored longest ago (the dict's first: a key stored again moves
-        last) is forgotten first."""
+        last) is forgotten first.  A device that already has
+        MAX_STORED_PER_DEVICE stored sessions (one device cycling client
+        ids) gets no more: it cannot push the other devices' out."""
         stored_map = self._stored
         self._unstore(stored.key)
+        device = stored.key[0]
+        per_device = self._stored_per_device.get(device, 0)
+        if per_device >= MAX_STORED_PER_DEVICE:
+            self.stats.stored_sessions_dropped += 1
+            return
         limit = self.settings.max_stored_sessions
         while len(stored_map) >= limit:
             self._unstore(next(iter(stored_map)))
             self.stats.stored_sessions_dropped += 1
         stored_map[stored.key] = stored
+        self._stored_per_device[device] = self._stored_per_device.get(device, 0) + 1
         self._check_at(stored, stored.deadline)
 
     def _restore(self, session: Session) -> None:

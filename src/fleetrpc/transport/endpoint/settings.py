@@ -69,7 +69,8 @@ class EndpointSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True)
         "subscriptions back (not its unacknowledged messages).", ge=0)] = 0
     max_stored_sessions: Annotated[int, _doc(
         "Disconnected sessions kept for their expiry interval (max_session_expiry above 0); past "
-        "it the one stored longest ago is forgotten (its device reconnects without a session).",
+        "it the one stored longest ago is forgotten (its device reconnects without a session). "
+        "One device keeps at most 16 (distinct client ids): more are not stored.",
         gt=0)] = 100_000
     write_high_water: Annotated[int, _doc(
         "Write buffer size (bytes) of one connection above which it counts as a slow reader.", gt=0)] = 64 * 1024
