@@ -49,7 +49,7 @@ import msgspec
 
 from ..device import DeviceClient
 from ..errors import FleetRpcError
-from .apps import WorkerResult, installed, run_app
+from .apps import WorkerResult, installed, run_app, shortened
 from .crons import SELF_CRON_DEL, SELF_CRON_SET, CronEntry, SelfCrons
 
 __all__ = ["ElvesAgent", "AGENT_VERSION"]
@@ -61,8 +61,6 @@ AGENT_RUN = "elves.run"
 AGENT_RESULT = "elves.agentAsyncResult"
 #: Bytes of a reply kept for what surrounds the worker's result.
 _REPLY_ROOM = 1024
-#: Characters of a too-large result shown in its error.
-_SHOWN = 4096
 
 #: ``fn(param) -> (flag, result)`` (flag True/False/"true"/"false"/1/0) or
 #: just a result (flag true); plain or async.  ``param`` is the decoded JSON
@@ -258,9 +256,8 @@ class ElvesAgent:
         size = len(msgspec.json.encode(result.worker_result))
         if size <= room:
             return result
-        head = result.worker_result[:_SHOWN]
         return WorkerResult(-1, f"app output too large : a result of {size} bytes, over the {room} a reply "
-                                f"may carry: {head}...", result.worker_costtime)
+                                f"may carry: {shortened(result.worker_result)}", result.worker_costtime)
 
     async def _run_and_report(self, run: _Run) -> None:
         try:

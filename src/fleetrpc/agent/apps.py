@@ -38,6 +38,7 @@ __all__ = ["WorkerResult", "run_app", "parse_output", "command_line"]
 #: Most output read from a worker (stdout and stderr each); a worker that
 #: writes more is killed, and its result is an error.
 MAX_OUTPUT = 4 * 1024 * 1024
+#: Characters of a worker's output shown in an error about it.
 _SHOWN = 4096
 _CHUNK = 64 * 1024
 
@@ -51,9 +52,13 @@ class WorkerResult(msgspec.Struct):
     worker_costtime: int
 
 
-def _shown(data: bytes) -> str:
-    text = data.decode("utf-8", "replace")
+def shortened(text: str) -> str:
+    """``text`` as an error shows it: its first 4,096 characters."""
     return text if len(text) <= _SHOWN else text[:_SHOWN] + "..."
+
+
+def _shown(data: bytes) -> str:
+    return shortened(data.decode("utf-8", "replace"))
 
 
 def _between(data: bytes, open_tag: bytes, close_tag: bytes) -> bytes | None:
@@ -66,10 +71,6 @@ def _between(data: bytes, open_tag: bytes, close_tag: bytes) -> bytes | None:
     start += len(open_tag)
     end = data.find(close_tag, start)
     return None if end < 0 else data[start:end]
-
-
-def _has_flag(stdout: bytes) -> bool:
-    return _between(stdout, b"<ElvesWFlag>", b"</ElvesWFlag>") is not None
 
 
 def parse_output(stdout: bytes) -> tuple[int, str]:
@@ -161,7 +162,7 @@ async def run_app(root: Path, app: str, func: str, param: str, timeout: float, p
         which = "stdout" if over_out else "stderr"
         return done(-1, f"app exec error : more than {limit} bytes of output on {which}, the worker was killed: "
                         + _shown(stdout if over_out else stderr))
-    if proc.returncode != 0 and not _has_flag(stdout):
+    if proc.returncode != 0 and _between(stdout, b"<ElvesWFlag>", b"</ElvesWFlag>") is None:
         return done(-1, f"app exec error : exit status {proc.returncode}: {_shown(stderr or stdout)}")
     return done(*parse_output(stdout))
 
