@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 
 import msgspec
@@ -17,6 +18,20 @@ from fleetrpc.dispatch import Dispatcher
 from fleetrpc.events import EventBus, HookSink, MqttSink, WebhookSink, forward_client_calls
 
 
+@contextlib.asynccontextmanager
+async def _webhook_receiver(handle):
+    """An aiohttp server with ``handle`` on POST /hook, at its default
+    request limit (client_max_size: 1 MiB); yields the hook's URL."""
+    app = web.Application()
+    app.router.add_post("/hook", handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        yield f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}/hook"
+    finally:
+        await runner.cleanup()
 
 
 async def test_hook_sink_sync_and_async():
@@ -71,22 +86,15 @@ async def test_webhook_retries_until_delivered():
         received.extend(await request.json())
         return web.Response(status=204)
 
-    app = web.Application()
-    app.router.add_post("/hook", handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]
-    bus = EventBus()
-    sink = bus.add(WebhookSink(f"http://127.0.0.1:{port}/hook", retries=5))
-    bus.start()
-    bus.emit("RPC_SUCCESSFUL", {"id": "x", "response": {"ok": True}})
-    await _wait(lambda: len(received) == 1)
-    assert received[0]["type"] == "RPC_SUCCESSFUL" and received[0]["body"]["response"] == {"ok": True}
-    assert sink.delivered == 1 and sink.failed == 0
-    await bus.close()
-    await runner.cleanup()
+    async with _webhook_receiver(handle) as url:
+        bus = EventBus()
+        sink = bus.add(WebhookSink(url, retries=5))
+        bus.start()
+        bus.emit("RPC_SUCCESSFUL", {"id": "x", "response": {"ok": True}})
+        await _wait(lambda: len(received) == 1)
+        assert received[0]["type"] == "RPC_SUCCESSFUL" and received[0]["body"]["response"] == {"ok": True}
+        assert sink.delivered == 1 and sink.failed == 0
+        await bus.close()
 
 
 async def test_webhook_gives_up_and_counts():
@@ -216,20 +224,13 @@ async def test_a_webhook_far_behind_posts_batches_its_receiver_accepts():
         received.extend(e["body"]["n"] for e in body)
         return web.Response(status=204)
 
-    app = web.Application()  # client_max_size: 1 MiB
-    app.router.add_post("/hook", handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]
-    bus = EventBus()
-    sink = bus.add(WebhookSink(f"http://127.0.0.1:{port}/hook", retries=0))
-    bus.start()
-    for n in range(3000):
-        bus.emit("RPC_SENT", {"n": n, "params": "p" * 1000})
-    await _wait(lambda: len(received) == 3000 or sink.failed, timeout=20)
-    assert sink.failed == 0 and received == list(range(3000))
-    assert max(sizes) <= 500 and len(sizes) >= 6
-    await bus.close()
-    await runner.cleanup()
+    async with _webhook_receiver(handle) as url:
+        bus = EventBus()
+        sink = bus.add(WebhookSink(url, retries=0))
+        bus.start()
+        for n in range(3000):
+            bus.emit("RPC_SENT", {"n": n, "params": "p" * 1000})
+        await _wait(lambda: len(received) == 3000 or sink.failed, timeout=20)
+        assert sink.failed == 0 and received == list(range(3000))
+        assert max(sizes) <= 500 and len(sizes) >= 6
+        await bus.close()
