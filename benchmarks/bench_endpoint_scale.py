@@ -11,7 +11,12 @@ run in this process, which is the one measured.
 
 - ``idle``: memory per connection in this process after they settle (RSS
   delta; and, with ``--trace``, Python objects by tracemalloc), and the CPU
-  of their keepalives.  Kernel socket buffers are not in RSS.
+  of their keepalives.  Kernel socket buffers are not in RSS.  With
+  ``--nodes K``, K endpoint processes share one port (SO_REUSEPORT, as
+  ``[endpoint] reuse_port``), each measured on its own, and the kernel's
+  memory per connection is reported too: the way to 100,000 connections
+  where one process may not open that many files
+  (``idle --devices 100000 --nodes 7 --processes 6 --idle-seconds 60``).
 - ``storm``: every device connects at once; tokens are checked against a
   SQLite device registry (``DeviceRepository.by_token``) through the
   server's cache (``DeviceDirectory``), cold.  Reports the time until the
@@ -33,7 +38,9 @@ run in this process, which is the one measured.
   endpoint's tables, which must stay flat.
 
 Past 25,000 connections, they come from several loopback source addresses
-(127.0.0.2, ...), as one address has ~28,000 ephemeral ports.  The open file
+(127.0.0.2, ...), as one address has ~28,000 ephemeral ports; each device
+worker process holds its share of the connections, so past ~19,000 per
+worker (the open file limit here) add ``--processes``.  The open file
 limit is raised as far as the process may (without CAP_SYS_RESOURCE: to its
 hard limit, which caps the connections of this one process).
 """
@@ -47,6 +54,7 @@ import multiprocessing as mp
 import os
 import random
 import resource
+import socket
 import sys
 import tempfile
 import time
@@ -164,6 +172,17 @@ class _Device(asyncio.Protocol):
         self.transport = None
 
 
+def _bound_socket(address: str) -> socket.socket:
+    """A TCP socket bound to a source address, its port left to connect():
+    IP_BIND_ADDRESS_NO_PORT, or the kernel searches a free port at every
+    bind, which slows to seconds per thousand sockets past ~20,000."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.IPPROTO_IP, getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24), 1)
+    sock.bind((address, 0))
+    sock.setblocking(False)
+    return sock
+
+
 class _Worker:
     def __init__(self, port: int, tokens: list[str], keepalive: int, source: int) -> None:
         self.port = port
@@ -176,16 +195,21 @@ class _Worker:
     async def connect(self, token: str, k: int) -> None:
         loop = asyncio.get_running_loop()
         block = (self.source + k) // _PER_SOURCE
-        # (binding a source address makes the kernel pick a port per bind,
-        # slowly with many sockets: only past the first address's ports)
-        local = {"local_addr": (f"127.0.0.{1 + block}", 0)} if block else {}
         for attempt in range(5):
+            sock = None
             try:
                 dev = _Device(self, token)
-                await loop.create_connection(lambda: dev, "127.0.0.1", self.port, **local)
+                if block:  # past the first address's ports: bind another source address
+                    sock = _bound_socket(f"127.0.0.{1 + block}")
+                    await loop.sock_connect(sock, ("127.0.0.1", self.port))
+                    await loop.create_connection(lambda: dev, sock=sock)
+                else:
+                    await loop.create_connection(lambda: dev, "127.0.0.1", self.port)
                 self.devices[token] = dev
                 return
             except OSError:
+                if sock is not None:
+                    sock.close()
                 await asyncio.sleep(0.2 * (attempt + 1))
         self.failed += 1
 
@@ -301,7 +325,8 @@ def _settings(args, node_id: str, mqtt_url: str | None = None) -> Settings:
 async def _start(args, authenticate, mqtt_url: str | None = None, node_id: str = "bench", **endpoint):
     """The endpoint and its dispatcher; with ``mqtt_url``, sharing its
     devices on that broker as ``fleetrpc serve`` does (server/parts.py)."""
-    ep = DeviceEndpoint(EndpointSettings(host="127.0.0.1", port=0, max_connections=args.devices + 100, **endpoint),
+    ep = DeviceEndpoint(EndpointSettings(**{"host": "127.0.0.1", "port": 0, "max_connections": args.devices + 100,
+                                            **endpoint}),
                         authenticate=authenticate)
     if mqtt_url is None:
         d = Dispatcher(_settings(args, node_id), transport=ep)
@@ -325,9 +350,26 @@ async def _until_online(d: Dispatcher, n: int, devices: Devices, timeout: float)
     return time.perf_counter() - t0
 
 
+def _token_id(username: str, password, client_id: str) -> str | None:
+    return "dev-" + username[4:] if username.startswith("tok-") else None
+
+
+def _kernel_memory() -> int:
+    """Bytes the kernel holds in slabs (socket structures among them) and
+    in TCP socket buffers, machine-wide."""
+    with open("/proc/meminfo") as f:
+        slab = next(int(line.split()[1]) * 1024 for line in f if line.startswith("Slab:"))
+    with open("/proc/net/sockstat") as f:
+        tcp = next(line.split() for line in f if line.startswith("TCP:"))
+    return slab + int(tcp[tcp.index("mem") + 1]) * os.sysconf("SC_PAGE_SIZE")
+
+
 async def idle(args) -> None:
+    if args.nodes > 1:
+        await _idle_nodes(args)
+        return
     tokens = [f"tok-{i}" for i in range(args.devices)]
-    ep, d = await _start(args, lambda u, p, c: "dev-" + u[4:] if u.startswith("tok-") else None)
+    ep, d = await _start(args, _token_id)
     devices = Devices(ep.ports["tcp"], tokens, args.processes, args.keepalive, 256)
     try:
         # Counted from when the device workers are up, before they connect:
@@ -357,6 +399,99 @@ async def idle(args) -> None:
     finally:
         await devices.stop()
         await d.close()
+
+
+def _node_main(conn, args, port: int) -> None:
+    """One node of ``idle --nodes K``, in a process of its own: an endpoint
+    on the shared port (SO_REUSEPORT, as ``[endpoint] reuse_port``) and its
+    dispatcher.  Answers the parent's commands on ``conn``."""
+    _raise_nofile()
+
+    async def main() -> None:
+        ep, d = await _start(args, _token_id, port=port, reuse_port=True)
+        conn.send(ep.ports["tcp"])
+        rss0, t0 = 0, os.times()
+        try:
+            while True:
+                cmd = await asyncio.to_thread(conn.recv)
+                if cmd == "mark":  # before the devices connect
+                    gc.collect()
+                    rss0 = rss_bytes()
+                    conn.send(None)
+                elif cmd == "online":
+                    conn.send(len(d.presence.online))
+                elif cmd == "settled":  # the devices are connected and idle
+                    gc.collect()
+                    conn.send((ep.connection_count, rss_bytes() - rss0))
+                    t0 = os.times()
+                elif cmd == "cpu":  # since "settled"
+                    t1 = os.times()
+                    conn.send((t1.user - t0.user) + (t1.system - t0.system))
+                else:
+                    conn.send(None)
+                    return
+        finally:
+            await d.close()
+
+    uvloop.run(main())
+
+
+async def _idle_nodes(args) -> None:
+    """``idle`` over K nodes on one port, each its own process: what one
+    machine holds when one process may not open enough files (the hard
+    limit here is 20,000) -- the deployment docs/endpoint.md describes as
+    "one machine, several nodes".  Reports each node's RSS per connection,
+    the keepalive CPU of all nodes together, and the kernel's memory per
+    connection (slabs and TCP buffers, machine-wide: both ends of each
+    loopback connection, the devices' sockets included)."""
+    ctx = mp.get_context("spawn")
+    nodes, port = [], 0
+    for _ in range(args.nodes):  # the first node picks the port, the others share it
+        a, b = ctx.Pipe()
+        proc = ctx.Process(target=_node_main, args=(b, args, port), daemon=True)
+        proc.start()
+        port = await asyncio.to_thread(a.recv)
+        nodes.append((proc, a))
+
+    def ask_one(pipe, cmd):
+        pipe.send(cmd)
+        return pipe.recv()
+
+    async def ask(cmd):
+        return await asyncio.gather(*(asyncio.to_thread(ask_one, pipe, cmd) for _, pipe in nodes))
+
+    tokens = [f"tok-{i}" for i in range(args.devices)]
+    devices = Devices(port, tokens, args.processes, args.keepalive, 256)
+    try:
+        await devices.ready()
+        await ask("mark")
+        gc.collect()
+        kernel0 = _kernel_memory()
+        await devices.go()
+        t0 = time.perf_counter()
+        while (online := sum(await ask("online"))) < args.devices:
+            if time.perf_counter() - t0 > 900:
+                raise RuntimeError(f"{online} of {args.devices} online after 900 s ({await devices.stats()})")
+            await asyncio.sleep(0.2)
+        took = time.perf_counter() - t0
+        await asyncio.sleep(7)  # past the endpoint's IDLE_TRIM
+        rows = await ask("settled")
+        kernel = _kernel_memory() - kernel0
+        await asyncio.sleep(args.idle_seconds)
+        cpu = sum(await ask("cpu"))
+        total = sum(n for n, _ in rows)
+        print(f"idle: {total} connections on {args.nodes} nodes sharing port {port} (connected in {took:.1f} s)")
+        for k, (n, rss) in enumerate(rows):
+            print(f"  node {k}: {n} connections, {rss / n:.0f} B RSS each")
+        print(f"  all nodes: {sum(r for _, r in rows) / total:.0f} B RSS per connection; "
+              f"keepalive {args.keepalive} s: {cpu / args.idle_seconds * 1e3:.1f} ms CPU per s "
+              f"over {args.idle_seconds:.0f} s, all nodes together")
+        print(f"  kernel (slabs + TCP buffers, both ends of each connection): {kernel / total:.0f} B per connection")
+    finally:
+        await devices.stop()
+        await ask("stop")
+        for proc, _ in nodes:
+            proc.join(10)
 
 
 async def storm(args) -> None:
@@ -477,7 +612,7 @@ async def lose(args) -> None:
 
 async def soak(args) -> None:
     tokens = [f"tok-{i}" for i in range(args.devices)]
-    ep, d = await _start(args, lambda u, p, c: "dev-" + u[4:] if u.startswith("tok-") else None)
+    ep, d = await _start(args, _token_id)
     # Traced from before the devices connect: otherwise every connection
     # replaced by churn would look like growth (its first self untraced).
     tracemalloc.start()
@@ -547,6 +682,8 @@ def main() -> None:
     p.add_argument("--keepalive", type=int, default=60)
     p.add_argument("--idle-seconds", type=float, default=10.0)
     p.add_argument("--trace", action="store_true", help="idle: also count Python objects (tracemalloc; slower)")
+    p.add_argument("--nodes", type=int, default=1,
+                   help="idle: endpoint processes sharing one port (past one process's open file limit)")
     p.add_argument("--share", action="store_true",
                    help="storm: share the devices on a throwaway Mosquitto, as `fleetrpc serve` does")
     p.add_argument("--seconds", type=float, default=120.0, help="soak: duration")
