@@ -88,3 +88,18 @@ def test_pytest_benchmark_bodies_run_once():
     )
     assert result.returncode == 0, result.stdout[-4000:]
     assert " passed" in result.stdout
+
+
+def test_idle_connections_over_several_nodes_on_one_port():
+    """``bench_endpoint_scale.py idle --nodes K``, the way to 100,000
+    connections where one process may not open that many files: K endpoint
+    processes share one port and every device ends up on one of them."""
+    result = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "bench_endpoint_scale.py"), "idle", "--devices", "60", "--nodes", "2",
+         "--processes", "1", "--idle-seconds", "0.5"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=BENCHMARKS.parent, timeout=120,
+    )
+    assert result.returncode == 0, result.stdout[-4000:]
+    assert "idle: 60 connections on 2 nodes sharing port" in result.stdout, result.stdout
+    per_node = [int(line.split()[2]) for line in result.stdout.splitlines() if line.startswith("  node ")]
+    assert len(per_node) == 2 and sum(per_node) == 60, result.stdout
