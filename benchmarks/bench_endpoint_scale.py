@@ -391,11 +391,13 @@ async def idle(args) -> None:
         await asyncio.sleep(args.idle_seconds)
         t1 = os.times()
         cpu = (t1.user - t0.user) + (t1.system - t0.system)
+        gc.collect()
+        rss2 = rss_bytes()
         print(f"idle: {ep.connection_count} connections (connected in {took:.1f} s), "
               f"{(rss1 - rss0) / args.devices:.0f} B RSS each"
               + (f", {traced / args.devices:.0f} B of Python objects each (tracemalloc)" if args.trace else "")
               + f"; keepalive {args.keepalive} s: {cpu / args.idle_seconds * 1e3:.1f} ms CPU per s "
-              f"over {args.idle_seconds:.0f} s")
+              f"over {args.idle_seconds:.0f} s, then {(rss2 - rss0) / args.devices:.0f} B RSS each")
     finally:
         await devices.stop()
         await d.close()
@@ -424,9 +426,10 @@ def _node_main(conn, args, port: int) -> None:
                     gc.collect()
                     conn.send((ep.connection_count, rss_bytes() - rss0))
                     t0 = os.times()
-                elif cmd == "cpu":  # since "settled"
+                elif cmd == "cpu":  # since "settled"; and the RSS after it
                     t1 = os.times()
-                    conn.send((t1.user - t0.user) + (t1.system - t0.system))
+                    gc.collect()
+                    conn.send(((t1.user - t0.user) + (t1.system - t0.system), rss_bytes() - rss0))
                 else:
                     conn.send(None)
                     return
@@ -441,7 +444,9 @@ async def _idle_nodes(args) -> None:
     machine holds when one process may not open enough files (the hard
     limit here is 20,000) -- the deployment docs/endpoint.md describes as
     "one machine, several nodes".  Reports each node's RSS per connection,
-    the keepalive CPU of all nodes together, and the kernel's memory per
+    the keepalive CPU of all nodes together and the RSS after it (an
+    ``--idle-seconds`` at least ``--keepalive`` long takes in a PINGREQ
+    from every device), and the kernel's memory per
     connection (slabs and TCP buffers, machine-wide: both ends of each
     loopback connection, the devices' sockets included)."""
     ctx = mp.get_context("spawn")
@@ -478,14 +483,16 @@ async def _idle_nodes(args) -> None:
         rows = await ask("settled")
         kernel = _kernel_memory() - kernel0
         await asyncio.sleep(args.idle_seconds)
-        cpu = sum(await ask("cpu"))
+        after = await ask("cpu")
+        cpu = sum(c for c, _ in after)
         total = sum(n for n, _ in rows)
         print(f"idle: {total} connections on {args.nodes} nodes sharing port {port} (connected in {took:.1f} s)")
         for k, (n, rss) in enumerate(rows):
             print(f"  node {k}: {n} connections, {rss / n:.0f} B RSS each")
         print(f"  all nodes: {sum(r for _, r in rows) / total:.0f} B RSS per connection; "
               f"keepalive {args.keepalive} s: {cpu / args.idle_seconds * 1e3:.1f} ms CPU per s "
-              f"over {args.idle_seconds:.0f} s, all nodes together")
+              f"over {args.idle_seconds:.0f} s, all nodes together, "
+              f"then {sum(r for _, r in after) / total:.0f} B RSS per connection")
         print(f"  kernel (slabs + TCP buffers, both ends of each connection): {kernel / total:.0f} B per connection")
     finally:
         await devices.stop()

@@ -60,6 +60,36 @@ async def test_idle_session_drops_its_reader_and_gets_a_new_one():
         await assert_nothing_left(rig)
 
 
+async def test_an_idle_devices_keepalive_is_answered_without_a_new_reader():
+    """A PINGREQ is all an idle device sends, once per keepalive: it gets its
+    PINGRESP without the session making a reader, which would live on until
+    the next sweep.  A PINGREQ in pieces, or with more behind it, goes
+    through a reader as any other bytes."""
+    async with make_rig() as rig:
+        c = await raw.RawClient.open(rig.port)
+        assert (await c.connect("token-a", client_id="idle"))[1] == b"\x00\x00"
+        c.send(raw.subscribe(1, ("v1/devices/me/rpc/request/+", 1)))
+        await c.read_packet()
+        await rig.online("dev-a")
+        s = _session(rig, "dev-a")
+        s._check(s.last_in + IDLE_TRIM + 0.5)
+        assert s.reader is None
+        before = s.last_in
+        await asyncio.sleep(0.01)
+        c.send(b"\xc0\x00")
+        assert await c.read_packet() == (0xD0, b"")
+        assert s.reader is None and s.last_in > before and s.state == CONNECTED
+        c.send(b"\xc0")  # half of one: a reader keeps it
+        await _until(lambda: s.reader is not None)
+        c.send(b"\x00")
+        assert await c.read_packet() == (0xD0, b"")
+        s._check(s.last_in + IDLE_TRIM + 0.5)
+        assert s.reader is None
+        await _answer_one(rig, c, "dev-a")  # and it is still reachable
+        c.close()
+        await assert_nothing_left(rig)
+
+
 async def test_write_coalescing_under_load_delivers_every_request():
     async with make_rig(write_batch_above=1, write_batch_delay=0.002) as rig:
         c = await raw.RawClient.open(rig.port)
@@ -362,7 +392,7 @@ async def test_idle_connection_memory_budget():
     """What fleetrpc holds for an idle device connection, by tracemalloc in
     this process: sessions fed a CONNECT and a SUBSCRIBE to the RPC topic,
     online in the dispatcher's presence, then idle (reader and extra
-    dropped).  Not counted: the transports (uvloop's, in a server) and the
+    dropped) and through a keepalive round (a PINGREQ each).  Not counted: the transports (uvloop's, in a server) and the
     device ids authenticate() returns (a registry's cache holds them)."""
     import gc
     import tracemalloc
@@ -398,6 +428,11 @@ async def test_idle_connection_memory_budget():
             del s
             for key in [k for k, bucket in ep._checks.items() if not bucket]:
                 del ep._checks[key]  # (as the sweep pops a bucket that fell due)
+            for s in sessions:  # a keepalive round, as every idle device sends one a minute
+                s.data_received(b"\xc0\x00")
+            del s
+            for _ in range(2):
+                await asyncio.sleep(0)
             gc.collect()
             used = tracemalloc.get_traced_memory()[0] - before
         finally:

@@ -25,6 +25,7 @@ PINGREQ = 0xC0
 DISCONNECT = 0xE0
 AUTH = 0xF0
 
+PINGREQ_PACKET = b"\xc0\x00"
 PINGRESP_PACKET = b"\xd0\x00"
 
 # -- MQTT 5 reason codes used here -------------------------------------------
