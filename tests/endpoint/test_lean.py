@@ -23,6 +23,17 @@ def _session(rig, device: str):
     return session
 
 
+async def _online_device(rig, client_id: str = "idle"):
+    """Device dev-a (token-a) connected and subscribed to its RPC requests,
+    online in the dispatcher: its raw client and its session."""
+    c = await raw.RawClient.open(rig.port)
+    assert (await c.connect("token-a", client_id=client_id))[1] == b"\x00\x00"
+    c.send(raw.subscribe(1, ("v1/devices/me/rpc/request/+", 1)))
+    await c.read_packet()
+    await rig.online("dev-a")
+    return c, _session(rig, "dev-a")
+
+
 async def _answer_one(rig, c: raw.RawClient, device: str) -> None:
     call = asyncio.ensure_future(rig.dispatcher.call(device, "ping", {"n": 1}))
     first, body = await c.read_packet()
@@ -34,12 +45,7 @@ async def _answer_one(rig, c: raw.RawClient, device: str) -> None:
 
 async def test_idle_session_drops_its_reader_and_gets_a_new_one():
     async with make_rig() as rig:
-        c = await raw.RawClient.open(rig.port)
-        assert (await c.connect("token-a", client_id="idle"))[1] == b"\x00\x00"
-        c.send(raw.subscribe(1, ("v1/devices/me/rpc/request/+", 1)))
-        await c.read_packet()
-        await rig.online("dev-a")
-        s = _session(rig, "dev-a")
+        c, s = await _online_device(rig)
         assert s.reader is not None
         # the sweep's check, as it runs once the device has been silent long enough
         s._check(s.last_in + IDLE_TRIM + 0.5)
@@ -66,12 +72,7 @@ async def test_an_idle_devices_keepalive_is_answered_without_a_new_reader():
     the next sweep.  A PINGREQ in pieces, or with more behind it, goes
     through a reader as any other bytes."""
     async with make_rig() as rig:
-        c = await raw.RawClient.open(rig.port)
-        assert (await c.connect("token-a", client_id="idle"))[1] == b"\x00\x00"
-        c.send(raw.subscribe(1, ("v1/devices/me/rpc/request/+", 1)))
-        await c.read_packet()
-        await rig.online("dev-a")
-        s = _session(rig, "dev-a")
+        c, s = await _online_device(rig)
         s._check(s.last_in + IDLE_TRIM + 0.5)
         assert s.reader is None
         before = s.last_in
@@ -92,11 +93,7 @@ async def test_an_idle_devices_keepalive_is_answered_without_a_new_reader():
 
 async def test_write_coalescing_under_load_delivers_every_request():
     async with make_rig(write_batch_above=1, write_batch_delay=0.002) as rig:
-        c = await raw.RawClient.open(rig.port)
-        await c.connect("token-a", client_id="batched")
-        c.send(raw.subscribe(1, ("v1/devices/me/rpc/request/+", 1)))
-        await c.read_packet()
-        await rig.online("dev-a")
+        c, _ = await _online_device(rig, "batched")
         calls = [asyncio.ensure_future(rig.dispatcher.call("dev-a", "echo", {"i": i})) for i in range(20)]
         out = b""
         for _ in range(20):
@@ -254,12 +251,7 @@ async def test_idle_session_drops_its_extra_and_numbers_requests_on():
     the request numbers go on from where they were.  An MQTT 5 session with
     a smaller Receive Maximum keeps it (in its extra) however idle."""
     async with make_rig() as rig:
-        c = await raw.RawClient.open(rig.port)
-        await c.connect("token-a", client_id="idle")
-        c.send(raw.subscribe(1, ("v1/devices/me/rpc/request/+", 1)))
-        await c.read_packet()
-        await rig.online("dev-a")
-        s = _session(rig, "dev-a")
+        c, s = await _online_device(rig)
         assert s.extra is None
         await _answer_one(rig, c, "dev-a")
         assert s.extra is not None and s.extra.requests == {} and s.extra.inflight == {}
