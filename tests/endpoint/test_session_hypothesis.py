@@ -11,7 +11,7 @@ import asyncio
 from hypothesis import HealthCheck, example, given, settings, strategies as st
 
 from fleetrpc.transport.endpoint import DeviceEndpoint, EndpointSettings, Identity
-from fleetrpc.transport.endpoint.session import CLOSED, Session
+from fleetrpc.transport.endpoint.session import CLOSED, CONNECTED, IDLE_TRIM, Session
 
 from . import rawmqtt as raw
 
@@ -93,7 +93,11 @@ def packets():
     return st.lists(st.one_of(connect, subscribe, publish, other, garbage), max_size=12)
 
 
-def run_session(chunks: list[bytes], requests_between: bool = True) -> None:
+def run_session(chunks: list[bytes], requests_between: bool = True,
+                idle_between: bool = False) -> tuple[bytes, list[str]]:
+    """Feed ``chunks`` to one session; what it wrote and what it delivered.
+    With ``idle_between``, the sweep's check finds the connection silent
+    after every chunk (it drops the reader and the extra where it may)."""
     loop = asyncio.new_event_loop()
     try:
         delivered: list[str] = []
@@ -111,6 +115,8 @@ def run_session(chunks: list[bytes], requests_between: bool = True) -> None:
             if transport.closed:
                 break
             session.data_received(chunk)
+            if idle_between and session.state == CONNECTED:
+                session._check(session.last_in + IDLE_TRIM + 0.5)
             if requests_between:
                 for device in ("dev-a", "sub-Sub-A", "gw-1"):
                     ep.publish(f"fleetrpc/d/{device}/req/n1/{i + 1}", b'{"method":"m","params":{}}', 1, False,
@@ -129,6 +135,7 @@ def run_session(chunks: list[bytes], requests_between: bool = True) -> None:
         tracked = ep.tracked()
         assert tracked == dict.fromkeys(tracked, 0), tracked
         assert not ep._routes and not ep._sessions and not ep._calls
+        return bytes(transport.out), delivered
     finally:
         loop.close()
 
@@ -161,3 +168,17 @@ def test_random_packets_after_a_valid_connect(sequence, token, version):
     subs = raw.subscribe(1, ("v1/devices/me/rpc/request/+", 1), ("v1/gateway/rpc", 1),
                          ("fleetrpc/d/dev-a/req/#", 1), version=version)
     run_session([raw.connect(token, version=version, client_id="c") + subs] + sequence)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(packets(), st.sampled_from(["tok", "gw"]), st.sampled_from([4, 5]), st.booleans())
+@example([b"\xc0\x00", b"\xc0", b"\x00\xc0\x00"], "tok", 4, False)
+def test_going_idle_between_packets_changes_nothing_the_device_sees(sequence, token, version, requests_between):
+    """A connection that falls silent gives up its reader and its extra, and
+    answers a lone PINGREQ without a reader: the same packets then get the
+    same answers, byte for byte, and the same messages reach the dispatcher
+    as on a connection that never went idle."""
+    subs = raw.subscribe(1, ("v1/devices/me/rpc/request/+", 1), ("v1/gateway/rpc", 1),
+                         ("fleetrpc/d/dev-a/req/#", 1), version=version)
+    chunks = [raw.connect(token, version=version, client_id="c", keepalive=60) + subs] + sequence
+    assert run_session(chunks, requests_between, idle_between=True) == run_session(chunks, requests_between)
