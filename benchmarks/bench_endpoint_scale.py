@@ -268,6 +268,15 @@ def _worker_main(conn, port, tokens, keepalive, source, concurrency) -> None:
     uvloop.run(_Worker(port, tokens, keepalive, source).run(conn, concurrency))
 
 
+async def _ask_all(pipes: list, cmd) -> list:
+    """Send ``cmd`` to each child process on ``pipes``; their answers (None
+    from one silent for 300 s)."""
+    def one(pipe):
+        pipe.send(cmd)
+        return pipe.recv() if pipe.poll(300) else None
+    return await asyncio.gather(*(asyncio.to_thread(one, p) for p in pipes))
+
+
 class Devices:
     """N devices over ``processes`` worker processes."""
 
@@ -299,10 +308,7 @@ class Devices:
             pipe.send("go")
 
     async def ask(self, cmd: tuple) -> list:
-        def one(pipe):
-            pipe.send(cmd)
-            return pipe.recv() if pipe.poll(300) else None
-        return await asyncio.gather(*(asyncio.to_thread(one, p) for p in self.pipes))
+        return await _ask_all(self.pipes, cmd)
 
     async def stats(self) -> tuple[int, int, int, int]:
         rows = await self.ask(("stats",))
@@ -458,12 +464,10 @@ async def _idle_nodes(args) -> None:
         port = await asyncio.to_thread(a.recv)
         nodes.append((proc, a))
 
-    def ask_one(pipe, cmd):
-        pipe.send(cmd)
-        return pipe.recv()
+    pipes = [pipe for _, pipe in nodes]
 
-    async def ask(cmd):
-        return await asyncio.gather(*(asyncio.to_thread(ask_one, pipe, cmd) for _, pipe in nodes))
+    def ask(cmd):
+        return _ask_all(pipes, cmd)
 
     tokens = [f"tok-{i}" for i in range(args.devices)]
     devices = Devices(port, tokens, args.processes, args.keepalive, 256)

@@ -9,6 +9,7 @@ import time
 import msgspec
 import pytest
 
+from tests.helpers.http_receiver import post_receiver
 from tests.helpers.waiting import wait_until as _wait
 from aiohttp import web
 
@@ -20,18 +21,9 @@ from fleetrpc.events import EventBus, HookSink, MqttSink, WebhookSink, forward_c
 
 @contextlib.asynccontextmanager
 async def _webhook_receiver(handle):
-    """An aiohttp server with ``handle`` on POST /hook, at its default
-    request limit (client_max_size: 1 MiB); yields the hook's URL."""
-    app = web.Application()
-    app.router.add_post("/hook", handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        yield f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}/hook"
-    finally:
-        await runner.cleanup()
+    """``handle`` on POST /hook of a throwaway server; yields the hook's URL."""
+    async with post_receiver(handle, "/hook") as port:
+        yield f"http://127.0.0.1:{port}/hook"
 
 
 async def test_hook_sink_sync_and_async():

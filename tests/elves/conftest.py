@@ -24,6 +24,7 @@ from fleetrpc.services.elves.client import ElvesClient
 from fleetrpc.services.elves.http import setup as elves_http_setup
 from fleetrpc.services.elves.service import ElvesService
 from fleetrpc.store.db import open_database
+from tests.helpers.http_receiver import post_receiver
 from tests.helpers.waiting import wait_until
 
 _seq = itertools.count()
@@ -167,20 +168,11 @@ async def wait_task(rig, task_id: str, predicate, timeout: float = 5.0):
 @pytest.fixture
 async def aiohttp_processor():
     """An app's processor: an HTTP server recording what it is POSTed."""
-    from aiohttp import web
-
     received: list = []
 
     async def handle(request):
         received.append(await request.json())
         return web.json_response({"ok": True})
 
-    app = web.Application()
-    app.router.add_post("/", handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]
-    yield ("127.0.0.1", port), received
-    await runner.cleanup()
+    async with post_receiver(handle) as port:
+        yield ("127.0.0.1", port), received

@@ -384,8 +384,9 @@ async def test_idle_connection_memory_budget():
     """What fleetrpc holds for an idle device connection, by tracemalloc in
     this process: sessions fed a CONNECT and a SUBSCRIBE to the RPC topic,
     online in the dispatcher's presence, then idle (reader and extra
-    dropped) and through a keepalive round (a PINGREQ each).  Not counted: the transports (uvloop's, in a server) and the
-    device ids authenticate() returns (a registry's cache holds them)."""
+    dropped) and through a keepalive round (a PINGREQ each).  Not counted:
+    the transports (uvloop's, in a server) and the device ids
+    authenticate() returns (a registry's cache holds them)."""
     import gc
     import tracemalloc
 
