@@ -10,6 +10,7 @@ Short runs only (the machine is shared)::
 
     python benchmarks/bench_endpoint.py
     python benchmarks/bench_endpoint.py --devices 1000 --seconds 5 --qos 1 --idle 5000
+    python benchmarks/bench_endpoint.py --devices 10000 --idle 0 --processes 2 --concurrency 1000,10000
 """
 
 from __future__ import annotations
@@ -23,12 +24,21 @@ import uvloop
 from fleetrpc.bench.endpoint import ALL_PATHS, PATHS, EndpointBenchConfig, format_report, run_endpoint_bench
 
 
+def _windows(text: str) -> tuple[int, ...]:
+    windows = tuple(int(w) for w in text.split(","))
+    if not windows or min(windows) < 1:
+        raise argparse.ArgumentTypeError("calls in flight must be >= 1")
+    return windows
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--devices", type=int, default=1000)
     p.add_argument("--seconds", type=float, default=5.0)
     p.add_argument("--qos", type=int, default=1, choices=(0, 1))
-    p.add_argument("--concurrency", type=int, default=1000, help="calls in flight (closed loop)")
+    p.add_argument("--concurrency", type=_windows, default=(1000,),
+                   help="calls in flight (closed loop); several, comma-separated (1000,10000): "
+                        "each path runs at each in turn and its peak counts")
     p.add_argument("--processes", type=int, default=1, help="simulator worker processes")
     p.add_argument("--url", help="the broker path's broker (default: a throwaway tuned Mosquitto)")
     p.add_argument("--idle", type=int, default=5000, help="idle direct connections for the memory figure (0: skip)")

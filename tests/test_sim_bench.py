@@ -186,6 +186,26 @@ def test_bench_direct_compares_the_endpoint_with_the_broker(tmp_path, mqtt_url):
     assert "direct / broker:" in result.output and " direct: " in result.output
 
 
+def test_the_endpoint_bench_compares_each_paths_peak_over_the_concurrencies(mqtt_url):
+    """``benchmarks/bench_endpoint.py --concurrency 2,12``: each path runs the
+    closed loop at each concurrency on the same connections; its best run
+    is its figure, and the ratio is of the two peaks."""
+    import uvloop
+
+    from fleetrpc.bench.endpoint import EndpointBenchConfig, format_report, run_endpoint_bench
+
+    cfg = EndpointBenchConfig(devices=12, url=mqtt_url, concurrency=(2, 12))
+    cfg.quick()
+    report = uvloop.run(run_endpoint_bench(cfg))
+    results = report["results"]
+    for path in (results["broker"], results["direct"]):
+        assert set(path["sweep"]) == {2, 12} and min(path["sweep"].values()) > 0 and path["errors"] == 0
+        assert path["round_trips_per_s"] == max(path["sweep"].values()) == path["sweep"][path["concurrency"]]
+    assert report["ratios"]["direct"] == results["direct"]["round_trips_per_s"] / results["broker"]["round_trips_per_s"]
+    text = format_report(report)
+    assert "concurrency=2,12 " in text and text.count(" in flight; rt/s by calls in flight: 2: ") == 2
+
+
 def test_the_endpoint_report_sets_the_servers_cpu_against_dispatcher_and_broker():
     from fleetrpc.bench.endpoint import format_report, server_cpu_ratios
 
