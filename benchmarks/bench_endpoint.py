@@ -22,6 +22,7 @@ import sys
 import uvloop
 
 from fleetrpc.bench.endpoint import ALL_PATHS, PATHS, EndpointBenchConfig, format_report, run_endpoint_bench
+from fleetrpc.runner import SERVER_GC_THRESHOLD
 
 
 def _windows(text: str) -> tuple[int, ...]:
@@ -47,6 +48,9 @@ def main() -> None:
     p.add_argument("--write-batch-above", type=int, default=0,
                    help="also run the direct path with this write_batch_above")
     p.add_argument("--write-batch-delay", type=float, default=0.001)
+    p.add_argument("--gc-threshold", type=int, default=SERVER_GC_THRESHOLD,
+                   help="the garbage collector's first threshold while the paths run "
+                        "(default: what `fleetrpc serve` sets; 700: Python's default)")
     p.add_argument("--only", choices=ALL_PATHS, help="run one path only (profiling)")
     p.add_argument("--relayed", action="store_true",
                    help="also run the relayed path (devices on another node's endpoint)")
@@ -58,6 +62,7 @@ def main() -> None:
         processes=args.processes, url=args.url, paths=paths,
         idle=args.idle, keepalive=args.keepalive, idle_seconds=args.idle_seconds,
         write_batch_above=args.write_batch_above, write_batch_delay=args.write_batch_delay,
+        gc_threshold=args.gc_threshold,
     )
     report = uvloop.run(run_endpoint_bench(cfg))
     if args.json:

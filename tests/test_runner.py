@@ -53,6 +53,22 @@ def test_freeze_startup_heap_hides_the_heap_but_not_new_garbage():
     assert out.stdout.strip() == "ok"
 
 
+def test_raise_gc_threshold_raises_only_the_first_and_gives_the_old_back():
+    import gc
+
+    from fleetrpc.runner import SERVER_GC_THRESHOLD, raise_gc_threshold
+
+    saved = gc.get_threshold()
+    try:
+        gc.set_threshold(700, 11, 12)
+        assert raise_gc_threshold() == (700, 11, 12)
+        assert gc.get_threshold() == (SERVER_GC_THRESHOLD, 11, 12)
+        assert raise_gc_threshold(1000) == (SERVER_GC_THRESHOLD, 11, 12)  # never lowered
+        assert gc.get_threshold() == (SERVER_GC_THRESHOLD, 11, 12)
+    finally:
+        gc.set_threshold(*saved)
+
+
 @pytest.fixture
 def sigint_restored():
     saved = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)

@@ -4,6 +4,7 @@ against a real broker.  Nothing here asserts a throughput or a duration."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import re
 import signal
@@ -193,16 +194,23 @@ def test_the_endpoint_bench_compares_each_paths_peak_over_the_concurrencies(mqtt
     import uvloop
 
     from fleetrpc.bench.endpoint import EndpointBenchConfig, format_report, run_endpoint_bench
+    from fleetrpc.runner import SERVER_GC_THRESHOLD
 
     cfg = EndpointBenchConfig(devices=12, url=mqtt_url, concurrency=(2, 12))
     cfg.quick()
+    collector = gc.get_threshold()
     report = uvloop.run(run_endpoint_bench(cfg))
+    # the paths ran with the server's collector threshold, given back after
+    assert gc.get_threshold() == collector and report["config"]["gc_threshold"] == SERVER_GC_THRESHOLD
     results = report["results"]
     for path in (results["broker"], results["direct"]):
         assert set(path["sweep"]) == {2, 12} and min(path["sweep"].values()) > 0 and path["errors"] == 0
         assert path["round_trips_per_s"] == max(path["sweep"].values()) == path["sweep"][path["concurrency"]]
     assert report["ratios"]["direct"] == results["direct"]["round_trips_per_s"] / results["broker"]["round_trips_per_s"]
+    for path in (results["broker"], results["direct"]):  # the collector's share of the window
+        assert path["gc_us_per_rt"] >= 0 and path["gc_longest_ms"] >= 0
     text = format_report(report)
+    assert text.count("garbage collector: ") == 2 and "gc_us_per_rt" not in text
     assert "concurrency=2,12 " in text and text.count(" in flight; rt/s by calls in flight: 2: ") == 2
 
 

@@ -71,6 +71,7 @@ class ServerProcess:
         self.sections = sections or {}
         self.proc: subprocess.Popen | None = None
         self.url: str | None = None
+        self.gc_threshold: int | None = None
         self.starts = 0
         self.log_path = self.workdir / "server.log"
 
@@ -113,6 +114,7 @@ class ServerProcess:
             self.proc.wait()
             raise RuntimeError(f"the server did not start (exit {self.proc.returncode}):\n{self.log_tail()}")
         self.url = line.split()[1].decode()
+        self.gc_threshold = int(line.split()[2])  # what `fleetrpc serve` set once it was up
 
     def kill9(self) -> None:
         """SIGKILL: no drain, no flush, no goodbye."""

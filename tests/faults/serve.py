@@ -12,12 +12,14 @@ yet (``fleetrpc serve`` says so and stops); the probes exercise the
 dispatcher, the persistent engine, the store and the API, which do not
 care where users and devices come from.
 
-Prints ``READY <url> <pid>`` on stdout once every part is up; logs go to
+Prints ``READY <url> <the collector's first threshold>`` on stdout once
+every part is up; logs go to
 stderr (the probes scan them for tracebacks).
 """
 
 from __future__ import annotations
 
+import gc
 import json
 import sys
 from typing import Any
@@ -107,7 +109,7 @@ def main(spec_path: str) -> None:
     ctx.open_repositories = open_repositories
 
     def ready(server) -> None:
-        print("READY", server.ctx.url, flush=True)
+        print("READY", server.ctx.url, gc.get_threshold()[0], flush=True)
 
     run(serve(settings, ctx=ctx, ready=ready))
 

@@ -4,9 +4,12 @@ process caps a run.  Everything returns None (or nothing) elsewhere."""
 
 from __future__ import annotations
 
+import gc
 import os
+import time
+from typing import Any, Self
 
-__all__ = ["machine_cpu", "process_cpu", "processes_named"]
+__all__ = ["GcMeter", "machine_cpu", "process_cpu", "processes_named"]
 
 _TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
@@ -49,3 +52,33 @@ def processes_named(name: str) -> list[int]:
             except OSError:
                 continue
     return pids
+
+
+class GcMeter:
+    """Time this process spends in the cyclic garbage collector while the
+    ``with`` block runs: in all, by generation, and its longest pass (a
+    pause every coroutine of the process waits out)."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self.longest = 0.0
+        self.collections = [0, 0, 0]
+        self.by_generation = [0.0, 0.0, 0.0]
+        self._t = 0.0
+
+    def __call__(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._t = time.perf_counter()
+        else:
+            dt = time.perf_counter() - self._t
+            self.seconds += dt
+            self.longest = max(self.longest, dt)
+            self.collections[info["generation"]] += 1
+            self.by_generation[info["generation"]] += dt
+
+    def __enter__(self) -> Self:
+        gc.callbacks.append(self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        gc.callbacks.remove(self)

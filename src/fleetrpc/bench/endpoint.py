@@ -40,9 +40,10 @@ from typing import Any
 
 from ..config import Settings
 from ..dispatch import Dispatcher
+from ..runner import SERVER_GC_THRESHOLD, raise_gc_threshold
 from ..sim.fleet import Behaviour, Fleet, raise_nofile_limit
 from ..transport.endpoint import CompositeTransport, DeviceEndpoint, EndpointSettings
-from .cpu import process_cpu
+from .cpu import GcMeter, process_cpu
 from .memory import rss_bytes
 from .rig import throwaway_broker
 
@@ -69,6 +70,9 @@ class EndpointBenchConfig:
     idle_seconds: float = 5.0
     write_batch_above: int = 0  # also run the direct path with this write_batch_above
     write_batch_delay: float = 0.001
+    #: the collector's first threshold in this process while the paths run,
+    #: as ``fleetrpc serve`` sets it (700: Python's default)
+    gc_threshold: int = SERVER_GC_THRESHOLD
 
     def quick(self) -> None:
         self.devices, self.seconds = min(self.devices, 20), 0.5
@@ -111,7 +115,8 @@ async def _load(d: Dispatcher, devices: list[str], seconds: float, concurrency: 
     t_0 = os.times()
     others0 = {name: process_cpu(pid) or 0.0 for name, pid in others.items()}
     t0 = time.perf_counter()
-    await asyncio.sleep(seconds)
+    with GcMeter() as collector:
+        await asyncio.sleep(seconds)
     elapsed = time.perf_counter() - t0
     n = done - done0
     t_1 = os.times()
@@ -122,7 +127,9 @@ async def _load(d: Dispatcher, devices: list[str], seconds: float, concurrency: 
     per = (lambda c: c / n * 1e6) if n else (lambda c: float("nan"))
     out = {"round_trips_per_s": n / elapsed, "dispatcher_us_per_rt": per(user + system),
            "dispatcher_user_us_per_rt": per(user), "dispatcher_sys_us_per_rt": per(system),
-           "errors": errors}
+           "errors": errors,
+           # the collector's passes in the window (wall time: the process is on its core)
+           "gc_us_per_rt": per(collector.seconds), "gc_longest_ms": collector.longest * 1e3}
     for name, c in others_cpu.items():
         out[f"{name}_us_per_rt"] = per(c)
     return out
@@ -193,7 +200,7 @@ async def run_relayed(cfg: EndpointBenchConfig) -> dict[str, Any]:
     async with throwaway_broker(cfg.url) as (url, _, broker_pid):
         mp = multiprocessing.get_context("spawn")
         conn, child_conn = mp.Pipe()
-        node = mp.Process(target=_relay_node_main, args=(child_conn, url, cfg.qos), daemon=True)
+        node = mp.Process(target=_relay_node_main, args=(child_conn, url, cfg.qos, cfg.gc_threshold), daemon=True)
         node.start()
         try:
             if not await asyncio.to_thread(conn.poll, 30):
@@ -220,7 +227,7 @@ async def run_relayed(cfg: EndpointBenchConfig) -> dict[str, Any]:
                 node.kill()
 
 
-def _relay_node_main(conn: Any, url: str, qos: int) -> None:
+def _relay_node_main(conn: Any, url: str, qos: int, gc_threshold: int) -> None:
     """The node the devices are connected to in the ``relayed`` path."""
     import uvloop
 
@@ -238,6 +245,7 @@ def _relay_node_main(conn: Any, url: str, qos: int) -> None:
             await d.close()
 
     raise_nofile_limit()
+    raise_gc_threshold(gc_threshold)  # a node, as `fleetrpc serve` runs one
     uvloop.run(main())
 
 
@@ -281,17 +289,11 @@ async def run_endpoint_bench(cfg: EndpointBenchConfig) -> dict[str, Any]:
     """Every path of ``cfg`` in turn, in this process; the report's
     ``results`` has one entry per path (and ``idle``, ``batched``)."""
     raise_nofile_limit()  # a socket per device, twice (the simulator's end is a child's)
-    results: dict[str, Any] = {}
-    if cfg.idle:  # first, while the process heap is fresh
-        results["idle"] = await run_idle(cfg)
-    if "broker" in cfg.paths:
-        results["broker"] = await run_broker(cfg)
-    if "direct" in cfg.paths:
-        results["direct"] = await run_direct(cfg)
-        if cfg.write_batch_above:
-            results["batched"] = await run_direct(cfg, cfg.write_batch_above)
-    if "relayed" in cfg.paths:
-        results["relayed"] = await run_relayed(cfg)
+    gc_before = raise_gc_threshold(cfg.gc_threshold)
+    try:
+        results = await _run_paths(cfg)
+    finally:
+        gc.set_threshold(*gc_before)
     report: dict[str, Any] = {"config": dict(vars(cfg)), "results": results}
     broker = results.get("broker")
     if broker and broker["round_trips_per_s"]:
@@ -303,7 +305,22 @@ async def run_endpoint_bench(cfg: EndpointBenchConfig) -> dict[str, Any]:
     return report
 
 
-def server_cpu_ratios(results: dict[str, Any]) -> dict[str, Any]:
+async def _run_paths(cfg: EndpointBenchConfig) -> dict[str, Any]:
+    results: dict[str, Any] = {}
+    if cfg.idle:  # first, while the process heap is fresh
+        results["idle"] = await run_idle(cfg)
+    if "broker" in cfg.paths:
+        results["broker"] = await run_broker(cfg)
+    if "direct" in cfg.paths:
+        results["direct"] = await run_direct(cfg)
+        if cfg.write_batch_above:
+            results["batched"] = await run_direct(cfg, cfg.write_batch_above)
+    if "relayed" in cfg.paths:
+        results["relayed"] = await run_relayed(cfg)
+    return results
+
+
+def server_cpu_ratios(results: dict[str, Any]) -> dict[str, float]:
     """What the server side spends per round trip on each direct path
     against the broker path's dispatcher and broker together: the fair
     measure where the simulator shares the machine's cores (throughput
@@ -328,11 +345,14 @@ def format_report(report: dict[str, Any]) -> str:
         if r is None:
             continue
         extra = "  ".join(f"{k}={v:.1f}" for k, v in r.items()
-                          if k.endswith("_us_per_rt") and not k.startswith("dispatcher"))
+                          if k.endswith("_us_per_rt") and not k.startswith(("dispatcher", "gc_")))
         lines.append(f"{name:>7}: {r['round_trips_per_s']:9.0f} rt/s  "
                      f"dispatcher {r['dispatcher_us_per_rt']:5.1f} us/rt "
                      f"(user {r['dispatcher_user_us_per_rt']:.1f}, sys {r['dispatcher_sys_us_per_rt']:.1f})  "
                      f"{extra}  errors={r['errors']}")
+        if "gc_us_per_rt" in r:
+            lines.append(f"{'':>9}garbage collector: {r['gc_us_per_rt']:.1f} us/rt, "
+                         f"longest pause {r['gc_longest_ms']:.1f} ms")
         sweep = r.get("sweep", {})
         if len(sweep) > 1:
             lines.append(f"{'':>9}peak at {r['concurrency']} in flight; rt/s by calls in flight: "

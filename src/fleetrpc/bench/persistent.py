@@ -59,11 +59,11 @@ import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any, Self
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from ..sim.fleet import Behaviour, Fleet, raise_nofile_limit
-from .cpu import machine_cpu, processes_named
+from .cpu import GcMeter, machine_cpu, processes_named
 from .rig import cpu_seconds, percentiles, throwaway_broker
 
 __all__ = [
@@ -159,36 +159,6 @@ class PersistentBenchConfig:
 def _postgres_pids() -> list[int]:
     """Every ``postgres`` process (the whole server: it is shared)."""
     return processes_named("postgres")
-
-
-class _GcMeter:
-    """Time this process spends in the cyclic garbage collector."""
-
-    def __init__(self) -> None:
-        self.seconds = 0.0
-        self.collections = [0, 0, 0]
-        self.by_generation = [0.0, 0.0, 0.0]
-        self._t = 0.0
-
-    def __call__(self, phase: str, info: dict) -> None:
-        if phase == "start":
-            self._t = time.perf_counter()
-        else:
-            dt = time.perf_counter() - self._t
-            self.seconds += dt
-            self.collections[info["generation"]] += 1
-            self.by_generation[info["generation"]] += dt
-
-    def __enter__(self) -> Self:
-        import gc
-
-        gc.callbacks.append(self)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        import gc
-
-        gc.callbacks.remove(self)
 
 
 class _CpuMeter:
@@ -444,7 +414,7 @@ async def _phase(target: _Target, devices: list[str], cfg: PersistentBenchConfig
     end = t0 + seconds
     if prof is not None:
         prof.enable()
-    with _GcMeter() as gcm:
+    with GcMeter() as gcm:
         await asyncio.gather(*(caller(k) for k in range(callers)))
     if not durable:
         await engine.flush()  # an engine without durable waits: commit the rest before the clock stops

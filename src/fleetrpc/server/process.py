@@ -76,11 +76,12 @@ class Server:
 async def serve(settings: ServerSettings, *, ready: Callable[[Server], None] | None = None,
                 ctx: ServerContext | None = None) -> None:
     """Run a server until SIGTERM or SIGINT; then drain and stop it."""
-    from ..runner import freeze_startup_heap, stop_on_signals
+    from ..runner import freeze_startup_heap, raise_gc_threshold, stop_on_signals
 
     with stop_on_signals(asyncio.Event()) as stop:
         async with Server(settings, ctx=ctx) as server:
             freeze_startup_heap()
+            raise_gc_threshold()
             log.info("fleetrpc serving at %s", server.ctx.url)
             if ready is not None:
                 ready(server)
