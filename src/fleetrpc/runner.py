@@ -72,10 +72,10 @@ def raise_gc_threshold(first: int = SERVER_GC_THRESHOLD) -> tuple[int, int, int]
     calls, each pass walks what is in flight, and each object alive at a
     pass is promoted until a full pass walks every session: measured with
     10,000 devices and 20,000 calls in flight on fleetrpc's own endpoint,
-    about 9 us of CPU per round trip and pauses of up to 180 ms
-    (docs/endpoint.md).  At 50,000 the passes cost about 1 us per round
-    trip and the longest pause was ~40 ms.  Cyclic garbage waits longer for
-    its pass; fleetrpc's hot paths make none.
+    ~9.7 us of CPU per round trip (a fifth of it) and a 200 ms pause in
+    every 5 s (docs/endpoint.md).  At 50,000: 1.5-2.6 us, longest pause
+    130-160 ms, and throughput up by a sixth to two fifths.  Cyclic garbage
+    waits longer for its pass; fleetrpc's hot paths make none.
 
     Never lowers a threshold set higher already.  Process-wide, like
     :func:`freeze_startup_heap`; returns the thresholds it replaced, which
