@@ -172,15 +172,17 @@ def test_bench_direct_compares_the_endpoint_with_the_broker(tmp_path, mqtt_url):
 
     out = tmp_path / "direct.json"
     result = CliRunner().invoke(
-        main, ["bench", "--direct", "--quick", "--devices", "12", "--url", mqtt_url, "--json", str(out)],
+        main, ["bench", "--direct", "--quick", "--devices", "6", "--window", "4", "--url", mqtt_url,
+               "--json", str(out)],
         catch_exceptions=False,
     )
     assert result.exit_code == 0, result.output
     report = json.loads(out.read_text())
-    assert report["config"]["devices"] == 12 and report["config"]["url"] == mqtt_url
+    assert report["config"]["devices"] == 6 and report["config"]["url"] == mqtt_url
     broker, direct = report["results"]["broker"], report["results"]["direct"]
-    for path in (broker, direct):
-        assert path["round_trips_per_s"] > 0 and path["errors"] == 0
+    for path in (broker, direct):  # each at --window and at two calls per device: its peak counts
+        assert set(path["sweep"]) == {"4", "12"} and path["errors"] == 0
+        assert path["round_trips_per_s"] == max(path["sweep"].values()) > 0
         assert path["dispatcher_us_per_rt"] > 0 and path["sim0_us_per_rt"] > 0
     assert "broker_us_per_rt" not in broker  # a given broker is not this run's to measure
     assert report["ratios"]["direct"] == direct["round_trips_per_s"] / broker["round_trips_per_s"]

@@ -79,7 +79,8 @@ class EndpointBenchConfig:
         self.concurrency = tuple(min(c, 20) for c in self.windows())
 
     def windows(self) -> tuple[int, ...]:
-        return (self.concurrency,) if isinstance(self.concurrency, int) else tuple(self.concurrency)
+        windows = (self.concurrency,) if isinstance(self.concurrency, int) else self.concurrency
+        return tuple(dict.fromkeys(windows))  # each once, in the order given
 
 
 def _by_client_id(username: str, password: str | None, client_id: str) -> str | None:
@@ -375,8 +376,10 @@ def command_main(devices: int, qos: int, duration: float, url: str | None, proce
     import click
     import uvloop
 
-    cfg = EndpointBenchConfig(devices=devices, qos=qos, seconds=duration, concurrency=window, url=url,
-                              processes=1 if processes is None else processes)
+    # the peak: at `window` calls in flight, and at two per device, where a
+    # reply's PUBACK most often leaves with the device's next request
+    cfg = EndpointBenchConfig(devices=devices, qos=qos, seconds=duration, concurrency=(window, 2 * devices),
+                              url=url, processes=1 if processes is None else processes)
     if quick:
         cfg.quick()
     report = uvloop.run(run_endpoint_bench(cfg))
