@@ -141,8 +141,8 @@ async def _peak(d: Dispatcher, devices: list[str], cfg: EndpointBenchConfig,
     """``_load`` at each of ``cfg``'s concurrencies: the run with the most
     round trips/s, with ``concurrency`` (where it peaked) and ``sweep``
     (round trips/s at each).  A path's peak may lie at another
-    concurrency than the other path's: at 10,000 devices, one call in
-    flight per device lets a reply's PUBACK leave with the next request to
+    concurrency than the other path's: at 10,000 devices, two calls in
+    flight per device let a reply's PUBACK leave with the next request to
     that device (one ``send``), a call to every tenth device does not."""
     best: dict[str, Any] = {}
     sweep: dict[int, float] = {}
