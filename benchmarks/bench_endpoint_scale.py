@@ -65,6 +65,7 @@ import uvloop
 from fleetrpc import Dispatcher, Settings
 from fleetrpc.bench.memory import rss_bytes
 from fleetrpc.bench.rig import throwaway_broker
+from fleetrpc.runner import SERVER_GC_THRESHOLD, raise_gc_threshold
 from fleetrpc.transport.endpoint import CompositeTransport, DeviceEndpoint, EndpointSettings
 
 _PER_SOURCE = 25_000  # connections per loopback source address
@@ -414,6 +415,7 @@ def _node_main(conn, args, port: int) -> None:
     on the shared port (SO_REUSEPORT, as ``[endpoint] reuse_port``) and its
     dispatcher.  Answers the parent's commands on ``conn``."""
     _raise_nofile()
+    raise_gc_threshold(args.gc_threshold)
 
     async def main() -> None:
         ep, d = await _start(args, _token_id, port=port, reuse_port=True)
@@ -702,8 +704,12 @@ def main() -> None:
     p.add_argument("--concurrency", type=int, default=50, help="soak: callers")
     p.add_argument("--churn-every", type=float, default=5.0, help="soak: seconds between churn rounds")
     p.add_argument("--churn-fraction", type=float, default=0.05, help="soak: devices dropped per round")
+    p.add_argument("--gc-threshold", type=int, default=SERVER_GC_THRESHOLD,
+                   help="the garbage collector's first threshold in the measured processes "
+                        "(default: what `fleetrpc serve` sets; 700: Python's default)")
     args = p.parse_args()
     print(f"open file limit: {_raise_nofile()}", file=sys.stderr)
+    raise_gc_threshold(args.gc_threshold)  # the endpoint's process, as `fleetrpc serve` runs it
     uvloop.run({"idle": idle, "storm": storm, "soak": soak, "lose": lose}[args.mode](args))
 
 
