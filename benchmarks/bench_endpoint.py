@@ -10,7 +10,7 @@ Short runs only (the machine is shared)::
 
     python benchmarks/bench_endpoint.py
     python benchmarks/bench_endpoint.py --devices 1000 --seconds 5 --qos 1 --idle 5000
-    python benchmarks/bench_endpoint.py --devices 10000 --idle 0 --processes 2 --concurrency 1000,10000
+    python benchmarks/bench_endpoint.py --devices 10000 --idle 0 --processes 2 --concurrency 1000,20000
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=5.0)
     p.add_argument("--qos", type=int, default=1, choices=(0, 1))
     p.add_argument("--concurrency", type=_windows, default=(1000,),
-                   help="calls in flight (closed loop); several, comma-separated (1000,10000): "
+                   help="calls in flight (closed loop); several, comma-separated (1000,20000): "
                         "each path runs at each in turn and its peak counts")
     p.add_argument("--processes", type=int, default=1, help="simulator worker processes")
     p.add_argument("--url", help="the broker path's broker (default: a throwaway tuned Mosquitto)")
