@@ -26,8 +26,11 @@ from fleetrpc.runner import SERVER_GC_THRESHOLD
 
 
 def _windows(text: str) -> tuple[int, ...]:
-    windows = tuple(int(w) for w in text.split(","))
-    if not windows or min(windows) < 1:
+    try:
+        windows = tuple(int(w) for w in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected comma-separated integers, e.g. 1000,20000") from None
+    if min(windows) < 1:
         raise argparse.ArgumentTypeError("calls in flight must be >= 1")
     return windows
 
