@@ -11,6 +11,7 @@ Short runs only (the machine is shared)::
     python benchmarks/bench_endpoint.py
     python benchmarks/bench_endpoint.py --devices 1000 --seconds 5 --qos 1 --idle 5000
     python benchmarks/bench_endpoint.py --devices 10000 --idle 0 --processes 2 --concurrency 1000,20000
+    python benchmarks/bench_endpoint.py --devices 1000 --idle 0 --processes 2 --concurrency 1000,3000 --rounds 3
 """
 
 from __future__ import annotations
@@ -54,18 +55,23 @@ def main() -> None:
     p.add_argument("--gc-threshold", type=int, default=SERVER_GC_THRESHOLD,
                    help="the garbage collector's first threshold while the paths run "
                         "(default: what `fleetrpc serve` sets; 700: Python's default)")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="the paths take turns this many times (broker, direct, broker, ...); "
+                        "each path's median round and the median per-round ratio count")
     p.add_argument("--only", choices=ALL_PATHS, help="run one path only (profiling)")
     p.add_argument("--relayed", action="store_true",
                    help="also run the relayed path (devices on another node's endpoint)")
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
+    if args.rounds < 1:
+        p.error("--rounds must be >= 1")
     paths = (args.only,) if args.only else PATHS + (("relayed",) if args.relayed else ())
     cfg = EndpointBenchConfig(
         devices=args.devices, qos=args.qos, seconds=args.seconds, concurrency=args.concurrency,
         processes=args.processes, url=args.url, paths=paths,
         idle=args.idle, keepalive=args.keepalive, idle_seconds=args.idle_seconds,
         write_batch_above=args.write_batch_above, write_batch_delay=args.write_batch_delay,
-        gc_threshold=args.gc_threshold,
+        gc_threshold=args.gc_threshold, rounds=args.rounds,
     )
     report = uvloop.run(run_endpoint_bench(cfg))
     if args.json:

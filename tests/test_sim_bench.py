@@ -232,6 +232,72 @@ def test_the_endpoint_report_sets_the_servers_cpu_against_dispatcher_and_broker(
     assert server_cpu_ratios(results) == {}
 
 
+def test_the_endpoint_bench_takes_medians_over_rounds_and_each_ratio_from_one_round(monkeypatch):
+    """``--rounds 3``: the paths take turns three times; each path's figure
+    is its median round, and the ratio is the median of the per-round
+    ratios (runs seconds apart), not the ratio of two medians from
+    different moments of a shared machine."""
+    import uvloop
+
+    from fleetrpc.bench import endpoint as bench
+
+    def path(rps, us):
+        return {"round_trips_per_s": rps, "dispatcher_us_per_rt": us, "dispatcher_user_us_per_rt": us,
+                "dispatcher_sys_us_per_rt": 0.0, "errors": 0}
+
+    # round 2 was slow for both paths (another load on the machine)
+    canned = iter([
+        {"broker": path(20_000, 20.0) | {"broker_us_per_rt": 50.0}, "direct": path(50_000, 20.0)},
+        {"broker": path(10_000, 30.0) | {"broker_us_per_rt": 70.0}, "direct": path(30_000, 30.0)},
+        {"broker": path(18_000, 20.0) | {"broker_us_per_rt": 50.0}, "direct": path(36_000, 25.0)},
+    ])
+    calls = []
+
+    async def run_paths(cfg):
+        calls.append(cfg.rounds)
+        return next(canned)
+
+    monkeypatch.setattr(bench, "_run_paths", run_paths)
+    report = uvloop.run(bench.run_endpoint_bench(bench.EndpointBenchConfig(rounds=3)))
+    assert calls == [3, 3, 3]
+    results = report["results"]
+    assert results["broker"]["round_trips_per_s"] == 18_000 and results["direct"]["round_trips_per_s"] == 36_000
+    assert results["broker"]["rounds_rt_s"] == [20_000, 10_000, 18_000]
+    assert results["direct"]["rounds_rt_s"] == [50_000, 30_000, 36_000]
+    # per round 2.5, 3.0, 2.0: the median is 2.5 (the medians' ratio would say 2.0)
+    assert report["ratios"] == {"direct": 2.5} and report["ratios_rounds"] == {"direct": [2.5, 3.0, 2.0]}
+    assert report["server_cpu_ratios"]["direct"] == 30.0 / 100.0  # median of 20/70, 30/100, 25/70
+    text = bench.format_report(report)
+    assert "direct / broker: 2.50x (median of 3 rounds: 2.50, 3.00, 2.00)" in text
+    assert text.count("median of 3 rounds; rt/s by round: ") == 2
+    one = bench.format_report({**report, "ratios_rounds": {}, "server_cpu_ratios_rounds": {}})
+    assert "direct / broker: 2.50x\n" in one
+
+
+def test_bench_direct_rounds_take_turns_through_the_real_broker(tmp_path, mqtt_url):
+    """``fleetrpc bench --direct --rounds 2``: both paths run twice, every
+    round carries calls, and the report keeps each round's figures."""
+    from click.testing import CliRunner
+
+    from fleetrpc.cli import main
+
+    out = tmp_path / "rounds.json"
+    result = CliRunner().invoke(
+        main, ["bench", "--direct", "--quick", "--devices", "6", "--window", "4", "--url", mqtt_url,
+               "--rounds", "2", "--json", str(out)],
+        catch_exceptions=False,
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    assert report["config"]["rounds"] == 2
+    for name in ("broker", "direct"):
+        rounds = report["results"][name]["rounds_rt_s"]
+        assert len(rounds) == 2 and min(rounds) > 0
+        assert report["results"][name]["round_trips_per_s"] == min(rounds)  # the lower middle of two
+    assert len(report["ratios_rounds"]["direct"]) == 2
+    assert "(median of 2 rounds: " in result.output
+
+
 def test_the_relayed_path_carries_calls_through_another_nodes_endpoint(mqtt_url):
     """``benchmarks/bench_endpoint.py --relayed``: the devices are on the
     endpoint of a node in a child process, the calls come through the

@@ -60,7 +60,8 @@ def _split(value: str, known: tuple[str, ...], what: str) -> tuple[str, ...]:
               help="--persistent: PostgreSQL server to create the run's database on "
                    "(default $FLEETRPC_PG_DSN or postgresql://postgres@127.0.0.1:5432/test).")
 @click.option("--rounds", default=1, show_default=True, type=click.IntRange(1),
-              help="--persistent: timed phases per target, the targets taking turns.")
+              help="--persistent: timed phases per target, the targets taking turns; --direct: "
+                   "the paths take turns this many times and the medians count.")
 @click.option("--rest", is_flag=True,
               help="Two-way RPCs through the server's REST API (JWT on every request) against "
                    "the library path and a bare aiohttp floor in the same run; --window callers, "
@@ -96,7 +97,7 @@ def bench(devices, qos, duration, workloads, targets, url, processes, window, ra
     if direct:
         from .endpoint import command_main as direct_main
 
-        direct_main(devices, qos, duration, url, processes, window, json_path, quick)
+        direct_main(devices, qos, duration, url, processes, window, json_path, quick, rounds)
         return
     if rest:
         from .rest import command_main

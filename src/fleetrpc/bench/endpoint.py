@@ -20,6 +20,13 @@ direct connection costs the process (RSS and tracemalloc deltas after
 connecting N idle devices; kernel socket buffers are not in RSS) and the
 CPU of their keepalives.
 
+With ``rounds`` above 1 the paths take turns that many times (broker,
+direct, broker, direct, ...), each on fresh connections as in one round:
+a shared machine's other load shifts within seconds, so one path measured
+after the other can misstate their ratio either way.  The report then has
+each path's median round, every round's round trips/s, and the median of
+the per-round ratios (each from two runs seconds apart).
+
 ``benchmarks/bench_endpoint.py`` runs the same with every knob
 (``--write-batch-above``, ``--only`` for profiling); docs/endpoint.md has
 the figures.
@@ -33,6 +40,7 @@ import json
 import multiprocessing
 import os
 import random
+import statistics
 import time
 import tracemalloc
 from dataclasses import dataclass
@@ -73,6 +81,8 @@ class EndpointBenchConfig:
     #: the collector's first threshold in this process while the paths run,
     #: as ``fleetrpc serve`` sets it (700: Python's default)
     gc_threshold: int = SERVER_GC_THRESHOLD
+    #: the paths take turns this many times; medians count (module docstring)
+    rounds: int = 1
 
     def quick(self) -> None:
         self.devices, self.seconds = min(self.devices, 20), 0.5
@@ -287,29 +297,33 @@ async def run_idle(cfg: EndpointBenchConfig) -> dict[str, Any]:
 
 
 async def run_endpoint_bench(cfg: EndpointBenchConfig) -> dict[str, Any]:
-    """Every path of ``cfg`` in turn, in this process; the report's
-    ``results`` has one entry per path (and ``idle``, ``batched``)."""
+    """Every path of ``cfg`` in turn, ``cfg.rounds`` times, in this
+    process; the report's ``results`` has one entry per path (and
+    ``idle``, ``batched``): the median round's, with ``rounds_rt_s``
+    (every round's round trips/s) when there were several."""
     raise_nofile_limit()  # a socket per device, twice (the simulator's end is a child's)
     gc_before = raise_gc_threshold(cfg.gc_threshold)
     try:
-        results = await _run_paths(cfg)
+        idle = await run_idle(cfg) if cfg.idle else None  # first, while the process heap is fresh
+        rounds = [await _run_paths(cfg) for _ in range(cfg.rounds)]
     finally:
         gc.set_threshold(*gc_before)
+    results = _median_rounds(rounds)
+    if idle is not None:
+        results["idle"] = idle
     report: dict[str, Any] = {"config": dict(vars(cfg)), "results": results}
-    broker = results.get("broker")
-    if broker and broker["round_trips_per_s"]:
-        report["ratios"] = {name: results[name]["round_trips_per_s"] / broker["round_trips_per_s"]
-                            for name in ("direct", "batched", "relayed") if name in results}
-    cpu = server_cpu_ratios(results)
-    if cpu:
-        report["server_cpu_ratios"] = cpu
+    # each ratio from one round's two runs, seconds apart; then the median
+    for key, ratios_of in (("ratios", throughput_ratios), ("server_cpu_ratios", server_cpu_ratios)):
+        per_round = [ratios_of(r) for r in rounds]
+        if per_round[0]:
+            report[key] = {name: statistics.median(p[name] for p in per_round) for name in per_round[0]}
+            if len(rounds) > 1:
+                report[key + "_rounds"] = {name: [p[name] for p in per_round] for name in per_round[0]}
     return report
 
 
 async def _run_paths(cfg: EndpointBenchConfig) -> dict[str, Any]:
     results: dict[str, Any] = {}
-    if cfg.idle:  # first, while the process heap is fresh
-        results["idle"] = await run_idle(cfg)
     if "broker" in cfg.paths:
         results["broker"] = await run_broker(cfg)
     if "direct" in cfg.paths:
@@ -319,6 +333,27 @@ async def _run_paths(cfg: EndpointBenchConfig) -> dict[str, Any]:
     if "relayed" in cfg.paths:
         results["relayed"] = await run_relayed(cfg)
     return results
+
+
+def _median_rounds(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """Each path's median round by round trips/s (the lower middle one of
+    an even count: a round that was measured, not an average of two)."""
+    results: dict[str, Any] = {}
+    for name in rounds[0]:
+        runs = sorted((r[name] for r in rounds), key=lambda run: run["round_trips_per_s"])
+        results[name] = dict(runs[(len(runs) - 1) // 2])
+        if len(rounds) > 1:
+            results[name]["rounds_rt_s"] = [r[name]["round_trips_per_s"] for r in rounds]
+    return results
+
+
+def throughput_ratios(results: dict[str, Any]) -> dict[str, float]:
+    """Each other path's round trips/s against the broker path's."""
+    broker = results.get("broker")
+    if not broker or not broker["round_trips_per_s"]:
+        return {}
+    return {name: results[name]["round_trips_per_s"] / broker["round_trips_per_s"]
+            for name in ("direct", "batched", "relayed") if name in results}
 
 
 def server_cpu_ratios(results: dict[str, Any]) -> dict[str, float]:
@@ -354,14 +389,18 @@ def format_report(report: dict[str, Any]) -> str:
         if "gc_us_per_rt" in r:
             lines.append(f"{'':>9}garbage collector: {r['gc_us_per_rt']:.1f} us/rt, "
                          f"longest pause {r['gc_longest_ms']:.1f} ms")
+        if len(r.get("rounds_rt_s", ())) > 1:
+            lines.append(f"{'':>9}median of {len(r['rounds_rt_s'])} rounds; rt/s by round: "
+                         + ", ".join(f"{rps:.0f}" for rps in r["rounds_rt_s"]))
         sweep = r.get("sweep", {})
         if len(sweep) > 1:
             lines.append(f"{'':>9}peak at {r['concurrency']} in flight; rt/s by calls in flight: "
                          + ", ".join(f"{c}: {rps:.0f}" for c, rps in sweep.items()))
     for name, ratio in report.get("ratios", {}).items():
-        lines.append(f"{name} / broker: {ratio:.2f}x")
+        lines.append(f"{name} / broker: {ratio:.2f}x" + _by_round(report, "ratios", name))
     for name, ratio in report.get("server_cpu_ratios", {}).items():
-        lines.append(f"server-side CPU per round trip, {name} / (dispatcher + broker): {ratio:.2f}x")
+        lines.append(f"server-side CPU per round trip, {name} / (dispatcher + broker): {ratio:.2f}x"
+                     + _by_round(report, "server_cpu_ratios", name))
     r = results.get("idle")
     if r is not None:
         lines.append(f"   idle: {r['connections']} connections, {r['rss_bytes_per_connection']:.0f} B RSS each "
@@ -370,8 +409,15 @@ def format_report(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _by_round(report: dict[str, Any], key: str, name: str) -> str:
+    per_round = report.get(key + "_rounds", {}).get(name)
+    if not per_round:
+        return ""
+    return f" (median of {len(per_round)} rounds: " + ", ".join(f"{x:.2f}" for x in per_round) + ")"
+
+
 def command_main(devices: int, qos: int, duration: float, url: str | None, processes: int | None,
-                 window: int, json_path: Any, quick: bool) -> None:
+                 window: int, json_path: Any, quick: bool, rounds: int = 1) -> None:
     """``fleetrpc bench --direct``'s body (bench/command.py stays a table of flags)."""
     import click
     import uvloop
@@ -379,7 +425,7 @@ def command_main(devices: int, qos: int, duration: float, url: str | None, proce
     # the peak: at `window` calls in flight, and at two per device, where a
     # reply's PUBACK most often leaves with the device's next request
     cfg = EndpointBenchConfig(devices=devices, qos=qos, seconds=duration, concurrency=(window, 2 * devices),
-                              url=url, processes=1 if processes is None else processes)
+                              url=url, processes=1 if processes is None else processes, rounds=rounds)
     if quick:
         cfg.quick()
     report = uvloop.run(run_endpoint_bench(cfg))

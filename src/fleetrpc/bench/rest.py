@@ -44,6 +44,7 @@ import json
 import os
 import tempfile
 import time
+from statistics import median
 from typing import Any, Callable
 
 import msgspec
@@ -169,11 +170,6 @@ async def _http_phase(url: str, token: str, devices: list[str], cfg: RestBenchCo
             "generator_cpu_us_per_call": result["generator_cpu_s"] / max(n, 1) * 1e6}
 
 
-def _median(values: list[float]) -> float:
-    v = sorted(values)
-    return v[len(v) // 2] if len(v) % 2 else (v[len(v) // 2 - 1] + v[len(v) // 2]) / 2
-
-
 def _derived(library: dict[str, Any], floor: dict[str, Any], bare: dict[str, Any],
              rest: dict[str, Any]) -> dict[str, float]:
     """The HTTP layer's CPU per call (``rest - library``) in three parts:
@@ -262,7 +258,7 @@ async def run_rest_bench(cfg: RestBenchConfig, log: Callable[[str], None] = lamb
             runs = [r[path] for r in rounds]
             merged = dict(runs[len(runs) // 2])
             for key in ("calls_per_s", "cpu_us_per_call", "sys_us_per_call", "p50_ms", "p99_ms"):
-                merged[key] = _median([r[key] for r in runs])
+                merged[key] = median([r[key] for r in runs])
             merged["calls"] = sum(r["calls"] for r in runs)
             merged["errors"] = sum(r["errors"] for r in runs)
             if path != "library":
@@ -271,11 +267,11 @@ async def run_rest_bench(cfg: RestBenchConfig, log: Callable[[str], None] = lamb
                     for s, n in r["statuses"].items():
                         statuses[s] = statuses.get(s, 0) + n
                 merged["statuses"] = statuses
-                merged["generator_cpu_us_per_call"] = _median([r["generator_cpu_us_per_call"] for r in runs])
+                merged["generator_cpu_us_per_call"] = median([r["generator_cpu_us_per_call"] for r in runs])
             report[path] = merged
         for key in ("rest_vs_library", "http_cpu_us_per_call", "aiohttp_cpu_us_per_call",
                     "unbatched_dispatch_cpu_us_per_call", "ours_cpu_us_per_call"):
-            report[key] = _median([r[key] for r in rounds])
+            report[key] = median([r[key] for r in rounds])
         return report
 
     if cfg.url:
