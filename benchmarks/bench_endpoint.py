@@ -58,6 +58,9 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=1,
                    help="the paths take turns this many times (broker, direct, broker, ...); "
                         "each path's median round and the median per-round ratio count")
+    p.add_argument("--fanout", type=_windows, default=(),
+                   help="also a fleet job's load: broadcasts to every device, at these calls in flight "
+                        "(comma-separated; concurrency / devices broadcasts at once); the peak is over both")
     p.add_argument("--only", choices=ALL_PATHS, help="run one path only (profiling)")
     p.add_argument("--relayed", action="store_true",
                    help="also run the relayed path (devices on another node's endpoint)")
@@ -71,7 +74,7 @@ def main() -> None:
         processes=args.processes, url=args.url, paths=paths,
         idle=args.idle, keepalive=args.keepalive, idle_seconds=args.idle_seconds,
         write_batch_above=args.write_batch_above, write_batch_delay=args.write_batch_delay,
-        gc_threshold=args.gc_threshold, rounds=args.rounds,
+        gc_threshold=args.gc_threshold, rounds=args.rounds, fanout=args.fanout,
     )
     report = uvloop.run(run_endpoint_bench(cfg))
     if args.json:

@@ -180,9 +180,10 @@ def test_bench_direct_compares_the_endpoint_with_the_broker(tmp_path, mqtt_url):
     report = json.loads(out.read_text())
     assert report["config"]["devices"] == 6 and report["config"]["url"] == mqtt_url
     broker, direct = report["results"]["broker"], report["results"]["direct"]
-    for path in (broker, direct):  # each at --window and at two calls per device: its peak counts
+    for path in (broker, direct):  # each at --window and at two calls per device, and fanning out
         assert set(path["sweep"]) == {"4", "12"} and path["errors"] == 0
-        assert path["round_trips_per_s"] == max(path["sweep"].values()) > 0
+        assert set(path["fanout_sweep"]) == {"12", "20"}  # two and sixteen per device, --quick's 20 at most
+        assert path["round_trips_per_s"] == max([*path["sweep"].values(), *path["fanout_sweep"].values()]) > 0
         assert path["dispatcher_us_per_rt"] > 0 and path["sim0_us_per_rt"] > 0
     assert "broker_us_per_rt" not in broker  # a given broker is not this run's to measure
     assert report["ratios"]["direct"] == direct["round_trips_per_s"] / broker["round_trips_per_s"]
@@ -296,6 +297,31 @@ def test_bench_direct_rounds_take_turns_through_the_real_broker(tmp_path, mqtt_u
         assert report["results"][name]["round_trips_per_s"] == min(rounds)  # the lower middle of two
     assert len(report["ratios_rounds"]["direct"]) == 2
     assert "(median of 2 rounds: " in result.output
+
+
+def test_the_endpoint_bench_fans_out_as_fleet_jobs_do(mqtt_url):
+    """``--fanout 24``: after the single calls, each path also runs a fleet
+    job's load, broadcasts to every device (two in flight at 24 calls over
+    12 devices); every device answers every broadcast, the answers of
+    broadcasts still under way when the window closes count too, and the
+    peak is the better of the two loads."""
+    import uvloop
+
+    from fleetrpc.bench.endpoint import EndpointBenchConfig, format_report, run_endpoint_bench
+
+    cfg = EndpointBenchConfig(devices=12, url=mqtt_url, concurrency=12, fanout=(24,))
+    cfg.quick()
+    report = uvloop.run(run_endpoint_bench(cfg))
+    for name in ("broker", "direct"):
+        path = report["results"][name]
+        assert path["errors"] == 0 and min(path["sweep"].values()) > 0
+        assert set(path["fanout_sweep"]) == {20} and path["fanout_sweep"][20] > 0  # quick(): at most 20
+        best = max([(rps, "calls", c) for c, rps in path["sweep"].items()]
+                   + [(rps, "fanout", c) for c, rps in path["fanout_sweep"].items()])
+        assert (path["round_trips_per_s"], path["load"], path["concurrency"]) == best
+    text = format_report(report)
+    assert text.startswith("devices=12 qos=1 concurrency=12 seconds=0.5 fanout=20\n")
+    assert text.count("; fan-out: 20: ") == 2
 
 
 def test_the_relayed_path_carries_calls_through_another_nodes_endpoint(mqtt_url):

@@ -73,8 +73,9 @@ def _split(value: str, known: tuple[str, ...], what: str) -> tuple[str, ...]:
 @click.option("--direct", is_flag=True,
               help="Devices connected straight to fleetrpc's own MQTT endpoint against the same "
                    "devices through Mosquitto (--url, else a throwaway tuned one): peak round trips/s "
-                   "of each (at --window calls in flight and at two per device), CPU per round trip "
-                   "of the dispatcher, the broker and the simulator (see bench/endpoint.py).")
+                   "of each (single calls at --window in flight and at two per device; a fleet job's "
+                   "fan-out at two and sixteen per device), CPU per round trip of the dispatcher, the "
+                   "broker and the simulator (see bench/endpoint.py).")
 def bench(devices, qos, duration, workloads, targets, url, processes, window, rate, calls_per_device,
           mem_pending, timeout, json_path, quick, persistent, dsn, rounds, rest, generator, clients, direct):
     """Benchmark fleetrpc's dispatcher against the plain reference dispatcher.

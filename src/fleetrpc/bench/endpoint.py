@@ -2,7 +2,10 @@
 MQTT endpoint against the same devices through Mosquitto, in one run.
 
 The same lean simulator (``fleetrpc.sim``, worker processes) answers a
-closed loop of two-way calls from one Dispatcher in this process:
+closed loop of two-way calls from one Dispatcher in this process: single
+calls to random devices, and (``fanout``) a fleet job's load, broadcasts
+to every device.  Each path runs each load at each concurrency given, on
+the same connections, and its best run is its peak:
 
 ``broker``  dispatcher -> Mosquitto (a throwaway tuned one, or ``url``) -> devices;
 ``direct``  dispatcher with a :class:`DeviceEndpoint` transport <- devices;
@@ -47,7 +50,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..config import Settings
-from ..dispatch import Dispatcher
+from ..dispatch import Broadcast, Dispatcher
 from ..runner import SERVER_GC_THRESHOLD, raise_gc_threshold
 from ..sim.fleet import Behaviour, Fleet, raise_nofile_limit
 from ..transport.endpoint import CompositeTransport, DeviceEndpoint, EndpointSettings
@@ -83,10 +86,15 @@ class EndpointBenchConfig:
     gc_threshold: int = SERVER_GC_THRESHOLD
     #: the paths take turns this many times; medians count (module docstring)
     rounds: int = 1
+    #: also a fleet job's load at these calls in flight: broadcasts to every
+    #: device, ``concurrency / devices`` of them at once (see ``_load``); the
+    #: peak is over both loads.  Empty: single calls only
+    fanout: tuple[int, ...] = ()
 
     def quick(self) -> None:
         self.devices, self.seconds = min(self.devices, 20), 0.5
         self.concurrency = tuple(min(c, 20) for c in self.windows())
+        self.fanout = tuple(dict.fromkeys(min(c, 20) for c in self.fanout))
 
     def windows(self) -> tuple[int, ...]:
         windows = (self.concurrency,) if isinstance(self.concurrency, int) else self.concurrency
@@ -99,12 +107,16 @@ def _by_client_id(username: str, password: str | None, client_id: str) -> str | 
 
 
 async def _load(d: Dispatcher, devices: list[str], seconds: float, concurrency: int,
-                others: dict[str, int]) -> dict[str, Any]:
+                others: dict[str, int], load: str = "calls") -> dict[str, Any]:
     """Closed loop: ``concurrency`` callers, each calling a random device
-    again as soon as its previous call returned."""
+    again as soon as its previous call returned.  ``load="fanout"``: as a
+    fleet job calls, ``concurrency / len(devices)`` broadcasts (at least
+    one) to every device, each started again once all its devices
+    answered (one request encoded per broadcast, no future per call)."""
     done = 0
     errors = 0
     stop = False
+    active: set[Broadcast] = set()  # broadcasts under way: their answers so far count too
     call = d.call
 
     async def caller(seed: int) -> None:
@@ -119,17 +131,33 @@ async def _load(d: Dispatcher, devices: list[str], seconds: float, concurrency: 
             except Exception:
                 errors += 1
 
+    async def broadcaster() -> None:
+        nonlocal done, errors
+        while not stop:
+            bc = d.broadcast(devices, "echo", {"i": 1}, timeout=10)
+            active.add(bc)
+            summary = await bc.wait()
+            active.discard(bc)
+            done += summary.succeeded
+            errors += summary.failed
+
+    def answered() -> int:
+        return done + sum(bc.succeeded for bc in active)
+
     # warm-up, then the measured window
-    tasks = [asyncio.ensure_future(caller(k)) for k in range(concurrency)]
+    if load == "fanout":
+        tasks = [asyncio.ensure_future(broadcaster()) for _ in range(max(1, round(concurrency / len(devices))))]
+    else:
+        tasks = [asyncio.ensure_future(caller(k)) for k in range(concurrency)]
     await asyncio.sleep(min(1.0, seconds / 4))
-    done0 = done
+    done0 = answered()
     t_0 = os.times()
     others0 = {name: process_cpu(pid) or 0.0 for name, pid in others.items()}
     t0 = time.perf_counter()
     with GcMeter() as collector:
         await asyncio.sleep(seconds)
     elapsed = time.perf_counter() - t0
-    n = done - done0
+    n = answered() - done0
     t_1 = os.times()
     user, system = t_1.user - t_0.user, t_1.system - t_0.system
     others_cpu = {name: (process_cpu(pid) or 0.0) - others0[name] for name, pid in others.items()}
@@ -148,20 +176,26 @@ async def _load(d: Dispatcher, devices: list[str], seconds: float, concurrency: 
 
 async def _peak(d: Dispatcher, devices: list[str], cfg: EndpointBenchConfig,
                 others: dict[str, int]) -> dict[str, Any]:
-    """``_load`` at each of ``cfg``'s concurrencies: the run with the most
-    round trips/s, with ``concurrency`` (where it peaked) and ``sweep``
-    (round trips/s at each).  A path's peak may lie at another
-    concurrency than the other path's: at 10,000 devices, two calls in
-    flight per device let a reply's PUBACK leave with the next request to
-    that device (one ``send``), a call to every tenth device does not."""
+    """``_load`` at each of ``cfg``'s concurrencies, single calls and then
+    fan-out: the run with the most round trips/s, with ``load`` and
+    ``concurrency`` (where it peaked), ``sweep`` (single calls' round
+    trips/s at each concurrency) and ``fanout_sweep`` (fan-out's).  A
+    path's peak may lie at another concurrency than the other path's: at
+    10,000 devices, two calls in flight per device let a reply's PUBACK
+    leave with the next request to that device (one ``send``), a call to
+    every tenth device does not; several broadcasts in flight put several
+    requests to a device in one ``send``."""
     best: dict[str, Any] = {}
-    sweep: dict[int, float] = {}
-    for window in cfg.windows():
-        r: dict[str, Any] = await _load(d, devices, cfg.seconds, window, others)
-        sweep[window] = r["round_trips_per_s"]
-        if not best or r["round_trips_per_s"] > best["round_trips_per_s"]:
-            best = {**r, "concurrency": window}
-    best["sweep"] = sweep
+    sweeps: dict[str, dict[int, float]] = {"calls": {}, "fanout": {}}
+    for load, windows in (("calls", cfg.windows()), ("fanout", tuple(dict.fromkeys(cfg.fanout)))):
+        for window in windows:
+            r: dict[str, Any] = await _load(d, devices, cfg.seconds, window, others, load)
+            sweeps[load][window] = r["round_trips_per_s"]
+            if not best or r["round_trips_per_s"] > best["round_trips_per_s"]:
+                best = {**r, "load": load, "concurrency": window}
+    best["sweep"] = sweeps["calls"]
+    if sweeps["fanout"]:
+        best["fanout_sweep"] = sweeps["fanout"]
     return best
 
 
@@ -375,7 +409,8 @@ def format_report(report: dict[str, Any]) -> str:
     cfg, results = report["config"], report["results"]
     windows = cfg["concurrency"]
     windows = ",".join(map(str, windows)) if isinstance(windows, (list, tuple)) else windows
-    lines = [f"devices={cfg['devices']} qos={cfg['qos']} concurrency={windows} seconds={cfg['seconds']}"]
+    lines = [f"devices={cfg['devices']} qos={cfg['qos']} concurrency={windows} seconds={cfg['seconds']}"
+             + (f" fanout={','.join(map(str, cfg['fanout']))}" if cfg.get("fanout") else "")]
     for name in ("broker", "direct", "batched", "relayed"):
         r = results.get(name)
         if r is None:
@@ -392,10 +427,13 @@ def format_report(report: dict[str, Any]) -> str:
         if len(r.get("rounds_rt_s", ())) > 1:
             lines.append(f"{'':>9}median of {len(r['rounds_rt_s'])} rounds; rt/s by round: "
                          + ", ".join(f"{rps:.0f}" for rps in r["rounds_rt_s"]))
-        sweep = r.get("sweep", {})
-        if len(sweep) > 1:
-            lines.append(f"{'':>9}peak at {r['concurrency']} in flight; rt/s by calls in flight: "
-                         + ", ".join(f"{c}: {rps:.0f}" for c, rps in sweep.items()))
+        sweep, fanout = r.get("sweep", {}), r.get("fanout_sweep", {})
+        if len(sweep) + len(fanout) > 1:
+            lines.append(f"{'':>9}peak at {r['concurrency']} in flight"
+                         + (" (fan-out)" if r.get("load") == "fanout" else "") + "; rt/s by calls in flight: "
+                         + ", ".join(f"{c}: {rps:.0f}" for c, rps in sweep.items())
+                         + ("; fan-out: " + ", ".join(f"{c}: {rps:.0f}" for c, rps in fanout.items())
+                            if fanout else ""))
     for name, ratio in report.get("ratios", {}).items():
         lines.append(f"{name} / broker: {ratio:.2f}x" + _by_round(report, "ratios", name))
     for name, ratio in report.get("server_cpu_ratios", {}).items():
@@ -422,9 +460,14 @@ def command_main(devices: int, qos: int, duration: float, url: str | None, proce
     import click
     import uvloop
 
-    # the peak: at `window` calls in flight, and at two per device, where a
-    # reply's PUBACK most often leaves with the device's next request
+    # The peak: single calls at `window` in flight and at two per device,
+    # where a reply's PUBACK most often leaves with the device's next
+    # request; fan-out (a fleet job's load) at two and sixteen requests per
+    # device, where several leave in one send, within the dispatcher's
+    # window.
+    most = Settings().inflight_window
     cfg = EndpointBenchConfig(devices=devices, qos=qos, seconds=duration, concurrency=(window, 2 * devices),
+                              fanout=(min(2 * devices, most), min(16 * devices, most)),
                               url=url, processes=1 if processes is None else processes, rounds=rounds)
     if quick:
         cfg.quick()
