@@ -61,6 +61,8 @@ def main() -> None:
     p.add_argument("--fanout", type=_windows, default=(),
                    help="also a fleet job's load: broadcasts to every device, at these calls in flight "
                         "(comma-separated; concurrency / devices broadcasts at once); the peak is over both")
+    p.add_argument("--inflight-window", type=int, default=None,
+                   help="the dispatcher's calls in flight at most, on every path (default: the library's, 20000)")
     p.add_argument("--only", choices=ALL_PATHS, help="run one path only (profiling)")
     p.add_argument("--relayed", action="store_true",
                    help="also run the relayed path (devices on another node's endpoint)")
@@ -68,6 +70,8 @@ def main() -> None:
     args = p.parse_args()
     if args.rounds < 1:
         p.error("--rounds must be >= 1")
+    if args.inflight_window is not None and args.inflight_window < 1:
+        p.error("--inflight-window must be >= 1")
     paths = (args.only,) if args.only else PATHS + (("relayed",) if args.relayed else ())
     cfg = EndpointBenchConfig(
         devices=args.devices, qos=args.qos, seconds=args.seconds, concurrency=args.concurrency,
@@ -75,6 +79,7 @@ def main() -> None:
         idle=args.idle, keepalive=args.keepalive, idle_seconds=args.idle_seconds,
         write_batch_above=args.write_batch_above, write_batch_delay=args.write_batch_delay,
         gc_threshold=args.gc_threshold, rounds=args.rounds, fanout=args.fanout,
+        inflight_window=args.inflight_window,
     )
     report = uvloop.run(run_endpoint_bench(cfg))
     if args.json:

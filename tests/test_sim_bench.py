@@ -275,6 +275,15 @@ def test_the_endpoint_bench_takes_medians_over_rounds_and_each_ratio_from_one_ro
     assert "direct / broker: 2.50x\n" in one
 
 
+def test_the_endpoint_bench_gives_every_path_the_same_dispatcher_window():
+    from fleetrpc.bench.endpoint import EndpointBenchConfig, _settings
+    from fleetrpc.config import Settings
+
+    assert _settings(EndpointBenchConfig()).inflight_window == Settings().inflight_window
+    wide = EndpointBenchConfig(inflight_window=160_000)
+    assert _settings(wide).inflight_window == _settings(wide, mqtt_url="mqtt://x:1").inflight_window == 160_000
+
+
 def test_bench_direct_rounds_take_turns_through_the_real_broker(tmp_path, mqtt_url):
     """``fleetrpc bench --direct --rounds 2``: both paths run twice, every
     round carries calls, and the report keeps each round's figures."""

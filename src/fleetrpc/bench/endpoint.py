@@ -90,6 +90,9 @@ class EndpointBenchConfig:
     #: device, ``concurrency / devices`` of them at once (see ``_load``); the
     #: peak is over both loads.  Empty: single calls only
     fanout: tuple[int, ...] = ()
+    #: the dispatcher's calls in flight at most (``Settings.inflight_window``),
+    #: on every path; None: the library's default (20,000)
+    inflight_window: int | None = None
 
     def quick(self) -> None:
         self.devices, self.seconds = min(self.devices, 20), 0.5
@@ -199,6 +202,13 @@ async def _peak(d: Dispatcher, devices: list[str], cfg: EndpointBenchConfig,
     return best
 
 
+def _settings(cfg: EndpointBenchConfig, **more: Any) -> Settings:
+    """The calling dispatcher's settings, the same on every path."""
+    if cfg.inflight_window is not None:
+        more["inflight_window"] = cfg.inflight_window
+    return Settings(node_id="bench", qos=cfg.qos, min_timeout_ms=0, **more)
+
+
 async def _wait_online(d: Dispatcher, devices: list[str], timeout: float = 60) -> None:
     end = time.monotonic() + timeout
     while not all(d.is_online(x) for x in devices):
@@ -212,7 +222,7 @@ async def run_broker(cfg: EndpointBenchConfig) -> dict[str, Any]:
     async with throwaway_broker(cfg.url) as (url, _, broker_pid):
         fleet = Fleet(url, cfg.devices, processes=cfg.processes, qos=cfg.qos, behaviour=Behaviour(presence=True))
         async with fleet:
-            d = Dispatcher(Settings(mqtt_url=url, node_id="bench", qos=cfg.qos, min_timeout_ms=0))
+            d = Dispatcher(_settings(cfg, mqtt_url=url))
             await d.start()
             try:
                 others = {"broker": broker_pid} if broker_pid is not None else {}
@@ -228,7 +238,7 @@ async def run_direct(cfg: EndpointBenchConfig, write_batch_above: int = 0) -> di
                                          write_batch_above=write_batch_above,
                                          write_batch_delay=cfg.write_batch_delay),
                         authenticate=_by_client_id)
-    d = Dispatcher(Settings(node_id="bench", qos=cfg.qos, min_timeout_ms=0), transport=ep)
+    d = Dispatcher(_settings(cfg), transport=ep)
     await d.start()
     try:
         url = f"mqtt://bench@127.0.0.1:{ep.ports['tcp']}"
@@ -254,7 +264,7 @@ async def run_relayed(cfg: EndpointBenchConfig) -> dict[str, Any]:
             fleet = Fleet(f"mqtt://bench@127.0.0.1:{port}", cfg.devices, processes=cfg.processes, qos=cfg.qos,
                           behaviour=Behaviour(presence=True))
             async with fleet:
-                d = Dispatcher(Settings(mqtt_url=url, node_id="bench", qos=cfg.qos, min_timeout_ms=0))
+                d = Dispatcher(_settings(cfg, mqtt_url=url))
                 await d.start()
                 try:
                     others = {"node": node.pid}
@@ -467,7 +477,7 @@ def command_main(devices: int, qos: int, duration: float, url: str | None, proce
     # window.
     most = Settings().inflight_window
     cfg = EndpointBenchConfig(devices=devices, qos=qos, seconds=duration, concurrency=(window, 2 * devices),
-                              fanout=(min(2 * devices, most), min(16 * devices, most)),
+                              fanout=tuple(dict.fromkeys((min(2 * devices, most), min(16 * devices, most)))),
                               url=url, processes=1 if processes is None else processes, rounds=rounds)
     if quick:
         cfg.quick()
