@@ -275,6 +275,29 @@ def test_the_endpoint_bench_takes_medians_over_rounds_and_each_ratio_from_one_ro
     assert "direct / broker: 2.50x\n" in one
 
 
+def test_a_run_whose_calls_failed_is_no_peak_while_one_without_failures_exists(monkeypatch):
+    """160,000 calls in flight through a broker that answers 17,000/s: most
+    time out, and the answered ones are no sustainable peak."""
+    import asyncio
+
+    from fleetrpc.bench import endpoint as bench
+
+    runs = {("calls", 100): (15_000, 0), ("fanout", 200): (16_000, 0), ("fanout", 1600): (17_000, 92_303)}
+
+    async def load(d, devices, seconds, window, others, kind):
+        rps, errors = runs[(kind, window)]
+        return {"round_trips_per_s": rps, "errors": errors}
+
+    monkeypatch.setattr(bench, "_load", load)
+    cfg = bench.EndpointBenchConfig(devices=100, concurrency=100, fanout=(200, 1600))
+    best = asyncio.run(bench._peak(None, [], cfg, {}))
+    assert (best["load"], best["concurrency"], best["round_trips_per_s"]) == ("fanout", 200, 16_000)
+    assert best["fanout_sweep"] == {200: 16_000, 1600: 17_000} and best["sweep"] == {100: 15_000}
+    runs[("fanout", 200)] = (16_000, 5)  # all failed somewhere: the most answered
+    runs[("calls", 100)] = (15_000, 1)
+    assert asyncio.run(bench._peak(None, [], cfg, {}))["round_trips_per_s"] == 17_000
+
+
 def test_the_endpoint_bench_gives_every_path_the_same_dispatcher_window():
     from fleetrpc.bench.endpoint import EndpointBenchConfig, _settings
     from fleetrpc.config import Settings
