@@ -70,6 +70,9 @@ def _split(value: str, known: tuple[str, ...], what: str) -> tuple[str, ...]:
               help="--rest: the HTTP load generator (wrk: Debian's, when installed).")
 @click.option("--clients", default=1, show_default=True, type=click.IntRange(1),
               help="--rest: load generator processes (wrk: threads).")
+@click.option("--inflight-window", default=None, type=click.IntRange(1),
+              help="--direct: the dispatcher's calls in flight at most, on both paths (default: the "
+                   "library's, 20000); fan-out runs at up to sixteen per device within it.")
 @click.option("--direct", is_flag=True,
               help="Devices connected straight to fleetrpc's own MQTT endpoint against the same "
                    "devices through Mosquitto (--url, else a throwaway tuned one): peak round trips/s "
@@ -77,7 +80,8 @@ def _split(value: str, known: tuple[str, ...], what: str) -> tuple[str, ...]:
                    "fan-out at two and sixteen per device), CPU per round trip of the dispatcher, the "
                    "broker and the simulator (see bench/endpoint.py).")
 def bench(devices, qos, duration, workloads, targets, url, processes, window, rate, calls_per_device,
-          mem_pending, timeout, json_path, quick, persistent, dsn, rounds, rest, generator, clients, direct):
+          mem_pending, timeout, json_path, quick, persistent, dsn, rounds, rest, generator, clients, inflight_window,
+          direct):
     """Benchmark fleetrpc's dispatcher against the plain reference dispatcher.
 
     Starts a broker (unless --url), simulates DEVICES devices in worker
@@ -98,7 +102,7 @@ def bench(devices, qos, duration, workloads, targets, url, processes, window, ra
     if direct:
         from .endpoint import command_main as direct_main
 
-        direct_main(devices, qos, duration, url, processes, window, json_path, quick, rounds)
+        direct_main(devices, qos, duration, url, processes, window, json_path, quick, rounds, inflight_window)
         return
     if rest:
         from .rest import command_main

@@ -470,7 +470,8 @@ def _by_round(report: dict[str, Any], key: str, name: str) -> str:
 
 
 def command_main(devices: int, qos: int, duration: float, url: str | None, processes: int | None,
-                 window: int, json_path: Any, quick: bool, rounds: int = 1) -> None:
+                 window: int, json_path: Any, quick: bool, rounds: int = 1,
+                 inflight_window: int | None = None) -> None:
     """``fleetrpc bench --direct``'s body (bench/command.py stays a table of flags)."""
     import click
     import uvloop
@@ -479,11 +480,12 @@ def command_main(devices: int, qos: int, duration: float, url: str | None, proce
     # where a reply's PUBACK most often leaves with the device's next
     # request; fan-out (a fleet job's load) at two and sixteen requests per
     # device, where several leave in one send, within the dispatcher's
-    # window.
-    most = Settings().inflight_window
+    # window (`inflight_window`, on both paths; None: the library's).
+    most = inflight_window or Settings().inflight_window
     cfg = EndpointBenchConfig(devices=devices, qos=qos, seconds=duration, concurrency=(window, 2 * devices),
                               fanout=tuple(dict.fromkeys((min(2 * devices, most), min(16 * devices, most)))),
-                              url=url, processes=1 if processes is None else processes, rounds=rounds)
+                              url=url, processes=1 if processes is None else processes, rounds=rounds,
+                              inflight_window=inflight_window)
     if quick:
         cfg.quick()
     report = uvloop.run(run_endpoint_bench(cfg))
