@@ -94,14 +94,21 @@ class EndpointBenchConfig:
     #: on every path; None: the library's default (20,000)
     inflight_window: int | None = None
 
+    def __post_init__(self) -> None:
+        self.fanout = _distinct(self.fanout)
+
     def quick(self) -> None:
         self.devices, self.seconds = min(self.devices, 20), 0.5
         self.concurrency = tuple(min(c, 20) for c in self.windows())
-        self.fanout = tuple(dict.fromkeys(min(c, 20) for c in self.fanout))
+        self.fanout = _distinct(min(c, 20) for c in self.fanout)
 
     def windows(self) -> tuple[int, ...]:
-        windows = (self.concurrency,) if isinstance(self.concurrency, int) else self.concurrency
-        return tuple(dict.fromkeys(windows))  # each once, in the order given
+        return _distinct((self.concurrency,) if isinstance(self.concurrency, int) else self.concurrency)
+
+
+def _distinct(windows: Any) -> tuple[int, ...]:
+    """Each concurrency once, in the order given (a run per concurrency)."""
+    return tuple(dict.fromkeys(windows))
 
 
 def _by_client_id(username: str, password: str | None, client_id: str) -> str | None:
@@ -191,7 +198,7 @@ async def _peak(d: Dispatcher, devices: list[str], cfg: EndpointBenchConfig,
     requests to a device in one ``send``."""
     best: dict[str, Any] = {}
     sweeps: dict[str, dict[int, float]] = {"calls": {}, "fanout": {}}
-    for load, windows in (("calls", cfg.windows()), ("fanout", tuple(dict.fromkeys(cfg.fanout)))):
+    for load, windows in (("calls", cfg.windows()), ("fanout", cfg.fanout)):
         for window in windows:
             r: dict[str, Any] = await _load(d, devices, cfg.seconds, window, others, load)
             sweeps[load][window] = r["round_trips_per_s"]
@@ -483,7 +490,7 @@ def command_main(devices: int, qos: int, duration: float, url: str | None, proce
     # window (`inflight_window`, on both paths; None: the library's).
     most = inflight_window or Settings().inflight_window
     cfg = EndpointBenchConfig(devices=devices, qos=qos, seconds=duration, concurrency=(window, 2 * devices),
-                              fanout=tuple(dict.fromkeys((min(2 * devices, most), min(16 * devices, most)))),
+                              fanout=(min(2 * devices, most), min(16 * devices, most)),
                               url=url, processes=1 if processes is None else processes, rounds=rounds,
                               inflight_window=inflight_window)
     if quick:
