@@ -59,6 +59,9 @@ class Broadcast:
         # One per coroutine waiting for the next outcome: every reader (an
         # iteration, a wait()) is woken at each outcome, however many there are.
         self._waiters: list[asyncio.Future] = []
+        # wait() needs only the last outcome: one future, woken once, rather
+        # than a new waiter per loop iteration that records outcomes.
+        self._finished: asyncio.Future | None = None
         self._started = time.perf_counter()
         self._elapsed: float | None = None
 
@@ -73,6 +76,11 @@ class Broadcast:
             self.offline += 1
         if self.done >= self.total and self._elapsed is None:
             self._elapsed = time.perf_counter() - self._started
+            finished = self._finished
+            if finished is not None and not finished.done():
+                finished.set_result(None)
+        if not self._waiters:
+            return
         waiters, self._waiters = self._waiters, []
         for waiter in waiters:
             if not waiter.done():
@@ -105,8 +113,11 @@ class Broadcast:
             await self._changed()
 
     async def wait(self) -> BroadcastSummary:
-        while self.done < self.total:
-            await self._changed()
+        if self.done < self.total:
+            if self._finished is None:
+                self._finished = self._loop.create_future()
+            # shield: one cancelled wait() must not cancel the others' future
+            await asyncio.shield(self._finished)
         return BroadcastSummary(
             total=self.total,
             succeeded=self.succeeded,
