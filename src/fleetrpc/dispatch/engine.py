@@ -126,6 +126,7 @@ class Dispatcher:
         self._req_suffix = t.request_tail
         self._res_suffix = t.reply_tail
         self._mqtt5_props = s.mqtt_version == 5 and s.response_topic
+        self._publish_request = None  # the transport's, when it routes requests by device (see start)
         self._new_call = None  # CallSite.future: a call()'s completion, bound to the loop
         self._codec = _core.Codec(s.prefix, s.max_payload)
         self._encode_request = self._codec.encode_request
@@ -181,6 +182,11 @@ class Dispatcher:
         t.on_connection = self._on_connection
         # Sent calls, not pending ones: calls held for offline devices await nothing.
         t.awaiting = lambda: self._inflight
+        # A transport that routes by device (the device endpoint) takes
+        # requests with their device, if it names requests as we do.
+        publish_request = getattr(t, "publish_request", None)
+        self._publish_request = (publish_request if getattr(t, "request_head", None) == self._req_prefix
+                                 else None)
         self._running = True
         await t.start(self._filters())
         self._broker_up = bool(getattr(t, "connected", True))
@@ -605,7 +611,11 @@ class Dispatcher:
                 "response_topic": self._req_prefix + device + self._res_suffix + srid,
                 "correlation_data": srid.encode(),
             }
-        self._transport.publish(topic, payload, self._qos, False, rid if flags & ONEWAY else -1, props)
+        publish_request = self._publish_request
+        if publish_request is not None:
+            publish_request(device, topic, payload, self._qos, rid if flags & ONEWAY else -1, props)
+        else:
+            self._transport.publish(topic, payload, self._qos, False, rid if flags & ONEWAY else -1, props)
         if flags & (OBSERVED | ATTEMPT):
             self._sent_observed(rid, device, flags)
         if self._hooks:

@@ -10,6 +10,13 @@ blocks: ``publish`` queues what cannot leave at once.
 ``"response_topic"`` (str) and ``"correlation_data"`` (bytes); on
 ``on_message`` a dict of lists (``{"response_topic": [str], ...}``) or
 ``None``.
+
+Optional: a transport that routes by device (the device endpoint, and
+:class:`~fleetrpc.transport.endpoint.CompositeTransport`) has
+``publish_request(device, topic, payload, qos, token, properties)`` and
+``request_head`` (``{prefix}/d/``); the dispatcher then hands it each
+REQUEST with its device rather than a topic to parse again, if its own
+request topics start with that ``request_head``.
 """
 
 from __future__ import annotations

@@ -209,6 +209,19 @@ class CompositeTransport:
         if self.endpoint is None or not self.endpoint.try_publish(topic, payload, qos, retain, token, properties):
             self.broker.publish(topic, payload, qos, retain, token, properties)
 
+    @property
+    def request_head(self) -> str:
+        """``{prefix}/d/``, as :attr:`DeviceEndpoint.request_head`."""
+        return self._dev_prefix
+
+    def publish_request(self, device: str, topic: str, payload: bytes, qos: int = 1, token: int = -1,
+                        properties: dict | None = None) -> None:
+        """A REQUEST for ``device``: to it directly if it is connected here,
+        else through the broker (see :meth:`DeviceEndpoint.publish_request`)."""
+        ep = self.endpoint
+        if ep is None or not ep.try_publish_request(device, topic, payload, qos, token, properties):
+            self.broker.publish(topic, payload, qos, False, token, properties)
+
     # -- callbacks -----------------------------------------------------------------
 
     def _published(self, token: int) -> None:

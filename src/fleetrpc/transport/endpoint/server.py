@@ -434,6 +434,34 @@ class DeviceEndpoint:
         if not self.try_publish(topic, payload, qos, retain, token, properties):
             self.stats.undeliverable += 1
 
+    @property
+    def request_head(self) -> str:
+        """``{prefix}/d/``: a dispatcher whose requests start with it may
+        hand them to :meth:`publish_request`."""
+        return self._dev_prefix
+
+    def publish_request(self, device: str, topic: str, payload: bytes, qos: int = 1, token: int = -1,
+                        properties: dict | None = None) -> None:
+        """:meth:`publish` of a REQUEST ``{request_head}{device}/req/...``
+        for ``device``: the dispatcher's send path, routed by the device it
+        names rather than by parsing the topic again (~3 % of a direct
+        round trip, bench_endpoint_core.py --dispatcher)."""
+        if not self.try_publish_request(device, topic, payload, qos, token, properties):
+            self.stats.undeliverable += 1
+
+    def try_publish_request(self, device: str, topic: str, payload: bytes, qos: int = 1, token: int = -1,
+                            properties: dict | None = None) -> bool:
+        """:meth:`publish_request`, returning False when no connection here
+        has ``device``."""
+        targets = self._routes.get(device)
+        if targets is None:
+            return False
+        self.stats.requests += 1
+        # ``{node}/{rid}`` starts after ``{request_head}{device}/req/``
+        (targets[-1] if targets.__class__ is tuple else targets).send_request(
+            topic, len(self._dev_prefix) + len(device) + 5, payload, token, properties)
+        return True
+
     def try_publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False,
                     token: int = -1, properties: dict | None = None) -> bool:
         """:meth:`publish`, returning False when no connection here takes it."""
@@ -447,13 +475,7 @@ class DeviceEndpoint:
         device = topic[i:j]
         kind = topic[j + 1:j + 5]
         if kind == "req/":
-            targets = self._routes.get(device)
-            if targets is None:
-                return False
-            self.stats.requests += 1
-            (targets[-1] if targets.__class__ is tuple else targets).send_request(topic, j + 5, payload, token,
-                                                                                  properties)
-            return True
+            return self.try_publish_request(device, topic, payload, qos, token, properties)
         if kind == "ret/":
             entry = self._calls.pop(topic[j + 5:], None)
             if entry is not None:
