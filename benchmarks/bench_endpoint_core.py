@@ -40,6 +40,7 @@ import uvloop
 from fleetrpc import Dispatcher, Settings
 from fleetrpc._core import encode_publish
 from fleetrpc.transport.endpoint import DeviceEndpoint, EndpointSettings
+from fleetrpc.transport.endpoint.packets import mqtt_string, packet
 from fleetrpc.transport.endpoint.session import Session
 
 
@@ -80,39 +81,20 @@ class _Transport:
         pass
 
 
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        b = n & 0x7F
-        n >>= 7
-        out.append(b | 0x80 if n else b)
-        if not n:
-            return bytes(out)
-
-
-def _mstr(s: str) -> bytes:
-    b = s.encode()
-    return len(b).to_bytes(2, "big") + b
-
-
-def _packet(first: int, body: bytes) -> bytes:
-    return bytes((first,)) + _varint(len(body)) + body
-
-
-def _published(packet: bytes) -> tuple[str, int]:
-    """Topic and packet id of the PUBLISH that ends ``packet`` (the one
+def _published(written: bytes) -> tuple[str, int]:
+    """Topic and packet id of the PUBLISH that ends ``written`` (the one
     written last to a device: the round's request, after the PUBACK of
     the device's last reply when both left in one write)."""
-    while packet[0] == 0x40:
-        packet = packet[4:]
+    while written[0] == 0x40:
+        written = written[4:]
     i = 1
-    while packet[i] & 0x80:
+    while written[i] & 0x80:
         i += 1
     i += 1
-    n = int.from_bytes(packet[i:i + 2], "big")
-    topic = packet[i + 2:i + 2 + n].decode()
-    qos = (packet[0] >> 1) & 3
-    return topic, int.from_bytes(packet[i + 2 + n:i + 4 + n], "big") if qos else 0
+    n = int.from_bytes(written[i:i + 2], "big")
+    topic = written[i + 2:i + 2 + n].decode()
+    qos = (written[0] >> 1) & 3
+    return topic, int.from_bytes(written[i + 2 + n:i + 4 + n], "big") if qos else 0
 
 
 async def run(args) -> dict:
@@ -125,7 +107,6 @@ async def run(args) -> dict:
     if args.dispatcher:
         d = Dispatcher(Settings(node_id="bench", qos=args.qos, min_timeout_ms=0,
                                 inflight_window=max(20000, args.devices)), transport=ep)
-        d._loop = loop
         await d.start()  # (the endpoint's start: a listener on a free port, unused)
     else:
         def on_message(topic: str, payload: bytes, props) -> None:
@@ -143,10 +124,10 @@ async def run(args) -> dict:
         t = _Transport()
         s = Session(ep)
         s.connection_made(t)
-        s.data_received(_packet(0x10, _mstr("MQTT") + bytes((4, 0x82)) + (60).to_bytes(2, "big")
-                                + _mstr(dev) + _mstr("bench")))
+        s.data_received(packet(0x10, mqtt_string("MQTT") + bytes((4, 0x82)) + (60).to_bytes(2, "big")
+                               + mqtt_string(dev) + mqtt_string("bench")))
         sub = (f"{prefix}/d/{dev}/req/#" if args.form == "fleetrpc" else "v1/devices/me/rpc/request/+")
-        s.data_received(_packet(0x82, (1).to_bytes(2, "big") + _mstr(sub) + bytes((args.qos,))))
+        s.data_received(packet(0x82, (1).to_bytes(2, "big") + mqtt_string(sub) + bytes((args.qos,))))
         sessions.append(s)
         transports.append(t)
     await asyncio.sleep(0)
@@ -174,7 +155,7 @@ async def run(args) -> dict:
                 publish(topic + tail, body, 1, False, -1, None)
         else:
             bc = d.broadcast(devices, "echo", {"i": 1}, timeout=30)
-        await asyncio.sleep(0)  # the endpoint's flush
+        await asyncio.sleep(0)  # the endpoint's flush: two hops (one after the wakeups)
         await asyncio.sleep(0)
         # The devices' bytes, made first: their making is not timed.
         made = time.process_time()
@@ -187,19 +168,16 @@ async def run(args) -> dict:
                     rtopic = rtopic.replace("/req/", "/res/", 1)
                 else:
                     rtopic = "v1/devices/me/rpc/response/" + rtopic.rpartition("/")[2]
-            elif fleetrpc:
-                rtopic = res_base[k] + tail
-                mid = qos and s.extra.next_mid
             else:
-                rtopic = "v1/devices/me/rpc/response/" + str(s.next_n)
+                rtopic = res_base[k] + tail if fleetrpc else "v1/devices/me/rpc/response/" + str(s.next_n)
                 mid = qos and s.extra.next_mid  # (a session that has QoS 1 in flight has its extra)
             if qos:
                 packets.append(b"\x40\x02" + mid.to_bytes(2, "big") + encode_publish(rtopic, answer, 1, mid, False, False))
             else:
                 packets.append(encode_publish(rtopic, answer, 0, 0, False, False))
         untimed += time.process_time() - made
-        for s, packet in zip(sessions, packets):
-            s.data_received(packet)
+        for s, written in zip(sessions, packets):
+            s.data_received(written)
         await asyncio.sleep(0)  # PUBACKs owed to the devices
         if d is not None:
             summary = await bc.wait()
