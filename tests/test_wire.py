@@ -431,3 +431,41 @@ def test_answer_target_never_leaves_the_callers_subtree(rt, cd):
     if parsed is not None:
         device, cid = parsed
         assert rt == f"fleetrpc/d/{device}/call/{cid}" and int(cid) < 2**63
+
+
+def _first_error(kind, values):
+    for value in values:
+        try:
+            protocol.validate_id(kind, value)
+        except ValidationError as exc:
+            return str(exc)
+    return None
+
+
+_ids = st.one_of(
+    st.sampled_from(["dev-1", "d" * 128, "d" * 129, "é" * 64, "é" * 65, "a/b", "a+b", "#", "\x00", "", "\ud800",
+                     "ok\ud800", 7, None, b"dev"]),
+    st.text(max_size=40),
+)
+
+
+@hsettings(deadline=None, max_examples=500)
+@given(st.lists(_ids, max_size=8))
+def test_validate_ids_is_validate_id_on_each(values):
+    """The batch check accepts exactly what validate_id accepts, and names
+    the first bad id as validate_id does."""
+    expected = _first_error("device", values)
+    if expected is None:
+        assert protocol.validate_ids("device", values) is None
+    else:
+        with pytest.raises(ValidationError) as info:
+            protocol.validate_ids("device", values)
+        assert str(info.value) == expected
+
+
+def test_validate_ids_checks_a_long_list_of_plain_ids_together():
+    ids = [f"dev-{i:06d}" for i in range(10_000)]
+    protocol.validate_ids("device", ids)  # no error
+    for bad, message in [("x/y", "contains '/'"), ("", "is empty"), ("e" * 129, "129 bytes")]:
+        with pytest.raises(ValidationError, match=message):
+            protocol.validate_ids("device", ids[:5000] + [bad] + ids[5000:])

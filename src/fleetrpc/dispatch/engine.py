@@ -39,7 +39,7 @@ from ..errors import (
     WindowFullError,
 )
 from ..presence import DeviceState, PresenceRegistry
-from ..wire import Kind, ServerTopics, is_presence_filter, new_boot_id, node_level, server_filters, validate_id
+from ..wire import Kind, ServerTopics, is_presence_filter, new_boot_id, node_level, server_filters, validate_id, validate_ids
 from .broadcast import Broadcast
 from .client_calls import ClientCalls, DefaultHandler, Handler
 from .completion import CallObserver, StatusEvent
@@ -461,8 +461,7 @@ class Dispatcher:
         check_flag(oneway, "oneway")
         wait = self._wait_offline if offline is None else check_offline(offline) is OfflinePolicy.WAIT
         devices = list(dict.fromkeys(devices))
-        for device in devices:
-            validate_id("device", device)
+        validate_ids("device", devices)
         deadline = self._deadline(timeout, expiration_time)
         payload = self._request_payload(method, params)
         bc = Broadcast(len(devices), self._loop)

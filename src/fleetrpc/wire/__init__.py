@@ -159,7 +159,7 @@ from .constants import (
     MAX_ID_LENGTH,
     Kind,
 )
-from .ids import is_valid_level, validate_id, validate_prefix
+from .ids import is_valid_level, validate_id, validate_ids, validate_prefix
 from .messages import (
     ANY_DECODER,
     BAD_JSON,
@@ -221,5 +221,5 @@ __all__ = [
     "node_presence_topic", "node_presence_filter", "parse_node_presence_topic",
     "ServerTopics", "DeviceTopics", "node_level", "node_id_of", "new_boot_id",
     "own_answer_target", "parse_call_topic", "server_filters", "device_filters", "topic_matches", "devices_root", "device_permissions",
-    "is_presence_filter", "validate_id", "validate_prefix", "is_valid_level",
+    "is_presence_filter", "validate_id", "validate_ids", "validate_prefix", "is_valid_level",
 ]

@@ -8,7 +8,7 @@ from __future__ import annotations
 from ..errors import ValidationError
 from .constants import MAX_ID_LENGTH
 
-__all__ = ["validate_id", "validate_prefix", "is_valid_level"]
+__all__ = ["validate_id", "validate_ids", "validate_prefix", "is_valid_level"]
 
 _FORBIDDEN = ("/", "+", "#", "\x00")
 
@@ -46,6 +46,27 @@ def validate_id(kind: str, value: object) -> str:
         except UnicodeEncodeError:
             raise ValidationError(f"{kind} id {_show(value)} is not valid UTF-8") from None
     return value
+
+
+def validate_ids(kind: str, values: list) -> None:
+    """:func:`validate_id` for every id of ``values`` (a list), with the same
+    error for the first bad one.  A broadcast checks thousands at once: the
+    usual ids (ASCII, short) are checked together on their concatenation,
+    with a few scans in C instead of a Python call per id (~0.45 us each,
+    5 % of a direct round trip); only a list that fails is checked id by id."""
+    if not values:
+        return
+    try:
+        joined = "".join(values)
+    except TypeError:  # a non-str among them: validate_id names it
+        joined = None
+    if (joined is not None and joined.isascii() and "/" not in joined and "+" not in joined
+            and "#" not in joined and "\x00" not in joined):
+        sizes = list(map(len, values))  # ASCII: characters are UTF-8 bytes
+        if min(sizes) > 0 and max(sizes) <= MAX_ID_LENGTH:
+            return
+    for value in values:
+        validate_id(kind, value)
 
 
 def is_valid_level(value: object) -> bool:
