@@ -213,6 +213,34 @@ async def test_a_device_cannot_answer_or_publish_for_another_device(rig):
     b.close()
 
 
+async def test_a_fleetrpc_form_device_cannot_answer_for_a_device_whose_id_extends_its_own(rig):
+    """The FLEETRPC form's replies are matched by the session's topic base
+    (``fleetrpc/d/dev-a``): ``fleetrpc/d/dev-ab/...`` and ``fleetrpc/d/dev/...``
+    are other devices' topics, not dev-a's."""
+    b = await raw.RawClient.open(rig.port)
+    await b.connect("token-b", client_id="b", version=5)
+    b.send(raw.subscribe(1, ("fleetrpc/d/dev-b/req/#", 1), version=5))
+    await b.read_packet()
+    a = await raw.RawClient.open(rig.port)
+    await a.connect("token-a", client_id="a", version=5)
+    a.send(raw.subscribe(1, ("fleetrpc/d/dev-a/req/#", 1), version=5))  # a session with its extra
+    await a.read_packet()
+    await rig.online("dev-a")
+    await rig.online("dev-b")
+    call = asyncio.ensure_future(rig.dispatcher.call("dev-b", "secret", {}, timeout=0.5))
+    _, body = await b.read_packet()
+    topic, _, _ = raw.publish_topic(body, 1, True)
+    node_rid = topic.split("/req/", 1)[1]
+    for forged in ("fleetrpc/d/dev-ab/res/", "fleetrpc/d/dev/res/", "fleetrpc/d/dev-b/res/", "fleetrpc/d/dev-a/res"):
+        a.send(raw.publish(forged + node_rid, b'"forged"', 0, 0, version=5))
+    with pytest.raises(RpcTimeoutError):
+        await call
+    assert rig.endpoint.stats.refused_topic == 4
+    assert rig.dispatcher.stats.replies == 0
+    a.close()
+    b.close()
+
+
 async def test_fleetrpc_sdk_device_connects_directly(rig):
     for version in (5, 4):
         dev = DeviceClient("dev-a", f"mqtt://127.0.0.1:{rig.port}", username="token-a", version=version)

@@ -1332,8 +1332,18 @@ class Session(asyncio.Protocol):
 
     def _on_fleetrpc_publish(self, topic: str, payload: bytes, props: dict | None) -> None:
         ep = self.endpoint
-        # ``topic`` starts with the devices' root (the caller checked): is
-        # the device this one?  (Without making ``base``: this is per message.)
+        # ``topic`` starts with the devices' root (the caller checked).  The
+        # usual message first, a reply or an ack of this session's device,
+        # by its ``base`` (a session that is sent requests has its extra):
+        # two C calls instead of slicing the topic (~0.25 us a reply).
+        x = self.extra
+        if x is not None:
+            base = x.base or x.base_of(self)
+            n = len(base)
+            if (topic.startswith("/res/", n) or topic.startswith("/ack/", n)) and topic.startswith(base):
+                ep._deliver(topic, payload)
+                return
+        # Is the device this one?  (Without making ``base``: this is per message.)
         device = self.device
         i = len(ep._dev_prefix)
         n = i + len(device)
