@@ -880,11 +880,13 @@ class Dispatcher:
         return entry
 
     def _on_reply(self, msg) -> None:
-        entry = self._lookup(msg)
-        if entry is None:
+        rid = msg.rid
+        entry = self._pending.peek(rid)
+        # _lookup's checks, inlined for the usual reply; it counts the others.
+        if entry is None or entry[0] != msg.device or not entry[2] & SENT:
+            self._lookup(msg)
             return
         device, completion, flags = entry
-        rid = msg.rid
         self._pending.resolve(rid)
         self.stats.replies += 1
         self._end(rid, device, flags)
@@ -896,8 +898,13 @@ class Dispatcher:
             return
         if self._hooks:
             self._emit("SUCCESSFUL", rid, device)
-        if type(completion) is CallFuture:
+        # _complete's two usual cases first, without its call: a call's
+        # future, a broadcast's outcome (a fleet job's thousands of replies)
+        cls = type(completion)
+        if cls is CallFuture:
             completion._finish(msg.body, None)
+        elif cls is Broadcast:
+            completion._record(device, True, msg.body, None)
         else:
             self._complete(completion, rid, device, msg.body, None)
 
