@@ -62,6 +62,9 @@ FAILING = 4
 # RPC forms
 V1, V2, V2J, GATEWAY, FLEETRPC = range(5)
 
+#: what follows a FLEETRPC session's ``base`` in a reply's or an ack's topic
+_ANSWER_KINDS = ("/res/", "/ack/")
+
 #: subscription filter -> form, for the topics that make a device reachable
 RPC_SUBSCRIPTIONS = {
     "v1/devices/me/rpc/request/+": V1,
@@ -1233,13 +1236,25 @@ class Session(asyncio.Protocol):
                 raise P.ProtocolError(f"payload of {len(payload)} bytes (at most {ep.settings.max_payload})",
                                       P.PACKET_TOO_LARGE)
             x = self.extra
-            rate = x.rate if x is not None else None
-            if rate is not None and not rate.take(self.last_in):
-                raise P.ProtocolError("message rate limit exceeded", P.MESSAGE_RATE_TOO_HIGH)
-            if topic.startswith("v1/devices/me/rpc/"):
-                if topic.startswith("response/", 18):
-                    self._on_response(topic[27:], payload)
-                elif topic.startswith("request/", 18):
+            if x is not None:
+                rate = x.rate
+                if rate is not None and not rate.take(self.last_in):
+                    raise P.ProtocolError("message rate limit exceeded", P.MESSAGE_RATE_TOO_HIGH)
+                if self.form == FLEETRPC:
+                    # The SDK form's usual message, a reply or an ack of this
+                    # session's device (a session sent requests has its
+                    # extra).  Slices, not str.startswith, on this path: on
+                    # Python 3.11 startswith parses its arguments from a
+                    # tuple, twice a slice's cost.
+                    base = x.base or x.base_of(self)
+                    n = len(base)
+                    if topic[n:n + 5] in _ANSWER_KINDS and topic[:n] == base:
+                        ep._deliver(topic, payload)
+                        return
+            if topic[:27] == "v1/devices/me/rpc/response/":  # (the same, for ThingsBoard's form)
+                self._on_response(topic[27:], payload)
+            elif topic.startswith("v1/devices/me/rpc/"):
+                if topic.startswith("request/", 18):
                     self._on_client_call(topic[26:], payload, V1)
                 else:
                     ep.stats.ignored += 1
@@ -1332,18 +1347,9 @@ class Session(asyncio.Protocol):
 
     def _on_fleetrpc_publish(self, topic: str, payload: bytes, props: dict | None) -> None:
         ep = self.endpoint
-        # ``topic`` starts with the devices' root (the caller checked).  The
-        # usual message first, a reply or an ack of this session's device,
-        # by its ``base`` (a session that is sent requests has its extra):
-        # two C calls instead of slicing the topic (~0.25 us a reply).
-        x = self.extra
-        if x is not None:
-            base = x.base or x.base_of(self)
-            n = len(base)
-            if (topic.startswith("/res/", n) or topic.startswith("/ack/", n)) and topic.startswith(base):
-                ep._deliver(topic, payload)
-                return
-        # Is the device this one?  (Without making ``base``: this is per message.)
+        # ``topic`` starts with the devices' root (the caller checked): is
+        # the device this one?  (Without making ``base``: a session without
+        # its extra keeps none; _on_publish took the usual replies already.)
         device = self.device
         i = len(ep._dev_prefix)
         n = i + len(device)
