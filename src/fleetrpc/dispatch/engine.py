@@ -466,16 +466,17 @@ class Dispatcher:
         payload = self._request_payload(method, params)
         bc = Broadcast(len(devices), self._loop)
         flags = ONEWAY if oneway else 0
-        online = self._online
+        online = self._online if self._presence else None
+        submit = self._submit  # (once, not per device)
         for device in devices:
-            if self._presence and device not in online:
+            if online is not None and device not in online:
                 if not wait:
                     self.stats.offline_rejected += 1
                     bc._record(device, False, None, DeviceOfflineError(f"device {device!r} is not connected"))
                     continue
                 self._queues.set_online(device, False)
             try:
-                self._submit(device, bc, deadline, payload, flags)
+                submit(device, bc, deadline, payload, flags)
             except QueueFullError as exc:
                 bc._record(device, False, None, exc)
         return bc
