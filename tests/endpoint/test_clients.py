@@ -183,15 +183,18 @@ async def test_async_authenticate_and_packets_sent_before_its_answer():
         c.close()
 
 
+async def _subscribed(rig, token: str, client_id: str, topic_filter: str, version: int = 4) -> raw.RawClient:
+    """A raw client connected with ``token`` and subscribed to ``topic_filter`` (QoS 1)."""
+    c = await raw.RawClient.open(rig.port)
+    await c.connect(token, client_id=client_id, version=version)
+    c.send(raw.subscribe(1, (topic_filter, 1), version=version))
+    await c.read_packet()
+    return c
+
+
 async def test_a_device_cannot_answer_or_publish_for_another_device(rig):
-    a = await raw.RawClient.open(rig.port)
-    await a.connect("token-a", client_id="a")
-    a.send(raw.subscribe(1, ("v1/devices/me/rpc/request/+", 1)))
-    await a.read_packet()
-    b = await raw.RawClient.open(rig.port)
-    await b.connect("token-b", client_id="b", version=5)
-    b.send(raw.subscribe(1, ("v1/devices/me/rpc/request/+", 1), version=5))
-    await b.read_packet()
+    a = await _subscribed(rig, "token-a", "a", "v1/devices/me/rpc/request/+")
+    b = await _subscribed(rig, "token-b", "b", "v1/devices/me/rpc/request/+", version=5)
     await rig.online("dev-a")
     await rig.online("dev-b")
 
@@ -217,14 +220,8 @@ async def test_a_fleetrpc_form_device_cannot_answer_for_a_device_whose_id_extend
     """The FLEETRPC form's replies are matched by the session's topic base
     (``fleetrpc/d/dev-a``): ``fleetrpc/d/dev-ab/...`` and ``fleetrpc/d/dev/...``
     are other devices' topics, not dev-a's."""
-    b = await raw.RawClient.open(rig.port)
-    await b.connect("token-b", client_id="b", version=5)
-    b.send(raw.subscribe(1, ("fleetrpc/d/dev-b/req/#", 1), version=5))
-    await b.read_packet()
-    a = await raw.RawClient.open(rig.port)
-    await a.connect("token-a", client_id="a", version=5)
-    a.send(raw.subscribe(1, ("fleetrpc/d/dev-a/req/#", 1), version=5))  # a session with its extra
-    await a.read_packet()
+    b = await _subscribed(rig, "token-b", "b", "fleetrpc/d/dev-b/req/#", version=5)
+    a = await _subscribed(rig, "token-a", "a", "fleetrpc/d/dev-a/req/#", version=5)  # a session with its extra
     await rig.online("dev-a")
     await rig.online("dev-b")
     call = asyncio.ensure_future(rig.dispatcher.call("dev-b", "secret", {}, timeout=0.5))
