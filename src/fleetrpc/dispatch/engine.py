@@ -39,7 +39,9 @@ from ..errors import (
     WindowFullError,
 )
 from ..presence import DeviceState, PresenceRegistry
-from ..wire import Kind, ServerTopics, is_presence_filter, new_boot_id, node_level, server_filters, validate_id, validate_ids
+from ..wire import (
+    Kind, ServerTopics, is_presence_filter, new_boot_id, node_level, server_filters, validate_id, validate_ids,
+)
 from .broadcast import Broadcast
 from .client_calls import ClientCalls, DefaultHandler, Handler
 from .completion import CallObserver, StatusEvent

@@ -1242,8 +1242,8 @@ class Session(asyncio.Protocol):
                     raise P.ProtocolError("message rate limit exceeded", P.MESSAGE_RATE_TOO_HIGH)
                 if self.form == FLEETRPC:
                     # The SDK form's usual message, a reply or an ack of this
-                    # session's device (a session sent requests has its
-                    # extra).  Slices, not str.startswith, on this path: on
+                    # session's device (a session that is sent requests has
+                    # its extra).  Slices, not str.startswith, on this path: on
                     # Python 3.11 startswith parses its arguments from a
                     # tuple, twice a slice's cost.
                     base = x.base or x.base_of(self)
