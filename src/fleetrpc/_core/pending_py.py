@@ -237,6 +237,10 @@ class CallFuture(_Future):
         return True
 
     def set_exception(self, exception: Any) -> None:
+        # Refused as the compiled twin refuses it (and asyncio did before
+        # Python 3.13, which stores a RuntimeError in its place instead).
+        if (exception if isinstance(exception, type) else type(exception)) is StopIteration:
+            raise TypeError("StopIteration interacts badly with generators and cannot be raised into a Future")
         _Future.set_exception(self, exception)
         self._log_traceback = False
 
