@@ -469,3 +469,73 @@ def test_validate_ids_checks_a_long_list_of_plain_ids_together():
     for bad, message in [("x/y", "contains '/'"), ("", "is empty"), ("e" * 129, "129 bytes")]:
         with pytest.raises(ValidationError, match=message):
             protocol.validate_ids("device", ids[:5000] + [bad] + ids[5000:])
+
+
+# -- check_json_depth: one nesting limit on every Python ----------------------------------
+
+
+def _depth(value) -> int:
+    if isinstance(value, dict):
+        return 1 + max(map(_depth, value.values()), default=0)
+    if isinstance(value, list):
+        return 1 + max(map(_depth, value), default=0)
+    return 0
+
+
+_tricky_text = st.text(alphabet='[]{}"\\ ab\n', max_size=12)
+_json_values = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(), _tricky_text),
+    lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(_tricky_text, inner, max_size=4)),
+    max_leaves=30,
+)
+
+
+def _wrapped(value, levels: int, wide: int, as_object: bool):
+    """``value`` under ``levels`` more lists or objects, each with ``wide``
+    shallow siblings (so that the bracket count passes the quick test)."""
+    for _ in range(levels):
+        siblings = [[{}]] * wide
+        value = {"k": value, "s": siblings} if as_object else [*siblings, value]
+    return value
+
+
+@hsettings(deadline=None, max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(_json_values, st.integers(-12, 12), st.integers(0, 3), st.booleans())
+def test_check_json_depth_refuses_exactly_what_nests_deeper_than_the_limit(value, offset, wide, as_object):
+    """Against the depth of the decoded value, with brackets, quotes and
+    backslashes inside strings and keys, near the limit from both sides."""
+    levels = max(0, protocol.MAX_JSON_DEPTH - _depth(value) + offset)
+    doc = _wrapped(value, levels, wide, as_object)
+    data = msgspec.json.encode(doc)
+    if _depth(doc) > protocol.MAX_JSON_DEPTH:
+        with pytest.raises(protocol.JsonTooDeep, match="nested deeper than 500 levels"):
+            protocol.check_json_depth(data)
+    else:
+        protocol.check_json_depth(data)
+
+
+def test_check_json_depth_cases():
+    limit = protocol.MAX_JSON_DEPTH
+    ok = [
+        b"[" * limit + b"]" * limit,
+        b'{"a":' * limit + b"1" + b"}" * limit,
+        b"[" + b"{}," * 100_000 + b"1]",  # wide: many brackets, two levels
+        b'["' + b"[" * 2000 + b'"]',  # brackets in a string
+        b'["\\"' + b"[" * 2000 + b'"]',  # after an escaped quote, still in the string
+        b'{"]]]]]]":' * 3 + b"[" * (limit - 3) + b"]" * (limit - 3) + b"}" * 3,
+    ]
+    for data in ok:
+        protocol.check_json_depth(data)
+        protocol.check_json_depth(bytearray(data))
+    deep = [
+        b"[" * (limit + 1) + b"]" * (limit + 1),
+        b"[" * 100_000,  # not even closed
+        b'["' + b"]" * 600 + b'",' + b"[" * 600 + b"]" * 600 + b"]",  # closers in a string hide nothing
+        b'["\\\\",' + b"[" * 600 + b"]" * 600 + b"]",  # an escaped backslash ends no string
+        b"[" + b"[[]," * 600 + b"1" + b"]" * 601,  # a sibling at every level: peels slowly
+    ]
+    for data in deep:
+        with pytest.raises(protocol.JsonTooDeep):
+            protocol.check_json_depth(bytearray(data))
+    # a RecursionError, as msgspec's own: every `except BAD_JSON` takes it
+    assert issubclass(protocol.JsonTooDeep, protocol.BAD_JSON)

@@ -330,24 +330,27 @@ async def test_the_simulators_thingsboard_firmware_answers_and_calls(rig):
 
 async def test_a_client_call_nested_too_deeply_is_answered_invalid_not_fatal(rig):
     """A device's own call (``v1/devices/me/rpc/request/N``) whose params
-    nest deeper than msgspec recurses (RecursionError, not DecodeError) is
-    answered INVALID_REQUEST; the session stays up."""
+    nest deeper than MAX_JSON_DEPTH (one level past it, which msgspec alone
+    decodes, or past the interpreter's recursion limit, where msgspec raises
+    RecursionError) is answered INVALID_REQUEST on every Python; the session
+    stays up."""
     c = await raw.RawClient.open(rig.port)
     try:
         assert (await c.connect("token-a"))[1] == b"\x00\x00"
         c.send(raw.subscribe(1, ("v1/devices/me/rpc/request/+", 1), ("v1/devices/me/rpc/response/+", 1)))
         await c.read_packet()  # SUBACK
         await rig.online("dev-a")
-        deep = b'{"method":"m","params":' + b"[" * 2000 + b"]" * 2000 + b"}"
-        c.send(raw.publish("v1/devices/me/rpc/request/1", deep, qos=1, mid=5))
-        answers = {}
-        while len(answers) < 2:
-            first, body = await c.read_packet()
-            answers[first & 0xF0] = body
-        assert answers[0x40] == b"\x00\x05"  # PUBACK
-        topic, payload, _ = raw.publish_topic(answers[0x30], 1, False)
-        assert topic == "v1/devices/me/rpc/response/1"
-        assert json.loads(payload)["error"]["code"] == "INVALID_REQUEST"
+        for n, depth in enumerate((500, 20_000), 1):
+            deep = b'{"method":"m","params":' + b"[" * depth + b"]" * depth + b"}"
+            c.send(raw.publish(f"v1/devices/me/rpc/request/{n}", deep, qos=1, mid=5))
+            answers = {}
+            while len(answers) < 2:
+                first, body = await c.read_packet()
+                answers[first & 0xF0] = body
+            assert answers[0x40] == b"\x00\x05"  # PUBACK
+            topic, payload, _ = raw.publish_topic(answers[0x30], 1, False)
+            assert topic == f"v1/devices/me/rpc/response/{n}"
+            assert json.loads(payload)["error"]["code"] == "INVALID_REQUEST"
         assert rig.dispatcher.is_online("dev-a")
     finally:
         c.close()

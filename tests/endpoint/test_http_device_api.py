@@ -114,6 +114,9 @@ async def test_http_polling_edges(start_server, world):
         big = {"x": "y" * (ctx.endpoint.settings.max_payload + 1)}
         assert (await api.request("POST", f"/api/v1/{a_token}/rpc", json=big))[0] == 413
         assert (await api.request("POST", f"/api/v1/{a_token}/rpc", data=b"[1,2"))[0] == 400
+        # params one level past MAX_JSON_DEPTH: refused on every Python
+        past = b'{"method":"m","params":' + b"[" * 500 + b"]" * 500 + b"}"
+        assert (await api.request("POST", f"/api/v1/{a_token}/rpc", data=past))[0] == 400
         assert (await api.request("POST", f"/api/v1/{a_token}/telemetry", json={"t": 1}))[0] == 200
         assert ctx.endpoint.stats.unknown_response >= 2
 

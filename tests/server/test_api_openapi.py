@@ -178,6 +178,14 @@ async def test_bodies_nested_too_deeply_are_a_400(start_server, world):
                     if status >= 500:
                         failures.append((who.email, method, path, raw[:12], status, answer[:100]))
         assert failures == []
+        # A call's params one level past MAX_JSON_DEPTH: refused on every
+        # Python (msgspec alone decodes them from 3.12 on, and they went
+        # on to the device)
+        past = b'{"method":"m","params":' + b"[" * 500 + b"]" * 500 + b"}"
+        for kind in ("oneway", "twoway"):
+            status, answer, _ = await api.request("POST", f"/api/rpc/{kind}/{world.dev_t1.id}", admin, data=past,
+                                                  headers={"Content-Type": "application/json"})
+            assert status == 400, answer
         status, _, _ = await api.request("GET", "/api/auth/user", admin)
         assert status == 200
 

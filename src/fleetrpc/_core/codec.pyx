@@ -27,6 +27,8 @@ from fleetrpc._core.constants import DEFAULT_MAX_PAYLOAD, DEFAULT_PREFIX, MAX_ID
 from fleetrpc._core.reasons import decode_reason, encode_reason
 from typing import Any
 
+_check_json_depth = _protocol.check_json_depth
+
 cdef extern from "Python.h":
     # NULL with an exception set (UnicodeEncodeError: a lone surrogate);
     # checked by hand so that the hot path has no try block.
@@ -434,6 +436,8 @@ cdef class Codec:
         else:
             decode = self._dec_object
         try:
+            if kind == K_CALL:  # a device's own call: one depth limit on every Python
+                _check_json_depth(payload)
             body = decode(payload)
         except Exception as exc:
             reason = decode_reason(decode.__self__.type, payload, exc)

@@ -280,6 +280,8 @@ class Codec:
             else:
                 decode = self._dec_object
             try:
+                if kind is _CALL:  # a device's own call: one depth limit on every Python
+                    _protocol.check_json_depth(payload)
                 body = decode(payload)
             except Exception as exc:  # noqa: BLE001  nothing but CodecError may escape decode
                 reason = decode_reason(decode.__self__.type, payload, exc)

@@ -23,6 +23,7 @@ import msgspec
 from ..dispatch.options import MAX_EPOCH_MS, MAX_TIMEOUT_MS
 from ..errors import FleetRpcError, ValidationError
 from ..store.base import storable_problem, text_problem
+from ..wire import check_json_depth
 
 __all__ = [
     "JobNotFoundError",
@@ -206,6 +207,8 @@ def parse_spec(body: bytes | dict) -> JobSpec:
     Raises ValidationError with a message naming the bad field."""
     try:
         if isinstance(body, (bytes, bytearray, memoryview, str)):
+            if isinstance(body, (bytes, bytearray)):
+                check_json_depth(body)
             spec = _SPEC_DECODER.decode(body)
         else:
             spec = msgspec.convert(body, JobSpec)
@@ -213,7 +216,7 @@ def parse_spec(body: bytes | dict) -> JobSpec:
         raise ValidationError(f"invalid job: {exc}") from None
     except msgspec.DecodeError:
         raise ValidationError("invalid job: the body is not valid JSON") from None
-    except RecursionError:  # params nested thousands deep: msgspec gives up
+    except RecursionError:  # deeper than MAX_JSON_DEPTH (JsonTooDeep), or than msgspec recurses
         raise ValidationError("invalid job: the JSON is nested too deeply") from None
     check_spec(spec)
     return spec

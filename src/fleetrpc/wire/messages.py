@@ -4,6 +4,7 @@ codes and the error-reply shape."""
 from __future__ import annotations
 
 from enum import Enum
+from itertools import accumulate
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -15,7 +16,7 @@ __all__ = [
     "METHOD_NOT_FOUND", "INVALID_PARAMS", "INTERNAL_ERROR",
     "error_reply", "error_value", "as_error",
     "JSON_ENCODER", "ANY_DECODER", "REQUEST_DECODER", "PRESENCE_DECODER", "NODE_PRESENCE_DECODER",
-    "OBJECT_DECODER", "BAD_JSON",
+    "OBJECT_DECODER", "BAD_JSON", "MAX_JSON_DEPTH", "JsonTooDeep", "check_json_depth",
 ]
 
 Method = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_ID_LENGTH)]
@@ -119,9 +120,62 @@ INTERNAL_ERROR = ErrorCode.INTERNAL_ERROR.value
 JSON_ENCODER = msgspec.json.Encoder()
 #: What decoding raises for bytes that are not the JSON expected: msgspec
 #: raises RecursionError, not DecodeError, for JSON nested deeper than it
-#: recurses (about 1,000 levels).  Whatever arrives from the network or over
-#: HTTP is decoded under ``except BAD_JSON``.
+#: recurses (the interpreter's limit: ~1,000 levels on Python 3.11, more
+#: on later ones; see MAX_JSON_DEPTH).  Whatever arrives from the network
+#: or over HTTP is decoded under ``except BAD_JSON``.
 BAD_JSON = (msgspec.DecodeError, RecursionError)
+
+#: The deepest JSON taken from outside where its depth would otherwise
+#: depend on the interpreter: a REST call's or a job's body and a device's
+#: own call (``check_json_depth``).  msgspec stops where the interpreter's
+#: recursion limit does: ~1,000 levels on Python 3.11, ~10,000 on 3.13,
+#: where 5,000-deep params went on to the device.  500 is under what
+#: msgspec decodes on 3.11 from inside a request handler's stack, so each
+#: Python gives the same answer; ThingsBoard's JSON parser (Jackson) stops
+#: at 1,000.
+MAX_JSON_DEPTH = 500
+
+
+class JsonTooDeep(RecursionError):
+    """JSON nested deeper than :data:`MAX_JSON_DEPTH`.  A RecursionError,
+    like msgspec's own for deeper JSON, so that every ``except BAD_JSON``
+    and every message for that ("nested too deep") covers both."""
+
+
+#: every byte but the four brackets (deleted), and the brackets as two
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+_AS_PARENS = bytes.maketrans(b"[]{}", b"()()")
+#: a parenthesis's step in depth, by byte value
+_DEPTH_STEP = [0] * 256
+_DEPTH_STEP[ord("(")] = 1
+_DEPTH_STEP[ord(")")] = -1
+
+
+def check_json_depth(data: bytes | bytearray) -> None:
+    """Raise :class:`JsonTooDeep` when the JSON text ``data`` nests deeper
+    than :data:`MAX_JSON_DEPTH`.  Every step is a C loop over the bytes:
+    in the usual case (fewer opening brackets than that in all) two
+    counts; else the brackets outside strings are kept, as parentheses,
+    and innermost pairs dropped a level per pass (a few passes for any
+    real payload), the running depth summed for the rest.  Text that is
+    not JSON may be misjudged: its decoding fails anyway."""
+    if data.count(b"[") + data.count(b"{") <= MAX_JSON_DEPTH:
+        return
+    # Outside strings: with escaped backslashes and then escaped quotes
+    # gone, every other piece between quotes is a string's inside.
+    text = bytes(data).replace(b"\\\\", b"").replace(b'\\"', b"")
+    parens = b"".join(text.split(b'"')[::2]).translate(_AS_PARENS, _NOT_BRACKETS)
+    peeled = 0
+    while parens and peeled < 8:
+        inner = parens.replace(b"()", b"")
+        if len(inner) == len(parens):
+            break  # unbalanced, not JSON: how deep it opens still counts
+        parens = inner
+        peeled += 1
+    # Deep, or a shape that peels slowly: the running depth's maximum, plus
+    # the levels peeled (each pass took one off every path).
+    if max(accumulate(map(_DEPTH_STEP.__getitem__, parens)), default=0) + peeled > MAX_JSON_DEPTH:
+        raise JsonTooDeep(f"JSON nested deeper than {MAX_JSON_DEPTH} levels")
 #: Any JSON value (REPLY, RETURN).
 ANY_DECODER = msgspec.json.Decoder()
 #: :class:`RpcRequest` (REQUEST, CALL).

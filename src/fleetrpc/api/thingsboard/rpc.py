@@ -60,7 +60,7 @@ from ..openapi import operation
 from .access import check_uuid, device_for_rpc
 from ...dispatch.options import CallOptions, effective_timeout_ms, parse_rpc_body
 from ...rpc.status import RPC_CALL_FROM_SERVER_TO_DEVICE
-from ...wire import BAD_JSON
+from ...wire import BAD_JSON, check_json_depth
 from ..keys import PRINCIPAL
 
 __all__ = ["setup", "RpcRequest", "RpcId"]
@@ -268,6 +268,7 @@ def _handler(ctx: Any, oneway: bool, timeout_status: int, offline_status: int):
         p = request[PRINCIPAL]
         raw = await request.read()
         try:
+            check_json_depth(raw)
             body = _decode(raw)
         except BAD_JSON:
             raise ApiError.bad_request("Invalid request body") from None

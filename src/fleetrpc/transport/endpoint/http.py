@@ -30,7 +30,7 @@ from typing import Any, Callable
 
 import msgspec
 
-from ...wire import REQUEST_DECODER
+from ...wire import REQUEST_DECODER, check_json_depth
 from .session import _persistent_id, _request_parts, merged_retry, remember_id
 
 __all__ = ["HttpDevice", "HttpDevices", "POLL_DEFAULT_MS", "POLL_MAX_MS", "CALL_TIMEOUT_S"]
@@ -353,8 +353,9 @@ class HttpDevices:
         dispatcher's answer, or None when none came within ``timeout``.
         Raises msgspec.DecodeError for a body that is not such an object."""
         try:
+            check_json_depth(payload)
             REQUEST_DECODER.decode(payload)
-        except RecursionError:  # nested deeper than msgspec recurses
+        except RecursionError:  # deeper than MAX_JSON_DEPTH (JsonTooDeep), or than msgspec recurses
             raise msgspec.DecodeError("JSON nested too deeply") from None
         ep = self.endpoint
         hd = self._get(device)

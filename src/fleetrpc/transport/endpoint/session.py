@@ -40,7 +40,7 @@ import msgspec
 
 from ... import _core
 from ...errors import CodecError, StoreError
-from ...wire import BAD_JSON, REQUEST_DECODER, error_reply, validate_id
+from ...wire import BAD_JSON, REQUEST_DECODER, check_json_depth, error_reply, validate_id
 from ...wire.topics import levels_match, return_topic
 from . import packets as P
 
@@ -1326,6 +1326,7 @@ class Session(asyncio.Protocol):
         answer = RESPONSE_TOPIC[form] + n_text
         qos = max(self.granted(RESPONSE_SUBSCRIPTION[form]), 0)
         try:
+            check_json_depth(payload)
             request = REQUEST_DECODER.decode(payload)
         except BAD_JSON as exc:
             self.send_answer(answer, error_reply("INVALID_REQUEST", f"not a {{method, params}} object: {exc}"), qos)
