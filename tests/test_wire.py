@@ -475,11 +475,16 @@ def test_validate_ids_checks_a_long_list_of_plain_ids_together():
 
 
 def _depth(value) -> int:
-    if isinstance(value, dict):
-        return 1 + max(map(_depth, value.values()), default=0)
-    if isinstance(value, list):
-        return 1 + max(map(_depth, value), default=0)
-    return 0
+    """How deep ``value`` nests, without recursing (500 levels and the
+    test runner's frames would pass Python's recursion limit)."""
+    deepest, stack = 0, [(value, 0)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, (dict, list)):
+            depth += 1
+            deepest = max(deepest, depth)
+            stack.extend((v, depth) for v in (value.values() if isinstance(value, dict) else value))
+    return deepest
 
 
 _tricky_text = st.text(alphabet='[]{}"\\ ab\n', max_size=12)
