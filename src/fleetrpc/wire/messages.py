@@ -142,10 +142,11 @@ class JsonTooDeep(RecursionError):
     and every message for that ("nested too deep") covers both."""
 
 
-#: every byte but the four brackets (deleted), and the brackets as two
+# check_json_depth's tables: every byte but the four brackets (deleted),
+# the brackets as parentheses (one kind of pair), a parenthesis's step in
+# depth by byte value
 _NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
 _AS_PARENS = bytes.maketrans(b"[]{}", b"()()")
-#: a parenthesis's step in depth, by byte value
 _DEPTH_STEP = [0] * 256
 _DEPTH_STEP[ord("(")] = 1
 _DEPTH_STEP[ord(")")] = -1
@@ -176,6 +177,8 @@ def check_json_depth(data: bytes | bytearray) -> None:
     # the levels peeled (each pass took one off every path).
     if max(accumulate(map(_DEPTH_STEP.__getitem__, parens)), default=0) + peeled > MAX_JSON_DEPTH:
         raise JsonTooDeep(f"JSON nested deeper than {MAX_JSON_DEPTH} levels")
+
+
 #: Any JSON value (REPLY, RETURN).
 ANY_DECODER = msgspec.json.Decoder()
 #: :class:`RpcRequest` (REQUEST, CALL).
