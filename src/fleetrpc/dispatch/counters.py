@@ -52,6 +52,9 @@ class Stats(Counters):
     full until their deadline.
     broker_unavailable: calls refused or failed because the broker
     connection was down.
+    presence_synced, presence_sync_timeouts: starts that waited for the
+    broker's retained presence until this node's marker returned, and those
+    that gave up waiting (``Dispatcher._sync_presence``).
     """
 
     __slots__ = (
@@ -59,5 +62,5 @@ class Stats(Counters):
         "queue_full", "oversize", "malformed", "unknown_request", "late_replies", "wrong_device", "not_sent",
         "not_json", "client_calls", "client_errors", "bad_calls", "foreign_response_topic", "client_busy",
         "presence", "heartbeats", "elves", "elves_unrouted", "unexpected",
-        "window_full", "broker_unavailable",
+        "window_full", "broker_unavailable", "presence_synced", "presence_sync_timeouts",
     )

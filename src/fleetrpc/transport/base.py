@@ -11,6 +11,10 @@ blocks: ``publish`` queues what cannot leave at once.
 ``on_message`` a dict of lists (``{"response_topic": [str], ...}``) or
 ``None``.
 
+As a broker does, a transport hands its owner what the owner publishes to
+a topic it subscribed: a dispatcher that tracks presence publishes a marker
+to itself on start and waits for it (up to 5 s) before it takes calls.
+
 Optional: a transport that routes by device (the device endpoint, and
 :class:`~fleetrpc.transport.endpoint.CompositeTransport`) has
 ``publish_request(device, topic, payload, qos, token, properties)`` and

@@ -114,6 +114,16 @@ retained message): a node lost without a word (killed, its machine or its
 network gone) leaves no device online, and the broker keeps nothing per
 dead run.  Only server nodes may publish under ``{p}/n/``.
 
+A node that tracks presence also subscribes, at QoS 0, to
+``{p}/n/{node}/sync`` (``{node}`` its wire level), and once subscribed
+publishes an empty message there, to itself.  A broker hands out the
+retained messages of a subscription after its SUBACK, over tens of
+milliseconds for a large fleet (20,000 presences: none had arrived when the
+SUBACK did); one that takes a connection's packets in order (Mosquitto)
+queues them all before that message, so its return means the node knows
+who is online, and only then does the node take calls or resume jobs (it
+waits 5 s at most, counted in ``presence_sync_timeouts``).
+
 Elves envelopes
 ---------------
 
@@ -200,6 +210,7 @@ from .topics import (
     node_level,
     node_presence_filter,
     node_presence_topic,
+    node_sync_topic,
     own_answer_target,
     parse_node_presence_topic,
     parse_call_topic,
@@ -221,7 +232,7 @@ __all__ = [
     "OBJECT_DECODER", "BAD_JSON", "MAX_JSON_DEPTH", "JsonTooDeep", "check_json_depth",
     "request_topic", "reply_topic", "ack_topic", "call_topic", "return_topic",
     "presence_topic", "requests_filter", "heartbeat_topic", "elves_topic",
-    "node_presence_topic", "node_presence_filter", "parse_node_presence_topic",
+    "node_presence_topic", "node_presence_filter", "parse_node_presence_topic", "node_sync_topic",
     "ServerTopics", "DeviceTopics", "node_level", "node_id_of", "new_boot_id",
     "own_answer_target", "parse_call_topic", "server_filters", "device_filters", "topic_matches", "devices_root", "device_permissions",
     "is_presence_filter", "validate_id", "validate_ids", "validate_prefix", "is_valid_level",

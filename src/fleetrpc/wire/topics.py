@@ -19,7 +19,7 @@ from .ids import is_valid_level, validate_id, validate_prefix
 __all__ = [
     "request_topic", "reply_topic", "ack_topic", "call_topic", "return_topic",
     "presence_topic", "requests_filter", "heartbeat_topic", "elves_topic",
-    "node_presence_topic", "node_presence_filter", "parse_node_presence_topic",
+    "node_presence_topic", "node_presence_filter", "parse_node_presence_topic", "node_sync_topic",
     "ServerTopics", "DeviceTopics", "node_level", "new_boot_id",
     "own_answer_target", "parse_call_topic", "server_filters", "device_filters", "topic_matches",
     "levels_match",
@@ -84,6 +84,14 @@ def parse_node_presence_topic(prefix: str, topic: str) -> str | None:
         if node_id and "/" not in node_id:
             return node_id
     return None
+
+
+def node_sync_topic(prefix: str, node: str) -> str:
+    """A node run's own marker, which it publishes to itself once subscribed
+    (``{p}/n/{node}/sync``, ``node`` its wire level): a broker that takes a
+    connection's packets in order hands out the retained messages of the
+    subscriptions before it (see ``Dispatcher.start``)."""
+    return f"{prefix}/n/{node}/sync"
 
 
 def heartbeat_topic(prefix: str, device: str) -> str:
