@@ -4,14 +4,18 @@ devices "offline" because their retained presence was still on its way."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 
-from fleetrpc import Dispatcher, Settings
+from fleetrpc import Dispatcher, MemoryHub, Settings
+from fleetrpc.dispatch import engine
 from fleetrpc.transport.mqtt import MqttTransport
 from fleetrpc.wire import presence_topic
 from tests.helpers.waiting import wait_until
 
-DEVICES = 20000
+#: Enough that the broker is still sending them when its SUBACK arrives
+#: (without the wait, none of 20,000 was known when start returned).
+DEVICES = 20_000
 
 
 async def test_start_returns_with_every_retained_presence_known(mqtt_url):
@@ -32,9 +36,8 @@ async def test_start_returns_with_every_retained_presence_known(mqtt_url):
             d = Dispatcher(Settings(mqtt_url=mqtt_url, prefix=prefix, node_id=f"n{uuid.uuid4().hex[:6]}"))
             await d.start()
             try:
-                online = [device for device in ids if d.is_online(device)]
-                assert len(online) == DEVICES
-                assert d.stats.presence_synced == 1
+                assert sum(d.is_online(device) for device in ids) == DEVICES
+                assert d.stats.presence_synced == 1 and d.stats.malformed == 0  # the marker is not a message
             finally:
                 await d.close()
     finally:
@@ -44,11 +47,71 @@ async def test_start_returns_with_every_retained_presence_known(mqtt_url):
         await pub.close()
 
 
-async def test_start_without_presence_or_broker_presence_does_not_wait(mqtt_url):
-    prefix = f"sync{uuid.uuid4().hex[:8]}"
-    d = Dispatcher(Settings(mqtt_url=mqtt_url, prefix=prefix, presence=False))
+async def test_the_memory_hub_returns_the_marker_too():
+    hub = MemoryHub()
+    device = hub.transport("dev")
+    await device.start()
+    device.publish(presence_topic("fleetrpc", "dev-1"), b'{"status":"online"}', 1, retain=True)
+    async with Dispatcher(Settings(node_id="n1"), transport=hub.transport("server")) as d:
+        assert d.is_online("dev-1") and d.stats.presence_synced == 1
+
+
+class _Mute:
+    """A transport that takes publishes and hands nothing back."""
+
+    connected = True
+
+    async def start(self, filters=()) -> None:
+        self.filters = list(filters)
+
+    async def close(self) -> None:
+        pass
+
+    def publish(self, topic, payload, qos=1, retain=False, token=-1, properties=None) -> None:
+        pass
+
+
+async def test_a_marker_that_never_returns_costs_a_bounded_wait(monkeypatch):
+    monkeypatch.setattr(engine, "PRESENCE_SYNC_S", 0.05)
+    t = _Mute()
+    d = Dispatcher(Settings(node_id="n1"), transport=t)
     await d.start()
     try:
-        assert d.stats.presence_synced == 0
+        assert (d.stats.presence_synced, d.stats.presence_sync_timeouts) == (0, 1)
+        assert ("fleetrpc/n/" + d.node + "/sync", 0) in t.filters
+    finally:
+        await d.close()
+
+
+async def test_close_ends_a_start_waiting_for_presence():
+    d = Dispatcher(Settings(node_id="n1"), transport=_Mute())
+    start = asyncio.ensure_future(d.start())
+    await wait_until(lambda: d._synced is not None)
+    await d.close()
+    await asyncio.wait_for(start, 1)  # not the whole PRESENCE_SYNC_S
+    assert (d.stats.presence_synced, d.stats.presence_sync_timeouts) == (0, 0)
+
+
+async def test_a_node_that_does_not_track_presence_does_not_wait():
+    t = _Mute()
+    d = Dispatcher(Settings(node_id="n1", presence=False), transport=t)
+    await d.start()
+    try:
+        assert d.stats.presence_synced == d.stats.presence_sync_timeouts == 0
+        assert not any(f.endswith("/sync") for f, _ in t.filters)
+    finally:
+        await d.close()
+
+
+async def test_a_dispatcher_on_the_device_endpoint_alone_does_not_wait():
+    """The endpoint holds no retained messages: presence arrives as devices
+    connect, and nothing would return the marker."""
+    from fleetrpc.transport.endpoint import DeviceEndpoint, EndpointSettings
+
+    ep = DeviceEndpoint(EndpointSettings(host="127.0.0.1", port=0), authenticate=lambda u, p, c: None)
+    d = Dispatcher(Settings(node_id="n1"), transport=ep)
+    await d.start()
+    try:
+        assert d.stats.presence_synced == d.stats.presence_sync_timeouts == 0
     finally:
         await d.close()

@@ -173,7 +173,8 @@ class Dispatcher:
     # -- lifecycle ----------------------------------------------------------
 
     async def start(self) -> None:
-        """Connect to the broker and subscribe; returns when ready to call."""
+        """Connect to the broker and subscribe; returns when ready to call
+        (with presence tracked: once the broker's retained presence is in)."""
         if self._running:
             return
         if self._closed:
@@ -198,7 +199,7 @@ class Dispatcher:
         self._running = True
         await t.start(self._filters())
         self._broker_up = bool(getattr(t, "connected", True))
-        if self._presence and self._broker_up:
+        if self._presence and self._broker_up and getattr(t, "keeps_retained", True):
             await self._sync_presence()
 
     async def _sync_presence(self) -> None:
@@ -217,8 +218,9 @@ class Dispatcher:
         self._synced = self._loop.create_future()
         self._transport.publish(self._sync_topic, b"", 0)
         try:
-            await asyncio.wait_for(asyncio.shield(self._synced), PRESENCE_SYNC_S)
-            self.stats.presence_synced += 1
+            await asyncio.wait_for(self._synced, PRESENCE_SYNC_S)
+            if not self._closed:  # (close() ends the wait too)
+                self.stats.presence_synced += 1
         except asyncio.TimeoutError:
             self.stats.presence_sync_timeouts += 1
             log.warning("the broker did not return this node's sync marker within %s s: calls made now may "
@@ -260,7 +262,7 @@ class Dispatcher:
         # ~1000 of the retained presence messages and drops the rest; at QoS 0
         # all of them arrive (measured: 1085 vs 1782 of 1782).
         filters = [(f, 0 if f.endswith("/presence") else s.qos) for f in filters]
-        if self._presence:
+        if self._presence and getattr(self._transport, "keeps_retained", True):
             # after the presence filter, at its QoS: see _sync_presence
             filters.append((node_sync_topic(s.prefix, self.node), 0))
         return filters
@@ -271,6 +273,8 @@ class Dispatcher:
             return
         self._closed = True
         self._running = False
+        if self._synced is not None and not self._synced.done():
+            self._synced.set_result(None)  # a start still waiting for presence returns
         self._rejects.close()
         if self._timer is not None:
             self._timer.cancel()

@@ -13,7 +13,10 @@ blocks: ``publish`` queues what cannot leave at once.
 
 As a broker does, a transport hands its owner what the owner publishes to
 a topic it subscribed: a dispatcher that tracks presence publishes a marker
-to itself on start and waits for it (up to 5 s) before it takes calls.
+to itself on start and waits for it (up to 5 s) before it takes calls, so
+that the broker's retained presence is in.  A transport that holds no
+retained messages says so with ``keeps_retained = False`` (the device
+endpoint): nothing is waited for.
 
 Optional: a transport that routes by device (the device endpoint, and
 :class:`~fleetrpc.transport.endpoint.CompositeTransport`) has

@@ -189,6 +189,10 @@ class DeviceEndpoint:
     name is the id).
     """
 
+    #: Holds no retained messages: a dispatcher on it alone has every
+    #: presence as the devices connect, and no broker to wait for on start.
+    keeps_retained = False
+
     def __init__(
         self,
         settings: EndpointSettings | None = None,
