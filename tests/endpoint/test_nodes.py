@@ -39,6 +39,8 @@ async def node(mqtt_url: str, prefix: str, node_id: str, *, endpoint: bool = Tru
     d = Dispatcher(settings, transport=transport)
     await d.start()
     try:
+        # the composite hands the broker's retained presence over before start returns
+        assert (d.stats.presence_synced, d.stats.presence_sync_timeouts) == (1, 0)
         yield Rig(d._transport.endpoint if endpoint else _NoEndpoint(), d)
     finally:
         await d.close()
