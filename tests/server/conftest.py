@@ -166,6 +166,9 @@ def start_server(mqtt_url, store_url, tmp_path, world):
         server = Server(settings, ctx=ctx)
         await server.start()
         try:
+            if ctx.dispatcher is not None and ctx.dispatcher.settings.presence:
+                # the server took requests only once the broker's retained presence was in
+                assert ctx.dispatcher.stats.presence_synced == 1
             connector = aiohttp.TCPConnector(ssl=ssl) if ssl is not None else None
             async with aiohttp.ClientSession(connector=connector) as session:
                 yield server, Api(ctx.url, session)
