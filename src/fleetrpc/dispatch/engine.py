@@ -152,7 +152,7 @@ class Dispatcher:
         self._deferred: deque[int] = deque()     # released rids waiting for the window
         self._attempts: dict[int, tuple[float, float]] = {}  # rid -> (attempt timeout, deadline) until sent
         self._sent_notes: list[tuple[int, str]] = []  # observed calls sent, not yet told
-        self._sync_topic: str | None = None  # this run's marker topic (see _sync_presence)
+        self._sync_topic = node_sync_topic(s.prefix, self.node)  # this run's marker (see _sync_presence)
         self._synced: asyncio.Future | None = None  # set when the marker returns
         #: Online state and heartbeats (shared with the services).
         # (not `presence or ...`: an empty registry has len() 0, and is falsy)
@@ -214,7 +214,6 @@ class Dispatcher:
         means they are all in.  A broker that sends retained messages on its
         own time (EMQX's retainer) gives no such order: this then returns a
         little early, as before.  Bounded by :data:`PRESENCE_SYNC_S`."""
-        self._sync_topic = node_sync_topic(self.settings.prefix, self.node)
         self._synced = self._loop.create_future()
         self._transport.publish(self._sync_topic, b"", 0)
         try:
@@ -223,8 +222,9 @@ class Dispatcher:
                 self.stats.presence_synced += 1
         except asyncio.TimeoutError:
             self.stats.presence_sync_timeouts += 1
-            log.warning("the broker did not return this node's sync marker within %s s: calls made now may "
-                        "find online devices offline until their retained presence arrives", PRESENCE_SYNC_S)
+            log.warning("the broker did not return this node's marker on %s within %s s (may this node subscribe "
+                        "and publish there?): calls made now may find online devices offline until their "
+                        "retained presence arrives", self._sync_topic, PRESENCE_SYNC_S)
         finally:
             self._synced = None
 
@@ -264,7 +264,7 @@ class Dispatcher:
         filters = [(f, 0 if f.endswith("/presence") else s.qos) for f in filters]
         if self._presence and getattr(self._transport, "keeps_retained", True):
             # after the presence filter, at its QoS: see _sync_presence
-            filters.append((node_sync_topic(s.prefix, self.node), 0))
+            filters.append((self._sync_topic, 0))
         return filters
 
     async def close(self) -> None:
