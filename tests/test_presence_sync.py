@@ -115,3 +115,16 @@ async def test_a_dispatcher_on_the_device_endpoint_alone_does_not_wait():
         assert d.stats.presence_synced == d.stats.presence_sync_timeouts == 0
     finally:
         await d.close()
+
+
+def test_the_benchmark_runs_and_knows_every_device(mqtt_url):
+    """benchmarks/bench_presence_sync.py, tiny (docs/reliability.md quotes it)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    bench = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_presence_sync.py"
+    out = subprocess.run([sys.executable, str(bench), "--url", mqtt_url, "--devices", "300", "--starts", "1"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "known at return 300/300  synced=1 timeouts=0" in out.stdout
