@@ -61,6 +61,9 @@ def main() -> None:
     p.add_argument("--fanout", type=_windows, default=(),
                    help="also a fleet job's load: broadcasts to every device, at these calls in flight "
                         "(comma-separated; concurrency / devices broadcasts at once); the peak is over both")
+    p.add_argument("--fanout-slice", type=int, default=0,
+                   help="fan-out: each broadcast to this many devices (the next slice each time) instead of "
+                        "every device, so that no wave waits for its slowest device (0: every device)")
     p.add_argument("--inflight-window", type=int, default=None,
                    help="the dispatcher's calls in flight at most, on every path (default: the library's, 20000)")
     p.add_argument("--only", choices=ALL_PATHS, help="run one path only (profiling)")
@@ -70,6 +73,8 @@ def main() -> None:
     args = p.parse_args()
     if args.rounds < 1:
         p.error("--rounds must be >= 1")
+    if args.fanout_slice < 0:
+        p.error("--fanout-slice must be >= 0")
     if args.inflight_window is not None and args.inflight_window < 1:
         p.error("--inflight-window must be >= 1")
     paths = (args.only,) if args.only else PATHS + (("relayed",) if args.relayed else ())
@@ -79,7 +84,7 @@ def main() -> None:
         idle=args.idle, keepalive=args.keepalive, idle_seconds=args.idle_seconds,
         write_batch_above=args.write_batch_above, write_batch_delay=args.write_batch_delay,
         gc_threshold=args.gc_threshold, rounds=args.rounds, fanout=args.fanout,
-        inflight_window=args.inflight_window,
+        inflight_window=args.inflight_window, fanout_slice=args.fanout_slice,
     )
     report = uvloop.run(run_endpoint_bench(cfg))
     if args.json:

@@ -284,7 +284,7 @@ def test_a_run_whose_calls_failed_is_no_peak_while_one_without_failures_exists(m
 
     runs = {("calls", 100): (15_000, 0), ("fanout", 200): (16_000, 0), ("fanout", 1600): (17_000, 92_303)}
 
-    async def load(d, devices, seconds, window, others, kind):
+    async def load(d, devices, seconds, window, others, kind, fanout_slice=0):
         rps, errors = runs[(kind, window)]
         return {"round_trips_per_s": rps, "errors": errors}
 
@@ -330,6 +330,44 @@ def test_bench_direct_rounds_take_turns_through_the_real_broker(tmp_path, mqtt_u
         assert report["results"][name]["round_trips_per_s"] == min(rounds)  # the lower middle of two
     assert len(report["ratios_rounds"]["direct"]) == 2
     assert "(median of 2 rounds: " in result.output
+
+
+def test_fan_out_in_slices_keeps_broadcasts_small_and_reaches_every_device():
+    """``--fanout-slice 3``: concurrency / 3 broadcasts at once, each to the
+    next three devices in turn (the last slice shorter), so that no wave
+    waits for every device; every device is called."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from fleetrpc.bench import endpoint as bench
+
+    class Wave:
+        def __init__(self, n: int) -> None:
+            self.n, self.succeeded = n, 0
+
+        async def wait(self):
+            await asyncio.sleep(0.001)
+            self.succeeded = self.n
+            return SimpleNamespace(succeeded=self.n, failed=0)
+
+    class Dispatcher:
+        targets: list[list[str]] = []
+        call = None  # (single calls are not this load)
+
+        def broadcast(self, devices, method, params, timeout):
+            self.targets.append(list(devices))
+            return Wave(len(devices))
+
+    d = Dispatcher()
+    devices = [f"d{i}" for i in range(10)]
+    r = asyncio.run(bench._load(d, devices, 0.2, 6, {}, "fanout", 3))
+    assert r["errors"] == 0 and r["round_trips_per_s"] > 0
+    assert {len(t) for t in d.targets} == {3, 1}  # [d0-d2], [d3-d5], [d6-d8], [d9]
+    assert set().union(*d.targets) == set(devices)
+    assert d.targets[:2] == [devices[0:3], devices[3:6]]  # two broadcasters, each on its own slice
+    cfg = bench.EndpointBenchConfig(devices=10, concurrency=10, fanout=(6,), fanout_slice=3)
+    text = bench.format_report({"config": dict(vars(cfg)), "results": {}})
+    assert text.startswith("devices=10 qos=1 concurrency=10 seconds=5.0 fanout=6 fanout_slice=3")
 
 
 def test_the_endpoint_bench_fans_out_as_fleet_jobs_do(mqtt_url):
