@@ -308,9 +308,10 @@ def test_the_endpoint_bench_gives_every_path_the_same_dispatcher_window():
 
 
 def test_bench_direct_rounds_take_turns_through_the_real_broker(tmp_path, mqtt_url):
-    """``fleetrpc bench --direct --rounds 2 --inflight-window 50``: both
-    paths run twice with that window, every round carries calls, and the
-    report keeps each round's figures."""
+    """``fleetrpc bench --direct --rounds 2 --inflight-window 50
+    --fanout-slice 2``: both paths run twice with that window, fan-out in
+    slices of two devices, every round carries calls, and the report keeps
+    each round's figures."""
     from click.testing import CliRunner
 
     from fleetrpc.cli import main
@@ -318,12 +319,13 @@ def test_bench_direct_rounds_take_turns_through_the_real_broker(tmp_path, mqtt_u
     out = tmp_path / "rounds.json"
     result = CliRunner().invoke(
         main, ["bench", "--direct", "--quick", "--devices", "6", "--window", "4", "--url", mqtt_url,
-               "--rounds", "2", "--inflight-window", "50", "--json", str(out)],
+               "--rounds", "2", "--inflight-window", "50", "--fanout-slice", "2", "--json", str(out)],
         catch_exceptions=False,
     )
     assert result.exit_code == 0, result.output
     report = json.loads(out.read_text())
     assert report["config"]["rounds"] == 2 and report["config"]["inflight_window"] == 50
+    assert report["config"]["fanout_slice"] == 2 and "fanout_slice=2" in result.output
     for name in ("broker", "direct"):
         rounds = report["results"][name]["rounds_rt_s"]
         assert len(rounds) == 2 and min(rounds) > 0

@@ -73,6 +73,9 @@ def _split(value: str, known: tuple[str, ...], what: str) -> tuple[str, ...]:
 @click.option("--inflight-window", default=None, type=click.IntRange(1),
               help="--direct: the dispatcher's calls in flight at most, on both paths (default: the "
                    "library's, 20000); fan-out runs at up to sixteen per device within it.")
+@click.option("--fanout-slice", default=0, show_default=True, type=click.IntRange(0),
+              help="--direct: each fan-out broadcast to this many devices, the next slice each time, so "
+                   "that no wave waits for every device (0: every device).")
 @click.option("--direct", is_flag=True,
               help="Devices connected straight to fleetrpc's own MQTT endpoint against the same "
                    "devices through Mosquitto (--url, else a throwaway tuned one): peak round trips/s "
@@ -81,7 +84,7 @@ def _split(value: str, known: tuple[str, ...], what: str) -> tuple[str, ...]:
                    "broker and the simulator (see bench/endpoint.py).")
 def bench(devices, qos, duration, workloads, targets, url, processes, window, rate, calls_per_device,
           mem_pending, timeout, json_path, quick, persistent, dsn, rounds, rest, generator, clients, inflight_window,
-          direct):
+          fanout_slice, direct):
     """Benchmark fleetrpc's dispatcher against the plain reference dispatcher.
 
     Starts a broker (unless --url), simulates DEVICES devices in worker
@@ -102,7 +105,8 @@ def bench(devices, qos, duration, workloads, targets, url, processes, window, ra
     if direct:
         from .endpoint import command_main as direct_main
 
-        direct_main(devices, qos, duration, url, processes, window, json_path, quick, rounds, inflight_window)
+        direct_main(devices, qos, duration, url, processes, window, json_path, quick, rounds, inflight_window,
+                    fanout_slice)
         return
     if rest:
         from .rest import command_main

@@ -491,7 +491,7 @@ def _by_round(report: dict[str, Any], key: str, name: str) -> str:
 
 def command_main(devices: int, qos: int, duration: float, url: str | None, processes: int | None,
                  window: int, json_path: Any, quick: bool, rounds: int = 1,
-                 inflight_window: int | None = None) -> None:
+                 inflight_window: int | None = None, fanout_slice: int = 0) -> None:
     """``fleetrpc bench --direct``'s body (bench/command.py stays a table of flags)."""
     import click
     import uvloop
@@ -505,7 +505,7 @@ def command_main(devices: int, qos: int, duration: float, url: str | None, proce
     cfg = EndpointBenchConfig(devices=devices, qos=qos, seconds=duration, concurrency=(window, 2 * devices),
                               fanout=(min(2 * devices, most), min(16 * devices, most)),
                               url=url, processes=1 if processes is None else processes, rounds=rounds,
-                              inflight_window=inflight_window)
+                              inflight_window=inflight_window, fanout_slice=fanout_slice)
     if quick:
         cfg.quick()
     report = uvloop.run(run_endpoint_bench(cfg))
