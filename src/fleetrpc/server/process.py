@@ -21,6 +21,27 @@ __all__ = ["Server", "serve"]
 
 log = logging.getLogger("fleetrpc.server")
 
+#: A part still stopping after this many seconds is named in a warning,
+#: and again every as many seconds: a stop that hangs says where.
+STOP_WARN_S = 10.0
+
+
+class _Stopping:
+    """While a part stops: a warning every :data:`STOP_WARN_S` naming it."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.loop = asyncio.get_running_loop()
+        self.started = self.loop.time()
+        self.handle = self.loop.call_later(STOP_WARN_S, self._warn)
+
+    def _warn(self) -> None:
+        log.warning("the %s part has been stopping for %.0f s", self.name, self.loop.time() - self.started)
+        self.handle = self.loop.call_later(STOP_WARN_S, self._warn)
+
+    def done(self) -> None:
+        self.handle.cancel()
+
 
 class Server:
     """One server.  ``parts`` defaults to :data:`~fleetrpc.server.parts.PARTS`;
@@ -55,6 +76,7 @@ class Server:
         is logged and the others still stop."""
         while self._running:
             name, gen = self._running.pop()
+            stopping = _Stopping(name)
             try:
                 await gen.__anext__()
             except StopAsyncIteration:
@@ -64,6 +86,8 @@ class Server:
             else:
                 log.error("the %s part yielded twice", name)
                 await gen.aclose()
+            finally:
+                stopping.done()
 
     async def __aenter__(self) -> Server:
         await self.start()
