@@ -199,8 +199,18 @@ class Dispatcher:
         self._running = True
         await t.start(self._filters())
         self._broker_up = bool(getattr(t, "connected", True))
-        if self._presence and self._broker_up and getattr(t, "keeps_retained", True):
+        if self._broker_up and self._syncs_presence():
             await self._sync_presence()
+
+    def _syncs_presence(self) -> bool:
+        """Whether start waits for the retained presence (see _sync_presence):
+        presence is tracked, and the transport holds retained messages."""
+        return self._presence and getattr(self._transport, "keeps_retained", True)
+
+    def _end_sync(self) -> None:
+        """The marker is back (or the dispatcher closed): start goes on."""
+        if self._synced is not None and not self._synced.done():
+            self._synced.set_result(None)
 
     async def _sync_presence(self) -> None:
         """Return once the retained presence the broker holds is in.
@@ -262,7 +272,7 @@ class Dispatcher:
         # ~1000 of the retained presence messages and drops the rest; at QoS 0
         # all of them arrive (measured: 1085 vs 1782 of 1782).
         filters = [(f, 0 if f.endswith("/presence") else s.qos) for f in filters]
-        if self._presence and getattr(self._transport, "keeps_retained", True):
+        if self._syncs_presence():
             # after the presence filter, at its QoS: see _sync_presence
             filters.append((self._sync_topic, 0))
         return filters
@@ -273,8 +283,7 @@ class Dispatcher:
             return
         self._closed = True
         self._running = False
-        if self._synced is not None and not self._synced.done():
-            self._synced.set_result(None)  # a start still waiting for presence returns
+        self._end_sync()  # a start still waiting for presence returns
         self._rejects.close()
         if self._timer is not None:
             self._timer.cancel()
@@ -864,8 +873,7 @@ class Dispatcher:
             msg = self._codec.decode(topic, payload)
         except CodecError as exc:
             if topic == self._sync_topic:
-                if self._synced is not None and not self._synced.done():
-                    self._synced.set_result(None)
+                self._end_sync()
                 return
             self.stats.malformed += 1
             if not self.client_calls.on_unreadable(topic, properties, str(exc)):
